@@ -1,0 +1,280 @@
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cctype>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <mutex>
+#include <random>
+
+#include "common/clock.h"
+#include "common/config.h"
+#include "common/ids.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "common/result.h"
+
+namespace nebula {
+
+const char* to_string(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::InvalidArgument: return "invalid_argument";
+    case ErrorCode::NotFound: return "not_found";
+    case ErrorCode::AlreadyExists: return "already_exists";
+    case ErrorCode::Conflict: return "conflict";
+    case ErrorCode::Unauthenticated: return "unauthenticated";
+    case ErrorCode::PermissionDenied: return "permission_denied";
+    case ErrorCode::Unavailable: return "unavailable";
+    case ErrorCode::ResourceExhausted: return "resource_exhausted";
+    case ErrorCode::Timeout: return "timeout";
+    case ErrorCode::Compacted: return "compacted";
+    case ErrorCode::TooLarge: return "too_large";
+    case ErrorCode::Internal: return "internal";
+  }
+  return "internal";
+}
+
+SystemClock& SystemClock::instance() {
+  static SystemClock clock;
+  return clock;
+}
+
+int64_t to_unix_ms(std::chrono::system_clock::time_point time) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(time.time_since_epoch()).count();
+}
+
+std::string format_rfc3339(std::chrono::system_clock::time_point time) {
+  int64_t ms = to_unix_ms(time);
+  std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char buffer[40];
+  std::snprintf(buffer, sizeof buffer, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900, utc.tm_mon + 1,
+                utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(ms % 1000));
+  return buffer;
+}
+
+namespace {
+std::mt19937_64& thread_rng() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return rng;
+}
+}  // namespace
+
+std::string random_id(size_t length) {
+  static constexpr char kAlphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  std::uniform_int_distribution<size_t> pick(0, sizeof kAlphabet - 2);
+  std::string id;
+  id.reserve(length);
+  for (size_t i = 0; i < length; ++i) id.push_back(kAlphabet[pick(thread_rng())]);
+  return id;
+}
+
+std::string random_secret_hex(size_t bytes) {
+  std::string raw(bytes, '\0');
+  std::ifstream urandom("/dev/urandom", std::ios::binary);
+  if (!urandom.read(raw.data(), static_cast<std::streamsize>(bytes))) {
+    throw std::runtime_error("cannot read /dev/urandom");
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned char c : raw) {
+    hex.push_back(kHex[c >> 4]);
+    hex.push_back(kHex[c & 15]);
+  }
+  return hex;
+}
+
+void init_logging(const std::string& level) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    auto logger = spdlog::stderr_color_mt("nebula");
+    spdlog::set_default_logger(logger);
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%L%$ %v");
+  });
+  spdlog::set_level(spdlog::level::from_str(level));
+}
+
+namespace {
+// Splits "12.5GB" into 12.5 and "GB".
+bool split_number(std::string_view text, double& number, std::string_view& unit) {
+  size_t end = 0;
+  while (end < text.size() && (std::isdigit(static_cast<unsigned char>(text[end])) || text[end] == '.')) ++end;
+  if (end == 0) return false;
+  std::string digits(text.substr(0, end));
+  char* parse_end = nullptr;
+  number = std::strtod(digits.c_str(), &parse_end);
+  if (parse_end != digits.c_str() + digits.size()) return false;
+  unit = text.substr(end);
+  return true;
+}
+std::string lower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+}  // namespace
+
+Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
+  double number = 0;
+  std::string_view unit;
+  if (!split_number(text, number, unit)) {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("invalid duration '{}': expected a number with ms, s, m, h or d", text));
+  }
+  std::string u = lower(unit);
+  double ms = 0;
+  if (u == "ms") ms = number;
+  else if (u.empty() || u == "s") ms = number * 1000;
+  else if (u == "m") ms = number * 60'000;
+  else if (u == "h") ms = number * 3'600'000;
+  else if (u == "d") ms = number * 86'400'000;
+  else {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("invalid duration '{}': unknown unit '{}' (use ms, s, m, h or d)", text, unit));
+  }
+  return std::chrono::milliseconds(static_cast<int64_t>(ms));
+}
+
+Result<int64_t> parse_size_mb(std::string_view text) {
+  double number = 0;
+  std::string_view unit;
+  if (!split_number(text, number, unit)) {
+    return make_error(ErrorCode::InvalidArgument, fmt::format("invalid size '{}': expected e.g. 24GB or 512MB", text));
+  }
+  std::string u = lower(unit);
+  double mb = 0;
+  if (u.empty() || u == "mb" || u == "mib" || u == "m") mb = number;
+  else if (u == "gb" || u == "gib" || u == "g") mb = number * 1024;
+  else if (u == "tb" || u == "tib" || u == "t") mb = number * 1024 * 1024;
+  else {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("invalid size '{}': unknown unit '{}' (use MB, GB or TB)", text, unit));
+  }
+  return static_cast<int64_t>(mb);
+}
+
+std::string HostPort::to_string() const {
+  if (host.find(':') != std::string::npos) return fmt::format("[{}]:{}", host, port);
+  return fmt::format("{}:{}", host, port);
+}
+
+Result<HostPort> parse_host_port(std::string_view text) {
+  HostPort result;
+  std::string_view port_text;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return make_error(ErrorCode::InvalidArgument, fmt::format("invalid address '{}': expected [HOST]:PORT", text));
+    }
+    result.host = std::string(text.substr(1, close - 1));
+    port_text = text.substr(close + 2);
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) {
+      return make_error(ErrorCode::InvalidArgument, fmt::format("invalid address '{}': expected HOST:PORT", text));
+    }
+    result.host = std::string(text.substr(0, colon));
+    port_text = text.substr(colon + 1);
+  }
+  if (result.host.empty()) result.host = "0.0.0.0";
+  unsigned port = 0;
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (ec != std::errc() || end != port_text.data() + port_text.size() || port > 65535 || port_text.empty()) {
+    return make_error(ErrorCode::InvalidArgument, fmt::format("invalid port in '{}'", text));
+  }
+  result.port = static_cast<uint16_t>(port);
+  return result;
+}
+
+std::string default_data_dir() {
+  const char* home = std::getenv("HOME");
+  return home && *home ? std::string(home) + "/.nebula" : std::string(".nebula");
+}
+
+std::string expand_home(const std::string& path) {
+  if (path.empty() || path[0] != '~') return path;
+  const char* home = std::getenv("HOME");
+  return (home ? std::string(home) : std::string(".")) + path.substr(1);
+}
+
+Result<json> parse_json(std::string_view text) {
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& error) {
+    return make_error(ErrorCode::InvalidArgument, fmt::format("invalid JSON: {}", error.what()));
+  }
+}
+
+namespace {
+void emit_yaml(YAML::Emitter& out, const json& value) {
+  switch (value.type()) {
+    case json::value_t::object:
+      out << YAML::BeginMap;
+      for (const auto& [key, item] : value.items()) {
+        out << YAML::Key << key << YAML::Value;
+        emit_yaml(out, item);
+      }
+      out << YAML::EndMap;
+      break;
+    case json::value_t::array:
+      out << YAML::BeginSeq;
+      for (const auto& item : value) emit_yaml(out, item);
+      out << YAML::EndSeq;
+      break;
+    case json::value_t::string: out << value.get<std::string>(); break;
+    case json::value_t::boolean: out << value.get<bool>(); break;
+    case json::value_t::number_integer: out << value.get<int64_t>(); break;
+    case json::value_t::number_unsigned: out << value.get<uint64_t>(); break;
+    case json::value_t::number_float: out << value.get<double>(); break;
+    default: out << YAML::Null; break;
+  }
+}
+
+json yaml_node_to_json(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map: {
+      json object = json::object();
+      for (const auto& entry : node) object[entry.first.as<std::string>()] = yaml_node_to_json(entry.second);
+      return object;
+    }
+    case YAML::NodeType::Sequence: {
+      json array = json::array();
+      for (const auto& item : node) array.push_back(yaml_node_to_json(item));
+      return array;
+    }
+    case YAML::NodeType::Scalar: {
+      const std::string& text = node.Scalar();
+      if (node.Tag() == "!") return text;  // quoted in the source: keep it a string
+      if (text == "true" || text == "false") return text == "true";
+      int64_t integer = 0;
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), integer);
+      if (ec == std::errc() && end == text.data() + text.size()) return integer;
+      double real = 0;
+      auto [fend, fec] = std::from_chars(text.data(), text.data() + text.size(), real);
+      if (fec == std::errc() && fend == text.data() + text.size()) return real;
+      return text;
+    }
+    default: return nullptr;
+  }
+}
+}  // namespace
+
+std::string json_to_yaml(const json& value) {
+  YAML::Emitter out;
+  emit_yaml(out, value);
+  return std::string(out.c_str()) + "\n";
+}
+
+Result<json> yaml_to_json(std::string_view text) {
+  try {
+    return yaml_node_to_json(YAML::Load(std::string(text)));
+  } catch (const YAML::Exception& error) {
+    return make_error(ErrorCode::InvalidArgument, fmt::format("invalid YAML: {}", error.what()));
+  }
+}
+
+}  // namespace nebula

@@ -1,0 +1,11 @@
+#pragma once
+#include <string>
+
+namespace nebula {
+
+// A random lowercase alphanumeric string of `length` characters (from a CSPRNG-seeded generator).
+std::string random_id(size_t length);
+// A random hex secret of `bytes` bytes read from the OS's random source.
+std::string random_secret_hex(size_t bytes);
+
+}  // namespace nebula

@@ -1,0 +1,224 @@
+#include "http/http.h"
+
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <thread>
+
+#include "http/sse.h"
+
+namespace nebula::http {
+namespace {
+
+TEST(Sse, FormatsMultiLineData) {
+  EXPECT_EQ(format_sse("{\"a\":1}"), "data: {\"a\":1}\n\n");
+  EXPECT_EQ(format_sse("one\ntwo", "update"), "event: update\ndata: one\ndata: two\n\n");
+}
+
+TEST(Sse, ParsesAcrossArbitrarySplits) {
+  std::string wire = "data: {\"x\":1}\n\n: comment\r\nevent: e\r\ndata:a\r\ndata: b\r\n\r\ndata: [DONE]\n\n";
+  for (size_t split = 0; split <= wire.size(); ++split) {
+    SseParser parser;
+    std::vector<SseEvent> events;
+    parser.feed(std::string_view(wire).substr(0, split), events);
+    parser.feed(std::string_view(wire).substr(split), events);
+    ASSERT_EQ(events.size(), 3u) << "split at " << split;
+    EXPECT_EQ(events[0].data, "{\"x\":1}");
+    EXPECT_EQ(events[1].event, "e");
+    EXPECT_EQ(events[1].data, "a\nb");
+    EXPECT_EQ(events[2].data, "[DONE]");
+    EXPECT_EQ(parser.pending(), 0u);
+  }
+}
+
+TEST(Sse, ByteByByteWithBareCarriageReturns) {
+  std::string wire = "data: one\rdata: two\r\rdata: three\n\n";
+  SseParser parser;
+  std::vector<SseEvent> events;
+  for (char c : wire) parser.feed(std::string_view(&c, 1), events);
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].data, "one\ntwo");
+  EXPECT_EQ(events[1].data, "three");
+}
+
+TEST(Url, Parses) {
+  auto url = Url::parse("http://127.0.0.1:8080/v1/models?x=1");
+  ASSERT_TRUE(url);
+  EXPECT_EQ(url->host, "127.0.0.1");
+  EXPECT_EQ(url->port, 8080);
+  EXPECT_EQ(url->target, "/v1/models?x=1");
+  EXPECT_EQ(Url::parse("http://localhost")->port, 80);
+  EXPECT_FALSE(Url::parse("ftp://x"));
+  EXPECT_FALSE(Url::parse("localhost:80"));
+}
+
+// A server on a loopback port with a few routes, run on its own thread.
+class ServerTest : public ::testing::Test {
+ protected:
+  void start(ServerOptions options) {
+    Router router;
+    router.add("GET", "/hello/{name}", [](Request& request, ResponseWriter& writer) -> awaitable<void> {
+      co_await writer.send(Response::text(200, "hello " + request.params["name"] + " " + request.query_or("q")));
+    });
+    router.add("POST", "/echo", [](Request& request, ResponseWriter& writer) -> awaitable<void> {
+      co_await writer.send(Response::text(200, request.body));
+    });
+    router.add("GET", "/stream", [this](Request& request, ResponseWriter& writer) -> awaitable<void> {
+      co_await writer.start_stream(200, event_stream_headers());
+      asio::steady_timer timer(io_);
+      for (int i = 0; i < 5; ++i) {
+        if (!co_await writer.write(format_sse(std::to_string(i)))) co_return;
+        timer.expires_after(std::chrono::milliseconds(5));
+        co_await timer.async_wait(asio::use_awaitable);
+      }
+      co_await writer.finish();
+    });
+    router.add("GET", "/throws", [](Request&, ResponseWriter&) -> awaitable<void> {
+      throw std::runtime_error("boom");
+      co_return;
+    });
+    server_ = std::make_unique<Server>(io_, std::move(router), options);
+    auto port = server_->listen({"127.0.0.1", 0});
+    ASSERT_TRUE(port) << port.error().message;
+    port_ = *port;
+    work_.emplace(io_.get_executor());
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  void TearDown() override {
+    server_->stop();
+    work_.reset();
+    io_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  std::string base() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+  // Sends raw bytes on a fresh socket and returns everything read until the server closes it.
+  std::string raw_exchange(const std::string& bytes, bool half_close = false) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port_);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    size_t sent = 0;
+    while (sent < bytes.size()) {
+      ssize_t n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<size_t>(n);
+    }
+    if (half_close) ::shutdown(fd, SHUT_WR);
+    std::string reply;
+    char buffer[4096];
+    ssize_t n;
+    while ((n = ::recv(fd, buffer, sizeof buffer, 0)) > 0) reply.append(buffer, static_cast<size_t>(n));
+    ::close(fd);
+    return reply;
+  }
+
+  asio::io_context io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::unique_ptr<Server> server_;
+  std::thread thread_;
+  uint16_t port_ = 0;
+};
+
+TEST_F(ServerTest, RoutesParamsQueryAndKeepAlive) {
+  start({});
+  BlockingClient client;
+  for (int i = 0; i < 3; ++i) {  // the same pooled connection serves all three
+    auto response = client.request("GET", base() + "/hello/world?q=a%20b");
+    ASSERT_TRUE(response) << response.error().message;
+    EXPECT_EQ(response->status, 200);
+    EXPECT_EQ(response->body, "hello world a b");
+  }
+  EXPECT_EQ(server_->open_connections(), 1u);
+  auto echo = client.request("POST", base() + "/echo", "payload");
+  ASSERT_TRUE(echo);
+  EXPECT_EQ(echo->body, "payload");
+  EXPECT_EQ(client.request("GET", base() + "/nope")->status, 404);
+  EXPECT_EQ(client.request("DELETE", base() + "/echo")->status, 405);
+  auto thrown = client.request("GET", base() + "/throws");
+  ASSERT_TRUE(thrown);
+  EXPECT_EQ(thrown->status, 500);
+  EXPECT_NE(thrown->body.find("boom"), std::string::npos);
+}
+
+TEST_F(ServerTest, StreamsChunksAsTheyAreWritten) {
+  start({});
+  BlockingClient client;
+  std::vector<std::string> pieces;
+  SseParser parser;
+  std::vector<SseEvent> events;
+  auto status = client.stream("GET", base() + "/stream", "", {}, [&](std::string_view data) {
+    pieces.emplace_back(data);
+    parser.feed(data, events);
+    return true;
+  });
+  ASSERT_TRUE(status) << status.error().message;
+  EXPECT_EQ(*status, 200);
+  ASSERT_EQ(events.size(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(events[i].data, std::to_string(i));
+  EXPECT_GE(pieces.size(), 2u) << "chunks were buffered into one read";
+}
+
+TEST_F(ServerTest, OversizedBodyIs413) {
+  ServerOptions options;
+  options.body_limit = 1024;
+  start(options);
+  BlockingClient client;
+  auto response = client.request("POST", base() + "/echo", std::string(4096, 'x'));
+  ASSERT_TRUE(response) << response.error().message;
+  EXPECT_EQ(response->status, 413);
+  EXPECT_EQ(client.request("POST", base() + "/echo", std::string(512, 'x'))->status, 200);
+}
+
+TEST_F(ServerTest, MalformedRequestIs400) {
+  start({});
+  std::string reply = raw_exchange("THIS IS NOT HTTP\r\n\r\n");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 400", 0), 0u) << reply;
+  reply = raw_exchange("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 400", 0), 0u) << reply;
+}
+
+TEST_F(ServerTest, SlowClientTimesOut) {
+  ServerOptions options;
+  options.read_timeout = std::chrono::milliseconds(200);
+  start(options);
+  auto started = std::chrono::steady_clock::now();
+  // Half a request line, then silence: the server must close the connection on its own.
+  std::string reply = raw_exchange("GET /hello/x HTTP/1.1\r\nHo");
+  auto waited = std::chrono::steady_clock::now() - started;
+  EXPECT_EQ(reply, "");
+  EXPECT_LT(waited, std::chrono::seconds(5));
+  EXPECT_EQ(server_->open_connections(), 0u);
+}
+
+TEST_F(ServerTest, ManyIdleKeepAliveConnectionsNeedNoThreads) {
+  start({});
+  std::vector<int> sockets;
+  for (int i = 0; i < 500; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port_);
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    sockets.push_back(fd);
+  }
+  for (int i = 0; i < 100 && server_->open_connections() < sockets.size(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(server_->open_connections(), sockets.size());
+  // The single server thread still answers promptly.
+  BlockingClient client;
+  EXPECT_EQ(client.request("GET", base() + "/hello/y")->status, 200);
+  for (int fd : sockets) ::close(fd);
+}
+
+}  // namespace
+}  // namespace nebula::http

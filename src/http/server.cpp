@@ -1,0 +1,265 @@
+#include <spdlog/spdlog.h>
+
+#include <list>
+#include <mutex>
+
+#include "http/beast.h"
+#include "http/http.h"
+
+namespace nebula::http {
+
+namespace {
+Request to_request(bhttp::request<bhttp::string_body>&& message, const std::string& remote) {
+  Request request;
+  request.method = std::string(message.method_string());
+  request.target = std::string(message.target());
+  std::string_view target = request.target;
+  size_t question = target.find('?');
+  request.path = url_decode(target.substr(0, question));
+  if (question != std::string_view::npos) {
+    std::string_view query = target.substr(question + 1);
+    while (!query.empty()) {
+      size_t amp = query.find('&');
+      std::string_view pair = query.substr(0, amp);
+      size_t eq = pair.find('=');
+      if (!pair.empty()) {
+        request.query[url_decode(pair.substr(0, eq))] =
+            eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1));
+      }
+      if (amp == std::string_view::npos) break;
+      query.remove_prefix(amp + 1);
+    }
+  }
+  for (const auto& field : message) {
+    request.headers.push_back({std::string(field.name_string()), std::string(field.value())});
+  }
+  request.body = std::move(message.body());
+  request.remote_address = remote;
+  return request;
+}
+
+}  // namespace
+
+struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
+  Impl(asio::io_context& io, Router router, ServerOptions options)
+      : io(io), router(std::move(router)), options(options), acceptor(io) {}
+
+  asio::io_context& io;
+  Router router;
+  ServerOptions options;
+  tcp::acceptor acceptor;
+  mutable std::mutex mutex;
+  std::list<beast::tcp_stream*> streams;  // open connections, for stop()
+  bool stopped = false;
+
+  awaitable<void> accept_loop();
+  awaitable<void> session(tcp::socket socket);
+};
+
+class StreamWriter final : public ResponseWriter {
+ public:
+  StreamWriter(beast::tcp_stream& stream, const ServerOptions& options, unsigned version, bool keep_alive)
+      : stream_(stream), options_(options), version_(version), keep_alive_(keep_alive) {}
+
+  awaitable<void> send(Response response) override {
+    if (answered_) throw std::logic_error("response already sent");
+    answered_ = true;
+    bhttp::response<bhttp::string_body> message{static_cast<bhttp::status>(response.status), version_};
+    message.set(bhttp::field::server, "nebula");
+    for (auto& header : response.headers) message.insert(header.name, header.value);
+    message.body() = std::move(response.body);
+    message.keep_alive(keep_alive_);
+    message.prepare_payload();
+    error_code ec;
+    stream_.expires_after(options_.write_timeout);
+    co_await bhttp::async_write(stream_, message, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) broken_ = true;
+  }
+
+  awaitable<bool> start_stream(int status, Headers headers) override {
+    if (answered_) throw std::logic_error("response already sent");
+    answered_ = true;
+    streaming_ = true;
+    bhttp::response<bhttp::empty_body> message{static_cast<bhttp::status>(status), version_};
+    message.set(bhttp::field::server, "nebula");
+    for (auto& header : headers) message.insert(header.name, header.value);
+    message.keep_alive(keep_alive_);
+    message.chunked(true);
+    bhttp::response_serializer<bhttp::empty_body> serializer{message};
+    error_code ec;
+    stream_.expires_after(options_.write_timeout);
+    co_await bhttp::async_write_header(stream_, serializer, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) broken_ = true;
+    co_return !broken_;
+  }
+
+  awaitable<bool> write(std::string_view data) override {
+    if (broken_) co_return false;
+    if (data.empty()) co_return true;  // an empty chunk would end the body
+    error_code ec;
+    stream_.expires_after(options_.write_timeout);
+    co_await asio::async_write(stream_, bhttp::make_chunk(asio::buffer(data.data(), data.size())),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) broken_ = true;
+    co_return !broken_;
+  }
+
+  awaitable<void> finish() override {
+    if (!streaming_ || finished_ || broken_) co_return;
+    finished_ = true;
+    error_code ec;
+    stream_.expires_after(options_.write_timeout);
+    co_await asio::async_write(stream_, bhttp::make_chunk_last(), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) broken_ = true;
+  }
+
+  bool answered() const override { return answered_; }
+  // The connection can serve another request.
+  bool reusable() const { return keep_alive_ && !broken_ && (!streaming_ || finished_); }
+
+ private:
+  beast::tcp_stream& stream_;
+  const ServerOptions& options_;
+  unsigned version_;
+  bool keep_alive_;
+  bool answered_ = false;
+  bool streaming_ = false;
+  bool finished_ = false;
+  bool broken_ = false;
+};
+
+awaitable<void> Server::Impl::accept_loop() {
+  auto self = shared_from_this();
+  while (true) {
+    error_code ec;
+    tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      spdlog::warn("http: accept failed: {}", ec.message());
+      continue;
+    }
+    asio::co_spawn(io, session(std::move(socket)), asio::detached);
+  }
+}
+
+awaitable<void> Server::Impl::session(tcp::socket socket) {
+  auto self = shared_from_this();
+  std::string remote;
+  {
+    error_code ec;
+    auto endpoint = socket.remote_endpoint(ec);
+    if (!ec) remote = endpoint.address().to_string();
+  }
+  socket.set_option(tcp::no_delay(true));
+  beast::tcp_stream stream(std::move(socket));
+  std::list<beast::tcp_stream*>::iterator registration;
+  {
+    std::lock_guard lock(mutex);
+    if (stopped) co_return;
+    registration = streams.insert(streams.end(), &stream);
+  }
+  beast::flat_buffer buffer;
+  try {
+    while (true) {
+      error_code ec;
+      if (buffer.size() == 0) {  // idle between requests: wait for the first byte
+        stream.expires_after(options.idle_timeout);
+        size_t n = co_await stream.async_read_some(buffer.prepare(4096), asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) break;
+        buffer.commit(n);
+      }
+      bhttp::request_parser<bhttp::string_body> parser;
+      parser.body_limit(options.body_limit);
+      parser.header_limit(static_cast<std::uint32_t>(options.header_limit));
+      stream.expires_after(options.read_timeout);
+      co_await bhttp::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) {
+        Response refusal;
+        if (ec == bhttp::error::body_limit) {
+          refusal = error_json(413, "request body exceeds " + std::to_string(options.body_limit) + " bytes",
+                                   "request_too_large");
+        } else if (ec == bhttp::error::header_limit) {
+          refusal = error_json(431, "request headers too large", "headers_too_large");
+        } else if (ec == beast::error::timeout || ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
+                   ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+          break;
+        } else {
+          refusal = error_json(400, "malformed HTTP request: " + ec.message(), "bad_request");
+        }
+        StreamWriter writer(stream, options, 11, false);
+        co_await writer.send(std::move(refusal));
+        break;
+      }
+      auto message = parser.release();
+      unsigned version = message.version();
+      bool keep_alive = message.keep_alive();
+      Request request = to_request(std::move(message), remote);
+      StreamWriter writer(stream, options, version, keep_alive);
+      std::string failure;
+      try {
+        co_await router.dispatch(request, writer);
+      } catch (const std::exception& error) {
+        failure = error.what();
+      }
+      if (!failure.empty()) {
+        spdlog::error("http: {} {} failed: {}", request.method, request.path, failure);
+        if (writer.answered()) break;
+        co_await writer.send(error_json(500, "internal error: " + failure, "internal_error"));
+      } else if (!writer.answered()) {
+        co_await writer.send(error_json(500, "handler sent no response", "internal_error"));
+      }
+      co_await writer.finish();
+      if (!writer.reusable()) break;
+    }
+  } catch (const std::exception& error) {
+    spdlog::warn("http: connection from {} failed: {}", remote, error.what());
+  }
+  {
+    std::lock_guard lock(mutex);
+    streams.erase(registration);
+  }
+  error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  stream.socket().close(ignored);
+}
+
+Server::Server(asio::io_context& io, Router router, ServerOptions options)
+    : impl_(std::make_shared<Impl>(io, std::move(router), options)) {}
+
+Server::~Server() { stop(); }
+
+Result<uint16_t> Server::listen(const HostPort& address) {
+  error_code ec;
+  auto ip = asio::ip::make_address(address.host == "localhost" ? "127.0.0.1" : address.host, ec);
+  if (ec) return make_error(ErrorCode::InvalidArgument, "invalid listen address '" + address.host + "'");
+  tcp::endpoint endpoint(ip, address.port);
+  auto& acceptor = impl_->acceptor;
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return make_error(ErrorCode::Unavailable, "cannot listen on " + address.to_string() + ": " + ec.message());
+  }
+  asio::co_spawn(impl_->io, impl_->accept_loop(), asio::detached);
+  return acceptor.local_endpoint().port();
+}
+
+void Server::stop() {
+  auto impl = impl_;
+  // Closing sockets must happen on the io_context's threads; post and let the loop do it.
+  asio::post(impl->io, [impl] {
+    std::lock_guard lock(impl->mutex);
+    impl->stopped = true;
+    error_code ignored;
+    impl->acceptor.close(ignored);
+    for (auto* stream : impl->streams) stream->socket().close(ignored);
+  });
+}
+
+size_t Server::open_connections() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->streams.size();
+}
+
+}  // namespace nebula::http

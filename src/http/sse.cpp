@@ -1,0 +1,65 @@
+#include "http/sse.h"
+
+namespace nebula::http {
+
+std::string format_sse(std::string_view data, std::string_view event) {
+  std::string out;
+  out.reserve(data.size() + 16);
+  if (!event.empty()) {
+    out.append("event: ").append(event).push_back('\n');
+  }
+  size_t start = 0;
+  while (true) {
+    size_t end = data.find('\n', start);
+    out.append("data: ").append(data.substr(start, end == std::string_view::npos ? end : end - start));
+    out.push_back('\n');
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  out.push_back('\n');
+  return out;
+}
+
+void SseParser::feed(std::string_view bytes, std::vector<SseEvent>& out) {
+  for (char c : bytes) {
+    if (c == '\n' && last_was_cr_) {  // the \n of a \r\n pair: the line already ended at \r
+      last_was_cr_ = false;
+      continue;
+    }
+    last_was_cr_ = c == '\r';
+    if (c == '\n' || c == '\r') {
+      take_line(line_, out);
+      line_.clear();
+    } else {
+      line_.push_back(c);
+    }
+  }
+}
+
+void SseParser::take_line(std::string_view line, std::vector<SseEvent>& out) {
+  if (line.empty()) {  // a blank line dispatches the event
+    if (has_data_ || !current_.event.empty()) out.push_back(std::move(current_));
+    current_ = SseEvent{};
+    has_data_ = false;
+    return;
+  }
+  if (line.front() == ':') return;  // comment
+  size_t colon = line.find(':');
+  std::string_view field = line.substr(0, colon);
+  std::string_view value;
+  if (colon != std::string_view::npos) {
+    value = line.substr(colon + 1);
+    if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+  }
+  if (field == "data") {
+    if (has_data_) current_.data.push_back('\n');
+    current_.data.append(value);
+    has_data_ = true;
+  } else if (field == "event") {
+    current_.event = std::string(value);
+  } else if (field == "id") {
+    current_.id = std::string(value);
+  }
+}
+
+}  // namespace nebula::http
