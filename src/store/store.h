@@ -1,0 +1,93 @@
+#pragma once
+// The versioned key-value store with watch (DESIGN.md §2): the shape of etcd v3.
+// Every mutation gets the next store-wide revision. Watches deliver every change after a
+// revision, in revision order, exactly once. Implementations: SqliteStore (durable, WAL),
+// MemoryStore (tests). Control-plane logic is written once against Store.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+
+namespace nebula::store {
+
+struct KeyValue {
+  std::string key;
+  std::string value;
+  int64_t create_revision = 0;  // revision of the put that created this key
+  int64_t mod_revision = 0;     // revision of the last put
+  int64_t version = 0;          // number of puts since creation (1 after create)
+  int64_t lease = 0;            // 0 = no lease
+};
+
+struct WatchEvent {
+  enum class Type { Put, Delete };
+  Type type = Type::Put;
+  // For Put: the new key-value. For Delete: key set, value empty, mod_revision = the delete's revision.
+  KeyValue kv;
+  // The key-value before this event, when there was one.
+  std::optional<KeyValue> prev;
+};
+
+// Compare-and-swap conditions for put/remove.
+struct Precondition {
+  // -1: no condition. 0: the key must not exist. N > 0: the key's mod_revision must equal N.
+  int64_t mod_revision = -1;
+  static Precondition none() { return {}; }
+  static Precondition absent() { return {0}; }
+  static Precondition at(int64_t revision) { return {revision}; }
+};
+
+struct ListResult {
+  std::vector<KeyValue> kvs;  // sorted by key
+  int64_t revision = 0;       // the store revision the listing reflects
+};
+
+// Called for each event, on the thread that committed the change (or, for replayed history, on the
+// thread that called watch()), while the store holds its lock: keep it short and never call back
+// into the store from it. Events arrive in strictly increasing revision order.
+using WatchCallback = std::function<void(const WatchEvent&)>;
+
+// Cancels the watch when destroyed. After cancel() returns, the callback is not running and will
+// not be called again.
+class WatchHandle {
+ public:
+  virtual ~WatchHandle() = default;
+  virtual void cancel() = 0;
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  virtual Result<std::optional<KeyValue>> get(const std::string& key) = 0;
+  // All keys that start with prefix ("" lists everything).
+  virtual Result<ListResult> list(const std::string& prefix) = 0;
+  // Returns the new revision. Fails with Conflict when the precondition does not hold.
+  virtual Result<int64_t> put(const std::string& key, const std::string& value,
+                              Precondition precondition = Precondition::none(), int64_t lease = 0) = 0;
+  // Returns the revision of the delete. NotFound if the key does not exist.
+  virtual Result<int64_t> remove(const std::string& key, Precondition precondition = Precondition::none()) = 0;
+  // The current store revision (0 for an empty, never-written store).
+  virtual int64_t revision() = 0;
+
+  // Watches keys starting with prefix. from_revision: deliver every event with revision >=
+  // from_revision first (history), then live events; 0 = live events only. Fails with Compacted
+  // when from_revision is older than the history kept.
+  virtual Result<std::unique_ptr<WatchHandle>> watch(const std::string& prefix, int64_t from_revision,
+                                                     WatchCallback callback) = 0;
+
+  // Leases: keys put with a lease are deleted when it expires (expire_leases) or is revoked.
+  // ttl in milliseconds. Returns the lease id.
+  virtual Result<int64_t> grant_lease(int64_t ttl_ms) = 0;
+  virtual Status keep_alive(int64_t lease) = 0;
+  virtual Status revoke_lease(int64_t lease) = 0;
+  // Deletes keys of leases whose deadline passed; returns how many leases expired. The owner of
+  // the store calls this periodically (it uses the Clock given at construction).
+  virtual int expire_leases() = 0;
+};
+
+}  // namespace nebula::store

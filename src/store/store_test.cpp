@@ -1,0 +1,569 @@
+#include "store/store.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common/clock.h"
+#include "store/memory_store.h"
+#include "store/sqlite_store.h"
+
+namespace nebula::store {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Works for Result<T> and Status; prints the error on failure.
+#define ASSERT_OK(expr)                                   \
+  do {                                                    \
+    const auto& result_ = (expr);                         \
+    ASSERT_TRUE(result_.ok()) << result_.error().message; \
+  } while (0)
+using namespace std::chrono_literals;
+
+std::string make_temp_dir() {
+  std::string pattern = (fs::temp_directory_path() / "nebula_store_test_XXXXXX").string();
+  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  return pattern;
+}
+
+// Collects events; thread-safe. Must outlive the watch handles that feed it.
+class Recorder {
+ public:
+  WatchCallback callback() {
+    return [this](const WatchEvent& event) {
+      std::lock_guard lock(mu_);
+      events_.push_back(event);
+    };
+  }
+  std::vector<WatchEvent> events() {
+    std::lock_guard lock(mu_);
+    return events_;
+  }
+  std::vector<int64_t> revisions() {
+    std::vector<int64_t> out;
+    for (const auto& event : events()) out.push_back(event.kv.mod_revision);
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<WatchEvent> events_;
+};
+
+// Stops and joins writer threads, also when a test assertion returns early.
+class Joiner {
+ public:
+  Joiner(std::atomic<bool>& stop, std::vector<std::thread>& threads) : stop_(stop), threads_(threads) {}
+  ~Joiner() { join(); }
+  void join() {
+    stop_ = true;
+    for (auto& thread : threads_) {
+      if (thread.joinable()) thread.join();
+    }
+  }
+
+ private:
+  std::atomic<bool>& stop_;
+  std::vector<std::thread>& threads_;
+};
+
+std::vector<int64_t> range(int64_t first, int64_t last) {
+  std::vector<int64_t> out;
+  for (int64_t r = first; r <= last; ++r) out.push_back(r);
+  return out;
+}
+
+std::vector<std::string> keys_of(const ListResult& list) {
+  std::vector<std::string> out;
+  for (const auto& kv : list.kvs) out.push_back(kv.key);
+  return out;
+}
+
+struct MemoryFactory {
+  static std::unique_ptr<Store> make(const std::string& dir, const Clock& clock, size_t history_limit) {
+    return std::make_unique<MemoryStore>(clock, history_limit);
+  }
+};
+
+struct SqliteFactory {
+  static std::unique_ptr<Store> make(const std::string& dir, const Clock& clock, size_t history_limit) {
+    auto store = SqliteStore::open(dir + "/store.db", clock, history_limit);
+    if (!store) throw std::runtime_error(store.error().message);
+    return std::move(store).value();
+  }
+};
+
+struct FactoryNames {
+  template <typename T>
+  static std::string GetName(int) {
+    return std::is_same_v<T, MemoryFactory> ? "Memory" : "Sqlite";
+  }
+};
+
+template <typename Factory>
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = make_temp_dir(); }
+  void TearDown() override {
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+  Store& open(size_t history_limit = 10000) {
+    store_.reset();
+    store_ = Factory::make(dir_, clock_, history_limit);
+    return *store_;
+  }
+
+  FakeClock clock_;
+  std::string dir_;
+  std::unique_ptr<Store> store_;
+};
+
+using Implementations = ::testing::Types<MemoryFactory, SqliteFactory>;
+TYPED_TEST_SUITE(StoreTest, Implementations, FactoryNames);
+
+TYPED_TEST(StoreTest, RevisionsIncreaseByOnePerMutation) {
+  Store& store = this->open();
+  EXPECT_EQ(store.revision(), 0);
+  EXPECT_EQ(*store.put("a", "1"), 1);
+  EXPECT_EQ(*store.put("b", "1"), 2);
+  EXPECT_EQ(*store.put("a", "2"), 3);
+  EXPECT_EQ(*store.remove("b"), 4);
+  EXPECT_FALSE(store.put("a", "3", Precondition::absent()).ok());
+  EXPECT_FALSE(store.remove("missing").ok());
+  EXPECT_EQ(store.revision(), 4);
+  EXPECT_EQ(*store.put("c", "1"), 5);
+}
+
+TYPED_TEST(StoreTest, GetPutRemove) {
+  Store& store = this->open();
+  EXPECT_FALSE(store.get("k")->has_value());
+  ASSERT_OK(store.put("k", "v1"));
+  auto kv = *store.get("k");
+  ASSERT_TRUE(kv.has_value());
+  EXPECT_EQ(kv->key, "k");
+  EXPECT_EQ(kv->value, "v1");
+  EXPECT_EQ(kv->create_revision, 1);
+  EXPECT_EQ(kv->mod_revision, 1);
+  EXPECT_EQ(kv->version, 1);
+  EXPECT_EQ(kv->lease, 0);
+
+  ASSERT_OK(store.put("other", "x"));
+  ASSERT_OK(store.put("k", "v2"));
+  kv = *store.get("k");
+  EXPECT_EQ(kv->value, "v2");
+  EXPECT_EQ(kv->create_revision, 1);
+  EXPECT_EQ(kv->mod_revision, 3);
+  EXPECT_EQ(kv->version, 2);
+
+  EXPECT_EQ(*store.remove("k"), 4);
+  EXPECT_FALSE(store.get("k")->has_value());
+  auto missing = store.remove("k");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::NotFound);
+
+  // Recreating starts a new generation.
+  ASSERT_OK(store.put("k", "v3"));
+  kv = *store.get("k");
+  EXPECT_EQ(kv->create_revision, 5);
+  EXPECT_EQ(kv->version, 1);
+
+  // Binary and empty values round-trip.
+  std::string binary("a\0b\xff", 4);
+  ASSERT_OK(store.put("bin", binary));
+  EXPECT_EQ((*store.get("bin"))->value, binary);
+  ASSERT_OK(store.put("empty", ""));
+  EXPECT_EQ((*store.get("empty"))->value, "");
+
+  auto empty_key = store.put("", "x");
+  ASSERT_FALSE(empty_key.ok());
+  EXPECT_EQ(empty_key.error().code, ErrorCode::InvalidArgument);
+}
+
+TYPED_TEST(StoreTest, ListByPrefixIsSorted) {
+  Store& store = this->open();
+  for (const char* key : {"b/1", "a/2", "a", "a/1", "ab", "a/\xff"}) ASSERT_OK(store.put(key, "v"));
+  auto list = *store.list("a/");
+  EXPECT_EQ(keys_of(list), (std::vector<std::string>{"a/1", "a/2", "a/\xff"}));
+  EXPECT_EQ(list.revision, 6);
+  EXPECT_EQ(keys_of(*store.list("")), (std::vector<std::string>{"a", "a/1", "a/2", "a/\xff", "ab", "b/1"}));
+  EXPECT_TRUE(store.list("c")->kvs.empty());
+  ASSERT_OK(store.remove("a/1"));
+  list = *store.list("a/");
+  EXPECT_EQ(keys_of(list), (std::vector<std::string>{"a/2", "a/\xff"}));
+  EXPECT_EQ(list.revision, 7);
+}
+
+TYPED_TEST(StoreTest, CompareAndSwap) {
+  Store& store = this->open();
+  EXPECT_EQ(*store.put("k", "1", Precondition::absent()), 1);
+  auto conflict = store.put("k", "2", Precondition::absent());
+  ASSERT_FALSE(conflict.ok());
+  EXPECT_EQ(conflict.error().code, ErrorCode::Conflict);
+
+  EXPECT_EQ(*store.put("k", "2", Precondition::at(1)), 2);
+  conflict = store.put("k", "3", Precondition::at(1));
+  ASSERT_FALSE(conflict.ok());
+  EXPECT_EQ(conflict.error().code, ErrorCode::Conflict);
+  EXPECT_EQ((*store.get("k"))->value, "2");
+
+  conflict = store.put("missing", "x", Precondition::at(2));
+  ASSERT_FALSE(conflict.ok());
+  EXPECT_EQ(conflict.error().code, ErrorCode::Conflict);
+
+  auto removed = store.remove("k", Precondition::at(1));
+  ASSERT_FALSE(removed.ok());
+  EXPECT_EQ(removed.error().code, ErrorCode::Conflict);
+  EXPECT_EQ(*store.remove("k", Precondition::at(2)), 3);
+  EXPECT_EQ(store.revision(), 3);
+}
+
+TYPED_TEST(StoreTest, WatchReplaysHistoryThenLiveEvents) {
+  Store& store = this->open();
+  ASSERT_OK(store.put("a", "1"));
+  ASSERT_OK(store.put("b", "1"));
+  ASSERT_OK(store.put("a", "2"));
+  ASSERT_OK(store.remove("a"));
+
+  Recorder recorder;
+  auto handle = store.watch("", 2, recorder.callback());
+  ASSERT_OK(handle);
+  EXPECT_EQ(recorder.revisions(), range(2, 4));
+  ASSERT_OK(store.put("c", "1"));
+  auto events = recorder.events();
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_EQ(events[0].type, WatchEvent::Type::Put);
+  EXPECT_EQ(events[0].kv.key, "b");
+  EXPECT_FALSE(events[0].prev.has_value());
+  EXPECT_EQ(events[1].kv.key, "a");
+  EXPECT_EQ(events[1].kv.value, "2");
+  EXPECT_EQ(events[1].kv.version, 2);
+  ASSERT_TRUE(events[1].prev.has_value());
+  EXPECT_EQ(events[1].prev->value, "1");
+  EXPECT_EQ(events[1].prev->mod_revision, 1);
+  EXPECT_EQ(events[2].type, WatchEvent::Type::Delete);
+  EXPECT_EQ(events[2].kv.key, "a");
+  EXPECT_EQ(events[2].kv.value, "");
+  EXPECT_EQ(events[2].kv.mod_revision, 4);
+  ASSERT_TRUE(events[2].prev.has_value());
+  EXPECT_EQ(events[2].prev->value, "2");
+  EXPECT_EQ(events[3].kv.key, "c");
+  EXPECT_EQ(events[3].kv.mod_revision, 5);
+
+  // Live only, and a start in the future.
+  Recorder live;
+  Recorder future;
+  auto live_handle = store.watch("", 0, live.callback());
+  auto future_handle = store.watch("", store.revision() + 2, future.callback());
+  ASSERT_OK(live_handle);
+  ASSERT_OK(future_handle);
+  ASSERT_OK(store.put("d", "1"));
+  ASSERT_OK(store.put("e", "1"));
+  EXPECT_EQ(live.revisions(), range(6, 7));
+  EXPECT_EQ(future.revisions(), range(7, 7));
+}
+
+TYPED_TEST(StoreTest, WatchFiltersByPrefix) {
+  Store& store = this->open();
+  ASSERT_OK(store.put("jobs/1", "x"));
+  ASSERT_OK(store.put("nodes/1", "x"));
+  Recorder recorder;
+  auto handle = store.watch("jobs/", 1, recorder.callback());
+  ASSERT_OK(handle);
+  ASSERT_OK(store.put("jobsx", "x"));
+  ASSERT_OK(store.put("jobs/2", "x"));
+  ASSERT_OK(store.remove("nodes/1"));
+  ASSERT_OK(store.remove("jobs/1"));
+  std::vector<std::string> keys;
+  for (const auto& event : recorder.events()) keys.push_back(event.kv.key);
+  EXPECT_EQ(keys, (std::vector<std::string>{"jobs/1", "jobs/2", "jobs/1"}));
+  EXPECT_EQ(recorder.revisions(), (std::vector<int64_t>{1, 4, 6}));
+}
+
+TYPED_TEST(StoreTest, CancelStopsDelivery) {
+  Store& store = this->open();
+  Recorder recorder;
+  auto handle = store.watch("", 0, recorder.callback());
+  ASSERT_OK(handle);
+  ASSERT_OK(store.put("a", "1"));
+  (*handle)->cancel();
+  (*handle)->cancel();  // idempotent
+  ASSERT_OK(store.put("a", "2"));
+  EXPECT_EQ(recorder.revisions(), range(1, 1));
+
+  // The destructor cancels.
+  Recorder scoped;
+  {
+    auto scoped_handle = store.watch("", 0, scoped.callback());
+    ASSERT_OK(scoped_handle);
+    ASSERT_OK(store.put("a", "3"));
+  }
+  ASSERT_OK(store.put("a", "4"));
+  EXPECT_EQ(scoped.revisions(), range(3, 3));
+
+  // A handle may outlive its store.
+  auto late = store.watch("", 0, recorder.callback());
+  ASSERT_OK(late);
+  this->store_.reset();
+  (*late)->cancel();
+}
+
+TYPED_TEST(StoreTest, CancelFromAnotherThreadWhileWriting) {
+  Store& store = this->open();
+  std::atomic<int> delivered{0};
+  auto handle = store.watch("", 0, [&](const WatchEvent&) { delivered.fetch_add(1); });
+  ASSERT_OK(handle);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> writers;
+  Joiner joiner(stop, writers);
+  writers.emplace_back([&] {
+    for (int i = 0; !stop.load(); ++i) ASSERT_OK(store.put("k", std::to_string(i)));
+  });
+  while (delivered.load() < 20) std::this_thread::yield();
+  (*handle)->cancel();
+  int after_cancel = delivered.load();
+  std::this_thread::sleep_for(20ms);
+  joiner.join();
+  EXPECT_EQ(delivered.load(), after_cancel);
+}
+
+TYPED_TEST(StoreTest, WatchRacingWritersSeesEveryRevisionOnce) {
+  // History big enough that the watch below cannot hit compaction however the threads are scheduled.
+  Store& store = this->open(/*history_limit=*/1'000'000);
+  constexpr int kWriters = 4;
+  constexpr int kMaxPutsEach = 5000;
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> puts{0};
+  std::vector<std::thread> writers;
+  Joiner joiner(stop, writers);
+  for (int w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      for (int i = 0; i < kMaxPutsEach && !stop.load(); ++i) {
+        ASSERT_OK(store.put("k/" + std::to_string(w) + "/" + std::to_string(i % 7), std::to_string(i)));
+        puts.fetch_add(1);
+        std::this_thread::sleep_for(10us);
+      }
+    });
+  }
+  while (store.revision() < 40) std::this_thread::yield();
+  Recorder from_history;
+  Recorder live;
+  int64_t from = store.revision() - 10;
+  auto history_handle = store.watch("k/", from, from_history.callback());
+  auto live_handle = store.watch("", 0, live.callback());
+  ASSERT_OK(history_handle);
+  ASSERT_OK(live_handle);
+  int64_t registered = store.revision();
+  while (store.revision() < registered + 200 && puts.load() < kWriters * kMaxPutsEach) std::this_thread::yield();
+  joiner.join();
+
+  int64_t last = store.revision();
+  EXPECT_EQ(last, puts.load());
+  EXPECT_EQ(from_history.revisions(), range(from, last));
+  auto seen = live.revisions();
+  ASSERT_FALSE(seen.empty());
+  EXPECT_LE(seen.front(), registered + 1);
+  EXPECT_EQ(seen, range(seen.front(), last));
+}
+
+TYPED_TEST(StoreTest, WatchFromCompactedRevisionFails) {
+  Store& store = this->open(/*history_limit=*/10);
+  for (int i = 0; i < 30; ++i) ASSERT_OK(store.put("k" + std::to_string(i % 3), std::to_string(i)));
+  Recorder recorder;
+  auto compacted = store.watch("", 1, recorder.callback());
+  ASSERT_FALSE(compacted.ok());
+  EXPECT_EQ(compacted.error().code, ErrorCode::Compacted);
+  EXPECT_TRUE(recorder.events().empty());
+
+  auto kept = store.watch("", store.revision() - 9, recorder.callback());
+  ASSERT_OK(kept);
+  EXPECT_EQ(recorder.revisions(), range(21, 30));
+
+  auto negative = store.watch("", -1, recorder.callback());
+  ASSERT_FALSE(negative.ok());
+  EXPECT_EQ(negative.error().code, ErrorCode::InvalidArgument);
+}
+
+TYPED_TEST(StoreTest, LeasesExpireIntoDeleteEvents) {
+  Store& store = this->open();
+  auto lease = store.grant_lease(1000);
+  ASSERT_OK(lease);
+  ASSERT_OK(store.put("a", "1", Precondition::none(), *lease));
+  ASSERT_OK(store.put("b", "1", Precondition::none(), *lease));
+  ASSERT_OK(store.put("c", "1"));
+  EXPECT_EQ((*store.get("a"))->lease, *lease);
+  Recorder recorder;
+  auto handle = store.watch("", 0, recorder.callback());
+  ASSERT_OK(handle);
+
+  this->clock_.advance(500ms);
+  EXPECT_EQ(store.expire_leases(), 0);
+  ASSERT_OK(store.keep_alive(*lease));
+  this->clock_.advance(800ms);  // 1300ms: past the first deadline, not the renewed one
+  EXPECT_EQ(store.expire_leases(), 0);
+  EXPECT_TRUE(store.get("a")->has_value());
+  this->clock_.advance(300ms);
+  EXPECT_EQ(store.expire_leases(), 1);
+  EXPECT_EQ(store.expire_leases(), 0);
+
+  EXPECT_FALSE(store.get("a")->has_value());
+  EXPECT_FALSE(store.get("b")->has_value());
+  EXPECT_TRUE(store.get("c")->has_value());
+  auto events = recorder.events();
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].type, WatchEvent::Type::Delete);
+  EXPECT_EQ(events[0].kv.key, "a");
+  EXPECT_EQ(events[0].kv.mod_revision, 4);
+  EXPECT_EQ(events[1].type, WatchEvent::Type::Delete);
+  EXPECT_EQ(events[1].kv.key, "b");
+  EXPECT_EQ(events[1].kv.mod_revision, 5);
+  EXPECT_EQ(store.revision(), 5);
+  EXPECT_EQ(store.keep_alive(*lease).error().code, ErrorCode::NotFound);
+}
+
+TYPED_TEST(StoreTest, LeaseErrorsAndRevoke) {
+  Store& store = this->open();
+  EXPECT_EQ(store.put("a", "1", Precondition::none(), 42).error().code, ErrorCode::NotFound);
+  EXPECT_EQ(store.keep_alive(42).error().code, ErrorCode::NotFound);
+  EXPECT_EQ(store.revoke_lease(42).error().code, ErrorCode::NotFound);
+  EXPECT_EQ(store.grant_lease(0).error().code, ErrorCode::InvalidArgument);
+  EXPECT_EQ(store.revision(), 0);
+
+  int64_t first = *store.grant_lease(10'000);
+  int64_t second = *store.grant_lease(10'000);
+  EXPECT_NE(first, second);
+  ASSERT_OK(store.put("a", "1", Precondition::none(), first));
+  ASSERT_OK(store.put("b", "1", Precondition::none(), first));
+  // Re-putting without the lease detaches the key from it.
+  ASSERT_OK(store.put("b", "2"));
+  ASSERT_OK(store.put("c", "1", Precondition::none(), second));
+
+  Recorder recorder;
+  auto handle = store.watch("", 0, recorder.callback());
+  ASSERT_OK(store.revoke_lease(first));
+  EXPECT_EQ(recorder.revisions(), range(5, 5));
+  EXPECT_FALSE(store.get("a")->has_value());
+  EXPECT_TRUE(store.get("b")->has_value());
+  EXPECT_TRUE(store.get("c")->has_value());
+  EXPECT_EQ(store.revoke_lease(first).error().code, ErrorCode::NotFound);
+
+  // A lease with no keys expires without events.
+  int64_t empty = *store.grant_lease(10);
+  this->clock_.advance(10ms);
+  EXPECT_EQ(store.expire_leases(), 1);
+  EXPECT_EQ(store.keep_alive(empty).error().code, ErrorCode::NotFound);
+  EXPECT_EQ(store.revision(), 5);
+}
+
+class SqliteStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = make_temp_dir();
+    path_ = dir_ + "/store.db";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::unique_ptr<SqliteStore> open(size_t history_limit = 10000) {
+    auto store = SqliteStore::open(path_, clock_, history_limit);
+    if (!store) ADD_FAILURE() << store.error().message;
+    return store ? std::move(store).value() : nullptr;
+  }
+
+  FakeClock clock_;
+  std::string dir_;
+  std::string path_;
+};
+
+TEST_F(SqliteStoreTest, SurvivesRestart) {
+  int64_t lease = 0;
+  {
+    auto store = open();
+    ASSERT_TRUE(store);
+    ASSERT_OK(store->put("a", "1"));
+    ASSERT_OK(store->put("b", "1"));
+    ASSERT_OK(store->put("a", "2"));
+    ASSERT_OK(store->remove("b"));
+    lease = *store->grant_lease(1000);
+    ASSERT_OK(store->put("leased", "x", Precondition::none(), lease));
+    EXPECT_EQ(store->revision(), 5);
+  }
+  auto store = open();
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->revision(), 5);
+  auto a = *store->get("a");
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a->value, "2");
+  EXPECT_EQ(a->create_revision, 1);
+  EXPECT_EQ(a->mod_revision, 3);
+  EXPECT_EQ(a->version, 2);
+  EXPECT_FALSE(store->get("b")->has_value());
+  EXPECT_EQ(keys_of(*store->list("")), (std::vector<std::string>{"a", "leased"}));
+
+  Recorder recorder;
+  auto handle = store->watch("", 1, recorder.callback());
+  ASSERT_OK(handle);
+  auto events = recorder.events();
+  ASSERT_EQ(events.size(), 5u);
+  EXPECT_EQ(recorder.revisions(), range(1, 5));
+  EXPECT_EQ(events[2].kv.value, "2");
+  ASSERT_TRUE(events[2].prev.has_value());
+  EXPECT_EQ(events[2].prev->value, "1");
+  EXPECT_EQ(events[3].type, WatchEvent::Type::Delete);
+  EXPECT_EQ(events[3].kv.key, "b");
+  EXPECT_EQ(events[4].kv.lease, lease);
+
+  EXPECT_EQ(*store->put("c", "1"), 6);
+  EXPECT_NE(*store->grant_lease(60'000), lease);
+
+  // The lease survived with its wall-clock deadline.
+  clock_.advance(1s);
+  EXPECT_EQ(store->expire_leases(), 1);
+  EXPECT_FALSE(store->get("leased")->has_value());
+  EXPECT_EQ(recorder.revisions(), range(1, 7));
+}
+
+TEST_F(SqliteStoreTest, RevisionAndCompactionSurviveRestart) {
+  {
+    auto store = open(/*history_limit=*/10);
+    ASSERT_TRUE(store);
+    for (int i = 0; i < 50; ++i) ASSERT_OK(store->put("k", std::to_string(i)));
+    ASSERT_OK(store->remove("k"));
+  }
+  auto store = open(10);
+  ASSERT_TRUE(store);
+  // Every key is gone and the log is compacted, yet the revision does not go back.
+  EXPECT_TRUE(store->list("")->kvs.empty());
+  EXPECT_EQ(store->revision(), 51);
+  EXPECT_EQ(store->watch("", 1, [](const WatchEvent&) {}).error().code, ErrorCode::Compacted);
+  Recorder recorder;
+  auto handle = store->watch("", 42, recorder.callback());
+  ASSERT_OK(handle);
+  EXPECT_EQ(recorder.revisions(), range(42, 51));
+  EXPECT_EQ(*store->put("k", "again"), 52);
+  EXPECT_EQ((*store->get("k"))->create_revision, 52);
+}
+
+TEST_F(SqliteStoreTest, OpenInMissingDirectoryFailsClearly) {
+  std::string path = dir_ + "/no/such/dir/store.db";
+  auto store = SqliteStore::open(path);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.error().code, ErrorCode::Internal);
+  EXPECT_NE(store.error().message.find(path), std::string::npos) << store.error().message;
+}
+
+TEST_F(SqliteStoreTest, OpenNonDatabaseFailsClearly) {
+  std::ofstream(path_) << std::string(4096, 'x');
+  auto store = SqliteStore::open(path_);
+  ASSERT_FALSE(store.ok());
+  EXPECT_NE(store.error().message.find(path_), std::string::npos) << store.error().message;
+}
+
+}  // namespace
+}  // namespace nebula::store
