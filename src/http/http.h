@@ -78,6 +78,9 @@ class ResponseWriter {
   // Sends one chunk, flushed at once. False when the client is gone (stop producing).
   virtual awaitable<bool> write(std::string_view data) = 0;
   virtual awaitable<void> finish() = 0;
+  // Ends a started stream without its final chunk and closes the connection, so the client can
+  // tell a failure from a complete response.
+  virtual void abort() = 0;
   virtual bool answered() const = 0;
 };
 
@@ -125,7 +128,8 @@ class Server {
 
   // Binds and starts accepting. Returns the bound port (useful with port 0).
   Result<uint16_t> listen(const HostPort& address);
-  // Stops accepting and closes every open connection.
+  // Stops accepting and closes every open connection. Asynchronous: the closing is posted to the
+  // io_context, so keep running it (or post io.stop() after this) for the close to happen.
   void stop();
   size_t open_connections() const;
 

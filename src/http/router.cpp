@@ -65,14 +65,18 @@ Response Response::json_body(int status, const json& body) {
   Response response;
   response.status = status;
   response.headers.push_back({"Content-Type", "application/json"});
-  response.body = body.dump();
+  // User bytes (paths, parse errors) may be invalid UTF-8: replace rather than throw.
+  response.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
   return response;
 }
 
 // Built outside coroutines: g++ 12 miscompiles braced JSON initialisers inside them.
 Response error_json(int status, const std::string& message, const std::string& code) {
-  return Response::json_body(status,
-                             json{{"error", {{"message", message}, {"type", "invalid_request_error"}, {"code", code}}}});
+  return Response::json_body(status, json{{"error",
+                                           {{"message", message},
+                                            {"type", status >= 500 ? "server_error" : "invalid_request_error"},
+                                            {"param", nullptr},
+                                            {"code", code}}}});
 }
 
 Headers event_stream_headers() {

@@ -113,6 +113,7 @@ class StreamWriter final : public ResponseWriter {
     if (ec) broken_ = true;
   }
 
+  void abort() override { broken_ = true; }
   bool answered() const override { return answered_; }
   // The connection can serve another request.
   bool reusable() const { return keep_alive_ && !broken_ && (!streaming_ || finished_); }

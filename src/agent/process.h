@@ -1,0 +1,53 @@
+#pragma once
+// Child processes for engines: the ProcessLauncher seam, and simulated GPUs.
+#include <sys/types.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "api/api.h"
+#include "common/result.h"
+
+namespace nebula::agent {
+
+struct LaunchSpec {
+  std::vector<std::string> argv;
+  std::map<std::string, std::string> env;  // added to (and overriding) the agent's environment
+  std::string log_path;                    // stdout and stderr are appended here
+};
+
+// How a child ended: exit code, or the signal that killed it.
+struct ExitStatus {
+  int code = 0;
+  int signal = 0;
+  std::string describe() const;
+};
+
+class ProcessLauncher {
+ public:
+  virtual ~ProcessLauncher() = default;
+  // Starts the child in a process group of its own (so stop reaches its children too).
+  virtual Result<pid_t> launch(const LaunchSpec& spec) = 0;
+  // Sends a signal to the child's whole process group.
+  virtual void signal_group(pid_t pid, int signal) = 0;
+  // The child's exit status if it has ended (reaping it), nullopt while it runs.
+  virtual std::optional<ExitStatus> poll(pid_t pid) = 0;
+};
+
+// posix_spawn-based launcher.
+class PosixLauncher final : public ProcessLauncher {
+ public:
+  Result<pid_t> launch(const LaunchSpec& spec) override;
+  void signal_group(pid_t pid, int signal) override;
+  std::optional<ExitStatus> poll(pid_t pid) override;
+};
+
+// A loopback TCP port nothing listens on right now (bind to port 0, read it, close).
+Result<int> find_free_port();
+
+// "1xH100-80GB", "2x24GB", "1xH100-80GB,2xA100-40GB" -> simulated GPUs, indexed from 0.
+Result<std::vector<api::Gpu>> parse_sim_gpus(const std::string& spec, const std::string& node_name);
+
+}  // namespace nebula::agent

@@ -1,0 +1,339 @@
+#include "api/api.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace nebula::api {
+
+std::string store_key(const std::string& plural, const std::string& name) {
+  return std::string(kKeyRoot) + plural + "/" + name;
+}
+std::string store_prefix(const std::string& plural) { return std::string(kKeyRoot) + plural + "/"; }
+
+namespace {
+
+// Thrown inside this file only; from_json wrappers turn it into InvalidArgument.
+struct FieldError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+const char* type_name(const json& value) { return value.type_name(); }
+
+// Reads an optional field: absent or null leaves `out` as it is; a wrong type names the field.
+template <typename T>
+void read(const json& object, const char* name, T& out) {
+  auto it = object.find(name);
+  if (it == object.end() || it->is_null()) return;
+  try {
+    out = it->get<T>();
+  } catch (const json::exception&) {
+    throw FieldError(fmt::format("field '{}' has the wrong type ({})", name, type_name(*it)));
+  }
+}
+
+const json& object_field(const json& object, const char* name) {
+  static const json kEmpty = json::object();
+  auto it = object.find(name);
+  if (it == object.end() || it->is_null()) return kEmpty;
+  if (!it->is_object()) throw FieldError(fmt::format("field '{}' must be an object", name));
+  return *it;
+}
+
+void require_object(const json& value, const char* what) {
+  if (!value.is_object()) throw FieldError(fmt::format("{} must be a JSON object, got {}", what, type_name(value)));
+}
+
+template <typename F>
+auto guarded(F&& parse) -> Result<decltype(parse())> {
+  try {
+    return parse();
+  } catch (const FieldError& error) {
+    return make_error(ErrorCode::InvalidArgument, error.what());
+  } catch (const json::exception& error) {
+    return make_error(ErrorCode::InvalidArgument, error.what());
+  }
+}
+
+Metadata metadata_from(const json& value) {
+  Metadata metadata;
+  const json& object = object_field(value, "metadata");
+  read(object, "name", metadata.name);
+  read(object, "uid", metadata.uid);
+  read(object, "created_ms", metadata.created_ms);
+  read(object, "revision", metadata.revision);
+  read(object, "labels", metadata.labels);
+  return metadata;
+}
+
+Gpu gpu_from(const json& value) {
+  require_object(value, "a GPU");
+  Gpu gpu;
+  read(value, "index", gpu.index);
+  read(value, "uuid", gpu.uuid);
+  read(value, "name", gpu.name);
+  read(value, "memory_total_mb", gpu.memory_total_mb);
+  read(value, "memory_used_mb", gpu.memory_used_mb);
+  read(value, "utilization", gpu.utilization);
+  read(value, "temperature_c", gpu.temperature_c);
+  return gpu;
+}
+
+NodeStatus node_status_from(const json& object) {
+  NodeStatus status;
+  if (auto it = object.find("gpus"); it != object.end() && !it->is_null()) {
+    if (!it->is_array()) throw FieldError("field 'gpus' must be an array");
+    for (const auto& gpu : *it) status.gpus.push_back(gpu_from(gpu));
+  }
+  read(object, "engines", status.engines);
+  read(object, "agent_url", status.agent_url);
+  read(object, "heartbeat_ms", status.heartbeat_ms);
+  read(object, "ready", status.ready);
+  read(object, "message", status.message);
+  return status;
+}
+
+DeploymentSpec deployment_spec_from(const json& object) {
+  DeploymentSpec spec;
+  read(object, "model", spec.model);
+  read(object, "engine", spec.engine);
+  read(object, "replicas", spec.replicas);
+  read(object, "gpus_per_replica", spec.gpus_per_replica);
+  read(object, "max_context", spec.max_context);
+  read(object, "max_seqs", spec.max_seqs);
+  read(object, "vram_mb", spec.vram_mb);
+  read(object, "engine_args", spec.engine_args);
+  read(object, "env", spec.env);
+  read(object, "priority", spec.priority);
+  return spec;
+}
+
+ReplicaStatus replica_status_from(const json& object) {
+  ReplicaStatus status;
+  read(object, "phase", status.phase);
+  read(object, "endpoint", status.endpoint);
+  read(object, "port", status.port);
+  read(object, "pid", status.pid);
+  read(object, "restarts", status.restarts);
+  read(object, "last_error", status.last_error);
+  read(object, "message", status.message);
+  read(object, "plan_version", status.plan_version);
+  read(object, "updated_ms", status.updated_ms);
+  return status;
+}
+
+}  // namespace
+
+json to_json(const Metadata& value) {
+  json object = {{"name", value.name}, {"uid", value.uid}, {"created_ms", value.created_ms}};
+  if (value.revision) object["revision"] = value.revision;
+  if (!value.labels.empty()) object["labels"] = value.labels;
+  return object;
+}
+
+json to_json(const Gpu& value) {
+  return {{"index", value.index},
+          {"uuid", value.uuid},
+          {"name", value.name},
+          {"memory_total_mb", value.memory_total_mb},
+          {"memory_used_mb", value.memory_used_mb},
+          {"utilization", value.utilization},
+          {"temperature_c", value.temperature_c}};
+}
+
+json to_json(const NodeStatus& value) {
+  json gpus = json::array();
+  for (const auto& gpu : value.gpus) gpus.push_back(to_json(gpu));
+  return {{"gpus", gpus},
+          {"engines", value.engines},
+          {"agent_url", value.agent_url},
+          {"heartbeat_ms", value.heartbeat_ms},
+          {"ready", value.ready},
+          {"message", value.message}};
+}
+
+json to_json(const Node& value) {
+  return {{"kind", "Node"},
+          {"metadata", to_json(value.metadata)},
+          {"spec", {{"drain", value.spec.drain}}},
+          {"status", to_json(value.status)}};
+}
+
+json to_json(const DeploymentSpec& spec) {
+  return {{"model", spec.model},
+          {"engine", spec.engine},
+          {"replicas", spec.replicas},
+          {"gpus_per_replica", spec.gpus_per_replica},
+          {"max_context", spec.max_context},
+          {"max_seqs", spec.max_seqs},
+          {"vram_mb", spec.vram_mb},
+          {"engine_args", spec.engine_args},
+          {"env", spec.env},
+          {"priority", spec.priority}};
+}
+
+json to_json(const Deployment& value) {
+  return {{"kind", "Deployment"},
+          {"metadata", to_json(value.metadata)},
+          {"spec", to_json(value.spec)},
+          {"status",
+           {{"ready_replicas", value.status.ready_replicas},
+            {"replicas", value.status.replicas},
+            {"phase", value.status.phase},
+            {"message", value.status.message}}}};
+}
+
+json to_json(const ReplicaStatus& value) {
+  return {{"phase", value.phase},         {"endpoint", value.endpoint},     {"port", value.port},
+          {"pid", value.pid},             {"restarts", value.restarts},     {"last_error", value.last_error},
+          {"message", value.message},     {"plan_version", value.plan_version}, {"updated_ms", value.updated_ms}};
+}
+
+json to_json(const Replica& value) {
+  const auto& spec = value.spec;
+  return {{"kind", "Replica"},
+          {"metadata", to_json(value.metadata)},
+          {"spec",
+           {{"deployment", spec.deployment},
+            {"model", spec.model},
+            {"engine", spec.engine},
+            {"node", spec.node},
+            {"gpus", spec.gpus},
+            {"vram_mb", spec.vram_mb},
+            {"plan_version", spec.plan_version},
+            {"stop", spec.stop},
+            {"max_context", spec.max_context},
+            {"max_seqs", spec.max_seqs},
+            {"engine_args", spec.engine_args},
+            {"env", spec.env}}},
+          {"status", to_json(value.status)}};
+}
+
+json to_json(const Event& value) {
+  return {{"kind", "Event"},        {"metadata", to_json(value.metadata)}, {"time_ms", value.time_ms},
+          {"object", value.object}, {"type", value.type},                  {"reason", value.reason},
+          {"message", value.message}};
+}
+
+Result<Node> node_from_json(const json& value) {
+  return guarded([&] {
+    require_object(value, "a Node");
+    Node node;
+    node.metadata = metadata_from(value);
+    read(object_field(value, "spec"), "drain", node.spec.drain);
+    node.status = node_status_from(object_field(value, "status"));
+    return node;
+  });
+}
+
+Result<NodeStatus> node_status_from_json(const json& value) {
+  return guarded([&] {
+    require_object(value, "a node status");
+    return node_status_from(value);
+  });
+}
+
+Result<DeploymentSpec> deployment_spec_from_json(const json& value) {
+  return guarded([&] {
+    require_object(value, "a deployment spec");
+    return deployment_spec_from(value);
+  });
+}
+
+Result<Deployment> deployment_from_json(const json& value) {
+  return guarded([&] {
+    require_object(value, "a Deployment");
+    Deployment deployment;
+    deployment.metadata = metadata_from(value);
+    deployment.spec = deployment_spec_from(object_field(value, "spec"));
+    const json& status = object_field(value, "status");
+    read(status, "ready_replicas", deployment.status.ready_replicas);
+    read(status, "replicas", deployment.status.replicas);
+    read(status, "phase", deployment.status.phase);
+    read(status, "message", deployment.status.message);
+    return deployment;
+  });
+}
+
+Result<Replica> replica_from_json(const json& value) {
+  return guarded([&] {
+    require_object(value, "a Replica");
+    Replica replica;
+    replica.metadata = metadata_from(value);
+    const json& spec = object_field(value, "spec");
+    read(spec, "deployment", replica.spec.deployment);
+    read(spec, "model", replica.spec.model);
+    read(spec, "engine", replica.spec.engine);
+    read(spec, "node", replica.spec.node);
+    read(spec, "gpus", replica.spec.gpus);
+    read(spec, "vram_mb", replica.spec.vram_mb);
+    read(spec, "plan_version", replica.spec.plan_version);
+    read(spec, "stop", replica.spec.stop);
+    read(spec, "max_context", replica.spec.max_context);
+    read(spec, "max_seqs", replica.spec.max_seqs);
+    read(spec, "engine_args", replica.spec.engine_args);
+    read(spec, "env", replica.spec.env);
+    replica.status = replica_status_from(object_field(value, "status"));
+    return replica;
+  });
+}
+
+Result<ReplicaStatus> replica_status_from_json(const json& value) {
+  return guarded([&] {
+    require_object(value, "a replica status");
+    return replica_status_from(value);
+  });
+}
+
+Result<Event> event_from_json(const json& value) {
+  return guarded([&] {
+    require_object(value, "an Event");
+    Event event;
+    event.metadata = metadata_from(value);
+    read(value, "time_ms", event.time_ms);
+    read(value, "object", event.object);
+    read(value, "type", event.type);
+    read(value, "reason", event.reason);
+    read(value, "message", event.message);
+    return event;
+  });
+}
+
+Status validate_name(const std::string& name) {
+  bool valid = !name.empty() && name.size() <= 63 && name.front() != '-';
+  for (char c : name) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) valid = false;
+  }
+  if (!valid) {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("invalid name '{}': use 1-63 lowercase letters, digits and '-'", name));
+  }
+  return {};
+}
+
+const std::vector<std::string>& known_engines() {
+  static const std::vector<std::string> engines = {"sim",    "vllm",   "sglang",  "llamacpp",
+                                                   "tgi",    "ollama", "docker", "command"};
+  return engines;
+}
+
+Status validate(const DeploymentSpec& spec) {
+  if (spec.model.empty()) return make_error(ErrorCode::InvalidArgument, "spec.model is required");
+  const auto& engines = known_engines();
+  if (std::find(engines.begin(), engines.end(), spec.engine) == engines.end()) {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("unknown engine '{}' (one of: {})", spec.engine, fmt::join(engines, ", ")));
+  }
+  if (spec.replicas < 0 || spec.replicas > 1000) {
+    return make_error(ErrorCode::InvalidArgument, "spec.replicas must be between 0 and 1000");
+  }
+  if (spec.gpus_per_replica < 0 || spec.gpus_per_replica > 64) {
+    return make_error(ErrorCode::InvalidArgument, "spec.gpus_per_replica must be between 0 and 64");
+  }
+  if (spec.max_context < 0 || spec.max_seqs < 0 || spec.vram_mb < 0) {
+    return make_error(ErrorCode::InvalidArgument, "max_context, max_seqs and vram_mb cannot be negative");
+  }
+  return {};
+}
+
+}  // namespace nebula::api

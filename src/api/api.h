@@ -1,0 +1,162 @@
+#pragma once
+// Resource types of DESIGN.md §2 as plain structs, and their JSON form. JSON stays at the edges
+// (HTTP, store documents); code inside works on these structs.
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/json.h"
+#include "common/result.h"
+
+namespace nebula::api {
+
+// Keys in the store: /nebula/<plural>/<name>.
+inline constexpr const char* kKeyRoot = "/nebula/";
+std::string store_key(const std::string& plural, const std::string& name);
+std::string store_prefix(const std::string& plural);
+
+struct Metadata {
+  std::string name;
+  std::string uid;
+  int64_t created_ms = 0;  // Unix milliseconds
+  int64_t revision = 0;    // the store's mod_revision; filled on read, ignored on write
+  std::map<std::string, std::string> labels;
+};
+
+struct Gpu {
+  int index = 0;
+  std::string uuid;
+  std::string name;
+  int64_t memory_total_mb = 0;
+  int64_t memory_used_mb = 0;
+  double utilization = 0;  // percent
+  double temperature_c = 0;
+};
+
+struct NodeSpec {
+  bool drain = false;
+};
+
+struct NodeStatus {
+  std::vector<Gpu> gpus;
+  std::vector<std::string> engines;  // engines this node can run
+  std::string agent_url;             // the agent's own listener (logs, health)
+  int64_t heartbeat_ms = 0;
+  bool ready = false;
+  std::string message;
+};
+
+struct Node {
+  Metadata metadata;
+  NodeSpec spec;
+  NodeStatus status;
+};
+
+struct DeploymentSpec {
+  std::string model;
+  std::string engine = "sim";
+  int replicas = 1;
+  int gpus_per_replica = 1;
+  int max_context = 0;  // 0 = the engine's default
+  int max_seqs = 0;     // 0 = the engine's default
+  int64_t vram_mb = 0;  // per replica, summed over its GPUs; 0 = estimate from the model
+  std::vector<std::string> engine_args;
+  std::map<std::string, std::string> env;
+  int priority = 0;
+};
+
+struct DeploymentStatus {
+  int ready_replicas = 0;
+  int replicas = 0;  // replicas that exist (any phase)
+  std::string phase;  // Pending | Progressing | Ready | Failed
+  std::string message;
+};
+
+struct Deployment {
+  Metadata metadata;
+  DeploymentSpec spec;
+  DeploymentStatus status;
+};
+
+// Replica phases (DESIGN.md §2).
+namespace phase {
+inline constexpr const char* kPending = "Pending";
+inline constexpr const char* kScheduled = "Scheduled";
+inline constexpr const char* kStarting = "Starting";
+inline constexpr const char* kReady = "Ready";
+inline constexpr const char* kStopping = "Stopping";
+inline constexpr const char* kFailed = "Failed";
+}  // namespace phase
+
+struct ReplicaSpec {
+  std::string deployment;
+  std::string model;
+  std::string engine;
+  std::string node;        // "" until scheduled
+  std::vector<int> gpus;   // GPU indices on the node
+  int64_t vram_mb = 0;     // reserved across its GPUs
+  int64_t plan_version = 0;
+  bool stop = false;       // desired: stopped and removed (scale down, deployment deleted)
+  int max_context = 0;
+  int max_seqs = 0;
+  std::vector<std::string> engine_args;
+  std::map<std::string, std::string> env;
+};
+
+struct ReplicaStatus {
+  std::string phase = phase::kPending;
+  std::string endpoint;  // "http://127.0.0.1:PORT" once started
+  int port = 0;
+  int pid = 0;
+  int restarts = 0;
+  std::string last_error;
+  std::string message;
+  int64_t plan_version = 0;  // the plan the agent runs
+  int64_t updated_ms = 0;
+};
+
+struct Replica {
+  Metadata metadata;
+  ReplicaSpec spec;
+  ReplicaStatus status;
+};
+
+struct Event {
+  Metadata metadata;
+  int64_t time_ms = 0;
+  std::string object;  // "deployment/chat", "replica/chat-abc12", "node/n1"
+  std::string type = "Normal";  // Normal | Warning
+  std::string reason;
+  std::string message;
+};
+
+// JSON round-trip. from_json functions give InvalidArgument naming the bad field.
+json to_json(const Metadata& value);
+json to_json(const Gpu& value);
+json to_json(const Node& value);
+json to_json(const Deployment& value);
+json to_json(const DeploymentSpec& value);
+json to_json(const Replica& value);
+json to_json(const ReplicaStatus& value);
+json to_json(const NodeStatus& value);
+json to_json(const Event& value);
+
+Result<Node> node_from_json(const json& value);
+Result<NodeStatus> node_status_from_json(const json& value);
+Result<Deployment> deployment_from_json(const json& value);
+Result<DeploymentSpec> deployment_spec_from_json(const json& value);
+Result<Replica> replica_from_json(const json& value);
+Result<ReplicaStatus> replica_status_from_json(const json& value);
+Result<Event> event_from_json(const json& value);
+
+// Names: lowercase letters, digits and '-', 1 to 63 characters, starting with a letter or digit.
+Status validate_name(const std::string& name);
+// Checks the spec a user gave (engine known, counts in range).
+Status validate(const DeploymentSpec& spec);
+
+// The engines Nebula knows how to run.
+const std::vector<std::string>& known_engines();
+
+}  // namespace nebula::api

@@ -1,0 +1,122 @@
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+
+#include "cli/cli.h"
+
+namespace nebula::cli {
+
+void add_client_flags(CLI::App& app, ClientFlags& flags) {
+  const char* from_env = std::getenv("NEBULA_SERVER");
+  flags.server = from_env && *from_env ? from_env : "http://127.0.0.1:8080";
+  app.add_option("--server", flags.server, "Nebula server URL (NEBULA_SERVER)");
+  app.add_option("-o,--output", flags.output, "Output format: table, json or yaml")
+      ->check(CLI::IsMember({"table", "json", "yaml"}));
+}
+
+std::optional<int> parse(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& help) {
+    std::cout << app.help();
+    return 0;
+  } catch (const CLI::ParseError& error) {
+    std::cerr << "error: " << error.what() << "\n";
+    std::cerr << "run '" << app.get_name() << " --help' for usage\n";
+    return 2;
+  }
+  return std::nullopt;
+}
+
+ApiClient::ApiClient(std::string server) : server_(std::move(server)) {
+  while (!server_.empty() && server_.back() == '/') server_.pop_back();
+}
+
+Result<json> ApiClient::call(const std::string& method, const std::string& path, const std::string& body) {
+  auto response = client_.request(method, server_ + path, body, {}, std::chrono::seconds(30));
+  if (!response) {
+    return make_error(response.error().code,
+                      fmt::format("cannot reach the Nebula server at {}: {}", server_, response.error().message));
+  }
+  json document;
+  if (!response->body.empty()) {
+    auto parsed = parse_json(response->body);
+    if (parsed) document = std::move(*parsed);
+  }
+  if (response->status >= 300) {
+    std::string message = response->body;
+    if (document.is_object() && document.contains("error") && document["error"].is_object()) {
+      message = document["error"].value("message", message);
+    }
+    ErrorCode code = response->status == 404 ? ErrorCode::NotFound
+                     : response->status == 409 ? ErrorCode::AlreadyExists
+                     : response->status == 400 ? ErrorCode::InvalidArgument
+                                               : ErrorCode::Unavailable;
+    return make_error(code, message);
+  }
+  return document;
+}
+
+Result<int> ApiClient::stream_to_stdout(const std::string& path) {
+  int status = 0;
+  std::string error_body;
+  auto result = client_.stream(
+      "GET", server_ + path, "", {},
+      [&](std::string_view data) {
+        if (status == 0) status = 200;
+        std::cout << data << std::flush;
+        return true;
+      },
+      std::chrono::hours(24));
+  if (!result) return make_error(result.error().code, "cannot reach " + server_ + ": " + result.error().message);
+  return *result;
+}
+
+bool print_as(const std::string& output, const json& value, const std::function<void()>& print_table_fn) {
+  if (output == "json") {
+    std::cout << value.dump(2) << "\n";
+  } else if (output == "yaml") {
+    std::cout << json_to_yaml(value);
+  } else if (output == "table") {
+    print_table_fn();
+  } else {
+    return false;
+  }
+  return true;
+}
+
+void print_table(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    if (widths.size() < row.size()) widths.resize(row.size(), 0);
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 3, ' ');
+    }
+    std::cout << line << "\n";
+  }
+}
+
+std::string age(int64_t since_ms) {
+  if (since_ms <= 0) return "-";
+  int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  int64_t seconds = std::max<int64_t>(0, (now_ms - since_ms) / 1000);
+  if (seconds < 120) return fmt::format("{}s", seconds);
+  if (seconds < 7200) return fmt::format("{}m", seconds / 60);
+  if (seconds < 172800) return fmt::format("{}h", seconds / 3600);
+  return fmt::format("{}d", seconds / 86400);
+}
+
+int fail(const std::string& message) {
+  std::cerr << "error: " << message << "\n";
+  return 1;
+}
+
+}  // namespace nebula::cli

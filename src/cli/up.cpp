@@ -1,0 +1,250 @@
+// `nebula up` (control plane + gateway + a local agent in one process) and `nebula server`.
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "agent/agent.h"
+#include "cli/cli.h"
+#include "common/config.h"
+#include "common/ids.h"
+#include "common/log.h"
+#include "controlplane/controlplane.h"
+#include "gateway/gateway.h"
+#include "store/sqlite_store.h"
+
+namespace nebula::cli {
+
+namespace {
+
+struct ServerFlags {
+  std::string listen = "127.0.0.1:8080";
+  std::string data_dir = default_data_dir();
+  std::string store;  // sqlite://PATH; default <data-dir>/nebula.db
+  std::string log_level = "info";
+  std::string node_timeout = "30s";
+};
+
+void add_server_flags(CLI::App& app, ServerFlags& flags) {
+  app.add_option("--listen", flags.listen, "Address for the API, gateway and metrics")->capture_default_str();
+  app.add_option("--data-dir", flags.data_dir, "Where state, logs and the join token live")->capture_default_str();
+  app.add_option("--store", flags.store, "State store: sqlite://PATH (default <data-dir>/nebula.db)");
+  app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")->capture_default_str();
+  app.add_option("--node-timeout", flags.node_timeout, "A node without heartbeat this long is NotReady")
+      ->capture_default_str();
+}
+
+// The join token agents present; created once per data dir, readable only by its owner.
+Result<std::string> load_join_token(const std::string& data_dir) {
+  std::string path = data_dir + "/join-token";
+  std::ifstream in(path);
+  std::string token;
+  if (in && std::getline(in, token) && !token.empty()) return token;
+  token = "nbj-" + random_secret_hex(16);
+  std::ofstream out(path, std::ios::trunc);
+  if (!out) return make_error(ErrorCode::Internal, "cannot write " + path);
+  out << token << "\n";
+  out.close();
+  ::chmod(path.c_str(), 0600);
+  return token;
+}
+
+// Blocks SIGINT/SIGTERM in every thread (started later, they inherit the mask) so the main
+// thread can wait for them with sigwait and shut down in order.
+sigset_t block_stop_signals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  return signals;
+}
+
+// The control plane and gateway on one listener, running on one I/O thread.
+class ServerRuntime {
+ public:
+  Status start(const ServerFlags& flags) {
+    std::error_code ec;
+    std::filesystem::create_directories(flags.data_dir, ec);
+    if (ec) return make_error(ErrorCode::Internal, "cannot create data dir " + flags.data_dir + ": " + ec.message());
+    auto address = parse_host_port(flags.listen);
+    if (!address) return address.error();
+    auto node_timeout = parse_duration(flags.node_timeout);
+    if (!node_timeout) return node_timeout.error();
+    std::string store_path = flags.data_dir + "/nebula.db";
+    if (!flags.store.empty()) {
+      if (flags.store.rfind("sqlite://", 0) != 0) {
+        return make_error(ErrorCode::InvalidArgument,
+                          "unsupported --store '" + flags.store + "' (this build supports sqlite://PATH)");
+      }
+      store_path = flags.store.substr(9);
+    }
+    auto store = store::SqliteStore::open(store_path);
+    if (!store) return store.error();
+    store_ = std::move(*store);
+    auto token = load_join_token(flags.data_dir);
+    if (!token) return token.error();
+    options_.join_token = *token;
+    options_.node_timeout = *node_timeout;
+
+    resources_ = std::make_unique<controlplane::Resources>(*store_);
+    gateway_ = std::make_unique<gateway::Gateway>(*store_, io_);
+    if (auto started = gateway_->start(); !started) return started.error();
+    http::Router router;
+    controlplane::add_api_routes(router, *resources_, io_, options_);
+    gateway_->add_routes(router);
+    server_ = std::make_unique<http::Server>(io_, std::move(router));
+    auto port = server_->listen(*address);
+    if (!port) return port.error();
+    std::string host = address->host == "0.0.0.0" ? "127.0.0.1" : address->host;
+    url_ = "http://" + HostPort{host, *port}.to_string();
+    controller_ = std::make_unique<controlplane::Controller>(*resources_, options_);
+    controller_->start();
+    thread_ = std::thread([this] { io_.run(); });
+    spdlog::info("nebula server listening on {} (store {})", url_, store_path);
+    return {};
+  }
+
+  void stop() {
+    if (controller_) controller_->stop();
+    if (server_) server_->stop();
+    asio::post(io_, [this] { io_.stop(); });
+    work_.reset();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  const std::string& url() const { return url_; }
+  const std::string& join_token() const { return options_.join_token; }
+  controlplane::Resources& resources() { return *resources_; }
+
+ private:
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_{io_.get_executor()};
+  std::unique_ptr<store::SqliteStore> store_;
+  controlplane::Options options_;
+  std::unique_ptr<controlplane::Resources> resources_;
+  std::unique_ptr<gateway::Gateway> gateway_;
+  std::unique_ptr<http::Server> server_;
+  std::unique_ptr<controlplane::Controller> controller_;
+  std::thread thread_;
+  std::string url_;
+};
+
+void wait_for_stop_signal(const sigset_t& signals) {
+  int received = 0;
+  sigwait(&signals, &received);
+  spdlog::info("received {}, shutting down", strsignal(received));
+}
+
+}  // namespace
+
+int run_server(int argc, char** argv) {
+  CLI::App app{"Run the control plane and gateway (agents join with a token)", "nebula server"};
+  ServerFlags flags;
+  add_server_flags(app, flags);
+  if (auto exit = parse(app, argc, argv)) return *exit;
+  init_logging(flags.log_level);
+  auto signals = block_stop_signals();
+  ServerRuntime runtime;
+  if (auto started = runtime.start(flags); !started) return fail(started.error().message);
+  std::cout << "Nebula server: " << runtime.url() << "\n"
+            << "Join an agent: nebula agent --server " << runtime.url() << " --token " << runtime.join_token()
+            << "\n"
+            << std::flush;
+  wait_for_stop_signal(signals);
+  runtime.stop();
+  return 0;
+}
+
+int run_up(int argc, char** argv) {
+  CLI::App app{"Run everything on this machine: control plane, gateway and a local agent", "nebula up"};
+  ServerFlags flags;
+  std::string sim_gpus;
+  std::string node_name;
+  std::string demo_model;
+  add_server_flags(app, flags);
+  app.add_option("--sim-gpus", sim_gpus, "Simulated GPUs for the local agent, e.g. 2xH100-80GB");
+  app.add_option("--name", node_name, "Name of the local node (default: the host name)");
+  app.add_option("--demo", demo_model,
+                 "Deploy a demo deployment named 'demo' serving this model on the simulator, if absent");
+  if (auto exit = parse(app, argc, argv)) return *exit;
+  init_logging(flags.log_level);
+  flags.data_dir = expand_home(flags.data_dir);
+  auto signals = block_stop_signals();
+
+  ServerRuntime runtime;
+  if (auto started = runtime.start(flags); !started) return fail(started.error().message);
+  agent::Options agent_options;
+  agent_options.server_url = runtime.url();
+  agent_options.token = runtime.join_token();
+  agent_options.name = node_name;
+  agent_options.sim_gpus = sim_gpus;
+  agent_options.listen = HostPort{"127.0.0.1", 0};
+  agent_options.data_dir = flags.data_dir;
+  agent::Agent local_agent(agent_options);
+  if (auto started = local_agent.start(); !started) {
+    runtime.stop();
+    return fail(started.error().message);
+  }
+  if (!demo_model.empty()) {
+    api::Deployment demo;
+    demo.metadata.name = "demo";
+    demo.spec.model = demo_model;
+    demo.spec.engine = "sim";
+    auto created = runtime.resources().create(demo);
+    if (created) spdlog::info("deployed demo: {} on the simulator", demo_model);
+  }
+  std::cout << "\nNebula is up.\n"
+            << "  OpenAI API:      " << runtime.url() << "/v1\n"
+            << "  Management API:  " << runtime.url() << "/api/v1\n"
+            << "  Health:          " << runtime.url() << "/healthz\n"
+            << "  Data dir:        " << flags.data_dir << "\n"
+            << "  Auth:            none (loopback only)\n"
+            << "  Join token:      " << runtime.join_token() << "\n"
+            << "Try: nebula ls    curl " << runtime.url()
+            << "/v1/chat/completions -d '{\"model\":\"demo\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'\n"
+            << "Ctrl-C stops Nebula and every engine it started.\n\n"
+            << std::flush;
+  wait_for_stop_signal(signals);
+  local_agent.stop();
+  runtime.stop();
+  return 0;
+}
+
+int run_agent(int argc, char** argv) {
+  CLI::App app{"Run a node agent that joins a Nebula server", "nebula agent"};
+  agent::Options options;
+  std::string listen = "127.0.0.1:9091";
+  std::string log_level = "info";
+  options.data_dir = default_data_dir();
+  app.add_option("--server", options.server_url, "Server URL")->required();
+  app.add_option("--token", options.token, "Join token printed by the server")->required();
+  app.add_option("--name", options.name, "Node name (default: the host name)");
+  app.add_option("--listen", listen, "Address for the agent's logs and health endpoints")->capture_default_str();
+  app.add_option("--sim-gpus", options.sim_gpus, "Simulated GPUs, e.g. 2xH100-80GB");
+  app.add_option("--data-dir", options.data_dir, "Where engine logs live")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn or error")->capture_default_str();
+  if (auto exit = parse(app, argc, argv)) return *exit;
+  init_logging(log_level);
+  auto address = parse_host_port(listen);
+  if (!address) return fail(address.error().message);
+  options.listen = *address;
+  options.data_dir = expand_home(options.data_dir);
+  auto signals = block_stop_signals();
+  agent::Agent node_agent(options);
+  if (auto started = node_agent.start(); !started) return fail(started.error().message);
+  std::cout << "Nebula agent " << node_agent.url() << " joining " << options.server_url << "\n" << std::flush;
+  wait_for_stop_signal(signals);
+  node_agent.stop();
+  return 0;
+}
+
+}  // namespace nebula::cli

@@ -1,0 +1,458 @@
+// The management REST API: /api/v1/<plural>[/<name>] with list, get, create, update, delete and
+// watch (?watch=1&revision=N streams newline-delimited JSON events).
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <deque>
+
+#include "controlplane/controlplane.h"
+#include "scheduler/scheduler.h"
+
+namespace nebula::controlplane {
+
+int http_status(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::InvalidArgument: return 400;
+    case ErrorCode::NotFound: return 404;
+    case ErrorCode::AlreadyExists: return 409;
+    case ErrorCode::Conflict: return 409;
+    case ErrorCode::Unauthenticated: return 401;
+    case ErrorCode::PermissionDenied: return 403;
+    case ErrorCode::Unavailable: return 503;
+    case ErrorCode::ResourceExhausted: return 503;
+    case ErrorCode::Timeout: return 504;
+    case ErrorCode::Compacted: return 410;
+    case ErrorCode::TooLarge: return 413;
+    case ErrorCode::Internal: return 500;
+  }
+  return 500;
+}
+
+http::Response error_response(const Error& error) {
+  return http::error_json(http_status(error.code), error.message, to_string(error.code));
+}
+
+namespace {
+
+using http::Request;
+using http::Response;
+using http::ResponseWriter;
+
+Response ok_json(const json& body, int status = 200) { return Response::json_body(status, body); }
+
+// g++ 12 evaluates both arms of a conditional inside a co_await operand: never write
+// `co_await f(ok ? a : b)`; build the response in a plain function like this one.
+template <typename T>
+Response result_response(const Result<T>& result, int ok_status = 200) {
+  if (!result) return error_response(result.error());
+  return ok_json(api::to_json(*result), ok_status);
+}
+
+template <typename T>
+json list_json(Resources& resources) {
+  int64_t revision = 0;
+  json items = json::array();
+  for (const auto& item : resources.list<T>(&revision)) items.push_back(api::to_json(item));
+  return json{{"items", items}, {"revision", revision}};
+}
+
+// One watch stream: store events queue up here (pushed on the committing thread) and the
+// handler coroutine drains them. The server's io_context runs on one thread, so the posted
+// timer cancel cannot slip between the handler's emptiness check and its wait.
+struct WatchQueue {
+  explicit WatchQueue(asio::io_context& io) : io(io), timer(io) {}
+  asio::io_context& io;
+  asio::steady_timer timer;
+  std::mutex mutex;
+  std::deque<std::string> lines;
+};
+
+std::string watch_line(const store::WatchEvent& event) {
+  json line;
+  line["type"] = event.type == store::WatchEvent::Type::Put ? "PUT" : "DELETE";
+  line["revision"] = event.kv.mod_revision;
+  const std::string& value = event.type == store::WatchEvent::Type::Put ? event.kv.value
+                             : event.prev                                 ? event.prev->value
+                                                                          : std::string();
+  auto document = parse_json(value);
+  if (document) {
+    if (document->is_object() && document->contains("metadata")) {
+      (*document)["metadata"]["revision"] = event.kv.mod_revision;
+    }
+    line["object"] = std::move(*document);
+  }
+  line["key"] = event.kv.key;
+  return line.dump() + "\n";
+}
+
+http::Headers ndjson_headers() { return {{"Content-Type", "application/x-ndjson"}}; }
+http::Headers text_headers() { return {{"Content-Type", "text/plain; charset=utf-8"}}; }
+
+awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const std::string& prefix, int64_t from,
+                            ResponseWriter& writer) {
+  auto queue = std::make_shared<WatchQueue>(io);
+  auto watch = resources.store().watch(prefix, from, [queue](const store::WatchEvent& event) {
+    {
+      std::lock_guard lock(queue->mutex);
+      queue->lines.push_back(watch_line(event));
+    }
+    asio::post(queue->io, [queue] { queue->timer.cancel(); });
+  });
+  if (!watch) {
+    co_await writer.send(error_response(watch.error()));
+    co_return;
+  }
+  if (!co_await writer.start_stream(200, ndjson_headers())) co_return;
+  while (true) {
+    std::deque<std::string> lines;
+    {
+      std::lock_guard lock(queue->mutex);
+      lines.swap(queue->lines);
+    }
+    std::string batch;
+    for (auto& line : lines) batch += line;
+    if (!batch.empty()) {
+      if (!co_await writer.write(batch)) break;
+      continue;
+    }
+    queue->timer.expires_after(std::chrono::seconds(15));
+    boost::system::error_code ec;
+    co_await queue->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) {
+      // Quiet for a while: a bare newline tells a gone client from a live one.
+      if (!co_await writer.write("\n")) break;
+    }
+  }
+  (*watch)->cancel();
+}
+
+template <typename T>
+void add_read_routes(http::Router& router, Resources& resources, asio::io_context& io) {
+  std::string plural = Traits<T>::kPlural;
+  router.add("GET", "/api/v1/" + plural, [&resources, &io, plural](Request& request, ResponseWriter& writer) -> awaitable<void> {
+    if (request.query_or("watch") == "1" || request.query_or("watch") == "true") {
+      int64_t from = std::atoll(request.query_or("revision", "0").c_str());
+      co_await serve_watch(resources, io, api::store_prefix(plural), from, writer);
+      co_return;
+    }
+    co_await writer.send(ok_json(list_json<T>(resources)));
+  });
+  router.add("GET", "/api/v1/" + plural + "/{name}", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+    auto object = resources.get<T>(request.params["name"]);
+    co_await writer.send(result_response(object));
+  });
+}
+
+template <typename T>
+void add_delete_route(http::Router& router, Resources& resources) {
+  std::string plural = Traits<T>::kPlural;
+  router.add("DELETE", "/api/v1/" + plural + "/{name}", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+    const std::string& name = request.params["name"];
+    auto object = resources.get<T>(name);
+    if (!object) {
+      co_await writer.send(error_response(object.error()));
+      co_return;
+    }
+    auto removed = resources.remove<T>(name);
+    if (!removed) {
+      co_await writer.send(error_response(removed.error()));
+      co_return;
+    }
+    resources.record_event(std::string(Traits<T>::kKind) + "/" + name, "Deleted", "deleted by the API");
+    co_await writer.send(ok_json(api::to_json(*object)));
+  });
+}
+
+json name_json(const std::string& name) { return json{{"name", name}}; }
+
+Result<json> body_json(const Request& request) {
+  auto body = parse_json(request.body);
+  if (!body) return body.error();
+  if (!body->is_object()) return make_error(ErrorCode::InvalidArgument, "the request body must be a JSON object");
+  return body;
+}
+
+template <typename T>
+Result<T> parse_body_as(const Request& request, Result<T> (*parse)(const json&)) {
+  auto body = body_json(request);
+  if (!body) return body.error();
+  return parse(*body);
+}
+
+
+// A deployment from a request body: {"metadata":{"name"},"spec":{...}} or {"name", "spec"}.
+Result<api::Deployment> deployment_from_request(const Request& request, const std::string& name_from_path) {
+  auto body = body_json(request);
+  if (!body) return body.error();
+  auto deployment = api::deployment_from_json(*body);
+  if (!deployment) return deployment.error();
+  if (deployment->metadata.name.empty() && body->contains("name") && (*body)["name"].is_string()) {
+    deployment->metadata.name = (*body)["name"].get<std::string>();
+  }
+  if (!name_from_path.empty()) {
+    if (!deployment->metadata.name.empty() && deployment->metadata.name != name_from_path) {
+      return make_error(ErrorCode::InvalidArgument, "metadata.name does not match the URL");
+    }
+    deployment->metadata.name = name_from_path;
+  }
+  if (auto valid = api::validate_name(deployment->metadata.name); !valid) return valid.error();
+  if (auto valid = api::validate(deployment->spec); !valid) return valid.error();
+  deployment->status = {};
+  return deployment;
+}
+
+void add_deployment_routes(http::Router& router, Resources& resources) {
+  router.add("POST", "/api/v1/deployments", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+    auto deployment = deployment_from_request(request, "");
+    if (!deployment) {
+      co_await writer.send(error_response(deployment.error()));
+      co_return;
+    }
+    auto created = resources.create(*deployment);
+    if (created) {
+      resources.record_event("deployment/" + created->metadata.name, "Created",
+                             fmt::format("{} on {} × {}", created->spec.model, created->spec.engine,
+                                         created->spec.replicas));
+    }
+    co_await writer.send(result_response(created, 201));
+  });
+  // Create or replace the spec (status is the controller's).
+  router.add("PUT", "/api/v1/deployments/{name}", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+    auto deployment = deployment_from_request(request, request.params["name"]);
+    if (!deployment) {
+      co_await writer.send(error_response(deployment.error()));
+      co_return;
+    }
+    auto updated = resources.modify<api::Deployment>(deployment->metadata.name, [&](api::Deployment& current) {
+      current.spec = deployment->spec;
+      current.metadata.labels = deployment->metadata.labels;
+      return true;
+    });
+    if (!updated && updated.error().code == ErrorCode::NotFound) {
+      auto created = resources.create(*deployment);
+      co_await writer.send(result_response(created, 201));
+      co_return;
+    }
+    if (updated) resources.record_event("deployment/" + updated->metadata.name, "Updated", "spec replaced");
+    co_await writer.send(result_response(updated));
+  });
+  router.add("PUT", "/api/v1/deployments/{name}/scale", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+    auto body = body_json(request);
+    if (!body) {
+      co_await writer.send(error_response(body.error()));
+      co_return;
+    }
+    if (!body->contains("replicas") || !(*body)["replicas"].is_number_integer()) {
+      co_await writer.send(error_response(make_error(ErrorCode::InvalidArgument, "body must be {\"replicas\": N}")));
+      co_return;
+    }
+    int replicas = (*body)["replicas"].get<int>();
+    if (replicas < 0 || replicas > 1000) {
+      co_await writer.send(error_response(make_error(ErrorCode::InvalidArgument, "replicas must be 0..1000")));
+      co_return;
+    }
+    auto updated = resources.modify<api::Deployment>(request.params["name"], [&](api::Deployment& current) {
+      current.spec.replicas = replicas;
+      return true;
+    });
+    if (updated) {
+      resources.record_event("deployment/" + updated->metadata.name, "Scaled",
+                             fmt::format("replicas set to {}", replicas));
+    }
+    co_await writer.send(result_response(updated));
+  });
+}
+
+void add_agent_routes(http::Router& router, Resources& resources, const Options& options) {
+  // An agent exchanges the join token for membership: its Node resource is created (or taken over
+  // on rejoin, keeping spec such as drain).
+  router.add("POST", "/api/v1/nodes/join", [&resources, &options](Request& request, ResponseWriter& writer) -> awaitable<void> {
+    auto body = body_json(request);
+    if (!body) {
+      co_await writer.send(error_response(body.error()));
+      co_return;
+    }
+    std::string token = body->value("token", "");
+    std::string name = body->value("name", "");
+    if (options.join_token.empty() || token != options.join_token) {
+      co_await writer.send(error_response(make_error(ErrorCode::Unauthenticated, "invalid join token")));
+      co_return;
+    }
+    if (auto valid = api::validate_name(name); !valid) {
+      co_await writer.send(error_response(valid.error()));
+      co_return;
+    }
+    api::Node node;
+    node.metadata.name = name;
+    auto created = resources.create(node);
+    if (created) resources.record_event("node/" + name, "Joined", "node joined the cluster");
+    else if (created.error().code != ErrorCode::AlreadyExists) {
+      co_await writer.send(error_response(created.error()));
+      co_return;
+    }
+    co_await writer.send(ok_json(name_json(name)));
+  });
+  router.add("PUT", "/api/v1/nodes/{name}/status", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+    auto status = parse_body_as<api::NodeStatus>(request, api::node_status_from_json);
+    if (!status) {
+      co_await writer.send(error_response(status.error()));
+      co_return;
+    }
+    bool became_ready = false;
+    auto updated = resources.modify<api::Node>(request.params["name"], [&](api::Node& current) {
+      became_ready = !current.status.ready;
+      current.status = *status;
+      current.status.ready = true;
+      current.status.heartbeat_ms = to_unix_ms(resources.clock().wall_now());
+      current.status.message = "";
+      return true;
+    });
+    if (updated && became_ready) resources.record_event("node/" + updated->metadata.name, "NodeReady", "heartbeat received");
+    co_await writer.send(result_response(updated));
+  });
+  router.add("PUT", "/api/v1/replicas/{name}/status", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+    auto status = parse_body_as<api::ReplicaStatus>(request, api::replica_status_from_json);
+    if (!status) {
+      co_await writer.send(error_response(status.error()));
+      co_return;
+    }
+    std::string previous_phase;
+    auto updated = resources.modify<api::Replica>(request.params["name"], [&](api::Replica& current) {
+      previous_phase = current.status.phase;
+      current.status = *status;
+      current.status.updated_ms = to_unix_ms(resources.clock().wall_now());
+      return true;
+    });
+    if (updated && previous_phase != updated->status.phase) {
+      std::string message = updated->status.phase;
+      if (!updated->status.message.empty()) message += ": " + updated->status.message;
+      bool warning = updated->status.phase == api::phase::kFailed;
+      resources.record_event("replica/" + updated->metadata.name, updated->status.phase, message,
+                             warning ? "Warning" : "Normal");
+    }
+    co_await writer.send(result_response(updated));
+  });
+}
+
+// Every GPU of every node with what the scheduler placed on it.
+json gpus_json(Resources& resources) {
+  auto replicas = resources.list<api::Replica>();
+  json items = json::array();
+  for (const auto& node : resources.list<api::Node>()) {
+    auto free = scheduler::free_vram(node, replicas);
+    for (const auto& gpu : node.status.gpus) {
+      json replicas_here = json::array();
+      for (const auto& replica : replicas) {
+        if (replica.spec.node == node.metadata.name &&
+            std::find(replica.spec.gpus.begin(), replica.spec.gpus.end(), gpu.index) != replica.spec.gpus.end()) {
+          replicas_here.push_back(replica.metadata.name);
+        }
+      }
+      int64_t allocated = 0;
+      for (const auto& entry : free) {
+        if (entry.index == gpu.index) allocated = entry.total_mb - entry.free_mb;
+      }
+      items.push_back({{"node", node.metadata.name},
+                       {"index", gpu.index},
+                       {"name", gpu.name},
+                       {"uuid", gpu.uuid},
+                       {"memory_total_mb", gpu.memory_total_mb},
+                       {"memory_used_mb", gpu.memory_used_mb},
+                       {"memory_allocated_mb", allocated},
+                       {"utilization", gpu.utilization},
+                       {"replicas", replicas_here}});
+    }
+  }
+  return json{{"items", items}};
+}
+
+// Engine logs live on the replica's node: find the agent and relay its stream.
+void add_logs_route(http::Router& router, Resources& resources, asio::io_context& io) {
+  auto client = std::make_shared<http::Client>(io);
+  router.add("GET", "/api/v1/deployments/{name}/logs",
+             [&resources, client](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               const std::string deployment = request.params["name"];
+               std::vector<api::Replica> replicas;
+               for (auto& replica : resources.list<api::Replica>()) {
+                 if (replica.spec.deployment == deployment) replicas.push_back(std::move(replica));
+               }
+               std::string wanted = request.query_or("replica", "0");
+               const api::Replica* chosen = nullptr;
+               for (const auto& replica : replicas) {
+                 if (replica.metadata.name == wanted) chosen = &replica;
+               }
+               size_t index = static_cast<size_t>(std::atoll(wanted.c_str()));
+               if (!chosen && index < replicas.size()) chosen = &replicas[index];
+               if (!chosen) {
+                 co_await writer.send(error_response(make_error(
+                     ErrorCode::NotFound, fmt::format("deployment {} has no replica {}", deployment, wanted))));
+                 co_return;
+               }
+               auto node = resources.get<api::Node>(chosen->spec.node);
+               if (!node || node->status.agent_url.empty()) {
+                 co_await writer.send(error_response(make_error(
+                     ErrorCode::Unavailable, "the node of replica " + chosen->metadata.name + " is not reachable")));
+                 co_return;
+               }
+               std::string url = fmt::format("{}/logs/{}?follow={}&tail={}", node->status.agent_url,
+                                             chosen->metadata.name, request.query_or("follow", "0"),
+                                             request.query_or("tail", "65536"));
+               auto upstream = co_await client->open("GET", url, "", {}, std::chrono::seconds(10));
+               if (!upstream) {
+                 co_await writer.send(error_response(upstream.error()));
+                 co_return;
+               }
+               auto& stream = **upstream;
+               if (stream.status != 200) {
+                 auto body = co_await stream.read_all(std::chrono::seconds(10));
+                 std::string text;
+                 if (body) text = *body;
+                 co_await writer.send(Response::text(stream.status, std::move(text), stream.header("content-type")));
+                 co_return;
+               }
+               if (!co_await writer.start_stream(200, text_headers())) co_return;
+               while (true) {
+                 auto piece = co_await stream.read(std::chrono::hours(24));
+                 if (!piece || piece->empty()) break;
+                 if (!co_await writer.write(*piece)) {
+                   stream.cancel();
+                   co_return;
+                 }
+               }
+               co_await writer.finish();
+             });
+}
+
+}  // namespace
+
+void add_api_routes(http::Router& router, Resources& resources, asio::io_context& io, const Options& options) {
+  add_read_routes<api::Node>(router, resources, io);
+  add_read_routes<api::Deployment>(router, resources, io);
+  add_read_routes<api::Replica>(router, resources, io);
+  add_read_routes<api::Event>(router, resources, io);
+  add_delete_route<api::Node>(router, resources);
+  add_delete_route<api::Deployment>(router, resources);
+  add_delete_route<api::Replica>(router, resources);
+  add_deployment_routes(router, resources);
+  add_agent_routes(router, resources, options);
+  add_logs_route(router, resources, io);
+  router.add("GET", "/api/v1/gpus", [&resources](Request&, ResponseWriter& writer) -> awaitable<void> {
+    co_await writer.send(ok_json(gpus_json(resources)));
+  });
+  router.add("GET", "/healthz", [](Request&, ResponseWriter& writer) -> awaitable<void> {
+    co_await writer.send(Response::text(200, "ok\n"));
+  });
+  router.add("GET", "/readyz", [&resources](Request&, ResponseWriter& writer) -> awaitable<void> {
+    auto probe = resources.store().list(api::store_prefix("nodes"));
+    Response response = Response::text(200, "ok\n");
+    if (!probe) response = Response::text(503, probe.error().message + "\n");
+    co_await writer.send(std::move(response));
+  });
+}
+
+}  // namespace nebula::controlplane

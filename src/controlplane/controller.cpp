@@ -1,0 +1,253 @@
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <map>
+
+#include "common/ids.h"
+#include "controlplane/controlplane.h"
+#include "scheduler/scheduler.h"
+
+namespace nebula::controlplane {
+
+Controller::Controller(Resources& resources, Options options) : resources_(resources), options_(std::move(options)) {}
+
+Controller::~Controller() { stop(); }
+
+void Controller::start() {
+  // Any change under /nebula/ (except events, which the controller writes itself) wakes the loop.
+  auto watch = resources_.store().watch(api::kKeyRoot, 0, [this](const store::WatchEvent& event) {
+    if (event.kv.key.rfind(api::store_prefix("events"), 0) == 0) return;
+    std::lock_guard lock(mutex_);
+    dirty_ = true;
+    wake_.notify_one();
+  });
+  if (watch) watch_ = std::move(*watch);
+  thread_ = std::thread([this] { run(); });
+}
+
+void Controller::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+    wake_.notify_one();
+  }
+  if (watch_) watch_->cancel();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Controller::run() {
+  while (true) {
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait_for(lock, options_.resync_interval, [this] { return dirty_ || stopping_; });
+      if (stopping_) return;
+      dirty_ = false;
+    }
+    try {
+      reconcile();
+    } catch (const std::exception& error) {
+      spdlog::error("controller: reconcile failed: {}", error.what());
+    }
+  }
+}
+
+void Controller::reconcile() {
+  auto nodes = resources_.list<api::Node>();
+  auto deployments = resources_.list<api::Deployment>();
+  auto replicas = resources_.list<api::Replica>();
+
+  reconcile_nodes(nodes);
+
+  // Replicas whose deployment is gone are stopped.
+  for (auto& replica : replicas) {
+    bool owned = std::any_of(deployments.begin(), deployments.end(), [&](const api::Deployment& deployment) {
+      return deployment.metadata.name == replica.spec.deployment;
+    });
+    if (!owned && !replica.spec.stop) {
+      auto updated = resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
+        if (current.spec.stop) return false;
+        current.spec.stop = true;
+        return true;
+      });
+      if (updated) replica = *updated;
+    }
+  }
+  for (const auto& deployment : deployments) reconcile_deployment(deployment, replicas);
+  schedule(replicas, nodes, deployments);
+  collect_stopped(replicas, nodes);
+  prune_events();
+}
+
+void Controller::reconcile_nodes(std::vector<api::Node>& nodes) {
+  int64_t now_ms = to_unix_ms(resources_.clock().wall_now());
+  for (auto& node : nodes) {
+    bool alive = now_ms - node.status.heartbeat_ms <= options_.node_timeout.count();
+    if (node.status.ready && !alive) {
+      auto updated = resources_.modify<api::Node>(node.metadata.name, [&](api::Node& current) {
+        if (!current.status.ready || now_ms - current.status.heartbeat_ms <= options_.node_timeout.count()) {
+          return false;
+        }
+        current.status.ready = false;
+        current.status.message = fmt::format("no heartbeat for {} s", (now_ms - current.status.heartbeat_ms) / 1000);
+        return true;
+      });
+      if (updated) {
+        node = *updated;
+        resources_.record_event("node/" + node.metadata.name, "NodeNotReady", node.status.message, "Warning");
+      }
+    }
+  }
+}
+
+void Controller::reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas) {
+  const std::string& name = deployment.metadata.name;
+  std::vector<api::Replica*> active;
+  int ready = 0;
+  int existing = 0;
+  for (auto& replica : replicas) {
+    if (replica.spec.deployment != name) continue;
+    ++existing;
+    if (replica.spec.stop) continue;
+    active.push_back(&replica);
+    if (replica.status.phase == api::phase::kReady) ++ready;
+  }
+
+  int desired = deployment.spec.replicas;
+  // Scale up: new replicas start Pending; the scheduler places them.
+  for (int i = static_cast<int>(active.size()); i < desired; ++i) {
+    api::Replica replica;
+    replica.metadata.name = name + "-" + random_id(5);
+    replica.spec.deployment = name;
+    replica.spec.model = deployment.spec.model;
+    replica.spec.engine = deployment.spec.engine;
+    replica.spec.vram_mb = scheduler::estimate_vram_mb(deployment.spec);
+    replica.spec.max_context = deployment.spec.max_context;
+    replica.spec.max_seqs = deployment.spec.max_seqs;
+    replica.spec.engine_args = deployment.spec.engine_args;
+    replica.spec.env = deployment.spec.env;
+    auto created = resources_.create(replica);
+    if (!created) {
+      spdlog::warn("controller: cannot create a replica of {}: {}", name, created.error().message);
+      continue;
+    }
+    replicas.push_back(*created);
+    ++existing;
+    resources_.record_event("deployment/" + name, "ReplicaCreated", "created replica " + created->metadata.name);
+  }
+  // Scale down: stop the replicas that serve least first (not Ready, then the newest).
+  if (static_cast<int>(active.size()) > desired) {
+    std::sort(active.begin(), active.end(), [](const api::Replica* a, const api::Replica* b) {
+      bool a_ready = a->status.phase == api::phase::kReady;
+      bool b_ready = b->status.phase == api::phase::kReady;
+      if (a_ready != b_ready) return !a_ready;
+      return a->metadata.created_ms > b->metadata.created_ms;
+    });
+    for (size_t i = 0; i < active.size() - static_cast<size_t>(desired); ++i) {
+      auto updated = resources_.modify<api::Replica>(active[i]->metadata.name, [](api::Replica& current) {
+        if (current.spec.stop) return false;
+        current.spec.stop = true;
+        return true;
+      });
+      if (updated) {
+        if (active[i]->status.phase == api::phase::kReady) --ready;
+        *active[i] = *updated;
+        resources_.record_event("deployment/" + name, "ScaledDown", "stopping replica " + updated->metadata.name);
+      }
+    }
+  }
+
+  // Status: how many replicas serve, and a phase a user can read at a glance.
+  std::string phase = ready >= desired ? "Ready" : "Progressing";
+  std::string message;
+  for (auto& replica : replicas) {
+    if (replica.spec.deployment != name || replica.spec.stop) continue;
+    if (replica.status.phase == api::phase::kPending && !replica.status.message.empty()) {
+      phase = "Pending";
+      message = replica.status.message;
+    } else if (replica.status.phase == api::phase::kFailed && message.empty()) {
+      message = replica.metadata.name + ": " + replica.status.last_error;
+    }
+  }
+  if (deployment.status.ready_replicas != ready || deployment.status.replicas != existing ||
+      deployment.status.phase != phase || deployment.status.message != message) {
+    auto updated = resources_.modify<api::Deployment>(name, [&](api::Deployment& current) {
+      current.status.ready_replicas = ready;
+      current.status.replicas = existing;
+      current.status.phase = phase;
+      current.status.message = message;
+      return true;
+    });
+    (void)updated;  // a conflict means something changed: the next pass recomputes
+  }
+}
+
+void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
+                          const std::vector<api::Deployment>& deployments) {
+  std::map<std::string, int> gpus_per_replica;
+  for (const auto& deployment : deployments) {
+    gpus_per_replica[deployment.metadata.name] = deployment.spec.gpus_per_replica;
+  }
+  for (auto& replica : replicas) {
+    if (!replica.spec.node.empty() || replica.spec.stop) continue;
+    auto gpus = gpus_per_replica.find(replica.spec.deployment);
+    if (gpus == gpus_per_replica.end()) continue;
+    // `replicas` holds every placement made so far in this pass, so two pending replicas never
+    // claim the same free memory.
+    auto placement = scheduler::place(replica, gpus->second, nodes, replicas);
+    if (!placement) {
+      const std::string& reason = placement.error().message;
+      if (replica.status.message != reason) {
+        auto updated = resources_.modify<api::Replica>(replica.metadata.name, [&](api::Replica& current) {
+          if (!current.spec.node.empty()) return false;
+          current.status.phase = api::phase::kPending;
+          current.status.message = reason;
+          return true;
+        });
+        if (updated) replica = *updated;
+        resources_.record_event("replica/" + replica.metadata.name, "FailedScheduling", reason, "Warning");
+      }
+      continue;
+    }
+    auto updated = resources_.modify<api::Replica>(replica.metadata.name, [&](api::Replica& current) {
+      if (!current.spec.node.empty() || current.spec.stop) return false;
+      current.spec.node = placement->node;
+      current.spec.gpus = placement->gpus;
+      current.spec.plan_version += 1;
+      current.status.phase = api::phase::kScheduled;
+      current.status.message = "";
+      return true;
+    });
+    if (updated) {
+      replica = *updated;
+      resources_.record_event("replica/" + replica.metadata.name, "Scheduled",
+                              fmt::format("placed on node {} GPU(s) [{}]", placement->node,
+                                          fmt::join(placement->gpus, ",")));
+    }
+  }
+}
+
+void Controller::collect_stopped(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes) {
+  // A replica marked stop is removed by its node's agent once the engine is gone. When no agent
+  // can do that (never placed, node gone or NotReady), the controller removes it.
+  for (const auto& replica : replicas) {
+    if (!replica.spec.stop) continue;
+    auto node = std::find_if(nodes.begin(), nodes.end(),
+                             [&](const api::Node& n) { return n.metadata.name == replica.spec.node; });
+    bool agent_can_stop = node != nodes.end() && node->status.ready;
+    if (agent_can_stop && replica.status.phase != "Stopped") continue;
+    auto removed = resources_.remove<api::Replica>(replica.metadata.name);
+    if (removed) resources_.record_event("replica/" + replica.metadata.name, "Removed", "replica removed");
+  }
+  std::erase_if(replicas, [](const api::Replica& replica) { return replica.spec.stop && replica.spec.node.empty(); });
+}
+
+void Controller::prune_events() {
+  auto listing = resources_.store().list(api::store_prefix("events"));
+  if (!listing || listing->kvs.size() <= options_.max_events + options_.max_events / 5) return;
+  size_t excess = listing->kvs.size() - options_.max_events;
+  for (size_t i = 0; i < excess; ++i) (void)resources_.store().remove(listing->kvs[i].key);
+}
+
+}  // namespace nebula::controlplane

@@ -1,0 +1,69 @@
+#pragma once
+// The control plane: the management REST API (/api/v1) over the Store, and the controllers that
+// reconcile desired state (deployments) into replicas placed on nodes. Level-triggered and
+// idempotent: a restart at any time converges again.
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "common/asio.h"
+#include "common/clock.h"
+#include "controlplane/resources.h"
+#include "http/http.h"
+#include "store/store.h"
+
+namespace nebula::controlplane {
+
+struct Options {
+  // A node whose last heartbeat is older than this is NotReady.
+  std::chrono::milliseconds node_timeout{30'000};
+  // Agents present this token to join (`nebula agent --token`).
+  std::string join_token;
+  // Periodic reconcile even without changes (heartbeat expiry needs the clock, not an event).
+  std::chrono::milliseconds resync_interval{1'000};
+  // Events kept in the store; older ones are pruned.
+  size_t max_events = 500;
+};
+
+// The deployment controller, scheduler loop and node-liveness check, on one thread of its own
+// (store calls block). Wakes on any store change and every resync_interval.
+class Controller {
+ public:
+  Controller(Resources& resources, Options options);
+  ~Controller();
+  void start();
+  void stop();
+  // One full reconcile pass; public so tests can drive it step by step.
+  void reconcile();
+
+ private:
+  void run();
+  void reconcile_nodes(std::vector<api::Node>& nodes);
+  void reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas);
+  void schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
+                const std::vector<api::Deployment>& deployments);
+  void collect_stopped(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes);
+  void prune_events();
+
+  Resources& resources_;
+  Options options_;
+  std::unique_ptr<store::WatchHandle> watch_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool dirty_ = true;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+// Registers /api/v1/*, /healthz and /readyz. Handlers run on the server's io_context (one thread);
+// `io` is that io_context, used for watch notifications.
+void add_api_routes(http::Router& router, Resources& resources, asio::io_context& io, const Options& options);
+
+// OpenAI-style error JSON with the status for an error code (the one place codes map to HTTP).
+int http_status(ErrorCode code);
+http::Response error_response(const Error& error);
+
+}  // namespace nebula::controlplane

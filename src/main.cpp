@@ -1,0 +1,61 @@
+// nebula: one binary, a table of subcommands. Each command's flags, wiring and exit code live in
+// its own file under src/cli/.
+#include <cstring>
+#include <iostream>
+
+#include "cli/cli.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int argc, char** argv);
+};
+
+constexpr Command kCommands[] = {
+    {"up", "run everything on this machine (control plane, gateway, local agent)", nebula::cli::run_up},
+    {"server", "run the control plane and gateway for a cluster", nebula::cli::run_server},
+    {"agent", "run a node agent that joins a server", nebula::cli::run_agent},
+    {"engine-sim", "run the engine simulator", nebula::cli::run_engine_sim_command},
+    {"deploy", "create or update a deployment", nebula::cli::run_deploy},
+    {"ls", "list deployments", nebula::cli::run_ls},
+    {"get", "show a deployment and its replicas", nebula::cli::run_get},
+    {"rm", "remove a deployment", nebula::cli::run_rm},
+    {"scale", "set a deployment's replica count", nebula::cli::run_scale},
+    {"logs", "print a replica's engine logs", nebula::cli::run_logs},
+    {"nodes", "list nodes", nebula::cli::run_nodes},
+    {"gpus", "list GPUs and what is placed on them", nebula::cli::run_gpus},
+    {"events", "list recent events", nebula::cli::run_events},
+    {"version", "print the version", nebula::cli::run_version},
+};
+
+int usage(std::ostream& out, int code) {
+  out << "nebula: serve LLMs on your own GPUs\n\nUsage: nebula COMMAND [flags]\n\nCommands:\n";
+  for (const auto& command : kCommands) {
+    out << "  " << command.name << std::string(12 - std::strlen(command.name), ' ') << command.summary << "\n";
+  }
+  out << "\nRun 'nebula COMMAND --help' for a command's flags.\n";
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage(std::cerr, 2);
+  std::string name = argv[1];
+  if (name == "-h" || name == "--help" || name == "help") return usage(std::cout, 0);
+  if (name == "--version") name = "version";
+  for (const auto& command : kCommands) {
+    if (name == command.name) {
+      try {
+        return command.run(argc - 1, argv + 1);
+      } catch (const std::exception& error) {
+        std::cerr << "error: " << error.what() << "\n";
+        return 1;
+      }
+    }
+  }
+  std::cerr << "nebula: unknown command '" << name << "'\n\n";
+  return usage(std::cerr, 2);
+}

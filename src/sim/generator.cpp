@@ -1,0 +1,141 @@
+#include "sim/generator.h"
+
+#include <string_view>
+
+#include "sim/tokenizer.h"
+
+namespace nebula::sim {
+namespace {
+
+constexpr std::string_view kLoremText =
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore "
+    "magna aliqua enim ad minim veniam quis nostrud exercitation ullamco laboris nisi aliquip ex ea commodo "
+    "consequat duis aute irure in reprehenderit voluptate velit esse cillum eu fugiat nulla pariatur excepteur "
+    "sint occaecat cupidatat non proident sunt culpa qui officia deserunt mollit anim id est laborum vitae";
+
+const std::vector<std::string_view>& lorem_words() {
+  static const std::vector<std::string_view> words = split_words(kLoremText);
+  return words;
+}
+
+// splitmix64: a tiny generator whose output is the same on every platform and standard library.
+class SplitMix64 {
+ public:
+  explicit SplitMix64(uint64_t seed) : state_(seed) {}
+  uint64_t next() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  uint64_t below(uint64_t bound) { return next() % bound; }
+
+ private:
+  uint64_t state_;
+};
+
+uint64_t fnv1a(std::string_view text) {
+  uint64_t hash = 0xcbf29ce484222325ULL;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 0x100000001b3ULL;
+  }
+  return hash;
+}
+
+// Produces lorem-ipsum words in sentences of 6 to 14 words: capitalised first word, final period.
+class LoremSource {
+ public:
+  explicit LoremSource(uint64_t seed) : rng_(seed) {}
+  std::string next_word() {
+    if (sentence_left_ == 0) sentence_left_ = 6 + static_cast<int>(rng_.below(9));
+    std::string word(lorem_words()[rng_.below(lorem_words().size())]);
+    if (at_sentence_start_) word[0] = static_cast<char>(word[0] - 'a' + 'A');
+    --sentence_left_;
+    at_sentence_start_ = sentence_left_ == 0;
+    if (at_sentence_start_) word += '.';
+    return word;
+  }
+
+ private:
+  SplitMix64 rng_;
+  int sentence_left_ = 0;
+  bool at_sentence_start_ = true;
+};
+
+// The earliest position where a stop string occurs in text at or after search_from.
+std::optional<std::pair<size_t, const std::string*>> find_stop(const std::string& text, size_t search_from,
+                                                               const std::vector<std::string>& stops) {
+  std::optional<std::pair<size_t, const std::string*>> earliest;
+  for (const std::string& stop : stops) {
+    if (stop.empty()) continue;
+    size_t from = search_from >= stop.size() - 1 ? search_from - (stop.size() - 1) : 0;
+    size_t position = text.find(stop, from);
+    if (position != std::string::npos && (!earliest || position < earliest->first)) earliest.emplace(position, &stop);
+  }
+  return earliest;
+}
+
+// Shortens the tokens so that together they are exactly the first `length` bytes of their text.
+void truncate_tokens(std::vector<std::string>& tokens, size_t length) {
+  size_t offset = 0;
+  for (std::string& token : tokens) {
+    if (offset >= length) {
+      token.clear();
+    } else if (offset + token.size() > length) {
+      size_t keep = length - offset;
+      offset += token.size();
+      token.resize(keep);
+      continue;
+    }
+    offset += token.size();
+  }
+}
+
+}  // namespace
+
+const char* to_string(FinishReason reason) {
+  return reason == FinishReason::Stop ? "stop" : "length";
+}
+
+std::optional<GenerationMode> parse_generation_mode(const std::string& text) {
+  if (text == "lorem") return GenerationMode::Lorem;
+  if (text == "echo") return GenerationMode::Echo;
+  return std::nullopt;
+}
+
+std::string Generation::text() const {
+  std::string text;
+  for (const std::string& token : tokens) text += token;
+  return text;
+}
+
+Generation generate(GenerationMode mode, const GenerationInput& input) {
+  Generation generation;
+  std::vector<std::string_view> echo_words;
+  if (mode == GenerationMode::Echo) echo_words = split_words(input.echo_text);
+  LoremSource lorem(input.seed ^ fnv1a(input.prompt_text));
+
+  std::string text;
+  for (int index = 0; index < input.max_tokens; ++index) {
+    if (mode == GenerationMode::Echo && static_cast<size_t>(index) >= echo_words.size()) {
+      generation.finish_reason = FinishReason::Stop;
+      return generation;
+    }
+    std::string word = mode == GenerationMode::Echo ? std::string(echo_words[index]) : lorem.next_word();
+    std::string token = token_text(word, static_cast<size_t>(index));
+    size_t previous_length = text.size();
+    text += token;
+    generation.tokens.push_back(std::move(token));
+    if (auto stop = find_stop(text, previous_length, input.stop)) {
+      truncate_tokens(generation.tokens, stop->first);
+      generation.finish_reason = FinishReason::Stop;
+      generation.stop_reason = *stop->second;
+      return generation;
+    }
+  }
+  generation.finish_reason = FinishReason::Length;
+  return generation;
+}
+
+}  // namespace nebula::sim

@@ -1,0 +1,460 @@
+#include "sim/sim.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <optional>
+#include <thread>
+
+#include "common/json.h"
+#include "http/http.h"
+#include "http/sse.h"
+#include "sim/generator.h"
+#include "sim/tokenizer.h"
+
+namespace nebula::sim {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(Tokenizer, OneTokenPerWord) {
+  EXPECT_EQ(count_tokens(""), 0);
+  EXPECT_EQ(count_tokens("  hello \n\tworld  "), 2);
+  auto words = split_words("a bb  ccc");
+  ASSERT_EQ(words.size(), 3u);
+  EXPECT_EQ(words[2], "ccc");
+  EXPECT_EQ(token_text("x", 0), "x");
+  EXPECT_EQ(token_text("x", 1), " x");
+}
+
+TEST(Generator, LoremIsSeededAndPrefixStable) {
+  GenerationInput input;
+  input.prompt_text = "tell me a story";
+  input.max_tokens = 20;
+  Generation twenty = generate(GenerationMode::Lorem, input);
+  EXPECT_EQ(twenty.completion_tokens(), 20);
+  EXPECT_EQ(twenty.finish_reason, FinishReason::Length);
+  EXPECT_EQ(count_tokens(twenty.text()), 20);
+  input.max_tokens = 5;
+  Generation five = generate(GenerationMode::Lorem, input);
+  EXPECT_EQ(twenty.text().rfind(five.text(), 0), 0u) << "a shorter completion is a prefix of a longer one";
+  input.seed = 7;
+  EXPECT_NE(generate(GenerationMode::Lorem, input).text(), five.text());
+}
+
+TEST(Generator, StopStringSpanningTokensCutsEarlierTokens) {
+  GenerationInput input;
+  input.echo_text = "one two three four five";
+  input.max_tokens = 10;
+  input.stop = {"zzz", "two thr"};
+  Generation generation = generate(GenerationMode::Echo, input);
+  EXPECT_EQ(generation.text(), "one ");
+  EXPECT_EQ(generation.completion_tokens(), 3);  // "one", " two", " three" were generated
+  EXPECT_EQ(generation.finish_reason, FinishReason::Stop);
+  EXPECT_EQ(generation.stop_reason, "two thr");
+}
+
+TEST(Generator, EchoStopsWhenThePromptRunsOut) {
+  GenerationInput input;
+  input.echo_text = "a b c";
+  input.max_tokens = 10;
+  Generation all = generate(GenerationMode::Echo, input);
+  EXPECT_EQ(all.text(), "a b c");
+  EXPECT_EQ(all.finish_reason, FinishReason::Stop);
+  input.max_tokens = 2;
+  Generation cut = generate(GenerationMode::Echo, input);
+  EXPECT_EQ(cut.text(), "a b");
+  EXPECT_EQ(cut.finish_reason, FinishReason::Length);
+}
+
+struct StreamResult {
+  int status = 0;
+  std::vector<json> chunks;  // every data event but [DONE]
+  bool done = false;         // [DONE] came last
+  std::string content;       // the concatenated deltas (chat) or texts (completions)
+};
+
+// An engine on a loopback port with fast pacing, served from its own thread.
+class EngineSimTest : public ::testing::Test {
+ protected:
+  static SimOptions fast_options() {
+    SimOptions options;
+    options.ttft_base_ms = 2;
+    options.prefill_ms_per_token = 0;
+    options.itl_ms = 1;
+    options.itl_ms_per_running_seq = 0;
+    return options;
+  }
+
+  void start(SimOptions options = fast_options()) {
+    engine_ = std::make_unique<EngineSim>(io_, options);
+    http::Router router;
+    engine_->add_routes(router);
+    server_ = std::make_unique<http::Server>(io_, std::move(router));
+    auto port = server_->listen({"127.0.0.1", 0});
+    ASSERT_TRUE(port) << port.error().message;
+    base_ = "http://127.0.0.1:" + std::to_string(*port);
+    work_.emplace(io_.get_executor());
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  void TearDown() override {
+    if (server_) server_->stop();
+    work_.reset();
+    io_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  http::Response post(const std::string& path, const json& body, http::Headers headers = {}) {
+    return post_text(path, body.dump(), std::move(headers));
+  }
+
+  http::Response post_text(const std::string& path, const std::string& body, http::Headers headers = {}) {
+    auto response = client_.request("POST", base_ + path, body, std::move(headers), 10s);
+    EXPECT_TRUE(response) << response.error().message;
+    return response ? *response : http::Response{};
+  }
+
+  http::Response get(const std::string& path) {
+    auto response = client_.request("GET", base_ + path, "", {}, 10s);
+    EXPECT_TRUE(response) << response.error().message;
+    return response ? *response : http::Response{};
+  }
+
+  StreamResult stream(const std::string& path, json body) {
+    body["stream"] = true;
+    StreamResult result;
+    http::SseParser parser;
+    std::vector<http::SseEvent> events;
+    auto status = client_.stream("POST", base_ + path, body.dump(), {}, [&](std::string_view data) {
+      parser.feed(data, events);
+      return true;
+    });
+    EXPECT_TRUE(status) << status.error().message;
+    result.status = status ? *status : 0;
+    for (const http::SseEvent& event : events) {
+      EXPECT_FALSE(result.done) << "an event after [DONE]: " << event.data;
+      if (event.data == "[DONE]") {
+        result.done = true;
+        continue;
+      }
+      auto chunk = parse_json(event.data);
+      EXPECT_TRUE(chunk) << "not JSON: " << event.data;
+      if (!chunk) continue;
+      for (const json& choice : (*chunk)["choices"]) {
+        if (choice.contains("delta") && choice["delta"].contains("content")) {
+          result.content += choice["delta"]["content"].get<std::string>();
+        }
+        if (choice.contains("text")) result.content += choice["text"].get<std::string>();
+      }
+      result.chunks.push_back(std::move(*chunk));
+    }
+    return result;
+  }
+
+  static json body_of(const http::Response& response) {
+    auto parsed = parse_json(response.body);
+    EXPECT_TRUE(parsed) << response.body;
+    return parsed ? *parsed : json();
+  }
+
+  // The "code" of an OpenAI error body, after checking its shape.
+  static std::string error_code_of(const http::Response& response) {
+    json body = body_of(response);
+    EXPECT_TRUE(body.contains("error")) << response.body;
+    if (!body.contains("error")) return "";
+    const json& error = body["error"];
+    for (const char* field : {"message", "type", "param", "code"}) {
+      EXPECT_TRUE(error.contains(field)) << field << " missing in " << response.body;
+    }
+    EXPECT_TRUE(error["message"].is_string());
+    return error["code"].is_string() ? error["code"].get<std::string>() : "";
+  }
+
+  static json chat_body(int max_tokens) {
+    return json{{"model", "sim-model"},
+                {"messages", json::array({json{{"role", "system"}, {"content", "You are helpful"}},
+                                          json{{"role", "user"}, {"content", "Say hello to me"}}})},
+                {"max_tokens", max_tokens}};
+  }
+
+  asio::io_context io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::unique_ptr<EngineSim> engine_;
+  std::unique_ptr<http::Server> server_;
+  std::thread thread_;
+  std::string base_;
+  http::BlockingClient client_;
+};
+
+TEST_F(EngineSimTest, HealthAndModels) {
+  start();
+  auto health = get("/health");
+  EXPECT_EQ(health.status, 200);
+  EXPECT_EQ(health.body, "");
+  auto models = get("/v1/models");
+  EXPECT_EQ(models.status, 200);
+  json body = body_of(models);
+  EXPECT_EQ(body["object"], "list");
+  ASSERT_EQ(body["data"].size(), 1u);
+  EXPECT_EQ(body["data"][0]["id"], "sim-model");
+  EXPECT_EQ(body["data"][0]["object"], "model");
+  EXPECT_EQ(body["data"][0]["owned_by"], "nebula-sim");
+  EXPECT_EQ(body["data"][0]["max_model_len"], 8192);
+  EXPECT_TRUE(body["data"][0]["created"].is_number_integer());
+}
+
+TEST_F(EngineSimTest, NonStreamChatHonoursMaxTokens) {
+  start();
+  auto response = post("/v1/chat/completions", chat_body(8), {{"x-request-id", "req-42"}});
+  ASSERT_EQ(response.status, 200) << response.body;
+  EXPECT_EQ(response.header("x-request-id"), "req-42");
+  json body = body_of(response);
+  EXPECT_EQ(body["object"], "chat.completion");
+  EXPECT_EQ(body["model"], "sim-model");
+  EXPECT_EQ(body["id"].get<std::string>().rfind("chatcmpl-", 0), 0u);
+  const json& choice = body["choices"][0];
+  EXPECT_EQ(choice["message"]["role"], "assistant");
+  EXPECT_EQ(count_tokens(choice["message"]["content"].get<std::string>()), 8);
+  EXPECT_EQ(choice["finish_reason"], "length");
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 7);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 8);
+  EXPECT_EQ(body["usage"]["total_tokens"], 15);
+
+  json newer = chat_body(100);
+  newer["max_completion_tokens"] = 3;
+  EXPECT_EQ(body_of(post("/v1/chat/completions", newer))["usage"]["completion_tokens"], 3);
+}
+
+TEST_F(EngineSimTest, StreamedChatEqualsNonStreamed) {
+  start();
+  json request = chat_body(12);
+  std::string expected = body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"];
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  EXPECT_EQ(streamed.status, 200);
+  EXPECT_TRUE(streamed.done);
+  EXPECT_EQ(streamed.content, expected);
+  ASSERT_GE(streamed.chunks.size(), 13u);  // the role chunk and one per token
+  const json& first = streamed.chunks.front();
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_EQ(first["choices"][0]["delta"]["content"], "");
+  for (size_t i = 0; i + 1 < streamed.chunks.size(); ++i) {
+    EXPECT_TRUE(streamed.chunks[i]["choices"][0]["finish_reason"].is_null()) << i;
+    EXPECT_EQ(streamed.chunks[i]["id"], first["id"]);
+  }
+  EXPECT_EQ(streamed.chunks.back()["choices"][0]["finish_reason"], "length");
+  EXPECT_FALSE(streamed.chunks.back().contains("usage"));
+}
+
+TEST_F(EngineSimTest, SeedChangesTheText) {
+  start();
+  json request = chat_body(10);
+  request["seed"] = 1;
+  std::string one = body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"];
+  EXPECT_EQ(body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"], one);
+  request["seed"] = 2;
+  EXPECT_NE(body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"], one);
+}
+
+TEST_F(EngineSimTest, StopStringEndsTheCompletion) {
+  start();
+  json request = chat_body(30);
+  std::string full = body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"];
+  auto words = split_words(full);
+  std::string stop = " " + std::string(words[5]);
+  request["stop"] = json::array({"never-generated", stop});
+  json body = body_of(post("/v1/chat/completions", request));
+  std::string cut = body["choices"][0]["message"]["content"];
+  EXPECT_EQ(cut, full.substr(0, full.find(stop)));
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(body["choices"][0]["stop_reason"], stop);
+  EXPECT_LT(body["usage"]["completion_tokens"].get<int>(), 30);
+
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  EXPECT_EQ(streamed.content, cut);
+  EXPECT_EQ(streamed.chunks.back()["choices"][0]["finish_reason"], "stop");
+
+  request["stop"] = stop;  // a plain string works too
+  EXPECT_EQ(body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"], cut);
+}
+
+TEST_F(EngineSimTest, IncludeUsageAddsAFinalUsageChunk) {
+  start();
+  json request = chat_body(5);
+  request["stream_options"] = {{"include_usage", true}};
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  ASSERT_TRUE(streamed.done);
+  ASSERT_GE(streamed.chunks.size(), 2u);
+  const json& last = streamed.chunks.back();
+  EXPECT_TRUE(last["choices"].empty());
+  EXPECT_EQ(last["usage"]["prompt_tokens"], 7);
+  EXPECT_EQ(last["usage"]["completion_tokens"], 5);
+  EXPECT_EQ(last["usage"]["total_tokens"], 12);
+  EXPECT_EQ(streamed.chunks[streamed.chunks.size() - 2]["choices"][0]["finish_reason"], "length");
+}
+
+TEST_F(EngineSimTest, CompletionsEndpoint) {
+  start();
+  json request = {{"model", "sim-model"}, {"prompt", "Once upon a time"}, {"max_tokens", 6}};
+  json body = body_of(post("/v1/completions", request));
+  EXPECT_EQ(body["object"], "text_completion");
+  EXPECT_EQ(body["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+  std::string text = body["choices"][0]["text"];
+  EXPECT_EQ(count_tokens(text), 6);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 4);
+
+  StreamResult streamed = stream("/v1/completions", request);
+  EXPECT_TRUE(streamed.done);
+  EXPECT_EQ(streamed.content, text);
+  ASSERT_EQ(streamed.chunks.size(), 6u);
+  EXPECT_EQ(streamed.chunks[0]["object"], "text_completion");
+  EXPECT_EQ(streamed.chunks.back()["choices"][0]["finish_reason"], "length");
+}
+
+TEST_F(EngineSimTest, EchoModeRepeatsTheLastUserMessage) {
+  SimOptions options = fast_options();
+  options.mode = "echo";
+  start(options);
+  json request = chat_body(50);
+  json body = body_of(post("/v1/chat/completions", request));
+  EXPECT_EQ(body["choices"][0]["message"]["content"], "Say hello to me");
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(body["usage"]["completion_tokens"], 4);
+  request["messages"][1]["content"] = json::array({json{{"type", "text"}, {"text", "parts work too"}}});
+  EXPECT_EQ(body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"], "parts work too");
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  EXPECT_EQ(streamed.content, "parts work too");
+  EXPECT_EQ(streamed.chunks.back()["choices"][0]["finish_reason"], "stop");
+
+  request["messages"][1]["content"] = "";  // nothing to echo: no tokens, but still a finish chunk
+  body = body_of(post("/v1/chat/completions", request));
+  EXPECT_EQ(body["choices"][0]["message"]["content"], "");
+  EXPECT_EQ(body["usage"]["completion_tokens"], 0);
+  streamed = stream("/v1/chat/completions", request);
+  EXPECT_TRUE(streamed.done);
+  ASSERT_EQ(streamed.chunks.size(), 2u);
+  EXPECT_EQ(streamed.chunks[0]["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_EQ(streamed.chunks[1]["choices"][0]["finish_reason"], "stop");
+}
+
+TEST_F(EngineSimTest, ErrorsAreOpenAiJson) {
+  start();
+  json too_long = chat_body(9000);
+  auto response = post("/v1/chat/completions", too_long);
+  EXPECT_EQ(response.status, 400);
+  EXPECT_EQ(error_code_of(response), "context_length_exceeded");
+
+  json other_model = chat_body(5);
+  other_model["model"] = "gpt-9";
+  response = post("/v1/chat/completions", other_model);
+  EXPECT_EQ(response.status, 404);
+  EXPECT_EQ(error_code_of(response), "model_not_found");
+
+  response = post_text("/v1/chat/completions", "{\"messages\": [");
+  EXPECT_EQ(response.status, 400);
+  error_code_of(response);
+  EXPECT_EQ(body_of(response)["error"]["type"], "invalid_request_error");
+
+  response = post("/v1/chat/completions", json{{"model", "sim-model"}});
+  EXPECT_EQ(response.status, 400);
+  EXPECT_EQ(body_of(response)["error"]["param"], "messages");
+  response = post("/v1/completions", json{{"model", "sim-model"}});
+  EXPECT_EQ(response.status, 400);
+  EXPECT_EQ(body_of(response)["error"]["param"], "prompt");
+  response = post("/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 0}});
+  EXPECT_EQ(response.status, 400);
+}
+
+TEST_F(EngineSimTest, SimErrorHeaderForcesAnError) {
+  start();
+  auto response = post("/v1/chat/completions", chat_body(5), {{"X-Sim-Error", "503"}});
+  EXPECT_EQ(response.status, 503);
+  EXPECT_EQ(error_code_of(response), "service_unavailable");
+  response = post("/v1/completions", json{{"prompt", "hi"}}, {{"X-Sim-Error", "429"}});
+  EXPECT_EQ(response.status, 429);
+  EXPECT_EQ(error_code_of(response), "rate_limit_exceeded");
+  EXPECT_FALSE(response.header("retry-after").empty());
+  response = post("/v1/chat/completions", chat_body(5), {{"X-Sim-Error", "500"}});
+  EXPECT_EQ(response.status, 500);
+  error_code_of(response);
+}
+
+TEST_F(EngineSimTest, HealthIs503DuringStartup) {
+  SimOptions options = fast_options();
+  options.startup_seconds = 0.3;
+  start(options);
+  EXPECT_EQ(get("/health").status, 503);
+  EXPECT_EQ(post("/v1/chat/completions", chat_body(2)).status, 503);
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (get("/health").status != 200 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(get("/health").status, 200);
+  EXPECT_TRUE(engine_->ready());
+  EXPECT_EQ(post("/v1/chat/completions", chat_body(2)).status, 200);
+}
+
+TEST_F(EngineSimTest, DisconnectStopsGeneration) {
+  SimOptions options = fast_options();
+  options.itl_ms = 5;  // 2000 tokens would take 10 s
+  start(options);
+  json request = chat_body(2000);
+  request["stream"] = true;
+  size_t running_while_streaming = 0;
+  auto started = std::chrono::steady_clock::now();
+  auto status = client_.stream("POST", base_ + "/v1/chat/completions", request.dump(), {}, [&](std::string_view data) {
+    running_while_streaming = engine_->running();
+    return false;
+  });
+  ASSERT_TRUE(status) << status.error().message;
+  EXPECT_EQ(*status, 200);
+  EXPECT_EQ(running_while_streaming, 1u);
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (engine_->running() != 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(engine_->running(), 0u);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 5s);
+}
+
+TEST_F(EngineSimTest, ConcurrentStreamsShareOneThread) {
+  start();
+  constexpr int kClients = 8;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&] {
+      http::BlockingClient client;
+      json request = chat_body(50);
+      request["stream"] = true;
+      std::string all;
+      auto status =
+          client.stream("POST", base_ + "/v1/chat/completions", request.dump(), {}, [&](std::string_view data) {
+            all += data;
+            return true;
+          });
+      if (status && *status == 200 && all.find("data: [DONE]") != std::string::npos) ++ok;
+    });
+  }
+  for (auto& client : clients) client.join();
+  EXPECT_EQ(ok.load(), kClients);
+  EXPECT_EQ(engine_->running(), 0u);
+}
+
+TEST_F(EngineSimTest, MetricsUseVllmNames) {
+  start();
+  ASSERT_EQ(post("/v1/chat/completions", chat_body(4)).status, 200);
+  auto metrics = get("/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.body.find("vllm:num_requests_running{model_name=\"sim-model\"} 0"), std::string::npos)
+      << metrics.body;
+  EXPECT_NE(metrics.body.find("vllm:num_requests_waiting{model_name=\"sim-model\"} 0"), std::string::npos);
+  EXPECT_NE(metrics.body.find("vllm:prompt_tokens_total{model_name=\"sim-model\"} 7"), std::string::npos);
+  EXPECT_NE(metrics.body.find("vllm:generation_tokens_total{model_name=\"sim-model\"} 4"), std::string::npos);
+  EXPECT_NE(metrics.body.find("# TYPE vllm:prompt_tokens_total counter"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace nebula::sim
