@@ -50,8 +50,12 @@ awaitable<void> sleep_for(asio::io_context& io, milliseconds duration) {
   co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
 }
 
-http::Headers json_headers() { return {{"Content-Type", "application/json"}}; }
-http::Headers text_headers() { return {{"Content-Type", "text/plain; charset=utf-8"}}; }
+http::Headers json_headers() {
+  return {{"Content-Type", "application/json"}};
+}
+http::Headers text_headers() {
+  return {{"Content-Type", "text/plain; charset=utf-8"}};
+}
 }  // namespace
 
 // One replica this agent is responsible for, and the engine process that runs it.
@@ -244,8 +248,8 @@ void Agent::Impl::launch(Managed& managed) {
     managed.next_start = Clock::now() + options.max_restart_backoff;
     return;
   }
-  launch_spec.argv = {options.nebula_binary, "engine-sim", "--host", "127.0.0.1", "--port", std::to_string(*port),
-                      "--model", spec.deployment};
+  launch_spec.argv = {options.nebula_binary, "engine-sim", "--host",       "127.0.0.1", "--port",
+                      std::to_string(*port), "--model",    spec.deployment};
   for (const auto& arg : spec.engine_args) launch_spec.argv.push_back(arg);
   if (spec.max_context > 0) {
     launch_spec.argv.push_back("--max-model-len");
@@ -327,8 +331,8 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
       managed.healthy = true;
       set_phase(managed, api::phase::kReady, "");
     } else if (Clock::now() - managed.started > options.startup_timeout) {
-      managed.status.last_error =
-          fmt::format("not healthy after {} s", std::chrono::duration_cast<std::chrono::seconds>(options.startup_timeout).count());
+      managed.status.last_error = fmt::format(
+          "not healthy after {} s", std::chrono::duration_cast<std::chrono::seconds>(options.startup_timeout).count());
       launcher->signal_group(managed.pid, SIGKILL);
     }
   }
@@ -427,7 +431,9 @@ Agent::Agent(Options options, std::unique_ptr<ProcessLauncher> launcher)
   if (o.data_dir.empty()) o.data_dir = default_data_dir();
 }
 
-Agent::~Agent() { stop(); }
+Agent::~Agent() {
+  stop();
+}
 
 Status Agent::start() {
   auto& impl = *impl_;
@@ -464,6 +470,8 @@ void Agent::stop() {
   impl.stop_all_engines();
 }
 
-std::string Agent::url() const { return impl_->url; }
+std::string Agent::url() const {
+  return impl_->url;
+}
 
 }  // namespace nebula::agent

@@ -115,9 +115,9 @@ Result<std::vector<api::Gpu>> parse_sim_gpus(const std::string& spec, const std:
     std::string part = spec.substr(start, end - start);
     start = end + 1;
     auto bad = [&] {
-      return make_error(ErrorCode::InvalidArgument,
-                        fmt::format("invalid --sim-gpus '{}': expected COUNTxNAME-MEMORY, e.g. 2xH100-80GB or 1x24GB",
-                                    part));
+      return make_error(
+          ErrorCode::InvalidArgument,
+          fmt::format("invalid --sim-gpus '{}': expected COUNTxNAME-MEMORY, e.g. 2xH100-80GB or 1x24GB", part));
     };
     size_t x = part.find('x');
     if (x == std::string::npos || x == 0) return bad();

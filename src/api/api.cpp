@@ -9,7 +9,9 @@ namespace nebula::api {
 std::string store_key(const std::string& plural, const std::string& name) {
   return std::string(kKeyRoot) + plural + "/" + name;
 }
-std::string store_prefix(const std::string& plural) { return std::string(kKeyRoot) + plural + "/"; }
+std::string store_prefix(const std::string& plural) {
+  return std::string(kKeyRoot) + plural + "/";
+}
 
 namespace {
 
@@ -18,7 +20,9 @@ struct FieldError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-const char* type_name(const json& value) { return value.type_name(); }
+const char* type_name(const json& value) {
+  return value.type_name();
+}
 
 // Reads an optional field: absent or null leaves `out` as it is; a wrong type names the field.
 template <typename T>
@@ -184,9 +188,9 @@ json to_json(const Deployment& value) {
 }
 
 json to_json(const ReplicaStatus& value) {
-  return {{"phase", value.phase},         {"endpoint", value.endpoint},     {"port", value.port},
-          {"pid", value.pid},             {"restarts", value.restarts},     {"last_error", value.last_error},
-          {"message", value.message},     {"plan_version", value.plan_version}, {"updated_ms", value.updated_ms}};
+  return {{"phase", value.phase},     {"endpoint", value.endpoint},         {"port", value.port},
+          {"pid", value.pid},         {"restarts", value.restarts},         {"last_error", value.last_error},
+          {"message", value.message}, {"plan_version", value.plan_version}, {"updated_ms", value.updated_ms}};
 }
 
 json to_json(const Replica& value) {
@@ -210,8 +214,9 @@ json to_json(const Replica& value) {
 }
 
 json to_json(const Event& value) {
-  return {{"kind", "Event"},        {"metadata", to_json(value.metadata)}, {"time_ms", value.time_ms},
-          {"object", value.object}, {"type", value.type},                  {"reason", value.reason},
+  return {{"kind", "Event"},          {"metadata", to_json(value.metadata)},
+          {"time_ms", value.time_ms}, {"object", value.object},
+          {"type", value.type},       {"reason", value.reason},
           {"message", value.message}};
 }
 
@@ -312,8 +317,8 @@ Status validate_name(const std::string& name) {
 }
 
 const std::vector<std::string>& known_engines() {
-  static const std::vector<std::string> engines = {"sim",    "vllm",   "sglang",  "llamacpp",
-                                                   "tgi",    "ollama", "docker", "command"};
+  static const std::vector<std::string> engines = {"sim", "vllm",   "sglang", "llamacpp",
+                                                   "tgi", "ollama", "docker", "command"};
   return engines;
 }
 

@@ -69,7 +69,7 @@ struct DeploymentSpec {
 
 struct DeploymentStatus {
   int ready_replicas = 0;
-  int replicas = 0;  // replicas that exist (any phase)
+  int replicas = 0;   // replicas that exist (any phase)
   std::string phase;  // Pending | Progressing | Ready | Failed
   std::string message;
 };
@@ -94,11 +94,11 @@ struct ReplicaSpec {
   std::string deployment;
   std::string model;
   std::string engine;
-  std::string node;        // "" until scheduled
-  std::vector<int> gpus;   // GPU indices on the node
-  int64_t vram_mb = 0;     // reserved across its GPUs
+  std::string node;       // "" until scheduled
+  std::vector<int> gpus;  // GPU indices on the node
+  int64_t vram_mb = 0;    // reserved across its GPUs
   int64_t plan_version = 0;
-  bool stop = false;       // desired: stopped and removed (scale down, deployment deleted)
+  bool stop = false;  // desired: stopped and removed (scale down, deployment deleted)
   int max_context = 0;
   int max_seqs = 0;
   std::vector<std::string> engine_args;
@@ -126,7 +126,7 @@ struct Replica {
 struct Event {
   Metadata metadata;
   int64_t time_ms = 0;
-  std::string object;  // "deployment/chat", "replica/chat-abc12", "node/n1"
+  std::string object;           // "deployment/chat", "replica/chat-abc12", "node/n1"
   std::string type = "Normal";  // Normal | Warning
   std::string reason;
   std::string message;

@@ -50,7 +50,7 @@ Result<json> ApiClient::call(const std::string& method, const std::string& path,
     if (document.is_object() && document.contains("error") && document["error"].is_object()) {
       message = document["error"].value("message", message);
     }
-    ErrorCode code = response->status == 404 ? ErrorCode::NotFound
+    ErrorCode code = response->status == 404   ? ErrorCode::NotFound
                      : response->status == 409 ? ErrorCode::AlreadyExists
                      : response->status == 400 ? ErrorCode::InvalidArgument
                                                : ErrorCode::Unavailable;
@@ -106,7 +106,8 @@ void print_table(const std::vector<std::vector<std::string>>& rows) {
 std::string age(int64_t since_ms) {
   if (since_ms <= 0) return "-";
   int64_t now_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   int64_t seconds = std::max<int64_t>(0, (now_ms - since_ms) / 1000);
   if (seconds < 120) return fmt::format("{}s", seconds);
   if (seconds < 7200) return fmt::format("{}m", seconds / 60);

@@ -14,7 +14,9 @@ namespace nebula::cli {
 
 namespace {
 
-std::string gib(int64_t mb) { return fmt::format("{:.1f}", mb / 1024.0); }
+std::string gib(int64_t mb) {
+  return fmt::format("{:.1f}", mb / 1024.0);
+}
 
 // Builds a deployment from `-f spec.yaml` (a Deployment document or a bare spec), then flags.
 Result<json> read_spec_file(const std::string& path) {
@@ -117,7 +119,8 @@ int run_deploy(int argc, char** argv) {
     if (!from_file) return fail(from_file.error().message);
     document = *from_file;
     if (!document.contains("spec")) document = json{{"spec", document}};  // a bare spec
-    if (document.contains("name") && !document.contains("metadata")) document["metadata"] = {{"name", document["name"]}};
+    if (document.contains("name") && !document.contains("metadata"))
+      document["metadata"] = {{"name", document["name"]}};
   }
   if (!name.empty()) document["metadata"]["name"] = name;
   name = document.contains("metadata") ? document["metadata"].value("name", "") : "";
@@ -265,7 +268,8 @@ int run_nodes(int argc, char** argv) {
   auto listing = client.call("GET", "/api/v1/nodes");
   if (!listing) return fail(listing.error().message);
   print_as(flags.output, (*listing)["items"], [&] {
-    std::vector<std::vector<std::string>> rows = {{"NAME", "STATUS", "GPUS", "VRAM (GiB)", "ENGINES", "HEARTBEAT", "AGENT"}};
+    std::vector<std::vector<std::string>> rows = {
+        {"NAME", "STATUS", "GPUS", "VRAM (GiB)", "ENGINES", "HEARTBEAT", "AGENT"}};
     for (const auto& item : (*listing)["items"]) {
       const auto& status = item["status"];
       int64_t total = 0;
@@ -339,8 +343,8 @@ int run_logs(int argc, char** argv) {
   app.add_option("--tail", tail, "Bytes from the end of the log")->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
   ApiClient client(flags.server);
-  auto status = client.stream_to_stdout(fmt::format("/api/v1/deployments/{}/logs?replica={}&follow={}&tail={}", name,
-                                                    replica, follow ? 1 : 0, tail));
+  auto status = client.stream_to_stdout(
+      fmt::format("/api/v1/deployments/{}/logs?replica={}&follow={}&tail={}", name, replica, follow ? 1 : 0, tail));
   if (!status) return fail(status.error().message);
   if (*status != 200) return fail(fmt::format("no logs for {} replica {} (HTTP {})", name, replica, *status));
   return 0;

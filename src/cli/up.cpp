@@ -156,8 +156,7 @@ int run_server(int argc, char** argv) {
   ServerRuntime runtime;
   if (auto started = runtime.start(flags); !started) return fail(started.error().message);
   std::cout << "Nebula server: " << runtime.url() << "\n"
-            << "Join an agent: nebula agent --server " << runtime.url() << " --token " << runtime.join_token()
-            << "\n"
+            << "Join an agent: nebula agent --server " << runtime.url() << " --token " << runtime.join_token() << "\n"
             << std::flush;
   wait_for_stop_signal(signals);
   runtime.stop();

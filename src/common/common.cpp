@@ -127,11 +127,16 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
   }
   std::string u = lower(unit);
   double ms = 0;
-  if (u == "ms") ms = number;
-  else if (u.empty() || u == "s") ms = number * 1000;
-  else if (u == "m") ms = number * 60'000;
-  else if (u == "h") ms = number * 3'600'000;
-  else if (u == "d") ms = number * 86'400'000;
+  if (u == "ms")
+    ms = number;
+  else if (u.empty() || u == "s")
+    ms = number * 1000;
+  else if (u == "m")
+    ms = number * 60'000;
+  else if (u == "h")
+    ms = number * 3'600'000;
+  else if (u == "d")
+    ms = number * 86'400'000;
   else {
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("invalid duration '{}': unknown unit '{}' (use ms, s, m, h or d)", text, unit));
@@ -147,9 +152,12 @@ Result<int64_t> parse_size_mb(std::string_view text) {
   }
   std::string u = lower(unit);
   double mb = 0;
-  if (u.empty() || u == "mb" || u == "mib" || u == "m") mb = number;
-  else if (u == "gb" || u == "gib" || u == "g") mb = number * 1024;
-  else if (u == "tb" || u == "tib" || u == "t") mb = number * 1024 * 1024;
+  if (u.empty() || u == "mb" || u == "mib" || u == "m")
+    mb = number;
+  else if (u == "gb" || u == "gib" || u == "g")
+    mb = number * 1024;
+  else if (u == "tb" || u == "tib" || u == "t")
+    mb = number * 1024 * 1024;
   else {
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("invalid size '{}': unknown unit '{}' (use MB, GB or TB)", text, unit));

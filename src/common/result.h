@@ -9,18 +9,18 @@
 namespace nebula {
 
 enum class ErrorCode {
-  InvalidArgument,   // the caller sent something malformed: HTTP 400
-  NotFound,          // 404
-  AlreadyExists,     // 409
-  Conflict,          // a compare-and-swap lost: 409
-  Unauthenticated,   // 401
-  PermissionDenied,  // 403
-  Unavailable,       // nothing can serve this now: 503
-  ResourceExhausted, // no room (VRAM, queue): 503 / 429
-  Timeout,           // 504
-  Compacted,         // a watch asked for history the store no longer keeps: 410
-  TooLarge,          // 413
-  Internal,          // 500
+  InvalidArgument,    // the caller sent something malformed: HTTP 400
+  NotFound,           // 404
+  AlreadyExists,      // 409
+  Conflict,           // a compare-and-swap lost: 409
+  Unauthenticated,    // 401
+  PermissionDenied,   // 403
+  Unavailable,        // nothing can serve this now: 503
+  ResourceExhausted,  // no room (VRAM, queue): 503 / 429
+  Timeout,            // 504
+  Compacted,          // a watch asked for history the store no longer keeps: 410
+  TooLarge,           // 413
+  Internal,           // 500
 };
 
 const char* to_string(ErrorCode code);
@@ -35,7 +35,7 @@ class [[nodiscard]] Result {
  public:
   // An unset result (an Internal error); exists so Results can be produced by Asio's co_spawn.
   Result() : state_(Error{ErrorCode::Internal, "no result"}) {}
-  Result(T value) : state_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : state_(std::move(value)) {}      // NOLINT: implicit by design
   Result(Error error) : state_(std::move(error)) {}  // NOLINT
 
   bool ok() const { return state_.index() == 0; }
@@ -84,6 +84,8 @@ class [[nodiscard]] Status {
   bool failed_ = false;
 };
 
-inline Error make_error(ErrorCode code, std::string message) { return Error{code, std::move(message)}; }
+inline Error make_error(ErrorCode code, std::string message) {
+  return Error{code, std::move(message)};
+}
 
 }  // namespace nebula

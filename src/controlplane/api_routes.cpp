@@ -43,7 +43,9 @@ using http::Request;
 using http::Response;
 using http::ResponseWriter;
 
-Response ok_json(const json& body, int status = 200) { return Response::json_body(status, body); }
+Response ok_json(const json& body, int status = 200) {
+  return Response::json_body(status, body);
+}
 
 // g++ 12 evaluates both arms of a conditional inside a co_await operand: never write
 // `co_await f(ok ? a : b)`; build the response in a plain function like this one.
@@ -77,8 +79,8 @@ std::string watch_line(const store::WatchEvent& event) {
   line["type"] = event.type == store::WatchEvent::Type::Put ? "PUT" : "DELETE";
   line["revision"] = event.kv.mod_revision;
   const std::string& value = event.type == store::WatchEvent::Type::Put ? event.kv.value
-                             : event.prev                                 ? event.prev->value
-                                                                          : std::string();
+                             : event.prev                               ? event.prev->value
+                                                                        : std::string();
   auto document = parse_json(value);
   if (document) {
     if (document->is_object() && document->contains("metadata")) {
@@ -90,8 +92,12 @@ std::string watch_line(const store::WatchEvent& event) {
   return line.dump() + "\n";
 }
 
-http::Headers ndjson_headers() { return {{"Content-Type", "application/x-ndjson"}}; }
-http::Headers text_headers() { return {{"Content-Type", "text/plain; charset=utf-8"}}; }
+http::Headers ndjson_headers() {
+  return {{"Content-Type", "application/x-ndjson"}};
+}
+http::Headers text_headers() {
+  return {{"Content-Type", "text/plain; charset=utf-8"}};
+}
 
 awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const std::string& prefix, int64_t from,
                             ResponseWriter& writer) {
@@ -134,41 +140,46 @@ awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const st
 template <typename T>
 void add_read_routes(http::Router& router, Resources& resources, asio::io_context& io) {
   std::string plural = Traits<T>::kPlural;
-  router.add("GET", "/api/v1/" + plural, [&resources, &io, plural](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    if (request.query_or("watch") == "1" || request.query_or("watch") == "true") {
-      int64_t from = std::atoll(request.query_or("revision", "0").c_str());
-      co_await serve_watch(resources, io, api::store_prefix(plural), from, writer);
-      co_return;
-    }
-    co_await writer.send(ok_json(list_json<T>(resources)));
-  });
-  router.add("GET", "/api/v1/" + plural + "/{name}", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    auto object = resources.get<T>(request.params["name"]);
-    co_await writer.send(result_response(object));
-  });
+  router.add("GET", "/api/v1/" + plural,
+             [&resources, &io, plural](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               if (request.query_or("watch") == "1" || request.query_or("watch") == "true") {
+                 int64_t from = std::atoll(request.query_or("revision", "0").c_str());
+                 co_await serve_watch(resources, io, api::store_prefix(plural), from, writer);
+                 co_return;
+               }
+               co_await writer.send(ok_json(list_json<T>(resources)));
+             });
+  router.add("GET", "/api/v1/" + plural + "/{name}",
+             [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               auto object = resources.get<T>(request.params["name"]);
+               co_await writer.send(result_response(object));
+             });
 }
 
 template <typename T>
 void add_delete_route(http::Router& router, Resources& resources) {
   std::string plural = Traits<T>::kPlural;
-  router.add("DELETE", "/api/v1/" + plural + "/{name}", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    const std::string& name = request.params["name"];
-    auto object = resources.get<T>(name);
-    if (!object) {
-      co_await writer.send(error_response(object.error()));
-      co_return;
-    }
-    auto removed = resources.remove<T>(name);
-    if (!removed) {
-      co_await writer.send(error_response(removed.error()));
-      co_return;
-    }
-    resources.record_event(std::string(Traits<T>::kKind) + "/" + name, "Deleted", "deleted by the API");
-    co_await writer.send(ok_json(api::to_json(*object)));
-  });
+  router.add("DELETE", "/api/v1/" + plural + "/{name}",
+             [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               const std::string& name = request.params["name"];
+               auto object = resources.get<T>(name);
+               if (!object) {
+                 co_await writer.send(error_response(object.error()));
+                 co_return;
+               }
+               auto removed = resources.remove<T>(name);
+               if (!removed) {
+                 co_await writer.send(error_response(removed.error()));
+                 co_return;
+               }
+               resources.record_event(std::string(Traits<T>::kKind) + "/" + name, "Deleted", "deleted by the API");
+               co_await writer.send(ok_json(api::to_json(*object)));
+             });
 }
 
-json name_json(const std::string& name) { return json{{"name", name}}; }
+json name_json(const std::string& name) {
+  return json{{"name", name}};
+}
 
 Result<json> body_json(const Request& request) {
   auto body = parse_json(request.body);
@@ -183,7 +194,6 @@ Result<T> parse_body_as(const Request& request, Result<T> (*parse)(const json&))
   if (!body) return body.error();
   return parse(*body);
 }
-
 
 // A deployment from a request body: {"metadata":{"name"},"spec":{...}} or {"name", "spec"}.
 Result<api::Deployment> deployment_from_request(const Request& request, const std::string& name_from_path) {
@@ -215,128 +225,137 @@ void add_deployment_routes(http::Router& router, Resources& resources) {
     }
     auto created = resources.create(*deployment);
     if (created) {
-      resources.record_event("deployment/" + created->metadata.name, "Created",
-                             fmt::format("{} on {} × {}", created->spec.model, created->spec.engine,
-                                         created->spec.replicas));
+      resources.record_event(
+          "deployment/" + created->metadata.name, "Created",
+          fmt::format("{} on {} × {}", created->spec.model, created->spec.engine, created->spec.replicas));
     }
     co_await writer.send(result_response(created, 201));
   });
   // Create or replace the spec (status is the controller's).
-  router.add("PUT", "/api/v1/deployments/{name}", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    auto deployment = deployment_from_request(request, request.params["name"]);
-    if (!deployment) {
-      co_await writer.send(error_response(deployment.error()));
-      co_return;
-    }
-    auto updated = resources.modify<api::Deployment>(deployment->metadata.name, [&](api::Deployment& current) {
-      current.spec = deployment->spec;
-      current.metadata.labels = deployment->metadata.labels;
-      return true;
-    });
-    if (!updated && updated.error().code == ErrorCode::NotFound) {
-      auto created = resources.create(*deployment);
-      co_await writer.send(result_response(created, 201));
-      co_return;
-    }
-    if (updated) resources.record_event("deployment/" + updated->metadata.name, "Updated", "spec replaced");
-    co_await writer.send(result_response(updated));
-  });
-  router.add("PUT", "/api/v1/deployments/{name}/scale", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    auto body = body_json(request);
-    if (!body) {
-      co_await writer.send(error_response(body.error()));
-      co_return;
-    }
-    if (!body->contains("replicas") || !(*body)["replicas"].is_number_integer()) {
-      co_await writer.send(error_response(make_error(ErrorCode::InvalidArgument, "body must be {\"replicas\": N}")));
-      co_return;
-    }
-    int replicas = (*body)["replicas"].get<int>();
-    if (replicas < 0 || replicas > 1000) {
-      co_await writer.send(error_response(make_error(ErrorCode::InvalidArgument, "replicas must be 0..1000")));
-      co_return;
-    }
-    auto updated = resources.modify<api::Deployment>(request.params["name"], [&](api::Deployment& current) {
-      current.spec.replicas = replicas;
-      return true;
-    });
-    if (updated) {
-      resources.record_event("deployment/" + updated->metadata.name, "Scaled",
-                             fmt::format("replicas set to {}", replicas));
-    }
-    co_await writer.send(result_response(updated));
-  });
+  router.add(
+      "PUT", "/api/v1/deployments/{name}", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+        auto deployment = deployment_from_request(request, request.params["name"]);
+        if (!deployment) {
+          co_await writer.send(error_response(deployment.error()));
+          co_return;
+        }
+        auto updated = resources.modify<api::Deployment>(deployment->metadata.name, [&](api::Deployment& current) {
+          current.spec = deployment->spec;
+          current.metadata.labels = deployment->metadata.labels;
+          return true;
+        });
+        if (!updated && updated.error().code == ErrorCode::NotFound) {
+          auto created = resources.create(*deployment);
+          co_await writer.send(result_response(created, 201));
+          co_return;
+        }
+        if (updated) resources.record_event("deployment/" + updated->metadata.name, "Updated", "spec replaced");
+        co_await writer.send(result_response(updated));
+      });
+  router.add(
+      "PUT", "/api/v1/deployments/{name}/scale",
+      [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+        auto body = body_json(request);
+        if (!body) {
+          co_await writer.send(error_response(body.error()));
+          co_return;
+        }
+        if (!body->contains("replicas") || !(*body)["replicas"].is_number_integer()) {
+          co_await writer.send(
+              error_response(make_error(ErrorCode::InvalidArgument, "body must be {\"replicas\": N}")));
+          co_return;
+        }
+        int replicas = (*body)["replicas"].get<int>();
+        if (replicas < 0 || replicas > 1000) {
+          co_await writer.send(error_response(make_error(ErrorCode::InvalidArgument, "replicas must be 0..1000")));
+          co_return;
+        }
+        auto updated = resources.modify<api::Deployment>(request.params["name"], [&](api::Deployment& current) {
+          current.spec.replicas = replicas;
+          return true;
+        });
+        if (updated) {
+          resources.record_event("deployment/" + updated->metadata.name, "Scaled",
+                                 fmt::format("replicas set to {}", replicas));
+        }
+        co_await writer.send(result_response(updated));
+      });
 }
 
 void add_agent_routes(http::Router& router, Resources& resources, const Options& options) {
   // An agent exchanges the join token for membership: its Node resource is created (or taken over
   // on rejoin, keeping spec such as drain).
-  router.add("POST", "/api/v1/nodes/join", [&resources, &options](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    auto body = body_json(request);
-    if (!body) {
-      co_await writer.send(error_response(body.error()));
-      co_return;
-    }
-    std::string token = body->value("token", "");
-    std::string name = body->value("name", "");
-    if (options.join_token.empty() || token != options.join_token) {
-      co_await writer.send(error_response(make_error(ErrorCode::Unauthenticated, "invalid join token")));
-      co_return;
-    }
-    if (auto valid = api::validate_name(name); !valid) {
-      co_await writer.send(error_response(valid.error()));
-      co_return;
-    }
-    api::Node node;
-    node.metadata.name = name;
-    auto created = resources.create(node);
-    if (created) resources.record_event("node/" + name, "Joined", "node joined the cluster");
-    else if (created.error().code != ErrorCode::AlreadyExists) {
-      co_await writer.send(error_response(created.error()));
-      co_return;
-    }
-    co_await writer.send(ok_json(name_json(name)));
-  });
-  router.add("PUT", "/api/v1/nodes/{name}/status", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    auto status = parse_body_as<api::NodeStatus>(request, api::node_status_from_json);
-    if (!status) {
-      co_await writer.send(error_response(status.error()));
-      co_return;
-    }
-    bool became_ready = false;
-    auto updated = resources.modify<api::Node>(request.params["name"], [&](api::Node& current) {
-      became_ready = !current.status.ready;
-      current.status = *status;
-      current.status.ready = true;
-      current.status.heartbeat_ms = to_unix_ms(resources.clock().wall_now());
-      current.status.message = "";
-      return true;
-    });
-    if (updated && became_ready) resources.record_event("node/" + updated->metadata.name, "NodeReady", "heartbeat received");
-    co_await writer.send(result_response(updated));
-  });
-  router.add("PUT", "/api/v1/replicas/{name}/status", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    auto status = parse_body_as<api::ReplicaStatus>(request, api::replica_status_from_json);
-    if (!status) {
-      co_await writer.send(error_response(status.error()));
-      co_return;
-    }
-    std::string previous_phase;
-    auto updated = resources.modify<api::Replica>(request.params["name"], [&](api::Replica& current) {
-      previous_phase = current.status.phase;
-      current.status = *status;
-      current.status.updated_ms = to_unix_ms(resources.clock().wall_now());
-      return true;
-    });
-    if (updated && previous_phase != updated->status.phase) {
-      std::string message = updated->status.phase;
-      if (!updated->status.message.empty()) message += ": " + updated->status.message;
-      bool warning = updated->status.phase == api::phase::kFailed;
-      resources.record_event("replica/" + updated->metadata.name, updated->status.phase, message,
-                             warning ? "Warning" : "Normal");
-    }
-    co_await writer.send(result_response(updated));
-  });
+  router.add("POST", "/api/v1/nodes/join",
+             [&resources, &options](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               auto body = body_json(request);
+               if (!body) {
+                 co_await writer.send(error_response(body.error()));
+                 co_return;
+               }
+               std::string token = body->value("token", "");
+               std::string name = body->value("name", "");
+               if (options.join_token.empty() || token != options.join_token) {
+                 co_await writer.send(error_response(make_error(ErrorCode::Unauthenticated, "invalid join token")));
+                 co_return;
+               }
+               if (auto valid = api::validate_name(name); !valid) {
+                 co_await writer.send(error_response(valid.error()));
+                 co_return;
+               }
+               api::Node node;
+               node.metadata.name = name;
+               auto created = resources.create(node);
+               if (created)
+                 resources.record_event("node/" + name, "Joined", "node joined the cluster");
+               else if (created.error().code != ErrorCode::AlreadyExists) {
+                 co_await writer.send(error_response(created.error()));
+                 co_return;
+               }
+               co_await writer.send(ok_json(name_json(name)));
+             });
+  router.add("PUT", "/api/v1/nodes/{name}/status",
+             [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               auto status = parse_body_as<api::NodeStatus>(request, api::node_status_from_json);
+               if (!status) {
+                 co_await writer.send(error_response(status.error()));
+                 co_return;
+               }
+               bool became_ready = false;
+               auto updated = resources.modify<api::Node>(request.params["name"], [&](api::Node& current) {
+                 became_ready = !current.status.ready;
+                 current.status = *status;
+                 current.status.ready = true;
+                 current.status.heartbeat_ms = to_unix_ms(resources.clock().wall_now());
+                 current.status.message = "";
+                 return true;
+               });
+               if (updated && became_ready)
+                 resources.record_event("node/" + updated->metadata.name, "NodeReady", "heartbeat received");
+               co_await writer.send(result_response(updated));
+             });
+  router.add("PUT", "/api/v1/replicas/{name}/status",
+             [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               auto status = parse_body_as<api::ReplicaStatus>(request, api::replica_status_from_json);
+               if (!status) {
+                 co_await writer.send(error_response(status.error()));
+                 co_return;
+               }
+               std::string previous_phase;
+               auto updated = resources.modify<api::Replica>(request.params["name"], [&](api::Replica& current) {
+                 previous_phase = current.status.phase;
+                 current.status = *status;
+                 current.status.updated_ms = to_unix_ms(resources.clock().wall_now());
+                 return true;
+               });
+               if (updated && previous_phase != updated->status.phase) {
+                 std::string message = updated->status.phase;
+                 if (!updated->status.message.empty()) message += ": " + updated->status.message;
+                 bool warning = updated->status.phase == api::phase::kFailed;
+                 resources.record_event("replica/" + updated->metadata.name, updated->status.phase, message,
+                                        warning ? "Warning" : "Normal");
+               }
+               co_await writer.send(result_response(updated));
+             });
 }
 
 // Every GPU of every node with what the scheduler placed on it.
@@ -399,9 +418,9 @@ void add_logs_route(http::Router& router, Resources& resources, asio::io_context
                      ErrorCode::Unavailable, "the node of replica " + chosen->metadata.name + " is not reachable")));
                  co_return;
                }
-               std::string url = fmt::format("{}/logs/{}?follow={}&tail={}", node->status.agent_url,
-                                             chosen->metadata.name, request.query_or("follow", "0"),
-                                             request.query_or("tail", "65536"));
+               std::string url =
+                   fmt::format("{}/logs/{}?follow={}&tail={}", node->status.agent_url, chosen->metadata.name,
+                               request.query_or("follow", "0"), request.query_or("tail", "65536"));
                auto upstream = co_await client->open("GET", url, "", {}, std::chrono::seconds(10));
                if (!upstream) {
                  co_await writer.send(error_response(upstream.error()));

@@ -12,7 +12,9 @@ namespace nebula::controlplane {
 
 Controller::Controller(Resources& resources, Options options) : resources_(resources), options_(std::move(options)) {}
 
-Controller::~Controller() { stop(); }
+Controller::~Controller() {
+  stop();
+}
 
 void Controller::start() {
   // Any change under /nebula/ (except events, which the controller writes itself) wakes the loop.
@@ -221,9 +223,9 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
     });
     if (updated) {
       replica = *updated;
-      resources_.record_event("replica/" + replica.metadata.name, "Scheduled",
-                              fmt::format("placed on node {} GPU(s) [{}]", placement->node,
-                                          fmt::join(placement->gpus, ",")));
+      resources_.record_event(
+          "replica/" + replica.metadata.name, "Scheduled",
+          fmt::format("placed on node {} GPU(s) [{}]", placement->node, fmt::join(placement->gpus, ",")));
     }
   }
 }

@@ -7,7 +7,9 @@
 
 namespace nebula::controlplane {
 
-std::string Resources::new_uid() { return random_id(16); }
+std::string Resources::new_uid() {
+  return random_id(16);
+}
 
 void Resources::record_event(const std::string& object, const std::string& reason, const std::string& message,
                              const std::string& type) {

@@ -87,12 +87,12 @@ class Resources {
   Result<T> create(T object) {
     if (object.metadata.uid.empty()) object.metadata.uid = new_uid();
     if (object.metadata.created_ms == 0) object.metadata.created_ms = to_unix_ms(clock_.wall_now());
-    auto revision = store_.put(api::store_key(Traits<T>::kPlural, object.metadata.name),
-                               api::to_json(object).dump(), store::Precondition::absent());
+    auto revision = store_.put(api::store_key(Traits<T>::kPlural, object.metadata.name), api::to_json(object).dump(),
+                               store::Precondition::absent());
     if (!revision) {
       if (revision.error().code == ErrorCode::Conflict) {
-        return make_error(ErrorCode::AlreadyExists, std::string(Traits<T>::kPlural) + "/" + object.metadata.name +
-                                                         " already exists");
+        return make_error(ErrorCode::AlreadyExists,
+                          std::string(Traits<T>::kPlural) + "/" + object.metadata.name + " already exists");
       }
       return revision.error();
     }

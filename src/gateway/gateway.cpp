@@ -11,8 +11,7 @@
 
 namespace nebula::gateway {
 
-http::Response openai_error(int status, const std::string& message, const std::string& type,
-                            const std::string& code) {
+http::Response openai_error(int status, const std::string& message, const std::string& type, const std::string& code) {
   return http::Response::json_body(
       status, json{{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", code}}}});
 }
@@ -133,7 +132,8 @@ namespace {
 json models_json(const EndpointTable& table) {
   json data = json::array();
   for (const auto& name : table.deployments()) {
-    data.push_back({{"id", name}, {"object", "model"}, {"created", table.created_ms(name) / 1000}, {"owned_by", "nebula"}});
+    data.push_back(
+        {{"id", name}, {"object", "model"}, {"created", table.created_ms(name) / 1000}, {"owned_by", "nebula"}});
   }
   return json{{"object", "list"}, {"data", data}};
 }
@@ -194,16 +194,15 @@ awaitable<void> Gateway::proxy(http::Request& request, http::ResponseWriter& wri
   if (request_id.empty()) request_id = "req-" + random_id(20);
   auto parsed = parse_body(request.body);
   if (!parsed) {
-    co_await writer.send(
-        with_request_id(openai_error(400, parsed.error().message, "invalid_request_error", "invalid_request"), request_id));
+    co_await writer.send(with_request_id(
+        openai_error(400, parsed.error().message, "invalid_request_error", "invalid_request"), request_id));
     co_return;
   }
   const std::string& model = parsed->model;
   if (!table_.has_deployment(model)) {
-    co_await writer.send(with_request_id(
-        openai_error(404, fmt::format("The model `{}` does not exist.", model), "invalid_request_error",
-                     "model_not_found"),
-        request_id));
+    co_await writer.send(with_request_id(openai_error(404, fmt::format("The model `{}` does not exist.", model),
+                                                      "invalid_request_error", "model_not_found"),
+                                         request_id));
     co_return;
   }
 

@@ -80,7 +80,6 @@ class Gateway {
 };
 
 // {"error":{"message","type","param":null,"code"}} with the matching status.
-http::Response openai_error(int status, const std::string& message, const std::string& type,
-                            const std::string& code);
+http::Response openai_error(int status, const std::string& message, const std::string& type, const std::string& code);
 
 }  // namespace nebula::gateway

@@ -19,7 +19,8 @@ struct Connection {
 
 Error io_error(const std::string& what, const Url& url, const error_code& ec) {
   ErrorCode code = ec == beast::error::timeout ? ErrorCode::Timeout : ErrorCode::Unavailable;
-  return make_error(code, what + " " + url.origin() + ": " + (ec == beast::error::timeout ? "timed out" : ec.message()));
+  return make_error(code,
+                    what + " " + url.origin() + ": " + (ec == beast::error::timeout ? "timed out" : ec.message()));
 }
 
 bhttp::request<bhttp::string_body> make_request(const std::string& method, const Url& url, std::string body,
@@ -128,7 +129,9 @@ class PooledStreamingResponse final : public StreamingResponse {
  public:
   PooledStreamingResponse(std::shared_ptr<Client::Impl> client, std::unique_ptr<Connection> connection,
                           std::unique_ptr<bhttp::response_parser<bhttp::buffer_body>> parser, Url url)
-      : client_(std::move(client)), connection_(std::move(connection)), parser_(std::move(parser)),
+      : client_(std::move(client)),
+        connection_(std::move(connection)),
+        parser_(std::move(parser)),
         url_(std::move(url)) {
     status = static_cast<int>(parser_->get().result_int());
     headers = to_headers(parser_->get().base());

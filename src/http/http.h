@@ -178,12 +178,12 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   // Sends a request and reads the whole response within timeout.
-  awaitable<Result<Response>> request(std::string method, std::string url, std::string body = {},
-                                      Headers headers = {}, std::chrono::milliseconds timeout = std::chrono::seconds(60));
+  awaitable<Result<Response>> request(std::string method, std::string url, std::string body = {}, Headers headers = {},
+                                      std::chrono::milliseconds timeout = std::chrono::seconds(60));
   // Sends a request and returns once the response headers arrived (within first_byte_timeout).
   awaitable<Result<std::unique_ptr<StreamingResponse>>> open(std::string method, std::string url, std::string body,
-                                                              Headers headers,
-                                                              std::chrono::milliseconds first_byte_timeout);
+                                                             Headers headers,
+                                                             std::chrono::milliseconds first_byte_timeout);
 
  private:
   friend class PooledStreamingResponse;

@@ -145,7 +145,8 @@ Result<Url> Url::parse(std::string_view text) {
   Url url;
   size_t scheme_end = text.find("://");
   if (scheme_end == std::string_view::npos) {
-    return make_error(ErrorCode::InvalidArgument, "invalid URL '" + std::string(text) + "': expected http://HOST:PORT/...");
+    return make_error(ErrorCode::InvalidArgument,
+                      "invalid URL '" + std::string(text) + "': expected http://HOST:PORT/...");
   }
   url.scheme = std::string(text.substr(0, scheme_end));
   if (url.scheme != "http") {
@@ -155,9 +156,9 @@ Result<Url> Url::parse(std::string_view text) {
   size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
   url.target = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
-  if (authority.empty()) return make_error(ErrorCode::InvalidArgument, "invalid URL '" + std::string(text) + "': no host");
-  if (authority.find(':') == std::string_view::npos ||
-      (authority.front() == '[' && authority.back() == ']')) {
+  if (authority.empty())
+    return make_error(ErrorCode::InvalidArgument, "invalid URL '" + std::string(text) + "': no host");
+  if (authority.find(':') == std::string_view::npos || (authority.front() == '[' && authority.back() == ']')) {
     url.host = std::string(authority);
     if (url.host.front() == '[') url.host = url.host.substr(1, url.host.size() - 2);
     url.port = 80;
@@ -170,6 +171,8 @@ Result<Url> Url::parse(std::string_view text) {
   return url;
 }
 
-std::string Url::origin() const { return scheme + "://" + HostPort{host, port}.to_string(); }
+std::string Url::origin() const {
+  return scheme + "://" + HostPort{host, port}.to_string();
+}
 
 }  // namespace nebula::http

@@ -178,7 +178,7 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
         Response refusal;
         if (ec == bhttp::error::body_limit) {
           refusal = error_json(413, "request body exceeds " + std::to_string(options.body_limit) + " bytes",
-                                   "request_too_large");
+                               "request_too_large");
         } else if (ec == bhttp::error::header_limit) {
           refusal = error_json(431, "request headers too large", "headers_too_large");
         } else if (ec == beast::error::timeout || ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
@@ -227,7 +227,9 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
 Server::Server(asio::io_context& io, Router router, ServerOptions options)
     : impl_(std::make_shared<Impl>(io, std::move(router), options)) {}
 
-Server::~Server() { stop(); }
+Server::~Server() {
+  stop();
+}
 
 Result<uint16_t> Server::listen(const HostPort& address) {
   error_code ec;

@@ -3,8 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <regex>
 #include <cmath>
+#include <regex>
 
 namespace nebula::scheduler {
 
@@ -86,8 +86,8 @@ Result<Placement> place(const api::Replica& replica, int gpus_per_replica, const
     if (static_cast<int>(fitting.size()) < gpus_per_replica) {
       std::string free_list;
       for (const auto& gpu : gpus) {
-        free_list += fmt::format("{}gpu{} {:.1f} GiB free", free_list.empty() ? "" : ", ", gpu.index,
-                                 gpu.free_mb / 1024.0);
+        free_list +=
+            fmt::format("{}gpu{} {:.1f} GiB free", free_list.empty() ? "" : ", ", gpu.index, gpu.free_mb / 1024.0);
       }
       reasons.push_back(fmt::format("node {} has {} of {} GPUs with {:.1f} GiB free ({})", name, fitting.size(),
                                     gpus_per_replica, need_per_gpu / 1024.0,

@@ -1,0 +1,172 @@
+#include <gtest/gtest.h>
+
+#include "controlplane/controlplane.h"
+#include "store/memory_store.h"
+
+namespace nebula::controlplane {
+namespace {
+
+class ControllerTest : public ::testing::Test {
+ protected:
+  ControllerTest() : store_(clock_), resources_(store_, clock_), controller_(resources_, Options{}) {}
+
+  void add_node(const std::string& name, int64_t memory_mb) {
+    api::Node node;
+    node.metadata.name = name;
+    node.status.ready = true;
+    node.status.engines = {"sim"};
+    node.status.heartbeat_ms = to_unix_ms(clock_.wall_now());
+    node.status.gpus.push_back({0, "GPU-0", "H100-80GB", memory_mb, 0, 0, 0});
+    ASSERT_TRUE(resources_.create(node));
+  }
+
+  void deploy(const std::string& name, int replicas, int64_t vram_mb = 10 * 1024) {
+    api::Deployment deployment;
+    deployment.metadata.name = name;
+    deployment.spec.model = "m";
+    deployment.spec.replicas = replicas;
+    deployment.spec.vram_mb = vram_mb;
+    ASSERT_TRUE(resources_.create(deployment));
+  }
+
+  std::vector<api::Replica> replicas(const std::string& deployment, bool include_stopping = false) {
+    std::vector<api::Replica> result;
+    for (auto& replica : resources_.list<api::Replica>()) {
+      if (replica.spec.deployment == deployment && (include_stopping || !replica.spec.stop)) {
+        result.push_back(replica);
+      }
+    }
+    return result;
+  }
+
+  void mark_ready(const std::string& deployment) {
+    for (const auto& replica : replicas(deployment)) {
+      ASSERT_TRUE(resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
+        current.status.phase = api::phase::kReady;
+        return true;
+      }));
+    }
+  }
+
+  FakeClock clock_;
+  store::MemoryStore store_;
+  Resources resources_;
+  Controller controller_;
+};
+
+TEST_F(ControllerTest, ReplicasFollowTheSpecAndArePlaced) {
+  add_node("n1", 80 * 1024);
+  deploy("chat", 2);
+  controller_.reconcile();
+  auto placed = replicas("chat");
+  ASSERT_EQ(placed.size(), 2u);
+  for (const auto& replica : placed) {
+    EXPECT_EQ(replica.spec.node, "n1");
+    EXPECT_EQ(replica.spec.gpus, std::vector<int>{0});
+    EXPECT_EQ(replica.spec.plan_version, 1);
+    EXPECT_EQ(replica.status.phase, api::phase::kScheduled);
+  }
+  controller_.reconcile();  // idempotent: nothing new
+  EXPECT_EQ(replicas("chat").size(), 2u);
+
+  mark_ready("chat");
+  controller_.reconcile();
+  auto deployment = resources_.get<api::Deployment>("chat");
+  ASSERT_TRUE(deployment);
+  EXPECT_EQ(deployment->status.ready_replicas, 2);
+  EXPECT_EQ(deployment->status.phase, "Ready");
+}
+
+TEST_F(ControllerTest, ScaleDownStopsTheExtraReplicasAndDeleteStopsAll) {
+  add_node("n1", 80 * 1024);
+  deploy("chat", 3);
+  controller_.reconcile();
+  ASSERT_TRUE(resources_.modify<api::Deployment>("chat", [](api::Deployment& d) {
+    d.spec.replicas = 1;
+    return true;
+  }));
+  controller_.reconcile();
+  EXPECT_EQ(replicas("chat").size(), 1u);
+  EXPECT_EQ(replicas("chat", true).size(), 3u);  // the agent removes stopped replicas once their engine is gone
+
+  ASSERT_TRUE(resources_.remove<api::Deployment>("chat"));
+  controller_.reconcile();
+  EXPECT_TRUE(replicas("chat").empty());
+  for (const auto& replica : replicas("chat", true)) EXPECT_TRUE(replica.spec.stop);
+}
+
+TEST_F(ControllerTest, UnplaceableReplicasStayPendingWithTheReason) {
+  add_node("n1", 24 * 1024);
+  deploy("big", 1, 40 * 1024);
+  controller_.reconcile();
+  auto pending = replicas("big");
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_TRUE(pending[0].spec.node.empty());
+  EXPECT_EQ(pending[0].status.phase, api::phase::kPending);
+  EXPECT_NE(pending[0].status.message.find("no node fits"), std::string::npos);
+  controller_.reconcile();
+  auto deployment = resources_.get<api::Deployment>("big");
+  EXPECT_EQ(deployment->status.phase, "Pending");
+  EXPECT_NE(deployment->status.message.find("24.0 GiB free"), std::string::npos) << deployment->status.message;
+}
+
+TEST_F(ControllerTest, ReplicasOfANodeThatNeverJoinedAreRemovedDirectly) {
+  deploy("chat", 1);
+  controller_.reconcile();  // nothing to place on: stays Pending
+  ASSERT_TRUE(resources_.modify<api::Deployment>("chat", [](api::Deployment& d) {
+    d.spec.replicas = 0;
+    return true;
+  }));
+  controller_.reconcile();
+  EXPECT_TRUE(replicas("chat", true).empty());
+}
+
+TEST_F(ControllerTest, SilentNodesBecomeNotReady) {
+  add_node("n1", 80 * 1024);
+  controller_.reconcile();
+  EXPECT_TRUE(resources_.get<api::Node>("n1")->status.ready);
+  clock_.advance(std::chrono::seconds(31));
+  controller_.reconcile();
+  auto node = resources_.get<api::Node>("n1");
+  EXPECT_FALSE(node->status.ready);
+  EXPECT_NE(node->status.message.find("no heartbeat"), std::string::npos);
+  // A NotReady node gets no new replicas.
+  deploy("chat", 1);
+  controller_.reconcile();
+  EXPECT_TRUE(replicas("chat")[0].spec.node.empty());
+}
+
+TEST_F(ControllerTest, ConcurrentPendingReplicasNeverShareFreeMemory) {
+  add_node("n1", 80 * 1024);
+  deploy("a", 3, 30 * 1024);  // only two fit
+  controller_.reconcile();
+  int placed = 0;
+  for (const auto& replica : replicas("a")) placed += replica.spec.node.empty() ? 0 : 1;
+  EXPECT_EQ(placed, 2);
+}
+
+TEST(ApiJson, RoundTripsAndNamesBadFields) {
+  api::Deployment deployment;
+  deployment.metadata.name = "chat";
+  deployment.spec.model = "llama";
+  deployment.spec.replicas = 3;
+  deployment.spec.env = {{"K", "V"}};
+  deployment.spec.engine_args = {"--x"};
+  auto back = api::deployment_from_json(api::to_json(deployment));
+  ASSERT_TRUE(back);
+  EXPECT_EQ(api::to_json(*back), api::to_json(deployment));
+
+  auto bad = api::deployment_from_json(json{{"spec", {{"replicas", "two"}}}});
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("'replicas'"), std::string::npos) << bad.error().message;
+  EXPECT_FALSE(api::deployment_from_json(json::array()));
+  EXPECT_FALSE(api::validate_name("Bad_Name"));
+  EXPECT_TRUE(api::validate_name("chat-2"));
+  api::DeploymentSpec spec;
+  spec.model = "m";
+  spec.engine = "nope";
+  EXPECT_FALSE(api::validate(spec));
+}
+
+}  // namespace
+}  // namespace nebula::controlplane

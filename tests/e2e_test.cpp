@@ -1,0 +1,256 @@
+// The walking skeleton's user story against real processes: `nebula up` on a free loopback
+// port, the CLI as a user runs it, the gateway over HTTP, and real engine-sim children.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <fstream>
+#include <set>
+
+#include "common/json.h"
+#include "http/http.h"
+#include "http/sse.h"
+#include "process_helpers.h"
+
+namespace nebula {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::Child;
+using testing::eventually;
+using testing::process_gone;
+using testing::run_command;
+
+class UserStory : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    port_ = testing::free_port();
+    server_ = "http://127.0.0.1:" + std::to_string(port_);
+    up_ = std::make_unique<Child>(
+        std::vector<std::string>{NEBULA_BINARY, "up", "--listen", "127.0.0.1:" + std::to_string(port_), "--data-dir",
+                                 data_.path() + "/data", "--sim-gpus", "1xH100-80GB", "--log-level", "warn", "--name",
+                                 "e2e-node"},
+        data_.path() + "/up.log");
+    bool node_ready = eventually(
+        [&] {
+          auto nodes = cli({"nodes", "-o", "json"});
+          if (nodes.exit_code != 0) return false;
+          auto parsed = parse_json(nodes.out);
+          return parsed && parsed->is_array() && parsed->size() == 1 && (*parsed)[0]["status"]["ready"] == true;
+        },
+        20s);
+    ASSERT_TRUE(node_ready) << up_->output();
+  }
+
+  void TearDown() override {
+    if (HasFailure()) std::cerr << "---- nebula up output ----\n" << up_->output() << "\n";
+  }
+
+  testing::CommandResult cli(std::vector<std::string> args) {
+    args.insert(args.begin(), NEBULA_BINARY);
+    return run_command(args, {"NEBULA_SERVER=" + server_});
+  }
+
+  json get_json(const std::string& path) {
+    auto response = client_.request("GET", server_ + path);
+    EXPECT_TRUE(response) << path;
+    if (!response) return json();
+    auto parsed = parse_json(response->body);
+    EXPECT_TRUE(parsed) << path << ": " << response->status << " " << response->body;
+    return parsed ? *parsed : json();
+  }
+
+  std::vector<json> replicas_of(const std::string& deployment) {
+    std::vector<json> replicas;
+    json listing = get_json("/api/v1/replicas");
+    for (const auto& item : listing["items"]) {
+      if (item["spec"]["deployment"] == deployment) replicas.push_back(item);
+    }
+    return replicas;
+  }
+
+  std::set<int> engine_pids(const std::string& deployment) {
+    std::set<int> pids;
+    for (const auto& replica : replicas_of(deployment)) {
+      int pid = replica["status"].value("pid", 0);
+      if (pid > 0) pids.insert(pid);
+    }
+    return pids;
+  }
+
+  testing::TempDir data_;
+  int port_ = 0;
+  std::string server_;
+  std::unique_ptr<Child> up_;
+  http::BlockingClient client_;
+};
+
+TEST_F(UserStory, DeployStreamScaleHealRemove) {
+  // nebula deploy chat --engine sim --model llama-3.1-8b-instruct --replicas 2 --wait
+  auto deployed = cli({"deploy", "chat", "--engine", "sim", "--model", "llama-3.1-8b-instruct", "--replicas", "2",
+                       "--wait", "--timeout", "60s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  EXPECT_NE(deployed.out.find("chat: 2/2 ready"), std::string::npos) << deployed.out;
+
+  auto listed = cli({"ls"});
+  ASSERT_EQ(listed.exit_code, 0);
+  EXPECT_NE(listed.out.find("chat"), std::string::npos);
+  EXPECT_NE(listed.out.find("2/2"), std::string::npos) << listed.out;
+  std::set<int> first_pids = engine_pids("chat");
+  ASSERT_EQ(first_pids.size(), 2u);
+
+  // A streamed chat through the gateway: every chunk is JSON, and the text reassembles to the
+  // non-streamed answer.
+  std::string body = R"({"model":"chat","max_tokens":24,"messages":[{"role":"user","content":"hi"}],"stream":true})";
+  http::SseParser parser;
+  std::vector<http::SseEvent> events;
+  std::vector<size_t> piece_sizes;
+  auto status = client_.stream("POST", server_ + "/v1/chat/completions", body, {}, [&](std::string_view piece) {
+    piece_sizes.push_back(piece.size());
+    parser.feed(piece, events);
+    return true;
+  });
+  ASSERT_TRUE(status) << status.error().message;
+  ASSERT_EQ(*status, 200);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.back().data, "[DONE]");
+  EXPECT_GT(piece_sizes.size(), 3u) << "the gateway buffered the stream instead of relaying it";
+  std::string streamed;
+  std::string finish_reason;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    auto chunk = parse_json(events[i].data);
+    ASSERT_TRUE(chunk) << "chunk " << i << " is not JSON: " << events[i].data;
+    EXPECT_EQ((*chunk)["object"], "chat.completion.chunk");
+    const auto& choice = (*chunk)["choices"][0];
+    if (choice["delta"].contains("content")) streamed += choice["delta"]["content"].get<std::string>();
+    if (choice["finish_reason"].is_string()) finish_reason = choice["finish_reason"];
+  }
+  EXPECT_EQ(finish_reason, "length");
+
+  std::string plain_body = R"({"model":"chat","max_tokens":24,"messages":[{"role":"user","content":"hi"}]})";
+  auto plain = client_.request("POST", server_ + "/v1/chat/completions", plain_body);
+  ASSERT_TRUE(plain);
+  ASSERT_EQ(plain->status, 200) << plain->body;
+  EXPECT_FALSE(plain->header("x-request-id").empty());
+  auto answer = parse_json(plain->body);
+  ASSERT_TRUE(answer);
+  EXPECT_EQ((*answer)["choices"][0]["message"]["content"].get<std::string>(), streamed);
+  EXPECT_EQ((*answer)["usage"]["completion_tokens"], 24);
+
+  // OpenAI errors: unknown model, malformed body.
+  auto unknown = client_.request("POST", server_ + "/v1/chat/completions",
+                                 R"({"model":"nope","messages":[{"role":"user","content":"hi"}]})");
+  ASSERT_TRUE(unknown);
+  EXPECT_EQ(unknown->status, 404);
+  EXPECT_EQ((*parse_json(unknown->body))["error"]["code"], "model_not_found");
+  auto malformed = client_.request("POST", server_ + "/v1/chat/completions", "{not json");
+  ASSERT_TRUE(malformed);
+  EXPECT_EQ(malformed->status, 400);
+  auto models = get_json("/v1/models");
+  ASSERT_EQ(models["data"].size(), 1u);
+  EXPECT_EQ(models["data"][0]["id"], "chat");
+
+  // nebula scale chat 1: one engine stops, one keeps serving.
+  auto scaled = cli({"scale", "chat", "1"});
+  ASSERT_EQ(scaled.exit_code, 0) << scaled.out;
+  ASSERT_TRUE(eventually([&] { return replicas_of("chat").size() == 1; }, 20s));
+  std::set<int> remaining = engine_pids("chat");
+  ASSERT_EQ(remaining.size(), 1u);
+  int survivor = *remaining.begin();
+  for (int pid : first_pids) {
+    if (pid != survivor) EXPECT_TRUE(eventually([&] { return process_gone(pid); }, 15s)) << "pid " << pid;
+  }
+
+  // Kill the engine: the agent restarts it and the replica comes back Ready.
+  ASSERT_EQ(::kill(survivor, SIGKILL), 0);
+  bool healed = eventually(
+      [&] {
+        auto replicas = replicas_of("chat");
+        return replicas.size() == 1 && replicas[0]["status"]["phase"] == "Ready" &&
+               replicas[0]["status"]["restarts"].get<int>() >= 1 && replicas[0]["status"]["pid"] != survivor;
+      },
+      30s);
+  ASSERT_TRUE(healed) << get_json("/api/v1/replicas").dump(2);
+  auto after_heal = client_.request("POST", server_ + "/v1/chat/completions", plain_body);
+  ASSERT_TRUE(after_heal);
+  EXPECT_EQ(after_heal->status, 200) << after_heal->body;
+  int restarted = *engine_pids("chat").begin();
+
+  // nebula rm chat: the engine stops, the replica disappears, the gateway stops serving it.
+  auto removed = cli({"rm", "chat"});
+  ASSERT_EQ(removed.exit_code, 0) << removed.out;
+  ASSERT_TRUE(eventually([&] { return replicas_of("chat").empty(); }, 20s));
+  EXPECT_TRUE(eventually([&] { return process_gone(restarted); }, 15s));
+  auto gone = client_.request("POST", server_ + "/v1/chat/completions", plain_body);
+  ASSERT_TRUE(gone);
+  EXPECT_EQ(gone->status, 404);
+
+  // Stopping `nebula up` stops every engine it started.
+  auto kept = cli({"deploy", "kept", "--engine", "sim", "--model", "qwen2.5-0.5b", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(kept.exit_code, 0) << kept.out;
+  std::set<int> kept_pids = engine_pids("kept");
+  ASSERT_EQ(kept_pids.size(), 1u);
+  EXPECT_EQ(up_->stop(SIGTERM, 30s), 0);
+  for (int pid : kept_pids) EXPECT_TRUE(eventually([&] { return process_gone(pid); }, 5s)) << "pid " << pid;
+}
+
+TEST_F(UserStory, RefusesWhatDoesNotFitWithAReason) {
+  // 100 GB does not fit on one 80 GB GPU: the deployment stays Pending with the reason, and
+  // --wait gives up with it instead of hanging.
+  auto deployed = cli({"deploy", "huge", "--engine", "sim", "--model", "m", "--vram", "100GB", "--wait"});
+  EXPECT_EQ(deployed.exit_code, 1) << deployed.out;
+  EXPECT_NE(deployed.out.find("no node fits"), std::string::npos) << deployed.out;
+  auto shown = cli({"get", "huge"});
+  EXPECT_NE(shown.out.find("Pending"), std::string::npos) << shown.out;
+  EXPECT_TRUE(engine_pids("huge").empty());
+
+  auto bad_engine = cli({"deploy", "x", "--engine", "nope", "--model", "m"});
+  EXPECT_EQ(bad_engine.exit_code, 1);
+  EXPECT_NE(bad_engine.out.find("unknown engine"), std::string::npos) << bad_engine.out;
+  auto bad_usage = cli({"deploy", "x", "--replicas", "many"});
+  EXPECT_EQ(bad_usage.exit_code, 2) << bad_usage.out;
+}
+
+TEST(Agent, JoinsWithTheServersTokenOnly) {
+  testing::TempDir data;
+  int port = testing::free_port();
+  std::string server = "http://127.0.0.1:" + std::to_string(port);
+  Child server_process({NEBULA_BINARY, "server", "--listen", "127.0.0.1:" + std::to_string(port), "--data-dir",
+                        data.path() + "/server", "--log-level", "warn"},
+                       data.path() + "/server.log");
+  http::BlockingClient client;
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto health = client.request("GET", server + "/healthz");
+        return health && health->status == 200;
+      },
+      10s));
+  std::string token;
+  ASSERT_TRUE(eventually(
+      [&] {
+        std::ifstream in(data.path() + "/server/join-token");
+        return static_cast<bool>(std::getline(in, token)) && !token.empty();
+      },
+      5s));
+  auto refused = client.request("POST", server + "/api/v1/nodes/join", R"({"token":"wrong","name":"x"})");
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 401);
+
+  Child agent({NEBULA_BINARY, "agent", "--server", server, "--token", token, "--name", "gpu-box", "--listen",
+               "127.0.0.1:" + std::to_string(testing::free_port()), "--sim-gpus", "2x24GB", "--data-dir",
+               data.path() + "/agent", "--log-level", "warn"},
+              data.path() + "/agent.log");
+  bool joined = eventually(
+      [&] {
+        auto node = client.request("GET", server + "/api/v1/nodes/gpu-box");
+        if (!node || node->status != 200) return false;
+        auto parsed = parse_json(node->body);
+        return parsed && (*parsed)["status"]["ready"] == true && (*parsed)["status"]["gpus"].size() == 2;
+      },
+      15s);
+  EXPECT_TRUE(joined) << agent.output();
+  EXPECT_EQ(agent.stop(SIGTERM, 15s), 0);
+  EXPECT_EQ(server_process.stop(SIGTERM, 15s), 0);
+}
+
+}  // namespace
+}  // namespace nebula
