@@ -42,6 +42,8 @@ class UserStory : public ::testing::Test {
   }
 
   void TearDown() override {
+    // SIGTERM, not the destructor's SIGKILL: `nebula up` must stop its engines on the way out.
+    up_->stop(SIGTERM, std::chrono::seconds(30));
     if (HasFailure()) std::cerr << "---- nebula up output ----\n" << up_->output() << "\n";
   }
 

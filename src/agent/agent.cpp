@@ -157,6 +157,12 @@ awaitable<void> Agent::Impl::heartbeat_loop() {
   while (!stopping) {
     auto response = co_await client.request("PUT", api("/nodes/" + options.name + "/status"), node_status().dump(),
                                             json_headers(), milliseconds(5000));
+    if (response && response->status == 404) {
+      // The Node was deleted while this agent runs: join again.
+      spdlog::warn("agent: node {} is unknown to the server; rejoining", options.name);
+      co_await client.request("POST", api("/nodes/join"), join_body(), json_headers(), milliseconds(5000));
+      continue;
+    }
     if (!response || response->status != 200) {
       spdlog::warn("agent: heartbeat failed: {}", response ? response->body : response.error().message);
     }
@@ -174,6 +180,10 @@ void Agent::Impl::apply(const api::Replica& replica) {
     managed.status = replica.status;
     managed.status.pid = 0;
     managed.backoff = options.restart_backoff;
+  } else if (replica.status.phase != managed.status.phase) {
+    // Someone else rewrote the status (the controller marks replicas of a silent node Unknown):
+    // report what this agent actually sees.
+    managed.status_dirty = true;
   }
 }
 

@@ -88,6 +88,7 @@ inline constexpr const char* kStarting = "Starting";
 inline constexpr const char* kReady = "Ready";
 inline constexpr const char* kStopping = "Stopping";
 inline constexpr const char* kFailed = "Failed";
+inline constexpr const char* kUnknown = "Unknown";  // its node stopped reporting
 }  // namespace phase
 
 struct ReplicaSpec {

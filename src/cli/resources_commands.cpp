@@ -128,8 +128,14 @@ int run_deploy(int argc, char** argv) {
     std::cerr << "error: a deployment name is required (argument or metadata.name in -f)\n";
     return 2;
   }
+  ApiClient client(flags.server);
   json& spec = document["spec"];
   if (!spec.is_object()) spec = json::object();
+  // Flags change an existing deployment rather than replace it: start from its spec unless a
+  // file gives the whole spec.
+  auto existing = client.call("GET", "/api/v1/deployments/" + name);
+  bool exists = existing.ok();
+  if (exists && file.empty()) spec = (*existing)["spec"];
   if (!model.empty()) spec["model"] = model;
   if (!engine.empty()) spec["engine"] = engine;
   if (replicas >= 0) spec["replicas"] = replicas;
@@ -154,15 +160,14 @@ int run_deploy(int argc, char** argv) {
   auto timeout = parse_duration(wait_timeout);
   if (!timeout) return fail(timeout.error().message);
 
-  ApiClient client(flags.server);
   auto result = client.call("PUT", "/api/v1/deployments/" + name, document.dump());
   if (!result) return fail(result.error().message);
   if (flags.output != "table") {
     print_as(flags.output, *result, [] {});
   } else {
-    std::cout << "deployment " << name << " " << ((*result)["metadata"].value("revision", 0) ? "applied" : "created")
-              << ": " << (*result)["spec"].value("model", "") << " on " << (*result)["spec"].value("engine", "")
-              << " x " << (*result)["spec"].value("replicas", 0) << "\n";
+    std::cout << "deployment " << name << " " << (exists ? "updated" : "created") << ": "
+              << (*result)["spec"].value("model", "") << " on " << (*result)["spec"].value("engine", "") << " x "
+              << (*result)["spec"].value("replicas", 0) << "\n";
   }
   return wait ? wait_ready(client, name, *timeout) : 0;
 }
@@ -212,7 +217,10 @@ int run_get(int argc, char** argv) {
               << "Replicas:  " << status.value("ready_replicas", 0) << "/" << spec.value("replicas", 0) << " ready\n"
               << "Status:    " << status.value("phase", "")
               << (status.value("message", "").empty() ? "" : " - " + status.value("message", "")) << "\n"
-              << "VRAM:      " << gib(spec.value("vram_mb", int64_t{0})) << " GiB per replica (0 = estimated)\n\n";
+              << "VRAM:      "
+              << (replicas.empty() ? std::string("-")
+                                   : gib(replicas.front()["spec"].value("vram_mb", int64_t{0})) + " GiB per replica")
+              << (spec.value("vram_mb", int64_t{0}) > 0 ? " (from the spec)\n\n" : " (estimated)\n\n");
     std::vector<std::vector<std::string>> rows = {
         {"REPLICA", "NODE", "GPUS", "PHASE", "ENDPOINT", "RESTARTS", "LAST ERROR", "MESSAGE"}};
     for (const auto& replica : replicas) {

@@ -30,10 +30,18 @@ struct ServerFlags {
   std::string store;  // sqlite://PATH; default <data-dir>/nebula.db
   std::string log_level = "info";
   std::string node_timeout = "30s";
+  bool allow_unauthenticated = false;
 };
 
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
 void add_server_flags(CLI::App& app, ServerFlags& flags) {
-  app.add_option("--listen", flags.listen, "Address for the API, gateway and metrics")->capture_default_str();
+  app.add_option("--listen", flags.listen, "Address for the management API and the OpenAI gateway")
+      ->capture_default_str();
+  app.add_flag("--allow-unauthenticated", flags.allow_unauthenticated,
+               "Listen on a non-loopback address although API keys are not implemented yet");
   app.add_option("--data-dir", flags.data_dir, "Where state, logs and the join token live")->capture_default_str();
   app.add_option("--store", flags.store, "State store: sqlite://PATH (default <data-dir>/nebula.db)");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")->capture_default_str();
@@ -77,6 +85,12 @@ class ServerRuntime {
     if (ec) return make_error(ErrorCode::Internal, "cannot create data dir " + flags.data_dir + ": " + ec.message());
     auto address = parse_host_port(flags.listen);
     if (!address) return address.error();
+    if (!is_loopback(address->host) && !flags.allow_unauthenticated) {
+      return make_error(ErrorCode::InvalidArgument,
+                        "refusing to listen on " + flags.listen +
+                            " without authentication (API keys are not implemented yet); listen on 127.0.0.1 or "
+                            "pass --allow-unauthenticated on a network you trust");
+    }
     auto node_timeout = parse_duration(flags.node_timeout);
     if (!node_timeout) return node_timeout.error();
     std::string store_path = flags.data_dir + "/nebula.db";

@@ -98,8 +98,22 @@ void Controller::reconcile_nodes(std::vector<api::Node>& nodes) {
       if (updated) {
         node = *updated;
         resources_.record_event("node/" + node.metadata.name, "NodeNotReady", node.status.message, "Warning");
+        mark_replicas_unknown(node.metadata.name);
       }
     }
+  }
+}
+
+// Nobody can vouch for the engines of a silent node: they leave the router's table (phase Unknown)
+// until the agent reports again. Rescheduling them elsewhere is the node-agent issue's work.
+void Controller::mark_replicas_unknown(const std::string& node) {
+  for (const auto& replica : resources_.list<api::Replica>()) {
+    if (replica.spec.node != node || replica.status.phase == api::phase::kUnknown) continue;
+    (void)resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
+      current.status.phase = api::phase::kUnknown;
+      current.status.message = "node is not ready";
+      return true;
+    });
   }
 }
 
@@ -238,7 +252,7 @@ void Controller::collect_stopped(std::vector<api::Replica>& replicas, const std:
     auto node = std::find_if(nodes.begin(), nodes.end(),
                              [&](const api::Node& n) { return n.metadata.name == replica.spec.node; });
     bool agent_can_stop = node != nodes.end() && node->status.ready;
-    if (agent_can_stop && replica.status.phase != "Stopped") continue;
+    if (agent_can_stop) continue;
     auto removed = resources_.remove<api::Replica>(replica.metadata.name);
     if (removed) resources_.record_event("replica/" + replica.metadata.name, "Removed", "replica removed");
   }

@@ -123,13 +123,17 @@ TEST_F(ControllerTest, ReplicasOfANodeThatNeverJoinedAreRemovedDirectly) {
 
 TEST_F(ControllerTest, SilentNodesBecomeNotReady) {
   add_node("n1", 80 * 1024);
+  deploy("old", 1);
   controller_.reconcile();
+  mark_ready("old");
   EXPECT_TRUE(resources_.get<api::Node>("n1")->status.ready);
   clock_.advance(std::chrono::seconds(31));
   controller_.reconcile();
   auto node = resources_.get<api::Node>("n1");
   EXPECT_FALSE(node->status.ready);
   EXPECT_NE(node->status.message.find("no heartbeat"), std::string::npos);
+  // Its replicas leave the router's table until the agent reports again.
+  EXPECT_EQ(replicas("old")[0].status.phase, api::phase::kUnknown);
   // A NotReady node gets no new replicas.
   deploy("chat", 1);
   controller_.reconcile();

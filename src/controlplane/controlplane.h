@@ -42,6 +42,7 @@ class Controller {
  private:
   void run();
   void reconcile_nodes(std::vector<api::Node>& nodes);
+  void mark_replicas_unknown(const std::string& node);
   void reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas);
   void schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
                 const std::vector<api::Deployment>& deployments);
