@@ -348,8 +348,8 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                  return true;
                });
                if (updated && previous_phase != updated->status.phase) {
-                 std::string message = updated->status.phase;
-                 if (!updated->status.message.empty()) message += ": " + updated->status.message;
+                 std::string message = updated->status.message.empty() ? "replica is " + updated->status.phase
+                                                                       : updated->status.message;
                  bool warning = updated->status.phase == api::phase::kFailed;
                  resources.record_event("replica/" + updated->metadata.name, updated->status.phase, message,
                                         warning ? "Warning" : "Normal");
