@@ -3,24 +3,36 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <charconv>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <stdexcept>
+#include <variant>
 
 #include "common/ids.h"
 #include "common/log.h"
 #include "http/http.h"
 #include "http/sse.h"
+#include "sim/formats.h"
 #include "sim/generator.h"
-#include "sim/pacer.h"
+#include "sim/metrics_text.h"
+#include "sim/tokenizer.h"
 #include "sim/wire.h"
 
 namespace nebula::sim {
 namespace {
+
+using SteadyTime = std::chrono::steady_clock::time_point;
 
 GenerationMode mode_or_throw(const std::string& mode) {
   auto parsed = parse_generation_mode(mode);
@@ -28,18 +40,21 @@ GenerationMode mode_or_throw(const std::string& mode) {
   return *parsed;
 }
 
-PacingModel pacing_model(const SimOptions& options) {
-  return PacingModel{options.ttft_base_ms, options.prefill_ms_per_token, options.itl_ms,
-                     options.itl_ms_per_running_seq};
+Dialect dialect_or_throw(const std::string& dialect) {
+  auto parsed = parse_dialect(dialect);
+  if (!parsed) {
+    throw std::invalid_argument(
+        fmt::format("unknown engine-sim dialect '{}' (use vllm, sglang, llamacpp or tgi)", dialect));
+  }
+  return *parsed;
 }
 
 int64_t unix_seconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-http::Response json_response(int status, const json& body, http::Headers headers) {
-  headers.push_back({"Content-Type", "application/json"});
-  return http::Response{status, std::move(headers), dump_json(body)};
+std::chrono::nanoseconds from_seconds(double seconds) {
+  return std::chrono::nanoseconds(static_cast<int64_t>(std::max(0.0, seconds) * 1e9));
 }
 
 // The error X-Sim-Error asks for, in the shape an engine or OpenAI would send it.
@@ -51,11 +66,7 @@ std::optional<ApiError> forced_error(const std::string& header) {
     return ApiError{400, fmt::format("X-Sim-Error must be an HTTP status from 400 to 599, got '{}'", header),
                     "invalid_request_error", "", ""};
   }
-  std::string message = fmt::format("simulated error (X-Sim-Error: {})", status);
-  if (status == 429) return ApiError{429, message, "rate_limit_error", "", "rate_limit_exceeded"};
-  if (status == 503) return ApiError{503, message, "server_error", "", "service_unavailable"};
-  if (status >= 500) return ApiError{status, message, "server_error", "", "internal_error"};
-  return ApiError{status, message, "invalid_request_error", "", ""};
+  return simulated_error(status, fmt::format("simulated error (X-Sim-Error: {})", status));
 }
 
 ApiError context_length_error(int max_model_len, int prompt_tokens, std::optional<int> requested_max_tokens,
@@ -79,37 +90,192 @@ awaitable<void> send_response(http::ResponseWriter& writer, http::Response respo
   co_await writer.send(std::move(response));
 }
 
+awaitable<void> sleep_for(std::chrono::nanoseconds duration) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  timer.expires_after(duration);
+  boost::system::error_code ignored;
+  co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+}
+
+// Where the engine's step loop leaves news for one request's handler: tokens per choice, and
+// whether each choice finished. Lives on the io_context thread.
+class Mailbox {
+ public:
+  Mailbox(asio::any_io_executor executor, size_t choices) : timer_(executor), progress_(choices) {
+    timer_.expires_at(SteadyTime::max());
+  }
+  struct Progress {
+    int tokens = 0;
+    bool finished = false;
+    int cached_tokens = 0;
+  };
+  void update(size_t choice, const SeqUpdate& update) {
+    progress_[choice] = Progress{update.tokens, update.finished, update.cached_tokens};
+    news_ = true;
+    timer_.cancel();
+  }
+  // Returns once there is news not yet waited for.
+  awaitable<void> wait() {
+    while (!news_) {
+      timer_.expires_at(SteadyTime::max());
+      boost::system::error_code ignored;
+      co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    }
+    news_ = false;
+  }
+  const std::vector<Progress>& progress() const { return progress_; }
+  bool all_finished() const {
+    for (const Progress& choice : progress_) {
+      if (!choice.finished) return false;
+    }
+    return true;
+  }
+
+ private:
+  asio::steady_timer timer_;
+  std::vector<Progress> progress_;
+  bool news_ = false;
+};
+
 }  // namespace
+
+ResolvedSim resolve(const SimOptions& options) {
+  const Profile* base = find_profile(options.profile);
+  if (!base) {
+    throw std::invalid_argument(
+        fmt::format("unknown engine-sim profile '{}' (use one of: {})", options.profile, profile_names()));
+  }
+  dialect_or_throw(options.dialect);
+  ResolvedSim resolved;
+  Profile& profile = resolved.profile;
+  profile = *base;
+  auto apply = [](auto& field, const auto& override_value) {
+    if (override_value) field = *override_value;
+  };
+  apply(profile.step_base_ms, options.step_base_ms);
+  apply(profile.prefill_step_ms, options.prefill_step_ms);
+  apply(profile.prefill_ms_per_token, options.prefill_ms_per_token);
+  apply(profile.decode_ms_per_seq, options.decode_ms_per_seq);
+  apply(profile.step_noise, options.step_noise);
+  apply(profile.max_num_seqs, options.max_num_seqs);
+  apply(profile.max_num_batched_tokens, options.max_num_batched_tokens);
+  apply(profile.gpu_memory_gb, options.gpu_memory_gb);
+  apply(profile.gpu_memory_utilization, options.gpu_memory_utilization);
+  apply(profile.weights_gb, options.weights_gb);
+  apply(profile.kv_bytes_per_token, options.kv_bytes_per_token);
+  apply(profile.wake_l1_seconds, options.wake_l1_seconds);
+  apply(profile.wake_l2_seconds, options.wake_l2_seconds);
+  apply(profile.startup_seconds, options.startup_seconds);
+  apply(profile.hidden_size, options.embedding_dim);
+
+  EngineConfig& engine = resolved.engine;
+  engine.block_size = options.block_size;
+  engine.num_kv_blocks = options.kv_blocks.value_or(kv_blocks_for(profile, options.block_size));
+  engine.max_num_seqs = profile.max_num_seqs;
+  engine.max_num_batched_tokens = profile.max_num_batched_tokens;
+  engine.max_model_len = options.max_model_len;
+  engine.enable_prefix_caching = options.enable_prefix_caching;
+  engine.enable_chunked_prefill = options.enable_chunked_prefill;
+  engine.cost = StepCost{profile.step_base_ms, profile.prefill_step_ms, profile.prefill_ms_per_token,
+                         profile.decode_ms_per_seq, profile.step_noise};
+  engine.seed = options.seed;
+  resolved.startup_seconds = profile.startup_seconds;
+  resolved.embedding_dim = profile.hidden_size;
+  return resolved;
+}
 
 // g++ 12 miscompiles braced initialisers (JSON ones above all) inside coroutines, so every
 // response is built by a plain function and the coroutines below only await.
 struct EngineSim::State {
-  explicit State(SimOptions sim_options)
-      : options(std::move(sim_options)),
+  State(asio::io_context& io_context, SimOptions sim_options)
+      : io(io_context),
+        options(std::move(sim_options)),
+        resolved(resolve(options)),
         mode(mode_or_throw(options.mode)),
-        pacer(pacing_model(options)),
+        dialect(dialect_or_throw(options.dialect)),
+        engine(resolved.engine),
         created(unix_seconds()),
-        ready_at(std::chrono::steady_clock::now() +
-                 std::chrono::nanoseconds(static_cast<int64_t>(std::max(0.0, options.startup_seconds) * 1e9))) {}
+        origin(std::chrono::steady_clock::now()),
+        ready_at(origin + from_seconds(resolved.startup_seconds)),
+        fault_rng(options.seed ^ 0xfa17ULL) {}
 
+  asio::io_context& io;
   const SimOptions options;
+  const ResolvedSim resolved;
   const GenerationMode mode;
-  Pacer pacer;
+  const Dialect dialect;
+  Engine engine;
   const int64_t created;
-  const std::chrono::steady_clock::time_point ready_at;
-  std::atomic<uint64_t> prompt_tokens_total{0};
+  const SteadyTime origin;
+  const SteadyTime ready_at;
+
+  // The step loop's timer and the deadline it is armed for (io thread only).
+  asio::steady_timer* loop_timer = nullptr;
+  SteadyTime armed = SteadyTime::max();
+  std::atomic<bool> stopped{false};
+  // Mirrors for other threads.
+  std::atomic<size_t> running_count{0};
+  std::atomic<size_t> waiting_count{0};
+
+  // Faults.
+  uint64_t requests_received = 0;
+  uint64_t fault_rng;
+  bool hung = false;
+
+  // Sleep mode: what is off the GPU.
+  int sleep_level = 0;
+  bool weights_on_gpu = true;
+  bool kv_on_gpu = true;
 
   bool ready() const { return std::chrono::steady_clock::now() >= ready_at; }
+  SimDuration sim_now() const { return std::chrono::steady_clock::now() - origin; }
 
-  // A completion decided before its first token: either an error to send or the whole generation.
-  struct Completion {
-    std::optional<ApiError> error;
-    http::Headers headers;  // for the response
-    CompletionRequest request;
-    CompletionIdentity identity;
-    Generation generation;
-    Usage usage;
-  };
+  void publish_counts() {
+    running_count.store(engine.running(), std::memory_order_relaxed);
+    waiting_count.store(engine.waiting(), std::memory_order_relaxed);
+  }
+
+  // Re-arms the step loop when the engine now has something to do sooner than it was waiting for.
+  void kick() {
+    publish_counts();
+    if (!loop_timer) return;
+    auto next = engine.next_event_time();
+    if (next && origin + *next < armed) loop_timer->cancel();
+  }
+
+  static awaitable<void> drive(std::shared_ptr<State> state) {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    state->loop_timer = &timer;
+    while (!state->stopped) {
+      auto next = state->engine.next_event_time();
+      state->armed = next ? state->origin + *next : SteadyTime::max();
+      timer.expires_at(state->armed);
+      boost::system::error_code ignored;
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+      if (state->stopped) break;
+      state->engine.advance_to(state->sim_now());
+      state->publish_counts();
+    }
+    state->loop_timer = nullptr;
+  }
+
+  double gpu_memory_used_bytes() const {
+    const Profile& profile = resolved.profile;
+    double kv_pool =
+        static_cast<double>(resolved.engine.num_kv_blocks) * resolved.engine.block_size * profile.kv_bytes_per_token;
+    double used = profile.reserved_gb * 1e9;
+    if (weights_on_gpu) used += profile.weights_gb * 1e9;
+    if (kv_on_gpu) used += kv_pool;
+    return used;
+  }
+
+  double next_uniform() {
+    uint64_t z = (fault_rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return static_cast<double>(z >> 11) * 0x1.0p-53;
+  }
 
   static http::Headers response_headers(const http::Request& request) {
     http::Headers headers;
@@ -119,153 +285,357 @@ struct EngineSim::State {
     return headers;
   }
 
+  static http::Response json_response(int status, const json& body, http::Headers headers) {
+    headers.push_back({"Content-Type", "application/json"});
+    return http::Response{status, std::move(headers), dump_json(body)};
+  }
+
   static http::Response error_response(const ApiError& error, http::Headers headers) {
     if (error.status == 429) headers.push_back({"retry-after", "1"});
     return json_response(error.status, error_json(error), std::move(headers));
   }
 
-  static ApiError starting_error() {
-    return ApiError{503, "the engine is starting", "server_error", "", "service_unavailable"};
-  }
-
-  http::Response health_response() const { return http::Response{ready() ? 200 : 503, http::Headers(), ""}; }
-
-  http::Response models_response(const http::Request& request) const {
-    if (!ready()) return error_response(starting_error(), response_headers(request));
-    json model = {{"id", options.model},
-                  {"object", "model"},
-                  {"created", created},
-                  {"owned_by", "nebula-sim"},
-                  {"root", options.model},
-                  {"parent", nullptr},
-                  {"max_model_len", options.max_model_len}};
-    json body = {{"object", "list"}, {"data", json::array({std::move(model)})}};
-    return json_response(200, body, response_headers(request));
-  }
-
-  http::Response metrics_response() const {
-    std::string label = fmt::format("{{model_name=\"{}\"}}", options.model);
-    std::string text;
-    auto metric = [&](const char* name, const char* type, const char* help, uint64_t value) {
-      text += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}{} {}\n", name, help, name, type, name, label, value);
-    };
-    metric("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.", pacer.running());
-    metric("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", 0);
-    metric("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", prompt_tokens_total.load());
-    metric("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.",
-           pacer.generated_tokens());
-    return http::Response::text(200, std::move(text), "text/plain; version=0.0.4; charset=utf-8");
-  }
-
-  Completion prepare_completion(Endpoint endpoint, const http::Request& request) {
-    Completion completion;
-    completion.headers = response_headers(request);
-    if (!ready()) {
-      completion.error = starting_error();
-      return completion;
+  // The checks every inference request goes through, in order: starting, asleep, faults.
+  // Counts the request. May crash the process or hang the engine.
+  std::optional<ApiError> admission_error(const http::Request& request) {
+    if (!ready()) return ApiError{503, "the engine is starting", "server_error", "", "service_unavailable"};
+    if (sleep_level > 0 || !weights_on_gpu || !kv_on_gpu) {
+      return ApiError{503, "the engine is sleeping; POST /wake_up first", "server_error", "", "service_unavailable"};
     }
-    if ((completion.error = forced_error(request.header("x-sim-error")))) return completion;
+    ++requests_received;
+    if (options.crash_after > 0 && requests_received > static_cast<uint64_t>(options.crash_after)) {
+      spdlog::error("engine-sim: simulated crash at request {} (--crash-after {})", requests_received,
+                    options.crash_after);
+      if (options.crash) {
+        options.crash();
+      } else {
+        std::_Exit(1);
+      }
+    }
+    if (options.hang_after > 0 && requests_received > static_cast<uint64_t>(options.hang_after) && !hung) {
+      spdlog::error("engine-sim: simulated hang at request {} (--hang-after {})", requests_received,
+                    options.hang_after);
+      hung = true;
+      engine.set_frozen(true);
+    }
+    if (auto error = forced_error(request.header("x-sim-error"))) return error;
+    if (options.fail_rate > 0 && next_uniform() < options.fail_rate) {
+      static constexpr int kStatuses[] = {429, 500, 503};
+      int status = kStatuses[static_cast<int>(next_uniform() * 3) % 3];
+      return simulated_error(status, fmt::format("simulated failure (--fail-rate {})", options.fail_rate));
+    }
+    return std::nullopt;
+  }
+
+  // Validates a parsed request against the model and decides every choice's text.
+  std::optional<ApiError> plan_completion(Completion& completion) {
     CompletionRequest& parsed = completion.request;
-    if ((completion.error = parse_completion_request(endpoint, request.body, parsed))) return completion;
     if (!parsed.model.empty() && parsed.model != options.model) {
-      completion.error = ApiError{404, fmt::format("The model `{}` does not exist.", parsed.model),
-                                  "invalid_request_error", "model", "model_not_found"};
-      return completion;
+      return ApiError{404, fmt::format("The model `{}` does not exist.", parsed.model), "invalid_request_error",
+                      "model", "model_not_found"};
     }
     int room = options.max_model_len - parsed.prompt_tokens;
     int max_tokens = parsed.max_tokens.value_or(std::min(options.default_max_tokens, room));
     if (max_tokens < 1 || max_tokens > room) {
-      completion.error = context_length_error(options.max_model_len, parsed.prompt_tokens, parsed.max_tokens, endpoint);
-      return completion;
+      return context_length_error(options.max_model_len, parsed.prompt_tokens, parsed.max_tokens,
+                                  completion.identity.endpoint);
     }
     GenerationInput input;
     input.prompt_text = parsed.prompt_text;
     input.echo_text = parsed.echo_text;
     input.max_tokens = max_tokens;
     input.stop = parsed.stop;
-    input.seed = parsed.seed.value_or(options.seed);
-    completion.generation = generate(mode, input);
-    completion.identity.endpoint = endpoint;
-    completion.identity.id = (endpoint == Endpoint::ChatCompletions ? "chatcmpl-" : "cmpl-") + random_id(32);
+    input.ignore_eos = parsed.ignore_eos;
+    uint64_t seed = parsed.seed.value_or(options.seed);
+    for (int index = 0; index < parsed.n; ++index) {
+      input.seed = seed + static_cast<uint64_t>(index) * 0x9e3779b97f4a7c15ULL;
+      completion.generations.push_back(generate(mode, input));
+    }
     completion.identity.created = unix_seconds();
     completion.identity.model = options.model;
-    completion.usage = Usage{parsed.prompt_tokens, completion.generation.completion_tokens()};
-    if (parsed.stream) {
-      completion.headers.push_back({"Content-Type", "text/event-stream; charset=utf-8"});
-      completion.headers.push_back({"Cache-Control", "no-cache"});
+    completion.usage.prompt_tokens = parsed.prompt_tokens;
+    for (const Generation& generation : completion.generations) {
+      completion.usage.completion_tokens += generation.completion_tokens();
     }
-    prompt_tokens_total += static_cast<uint64_t>(parsed.prompt_tokens);
-    spdlog::debug("engine-sim: {} prompt_tokens={} max_tokens={} stream={}", completion.identity.id,
-                  parsed.prompt_tokens, max_tokens, parsed.stream);
-    return completion;
+    return std::nullopt;
   }
 
-  // The SSE events for token `index`: the role chunk first (chat), then the token's text unless a
-  // stop string left it empty; the last token's chunk carries the finish reason, even when empty.
-  // With no tokens at all, index 0 stands for the end of the completion.
-  static std::string token_events(const Completion& completion, int index) {
-    const Generation& generation = completion.generation;
-    bool last = index + 1 >= generation.completion_tokens();
-    std::string events;
-    if (index == 0 && completion.identity.endpoint == Endpoint::ChatCompletions) {
-      events += http::format_sse(dump_json(role_chunk_json(completion.identity)));
+  // Hands every choice of the completion to the engine; updates land in the mailbox.
+  std::vector<SeqId> submit(const Completion& completion, const std::shared_ptr<Mailbox>& mailbox) {
+    engine.advance_to(sim_now());
+    std::vector<uint32_t> prompt = tokenize(completion.request.prompt_text);
+    std::vector<SeqId> ids;
+    for (size_t index = 0; index < completion.generations.size(); ++index) {
+      const Generation& generation = completion.generations[index];
+      SeqRequest sequence;
+      sequence.prompt = prompt;
+      sequence.output_tokens = generation.completion_tokens();
+      sequence.finish = generation.finish_reason == FinishReason::Stop ? FinishKind::Stop : FinishKind::Length;
+      sequence.on_update = [mailbox, index](const SeqUpdate& update) { mailbox->update(index, update); };
+      ids.push_back(engine.submit(std::move(sequence)));
     }
-    std::string_view text = index < generation.completion_tokens() ? std::string_view(generation.tokens[index]) : "";
-    if (!text.empty() || last) {
-      events += http::format_sse(dump_json(
-          chunk_json(completion.identity, text, last ? &generation.finish_reason : nullptr, generation.stop_reason)));
-    }
-    return events;
+    kick();
+    return ids;
   }
 
-  // What follows the last token: the finish chunk of an empty completion, the usage chunk when
-  // asked for, and [DONE].
-  static std::string tail_events(const Completion& completion) {
-    std::string events;
-    if (completion.usage.completion_tokens == 0) events = token_events(completion, 0);
-    if (completion.request.include_usage) {
-      events += http::format_sse(dump_json(usage_chunk_json(completion.identity, completion.usage)));
-    }
-    events += http::format_sse("[DONE]");
-    return events;
+  void abort(const std::vector<SeqId>& ids) {
+    for (SeqId id : ids) engine.abort(id);
+    kick();
   }
 
-  static awaitable<bool> emit_token(http::ResponseWriter& writer, const Completion& completion, int index) {
-    std::string events = token_events(completion, index);
-    if (events.empty()) co_return true;
-    co_return co_await writer.write(events);
+  // Aborts the sequences of a request whose handler ends early (client gone, server stopping).
+  class AbortGuard {
+   public:
+    AbortGuard(std::shared_ptr<State> state, std::vector<SeqId> ids) : state_(std::move(state)), ids_(std::move(ids)) {}
+    ~AbortGuard() {
+      if (state_) state_->abort(ids_);
+    }
+    AbortGuard(const AbortGuard&) = delete;
+    AbortGuard& operator=(const AbortGuard&) = delete;
+    void release() { state_.reset(); }
+
+   private:
+    std::shared_ptr<State> state_;
+    std::vector<SeqId> ids_;
+  };
+
+  static void fill_cached_tokens(Completion& completion, const Mailbox& mailbox) {
+    completion.usage.cached_tokens = mailbox.progress().empty() ? 0 : mailbox.progress()[0].cached_tokens;
   }
 
-  static awaitable<bool> ignore_token(int index) { co_return true; }
-
-  static awaitable<void> handle_completion(std::shared_ptr<State> state, Endpoint endpoint, http::Request& request,
-                                           http::ResponseWriter& writer) {
-    Completion completion = state->prepare_completion(endpoint, request);
-    if (completion.error) co_return co_await writer.send(error_response(*completion.error, completion.headers));
-    int prompt_tokens = completion.usage.prompt_tokens;
-    int token_count = completion.usage.completion_tokens;
-    if (!completion.request.stream) {
-      co_await state->pacer.run(prompt_tokens, token_count, &ignore_token);
-      co_return co_await writer.send(json_response(
-          200, completion_json(completion.identity, completion.generation, completion.usage), completion.headers));
+  // Runs a planned completion through the engine and answers in `format`, streamed or not.
+  static awaitable<void> run_completion(std::shared_ptr<State> state, Completion& completion,
+                                        const CompletionFormat& format, http::ResponseWriter& writer) {
+    auto mailbox = std::make_shared<Mailbox>(co_await asio::this_coro::executor, completion.generations.size());
+    AbortGuard guard(state, state->submit(completion, mailbox));
+    bool stream = completion.request.stream;
+    if (stream && !co_await writer.start_stream(200, format.stream_headers(completion))) co_return;
+    std::vector<int> sent(completion.generations.size(), 0);
+    std::vector<bool> ended(completion.generations.size(), false);
+    while (true) {
+      co_await mailbox->wait();
+      fill_cached_tokens(completion, *mailbox);
+      if (stream) {
+        std::string events = format.progress_events(completion, mailbox_progress(*mailbox), sent, ended);
+        if (!events.empty() && !co_await writer.write(events)) co_return;
+      }
+      if (mailbox->all_finished()) break;
     }
-    if (!co_await writer.start_stream(200, completion.headers)) co_return;
-    bool finished = co_await state->pacer.run(prompt_tokens, token_count, [&writer, &completion](int index) {
-      return emit_token(writer, completion, index);
-    });
-    if (finished) co_await writer.write(tail_events(completion));
+    guard.release();
+    if (!stream) co_return co_await writer.send(format.whole_response(completion));
+    std::string tail = format.tail_events(completion);
+    if (!tail.empty() && !co_await writer.write(tail)) co_return;
     co_await writer.finish();
+  }
+
+  static std::vector<ChoiceProgress> mailbox_progress(const Mailbox& mailbox) {
+    std::vector<ChoiceProgress> progress;
+    progress.reserve(mailbox.progress().size());
+    for (const Mailbox::Progress& choice : mailbox.progress()) progress.push_back({choice.tokens, choice.finished});
+    return progress;
+  }
+
+  // Parses with `parse` (which fills completion.request) and answers through the engine.
+  template <typename Parse>
+  static awaitable<void> handle_generation(std::shared_ptr<State> state, http::Request& request,
+                                           http::ResponseWriter& writer, const CompletionFormat& format, Parse parse) {
+    Completion completion;
+    completion.headers = response_headers(request);
+    std::optional<ApiError> error = state->admission_error(request);
+    if (!error) error = parse(request, completion);
+    if (!error) error = state->plan_completion(completion);
+    if (error) co_return co_await writer.send(format.error_response(*error, completion.headers));
+    co_await run_completion(state, completion, format, writer);
+  }
+
+  // ---- Non-generation endpoints: plain functions.
+
+  http::Response health_response() const {
+    if (!ready()) return dialect_health_starting(dialect);
+    return dialect_health_ok(dialect);
+  }
+
+  http::Response models_response(const http::Request& request) const {
+    if (!ready()) return error_response(starting_error(), response_headers(request));
+    return json_response(200, models_json(options.model, created, options.max_model_len), response_headers(request));
+  }
+
+  static ApiError starting_error() {
+    return ApiError{503, "the engine is starting", "server_error", "", "service_unavailable"};
+  }
+
+  http::Response metrics_response() const {
+    ServerGauges gauges;
+    gauges.model = options.model;
+    gauges.gpu_memory_used_bytes = gpu_memory_used_bytes();
+    gauges.sleeping = sleep_level > 0;
+    gauges.requests_received = requests_received;
+    return http::Response::text(200, render_metrics(dialect, engine, gauges),
+                                "text/plain; version=0.0.4; charset=utf-8");
+  }
+
+  http::Response tokenize_response(const http::Request& request) const {
+    TokenizeRequest parsed;
+    if (auto error = parse_tokenize_request(request.body, parsed)) return error_response(*error, {});
+    return json_response(200, tokenize_json(tokenize(parsed.text), options.max_model_len), {});
+  }
+
+  // Embeddings: each input is a prefill-only sequence through the engine, so they cost GPU time
+  // like any prompt. Returns the inputs to submit, or an error.
+  std::optional<ApiError> plan_embeddings(const http::Request& request, EmbeddingRequest& parsed) {
+    if (auto error = admission_error(request)) return error;
+    if (auto error = parse_embedding_request(request.body, parsed)) return error;
+    if (!parsed.model.empty() && parsed.model != options.model) {
+      return ApiError{404, fmt::format("The model `{}` does not exist.", parsed.model), "invalid_request_error",
+                      "model", "model_not_found"};
+    }
+    for (int tokens : parsed.input_tokens) {
+      if (tokens > options.max_model_len) {
+        return context_length_error(options.max_model_len, tokens, std::nullopt, Endpoint::Completions);
+      }
+    }
+    return std::nullopt;
+  }
+
+  std::vector<SeqId> submit_embeddings(const EmbeddingRequest& parsed, const std::shared_ptr<Mailbox>& mailbox) {
+    engine.advance_to(sim_now());
+    std::vector<SeqId> ids;
+    for (size_t index = 0; index < parsed.inputs.size(); ++index) {
+      SeqRequest sequence;
+      sequence.prompt = tokenize(parsed.inputs[index]);
+      sequence.output_tokens = 0;
+      sequence.finish = FinishKind::Stop;
+      sequence.on_update = [mailbox, index](const SeqUpdate& update) { mailbox->update(index, update); };
+      ids.push_back(engine.submit(std::move(sequence)));
+    }
+    kick();
+    return ids;
+  }
+
+  http::Response embeddings_response(const EmbeddingRequest& parsed) const {
+    int dimensions = parsed.dimensions.value_or(resolved.embedding_dim);
+    return json_response(
+        200, embeddings_json(parsed, dimensions, options.model, "embd-" + random_id(32), unix_seconds()), {});
+  }
+
+  static awaitable<void> handle_embeddings(std::shared_ptr<State> state, http::Request& request,
+                                           http::ResponseWriter& writer) {
+    EmbeddingRequest parsed;
+    if (auto error = state->plan_embeddings(request, parsed)) {
+      co_return co_await writer.send(error_response(*error, response_headers(request)));
+    }
+    auto mailbox = std::make_shared<Mailbox>(co_await asio::this_coro::executor, parsed.inputs.size());
+    AbortGuard guard(state, state->submit_embeddings(parsed, mailbox));
+    while (!mailbox->all_finished()) co_await mailbox->wait();
+    guard.release();
+    co_await writer.send(state->embeddings_response(parsed));
+  }
+
+  // ---- Sleep mode (vLLM's dev-mode endpoints).
+
+  // Starts sleeping at `level`, or says why not. Returns how long the offload takes.
+  std::variant<std::chrono::nanoseconds, ApiError> begin_sleep(const http::Request& request) {
+    std::string level_text = request.query_or("level", "1");
+    if (level_text != "1" && level_text != "2") {
+      return ApiError{400, fmt::format("sleep level must be 1 or 2, got '{}'", level_text), "invalid_request_error",
+                      "level", ""};
+    }
+    if (sleep_level > 0) return std::chrono::nanoseconds(0);
+    if (!engine.sleep()) {
+      return ApiError{400, fmt::format("cannot sleep with {} requests in flight", engine.running() + engine.waiting()),
+                      "invalid_request_error", "", ""};
+    }
+    int level = level_text == "1" ? 1 : 2;
+    sleep_level = level;
+    weights_on_gpu = false;
+    kv_on_gpu = false;
+    spdlog::info("engine-sim: sleeping at level {}", level);
+    // Level 1 copies the weights to CPU RAM (as long as copying them back); level 2 drops them.
+    return from_seconds(level == 1 ? resolved.profile.wake_l1_seconds : 0.1 * resolved.profile.wake_l1_seconds);
+  }
+
+  // What /wake_up?tags=... restores and how long it takes; the state changes when it is done.
+  struct WakePlan {
+    bool weights = false;
+    bool kv_cache = false;
+    std::chrono::nanoseconds duration{0};
+  };
+  WakePlan plan_wake(const http::Request& request) const {
+    WakePlan plan;
+    // Router::query keeps one value per name; a repeated tags parameter arrives comma-joined or once.
+    std::string tags = request.query_or("tags", "");
+    plan.weights = tags.empty() || tags.find("weights") != std::string::npos;
+    plan.kv_cache = tags.empty() || tags.find("kv_cache") != std::string::npos;
+    if (plan.weights && !weights_on_gpu) {
+      plan.duration +=
+          from_seconds(sleep_level == 2 ? resolved.profile.wake_l2_seconds : resolved.profile.wake_l1_seconds);
+    }
+    if (plan.kv_cache && !kv_on_gpu) plan.duration += std::chrono::milliseconds(50);  // re-allocating the pool
+    return plan;
+  }
+
+  void finish_wake(const WakePlan& plan) {
+    if (plan.weights) weights_on_gpu = true;
+    if (plan.kv_cache) kv_on_gpu = true;
+    if (weights_on_gpu && kv_on_gpu && sleep_level > 0) {
+      sleep_level = 0;
+      engine.wake();
+      kick();
+      spdlog::info("engine-sim: awake");
+    }
+  }
+
+  static awaitable<void> handle_sleep(std::shared_ptr<State> state, http::Request& request,
+                                      http::ResponseWriter& writer) {
+    auto outcome = state->begin_sleep(request);
+    if (auto* error = std::get_if<ApiError>(&outcome)) {
+      co_return co_await writer.send(error_response(*error, {}));
+    }
+    co_await sleep_for(std::get<std::chrono::nanoseconds>(outcome));
+    co_await writer.send(http::Response{200, {}, ""});
+  }
+
+  static awaitable<void> handle_wake(std::shared_ptr<State> state, http::Request& request,
+                                     http::ResponseWriter& writer) {
+    WakePlan plan = state->plan_wake(request);
+    co_await sleep_for(plan.duration);
+    state->finish_wake(plan);
+    co_await writer.send(http::Response{200, {}, ""});
+  }
+
+  http::Response is_sleeping_response() const { return json_response(200, is_sleeping_json(sleep_level > 0), {}); }
+
+  // A hung engine answers nothing: the handler waits until the connection or server goes.
+  static awaitable<void> hang_forever() {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    timer.expires_at(SteadyTime::max());
+    boost::system::error_code ignored;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  }
+
+  static awaitable<void> handle_health(std::shared_ptr<State> state, http::Request& request,
+                                       http::ResponseWriter& writer) {
+    if (state->hung) co_await hang_forever();
+    co_await writer.send(state->health_response());
   }
 };
 
-EngineSim::EngineSim(asio::io_context& io, SimOptions options) : state_(std::make_shared<State>(std::move(options))) {}
+EngineSim::EngineSim(asio::io_context& io, SimOptions options)
+    : state_(std::make_shared<State>(io, std::move(options))) {
+  asio::co_spawn(io, State::drive(state_), asio::detached);
+}
 
-EngineSim::~EngineSim() = default;
+EngineSim::~EngineSim() {
+  state_->stopped = true;
+  asio::post(state_->io, [state = state_] {
+    if (state->loop_timer) state->loop_timer->cancel();
+  });
+}
 
 void EngineSim::add_routes(http::Router& router) {
   auto state = state_;
   router.add("GET", "/health", [state](http::Request& request, http::ResponseWriter& writer) {
-    return send_response(writer, state->health_response());
+    return State::handle_health(state, request, writer);
   });
   router.add("GET", "/v1/models", [state](http::Request& request, http::ResponseWriter& writer) {
     return send_response(writer, state->models_response(request));
@@ -274,11 +644,39 @@ void EngineSim::add_routes(http::Router& router) {
     return send_response(writer, state->metrics_response());
   });
   router.add("POST", "/v1/chat/completions", [state](http::Request& request, http::ResponseWriter& writer) {
-    return State::handle_completion(state, Endpoint::ChatCompletions, request, writer);
+    return State::handle_generation(state, request, writer, openai_format(), parse_openai_chat);
   });
   router.add("POST", "/v1/completions", [state](http::Request& request, http::ResponseWriter& writer) {
-    return State::handle_completion(state, Endpoint::Completions, request, writer);
+    return State::handle_generation(state, request, writer, openai_format(), parse_openai_completion);
   });
+  router.add("POST", "/v1/embeddings", [state](http::Request& request, http::ResponseWriter& writer) {
+    return State::handle_embeddings(state, request, writer);
+  });
+  router.add("POST", "/tokenize", [state](http::Request& request, http::ResponseWriter& writer) {
+    return send_response(writer, state->tokenize_response(request));
+  });
+  if (state->dialect == Dialect::Vllm) {
+    router.add("POST", "/sleep", [state](http::Request& request, http::ResponseWriter& writer) {
+      return State::handle_sleep(state, request, writer);
+    });
+    router.add("POST", "/wake_up", [state](http::Request& request, http::ResponseWriter& writer) {
+      return State::handle_wake(state, request, writer);
+    });
+    router.add("GET", "/is_sleeping", [state](http::Request& request, http::ResponseWriter& writer) {
+      return send_response(writer, state->is_sleeping_response());
+    });
+    router.add("POST", "/collective_rpc", [state](http::Request& request, http::ResponseWriter& writer) {
+      // vLLM's level-2 wake calls reload_weights here; the simulated reload happens in wake_up.
+      return send_response(writer, http::Response{200, {}, "{\"results\":[null]}"});
+    });
+  }
+  add_dialect_routes(
+      state->dialect, router,
+      [state](http::Request& request, http::ResponseWriter& writer, const CompletionFormat& format,
+              NativeParser parse) { return State::handle_generation(state, request, writer, format, parse); },
+      [state]() {
+        return DialectContext{&state->options, &state->resolved, &state->engine};
+      });
 }
 
 const SimOptions& EngineSim::options() const {
@@ -288,7 +686,10 @@ bool EngineSim::ready() const {
   return state_->ready();
 }
 size_t EngineSim::running() const {
-  return state_->pacer.running();
+  return state_->running_count.load();
+}
+size_t EngineSim::waiting() const {
+  return state_->waiting_count.load();
 }
 
 int run_engine_sim(const SimOptions& options) {
@@ -308,8 +709,11 @@ int run_engine_sim(const SimOptions& options) {
     spdlog::error("engine-sim: {}", port.error().message);
     return 1;
   }
-  spdlog::info("engine-sim serving model '{}' ({} mode) on http://{}", options.model, options.mode,
-               HostPort{options.host, *port}.to_string());
+  ResolvedSim resolved = resolve(options);
+  spdlog::info(
+      "engine-sim serving model '{}' ({} mode, {} dialect, profile {}: {} KV blocks of {} tokens) on http://{}",
+      options.model, options.mode, options.dialect, resolved.profile.name, resolved.engine.num_kv_blocks,
+      resolved.engine.block_size, HostPort{options.host, *port}.to_string());
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& error, int signal_number) {
     if (error) return;

@@ -118,11 +118,17 @@ Generation generate(GenerationMode mode, const GenerationInput& input) {
 
   std::string text;
   for (int index = 0; index < input.max_tokens; ++index) {
-    if (mode == GenerationMode::Echo && static_cast<size_t>(index) >= echo_words.size()) {
+    bool past_echo = static_cast<size_t>(index) >= echo_words.size();
+    if (mode == GenerationMode::Echo && past_echo && !input.ignore_eos) {
       generation.finish_reason = FinishReason::Stop;
       return generation;
     }
-    std::string word = mode == GenerationMode::Echo ? std::string(echo_words[index]) : lorem.next_word();
+    std::string word;
+    if (mode == GenerationMode::Lorem || echo_words.empty()) {
+      word = lorem.next_word();
+    } else {
+      word = std::string(echo_words[static_cast<size_t>(index) % echo_words.size()]);
+    }
     std::string token = token_text(word, static_cast<size_t>(index));
     size_t previous_length = text.size();
     text += token;

@@ -21,6 +21,9 @@ struct GenerationInput {
   int max_tokens = 1;
   std::vector<std::string> stop;
   uint64_t seed = 0;
+  // Echo mode ends (finish_reason "stop", the model's EOS) when the echo text runs out; with
+  // ignore_eos it starts over instead, until max_tokens. Lorem mode never ends before max_tokens.
+  bool ignore_eos = false;
 };
 
 struct Generation {

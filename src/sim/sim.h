@@ -3,10 +3,14 @@
 // dialect) with a realistic token pace, for tests, demos and capacity planning without a GPU.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/asio.h"
+#include "sim/engine.h"
+#include "sim/profile.h"
 
 namespace boost::asio {
 class io_context;
@@ -21,26 +25,67 @@ namespace nebula::sim {
 struct SimOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 8000;
-  std::string model = "sim-model";  // the served model name reported by /v1/models and in responses
-  std::string mode = "lorem";       // "lorem" (seeded words) | "echo" (repeat the last user message)
-  uint64_t seed = 0;                // a request's "seed" overrides it
-  double startup_seconds = 0;       // /health answers 503 (and the API 503) until this has passed
-  int max_model_len = 8192;         // prompt + max_tokens beyond this: 400 context_length_exceeded
-  int default_max_tokens = 64;      // when the request sets none (capped by max_model_len)
-  // Time to first token = base + prompt_tokens * per_token + a load term.
-  double ttft_base_ms = 20;
-  double prefill_ms_per_token = 0.05;
-  // Inter-token latency grows with the number of concurrent sequences.
-  double itl_ms = 10;
-  double itl_ms_per_running_seq = 0.2;
+  std::string model = "sim-model";        // the served model name reported by /v1/models and in responses
+  std::string mode = "lorem";             // "lorem" (seeded words) | "echo" (repeat the last user message)
+  uint64_t seed = 0;                      // text (a request's "seed" overrides it), step noise and fail-rate draws
+  std::string profile = "default";        // see profile.h; every field below that is unset comes from it
+  std::string dialect = "vllm";           // "vllm" | "sglang" | "llamacpp" | "tgi": health, metrics, native API
+  std::optional<double> startup_seconds;  // /health answers 503 (and the API 503) until this has passed
+  int max_model_len = 8192;               // prompt + max_tokens beyond this: 400 context_length_exceeded
+  int default_max_tokens = 64;            // when the request sets none (capped by max_model_len)
+
+  // Step cost: base + [prefill_step if any prefill] + prefill tokens x per token + decode seqs x
+  // per seq, milliseconds, times (1 + noise x N(0,1)).
+  std::optional<double> step_base_ms;
+  std::optional<double> prefill_step_ms;
+  std::optional<double> prefill_ms_per_token;
+  std::optional<double> decode_ms_per_seq;
+  std::optional<double> step_noise;
+  // Scheduler and KV cache.
+  std::optional<int> max_num_seqs;
+  std::optional<int> max_num_batched_tokens;
+  int block_size = 16;
+  std::optional<int> kv_blocks;  // overrides the count derived from memory
+  bool enable_prefix_caching = true;
+  bool enable_chunked_prefill = true;
+  // Memory (GB = 1e9 bytes) and sleep/wake.
+  std::optional<double> gpu_memory_gb;
+  std::optional<double> gpu_memory_utilization;
+  std::optional<double> weights_gb;
+  std::optional<double> kv_bytes_per_token;
+  std::optional<double> wake_l1_seconds;
+  std::optional<double> wake_l2_seconds;
+  std::optional<int> embedding_dim;
+
+  // Faults.
+  double fail_rate = 0;  // share of inference requests answered 429, 500 or 503 (chosen at random)
+  int crash_after = 0;   // > 0: the process dies when request crash_after + 1 arrives
+  int hang_after = 0;    // > 0: from request hang_after + 1 on, nothing answers, /health included
+  // What a crash does; default std::_Exit(1). Tests replace it.
+  std::function<void()> crash;
 };
 
-// Serves the engine API (GET /health, GET /v1/models, POST /v1/chat/completions,
-// POST /v1/completions, GET /metrics) on an io_context the caller runs. Thread-safe. Requests
-// still in flight keep the engine's state alive, so the EngineSim may be destroyed before them.
+// Resolves the profile and its overrides into the engine's configuration. Throws
+// std::invalid_argument for an unknown profile or dialect, or a KV cache that cannot hold one
+// max_model_len sequence.
+struct ResolvedSim {
+  Profile profile;  // with the overrides applied
+  EngineConfig engine;
+  double startup_seconds = 0;
+  int embedding_dim = 4096;
+};
+ResolvedSim resolve(const SimOptions& options);
+
+// Serves the engine API of options.dialect on an io_context the caller runs with ONE thread
+// (the engine's state lives on it unlocked): vLLM's /health, /v1/models, /v1/chat/completions,
+// /v1/completions, /v1/embeddings, /tokenize, /metrics, /sleep, /wake_up, /is_sleeping, plus the
+// dialect's own health, metrics and native endpoints. Requests are scheduled by a sim::Engine
+// (engine.h) driven in real time. Requests still in flight keep the engine's state alive, so the
+// EngineSim may be destroyed before them.
 class EngineSim {
  public:
-  // Throws std::invalid_argument for an unknown mode.
+  // Throws std::invalid_argument for an unknown mode, profile or dialect, or an impossible
+  // configuration (see resolve()).
   EngineSim(asio::io_context& io, SimOptions options);
   ~EngineSim();
   EngineSim(const EngineSim&) = delete;
@@ -50,8 +95,9 @@ class EngineSim {
   const SimOptions& options() const;
   // False until startup_seconds have passed since construction.
   bool ready() const;
-  // Sequences being prefilled or decoded now.
+  // Sequences being prefilled or decoded now, and queued; safe from any thread.
   size_t running() const;
+  size_t waiting() const;
 
  private:
   struct State;

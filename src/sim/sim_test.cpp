@@ -81,10 +81,12 @@ class EngineSimTest : public ::testing::Test {
  protected:
   static SimOptions fast_options() {
     SimOptions options;
-    options.ttft_base_ms = 2;
+    options.step_base_ms = 1;
+    options.prefill_step_ms = 1;
     options.prefill_ms_per_token = 0;
-    options.itl_ms = 1;
-    options.itl_ms_per_running_seq = 0;
+    options.decode_ms_per_seq = 0;
+    options.step_noise = 0;
+    options.kv_blocks = 4096;
     return options;
   }
 
@@ -400,7 +402,7 @@ TEST_F(EngineSimTest, HealthIs503DuringStartup) {
 
 TEST_F(EngineSimTest, DisconnectStopsGeneration) {
   SimOptions options = fast_options();
-  options.itl_ms = 5;  // 2000 tokens would take 10 s
+  options.step_base_ms = 5;  // 2000 tokens would take 10 s
   start(options);
   json request = chat_body(2000);
   request["stream"] = true;

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+#include <cstring>
+
 #include "sim/tokenizer.h"
 
 namespace nebula::sim {
@@ -119,8 +122,15 @@ std::optional<ApiError> parse_sampling(const json& body, CompletionRequest& out)
     if (!seed->is_number_integer()) return invalid("'seed' must be an integer", "seed");
     out.seed = seed->is_number_unsigned() ? seed->get<uint64_t>() : static_cast<uint64_t>(seed->get<int64_t>());
   }
-  if (auto n = body.find("n"); n != body.end() && !n->is_null() && *n != 1) {
-    return invalid("engine-sim supports only n=1", "n");
+  if (auto n = body.find("n"); n != body.end() && !n->is_null()) {
+    if (!n->is_number_integer() || n->get<int64_t>() < 1 || n->get<int64_t>() > 128) {
+      return invalid("'n' must be an integer from 1 to 128", "n");
+    }
+    out.n = static_cast<int>(n->get<int64_t>());
+  }
+  if (auto ignore_eos = body.find("ignore_eos"); ignore_eos != body.end() && !ignore_eos->is_null()) {
+    if (!ignore_eos->is_boolean()) return invalid("'ignore_eos' must be a boolean", "ignore_eos");
+    out.ignore_eos = ignore_eos->get<bool>();
   }
   if (auto stream = body.find("stream"); stream != body.end() && !stream->is_null()) {
     if (!stream->is_boolean()) return invalid("'stream' must be a boolean", "stream");
@@ -138,12 +148,6 @@ json identity_json(const CompletionIdentity& identity, bool chunk) {
                        : chunk                                    ? "chat.completion.chunk"
                                                                   : "chat.completion";
   return json{{"id", identity.id}, {"object", object}, {"created", identity.created}, {"model", identity.model}};
-}
-
-json usage_json(const Usage& usage) {
-  return json{{"prompt_tokens", usage.prompt_tokens},
-              {"completion_tokens", usage.completion_tokens},
-              {"total_tokens", usage.prompt_tokens + usage.completion_tokens}};
 }
 
 json stop_reason_json(const std::optional<std::string>& stop_reason) {
@@ -176,19 +180,26 @@ std::optional<ApiError> parse_completion_request(Endpoint endpoint, std::string_
   return parse_sampling(object, out);
 }
 
-json role_chunk_json(const CompletionIdentity& identity) {
+json usage_json(const Usage& usage) {
+  return json{{"prompt_tokens", usage.prompt_tokens},
+              {"completion_tokens", usage.completion_tokens},
+              {"total_tokens", usage.prompt_tokens + usage.completion_tokens},
+              {"prompt_tokens_details", {{"cached_tokens", usage.cached_tokens}}}};
+}
+
+json role_chunk_json(const CompletionIdentity& identity, int index) {
   json chunk = identity_json(identity, true);
-  chunk["choices"] = json::array({json{{"index", 0},
+  chunk["choices"] = json::array({json{{"index", index},
                                        {"delta", {{"role", "assistant"}, {"content", ""}}},
                                        {"logprobs", nullptr},
                                        {"finish_reason", nullptr}}});
   return chunk;
 }
 
-json chunk_json(const CompletionIdentity& identity, std::string_view text, const FinishReason* finish_reason,
+json chunk_json(const CompletionIdentity& identity, int index, std::string_view text, const FinishReason* finish_reason,
                 const std::optional<std::string>& stop_reason) {
   json chunk = identity_json(identity, true);
-  json choice = {{"index", 0}};
+  json choice = {{"index", index}};
   if (identity.endpoint == Endpoint::ChatCompletions) {
     choice["delta"] = {{"content", text}};
   } else {
@@ -208,20 +219,216 @@ json usage_chunk_json(const CompletionIdentity& identity, const Usage& usage) {
   return chunk;
 }
 
-json completion_json(const CompletionIdentity& identity, const Generation& generation, const Usage& usage) {
+json completion_json(const CompletionIdentity& identity, const std::vector<Generation>& generations,
+                     const Usage& usage) {
   json response = identity_json(identity, false);
-  json choice = {{"index", 0}};
-  if (identity.endpoint == Endpoint::ChatCompletions) {
-    choice["message"] = {{"role", "assistant"}, {"content", generation.text()}};
-  } else {
-    choice["text"] = generation.text();
+  json choices = json::array();
+  for (size_t index = 0; index < generations.size(); ++index) {
+    const Generation& generation = generations[index];
+    json choice = {{"index", index}};
+    if (identity.endpoint == Endpoint::ChatCompletions) {
+      choice["message"] = {{"role", "assistant"}, {"content", generation.text()}};
+    } else {
+      choice["text"] = generation.text();
+    }
+    choice["logprobs"] = nullptr;
+    choice["finish_reason"] = to_string(generation.finish_reason);
+    choice["stop_reason"] = stop_reason_json(generation.stop_reason);
+    choices.push_back(std::move(choice));
   }
-  choice["logprobs"] = nullptr;
-  choice["finish_reason"] = to_string(generation.finish_reason);
-  choice["stop_reason"] = stop_reason_json(generation.stop_reason);
-  response["choices"] = json::array({std::move(choice)});
+  response["choices"] = std::move(choices);
   response["usage"] = usage_json(usage);
   return response;
+}
+
+TokenEventFormatter::TokenEventFormatter(const CompletionIdentity& identity, int index) {
+  // The members chunk_json() has (nlohmann orders them alphabetically; the text goes first here).
+  std::string identity_members = dump_json(identity_json(identity, true));  // {"created":..,"object":..}
+  identity_members = identity_members.substr(1, identity_members.size() - 2);
+  std::string choice_rest = fmt::format("\"finish_reason\":null,\"index\":{},\"logprobs\":null}}],", index);
+  if (identity.endpoint == Endpoint::ChatCompletions) {
+    prefix_ = "data: {\"choices\":[{\"delta\":{\"content\":";
+    suffix_ = "}," + choice_rest;
+  } else {
+    prefix_ = "data: {\"choices\":[{\"text\":";
+    suffix_ = "," + choice_rest;
+  }
+  suffix_ += identity_members + "}\n\n";
+}
+
+void TokenEventFormatter::append(std::string& out, std::string_view text) const {
+  out += prefix_;
+  bool plain = true;
+  for (unsigned char c : text) {
+    if (c < 0x20 || c >= 0x80 || c == '"' || c == '\\') {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) {
+    out += '"';
+    out += text;
+    out += '"';
+  } else {
+    out += dump_json(json(text));
+  }
+  out += suffix_;
+}
+
+namespace {
+
+std::optional<ApiError> read_model(const json& object, std::string& model) {
+  if (auto it = object.find("model"); it != object.end() && !it->is_null()) {
+    if (!it->is_string()) return invalid("'model' must be a string", "model");
+    model = it->get<std::string>();
+  }
+  return std::nullopt;
+}
+
+std::string token_ids_text(const json& ids) {
+  std::string text;
+  for (const json& id : ids) {
+    if (!text.empty()) text += ' ';
+    text += std::to_string(id.get<int64_t>());
+  }
+  return text;
+}
+
+bool all_integers(const json& list) {
+  for (const json& item : list) {
+    if (!item.is_number_integer()) return false;
+  }
+  return true;
+}
+
+uint64_t splitmix(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+std::string base64(const unsigned char* data, size_t size) {
+  static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((size + 2) / 3 * 4);
+  for (size_t i = 0; i < size; i += 3) {
+    uint32_t chunk = static_cast<uint32_t>(data[i]) << 16;
+    if (i + 1 < size) chunk |= static_cast<uint32_t>(data[i + 1]) << 8;
+    if (i + 2 < size) chunk |= data[i + 2];
+    out += kAlphabet[(chunk >> 18) & 63];
+    out += kAlphabet[(chunk >> 12) & 63];
+    out += i + 1 < size ? kAlphabet[(chunk >> 6) & 63] : '=';
+    out += i + 2 < size ? kAlphabet[chunk & 63] : '=';
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<ApiError> parse_embedding_request(std::string_view body, EmbeddingRequest& out) {
+  out = EmbeddingRequest{};
+  Result<json> parsed = parse_json(body);
+  if (!parsed) return invalid(parsed.error().message);
+  if (!parsed->is_object()) return invalid("the request body must be a JSON object");
+  const json& object = *parsed;
+  if (auto error = read_model(object, out.model)) return error;
+  auto input = object.find("input");
+  if (input == object.end() || input->is_null()) return invalid("'input' is required", "input");
+  auto add = [&out](std::string text, int tokens) {
+    out.inputs.push_back(std::move(text));
+    out.input_tokens.push_back(tokens);
+  };
+  if (input->is_string()) {
+    add(input->get<std::string>(), count_tokens(input->get<std::string>()));
+  } else if (input->is_array() && !input->empty() && all_integers(*input)) {
+    add(token_ids_text(*input), static_cast<int>(input->size()));
+  } else if (input->is_array() && !input->empty()) {
+    for (const json& item : *input) {
+      if (item.is_string()) {
+        add(item.get<std::string>(), count_tokens(item.get<std::string>()));
+      } else if (item.is_array() && !item.empty() && all_integers(item)) {
+        add(token_ids_text(item), static_cast<int>(item.size()));
+      } else {
+        return invalid("'input' must be a string, a list of strings, or token ids", "input");
+      }
+    }
+  } else {
+    return invalid("'input' must be a string, a list of strings, or token ids", "input");
+  }
+  if (auto format = object.find("encoding_format"); format != object.end() && !format->is_null()) {
+    if (*format == "base64") {
+      out.base64 = true;
+    } else if (*format != "float") {
+      return invalid("'encoding_format' must be \"float\" or \"base64\"", "encoding_format");
+    }
+  }
+  if (auto dimensions = object.find("dimensions"); dimensions != object.end() && !dimensions->is_null()) {
+    if (!dimensions->is_number_integer() || dimensions->get<int64_t>() < 1 || dimensions->get<int64_t>() > 65536) {
+      return invalid("'dimensions' must be a positive integer", "dimensions");
+    }
+    out.dimensions = static_cast<int>(dimensions->get<int64_t>());
+  }
+  return std::nullopt;
+}
+
+std::vector<float> embedding_vector(std::string_view text, int dimensions) {
+  uint64_t state = 0xcbf29ce484222325ULL;
+  for (unsigned char c : text) {
+    state ^= c;
+    state *= 0x100000001b3ULL;
+  }
+  std::vector<float> vector(static_cast<size_t>(std::max(dimensions, 1)));
+  double norm = 0;
+  for (float& value : vector) {
+    value = static_cast<float>(static_cast<double>(splitmix(state) >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+    norm += static_cast<double>(value) * value;
+  }
+  float scale = norm > 0 ? static_cast<float>(1.0 / std::sqrt(norm)) : 1.0f;
+  for (float& value : vector) value *= scale;
+  return vector;
+}
+
+json embedding_json(const std::vector<float>& vector, int index, bool base64_format) {
+  json item = {{"object", "embedding"}, {"index", index}};
+  if (base64_format) {
+    // Little-endian float32, as OpenAI and vLLM send it.
+    std::string bytes(vector.size() * 4, '\0');
+    for (size_t i = 0; i < vector.size(); ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &vector[i], 4);
+      for (int b = 0; b < 4; ++b) bytes[i * 4 + b] = static_cast<char>((bits >> (8 * b)) & 0xff);
+    }
+    item["embedding"] = base64(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+  } else {
+    item["embedding"] = vector;
+  }
+  return item;
+}
+
+std::optional<ApiError> parse_tokenize_request(std::string_view body, TokenizeRequest& out) {
+  out = TokenizeRequest{};
+  Result<json> parsed = parse_json(body);
+  if (!parsed) return invalid(parsed.error().message);
+  if (!parsed->is_object()) return invalid("the request body must be a JSON object");
+  const json& object = *parsed;
+  if (auto error = read_model(object, out.model)) return error;
+  CompletionRequest request;
+  std::optional<ApiError> error;
+  if (auto content = object.find("content"); content != object.end() && content->is_string()) {
+    out.text = content->get<std::string>();  // llama.cpp's shape
+    return std::nullopt;
+  }
+  if (object.contains("messages")) {
+    request.endpoint = Endpoint::ChatCompletions;
+    error = parse_messages(object, request);
+  } else {
+    request.endpoint = Endpoint::Completions;
+    error = parse_prompt(object, request);
+  }
+  if (error) return error;
+  out.text = request.prompt_text;
+  return std::nullopt;
 }
 
 std::string dump_json(const json& value) {

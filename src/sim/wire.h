@@ -33,6 +33,8 @@ struct CompletionRequest {
   std::optional<int> max_tokens;
   std::vector<std::string> stop;
   std::optional<uint64_t> seed;
+  int n = 1;                // choices to generate
+  bool ignore_eos = false;  // keep generating past the natural end (echo mode) up to max_tokens
   bool stream = false;
   bool include_usage = false;
 };
@@ -51,17 +53,53 @@ struct CompletionIdentity {
 struct Usage {
   int prompt_tokens = 0;
   int completion_tokens = 0;
+  int cached_tokens = 0;  // prompt tokens served from the prefix cache
 };
 
-// A streamed chunk carrying one token's text; finish_reason is set on the last one only.
-json chunk_json(const CompletionIdentity& identity, std::string_view text, const FinishReason* finish_reason,
+// A streamed chunk carrying one token's text for choice `index`; finish_reason is set on the
+// last one only.
+json chunk_json(const CompletionIdentity& identity, int index, std::string_view text, const FinishReason* finish_reason,
                 const std::optional<std::string>& stop_reason);
-// The first chat chunk vLLM sends: delta {"role":"assistant","content":""}.
-json role_chunk_json(const CompletionIdentity& identity);
+// The first chat chunk vLLM sends for each choice: delta {"role":"assistant","content":""}.
+json role_chunk_json(const CompletionIdentity& identity, int index);
+
+// The SSE event of a token chunk that does not finish its choice, formatted without building a
+// JSON value (this is the hot path of a busy engine). Equal, as JSON, to chunk_json().
+class TokenEventFormatter {
+ public:
+  TokenEventFormatter(const CompletionIdentity& identity, int index);
+  void append(std::string& out, std::string_view text) const;
+
+ private:
+  std::string prefix_;
+  std::string suffix_;
+};
 // The last chunk when stream_options.include_usage is set: empty choices and the usage.
 json usage_chunk_json(const CompletionIdentity& identity, const Usage& usage);
-// The non-streamed response.
-json completion_json(const CompletionIdentity& identity, const Generation& generation, const Usage& usage);
+// The non-streamed response, one choice per generation.
+json completion_json(const CompletionIdentity& identity, const std::vector<Generation>& generations,
+                     const Usage& usage);
+json usage_json(const Usage& usage);
+
+// POST /v1/embeddings: one text (or token-id list) per input.
+struct EmbeddingRequest {
+  std::string model;
+  std::vector<std::string> inputs;  // token-id inputs become their ids joined by spaces
+  std::vector<int> input_tokens;
+  bool base64 = false;  // encoding_format "base64": little-endian float32
+  std::optional<int> dimensions;
+};
+std::optional<ApiError> parse_embedding_request(std::string_view body, EmbeddingRequest& out);
+// A deterministic unit vector for text: equal texts give equal vectors.
+std::vector<float> embedding_vector(std::string_view text, int dimensions);
+json embedding_json(const std::vector<float>& vector, int index, bool base64);
+
+// POST /tokenize: {"prompt": text} or {"messages": [...]} (vLLM's shapes).
+struct TokenizeRequest {
+  std::string model;
+  std::string text;
+};
+std::optional<ApiError> parse_tokenize_request(std::string_view body, TokenizeRequest& out);
 
 // JSON text that never throws on invalid UTF-8 (it is replaced).
 std::string dump_json(const json& value);
