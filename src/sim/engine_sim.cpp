@@ -17,7 +17,6 @@
 #include <csignal>
 #include <cstdlib>
 #include <stdexcept>
-#include <variant>
 
 #include "common/ids.h"
 #include "common/log.h"
@@ -533,17 +532,27 @@ struct EngineSim::State {
 
   // ---- Sleep mode (vLLM's dev-mode endpoints).
 
-  // Starts sleeping at `level`, or says why not. Returns how long the offload takes.
-  std::variant<std::chrono::nanoseconds, ApiError> begin_sleep(const http::Request& request) {
+  // Starts sleeping at the request's level: the response to send once `duration` has passed.
+  struct SleepPlan {
+    http::Response response{200, {}, ""};
+    std::chrono::nanoseconds duration{0};
+  };
+  SleepPlan begin_sleep(const http::Request& request) {
+    SleepPlan plan;
     std::string level_text = request.query_or("level", "1");
     if (level_text != "1" && level_text != "2") {
-      return ApiError{400, fmt::format("sleep level must be 1 or 2, got '{}'", level_text), "invalid_request_error",
-                      "level", ""};
+      plan.response = error_response(ApiError{400, fmt::format("sleep level must be 1 or 2, got '{}'", level_text),
+                                              "invalid_request_error", "level", ""},
+                                     {});
+      return plan;
     }
-    if (sleep_level > 0) return std::chrono::nanoseconds(0);
+    if (sleep_level > 0) return plan;
     if (!engine.sleep()) {
-      return ApiError{400, fmt::format("cannot sleep with {} requests in flight", engine.running() + engine.waiting()),
-                      "invalid_request_error", "", ""};
+      plan.response = error_response(
+          ApiError{400, fmt::format("cannot sleep with {} requests in flight", engine.running() + engine.waiting()),
+                   "invalid_request_error", "", ""},
+          {});
+      return plan;
     }
     int level = level_text == "1" ? 1 : 2;
     sleep_level = level;
@@ -551,7 +560,9 @@ struct EngineSim::State {
     kv_on_gpu = false;
     spdlog::info("engine-sim: sleeping at level {}", level);
     // Level 1 copies the weights to CPU RAM (as long as copying them back); level 2 drops them.
-    return from_seconds(level == 1 ? resolved.profile.wake_l1_seconds : 0.1 * resolved.profile.wake_l1_seconds);
+    plan.duration =
+        from_seconds(level == 1 ? resolved.profile.wake_l1_seconds : 0.1 * resolved.profile.wake_l1_seconds);
+    return plan;
   }
 
   // What /wake_up?tags=... restores and how long it takes; the state changes when it is done.
@@ -574,7 +585,7 @@ struct EngineSim::State {
     return plan;
   }
 
-  void finish_wake(const WakePlan& plan) {
+  http::Response finish_wake(const WakePlan& plan) {
     if (plan.weights) weights_on_gpu = true;
     if (plan.kv_cache) kv_on_gpu = true;
     if (weights_on_gpu && kv_on_gpu && sleep_level > 0) {
@@ -583,24 +594,21 @@ struct EngineSim::State {
       kick();
       spdlog::info("engine-sim: awake");
     }
+    return http::Response{200, {}, ""};
   }
 
   static awaitable<void> handle_sleep(std::shared_ptr<State> state, http::Request& request,
                                       http::ResponseWriter& writer) {
-    auto outcome = state->begin_sleep(request);
-    if (auto* error = std::get_if<ApiError>(&outcome)) {
-      co_return co_await writer.send(error_response(*error, {}));
-    }
-    co_await sleep_for(std::get<std::chrono::nanoseconds>(outcome));
-    co_await writer.send(http::Response{200, {}, ""});
+    SleepPlan plan = state->begin_sleep(request);
+    co_await sleep_for(plan.duration);
+    co_await writer.send(std::move(plan.response));
   }
 
   static awaitable<void> handle_wake(std::shared_ptr<State> state, http::Request& request,
                                      http::ResponseWriter& writer) {
     WakePlan plan = state->plan_wake(request);
     co_await sleep_for(plan.duration);
-    state->finish_wake(plan);
-    co_await writer.send(http::Response{200, {}, ""});
+    co_await writer.send(state->finish_wake(plan));
   }
 
   http::Response is_sleeping_response() const { return json_response(200, is_sleeping_json(sleep_level > 0), {}); }

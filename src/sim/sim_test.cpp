@@ -6,6 +6,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "common/json.h"
@@ -173,6 +174,27 @@ class EngineSimTest : public ::testing::Test {
     }
     EXPECT_TRUE(error["message"].is_string());
     return error["code"].is_string() ? error["code"].get<std::string>() : "";
+  }
+
+  // The value of the first sample whose line starts with `series` ("name{labels}" or "name").
+  static double metric(const std::string& text, const std::string& series) {
+    size_t position = 0;
+    while ((position = text.find(series, position)) != std::string::npos) {
+      bool line_start = position == 0 || text[position - 1] == '\n';
+      size_t after = position + series.size();
+      if (line_start && after < text.size() && text[after] == ' ') {
+        return std::stod(text.substr(after + 1, text.find('\n', after) - after - 1));
+      }
+      position = after;
+    }
+    ADD_FAILURE() << series << " not in the metrics";
+    return -1;
+  }
+
+  static std::string words(int count, const std::string& word = "w") {
+    std::string text;
+    for (int i = 0; i < count; ++i) text += word + std::to_string(i) + " ";
+    return text;
   }
 
   static json chat_body(int max_tokens) {
@@ -456,6 +478,289 @@ TEST_F(EngineSimTest, MetricsUseVllmNames) {
   EXPECT_NE(metrics.body.find("vllm:prompt_tokens_total{model_name=\"sim-model\"} 7"), std::string::npos);
   EXPECT_NE(metrics.body.find("vllm:generation_tokens_total{model_name=\"sim-model\"} 4"), std::string::npos);
   EXPECT_NE(metrics.body.find("# TYPE vllm:prompt_tokens_total counter"), std::string::npos);
+}
+
+TEST_F(EngineSimTest, RepeatedLongPromptReportsCachedTokensAndALowerTtft) {
+  SimOptions options = fast_options();
+  options.prefill_ms_per_token = 0.1;  // 2,000 prompt tokens = 200 ms of prefill
+  start(options);
+  json request = {{"model", "sim-model"},
+                  {"messages", json::array({json{{"role", "user"}, {"content", words(2000)}}})},
+                  {"max_tokens", 3},
+                  {"stream_options", {{"include_usage", true}}}};
+  auto timed_stream = [&](double& ttft_ms) {
+    auto started = std::chrono::steady_clock::now();
+    ttft_ms = -1;
+    request["stream"] = true;
+    std::string all;
+    auto status = client_.stream("POST", base_ + "/v1/chat/completions", request.dump(), {}, [&](std::string_view d) {
+      if (ttft_ms < 0) {
+        ttft_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+      }
+      all += d;
+      return true;
+    });
+    EXPECT_TRUE(status && *status == 200);
+    size_t usage = all.rfind("\"usage\"");
+    EXPECT_NE(usage, std::string::npos) << all;
+    size_t line_start = all.rfind("data: ", usage) + 6;
+    return parse_json(all.substr(line_start, all.find('\n', line_start) - line_start)).value()["usage"];
+  };
+  double cold_ttft = 0, warm_ttft = 0;
+  json cold = timed_stream(cold_ttft);
+  json warm = timed_stream(warm_ttft);
+  EXPECT_EQ(cold["prompt_tokens"], 2000);
+  EXPECT_EQ(cold["prompt_tokens_details"]["cached_tokens"], 0);
+  EXPECT_EQ(warm["prompt_tokens_details"]["cached_tokens"], 1984);  // all full blocks but the last token's
+  EXPECT_GT(cold_ttft, 150);
+  EXPECT_LT(warm_ttft, cold_ttft / 2);
+  request.erase("stream");
+  json plain = body_of(post("/v1/chat/completions", request));
+  EXPECT_EQ(plain["usage"]["prompt_tokens_details"]["cached_tokens"], 1984);
+}
+
+TEST_F(EngineSimTest, MetricsAgreeWithWhatClientsSaw) {
+  SimOptions options = fast_options();
+  options.step_base_ms = 4;
+  start(options);
+  int prompt_tokens = 0, completion_tokens = 0;
+  double client_e2e_seconds = 0;
+  for (int i = 0; i < 6; ++i) {
+    json request = chat_body(5 + i);
+    request["messages"][1]["content"] = words(10 + i);
+    auto started = std::chrono::steady_clock::now();
+    if (i % 2 == 0) {
+      json body = body_of(post("/v1/chat/completions", request));
+      prompt_tokens += body["usage"]["prompt_tokens"].get<int>();
+      completion_tokens += body["usage"]["completion_tokens"].get<int>();
+    } else {
+      request["stream_options"] = {{"include_usage", true}};
+      StreamResult streamed = stream("/v1/chat/completions", request);
+      ASSERT_TRUE(streamed.done);
+      prompt_tokens += streamed.chunks.back()["usage"]["prompt_tokens"].get<int>();
+      completion_tokens += streamed.chunks.back()["usage"]["completion_tokens"].get<int>();
+    }
+    client_e2e_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  }
+  std::string text = get("/metrics").body;
+  const std::string label = "{model_name=\"sim-model\"}";
+  EXPECT_EQ(metric(text, "vllm:prompt_tokens_total" + label), prompt_tokens);
+  EXPECT_EQ(metric(text, "vllm:generation_tokens_total" + label), completion_tokens);
+  EXPECT_EQ(metric(text, "vllm:request_success_total{model_name=\"sim-model\",finished_reason=\"length\"}"), 6);
+  EXPECT_EQ(metric(text, "vllm:time_to_first_token_seconds_count" + label), 6);
+  EXPECT_EQ(metric(text, "vllm:e2e_request_latency_seconds_count" + label), 6);
+  EXPECT_EQ(metric(text, "vllm:request_queue_time_seconds_count" + label), 6);
+  EXPECT_EQ(metric(text, "vllm:inter_token_latency_seconds_count" + label), completion_tokens - 6);
+  EXPECT_EQ(metric(text, "vllm:prefix_cache_queries_total" + label), prompt_tokens);
+  EXPECT_EQ(metric(text, "vllm:num_requests_running" + label), 0);
+  EXPECT_EQ(metric(text, "vllm:kv_cache_usage_perc" + label), 0);
+  // The engine's latencies are what the clients measured, less the loopback and JSON overhead.
+  double engine_e2e_seconds = metric(text, "vllm:e2e_request_latency_seconds_sum" + label);
+  EXPECT_LE(engine_e2e_seconds, client_e2e_seconds);
+  EXPECT_GE(engine_e2e_seconds, client_e2e_seconds - 6 * 0.02);
+  // Every decode step of a lone sequence takes step_base_ms.
+  double itl_sum = metric(text, "vllm:inter_token_latency_seconds_sum" + label);
+  EXPECT_NEAR(itl_sum / (completion_tokens - 6), 0.004, 0.002);
+}
+
+TEST_F(EngineSimTest, SleepReleasesMemoryAndIsSleepingReflectsIt) {
+  SimOptions options = fast_options();
+  options.wake_l1_seconds = 0.05;
+  options.wake_l2_seconds = 0.2;
+  start(options);
+  ASSERT_EQ(post("/v1/chat/completions", chat_body(2)).status, 200);
+  auto memory = [&] {
+    return metric(get("/metrics").body, "nebula_sim:gpu_memory_used_bytes{model_name=\"sim-model\"}");
+  };
+  double awake = memory();
+  EXPECT_FALSE(body_of(get("/is_sleeping"))["is_sleeping"].get<bool>());
+  EXPECT_EQ(post_text("/sleep?level=1", "").status, 200);
+  EXPECT_TRUE(body_of(get("/is_sleeping"))["is_sleeping"].get<bool>());
+  double asleep = memory();
+  EXPECT_LT(asleep, awake - 16e9) << "the weights and the KV cache left the GPU";
+  EXPECT_EQ(post("/v1/chat/completions", chat_body(2)).status, 503);
+  EXPECT_EQ(get("/health").status, 200);
+
+  auto started = std::chrono::steady_clock::now();
+  EXPECT_EQ(post_text("/wake_up", "").status, 200);
+  EXPECT_GE(std::chrono::steady_clock::now() - started, 50ms);
+  EXPECT_FALSE(body_of(get("/is_sleeping"))["is_sleeping"].get<bool>());
+  EXPECT_EQ(memory(), awake);
+  EXPECT_EQ(post("/v1/chat/completions", chat_body(2)).status, 200);
+
+  // Level 2 drops the weights: waking reloads them, which takes longer; tags wake in parts.
+  EXPECT_EQ(post_text("/sleep?level=2", "").status, 200);
+  started = std::chrono::steady_clock::now();
+  EXPECT_EQ(post_text("/wake_up?tags=weights", "").status, 200);
+  EXPECT_GE(std::chrono::steady_clock::now() - started, 200ms);
+  EXPECT_TRUE(body_of(get("/is_sleeping"))["is_sleeping"].get<bool>()) << "the KV cache is still released";
+  EXPECT_EQ(post_text("/wake_up?tags=kv_cache", "").status, 200);
+  EXPECT_FALSE(body_of(get("/is_sleeping"))["is_sleeping"].get<bool>());
+  EXPECT_EQ(post_text("/sleep?level=3", "").status, 400);
+}
+
+TEST_F(EngineSimTest, EmbeddingsAndTokenize) {
+  start();
+  json body = body_of(post("/v1/embeddings", json{{"model", "sim-model"}, {"input", json::array({"a b c", "d e"})}}));
+  ASSERT_EQ(body["data"].size(), 2u);
+  EXPECT_EQ(body["object"], "list");
+  EXPECT_EQ(body["data"][1]["index"], 1);
+  EXPECT_EQ(body["data"][0]["embedding"].size(), 4096u);
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 5);
+  double norm = 0;
+  for (const json& value : body["data"][0]["embedding"]) norm += value.get<double>() * value.get<double>();
+  EXPECT_NEAR(norm, 1.0, 1e-4);
+  json again = body_of(post("/v1/embeddings", json{{"input", "a b c"}, {"dimensions", 8}}));
+  EXPECT_EQ(again["data"][0]["embedding"].size(), 8u);
+  json base64 = body_of(post("/v1/embeddings", json{{"input", "a b c"}, {"encoding_format", "base64"}}));
+  EXPECT_EQ(base64["data"][0]["embedding"].get<std::string>().size(), (4096u * 4 + 2) / 3 * 4);
+
+  json tokens = body_of(post("/tokenize", json{{"model", "sim-model"}, {"prompt", "one two three"}}));
+  EXPECT_EQ(tokens["count"], 3);
+  EXPECT_EQ(tokens["max_model_len"], 8192);
+  EXPECT_EQ(tokens["tokens"][1], token_id("two"));
+  json chat_tokens = body_of(post("/tokenize", json{{"messages", chat_body(1)["messages"]}}));
+  EXPECT_EQ(chat_tokens["count"], 7);
+}
+
+TEST_F(EngineSimTest, NChoicesAndIgnoreEos) {
+  SimOptions options = fast_options();
+  options.mode = "echo";
+  start(options);
+  json request = chat_body(10);
+  request["n"] = 2;
+  json body = body_of(post("/v1/chat/completions", request));
+  ASSERT_EQ(body["choices"].size(), 2u);
+  EXPECT_EQ(body["choices"][1]["index"], 1);
+  EXPECT_EQ(body["choices"][1]["message"]["content"], "Say hello to me");
+  EXPECT_EQ(body["usage"]["completion_tokens"], 8);
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  EXPECT_EQ(streamed.content, "SaySay hello hello to to me me") << "both choices decode in lockstep, interleaved";
+  request["n"] = 1;
+  request["ignore_eos"] = true;
+  body = body_of(post("/v1/chat/completions", request));
+  EXPECT_EQ(body["choices"][0]["message"]["content"], "Say hello to me Say hello to me Say hello");
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+}
+
+TEST_F(EngineSimTest, DisconnectFreesTheSequenceAndItsKvBlocks) {
+  SimOptions options = fast_options();
+  options.step_base_ms = 5;
+  start(options);
+  json request = chat_body(2000);
+  request["stream"] = true;
+  double usage_while_streaming = 0;
+  auto status = client_.stream("POST", base_ + "/v1/chat/completions", request.dump(), {},
+                               [&](std::string_view) { return false; });
+  ASSERT_TRUE(status);
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  std::string text;
+  do {
+    std::this_thread::sleep_for(10ms);
+    text = get("/metrics").body;
+  } while (metric(text, "vllm:num_requests_running{model_name=\"sim-model\"}") != 0 &&
+           std::chrono::steady_clock::now() < deadline);
+  (void)usage_while_streaming;
+  EXPECT_EQ(metric(text, "vllm:kv_cache_usage_perc{model_name=\"sim-model\"}"), 0);
+  EXPECT_EQ(metric(text, "vllm:request_success_total{model_name=\"sim-model\",finished_reason=\"abort\"}"), 1);
+}
+
+TEST_F(EngineSimTest, FailRateAnswersOpenAiErrors) {
+  SimOptions options = fast_options();
+  options.fail_rate = 1;
+  start(options);
+  std::set<int> statuses;
+  for (int i = 0; i < 30; ++i) {
+    auto response = post("/v1/chat/completions", chat_body(2));
+    statuses.insert(response.status);
+    error_code_of(response);
+  }
+  EXPECT_EQ(statuses, (std::set<int>{429, 500, 503}));
+}
+
+TEST_F(EngineSimTest, CrashAfterAndHangAfter) {
+  SimOptions options = fast_options();
+  std::atomic<int> crashes{0};
+  options.crash_after = 2;
+  options.crash = [&crashes] { ++crashes; };
+  options.hang_after = 3;
+  start(options);
+  EXPECT_EQ(post("/v1/chat/completions", chat_body(2)).status, 200);
+  EXPECT_EQ(post("/v1/chat/completions", chat_body(2)).status, 200);
+  EXPECT_EQ(crashes.load(), 0);
+  EXPECT_EQ(post("/v1/chat/completions", chat_body(2)).status, 200);  // the hook returned: carry on
+  EXPECT_EQ(crashes.load(), 1);
+  auto hung = client_.request("POST", base_ + "/v1/chat/completions", chat_body(2).dump(), {}, 300ms);
+  EXPECT_FALSE(hung) << "a hung engine answers nothing";
+  http::BlockingClient other;
+  EXPECT_FALSE(other.request("GET", base_ + "/health", "", {}, 300ms));
+}
+
+TEST_F(EngineSimTest, SglangDialect) {
+  SimOptions options = fast_options();
+  options.dialect = "sglang";
+  start(options);
+  json body = body_of(post("/generate", json{{"text", "a b c"}, {"sampling_params", {{"max_new_tokens", 4}}}}));
+  EXPECT_EQ(count_tokens(body["text"].get<std::string>()), 4);
+  EXPECT_EQ(body["meta_info"]["prompt_tokens"], 3);
+  EXPECT_EQ(body["meta_info"]["completion_tokens"], 4);
+  EXPECT_EQ(body["meta_info"]["finish_reason"]["type"], "length");
+  EXPECT_EQ(body_of(get("/get_model_info"))["model_path"], "sim-model");
+  std::string text = get("/metrics").body;
+  EXPECT_EQ(metric(text, "sglang:num_running_reqs{model_name=\"sim-model\"}"), 0);
+  EXPECT_EQ(metric(text, "sglang:generation_tokens_total{model_name=\"sim-model\"}"), 4);
+  EXPECT_EQ(text.find("vllm:"), std::string::npos);
+  EXPECT_EQ(post("/v1/chat/completions", chat_body(2)).status, 200) << "the OpenAI API stays";
+}
+
+TEST_F(EngineSimTest, LlamacppDialect) {
+  SimOptions options = fast_options();
+  options.dialect = "llamacpp";
+  options.startup_seconds = 0.2;
+  start(options);
+  auto loading = get("/health");
+  EXPECT_EQ(loading.status, 503);
+  EXPECT_EQ(body_of(loading)["error"]["message"], "Loading model");
+  std::this_thread::sleep_for(250ms);
+  EXPECT_EQ(body_of(get("/health"))["status"], "ok");
+  json body = body_of(post("/completion", json{{"prompt", "a b c"}, {"n_predict", 5}}));
+  EXPECT_EQ(body["tokens_predicted"], 5);
+  EXPECT_EQ(body["tokens_evaluated"], 3);
+  EXPECT_EQ(body["stop_type"], "limit");
+  EXPECT_EQ(body_of(get("/slots")).size(), 1024u);  // one slot per max_num_seqs
+  EXPECT_EQ(metric(get("/metrics").body, "llamacpp:tokens_predicted_total"), 5);
+}
+
+TEST_F(EngineSimTest, TgiDialect) {
+  SimOptions options = fast_options();
+  options.dialect = "tgi";
+  start(options);
+  json body = body_of(post("/generate", json{{"inputs", "a b c"}, {"parameters", {{"max_new_tokens", 3}}}}));
+  EXPECT_EQ(count_tokens(body["generated_text"].get<std::string>()), 3);
+  http::SseParser parser;
+  std::vector<http::SseEvent> events;
+  auto status = client_.stream("POST", base_ + "/generate_stream",
+                               json{{"inputs", "a b c"}, {"parameters", {{"max_new_tokens", 3}}}}.dump(), {},
+                               [&](std::string_view data) {
+                                 parser.feed(data, events);
+                                 return true;
+                               });
+  ASSERT_TRUE(status && *status == 200);
+  ASSERT_EQ(events.size(), 3u);
+  json last = parse_json(events.back().data).value();
+  EXPECT_EQ(last["generated_text"], body["generated_text"]);
+  EXPECT_EQ(last["details"]["finish_reason"], "length");
+  EXPECT_EQ(body_of(get("/info"))["max_total_tokens"], 8192);
+  EXPECT_EQ(metric(get("/metrics").body, "tgi_queue_size"), 0);
+}
+
+TEST_F(EngineSimTest, UnknownProfileOrDialectIsRefused) {
+  SimOptions options;
+  options.profile = "nope";
+  EXPECT_THROW(EngineSim(io_, options), std::invalid_argument);
+  options.profile = "default";
+  options.dialect = "nope";
+  EXPECT_THROW(EngineSim(io_, options), std::invalid_argument);
 }
 
 }  // namespace
