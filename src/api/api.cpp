@@ -109,6 +109,18 @@ DeploymentSpec deployment_spec_from(const json& object) {
   read(object, "engine_args", spec.engine_args);
   read(object, "env", spec.env);
   read(object, "priority", spec.priority);
+  read(object, "dtype", spec.dtype);
+  read(object, "kv_cache_dtype", spec.kv_cache_dtype);
+  read(object, "gpu_memory_utilization", spec.gpu_memory_utilization);
+  read(object, "placement", spec.placement);
+  read(object, "node_selector", spec.node_selector);
+  read(object, "gpu_type", spec.gpu_type);
+  const json& shape = object_field(object, "shape");
+  read(shape, "weights_mb", spec.shape.weights_mb);
+  read(shape, "layers", spec.shape.layers);
+  read(shape, "kv_heads", spec.shape.kv_heads);
+  read(shape, "head_dim", spec.shape.head_dim);
+  read(shape, "overhead_mb", spec.shape.overhead_mb);
   return spec;
 }
 
@@ -159,21 +171,37 @@ json to_json(const NodeStatus& value) {
 json to_json(const Node& value) {
   return {{"kind", "Node"},
           {"metadata", to_json(value.metadata)},
-          {"spec", {{"drain", value.spec.drain}}},
+          {"spec", {{"drain", value.spec.drain}, {"reserved_vram_mb", value.spec.reserved_vram_mb}}},
           {"status", to_json(value.status)}};
 }
 
 json to_json(const DeploymentSpec& spec) {
-  return {{"model", spec.model},
-          {"engine", spec.engine},
-          {"replicas", spec.replicas},
-          {"gpus_per_replica", spec.gpus_per_replica},
-          {"max_context", spec.max_context},
-          {"max_seqs", spec.max_seqs},
-          {"vram_mb", spec.vram_mb},
-          {"engine_args", spec.engine_args},
-          {"env", spec.env},
-          {"priority", spec.priority}};
+  json object = {{"model", spec.model},
+                 {"engine", spec.engine},
+                 {"replicas", spec.replicas},
+                 {"gpus_per_replica", spec.gpus_per_replica},
+                 {"max_context", spec.max_context},
+                 {"max_seqs", spec.max_seqs},
+                 {"vram_mb", spec.vram_mb},
+                 {"engine_args", spec.engine_args},
+                 {"env", spec.env},
+                 {"priority", spec.priority}};
+  // Fields added for placement are written only when set, so older documents read the same.
+  if (!spec.dtype.empty()) object["dtype"] = spec.dtype;
+  if (!spec.kv_cache_dtype.empty()) object["kv_cache_dtype"] = spec.kv_cache_dtype;
+  if (spec.gpu_memory_utilization > 0) object["gpu_memory_utilization"] = spec.gpu_memory_utilization;
+  if (spec.placement != "spread") object["placement"] = spec.placement;
+  if (!spec.node_selector.empty()) object["node_selector"] = spec.node_selector;
+  if (!spec.gpu_type.empty()) object["gpu_type"] = spec.gpu_type;
+  const auto& shape = spec.shape;
+  if (shape.weights_mb || shape.layers || shape.kv_heads || shape.head_dim || shape.overhead_mb) {
+    object["shape"] = {{"weights_mb", shape.weights_mb},
+                       {"layers", shape.layers},
+                       {"kv_heads", shape.kv_heads},
+                       {"head_dim", shape.head_dim},
+                       {"overhead_mb", shape.overhead_mb}};
+  }
+  return object;
 }
 
 json to_json(const Deployment& value) {
@@ -226,6 +254,7 @@ Result<Node> node_from_json(const json& value) {
     Node node;
     node.metadata = metadata_from(value);
     read(object_field(value, "spec"), "drain", node.spec.drain);
+    read(object_field(value, "spec"), "reserved_vram_mb", node.spec.reserved_vram_mb);
     node.status = node_status_from(object_field(value, "status"));
     return node;
   });
@@ -337,6 +366,29 @@ Status validate(const DeploymentSpec& spec) {
   }
   if (spec.max_context < 0 || spec.max_seqs < 0 || spec.vram_mb < 0) {
     return make_error(ErrorCode::InvalidArgument, "max_context, max_seqs and vram_mb cannot be negative");
+  }
+  const auto& shape = spec.shape;
+  if (shape.weights_mb < 0 || shape.layers < 0 || shape.kv_heads < 0 || shape.head_dim < 0 || shape.overhead_mb < 0) {
+    return make_error(ErrorCode::InvalidArgument, "spec.shape values cannot be negative");
+  }
+  if (!(spec.gpu_memory_utilization >= 0 && spec.gpu_memory_utilization <= 1)) {
+    return make_error(ErrorCode::InvalidArgument, "spec.gpu_memory_utilization must be between 0 and 1");
+  }
+  if (spec.placement != "spread" && spec.placement != "binpack") {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("unknown placement '{}' (spread or binpack)", spec.placement));
+  }
+  static const std::vector<std::string> kDtypes = {"",         "auto",     "fp32", "float32",  "fp16",
+                                                   "float16",  "half",     "bf16", "bfloat16", "fp8",
+                                                   "fp8_e4m3", "fp8_e5m2", "int8", "int4"};
+  for (const auto* field : {&spec.dtype, &spec.kv_cache_dtype}) {
+    if (std::find(kDtypes.begin(), kDtypes.end(), *field) == kDtypes.end()) {
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("unknown dtype '{}' (fp32, fp16, bf16, fp8, int8 or int4)", *field));
+    }
+  }
+  if (spec.kv_cache_dtype == "int4") {
+    return make_error(ErrorCode::InvalidArgument, "kv_cache_dtype int4 is not supported (fp16, bf16, fp8, fp32)");
   }
   return {};
 }

@@ -37,6 +37,7 @@ struct Gpu {
 
 struct NodeSpec {
   bool drain = false;
+  int64_t reserved_vram_mb = 0;  // kept free on every GPU of the node (other users of the cards)
 };
 
 struct NodeStatus {
@@ -54,6 +55,15 @@ struct Node {
   NodeStatus status;
 };
 
+// Overrides of what the VRAM estimator reads from the model; 0 = from the model.
+struct ModelShapeOverride {
+  int64_t weights_mb = 0;
+  int layers = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+  int64_t overhead_mb = 0;  // engine overhead per replica, summed over its GPUs
+};
+
 struct DeploymentSpec {
   std::string model;
   std::string engine = "sim";
@@ -65,6 +75,13 @@ struct DeploymentSpec {
   std::vector<std::string> engine_args;
   std::map<std::string, std::string> env;
   int priority = 0;
+  std::string dtype;                                 // weights: "" = the model's own (fp16, bf16, fp8, int8, int4)
+  std::string kv_cache_dtype;                        // "" = 16-bit (fp16, bf16, fp8, fp32)
+  double gpu_memory_utilization = 0;                 // fraction of each card the engine claims; 0 = engine default
+  std::string placement = "spread";                  // spread | binpack
+  std::map<std::string, std::string> node_selector;  // node labels that must all match
+  std::string gpu_type;                              // "" = any; else GPUs whose name contains it (case-insensitive)
+  ModelShapeOverride shape;
 };
 
 struct DeploymentStatus {

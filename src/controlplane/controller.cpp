@@ -201,17 +201,15 @@ void Controller::reconcile_deployment(const api::Deployment& deployment, std::ve
 
 void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
                           const std::vector<api::Deployment>& deployments) {
-  std::map<std::string, int> gpus_per_replica;
-  for (const auto& deployment : deployments) {
-    gpus_per_replica[deployment.metadata.name] = deployment.spec.gpus_per_replica;
-  }
+  std::map<std::string, const api::DeploymentSpec*> specs;
+  for (const auto& deployment : deployments) specs[deployment.metadata.name] = &deployment.spec;
   for (auto& replica : replicas) {
     if (!replica.spec.node.empty() || replica.spec.stop) continue;
-    auto gpus = gpus_per_replica.find(replica.spec.deployment);
-    if (gpus == gpus_per_replica.end()) continue;
+    auto spec = specs.find(replica.spec.deployment);
+    if (spec == specs.end()) continue;
     // `replicas` holds every placement made so far in this pass, so two pending replicas never
     // claim the same free memory.
-    auto placement = scheduler::place(replica, gpus->second, nodes, replicas);
+    auto placement = scheduler::place(scheduler::request_for(replica, *spec->second), nodes, replicas);
     if (!placement) {
       const std::string& reason = placement.error().message;
       if (replica.status.message != reason) {
@@ -230,6 +228,7 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
       if (!current.spec.node.empty() || current.spec.stop) return false;
       current.spec.node = placement->node;
       current.spec.gpus = placement->gpus;
+      current.spec.vram_mb = placement->vram_mb;  // vLLM claims a fraction of the card it lands on
       current.spec.plan_version += 1;
       current.status.phase = api::phase::kScheduled;
       current.status.message = "";

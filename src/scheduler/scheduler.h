@@ -1,39 +1,109 @@
 #pragma once
-// Placement: which node and GPUs a replica runs on. Pure functions over a snapshot of nodes and
-// the replicas already placed, so they are tested without a store or a clock.
+// Placement: which node and GPUs a replica runs on, and the dry-run plan of a deployment. Pure
+// functions over a snapshot of nodes and the replicas already placed, so they are tested without
+// a store or a clock.
+#include <map>
 #include <string>
 #include <vector>
 
 #include "api/api.h"
 #include "common/result.h"
+#include "models/models.h"
 
 namespace nebula::scheduler {
 
-// VRAM a replica of this deployment needs, summed over its GPUs, in MiB. spec.vram_mb when set;
-// otherwise a first estimate from the parameter count in the model name ("llama-3.1-8b" -> 8B):
-// FP16 weights × 1.2 + 2 GiB (GPUStack's rule of thumb), and 8 GiB when the name has no size.
-// The model-file estimator (GGUF/safetensors headers, KV cache) replaces this guess.
+// VRAM a replica of this deployment needs, summed over its GPUs, in MiB: models::estimate()
+// (spec.vram_mb, else the catalog, else the model file, else the parameter count in the name).
 int64_t estimate_vram_mb(const api::DeploymentSpec& spec);
 
 struct Placement {
   std::string node;
   std::vector<int> gpus;
+  int64_t vram_mb = 0;  // what the replica claims there, summed over its GPUs
 };
 
-// Free VRAM per GPU of a node after the replicas placed on it (replicas marked stop still hold
-// their memory until their engine is gone).
+// What one replica asks of a node.
+struct Request {
+  std::string replica;  // for messages
+  std::string engine;
+  int gpus = 1;
+  int64_t need_per_gpu_mb = 0;  // the model's need on each GPU
+  // > 0: the engine claims this fraction of each card (vLLM); the need must fit inside it.
+  double gpu_memory_utilization = 0;
+  std::string strategy = "spread";  // spread | binpack
+  std::map<std::string, std::string> node_selector;
+  std::string gpu_type;  // "" any; else a case-insensitive substring of the GPU name
+};
+// The request of a replica of `spec`; its need is replica.spec.vram_mb split over the GPUs.
+Request request_for(const api::Replica& replica, const api::DeploymentSpec& spec);
+
+// VRAM of one GPU as the scheduler sees it. `allocated` is what placed replicas claim on it;
+// `reported` what the GPU says is in use. What Nebula's own running engines use shows up in
+// both, so the GPU's use is
+//   used = allocated + max(0, reported − allocated to replicas whose engine may be running)
+// (the second term is memory held by processes Nebula did not start). It is never less than
+// max(allocated, reported), so neither a foreign process nor a replica whose engine has not
+// started yet is missed, and the agent's report of its own engines is not counted twice.
 struct GpuFree {
   int index = 0;
   std::string name;
   int64_t total_mb = 0;
-  int64_t free_mb = 0;
+  int64_t reserved_mb = 0;   // the node's reserved_vram_mb
+  int64_t allocated_mb = 0;  // placed replicas, including stop-marked ones still present
+  int64_t reported_mb = 0;   // memory_used_mb from the node's last status
+  int64_t foreign_mb = 0;    // reported beyond what Nebula's running engines account for
+  int64_t used_mb = 0;       // allocated + foreign
+  int64_t free_mb = 0;       // total − reserved − used (may be negative)
 };
 std::vector<GpuFree> free_vram(const api::Node& node, const std::vector<api::Replica>& replicas);
 
-// Picks a Ready, non-draining node that has the engine and `gpus_per_replica` GPUs each with
-// vram_mb / gpus_per_replica free, preferring the GPUs with the most free memory (spread).
-// ResourceExhausted with a reason naming the best candidate when nothing fits.
+// Filters the nodes (Ready, not draining, has the engine, labels match node_selector, GPUs of
+// gpu_type, free VRAM after reserved_vram_mb), then scores what is left: spread takes the GPUs
+// with the most free memory and prefers the emptiest node; binpack takes the fullest GPUs that
+// still fit. A multi-GPU replica takes identical GPUs (same name and memory) on one node.
+// ResourceExhausted with one reason per node when nothing fits.
+Result<Placement> place(const Request& request, const std::vector<api::Node>& nodes,
+                        const std::vector<api::Replica>& placed);
+// Spread placement of `replica` needing replica.spec.vram_mb over `gpus_per_replica` GPUs.
 Result<Placement> place(const api::Replica& replica, int gpus_per_replica, const std::vector<api::Node>& nodes,
                         const std::vector<api::Replica>& placed);
+
+// ---- dry run (POST /api/v1/simulate, nebula deploy --dry-run) --------------------------------
+
+struct GpuPlan {
+  std::string node;
+  int index = 0;
+  std::string name;
+  int64_t total_mb = 0;
+  int64_t reserved_mb = 0;
+  int64_t used_before_mb = 0;
+  int64_t used_after_mb = 0;
+  std::vector<std::string> replicas;  // replicas of the plan landing here
+};
+
+// A change to the deployment that makes it fit, checked by placing it again.
+struct Alternative {
+  std::string kind;   // max_context | max_seqs | kv_cache_dtype | model | gpu_memory_utilization |
+                      // gpus_per_replica | replicas | stop
+  std::string value;  // the new value; for stop, the deployments to stop, comma-separated
+  std::string summary;
+  int64_t saves_mb = 0;  // VRAM per replica it saves (for stop: what stopping frees)
+};
+
+struct Plan {
+  std::string deployment;
+  models::Estimate estimate;
+  int replicas = 0;
+  bool fits = false;
+  std::vector<Placement> placements;  // the replicas that fit, in order
+  std::vector<GpuPlan> gpus;          // every GPU of every node, before → after
+  std::string reason;                 // why the first replica that does not fit does not
+  std::vector<Alternative> alternatives;
+};
+
+// Plans `deployment` as if none of its replicas existed yet, against the other deployments'
+// replicas. `deployments` gives the names and specs of what could be stopped.
+Plan simulate(const api::Deployment& deployment, const std::vector<api::Node>& nodes,
+              const std::vector<api::Replica>& replicas, const std::vector<api::Deployment>& deployments);
 
 }  // namespace nebula::scheduler

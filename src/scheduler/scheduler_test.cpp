@@ -26,14 +26,13 @@ api::Replica make_replica(const std::string& name, int64_t vram_mb, std::string 
   return replica;
 }
 
-TEST(EstimateVram, FromModelName) {
+TEST(EstimateVram, UsesTheModelsEstimator) {
   api::DeploymentSpec spec;
   spec.model = "llama-3.1-8b-instruct";
-  // 8e9 × 2 bytes = 15,259 MiB; × 1.2 + 2,048 = 20,359 MiB.
-  EXPECT_EQ(estimate_vram_mb(spec), 20359);
-  spec.model = "Qwen/Qwen2.5-0.5B-Instruct";
-  EXPECT_EQ(estimate_vram_mb(spec), 3193);
-  spec.model = "mixtral-8x7b";
+  spec.max_context = 8192;
+  // Catalog: 16,060,522,496 bytes of BF16 weights + 1 GiB KV (8,192 × 128 KiB) + 1 GiB overhead.
+  EXPECT_EQ(estimate_vram_mb(spec), (16'060'522'496 + 2 * models::kGiB + models::kMiB - 1) / models::kMiB);
+  spec.model = "mixtral-8x7b";  // not in the catalog under this name: the name's 56B
   EXPECT_GT(estimate_vram_mb(spec), 100 * 1024);
   spec.model = "my-model";
   EXPECT_EQ(estimate_vram_mb(spec), 8 * 1024);
@@ -99,6 +98,182 @@ TEST(Place, StoppingReplicasStillHoldTheirMemory) {
   auto stopping = make_replica("old", 30 * 1024, "n1", {0});
   stopping.spec.stop = true;
   EXPECT_FALSE(place(make_replica("new", 30 * 1024), 1, nodes, {stopping}));
+}
+
+// ---- accounting: allocated vs reported, reserved ---------------------------------------------
+
+api::Replica running(const std::string& name, int64_t vram_mb, const std::string& node, std::vector<int> gpus) {
+  auto replica = make_replica(name, vram_mb, node, std::move(gpus));
+  replica.status.phase = api::phase::kReady;
+  return replica;
+}
+
+Request request(int64_t per_gpu_mb, int gpus = 1) {
+  Request r;
+  r.replica = "r";
+  r.engine = "sim";
+  r.gpus = gpus;
+  r.need_per_gpu_mb = per_gpu_mb;
+  return r;
+}
+
+TEST(FreeVram, RespectsMemoryUsedByForeignProcesses) {
+  auto node = make_node("n1", 1, 80 * 1024);
+  node.status.gpus[0].memory_used_mb = 60 * 1024;  // something Nebula did not start
+  auto gpus = free_vram(node, {});
+  EXPECT_EQ(gpus[0].foreign_mb, 60 * 1024);
+  EXPECT_EQ(gpus[0].free_mb, 20 * 1024);
+  auto refused = place(request(30 * 1024), {node}, {});
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("gpu0 20.0 GiB free (60.0 GiB used outside Nebula)"), std::string::npos)
+      << refused.error().message;
+  EXPECT_TRUE(place(request(20 * 1024), {node}, {}));
+}
+
+TEST(FreeVram, DoesNotCountTheAgentsReportOfItsOwnEnginesTwice) {
+  auto node = make_node("n1", 1, 80 * 1024);
+  node.status.gpus[0].memory_used_mb = 30 * 1024;  // the sim agent reports its engine's 30 GiB
+  std::vector<api::Replica> placed = {running("a", 30 * 1024, "n1", {0})};
+  auto gpus = free_vram(node, placed);
+  EXPECT_EQ(gpus[0].allocated_mb, 30 * 1024);
+  EXPECT_EQ(gpus[0].foreign_mb, 0);
+  EXPECT_EQ(gpus[0].free_mb, 50 * 1024);
+  EXPECT_TRUE(place(request(50 * 1024), {node}, placed));
+}
+
+TEST(FreeVram, AddsForeignUseToPlacementsWhoseEnginesHaveNotStarted) {
+  auto node = make_node("n1", 1, 80 * 1024);
+  node.status.gpus[0].memory_used_mb = 20 * 1024;                                // foreign
+  std::vector<api::Replica> placed = {make_replica("a", 30 * 1024, "n1", {0})};  // Pending: no engine yet
+  // max(allocated, reported) would say 30 GiB used; it is 50.
+  EXPECT_EQ(free_vram(node, placed)[0].used_mb, 50 * 1024);
+  EXPECT_FALSE(place(request(31 * 1024), {node}, placed));
+  EXPECT_TRUE(place(request(30 * 1024), {node}, placed));
+}
+
+TEST(FreeVram, KeepsTheNodesReservedVramFree) {
+  auto node = make_node("n1", 2, 80 * 1024);
+  node.spec.reserved_vram_mb = 10 * 1024;
+  auto refused = place(request(71 * 1024), {node}, {});
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("10.0 GiB reserved"), std::string::npos) << refused.error().message;
+  EXPECT_TRUE(place(request(70 * 1024), {node}, {}));
+}
+
+// Whatever arrives, in whatever order, no GPU is ever promised more than it has.
+TEST(Place, NeverOvercommitsAnyGpu) {
+  std::vector<api::Node> nodes = {make_node("a", 2, 24 * 1024), make_node("b", 4, 80 * 1024)};
+  nodes[1].spec.reserved_vram_mb = 2048;
+  nodes[1].status.gpus[3].memory_used_mb = 50 * 1024;
+  std::vector<api::Replica> placed;
+  uint32_t seed = 7;
+  for (int i = 0; i < 200; ++i) {
+    seed = seed * 1103515245 + 12345;
+    auto r = request(1024 + static_cast<int64_t>((seed >> 8) % (40 * 1024)), 1 + static_cast<int>((seed >> 4) % 2));
+    r.strategy = (seed & 1) ? "binpack" : "spread";
+    auto placement = place(r, nodes, placed);
+    if (!placement) continue;
+    auto replica = running("r" + std::to_string(i), placement->vram_mb, placement->node, placement->gpus);
+    placed.push_back(replica);
+  }
+  EXPECT_GT(placed.size(), 5u);
+  for (const auto& node : nodes) {
+    for (const auto& gpu : free_vram(node, placed)) EXPECT_GE(gpu.free_mb, 0) << node.metadata.name << gpu.index;
+  }
+}
+
+// ---- scoring ----------------------------------------------------------------------------------
+
+TEST(Place, SpreadTakesTheEmptiestGpuAndBinpackTheFullestThatFits) {
+  std::vector<api::Node> nodes = {make_node("n1", 2, 80 * 1024)};
+  std::vector<api::Replica> placed = {running("a", 40 * 1024, "n1", {0})};
+  auto spread = request(20 * 1024);
+  EXPECT_EQ(place(spread, nodes, placed)->gpus, std::vector<int>{1});
+  auto binpack = spread;
+  binpack.strategy = "binpack";
+  EXPECT_EQ(place(binpack, nodes, placed)->gpus, std::vector<int>{0});
+  // The same across nodes.
+  std::vector<api::Node> two = {make_node("busy", 1, 80 * 1024), make_node("idle", 1, 80 * 1024)};
+  std::vector<api::Replica> on_busy = {running("a", 40 * 1024, "busy", {0})};
+  EXPECT_EQ(place(spread, two, on_busy)->node, "idle");
+  EXPECT_EQ(place(binpack, two, on_busy)->node, "busy");
+}
+
+TEST(Place, TensorParallelTakesIdenticalGpusOnOneNode) {
+  auto mixed = make_node("mixed", 2, 80 * 1024);
+  mixed.status.gpus[1].name = "A100-80GB";
+  auto refused = place(request(30 * 1024, 2), {mixed}, {});
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("not 2 identical ones"), std::string::npos) << refused.error().message;
+  // Same name, different memory: not identical either.
+  auto sizes = make_node("sizes", 2, 80 * 1024);
+  sizes.status.gpus[1].memory_total_mb = 40 * 1024;
+  EXPECT_FALSE(place(request(30 * 1024, 2), {sizes}, {}));
+  // Two H100s and an A100: the pair of H100s.
+  auto three = make_node("three", 3, 80 * 1024);
+  three.status.gpus[1].name = "A100-80GB";
+  auto placement = place(request(30 * 1024, 2), {three}, {});
+  ASSERT_TRUE(placement) << placement.error().message;
+  EXPECT_EQ(placement->gpus, (std::vector<int>{0, 2}));
+  EXPECT_EQ(placement->vram_mb, 60 * 1024);
+}
+
+TEST(Place, NodeSelectorAndGpuTypeFilterNodes) {
+  auto east = make_node("east", 1, 80 * 1024);
+  east.metadata.labels = {{"zone", "east"}};
+  auto west = make_node("west", 1, 40 * 1024);
+  west.metadata.labels = {{"zone", "west"}};
+  west.status.gpus[0].name = "A100-40GB";
+  auto r = request(10 * 1024);
+  r.node_selector = {{"zone", "west"}};
+  EXPECT_EQ(place(r, {east, west}, {})->node, "west");
+  r.node_selector = {{"zone", "north"}};
+  auto refused = place(r, {east, west}, {});
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("node east does not match node_selector zone=north"), std::string::npos);
+  r.node_selector = {};
+  r.gpu_type = "a100";
+  EXPECT_EQ(place(r, {east, west}, {})->node, "west");
+  r.gpu_type = "l4";
+  auto no_type = place(r, {east, west}, {});
+  ASSERT_FALSE(no_type);
+  EXPECT_NE(no_type.error().message.find("node east has no l4 GPU (H100-80GB)"), std::string::npos)
+      << no_type.error().message;
+}
+
+TEST(Place, VllmClaimsItsFractionOfTheCard) {
+  std::vector<api::Node> nodes = {make_node("n1", 1, 80 * 1024)};
+  auto r = request(18 * 1024);
+  r.engine = "sim";
+  r.gpu_memory_utilization = 0.9;
+  auto placement = place(r, nodes, {});
+  ASSERT_TRUE(placement) << placement.error().message;
+  EXPECT_EQ(placement->vram_mb, 73'728);  // 0.9 × 81,920 MiB, not the 18 GiB the model needs
+  std::vector<api::Replica> placed = {running("a", placement->vram_mb, "n1", {0})};
+  EXPECT_FALSE(place(r, nodes, placed));  // a second one would need another 72 GiB
+  r.need_per_gpu_mb = 75 * 1024;          // the model does not fit in what vLLM would claim
+  auto too_big = place(r, nodes, {});
+  ASSERT_FALSE(too_big);
+  EXPECT_NE(too_big.error().message.find("does not fit in gpu_memory_utilization 0.90"), std::string::npos)
+      << too_big.error().message;
+}
+
+TEST(RequestFor, TakesPlacementFieldsFromTheSpec) {
+  api::DeploymentSpec spec;
+  spec.engine = "vllm";
+  spec.gpus_per_replica = 2;
+  spec.placement = "binpack";
+  spec.gpu_type = "H100";
+  spec.node_selector = {{"pool", "gpu"}};
+  auto replica = make_replica("r", 40'001);
+  auto r = request_for(replica, spec);
+  EXPECT_EQ(r.need_per_gpu_mb, 20'001);
+  EXPECT_DOUBLE_EQ(r.gpu_memory_utilization, 0.9);
+  EXPECT_EQ(r.strategy, "binpack");
+  EXPECT_EQ(r.gpu_type, "H100");
+  EXPECT_EQ(r.node_selector.at("pool"), "gpu");
+  spec.vram_mb = 1000;  // an explicit size is what the replica claims
+  EXPECT_DOUBLE_EQ(request_for(replica, spec).gpu_memory_utilization, 0);
 }
 
 }  // namespace
