@@ -27,6 +27,7 @@ constexpr Command kCommands[] = {
     {"nodes", "list nodes", nebula::cli::run_nodes},
     {"gpus", "list GPUs and what is placed on them", nebula::cli::run_gpus},
     {"events", "list recent events", nebula::cli::run_events},
+    {"models", "inspect a model: its shape and VRAM estimate", nebula::cli::run_models},
     {"version", "print the version", nebula::cli::run_version},
 };
 

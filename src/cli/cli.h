@@ -25,6 +25,7 @@ int run_gpus(int argc, char** argv);
 int run_events(int argc, char** argv);
 int run_logs(int argc, char** argv);
 int run_version(int argc, char** argv);
+int run_models(int argc, char** argv);
 
 // Flags every client command shares: --server, -o.
 struct ClientFlags {
@@ -57,6 +58,8 @@ bool print_as(const std::string& output, const json& value, const std::function<
 void print_table(const std::vector<std::vector<std::string>>& rows);
 // "5s", "3m", "2h", "4d" since a Unix-ms time.
 std::string age(int64_t since_ms);
+// Prints a POST /api/v1/simulate plan (per-GPU VRAM bars, alternatives); 0 when it fits, else 1.
+int print_plan(const json& plan, const std::string& output);
 // One-line error on stderr, exit code 1.
 int fail(const std::string& message);
 

@@ -96,7 +96,7 @@ int run_deploy(int argc, char** argv) {
   int replicas = -1, gpus = -1, max_context = -1, max_seqs = -1, priority = 0;
   std::string vram;
   std::vector<std::string> engine_args, env;
-  bool wait = false;
+  bool wait = false, dry_run = false;
   app.add_option("name", name, "Deployment name (also the model name clients ask for)");
   app.add_option("--model", model, "Model: a catalog id, a Hugging Face id or a path");
   app.add_option("--engine", engine, "sim, vllm, sglang, llamacpp, tgi, ollama, docker or command");
@@ -110,6 +110,7 @@ int run_deploy(int argc, char** argv) {
   app.add_option("--env", env, "Engine environment variable K=V (repeatable)");
   app.add_option("-f,--file", file, "Deployment spec in YAML");
   app.add_flag("--wait", wait, "Wait until every replica is ready");
+  app.add_flag("--dry-run", dry_run, "Show the placement plan and VRAM per GPU; change nothing");
   app.add_option("--timeout", wait_timeout, "How long --wait waits")->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
 
@@ -160,6 +161,11 @@ int run_deploy(int argc, char** argv) {
   auto timeout = parse_duration(wait_timeout);
   if (!timeout) return fail(timeout.error().message);
 
+  if (dry_run) {
+    auto plan = client.call("POST", "/api/v1/simulate", document.dump());
+    if (!plan) return fail(plan.error().message);
+    return print_plan(*plan, flags.output);
+  }
   auto result = client.call("PUT", "/api/v1/deployments/" + name, document.dump());
   if (!result) return fail(result.error().message);
   if (flags.output != "table") {

@@ -374,7 +374,7 @@ json gpus_json(Resources& resources) {
       }
       int64_t allocated = 0;
       for (const auto& entry : free) {
-        if (entry.index == gpu.index) allocated = entry.total_mb - entry.free_mb;
+        if (entry.index == gpu.index) allocated = entry.allocated_mb;
       }
       items.push_back({{"node", node.metadata.name},
                        {"index", gpu.index},
@@ -460,6 +460,7 @@ void add_api_routes(http::Router& router, Resources& resources, asio::io_context
   add_deployment_routes(router, resources);
   add_agent_routes(router, resources, options);
   add_logs_route(router, resources, io);
+  add_simulate_routes(router, resources);
   router.add("GET", "/api/v1/gpus", [&resources](Request&, ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(ok_json(gpus_json(resources)));
   });

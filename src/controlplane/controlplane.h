@@ -63,6 +63,9 @@ class Controller {
 // `io` is that io_context, used for watch notifications.
 void add_api_routes(http::Router& router, Resources& resources, asio::io_context& io, const Options& options);
 
+// POST /api/v1/simulate: the dry-run plan of a deployment body (simulate_routes.cpp).
+void add_simulate_routes(http::Router& router, Resources& resources);
+
 // OpenAI-style error JSON with the status for an error code (the one place codes map to HTTP).
 int http_status(ErrorCode code);
 http::Response error_response(const Error& error);

@@ -192,4 +192,30 @@ Estimate estimate(const api::DeploymentSpec& spec) {
   return e;
 }
 
+json estimate_to_json(const Estimate& e) {
+  return json{{"model", e.model},
+              {"source", e.source},
+              {"notes", e.notes},
+              {"engine", e.engine},
+              {"parameters", e.parameters},
+              {"weights_dtype", e.weights_dtype},
+              {"quantization", e.quantization},
+              {"weights_bytes", e.weights_bytes},
+              {"layers", e.layers},
+              {"kv_heads", e.kv_heads},
+              {"head_dim", e.head_dim},
+              {"kv_cache_dtype", e.kv_cache_dtype},
+              {"kv_bytes_per_token", e.kv_bytes_per_token},
+              {"context", e.context},
+              {"sequences", e.sequences},
+              {"kv_cache_bytes", e.kv_cache_bytes},
+              {"overhead_bytes", e.overhead_bytes},
+              {"total_bytes", e.total_bytes},
+              {"tensor_parallel", e.tensor_parallel},
+              {"per_gpu_bytes", e.per_gpu_bytes},
+              {"gpu_memory_utilization", e.gpu_memory_utilization},
+              {"vram_mb", e.vram_mb},
+              {"per_gpu_mb", e.per_gpu_mb}};
+}
+
 }  // namespace nebula::models

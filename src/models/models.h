@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "api/api.h"
+#include "common/json.h"
 #include "common/result.h"
 
 namespace nebula::models {
@@ -215,6 +216,9 @@ Estimate estimate_with(const api::DeploymentSpec& spec, const ModelInfo& info, c
 // gpu_memory_utilization, default 0.9); 0 when it claims only its estimate (other engines, an
 // explicit spec.vram_mb, or no GPUs).
 double claimed_fraction(const api::DeploymentSpec& spec);
+
+// The estimate as JSON (sizes in bytes and MiB), for the API and `nebula models inspect -o json`.
+json estimate_to_json(const Estimate& estimate);
 
 // Base overhead per GPU for an engine, bytes.
 int64_t engine_overhead_bytes(const std::string& engine);
