@@ -259,8 +259,10 @@ void Engine::schedule_waiting(int& budget, Step& step, int& prefill_tokens, int&
     seq.published = prefix.size();
     if (seq.cached_tokens < 0) {
       seq.cached_tokens = cached;
-      metrics_.prefix_cache_queries += static_cast<uint64_t>(seq.prompt_len);
-      metrics_.prefix_cache_hits += static_cast<uint64_t>(cached);
+      if (config_.enable_prefix_caching) {
+        metrics_.prefix_cache_queries += static_cast<uint64_t>(seq.prompt_len);
+        metrics_.prefix_cache_hits += static_cast<uint64_t>(cached);
+      }
       metrics_.queue_time.observe(seconds(now_ - seq.arrival));
     }
     seq.in_running = true;

@@ -244,6 +244,12 @@ struct EngineSim::State {
 
   static awaitable<void> drive(std::shared_ptr<State> state) {
     asio::steady_timer timer(co_await asio::this_coro::executor);
+    // Unregisters the timer however the frame ends: handlers destroyed after it (at shutdown)
+    // still call kick().
+    struct Registration {
+      State* state;
+      ~Registration() { state->loop_timer = nullptr; }
+    } registration{state.get()};
     state->loop_timer = &timer;
     while (!state->stopped) {
       auto next = state->engine.next_event_time();
@@ -255,7 +261,6 @@ struct EngineSim::State {
       state->engine.advance_to(state->sim_now());
       state->publish_counts();
     }
-    state->loop_timer = nullptr;
   }
 
   double gpu_memory_used_bytes() const {

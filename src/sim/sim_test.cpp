@@ -5,6 +5,7 @@
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <optional>
 #include <set>
 #include <thread>
@@ -752,6 +753,47 @@ TEST_F(EngineSimTest, TgiDialect) {
   EXPECT_EQ(last["details"]["finish_reason"], "length");
   EXPECT_EQ(body_of(get("/info"))["max_total_tokens"], 8192);
   EXPECT_EQ(metric(get("/metrics").body, "tgi_queue_size"), 0);
+}
+
+// Destroying the io_context destroys the step loop and the handlers' coroutine frames in any
+// order (each handler aborts its sequences on the way): shutting down mid-stream must neither
+// hang nor crash. (Use-after-free here is silent without a sanitizer.)
+TEST(EngineSimShutdown, StopsCleanlyWithStreamsInFlight) {
+  std::string base;
+  std::atomic<bool> streaming{false};
+  std::thread client_thread;
+  {
+    asio::io_context io;
+    SimOptions options;
+    options.step_base_ms = 5;
+    options.kv_blocks = 4096;
+    auto engine = std::make_unique<EngineSim>(io, options);
+    http::Router router;
+    engine->add_routes(router);
+    auto server = std::make_unique<http::Server>(io, std::move(router));
+    auto port = server->listen({"127.0.0.1", 0});
+    ASSERT_TRUE(port);
+    base = "http://127.0.0.1:" + std::to_string(*port);
+    std::thread io_thread([&io] { io.run(); });
+    client_thread = std::thread([&] {
+      http::BlockingClient client;
+      json request = {{"messages", json::array({json{{"role", "user"}, {"content", "go on"}}})},
+                      {"max_tokens", 5000},
+                      {"stream", true}};
+      (void)client.stream("POST", base + "/v1/chat/completions", request.dump(), {}, [&](std::string_view) {
+        streaming = true;
+        return true;
+      });
+    });
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (!streaming && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+    EXPECT_TRUE(streaming);
+    asio::post(io, [&io] { io.stop(); });
+    io_thread.join();
+    engine.reset();
+    server.reset();
+  }  // the io_context goes, closing the client's connection
+  client_thread.join();
 }
 
 TEST_F(EngineSimTest, UnknownProfileOrDialectIsRefused) {
