@@ -15,6 +15,7 @@
 #include "http/sse.h"
 #include "sim/generator.h"
 #include "sim/tokenizer.h"
+#include "sim/wire.h"
 
 namespace nebula::sim {
 namespace {
@@ -69,6 +70,22 @@ TEST(Generator, EchoStopsWhenThePromptRunsOut) {
   Generation cut = generate(GenerationMode::Echo, input);
   EXPECT_EQ(cut.text(), "a b");
   EXPECT_EQ(cut.finish_reason, FinishReason::Length);
+}
+
+TEST(SimWire, FastTokenEventsEqualTheJsonChunks) {
+  for (Endpoint endpoint : {Endpoint::ChatCompletions, Endpoint::Completions}) {
+    CompletionIdentity identity{endpoint, "chatcmpl-abc", 1700000000, "m\"odel"};
+    TokenEventFormatter formatter(identity, 3);
+    for (std::string text : {std::string(" plain"), std::string(" quo\"te\\"), std::string(" caf\xc3\xa9\n")}) {
+      std::string event;
+      formatter.append(event, text);
+      ASSERT_EQ(event.rfind("data: ", 0), 0u);
+      ASSERT_EQ(event.substr(event.size() - 2), "\n\n");
+      auto parsed = parse_json(event.substr(6, event.size() - 8));
+      ASSERT_TRUE(parsed) << event;
+      EXPECT_EQ(*parsed, chunk_json(identity, 3, text, nullptr, std::nullopt)) << event;
+    }
+  }
 }
 
 struct StreamResult {
