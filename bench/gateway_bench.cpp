@@ -1,7 +1,9 @@
-// Gateway overhead: the same load sent straight to one engine-sim replica and through the
-// gateway to it, side by side in one run. Starts its own `nebula up` on a free loopback port.
+// Gateway overhead: the same load sent straight to one engine-sim replica, through the Nebula
+// gateway (API keys, rate limits and usage accounting on), and through nginx as a plain reverse
+// proxy for reference, side by side in one run. Starts its own `nebula up --auth keys` (and
+// nginx when /usr/sbin/nginx exists) on free loopback ports.
 //
-//   build/bench/gateway_bench [--requests N] [--concurrency C] [--max-tokens T]
+//   build/bench/gateway_bench [--streams N] [--stream-tokens T] [--requests N] [--concurrency C]
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
@@ -10,17 +12,19 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
 
 #include "common/asio.h"  // must precede Asio headers
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
-#include <chrono>
-#include <cstring>
-#include <filesystem>
-#include <iostream>
-#include <thread>
 
 #include "common/json.h"
 #include "http/http.h"
@@ -31,51 +35,44 @@ namespace {
 using namespace nebula;
 using Clock = std::chrono::steady_clock;
 
+struct Load {
+  std::string name;
+  int requests = 0;
+  int concurrency = 0;
+  int max_tokens = 0;
+  bool stream = false;
+};
+
 struct Sample {
-  double ttft_ms = 0;
   double total_ms = 0;
+  std::vector<double> gaps_ms;  // between body pieces
   bool ok = false;
 };
 
-struct Load {
-  int requests = 2000;
-  int concurrency = 32;
-  int max_tokens = 16;
-  bool stream = true;
-};
-// "1st byte": time to the first body bytes (the role chunk when streamed, the whole body when not).
-
-awaitable<void> worker(http::Client& client, std::string url, std::string body, int& next, int total,
-                       std::vector<Sample>& samples) {
+awaitable<void> worker(http::Client& client, std::string url, std::string body, http::Headers headers, int& next,
+                       int total, std::vector<Sample>& samples) {
   while (next < total) {
     int index = next++;
     auto start = Clock::now();
     Sample sample;
-    auto response = co_await client.open("POST", url, body, {}, std::chrono::seconds(30));
+    auto response = co_await client.open("POST", url, body, headers, std::chrono::seconds(60));
     if (response && (*response)->status == 200) {
-      bool first = true;
+      auto last = start;
       while (true) {
-        auto piece = co_await (*response)->read(std::chrono::seconds(30));
+        auto piece = co_await (*response)->read(std::chrono::seconds(60));
         if (!piece || piece->empty()) {
           sample.ok = piece.ok();
           break;
         }
-        if (first) {
-          sample.ttft_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-          first = false;
-        }
+        auto now = Clock::now();
+        if (last != start) sample.gaps_ms.push_back(std::chrono::duration<double, std::milli>(now - last).count());
+        last = now;
       }
     }
     sample.total_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-    samples[index] = sample;
+    samples[index] = std::move(sample);
   }
 }
-
-struct Summary {
-  double seconds = 0;
-  int failed = 0;
-  double p50 = 0, p99 = 0, ttft_p50 = 0, ttft_p99 = 0;
-};
 
 double percentile(std::vector<double> values, double p) {
   if (values.empty()) return 0;
@@ -83,131 +80,239 @@ double percentile(std::vector<double> values, double p) {
   return values[std::min(values.size() - 1, static_cast<size_t>(p * values.size()))];
 }
 
-Summary run_load(const std::string& url, const std::string& model, const Load& load) {
+struct LoadResult {
+  double seconds = 0;
+  int failed = 0;
+  double p50 = 0, p99 = 0, gap50 = 0, gap99 = 0;
+  double cpu_s = 0;  // of the measured process
+  double rss_mb = 0;
+};
+
+double cpu_seconds(pid_t pid) {
+  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto close = text.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(text.substr(close + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; fields >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime
+    if (i == 15) break;
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double rss_mb(pid_t pid) {
+  std::ifstream status(fmt::format("/proc/{}/status", pid));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return 0;
+}
+
+LoadResult run_load(const std::string& url, const http::Headers& headers, const Load& load, pid_t measured) {
   asio::io_context io;
-  http::Client client(io);
-  std::string body = json{{"model", model},
-                          {"stream", load.stream},
-                          {"max_tokens", load.max_tokens},
-                          {"messages", {{{"role", "user"}, {"content", "benchmark prompt with a few words"}}}}}
-                         .dump();
+  http::ClientOptions options;
+  options.max_idle_per_host = static_cast<size_t>(load.concurrency);
+  http::Client client(io, options);
+  json request = {{"model", "bench"},
+                  {"stream", load.stream},
+                  {"max_tokens", load.max_tokens},
+                  {"messages", {{{"role", "user"}, {"content", "benchmark prompt with a few words"}}}}};
+  if (load.stream) request["ignore_eos"] = true;
   std::vector<Sample> samples(load.requests);
   int next = 0;
   for (int i = 0; i < load.concurrency; ++i) {
-    asio::co_spawn(io, worker(client, url, body, next, load.requests, samples), asio::detached);
+    asio::co_spawn(io, worker(client, url, request.dump(), headers, next, load.requests, samples), asio::detached);
   }
+  double cpu_before = measured > 0 ? cpu_seconds(measured) : 0;
   auto start = Clock::now();
   io.run();
-  Summary summary;
-  summary.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  std::vector<double> totals, ttfts;
+  LoadResult result;
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  if (measured > 0) {
+    result.cpu_s = cpu_seconds(measured) - cpu_before;
+    result.rss_mb = rss_mb(measured);
+  }
+  std::vector<double> totals, gaps;
   for (const auto& sample : samples) {
     if (!sample.ok) {
-      ++summary.failed;
+      ++result.failed;
       continue;
     }
     totals.push_back(sample.total_ms);
-    ttfts.push_back(sample.ttft_ms);
+    gaps.insert(gaps.end(), sample.gaps_ms.begin(), sample.gaps_ms.end());
   }
-  summary.p50 = percentile(totals, 0.5);
-  summary.p99 = percentile(totals, 0.99);
-  summary.ttft_p50 = percentile(ttfts, 0.5);
-  summary.ttft_p99 = percentile(ttfts, 0.99);
-  return summary;
+  result.p50 = percentile(totals, 0.5);
+  result.p99 = percentile(totals, 0.99);
+  result.gap50 = percentile(gaps, 0.5);
+  result.gap99 = percentile(gaps, 0.99);
+  return result;
 }
 
 int free_port() {
   http::BlockingClient probe;
-  for (int port = 20000 + getpid() % 20000;; ++port) {
+  static int next = 20000 + getpid() % 20000;
+  while (true) {
+    int port = next++;
     if (!probe.request("GET", fmt::format("http://127.0.0.1:{}/", port), "", {}, std::chrono::milliseconds(200))) {
       return port;
     }
   }
 }
 
-std::string self_dir() { return std::filesystem::read_symlink("/proc/self/exe").parent_path().string(); }
+pid_t spawn_quiet(std::vector<std::string> args) {
+  std::vector<char*> argv;
+  for (auto& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t quiet;
+  posix_spawn_file_actions_init(&quiet);
+  posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&quiet, 1, 2);
+  pid_t pid = 0;
+  int spawned = posix_spawn(&pid, argv[0], &quiet, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&quiet);
+  return spawned == 0 ? pid : -1;
+}
+
+// nginx as a plain streaming reverse proxy to the engine, for reference.
+pid_t start_nginx(const std::string& dir, int port, const std::string& engine) {
+  if (!std::filesystem::exists("/usr/sbin/nginx")) return -1;
+  std::filesystem::create_directories(dir + "/logs");
+  std::ofstream conf(dir + "/nginx.conf");
+  conf << "worker_processes 1;\npid " << dir << "/nginx.pid;\nerror_log " << dir << "/logs/error.log;\n"
+       << "events { worker_connections 4096; }\nhttp {\n  access_log off;\n"
+       << "  client_body_temp_path " << dir << "/body;\n  proxy_temp_path " << dir << "/proxy;\n"
+       << "  upstream engine { server " << engine.substr(7) << "; keepalive 512; }\n"
+       << "  server {\n    listen 127.0.0.1:" << port << ";\n    location / {\n"
+       << "      proxy_pass http://engine;\n      proxy_http_version 1.1;\n"
+       << "      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }\n  }\n}\n";
+  conf.close();
+  return spawn_quiet({"/usr/sbin/nginx", "-p", dir, "-c", dir + "/nginx.conf", "-g", "daemon off;"});
+}
+
+std::string self_dir() {
+  return std::filesystem::read_symlink("/proc/self/exe").parent_path().string();
+}
+
+bool wait_http(const std::string& url) {
+  http::BlockingClient client;
+  for (int i = 0; i < 100; ++i) {
+    if (client.request("GET", url, "", {}, std::chrono::milliseconds(500))) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  Load load;
+  int streams = 256, stream_tokens = 256, requests = 4000, concurrency = 32;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     int value = std::atoi(argv[i + 1]);
-    if (flag == "--requests") load.requests = value;
-    else if (flag == "--concurrency") load.concurrency = value;
-    else if (flag == "--max-tokens") load.max_tokens = value;
+    if (flag == "--streams")
+      streams = value;
+    else if (flag == "--stream-tokens")
+      stream_tokens = value;
+    else if (flag == "--requests")
+      requests = value;
+    else if (flag == "--concurrency")
+      concurrency = value;
     else {
-      std::cerr << "usage: gateway_bench [--requests N] [--concurrency C] [--max-tokens T]\n";
+      std::cerr << "usage: gateway_bench [--streams N] [--stream-tokens T] [--requests N] [--concurrency C]\n";
       return 2;
     }
   }
   std::string nebula = self_dir() + "/../nebula";
-  std::string data_dir = fmt::format("/tmp/nebula-bench-{}", getpid());
+  std::string work_dir = fmt::format("/tmp/nebula-bench-{}", getpid());
   int port = free_port();
   std::string server = fmt::format("http://127.0.0.1:{}", port);
-  std::vector<std::string> args = {nebula, "up", "--listen", fmt::format("127.0.0.1:{}", port), "--data-dir",
-                                   data_dir, "--sim-gpus", "1xH100-80GB", "--log-level", "error"};
-  std::vector<char*> argv_up;
-  for (auto& arg : args) argv_up.push_back(arg.data());
-  argv_up.push_back(nullptr);
-  pid_t up = 0;
-  posix_spawn_file_actions_t quiet;  // the banner and logs of `nebula up` would bury the table
-  posix_spawn_file_actions_init(&quiet);
-  posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_adddup2(&quiet, 1, 2);
-  int spawned = posix_spawn(&up, argv_up[0], &quiet, nullptr, argv_up.data(), environ);
-  posix_spawn_file_actions_destroy(&quiet);
-  if (spawned != 0) {
+  pid_t up = spawn_quiet({nebula, "up", "--listen", fmt::format("127.0.0.1:{}", port), "--data-dir", work_dir + "/data",
+                          "--sim-gpus", "1xH100-80GB", "--auth", "keys", "--log-level", "error"});
+  if (up < 0 || !wait_http(server + "/healthz")) {
     std::cerr << "cannot start " << nebula << "\n";
     return 1;
   }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::string admin;
+  std::getline(std::ifstream(work_dir + "/data/admin.key"), admin);
+  http::Headers admin_headers = {{"Authorization", "Bearer " + admin}};
   http::BlockingClient client;
-  // A fast engine (1 ms per token, 1 ms to first token) so the gateway's own cost is visible.
-  std::string spec = R"({"spec":{"model":"bench-1b","engine":"sim","replicas":1,"engine_args":
-      ["--itl-ms","1","--ttft-base-ms","1","--itl-ms-per-running-seq","0"]}})";
+  // A fast engine (1 ms steps, room for every stream in one batch) so the proxies' cost shows.
+  std::string spec = fmt::format(
+      R"({{"spec":{{"model":"bench-1b","engine":"sim","replicas":1,"max_seqs":{},"engine_args":
+      ["--step-base-ms","1","--decode-ms-per-seq","0","--prefill-ms-per-token","0","--step-noise","0"]}}}})",
+      std::max(streams, concurrency) * 2);
+  client.request("PUT", server + "/api/v1/deployments/bench", spec, admin_headers);
+  // The measured key has limits (high enough never to trip) and is accounted like any other.
+  auto created =
+      client.request("POST", server + "/api/v1/keys",
+                     R"({"name":"bench","rpm":10000000,"tpm":1000000000,"max_concurrency":100000})", admin_headers);
+  std::string key = created && created->status == 201 ? json::parse(created->body).value("secret", "") : "";
   std::string endpoint;
   for (int attempt = 0; attempt < 300 && endpoint.empty(); ++attempt) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (attempt == 10) client.request("PUT", server + "/api/v1/deployments/bench", spec);
-    auto replicas = client.request("GET", server + "/api/v1/replicas");
+    auto replicas = client.request("GET", server + "/api/v1/replicas", "", admin_headers);
     if (!replicas || replicas->status != 200) continue;
     json listing = json::parse(replicas->body);
     for (const auto& item : listing["items"]) {
       if (item["status"]["phase"] == "Ready") endpoint = item["status"]["endpoint"];
     }
   }
-  if (endpoint.empty()) {
+  if (endpoint.empty() || key.empty()) {
     std::cerr << "the bench deployment never became ready\n";
     kill(up, SIGTERM);
     return 1;
   }
+  int nginx_port = free_port();
+  pid_t nginx = start_nginx(work_dir + "/nginx", nginx_port, endpoint);
+  if (nginx > 0 && !wait_http(fmt::format("http://127.0.0.1:{}/health", nginx_port))) nginx = -1;
 
-  std::cout << fmt::format("gateway_bench: {} requests per row, {} concurrent, engine at 1 ms/token\n\n",
-                           load.requests, load.concurrency);
-  std::cout << fmt::format("{:<22} {:<8} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11} {:>7}\n", "load", "path", "req/s",
-                           "tok/s", "p50 ms", "p99 ms", "1st byte50", "1st byte99", "failed");
-  // Streamed completions of max_tokens, then small non-streamed requests (1 token) at full rate;
-  // each twice, alternating direct and through the gateway so drift hits both alike.
-  for (bool stream : {true, false}) {
-    Load row = load;
-    row.stream = stream;
-    if (!stream) row.max_tokens = 1;
-    std::string name = stream ? fmt::format("stream {} tokens", row.max_tokens) : "non-stream 1 token";
+  std::vector<Load> loads = {
+      {fmt::format("{} streams x {} tok", streams, stream_tokens), streams, streams, stream_tokens, true},
+      {fmt::format("non-stream x{}", concurrency), requests, concurrency, 1, false}};
+  std::cout << fmt::format(
+      "gateway_bench: engine-sim at 1 ms/step; gateway with --auth keys, a limited key and "
+      "usage accounting; nginx {}\n\n",
+      nginx > 0 ? "1 worker, proxy_buffering off" : "not installed (skipped)");
+  std::cout << fmt::format("{:<24} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7}\n", "load",
+                           "path", "req/s", "tok/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "chunk p50", "chunk p99",
+                           "cpu s", "rss MB");
+  for (const auto& load : loads) {
+    LoadResult direct;
     for (int round = 0; round < 2; ++round) {
-      for (bool via_gateway : {false, true}) {
-        std::string url = (via_gateway ? server : endpoint) + "/v1/chat/completions";
-        auto summary = run_load(url, "bench", row);
-        double rate = row.requests / summary.seconds;
-        std::cout << fmt::format("{:<22} {:<8} {:>8.0f} {:>8.0f} {:>9.2f} {:>9.2f} {:>11.2f} {:>11.2f} {:>7}\n", name,
-                                 via_gateway ? "gateway" : "direct", rate, rate * row.max_tokens, summary.p50,
-                                 summary.p99, summary.ttft_p50, summary.ttft_p99, summary.failed);
+      struct Path {
+        std::string name;
+        std::string url;
+        http::Headers headers;
+        pid_t measured;
+      };
+      std::vector<Path> paths = {{"direct", endpoint, {}, -1},
+                                 {"gateway", server, {{"Authorization", "Bearer " + key}}, up}};
+      if (nginx > 0) paths.push_back({"nginx", fmt::format("http://127.0.0.1:{}", nginx_port), {}, nginx});
+      for (const auto& path : paths) {
+        auto result = run_load(path.url + "/v1/chat/completions", path.headers, load, path.measured);
+        if (path.name == "direct") direct = result;
+        double rate = load.requests / result.seconds;
+        std::string added50 = path.name == "direct" ? "-" : fmt::format("{:.2f}", result.p50 - direct.p50);
+        std::string added99 = path.name == "direct" ? "-" : fmt::format("{:.2f}", result.p99 - direct.p99);
+        std::string cpu = path.measured > 0 ? fmt::format("{:.2f}", result.cpu_s) : "-";
+        std::string rss = path.measured > 0 ? fmt::format("{:.0f}", result.rss_mb) : "-";
+        std::cout << fmt::format(
+            "{:<24} {:<8} {:>8.0f} {:>9.0f} {:>9.2f} {:>9.2f} {:>10} {:>10} {:>9.2f} {:>9.2f} {:>7} {:>7}{}\n",
+            load.name, path.name, rate, rate * load.max_tokens, result.p50, result.p99, added50, added99, result.gap50,
+            result.gap99, cpu, rss, result.failed ? fmt::format("  ({} failed)", result.failed) : "");
       }
     }
   }
+  if (nginx > 0) kill(nginx, SIGTERM);
   kill(up, SIGTERM);
   int status = 0;
   waitpid(up, &status, 0);
-  std::filesystem::remove_all(data_dir);
+  if (nginx > 0) waitpid(nginx, &status, 0);
+  std::filesystem::remove_all(work_dir);
   return 0;
 }

@@ -90,6 +90,7 @@ struct Agent::Impl {
   std::map<std::string, Managed> replicas;  // only touched on the agent thread
   std::string url;
   bool joined = false;
+  std::string credential;  // a node-scoped API key from the join, when the server requires keys
   bool stopping = false;
 
   std::string api(const std::string& path) const { return options.server_url + "/api/v1" + path; }
@@ -104,6 +105,17 @@ struct Agent::Impl {
   void launch(Managed& managed);
   void set_phase(Managed& managed, const std::string& phase, const std::string& message);
   json node_status() const;
+  // The server's answer to a join may carry a credential (when it requires API keys).
+  void take_credential(const std::string& body) {
+    auto answer = parse_json(body);
+    if (answer && answer->is_object()) credential = answer->value("credential", "");
+  }
+  http::Headers server_headers(bool json_body) const {
+    http::Headers headers;
+    if (json_body) headers.push_back({"Content-Type", "application/json"});
+    if (!credential.empty()) headers.push_back({"Authorization", "Bearer " + credential});
+    return headers;
+  }
   std::string join_body() const { return json{{"token", options.token}, {"name", options.name}}.dump(); }
   void stop_all_engines();
   http::Router routes();
@@ -139,7 +151,10 @@ awaitable<void> Agent::Impl::join_loop() {
   const std::string body = join_body();
   while (!stopping) {
     auto response = co_await client.request("POST", api("/nodes/join"), body, json_headers(), milliseconds(5000));
-    if (response && response->status == 200) break;
+    if (response && response->status == 200) {
+      take_credential(response->body);
+      break;
+    }
     std::string why = response ? response->body : response.error().message;
     spdlog::warn("agent: cannot join {} yet: {}", options.server_url, why);
     if (response && response->status == 401) spdlog::error("agent: the join token was refused");
@@ -156,11 +171,13 @@ awaitable<void> Agent::Impl::join_loop() {
 awaitable<void> Agent::Impl::heartbeat_loop() {
   while (!stopping) {
     auto response = co_await client.request("PUT", api("/nodes/" + options.name + "/status"), node_status().dump(),
-                                            json_headers(), milliseconds(5000));
+                                            server_headers(true), milliseconds(5000));
     if (response && response->status == 404) {
       // The Node was deleted while this agent runs: join again.
       spdlog::warn("agent: node {} is unknown to the server; rejoining", options.name);
-      co_await client.request("POST", api("/nodes/join"), join_body(), json_headers(), milliseconds(5000));
+      auto joined =
+          co_await client.request("POST", api("/nodes/join"), join_body(), json_headers(), milliseconds(5000));
+      if (joined && joined->status == 200) take_credential(joined->body);
       continue;
     }
     if (!response || response->status != 200) {
@@ -191,7 +208,7 @@ awaitable<void> Agent::Impl::watch_loop() {
   while (!stopping) {
     // List, then watch from the listing's revision: level-triggered, so a broken stream just
     // relists.
-    auto listing = co_await client.request("GET", api("/replicas"), "", {}, milliseconds(10000));
+    auto listing = co_await client.request("GET", api("/replicas"), "", server_headers(false), milliseconds(10000));
     if (!listing || listing->status != 200) {
       co_await sleep_for(io, milliseconds(1000));
       continue;
@@ -212,8 +229,8 @@ awaitable<void> Agent::Impl::watch_loop() {
       if (!seen.count(name)) managed.deleted = true;
     }
     int64_t revision = document->value("revision", int64_t{0});
-    auto stream = co_await client.open("GET", api(fmt::format("/replicas?watch=1&revision={}", revision + 1)), "", {},
-                                       milliseconds(10000));
+    auto stream = co_await client.open("GET", api(fmt::format("/replicas?watch=1&revision={}", revision + 1)), "",
+                                       server_headers(false), milliseconds(10000));
     if (!stream || (*stream)->status != 200) {
       co_await sleep_for(io, milliseconds(1000));
       continue;
@@ -264,6 +281,10 @@ void Agent::Impl::launch(Managed& managed) {
   if (spec.max_context > 0) {
     launch_spec.argv.push_back("--max-model-len");
     launch_spec.argv.push_back(std::to_string(spec.max_context));
+  }
+  if (spec.max_seqs > 0) {
+    launch_spec.argv.push_back("--max-num-seqs");
+    launch_spec.argv.push_back(std::to_string(spec.max_seqs));
   }
   launch_spec.env = spec.env;
   std::string devices;
@@ -324,7 +345,8 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
     }
     if (managed.pid == 0 && !managed.deleted) {
       // The engine is gone: remove the Replica; the watch then reports it deleted.
-      auto removed = co_await client.request("DELETE", api("/replicas/" + name), "", {}, milliseconds(5000));
+      auto removed =
+          co_await client.request("DELETE", api("/replicas/" + name), "", server_headers(false), milliseconds(5000));
       if (removed && (removed->status == 200 || removed->status == 404)) managed.deleted = true;
     }
     co_return;
@@ -351,8 +373,9 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
 awaitable<void> Agent::Impl::report(Managed& managed) {
   if (!managed.status_dirty || managed.deleted) co_return;
   managed.status_dirty = false;
-  auto response = co_await client.request("PUT", api("/replicas/" + managed.desired.metadata.name + "/status"),
-                                          api::to_json(managed.status).dump(), json_headers(), milliseconds(5000));
+  auto response =
+      co_await client.request("PUT", api("/replicas/" + managed.desired.metadata.name + "/status"),
+                              api::to_json(managed.status).dump(), server_headers(true), milliseconds(5000));
   if (!response || (response->status != 200 && response->status != 404)) managed.status_dirty = true;
 }
 

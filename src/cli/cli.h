@@ -26,10 +26,14 @@ int run_events(int argc, char** argv);
 int run_logs(int argc, char** argv);
 int run_version(int argc, char** argv);
 int run_models(int argc, char** argv);
+int run_keys(int argc, char** argv);
+int run_usage(int argc, char** argv);
+int run_chat(int argc, char** argv);
 
-// Flags every client command shares: --server, -o.
+// Flags every client command shares: --server, --api-key, -o.
 struct ClientFlags {
   std::string server;
+  std::string api_key;  // --api-key, NEBULA_API_KEY, else <data-dir>/admin.key for a local server
   std::string output = "table";
 };
 void add_client_flags(CLI::App& app, ClientFlags& flags);
@@ -40,14 +44,17 @@ std::optional<int> parse(CLI::App& app, int argc, char** argv);
 // Talks to the management API; non-2xx answers become errors carrying the server's message.
 class ApiClient {
  public:
-  explicit ApiClient(std::string server);
+  explicit ApiClient(const ClientFlags& flags);
   Result<json> call(const std::string& method, const std::string& path, const std::string& body = "");
   // Streams the response body of GET path to stdout until it ends. Returns the HTTP status.
   Result<int> stream_to_stdout(const std::string& path);
   const std::string& server() const { return server_; }
+  // Authorization for this server, when a key is known.
+  http::Headers headers() const;
 
  private:
   std::string server_;
+  std::string api_key_;
   http::BlockingClient client_;
 };
 

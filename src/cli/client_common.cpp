@@ -2,7 +2,10 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
+
+#include "common/config.h"
 
 #include "cli/cli.h"
 
@@ -12,6 +15,9 @@ void add_client_flags(CLI::App& app, ClientFlags& flags) {
   const char* from_env = std::getenv("NEBULA_SERVER");
   flags.server = from_env && *from_env ? from_env : "http://127.0.0.1:8080";
   app.add_option("--server", flags.server, "Nebula server URL (NEBULA_SERVER)");
+  const char* key_from_env = std::getenv("NEBULA_API_KEY");
+  if (key_from_env) flags.api_key = key_from_env;
+  app.add_option("--api-key", flags.api_key, "API key (NEBULA_API_KEY; default: the local server's admin.key)");
   app.add_option("-o,--output", flags.output, "Output format: table, json or yaml")
       ->check(CLI::IsMember({"table", "json", "yaml"}));
 }
@@ -30,12 +36,33 @@ std::optional<int> parse(CLI::App& app, int argc, char** argv) {
   return std::nullopt;
 }
 
-ApiClient::ApiClient(std::string server) : server_(std::move(server)) {
+namespace {
+// A server on this machine started with --auth keys left its admin key in its data dir.
+std::string local_admin_key(const std::string& server) {
+  bool local = server.find("://127.") != std::string::npos || server.find("://localhost") != std::string::npos ||
+               server.find("://[::1]") != std::string::npos;
+  if (!local) return {};
+  const char* data_dir = std::getenv("NEBULA_DATA_DIR");
+  std::ifstream in((data_dir && *data_dir ? std::string(data_dir) : default_data_dir()) + "/admin.key");
+  std::string key;
+  std::getline(in, key);
+  return key;
+}
+}  // namespace
+
+ApiClient::ApiClient(const ClientFlags& flags) : server_(flags.server), api_key_(flags.api_key) {
   while (!server_.empty() && server_.back() == '/') server_.pop_back();
+  if (api_key_.empty()) api_key_ = local_admin_key(server_);
+}
+
+http::Headers ApiClient::headers() const {
+  http::Headers headers;
+  if (!api_key_.empty()) headers.push_back({"Authorization", "Bearer " + api_key_});
+  return headers;
 }
 
 Result<json> ApiClient::call(const std::string& method, const std::string& path, const std::string& body) {
-  auto response = client_.request(method, server_ + path, body, {}, std::chrono::seconds(30));
+  auto response = client_.request(method, server_ + path, body, headers(), std::chrono::seconds(30));
   if (!response) {
     return make_error(response.error().code,
                       fmt::format("cannot reach the Nebula server at {}: {}", server_, response.error().message));
@@ -63,7 +90,7 @@ Result<int> ApiClient::stream_to_stdout(const std::string& path) {
   int status = 0;
   std::string error_body;
   auto result = client_.stream(
-      "GET", server_ + path, "", {},
+      "GET", server_ + path, "", headers(),
       [&](std::string_view data) {
         if (status == 0) status = 200;
         std::cout << data << std::flush;

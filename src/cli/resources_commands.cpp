@@ -129,7 +129,7 @@ int run_deploy(int argc, char** argv) {
     std::cerr << "error: a deployment name is required (argument or metadata.name in -f)\n";
     return 2;
   }
-  ApiClient client(flags.server);
+  ApiClient client(flags);
   json& spec = document["spec"];
   if (!spec.is_object()) spec = json::object();
   // Flags change an existing deployment rather than replace it: start from its spec unless a
@@ -183,7 +183,7 @@ int run_ls(int argc, char** argv) {
   ClientFlags flags;
   add_client_flags(app, flags);
   if (auto exit = parse(app, argc, argv)) return *exit;
-  ApiClient client(flags.server);
+  ApiClient client(flags);
   auto listing = client.call("GET", "/api/v1/deployments");
   if (!listing) return fail(listing.error().message);
   print_as(flags.output, (*listing)["items"], [&] {
@@ -208,7 +208,7 @@ int run_get(int argc, char** argv) {
   std::string name;
   app.add_option("name", name, "Deployment name")->required();
   if (auto exit = parse(app, argc, argv)) return *exit;
-  ApiClient client(flags.server);
+  ApiClient client(flags);
   auto deployment = client.call("GET", "/api/v1/deployments/" + name);
   if (!deployment) return fail(deployment.error().message);
   auto replicas = replicas_of(client, name);
@@ -248,7 +248,7 @@ int run_rm(int argc, char** argv) {
   std::vector<std::string> names;
   app.add_option("name", names, "Deployment name(s)")->required();
   if (auto exit = parse(app, argc, argv)) return *exit;
-  ApiClient client(flags.server);
+  ApiClient client(flags);
   for (const auto& name : names) {
     auto removed = client.call("DELETE", "/api/v1/deployments/" + name);
     if (!removed) return fail(removed.error().message);
@@ -266,7 +266,7 @@ int run_scale(int argc, char** argv) {
   app.add_option("name", name, "Deployment name")->required();
   app.add_option("replicas", replicas, "Replicas")->required()->check(CLI::Range(0, 1000));
   if (auto exit = parse(app, argc, argv)) return *exit;
-  ApiClient client(flags.server);
+  ApiClient client(flags);
   auto scaled = client.call("PUT", "/api/v1/deployments/" + name + "/scale", json{{"replicas", replicas}}.dump());
   if (!scaled) return fail(scaled.error().message);
   std::cout << "deployment " << name << " scaled to " << replicas << "\n";
@@ -278,7 +278,7 @@ int run_nodes(int argc, char** argv) {
   ClientFlags flags;
   add_client_flags(app, flags);
   if (auto exit = parse(app, argc, argv)) return *exit;
-  ApiClient client(flags.server);
+  ApiClient client(flags);
   auto listing = client.call("GET", "/api/v1/nodes");
   if (!listing) return fail(listing.error().message);
   print_as(flags.output, (*listing)["items"], [&] {
@@ -305,7 +305,7 @@ int run_gpus(int argc, char** argv) {
   ClientFlags flags;
   add_client_flags(app, flags);
   if (auto exit = parse(app, argc, argv)) return *exit;
-  ApiClient client(flags.server);
+  ApiClient client(flags);
   auto listing = client.call("GET", "/api/v1/gpus");
   if (!listing) return fail(listing.error().message);
   print_as(flags.output, (*listing)["items"], [&] {
@@ -329,7 +329,7 @@ int run_events(int argc, char** argv) {
   ClientFlags flags;
   add_client_flags(app, flags);
   if (auto exit = parse(app, argc, argv)) return *exit;
-  ApiClient client(flags.server);
+  ApiClient client(flags);
   auto listing = client.call("GET", "/api/v1/events");
   if (!listing) return fail(listing.error().message);
   print_as(flags.output, (*listing)["items"], [&] {
@@ -356,7 +356,7 @@ int run_logs(int argc, char** argv) {
   app.add_option("--replica", replica, "Which replica (0-based, in name order)")->capture_default_str();
   app.add_option("--tail", tail, "Bytes from the end of the log")->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
-  ApiClient client(flags.server);
+  ApiClient client(flags);
   auto status = client.stream_to_stdout(
       fmt::format("/api/v1/deployments/{}/logs?replica={}&follow={}&tail={}", name, replica, follow ? 1 : 0, tail));
   if (!status) return fail(status.error().message);

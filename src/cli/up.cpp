@@ -30,7 +30,7 @@ struct ServerFlags {
   std::string store;  // sqlite://PATH; default <data-dir>/nebula.db
   std::string log_level = "info";
   std::string node_timeout = "30s";
-  bool allow_unauthenticated = false;
+  std::string auth;  // "" = none on loopback, required otherwise
 };
 
 bool is_loopback(const std::string& host) {
@@ -40,8 +40,8 @@ bool is_loopback(const std::string& host) {
 void add_server_flags(CLI::App& app, ServerFlags& flags) {
   app.add_option("--listen", flags.listen, "Address for the management API and the OpenAI gateway")
       ->capture_default_str();
-  app.add_flag("--allow-unauthenticated", flags.allow_unauthenticated,
-               "Listen on a non-loopback address although API keys are not implemented yet");
+  app.add_option("--auth", flags.auth, "none (loopback only) or keys (API keys required)")
+      ->check(CLI::IsMember({"none", "keys"}));
   app.add_option("--data-dir", flags.data_dir, "Where state, logs and the join token live")->capture_default_str();
   app.add_option("--store", flags.store, "State store: sqlite://PATH (default <data-dir>/nebula.db)");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")->capture_default_str();
@@ -85,11 +85,11 @@ class ServerRuntime {
     if (ec) return make_error(ErrorCode::Internal, "cannot create data dir " + flags.data_dir + ": " + ec.message());
     auto address = parse_host_port(flags.listen);
     if (!address) return address.error();
-    if (!is_loopback(address->host) && !flags.allow_unauthenticated) {
-      return make_error(ErrorCode::InvalidArgument,
-                        "refusing to listen on " + flags.listen +
-                            " without authentication (API keys are not implemented yet); listen on 127.0.0.1 or "
-                            "pass --allow-unauthenticated on a network you trust");
+    auth_ = flags.auth.empty() ? "none" : flags.auth;
+    if (!is_loopback(address->host) && auth_ != "keys") {
+      return make_error(ErrorCode::InvalidArgument, "refusing to listen on " + flags.listen +
+                                                        " without authentication: pass --auth keys (or listen on "
+                                                        "127.0.0.1)");
     }
     auto node_timeout = parse_duration(flags.node_timeout);
     if (!node_timeout) return node_timeout.error();
@@ -110,11 +110,28 @@ class ServerRuntime {
     options_.node_timeout = *node_timeout;
 
     resources_ = std::make_unique<controlplane::Resources>(*store_);
-    gateway_ = std::make_unique<gateway::Gateway>(*store_, io_);
+    gateway::Options gateway_options;
+    gateway_options.require_keys = auth_ == "keys";
+    gateway_options.access_log_path = flags.data_dir + "/access.log";
+    gateway_ = std::make_unique<gateway::Gateway>(*store_, io_, gateway_options);
     if (auto started = gateway_->start(); !started) return started.error();
+    if (auth_ == "keys") {
+      auto admin = gateway_->bootstrap_admin_key();
+      if (!admin) return admin.error();
+      if (!admin->empty()) {
+        std::string path = flags.data_dir + "/admin.key";
+        std::ofstream out(path, std::ios::trunc);
+        out << *admin << "\n";
+        out.close();
+        ::chmod(path.c_str(), 0600);
+        std::cout << "Bootstrap admin key (shown once, also in " << path << "): " << *admin << "\n" << std::flush;
+      }
+      options_.issue_node_credential = [this](const std::string& node) { return gateway_->issue_node_key(node); };
+    }
     http::Router router;
     controlplane::add_api_routes(router, *resources_, io_, options_);
     gateway_->add_routes(router);
+    router.set_guard([this](const http::Request& request) { return gateway_->guard_management(request); });
     server_ = std::make_unique<http::Server>(io_, std::move(router));
     auto port = server_->listen(*address);
     if (!port) return port.error();
@@ -129,6 +146,7 @@ class ServerRuntime {
 
   void stop() {
     if (controller_) controller_->stop();
+    if (gateway_) gateway_->stop();  // flushes pending usage
     if (server_) server_->stop();
     asio::post(io_, [this] { io_.stop(); });
     work_.reset();
@@ -137,6 +155,7 @@ class ServerRuntime {
 
   const std::string& url() const { return url_; }
   const std::string& join_token() const { return options_.join_token; }
+  const std::string& auth() const { return auth_; }
   controlplane::Resources& resources() { return *resources_; }
 
  private:
@@ -150,6 +169,7 @@ class ServerRuntime {
   std::unique_ptr<controlplane::Controller> controller_;
   std::thread thread_;
   std::string url_;
+  std::string auth_;
 };
 
 void wait_for_stop_signal(const sigset_t& signals) {
@@ -220,7 +240,7 @@ int run_up(int argc, char** argv) {
             << "  Management API:  " << runtime.url() << "/api/v1\n"
             << "  Health:          " << runtime.url() << "/healthz\n"
             << "  Data dir:        " << flags.data_dir << "\n"
-            << "  Auth:            none (loopback only)\n"
+            << "  Auth:            " << (runtime.auth() == "keys" ? "API keys" : "none (loopback only)") << "\n"
             << "  Join token:      " << runtime.join_token() << "\n"
             << "Try: nebula ls    curl " << runtime.url()
             << "/v1/chat/completions -d '{\"model\":\"demo\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'\n"

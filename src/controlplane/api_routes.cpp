@@ -311,7 +311,16 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                  co_await writer.send(error_response(created.error()));
                  co_return;
                }
-               co_await writer.send(ok_json(name_json(name)));
+               json answer = name_json(name);
+               if (options.issue_node_credential) {
+                 auto credential = options.issue_node_credential(name);
+                 if (!credential) {
+                   co_await writer.send(error_response(credential.error()));
+                   co_return;
+                 }
+                 answer["credential"] = *credential;
+               }
+               co_await writer.send(ok_json(answer));
              });
   router.add("PUT", "/api/v1/nodes/{name}/status",
              [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
@@ -348,8 +357,8 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                  return true;
                });
                if (updated && previous_phase != updated->status.phase) {
-                 std::string message = updated->status.message.empty() ? "replica is " + updated->status.phase
-                                                                       : updated->status.message;
+                 std::string message =
+                     updated->status.message.empty() ? "replica is " + updated->status.phase : updated->status.message;
                  bool warning = updated->status.phase == api::phase::kFailed;
                  resources.record_event("replica/" + updated->metadata.name, updated->status.phase, message,
                                         warning ? "Warning" : "Normal");

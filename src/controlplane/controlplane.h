@@ -4,6 +4,7 @@
 // idempotent: a restart at any time converges again.
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -24,6 +25,8 @@ struct Options {
   std::string join_token;
   // Periodic reconcile even without changes (heartbeat expiry needs the clock, not an event).
   std::chrono::milliseconds resync_interval{1'000};
+  // When set (the server requires API keys), a joining agent gets this credential back.
+  std::function<Result<std::string>(const std::string& node)> issue_node_credential;
   // Events kept in the store; older ones are pruned.
   size_t max_events = 500;
 };

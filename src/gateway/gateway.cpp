@@ -1,58 +1,85 @@
 #include "gateway/gateway.h"
 
 #include <fmt/format.h>
+#include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include "api/api.h"
+#include "common/clock.h"
 #include "common/ids.h"
 #include "common/json.h"
+#include "gateway/responses.h"
+#include "http/sse.h"
 
 namespace nebula::gateway {
+
+using SteadyClock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
 
 http::Response openai_error(int status, const std::string& message, const std::string& type, const std::string& code) {
   return http::Response::json_body(
       status, json{{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", code}}}});
 }
 
+// ---------------------------------------------------------------------------------------------
+// Endpoint table
+
+void EndpointTable::set_on_change(std::function<void(const std::string&)> callback) {
+  std::lock_guard lock(mutex_);
+  on_change_ = std::move(callback);
+}
+
 void EndpointTable::apply(const std::string& key, const std::string* value) {
   static const std::string kDeployments = api::store_prefix("deployments");
   static const std::string kReplicas = api::store_prefix("replicas");
-  std::lock_guard lock(mutex_);
-  if (key.rfind(kDeployments, 0) == 0) {
-    std::string name = key.substr(kDeployments.size());
-    if (!value) {
-      deployments_.erase(name);
-      return;
+  std::string changed;
+  std::function<void(const std::string&)> notify;
+  {
+    std::lock_guard lock(mutex_);
+    notify = on_change_;
+    if (key.rfind(kDeployments, 0) == 0) {
+      changed = key.substr(kDeployments.size());
+      if (!value) {
+        deployments_.erase(changed);
+      } else if (auto document = parse_json(*value)) {
+        if (auto deployment = api::deployment_from_json(*document)) {
+          deployments_[changed] = {deployment->metadata.created_ms, deployment->spec.max_seqs};
+        }
+      }
+    } else if (key.rfind(kReplicas, 0) == 0) {
+      std::string name = key.substr(kReplicas.size());
+      if (!value) {
+        if (auto it = replicas_.find(name); it != replicas_.end()) {
+          changed = it->second.deployment;
+          replicas_.erase(it);
+        }
+      } else if (auto document = parse_json(*value)) {
+        if (auto replica = api::replica_from_json(*document)) {
+          auto& entry = replicas_[name];
+          entry.deployment = replica->spec.deployment;
+          changed = entry.deployment;
+          bool serving = replica->status.phase == api::phase::kReady && !replica->spec.stop &&
+                         !replica->status.endpoint.empty() &&
+                         replica->status.plan_version == replica->spec.plan_version;
+          if (!serving) {
+            entry.endpoint.reset();
+          } else if (!entry.endpoint || entry.endpoint->url != replica->status.endpoint) {
+            entry.endpoint = std::make_shared<Endpoint>();
+            entry.endpoint->replica = name;
+            entry.endpoint->deployment = entry.deployment;
+            entry.endpoint->url = replica->status.endpoint;
+          }
+        }
+      }
     }
-    auto document = parse_json(*value);
-    if (!document) return;
-    auto deployment = api::deployment_from_json(*document);
-    if (deployment) deployments_[name] = deployment->metadata.created_ms;
-    return;
   }
-  if (key.rfind(kReplicas, 0) != 0) return;
-  std::string name = key.substr(kReplicas.size());
-  if (!value) {
-    replicas_.erase(name);
-    return;
-  }
-  auto document = parse_json(*value);
-  if (!document) return;
-  auto replica = api::replica_from_json(*document);
-  if (!replica) return;
-  auto& entry = replicas_[name];
-  entry.deployment = replica->spec.deployment;
-  bool serving = replica->status.phase == api::phase::kReady && !replica->spec.stop &&
-                 !replica->status.endpoint.empty() && replica->status.plan_version == replica->spec.plan_version;
-  if (!serving) {
-    entry.endpoint.reset();
-  } else if (!entry.endpoint || entry.endpoint->url != replica->status.endpoint) {
-    entry.endpoint = std::make_shared<Endpoint>();
-    entry.endpoint->replica = name;
-    entry.endpoint->url = replica->status.endpoint;
-  }
+  if (notify && !changed.empty()) notify(changed);
 }
 
 bool EndpointTable::has_deployment(const std::string& name) const {
@@ -63,28 +90,37 @@ bool EndpointTable::has_deployment(const std::string& name) const {
 std::vector<std::string> EndpointTable::deployments() const {
   std::lock_guard lock(mutex_);
   std::vector<std::string> names;
-  for (const auto& [name, created] : deployments_) names.push_back(name);
+  for (const auto& [name, entry] : deployments_) names.push_back(name);
   return names;
 }
 
 int64_t EndpointTable::created_ms(const std::string& deployment) const {
   std::lock_guard lock(mutex_);
   auto it = deployments_.find(deployment);
-  return it == deployments_.end() ? 0 : it->second;
+  return it == deployments_.end() ? 0 : it->second.created_ms;
 }
 
-std::shared_ptr<Endpoint> EndpointTable::pick(const std::string& deployment, const std::set<std::string>& exclude) {
+std::shared_ptr<Endpoint> EndpointTable::pick(const std::string& deployment, const std::set<std::string>& exclude,
+                                              int default_capacity, SteadyClock::time_point now) {
   std::lock_guard lock(mutex_);
+  int capacity = default_capacity;
+  if (auto it = deployments_.find(deployment); it != deployments_.end() && it->second.capacity > 0) {
+    capacity = it->second.capacity;
+  }
   std::vector<std::shared_ptr<Endpoint>> least;
   int fewest = 0;
   for (const auto& [name, entry] : replicas_) {
     if (entry.deployment != deployment || !entry.endpoint || exclude.count(name)) continue;
-    int outstanding = entry.endpoint->outstanding.load();
+    const auto& endpoint = entry.endpoint;
+    int outstanding = endpoint->outstanding.load();
+    if (outstanding >= capacity) continue;
+    // An open breaker admits one probe after its cool-down.
+    if (endpoint->consecutive_failures > 0 && (now < endpoint->open_until || endpoint->probing)) continue;
     if (least.empty() || outstanding < fewest) {
       least.clear();
       fewest = outstanding;
     }
-    if (outstanding == fewest) least.push_back(entry.endpoint);
+    if (outstanding == fewest) least.push_back(endpoint);
   }
   if (least.empty()) return nullptr;
   return least[round_robin_++ % least.size()];
@@ -99,15 +135,67 @@ size_t EndpointTable::ready_count(const std::string& deployment) const {
   return count;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Gateway
+
+namespace {
+enum Kind { kChat = 0, kCompletions = 1, kEmbeddings = 2, kResponses = 3 };
+const char* kUpstreamPaths[] = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/chat/completions"};
+}  // namespace
+
+// One request through the gateway, from authentication to accounting.
+struct Gateway::Call {
+  int kind = kChat;
+  std::string request_id;
+  SteadyClock::time_point start = SteadyClock::now();
+  SteadyClock::time_point deadline;
+  std::shared_ptr<const api::ApiKey> key;  // null without auth
+  std::string key_id = "anonymous";
+  std::string model;
+  json body;
+  bool stream = false;
+  bool client_wants_usage = false;
+  int64_t estimated_tokens = 0;
+  uint64_t ticket = 0;
+  bool admitted = false;  // counted by the limiter
+  std::string replica;
+  double ttft_s = -1;
+  json usage;  // the engine's usage object
+  int64_t relayed_chunks = 0;
+  http::Headers headers;  // sent on every response: x-request-id, x-ratelimit-*
+};
+
+struct Gateway::Waiter {
+  explicit Waiter(asio::io_context& io) : timer(io) {}
+  std::string key;
+  int priority = 0;
+  uint64_t sequence = 0;
+  std::set<std::string> exclude;
+  asio::steady_timer timer;
+  std::shared_ptr<Endpoint> granted;
+};
+
 Gateway::Gateway(store::Store& store, asio::io_context& io, Options options)
-    : store_(store), io_(io), options_(options) {
+    : store_(store), io_(io), options_(options), usage_(store, options.usage_flush_interval) {
   http::ClientOptions client_options;
   client_options.connect_timeout = options.connect_timeout;
   client_ = std::make_unique<http::Client>(io, client_options);
+  if (!options.access_log_path.empty()) {
+    access_log_ = std::make_shared<spdlog::logger>(
+        "access", std::make_shared<spdlog::sinks::rotating_file_sink_mt>(options.access_log_path, 64 << 20, 3));
+    access_log_->set_pattern("%v");
+    access_log_->flush_on(spdlog::level::info);
+  }
 }
 
 Gateway::~Gateway() {
+  stop();
+}
+
+void Gateway::stop() {
   if (watch_) watch_->cancel();
+  watch_.reset();
+  usage_.stop();
 }
 
 Status Gateway::start() {
@@ -118,156 +206,617 @@ Status Gateway::start() {
     if (first_listing < 0) first_listing = listing->revision;
     for (const auto& kv : listing->kvs) table_.apply(kv.key, &kv.value);
   }
-  // Replaying every change after the first listing closes the gap between the two listings and
-  // the watch; applying whole documents in revision order makes the replay idempotent.
+  // Replaying every change after the first listing closes the gap between the listings and the
+  // watch; applying whole documents in revision order makes the replay idempotent.
   auto watch = store_.watch(api::kKeyRoot, first_listing + 1, [this](const store::WatchEvent& event) {
     table_.apply(event.kv.key, event.type == store::WatchEvent::Type::Put ? &event.kv.value : nullptr);
   });
   if (!watch) return watch.error();
   watch_ = std::move(*watch);
-  return {};
+  // A replica that became Ready may serve queued requests: wake the queue on the I/O thread.
+  table_.set_on_change(
+      [this](const std::string& deployment) { asio::post(io_, [this, deployment] { dispatch_queue(deployment); }); });
+  if (auto started = keys_.start(store_); !started) return started;
+  return usage_.start();
+}
+
+Result<std::string> Gateway::bootstrap_admin_key() {
+  auto listing = store_.list(std::string(api::kKeyRoot) + "apikeys/");
+  if (!listing) return listing.error();
+  for (const auto& kv : listing->kvs) {
+    auto document = parse_json(kv.value);
+    if (!document) continue;
+    auto key = api::api_key_from_json(*document);
+    if (key && key->scope == api::scope::kAdmin && !key->revoked) return std::string();
+  }
+  api::ApiKey admin;
+  admin.display_name = "bootstrap-admin";
+  admin.scope = api::scope::kAdmin;
+  auto created = create_key(store_, admin, to_unix_ms(std::chrono::system_clock::now()));
+  if (!created) return created.error();
+  return created->secret;
+}
+
+Result<std::string> Gateway::issue_node_key(const std::string& node) {
+  api::ApiKey key;
+  key.display_name = "node/" + node;
+  key.scope = api::scope::kNode;
+  auto created = create_key(store_, key, to_unix_ms(std::chrono::system_clock::now()));
+  if (!created) return created.error();
+  return created->secret;
+}
+
+std::optional<http::Response> Gateway::guard_management(const http::Request& request) const {
+  if (!options_.require_keys) return std::nullopt;
+  const std::string& path = request.path;
+  bool management = path.rfind("/api/", 0) == 0 || path == "/metrics";
+  if (!management || path == "/api/v1/nodes/join") return std::nullopt;
+  auto key = keys_.authenticate(bearer_token(request), to_unix_ms(std::chrono::system_clock::now()));
+  if (!key) return openai_error(401, key.error().message, "invalid_request_error", "invalid_api_key");
+  const std::string& scope = (*key)->scope;
+  if (scope == api::scope::kAdmin) return std::nullopt;
+  bool agent_path = path.rfind("/api/v1/nodes", 0) == 0 || path.rfind("/api/v1/replicas", 0) == 0;
+  if (scope == api::scope::kNode && agent_path) return std::nullopt;
+  return openai_error(403, "this API key may not use the management API (scope " + scope + ")", "invalid_request_error",
+                      "permission_denied");
 }
 
 namespace {
-json models_json(const EndpointTable& table) {
+json models_json(const EndpointTable& table, const api::ApiKey* key) {
   json data = json::array();
   for (const auto& name : table.deployments()) {
+    if (key && !key->models.empty() && std::find(key->models.begin(), key->models.end(), name) == key->models.end()) {
+      continue;
+    }
     data.push_back(
         {{"id", name}, {"object", "model"}, {"created", table.created_ms(name) / 1000}, {"owned_by", "nebula"}});
   }
   return json{{"object", "list"}, {"data", data}};
 }
 
-struct ParsedBody {
-  std::string model;
-  bool stream = false;
-};
-
-Result<ParsedBody> parse_body(const std::string& body) {
-  auto document = parse_json(body);
-  if (!document) return document.error();
-  if (!document->is_object()) return make_error(ErrorCode::InvalidArgument, "the request body must be a JSON object");
-  ParsedBody parsed;
-  auto model = document->find("model");
-  if (model == document->end() || !model->is_string() || model->get<std::string>().empty()) {
-    return make_error(ErrorCode::InvalidArgument, "you must provide a model parameter");
+// The text a request sends, for the up-front token estimate (about 4 bytes per token).
+int64_t estimate_prompt_tokens(const json& body) {
+  size_t bytes = 0;
+  auto count = [&](const json& value) {
+    if (value.is_string()) bytes += value.get_ref<const std::string&>().size();
+  };
+  if (auto messages = body.find("messages"); messages != body.end() && messages->is_array()) {
+    for (const auto& message : *messages) {
+      if (!message.is_object()) continue;
+      auto content = message.find("content");
+      if (content == message.end()) continue;
+      if (content->is_array()) {
+        for (const auto& part : *content) {
+          if (part.is_object() && part.contains("text")) count(part["text"]);
+        }
+      } else {
+        count(*content);
+      }
+    }
   }
-  parsed.model = model->get<std::string>();
-  auto stream = document->find("stream");
-  parsed.stream = stream != document->end() && stream->is_boolean() && stream->get<bool>();
-  return parsed;
+  for (const char* field : {"prompt", "input"}) {
+    if (auto value = body.find(field); value != body.end()) {
+      if (value->is_string()) {
+        count(*value);
+      } else if (value->is_array()) {
+        for (const auto& item : *value) count(item);
+      }
+    }
+  }
+  return static_cast<int64_t>(bytes / 4 + 1);
+}
+
+int64_t requested_output_tokens(const json& body, int kind) {
+  if (kind == kEmbeddings) return 0;
+  for (const char* field : {"max_completion_tokens", "max_tokens", "max_output_tokens"}) {
+    if (auto value = body.find(field); value != body.end() && value->is_number_integer()) {
+      return std::max<int64_t>(0, value->get<int64_t>());
+    }
+  }
+  return 256;  // no limit given: charge a typical answer, corrected once the engine reports
+}
+
+int64_t usage_tokens(const json& usage, const char* field) {
+  if (!usage.is_object()) return 0;
+  auto value = usage.find(field);
+  return value != usage.end() && value->is_number_integer() ? value->get<int64_t>() : 0;
+}
+
+int64_t cached_tokens(const json& usage) {
+  if (!usage.is_object()) return 0;
+  auto details = usage.find("prompt_tokens_details");
+  if (details == usage.end() || !details->is_object()) return 0;
+  return usage_tokens(*details, "cached_tokens");
+}
+
+http::Response with_headers(http::Response response, const http::Headers& headers) {
+  for (const auto& header : headers) response.headers.push_back(header);
+  return response;
+}
+
+http::Headers stream_headers(const http::Headers& call_headers) {
+  http::Headers headers = http::event_stream_headers();
+  for (const auto& header : call_headers) headers.push_back(header);
+  return headers;
 }
 
 http::Headers upstream_headers(const std::string& request_id) {
   return {{"Content-Type", "application/json"}, {"X-Request-Id", request_id}};
 }
 
-http::Headers relayed_headers(const http::StreamingResponse& upstream, const std::string& request_id) {
-  http::Headers headers;
-  std::string content_type = upstream.header("content-type");
-  headers.push_back({"Content-Type", content_type.empty() ? "application/json" : content_type});
-  if (content_type.rfind("text/event-stream", 0) == 0) headers.push_back({"Cache-Control", "no-cache"});
-  headers.push_back({"X-Request-Id", request_id});
-  return headers;
+bool retryable_status(int status) {
+  return status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
 }
 
-http::Response with_request_id(http::Response response, const std::string& request_id) {
-  response.headers.push_back({"X-Request-Id", request_id});
-  return response;
+std::string dump(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 }  // namespace
 
 void Gateway::add_routes(http::Router& router) {
-  router.add("GET", "/v1/models", [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
-    co_await writer.send(http::Response::json_body(200, models_json(table_)));
+  router.add("GET", "/v1/models", [this](http::Request& request, http::ResponseWriter& writer) -> awaitable<void> {
+    std::shared_ptr<const api::ApiKey> key;
+    if (options_.require_keys) {
+      auto found = keys_.authenticate(bearer_token(request), to_unix_ms(std::chrono::system_clock::now()));
+      if (!found) {
+        co_await writer.send(openai_error(401, found.error().message, "invalid_request_error", "invalid_api_key"));
+        co_return;
+      }
+      key = *found;
+    }
+    co_await writer.send(http::Response::json_body(200, models_json(table_, key.get())));
   });
-  for (const char* path : {"/v1/chat/completions", "/v1/completions"}) {
-    std::string upstream_path = path;
-    router.add("POST", path, [this, upstream_path](http::Request& request, http::ResponseWriter& writer) {
-      return proxy(request, writer, upstream_path);
+  const std::pair<const char*, int> routes[] = {{"/v1/chat/completions", kChat},
+                                                {"/v1/completions", kCompletions},
+                                                {"/v1/embeddings", kEmbeddings},
+                                                {"/v1/responses", kResponses}};
+  for (const auto& [path, kind] : routes) {
+    int route_kind = kind;
+    router.add("POST", path, [this, route_kind](http::Request& request, http::ResponseWriter& writer) {
+      return serve(request, writer, route_kind);
     });
+  }
+  router.add("GET", "/metrics", [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
+    co_await writer.send(http::Response::text(200, metrics_.render(), "text/plain; version=0.0.4"));
+  });
+  add_key_routes(router);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admission: a bounded queue per deployment, fair across keys
+
+awaitable<Result<std::shared_ptr<Endpoint>>> Gateway::acquire(Call& call, const std::set<std::string>& exclude) {
+  auto& queue = queues_[call.model];
+  // Nobody waiting: take a free slot directly. Otherwise queue behind them (no barging).
+  if (queue.empty()) {
+    if (auto endpoint = table_.pick(call.model, exclude, options_.replica_capacity, SteadyClock::now())) {
+      endpoint->outstanding += 1;
+      co_return endpoint;
+    }
+  }
+  if (table_.ready_count(call.model) == 0) {
+    co_return make_error(ErrorCode::Unavailable, fmt::format("no replica of `{}` is ready", call.model));
+  }
+  if (queue.size() >= options_.max_queue) {
+    co_return make_error(
+        ErrorCode::ResourceExhausted,
+        fmt::format("`{}` is at capacity and its queue is full ({} waiting)", call.model, queue.size()));
+  }
+  Waiter waiter(io_);
+  waiter.key = call.key_id;
+  waiter.priority = call.key ? call.key->priority : 0;
+  waiter.exclude = exclude;
+  auto deadline = std::min(call.deadline, SteadyClock::now() + options_.queue_timeout);
+  waiter.timer.expires_at(deadline);
+  queue.push_back(&waiter);
+  metrics_.queue_depth(call.model, 1);
+  boost::system::error_code ec;
+  co_await waiter.timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  queue.remove(&waiter);
+  metrics_.queue_depth(call.model, -1);
+  if (waiter.granted) co_return waiter.granted;
+  co_return make_error(ErrorCode::Timeout, fmt::format("`{}` had no free replica within {} ms", call.model,
+                                                       options_.queue_timeout.count()));
+}
+
+void Gateway::release(const std::shared_ptr<Endpoint>& endpoint) {
+  endpoint->outstanding -= 1;
+  dispatch_queue(endpoint->deployment);
+}
+
+// Hands free slots to waiters: highest priority first, then the key served longest ago, so one
+// key's burst cannot starve another's.
+void Gateway::dispatch_queue(const std::string& deployment) {
+  auto found = queues_.find(deployment);
+  if (found == queues_.end()) return;
+  auto& queue = found->second;
+  while (!queue.empty()) {
+    Waiter* next = nullptr;
+    for (Waiter* waiter : queue) {
+      if (waiter->granted) continue;
+      if (!next || waiter->priority > next->priority ||
+          (waiter->priority == next->priority && last_served_[waiter->key] < last_served_[next->key])) {
+        next = waiter;
+      }
+    }
+    if (!next) return;
+    auto endpoint = table_.pick(deployment, next->exclude, options_.replica_capacity, SteadyClock::now());
+    if (!endpoint) return;
+    endpoint->outstanding += 1;
+    next->granted = endpoint;
+    last_served_[next->key] = ++admission_sequence_;
+    queue.remove(next);
+    next->timer.cancel();
   }
 }
 
-awaitable<void> Gateway::proxy(http::Request& request, http::ResponseWriter& writer, const std::string& path) {
-  std::string request_id = request.header("x-request-id");
-  if (request_id.empty()) request_id = "req-" + random_id(20);
-  auto parsed = parse_body(request.body);
-  if (!parsed) {
-    co_await writer.send(with_request_id(
-        openai_error(400, parsed.error().message, "invalid_request_error", "invalid_request"), request_id));
-    co_return;
+// ---------------------------------------------------------------------------------------------
+// Serving one request
+
+void Gateway::finish(Call& call, int status) {
+  auto now = SteadyClock::now();
+  int64_t prompt = usage_tokens(call.usage, "prompt_tokens");
+  int64_t completion = usage_tokens(call.usage, "completion_tokens");
+  if (call.usage.is_null() && call.relayed_chunks > 0) completion = call.relayed_chunks;  // a cut stream
+  if (call.admitted && call.key) {
+    limiter_.finish(call.key_id, call.ticket, call.estimated_tokens, prompt + completion, now);
   }
-  const std::string& model = parsed->model;
-  if (!table_.has_deployment(model)) {
-    co_await writer.send(with_request_id(openai_error(404, fmt::format("The model `{}` does not exist.", model),
-                                                      "invalid_request_error", "model_not_found"),
-                                         request_id));
-    co_return;
+  if (call.admitted) {
+    usage_.record(call.key_id, call.model, {prompt, completion, cached_tokens(call.usage), status >= 400},
+                  std::chrono::system_clock::now());
+  }
+  double duration = std::chrono::duration<double>(now - call.start).count();
+  if (!call.model.empty()) {
+    metrics_.request_done({call.model, call.key_id, status, call.ttft_s, duration, prompt, completion});
+  }
+  if (access_log_) {
+    json line = {{"time", format_rfc3339(std::chrono::system_clock::now())},
+                 {"id", call.request_id},
+                 {"key", call.key_id},
+                 {"model", call.model},
+                 {"replica", call.replica},
+                 {"status", status},
+                 {"stream", call.stream},
+                 {"prompt_tokens", prompt},
+                 {"completion_tokens", completion},
+                 {"cached_tokens", cached_tokens(call.usage)},
+                 {"ttft_ms", call.ttft_s < 0 ? json(nullptr) : json(call.ttft_s * 1000)},
+                 {"duration_ms", duration * 1000}};
+    access_log_->info(dump(line));
+  }
+}
+
+namespace {
+// What the client gets for an error, with the call's headers.
+http::Response call_error(const std::vector<http::Header>& headers, int status, const std::string& message,
+                          const std::string& type, const std::string& code) {
+  return with_headers(openai_error(status, message, type, code), headers);
+}
+
+http::Response error_for(const Error& error, const http::Headers& headers) {
+  switch (error.code) {
+    case ErrorCode::ResourceExhausted:
+      return call_error(headers, 429, error.message, "rate_limit_exceeded", "rate_limit_exceeded");
+    case ErrorCode::Timeout: return call_error(headers, 503, error.message, "server_error", "queue_timeout");
+    default: return call_error(headers, 503, error.message, "server_error", "service_unavailable");
+  }
+}
+
+struct Prepared {
+  json body;  // what the engine gets
+  bool client_wants_usage = false;
+};
+
+// The body sent upstream: streams always ask for usage (so accounting is exact); the final usage
+// chunk is stripped later when the client did not ask for it. Unknown fields pass untouched.
+Result<Prepared> prepare_upstream(const json& body, int kind) {
+  Prepared prepared;
+  if (kind == kResponses) {
+    auto chat = responses_to_chat(body);
+    if (!chat) return chat.error();
+    prepared.body = std::move(*chat);
+    return prepared;
+  }
+  prepared.body = body;
+  bool stream = body.value("stream", false);
+  if (stream && kind != kEmbeddings) {
+    auto options = body.find("stream_options");
+    prepared.client_wants_usage =
+        options != body.end() && options->is_object() && options->value("include_usage", false);
+    prepared.body["stream_options"]["include_usage"] = true;
+  }
+  return prepared;
+}
+
+std::string model_of(const json& body) {
+  auto model = body.find("model");
+  return model != body.end() && model->is_string() ? model->get<std::string>() : std::string();
+}
+}  // namespace
+
+awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& writer, int kind) {
+  Call call;
+  call.kind = kind;
+  call.deadline = call.start + options_.total_timeout;
+  call.request_id = request.header("x-request-id");
+  if (call.request_id.empty()) call.request_id = "req-" + random_id(20);
+  call.headers.push_back({"X-Request-Id", call.request_id});
+
+  if (options_.require_keys) {
+    auto key = keys_.authenticate(bearer_token(request), to_unix_ms(std::chrono::system_clock::now()));
+    if (!key) {
+      co_await writer.send(
+          call_error(call.headers, 401, key.error().message, "invalid_request_error", "invalid_api_key"));
+      finish(call, 401);
+      co_return;
+    }
+    if ((*key)->scope == api::scope::kNode) {
+      co_await writer.send(call_error(call.headers, 403, "node keys cannot call the inference API",
+                                      "invalid_request_error", "permission_denied"));
+      finish(call, 403);
+      co_return;
+    }
+    call.key = *key;
+    call.key_id = call.key->metadata.name;
   }
 
+  auto parsed = parse_json(request.body);
+  if (!parsed || !parsed->is_object()) {
+    std::string message = "the request body must be a JSON object";
+    if (!parsed) message = parsed.error().message;
+    co_await writer.send(call_error(call.headers, 400, message, "invalid_request_error", "invalid_request"));
+    finish(call, 400);
+    co_return;
+  }
+  call.body = std::move(*parsed);
+  call.model = model_of(call.body);
+  if (call.model.empty()) {
+    co_await writer.send(call_error(call.headers, 400, "you must provide a model parameter", "invalid_request_error",
+                                    "invalid_request"));
+    finish(call, 400);
+    co_return;
+  }
+  call.stream = call.body.value("stream", false) && kind != kEmbeddings;
+  if (call.key && !call.key->models.empty() &&
+      std::find(call.key->models.begin(), call.key->models.end(), call.model) == call.key->models.end()) {
+    co_await writer.send(call_error(call.headers, 403,
+                                    fmt::format("this API key may not use the model `{}`", call.model),
+                                    "invalid_request_error", "model_not_allowed"));
+    finish(call, 403);
+    co_return;
+  }
+  if (!table_.has_deployment(call.model)) {
+    co_await writer.send(call_error(call.headers, 404, fmt::format("The model `{}` does not exist.", call.model),
+                                    "invalid_request_error", "model_not_found"));
+    std::string unknown;
+    call.model.swap(unknown);  // keep unknown names out of the per-model metrics
+    finish(call, 404);
+    co_return;
+  }
+  auto prepared = prepare_upstream(call.body, kind);
+  if (!prepared) {
+    co_await writer.send(
+        call_error(call.headers, 400, prepared.error().message, "invalid_request_error", "invalid_request"));
+    finish(call, 400);
+    co_return;
+  }
+  call.client_wants_usage = prepared->client_wants_usage;
+  call.estimated_tokens = estimate_prompt_tokens(call.body) + requested_output_tokens(call.body, kind);
+
+  if (call.key) {
+    auto now = SteadyClock::now();
+    auto admission = limiter_.admit(*call.key, call.estimated_tokens,
+                                    usage_.month_tokens(call.key_id, std::chrono::system_clock::now()), now);
+    if (!admission.allowed) {
+      http::Headers headers = call.headers;
+      for (auto& header : limiter_.headers(*call.key, now)) headers.push_back(header);
+      headers.push_back({"retry-after", std::to_string(admission.retry_after_s)});
+      co_await writer.send(call_error(headers, 429, admission.message, "rate_limit_exceeded", "rate_limit_exceeded"));
+      finish(call, 429);
+      co_return;
+    }
+    call.admitted = true;
+    call.ticket = admission.ticket;
+    for (auto& header : limiter_.headers(*call.key, now)) call.headers.push_back(header);
+  } else {
+    call.admitted = true;
+  }
+
+  const std::string upstream_body = dump(prepared->body);
+  const std::string path = kUpstreamPaths[kind];
   std::set<std::string> tried;
   std::string last_failure;
-  for (int attempt = 0; attempt < options_.max_attempts; ++attempt) {
-    auto endpoint = table_.pick(model, tried);
-    if (!endpoint) break;
-    tried.insert(endpoint->replica);
-    endpoint->outstanding += 1;
-    struct Release {
-      std::shared_ptr<Endpoint> endpoint;
-      ~Release() { endpoint->outstanding -= 1; }
-    } release{endpoint};
+  metrics_.in_flight(call.model, 1);
+  struct InFlight {
+    Metrics& metrics;
+    std::string model;
+    ~InFlight() { metrics.in_flight(model, -1); }
+  } in_flight{metrics_, call.model};
 
-    auto upstream = co_await client_->open("POST", endpoint->url + path, request.body, upstream_headers(request_id),
-                                           options_.first_byte_timeout);
-    if (!upstream) {
-      // Nothing reached the client yet: another replica may serve it.
-      last_failure = upstream.error().message;
-      spdlog::warn("gateway: {} replica {} failed before the first byte: {}", request_id, endpoint->replica,
+  for (int attempt = 0; attempt < options_.max_attempts; ++attempt) {
+    auto acquired = co_await acquire(call, tried);
+    if (!acquired) {
+      if (!last_failure.empty() && acquired.error().code == ErrorCode::Unavailable) break;
+      http::Response refusal = error_for(acquired.error(), call.headers);
+      int status = refusal.status;
+      co_await writer.send(std::move(refusal));
+      finish(call, status);
+      co_return;
+    }
+    std::shared_ptr<Endpoint> endpoint = std::move(*acquired);
+    struct Slot {
+      Gateway& gateway;
+      std::shared_ptr<Endpoint> endpoint;
+      ~Slot() { gateway.release(endpoint); }
+    } slot{*this, endpoint};
+    tried.insert(endpoint->replica);
+    call.replica = endpoint->replica;
+    if (endpoint->consecutive_failures > 0) endpoint->probing = true;
+
+    auto left = std::chrono::duration_cast<milliseconds>(call.deadline - SteadyClock::now());
+    auto upstream =
+        co_await client_->open("POST", endpoint->url + path, upstream_body, upstream_headers(call.request_id),
+                               std::min(options_.first_byte_timeout, std::max(left, milliseconds(1))));
+    bool failed = !upstream || retryable_status((*upstream)->status);
+    if (failed) {
+      // Nothing reached the client yet: count it against the replica and try another.
+      if (upstream) {
+        last_failure = fmt::format("HTTP {}", (*upstream)->status);
+      } else {
+        last_failure = upstream.error().message;
+      }
+      endpoint->probing = false;
+      endpoint->consecutive_failures += 1;
+      if (endpoint->consecutive_failures >= options_.breaker_failures) {
+        endpoint->open_until = SteadyClock::now() + options_.breaker_cooldown;
+      }
+      metrics_.upstream_error(call.model);
+      spdlog::warn("gateway: {} replica {} failed before the first byte: {}", call.request_id, endpoint->replica,
                    last_failure);
+      if (upstream && attempt + 1 == options_.max_attempts) {
+        // The last try: relay the engine's own error.
+        auto body = co_await (*upstream)->read_all(options_.idle_timeout);
+        http::Response relayed;
+        relayed.status = (*upstream)->status;
+        relayed.headers = call.headers;
+        relayed.headers.push_back({"Content-Type", "application/json"});
+        if (body) relayed.body = *body;
+        int status = relayed.status;
+        co_await writer.send(std::move(relayed));
+        finish(call, status);
+        co_return;
+      }
       continue;
     }
+    endpoint->consecutive_failures = 0;
+    endpoint->probing = false;
     auto& response = *upstream.value();
     bool event_stream = response.header("content-type").rfind("text/event-stream", 0) == 0;
+
     if (!event_stream) {
       auto body = co_await response.read_all(options_.idle_timeout);
       if (!body) {
-        last_failure = body.error().message;
-        continue;
+        co_await writer.send(call_error(call.headers, 502, "the engine's answer broke off: " + body.error().message,
+                                        "server_error", "upstream_error"));
+        finish(call, 502);
+        co_return;
       }
       http::Response relayed;
       relayed.status = response.status;
-      relayed.headers = relayed_headers(response, request_id);
+      relayed.headers = call.headers;
+      relayed.headers.push_back({"Content-Type", "application/json"});
       relayed.body = std::move(*body);
+      if (response.status == 200) {
+        auto answer = parse_json(relayed.body);
+        if (answer && answer->is_object()) {
+          call.usage = answer->value("usage", json());
+          if (kind == kResponses) {
+            relayed.body = dump(chat_to_response(*answer, "resp_" + random_id(24), call.model,
+                                                 to_unix_ms(std::chrono::system_clock::now()) / 1000));
+          }
+        }
+      }
+      int status = relayed.status;
       co_await writer.send(std::move(relayed));
+      finish(call, status);
       co_return;
     }
-    // Stream: relay each piece as soon as it arrives. From here on a failure cannot be retried.
-    if (!co_await writer.start_stream(response.status, relayed_headers(response, request_id))) {
+
+    // A stream: relay event by event as each arrives. From here on nothing is retried.
+    if (!co_await writer.start_stream(response.status, stream_headers(call.headers))) {
       response.cancel();
+      finish(call, 499);
       co_return;
     }
-    while (true) {
-      auto piece = co_await response.read(options_.idle_timeout);
-      if (!piece) {
-        spdlog::warn("gateway: {} stream from {} broke: {}", request_id, endpoint->replica, piece.error().message);
+    std::optional<ResponsesStream> translation;
+    if (kind == kResponses) {
+      translation.emplace("resp_" + random_id(24), call.model, to_unix_ms(std::chrono::system_clock::now()) / 1000);
+      if (!co_await writer.write(translation->begin())) {
         response.cancel();
-        writer.abort();  // close without the final chunk: the client sees a cut stream, not a clean end
+        finish(call, 499);
         co_return;
+      }
+    }
+    http::SseParser parser;
+    std::vector<http::SseEvent> events;
+    SteadyClock::time_point last_token{};
+    bool client_gone = false;
+    bool broken = false;
+    while (!client_gone && !broken) {
+      auto left_now = std::chrono::duration_cast<milliseconds>(call.deadline - SteadyClock::now());
+      auto piece = co_await response.read(std::min(options_.idle_timeout, std::max(left_now, milliseconds(1))));
+      if (!piece) {
+        spdlog::warn("gateway: {} stream from {} broke: {}", call.request_id, endpoint->replica, piece.error().message);
+        broken = true;
+        break;
       }
       if (piece->empty()) break;
-      if (!co_await writer.write(*piece)) {
-        response.cancel();  // the client left: cancel the engine's work at once
-        co_return;
+      events.clear();
+      parser.feed(*piece, events);
+      std::string out;
+      for (const auto& event : events) {
+        if (event.data == "[DONE]") {
+          if (translation) {
+            out += translation->end(call.usage);
+          } else {
+            out += http::format_sse(event.data, event.event);
+          }
+          continue;
+        }
+        auto chunk = parse_json(event.data);
+        bool usage_only = false;
+        std::string text;
+        if (chunk && chunk->is_object()) {
+          auto usage = chunk->find("usage");
+          if (usage != chunk->end() && usage->is_object()) call.usage = *usage;
+          auto choices = chunk->find("choices");
+          usage_only = usage != chunk->end() && usage->is_object() && choices != chunk->end() && choices->is_array() &&
+                       choices->empty();
+          if (choices != chunk->end() && choices->is_array() && !choices->empty()) {
+            const auto& choice = (*choices)[0];
+            if (choice.contains("delta") && choice["delta"].contains("content") &&
+                choice["delta"]["content"].is_string()) {
+              text = choice["delta"]["content"].get<std::string>();
+            } else if (choice.contains("text") && choice["text"].is_string()) {
+              text = choice["text"].get<std::string>();
+            }
+          }
+        }
+        if (!text.empty()) {
+          auto now = SteadyClock::now();
+          if (call.ttft_s < 0) {
+            call.ttft_s = std::chrono::duration<double>(now - call.start).count();
+          } else {
+            metrics_.inter_token(call.model, std::chrono::duration<double>(now - last_token).count());
+          }
+          last_token = now;
+          call.relayed_chunks += 1;
+        }
+        if (translation) {
+          out += translation->delta(text);
+        } else if (!usage_only || call.client_wants_usage) {
+          out += http::format_sse(event.data, event.event);
+        }
       }
+      if (!out.empty() && !co_await writer.write(out)) client_gone = true;
+    }
+    if (client_gone || broken) {
+      response.cancel();           // the engine stops generating at once
+      if (broken) writer.abort();  // the client sees a cut stream, not a clean end
+      int status = 502;
+      if (client_gone) status = 499;
+      finish(call, status);
+      co_return;
     }
     co_await writer.finish();
+    finish(call, response.status);
     co_return;
   }
   std::string message = last_failure.empty()
-                            ? fmt::format("no replica of `{}` is ready", model)
-                            : fmt::format("no replica of `{}` could serve the request: {}", model, last_failure);
-  co_await writer.send(with_request_id(openai_error(503, message, "server_error", "service_unavailable"), request_id));
+                            ? fmt::format("no replica of `{}` is ready", call.model)
+                            : fmt::format("no replica of `{}` could serve the request: {}", call.model, last_failure);
+  co_await writer.send(call_error(call.headers, 503, message, "server_error", "service_unavailable"));
+  finish(call, 503);
 }
 
 }  // namespace nebula::gateway

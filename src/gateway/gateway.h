@@ -1,38 +1,69 @@
 #pragma once
-// The OpenAI-compatible gateway: /v1/models, /v1/chat/completions, /v1/completions. Resolves the
-// model to a deployment, picks a Ready replica (least outstanding requests), and relays the
-// engine's answer, streaming SSE chunk by chunk. Errors leave as OpenAI error JSON.
+// The OpenAI-compatible gateway: /v1/models, /v1/chat/completions, /v1/completions,
+// /v1/embeddings and /v1/responses; API keys, rate limits, usage accounting, a fair admission
+// queue, circuit breaking and metrics. Resolves the model to a deployment, picks a Ready replica
+// (least outstanding requests among those with free capacity), and relays the engine's answer,
+// streaming SSE event by event. Every error leaves as OpenAI error JSON with an x-request-id.
+//
+// Threading: request handling runs on the server's single I/O thread; the endpoint table is also
+// fed from store watch callbacks (other threads) and is locked.
 #include <atomic>
 #include <chrono>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "common/asio.h"
+#include "gateway/keys.h"
+#include "gateway/limits.h"
+#include "gateway/metrics.h"
+#include "gateway/usage.h"
 #include "http/http.h"
 #include "store/store.h"
+
+namespace spdlog {
+class logger;
+}
 
 namespace nebula::gateway {
 
 struct Options {
+  bool require_keys = false;  // --auth keys
   std::chrono::milliseconds connect_timeout{5'000};
   // Until the engine sends response headers (a cold engine's first token can take long).
   std::chrono::milliseconds first_byte_timeout{300'000};
   // Longest silence between two pieces of a streamed body.
   std::chrono::milliseconds idle_timeout{120'000};
-  // Replicas tried for one request when connecting fails (before any byte reached the client).
+  // The whole request, queueing included.
+  std::chrono::milliseconds total_timeout{600'000};
+  // Replicas tried for one request while nothing has reached the client.
   int max_attempts = 3;
+  // Requests one replica takes at once when its deployment sets no max_seqs.
+  int replica_capacity = 256;
+  // Admission queue per deployment.
+  size_t max_queue = 1024;
+  std::chrono::milliseconds queue_timeout{30'000};
+  // Circuit breaker: open after this many consecutive failures, probe again after the cool-down.
+  int breaker_failures = 3;
+  std::chrono::milliseconds breaker_cooldown{5'000};
+  std::chrono::milliseconds usage_flush_interval{1'000};
+  std::string access_log_path;  // "" = no access log
 };
 
-// A replica the router can send to. `outstanding` counts requests in flight through this gateway.
+// A replica the router can send to.
 struct Endpoint {
   std::string replica;
+  std::string deployment;
   std::string url;  // "http://127.0.0.1:PORT"
   std::atomic<int> outstanding{0};
+  // Circuit breaker; touched only on the I/O thread.
+  int consecutive_failures = 0;
+  std::chrono::steady_clock::time_point open_until{};
+  bool probing = false;
 };
 
 // Deployments and their Ready replicas, kept current from a store watch. Thread-safe.
@@ -43,40 +74,74 @@ class EndpointTable {
   bool has_deployment(const std::string& name) const;
   std::vector<std::string> deployments() const;
   int64_t created_ms(const std::string& deployment) const;
-  // The Ready replica of the deployment with the fewest outstanding requests, skipping `exclude`;
-  // ties go round-robin. nullptr when none is Ready.
-  std::shared_ptr<Endpoint> pick(const std::string& deployment, const std::set<std::string>& exclude);
+  // The Ready replica with the fewest outstanding requests among those below `capacity` whose
+  // breaker lets traffic through, skipping `exclude`; ties go round-robin. nullptr when none.
+  std::shared_ptr<Endpoint> pick(const std::string& deployment, const std::set<std::string>& exclude,
+                                 int default_capacity, std::chrono::steady_clock::time_point now);
   size_t ready_count(const std::string& deployment) const;
+  // Called (from any thread) after every change.
+  void set_on_change(std::function<void(const std::string& deployment)> callback);
 
  private:
   struct ReplicaEntry {
     std::string deployment;
     std::shared_ptr<Endpoint> endpoint;  // null unless Ready and not stopping
   };
+  struct DeploymentEntry {
+    int64_t created_ms = 0;
+    int capacity = 0;  // per replica; 0 = the default
+  };
   mutable std::mutex mutex_;
-  std::map<std::string, int64_t> deployments_;  // name -> created_ms
+  std::map<std::string, DeploymentEntry> deployments_;
   std::map<std::string, ReplicaEntry> replicas_;
   size_t round_robin_ = 0;
+  std::function<void(const std::string&)> on_change_;
 };
 
 class Gateway {
  public:
   Gateway(store::Store& store, asio::io_context& io, Options options = {});
   ~Gateway();
-  // Loads deployments and replicas and follows changes from then on.
+  // Loads deployments, replicas, keys and usage and follows changes from then on.
   Status start();
+  void stop();
+  // /v1/*, /metrics, /api/v1/keys and /api/v1/usage.
   void add_routes(http::Router& router);
+  // The management API's guard: with keys required, /api/v1 needs an admin key (a node key for
+  // the agent endpoints); nullopt lets the request through.
+  std::optional<http::Response> guard_management(const http::Request& request) const;
+  // Creates the first admin key if none exists; returns its secret ("" when one existed).
+  Result<std::string> bootstrap_admin_key();
+  // A key for an agent that joined (scope node).
+  Result<std::string> issue_node_key(const std::string& node);
+
   EndpointTable& table() { return table_; }
+  UsageRecorder& usage() { return usage_; }
 
  private:
-  awaitable<void> proxy(http::Request& request, http::ResponseWriter& writer, const std::string& path);
+  struct Call;
+  struct Waiter;
+  awaitable<void> serve(http::Request& request, http::ResponseWriter& writer, int kind);
+  awaitable<Result<std::shared_ptr<Endpoint>>> acquire(Call& call, const std::set<std::string>& exclude);
+  void release(const std::shared_ptr<Endpoint>& endpoint);
+  void dispatch_queue(const std::string& deployment);
+  void finish(Call& call, int status);
+  void add_key_routes(http::Router& router);
 
   store::Store& store_;
   asio::io_context& io_;
   Options options_;
   EndpointTable table_;
+  KeyRing keys_;
+  Limiter limiter_;
+  UsageRecorder usage_;
+  Metrics metrics_;
   std::unique_ptr<http::Client> client_;
   std::unique_ptr<store::WatchHandle> watch_;
+  std::map<std::string, std::list<Waiter*>> queues_;  // per deployment; I/O thread only
+  std::map<std::string, uint64_t> last_served_;       // key -> admission sequence; I/O thread only
+  uint64_t admission_sequence_ = 0;
+  std::shared_ptr<spdlog::logger> access_log_;
 };
 
 // {"error":{"message","type","param":null,"code"}} with the matching status.

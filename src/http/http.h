@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -95,6 +96,9 @@ class Router {
   awaitable<void> dispatch(Request& request, ResponseWriter& writer) const;
   // Used when nothing matches; default answers a JSON 404.
   void set_not_found(Handler handler) { not_found_ = std::move(handler); }
+  // Runs before every route; a returned response is sent instead of dispatching (authentication).
+  using Guard = std::function<std::optional<Response>(const Request&)>;
+  void set_guard(Guard guard) { guard_ = std::move(guard); }
 
  private:
   struct Route {
@@ -104,6 +108,7 @@ class Router {
   };
   std::vector<Route> routes_;
   Handler not_found_;
+  Guard guard_;
 };
 
 struct ServerOptions {

@@ -96,6 +96,12 @@ void Router::add(std::string method, std::string pattern, Handler handler) {
 }
 
 awaitable<void> Router::dispatch(Request& request, ResponseWriter& writer) const {
+  if (guard_) {
+    if (std::optional<Response> refusal = guard_(request)) {
+      co_await writer.send(std::move(*refusal));
+      co_return;
+    }
+  }
   std::vector<std::string> segments = split_path(request.path);
   bool path_matched = false;
   for (const auto& route : routes_) {

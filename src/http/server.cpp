@@ -3,6 +3,7 @@
 #include <list>
 #include <mutex>
 
+#include "common/ids.h"
 #include "http/beast.h"
 #include "http/http.h"
 
@@ -58,8 +59,13 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 
 class StreamWriter final : public ResponseWriter {
  public:
-  StreamWriter(beast::tcp_stream& stream, const ServerOptions& options, unsigned version, bool keep_alive)
-      : stream_(stream), options_(options), version_(version), keep_alive_(keep_alive) {}
+  StreamWriter(beast::tcp_stream& stream, const ServerOptions& options, unsigned version, bool keep_alive,
+               std::string request_id = {})
+      : stream_(stream),
+        options_(options),
+        version_(version),
+        keep_alive_(keep_alive),
+        request_id_(std::move(request_id)) {}
 
   awaitable<void> send(Response response) override {
     if (answered_) throw std::logic_error("response already sent");
@@ -67,6 +73,7 @@ class StreamWriter final : public ResponseWriter {
     bhttp::response<bhttp::string_body> message{static_cast<bhttp::status>(response.status), version_};
     message.set(bhttp::field::server, "nebula");
     for (auto& header : response.headers) message.insert(header.name, header.value);
+    add_request_id(message);
     message.body() = std::move(response.body);
     message.keep_alive(keep_alive_);
     message.prepare_payload();
@@ -83,6 +90,7 @@ class StreamWriter final : public ResponseWriter {
     bhttp::response<bhttp::empty_body> message{static_cast<bhttp::status>(status), version_};
     message.set(bhttp::field::server, "nebula");
     for (auto& header : headers) message.insert(header.name, header.value);
+    add_request_id(message);
     message.keep_alive(keep_alive_);
     message.chunked(true);
     bhttp::response_serializer<bhttp::empty_body> serializer{message};
@@ -119,6 +127,13 @@ class StreamWriter final : public ResponseWriter {
   bool reusable() const { return keep_alive_ && !broken_ && (!streaming_ || finished_); }
 
  private:
+  // Every response carries an x-request-id: the handler's, else the client's, else a new one.
+  template <typename Message>
+  void add_request_id(Message& message) {
+    if (message.find("x-request-id") != message.end()) return;
+    message.set("X-Request-Id", request_id_.empty() ? "req-" + random_id(20) : request_id_);
+  }
+
   beast::tcp_stream& stream_;
   const ServerOptions& options_;
   unsigned version_;
@@ -127,6 +142,7 @@ class StreamWriter final : public ResponseWriter {
   bool streaming_ = false;
   bool finished_ = false;
   bool broken_ = false;
+  std::string request_id_;
 };
 
 awaitable<void> Server::Impl::accept_loop() {
@@ -195,7 +211,7 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
       unsigned version = message.version();
       bool keep_alive = message.keep_alive();
       Request request = to_request(std::move(message), remote);
-      StreamWriter writer(stream, options, version, keep_alive);
+      StreamWriter writer(stream, options, version, keep_alive, request.header("x-request-id"));
       std::string failure;
       try {
         co_await router.dispatch(request, writer);

@@ -1,0 +1,172 @@
+#include "gateway/gateway.h"
+
+#include <gtest/gtest.h>
+
+#include "gateway/responses.h"
+#include "http/sse.h"
+#include "store/memory_store.h"
+
+namespace nebula::gateway {
+namespace {
+
+using namespace std::chrono_literals;
+
+api::ApiKey key_with(int64_t rpm, int64_t tpm, int64_t concurrency, int64_t budget) {
+  api::ApiKey key;
+  key.metadata.name = "k1";
+  key.rpm = rpm;
+  key.tpm = tpm;
+  key.max_concurrency = concurrency;
+  key.budget_tokens = budget;
+  return key;
+}
+
+TEST(Limiter, RequestsPerMinuteTripAtExactlyTheLimit) {
+  Limiter limiter;
+  auto key = key_with(5, 0, 0, 0);
+  auto now = std::chrono::steady_clock::now();
+  for (int i = 0; i < 5; ++i) {
+    auto admitted = limiter.admit(key, 10, 0, now);
+    ASSERT_TRUE(admitted.allowed) << i;
+    limiter.finish("k1", admitted.ticket, 10, 10, now);
+  }
+  auto refused = limiter.admit(key, 10, 0, now);
+  EXPECT_FALSE(refused.allowed);
+  EXPECT_EQ(refused.retry_after_s, 60);
+  auto headers = limiter.headers(key, now);
+  EXPECT_EQ(http::find_header(headers, "x-ratelimit-remaining-requests"), "0");
+  // The window slides: a minute later the oldest requests no longer count.
+  EXPECT_TRUE(limiter.admit(key, 10, 0, now + 61s).allowed);
+}
+
+TEST(Limiter, TokensAreChargedUpFrontThenCorrected) {
+  Limiter limiter;
+  auto key = key_with(0, 1000, 0, 0);
+  auto now = std::chrono::steady_clock::now();
+  auto first = limiter.admit(key, 600, 0, now);
+  ASSERT_TRUE(first.allowed);
+  EXPECT_FALSE(limiter.admit(key, 600, 0, now).allowed);  // 1200 > 1000 while the estimate stands
+  limiter.finish("k1", first.ticket, 600, 100, now);      // the engine reported 100
+  EXPECT_TRUE(limiter.admit(key, 600, 0, now).allowed);   // 700 <= 1000
+  EXPECT_EQ(http::find_header(limiter.headers(key, now), "x-ratelimit-remaining-tokens"), "300");
+}
+
+TEST(Limiter, ConcurrencyAndMonthlyBudget) {
+  Limiter limiter;
+  auto key = key_with(0, 0, 2, 0);
+  auto now = std::chrono::steady_clock::now();
+  auto a = limiter.admit(key, 1, 0, now);
+  auto b = limiter.admit(key, 1, 0, now);
+  ASSERT_TRUE(a.allowed && b.allowed);
+  EXPECT_FALSE(limiter.admit(key, 1, 0, now).allowed);
+  limiter.finish("k1", a.ticket, 1, 1, now);
+  EXPECT_TRUE(limiter.admit(key, 1, 0, now).allowed);
+
+  auto budgeted = key_with(0, 0, 0, 1000);
+  budgeted.metadata.name = "k2";
+  EXPECT_TRUE(limiter.admit(budgeted, 100, 800, now).allowed);   // 800 used + 100 in flight + 100
+  EXPECT_FALSE(limiter.admit(budgeted, 150, 800, now).allowed);  // would pass 1000
+}
+
+TEST(Keys, AuthenticateKnowsRevokedAndExpired) {
+  FakeClock clock;
+  store::MemoryStore store(clock);
+  KeyRing ring;
+  ASSERT_TRUE(ring.start(store));
+  api::ApiKey key;
+  key.display_name = "alice";
+  auto created = create_key(store, key, 1000);
+  ASSERT_TRUE(created);
+  EXPECT_EQ(created->secret.rfind("nb-" + created->key.metadata.name + "_", 0), 0u);
+  EXPECT_EQ(created->key.hash, sha256_hex(created->secret));
+  EXPECT_TRUE(ring.authenticate(created->secret, 2000));
+  EXPECT_EQ(ring.authenticate("nb-wrong", 2000).error().code, ErrorCode::Unauthenticated);
+  EXPECT_FALSE(ring.authenticate("", 2000));
+
+  api::ApiKey expiring;
+  expiring.display_name = "bob";
+  expiring.expires_ms = 5000;
+  auto short_lived = create_key(store, expiring, 1000);
+  ASSERT_TRUE(short_lived);
+  EXPECT_TRUE(ring.authenticate(short_lived->secret, 4999));
+  EXPECT_NE(ring.authenticate(short_lived->secret, 5000).error().message.find("expired"), std::string::npos);
+
+  ASSERT_TRUE(revoke_key(store, created->key.metadata.name));
+  EXPECT_NE(ring.authenticate(created->secret, 2000).error().message.find("revoked"), std::string::npos);
+  // The stored document never holds the secret.
+  auto stored = store.get(std::string(api::kKeyRoot) + "apikeys/" + created->key.metadata.name);
+  EXPECT_EQ((*stored)->value.find(created->secret), std::string::npos);
+}
+
+TEST(Usage, FlushesBatchesAndAnswersQueries) {
+  store::MemoryStore store;
+  UsageRecorder usage(store, std::chrono::hours(1));
+  ASSERT_TRUE(usage.start());
+  auto now = std::chrono::system_clock::now();
+  usage.record("k1", "chat", {10, 20, 5, false}, now);
+  usage.record("k1", "chat", {1, 2, 0, true}, now);
+  usage.record("k2", "chat", {100, 200, 0, false}, now);
+  EXPECT_EQ(usage.month_tokens("k1", now), 33);
+  ASSERT_TRUE(usage.flush());
+  usage.record("k1", "chat", {1, 1, 0, false}, now);  // pending, not yet flushed
+  auto k1 = usage.query("k1", "", "");
+  ASSERT_EQ(k1.size(), 1u);
+  EXPECT_EQ(k1[0].requests, 3);
+  EXPECT_EQ(k1[0].errors, 1);
+  EXPECT_EQ(k1[0].prompt_tokens, 12);
+  EXPECT_EQ(k1[0].completion_tokens, 23);
+  EXPECT_EQ(k1[0].cached_tokens, 5);
+  usage.stop();
+  // A restarted recorder sees the month's totals from the store.
+  UsageRecorder restarted(store, std::chrono::hours(1));
+  ASSERT_TRUE(restarted.start());
+  EXPECT_EQ(restarted.month_tokens("k1", now), 35);
+  EXPECT_EQ(restarted.month_tokens("k2", now), 300);
+}
+
+TEST(Responses, TranslatesRequestsToChat) {
+  auto chat = responses_to_chat(json{
+      {"model", "m"}, {"input", "hello"}, {"instructions", "be brief"}, {"max_output_tokens", 7}, {"stream", true}});
+  ASSERT_TRUE(chat);
+  EXPECT_EQ((*chat)["messages"][0]["role"], "system");
+  EXPECT_EQ((*chat)["messages"][1]["content"], "hello");
+  EXPECT_EQ((*chat)["max_tokens"], 7);
+  EXPECT_EQ((*chat)["stream_options"]["include_usage"], true);
+  auto items = responses_to_chat(json::parse(
+      R"({"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"a"},{"type":"input_text","text":"b"}]}]})"));
+  ASSERT_TRUE(items);
+  EXPECT_EQ((*items)["messages"][0]["content"], "ab");
+  EXPECT_FALSE(responses_to_chat(json{{"model", "m"}}));
+  EXPECT_FALSE(responses_to_chat(json{{"model", "m"}, {"input", 5}}));
+}
+
+TEST(Responses, StreamsTheEventSequenceWithIncreasingNumbers) {
+  ResponsesStream stream("resp_1", "m", 100);
+  std::string wire = stream.begin();  // one statement each: the events are numbered as they are made
+  wire += stream.delta("Hello");
+  wire += stream.delta(" world");
+  wire += stream.end(json{{"prompt_tokens", 3}, {"completion_tokens", 2}});
+  http::SseParser parser;
+  std::vector<http::SseEvent> events;
+  parser.feed(wire, events);
+  std::vector<std::string> types;
+  int expected_sequence = 0;
+  for (const auto& event : events) {
+    auto body = json::parse(event.data);
+    EXPECT_EQ(body["type"], event.event);
+    EXPECT_EQ(body["sequence_number"], expected_sequence++);
+    types.push_back(event.event);
+  }
+  std::vector<std::string> expected = {"response.created",           "response.in_progress",
+                                       "response.output_item.added", "response.content_part.added",
+                                       "response.output_text.delta", "response.output_text.delta",
+                                       "response.output_text.done",  "response.content_part.done",
+                                       "response.output_item.done",  "response.completed"};
+  EXPECT_EQ(types, expected);
+  auto completed = json::parse(events.back().data)["response"];
+  EXPECT_EQ(completed["output"][0]["content"][0]["text"], "Hello world");
+  EXPECT_EQ(completed["usage"]["total_tokens"], 5);
+}
+
+}  // namespace
+}  // namespace nebula::gateway

@@ -1,0 +1,128 @@
+#include "gateway/keys.h"
+
+#include <openssl/evp.h>
+
+#include "common/ids.h"
+
+namespace nebula::gateway {
+
+namespace {
+const std::string kKeysPrefix = std::string(api::kKeyRoot) + "apikeys/";
+}
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(length * 2);
+  for (unsigned int i = 0; i < length; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 15]);
+  }
+  return hex;
+}
+
+Result<NewKey> create_key(store::Store& store, api::ApiKey key, int64_t now_ms) {
+  if (key.scope != api::scope::kAdmin && key.scope != api::scope::kInference && key.scope != api::scope::kNode) {
+    return make_error(ErrorCode::InvalidArgument, "scope must be admin or inference, got '" + key.scope + "'");
+  }
+  if (key.rpm < 0 || key.tpm < 0 || key.max_concurrency < 0 || key.budget_tokens < 0) {
+    return make_error(ErrorCode::InvalidArgument, "limits cannot be negative");
+  }
+  NewKey created;
+  key.metadata.name = random_id(8);
+  key.metadata.uid = random_id(16);
+  key.metadata.created_ms = now_ms;
+  created.secret = "nb-" + key.metadata.name + "_" + random_secret_hex(16);
+  key.hash = sha256_hex(created.secret);
+  auto revision =
+      store.put(kKeysPrefix + key.metadata.name, api::to_stored_json(key).dump(), store::Precondition::absent());
+  if (!revision) return revision.error();
+  created.key = std::move(key);
+  return created;
+}
+
+Result<api::ApiKey> revoke_key(store::Store& store, const std::string& id) {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    auto kv = store.get(kKeysPrefix + id);
+    if (!kv) return kv.error();
+    if (!kv->has_value()) return make_error(ErrorCode::NotFound, "key '" + id + "' not found");
+    auto document = parse_json((*kv)->value);
+    if (!document) return document.error();
+    auto key = api::api_key_from_json(*document);
+    if (!key) return key.error();
+    key->revoked = true;
+    auto written =
+        store.put(kKeysPrefix + id, api::to_stored_json(*key).dump(), store::Precondition::at((*kv)->mod_revision));
+    if (written) return key;
+    if (written.error().code != ErrorCode::Conflict) return written.error();
+  }
+  return make_error(ErrorCode::Conflict, "key '" + id + "' is being changed concurrently");
+}
+
+std::string bearer_token(const http::Request& request) {
+  std::string authorization = request.header("authorization");
+  if (authorization.size() > 7 &&
+      (authorization.compare(0, 7, "Bearer ") == 0 || authorization.compare(0, 7, "bearer ") == 0)) {
+    return authorization.substr(7);
+  }
+  return request.header("x-api-key");
+}
+
+Status KeyRing::start(store::Store& store) {
+  auto listing = store.list(kKeysPrefix);
+  if (!listing) return listing.error();
+  for (const auto& kv : listing->kvs) apply(kv.key, &kv.value);
+  auto watch = store.watch(kKeysPrefix, listing->revision + 1, [this](const store::WatchEvent& event) {
+    apply(event.kv.key, event.type == store::WatchEvent::Type::Put ? &event.kv.value : nullptr);
+  });
+  if (!watch) return watch.error();
+  watch_ = std::move(*watch);
+  return {};
+}
+
+KeyRing::~KeyRing() {
+  if (watch_) watch_->cancel();
+}
+
+void KeyRing::apply(const std::string& store_key, const std::string* value) {
+  std::string id = store_key.substr(kKeysPrefix.size());
+  std::lock_guard lock(mutex_);
+  if (auto old = hash_by_id_.find(id); old != hash_by_id_.end()) {
+    by_hash_.erase(old->second);
+    hash_by_id_.erase(old);
+  }
+  if (!value) return;
+  auto document = parse_json(*value);
+  if (!document) return;
+  auto key = api::api_key_from_json(*document);
+  if (!key || key->hash.empty()) return;
+  std::string hash = key->hash;  // copied first: the assignment below moves the key
+  hash_by_id_[id] = hash;
+  by_hash_[hash] = std::make_shared<const api::ApiKey>(std::move(*key));
+}
+
+Result<std::shared_ptr<const api::ApiKey>> KeyRing::authenticate(std::string_view secret, int64_t now_ms) const {
+  if (secret.empty()) {
+    return make_error(ErrorCode::Unauthenticated,
+                      "You didn't provide an API key. Send it as 'Authorization: Bearer nb-...'.");
+  }
+  std::string hash = sha256_hex(secret);
+  std::lock_guard lock(mutex_);
+  auto it = by_hash_.find(hash);
+  if (it == by_hash_.end()) return make_error(ErrorCode::Unauthenticated, "Incorrect API key provided.");
+  if (it->second->revoked) return make_error(ErrorCode::Unauthenticated, "This API key has been revoked.");
+  if (it->second->expires_ms > 0 && now_ms >= it->second->expires_ms) {
+    return make_error(ErrorCode::Unauthenticated, "This API key has expired.");
+  }
+  return it->second;
+}
+
+size_t KeyRing::size() const {
+  std::lock_guard lock(mutex_);
+  return by_hash_.size();
+}
+
+}  // namespace nebula::gateway

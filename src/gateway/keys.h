@@ -1,0 +1,46 @@
+#pragma once
+// API keys: creation (the secret is returned once), a watch-fed cache for authentication, and the
+// bearer token of a request.
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "api/keys.h"
+#include "http/http.h"
+#include "store/store.h"
+
+namespace nebula::gateway {
+
+std::string sha256_hex(std::string_view data);
+
+struct NewKey {
+  api::ApiKey key;
+  std::string secret;  // "nb-<id>_<32 hex>": shown once, never stored
+};
+// Stores a new key (id and hash filled in) and returns it with its secret.
+Result<NewKey> create_key(store::Store& store, api::ApiKey key, int64_t now_ms);
+// Marks a key revoked. NotFound if the id is unknown.
+Result<api::ApiKey> revoke_key(store::Store& store, const std::string& id);
+
+// "Authorization: Bearer X" or "x-api-key: X"; "" when neither.
+std::string bearer_token(const http::Request& request);
+
+// Every key, kept current from a store watch. Thread-safe.
+class KeyRing {
+ public:
+  Status start(store::Store& store);
+  ~KeyRing();
+  // The key a secret belongs to: Unauthenticated when unknown, revoked or expired.
+  Result<std::shared_ptr<const api::ApiKey>> authenticate(std::string_view secret, int64_t now_ms) const;
+  size_t size() const;
+
+ private:
+  void apply(const std::string& key, const std::string* value);
+  mutable std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<const api::ApiKey>> by_hash_;
+  std::map<std::string, std::string> hash_by_id_;
+  std::unique_ptr<store::WatchHandle> watch_;
+};
+
+}  // namespace nebula::gateway

@@ -1,0 +1,143 @@
+#include "gateway/responses.h"
+
+#include "common/ids.h"
+#include "http/sse.h"
+
+namespace nebula::gateway {
+
+namespace {
+// Content of a Responses message item: a string, or parts of type input_text/output_text.
+Result<std::string> item_text(const json& content) {
+  if (content.is_string()) return content.get<std::string>();
+  if (!content.is_array())
+    return make_error(ErrorCode::InvalidArgument, "input item content must be a string or a list");
+  std::string text;
+  for (const auto& part : content) {
+    if (!part.is_object() || !part.contains("text") || !part["text"].is_string()) {
+      return make_error(ErrorCode::InvalidArgument, "only text content parts are supported in input items");
+    }
+    text += part["text"].get<std::string>();
+  }
+  return text;
+}
+}  // namespace
+
+Result<json> responses_to_chat(const json& request) {
+  json chat = json::object();
+  json messages = json::array();
+  if (request.contains("instructions") && request["instructions"].is_string()) {
+    messages.push_back({{"role", "system"}, {"content", request["instructions"]}});
+  }
+  auto input = request.find("input");
+  if (input == request.end()) return make_error(ErrorCode::InvalidArgument, "'input' is required");
+  if (input->is_string()) {
+    messages.push_back({{"role", "user"}, {"content", *input}});
+  } else if (input->is_array()) {
+    for (const auto& item : *input) {
+      if (!item.is_object()) return make_error(ErrorCode::InvalidArgument, "each input item must be an object");
+      std::string type = item.value("type", "message");
+      if (type != "message") {
+        return make_error(ErrorCode::InvalidArgument, "unsupported input item type '" + type + "'");
+      }
+      auto text = item_text(item.value("content", json()));
+      if (!text) return text.error();
+      messages.push_back({{"role", item.value("role", "user")}, {"content", *text}});
+    }
+  } else {
+    return make_error(ErrorCode::InvalidArgument, "'input' must be a string or a list of items");
+  }
+  chat["model"] = request.value("model", "");
+  chat["messages"] = std::move(messages);
+  if (request.contains("max_output_tokens")) chat["max_tokens"] = request["max_output_tokens"];
+  for (const char* field : {"temperature", "top_p", "seed", "stop", "user", "frequency_penalty", "presence_penalty"}) {
+    if (request.contains(field)) chat[field] = request[field];
+  }
+  bool stream = request.value("stream", false);
+  chat["stream"] = stream;
+  if (stream) chat["stream_options"] = {{"include_usage", true}};
+  return chat;
+}
+
+json responses_usage(const json& chat_usage) {
+  int64_t input = chat_usage.is_object() ? chat_usage.value("prompt_tokens", int64_t{0}) : 0;
+  int64_t output = chat_usage.is_object() ? chat_usage.value("completion_tokens", int64_t{0}) : 0;
+  return {{"input_tokens", input}, {"output_tokens", output}, {"total_tokens", input + output}};
+}
+
+namespace {
+json message_item(const std::string& item_id, const std::string& status, const std::string& text, bool with_text) {
+  json content = json::array();
+  if (with_text) content.push_back({{"type", "output_text"}, {"text", text}, {"annotations", json::array()}});
+  return {{"type", "message"}, {"id", item_id}, {"status", status}, {"role", "assistant"}, {"content", content}};
+}
+}  // namespace
+
+json chat_to_response(const json& completion, const std::string& response_id, const std::string& model,
+                      int64_t created_s) {
+  std::string text;
+  if (completion.contains("choices") && !completion["choices"].empty()) {
+    const auto& message = completion["choices"][0].value("message", json::object());
+    if (message.contains("content") && message["content"].is_string()) text = message["content"];
+  }
+  return {{"id", response_id},
+          {"object", "response"},
+          {"created_at", created_s},
+          {"status", "completed"},
+          {"model", model},
+          {"output", json::array({message_item("msg_" + random_id(24), "completed", text, true)})},
+          {"usage", responses_usage(completion.value("usage", json()))}};
+}
+
+ResponsesStream::ResponsesStream(std::string response_id, std::string model, int64_t created_s)
+    : id_(std::move(response_id)), item_id_("msg_" + random_id(24)), model_(std::move(model)), created_s_(created_s) {}
+
+std::string ResponsesStream::event(const std::string& type, json body) {
+  body["type"] = type;
+  body["sequence_number"] = sequence_++;
+  return http::format_sse(body.dump(-1, ' ', false, json::error_handler_t::replace), type);
+}
+
+json ResponsesStream::response_object(const std::string& status, const json& usage) const {
+  json output = json::array();
+  if (status == "completed") output.push_back(message_item(item_id_, "completed", text_, true));
+  json response = {{"id", id_},        {"object", "response"}, {"created_at", created_s_},
+                   {"status", status}, {"model", model_},      {"output", output}};
+  response["usage"] = usage.is_null() ? json(nullptr) : usage;
+  return response;
+}
+
+std::string ResponsesStream::begin() {
+  std::string out = event("response.created", {{"response", response_object("in_progress", nullptr)}});
+  out += event("response.in_progress", {{"response", response_object("in_progress", nullptr)}});
+  out += event("response.output_item.added",
+               {{"output_index", 0}, {"item", message_item(item_id_, "in_progress", "", false)}});
+  out += event("response.content_part.added",
+               {{"item_id", item_id_},
+                {"output_index", 0},
+                {"content_index", 0},
+                {"part", {{"type", "output_text"}, {"text", ""}, {"annotations", json::array()}}}});
+  return out;
+}
+
+std::string ResponsesStream::delta(const std::string& text) {
+  if (text.empty()) return {};
+  text_ += text;
+  return event("response.output_text.delta",
+               {{"item_id", item_id_}, {"output_index", 0}, {"content_index", 0}, {"delta", text}});
+}
+
+std::string ResponsesStream::end(const json& chat_usage) {
+  std::string out = event("response.output_text.done",
+                          {{"item_id", item_id_}, {"output_index", 0}, {"content_index", 0}, {"text", text_}});
+  out += event("response.content_part.done",
+               {{"item_id", item_id_},
+                {"output_index", 0},
+                {"content_index", 0},
+                {"part", {{"type", "output_text"}, {"text", text_}, {"annotations", json::array()}}}});
+  out += event("response.output_item.done",
+               {{"output_index", 0}, {"item", message_item(item_id_, "completed", text_, true)}});
+  out += event("response.completed", {{"response", response_object("completed", responses_usage(chat_usage))}});
+  return out;
+}
+
+}  // namespace nebula::gateway

@@ -1,0 +1,349 @@
+// The gateway against real processes: `nebula up --auth keys`, real engine-sim replicas, the CLI
+// and concurrent HTTP clients.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include "http/sse.h"
+#include "nebula_fixture.h"
+
+namespace nebula {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::bearer;
+using testing::eventually;
+
+const std::string kChat = R"({"model":"chat","max_tokens":8,"messages":[{"role":"user","content":"hello there"}]})";
+
+// The body must be OpenAI error JSON with the given status and code.
+void expect_openai_error(const Result<http::Response>& response, int status, const std::string& code) {
+  ASSERT_TRUE(response) << response.error().message;
+  EXPECT_EQ(response->status, status) << response->body;
+  auto body = parse_json(response->body);
+  ASSERT_TRUE(body) << response->body;
+  ASSERT_TRUE((*body)["error"].is_object()) << response->body;
+  EXPECT_EQ((*body)["error"]["code"], code) << response->body;
+  EXPECT_TRUE((*body)["error"]["message"].is_string());
+  EXPECT_TRUE((*body)["error"].contains("type"));
+  EXPECT_TRUE((*body)["error"].contains("param"));
+  EXPECT_FALSE(response->header("x-request-id").empty());
+}
+
+class GatewayE2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    up_ = new testing::NebulaUp({"--auth", "keys"});
+    ASSERT_TRUE(up_->wait_node_ready()) << up_->process().output();
+    admin_ = up_->admin_key();
+    ASSERT_EQ(admin_.rfind("nb-", 0), 0u);
+    // Two replicas, each taking 4 requests at once, 5 ms per token.
+    auto deployed =
+        up_->cli({"deploy", "chat", "--engine", "sim", "--model", "qwen2.5-0.5b", "--replicas", "2", "--max-seqs", "4",
+                  "--engine-arg=--step-base-ms", "--engine-arg=5", "--wait", "--timeout", "60s"});
+    ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  }
+  static void TearDownTestSuite() {
+    delete up_;
+    up_ = nullptr;
+  }
+
+  std::string create_key(std::vector<std::string> flags) {
+    flags.insert(flags.begin(), {"keys", "create", "test-key", "-o", "json"});
+    auto created = up_->cli(flags);
+    EXPECT_EQ(created.exit_code, 0) << created.out;
+    auto parsed = parse_json(created.out);
+    return parsed ? (*parsed).value("secret", "") : "";
+  }
+
+  Result<http::Response> post(const std::string& path, const std::string& body, const std::string& key) {
+    http::BlockingClient client;
+    return client.request("POST", up_->server() + path, body, bearer(key));
+  }
+
+  // Sends `count` requests at once from `count` threads; returns their statuses.
+  std::vector<int> burst(int count, const std::string& key, const std::string& body = kChat) {
+    std::vector<int> statuses(count, 0);
+    std::vector<std::thread> threads;
+    std::atomic<int> ready{0};
+    for (int i = 0; i < count; ++i) {
+      threads.emplace_back([&, i] {
+        http::BlockingClient client;
+        ready++;
+        while (ready.load() < count) std::this_thread::yield();
+        auto response = client.request("POST", up_->server() + "/v1/chat/completions", body, bearer(key));
+        statuses[i] = response ? response->status : -1;
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    return statuses;
+  }
+
+  static testing::NebulaUp* up_;
+  static std::string admin_;
+};
+
+testing::NebulaUp* GatewayE2E::up_ = nullptr;
+std::string GatewayE2E::admin_;
+
+TEST_F(GatewayE2E, KeysGuardEveryDoor) {
+  std::string key = create_key({"--models", "chat"});
+  ASSERT_FALSE(key.empty());
+  EXPECT_EQ(post("/v1/chat/completions", kChat, key)->status, 200);
+  expect_openai_error(post("/v1/chat/completions", kChat, ""), 401, "invalid_api_key");
+  expect_openai_error(post("/v1/chat/completions", kChat, "nb-wrong_123"), 401, "invalid_api_key");
+  // A key limited to other models.
+  std::string other = create_key({"--models", "elsewhere"});
+  expect_openai_error(post("/v1/chat/completions", kChat, other), 403, "model_not_allowed");
+  // Inference keys cannot manage; the management API wants a key at all.
+  http::BlockingClient client;
+  expect_openai_error(client.request("GET", up_->server() + "/api/v1/deployments", "", bearer(key)), 403,
+                      "permission_denied");
+  expect_openai_error(client.request("GET", up_->server() + "/api/v1/deployments"), 401, "invalid_api_key");
+  EXPECT_EQ(client.request("GET", up_->server() + "/api/v1/deployments", "", bearer(admin_))->status, 200);
+  // Revoked and expired keys stop working.
+  std::string id = key.substr(3, key.find('_') - 3);
+  ASSERT_EQ(up_->cli({"keys", "revoke", id}).exit_code, 0);
+  ASSERT_TRUE(eventually([&] { return post("/v1/chat/completions", kChat, key)->status == 401; }, 5s));
+  std::string short_lived = create_key({"--expires", "1s"});
+  std::this_thread::sleep_for(1100ms);
+  expect_openai_error(post("/v1/chat/completions", kChat, short_lived), 401, "invalid_api_key");
+  auto listing = up_->cli({"keys", "ls"});
+  EXPECT_NE(listing.out.find("revoked"), std::string::npos) << listing.out;
+  EXPECT_EQ(listing.out.find(key), std::string::npos) << "a secret must never be listed";
+}
+
+TEST_F(GatewayE2E, RequestsPerMinuteHoldUnderParallelLoad) {
+  std::string key = create_key({"--rpm", "5"});
+  auto statuses = burst(12, key);
+  EXPECT_EQ(std::count(statuses.begin(), statuses.end(), 200), 5);
+  EXPECT_EQ(std::count(statuses.begin(), statuses.end(), 429), 7);
+  auto refused = post("/v1/chat/completions", kChat, key);
+  expect_openai_error(refused, 429, "rate_limit_exceeded");
+  EXPECT_FALSE(refused->header("retry-after").empty());
+  EXPECT_EQ(refused->header("x-ratelimit-limit-requests"), "5");
+  EXPECT_EQ(refused->header("x-ratelimit-remaining-requests"), "0");
+}
+
+TEST_F(GatewayE2E, ConcurrencyAndTokenLimitsHoldUnderParallelLoad) {
+  std::string slow = R"({"model":"chat","max_tokens":60,"messages":[{"role":"user","content":"hi"}]})";
+  std::string concurrent = create_key({"--max-concurrency", "2"});
+  auto statuses = burst(6, concurrent, slow);
+  EXPECT_EQ(std::count(statuses.begin(), statuses.end(), 200), 2);
+  EXPECT_EQ(std::count(statuses.begin(), statuses.end(), 429), 4);
+  // Each request is charged prompt estimate + 60 up front: 4 fit in 300 tokens per minute.
+  std::string tokens = create_key({"--tpm", "300"});
+  auto token_statuses = burst(8, tokens, slow);
+  int admitted = static_cast<int>(std::count(token_statuses.begin(), token_statuses.end(), 200));
+  EXPECT_EQ(admitted, 4);
+}
+
+TEST_F(GatewayE2E, UsageMatchesWhatTheEngineReported) {
+  std::string key = create_key({});
+  std::string id = key.substr(3, key.find('_') - 3);
+  int64_t prompt = 0, completion = 0;
+  for (int i = 0; i < 3; ++i) {
+    auto response = post("/v1/chat/completions", kChat, key);
+    ASSERT_EQ(response->status, 200);
+    auto body = json::parse(response->body);
+    prompt += body["usage"]["prompt_tokens"].get<int64_t>();
+    completion += body["usage"]["completion_tokens"].get<int64_t>();
+  }
+  // Streams: the gateway asks for usage, and strips it when the client did not.
+  for (bool include : {false, true}) {
+    json request = json::parse(kChat);
+    request["stream"] = true;
+    if (include) request["stream_options"] = {{"include_usage", true}};
+    http::BlockingClient client;
+    http::SseParser parser;
+    std::vector<http::SseEvent> events;
+    auto status = client.stream("POST", up_->server() + "/v1/chat/completions", request.dump(), bearer(key),
+                                [&](std::string_view piece) {
+                                  parser.feed(piece, events);
+                                  return true;
+                                });
+    ASSERT_TRUE(status && *status == 200);
+    bool saw_usage = false;
+    int content_chunks = 0;
+    for (const auto& event : events) {
+      if (event.data == "[DONE]") continue;
+      auto chunk = json::parse(event.data);
+      if (chunk.contains("usage") && chunk["usage"].is_object() && chunk["choices"].empty()) {
+        saw_usage = true;
+        prompt += chunk["usage"]["prompt_tokens"].get<int64_t>();
+        completion += chunk["usage"]["completion_tokens"].get<int64_t>();
+      } else if (!chunk["choices"].empty() && chunk["choices"][0]["delta"].contains("content") &&
+                 !chunk["choices"][0]["delta"]["content"].get<std::string>().empty()) {
+        ++content_chunks;
+      }
+    }
+    EXPECT_EQ(saw_usage, include);
+    if (!include) completion += content_chunks;  // one token per chunk
+    if (!include) prompt += 2;                   // "hello there": two words
+  }
+  bool matched = eventually(
+      [&] {
+        json usage = up_->get_json("/api/v1/usage?key=" + id, admin_);
+        return usage["total"]["requests"] == 5 && usage["total"]["prompt_tokens"] == prompt &&
+               usage["total"]["completion_tokens"] == completion;
+      },
+      10s);
+  EXPECT_TRUE(matched) << up_->get_json("/api/v1/usage?key=" + id, admin_).dump() << " expected prompt " << prompt
+                       << " completion " << completion;
+  auto shown = up_->cli({"usage", "--key", id});
+  EXPECT_EQ(shown.exit_code, 0);
+  EXPECT_NE(shown.out.find("chat"), std::string::npos) << shown.out;
+}
+
+TEST_F(GatewayE2E, ResponsesApiStreamsTheEventSequence) {
+  std::string key = create_key({});
+  auto plain = post("/v1/responses", R"({"model":"chat","input":"tell me","max_output_tokens":5})", key);
+  ASSERT_EQ(plain->status, 200) << plain->body;
+  auto response = json::parse(plain->body);
+  EXPECT_EQ(response["object"], "response");
+  EXPECT_EQ(response["id"].get<std::string>().rfind("resp_", 0), 0u);
+  EXPECT_EQ(response["usage"]["output_tokens"], 5);
+  EXPECT_FALSE(response["output"][0]["content"][0]["text"].get<std::string>().empty());
+
+  http::BlockingClient client;
+  http::SseParser parser;
+  std::vector<http::SseEvent> events;
+  auto status =
+      client.stream("POST", up_->server() + "/v1/responses",
+                    R"({"model":"chat","stream":true,"input":[{"role":"user","content":"hi"}],"max_output_tokens":4})",
+                    bearer(key), [&](std::string_view piece) {
+                      parser.feed(piece, events);
+                      return true;
+                    });
+  ASSERT_TRUE(status && *status == 200);
+  ASSERT_GE(events.size(), 9u);
+  int sequence = -1;
+  std::string text;
+  for (const auto& event : events) {
+    auto body = json::parse(event.data);
+    EXPECT_EQ(body["type"], event.event);
+    EXPECT_GT(body["sequence_number"].get<int>(), sequence);
+    sequence = body["sequence_number"];
+    if (event.event == "response.output_text.delta") text += body["delta"].get<std::string>();
+  }
+  EXPECT_EQ(events.front().event, "response.created");
+  EXPECT_EQ(events.back().event, "response.completed");
+  auto completed = json::parse(events.back().data);
+  EXPECT_EQ(completed["response"]["output"][0]["content"][0]["text"], text);
+  EXPECT_EQ(completed["response"]["usage"]["output_tokens"], 4);
+}
+
+TEST_F(GatewayE2E, DisconnectMidStreamFreesTheEngineSlot) {
+  std::string key = create_key({});
+  std::string body = R"({"model":"chat","stream":true,"max_tokens":400,"messages":[{"role":"user","content":"hi"}]})";
+  http::BlockingClient client;
+  int pieces = 0;
+  auto status = client.stream("POST", up_->server() + "/v1/chat/completions", body, bearer(key),
+                              [&](std::string_view) { return ++pieces < 5; });
+  ASSERT_TRUE(status);
+  auto endpoints = up_->endpoints_of("chat");
+  ASSERT_EQ(endpoints.size(), 2u);
+  // Every engine soon runs nothing: the gateway cancelled the upstream request.
+  bool freed = eventually(
+      [&] {
+        for (const auto& endpoint : endpoints) {
+          auto metrics = client.request("GET", endpoint + "/metrics");
+          if (!metrics) return false;
+          if (metrics->body.find("vllm:num_requests_running{model_name=\"chat\"} 0") == std::string::npos) {
+            return false;
+          }
+        }
+        return true;
+      },
+      5s);
+  EXPECT_TRUE(freed);
+}
+
+TEST_F(GatewayE2E, RetriesAnotherReplicaBeforeTheFirstByte) {
+  std::string key = create_key({});
+  auto pids = up_->engine_pids("chat");
+  ASSERT_EQ(pids.size(), 2u);
+  // Stop one engine: until the agent notices, the router still lists it; requests that land
+  // there fail to connect and go to the other replica, invisibly to the client.
+  ASSERT_EQ(::kill(*pids.begin(), SIGKILL), 0);
+  for (int i = 0; i < 8; ++i) {
+    auto response = post("/v1/chat/completions", kChat, key);
+    ASSERT_TRUE(response);
+    EXPECT_EQ(response->status, 200) << response->body;
+  }
+  ASSERT_TRUE(eventually([&] { return up_->endpoints_of("chat").size() == 2; }, 30s));
+}
+
+TEST_F(GatewayE2E, QueueIsFairAcrossKeys) {
+  // Fill both replicas (4 slots each) with key A's long requests plus a backlog, then key B asks
+  // once: B must not wait behind A's whole backlog.
+  std::string a = create_key({});
+  std::string b = create_key({});
+  std::string long_body = R"({"model":"chat","max_tokens":40,"messages":[{"role":"user","content":"x"}]})";
+  std::mutex mutex;
+  std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> finished;
+  auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 24; ++i) {
+    threads.emplace_back([&] {
+      http::BlockingClient client;
+      auto response = client.request("POST", up_->server() + "/v1/chat/completions", long_body, bearer(a));
+      std::lock_guard lock(mutex);
+      finished.emplace_back(response && response->status == 200 ? "a" : "a-failed", std::chrono::steady_clock::now());
+    });
+  }
+  std::this_thread::sleep_for(100ms);  // A's backlog is queued
+  threads.emplace_back([&] {
+    http::BlockingClient client;
+    auto response = client.request("POST", up_->server() + "/v1/chat/completions", long_body, bearer(b));
+    std::lock_guard lock(mutex);
+    finished.emplace_back(response && response->status == 200 ? "b" : "b-failed", std::chrono::steady_clock::now());
+  });
+  for (auto& thread : threads) thread.join();
+  std::sort(finished.begin(), finished.end(), [](auto& x, auto& y) { return x.second < y.second; });
+  size_t b_position = 0;
+  for (size_t i = 0; i < finished.size(); ++i) {
+    EXPECT_EQ(finished[i].first.find("failed"), std::string::npos) << finished[i].first;
+    if (finished[i].first == "b") b_position = i;
+  }
+  // 8 run at first, 16 of A wait; fair queueing serves B with the next free slot, so within the
+  // second wave (positions 8..15), far ahead of A's last request.
+  EXPECT_LT(b_position, 16u) << "B finished at position " << b_position << " of " << finished.size();
+  (void)start;
+}
+
+TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
+  std::string key = create_key({});
+  expect_openai_error(post("/v1/chat/completions", "{broken", key), 400, "invalid_request");
+  expect_openai_error(post("/v1/chat/completions", R"({"messages":[]})", key), 400, "invalid_request");
+  expect_openai_error(post("/v1/chat/completions", R"({"model":"nope","messages":[]})", key), 404, "model_not_found");
+  expect_openai_error(post("/v1/responses", R"({"model":"chat"})", key), 400, "invalid_request");
+  auto embeddings = post("/v1/embeddings", R"({"model":"chat","input":"vector me"})", key);
+  ASSERT_TRUE(embeddings);
+  if (embeddings->status == 200) {
+    EXPECT_TRUE(json::parse(embeddings->body)["data"].is_array());
+  }
+  http::BlockingClient client;
+  auto metrics = client.request("GET", up_->server() + "/metrics", "", bearer(admin_));
+  ASSERT_TRUE(metrics);
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_NE(metrics->body.find("nebula_requests_total{model=\"chat\""), std::string::npos);
+  EXPECT_NE(metrics->body.find("nebula_request_duration_seconds_bucket"), std::string::npos);
+  // One JSON access log line per request.
+  std::ifstream log(up_->data_dir() + "/access.log");
+  std::string line;
+  int lines = 0;
+  while (std::getline(log, line)) {
+    auto entry = parse_json(line);
+    ASSERT_TRUE(entry) << line;
+    EXPECT_TRUE((*entry).contains("id") && (*entry).contains("status") && (*entry).contains("duration_ms"));
+    ++lines;
+  }
+  EXPECT_GT(lines, 5);
+}
+
+}  // namespace
+}  // namespace nebula
