@@ -182,7 +182,8 @@ pid_t start_nginx(const std::string& dir, int port, const std::string& engine) {
   if (!std::filesystem::exists("/usr/sbin/nginx")) return -1;
   std::filesystem::create_directories(dir + "/logs");
   std::ofstream conf(dir + "/nginx.conf");
-  conf << "worker_processes 1;\npid " << dir << "/nginx.pid;\nerror_log " << dir << "/logs/error.log;\n"
+  conf << "master_process off;\nworker_processes 1;\npid " << dir << "/nginx.pid;\nerror_log " << dir
+       << "/logs/error.log;\n"
        << "events { worker_connections 4096; }\nhttp {\n  access_log off;\n"
        << "  client_body_temp_path " << dir << "/body;\n  proxy_temp_path " << dir << "/proxy;\n"
        << "  upstream engine { server " << engine.substr(7) << "; keepalive 512; }\n"

@@ -277,6 +277,22 @@ TEST_F(GatewayE2E, RetriesAnotherReplicaBeforeTheFirstByte) {
   ASSERT_TRUE(eventually([&] { return up_->endpoints_of("chat").size() == 2; }, 30s));
 }
 
+TEST_F(GatewayE2E, AnEngineErrorIsRelayedOnceNoOtherReplicaIsLeft) {
+  auto deployed = up_->cli({"deploy", "flaky", "--engine", "sim", "--model", "qwen2.5-0.5b", "--engine-arg=--fail-rate",
+                            "--engine-arg=1", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  std::string key = create_key({});
+  auto started = std::chrono::steady_clock::now();
+  auto response = post("/v1/chat/completions", R"({"model":"flaky","messages":[{"role":"user","content":"hi"}]})", key);
+  ASSERT_TRUE(response);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 5s) << "a retry must not wait in the queue for nothing";
+  EXPECT_TRUE(response->status == 429 || response->status == 500 || response->status == 503) << response->status;
+  auto body = parse_json(response->body);
+  ASSERT_TRUE(body) << response->body;
+  EXPECT_TRUE((*body)["error"].is_object()) << response->body;
+  EXPECT_EQ(up_->cli({"rm", "flaky"}).exit_code, 0);
+}
+
 TEST_F(GatewayE2E, QueueIsFairAcrossKeys) {
   // Fill both replicas (4 slots each) with key A's long requests plus a backlog, then key B asks
   // once: B must not wait behind A's whole backlog.

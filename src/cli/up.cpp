@@ -1,7 +1,12 @@
 // `nebula up` (control plane + gateway + a local agent in one process) and `nebula server`.
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -31,6 +36,14 @@ struct ServerFlags {
   std::string log_level = "info";
   std::string node_timeout = "30s";
   std::string auth;  // "" = none on loopback, required otherwise
+  // Gateway timeouts and queue.
+  std::string connect_timeout = "5s";
+  std::string first_token_timeout = "300s";
+  std::string idle_timeout = "120s";
+  std::string request_timeout = "600s";
+  std::string queue_timeout = "30s";
+  size_t max_queue = 1024;
+  int replica_capacity = 256;
 };
 
 bool is_loopback(const std::string& host) {
@@ -42,11 +55,37 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
       ->capture_default_str();
   app.add_option("--auth", flags.auth, "none (loopback only) or keys (API keys required)")
       ->check(CLI::IsMember({"none", "keys"}));
+  app.add_option("--connect-timeout", flags.connect_timeout, "Gateway: connecting to an engine")->capture_default_str();
+  app.add_option("--first-token-timeout", flags.first_token_timeout, "Gateway: until the engine answers")
+      ->capture_default_str();
+  app.add_option("--idle-timeout", flags.idle_timeout, "Gateway: longest silence within a streamed answer")
+      ->capture_default_str();
+  app.add_option("--request-timeout", flags.request_timeout, "Gateway: a whole request, queueing included")
+      ->capture_default_str();
+  app.add_option("--queue-timeout", flags.queue_timeout, "Gateway: longest wait for a free replica")
+      ->capture_default_str();
+  app.add_option("--max-queue", flags.max_queue, "Gateway: requests waiting per deployment before 429")
+      ->capture_default_str();
+  app.add_option("--replica-capacity", flags.replica_capacity,
+                 "Gateway: requests one replica takes at once when its deployment sets no --max-seqs")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--data-dir", flags.data_dir, "Where state, logs and the join token live")->capture_default_str();
   app.add_option("--store", flags.store, "State store: sqlite://PATH (default <data-dir>/nebula.db)");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")->capture_default_str();
   app.add_option("--node-timeout", flags.node_timeout, "A node without heartbeat this long is NotReady")
       ->capture_default_str();
+}
+
+// Creates the file readable by its owner only from the first byte (no umask window).
+Status write_private_file(const std::string& path, const std::string& content) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (fd < 0) return make_error(ErrorCode::Internal, "cannot write " + path + ": " + std::strerror(errno));
+  ::fchmod(fd, 0600);
+  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
+  ::close(fd);
+  if (!ok) return make_error(ErrorCode::Internal, "cannot write " + path);
+  return {};
 }
 
 // The join token agents present; created once per data dir, readable only by its owner.
@@ -56,11 +95,7 @@ Result<std::string> load_join_token(const std::string& data_dir) {
   std::string token;
   if (in && std::getline(in, token) && !token.empty()) return token;
   token = "nbj-" + random_secret_hex(16);
-  std::ofstream out(path, std::ios::trunc);
-  if (!out) return make_error(ErrorCode::Internal, "cannot write " + path);
-  out << token << "\n";
-  out.close();
-  ::chmod(path.c_str(), 0600);
+  if (auto written = write_private_file(path, token + "\n"); !written) return written.error();
   return token;
 }
 
@@ -112,6 +147,19 @@ class ServerRuntime {
     resources_ = std::make_unique<controlplane::Resources>(*store_);
     gateway::Options gateway_options;
     gateway_options.require_keys = auth_ == "keys";
+    std::pair<const std::string*, std::chrono::milliseconds*> durations[] = {
+        {&flags.connect_timeout, &gateway_options.connect_timeout},
+        {&flags.first_token_timeout, &gateway_options.first_byte_timeout},
+        {&flags.idle_timeout, &gateway_options.idle_timeout},
+        {&flags.request_timeout, &gateway_options.total_timeout},
+        {&flags.queue_timeout, &gateway_options.queue_timeout}};
+    for (auto [text, target] : durations) {
+      auto duration = parse_duration(*text);
+      if (!duration) return duration.error();
+      *target = *duration;
+    }
+    gateway_options.max_queue = flags.max_queue;
+    gateway_options.replica_capacity = flags.replica_capacity;
     gateway_options.access_log_path = flags.data_dir + "/access.log";
     gateway_ = std::make_unique<gateway::Gateway>(*store_, io_, gateway_options);
     if (auto started = gateway_->start(); !started) return started.error();
@@ -120,10 +168,7 @@ class ServerRuntime {
       if (!admin) return admin.error();
       if (!admin->empty()) {
         std::string path = flags.data_dir + "/admin.key";
-        std::ofstream out(path, std::ios::trunc);
-        out << *admin << "\n";
-        out.close();
-        ::chmod(path.c_str(), 0600);
+        if (auto written = write_private_file(path, *admin + "\n"); !written) return written.error();
         std::cout << "Bootstrap admin key (shown once, also in " << path << "): " << *admin << "\n" << std::flush;
       }
       options_.issue_node_credential = [this](const std::string& node) { return gateway_->issue_node_key(node); };

@@ -126,11 +126,11 @@ std::shared_ptr<Endpoint> EndpointTable::pick(const std::string& deployment, con
   return least[round_robin_++ % least.size()];
 }
 
-size_t EndpointTable::ready_count(const std::string& deployment) const {
+size_t EndpointTable::ready_count(const std::string& deployment, const std::set<std::string>& exclude) const {
   std::lock_guard lock(mutex_);
   size_t count = 0;
   for (const auto& [name, entry] : replicas_) {
-    if (entry.deployment == deployment && entry.endpoint) ++count;
+    if (entry.deployment == deployment && entry.endpoint && !exclude.count(name)) ++count;
   }
   return count;
 }
@@ -238,6 +238,17 @@ Result<std::string> Gateway::bootstrap_admin_key() {
 }
 
 Result<std::string> Gateway::issue_node_key(const std::string& node) {
+  // One live key per node: a rejoin revokes the keys the node was given before.
+  if (auto listing = store_.list(std::string(api::kKeyRoot) + "apikeys/")) {
+    for (const auto& kv : listing->kvs) {
+      auto document = parse_json(kv.value);
+      if (!document) continue;
+      auto old = api::api_key_from_json(*document);
+      if (old && old->scope == api::scope::kNode && old->display_name == "node/" + node && !old->revoked) {
+        (void)revoke_key(store_, old->metadata.name);
+      }
+    }
+  }
   api::ApiKey key;
   key.display_name = "node/" + node;
   key.scope = api::scope::kNode;
@@ -351,6 +362,32 @@ bool retryable_status(int status) {
 std::string dump(const json& value) {
   return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }
+
+// Where the value of "name" starts in a JSON text (after the colon and spaces), or npos. A cheap
+// scan, not a parser: good enough to classify an engine's stream chunks, never to read them.
+size_t value_start(std::string_view data, std::string_view name) {
+  std::string quoted = "\"" + std::string(name) + "\"";
+  size_t at = data.find(quoted);
+  if (at == std::string_view::npos) return at;
+  size_t i = at + quoted.size();
+  while (i < data.size() && (data[i] == ' ' || data[i] == '\t')) ++i;
+  if (i >= data.size() || data[i] != ':') return std::string_view::npos;
+  ++i;
+  while (i < data.size() && (data[i] == ' ' || data[i] == '\t')) ++i;
+  return i < data.size() ? i : std::string_view::npos;
+}
+
+// "name" is present with a value other than null.
+bool value_present(std::string_view data, std::string_view name) {
+  size_t i = value_start(data, name);
+  return i != std::string_view::npos && data[i] != 'n';
+}
+
+// "name" holds a non-empty string.
+bool nonempty_string_field(std::string_view data, std::string_view name) {
+  size_t i = value_start(data, name);
+  return i != std::string_view::npos && data[i] == '"' && i + 1 < data.size() && data[i + 1] != '"';
+}
 }  // namespace
 
 void Gateway::add_routes(http::Router& router) {
@@ -394,7 +431,7 @@ awaitable<Result<std::shared_ptr<Endpoint>>> Gateway::acquire(Call& call, const 
       co_return endpoint;
     }
   }
-  if (table_.ready_count(call.model) == 0) {
+  if (table_.ready_count(call.model, exclude) == 0) {
     co_return make_error(ErrorCode::Unavailable, fmt::format("no replica of `{}` is ready", call.model));
   }
   if (queue.size() >= options_.max_queue) {
@@ -431,22 +468,26 @@ void Gateway::dispatch_queue(const std::string& deployment) {
   if (found == queues_.end()) return;
   auto& queue = found->second;
   while (!queue.empty()) {
-    Waiter* next = nullptr;
-    for (Waiter* waiter : queue) {
-      if (waiter->granted) continue;
-      if (!next || waiter->priority > next->priority ||
-          (waiter->priority == next->priority && last_served_[waiter->key] < last_served_[next->key])) {
-        next = waiter;
-      }
+    // Fairness order: priority, then the key served longest ago. A waiter that cannot use any
+    // free replica (it already tried them) does not block the ones behind it.
+    std::vector<Waiter*> order(queue.begin(), queue.end());
+    std::stable_sort(order.begin(), order.end(), [this](const Waiter* a, const Waiter* b) {
+      if (a->priority != b->priority) return a->priority > b->priority;
+      return last_served_[a->key] < last_served_[b->key];
+    });
+    bool granted = false;
+    for (Waiter* waiter : order) {
+      auto endpoint = table_.pick(deployment, waiter->exclude, options_.replica_capacity, SteadyClock::now());
+      if (!endpoint) continue;
+      endpoint->outstanding += 1;
+      waiter->granted = endpoint;
+      last_served_[waiter->key] = ++admission_sequence_;
+      queue.remove(waiter);
+      waiter->timer.cancel();
+      granted = true;
+      break;
     }
-    if (!next) return;
-    auto endpoint = table_.pick(deployment, next->exclude, options_.replica_capacity, SteadyClock::now());
-    if (!endpoint) return;
-    endpoint->outstanding += 1;
-    next->granted = endpoint;
-    last_served_[next->key] = ++admission_sequence_;
-    queue.remove(next);
-    next->timer.cancel();
+    if (!granted) return;
   }
 }
 
@@ -495,11 +536,21 @@ http::Response call_error(const std::vector<http::Header>& headers, int status, 
 
 http::Response error_for(const Error& error, const http::Headers& headers) {
   switch (error.code) {
-    case ErrorCode::ResourceExhausted:
-      return call_error(headers, 429, error.message, "rate_limit_exceeded", "rate_limit_exceeded");
+    case ErrorCode::ResourceExhausted: {
+      http::Headers with_retry = headers;
+      with_retry.push_back({"Retry-After", "1"});
+      return call_error(with_retry, 429, error.message, "rate_limit_exceeded", "rate_limit_exceeded");
+    }
     case ErrorCode::Timeout: return call_error(headers, 503, error.message, "server_error", "queue_timeout");
     default: return call_error(headers, 503, error.message, "server_error", "service_unavailable");
   }
+}
+
+// A boolean field, false when absent or of another type.
+bool bool_field(const json& object, const char* name) {
+  if (!object.is_object()) return false;
+  auto value = object.find(name);
+  return value != object.end() && value->is_boolean() && value->get<bool>();
 }
 
 struct Prepared {
@@ -518,11 +569,9 @@ Result<Prepared> prepare_upstream(const json& body, int kind) {
     return prepared;
   }
   prepared.body = body;
-  bool stream = body.value("stream", false);
-  if (stream && kind != kEmbeddings) {
+  if (bool_field(body, "stream") && kind != kEmbeddings) {
     auto options = body.find("stream_options");
-    prepared.client_wants_usage =
-        options != body.end() && options->is_object() && options->value("include_usage", false);
+    prepared.client_wants_usage = options != body.end() && bool_field(*options, "include_usage");
     prepared.body["stream_options"]["include_usage"] = true;
   }
   return prepared;
@@ -576,12 +625,13 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     finish(call, 400);
     co_return;
   }
-  call.stream = call.body.value("stream", false) && kind != kEmbeddings;
+  call.stream = bool_field(call.body, "stream") && kind != kEmbeddings;
   if (call.key && !call.key->models.empty() &&
       std::find(call.key->models.begin(), call.key->models.end(), call.model) == call.key->models.end()) {
     co_await writer.send(call_error(call.headers, 403,
                                     fmt::format("this API key may not use the model `{}`", call.model),
                                     "invalid_request_error", "model_not_allowed"));
+    call.model.clear();  // a name the client chose: keep it out of the per-model metrics
     finish(call, 403);
     co_return;
   }
@@ -626,6 +676,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
   const std::string path = kUpstreamPaths[kind];
   std::set<std::string> tried;
   std::string last_failure;
+  std::optional<http::Response> engine_error;
   metrics_.in_flight(call.model, 1);
   struct InFlight {
     Metrics& metrics;
@@ -673,18 +724,16 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
       metrics_.upstream_error(call.model);
       spdlog::warn("gateway: {} replica {} failed before the first byte: {}", call.request_id, endpoint->replica,
                    last_failure);
-      if (upstream && attempt + 1 == options_.max_attempts) {
-        // The last try: relay the engine's own error.
+      if (upstream) {
+        // Keep the engine's own error: it is what the client gets if no other replica serves.
         auto body = co_await (*upstream)->read_all(options_.idle_timeout);
-        http::Response relayed;
-        relayed.status = (*upstream)->status;
-        relayed.headers = call.headers;
-        relayed.headers.push_back({"Content-Type", "application/json"});
-        if (body) relayed.body = *body;
-        int status = relayed.status;
-        co_await writer.send(std::move(relayed));
-        finish(call, status);
-        co_return;
+        engine_error = http::Response{};
+        engine_error->status = (*upstream)->status;
+        engine_error->headers = call.headers;
+        engine_error->headers.push_back({"Content-Type", "application/json"});
+        std::string retry_after = (*upstream)->header("retry-after");
+        if (!retry_after.empty()) engine_error->headers.push_back({"Retry-After", retry_after});
+        if (body) engine_error->body = *body;
       }
       continue;
     }
@@ -763,26 +812,34 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
           }
           continue;
         }
-        auto chunk = parse_json(event.data);
+        // The hot path: most chunks carry one token and no usage, and are relayed without a JSON
+        // parse. Only usage chunks, and chunks the Responses translation must read, are parsed.
         bool usage_only = false;
+        bool has_text = false;
         std::string text;
-        if (chunk && chunk->is_object()) {
-          auto usage = chunk->find("usage");
-          if (usage != chunk->end() && usage->is_object()) call.usage = *usage;
-          auto choices = chunk->find("choices");
-          usage_only = usage != chunk->end() && usage->is_object() && choices != chunk->end() && choices->is_array() &&
-                       choices->empty();
-          if (choices != chunk->end() && choices->is_array() && !choices->empty()) {
-            const auto& choice = (*choices)[0];
-            if (choice.contains("delta") && choice["delta"].contains("content") &&
-                choice["delta"]["content"].is_string()) {
-              text = choice["delta"]["content"].get<std::string>();
-            } else if (choice.contains("text") && choice["text"].is_string()) {
-              text = choice["text"].get<std::string>();
+        if (translation || value_present(event.data, "usage")) {
+          auto chunk = parse_json(event.data);
+          if (chunk && chunk->is_object()) {
+            auto usage = chunk->find("usage");
+            if (usage != chunk->end() && usage->is_object()) call.usage = *usage;
+            auto choices = chunk->find("choices");
+            usage_only = usage != chunk->end() && usage->is_object() && choices != chunk->end() &&
+                         choices->is_array() && choices->empty();
+            if (choices != chunk->end() && choices->is_array() && !choices->empty()) {
+              const auto& choice = (*choices)[0];
+              if (choice.contains("delta") && choice["delta"].contains("content") &&
+                  choice["delta"]["content"].is_string()) {
+                text = choice["delta"]["content"].get<std::string>();
+              } else if (choice.contains("text") && choice["text"].is_string()) {
+                text = choice["text"].get<std::string>();
+              }
             }
           }
+          has_text = !text.empty();
+        } else {
+          has_text = nonempty_string_field(event.data, "content") || nonempty_string_field(event.data, "text");
         }
-        if (!text.empty()) {
+        if (has_text) {
           auto now = SteadyClock::now();
           if (call.ttft_s < 0) {
             call.ttft_s = std::chrono::duration<double>(now - call.start).count();
@@ -812,9 +869,14 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     finish(call, response.status);
     co_return;
   }
-  std::string message = last_failure.empty()
-                            ? fmt::format("no replica of `{}` is ready", call.model)
-                            : fmt::format("no replica of `{}` could serve the request: {}", call.model, last_failure);
+  if (engine_error) {
+    int status = engine_error->status;
+    co_await writer.send(std::move(*engine_error));
+    finish(call, status);
+    co_return;
+  }
+  std::string message = fmt::format("no replica of `{}` could serve the request: {}", call.model, last_failure);
+  if (last_failure.empty()) message = fmt::format("no replica of `{}` is ready", call.model);
   co_await writer.send(call_error(call.headers, 503, message, "server_error", "service_unavailable"));
   finish(call, 503);
 }

@@ -78,7 +78,7 @@ class EndpointTable {
   // breaker lets traffic through, skipping `exclude`; ties go round-robin. nullptr when none.
   std::shared_ptr<Endpoint> pick(const std::string& deployment, const std::set<std::string>& exclude,
                                  int default_capacity, std::chrono::steady_clock::time_point now);
-  size_t ready_count(const std::string& deployment) const;
+  size_t ready_count(const std::string& deployment, const std::set<std::string>& exclude = {}) const;
   // Called (from any thread) after every change.
   void set_on_change(std::function<void(const std::string& deployment)> callback);
 

@@ -147,7 +147,7 @@ class PooledStreamingResponse final : public StreamingResponse {
       body.data = chunk;
       body.size = sizeof chunk;
       error_code ec;
-      connection_->stream.expires_after(idle_timeout);
+      read_deadline_.arm(connection_->stream, idle_timeout);
       co_await bhttp::async_read_some(connection_->stream, connection_->buffer, *parser_,
                                       asio::redirect_error(asio::use_awaitable, ec));
       if (ec == bhttp::error::need_buffer) ec = {};
@@ -177,6 +177,7 @@ class PooledStreamingResponse final : public StreamingResponse {
   std::unique_ptr<Connection> connection_;
   std::unique_ptr<bhttp::response_parser<bhttp::buffer_body>> parser_;
   Url url_;
+  Deadline read_deadline_;
 };
 
 awaitable<Result<std::string>> StreamingResponse::read_all(std::chrono::milliseconds idle_timeout) {

@@ -78,7 +78,7 @@ class StreamWriter final : public ResponseWriter {
     message.keep_alive(keep_alive_);
     message.prepare_payload();
     error_code ec;
-    stream_.expires_after(options_.write_timeout);
+    deadline_.arm(stream_, options_.write_timeout);
     co_await bhttp::async_write(stream_, message, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) broken_ = true;
   }
@@ -95,7 +95,7 @@ class StreamWriter final : public ResponseWriter {
     message.chunked(true);
     bhttp::response_serializer<bhttp::empty_body> serializer{message};
     error_code ec;
-    stream_.expires_after(options_.write_timeout);
+    deadline_.arm(stream_, options_.write_timeout);
     co_await bhttp::async_write_header(stream_, serializer, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) broken_ = true;
     co_return !broken_;
@@ -105,7 +105,7 @@ class StreamWriter final : public ResponseWriter {
     if (broken_) co_return false;
     if (data.empty()) co_return true;  // an empty chunk would end the body
     error_code ec;
-    stream_.expires_after(options_.write_timeout);
+    deadline_.arm(stream_, options_.write_timeout);
     co_await asio::async_write(stream_, bhttp::make_chunk(asio::buffer(data.data(), data.size())),
                                asio::redirect_error(asio::use_awaitable, ec));
     if (ec) broken_ = true;
@@ -116,7 +116,7 @@ class StreamWriter final : public ResponseWriter {
     if (!streaming_ || finished_ || broken_) co_return;
     finished_ = true;
     error_code ec;
-    stream_.expires_after(options_.write_timeout);
+    deadline_.arm(stream_, options_.write_timeout);
     co_await asio::async_write(stream_, bhttp::make_chunk_last(), asio::redirect_error(asio::use_awaitable, ec));
     if (ec) broken_ = true;
   }
@@ -135,6 +135,7 @@ class StreamWriter final : public ResponseWriter {
   }
 
   beast::tcp_stream& stream_;
+  Deadline deadline_;
   const ServerOptions& options_;
   unsigned version_;
   bool keep_alive_;

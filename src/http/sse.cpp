@@ -21,18 +21,31 @@ std::string format_sse(std::string_view data, std::string_view event) {
 }
 
 void SseParser::feed(std::string_view bytes, std::vector<SseEvent>& out) {
-  for (char c : bytes) {
-    if (c == '\n' && last_was_cr_) {  // the \n of a \r\n pair: the line already ended at \r
-      last_was_cr_ = false;
-      continue;
+  size_t i = 0;
+  if (last_was_cr_ && !bytes.empty() && bytes[0] == '\n') i = 1;  // the \n of a \r\n split across feeds
+  last_was_cr_ = false;
+  while (i < bytes.size()) {
+    // Whole lines at a time: find the next line end instead of copying byte by byte.
+    size_t end = bytes.find_first_of("\r\n", i);
+    if (end == std::string_view::npos) {
+      line_.append(bytes.substr(i));
+      return;
     }
-    last_was_cr_ = c == '\r';
-    if (c == '\n' || c == '\r') {
+    if (line_.empty()) {
+      take_line(bytes.substr(i, end - i), out);
+    } else {
+      line_.append(bytes.substr(i, end - i));
       take_line(line_, out);
       line_.clear();
-    } else {
-      line_.push_back(c);
     }
+    if (bytes[end] == '\r') {
+      if (end + 1 < bytes.size()) {
+        if (bytes[end + 1] == '\n') ++end;
+      } else {
+        last_was_cr_ = true;
+      }
+    }
+    i = end + 1;
   }
 }
 
