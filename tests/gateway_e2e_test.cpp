@@ -2,6 +2,10 @@
 // and concurrent HTTP clients.
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <fstream>
 #include <mutex>
@@ -260,6 +264,37 @@ TEST_F(GatewayE2E, DisconnectMidStreamFreesTheEngineSlot) {
       },
       5s);
   EXPECT_TRUE(freed);
+}
+
+TEST_F(GatewayE2E, ANonStreamedClientThatLeavesFreesTheEngineSlot) {
+  std::string key = create_key({});
+  // A long non-streamed completion; the client sends it and hangs up.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(std::stoi(up_->server().substr(up_->server().rfind(':') + 1))));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  std::string body =
+      R"({"model":"chat","max_tokens":2000,"ignore_eos":true,"messages":[{"role":"user","content":"hi"}]})";
+  std::string request = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key +
+                        "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                        "\r\n\r\n" + body;
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  auto endpoints = up_->endpoints_of("chat");
+  http::BlockingClient client;
+  auto running = [&] {
+    int total = 0;
+    for (const auto& endpoint : endpoints) {
+      auto metrics = client.request("GET", endpoint + "/metrics");
+      if (!metrics) continue;
+      if (metrics->body.find("vllm:num_requests_running{model_name=\"chat\"} 1") != std::string::npos) ++total;
+    }
+    return total;
+  };
+  ASSERT_TRUE(eventually([&] { return running() == 1; }, 5s)) << "the request never reached an engine";
+  ::close(fd);
+  EXPECT_TRUE(eventually([&] { return running() == 0; }, 3s)) << "the engine kept generating for a gone client";
 }
 
 TEST_F(GatewayE2E, RetriesAnotherReplicaBeforeTheFirstByte) {

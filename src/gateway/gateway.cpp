@@ -143,6 +143,16 @@ enum Kind { kChat = 0, kCompletions = 1, kEmbeddings = 2, kResponses = 3 };
 const char* kUpstreamPaths[] = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/chat/completions"};
 }  // namespace
 
+struct Gateway::Waiter {
+  explicit Waiter(asio::io_context& io) : timer(io) {}
+  std::string key;
+  int priority = 0;
+  uint64_t sequence = 0;
+  std::set<std::string> exclude;
+  asio::steady_timer timer;
+  std::shared_ptr<Endpoint> granted;
+};
+
 // One request through the gateway, from authentication to accounting.
 struct Gateway::Call {
   int kind = kChat;
@@ -163,16 +173,25 @@ struct Gateway::Call {
   json usage;  // the engine's usage object
   int64_t relayed_chunks = 0;
   http::Headers headers;  // sent on every response: x-request-id, x-ratelimit-*
-};
+  // While the client waits without being written to (queue, non-streamed answer): what to
+  // cancel if it leaves.
+  bool client_gone = false;
+  bool watching = false;
+  Waiter* waiting = nullptr;
+  http::Cancellation upstream_cancel;
+  http::StreamingResponse* upstream = nullptr;
 
-struct Gateway::Waiter {
-  explicit Waiter(asio::io_context& io) : timer(io) {}
-  std::string key;
-  int priority = 0;
-  uint64_t sequence = 0;
-  std::set<std::string> exclude;
-  asio::steady_timer timer;
-  std::shared_ptr<Endpoint> granted;
+  // From here until the answer is written, a client that leaves cancels what it waits for.
+  void watch_client(http::ResponseWriter& writer) {
+    if (watching) return;
+    watching = true;
+    writer.on_client_gone([this] {
+      client_gone = true;
+      if (waiting) waiting->timer.cancel();
+      upstream_cancel.cancel();
+      if (upstream) upstream->cancel();
+    });
+  }
 };
 
 Gateway::Gateway(store::Store& store, asio::io_context& io, Options options)
@@ -422,7 +441,8 @@ void Gateway::add_routes(http::Router& router) {
 // ---------------------------------------------------------------------------------------------
 // Admission: a bounded queue per deployment, fair across keys
 
-awaitable<Result<std::shared_ptr<Endpoint>>> Gateway::acquire(Call& call, const std::set<std::string>& exclude) {
+awaitable<Result<std::shared_ptr<Endpoint>>> Gateway::acquire(Call& call, const std::set<std::string>& exclude,
+                                                              http::ResponseWriter& writer) {
   auto& queue = queues_[call.model];
   // Nobody waiting: take a free slot directly. Otherwise queue behind them (no barging).
   if (queue.empty()) {
@@ -447,11 +467,15 @@ awaitable<Result<std::shared_ptr<Endpoint>>> Gateway::acquire(Call& call, const 
   waiter.timer.expires_at(deadline);
   queue.push_back(&waiter);
   metrics_.queue_depth(call.model, 1);
+  call.waiting = &waiter;
+  call.watch_client(writer);
   boost::system::error_code ec;
   co_await waiter.timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  call.waiting = nullptr;
   queue.remove(&waiter);
   metrics_.queue_depth(call.model, -1);
   if (waiter.granted) co_return waiter.granted;
+  if (call.client_gone) co_return make_error(ErrorCode::Unavailable, "the client went away while queued");
   co_return make_error(ErrorCode::Timeout, fmt::format("`{}` had no free replica within {} ms", call.model,
                                                        options_.queue_timeout.count()));
 }
@@ -685,7 +709,11 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
   } in_flight{metrics_, call.model};
 
   for (int attempt = 0; attempt < options_.max_attempts; ++attempt) {
-    auto acquired = co_await acquire(call, tried);
+    auto acquired = co_await acquire(call, tried, writer);
+    if (call.client_gone) {
+      finish(call, 499);
+      co_return;
+    }
     if (!acquired) {
       if (!last_failure.empty() && acquired.error().code == ErrorCode::Unavailable) break;
       http::Response refusal = error_for(acquired.error(), call.headers);
@@ -705,9 +733,15 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     if (endpoint->consecutive_failures > 0) endpoint->probing = true;
 
     auto left = std::chrono::duration_cast<milliseconds>(call.deadline - SteadyClock::now());
-    auto upstream =
-        co_await client_->open("POST", endpoint->url + path, upstream_body, upstream_headers(call.request_id),
-                               std::min(options_.first_byte_timeout, std::max(left, milliseconds(1))));
+    // A non-streamed answer arrives whole at the end: watch for its client leaving meanwhile.
+    if (!call.stream) call.watch_client(writer);
+    auto upstream = co_await client_->open(
+        "POST", endpoint->url + path, upstream_body, upstream_headers(call.request_id),
+        std::min(options_.first_byte_timeout, std::max(left, milliseconds(1))), &call.upstream_cancel);
+    if (call.client_gone) {
+      finish(call, 499);  // the engine's request was cancelled with the connection
+      co_return;
+    }
     bool failed = !upstream || retryable_status((*upstream)->status);
     if (failed) {
       // Nothing reached the client yet: count it against the replica and try another.
@@ -743,7 +777,13 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     bool event_stream = response.header("content-type").rfind("text/event-stream", 0) == 0;
 
     if (!event_stream) {
+      call.upstream = &response;
       auto body = co_await response.read_all(options_.idle_timeout);
+      call.upstream = nullptr;
+      if (call.client_gone) {
+        finish(call, 499);
+        co_return;
+      }
       if (!body) {
         co_await writer.send(call_error(call.headers, 502, "the engine's answer broke off: " + body.error().message,
                                         "server_error", "upstream_error"));

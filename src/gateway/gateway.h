@@ -122,7 +122,8 @@ class Gateway {
   struct Call;
   struct Waiter;
   awaitable<void> serve(http::Request& request, http::ResponseWriter& writer, int kind);
-  awaitable<Result<std::shared_ptr<Endpoint>>> acquire(Call& call, const std::set<std::string>& exclude);
+  awaitable<Result<std::shared_ptr<Endpoint>>> acquire(Call& call, const std::set<std::string>& exclude,
+                                                       http::ResponseWriter& writer);
   void release(const std::shared_ptr<Endpoint>& endpoint);
   void dispatch_queue(const std::string& deployment);
   void finish(Call& call, int status);

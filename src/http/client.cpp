@@ -97,7 +97,8 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
   // pooled connection that the peer closed meanwhile fails before any response byte: retry once
   // on a fresh one.
   awaitable<Result<Sent>> send(const std::string& method, const Url& url, const std::string& body,
-                               const Headers& headers, std::chrono::milliseconds timeout) {
+                               const Headers& headers, std::chrono::milliseconds timeout,
+                               std::function<void(std::function<void()>)> set_closer) {
     for (int attempt = 0; attempt < 2; ++attempt) {
       Sent sent;
       sent.connection = attempt == 0 ? take_idle(url.origin()) : nullptr;
@@ -111,14 +112,24 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       auto message = make_request(method, url, body, headers);
       error_code ec;
       auto& connection = *sent.connection;
+      if (set_closer) {
+        set_closer([&connection] {
+          error_code ignored;
+          connection.stream.socket().close(ignored);
+        });
+      }
       connection.stream.expires_after(timeout);
       co_await bhttp::async_write(connection.stream, message, asio::redirect_error(asio::use_awaitable, ec));
       if (!ec) {
         co_await bhttp::async_read_header(connection.stream, connection.buffer, *sent.parser,
                                           asio::redirect_error(asio::use_awaitable, ec));
       }
+      if (set_closer) set_closer(nullptr);
       if (!ec) co_return std::move(sent);
-      if (connection.reused && ec != beast::error::timeout) continue;
+      if (connection.reused && ec != beast::error::timeout && ec != asio::error::operation_aborted &&
+          !(set_closer && ec == asio::error::bad_descriptor)) {
+        continue;
+      }
       co_return io_error(ec == beast::error::timeout ? "no response from" : "request failed to", url, ec);
     }
     co_return make_error(ErrorCode::Unavailable, "request to " + url.origin() + " failed");
@@ -195,10 +206,16 @@ Client::~Client() = default;
 
 awaitable<Result<std::unique_ptr<StreamingResponse>>> Client::open(std::string method, std::string url_text,
                                                                    std::string body, Headers headers,
-                                                                   std::chrono::milliseconds first_byte_timeout) {
+                                                                   std::chrono::milliseconds first_byte_timeout,
+                                                                   Cancellation* cancellation) {
   auto url = Url::parse(url_text);
   if (!url) co_return url.error();
-  auto sent = co_await impl_->send(method, *url, body, headers, first_byte_timeout);
+  if (cancellation && cancellation->cancelled()) co_return make_error(ErrorCode::Unavailable, "cancelled");
+  std::function<void(std::function<void()>)> set_closer;
+  if (cancellation)
+    set_closer = [cancellation](std::function<void()> close) { cancellation->close_ = std::move(close); };
+  auto sent = co_await impl_->send(method, *url, body, headers, first_byte_timeout, set_closer);
+  if (cancellation && cancellation->cancelled()) co_return make_error(ErrorCode::Unavailable, "cancelled");
   if (!sent) co_return sent.error();
   co_return std::unique_ptr<StreamingResponse>(std::make_unique<PooledStreamingResponse>(
       impl_, std::move(sent->connection), std::move(sent->parser), std::move(url.value())));

@@ -83,6 +83,12 @@ class ResponseWriter {
   // tell a failure from a complete response.
   virtual void abort() = 0;
   virtual bool answered() const = 0;
+  // Asks to be told when the client closes its connection before the answer is complete (a
+  // non-streamed request whose client gave up, a request waiting in a queue). The callback runs
+  // on the I/O thread, at most once. Watching costs a pending read, so it starts only when asked.
+  // The server's io_context must run on one thread for this.
+  virtual void on_client_gone(std::function<void()> callback) = 0;
+  virtual bool client_gone() const = 0;
 };
 
 using Handler = std::function<awaitable<void>(Request&, ResponseWriter&)>;
@@ -173,6 +179,22 @@ class StreamingResponse {
   virtual void cancel() = 0;
 };
 
+// Lets another coroutine on the same thread abandon a Client::open() in progress: cancel() closes
+// its connection, so the request is cancelled upstream and open() fails.
+class Cancellation {
+ public:
+  void cancel() {
+    cancelled_ = true;
+    if (close_) close_();
+  }
+  bool cancelled() const { return cancelled_; }
+
+ private:
+  friend class Client;
+  std::function<void()> close_;
+  bool cancelled_ = false;
+};
+
 // An async client with a keep-alive connection pool per host. Thread-safe; its connections live
 // on the executor of the io_context it was built with.
 class Client {
@@ -186,9 +208,11 @@ class Client {
   awaitable<Result<Response>> request(std::string method, std::string url, std::string body = {}, Headers headers = {},
                                       std::chrono::milliseconds timeout = std::chrono::seconds(60));
   // Sends a request and returns once the response headers arrived (within first_byte_timeout).
+  // A cancellation, when given, can abandon the request until open() returns.
   awaitable<Result<std::unique_ptr<StreamingResponse>>> open(std::string method, std::string url, std::string body,
                                                              Headers headers,
-                                                             std::chrono::milliseconds first_byte_timeout);
+                                                             std::chrono::milliseconds first_byte_timeout,
+                                                             Cancellation* cancellation = nullptr);
 
  private:
   friend class PooledStreamingResponse;

@@ -5,7 +5,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <thread>
@@ -78,6 +80,18 @@ class ServerTest : public ::testing::Test {
       }
       co_await writer.finish();
     });
+    router.add("GET", "/slow", [this](Request&, ResponseWriter& writer) -> awaitable<void> {
+      // Answers after 5 s unless the client leaves first.
+      asio::steady_timer timer(io_, std::chrono::seconds(5));
+      writer.on_client_gone([&timer] { timer.cancel(); });
+      boost::system::error_code ignored;
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+      if (writer.client_gone()) {
+        gone_seen_ = true;
+        co_return;
+      }
+      co_await writer.send(Response::text(200, "late"));
+    });
     router.add("GET", "/throws", [](Request&, ResponseWriter&) -> awaitable<void> {
       throw std::runtime_error("boom");
       co_return;
@@ -125,6 +139,7 @@ class ServerTest : public ::testing::Test {
   std::unique_ptr<Server> server_;
   std::thread thread_;
   uint16_t port_ = 0;
+  std::atomic<bool> gone_seen_{false};
 };
 
 TEST_F(ServerTest, RoutesParamsQueryAndKeepAlive) {
@@ -196,6 +211,27 @@ TEST_F(ServerTest, SlowClientTimesOut) {
   EXPECT_EQ(reply, "");
   EXPECT_LT(waited, std::chrono::seconds(5));
   EXPECT_EQ(server_->open_connections(), 0u);
+}
+
+TEST_F(ServerTest, AHandlerLearnsThatItsClientLeft) {
+  start({});
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port_);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  std::string request = "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ::close(fd);
+  for (int i = 0; i < 100 && !gone_seen_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(gone_seen_) << "the handler was not told before its 5 s timer";
+  // A client that stays gets its answer, and the connection serves the next request.
+  BlockingClient client;
+  auto hello = client.request("GET", base() + "/hello/a");
+  ASSERT_TRUE(hello);
+  EXPECT_EQ(hello->status, 200);
 }
 
 TEST_F(ServerTest, ManyIdleKeepAliveConnectionsNeedNoThreads) {

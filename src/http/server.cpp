@@ -59,9 +59,10 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 
 class StreamWriter final : public ResponseWriter {
  public:
-  StreamWriter(beast::tcp_stream& stream, const ServerOptions& options, unsigned version, bool keep_alive,
-               std::string request_id = {})
+  StreamWriter(beast::tcp_stream& stream, beast::flat_buffer& buffer, const ServerOptions& options, unsigned version,
+               bool keep_alive, std::string request_id = {})
       : stream_(stream),
+        buffer_(buffer),
         options_(options),
         version_(version),
         keep_alive_(keep_alive),
@@ -122,11 +123,48 @@ class StreamWriter final : public ResponseWriter {
   }
 
   void abort() override { broken_ = true; }
+
+  void on_client_gone(std::function<void()> callback) override {
+    gone_callback_ = std::move(callback);
+    if (watching_ || broken_) return;
+    watching_ = true;
+    watch_done_ =
+        std::make_unique<asio::steady_timer>(stream_.get_executor(), std::chrono::steady_clock::time_point::max());
+    asio::co_spawn(stream_.get_executor(), watch(), asio::detached);
+  }
+  bool client_gone() const override { return gone_; }
+
+  // Ends the watch for a closed connection before the session reads the next request (the
+  // watcher reads into the session's buffer).
+  awaitable<void> stop_watching() {
+    gone_callback_ = nullptr;  // the handler is done: whatever it captured may be gone
+    if (!watching_ || watch_finished_) co_return;
+    error_code ignored;
+    stream_.socket().cancel(ignored);
+    co_await watch_done_->async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+  }
   bool answered() const override { return answered_; }
   // The connection can serve another request.
   bool reusable() const { return keep_alive_ && !broken_ && (!streaming_ || finished_); }
 
  private:
+  // A pending read on an idle request connection returns only when the client sends more (a
+  // pipelined request: kept in the buffer) or closes it.
+  awaitable<void> watch() {
+    error_code ec;
+    size_t n =
+        co_await stream_.socket().async_read_some(buffer_.prepare(4096), asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) {
+      buffer_.commit(n);
+    } else if (ec != asio::error::operation_aborted) {
+      gone_ = true;
+      broken_ = true;
+      if (gone_callback_) gone_callback_();
+    }
+    watch_finished_ = true;
+    watch_done_->cancel();
+  }
+
   // Every response carries an x-request-id: the handler's, else the client's, else a new one.
   template <typename Message>
   void add_request_id(Message& message) {
@@ -135,6 +173,7 @@ class StreamWriter final : public ResponseWriter {
   }
 
   beast::tcp_stream& stream_;
+  beast::flat_buffer& buffer_;
   Deadline deadline_;
   const ServerOptions& options_;
   unsigned version_;
@@ -144,6 +183,11 @@ class StreamWriter final : public ResponseWriter {
   bool finished_ = false;
   bool broken_ = false;
   std::string request_id_;
+  bool watching_ = false;
+  bool watch_finished_ = false;
+  bool gone_ = false;
+  std::function<void()> gone_callback_;
+  std::unique_ptr<asio::steady_timer> watch_done_;
 };
 
 awaitable<void> Server::Impl::accept_loop() {
@@ -204,7 +248,7 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
         } else {
           refusal = error_json(400, "malformed HTTP request: " + ec.message(), "bad_request");
         }
-        StreamWriter writer(stream, options, 11, false);
+        StreamWriter writer(stream, buffer, options, 11, false);
         co_await writer.send(std::move(refusal));
         break;
       }
@@ -212,13 +256,14 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
       unsigned version = message.version();
       bool keep_alive = message.keep_alive();
       Request request = to_request(std::move(message), remote);
-      StreamWriter writer(stream, options, version, keep_alive, request.header("x-request-id"));
+      StreamWriter writer(stream, buffer, options, version, keep_alive, request.header("x-request-id"));
       std::string failure;
       try {
         co_await router.dispatch(request, writer);
       } catch (const std::exception& error) {
         failure = error.what();
       }
+      co_await writer.stop_watching();
       if (!failure.empty()) {
         spdlog::error("http: {} {} failed: {}", request.method, request.path, failure);
         if (writer.answered()) break;

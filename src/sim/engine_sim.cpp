@@ -113,6 +113,11 @@ class Mailbox {
     news_ = true;
     timer_.cancel();
   }
+  // Wakes a waiter without progress (its client went away).
+  void wake() {
+    news_ = true;
+    timer_.cancel();
+  }
   // Returns once there is news not yet waited for.
   awaitable<void> wait() {
     while (!news_) {
@@ -414,10 +419,14 @@ struct EngineSim::State {
     AbortGuard guard(state, state->submit(completion, mailbox));
     bool stream = completion.request.stream;
     if (stream && !co_await writer.start_stream(200, format.stream_headers(completion))) co_return;
+    // A non-streamed request writes nothing until the end: watch for its client leaving, so its
+    // sequences (and KV blocks) are freed at once, as with a stream.
+    if (!stream) writer.on_client_gone([mailbox] { mailbox->wake(); });
     std::vector<int> sent(completion.generations.size(), 0);
     std::vector<bool> ended(completion.generations.size(), false);
     while (true) {
       co_await mailbox->wait();
+      if (writer.client_gone()) co_return;  // the guard aborts the sequences
       fill_cached_tokens(completion, *mailbox);
       if (stream) {
         std::string events = format.progress_events(completion, mailbox_progress(*mailbox), sent, ended);
