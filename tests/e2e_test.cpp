@@ -9,7 +9,7 @@
 #include "common/json.h"
 #include "http/http.h"
 #include "http/sse.h"
-#include "process_helpers.h"
+#include "nebula_fixture.h"
 
 namespace nebula {
 namespace {
@@ -22,67 +22,15 @@ using testing::run_command;
 
 class UserStory : public ::testing::Test {
  protected:
-  void SetUp() override {
-    port_ = testing::free_port();
-    server_ = "http://127.0.0.1:" + std::to_string(port_);
-    up_ = std::make_unique<Child>(
-        std::vector<std::string>{NEBULA_BINARY, "up", "--listen", "127.0.0.1:" + std::to_string(port_), "--data-dir",
-                                 data_.path() + "/data", "--sim-gpus", "1xH100-80GB", "--log-level", "warn", "--name",
-                                 "e2e-node"},
-        data_.path() + "/up.log");
-    bool node_ready = eventually(
-        [&] {
-          auto nodes = cli({"nodes", "-o", "json"});
-          if (nodes.exit_code != 0) return false;
-          auto parsed = parse_json(nodes.out);
-          return parsed && parsed->is_array() && parsed->size() == 1 && (*parsed)[0]["status"]["ready"] == true;
-        },
-        20s);
-    ASSERT_TRUE(node_ready) << up_->output();
-  }
+  void SetUp() override { ASSERT_TRUE(up_.wait_node_ready()) << up_.process().output(); }
 
-  void TearDown() override {
-    // SIGTERM, not the destructor's SIGKILL: `nebula up` must stop its engines on the way out.
-    up_->stop(SIGTERM, std::chrono::seconds(30));
-    if (HasFailure()) std::cerr << "---- nebula up output ----\n" << up_->output() << "\n";
-  }
+  testing::CommandResult cli(std::vector<std::string> args) { return up_.cli(std::move(args)); }
+  json get_json(const std::string& path) { return up_.get_json(path); }
+  std::vector<json> replicas_of(const std::string& deployment) { return up_.replicas_of(deployment); }
+  std::set<int> engine_pids(const std::string& deployment) { return up_.engine_pids(deployment); }
 
-  testing::CommandResult cli(std::vector<std::string> args) {
-    args.insert(args.begin(), NEBULA_BINARY);
-    return run_command(args, {"NEBULA_SERVER=" + server_});
-  }
-
-  json get_json(const std::string& path) {
-    auto response = client_.request("GET", server_ + path);
-    EXPECT_TRUE(response) << path;
-    if (!response) return json();
-    auto parsed = parse_json(response->body);
-    EXPECT_TRUE(parsed) << path << ": " << response->status << " " << response->body;
-    return parsed ? *parsed : json();
-  }
-
-  std::vector<json> replicas_of(const std::string& deployment) {
-    std::vector<json> replicas;
-    json listing = get_json("/api/v1/replicas");
-    for (const auto& item : listing["items"]) {
-      if (item["spec"]["deployment"] == deployment) replicas.push_back(item);
-    }
-    return replicas;
-  }
-
-  std::set<int> engine_pids(const std::string& deployment) {
-    std::set<int> pids;
-    for (const auto& replica : replicas_of(deployment)) {
-      int pid = replica["status"].value("pid", 0);
-      if (pid > 0) pids.insert(pid);
-    }
-    return pids;
-  }
-
-  testing::TempDir data_;
-  int port_ = 0;
-  std::string server_;
-  std::unique_ptr<Child> up_;
+  testing::NebulaUp up_{{}, "1xH100-80GB"};
+  const std::string& server_ = up_.server();
   http::BlockingClient client_;
 };
 
@@ -191,7 +139,7 @@ TEST_F(UserStory, DeployStreamScaleHealRemove) {
   ASSERT_EQ(kept.exit_code, 0) << kept.out;
   std::set<int> kept_pids = engine_pids("kept");
   ASSERT_EQ(kept_pids.size(), 1u);
-  EXPECT_EQ(up_->stop(SIGTERM, 30s), 0);
+  EXPECT_EQ(up_.process().stop(SIGTERM, 30s), 0);
   for (int pid : kept_pids) EXPECT_TRUE(eventually([&] { return process_gone(pid); }, 5s)) << "pid " << pid;
 }
 
