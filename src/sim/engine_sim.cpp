@@ -419,9 +419,9 @@ struct EngineSim::State {
     AbortGuard guard(state, state->submit(completion, mailbox));
     bool stream = completion.request.stream;
     if (stream && !co_await writer.start_stream(200, format.stream_headers(completion))) co_return;
-    // A non-streamed request writes nothing until the end: watch for its client leaving, so its
-    // sequences (and KV blocks) are freed at once, as with a stream.
-    if (!stream) writer.on_client_gone([mailbox] { mailbox->wake(); });
+    // Watch for the client leaving while nothing is written to it (queued, or a non-streamed
+    // answer), so its sequences and KV blocks are freed at once.
+    writer.on_client_gone([mailbox] { mailbox->wake(); });
     std::vector<int> sent(completion.generations.size(), 0);
     std::vector<bool> ended(completion.generations.size(), false);
     while (true) {
