@@ -328,6 +328,62 @@ TEST_F(GatewayE2E, AnEngineErrorIsRelayedOnceNoOtherReplicaIsLeft) {
   EXPECT_EQ(up_->cli({"rm", "flaky"}).exit_code, 0);
 }
 
+TEST_F(GatewayE2E, AnIdleDeploymentSleepsAndTheNextRequestWakesIt) {
+  auto deployed = up_->cli({"deploy", "sleepy", "--engine", "sim", "--model", "qwen2.5-0.5b", "--idle-timeout", "1s",
+                            "--on-idle", "sleep-l1", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  auto pids = up_->engine_pids("sleepy");
+  ASSERT_EQ(pids.size(), 1u);
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto replicas = up_->replicas_of("sleepy");
+        return replicas.size() == 1 && replicas[0]["status"]["phase"] == "Sleeping";
+      },
+      10s))
+      << up_->get_json("/api/v1/replicas", admin_).dump();
+  EXPECT_EQ(up_->get_json("/api/v1/deployments/sleepy", admin_)["status"]["phase"], "Idle");
+  // The next request waits for the wake and is served by the same engine process.
+  std::string key = create_key({});
+  auto response =
+      post("/v1/chat/completions", R"({"model":"sleepy","messages":[{"role":"user","content":"hi"}]})", key);
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200) << response->body;
+  EXPECT_EQ(up_->engine_pids("sleepy"), pids);
+  EXPECT_EQ(up_->cli({"rm", "sleepy"}).exit_code, 0);
+}
+
+TEST_F(GatewayE2E, ABurstForAStoppedModelStartsItOnce) {
+  auto deployed = up_->cli({"deploy", "cold", "--engine", "sim", "--model", "qwen2.5-0.5b", "--idle-timeout", "1s",
+                            "--on-idle", "stop", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  ASSERT_TRUE(eventually([&] { return up_->replicas_of("cold").empty(); }, 15s)) << "it never scaled to zero";
+  std::string key = create_key({});
+  std::vector<int> statuses(100, 0);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 100; ++i) {
+    threads.emplace_back([&, i] {
+      http::BlockingClient client;
+      auto response =
+          client.request("POST", up_->server() + "/v1/chat/completions",
+                         R"({"model":"cold","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})", bearer(key));
+      statuses[i] = response ? response->status : -1;
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(std::count(statuses.begin(), statuses.end(), 200), 100);
+  // One start: one replica, never restarted, and one Waking event.
+  auto replicas = up_->replicas_of("cold");
+  ASSERT_EQ(replicas.size(), 1u);
+  EXPECT_EQ(replicas[0]["status"]["restarts"], 0);
+  json events = up_->get_json("/api/v1/events", admin_);
+  int wakes = 0;
+  for (const auto& event : events["items"]) {
+    if (event["object"] == "deployment/cold" && event["reason"] == "Waking") ++wakes;
+  }
+  EXPECT_EQ(wakes, 1);
+  EXPECT_EQ(up_->cli({"rm", "cold"}).exit_code, 0);
+}
+
 TEST_F(GatewayE2E, QueueIsFairAcrossKeys) {
   // Fill both replicas (4 slots each) with key A's long requests plus a backlog, then key B asks
   // once: B must not wait behind A's whole backlog.

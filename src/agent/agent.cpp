@@ -70,6 +70,7 @@ struct Managed {
   Clock::time_point next_start{};
   Clock::time_point stop_deadline{};
   Clock::time_point last_health_check{};
+  Clock::time_point last_sleep_attempt{};
   milliseconds backoff{0};
   api::ReplicaStatus status;
   bool status_dirty = true;
@@ -135,7 +136,8 @@ json Agent::Impl::node_status() const {
   for (auto& gpu : status.gpus) {
     for (const auto& [name, managed] : replicas) {
       const auto& spec = managed.desired.spec;
-      if (managed.pid == 0 || spec.gpus.empty()) continue;
+      // A sleeping engine gave its GPU memory back (level 1 keeps weights in CPU memory).
+      if (managed.pid == 0 || spec.gpus.empty() || managed.status.phase == api::phase::kSleeping) continue;
       for (int index : spec.gpus) {
         if (index == gpu.index) gpu.memory_used_mb += spec.vram_mb / static_cast<int64_t>(spec.gpus.size());
       }
@@ -366,6 +368,23 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
       managed.status.last_error = fmt::format(
           "not healthy after {} s", std::chrono::duration_cast<std::chrono::seconds>(options.startup_timeout).count());
       launcher->signal_group(managed.pid, SIGKILL);
+    }
+  }
+  if (!managed.healthy || now - managed.last_sleep_attempt < milliseconds(250)) co_return;
+  // Sleep and wake (vLLM's sleep mode: /sleep?level=N, /wake_up) follow spec.sleep_level.
+  int wanted = managed.desired.spec.sleep_level;
+  bool asleep = managed.status.phase == api::phase::kSleeping;
+  if (wanted > 0 && !asleep) {
+    managed.last_sleep_attempt = now;
+    auto slept = co_await client.request("POST", fmt::format("{}/sleep?level={}", managed.status.endpoint, wanted), "",
+                                         {}, milliseconds(60000));
+    if (slept && slept->status == 200) set_phase(managed, api::phase::kSleeping, fmt::format("sleep level {}", wanted));
+  } else if (wanted == 0 && asleep) {
+    managed.last_sleep_attempt = now;
+    auto woken = co_await client.request("POST", managed.status.endpoint + "/wake_up", "", {}, milliseconds(60000));
+    if (woken && woken->status == 200) {
+      auto health = co_await client.request("GET", managed.status.endpoint + "/health", "", {}, milliseconds(2000));
+      if (health && health->status == 200) set_phase(managed, api::phase::kReady, "");
     }
   }
 }

@@ -112,6 +112,8 @@ DeploymentSpec deployment_spec_from(const json& object) {
   read(object, "dtype", spec.dtype);
   read(object, "kv_cache_dtype", spec.kv_cache_dtype);
   read(object, "gpu_memory_utilization", spec.gpu_memory_utilization);
+  read(object, "idle_timeout_ms", spec.idle_timeout_ms);
+  read(object, "on_idle", spec.on_idle);
   read(object, "placement", spec.placement);
   read(object, "node_selector", spec.node_selector);
   read(object, "gpu_type", spec.gpu_type);
@@ -193,6 +195,10 @@ json to_json(const DeploymentSpec& spec) {
   if (spec.placement != "spread") object["placement"] = spec.placement;
   if (!spec.node_selector.empty()) object["node_selector"] = spec.node_selector;
   if (!spec.gpu_type.empty()) object["gpu_type"] = spec.gpu_type;
+  if (spec.idle_timeout_ms > 0) {
+    object["idle_timeout_ms"] = spec.idle_timeout_ms;
+    object["on_idle"] = spec.on_idle;
+  }
   const auto& shape = spec.shape;
   if (shape.weights_mb || shape.layers || shape.kv_heads || shape.head_dim || shape.overhead_mb) {
     object["shape"] = {{"weights_mb", shape.weights_mb},
@@ -212,7 +218,10 @@ json to_json(const Deployment& value) {
            {{"ready_replicas", value.status.ready_replicas},
             {"replicas", value.status.replicas},
             {"phase", value.status.phase},
-            {"message", value.status.message}}}};
+            {"message", value.status.message},
+            {"last_request_ms", value.status.last_request_ms},
+            {"idle_since_ms", value.status.idle_since_ms},
+            {"wake_requested_ms", value.status.wake_requested_ms}}}};
 }
 
 json to_json(const ReplicaStatus& value) {
@@ -234,6 +243,7 @@ json to_json(const Replica& value) {
             {"vram_mb", spec.vram_mb},
             {"plan_version", spec.plan_version},
             {"stop", spec.stop},
+            {"sleep_level", spec.sleep_level},
             {"max_context", spec.max_context},
             {"max_seqs", spec.max_seqs},
             {"engine_args", spec.engine_args},
@@ -285,6 +295,9 @@ Result<Deployment> deployment_from_json(const json& value) {
     read(status, "replicas", deployment.status.replicas);
     read(status, "phase", deployment.status.phase);
     read(status, "message", deployment.status.message);
+    read(status, "last_request_ms", deployment.status.last_request_ms);
+    read(status, "idle_since_ms", deployment.status.idle_since_ms);
+    read(status, "wake_requested_ms", deployment.status.wake_requested_ms);
     return deployment;
   });
 }
@@ -307,6 +320,7 @@ Result<Replica> replica_from_json(const json& value) {
     read(spec, "max_seqs", replica.spec.max_seqs);
     read(spec, "engine_args", replica.spec.engine_args);
     read(spec, "env", replica.spec.env);
+    read(spec, "sleep_level", replica.spec.sleep_level);
     replica.status = replica_status_from(object_field(value, "status"));
     return replica;
   });
@@ -370,6 +384,11 @@ Status validate(const DeploymentSpec& spec) {
   const auto& shape = spec.shape;
   if (shape.weights_mb < 0 || shape.layers < 0 || shape.kv_heads < 0 || shape.head_dim < 0 || shape.overhead_mb < 0) {
     return make_error(ErrorCode::InvalidArgument, "spec.shape values cannot be negative");
+  }
+  if (spec.idle_timeout_ms < 0)
+    return make_error(ErrorCode::InvalidArgument, "spec.idle_timeout_ms cannot be negative");
+  if (spec.on_idle != "sleep-l1" && spec.on_idle != "sleep-l2" && spec.on_idle != "stop") {
+    return make_error(ErrorCode::InvalidArgument, "spec.on_idle must be sleep-l1, sleep-l2 or stop");
   }
   if (!(spec.gpu_memory_utilization >= 0 && spec.gpu_memory_utilization <= 1)) {
     return make_error(ErrorCode::InvalidArgument, "spec.gpu_memory_utilization must be between 0 and 1");

@@ -82,13 +82,20 @@ struct DeploymentSpec {
   std::map<std::string, std::string> node_selector;  // node labels that must all match
   std::string gpu_type;                              // "" = any; else GPUs whose name contains it (case-insensitive)
   ModelShapeOverride shape;
+  // Scale-to-zero: after idle_timeout_ms without a request, replicas sleep (vLLM sleep level 1 or
+  // 2) or stop; the next request wakes or starts them. 0 = never idle.
+  int64_t idle_timeout_ms = 0;
+  std::string on_idle = "sleep-l1";  // sleep-l1 | sleep-l2 | stop
 };
 
 struct DeploymentStatus {
   int ready_replicas = 0;
   int replicas = 0;   // replicas that exist (any phase)
-  std::string phase;  // Pending | Progressing | Ready | Failed
+  std::string phase;  // Pending | Progressing | Ready | Idle | Failed
   std::string message;
+  int64_t last_request_ms = 0;    // written by the gateway, at most once a second
+  int64_t idle_since_ms = 0;      // 0 = awake; else when its replicas were put to sleep or stopped
+  int64_t wake_requested_ms = 0;  // a request arrived for an idle deployment
 };
 
 struct Deployment {
@@ -105,7 +112,8 @@ inline constexpr const char* kStarting = "Starting";
 inline constexpr const char* kReady = "Ready";
 inline constexpr const char* kStopping = "Stopping";
 inline constexpr const char* kFailed = "Failed";
-inline constexpr const char* kUnknown = "Unknown";  // its node stopped reporting
+inline constexpr const char* kUnknown = "Unknown";
+inline constexpr const char* kSleeping = "Sleeping";  // its node stopped reporting
 }  // namespace phase
 
 struct ReplicaSpec {
@@ -116,7 +124,8 @@ struct ReplicaSpec {
   std::vector<int> gpus;  // GPU indices on the node
   int64_t vram_mb = 0;    // reserved across its GPUs
   int64_t plan_version = 0;
-  bool stop = false;  // desired: stopped and removed (scale down, deployment deleted)
+  bool stop = false;    // desired: stopped and removed (scale down, deployment deleted)
+  int sleep_level = 0;  // desired: 0 awake, 1 or 2 asleep (vLLM sleep levels)
   int max_context = 0;
   int max_seqs = 0;
   std::vector<std::string> engine_args;

@@ -106,6 +106,11 @@ int run_deploy(int argc, char** argv) {
   app.add_option("--max-seqs", max_seqs, "Concurrent sequences per replica")->check(CLI::NonNegativeNumber);
   app.add_option("--vram", vram, "VRAM per replica (e.g. 24GB), overriding the estimate");
   app.add_option("--priority", priority, "Priority (higher evicts lower)");
+  std::string idle_timeout, on_idle;
+  app.add_option("--idle-timeout", idle_timeout,
+                 "Sleep or stop after this long without a request (e.g. 10m; 0 = never)");
+  app.add_option("--on-idle", on_idle, "What idle does: sleep-l1, sleep-l2 or stop")
+      ->check(CLI::IsMember({"sleep-l1", "sleep-l2", "stop"}));
   app.add_option("--engine-arg", engine_args, "Extra engine argument (repeatable)");
   app.add_option("--env", env, "Engine environment variable K=V (repeatable)");
   app.add_option("-f,--file", file, "Deployment spec in YAML");
@@ -144,6 +149,15 @@ int run_deploy(int argc, char** argv) {
   if (max_context >= 0) spec["max_context"] = max_context;
   if (max_seqs >= 0) spec["max_seqs"] = max_seqs;
   if (priority != 0) spec["priority"] = priority;
+  if (!idle_timeout.empty()) {
+    auto duration = parse_duration(idle_timeout);
+    if (!duration) {
+      std::cerr << "error: --idle-timeout: " << duration.error().message << "\n";
+      return 2;
+    }
+    spec["idle_timeout_ms"] = duration->count();
+  }
+  if (!on_idle.empty()) spec["on_idle"] = on_idle;
   if (!vram.empty()) {
     auto mb = parse_size_mb(vram);
     if (!mb) return fail(mb.error().message);

@@ -117,6 +117,46 @@ void Controller::mark_replicas_unknown(const std::string& node) {
   }
 }
 
+// Decides whether the deployment is idle: asleep (or stopped) after idle_timeout without a
+// request, awake again once the gateway asked for it. Returns the status it leaves.
+api::DeploymentStatus Controller::reconcile_idle(const api::Deployment& deployment,
+                                                 const std::vector<api::Replica*>& active, int ready) {
+  const auto& spec = deployment.spec;
+  const auto& status = deployment.status;
+  int64_t now = to_unix_ms(resources_.clock().wall_now());
+  bool idle = status.idle_since_ms > 0;
+  if (!idle && spec.idle_timeout_ms <= 0) return status;
+  bool go_idle = false;
+  bool wake = false;
+  if (idle) {
+    // A request arrived (or the timeout was switched off): wake.
+    wake = status.wake_requested_ms >= status.idle_since_ms || spec.idle_timeout_ms <= 0;
+  } else {
+    int64_t last_use = std::max({status.last_request_ms, status.wake_requested_ms, deployment.metadata.created_ms});
+    go_idle = ready > 0 && ready == static_cast<int>(active.size()) && now - last_use > spec.idle_timeout_ms;
+  }
+  if (!go_idle && !wake) return status;
+  api::DeploymentStatus result = status;
+  auto updated = resources_.modify<api::Deployment>(deployment.metadata.name, [&](api::Deployment& current) {
+    if (go_idle) {
+      current.status.idle_since_ms = now;
+    } else {
+      current.status.idle_since_ms = 0;
+      current.status.last_request_ms = now;  // a fresh idle period starts at the wake
+    }
+    return true;
+  });
+  if (!updated) return status;
+  result = updated->status;
+  if (go_idle) {
+    resources_.record_event("deployment/" + deployment.metadata.name, "Idle",
+                            fmt::format("no request for {} s: {}", spec.idle_timeout_ms / 1000, spec.on_idle));
+  } else {
+    resources_.record_event("deployment/" + deployment.metadata.name, "Waking", "a request arrived");
+  }
+  return result;
+}
+
 void Controller::reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas) {
   const std::string& name = deployment.metadata.name;
   std::vector<api::Replica*> active;
@@ -130,7 +170,23 @@ void Controller::reconcile_deployment(const api::Deployment& deployment, std::ve
     if (replica.status.phase == api::phase::kReady) ++ready;
   }
 
-  int desired = deployment.spec.replicas;
+  // Scale-to-zero: an idle deployment's replicas sleep or stop; a request for it wakes them.
+  api::DeploymentStatus idle_state = reconcile_idle(deployment, active, ready);
+  bool idle = idle_state.idle_since_ms > 0;
+  int desired = idle && deployment.spec.on_idle == "stop" ? 0 : deployment.spec.replicas;
+  int sleep_level = !idle                                   ? 0
+                    : deployment.spec.on_idle == "sleep-l2" ? 2
+                    : deployment.spec.on_idle == "sleep-l1" ? 1
+                                                            : 0;
+  for (api::Replica* replica : active) {
+    if (replica->spec.sleep_level == sleep_level) continue;
+    auto updated = resources_.modify<api::Replica>(replica->metadata.name, [&](api::Replica& current) {
+      if (current.spec.sleep_level == sleep_level) return false;
+      current.spec.sleep_level = sleep_level;
+      return true;
+    });
+    if (updated) *replica = *updated;
+  }
   // Scale up: new replicas start Pending; the scheduler places them.
   for (int i = static_cast<int>(active.size()); i < desired; ++i) {
     api::Replica replica;
@@ -176,6 +232,7 @@ void Controller::reconcile_deployment(const api::Deployment& deployment, std::ve
 
   // Status: how many replicas serve, and a phase a user can read at a glance.
   std::string phase = ready >= desired ? "Ready" : "Progressing";
+  if (idle) phase = "Idle";
   std::string message;
   for (auto& replica : replicas) {
     if (replica.spec.deployment != name || replica.spec.stop) continue;

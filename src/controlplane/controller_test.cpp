@@ -149,6 +149,60 @@ TEST_F(ControllerTest, ConcurrentPendingReplicasNeverShareFreeMemory) {
   EXPECT_EQ(placed, 2);
 }
 
+TEST_F(ControllerTest, IdleDeploymentsSleepAndWakeOnRequest) {
+  add_node("n1", 80 * 1024);
+  api::Deployment deployment;
+  deployment.metadata.name = "sleepy";
+  deployment.spec.model = "m";
+  deployment.spec.vram_mb = 1024;
+  deployment.spec.idle_timeout_ms = 60'000;
+  deployment.spec.on_idle = "sleep-l2";
+  ASSERT_TRUE(resources_.create(deployment));
+  controller_.reconcile();
+  mark_ready("sleepy");
+  controller_.reconcile();
+  EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 0);
+  clock_.advance(std::chrono::seconds(61));
+  controller_.reconcile();
+  EXPECT_GT(resources_.get<api::Deployment>("sleepy")->status.idle_since_ms, 0);
+  EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 2);
+  EXPECT_EQ(resources_.get<api::Deployment>("sleepy")->status.phase, "Idle");
+  // The gateway asks for it: awake again, and a new idle period starts from now.
+  ASSERT_TRUE(resources_.modify<api::Deployment>("sleepy", [&](api::Deployment& d) {
+    d.status.wake_requested_ms = to_unix_ms(clock_.wall_now());
+    return true;
+  }));
+  controller_.reconcile();
+  EXPECT_EQ(resources_.get<api::Deployment>("sleepy")->status.idle_since_ms, 0);
+  EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 0);
+  clock_.advance(std::chrono::seconds(30));
+  controller_.reconcile();
+  EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 0);
+}
+
+TEST_F(ControllerTest, IdleStopScalesToZeroAndBack) {
+  add_node("n1", 80 * 1024);
+  api::Deployment deployment;
+  deployment.metadata.name = "cold";
+  deployment.spec.model = "m";
+  deployment.spec.vram_mb = 1024;
+  deployment.spec.replicas = 2;
+  deployment.spec.idle_timeout_ms = 1000;
+  deployment.spec.on_idle = "stop";
+  ASSERT_TRUE(resources_.create(deployment));
+  controller_.reconcile();
+  mark_ready("cold");
+  clock_.advance(std::chrono::seconds(2));
+  controller_.reconcile();
+  EXPECT_TRUE(replicas("cold").empty());  // all marked stop
+  ASSERT_TRUE(resources_.modify<api::Deployment>("cold", [&](api::Deployment& d) {
+    d.status.wake_requested_ms = to_unix_ms(clock_.wall_now());
+    return true;
+  }));
+  controller_.reconcile();
+  EXPECT_EQ(replicas("cold").size(), 2u);
+}
+
 TEST(ApiJson, RoundTripsAndNamesBadFields) {
   api::Deployment deployment;
   deployment.metadata.name = "chat";

@@ -46,6 +46,8 @@ class Controller {
   void run();
   void reconcile_nodes(std::vector<api::Node>& nodes);
   void mark_replicas_unknown(const std::string& node);
+  api::DeploymentStatus reconcile_idle(const api::Deployment& deployment, const std::vector<api::Replica*>& active,
+                                       int ready);
   void reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas);
   void schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
                 const std::vector<api::Deployment>& deployments);

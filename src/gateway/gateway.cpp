@@ -4,6 +4,8 @@
 #include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -49,7 +51,8 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
         deployments_.erase(changed);
       } else if (auto document = parse_json(*value)) {
         if (auto deployment = api::deployment_from_json(*document)) {
-          deployments_[changed] = {deployment->metadata.created_ms, deployment->spec.max_seqs};
+          deployments_[changed] = {deployment->metadata.created_ms, deployment->spec.max_seqs,
+                                   deployment->status.idle_since_ms, deployment->status.wake_requested_ms};
         }
       }
     } else if (key.rfind(kReplicas, 0) == 0) {
@@ -124,6 +127,18 @@ std::shared_ptr<Endpoint> EndpointTable::pick(const std::string& deployment, con
   }
   if (least.empty()) return nullptr;
   return least[round_robin_++ % least.size()];
+}
+
+int64_t EndpointTable::idle_since_ms(const std::string& deployment) const {
+  std::lock_guard lock(mutex_);
+  auto it = deployments_.find(deployment);
+  return it == deployments_.end() ? 0 : it->second.idle_since_ms;
+}
+
+int64_t EndpointTable::wake_requested_ms(const std::string& deployment) const {
+  std::lock_guard lock(mutex_);
+  auto it = deployments_.find(deployment);
+  return it == deployments_.end() ? 0 : it->second.wake_requested_ms;
 }
 
 size_t EndpointTable::ready_count(const std::string& deployment, const std::set<std::string>& exclude) const {
@@ -212,6 +227,11 @@ Gateway::~Gateway() {
 }
 
 void Gateway::stop() {
+  stopping_ = true;
+  if (activity_timer_) {
+    auto timer = activity_timer_.get();
+    asio::post(io_, [timer] { timer->cancel(); });
+  }
   if (watch_) watch_->cancel();
   watch_.reset();
   usage_.stop();
@@ -236,6 +256,8 @@ Status Gateway::start() {
   table_.set_on_change(
       [this](const std::string& deployment) { asio::post(io_, [this, deployment] { dispatch_queue(deployment); }); });
   if (auto started = keys_.start(store_); !started) return started;
+  activity_timer_ = std::make_unique<asio::steady_timer>(io_);
+  asio::co_spawn(io_, report_activity(), asio::detached);
   return usage_.start();
 }
 
@@ -451,7 +473,9 @@ awaitable<Result<std::shared_ptr<Endpoint>>> Gateway::acquire(Call& call, const 
       co_return endpoint;
     }
   }
-  if (table_.ready_count(call.model, exclude) == 0) {
+  // An idle deployment being woken (or started) is worth waiting for; otherwise no ready replica
+  // means 503 at once.
+  if (table_.ready_count(call.model, exclude) == 0 && !waking(call.model)) {
     co_return make_error(ErrorCode::Unavailable, fmt::format("no replica of `{}` is ready", call.model));
   }
   if (queue.size() >= options_.max_queue) {
@@ -512,6 +536,63 @@ void Gateway::dispatch_queue(const std::string& deployment) {
       break;
     }
     if (!granted) return;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scale-to-zero
+
+void Gateway::note_request(const std::string& deployment) {
+  int64_t now = to_unix_ms(std::chrono::system_clock::now());
+  last_request_ms_[deployment] = now;
+  int64_t idle_since = table_.idle_since_ms(deployment);
+  if (idle_since == 0 || wake_sent_for_[deployment] == idle_since) return;
+  // The first request of an idle period asks for a wake; the rest wait in the queue for it, so a
+  // burst causes one wake (one start), not many.
+  wake_sent_for_[deployment] = idle_since;
+  write_deployment_status(deployment, [now](json& status) {
+    status["wake_requested_ms"] = now;
+    return true;
+  });
+}
+
+bool Gateway::waking(const std::string& deployment) const {
+  if (table_.idle_since_ms(deployment) > 0) return true;
+  int64_t woken = table_.wake_requested_ms(deployment);
+  int64_t now = to_unix_ms(std::chrono::system_clock::now());
+  return woken > 0 && now - woken < options_.queue_timeout.count();
+}
+
+void Gateway::write_deployment_status(const std::string& deployment, const std::function<bool(json& status)>& change) {
+  std::string key = api::store_key("deployments", deployment);
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    auto kv = store_.get(key);
+    if (!kv || !kv->has_value()) return;
+    auto document = parse_json((*kv)->value);
+    if (!document || !document->is_object()) return;
+    if (!(*document)["status"].is_object()) (*document)["status"] = json::object();
+    if (!change((*document)["status"])) return;
+    auto written = store_.put(key, dump(*document), store::Precondition::at((*kv)->mod_revision));
+    if (written || written.error().code != ErrorCode::Conflict) return;
+  }
+}
+
+// Once a second: the deployments asked for since the last round get their last_request_ms.
+awaitable<void> Gateway::report_activity() {
+  while (!stopping_) {
+    activity_timer_->expires_after(std::chrono::seconds(1));
+    boost::system::error_code ec;
+    co_await activity_timer_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (stopping_) co_return;
+    for (const auto& [deployment, when] : last_request_ms_) {
+      if (reported_ms_[deployment] == when) continue;
+      reported_ms_[deployment] = when;
+      int64_t at = when;
+      write_deployment_status(deployment, [at](json& status) {
+        status["last_request_ms"] = at;
+        return true;
+      });
+    }
   }
 }
 
@@ -667,6 +748,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     finish(call, 404);
     co_return;
   }
+  note_request(call.model);
   auto prepared = prepare_upstream(call.body, kind);
   if (!prepared) {
     co_await writer.send(

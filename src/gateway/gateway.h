@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "common/asio.h"
+
+#include <boost/asio/steady_timer.hpp>
 #include "gateway/keys.h"
 #include "gateway/limits.h"
 #include "gateway/metrics.h"
@@ -79,6 +81,9 @@ class EndpointTable {
   std::shared_ptr<Endpoint> pick(const std::string& deployment, const std::set<std::string>& exclude,
                                  int default_capacity, std::chrono::steady_clock::time_point now);
   size_t ready_count(const std::string& deployment, const std::set<std::string>& exclude = {}) const;
+  // Scale-to-zero state as the store last said: idle since (0 = awake) and the last wake request.
+  int64_t idle_since_ms(const std::string& deployment) const;
+  int64_t wake_requested_ms(const std::string& deployment) const;
   // Called (from any thread) after every change.
   void set_on_change(std::function<void(const std::string& deployment)> callback);
 
@@ -90,6 +95,8 @@ class EndpointTable {
   struct DeploymentEntry {
     int64_t created_ms = 0;
     int capacity = 0;  // per replica; 0 = the default
+    int64_t idle_since_ms = 0;
+    int64_t wake_requested_ms = 0;
   };
   mutable std::mutex mutex_;
   std::map<std::string, DeploymentEntry> deployments_;
@@ -128,6 +135,12 @@ class Gateway {
   void dispatch_queue(const std::string& deployment);
   void finish(Call& call, int status);
   void add_key_routes(http::Router& router);
+  // Scale-to-zero: remembers when each deployment was last asked for (written to its status once
+  // a second), and asks the controller to wake an idle one, once per idle period.
+  void note_request(const std::string& deployment);
+  bool waking(const std::string& deployment) const;
+  awaitable<void> report_activity();
+  void write_deployment_status(const std::string& deployment, const std::function<bool(json& status)>& change);
 
   store::Store& store_;
   asio::io_context& io_;
@@ -142,6 +155,11 @@ class Gateway {
   std::map<std::string, std::list<Waiter*>> queues_;  // per deployment; I/O thread only
   std::map<std::string, uint64_t> last_served_;       // key -> admission sequence; I/O thread only
   uint64_t admission_sequence_ = 0;
+  std::map<std::string, int64_t> last_request_ms_;  // I/O thread only
+  std::map<std::string, int64_t> reported_ms_;      // what report_activity last wrote
+  std::map<std::string, int64_t> wake_sent_for_;    // idle_since of the idle period a wake was sent for
+  std::unique_ptr<asio::steady_timer> activity_timer_;
+  bool stopping_ = false;
   std::shared_ptr<spdlog::logger> access_log_;
 };
 
