@@ -384,6 +384,39 @@ TEST_F(GatewayE2E, ABurstForAStoppedModelStartsItOnce) {
   EXPECT_EQ(up_->cli({"rm", "cold"}).exit_code, 0);
 }
 
+TEST_F(GatewayE2E, IdleDeploymentsAreEvictedToMakeRoomAndNeverOvercommit) {
+  // a sleeps while idle and holds 40 GB; b needs 40 GB more than the 80 GB GPU has left.
+  auto a = up_->cli({"deploy", "roomy-a", "--engine", "sim", "--model", "m", "--vram", "40GB", "--idle-timeout", "1s",
+                     "--on-idle", "sleep-l1", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(a.exit_code, 0) << a.out;
+  ASSERT_TRUE(eventually(
+      [&] { return up_->get_json("/api/v1/deployments/roomy-a", admin_)["status"]["phase"] == "Idle"; }, 10s));
+  auto b = up_->cli(
+      {"deploy", "roomy-b", "--engine", "sim", "--model", "m", "--vram", "40GB", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(b.exit_code, 0) << b.out;
+  json events = up_->get_json("/api/v1/events", admin_);
+  bool evicted = false;
+  for (const auto& event : events["items"]) {
+    if (event["object"] == "deployment/roomy-a" && event["reason"] == "Evicted") evicted = true;
+  }
+  EXPECT_TRUE(evicted);
+  EXPECT_TRUE(eventually([&] { return up_->replicas_of("roomy-a").empty(); }, 10s));
+  // No GPU ever holds more than it has.
+  for (const auto& gpu : up_->get_json("/api/v1/gpus", admin_)["items"]) {
+    EXPECT_LE(gpu["memory_allocated_mb"].get<int64_t>(), gpu["memory_total_mb"].get<int64_t>());
+  }
+  // Waking a, with b awake and serving, finds no room and nothing to evict: a fast, clear 503.
+  std::string key = create_key({});
+  auto started = std::chrono::steady_clock::now();
+  auto response =
+      post("/v1/chat/completions", R"({"model":"roomy-a","messages":[{"role":"user","content":"hi"}]})", key);
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 503) << response->body;
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 10s);
+  EXPECT_NE(response->body.find("cannot start"), std::string::npos) << response->body;
+  EXPECT_EQ(up_->cli({"rm", "roomy-a", "roomy-b"}).exit_code, 0);
+}
+
 TEST_F(GatewayE2E, QueueIsFairAcrossKeys) {
   // Fill both replicas (4 slots each) with key A's long requests plus a backlog, then key B asks
   // once: B must not wait behind A's whole backlog.

@@ -221,7 +221,8 @@ json to_json(const Deployment& value) {
             {"message", value.status.message},
             {"last_request_ms", value.status.last_request_ms},
             {"idle_since_ms", value.status.idle_since_ms},
-            {"wake_requested_ms", value.status.wake_requested_ms}}}};
+            {"wake_requested_ms", value.status.wake_requested_ms},
+            {"evicted", value.status.evicted}}}};
 }
 
 json to_json(const ReplicaStatus& value) {
@@ -298,6 +299,7 @@ Result<Deployment> deployment_from_json(const json& value) {
     read(status, "last_request_ms", deployment.status.last_request_ms);
     read(status, "idle_since_ms", deployment.status.idle_since_ms);
     read(status, "wake_requested_ms", deployment.status.wake_requested_ms);
+    read(status, "evicted", deployment.status.evicted);
     return deployment;
   });
 }

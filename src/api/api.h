@@ -96,6 +96,7 @@ struct DeploymentStatus {
   int64_t last_request_ms = 0;    // written by the gateway, at most once a second
   int64_t idle_since_ms = 0;      // 0 = awake; else when its replicas were put to sleep or stopped
   int64_t wake_requested_ms = 0;  // a request arrived for an idle deployment
+  bool evicted = false;           // idle, and stopped to make room for another: starts on wake
 };
 
 struct Deployment {

@@ -142,6 +142,7 @@ api::DeploymentStatus Controller::reconcile_idle(const api::Deployment& deployme
       current.status.idle_since_ms = now;
     } else {
       current.status.idle_since_ms = 0;
+      current.status.evicted = false;
       current.status.last_request_ms = now;  // a fresh idle period starts at the wake
     }
     return true;
@@ -173,7 +174,7 @@ void Controller::reconcile_deployment(const api::Deployment& deployment, std::ve
   // Scale-to-zero: an idle deployment's replicas sleep or stop; a request for it wakes them.
   api::DeploymentStatus idle_state = reconcile_idle(deployment, active, ready);
   bool idle = idle_state.idle_since_ms > 0;
-  int desired = idle && deployment.spec.on_idle == "stop" ? 0 : deployment.spec.replicas;
+  int desired = idle && (deployment.spec.on_idle == "stop" || idle_state.evicted) ? 0 : deployment.spec.replicas;
   int sleep_level = !idle                                   ? 0
                     : deployment.spec.on_idle == "sleep-l2" ? 2
                     : deployment.spec.on_idle == "sleep-l1" ? 1
@@ -267,6 +268,9 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
     // `replicas` holds every placement made so far in this pass, so two pending replicas never
     // claim the same free memory.
     auto placement = scheduler::place(scheduler::request_for(replica, *spec->second), nodes, replicas);
+    if (!placement && evict_for(replica, *spec->second, nodes, replicas, deployments)) {
+      continue;  // placed on a later pass, once the evicted engines have released their memory
+    }
     if (!placement) {
       const std::string& reason = placement.error().message;
       if (replica.status.message != reason) {
@@ -298,6 +302,64 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
           fmt::format("placed on node {} GPU(s) [{}]", placement->node, fmt::join(placement->gpus, ",")));
     }
   }
+}
+
+// Makes room for a replica that does not fit by stopping idle deployments of equal or lower
+// priority, least recently used first; never one that is awake (serving or able to serve).
+// Returns true when stopping some of them frees enough memory, having stopped exactly those.
+bool Controller::evict_for(const api::Replica& replica, const api::DeploymentSpec& spec,
+                           const std::vector<api::Node>& nodes, std::vector<api::Replica>& replicas,
+                           const std::vector<api::Deployment>& deployments) {
+  std::vector<const api::Deployment*> candidates;
+  for (const auto& deployment : deployments) {
+    if (deployment.metadata.name == replica.spec.deployment || deployment.status.idle_since_ms == 0 ||
+        deployment.status.evicted || deployment.spec.priority > spec.priority) {
+      continue;
+    }
+    candidates.push_back(&deployment);
+  }
+  std::sort(candidates.begin(), candidates.end(), [](const api::Deployment* a, const api::Deployment* b) {
+    return std::max(a->status.last_request_ms, a->status.idle_since_ms) <
+           std::max(b->status.last_request_ms, b->status.idle_since_ms);
+  });
+  // Memory already on its way out (replicas stopping after an earlier eviction or a scale-down)
+  // may be enough: then wait for it rather than evict more.
+  std::vector<api::Replica> without = replicas;
+  std::erase_if(without, [](const api::Replica& other) { return other.spec.stop; });
+  if (scheduler::place(scheduler::request_for(replica, spec), nodes, without)) return true;
+  // Take candidates one by one (LRU first) until the replica would fit without their replicas.
+  std::vector<const api::Deployment*> chosen;
+  bool fits = false;
+  for (const auto* candidate : candidates) {
+    std::erase_if(without,
+                  [&](const api::Replica& other) { return other.spec.deployment == candidate->metadata.name; });
+    chosen.push_back(candidate);
+    if (scheduler::place(scheduler::request_for(replica, spec), nodes, without)) {
+      fits = true;
+      break;
+    }
+  }
+  if (!fits) return false;
+  for (const auto* victim : chosen) {
+    const std::string& name = victim->metadata.name;
+    auto updated = resources_.modify<api::Deployment>(name, [](api::Deployment& current) {
+      if (current.status.idle_since_ms == 0) return false;  // woke meanwhile: leave it
+      current.status.evicted = true;
+      return true;
+    });
+    if (!updated || !updated->status.evicted) return false;
+    for (auto& other : replicas) {
+      if (other.spec.deployment != name || other.spec.stop) continue;
+      auto stopped = resources_.modify<api::Replica>(other.metadata.name, [](api::Replica& current) {
+        current.spec.stop = true;
+        return true;
+      });
+      if (stopped) other = *stopped;
+    }
+    resources_.record_event("deployment/" + name, "Evicted",
+                            fmt::format("stopped while idle to make room for {}", replica.spec.deployment));
+  }
+  return true;
 }
 
 void Controller::collect_stopped(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes) {

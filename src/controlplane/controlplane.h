@@ -51,6 +51,8 @@ class Controller {
   void reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas);
   void schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
                 const std::vector<api::Deployment>& deployments);
+  bool evict_for(const api::Replica& replica, const api::DeploymentSpec& spec, const std::vector<api::Node>& nodes,
+                 std::vector<api::Replica>& replicas, const std::vector<api::Deployment>& deployments);
   void collect_stopped(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes);
   void prune_events();
 
@@ -70,6 +72,9 @@ void add_api_routes(http::Router& router, Resources& resources, asio::io_context
 
 // POST /api/v1/simulate: the dry-run plan of a deployment body (simulate_routes.cpp).
 void add_simulate_routes(http::Router& router, Resources& resources);
+
+// /api/v1/modes: create, list, get, delete, and POST /api/v1/modes/{name}/switch (mode_routes.cpp).
+void add_mode_routes(http::Router& router, Resources& resources, asio::io_context& io);
 
 // OpenAI-style error JSON with the status for an error code (the one place codes map to HTTP).
 int http_status(ErrorCode code);

@@ -51,8 +51,11 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
         deployments_.erase(changed);
       } else if (auto document = parse_json(*value)) {
         if (auto deployment = api::deployment_from_json(*document)) {
+          std::string unschedulable;
+          if (deployment->status.phase == "Pending") unschedulable = deployment->status.message;
           deployments_[changed] = {deployment->metadata.created_ms, deployment->spec.max_seqs,
-                                   deployment->status.idle_since_ms, deployment->status.wake_requested_ms};
+                                   deployment->status.idle_since_ms, deployment->status.wake_requested_ms,
+                                   unschedulable};
         }
       }
     } else if (key.rfind(kReplicas, 0) == 0) {
@@ -135,6 +138,12 @@ int64_t EndpointTable::idle_since_ms(const std::string& deployment) const {
   return it == deployments_.end() ? 0 : it->second.idle_since_ms;
 }
 
+std::string EndpointTable::unschedulable(const std::string& deployment) const {
+  std::lock_guard lock(mutex_);
+  auto it = deployments_.find(deployment);
+  return it == deployments_.end() ? std::string() : it->second.unschedulable;
+}
+
 int64_t EndpointTable::wake_requested_ms(const std::string& deployment) const {
   std::lock_guard lock(mutex_);
   auto it = deployments_.find(deployment);
@@ -166,6 +175,7 @@ struct Gateway::Waiter {
   std::set<std::string> exclude;
   asio::steady_timer timer;
   std::shared_ptr<Endpoint> granted;
+  std::string failure;  // set when waiting became pointless (the deployment cannot start)
 };
 
 // One request through the gateway, from authentication to accounting.
@@ -478,6 +488,9 @@ awaitable<Result<std::shared_ptr<Endpoint>>> Gateway::acquire(Call& call, const 
   if (table_.ready_count(call.model, exclude) == 0 && !waking(call.model)) {
     co_return make_error(ErrorCode::Unavailable, fmt::format("no replica of `{}` is ready", call.model));
   }
+  if (std::string reason = table_.unschedulable(call.model); !reason.empty() && table_.ready_count(call.model) == 0) {
+    co_return make_error(ErrorCode::Unavailable, fmt::format("`{}` cannot start: {}", call.model, reason));
+  }
   if (queue.size() >= options_.max_queue) {
     co_return make_error(
         ErrorCode::ResourceExhausted,
@@ -499,6 +512,7 @@ awaitable<Result<std::shared_ptr<Endpoint>>> Gateway::acquire(Call& call, const 
   queue.remove(&waiter);
   metrics_.queue_depth(call.model, -1);
   if (waiter.granted) co_return waiter.granted;
+  if (!waiter.failure.empty()) co_return make_error(ErrorCode::Unavailable, waiter.failure);
   if (call.client_gone) co_return make_error(ErrorCode::Unavailable, "the client went away while queued");
   co_return make_error(ErrorCode::Timeout, fmt::format("`{}` had no free replica within {} ms", call.model,
                                                        options_.queue_timeout.count()));
@@ -515,6 +529,17 @@ void Gateway::dispatch_queue(const std::string& deployment) {
   auto found = queues_.find(deployment);
   if (found == queues_.end()) return;
   auto& queue = found->second;
+  // Waiting for a deployment that cannot be placed (and nothing could be evicted for it) is
+  // pointless: fail the waiters now with the scheduler's reason.
+  std::string unschedulable = table_.unschedulable(deployment);
+  if (!unschedulable.empty() && table_.ready_count(deployment) == 0) {
+    for (Waiter* waiter : queue) {
+      waiter->failure = fmt::format("`{}` cannot start: {}", deployment, unschedulable);
+      waiter->timer.cancel();
+    }
+    queue.clear();
+    return;
+  }
   while (!queue.empty()) {
     // Fairness order: priority, then the key served longest ago. A waiter that cannot use any
     // free replica (it already tried them) does not block the ones behind it.

@@ -84,6 +84,8 @@ class EndpointTable {
   // Scale-to-zero state as the store last said: idle since (0 = awake) and the last wake request.
   int64_t idle_since_ms(const std::string& deployment) const;
   int64_t wake_requested_ms(const std::string& deployment) const;
+  // Why the deployment's replicas cannot be placed, "" when nothing says so.
+  std::string unschedulable(const std::string& deployment) const;
   // Called (from any thread) after every change.
   void set_on_change(std::function<void(const std::string& deployment)> callback);
 
@@ -97,6 +99,7 @@ class EndpointTable {
     int capacity = 0;  // per replica; 0 = the default
     int64_t idle_since_ms = 0;
     int64_t wake_requested_ms = 0;
+    std::string unschedulable;  // why its replicas cannot be placed ("" = they can)
   };
   mutable std::mutex mutex_;
   std::map<std::string, DeploymentEntry> deployments_;
