@@ -31,6 +31,7 @@ constexpr Command kCommands[] = {
     {"usage", "token usage per key, model and day", nebula::cli::run_usage},
     {"chat", "stream a completion through the gateway", nebula::cli::run_chat},
     {"models", "inspect a model: its shape and VRAM estimate", nebula::cli::run_models},
+    {"mode", "create, list and switch modes (named sets of deployments)", nebula::cli::run_mode},
     {"version", "print the version", nebula::cli::run_version},
 };
 

@@ -29,6 +29,7 @@ int run_models(int argc, char** argv);
 int run_keys(int argc, char** argv);
 int run_usage(int argc, char** argv);
 int run_chat(int argc, char** argv);
+int run_mode(int argc, char** argv);
 
 // Flags every client command shares: --server, --api-key, -o.
 struct ClientFlags {

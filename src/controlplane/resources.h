@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "api/api.h"
+#include "api/modes.h"
 #include "common/clock.h"
 #include "store/store.h"
 
@@ -31,6 +32,12 @@ struct Traits<api::Replica> {
   static constexpr const char* kPlural = "replicas";
   static constexpr const char* kKind = "replica";
   static Result<api::Replica> parse(const json& value) { return api::replica_from_json(value); }
+};
+template <>
+struct Traits<api::Mode> {
+  static constexpr const char* kPlural = "modes";
+  static constexpr const char* kKind = "mode";
+  static Result<api::Mode> parse(const json& value) { return api::mode_from_json(value); }
 };
 template <>
 struct Traits<api::Event> {
