@@ -186,15 +186,16 @@ TEST(Agent, JoinsWithTheServersTokenOnly) {
   EXPECT_EQ(refused->status, 401);
 
   Child agent({NEBULA_BINARY, "agent", "--server", server, "--token", token, "--name", "gpu-box", "--listen",
-               "127.0.0.1:" + std::to_string(testing::free_port()), "--sim-gpus", "2x24GB", "--data-dir",
-               data.path() + "/agent", "--log-level", "warn"},
+               "127.0.0.1:" + std::to_string(testing::free_port()), "--sim-gpus", "2x24GB", "--reserved-vram", "2GB",
+               "--data-dir", data.path() + "/agent", "--log-level", "warn"},
               data.path() + "/agent.log");
   bool joined = eventually(
       [&] {
         auto node = client.request("GET", server + "/api/v1/nodes/gpu-box");
         if (!node || node->status != 200) return false;
         auto parsed = parse_json(node->body);
-        return parsed && (*parsed)["status"]["ready"] == true && (*parsed)["status"]["gpus"].size() == 2;
+        return parsed && (*parsed)["status"]["ready"] == true && (*parsed)["status"]["gpus"].size() == 2 &&
+               (*parsed)["spec"]["reserved_vram_mb"] == 2048;
       },
       15s);
   EXPECT_TRUE(joined) << agent.output();

@@ -117,7 +117,11 @@ struct Agent::Impl {
     if (!credential.empty()) headers.push_back({"Authorization", "Bearer " + credential});
     return headers;
   }
-  std::string join_body() const { return json{{"token", options.token}, {"name", options.name}}.dump(); }
+  std::string join_body() const {
+    json body = {{"token", options.token}, {"name", options.name}};
+    if (options.reserved_vram_mb >= 0) body["reserved_vram_mb"] = options.reserved_vram_mb;
+    return body.dump();
+  }
   void stop_all_engines();
   http::Router routes();
 };

@@ -29,6 +29,7 @@ struct Options {
   std::chrono::milliseconds restart_backoff{2'000};  // first restart delay, doubled per crash
   std::chrono::milliseconds max_restart_backoff{300'000};
   std::chrono::milliseconds stop_grace{10'000};  // SIGTERM, then SIGKILL after this
+  int64_t reserved_vram_mb = -1;  // VRAM the scheduler must leave free per GPU; -1 = as the server has it
 };
 
 class Agent {

@@ -217,6 +217,14 @@ class ServerRuntime {
   std::string auth_;
 };
 
+// --reserved-vram: "" leaves the node's setting as it is (-1).
+Result<int64_t> parse_reserved_vram(const std::string& text) {
+  if (text.empty()) return int64_t{-1};
+  auto mb = parse_size_mb(text);
+  if (!mb) return make_error(ErrorCode::InvalidArgument, "--reserved-vram: " + mb.error().message);
+  return *mb;
+}
+
 void wait_for_stop_signal(const sigset_t& signals) {
   int received = 0;
   sigwait(&signals, &received);
@@ -251,11 +259,15 @@ int run_up(int argc, char** argv) {
   add_server_flags(app, flags);
   app.add_option("--sim-gpus", sim_gpus, "Simulated GPUs for the local agent, e.g. 2xH100-80GB");
   app.add_option("--name", node_name, "Name of the local node (default: the host name)");
+  std::string reserved_vram;
+  app.add_option("--reserved-vram", reserved_vram, "VRAM the scheduler leaves free on each local GPU, e.g. 2GB");
   app.add_option("--demo", demo_model,
                  "Deploy a demo deployment named 'demo' serving this model on the simulator, if absent");
   if (auto exit = parse(app, argc, argv)) return *exit;
   init_logging(flags.log_level);
   flags.data_dir = expand_home(flags.data_dir);
+  auto reserved_mb = parse_reserved_vram(reserved_vram);
+  if (!reserved_mb) return fail(reserved_mb.error().message);
   auto signals = block_stop_signals();
 
   ServerRuntime runtime;
@@ -267,6 +279,7 @@ int run_up(int argc, char** argv) {
   agent_options.sim_gpus = sim_gpus;
   agent_options.listen = HostPort{"127.0.0.1", 0};
   agent_options.data_dir = flags.data_dir;
+  agent_options.reserved_vram_mb = *reserved_mb;
   agent::Agent local_agent(agent_options);
   if (auto started = local_agent.start(); !started) {
     runtime.stop();
@@ -308,12 +321,17 @@ int run_agent(int argc, char** argv) {
   app.add_option("--name", options.name, "Node name (default: the host name)");
   app.add_option("--listen", listen, "Address for the agent's logs and health endpoints")->capture_default_str();
   app.add_option("--sim-gpus", options.sim_gpus, "Simulated GPUs, e.g. 2xH100-80GB");
+  std::string reserved_vram;
+  app.add_option("--reserved-vram", reserved_vram, "VRAM the scheduler leaves free on each GPU, e.g. 2GB");
   app.add_option("--data-dir", options.data_dir, "Where engine logs live")->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn or error")->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
   init_logging(log_level);
   auto address = parse_host_port(listen);
   if (!address) return fail(address.error().message);
+  auto reserved_mb = parse_reserved_vram(reserved_vram);
+  if (!reserved_mb) return fail(reserved_mb.error().message);
+  options.reserved_vram_mb = *reserved_mb;
   options.listen = *address;
   options.data_dir = expand_home(options.data_dir);
   auto signals = block_stop_signals();

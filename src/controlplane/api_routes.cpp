@@ -177,6 +177,12 @@ void add_delete_route(http::Router& router, Resources& resources) {
              });
 }
 
+// reserved_vram_mb from a join body: -1 when absent or not a number.
+int64_t reserved_vram_of(const json& body) {
+  auto value = body.find("reserved_vram_mb");
+  return value != body.end() && value->is_number_integer() ? value->get<int64_t>() : -1;
+}
+
 json name_json(const std::string& name) {
   return json{{"name", name}};
 }
@@ -302,14 +308,23 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                  co_await writer.send(error_response(valid.error()));
                  co_return;
                }
+               // The agent's --reserved-vram (VRAM the scheduler leaves free on each GPU), if given.
+               int64_t reserved = reserved_vram_of(*body);
                api::Node node;
                node.metadata.name = name;
+               node.spec.reserved_vram_mb = std::max<int64_t>(0, reserved);
                auto created = resources.create(node);
-               if (created)
+               if (created) {
                  resources.record_event("node/" + name, "Joined", "node joined the cluster");
-               else if (created.error().code != ErrorCode::AlreadyExists) {
+               } else if (created.error().code != ErrorCode::AlreadyExists) {
                  co_await writer.send(error_response(created.error()));
                  co_return;
+               } else if (reserved >= 0) {
+                 (void)resources.modify<api::Node>(name, [reserved](api::Node& current) {
+                   if (current.spec.reserved_vram_mb == reserved) return false;
+                   current.spec.reserved_vram_mb = reserved;
+                   return true;
+                 });
                }
                json answer = name_json(name);
                if (options.issue_node_credential) {
