@@ -1,6 +1,10 @@
 #include "api/keys.h"
 
+#include "api/read.h"
+
 namespace nebula::api {
+
+using detail::read;
 
 namespace {
 json key_json(const ApiKey& value, bool with_hash) {
@@ -20,11 +24,6 @@ json key_json(const ApiKey& value, bool with_hash) {
   return object;
 }
 
-template <typename T>
-void read(const json& object, const char* name, T& out) {
-  auto it = object.find(name);
-  if (it != object.end() && !it->is_null()) out = it->get<T>();
-}
 }  // namespace
 
 json to_json(const ApiKey& value) {
@@ -38,10 +37,7 @@ Result<ApiKey> api_key_from_json(const json& value) {
   try {
     if (!value.is_object()) return make_error(ErrorCode::InvalidArgument, "an ApiKey must be a JSON object");
     ApiKey key;
-    const json& metadata = value.value("metadata", json::object());
-    read(metadata, "name", key.metadata.name);
-    read(metadata, "uid", key.metadata.uid);
-    read(metadata, "created_ms", key.metadata.created_ms);
+    key.metadata = detail::metadata_from(value);
     read(value, "display_name", key.display_name);
     read(value, "scope", key.scope);
     read(value, "hash", key.hash);
@@ -54,7 +50,7 @@ Result<ApiKey> api_key_from_json(const json& value) {
     read(value, "expires_ms", key.expires_ms);
     read(value, "revoked", key.revoked);
     return key;
-  } catch (const json::exception& error) {
+  } catch (const std::exception& error) {
     return make_error(ErrorCode::InvalidArgument, std::string("invalid ApiKey: ") + error.what());
   }
 }
@@ -84,7 +80,7 @@ Result<UsageRecord> usage_from_json(const json& value) {
     read(value, "completion_tokens", record.completion_tokens);
     read(value, "cached_tokens", record.cached_tokens);
     return record;
-  } catch (const json::exception& error) {
+  } catch (const std::exception& error) {
     return make_error(ErrorCode::InvalidArgument, std::string("invalid usage record: ") + error.what());
   }
 }

@@ -68,6 +68,10 @@ void print_table(const std::vector<std::vector<std::string>>& rows);
 std::string age(int64_t since_ms);
 // Prints a POST /api/v1/simulate plan (per-GPU VRAM bars, alternatives); 0 when it fits, else 1.
 int print_plan(const json& plan, const std::string& output);
+// "a,b,,c" -> {"a","b","c"}.
+std::vector<std::string> split_commas(const std::string& text);
+// A JSON array of strings joined with commas; `empty` when there are none.
+std::string join_strings(const json& values, const std::string& empty);
 // One-line error on stderr, exit code 1.
 int fail(const std::string& message);
 

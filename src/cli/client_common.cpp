@@ -142,6 +142,26 @@ std::string age(int64_t since_ms) {
   return fmt::format("{}d", seconds / 86400);
 }
 
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> items;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    if (end > start) items.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return items;
+}
+
+std::string join_strings(const json& values, const std::string& empty) {
+  std::string text;
+  for (const auto& value : values) {
+    if (value.is_string()) text += (text.empty() ? "" : ",") + value.get<std::string>();
+  }
+  return text.empty() ? empty : text;
+}
+
 int fail(const std::string& message) {
   std::cerr << "error: " << message << "\n";
   return 1;

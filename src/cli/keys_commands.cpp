@@ -15,23 +15,6 @@ std::string limit(int64_t value) {
   return value > 0 ? std::to_string(value) : "-";
 }
 
-std::string join(const json& values) {
-  std::string text;
-  for (const auto& value : values) text += (text.empty() ? "" : ",") + value.get<std::string>();
-  return text.empty() ? "*" : text;
-}
-
-std::vector<std::string> split_commas(const std::string& text) {
-  std::vector<std::string> items;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t end = text.find(',', start);
-    if (end == std::string::npos) end = text.size();
-    if (end > start) items.push_back(text.substr(start, end - start));
-    start = end + 1;
-  }
-  return items;
-}
 }  // namespace
 
 int run_keys(int argc, char** argv) {
@@ -99,7 +82,7 @@ int run_keys(int argc, char** argv) {
       int64_t expires_ms = key.value("expires_ms", int64_t{0});
       std::string state = key.value("revoked", false) ? "revoked" : "active";
       rows.push_back({key["metadata"].value("name", ""), key.value("display_name", ""), key.value("scope", ""),
-                      join(key.value("models", json::array())), limit(key.value("rpm", int64_t{0})),
+                      join_strings(key.value("models", json::array()), "*"), limit(key.value("rpm", int64_t{0})),
                       limit(key.value("tpm", int64_t{0})), limit(key.value("max_concurrency", int64_t{0})),
                       limit(key.value("budget_tokens", int64_t{0})),
                       expires_ms > 0

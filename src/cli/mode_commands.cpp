@@ -10,32 +10,14 @@ namespace nebula::cli {
 
 namespace {
 
-std::vector<std::string> split_list(const std::string& text) {
-  std::vector<std::string> items;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t end = text.find(',', start);
-    if (end == std::string::npos) end = text.size();
-    if (end > start) items.push_back(text.substr(start, end - start));
-    start = end + 1;
-  }
-  return items;
-}
-
-std::string names(const json& values) {
-  std::string text;
-  for (const auto& value : values) text += (text.empty() ? "" : ",") + value.get<std::string>();
-  return text.empty() ? "-" : text;
-}
-
 void print_switch(const json& result) {
   bool dry_run = result.value("dry_run", false);
   std::cout << (dry_run ? "would switch" : "switched") << " to mode " << result.value("mode", "") << " from "
             << (result.value("from", "").empty() ? "(none)" : result.value("from", "")) << "\n";
-  std::cout << "  stopped: " << names(result.value("stopped", json::array())) << "\n"
-            << "  slept:   " << names(result.value("slept", json::array())) << "\n"
-            << "  started: " << names(result.value("started", json::array())) << "\n"
-            << "  woken:   " << names(result.value("woken", json::array())) << "\n";
+  std::cout << "  stopped: " << join_strings(result.value("stopped", json::array()), "-") << "\n"
+            << "  slept:   " << join_strings(result.value("slept", json::array()), "-") << "\n"
+            << "  started: " << join_strings(result.value("started", json::array()), "-") << "\n"
+            << "  woken:   " << join_strings(result.value("woken", json::array()), "-") << "\n";
   if (!dry_run && result.contains("phases")) {
     const json& phases = result["phases"];
     std::cout << fmt::format("  took {} ms (stop {} ms, VRAM release {} ms, start {} ms)\n",
@@ -76,11 +58,12 @@ int run_mode(int argc, char** argv) {
 
   ApiClient client(flags);
   if (create->parsed()) {
-    json body = {{"name", name}, {"deployments", split_list(deployments)}};
+    json body = {{"name", name}, {"deployments", split_commas(deployments)}};
     auto created = client.call("POST", "/api/v1/modes", body.dump());
     if (!created) return fail(created.error().message);
-    print_as(flags.output, *created,
-             [&] { std::cout << "mode " << name << " created: " << names((*created)["deployments"]) << "\n"; });
+    print_as(flags.output, *created, [&] {
+      std::cout << "mode " << name << " created: " << join_strings((*created)["deployments"], "-") << "\n";
+    });
     return 0;
   }
   if (remove->parsed()) {
@@ -124,8 +107,8 @@ int run_mode(int argc, char** argv) {
     for (const auto& mode : (*listing)["items"]) {
       int64_t switched = mode.value("switched_ms", int64_t{0});
       rows.push_back({mode["metadata"].value("name", ""), mode.value("active", false) ? "*" : "",
-                      names(mode.value("deployments", json::array())), switched > 0 ? age(switched) + " ago" : "-",
-                      mode.value("last_switch", "")});
+                      join_strings(mode.value("deployments", json::array()), "-"),
+                      switched > 0 ? age(switched) + " ago" : "-", mode.value("last_switch", "")});
     }
     print_table(rows);
   });
