@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <set>
+#include <thread>
 
 #include "common/json.h"
 #include "http/http.h"
@@ -201,6 +202,49 @@ TEST(Agent, JoinsWithTheServersTokenOnly) {
   EXPECT_TRUE(joined) << agent.output();
   EXPECT_EQ(agent.stop(SIGTERM, 15s), 0);
   EXPECT_EQ(server_process.stop(SIGTERM, 15s), 0);
+}
+
+}  // namespace
+}  // namespace nebula
+
+namespace nebula {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(Placement, ConcurrentDeploysNeverOvercommitAGpu) {
+  testing::NebulaUp up({}, "1xH100-80GB");
+  ASSERT_TRUE(up.wait_node_ready());
+  // Eight 20 GB deployments race for one 80 GB GPU: exactly four fit.
+  std::vector<std::thread> deployers;
+  for (int i = 0; i < 8; ++i) {
+    deployers.emplace_back([&up, i] {
+      up.cli({"deploy", "race-" + std::to_string(i), "--engine", "sim", "--model", "m", "--vram", "20GB"});
+    });
+  }
+  for (auto& deployer : deployers) deployer.join();
+  auto placed = [&] {
+    int count = 0;
+    json listing = up.get_json("/api/v1/replicas");
+    for (const auto& replica : listing["items"]) count += replica["spec"]["node"] == "" ? 0 : 1;
+    return count;
+  };
+  ASSERT_TRUE(testing::eventually([&] { return placed() == 4; }, 10s)) << placed();
+  std::this_thread::sleep_for(1s);  // a few more controller passes change nothing
+  EXPECT_EQ(placed(), 4);
+  json gpus = up.get_json("/api/v1/gpus");
+  ASSERT_EQ(gpus["items"].size(), 1u);
+  EXPECT_EQ(gpus["items"][0]["memory_allocated_mb"], 80 * 1024);
+  EXPECT_LE(gpus["items"][0]["memory_allocated_mb"].get<int64_t>(), gpus["items"][0]["memory_total_mb"].get<int64_t>());
+  // Scaling one of the placed deployments up cannot overcommit either.
+  json listing = up.get_json("/api/v1/replicas");
+  std::string placed_deployment;
+  for (const auto& replica : listing["items"]) {
+    if (replica["spec"]["node"] != "") placed_deployment = replica["spec"]["deployment"];
+  }
+  ASSERT_EQ(up.cli({"scale", placed_deployment, "3"}).exit_code, 0);
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(placed(), 4);
 }
 
 }  // namespace
