@@ -18,9 +18,10 @@ NebulaUp::NebulaUp(std::vector<std::string> extra, const std::string& gpus) {
   data_dir_ = temp_.path() + "/data";
   port_ = free_port();
   server_ = "http://127.0.0.1:" + std::to_string(port_);
-  std::vector<std::string> argv = {NEBULA_BINARY, "up",      "--listen",   "127.0.0.1:" + std::to_string(port_),
-                                   "--data-dir",  data_dir_, "--sim-gpus", gpus,
-                                   "--log-level", "warn",    "--name",     "e2e-node"};
+  std::vector<std::string> argv = {NEBULA_BINARY,       "up",      "--listen",   "127.0.0.1:" + std::to_string(port_),
+                                   "--data-dir",        data_dir_, "--sim-gpus", gpus,
+                                   "--log-level",       "warn",    "--name",     "e2e-node",
+                                   "--exit-with-parent"};
   for (auto& arg : extra) argv.push_back(arg);
   up_ = std::make_unique<Child>(argv, temp_.path() + "/up.log");
 }

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -261,6 +262,9 @@ int run_up(int argc, char** argv) {
   app.add_option("--name", node_name, "Name of the local node (default: the host name)");
   std::string reserved_vram;
   app.add_option("--reserved-vram", reserved_vram, "VRAM the scheduler leaves free on each local GPU, e.g. 2GB");
+  bool exit_with_parent = false;
+  app.add_flag("--exit-with-parent", exit_with_parent,
+               "Shut down (stopping every engine) when the process that started this one dies; for tests");
   app.add_option("--demo", demo_model,
                  "Deploy a demo deployment named 'demo' serving this model on the simulator, if absent");
   if (auto exit = parse(app, argc, argv)) return *exit;
@@ -269,6 +273,10 @@ int run_up(int argc, char** argv) {
   auto reserved_mb = parse_reserved_vram(reserved_vram);
   if (!reserved_mb) return fail(reserved_mb.error().message);
   auto signals = block_stop_signals();
+  // The kernel sends SIGTERM when the parent dies; sigwait below takes it like any stop.
+  if (exit_with_parent && (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() == 1)) {
+    return fail("--exit-with-parent: the parent is already gone");
+  }
 
   ServerRuntime runtime;
   if (auto started = runtime.start(flags); !started) return fail(started.error().message);
