@@ -589,17 +589,15 @@ bool Gateway::waking(const std::string& deployment) const {
 }
 
 void Gateway::write_deployment_status(const std::string& deployment, const std::function<bool(json& status)>& change) {
-  std::string key = api::store_key("deployments", deployment);
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    auto kv = store_.get(key);
-    if (!kv || !kv->has_value()) return;
-    auto document = parse_json((*kv)->value);
-    if (!document || !document->is_object()) return;
-    if (!(*document)["status"].is_object()) (*document)["status"] = json::object();
-    if (!change((*document)["status"])) return;
-    auto written = store_.put(key, dump(*document), store::Precondition::at((*kv)->mod_revision));
-    if (written || written.error().code != ErrorCode::Conflict) return;
-  }
+  (void)store::update(store_, api::store_key("deployments", deployment),
+                      [&](const std::optional<std::string>& current) -> Result<std::optional<std::string>> {
+                        if (!current) return std::optional<std::string>();
+                        auto document = parse_json(*current);
+                        if (!document || !document->is_object()) return std::optional<std::string>();
+                        if (!(*document)["status"].is_object()) (*document)["status"] = json::object();
+                        if (!change((*document)["status"])) return std::optional<std::string>();
+                        return std::optional<std::string>(dump(*document));
+                      });
 }
 
 // Once a second: the deployments asked for since the last round get their last_request_ms.

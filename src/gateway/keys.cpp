@@ -45,21 +45,20 @@ Result<NewKey> create_key(store::Store& store, api::ApiKey key, int64_t now_ms) 
 }
 
 Result<api::ApiKey> revoke_key(store::Store& store, const std::string& id) {
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    auto kv = store.get(kKeysPrefix + id);
-    if (!kv) return kv.error();
-    if (!kv->has_value()) return make_error(ErrorCode::NotFound, "key '" + id + "' not found");
-    auto document = parse_json((*kv)->value);
-    if (!document) return document.error();
-    auto key = api::api_key_from_json(*document);
-    if (!key) return key.error();
-    key->revoked = true;
-    auto written =
-        store.put(kKeysPrefix + id, api::to_stored_json(*key).dump(), store::Precondition::at((*kv)->mod_revision));
-    if (written) return key;
-    if (written.error().code != ErrorCode::Conflict) return written.error();
-  }
-  return make_error(ErrorCode::Conflict, "key '" + id + "' is being changed concurrently");
+  api::ApiKey revoked;
+  auto written = store::update(store, kKeysPrefix + id,
+                               [&](const std::optional<std::string>& current) -> Result<std::optional<std::string>> {
+                                 if (!current) return make_error(ErrorCode::NotFound, "key '" + id + "' not found");
+                                 auto document = parse_json(*current);
+                                 if (!document) return document.error();
+                                 auto key = api::api_key_from_json(*document);
+                                 if (!key) return key.error();
+                                 key->revoked = true;
+                                 revoked = *key;
+                                 return std::optional<std::string>(api::to_stored_json(revoked).dump());
+                               });
+  if (!written) return written.error();
+  return revoked;
 }
 
 std::string bearer_token(const http::Request& request) {

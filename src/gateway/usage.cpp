@@ -97,22 +97,17 @@ Status UsageRecorder::flush() {
   Status result;
   for (auto& [slot, delta] : batch) {
     std::string key = api::usage_key(delta);
-    bool written = false;
-    for (int attempt = 0; attempt < 16 && !written; ++attempt) {
-      auto current = store_.get(key);
-      if (!current) break;
-      api::UsageRecord total = delta;
-      store::Precondition precondition = store::Precondition::absent();
-      if (current->has_value()) {
-        auto document = parse_json((*current)->value);
-        auto stored = document ? api::usage_from_json(*document) : Result<api::UsageRecord>(document.error());
-        if (stored) add_counts(total, *stored);
-        precondition = store::Precondition::at((*current)->mod_revision);
-      }
-      auto put = store_.put(key, api::to_json(total).dump(), precondition);
-      written = put.ok();
-      if (!put && put.error().code != ErrorCode::Conflict) break;
-    }
+    auto written = store::update(store_, key,
+                                 [&](const std::optional<std::string>& current) -> Result<std::optional<std::string>> {
+                                   api::UsageRecord total = delta;
+                                   if (current) {
+                                     auto document = parse_json(*current);
+                                     if (document) {
+                                       if (auto stored = api::usage_from_json(*document)) add_counts(total, *stored);
+                                     }
+                                   }
+                                   return std::optional<std::string>(api::to_json(total).dump());
+                                 });
     if (!written) {
       // Keep the counts for the next flush rather than lose them.
       std::lock_guard lock(mutex_);

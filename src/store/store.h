@@ -90,4 +90,11 @@ class Store {
   virtual int expire_leases() = 0;
 };
 
+// Read-modify-write of one key with compare-and-swap retries. `change` gets the current value
+// (nullopt when the key is absent) and returns the new value, nullopt to leave the key as it is,
+// or an error that update() returns. Returns the written revision (0 when left as it is), or
+// Conflict after `attempts` lost races.
+using Change = std::function<Result<std::optional<std::string>>(const std::optional<std::string>& current)>;
+Result<int64_t> update(Store& store, const std::string& key, const Change& change, int attempts = 16);
+
 }  // namespace nebula::store
