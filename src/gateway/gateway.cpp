@@ -25,8 +25,7 @@ using SteadyClock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 http::Response openai_error(int status, const std::string& message, const std::string& type, const std::string& code) {
-  return http::Response::json_body(
-      status, json{{"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", code}}}});
+  return http::error_json(status, message, code, type);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ struct Response {
 };
 
 // {"error": {"message", "type": "invalid_request_error", "code"}}: OpenAI's error shape.
-Response error_json(int status, const std::string& message, const std::string& code);
+// type "" = server_error for 5xx, invalid_request_error otherwise.
+Response error_json(int status, const std::string& message, const std::string& code, const std::string& type = "");
 
 // Content-Type text/event-stream, Cache-Control no-cache: the headers of an SSE response.
 Headers event_stream_headers();

@@ -71,12 +71,11 @@ Response Response::json_body(int status, const json& body) {
 }
 
 // Built outside coroutines: g++ 12 miscompiles braced JSON initialisers inside them.
-Response error_json(int status, const std::string& message, const std::string& code) {
-  return Response::json_body(status, json{{"error",
-                                           {{"message", message},
-                                            {"type", status >= 500 ? "server_error" : "invalid_request_error"},
-                                            {"param", nullptr},
-                                            {"code", code}}}});
+Response error_json(int status, const std::string& message, const std::string& code, const std::string& type) {
+  std::string error_type = type;
+  if (error_type.empty()) error_type = status >= 500 ? "server_error" : "invalid_request_error";
+  return Response::json_body(
+      status, json{{"error", {{"message", message}, {"type", error_type}, {"param", nullptr}, {"code", code}}}});
 }
 
 Headers event_stream_headers() {
