@@ -4,7 +4,23 @@
 // environment, GPU pinning), how to tell it is ready, how to read its load from its metrics,
 // and how to sleep and wake it where the engine can. The agent does the supervising; drivers
 // hold no per-replica state, so one instance serves every replica of its engine.
+//
+// Added since the first version of this interface (existing names unchanged):
+// - EngineConfig::docker_socket, EngineConfig::allowed_mounts (docker driver).
+// - LaunchContext::sleep_mode (vllm: launch with sleep mode on, default true) and
+//   LaunchContext::sleep_level (the level the replica was put to sleep at; vllm's wake needs it).
+// - ContainerSpec, EngineDriver::runs_in_container() and EngineDriver::container(): the docker
+//   driver describes a container instead of a command; engines/docker.h runs it.
+// - EngineDriver::is_sleeping().
+//
+// The sequence the agent follows for a replica:
+//   command() (or container()) -> launch -> probe() until Ready -> prepare() -> Ready
+//   -> load() periodically; sleep()/wake() when asked -> stop.
+// probe() reports the HTTP endpoint only: Down = nothing answers (not listening yet, or gone),
+// Loading = it answers but is not ready. The agent combines that with the process's liveness and
+// its startup timeout. docs/engines.md has each engine's flags and endpoints.
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
@@ -27,7 +43,12 @@ struct EngineConfig {
   std::vector<std::string> extra_args;
   std::map<std::string, std::string> env;
   // command driver only: the argv template, with {port} {model} {gpus} {max_context} {served_name}
+  // {host} (and {num_gpus}); docker: the container command when the deployment gives none.
   std::vector<std::string> command_template;
+  // docker only: the Docker Engine API socket, and the host directories containers may bind-mount
+  // (a mount outside them is refused; empty = no mounts at all).
+  std::string docker_socket = "/var/run/docker.sock";
+  std::vector<std::string> allowed_mounts;
 };
 
 // Everything a driver needs to build one replica's launch.
@@ -45,11 +66,40 @@ struct LaunchContext {
   std::map<std::string, std::string> env;
   std::string nebula_binary;  // the sim driver runs `<nebula_binary> engine-sim`
   EngineConfig config;
+  // vllm: launch with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1 so sleep() works.
+  bool sleep_mode = true;
+  // The level sleep() was last called with; wake() after level 2 must reload the weights (vllm).
+  int sleep_level = 1;
 };
 
 struct Command {
   std::vector<std::string> argv;
   std::map<std::string, std::string> env;  // added to the agent's environment
+};
+
+struct Mount {
+  std::string source;  // host path
+  std::string target;  // path in the container
+  bool read_only = false;
+};
+
+// A container for the Docker Engine API (engines/docker.h). The last three fields exist so that a
+// request for them can be refused by validate_container_spec(); they are never sent.
+struct ContainerSpec {
+  std::string name;  // the replica
+  std::string image;
+  std::vector<std::string> cmd;  // empty = the image's default command
+  std::map<std::string, std::string> env;
+  std::map<std::string, std::string> labels;
+  std::string host_ip = "127.0.0.1";
+  int host_port = 0;          // published on host_ip:host_port
+  int container_port = 8000;  // where the engine listens inside the container
+  std::vector<int> gpus;      // -> HostConfig.DeviceRequests (driver nvidia)
+  std::vector<Mount> mounts;  // -> HostConfig.Binds
+  std::optional<int64_t> shm_size_bytes;
+  bool privileged = false;
+  std::string network_mode;  // "" = Docker's default bridge
+  std::string ipc_mode;      // "" = Docker's default
 };
 
 enum class Readiness { Ready, Loading, Down };
@@ -59,7 +109,7 @@ struct Load {
   std::optional<double> running;
   std::optional<double> waiting;
   std::optional<double> kv_cache_usage;   // 0..1
-  std::optional<double> prefix_hit_rate;  // 0..1
+  std::optional<double> prefix_hit_rate;  // 0..1, over the engine's lifetime
 };
 
 // What `nebula agent` found for an engine on this node.
@@ -75,11 +125,16 @@ class EngineDriver {
   virtual std::string name() const = 0;
 
   // Is the engine installed here (binary on PATH / docker socket answering), and which version.
+  // Blocks for at most a few seconds (it runs `BINARY --version`); call it off the I/O threads.
   virtual Availability detect(const EngineConfig& config) const = 0;
 
   // argv and environment for a process-based engine. GPU pinning goes through
   // CUDA_VISIBLE_DEVICES. An error names what is missing (e.g. a command template without {port}).
   virtual Result<Command> command(const LaunchContext& context) const = 0;
+
+  // True for engines that run as containers (docker): use container() instead of command().
+  virtual bool runs_in_container() const { return false; }
+  virtual Result<ContainerSpec> container(const LaunchContext& context) const;
 
   // Is it ready to serve? endpoint is "http://host:port".
   virtual awaitable<Readiness> probe(http::Client& client, std::string endpoint) const = 0;
@@ -90,10 +145,11 @@ class EngineDriver {
   // Load from the engine's metrics endpoint.
   virtual awaitable<Result<Load>> load(http::Client& client, std::string endpoint) const = 0;
 
-  // Sleep (level 1 or 2) and wake, where the engine has it; otherwise an Unsupported error.
+  // Sleep (level 1 or 2) and wake, where the engine has it; otherwise an InvalidArgument error.
   virtual bool can_sleep() const { return false; }
   virtual awaitable<Status> sleep(http::Client& client, std::string endpoint, int level, LaunchContext context) const;
   virtual awaitable<Status> wake(http::Client& client, std::string endpoint, LaunchContext context) const;
+  virtual awaitable<Result<bool>> is_sleeping(http::Client& client, std::string endpoint, LaunchContext context) const;
 };
 
 // The driver for an engine name, or nullptr. Names: vllm sglang llamacpp tgi ollama docker command sim.

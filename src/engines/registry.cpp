@@ -1,22 +1,46 @@
-#include "engines/driver.h"
+#include "engines/common.h"
+#include "engines/drivers.h"
 
 namespace nebula::engines {
 
+Result<ContainerSpec> EngineDriver::container(const LaunchContext&) const {
+  return Error{ErrorCode::InvalidArgument, name() + " runs as a process: use command()"};
+}
 awaitable<Status> EngineDriver::prepare(http::Client&, std::string, LaunchContext) const {
   co_return Status{};
 }
 awaitable<Status> EngineDriver::sleep(http::Client&, std::string, int, LaunchContext) const {
-  co_return Error{ErrorCode::InvalidArgument, name() + " cannot sleep"};
+  co_return unsupported(name() + " cannot sleep");
 }
 awaitable<Status> EngineDriver::wake(http::Client&, std::string, LaunchContext) const {
-  co_return Error{ErrorCode::InvalidArgument, name() + " cannot sleep"};
+  co_return unsupported(name() + " cannot sleep");
+}
+awaitable<Result<bool>> EngineDriver::is_sleeping(http::Client&, std::string, LaunchContext) const {
+  co_return unsupported(name() + " cannot sleep");
 }
 
-const EngineDriver* find_driver(const std::string&) {
-  return nullptr;  // placeholder until the drivers land
+namespace {
+
+const std::vector<const EngineDriver*>& all_drivers() {
+  static const std::vector<const EngineDriver*> drivers{&vllm_driver(),    &sglang_driver(), &llamacpp_driver(),
+                                                        &tgi_driver(),     &ollama_driver(), &docker_driver(),
+                                                        &command_driver(), &sim_driver()};
+  return drivers;
 }
+
+}  // namespace
+
+const EngineDriver* find_driver(const std::string& engine) {
+  for (const EngineDriver* driver : all_drivers()) {
+    if (driver->name() == engine) return driver;
+  }
+  return nullptr;
+}
+
 std::vector<std::string> driver_names() {
-  return {};
+  std::vector<std::string> names;
+  for (const EngineDriver* driver : all_drivers()) names.push_back(driver->name());
+  return names;
 }
 
 }  // namespace nebula::engines
