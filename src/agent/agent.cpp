@@ -1,6 +1,7 @@
 #include "agent/agent.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <optional>
 #include <set>
 
+#include "agent/agent_db.h"
 #include "common/json.h"
 #include "http/http.h"
 
@@ -62,18 +64,25 @@ http::Headers text_headers() {
 struct Managed {
   api::Replica desired;
   bool deleted = false;  // the Replica is gone from the store
+  const engines::EngineDriver* driver = nullptr;
   pid_t pid = 0;
+  int64_t start_time = 0;  // of the process, to tell it from a reused pid
   int port = 0;
   bool healthy = false;
+  bool prepared = false;  // the driver's post-start work (Ollama's pull) is done
   bool stopping = false;
+  bool adopted = false;  // started by an earlier agent, taken over after a restart
   Clock::time_point started{};
+  Clock::time_point ready_since{};
   Clock::time_point next_start{};
   Clock::time_point stop_deadline{};
   Clock::time_point last_health_check{};
   Clock::time_point last_sleep_attempt{};
+  Clock::time_point last_housekeeping{};
   milliseconds backoff{0};
   api::ReplicaStatus status;
   bool status_dirty = true;
+  std::optional<engines::Load> load;  // from the engine's metrics, for /metrics
 };
 
 struct Agent::Impl {
@@ -82,30 +91,43 @@ struct Agent::Impl {
 
   Options options;
   std::unique_ptr<ProcessLauncher> launcher;
+  std::unique_ptr<AgentDb> db;
   asio::io_context io;
   http::Client client;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::unique_ptr<http::Server> server;
   std::thread thread;
   std::vector<api::Gpu> gpus;
+  std::map<std::string, engines::Availability> engines_found;
   std::map<std::string, Managed> replicas;  // only touched on the agent thread
   std::string url;
   bool joined = false;
+  bool listed = false;     // the first listing of replicas arrived: adopted engines can be judged
   std::string credential;  // a node-scoped API key from the join, when the server requires keys
   bool stopping = false;
 
   std::string api(const std::string& path) const { return options.server_url + "/api/v1" + path; }
+  std::string log_path(const std::string& replica) const { return options.data_dir + "/logs/" + replica + ".log"; }
 
   awaitable<void> join_loop();
   awaitable<void> heartbeat_loop();
   awaitable<void> watch_loop();
   awaitable<void> supervise_loop();
   awaitable<void> step(Managed& managed);
+  awaitable<void> check_ready(Managed& managed);
+  awaitable<void> follow_sleep(Managed& managed);
   awaitable<void> report(Managed& managed);
   void apply(const api::Replica& replica);
   void launch(Managed& managed);
+  void crashed(Managed& managed, const std::string& why);
+  void forget(Managed& managed);
+  void adopt_engines();
+  void detect_engines();
+  engines::LaunchContext launch_context(const Managed& managed, int port) const;
+  milliseconds startup_timeout(const std::string& engine) const;
   void set_phase(Managed& managed, const std::string& phase, const std::string& message);
   json node_status() const;
+  std::string metrics_text() const;
   // The server's answer to a join may carry a credential (when it requires API keys).
   void take_credential(const std::string& body) {
     auto answer = parse_json(body);
@@ -133,21 +155,92 @@ void Agent::Impl::set_phase(Managed& managed, const std::string& phase, const st
   managed.status_dirty = true;
 }
 
+milliseconds Agent::Impl::startup_timeout(const std::string& engine) const {
+  if (options.startup_timeout.count() > 0) return options.startup_timeout;
+  return engine == "sim" ? milliseconds(120'000) : milliseconds(1'200'000);
+}
+
+// Which engines can run here: each driver looks for its binary (or socket) and version.
+void Agent::Impl::detect_engines() {
+  for (const auto& name : engines::driver_names()) {
+    const auto* driver = engines::find_driver(name);
+    if (!driver) continue;
+    engines::EngineConfig config = options.engines.count(name) ? options.engines.at(name) : engines::EngineConfig{};
+    if (name == "sim" && config.binary.empty()) config.binary = options.nebula_binary;
+    auto found = driver->detect(config);
+    if (found.available) {
+      spdlog::info("agent: engine {} available{}{}", name,
+                   found.version.empty() ? "" : " (version " + found.version + ")",
+                   found.detail.empty() ? "" : ": " + found.detail);
+    } else {
+      spdlog::debug("agent: engine {} not available: {}", name, found.detail);
+    }
+    engines_found[name] = found;
+  }
+}
+
+// Engines an earlier agent started and that still run are taken over as they are; the first
+// listing of replicas then decides whether they are still wanted.
+void Agent::Impl::adopt_engines() {
+  auto records = db->all();
+  if (!records) {
+    spdlog::error("agent: {}", records.error().message);
+    return;
+  }
+  for (const auto& record : *records) {
+    Managed managed;
+    managed.desired.metadata.name = record.replica;
+    managed.desired.spec.engine = record.engine;
+    managed.driver = engines::find_driver(record.engine);
+    managed.backoff = options.restart_backoff;
+    managed.status.restarts = record.restarts;
+    managed.status.phase = "";
+    auto start = launcher->start_time(record.pid);
+    if (start && *start == record.start_time) {
+      managed.pid = record.pid;
+      managed.start_time = record.start_time;
+      managed.port = record.port;
+      managed.adopted = true;
+      managed.prepared = true;
+      managed.started = Clock::now();
+      managed.status.pid = record.pid;
+      managed.status.port = record.port;
+      managed.status.endpoint = record.endpoint;
+      managed.status.plan_version = record.plan_version;
+      spdlog::info("agent: re-adopted engine of {} (pid {}, port {})", record.replica, record.pid, record.port);
+    } else {
+      // It ended while no agent watched: a crash as far as anyone can tell.
+      (void)db->remove(record.replica);
+      managed.status.restarts = record.restarts + 1;
+      managed.status.last_error = "the engine exited while the agent was down";
+      spdlog::warn("agent: the engine of {} (pid {}) ended while the agent was down", record.replica, record.pid);
+    }
+    replicas.emplace(record.replica, std::move(managed));
+  }
+}
+
 json Agent::Impl::node_status() const {
   api::NodeStatus status;
   status.gpus = gpus;
-  // Simulated GPUs report the memory their running engines were given.
-  for (auto& gpu : status.gpus) {
-    for (const auto& [name, managed] : replicas) {
-      const auto& spec = managed.desired.spec;
-      // A sleeping engine gave its GPU memory back (level 1 keeps weights in CPU memory).
-      if (managed.pid == 0 || spec.gpus.empty() || managed.status.phase == api::phase::kSleeping) continue;
-      for (int index : spec.gpus) {
-        if (index == gpu.index) gpu.memory_used_mb += spec.vram_mb / static_cast<int64_t>(spec.gpus.size());
+  status.gpu_probe = options.sim_gpus.empty() ? (gpus.empty() ? "none" : "probe") : "sim";
+  if (!options.sim_gpus.empty()) {
+    // Simulated GPUs report the memory their running engines were given.
+    for (auto& gpu : status.gpus) {
+      for (const auto& [name, managed] : replicas) {
+        const auto& spec = managed.desired.spec;
+        // A sleeping engine gave its GPU memory back (level 1 keeps weights in CPU memory).
+        if (managed.pid == 0 || spec.gpus.empty() || managed.status.phase == api::phase::kSleeping) continue;
+        for (int index : spec.gpus) {
+          if (index == gpu.index) gpu.memory_used_mb += spec.vram_mb / static_cast<int64_t>(spec.gpus.size());
+        }
       }
     }
   }
-  status.engines = {"sim"};
+  for (const auto& [name, found] : engines_found) {
+    if (!found.available) continue;
+    status.engines.push_back(name);
+    if (!found.version.empty()) status.engine_versions[name] = found.version;
+  }
   status.agent_url = url;
   status.ready = true;
   return api::to_json(status);
@@ -197,12 +290,26 @@ void Agent::Impl::apply(const api::Replica& replica) {
   if (replica.spec.node != options.name) return;
   auto [it, inserted] = replicas.try_emplace(replica.metadata.name);
   Managed& managed = it->second;
+  bool first_sight = inserted || managed.status.phase.empty();
   managed.desired = replica;
   managed.deleted = false;
+  if (!managed.driver) managed.driver = engines::find_driver(replica.spec.engine);
   if (inserted) {
     managed.status = replica.status;
     managed.status.pid = 0;
     managed.backoff = options.restart_backoff;
+  } else if (first_sight) {
+    // An engine known from agent.db: keep what this agent knows of the process, take the rest.
+    api::ReplicaStatus known = managed.status;
+    managed.status = replica.status;
+    managed.status.pid = known.pid;
+    managed.status.port = known.port;
+    managed.status.endpoint = known.endpoint;
+    managed.status.plan_version = known.plan_version;
+    managed.status.restarts = std::max(known.restarts, replica.status.restarts);
+    if (!known.last_error.empty()) managed.status.last_error = known.last_error;
+    if (managed.pid == 0) managed.status.phase = api::phase::kScheduled;
+    managed.status_dirty = true;
   } else if (replica.status.phase != managed.status.phase) {
     // Someone else rewrote the status (the controller marks replicas of a silent node Unknown):
     // report what this agent actually sees.
@@ -231,9 +338,12 @@ awaitable<void> Agent::Impl::watch_loop() {
       seen.insert(replica->metadata.name);
       apply(*replica);
     }
+    // Engines of replicas the server no longer places here (deleted, or moved elsewhere while
+    // this node was away) are stale: they are stopped.
     for (auto& [name, managed] : replicas) {
       if (!seen.count(name)) managed.deleted = true;
     }
+    listed = true;
     int64_t revision = document->value("revision", int64_t{0});
     auto stream = co_await client.open("GET", api(fmt::format("/replicas?watch=1&revision={}", revision + 1)), "",
                                        server_headers(false), milliseconds(10000));
@@ -255,7 +365,8 @@ awaitable<void> Agent::Impl::watch_loop() {
         if (!event || !event->is_object() || !event->contains("object")) continue;
         auto replica = api::replica_from_json((*event)["object"]);
         if (!replica) continue;
-        if ((*event)["type"] == "DELETE") {
+        bool moved_away = replica->spec.node != options.name && replicas.count(replica->metadata.name);
+        if ((*event)["type"] == "DELETE" || moved_away) {
           auto it = replicas.find(replica->metadata.name);
           if (it != replicas.end()) it->second.deleted = true;
         } else {
@@ -267,75 +378,141 @@ awaitable<void> Agent::Impl::watch_loop() {
   }
 }
 
+engines::LaunchContext Agent::Impl::launch_context(const Managed& managed, int port) const {
+  const auto& spec = managed.desired.spec;
+  engines::LaunchContext context;
+  context.replica = managed.desired.metadata.name;
+  context.served_name = spec.deployment;
+  context.model = spec.model;
+  context.gpus = spec.gpus;
+  context.port = port;
+  context.max_context = spec.max_context;
+  context.max_seqs = spec.max_seqs;
+  context.engine_args = spec.engine_args;
+  context.env = spec.env;
+  context.nebula_binary = options.nebula_binary;
+  if (auto it = options.engines.find(spec.engine); it != options.engines.end()) context.config = it->second;
+  // The engine claims what the scheduler reserved for it, as a fraction of each of its cards.
+  if (!spec.gpus.empty() && spec.vram_mb > 0) {
+    for (const auto& gpu : gpus) {
+      if (gpu.index == spec.gpus.front() && gpu.memory_total_mb > 0) {
+        double share = static_cast<double>(spec.vram_mb) / static_cast<double>(spec.gpus.size());
+        context.gpu_memory_utilization = std::min(0.98, share / static_cast<double>(gpu.memory_total_mb));
+      }
+    }
+  }
+  return context;
+}
+
 void Agent::Impl::launch(Managed& managed) {
   const auto& spec = managed.desired.spec;
+  auto available = engines_found.find(spec.engine);
+  if (!managed.driver || available == engines_found.end() || !available->second.available) {
+    managed.status.last_error = "engine " + spec.engine + " is not available on this node";
+    if (available != engines_found.end() && !available->second.detail.empty()) {
+      managed.status.last_error += ": " + available->second.detail;
+    }
+    set_phase(managed, api::phase::kFailed, managed.status.last_error);
+    managed.next_start = Clock::now() + options.max_restart_backoff;
+    return;
+  }
   auto port = find_free_port();
   if (!port) {
     set_phase(managed, api::phase::kFailed, port.error().message);
     return;
   }
-  LaunchSpec launch_spec;
-  if (spec.engine != "sim") {
-    managed.status.last_error = "engine " + spec.engine + " is not available on this node";
+  auto command = managed.driver->command(launch_context(managed, *port));
+  if (!command) {
+    managed.status.last_error = command.error().message;
     set_phase(managed, api::phase::kFailed, managed.status.last_error);
     managed.next_start = Clock::now() + options.max_restart_backoff;
     return;
   }
-  launch_spec.argv = {options.nebula_binary, "engine-sim", "--host",       "127.0.0.1", "--port",
-                      std::to_string(*port), "--model",    spec.deployment};
-  for (const auto& arg : spec.engine_args) launch_spec.argv.push_back(arg);
-  if (spec.max_context > 0) {
-    launch_spec.argv.push_back("--max-model-len");
-    launch_spec.argv.push_back(std::to_string(spec.max_context));
-  }
-  if (spec.max_seqs > 0) {
-    launch_spec.argv.push_back("--max-num-seqs");
-    launch_spec.argv.push_back(std::to_string(spec.max_seqs));
-  }
-  launch_spec.env = spec.env;
-  std::string devices;
-  for (int index : spec.gpus) devices += (devices.empty() ? "" : ",") + std::to_string(index);
-  launch_spec.env["CUDA_VISIBLE_DEVICES"] = devices;
-  launch_spec.log_path = options.data_dir + "/logs/" + managed.desired.metadata.name + ".log";
+  LaunchSpec launch_spec;
+  launch_spec.argv = command->argv;
+  launch_spec.env = command->env;
+  launch_spec.log_path = log_path(managed.desired.metadata.name);
   auto pid = launcher->launch(launch_spec);
   if (!pid) {
-    managed.status.last_error = pid.error().message;
-    set_phase(managed, api::phase::kFailed, pid.error().message);
-    managed.next_start = Clock::now() + managed.backoff;
-    managed.backoff = std::min(managed.backoff * 2, options.max_restart_backoff);
+    crashed(managed, pid.error().message);
     return;
   }
   managed.pid = *pid;
+  managed.start_time = launcher->start_time(*pid).value_or(0);
   managed.port = *port;
   managed.healthy = false;
+  managed.prepared = false;
+  managed.adopted = false;
   managed.started = Clock::now();
   managed.status.pid = *pid;
   managed.status.port = *port;
   managed.status.endpoint = fmt::format("http://127.0.0.1:{}", *port);
   managed.status.plan_version = spec.plan_version;
+  managed.status.next_restart_ms = 0;
   managed.status_dirty = true;
-  set_phase(managed, api::phase::kStarting, "waiting for /health");
-  spdlog::info("agent: started {} (pid {}, port {})", managed.desired.metadata.name, *pid, *port);
+  set_phase(managed, api::phase::kStarting, "waiting for the engine to be ready");
+  spdlog::info("agent: started {} (pid {}, port {}): {}", managed.desired.metadata.name, *pid, *port,
+               fmt::join(launch_spec.argv, " "));
+  if (db) {
+    EngineRecord record;
+    record.replica = managed.desired.metadata.name;
+    record.engine = spec.engine;
+    record.pid = *pid;
+    record.start_time = managed.start_time;
+    record.port = *port;
+    record.endpoint = managed.status.endpoint;
+    record.restarts = managed.status.restarts;
+    record.plan_version = spec.plan_version;
+    if (auto saved = db->put(record); !saved) spdlog::error("agent: {}", saved.error().message);
+  }
+}
+
+// The engine died (or never came up): restart it after the backoff, which doubles per crash up
+// to the cap and starts over once an engine ran stably.
+void Agent::Impl::crashed(Managed& managed, const std::string& why) {
+  auto now = Clock::now();
+  if (managed.healthy && now - managed.ready_since >= options.stable_after) managed.backoff = options.restart_backoff;
+  managed.healthy = false;
+  managed.status.restarts += 1;
+  managed.status.last_error = why;
+  managed.next_start = now + managed.backoff;
+  managed.status.next_restart_ms =
+      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch() + managed.backoff)
+          .count();
+  std::string first_line = why.substr(0, why.find('\n'));
+  set_phase(managed, api::phase::kFailed,
+            fmt::format("{}; restart {} in {} s", first_line, managed.status.restarts,
+                        std::chrono::duration_cast<std::chrono::seconds>(managed.backoff).count()));
+  spdlog::warn("agent: {}: {}", managed.desired.metadata.name, managed.status.message);
+  managed.backoff = std::min(managed.backoff * 2, options.max_restart_backoff);
+}
+
+// The engine process is gone: drop it from agent.db.
+void Agent::Impl::forget(Managed& managed) {
+  managed.pid = 0;
+  managed.start_time = 0;
+  managed.healthy = false;
+  managed.status.pid = 0;
+  if (db) (void)db->remove(managed.desired.metadata.name);
 }
 
 awaitable<void> Agent::Impl::step(Managed& managed) {
   auto now = Clock::now();
   const std::string& name = managed.desired.metadata.name;
   if (managed.pid != 0) {
-    if (auto exit = launcher->poll(managed.pid)) {
-      managed.pid = 0;
-      managed.healthy = false;
-      managed.status.pid = 0;
+    std::optional<ExitStatus> exit = launcher->poll(managed.pid);
+    // An adopted engine is not this agent's child: a changed start time means the pid was reused.
+    if (!exit && managed.adopted && launcher->start_time(managed.pid) != managed.start_time) exit = ExitStatus{-1, 0};
+    if (exit) {
+      bool was_starting = !managed.healthy;
+      forget(managed);
       if (!managed.stopping && !managed.deleted && !managed.desired.spec.stop) {
-        // A crash: restart with exponential backoff, reset once it ran stably for 10 minutes.
-        if (now - managed.started > std::chrono::minutes(10)) managed.backoff = options.restart_backoff;
-        managed.status.restarts += 1;
-        managed.status.last_error = "engine " + exit->describe();
-        managed.next_start = now + managed.backoff;
-        set_phase(managed, api::phase::kFailed,
-                  fmt::format("{}; restarting in {} s", managed.status.last_error, managed.backoff.count() / 1000.0));
-        spdlog::warn("agent: {} {}", name, managed.status.message);
-        managed.backoff = std::min(managed.backoff * 2, options.max_restart_backoff);
+        std::string why = "engine " + exit->describe();
+        if (was_starting) {
+          std::string tail = tail_lines(log_path(name), 10);
+          if (!tail.empty()) why += " while starting; last log lines:\n" + tail;
+        }
+        crashed(managed, why);
       }
     }
   }
@@ -362,39 +539,95 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
     if (now >= managed.next_start) launch(managed);
     co_return;
   }
-  if (!managed.healthy && now - managed.last_health_check >= milliseconds(250)) {
-    managed.last_health_check = now;
-    auto health = co_await client.request("GET", managed.status.endpoint + "/health", "", {}, milliseconds(2000));
-    if (health && health->status == 200) {
-      managed.healthy = true;
-      set_phase(managed, api::phase::kReady, "");
-    } else if (Clock::now() - managed.started > options.startup_timeout) {
-      managed.status.last_error = fmt::format(
-          "not healthy after {} s", std::chrono::duration_cast<std::chrono::seconds>(options.startup_timeout).count());
-      launcher->signal_group(managed.pid, SIGKILL);
+  if (now - managed.last_housekeeping >= milliseconds(1000)) {
+    managed.last_housekeeping = now;
+    if (rotate_log_if_larger(log_path(name), options.log_max_bytes, options.log_keep)) {
+      spdlog::info("agent: rotated the log of {}", name);
+    }
+    if (managed.healthy && managed.driver) {
+      auto load = co_await managed.driver->load(client, managed.status.endpoint);
+      if (load) {
+        managed.load = *load;
+      } else {
+        managed.load.reset();
+      }
     }
   }
-  if (!managed.healthy || now - managed.last_sleep_attempt < milliseconds(250)) co_return;
-  // Sleep and wake (vLLM's sleep mode: /sleep?level=N, /wake_up) follow spec.sleep_level.
+  if (!managed.healthy) {
+    co_await check_ready(managed);
+    co_return;
+  }
+  if (now - managed.ready_since >= options.stable_after) managed.backoff = options.restart_backoff;
+  co_await follow_sleep(managed);
+}
+
+// Starting: ready once the driver says so (and its post-start work is done), or killed when the
+// startup timeout passes, with the engine's last log lines in the replica's error.
+awaitable<void> Agent::Impl::check_ready(Managed& managed) {
+  auto now = Clock::now();
+  if (now - managed.last_health_check < milliseconds(250)) co_return;
+  managed.last_health_check = now;
+  auto readiness = co_await managed.driver->probe(client, managed.status.endpoint);
+  if (managed.pid == 0) co_return;
+  if (readiness == engines::Readiness::Ready && !managed.prepared) {
+    set_phase(managed, api::phase::kStarting, "preparing the engine");
+    co_await report(managed);
+    auto prepared =
+        co_await managed.driver->prepare(client, managed.status.endpoint, launch_context(managed, managed.port));
+    if (!prepared) {
+      launcher->signal_group(managed.pid, SIGKILL);
+      managed.stopping = false;
+      crashed(managed, "preparing the engine failed: " + prepared.error().message);
+      forget(managed);
+      co_return;
+    }
+    managed.prepared = true;
+  }
+  if (readiness == engines::Readiness::Ready) {
+    managed.healthy = true;
+    managed.ready_since = Clock::now();
+    managed.status.next_restart_ms = 0;
+    set_phase(managed, api::phase::kReady, "");
+    co_return;
+  }
+  if (readiness == engines::Readiness::Loading) set_phase(managed, api::phase::kStarting, "the engine is loading");
+  auto limit = startup_timeout(managed.desired.spec.engine);
+  if (Clock::now() - managed.started > limit) {
+    std::string why =
+        fmt::format("not ready after {} s", std::chrono::duration_cast<std::chrono::seconds>(limit).count());
+    std::string tail = tail_lines(log_path(managed.desired.metadata.name), 10);
+    if (!tail.empty()) why += "; last log lines:\n" + tail;
+    launcher->signal_group(managed.pid, SIGKILL);
+    forget(managed);
+    crashed(managed, why);
+  }
+}
+
+// Sleep and wake follow spec.sleep_level, through the driver (vLLM's levels, Ollama's keep_alive).
+awaitable<void> Agent::Impl::follow_sleep(Managed& managed) {
+  auto now = Clock::now();
+  if (!managed.driver || !managed.driver->can_sleep() || now - managed.last_sleep_attempt < milliseconds(250)) {
+    co_return;
+  }
   int wanted = managed.desired.spec.sleep_level;
   bool asleep = managed.status.phase == api::phase::kSleeping;
   if (wanted > 0 && !asleep) {
     managed.last_sleep_attempt = now;
-    auto slept = co_await client.request("POST", fmt::format("{}/sleep?level={}", managed.status.endpoint, wanted), "",
-                                         {}, milliseconds(60000));
-    if (slept && slept->status == 200) set_phase(managed, api::phase::kSleeping, fmt::format("sleep level {}", wanted));
+    auto slept =
+        co_await managed.driver->sleep(client, managed.status.endpoint, wanted, launch_context(managed, managed.port));
+    if (slept) set_phase(managed, api::phase::kSleeping, fmt::format("sleep level {}", wanted));
   } else if (wanted == 0 && asleep) {
     managed.last_sleep_attempt = now;
-    auto woken = co_await client.request("POST", managed.status.endpoint + "/wake_up", "", {}, milliseconds(60000));
-    if (woken && woken->status == 200) {
-      auto health = co_await client.request("GET", managed.status.endpoint + "/health", "", {}, milliseconds(2000));
-      if (health && health->status == 200) set_phase(managed, api::phase::kReady, "");
+    auto woken = co_await managed.driver->wake(client, managed.status.endpoint, launch_context(managed, managed.port));
+    if (woken) {
+      auto readiness = co_await managed.driver->probe(client, managed.status.endpoint);
+      if (readiness == engines::Readiness::Ready) set_phase(managed, api::phase::kReady, "");
     }
   }
 }
 
 awaitable<void> Agent::Impl::report(Managed& managed) {
-  if (!managed.status_dirty || managed.deleted) co_return;
+  if (!managed.status_dirty || managed.deleted || managed.status.phase.empty()) co_return;
   managed.status_dirty = false;
   auto response =
       co_await client.request("PUT", api("/replicas/" + managed.desired.metadata.name + "/status"),
@@ -404,6 +637,11 @@ awaitable<void> Agent::Impl::report(Managed& managed) {
 
 awaitable<void> Agent::Impl::supervise_loop() {
   while (!stopping) {
+    // Until the first listing, an adopted engine's replica may or may not still exist: wait.
+    if (!listed) {
+      co_await sleep_for(io, milliseconds(100));
+      continue;
+    }
     for (auto it = replicas.begin(); it != replicas.end();) {
       co_await step(it->second);
       co_await report(it->second);
@@ -435,13 +673,84 @@ void Agent::Impl::stop_all_engines() {
     }
     std::this_thread::sleep_for(milliseconds(20));
   }
+  for (auto& [name, managed] : replicas) {
+    if (db) (void)db->remove(name);
+  }
   replicas.clear();
+}
+
+// Prometheus text: GPU gauges from the probe and engine gauges from each engine's metrics.
+std::string Agent::Impl::metrics_text() const {
+  std::string out;
+  auto family = [&](const char* name, const char* help) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n", name, help, name);
+  };
+  json status = node_status();
+  family("nebula_gpu_memory_total_bytes", "GPU memory");
+  for (const auto& gpu : status["gpus"]) {
+    out += fmt::format("nebula_gpu_memory_total_bytes{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gpu["index"].get<int>(),
+                       gpu["uuid"].get<std::string>(), gpu["memory_total_mb"].get<int64_t>() * 1048576);
+  }
+  family("nebula_gpu_memory_used_bytes", "GPU memory in use");
+  for (const auto& gpu : status["gpus"]) {
+    out += fmt::format("nebula_gpu_memory_used_bytes{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gpu["index"].get<int>(),
+                       gpu["uuid"].get<std::string>(), gpu["memory_used_mb"].get<int64_t>() * 1048576);
+  }
+  family("nebula_gpu_utilization_ratio", "GPU utilisation, 0..1");
+  for (const auto& gpu : status["gpus"]) {
+    out += fmt::format("nebula_gpu_utilization_ratio{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gpu["index"].get<int>(),
+                       gpu["uuid"].get<std::string>(), gpu["utilization"].get<double>() / 100.0);
+  }
+  family("nebula_gpu_temperature_celsius", "GPU temperature");
+  for (const auto& gpu : status["gpus"]) {
+    out += fmt::format("nebula_gpu_temperature_celsius{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gpu["index"].get<int>(),
+                       gpu["uuid"].get<std::string>(), gpu["temperature_c"].get<double>());
+  }
+  family("nebula_gpu_power_watts", "GPU power draw");
+  for (const auto& gpu : status["gpus"]) {
+    out += fmt::format("nebula_gpu_power_watts{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gpu["index"].get<int>(),
+                       gpu["uuid"].get<std::string>(), gpu["power_w"].get<double>());
+  }
+  auto labels = [](const std::string& name, const Managed& managed) {
+    return fmt::format("replica=\"{}\",deployment=\"{}\",engine=\"{}\"", name, managed.desired.spec.deployment,
+                       managed.desired.spec.engine);
+  };
+  family("nebula_engine_up", "1 when the engine is ready (or asleep), 0 otherwise");
+  for (const auto& [name, managed] : replicas) {
+    out += fmt::format("nebula_engine_up{{{}}} {}\n", labels(name, managed), managed.healthy ? 1 : 0);
+  }
+  family("nebula_engine_restarts", "Engine restarts after crashes");
+  for (const auto& [name, managed] : replicas) {
+    out += fmt::format("nebula_engine_restarts{{{}}} {}\n", labels(name, managed), managed.status.restarts);
+  }
+  struct Gauge {
+    const char* name;
+    const char* help;
+    std::optional<double> engines::Load::*field;
+  };
+  const Gauge gauges[] = {
+      {"nebula_engine_requests_running", "Requests the engine is running", &engines::Load::running},
+      {"nebula_engine_requests_waiting", "Requests queued in the engine", &engines::Load::waiting},
+      {"nebula_engine_kv_cache_usage_ratio", "KV-cache usage, 0..1", &engines::Load::kv_cache_usage},
+      {"nebula_engine_prefix_cache_hit_ratio", "Prefix-cache hit rate, 0..1", &engines::Load::prefix_hit_rate},
+  };
+  for (const auto& gauge : gauges) {
+    family(gauge.name, gauge.help);
+    for (const auto& [name, managed] : replicas) {
+      if (!managed.load || !((*managed.load).*gauge.field)) continue;
+      out += fmt::format("{}{{{}}} {}\n", gauge.name, labels(name, managed), *((*managed.load).*gauge.field));
+    }
+  }
+  return out;
 }
 
 http::Router Agent::Impl::routes() {
   http::Router router;
   router.add("GET", "/healthz", [](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(http::Response::text(200, "ok\n"));
+  });
+  router.add("GET", "/metrics", [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
+    co_await writer.send(http::Response::text(200, metrics_text(), "text/plain; version=0.0.4; charset=utf-8"));
   });
   // Engine logs: ?tail=N bytes from the end (default 64 KiB), ?follow=1 keeps streaming.
   router.add("GET", "/logs/{replica}", [this](http::Request& request, http::ResponseWriter& writer) -> awaitable<void> {
@@ -499,6 +808,13 @@ Status Agent::start() {
     if (!gpus) return gpus.error();
     impl.gpus = *gpus;
   }
+  std::error_code ignored;
+  std::filesystem::create_directories(impl.options.data_dir, ignored);
+  auto db = AgentDb::open(impl.options.data_dir + "/agent.db");
+  if (!db) return db.error();
+  impl.db = std::move(*db);
+  impl.detect_engines();
+  impl.adopt_engines();
   impl.server = std::make_unique<http::Server>(impl.io, impl.routes());
   auto port = impl.server->listen(impl.options.listen);
   if (!port) return port.error();
@@ -523,7 +839,14 @@ void Agent::stop() {
   impl.work.reset();
   impl.io.stop();
   impl.thread.join();
-  impl.stop_all_engines();
+  if (impl.options.stop_engines_on_exit) {
+    impl.stop_all_engines();
+  } else {
+    // Engines keep running; agent.db tells the next agent which ones to re-adopt.
+    size_t running = 0;
+    for (const auto& [name, managed] : impl.replicas) running += managed.pid != 0;
+    if (running) spdlog::info("agent: leaving {} engine(s) running for the next agent to re-adopt", running);
+  }
 }
 
 std::string Agent::url() const {

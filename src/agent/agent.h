@@ -13,6 +13,7 @@
 #include "common/asio.h"
 #include "common/config.h"
 #include "common/result.h"
+#include "engines/driver.h"
 
 namespace nebula::agent {
 
@@ -20,16 +21,31 @@ struct Options {
   std::string server_url = "http://127.0.0.1:8080";
   std::string token;
   std::string name;      // node name; default: the host name
-  std::string sim_gpus;  // e.g. "1xH100-80GB"; empty = no GPUs
+  std::string sim_gpus;  // e.g. "1xH100-80GB"; empty = discover real GPUs (NVML, then nvidia-smi)
   HostPort listen{"127.0.0.1", 9091};
-  std::string data_dir;       // logs go to <data_dir>/logs/<replica>.log
+  std::string data_dir;       // agent.db and logs/<replica>.log live here
   std::string nebula_binary;  // runs `engine-sim`; default: this executable
   std::chrono::milliseconds heartbeat_interval{2'000};
-  std::chrono::milliseconds startup_timeout{120'000};
-  std::chrono::milliseconds restart_backoff{2'000};  // first restart delay, doubled per crash
+  // How long an engine may take to become ready; 0 = the engine's own default (sim 2 min, real
+  // engines 20 min, since loading a 70B model from disk takes minutes).
+  std::chrono::milliseconds startup_timeout{0};
+  std::chrono::milliseconds restart_backoff{10'000};  // first restart delay, doubled per crash
   std::chrono::milliseconds max_restart_backoff{300'000};
-  std::chrono::milliseconds stop_grace{10'000};  // SIGTERM, then SIGKILL after this
+  std::chrono::milliseconds stable_after{600'000};  // running this long resets the backoff
+  std::chrono::milliseconds stop_grace{10'000};     // SIGTERM, then SIGKILL after this
   int64_t reserved_vram_mb = -1;  // VRAM the scheduler must leave free per GPU; -1 = as the server has it
+  // `nebula agent` leaves its engines running when it stops, for its successor to re-adopt;
+  // `nebula up` stops them, since on a laptop that is what Ctrl-C means.
+  bool stop_engines_on_exit = false;
+  int64_t log_max_bytes = 64ll << 20;  // per replica log; rotated (copy + truncate) beyond this
+  int log_keep = 3;                    // rotated logs kept: <replica>.log.1 .. .N
+  // Engine binaries, images, extra args per engine (agent.yaml `engines:`).
+  std::map<std::string, engines::EngineConfig> engines;
+  // Model preparation: Hugging Face ids are downloaded into model_cache_dir from hf_endpoint.
+  std::string model_cache_dir;  // default <data_dir>/models
+  std::string hf_endpoint = "https://huggingface.co";
+  std::string hf_token;
+  int64_t model_cache_limit_mb = 0;  // 0 = unlimited
 };
 
 class Agent {
@@ -42,7 +58,8 @@ class Agent {
   // Binds the agent's listener (logs, health) and starts working. Joining the server is retried
   // in the background until it succeeds.
   Status start();
-  // Stops the agent and every engine it started (SIGTERM, grace, SIGKILL). Blocks until done.
+  // Stops the agent. Its engines keep running for the next agent to re-adopt, unless
+  // stop_engines_on_exit (then SIGTERM, grace, SIGKILL). Blocks until done.
   void stop();
   // The agent's own URL, e.g. http://127.0.0.1:9091.
   std::string url() const;

@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "common/config.h"
 
@@ -21,6 +23,7 @@ namespace nebula::agent {
 
 std::string ExitStatus::describe() const {
   if (signal != 0) return fmt::format("killed by signal {} ({})", signal, strsignal(signal));
+  if (code < 0) return "exited (exit status unknown: the engine was adopted from an earlier agent)";
   return fmt::format("exited with code {}", code);
 }
 
@@ -81,12 +84,72 @@ std::optional<ExitStatus> PosixLauncher::poll(pid_t pid) {
   if (result == 0) return std::nullopt;
   ExitStatus exit;
   if (result < 0) {
-    exit.code = -1;  // not our child any more (already reaped)
+    // Not our child: an adopted engine (its parent was the previous agent). It runs while /proc
+    // shows it alive.
+    if (errno == ECHILD && process_start_time(pid)) return std::nullopt;
+    exit.code = -1;
     return exit;
   }
   if (WIFEXITED(status)) exit.code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) exit.signal = WTERMSIG(status);
   return exit;
+}
+
+std::optional<int64_t> PosixLauncher::start_time(pid_t pid) {
+  return process_start_time(pid);
+}
+
+std::optional<int64_t> process_start_time(pid_t pid) {
+  if (pid <= 0) return std::nullopt;
+  std::ifstream file(fmt::format("/proc/{}/stat", pid));
+  std::string stat;
+  if (!file || !std::getline(file, stat)) return std::nullopt;
+  // "PID (COMM) STATE ..." where COMM may hold spaces and parentheses: fields count from the last ')'.
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream fields(stat.substr(close + 1));
+  std::string field;
+  std::string state;
+  int64_t start = 0;
+  for (int index = 3; fields >> field; ++index) {
+    if (index == 3) state = field;
+    if (index == 22) {
+      start = std::atoll(field.c_str());
+      break;
+    }
+  }
+  if (state == "Z" || state == "X" || start == 0) return std::nullopt;
+  return start;
+}
+
+bool rotate_log_if_larger(const std::string& path, int64_t max_bytes, int keep) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  auto size = fs::file_size(path, ec);
+  if (ec || static_cast<int64_t>(size) <= max_bytes || keep < 1) return false;
+  for (int index = keep - 1; index >= 1; --index) {
+    fs::rename(fmt::format("{}.{}", path, index), fmt::format("{}.{}", path, index + 1), ec);
+  }
+  fs::copy_file(path, path + ".1", fs::copy_options::overwrite_existing, ec);
+  if (ec) return false;
+  ::truncate(path.c_str(), 0);
+  return true;
+}
+
+std::string tail_lines(const std::string& path, int lines) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return "";
+  file.seekg(0, std::ios::end);
+  int64_t size = file.tellg();
+  int64_t from = std::max<int64_t>(0, size - 16384);
+  file.seekg(from);
+  std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  size_t position = text.size();
+  for (int count = 0; count < lines && position != std::string::npos && position > 0; ++count) {
+    position = text.rfind('\n', position - 1);
+  }
+  return position == std::string::npos || position == 0 ? text : text.substr(position + 1);
 }
 
 Result<int> find_free_port() {

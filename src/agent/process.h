@@ -32,8 +32,13 @@ class ProcessLauncher {
   virtual Result<pid_t> launch(const LaunchSpec& spec) = 0;
   // Sends a signal to the child's whole process group.
   virtual void signal_group(pid_t pid, int signal) = 0;
-  // The child's exit status if it has ended (reaping it), nullopt while it runs.
+  // The child's exit status if it has ended (reaping it), nullopt while it runs. A process this
+  // launcher did not start (an engine adopted after an agent restart) is polled through /proc;
+  // its exit code is then unknown (-1).
   virtual std::optional<ExitStatus> poll(pid_t pid) = 0;
+  // When the process started (clock ticks since boot), to tell it from a later one with the same
+  // pid; nullopt when there is no such process.
+  virtual std::optional<int64_t> start_time(pid_t pid) = 0;
 };
 
 // posix_spawn-based launcher.
@@ -42,7 +47,22 @@ class PosixLauncher final : public ProcessLauncher {
   Result<pid_t> launch(const LaunchSpec& spec) override;
   void signal_group(pid_t pid, int signal) override;
   std::optional<ExitStatus> poll(pid_t pid) override;
+  std::optional<int64_t> start_time(pid_t pid) override;
 };
+
+// Field 22 of /proc/PID/stat (start time in clock ticks since boot); nullopt for no process or a
+// zombie.
+std::optional<int64_t> process_start_time(pid_t pid);
+
+// Size-based rotation that works while the engine keeps writing: the engine holds its log open
+// with O_APPEND, so the log is copied to PATH.1 (older ones shift to .2 ... .keep) and then
+// truncated in place, and the engine's next write lands at the new end (logrotate's
+// "copytruncate"; lines written between the copy and the truncate are lost). Returns whether it
+// rotated.
+bool rotate_log_if_larger(const std::string& path, int64_t max_bytes, int keep);
+
+// The last `lines` lines of a file (at most the last 16 KiB of it).
+std::string tail_lines(const std::string& path, int lines);
 
 // A loopback TCP port nothing listens on right now (bind to port 0, read it, close).
 Result<int> find_free_port();

@@ -28,6 +28,7 @@ Gpu gpu_from(const json& value) {
   read(value, "memory_used_mb", gpu.memory_used_mb);
   read(value, "utilization", gpu.utilization);
   read(value, "temperature_c", gpu.temperature_c);
+  read(value, "power_w", gpu.power_w);
   return gpu;
 }
 
@@ -38,6 +39,8 @@ NodeStatus node_status_from(const json& object) {
     for (const auto& gpu : *it) status.gpus.push_back(gpu_from(gpu));
   }
   read(object, "engines", status.engines);
+  read(object, "engine_versions", status.engine_versions);
+  read(object, "gpu_probe", status.gpu_probe);
   read(object, "agent_url", status.agent_url);
   read(object, "heartbeat_ms", status.heartbeat_ms);
   read(object, "ready", status.ready);
@@ -82,6 +85,7 @@ ReplicaStatus replica_status_from(const json& object) {
   read(object, "pid", status.pid);
   read(object, "restarts", status.restarts);
   read(object, "last_error", status.last_error);
+  read(object, "next_restart_ms", status.next_restart_ms);
   read(object, "message", status.message);
   read(object, "plan_version", status.plan_version);
   read(object, "updated_ms", status.updated_ms);
@@ -104,7 +108,8 @@ json to_json(const Gpu& value) {
           {"memory_total_mb", value.memory_total_mb},
           {"memory_used_mb", value.memory_used_mb},
           {"utilization", value.utilization},
-          {"temperature_c", value.temperature_c}};
+          {"temperature_c", value.temperature_c},
+          {"power_w", value.power_w}};
 }
 
 json to_json(const NodeStatus& value) {
@@ -112,6 +117,8 @@ json to_json(const NodeStatus& value) {
   for (const auto& gpu : value.gpus) gpus.push_back(to_json(gpu));
   return {{"gpus", gpus},
           {"engines", value.engines},
+          {"engine_versions", value.engine_versions},
+          {"gpu_probe", value.gpu_probe},
           {"agent_url", value.agent_url},
           {"heartbeat_ms", value.heartbeat_ms},
           {"ready", value.ready},
@@ -174,9 +181,16 @@ json to_json(const Deployment& value) {
 }
 
 json to_json(const ReplicaStatus& value) {
-  return {{"phase", value.phase},     {"endpoint", value.endpoint},         {"port", value.port},
-          {"pid", value.pid},         {"restarts", value.restarts},         {"last_error", value.last_error},
-          {"message", value.message}, {"plan_version", value.plan_version}, {"updated_ms", value.updated_ms}};
+  return {{"phase", value.phase},
+          {"endpoint", value.endpoint},
+          {"port", value.port},
+          {"pid", value.pid},
+          {"restarts", value.restarts},
+          {"last_error", value.last_error},
+          {"message", value.message},
+          {"plan_version", value.plan_version},
+          {"updated_ms", value.updated_ms},
+          {"next_restart_ms", value.next_restart_ms}};
 }
 
 json to_json(const Replica& value) {

@@ -33,6 +33,7 @@ struct Gpu {
   int64_t memory_used_mb = 0;
   double utilization = 0;  // percent
   double temperature_c = 0;
+  double power_w = 0;
 };
 
 struct NodeSpec {
@@ -42,8 +43,10 @@ struct NodeSpec {
 
 struct NodeStatus {
   std::vector<Gpu> gpus;
-  std::vector<std::string> engines;  // engines this node can run
-  std::string agent_url;             // the agent's own listener (logs, health)
+  std::vector<std::string> engines;                    // engines this node can run
+  std::map<std::string, std::string> engine_versions;  // engine -> version its binary reports
+  std::string gpu_probe;                               // nvml | nvidia-smi | sim | none
+  std::string agent_url;                               // the agent's own listener (logs, health)
   int64_t heartbeat_ms = 0;
   bool ready = false;
   std::string message;
@@ -113,8 +116,9 @@ inline constexpr const char* kStarting = "Starting";
 inline constexpr const char* kReady = "Ready";
 inline constexpr const char* kStopping = "Stopping";
 inline constexpr const char* kFailed = "Failed";
-inline constexpr const char* kUnknown = "Unknown";
-inline constexpr const char* kSleeping = "Sleeping";  // its node stopped reporting
+inline constexpr const char* kUnknown = "Unknown";  // its node stopped reporting
+inline constexpr const char* kSleeping = "Sleeping";
+inline constexpr const char* kDownloading = "Downloading";  // the agent fetches the model files
 }  // namespace phase
 
 struct ReplicaSpec {
@@ -140,6 +144,7 @@ struct ReplicaStatus {
   int pid = 0;
   int restarts = 0;
   std::string last_error;
+  int64_t next_restart_ms = 0;  // wall time of the next restart after a crash (backoff), 0 = none
   std::string message;
   int64_t plan_version = 0;  // the plan the agent runs
   int64_t updated_ms = 0;

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <thread>
 
 #include "agent/agent.h"
@@ -226,6 +227,160 @@ Result<int64_t> parse_reserved_vram(const std::string& text) {
   return *mb;
 }
 
+// Supervision and engine settings of an agent, from flags (`nebula agent`, `nebula up`) and
+// agent.yaml; a flag given on the command line wins over the file.
+struct AgentFlags {
+  std::string config;  // agent.yaml
+  std::string restart_backoff;
+  std::string max_restart_backoff;
+  std::string startup_timeout;
+  std::string stop_grace;
+  std::string heartbeat_interval;
+  std::string log_max_size;
+  int log_keep = 0;
+  std::vector<std::string> engine_binaries;  // NAME=BINARY (image for docker)
+  std::string hf_endpoint;
+  std::string hf_token;
+  std::string model_cache;
+  std::string model_cache_limit;
+  bool stop_engines_on_exit = false;
+};
+
+void add_agent_flags(CLI::App& app, AgentFlags& flags, bool with_config) {
+  if (with_config) app.add_option("--config", flags.config, "agent.yaml with these settings (flags win)");
+  app.add_option("--restart-backoff", flags.restart_backoff, "First restart delay after an engine crash (default 10s)");
+  app.add_option("--max-restart-backoff", flags.max_restart_backoff, "Cap of the doubling restart delay (default 5m)");
+  app.add_option("--startup-timeout", flags.startup_timeout,
+                 "How long an engine may take to be ready (default: sim 2m, real engines 20m)");
+  app.add_option("--stop-grace", flags.stop_grace, "SIGTERM to SIGKILL delay when stopping an engine (default 10s)");
+  app.add_option("--heartbeat-interval", flags.heartbeat_interval, "How often the agent reports (default 2s)");
+  app.add_option("--log-max-size", flags.log_max_size, "Engine log size that triggers rotation (default 64MB)");
+  app.add_option("--log-keep", flags.log_keep, "Rotated engine logs kept per replica (default 3)");
+  app.add_option("--engine-binary", flags.engine_binaries,
+                 "NAME=BINARY: the binary (or docker image) to run for an engine; repeatable");
+  app.add_option("--hf-endpoint", flags.hf_endpoint, "Hugging Face compatible endpoint for model downloads");
+  app.add_option("--hf-token", flags.hf_token, "Token for the model endpoint (default: $HF_TOKEN)");
+  app.add_option("--model-cache", flags.model_cache, "Where downloaded models live (default <data-dir>/models)");
+  app.add_option("--model-cache-limit", flags.model_cache_limit, "Size limit of the model cache, e.g. 500GB");
+}
+
+Status apply_duration(const std::string& flag, const std::string& text, std::chrono::milliseconds& out) {
+  if (text.empty()) return {};
+  auto parsed = parse_duration(text);
+  if (!parsed) return make_error(ErrorCode::InvalidArgument, flag + ": " + parsed.error().message);
+  out = *parsed;
+  return {};
+}
+
+// Reads agent.yaml into flags not given on the command line. Keys: server, token, name, listen,
+// sim_gpus, data_dir, reserved_vram, restart_backoff, max_restart_backoff, startup_timeout,
+// stop_grace, heartbeat_interval, log_max_size, log_keep, hf_endpoint, hf_token, model_cache,
+// model_cache_limit, engines: {NAME: {binary, args: [...], env: {...}, command: [...]}}.
+Status read_agent_config(const std::string& path, json& config) {
+  std::ifstream in(path);
+  if (!in) return make_error(ErrorCode::InvalidArgument, "cannot read " + path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto parsed = yaml_to_json(text);
+  if (!parsed) return make_error(ErrorCode::InvalidArgument, path + ": " + parsed.error().message);
+  if (parsed->is_null()) parsed = json::object();
+  if (!parsed->is_object()) return make_error(ErrorCode::InvalidArgument, path + ": expected a mapping of settings");
+  static const std::set<std::string> known = {"server",          "token",           "name",
+                                              "listen",          "sim_gpus",        "data_dir",
+                                              "reserved_vram",   "restart_backoff", "max_restart_backoff",
+                                              "startup_timeout", "stop_grace",      "heartbeat_interval",
+                                              "log_max_size",    "log_keep",        "hf_endpoint",
+                                              "hf_token",        "model_cache",     "model_cache_limit",
+                                              "engines"};
+  for (const auto& [key, value] : parsed->items()) {
+    if (!known.count(key)) return make_error(ErrorCode::InvalidArgument, path + ": unknown setting '" + key + "'");
+  }
+  config = *parsed;
+  return {};
+}
+
+Status apply_agent_flags(AgentFlags flags, const json& config, agent::Options& options) {
+  auto text = [&](std::string& flag, const char* key) {
+    if (flag.empty() && config.contains(key)) {
+      const json& value = config[key];
+      flag = value.is_string() ? value.get<std::string>() : value.dump();
+    }
+  };
+  text(flags.restart_backoff, "restart_backoff");
+  text(flags.max_restart_backoff, "max_restart_backoff");
+  text(flags.startup_timeout, "startup_timeout");
+  text(flags.stop_grace, "stop_grace");
+  text(flags.heartbeat_interval, "heartbeat_interval");
+  text(flags.log_max_size, "log_max_size");
+  text(flags.hf_endpoint, "hf_endpoint");
+  text(flags.hf_token, "hf_token");
+  text(flags.model_cache, "model_cache");
+  text(flags.model_cache_limit, "model_cache_limit");
+  if (flags.log_keep == 0 && config.contains("log_keep") && config["log_keep"].is_number_integer()) {
+    flags.log_keep = config["log_keep"].get<int>();
+  }
+  if (auto done = apply_duration("--restart-backoff", flags.restart_backoff, options.restart_backoff); !done)
+    return done;
+  if (auto done = apply_duration("--max-restart-backoff", flags.max_restart_backoff, options.max_restart_backoff);
+      !done)
+    return done;
+  if (auto done = apply_duration("--startup-timeout", flags.startup_timeout, options.startup_timeout); !done)
+    return done;
+  if (auto done = apply_duration("--stop-grace", flags.stop_grace, options.stop_grace); !done) return done;
+  if (auto done = apply_duration("--heartbeat-interval", flags.heartbeat_interval, options.heartbeat_interval); !done)
+    return done;
+  if (options.restart_backoff.count() <= 0 || options.heartbeat_interval.count() <= 0) {
+    return make_error(ErrorCode::InvalidArgument, "--restart-backoff and --heartbeat-interval must be positive");
+  }
+  if (!flags.log_max_size.empty()) {
+    auto mb = parse_size_mb(flags.log_max_size);
+    if (!mb || *mb <= 0) return make_error(ErrorCode::InvalidArgument, "--log-max-size: expected a size like 64MB");
+    options.log_max_bytes = *mb << 20;
+  }
+  if (flags.log_keep < 0) return make_error(ErrorCode::InvalidArgument, "--log-keep must be 1 or more");
+  if (flags.log_keep > 0) options.log_keep = flags.log_keep;
+  if (!flags.hf_endpoint.empty()) options.hf_endpoint = flags.hf_endpoint;
+  options.hf_token = flags.hf_token;
+  if (options.hf_token.empty()) {
+    if (const char* token = std::getenv("HF_TOKEN")) options.hf_token = token;
+  }
+  if (!flags.model_cache.empty()) options.model_cache_dir = expand_home(flags.model_cache);
+  if (!flags.model_cache_limit.empty()) {
+    auto mb = parse_size_mb(flags.model_cache_limit);
+    if (!mb || *mb < 0)
+      return make_error(ErrorCode::InvalidArgument, "--model-cache-limit: expected a size like 500GB");
+    options.model_cache_limit_mb = *mb;
+  }
+  options.stop_engines_on_exit = options.stop_engines_on_exit || flags.stop_engines_on_exit;
+  // engines: from the file, then --engine-binary NAME=BINARY on top.
+  if (config.contains("engines")) {
+    const json& engines = config["engines"];
+    if (!engines.is_object())
+      return make_error(ErrorCode::InvalidArgument, "engines: expected a mapping by engine name");
+    for (const auto& [name, value] : engines.items()) {
+      if (!value.is_object()) return make_error(ErrorCode::InvalidArgument, "engines." + name + ": expected a mapping");
+      engines::EngineConfig engine;
+      try {
+        engine.binary = value.value("binary", value.value("image", ""));
+        engine.extra_args = value.value("args", std::vector<std::string>{});
+        engine.env = value.value("env", std::map<std::string, std::string>{});
+        engine.command_template = value.value("command", std::vector<std::string>{});
+      } catch (const json::exception&) {
+        return make_error(ErrorCode::InvalidArgument,
+                          "engines." + name + ": binary/image is a string, args and command lists, env a mapping");
+      }
+      options.engines[name] = engine;
+    }
+  }
+  for (const auto& item : flags.engine_binaries) {
+    size_t equals = item.find('=');
+    if (equals == std::string::npos || equals == 0 || equals + 1 == item.size()) {
+      return make_error(ErrorCode::InvalidArgument, "--engine-binary: expected NAME=BINARY, got '" + item + "'");
+    }
+    options.engines[item.substr(0, equals)].binary = item.substr(equals + 1);
+  }
+  return {};
+}
+
 void wait_for_stop_signal(const sigset_t& signals) {
   int received = 0;
   sigwait(&signals, &received);
@@ -265,6 +420,8 @@ int run_up(int argc, char** argv) {
   bool exit_with_parent = false;
   app.add_flag("--exit-with-parent", exit_with_parent,
                "Shut down (stopping every engine) when the process that started this one dies; for tests");
+  AgentFlags agent_flags;
+  add_agent_flags(app, agent_flags, false);
   app.add_option("--demo", demo_model,
                  "Deploy a demo deployment named 'demo' serving this model on the simulator, if absent");
   if (auto exit = parse(app, argc, argv)) return *exit;
@@ -288,6 +445,11 @@ int run_up(int argc, char** argv) {
   agent_options.listen = HostPort{"127.0.0.1", 0};
   agent_options.data_dir = flags.data_dir;
   agent_options.reserved_vram_mb = *reserved_mb;
+  agent_options.stop_engines_on_exit = true;
+  if (auto applied = apply_agent_flags(agent_flags, json::object(), agent_options); !applied) {
+    runtime.stop();
+    return fail(applied.error().message);
+  }
   agent::Agent local_agent(agent_options);
   if (auto started = local_agent.start(); !started) {
     runtime.stop();
@@ -321,28 +483,58 @@ int run_up(int argc, char** argv) {
 int run_agent(int argc, char** argv) {
   CLI::App app{"Run a node agent that joins a Nebula server", "nebula agent"};
   agent::Options options;
-  std::string listen = "127.0.0.1:9091";
+  std::string server;
+  std::string token;
+  std::string listen;
   std::string log_level = "info";
-  options.data_dir = default_data_dir();
-  app.add_option("--server", options.server_url, "Server URL")->required();
-  app.add_option("--token", options.token, "Join token printed by the server")->required();
-  app.add_option("--name", options.name, "Node name (default: the host name)");
-  app.add_option("--listen", listen, "Address for the agent's logs and health endpoints")->capture_default_str();
-  app.add_option("--sim-gpus", options.sim_gpus, "Simulated GPUs, e.g. 2xH100-80GB");
   std::string reserved_vram;
+  std::string data_dir;
+  AgentFlags flags;
+  bool exit_with_parent = false;
+  app.add_option("--server", server, "Server URL (or `server:` in agent.yaml)");
+  app.add_option("--token", token, "Join token from `nebula token create` or the server's start message");
+  app.add_option("--name", options.name, "Node name (default: the host name)");
+  app.add_option("--listen", listen, "Address for the agent's logs, health and metrics (default 127.0.0.1:9091)");
+  app.add_option("--sim-gpus", options.sim_gpus, "Simulated GPUs, e.g. 2xH100-80GB (default: discover real GPUs)");
   app.add_option("--reserved-vram", reserved_vram, "VRAM the scheduler leaves free on each GPU, e.g. 2GB");
-  app.add_option("--data-dir", options.data_dir, "Where engine logs live")->capture_default_str();
+  app.add_option("--data-dir", data_dir, "agent.db, engine logs and the model cache (default ~/.nebula)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn or error")->capture_default_str();
+  add_agent_flags(app, flags, true);
+  app.add_flag("--stop-engines-on-exit", flags.stop_engines_on_exit,
+               "Stop the engines when the agent stops (default: leave them for the next agent to re-adopt)");
+  app.add_flag("--exit-with-parent", exit_with_parent, "Stop when the process that started this one dies; for tests");
   if (auto exit = parse(app, argc, argv)) return *exit;
   init_logging(log_level);
+  json config = json::object();
+  if (!flags.config.empty()) {
+    if (auto read = read_agent_config(flags.config, config); !read) return fail(read.error().message);
+  }
+  auto setting = [&](std::string& flag, const char* key, const std::string& fallback) {
+    if (flag.empty() && config.contains(key) && config[key].is_string()) flag = config[key].get<std::string>();
+    if (flag.empty()) flag = fallback;
+  };
+  setting(server, "server", "");
+  setting(token, "token", "");
+  setting(options.name, "name", "");
+  setting(listen, "listen", "127.0.0.1:9091");
+  setting(options.sim_gpus, "sim_gpus", "");
+  setting(reserved_vram, "reserved_vram", "");
+  setting(data_dir, "data_dir", default_data_dir());
+  if (server.empty() || token.empty()) return fail("--server and --token are required (flags or agent.yaml)");
+  options.server_url = server;
+  options.token = token;
   auto address = parse_host_port(listen);
   if (!address) return fail(address.error().message);
   auto reserved_mb = parse_reserved_vram(reserved_vram);
   if (!reserved_mb) return fail(reserved_mb.error().message);
   options.reserved_vram_mb = *reserved_mb;
   options.listen = *address;
-  options.data_dir = expand_home(options.data_dir);
+  options.data_dir = expand_home(data_dir);
+  if (auto applied = apply_agent_flags(flags, config, options); !applied) return fail(applied.error().message);
   auto signals = block_stop_signals();
+  if (exit_with_parent && (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() == 1)) {
+    return fail("--exit-with-parent: the parent is already gone");
+  }
   agent::Agent node_agent(options);
   if (auto started = node_agent.start(); !started) return fail(started.error().message);
   std::cout << "Nebula agent " << node_agent.url() << " joining " << options.server_url << "\n" << std::flush;
