@@ -75,11 +75,13 @@ std::optional<Sample> parse_line(std::string_view line) {
   if (line.empty() || !name_start(line[0])) return std::nullopt;
   while (pos < line.size() && name_char(line[pos])) ++pos;
   sample.name = std::string(line.substr(0, pos));
+  size_t name_end = pos;
   while (pos < line.size() && blank(line[pos])) ++pos;
-  if (pos < line.size() && line[pos] == '{' && !parse_labels(line, pos, sample.labels)) return std::nullopt;
-  size_t before_value = pos;
+  bool labelled = pos < line.size() && line[pos] == '{';
+  if (labelled && !parse_labels(line, pos, sample.labels)) return std::nullopt;
+  // A name runs into its value only through a character no name has ("m+1"); "m{a=\"b\"}1" is fine.
+  if (!labelled && pos == name_end && pos < line.size()) return std::nullopt;
   while (pos < line.size() && blank(line[pos])) ++pos;
-  if (pos == before_value && pos < line.size()) return std::nullopt;  // no space before the value
   size_t value_start = pos;
   while (pos < line.size() && !blank(line[pos])) ++pos;
   auto value = parse_value(line.substr(value_start, pos - value_start));

@@ -43,7 +43,7 @@ Dialect dialect_or_throw(const std::string& dialect) {
   auto parsed = parse_dialect(dialect);
   if (!parsed) {
     throw std::invalid_argument(
-        fmt::format("unknown engine-sim dialect '{}' (use vllm, sglang, llamacpp or tgi)", dialect));
+        fmt::format("unknown engine-sim dialect '{}' (use vllm, sglang, llamacpp, tgi or ollama)", dialect));
   }
   return *parsed;
 }
@@ -662,9 +662,11 @@ void EngineSim::add_routes(http::Router& router) {
   router.add("GET", "/v1/models", [state](http::Request& request, http::ResponseWriter& writer) {
     return send_response(writer, state->models_response(request));
   });
-  router.add("GET", "/metrics", [state](http::Request& request, http::ResponseWriter& writer) {
-    return send_response(writer, state->metrics_response());
-  });
+  if (state->dialect != Dialect::Ollama) {
+    router.add("GET", "/metrics", [state](http::Request& request, http::ResponseWriter& writer) {
+      return send_response(writer, state->metrics_response());
+    });
+  }
   router.add("POST", "/v1/chat/completions", [state](http::Request& request, http::ResponseWriter& writer) {
     return State::handle_generation(state, request, writer, openai_format(), parse_openai_chat);
   });

@@ -482,6 +482,7 @@ void add_dialect_routes(Dialect dialect, http::Router& router, GenerationHandler
       info_route("/props", llamacpp_props);
       info_route("/slots", llamacpp_slots);
       break;
+    case Dialect::Ollama: add_ollama_routes(router, std::move(context)); break;
     case Dialect::Vllm: break;
   }
 }

@@ -77,6 +77,9 @@ struct DialectContext {
 };
 using GenerationHandler =
     std::function<awaitable<void>(http::Request&, http::ResponseWriter&, const CompletionFormat&, NativeParser)>;
+// Ollama's model management (/api/tags, /api/pull, /api/copy, /api/ps, /api/generate without a
+// prompt to load or unload with keep_alive, /api/version, GET /); ollama_api.cpp.
+void add_ollama_routes(http::Router& router, std::function<DialectContext()> context);
 // Adds the dialect's native endpoints (nothing for vLLM, whose API is the OpenAI one).
 void add_dialect_routes(Dialect dialect, http::Router& router, GenerationHandler generate,
                         std::function<DialectContext()> context);

@@ -186,6 +186,7 @@ std::optional<Dialect> parse_dialect(const std::string& text) {
   if (text == "sglang") return Dialect::Sglang;
   if (text == "llamacpp") return Dialect::Llamacpp;
   if (text == "tgi") return Dialect::Tgi;
+  if (text == "ollama") return Dialect::Ollama;
   return std::nullopt;
 }
 
@@ -194,7 +195,8 @@ std::string render_metrics(Dialect dialect, const Engine& engine, const ServerGa
     case Dialect::Sglang: return sglang_metrics(engine, gauges);
     case Dialect::Llamacpp: return llamacpp_metrics(engine, gauges);
     case Dialect::Tgi: return tgi_metrics(engine, gauges);
-    case Dialect::Vllm: break;
+    case Dialect::Vllm:
+    case Dialect::Ollama: break;
   }
   return vllm_metrics(engine, gauges);
 }

@@ -8,8 +8,9 @@
 
 namespace nebula::sim {
 
-enum class Dialect { Vllm, Sglang, Llamacpp, Tgi };
-// "vllm", "sglang", "llamacpp", "tgi"; nullopt otherwise.
+// Ollama has no /metrics; render_metrics() gives it vLLM's names, but the server does not serve them.
+enum class Dialect { Vllm, Sglang, Llamacpp, Tgi, Ollama };
+// "vllm", "sglang", "llamacpp", "tgi", "ollama"; nullopt otherwise.
 std::optional<Dialect> parse_dialect(const std::string& text);
 
 // What the server adds to the engine's own numbers.

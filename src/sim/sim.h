@@ -29,7 +29,7 @@ struct SimOptions {
   std::string mode = "lorem";             // "lorem" (seeded words) | "echo" (repeat the last user message)
   uint64_t seed = 0;                      // text (a request's "seed" overrides it), step noise and fail-rate draws
   std::string profile = "default";        // see profile.h; every field below that is unset comes from it
-  std::string dialect = "vllm";           // "vllm" | "sglang" | "llamacpp" | "tgi": health, metrics, native API
+  std::string dialect = "vllm";           // vllm, sglang, llamacpp, tgi or ollama: health, metrics, native API
   std::optional<double> startup_seconds;  // /health answers 503 (and the API 503) until this has passed
   int max_model_len = 8192;               // prompt + max_tokens beyond this: 400 context_length_exceeded
   int default_max_tokens = 64;            // when the request sets none (capped by max_model_len)
