@@ -211,7 +211,6 @@ TEST(EngineCommand, CommandTemplate) {
 // The sim driver reproduces what the agent launched before drivers existed (agent.cpp launch()).
 TEST(EngineCommand, SimMatchesTheAgentsLaunch) {
   LaunchContext context = sample_context();
-  context.gpu_memory_utilization = 0;
   context.engine_args = {"--profile", "h100-8b", "--dialect", "sglang"};
   Command command = command_for("sim", context);
   EXPECT_EQ(command.argv,
@@ -219,9 +218,6 @@ TEST(EngineCommand, SimMatchesTheAgentsLaunch) {
                   "--profile", "h100-8b", "--dialect", "sglang", "--max-model-len", "4096", "--max-num-seqs", "16"}));
   EXPECT_EQ(command.env,
             (std::map<std::string, std::string>{{"CUDA_VISIBLE_DEVICES", "2,3"}, {"HF_HOME", "/cache/hf"}}));
-  context.gpu_memory_utilization = 0.5;
-  Argv with_utilization = command_for("sim", context).argv;
-  EXPECT_EQ(Argv(with_utilization.end() - 2, with_utilization.end()), (Argv{"--gpu-memory-utilization", "0.5"}));
   context.nebula_binary.clear();
   EXPECT_FALSE(find_driver("sim")->command(context));
 }

@@ -19,6 +19,8 @@ class SimDriver final : public VllmProtocolDriver {
   }
 
   // The same argv the agent has always built: engine args before the context and sequence limits.
+  // gpu_memory_utilization is not passed: the simulator sizes its KV cache from its profile, and a
+  // share of a simulated card could leave it too little for one sequence.
   Result<Command> command(const LaunchContext& context) const override {
     if (context.nebula_binary.empty()) return Error{ErrorCode::InvalidArgument, "sim needs the nebula binary's path"};
     Command command;
@@ -39,10 +41,6 @@ class SimDriver final : public VllmProtocolDriver {
     if (context.max_seqs > 0) {
       argv.push_back("--max-num-seqs");
       argv.push_back(std::to_string(context.max_seqs));
-    }
-    if (context.gpu_memory_utilization > 0) {
-      argv.push_back("--gpu-memory-utilization");
-      argv.push_back(flag_number(context.gpu_memory_utilization));
     }
     command.env = base_env(context);
     return command;
