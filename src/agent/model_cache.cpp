@@ -810,6 +810,18 @@ class FileDownload {
   Sha256 hasher_;
 };
 
+// "1.5 GiB", for logs.
+std::string human_bytes(int64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  size_t unit = 0;
+  while (value >= 1024 && unit + 1 < std::size(units)) {
+    value /= 1024;
+    ++unit;
+  }
+  return unit == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", value, units[unit]);
+}
+
 int64_t directory_bytes(const fs::path& directory) {
   int64_t total = 0;
   std::error_code ec;
@@ -983,8 +995,8 @@ struct ModelCache::Impl {
         spdlog::warn("model cache: cannot delete {}: {}", entry.path.string(), ec.message());
         continue;
       }
-      spdlog::info("model cache: deleted {} ({} MiB), least recently used, to stay under {} MiB", entry.path.string(),
-                   entry.bytes >> 20, max_bytes >> 20);
+      spdlog::info("model cache: deleted {} ({}), least recently used, to stay under {}", entry.path.string(),
+                   human_bytes(entry.bytes), human_bytes(max_bytes));
       total -= entry.bytes;
       freed += entry.bytes;
       records.erase(entry.key);
@@ -993,7 +1005,8 @@ struct ModelCache::Impl {
       fs::remove(entry.path.parent_path().parent_path(), ec);
     }
     if (total > target) {
-      spdlog::warn("model cache: {} MiB in use or being fetched, over the {} MiB limit", total >> 20, target >> 20);
+      spdlog::warn("model cache: {} in use or being fetched, over the {} wanted", human_bytes(total),
+                   human_bytes(target));
     }
     save();
     return freed;
@@ -1144,8 +1157,8 @@ Result<std::string> ModelCache::fetch(const std::string& reference, const FetchO
       std::lock_guard lock(impl_->mutex);
       impl_->evict_locked(options_.max_bytes, pinned, std::max<int64_t>(0, needed));
     }
-    spdlog::info("model cache: downloading {} file(s) of {} from {}", missing.size(), ref.to_string(),
-                 options_.endpoint);
+    spdlog::info("model cache: downloading {} file(s) of {} ({}) from {}", missing.size(), ref.to_string(),
+                 human_bytes(needed), options_.endpoint);
   }
   progress.start_file(missing.empty() ? "" : missing.front()->name, present);
   progress.set_file_bytes(0);

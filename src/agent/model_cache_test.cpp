@@ -421,6 +421,41 @@ TEST_F(ModelCacheTest, ResumesInALaterFetch) {
   EXPECT_EQ(downloads[1].status, 206);
 }
 
+TEST_F(ModelCacheTest, AFileChangedUpstreamIsFetchedAgain) {
+  hub_.add("org/model", "config.json", git_file(R"({"version": 1})"));
+  hub_.add("org/model", "model.safetensors", lfs_file(random_bytes(20'000, 21)));
+  ModelCache cache(options());
+  auto path = cache.fetch("org/model");
+  ASSERT_TRUE(path) << path.error().message;
+
+  // "main" moved: same size, new content, so a new blob id in the listing.
+  hub_.add("org/model", "config.json", git_file(R"({"version": 2})"));
+  hub_.forget();
+  auto again = cache.fetch("org/model");
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(read_file(fs::path(*again) / "config.json"), R"({"version": 2})");
+  auto downloads = hub_.downloads();
+  ASSERT_EQ(downloads.size(), 1u);
+  EXPECT_EQ(downloads[0].path, "/org/model/resolve/main/config.json");
+}
+
+TEST_F(ModelCacheTest, ConcurrentFetchesOfOneModelDownloadItOnce) {
+  std::string weights = random_bytes(300'000, 22);
+  hub_.add("org/model", "model.safetensors", lfs_file(weights));
+  ModelCache cache(options());
+  std::vector<Result<std::string>> results(3);
+  std::vector<std::thread> threads;
+  for (auto& result : results) {
+    threads.emplace_back([&cache, &result] { result = cache.fetch("org/model"); });
+  }
+  for (auto& thread : threads) thread.join();
+  for (auto& result : results) {
+    ASSERT_TRUE(result) << result.error().message;
+    EXPECT_EQ(read_file(fs::path(*result) / "model.safetensors"), weights);
+  }
+  EXPECT_EQ(hub_.downloads().size(), 1u);
+}
+
 TEST_F(ModelCacheTest, Sha256MismatchFailsAndLeavesNothing) {
   hub_.add("org/model", "model.safetensors", lfs_file(random_bytes(50'000, 3), std::string(64, 'a')));
   ModelCache cache(options());
