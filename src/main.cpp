@@ -28,6 +28,7 @@ constexpr Command kCommands[] = {
     {"gpus", "list GPUs and what is placed on them", nebula::cli::run_gpus},
     {"events", "list recent events", nebula::cli::run_events},
     {"keys", "create, list and revoke API keys", nebula::cli::run_keys},
+    {"token", "create, list and revoke join tokens for agents", nebula::cli::run_token},
     {"usage", "token usage per key, model and day", nebula::cli::run_usage},
     {"chat", "stream a completion through the gateway", nebula::cli::run_chat},
     {"models", "inspect a model: its shape and VRAM estimate", nebula::cli::run_models},

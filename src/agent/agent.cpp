@@ -72,6 +72,7 @@ struct Managed {
   bool prepared = false;  // the driver's post-start work (Ollama's pull) is done
   bool stopping = false;
   bool adopted = false;  // started by an earlier agent, taken over after a restart
+  int slept_level = 0;   // the level it was put to sleep at (waking from level 2 reloads weights)
   Clock::time_point started{};
   Clock::time_point ready_since{};
   Clock::time_point next_start{};
@@ -119,7 +120,7 @@ struct Agent::Impl {
   awaitable<void> report(Managed& managed);
   void apply(const api::Replica& replica);
   void launch(Managed& managed);
-  void crashed(Managed& managed, const std::string& why);
+  void crashed(Managed& managed, const std::string& why, const std::string& log_tail = "");
   void forget(Managed& managed);
   void adopt_engines();
   void detect_engines();
@@ -469,19 +470,18 @@ void Agent::Impl::launch(Managed& managed) {
 
 // The engine died (or never came up): restart it after the backoff, which doubles per crash up
 // to the cap and starts over once an engine ran stably.
-void Agent::Impl::crashed(Managed& managed, const std::string& why) {
+void Agent::Impl::crashed(Managed& managed, const std::string& why, const std::string& log_tail) {
   auto now = Clock::now();
   if (managed.healthy && now - managed.ready_since >= options.stable_after) managed.backoff = options.restart_backoff;
   managed.healthy = false;
   managed.status.restarts += 1;
-  managed.status.last_error = why;
+  managed.status.last_error = log_tail.empty() ? why : why + "; last log lines:\n" + log_tail;
   managed.next_start = now + managed.backoff;
   managed.status.next_restart_ms =
       std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch() + managed.backoff)
           .count();
-  std::string first_line = why.substr(0, why.find('\n'));
   set_phase(managed, api::phase::kFailed,
-            fmt::format("{}; restart {} in {} s", first_line, managed.status.restarts,
+            fmt::format("{}; restart {} in {} s", why, managed.status.restarts,
                         std::chrono::duration_cast<std::chrono::seconds>(managed.backoff).count()));
   spdlog::warn("agent: {}: {}", managed.desired.metadata.name, managed.status.message);
   managed.backoff = std::min(managed.backoff * 2, options.max_restart_backoff);
@@ -508,11 +508,8 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
       forget(managed);
       if (!managed.stopping && !managed.deleted && !managed.desired.spec.stop) {
         std::string why = "engine " + exit->describe();
-        if (was_starting) {
-          std::string tail = tail_lines(log_path(name), 10);
-          if (!tail.empty()) why += " while starting; last log lines:\n" + tail;
-        }
-        crashed(managed, why);
+        if (was_starting) why += " while starting";
+        crashed(managed, why, was_starting ? tail_lines(log_path(name), 10) : "");
       }
     }
   }
@@ -595,11 +592,9 @@ awaitable<void> Agent::Impl::check_ready(Managed& managed) {
   if (Clock::now() - managed.started > limit) {
     std::string why =
         fmt::format("not ready after {} s", std::chrono::duration_cast<std::chrono::seconds>(limit).count());
-    std::string tail = tail_lines(log_path(managed.desired.metadata.name), 10);
-    if (!tail.empty()) why += "; last log lines:\n" + tail;
     launcher->signal_group(managed.pid, SIGKILL);
     forget(managed);
-    crashed(managed, why);
+    crashed(managed, why, tail_lines(log_path(managed.desired.metadata.name), 10));
   }
 }
 
@@ -613,12 +608,18 @@ awaitable<void> Agent::Impl::follow_sleep(Managed& managed) {
   bool asleep = managed.status.phase == api::phase::kSleeping;
   if (wanted > 0 && !asleep) {
     managed.last_sleep_attempt = now;
-    auto slept =
-        co_await managed.driver->sleep(client, managed.status.endpoint, wanted, launch_context(managed, managed.port));
-    if (slept) set_phase(managed, api::phase::kSleeping, fmt::format("sleep level {}", wanted));
+    engines::LaunchContext context = launch_context(managed, managed.port);
+    context.sleep_level = wanted;
+    auto slept = co_await managed.driver->sleep(client, managed.status.endpoint, wanted, context);
+    if (slept) {
+      managed.slept_level = wanted;
+      set_phase(managed, api::phase::kSleeping, fmt::format("sleep level {}", wanted));
+    }
   } else if (wanted == 0 && asleep) {
     managed.last_sleep_attempt = now;
-    auto woken = co_await managed.driver->wake(client, managed.status.endpoint, launch_context(managed, managed.port));
+    engines::LaunchContext context = launch_context(managed, managed.port);
+    context.sleep_level = managed.slept_level;
+    auto woken = co_await managed.driver->wake(client, managed.status.endpoint, context);
     if (woken) {
       auto readiness = co_await managed.driver->probe(client, managed.status.endpoint);
       if (readiness == engines::Readiness::Ready) set_phase(managed, api::phase::kReady, "");

@@ -27,6 +27,7 @@ int run_logs(int argc, char** argv);
 int run_version(int argc, char** argv);
 int run_models(int argc, char** argv);
 int run_keys(int argc, char** argv);
+int run_token(int argc, char** argv);
 int run_usage(int argc, char** argv);
 int run_chat(int argc, char** argv);
 int run_mode(int argc, char** argv);

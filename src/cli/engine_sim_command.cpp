@@ -34,8 +34,8 @@ int run_engine_sim_command(int argc, char** argv) {
         return names;
       }()))
       ->capture_default_str();
-  app.add_option("--dialect", options.dialect, "HTTP dialect: vllm, sglang, llamacpp or tgi")
-      ->check(CLI::IsMember({"vllm", "sglang", "llamacpp", "tgi"}))
+  app.add_option("--dialect", options.dialect, "HTTP dialect: vllm, sglang, llamacpp, tgi or ollama")
+      ->check(CLI::IsMember({"vllm", "sglang", "llamacpp", "tgi", "ollama"}))
       ->capture_default_str();
   add_override(app, "--startup-seconds", options.startup_seconds,
                "Answer 503 on /health this long after start (default: the profile's)")

@@ -174,4 +174,52 @@ int run_chat(int argc, char** argv) {
   return 0;
 }
 
+int run_token(int argc, char** argv) {
+  CLI::App app{"Manage join tokens for agents", "nebula token"};
+  app.require_subcommand(1);
+  app.fallthrough();
+  ClientFlags flags;
+  add_client_flags(app, flags);
+  auto* create = app.add_subcommand("create", "Create a join token; it is printed once");
+  std::string ttl = "24h", description, id;
+  create->add_option("--ttl", ttl, "Lifetime, e.g. 1h or 7d; 0 = never expires")->capture_default_str();
+  create->add_option("--description", description, "What the token is for");
+  app.add_subcommand("ls", "List join tokens");
+  auto* revoke = app.add_subcommand("revoke", "Revoke a join token");
+  revoke->add_option("id", id, "Token id")->required();
+  if (auto exit = parse(app, argc, argv)) return *exit;
+  ApiClient client(flags);
+  if (create->parsed()) {
+    json body = {{"ttl", ttl}, {"description", description}};
+    auto created = client.call("POST", "/api/v1/tokens", body.dump());
+    if (!created) return fail(created.error().message);
+    print_as(flags.output, *created, [&] {
+      std::cout << "join token (shown once): " << created->value("token", "") << "\n"
+                << "use: nebula agent --server " << client.server() << " --token " << created->value("token", "")
+                << "\n";
+    });
+    return 0;
+  }
+  if (revoke->parsed()) {
+    auto revoked = client.call("DELETE", "/api/v1/tokens/" + id);
+    if (!revoked) return fail(revoked.error().message);
+    std::cout << "join token " << id << " revoked\n";
+    return 0;
+  }
+  auto listing = client.call("GET", "/api/v1/tokens");
+  if (!listing) return fail(listing.error().message);
+  print_as(flags.output, (*listing)["items"], [&] {
+    std::vector<std::vector<std::string>> rows = {{"ID", "DESCRIPTION", "CREATED", "EXPIRES"}};
+    for (const auto& item : (*listing)["items"]) {
+      int64_t expires = item.value("expires_ms", int64_t{0});
+      rows.push_back(
+          {item.value("id", ""), item.value("description", ""), age(item.value("created_ms", int64_t{0})) + " ago",
+           expires == 0 ? "never"
+                        : format_rfc3339(std::chrono::system_clock::time_point(std::chrono::milliseconds(expires)))});
+    }
+    print_table(rows);
+  });
+  return 0;
+}
+
 }  // namespace nebula::cli

@@ -288,11 +288,26 @@ int run_scale(int argc, char** argv) {
 }
 
 int run_nodes(int argc, char** argv) {
-  CLI::App app{"List nodes", "nebula nodes"};
+  CLI::App app{"List nodes; drain or undrain one", "nebula nodes"};
+  app.require_subcommand(0, 1);
+  app.fallthrough();
   ClientFlags flags;
   add_client_flags(app, flags);
+  std::string node;
+  app.add_subcommand("ls", "List nodes (the default)");
+  auto* drain = app.add_subcommand("drain", "Move a node's replicas elsewhere (start new, then stop old)");
+  drain->add_option("node", node, "Node name")->required();
+  auto* undrain = app.add_subcommand("undrain", "Let the scheduler place replicas on a drained node again");
+  undrain->add_option("node", node, "Node name")->required();
   if (auto exit = parse(app, argc, argv)) return *exit;
   ApiClient client(flags);
+  if (drain->parsed() || undrain->parsed()) {
+    std::string action = drain->parsed() ? "drain" : "undrain";
+    auto done = client.call("POST", "/api/v1/nodes/" + node + "/" + action);
+    if (!done) return fail(done.error().message);
+    std::cout << "node " << node << (drain->parsed() ? " draining: its replicas move elsewhere\n" : " undrained\n");
+    return 0;
+  }
   auto listing = client.call("GET", "/api/v1/nodes");
   if (!listing) return fail(listing.error().message);
   print_as(flags.output, (*listing)["items"], [&] {

@@ -37,6 +37,7 @@ struct ServerFlags {
   std::string store;  // sqlite://PATH; default <data-dir>/nebula.db
   std::string log_level = "info";
   std::string node_timeout = "30s";
+  std::string reschedule_after = "60s";
   std::string auth;  // "" = none on loopback, required otherwise
   // Gateway timeouts and queue.
   std::string connect_timeout = "5s";
@@ -76,6 +77,9 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
   app.add_option("--store", flags.store, "State store: sqlite://PATH (default <data-dir>/nebula.db)");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")->capture_default_str();
   app.add_option("--node-timeout", flags.node_timeout, "A node without heartbeat this long is NotReady")
+      ->capture_default_str();
+  app.add_option("--reschedule-after", flags.reschedule_after,
+                 "Replicas of a NotReady node move elsewhere after this much more silence")
       ->capture_default_str();
 }
 
@@ -145,6 +149,10 @@ class ServerRuntime {
     if (!token) return token.error();
     options_.join_token = *token;
     options_.node_timeout = *node_timeout;
+    auto reschedule_after = parse_duration(flags.reschedule_after);
+    if (!reschedule_after)
+      return make_error(ErrorCode::InvalidArgument, "--reschedule-after: " + reschedule_after.error().message);
+    options_.reschedule_grace = *reschedule_after;
 
     resources_ = std::make_unique<controlplane::Resources>(*store_);
     gateway::Options gateway_options;

@@ -1,3 +1,4 @@
+#include <openssl/evp.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <yaml-cpp/yaml.h>
 
@@ -283,6 +284,20 @@ Result<json> yaml_to_json(std::string_view text) {
   } catch (const YAML::Exception& error) {
     return make_error(ErrorCode::InvalidArgument, fmt::format("invalid YAML: {}", error.what()));
   }
+}
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(length * 2);
+  for (unsigned int i = 0; i < length; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 15]);
+  }
+  return hex;
 }
 
 }  // namespace nebula

@@ -300,7 +300,7 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                }
                std::string token = body->value("token", "");
                std::string name = body->value("name", "");
-               if (options.join_token.empty() || token != options.join_token) {
+               if (!join_token_valid(resources, options, token)) {
                  co_await writer.send(error_response(make_error(ErrorCode::Unauthenticated, "invalid join token")));
                  co_return;
                }
@@ -337,6 +337,23 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                }
                co_await writer.send(ok_json(answer));
              });
+  // Drain: the controller moves the node's replicas elsewhere (start new, then stop old) and the
+  // scheduler places nothing more there; undrain ends it.
+  for (bool drain : {true, false}) {
+    router.add("POST", drain ? "/api/v1/nodes/{name}/drain" : "/api/v1/nodes/{name}/undrain",
+               [&resources, drain](Request& request, ResponseWriter& writer) -> awaitable<void> {
+                 auto updated = resources.modify<api::Node>(request.params["name"], [drain](api::Node& current) {
+                   if (current.spec.drain == drain) return false;
+                   current.spec.drain = drain;
+                   return true;
+                 });
+                 if (updated) {
+                   resources.record_event("node/" + updated->metadata.name, drain ? "Draining" : "Undrained",
+                                          drain ? "moving replicas off the node" : "the node takes replicas again");
+                 }
+                 co_await writer.send(result_response(updated));
+               });
+  }
   router.add("PUT", "/api/v1/nodes/{name}/status",
              [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
                auto status = parse_body_as<api::NodeStatus>(request, api::node_status_from_json);
@@ -375,6 +392,10 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                  std::string message =
                      updated->status.message.empty() ? "replica is " + updated->status.phase : updated->status.message;
                  bool warning = updated->status.phase == api::phase::kFailed;
+                 // A failed start carries the engine's last log lines: the event shows them too.
+                 const std::string& error = updated->status.last_error;
+                 size_t lines = error.find("last log lines:");
+                 if (warning && lines != std::string::npos) message += "; " + error.substr(lines);
                  resources.record_event("replica/" + updated->metadata.name, updated->status.phase, message,
                                         warning ? "Warning" : "Normal");
                }
@@ -483,6 +504,7 @@ void add_api_routes(http::Router& router, Resources& resources, asio::io_context
   add_delete_route<api::Replica>(router, resources);
   add_deployment_routes(router, resources);
   add_agent_routes(router, resources, options);
+  add_token_routes(router, resources);
   add_logs_route(router, resources, io);
   add_simulate_routes(router, resources);
   add_mode_routes(router, resources, io);

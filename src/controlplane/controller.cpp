@@ -76,7 +76,12 @@ void Controller::reconcile() {
       if (updated) replica = *updated;
     }
   }
-  for (const auto& deployment : deployments) reconcile_deployment(deployment, replicas);
+  replace_lost(replicas, nodes);
+  std::set<std::string> draining;
+  for (const auto& node : nodes) {
+    if (node.spec.drain) draining.insert(node.metadata.name);
+  }
+  for (const auto& deployment : deployments) reconcile_deployment(deployment, replicas, draining);
   schedule(replicas, nodes, deployments);
   collect_stopped(replicas, nodes);
   prune_events();
@@ -114,6 +119,35 @@ void Controller::mark_replicas_unknown(const std::string& node) {
       current.status.message = "node is not ready";
       return true;
     });
+  }
+}
+
+// A replica whose node has been silent past node_timeout + reschedule_grace (or whose node is
+// gone) is given up: marked stop, so its deployment creates a replacement the scheduler places
+// on a live node, and removed (no agent can confirm its engine stopped). If the node comes back,
+// its agent no longer finds the replica and stops the stale engine; until then the node's
+// reported GPU memory keeps the scheduler from placing anything into that engine's memory.
+void Controller::replace_lost(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes) {
+  int64_t now_ms = to_unix_ms(resources_.clock().wall_now());
+  int64_t limit = options_.node_timeout.count() + options_.reschedule_grace.count();
+  for (auto& replica : replicas) {
+    if (replica.spec.node.empty() || replica.spec.stop) continue;
+    auto node = std::find_if(nodes.begin(), nodes.end(),
+                             [&](const api::Node& n) { return n.metadata.name == replica.spec.node; });
+    bool lost = node == nodes.end() || (!node->status.ready && now_ms - node->status.heartbeat_ms > limit);
+    if (!lost) continue;
+    auto updated = resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
+      if (current.spec.stop) return false;
+      current.spec.stop = true;
+      return true;
+    });
+    if (!updated) continue;
+    replica = *updated;
+    std::string why = node == nodes.end() ? "its node " + replica.spec.node + " is gone"
+                                          : fmt::format("its node {} has been silent for {} s", replica.spec.node,
+                                                        (now_ms - node->status.heartbeat_ms) / 1000);
+    resources_.record_event("replica/" + replica.metadata.name, "Rescheduling", why + ": replacing it elsewhere",
+                            "Warning");
   }
 }
 
@@ -158,7 +192,8 @@ api::DeploymentStatus Controller::reconcile_idle(const api::Deployment& deployme
   return result;
 }
 
-void Controller::reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas) {
+void Controller::reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas,
+                                      const std::set<std::string>& draining_nodes) {
   const std::string& name = deployment.metadata.name;
   std::vector<api::Replica*> active;
   int ready = 0;
@@ -170,6 +205,18 @@ void Controller::reconcile_deployment(const api::Deployment& deployment, std::ve
     active.push_back(&replica);
     if (replica.status.phase == api::phase::kReady) ++ready;
   }
+  auto stop_replica = [&](api::Replica& replica, const char* reason, const std::string& message) {
+    auto updated = resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
+      if (current.spec.stop) return false;
+      current.spec.stop = true;
+      return true;
+    });
+    if (!updated) return false;
+    if (replica.status.phase == api::phase::kReady) --ready;
+    replica = *updated;
+    resources_.record_event("deployment/" + name, reason, message + " " + updated->metadata.name);
+    return true;
+  };
 
   // Scale-to-zero: an idle deployment's replicas sleep or stop; a request for it wakes them.
   api::DeploymentStatus idle_state = reconcile_idle(deployment, active, ready);
@@ -187,6 +234,24 @@ void Controller::reconcile_deployment(const api::Deployment& deployment, std::ve
       return true;
     });
     if (updated) *replica = *updated;
+  }
+  // Drain, make before break: replicas on a draining node are replaced first, and each one stops
+  // only while the deployment keeps `desired` Ready replicas without it.
+  std::vector<api::Replica*> leaving;
+  std::erase_if(active, [&](api::Replica* replica) {
+    if (!draining_nodes.count(replica->spec.node)) return false;
+    leaving.push_back(replica);
+    return true;
+  });
+  if (!leaving.empty()) {
+    std::sort(leaving.begin(), leaving.end(), [](const api::Replica* a, const api::Replica* b) {
+      return (a->status.phase == api::phase::kReady) < (b->status.phase == api::phase::kReady);
+    });
+    for (api::Replica* replica : leaving) {
+      bool serving = replica->status.phase == api::phase::kReady;
+      if (serving && ready - 1 < desired) continue;
+      stop_replica(*replica, "Drained", "node " + replica->spec.node + " is draining: stopping");
+    }
   }
   // Scale up: new replicas start Pending; the scheduler places them.
   for (int i = static_cast<int>(active.size()); i < desired; ++i) {
@@ -218,16 +283,7 @@ void Controller::reconcile_deployment(const api::Deployment& deployment, std::ve
       return a->metadata.created_ms > b->metadata.created_ms;
     });
     for (size_t i = 0; i < active.size() - static_cast<size_t>(desired); ++i) {
-      auto updated = resources_.modify<api::Replica>(active[i]->metadata.name, [](api::Replica& current) {
-        if (current.spec.stop) return false;
-        current.spec.stop = true;
-        return true;
-      });
-      if (updated) {
-        if (active[i]->status.phase == api::phase::kReady) --ready;
-        *active[i] = *updated;
-        resources_.record_event("deployment/" + name, "ScaledDown", "stopping replica " + updated->metadata.name);
-      }
+      stop_replica(*active[i], "ScaledDown", "stopping replica");
     }
   }
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -21,6 +22,9 @@ namespace nebula::controlplane {
 struct Options {
   // A node whose last heartbeat is older than this is NotReady.
   std::chrono::milliseconds node_timeout{30'000};
+  // Replicas on a NotReady node are replaced elsewhere once it has been silent this much longer
+  // than node_timeout; the node's agent stops the stale engines when it comes back.
+  std::chrono::milliseconds reschedule_grace{60'000};
   // Agents present this token to join (`nebula agent --token`).
   std::string join_token;
   // Periodic reconcile even without changes (heartbeat expiry needs the clock, not an event).
@@ -46,9 +50,11 @@ class Controller {
   void run();
   void reconcile_nodes(std::vector<api::Node>& nodes);
   void mark_replicas_unknown(const std::string& node);
+  void replace_lost(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes);
   api::DeploymentStatus reconcile_idle(const api::Deployment& deployment, const std::vector<api::Replica*>& active,
                                        int ready);
-  void reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas);
+  void reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas,
+                            const std::set<std::string>& draining_nodes);
   void schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
                 const std::vector<api::Deployment>& deployments);
   bool evict_for(const api::Replica& replica, const api::DeploymentSpec& spec, const std::vector<api::Node>& nodes,
@@ -75,6 +81,11 @@ void add_simulate_routes(http::Router& router, Resources& resources);
 
 // /api/v1/modes: create, list, get, delete, and POST /api/v1/modes/{name}/switch (mode_routes.cpp).
 void add_mode_routes(http::Router& router, Resources& resources, asio::io_context& io);
+
+// Join tokens: POST/GET /api/v1/tokens, DELETE /api/v1/tokens/{id} (tokens.cpp).
+void add_token_routes(http::Router& router, Resources& resources);
+// The server's own token, or an unexpired one from `nebula token create`.
+bool join_token_valid(Resources& resources, const Options& options, const std::string& token);
 
 // OpenAI-style error JSON with the status for an error code (the one place codes map to HTTP).
 int http_status(ErrorCode code);

@@ -316,8 +316,14 @@ std::optional<http::Response> Gateway::guard_management(const http::Request& req
   if (!key) return openai_error(401, key.error().message, "invalid_request_error", "invalid_api_key");
   const std::string& scope = (*key)->scope;
   if (scope == api::scope::kAdmin) return std::nullopt;
-  bool agent_path = path.rfind("/api/v1/nodes", 0) == 0 || path.rfind("/api/v1/replicas", 0) == 0;
-  if (scope == api::scope::kNode && agent_path) return std::nullopt;
+  // A node's key does what an agent does: read and remove replicas, report statuses; nothing more
+  // (no drain, no node deletion).
+  const std::string& method = request.method;
+  bool replicas = path.rfind("/api/v1/replicas", 0) == 0;
+  bool status = path.size() > 7 && path.compare(path.size() - 7, 7, "/status") == 0;
+  bool agent_call = (replicas && (method == "GET" || method == "DELETE")) ||
+                    (method == "PUT" && status && (replicas || path.rfind("/api/v1/nodes/", 0) == 0));
+  if (scope == api::scope::kNode && agent_call) return std::nullopt;
   return openai_error(403, "this API key may not use the management API (scope " + scope + ")", "invalid_request_error",
                       "permission_denied");
 }

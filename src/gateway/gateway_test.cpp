@@ -1,4 +1,5 @@
 #include "gateway/gateway.h"
+#include "common/ids.h"
 
 #include <gtest/gtest.h>
 

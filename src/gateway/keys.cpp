@@ -1,6 +1,5 @@
 #include "gateway/keys.h"
 
-#include <openssl/evp.h>
 
 #include "common/ids.h"
 
@@ -8,20 +7,6 @@ namespace nebula::gateway {
 
 namespace {
 const std::string kKeysPrefix = std::string(api::kKeyRoot) + "apikeys/";
-}
-
-std::string sha256_hex(std::string_view data) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex;
-  hex.reserve(length * 2);
-  for (unsigned int i = 0; i < length; ++i) {
-    hex.push_back(kHex[digest[i] >> 4]);
-    hex.push_back(kHex[digest[i] & 15]);
-  }
-  return hex;
 }
 
 Result<NewKey> create_key(store::Store& store, api::ApiKey key, int64_t now_ms) {

@@ -12,8 +12,6 @@
 
 namespace nebula::gateway {
 
-std::string sha256_hex(std::string_view data);
-
 struct NewKey {
   api::ApiKey key;
   std::string secret;  // "nb-<id>_<32 hex>": shown once, never stored

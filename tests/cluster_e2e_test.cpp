@@ -1,0 +1,329 @@
+// Cluster membership and supervision across real processes: a `nebula server`, `nebula agent`s
+// with simulated GPUs joining it, engines they supervise. Everything on loopback.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <fstream>
+#include <memory>
+#include <thread>
+
+#include "common/json.h"
+#include "http/http.h"
+#include "process_helpers.h"
+
+namespace nebula {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::Child;
+using testing::eventually;
+using testing::process_gone;
+
+class Cluster : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    port_ = testing::free_port();
+    server_ = "http://127.0.0.1:" + std::to_string(port_);
+    // A node is NotReady after 3 s of silence and its replicas move 2 s after that.
+    server_process_ = std::make_unique<Child>(
+        std::vector<std::string>{NEBULA_BINARY, "server", "--listen", "127.0.0.1:" + std::to_string(port_),
+                                 "--data-dir", temp_.path() + "/server", "--log-level", "warn", "--node-timeout", "3s",
+                                 "--reschedule-after", "2s"},
+        temp_.path() + "/server.log");
+    ASSERT_TRUE(eventually(
+        [&] {
+          auto health = client_.request("GET", server_ + "/healthz");
+          return health && health->status == 200;
+        },
+        10s));
+    ASSERT_TRUE(eventually(
+        [&] {
+          std::ifstream in(temp_.path() + "/server/join-token");
+          return static_cast<bool>(std::getline(in, token_)) && !token_.empty();
+        },
+        5s));
+  }
+
+  void TearDown() override {
+    // Agents leave their engines running by design: remove the deployments so the agents stop
+    // them, then stop the agents; kill whatever engine is left over.
+    json deployments = get_json("/api/v1/deployments");
+    if (deployments.is_object()) {
+      for (const auto& item : deployments["items"]) {
+        client_.request("DELETE", server_ + "/api/v1/deployments/" + item["metadata"]["name"].get<std::string>());
+      }
+    }
+    eventually([&] { return get_json("/api/v1/replicas")["items"].empty(); }, 15s);
+    for (auto& [name, agent] : agents_) {
+      if (agent && agent->running()) agent->stop(SIGTERM, 20s);
+    }
+    for (int pid : all_engine_pids_) {
+      if (!process_gone(pid)) ::kill(-pid, SIGKILL);
+    }
+    server_process_->stop(SIGTERM, 20s);
+    if (HasFailure()) {
+      std::cerr << "---- server ----\n" << server_process_->output() << "\n";
+      for (auto& [name, agent] : agents_) {
+        if (agent) std::cerr << "---- agent " << name << " ----\n" << agent->output() << "\n";
+      }
+    }
+  }
+
+  // The agent keeps its data dir per node name, so a restarted agent finds its agent.db.
+  std::unique_ptr<Child> start_agent(const std::string& name, const std::string& gpus, const std::string& token,
+                                     std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {NEBULA_BINARY,
+                                     "agent",
+                                     "--server",
+                                     server_,
+                                     "--token",
+                                     token,
+                                     "--name",
+                                     name,
+                                     "--listen",
+                                     "127.0.0.1:0",
+                                     "--sim-gpus",
+                                     gpus,
+                                     "--data-dir",
+                                     temp_.path() + "/agent-" + name,
+                                     "--heartbeat-interval",
+                                     "500ms",
+                                     "--restart-backoff",
+                                     "2s",
+                                     "--log-level",
+                                     "info",
+                                     "--exit-with-parent"};
+    for (auto& arg : extra) argv.push_back(arg);
+    return std::make_unique<Child>(argv,
+                                   temp_.path() + "/agent-" + name + "-" + std::to_string(++agent_runs_) + ".log");
+  }
+  void add_agent(const std::string& name, const std::string& gpus) { agents_[name] = start_agent(name, gpus, token_); }
+
+  json get_json(const std::string& path) {
+    auto response = client_.request("GET", server_ + path);
+    if (!response || response->status != 200) return json();
+    auto parsed = parse_json(response->body);
+    return parsed ? *parsed : json();
+  }
+  bool node_ready(const std::string& name) {
+    json node = get_json("/api/v1/nodes/" + name);
+    return node.is_object() && node["status"]["ready"] == true;
+  }
+  std::vector<json> replicas_of(const std::string& deployment) {
+    std::vector<json> result;
+    json listing = get_json("/api/v1/replicas");
+    if (!listing.is_object()) return result;
+    for (const auto& item : listing["items"]) {
+      if (item["spec"]["deployment"] == deployment) {
+        result.push_back(item);
+        int pid = item["status"].value("pid", 0);
+        if (pid > 0) all_engine_pids_.insert(pid);
+      }
+    }
+    return result;
+  }
+  std::vector<json> ready_replicas(const std::string& deployment) {
+    auto replicas = replicas_of(deployment);
+    std::erase_if(replicas, [](const json& r) { return r["status"]["phase"] != "Ready" || r["spec"]["stop"] == true; });
+    return replicas;
+  }
+  testing::CommandResult cli(std::vector<std::string> args) {
+    args.insert(args.begin(), NEBULA_BINARY);
+    return testing::run_command(args, {"NEBULA_SERVER=" + server_});
+  }
+
+  testing::TempDir temp_;
+  int port_ = 0;
+  std::string server_;
+  std::string token_;
+  std::unique_ptr<Child> server_process_;
+  std::map<std::string, std::unique_ptr<Child>> agents_;
+  std::set<int> all_engine_pids_;
+  int agent_runs_ = 0;
+  http::BlockingClient client_;
+};
+
+TEST_F(Cluster, TwoAgentsJoinDrainMovesTrafficAndLostNodesAreReplaced) {
+  // A join token from `nebula token create`; a made-up one is refused.
+  auto created = cli({"token", "create", "--ttl", "1h", "--description", "e2e", "-o", "json"});
+  ASSERT_EQ(created.exit_code, 0) << created.out;
+  auto created_json = parse_json(created.out);
+  ASSERT_TRUE(created_json) << created.out;
+  std::string issued = created_json->value("token", "");
+  ASSERT_EQ(issued.rfind("nbt-", 0), 0u) << created.out;
+  auto refused = client_.request("POST", server_ + "/api/v1/nodes/join",
+                                 R"({"token":"nbt-nothere-0123456789abcdef","name":"intruder"})");
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 401);
+
+  agents_["big"] = start_agent("big", "1xH100-80GB", issued);
+  add_agent("small", "2x24GB");
+  ASSERT_TRUE(eventually([&] { return node_ready("big") && node_ready("small"); }, 20s));
+  json big = get_json("/api/v1/nodes/big");
+  json small = get_json("/api/v1/nodes/small");
+  ASSERT_EQ(big["status"]["gpus"].size(), 1u);
+  EXPECT_EQ(big["status"]["gpus"][0]["memory_total_mb"], 81920);
+  ASSERT_EQ(small["status"]["gpus"].size(), 2u);
+  EXPECT_EQ(small["status"]["gpus"][1]["memory_total_mb"], 24576);
+  EXPECT_EQ(big["status"]["engines"], json::array({"sim"})) << big.dump();
+
+  // One replica of 10 GB; wherever it lands, draining that node moves it without a failed request.
+  auto deployed =
+      cli({"deploy", "svc", "--engine", "sim", "--model", "m", "--vram", "10GB", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  auto first = ready_replicas("svc");
+  ASSERT_EQ(first.size(), 1u);
+  std::string from = first[0]["spec"]["node"];
+  std::string to = from == "big" ? "small" : "big";
+  int old_pid = first[0]["status"]["pid"];
+
+  std::atomic<bool> stop_traffic{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::string last_failure;
+  std::thread traffic([&] {
+    http::BlockingClient client;
+    const std::string body = R"({"model":"svc","messages":[{"role":"user","content":"hi"}],"max_tokens":4})";
+    while (!stop_traffic) {
+      auto response = client.request("POST", server_ + "/v1/chat/completions", body, {}, 10s);
+      if (response && response->status == 200) {
+        ++ok;
+      } else {
+        ++failed;
+        last_failure = response ? response->body : response.error().message;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+  });
+  auto drained = cli({"nodes", "drain", from});
+  ASSERT_EQ(drained.exit_code, 0) << drained.out;
+  bool moved = eventually(
+      [&] {
+        auto replicas = replicas_of("svc");
+        return replicas.size() == 1 && replicas[0]["spec"]["node"] == to && replicas[0]["status"]["phase"] == "Ready";
+      },
+      40s);
+  std::this_thread::sleep_for(500ms);
+  stop_traffic = true;
+  traffic.join();
+  ASSERT_TRUE(moved) << get_json("/api/v1/replicas").dump(2);
+  EXPECT_GT(ok.load(), 10);
+  EXPECT_EQ(failed.load(), 0) << last_failure;
+  EXPECT_TRUE(eventually([&] { return process_gone(old_pid); }, 15s)) << "the drained engine still runs";
+  auto nodes_table = cli({"nodes"});
+  EXPECT_NE(nodes_table.out.find("Draining"), std::string::npos) << nodes_table.out;
+  ASSERT_EQ(cli({"nodes", "undrain", from}).exit_code, 0);
+
+  // The node serving it goes silent (its agent stops; the engine is left running, as after a
+  // crash of the machine's agent): after node timeout + grace the replica is replaced on the other
+  // node; when the agent comes back it stops the stale engine.
+  int stale_pid = ready_replicas("svc")[0]["status"]["pid"];
+  ASSERT_EQ(agents_[to]->stop(SIGKILL, 10s), 128 + SIGKILL);
+  bool replaced = eventually(
+      [&] {
+        auto ready = ready_replicas("svc");
+        return ready.size() == 1 && ready[0]["spec"]["node"] == from;
+      },
+      40s);
+  ASSERT_TRUE(replaced) << get_json("/api/v1/replicas").dump(2);
+  EXPECT_FALSE(process_gone(stale_pid)) << "the lost node's engine was expected to run on until its agent returns";
+  json events = get_json("/api/v1/events");
+  EXPECT_NE(events.dump().find("Rescheduling"), std::string::npos);
+  agents_[to] = start_agent(to, to == "big" ? "1xH100-80GB" : "2x24GB", token_);
+  EXPECT_TRUE(eventually([&] { return process_gone(stale_pid); }, 20s)) << "the stale engine was not stopped";
+  EXPECT_TRUE(eventually([&] { return node_ready(to); }, 10s));
+  EXPECT_EQ(ready_replicas("svc").size(), 1u);
+}
+
+TEST_F(Cluster, AgentKilledMidStreamReadoptsItsEngineAndCrashesBackOff) {
+  add_agent("n1", "1xH100-80GB");
+  ASSERT_TRUE(eventually([&] { return node_ready("n1"); }, 20s));
+  // 20 ms per token: a 150-token stream lasts about 3 s.
+  auto deployed = cli({"deploy", "slow", "--engine", "sim", "--model", "m", "--vram", "10GB",
+                       "--engine-arg=--itl-ms=20", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  auto ready = ready_replicas("slow");
+  ASSERT_EQ(ready.size(), 1u);
+  int engine_pid = ready[0]["status"]["pid"];
+
+  std::string streamed;
+  std::atomic<bool> first_chunk{false};
+  int status = 0;
+  std::thread stream([&] {
+    http::BlockingClient client;
+    const std::string body =
+        R"({"model":"slow","stream":true,"max_tokens":150,"messages":[{"role":"user","content":"tell me"}]})";
+    auto result = client.stream(
+        "POST", server_ + "/v1/chat/completions", body, {{"Content-Type", "application/json"}},
+        [&](std::string_view piece) {
+          streamed.append(piece);
+          first_chunk = true;
+          return true;
+        },
+        20s);
+    status = result ? *result : -1;
+  });
+  ASSERT_TRUE(eventually([&] { return first_chunk.load(); }, 10s));
+  ASSERT_EQ(agents_["n1"]->stop(SIGKILL, 10s), 128 + SIGKILL);
+  agents_["n1"] = start_agent("n1", "1xH100-80GB", token_);
+  stream.join();
+  EXPECT_EQ(status, 200);
+  EXPECT_NE(streamed.find("data: [DONE]"), std::string::npos)
+      << streamed.substr(streamed.size() > 300 ? streamed.size() - 300 : 0);
+  EXPECT_NE(streamed.find("\"finish_reason\":\"length\""), std::string::npos);
+
+  // The new agent took the engine over: same pid, no restart, still Ready.
+  EXPECT_TRUE(eventually([&] { return agents_["n1"]->output().find("re-adopted") != std::string::npos; }, 10s))
+      << agents_["n1"]->output();
+  std::this_thread::sleep_for(1500ms);  // a few heartbeats and status reports
+  ready = ready_replicas("slow");
+  ASSERT_EQ(ready.size(), 1u) << get_json("/api/v1/replicas").dump(2);
+  EXPECT_EQ(ready[0]["status"]["pid"], engine_pid);
+  EXPECT_EQ(ready[0]["status"]["restarts"], 0);
+  EXPECT_FALSE(process_gone(engine_pid));
+
+  // kill -9 the engine: Failed with the restart and its delay visible, then Ready again.
+  ASSERT_EQ(::kill(engine_pid, SIGKILL), 0);
+  bool backing_off = eventually(
+      [&] {
+        auto replicas = replicas_of("slow");
+        return replicas.size() == 1 && replicas[0]["status"]["phase"] == "Failed" &&
+               replicas[0]["status"]["restarts"] == 1 && replicas[0]["status"]["next_restart_ms"].get<int64_t>() > 0;
+      },
+      10s);
+  EXPECT_TRUE(backing_off) << get_json("/api/v1/replicas").dump(2);
+  auto shown = cli({"get", "slow"});
+  EXPECT_NE(shown.out.find("restart 1 in 2 s"), std::string::npos) << shown.out;
+  bool healed = eventually(
+      [&] {
+        auto now_ready = ready_replicas("slow");
+        return now_ready.size() == 1 && now_ready[0]["status"]["pid"] != engine_pid &&
+               now_ready[0]["status"]["restarts"] == 1;
+      },
+      20s);
+  EXPECT_TRUE(healed) << get_json("/api/v1/replicas").dump(2);
+}
+
+TEST_F(Cluster, AnEngineThatNeverBecomesReadyFailsWithItsLastLogLines) {
+  agents_["n1"] = start_agent("n1", "1xH100-80GB", token_, {"--startup-timeout", "2s"});
+  ASSERT_TRUE(eventually([&] { return node_ready("n1"); }, 20s));
+  auto deployed = cli(
+      {"deploy", "stuck", "--engine", "sim", "--model", "m", "--vram", "10GB", "--engine-arg=--startup-seconds=600"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  bool failed = eventually(
+      [&] {
+        auto replicas = replicas_of("stuck");
+        return replicas.size() == 1 && replicas[0]["status"]["last_error"].get<std::string>().find(
+                                           "not ready after 2 s; last log lines:") != std::string::npos;
+      },
+      15s);
+  ASSERT_TRUE(failed) << get_json("/api/v1/replicas").dump(2);
+  std::string error = replicas_of("stuck")[0]["status"]["last_error"];
+  EXPECT_NE(error.find("engine-sim serving model"), std::string::npos) << error;
+  json events = get_json("/api/v1/events");
+  EXPECT_NE(events.dump().find("last log lines"), std::string::npos);
+  ASSERT_EQ(cli({"rm", "stuck"}).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace nebula
