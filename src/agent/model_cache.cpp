@@ -626,6 +626,9 @@ class FileDownload {
     if (ec)
       return make_error(ErrorCode::Internal,
                         fmt::format("cannot create {}: {}", final_path_.parent_path().string(), ec.message()));
+    // A partial file left by an earlier fetch may hold an older version of the file. With a
+    // sha256 to check, resuming it is safe; without one (small files kept in git), start over.
+    if (!hashing_) discard_part();
     auto delay = cache_options_.retry_delay;
     for (int attempt = 1;; ++attempt) {
       if (cancelled(options_)) return cancelled_error(ref_);

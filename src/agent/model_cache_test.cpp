@@ -194,6 +194,10 @@ class FakeHub {
     std::lock_guard lock(mutex_);
     cuts_ = count;
   }
+  void ignore_ranges() {
+    std::lock_guard lock(mutex_);
+    ranges_ = false;
+  }
   std::vector<Seen> seen() {
     std::lock_guard lock(mutex_);
     return seen_;
@@ -267,7 +271,7 @@ class FakeHub {
     }
     size_t start = 0;
     std::string range = request.header("range");
-    if (range.rfind("bytes=", 0) == 0) start = std::stoul(range.substr(6));
+    if (ranges_ && range.rfind("bytes=", 0) == 0) start = std::stoul(range.substr(6));
     if (start > 0 && start >= file.content.size()) {
       seen.status = 416;
       plan.response = http::Response::text(416, "");
@@ -301,6 +305,7 @@ class FakeHub {
   std::map<std::string, std::map<std::string, HubFile>> repos_;
   std::map<std::string, int> repo_status_;
   int cuts_ = 0;
+  bool ranges_ = true;
   std::vector<Seen> seen_;
 };
 
@@ -394,6 +399,21 @@ TEST_F(ModelCacheTest, ResumesAfterACutConnection) {
   EXPECT_GT(resumed_at, 0u);
   EXPECT_LE(resumed_at, weights.size() / 2);
   EXPECT_EQ(downloads[1].status, 206);
+}
+
+TEST_F(ModelCacheTest, StartsOverWhenTheHubIgnoresRange) {
+  std::string weights = random_bytes(400'000, 13);
+  hub_.add("org/model", "model.safetensors", lfs_file(weights));
+  hub_.cut_next(1);
+  hub_.ignore_ranges();
+  ModelCache cache(options());
+  auto path = cache.fetch("org/model");
+  ASSERT_TRUE(path) << path.error().message;
+  EXPECT_EQ(read_file(fs::path(*path) / "model.safetensors"), weights);
+  auto downloads = hub_.downloads();
+  ASSERT_EQ(downloads.size(), 2u);
+  EXPECT_NE(downloads[1].range, "");
+  EXPECT_EQ(downloads[1].status, 200);  // the whole file again, written from the start
 }
 
 TEST_F(ModelCacheTest, ResumesInALaterFetch) {
