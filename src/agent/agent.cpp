@@ -13,13 +13,17 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <mutex>
 #include <optional>
 #include <set>
 
 #include "agent/agent_db.h"
+#include "agent/gpu_probe.h"
+#include "agent/model_cache.h"
 #include "common/json.h"
 #include "http/http.h"
 
@@ -60,6 +64,15 @@ http::Headers text_headers() {
 }
 }  // namespace
 
+// A model download running on a thread of its own; the agent's thread polls it.
+struct Download {
+  std::atomic<bool> cancel{false};
+  std::mutex mutex;
+  DownloadProgress progress;                // guarded by mutex
+  std::optional<Result<std::string>> done;  // guarded by mutex; the local path or why not
+  std::thread thread;
+};
+
 // One replica this agent is responsible for, and the engine process that runs it.
 struct Managed {
   api::Replica desired;
@@ -71,8 +84,10 @@ struct Managed {
   bool healthy = false;
   bool prepared = false;  // the driver's post-start work (Ollama's pull) is done
   bool stopping = false;
-  bool adopted = false;  // started by an earlier agent, taken over after a restart
-  int slept_level = 0;   // the level it was put to sleep at (waking from level 2 reloads weights)
+  bool adopted = false;                // started by an earlier agent, taken over after a restart
+  int slept_level = 0;                 // the level it was put to sleep at (waking from level 2 reloads weights)
+  std::string model_path;              // the model's local path once prepared ("" = pass spec.model as is)
+  std::shared_ptr<Download> download;  // while the model is being downloaded
   Clock::time_point started{};
   Clock::time_point ready_since{};
   Clock::time_point next_start{};
@@ -98,7 +113,14 @@ struct Agent::Impl {
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::unique_ptr<http::Server> server;
   std::thread thread;
-  std::vector<api::Gpu> gpus;
+  std::vector<api::Gpu> gpus;  // as the probe saw them last
+  std::unique_ptr<GpuProbe> gpu_probe;
+  std::thread probe_thread;  // re-probes real GPUs off the agent's thread
+  std::mutex probe_mutex;
+  std::condition_variable probe_wake;
+  bool probe_stopping = false;  // guarded by probe_mutex
+  std::unique_ptr<ModelCache> models;
+  std::vector<std::shared_ptr<Download>> downloads;  // every download started, joined at stop
   std::map<std::string, engines::Availability> engines_found;
   std::map<std::string, Managed> replicas;  // only touched on the agent thread
   std::string url;
@@ -123,6 +145,11 @@ struct Agent::Impl {
   void crashed(Managed& managed, const std::string& why, const std::string& log_tail = "");
   void forget(Managed& managed);
   void adopt_engines();
+  void start_gpu_probe();
+  bool needs_download(const api::ReplicaSpec& spec) const;
+  // Downloads the model if it must be; true once the engine can be launched.
+  bool model_ready(Managed& managed);
+  void cancel_download(Managed& managed);
   void detect_engines();
   engines::LaunchContext launch_context(const Managed& managed, int port) const;
   milliseconds startup_timeout(const std::string& engine) const;
@@ -223,7 +250,7 @@ void Agent::Impl::adopt_engines() {
 json Agent::Impl::node_status() const {
   api::NodeStatus status;
   status.gpus = gpus;
-  status.gpu_probe = options.sim_gpus.empty() ? (gpus.empty() ? "none" : "probe") : "sim";
+  status.gpu_probe = gpu_probe ? gpu_probe->name() : "none";
   if (!options.sim_gpus.empty()) {
     // Simulated GPUs report the memory their running engines were given.
     for (auto& gpu : status.gpus) {
@@ -379,12 +406,104 @@ awaitable<void> Agent::Impl::watch_loop() {
   }
 }
 
+// Real GPUs are probed again every heartbeat on a thread of their own (nvidia-smi can take a
+// second); simulated ones never change.
+void Agent::Impl::start_gpu_probe() {
+  if (gpu_probe->name() == "sim" || gpu_probe->name() == "none") return;
+  probe_thread = std::thread([this] {
+    std::unique_lock lock(probe_mutex);
+    while (!probe_wake.wait_for(lock, options.heartbeat_interval, [this] { return probe_stopping; })) {
+      lock.unlock();
+      auto found = gpu_probe->probe();
+      if (found) {
+        asio::post(io, [this, seen = to_api_gpus(*found)] { gpus = seen; });
+      } else {
+        spdlog::warn("agent: GPU probe ({}) failed: {}", gpu_probe->name(), found.error().message);
+      }
+      lock.lock();
+    }
+  });
+}
+
+// Engines that load model files from disk get them from the node's model cache: vLLM, SGLang,
+// TGI and llama.cpp for Hugging Face ids, any engine for an explicit hf:// reference. Local paths,
+// Ollama tags and catalog names pass as they are. Without an http:// hub (the HTTP client does
+// not speak TLS yet), HF ids pass through to engines that download by themselves.
+bool Agent::Impl::needs_download(const api::ReplicaSpec& spec) const {
+  static const std::set<std::string> file_engines = {"vllm", "sglang", "tgi", "llamacpp"};
+  bool explicit_hub = spec.model.rfind("hf://", 0) == 0;
+  if (!explicit_hub && !file_engines.count(spec.engine)) return false;
+  if (!explicit_hub && options.hf_endpoint.rfind("http://", 0) != 0) return false;
+  auto reference = ModelRef::parse(spec.model);
+  return reference && !reference->is_local();
+}
+
+bool Agent::Impl::model_ready(Managed& managed) {
+  const auto& spec = managed.desired.spec;
+  if (!managed.model_path.empty() || !needs_download(spec)) return true;
+  if (!managed.download) {
+    auto download = std::make_shared<Download>();
+    std::set<std::string> pinned;
+    for (const auto& [name, other] : replicas) {
+      if (!other.model_path.empty()) pinned.insert(other.model_path);
+    }
+    std::string reference = spec.model;
+    download->thread = std::thread([this, download, reference, pinned] {
+      FetchOptions fetch;
+      fetch.cancel = &download->cancel;
+      fetch.pinned = pinned;
+      fetch.on_progress = [download](const DownloadProgress& progress) {
+        std::lock_guard lock(download->mutex);
+        download->progress = progress;
+      };
+      auto path = models->fetch(reference, fetch);
+      std::lock_guard lock(download->mutex);
+      download->done = std::move(path);
+    });
+    managed.download = download;
+    downloads.push_back(download);
+    managed.status.next_restart_ms = 0;
+  }
+  std::optional<Result<std::string>> done;
+  DownloadProgress progress;
+  {
+    std::lock_guard lock(managed.download->mutex);
+    done = managed.download->done;
+    progress = managed.download->progress;
+  }
+  if (!done) {
+    std::string message = "downloading " + spec.model;
+    if (progress.total_bytes > 0) {
+      message += fmt::format(": {:.0f}% ({:.2f} of {:.2f} GiB)", 100.0 * progress.done_bytes / progress.total_bytes,
+                             progress.done_bytes / 1073741824.0, progress.total_bytes / 1073741824.0);
+    }
+    set_phase(managed, api::phase::kDownloading, message);
+    return false;
+  }
+  managed.download->thread.join();
+  std::erase(downloads, managed.download);
+  managed.download.reset();
+  if (!*done) {
+    // Partial files stay: the next attempt resumes them.
+    crashed(managed, "model download failed: " + done->error().message);
+    return false;
+  }
+  managed.model_path = **done;
+  models->touch(managed.model_path);
+  spdlog::info("agent: model {} of {} is at {}", spec.model, managed.desired.metadata.name, managed.model_path);
+  return true;
+}
+
+void Agent::Impl::cancel_download(Managed& managed) {
+  if (managed.download) managed.download->cancel = true;
+}
+
 engines::LaunchContext Agent::Impl::launch_context(const Managed& managed, int port) const {
   const auto& spec = managed.desired.spec;
   engines::LaunchContext context;
   context.replica = managed.desired.metadata.name;
   context.served_name = spec.deployment;
-  context.model = spec.model;
+  context.model = managed.model_path.empty() ? spec.model : managed.model_path;
   context.gpus = spec.gpus;
   context.port = port;
   context.max_context = spec.max_context;
@@ -515,6 +634,7 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
   }
 
   if (managed.deleted || managed.desired.spec.stop) {
+    cancel_download(managed);
     if (managed.pid != 0 && !managed.stopping) {
       launcher->signal_group(managed.pid, SIGTERM);
       managed.stopping = true;
@@ -533,7 +653,7 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
   }
 
   if (managed.pid == 0) {
-    if (now >= managed.next_start) launch(managed);
+    if (now >= managed.next_start && model_ready(managed)) launch(managed);
     co_return;
   }
   if (now - managed.last_housekeeping >= milliseconds(1000)) {
@@ -804,11 +924,19 @@ Agent::~Agent() {
 Status Agent::start() {
   auto& impl = *impl_;
   if (auto valid = api::validate_name(impl.options.name); !valid) return valid.error();
-  if (!impl.options.sim_gpus.empty()) {
-    auto gpus = parse_sim_gpus(impl.options.sim_gpus, impl.options.name);
-    if (!gpus) return gpus.error();
-    impl.gpus = *gpus;
-  }
+  auto probe = make_gpu_probe(impl.options.sim_gpus, impl.options.name);
+  if (!probe) return probe.error();
+  impl.gpu_probe = std::move(*probe);
+  auto found = impl.gpu_probe->probe();
+  if (!found) return found.error();
+  impl.gpus = to_api_gpus(*found);
+  ModelCacheOptions cache;
+  cache.directory =
+      impl.options.model_cache_dir.empty() ? impl.options.data_dir + "/models" : impl.options.model_cache_dir;
+  cache.endpoint = impl.options.hf_endpoint;
+  cache.token = impl.options.hf_token;
+  cache.max_bytes = impl.options.model_cache_limit_mb << 20;
+  impl.models = std::make_unique<ModelCache>(cache);
   std::error_code ignored;
   std::filesystem::create_directories(impl.options.data_dir, ignored);
   auto db = AgentDb::open(impl.options.data_dir + "/agent.db");
@@ -823,6 +951,7 @@ Status Agent::start() {
   impl.url = fmt::format("http://{}", HostPort{host, *port}.to_string());
   asio::co_spawn(impl.io, impl.join_loop(), asio::detached);
   impl.thread = std::thread([&impl] { impl.io.run(); });
+  impl.start_gpu_probe();
   return {};
 }
 
@@ -840,6 +969,16 @@ void Agent::stop() {
   impl.work.reset();
   impl.io.stop();
   impl.thread.join();
+  {
+    std::lock_guard lock(impl.probe_mutex);
+    impl.probe_stopping = true;
+  }
+  impl.probe_wake.notify_all();
+  if (impl.probe_thread.joinable()) impl.probe_thread.join();
+  for (auto& download : impl.downloads) {
+    download->cancel = true;
+    if (download->thread.joinable()) download->thread.join();
+  }
   if (impl.options.stop_engines_on_exit) {
     impl.stop_all_engines();
   } else {

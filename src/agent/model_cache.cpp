@@ -1,5 +1,7 @@
 #include "agent/model_cache.h"
 
+#include <openssl/evp.h>
+
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <unistd.h>
@@ -21,6 +23,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "common/ids.h"
 #include "common/json.h"
 #include "http/http.h"
 
@@ -29,100 +32,37 @@ namespace nebula::agent {
 namespace fs = std::filesystem;
 
 // ---------------------------------------------------------------------------------------------
-// SHA-256 (FIPS 180-4).
+// SHA-256.
 
-namespace {
-constexpr uint32_t kSha256Rounds[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-
-inline uint32_t rotate_right(uint32_t value, int bits) {
-  return (value >> bits) | (value << (32 - bits));
+Sha256::Sha256() : context_(EVP_MD_CTX_new()) {
+  EVP_DigestInit_ex(context_, EVP_sha256(), nullptr);
 }
-}  // namespace
 
-Sha256::Sha256()
-    : state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
+Sha256::~Sha256() {
+  EVP_MD_CTX_free(context_);
+}
 
-void Sha256::compress(const unsigned char* block) {
-  uint32_t w[64];
-  for (int i = 0; i < 16; ++i) {
-    w[i] = (uint32_t(block[4 * i]) << 24) | (uint32_t(block[4 * i + 1]) << 16) | (uint32_t(block[4 * i + 2]) << 8) |
-           uint32_t(block[4 * i + 3]);
-  }
-  for (int i = 16; i < 64; ++i) {
-    uint32_t s0 = rotate_right(w[i - 15], 7) ^ rotate_right(w[i - 15], 18) ^ (w[i - 15] >> 3);
-    uint32_t s1 = rotate_right(w[i - 2], 17) ^ rotate_right(w[i - 2], 19) ^ (w[i - 2] >> 10);
-    w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-  }
-  uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3];
-  uint32_t e = state_[4], f = state_[5], g = state_[6], h = state_[7];
-  for (int i = 0; i < 64; ++i) {
-    uint32_t s1 = rotate_right(e, 6) ^ rotate_right(e, 11) ^ rotate_right(e, 25);
-    uint32_t choice = (e & f) ^ (~e & g);
-    uint32_t t1 = h + s1 + choice + kSha256Rounds[i] + w[i];
-    uint32_t s0 = rotate_right(a, 2) ^ rotate_right(a, 13) ^ rotate_right(a, 22);
-    uint32_t majority = (a & b) ^ (a & c) ^ (b & c);
-    uint32_t t2 = s0 + majority;
-    h = g;
-    g = f;
-    f = e;
-    e = d + t1;
-    d = c;
-    c = b;
-    b = a;
-    a = t1 + t2;
-  }
-  state_[0] += a;
-  state_[1] += b;
-  state_[2] += c;
-  state_[3] += d;
-  state_[4] += e;
-  state_[5] += f;
-  state_[6] += g;
-  state_[7] += h;
+void Sha256::reset() {
+  EVP_DigestInit_ex(context_, EVP_sha256(), nullptr);
+  length_ = 0;
 }
 
 void Sha256::update(std::string_view data) {
-  auto bytes = reinterpret_cast<const unsigned char*>(data.data());
-  size_t size = data.size();
-  length_ += size;
-  if (buffered_ > 0) {
-    size_t take = std::min(size, sizeof buffer_ - buffered_);
-    std::memcpy(buffer_ + buffered_, bytes, take);
-    buffered_ += take;
-    bytes += take;
-    size -= take;
-    if (buffered_ < sizeof buffer_) return;
-    compress(buffer_);
-    buffered_ = 0;
-  }
-  for (; size >= 64; bytes += 64, size -= 64) compress(bytes);
-  std::memcpy(buffer_, bytes, size);
-  buffered_ = size;
+  length_ += data.size();
+  EVP_DigestUpdate(context_, data.data(), data.size());
 }
 
 std::string Sha256::hex_digest() {
-  uint64_t bit_length = length_ * 8;
-  unsigned char padding[72] = {0x80};
-  size_t pad = (buffered_ < 56 ? 56 : 120) - buffered_;
-  for (int i = 0; i < 8; ++i) padding[pad + i] = static_cast<unsigned char>(bit_length >> (56 - 8 * i));
-  update(std::string_view(reinterpret_cast<const char*>(padding), pad + 8));
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  EVP_DigestFinal_ex(context_, digest, &size);
   std::string hex;
-  for (uint32_t word : state_) hex += fmt::format("{:08x}", word);
+  for (unsigned int i = 0; i < size; ++i) hex += fmt::format("{:02x}", digest[i]);
   return hex;
 }
 
 std::string Sha256::hex(std::string_view data) {
-  Sha256 hasher;
-  hasher.update(data);
-  return hasher.hex_digest();
+  return sha256_hex(data);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -555,7 +495,7 @@ int64_t file_size_or(const fs::path& path, int64_t fallback) {
 
 // Hashes the first `length` bytes of a file into a fresh hasher.
 Status hash_file(const fs::path& path, int64_t length, Sha256& hasher) {
-  hasher = Sha256();
+  hasher.reset();
   std::ifstream in(path, std::ios::binary);
   if (!in) return make_error(ErrorCode::Internal, fmt::format("cannot read {}", path.string()));
   std::string buffer(1 << 20, '\0');
@@ -657,7 +597,7 @@ class FileDownload {
   void discard_part() {
     std::error_code ec;
     fs::remove(part_path_, ec);
-    hasher_ = Sha256();
+    hasher_.reset();
   }
 
   Attempt attempt_once() {
@@ -686,7 +626,7 @@ class FileDownload {
     auto on_response = [&](int status, const http::Headers& headers) {
       if (status == 200) {
         offset = 0;
-        hasher_ = Sha256();
+        hasher_.reset();
         out = std::fopen(part_path_.c_str(), "wb");
         int64_t length = parse_length(http::find_header(headers, "content-length"));
         if (expected_size_ < 0 && length >= 0) learn_size(length);

@@ -19,6 +19,8 @@
 
 #include "common/result.h"
 
+struct evp_md_ctx_st;  // OpenSSL's EVP_MD_CTX
+
 namespace nebula::agent {
 
 // What a model reference names.
@@ -80,20 +82,21 @@ struct CachedModel {
   bool complete = false;  // a fetch of it has finished
 };
 
-// SHA-256, incrementally. (A local implementation: the agent library does not link OpenSSL.)
+// SHA-256, incrementally (OpenSSL's EVP digest).
 class Sha256 {
  public:
   Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
   void update(std::string_view data);
   std::string hex_digest();  // finishes the hash; call once
+  void reset();              // starts over, as new
   uint64_t bytes() const { return length_; }
   static std::string hex(std::string_view data);
 
  private:
-  void compress(const unsigned char* block);
-  uint32_t state_[8];
-  unsigned char buffer_[64];
-  size_t buffered_ = 0;
+  ::evp_md_ctx_st* context_;
   uint64_t length_ = 0;
 };
 
