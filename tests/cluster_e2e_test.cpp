@@ -1,5 +1,6 @@
 // Cluster membership and supervision across real processes: a `nebula server`, `nebula agent`s
 // with simulated GPUs joining it, engines they supervise. Everything on loopback.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -8,6 +9,11 @@
 #include <memory>
 #include <thread>
 
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <mutex>
+
+#include "common/ids.h"
 #include "common/json.h"
 #include "http/http.h"
 #include "process_helpers.h"
@@ -51,7 +57,7 @@ class Cluster : public ::testing::Test {
     json deployments = get_json("/api/v1/deployments");
     if (deployments.is_object()) {
       for (const auto& item : deployments["items"]) {
-        client_.request("DELETE", server_ + "/api/v1/deployments/" + item["metadata"]["name"].get<std::string>());
+        (void)client_.request("DELETE", server_ + "/api/v1/deployments/" + item["metadata"]["name"].get<std::string>());
       }
     }
     eventually([&] { return get_json("/api/v1/replicas")["items"].empty(); }, 15s);
@@ -323,6 +329,120 @@ TEST_F(Cluster, AnEngineThatNeverBecomesReadyFailsWithItsLastLogLines) {
   json events = get_json("/api/v1/events");
   EXPECT_NE(events.dump().find("last log lines"), std::string::npos);
   ASSERT_EQ(cli({"rm", "stuck"}).exit_code, 0);
+}
+
+// A one-file Hugging Face hub: the listing API (size + sha256) and resolve with Range. The first
+// download is cut halfway, so the agent must resume.
+class TinyHub {
+ public:
+  explicit TinyHub(std::string content) : content_(std::move(content)) {
+    http::Router router;
+    router.add("GET", "/api/models/acme/tiny/revision/main",
+               [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
+                 co_await writer.send(http::Response::json_body(200, listing()));
+               });
+    router.add("GET", "/acme/tiny/resolve/main/model.gguf",
+               [this](http::Request& request, http::ResponseWriter& writer) -> awaitable<void> {
+                 std::string range = request.header("range");
+                 size_t start = range.rfind("bytes=", 0) == 0 ? std::stoul(range.substr(6)) : 0;
+                 bool cut = false;
+                 {
+                   std::lock_guard lock(mutex_);
+                   ranges_.push_back(range);
+                   cut = !cut_done_;
+                   cut_done_ = true;
+                 }
+                 if (cut) {
+                   co_await writer.start_stream(200, octet_stream());
+                   co_await writer.write(std::string_view(content_).substr(0, content_.size() / 2));
+                   writer.abort();
+                   co_return;
+                 }
+                 co_await writer.send(body_from(start));
+               });
+    server_ = std::make_unique<http::Server>(io_, std::move(router));
+    auto port = server_->listen({"127.0.0.1", 0});
+    port_ = port ? *port : 0;
+    work_.emplace(io_.get_executor());
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~TinyHub() {
+    asio::post(io_, [this] { server_->stop(); });
+    work_.reset();
+    io_.stop();
+    thread_.join();
+  }
+  std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::vector<std::string> ranges() {
+    std::lock_guard lock(mutex_);
+    return ranges_;
+  }
+
+ private:
+  json listing() const {
+    json file = {{"rfilename", "model.gguf"},
+                 {"size", content_.size()},
+                 {"lfs", {{"sha256", sha256_hex(content_)}, {"size", content_.size()}}}};
+    return json{{"id", "acme/tiny"}, {"sha", "abc123"}, {"siblings", json::array({file})}};
+  }
+  static http::Headers octet_stream() { return {{"Content-Type", "application/octet-stream"}}; }
+  http::Response body_from(size_t start) const {
+    http::Response response;
+    response.status = start > 0 ? 206 : 200;
+    response.headers = octet_stream();
+    if (start > 0) {
+      response.headers.push_back(
+          {"Content-Range", fmt::format("bytes {}-{}/{}", start, content_.size() - 1, content_.size())});
+    }
+    response.body = content_.substr(start);
+    return response;
+  }
+
+  std::string content_;
+  asio::io_context io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::unique_ptr<http::Server> server_;
+  std::thread thread_;
+  int port_ = 0;
+  std::mutex mutex_;
+  std::vector<std::string> ranges_;
+  bool cut_done_ = false;
+};
+
+TEST_F(Cluster, ModelsAreDownloadedResumedAndHandedToTheEngine) {
+  std::string content(3 << 20, '\0');
+  for (size_t i = 0; i < content.size(); ++i) content[i] = static_cast<char>((i * 7919) >> 3);
+  TinyHub hub(content);
+  // agent.yaml: the hub, and a command engine that runs the simulator and records the model path
+  // it was given in its served name.
+  std::string config_path = temp_.path() + "/agent.yaml";
+  std::ofstream(config_path) << "hf_endpoint: " << hub.endpoint() << "\n"
+                             << "engines:\n"
+                             << "  command:\n"
+                             << "    command: [" << NEBULA_BINARY
+                             << ", engine-sim, --host, '{host}', --port, '{port}', --model, '{served_name}']\n";
+  agents_["n1"] = start_agent("n1", "1xH100-80GB", token_, {"--config", config_path});
+  ASSERT_TRUE(eventually([&] { return node_ready("n1"); }, 20s));
+  json node = get_json("/api/v1/nodes/n1");
+  ASSERT_NE(node["status"]["engines"].dump().find("command"), std::string::npos) << node.dump();
+
+  auto deployed = cli({"deploy", "fetched", "--engine", "command", "--model", "hf://acme/tiny/model.gguf", "--vram",
+                       "4GB", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out << agents_["n1"]->output();
+  std::string path = temp_.path() + "/agent-n1/models/hf/acme/tiny/main/model.gguf";
+  std::ifstream file(path, std::ios::binary);
+  std::string downloaded((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(downloaded.size(), content.size()) << path;
+  EXPECT_TRUE(downloaded == content);
+  // The first request was cut halfway; the retry asked for the rest only.
+  auto ranges = hub.ranges();
+  ASSERT_GE(ranges.size(), 2u);
+  EXPECT_EQ(ranges[0], "");
+  EXPECT_EQ(ranges[1], "bytes=" + std::to_string(content.size() / 2) + "-");
+  EXPECT_NE(agents_["n1"]->output().find(path), std::string::npos)
+      << "the agent did not resolve the model to the downloaded file";
+  json events = get_json("/api/v1/events");
+  EXPECT_NE(events.dump().find("Downloading"), std::string::npos);
 }
 
 }  // namespace
