@@ -288,6 +288,26 @@ TEST_F(Cluster, AgentKilledMidStreamReadoptsItsEngineAndCrashesBackOff) {
   EXPECT_EQ(ready[0]["status"]["restarts"], 0);
   EXPECT_FALSE(process_gone(engine_pid));
 
+  // The agent's /metrics: GPU gauges and the engine's, read from the engine's own metrics.
+  std::string agent_url = get_json("/api/v1/nodes/n1")["status"]["agent_url"];
+  std::string metrics;
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto response = client_.request("GET", agent_url + "/metrics");
+        metrics = response && response->status == 200 ? response->body : "";
+        return metrics.find("nebula_engine_requests_running{") != std::string::npos;
+      },
+      10s))
+      << metrics;
+  EXPECT_NE(metrics.find("nebula_gpu_memory_total_bytes{gpu=\"0\",uuid=\"GPU-sim-n1-0\"} 85899345920"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("nebula_engine_up{replica=\"" + ready[0]["metadata"]["name"].get<std::string>() +
+                         "\",deployment=\"slow\",engine=\"sim\"} 1"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("nebula_engine_kv_cache_usage_ratio{"), std::string::npos) << metrics;
+
   // kill -9 the engine: Failed with the restart and its delay visible, then Ready again.
   ASSERT_EQ(::kill(engine_pid, SIGKILL), 0);
   bool backing_off = eventually(
