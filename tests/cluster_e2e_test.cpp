@@ -463,6 +463,11 @@ TEST_F(Cluster, ModelsAreDownloadedResumedAndHandedToTheEngine) {
       << "the agent did not resolve the model to the downloaded file";
   json events = get_json("/api/v1/events");
   EXPECT_NE(events.dump().find("Downloading"), std::string::npos);
+  // The node now reports the model as cached: the scheduler prefers it for the next replica.
+  EXPECT_TRUE(eventually(
+      [&] { return get_json("/api/v1/nodes/n1")["status"]["models"] == json::array({"acme/tiny@main/model.gguf"}); },
+      5s))
+      << get_json("/api/v1/nodes/n1").dump();
 }
 
 }  // namespace

@@ -120,6 +120,8 @@ struct Agent::Impl {
   std::condition_variable probe_wake;
   bool probe_stopping = false;  // guarded by probe_mutex
   std::unique_ptr<ModelCache> models;
+  std::vector<std::string> cached_models;  // complete in the cache, "org/name@rev", for the scheduler
+  Clock::time_point models_listed{};
   std::vector<std::shared_ptr<Download>> downloads;  // every download started, joined at stop
   std::map<std::string, engines::Availability> engines_found;
   std::map<std::string, Managed> replicas;  // only touched on the agent thread
@@ -269,6 +271,7 @@ json Agent::Impl::node_status() const {
     status.engines.push_back(name);
     if (!found.version.empty()) status.engine_versions[name] = found.version;
   }
+  status.models = cached_models;
   status.agent_url = url;
   status.ready = true;
   return api::to_json(status);
@@ -297,6 +300,24 @@ awaitable<void> Agent::Impl::join_loop() {
 
 awaitable<void> Agent::Impl::heartbeat_loop() {
   while (!stopping) {
+    if (Clock::now() - models_listed > std::chrono::seconds(10)) {
+      models_listed = Clock::now();
+      cached_models.clear();
+      for (const auto& model : models->list()) {
+        if (model.complete) {
+          cached_models.push_back(model.reference);
+          continue;
+        }
+        // Single files fetched from a repository: each one counts on its own.
+        std::error_code ec;
+        for (auto it = std::filesystem::recursive_directory_iterator(model.path, ec);
+             !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+          if (!it->is_regular_file() || it->path().extension() == ".part") continue;
+          cached_models.push_back(model.reference + "/" +
+                                  std::filesystem::relative(it->path(), model.path).generic_string());
+        }
+      }
+    }
     auto response = co_await client.request("PUT", api("/nodes/" + options.name + "/status"), node_status().dump(),
                                             server_headers(true), milliseconds(5000));
     if (response && response->status == 404) {
@@ -490,6 +511,7 @@ bool Agent::Impl::model_ready(Managed& managed) {
   }
   managed.model_path = **done;
   models->touch(managed.model_path);
+  models_listed = {};  // the next heartbeat tells the scheduler this node has it
   spdlog::info("agent: model {} of {} is at {}", spec.model, managed.desired.metadata.name, managed.model_path);
   return true;
 }

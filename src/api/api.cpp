@@ -41,6 +41,7 @@ NodeStatus node_status_from(const json& object) {
   read(object, "engines", status.engines);
   read(object, "engine_versions", status.engine_versions);
   read(object, "gpu_probe", status.gpu_probe);
+  read(object, "models", status.models);
   read(object, "agent_url", status.agent_url);
   read(object, "heartbeat_ms", status.heartbeat_ms);
   read(object, "ready", status.ready);
@@ -119,6 +120,7 @@ json to_json(const NodeStatus& value) {
           {"engines", value.engines},
           {"engine_versions", value.engine_versions},
           {"gpu_probe", value.gpu_probe},
+          {"models", value.models},
           {"agent_url", value.agent_url},
           {"heartbeat_ms", value.heartbeat_ms},
           {"ready", value.ready},
@@ -374,6 +376,29 @@ Status validate(const DeploymentSpec& spec) {
     return make_error(ErrorCode::InvalidArgument, "kv_cache_dtype int4 is not supported (fp16, bf16, fp8, fp32)");
   }
   return {};
+}
+
+std::string hub_repo_key(const std::string& model) {
+  std::string text = model;
+  for (const char* prefix : {"hf://", "https://huggingface.co/", "huggingface.co/", "hf.co/"}) {
+    if (text.rfind(prefix, 0) == 0) {
+      text = text.substr(std::char_traits<char>::length(prefix));
+      break;
+    }
+  }
+  if (text.empty() || text[0] == '/' || text[0] == '.' || text[0] == '~') return "";
+  size_t slash = text.find('/');
+  if (slash == std::string::npos || slash == 0) return "";
+  size_t end = text.find('/', slash + 1);
+  std::string name = text.substr(slash + 1, end == std::string::npos ? std::string::npos : end - slash - 1);
+  std::string file = end == std::string::npos ? "" : text.substr(end);
+  std::string revision = "main";
+  if (size_t at = name.find('@'); at != std::string::npos) {
+    revision = name.substr(at + 1);
+    name = name.substr(0, at);
+  }
+  if (name.empty() || revision.empty()) return "";
+  return text.substr(0, slash) + "/" + name + "@" + revision + file;
 }
 
 }  // namespace nebula::api

@@ -46,11 +46,18 @@ struct NodeStatus {
   std::vector<std::string> engines;                    // engines this node can run
   std::map<std::string, std::string> engine_versions;  // engine -> version its binary reports
   std::string gpu_probe;                               // nvml | nvidia-smi | sim | none
-  std::string agent_url;                               // the agent's own listener (logs, health)
+  std::vector<std::string> models;  // in the node's cache: "org/name@rev" (whole) or "org/name@rev/FILE"
+  std::string agent_url;            // the agent's own listener (logs, health)
   int64_t heartbeat_ms = 0;
   bool ready = false;
   std::string message;
 };
+
+// A Hugging Face model reference ("org/name", "hf://org/name@rev/file.gguf", "hf.co/org/name")
+// as the key nodes report cached models by: "org/name@rev" for a repository, "org/name@rev/FILE"
+// for one file of it (revision "main" by default); "" for anything else (local paths, catalog
+// names, Ollama tags).
+std::string hub_repo_key(const std::string& model);
 
 struct Node {
   Metadata metadata;

@@ -47,9 +47,26 @@ bool labels_match(const api::Node& node, const std::map<std::string, std::string
   return true;
 }
 
+// The node's cache holds the model: that file, or the whole repository it is part of.
+bool has_model(const api::Node& node, const std::string& key) {
+  if (key.empty()) return false;
+  size_t at = key.find('@');
+  size_t file = key.find('/', at == std::string::npos ? 0 : at);
+  std::string repository = key.substr(0, file);
+  for (const auto& model : node.status.models) {
+    if (model == key || model == repository) return true;
+  }
+  return false;
+}
+
 struct Candidate {
   Placement placement;
   int64_t score = 0;
+  bool has_model = false;  // the node's model cache holds the model's files
+  bool better_than(const Candidate& other) const {
+    if (has_model != other.has_model) return has_model;
+    return score > other.score;
+  }
 };
 
 }  // namespace
@@ -69,6 +86,7 @@ Request request_for(const api::Replica& replica, const api::DeploymentSpec& spec
   request.strategy = spec.placement;
   request.node_selector = spec.node_selector;
   request.gpu_type = spec.gpu_type;
+  request.model_key = api::hub_repo_key(replica.spec.model);
   return request;
 }
 
@@ -183,8 +201,9 @@ Result<Placement> place(const Request& request, const std::vector<api::Node>& no
       }
       std::sort(candidate.placement.gpus.begin(), candidate.placement.gpus.end());
       candidate.score = binpack ? -leftover : leftover;
+      candidate.has_model = has_model(node, request.model_key);
       node_fits = true;
-      if (!best || candidate.score > best->score) best = std::move(candidate);
+      if (!best || candidate.better_than(*best)) best = std::move(candidate);
     }
     if (node_fits) continue;
     if (!too_small.empty() && fitting_anywhere == 0) {

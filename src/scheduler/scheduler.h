@@ -33,6 +33,9 @@ struct Request {
   std::string strategy = "spread";  // spread | binpack
   std::map<std::string, std::string> node_selector;
   std::string gpu_type;  // "" any; else a case-insensitive substring of the GPU name
+  // The model's hub repository key (api::hub_repo_key); a node that has it cached wins over one
+  // that would have to download it, before binpack or spread decide.
+  std::string model_key;
 };
 // The request of a replica of `spec`; its need is replica.spec.vram_mb split over the GPUs.
 Request request_for(const api::Replica& replica, const api::DeploymentSpec& spec);

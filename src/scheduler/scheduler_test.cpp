@@ -52,6 +52,42 @@ TEST(Place, FitsOnTheGpuWithMostFreeMemory) {
   EXPECT_EQ(placement->gpus, std::vector<int>{1});
 }
 
+TEST(Place, PrefersANodeThatHasTheModelFiles) {
+  // Spread would pick the emptier node b; a has the model in its cache, so it wins.
+  auto a = make_node("a", 1, 81920);
+  auto b = make_node("b", 1, 81920);
+  a.status.models = {"Qwen/Qwen2.5-7B@main"};
+  std::vector<api::Replica> placed = {make_replica("other", 20000, "a", {0})};
+  auto request = request_for(make_replica("r", 16000), api::DeploymentSpec{});
+  request.model_key = api::hub_repo_key("hf://Qwen/Qwen2.5-7B");
+  EXPECT_EQ(request.model_key, "Qwen/Qwen2.5-7B@main");
+  auto placement = place(request, {a, b}, placed);
+  ASSERT_TRUE(placement);
+  EXPECT_EQ(placement->node, "a");
+  // Another revision is another model; locality never overrides fit.
+  request.model_key = api::hub_repo_key("Qwen/Qwen2.5-7B@v2");
+  EXPECT_EQ(place(request, {a, b}, placed)->node, "b");
+  // One file of a repository the node has whole; and a single cached file.
+  request.model_key = api::hub_repo_key("Qwen/Qwen2.5-7B/model-00001.safetensors");
+  EXPECT_EQ(place(request, {a, b}, placed)->node, "a");
+  b.status.models = {"acme/tiny@main/model.gguf"};
+  request.model_key = api::hub_repo_key("hf://acme/tiny/model.gguf");
+  EXPECT_EQ(place(request, {a, b}, placed)->node, "b");
+  request.model_key = "Qwen/Qwen2.5-7B@main";
+  request.need_per_gpu_mb = 70000;
+  EXPECT_EQ(place(request, {a, b}, placed)->node, "b");
+}
+
+TEST(HubRepoKey, NamesRepositoriesOnly) {
+  EXPECT_EQ(api::hub_repo_key("Qwen/Qwen2.5-7B"), "Qwen/Qwen2.5-7B@main");
+  EXPECT_EQ(api::hub_repo_key("hf.co/acme/tiny@abc/model.gguf"), "acme/tiny@abc/model.gguf");
+  EXPECT_EQ(api::hub_repo_key("https://huggingface.co/acme/tiny/file.gguf"), "acme/tiny@main/file.gguf");
+  EXPECT_EQ(api::hub_repo_key("llama-3-8b"), "");
+  EXPECT_EQ(api::hub_repo_key("/models/llama.gguf"), "");
+  EXPECT_EQ(api::hub_repo_key("./models/x"), "");
+  EXPECT_EQ(api::hub_repo_key("acme/@rev"), "");
+}
+
 TEST(Place, NeverOvercommits) {
   std::vector<api::Node> nodes = {make_node("n1", 1, 80 * 1024)};
   std::vector<api::Replica> placed;
