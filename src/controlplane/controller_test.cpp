@@ -226,5 +226,86 @@ TEST(ApiJson, RoundTripsAndNamesBadFields) {
   EXPECT_FALSE(api::validate(spec));
 }
 
+TEST_F(ControllerTest, DrainStartsTheReplacementBeforeStoppingTheOld) {
+  add_node("n1", 80 * 1024);
+  deploy("chat", 1);
+  controller_.reconcile();
+  mark_ready("chat");
+  add_node("n2", 80 * 1024);
+  std::string old = replicas("chat")[0].metadata.name;
+  ASSERT_EQ(replicas("chat")[0].spec.node, "n1");
+
+  ASSERT_TRUE(resources_.modify<api::Node>("n1", [](api::Node& node) {
+    node.spec.drain = true;
+    return true;
+  }));
+  controller_.reconcile();
+  // A replacement on n2; the old one keeps serving until it is Ready.
+  auto now = replicas("chat");
+  ASSERT_EQ(now.size(), 2u);
+  for (const auto& replica : now) {
+    if (replica.metadata.name == old) {
+      EXPECT_FALSE(replica.spec.stop);
+    } else {
+      EXPECT_EQ(replica.spec.node, "n2");
+    }
+  }
+  controller_.reconcile();
+  EXPECT_EQ(replicas("chat").size(), 2u) << "nothing stops while the replacement is not Ready";
+
+  mark_ready("chat");
+  controller_.reconcile();
+  now = replicas("chat");
+  ASSERT_EQ(now.size(), 1u);
+  EXPECT_EQ(now[0].spec.node, "n2");
+  auto stopping = resources_.get<api::Replica>(old);
+  ASSERT_TRUE(stopping);
+  EXPECT_TRUE(stopping->spec.stop);
+}
+
+TEST_F(ControllerTest, ReplicasOfASilentNodeMoveOnlyAfterTheGrace) {
+  Options options;
+  options.node_timeout = std::chrono::seconds(30);
+  options.reschedule_grace = std::chrono::seconds(60);
+  Controller controller(resources_, options);
+  add_node("n1", 80 * 1024);
+  add_node("n2", 80 * 1024);
+  deploy("chat", 1);
+  controller.reconcile();
+  mark_ready("chat");
+  std::string lost_node = replicas("chat")[0].spec.node;
+  std::string other = lost_node == "n1" ? "n2" : "n1";
+  std::string original = replicas("chat")[0].metadata.name;
+  // Only the other node keeps heartbeating.
+  auto heartbeat = [&] {
+    ASSERT_TRUE(resources_.modify<api::Node>(other, [&](api::Node& node) {
+      node.status.heartbeat_ms = to_unix_ms(clock_.wall_now());
+      return true;
+    }));
+  };
+
+  clock_.advance(std::chrono::seconds(31));
+  heartbeat();
+  controller.reconcile();
+  auto now = replicas("chat");
+  ASSERT_EQ(now.size(), 1u);
+  EXPECT_EQ(now[0].metadata.name, original);
+  EXPECT_EQ(now[0].status.phase, api::phase::kUnknown) << "NotReady: out of the routing table, not yet replaced";
+
+  clock_.advance(std::chrono::seconds(59));
+  heartbeat();
+  controller.reconcile();
+  EXPECT_EQ(replicas("chat")[0].metadata.name, original) << "still within the grace period";
+
+  clock_.advance(std::chrono::seconds(2));
+  heartbeat();
+  controller.reconcile();
+  controller.reconcile();
+  now = replicas("chat", true);
+  ASSERT_EQ(now.size(), 1u) << "the lost replica is removed, its replacement placed";
+  EXPECT_NE(now[0].metadata.name, original);
+  EXPECT_EQ(now[0].spec.node, other);
+}
+
 }  // namespace
 }  // namespace nebula::controlplane
