@@ -22,6 +22,7 @@
 #include <set>
 
 #include "agent/agent_db.h"
+#include "agent/container_runtime.h"
 #include "agent/gpu_probe.h"
 #include "agent/model_cache.h"
 #include "common/json.h"
@@ -62,6 +63,11 @@ http::Headers json_headers() {
 http::Headers text_headers() {
   return {{"Content-Type", "text/plain; charset=utf-8"}};
 }
+
+http::Response container_logs_response(const Result<std::string>& logs) {
+  if (!logs) return http::error_json(502, "docker logs: " + logs.error().message, "upstream_error");
+  return http::Response::text(200, *logs);
+}
 }  // namespace
 
 // A model download running on a thread of its own; the agent's thread polls it.
@@ -80,6 +86,8 @@ struct Managed {
   const engines::EngineDriver* driver = nullptr;
   pid_t pid = 0;
   int64_t start_time = 0;  // of the process, to tell it from a reused pid
+  bool container = false;  // a docker replica: ContainerRuntime runs it under the replica's name
+  std::string container_id;
   int port = 0;
   bool healthy = false;
   bool prepared = false;  // the driver's post-start work (Ollama's pull) is done
@@ -120,7 +128,8 @@ struct Agent::Impl {
   std::condition_variable probe_wake;
   bool probe_stopping = false;  // guarded by probe_mutex
   std::unique_ptr<ModelCache> models;
-  std::vector<std::string> cached_models;  // complete in the cache, "org/name@rev", for the scheduler
+  std::shared_ptr<ContainerRuntime> containers;  // created with the first docker replica
+  std::vector<std::string> cached_models;        // complete in the cache, "org/name@rev", for the scheduler
   Clock::time_point models_listed{};
   std::vector<std::shared_ptr<Download>> downloads;  // every download started, joined at stop
   std::map<std::string, engines::Availability> engines_found;
@@ -146,6 +155,12 @@ struct Agent::Impl {
   void launch(Managed& managed);
   void crashed(Managed& managed, const std::string& why, const std::string& log_tail = "");
   void forget(Managed& managed);
+  // The engine runs: a process, or a container the runtime tracks.
+  static bool running(const Managed& managed) { return managed.pid != 0 || managed.container; }
+  std::optional<ExitStatus> engine_exited(Managed& managed);
+  void kill_engine(Managed& managed, int signal);
+  ContainerRuntime& container_runtime();
+  void save_record(const Managed& managed);
   void adopt_engines();
   void start_gpu_probe();
   bool needs_download(const api::ReplicaSpec& spec) const;
@@ -226,7 +241,20 @@ void Agent::Impl::adopt_engines() {
     managed.status.restarts = record.restarts;
     managed.status.phase = "";
     auto start = launcher->start_time(record.pid);
-    if (start && *start == record.start_time) {
+    if (!record.container_id.empty()) {
+      // A container: the runtime inspects it and reports whether it still runs.
+      container_runtime().adopt(record.replica, record.container_id);
+      managed.container = true;
+      managed.container_id = record.container_id;
+      managed.port = record.port;
+      managed.adopted = true;
+      managed.prepared = true;
+      managed.started = Clock::now();
+      managed.status.port = record.port;
+      managed.status.endpoint = record.endpoint;
+      managed.status.plan_version = record.plan_version;
+      spdlog::info("agent: re-adopting container {} of {}", record.container_id, record.replica);
+    } else if (start && *start == record.start_time) {
       managed.pid = record.pid;
       managed.start_time = record.start_time;
       managed.port = record.port;
@@ -259,7 +287,7 @@ json Agent::Impl::node_status() const {
       for (const auto& [name, managed] : replicas) {
         const auto& spec = managed.desired.spec;
         // A sleeping engine gave its GPU memory back (level 1 keeps weights in CPU memory).
-        if (managed.pid == 0 || spec.gpus.empty() || managed.status.phase == api::phase::kSleeping) continue;
+        if (!running(managed) || spec.gpus.empty() || managed.status.phase == api::phase::kSleeping) continue;
         for (int index : spec.gpus) {
           if (index == gpu.index) gpu.memory_used_mb += spec.vram_mb / static_cast<int64_t>(spec.gpus.size());
         }
@@ -357,7 +385,7 @@ void Agent::Impl::apply(const api::Replica& replica) {
     managed.status.plan_version = known.plan_version;
     managed.status.restarts = std::max(known.restarts, replica.status.restarts);
     if (!known.last_error.empty()) managed.status.last_error = known.last_error;
-    if (managed.pid == 0) managed.status.phase = api::phase::kScheduled;
+    if (!running(managed)) managed.status.phase = api::phase::kScheduled;
     managed.status_dirty = true;
   } else if (replica.status.phase != managed.status.phase) {
     // Someone else rewrote the status (the controller marks replicas of a silent node Unknown):
@@ -563,6 +591,35 @@ void Agent::Impl::launch(Managed& managed) {
     set_phase(managed, api::phase::kFailed, port.error().message);
     return;
   }
+  if (managed.driver->runs_in_container()) {
+    engines::LaunchContext context = launch_context(managed, *port);
+    auto container = managed.driver->container(context);
+    if (!container) {
+      managed.status.last_error = container.error().message;
+      set_phase(managed, api::phase::kFailed, managed.status.last_error);
+      managed.next_start = Clock::now() + options.max_restart_backoff;
+      return;
+    }
+    container_runtime().start(managed.desired.metadata.name, *container, context.config.allowed_mounts);
+    managed.container = true;
+    managed.container_id.clear();
+    managed.port = *port;
+    managed.healthy = false;
+    managed.prepared = false;
+    managed.adopted = false;
+    managed.started = Clock::now();
+    managed.status.pid = 0;
+    managed.status.port = *port;
+    managed.status.endpoint = fmt::format("http://127.0.0.1:{}", *port);
+    managed.status.plan_version = spec.plan_version;
+    managed.status.next_restart_ms = 0;
+    managed.status_dirty = true;
+    set_phase(managed, api::phase::kStarting, "starting container " + container->image);
+    spdlog::info("agent: starting {} in a container of {} on port {}", managed.desired.metadata.name, container->image,
+                 *port);
+    save_record(managed);
+    return;
+  }
   auto command = managed.driver->command(launch_context(managed, *port));
   if (!command) {
     managed.status.last_error = command.error().message;
@@ -595,17 +652,67 @@ void Agent::Impl::launch(Managed& managed) {
   set_phase(managed, api::phase::kStarting, "waiting for the engine to be ready");
   spdlog::info("agent: started {} (pid {}, port {}): {}", managed.desired.metadata.name, *pid, *port,
                fmt::join(launch_spec.argv, " "));
-  if (db) {
-    EngineRecord record;
-    record.replica = managed.desired.metadata.name;
-    record.engine = spec.engine;
-    record.pid = *pid;
-    record.start_time = managed.start_time;
-    record.port = *port;
-    record.endpoint = managed.status.endpoint;
-    record.restarts = managed.status.restarts;
-    record.plan_version = spec.plan_version;
-    if (auto saved = db->put(record); !saved) spdlog::error("agent: {}", saved.error().message);
+  save_record(managed);
+}
+
+void Agent::Impl::save_record(const Managed& managed) {
+  if (!db) return;
+  EngineRecord record;
+  record.replica = managed.desired.metadata.name;
+  record.engine = managed.desired.spec.engine;
+  record.pid = managed.pid;
+  record.start_time = managed.start_time;
+  record.port = managed.port;
+  record.endpoint = managed.status.endpoint;
+  record.restarts = managed.status.restarts;
+  record.plan_version = managed.status.plan_version;
+  record.container_id = managed.container_id;
+  if (auto saved = db->put(record); !saved) spdlog::error("agent: {}", saved.error().message);
+}
+
+ContainerRuntime& Agent::Impl::container_runtime() {
+  if (!containers) {
+    engines::EngineConfig config =
+        options.engines.count("docker") ? options.engines.at("docker") : engines::EngineConfig{};
+    containers = std::make_shared<ContainerRuntime>(config.docker_socket);
+  }
+  return *containers;
+}
+
+// Has the engine ended? A process is polled (and, when adopted, checked against pid reuse); a
+// container is read from the runtime's last inspection.
+std::optional<ExitStatus> Agent::Impl::engine_exited(Managed& managed) {
+  if (!managed.container) {
+    std::optional<ExitStatus> exit = launcher->poll(managed.pid);
+    if (!exit && managed.adopted && launcher->start_time(managed.pid) != managed.start_time) exit = ExitStatus{-1, 0};
+    return exit;
+  }
+  auto state = container_runtime().state(managed.desired.metadata.name);
+  using Phase = ContainerRuntime::State::Phase;
+  if (!state.container_id.empty() && state.container_id != managed.container_id) {
+    managed.container_id = state.container_id;
+    save_record(managed);
+  }
+  if (state.phase == Phase::Starting && !managed.healthy && !state.stage.empty()) {
+    set_phase(managed, api::phase::kStarting, state.stage);
+  }
+  if (state.phase != Phase::Exited && state.phase != Phase::Failed) return std::nullopt;
+  ExitStatus exit;
+  exit.code = state.exit_code;
+  exit.detail = state.phase == Phase::Failed ? "container failed: " + state.error : "";
+  return exit;
+}
+
+void Agent::Impl::kill_engine(Managed& managed, int signal) {
+  if (!managed.container) {
+    launcher->signal_group(managed.pid, signal);
+    return;
+  }
+  // docker stop: SIGTERM, then SIGKILL after the grace (a second call changes nothing).
+  if (signal == SIGTERM || signal == SIGKILL) {
+    auto grace = signal == SIGKILL ? std::chrono::seconds(0)
+                                   : std::chrono::duration_cast<std::chrono::seconds>(options.stop_grace);
+    container_runtime().stop(managed.desired.metadata.name, grace);
   }
 }
 
@@ -630,6 +737,9 @@ void Agent::Impl::crashed(Managed& managed, const std::string& why, const std::s
 
 // The engine process is gone: drop it from agent.db.
 void Agent::Impl::forget(Managed& managed) {
+  if (managed.container && containers) containers->forget(managed.desired.metadata.name);
+  managed.container = false;
+  managed.container_id.clear();
   managed.pid = 0;
   managed.start_time = 0;
   managed.healthy = false;
@@ -640,10 +750,8 @@ void Agent::Impl::forget(Managed& managed) {
 awaitable<void> Agent::Impl::step(Managed& managed) {
   auto now = Clock::now();
   const std::string& name = managed.desired.metadata.name;
-  if (managed.pid != 0) {
-    std::optional<ExitStatus> exit = launcher->poll(managed.pid);
-    // An adopted engine is not this agent's child: a changed start time means the pid was reused.
-    if (!exit && managed.adopted && launcher->start_time(managed.pid) != managed.start_time) exit = ExitStatus{-1, 0};
+  if (running(managed)) {
+    std::optional<ExitStatus> exit = engine_exited(managed);
     if (exit) {
       bool was_starting = !managed.healthy;
       forget(managed);
@@ -657,15 +765,15 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
 
   if (managed.deleted || managed.desired.spec.stop) {
     cancel_download(managed);
-    if (managed.pid != 0 && !managed.stopping) {
-      launcher->signal_group(managed.pid, SIGTERM);
+    if (running(managed) && !managed.stopping) {
+      kill_engine(managed, SIGTERM);
       managed.stopping = true;
       managed.stop_deadline = now + options.stop_grace;
       set_phase(managed, api::phase::kStopping, "stopping the engine");
-    } else if (managed.pid != 0 && now > managed.stop_deadline) {
-      launcher->signal_group(managed.pid, SIGKILL);
+    } else if (running(managed) && now > managed.stop_deadline && !managed.container) {
+      kill_engine(managed, SIGKILL);
     }
-    if (managed.pid == 0 && !managed.deleted) {
+    if (!running(managed) && !managed.deleted) {
       // The engine is gone: remove the Replica; the watch then reports it deleted.
       auto removed =
           co_await client.request("DELETE", api("/replicas/" + name), "", server_headers(false), milliseconds(5000));
@@ -674,7 +782,7 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
     co_return;
   }
 
-  if (managed.pid == 0) {
+  if (!running(managed)) {
     if (now >= managed.next_start && model_ready(managed)) launch(managed);
     co_return;
   }
@@ -707,14 +815,14 @@ awaitable<void> Agent::Impl::check_ready(Managed& managed) {
   if (now - managed.last_health_check < milliseconds(250)) co_return;
   managed.last_health_check = now;
   auto readiness = co_await managed.driver->probe(client, managed.status.endpoint);
-  if (managed.pid == 0) co_return;
+  if (!running(managed)) co_return;
   if (readiness == engines::Readiness::Ready && !managed.prepared) {
     set_phase(managed, api::phase::kStarting, "preparing the engine");
     co_await report(managed);
     auto prepared =
         co_await managed.driver->prepare(client, managed.status.endpoint, launch_context(managed, managed.port));
     if (!prepared) {
-      launcher->signal_group(managed.pid, SIGKILL);
+      kill_engine(managed, SIGKILL);
       managed.stopping = false;
       crashed(managed, "preparing the engine failed: " + prepared.error().message);
       forget(managed);
@@ -734,7 +842,7 @@ awaitable<void> Agent::Impl::check_ready(Managed& managed) {
   if (Clock::now() - managed.started > limit) {
     std::string why =
         fmt::format("not ready after {} s", std::chrono::duration_cast<std::chrono::seconds>(limit).count());
-    launcher->signal_group(managed.pid, SIGKILL);
+    kill_engine(managed, SIGKILL);
     forget(managed);
     crashed(managed, why, tail_lines(log_path(managed.desired.metadata.name), 10));
   }
@@ -788,7 +896,7 @@ awaitable<void> Agent::Impl::supervise_loop() {
     for (auto it = replicas.begin(); it != replicas.end();) {
       co_await step(it->second);
       co_await report(it->second);
-      if (it->second.deleted && it->second.pid == 0) {
+      if (it->second.deleted && !running(it->second)) {
         it = replicas.erase(it);
       } else {
         ++it;
@@ -800,11 +908,24 @@ awaitable<void> Agent::Impl::supervise_loop() {
 
 void Agent::Impl::stop_all_engines() {
   std::vector<pid_t> running;
+  std::vector<std::string> in_containers;
   for (auto& [name, managed] : replicas) {
-    if (managed.pid != 0) {
+    if (managed.container) {
+      kill_engine(managed, SIGTERM);
+      in_containers.push_back(name);
+    } else if (managed.pid != 0) {
       launcher->signal_group(managed.pid, SIGTERM);
       running.push_back(managed.pid);
     }
+  }
+  auto container_deadline = Clock::now() + options.stop_grace + milliseconds(5000);
+  using Phase = ContainerRuntime::State::Phase;
+  while (!in_containers.empty() && Clock::now() < container_deadline) {
+    std::erase_if(in_containers, [&](const std::string& name) {
+      auto phase = containers->state(name).phase;
+      return phase == Phase::Exited || phase == Phase::Failed || phase == Phase::Unknown;
+    });
+    std::this_thread::sleep_for(milliseconds(50));
   }
   auto deadline = Clock::now() + options.stop_grace;
   while (!running.empty()) {
@@ -900,6 +1021,20 @@ http::Router Agent::Impl::routes() {
     const std::string replica = request.params["replica"];
     if (api::validate_name(replica).ok() == false) {
       co_await writer.send(http::error_json(400, "invalid replica name", "invalid_request"));
+      co_return;
+    }
+    auto managed = replicas.find(replica);
+    if (managed != replicas.end() && managed->second.container && containers) {
+      // A container's output is Docker's: fetched off this thread (the call blocks up to 5 s).
+      auto answer = std::make_shared<std::promise<Result<std::string>>>();
+      auto future = answer->get_future();
+      std::thread([runtime = containers, replica, answer] {
+        answer->set_value(runtime->logs(replica, 1000));
+      }).detach();
+      while (future.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+        co_await sleep_for(io, milliseconds(50));
+      }
+      co_await writer.send(container_logs_response(future.get()));
       co_return;
     }
     std::string path = options.data_dir + "/logs/" + replica + ".log";
@@ -1006,7 +1141,7 @@ void Agent::stop() {
   } else {
     // Engines keep running; agent.db tells the next agent which ones to re-adopt.
     size_t running = 0;
-    for (const auto& [name, managed] : impl.replicas) running += managed.pid != 0;
+    for (const auto& [name, managed] : impl.replicas) running += Impl::running(managed);
     if (running) spdlog::info("agent: leaving {} engine(s) running for the next agent to re-adopt", running);
   }
 }

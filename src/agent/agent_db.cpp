@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS engines (
   port INTEGER NOT NULL,
   endpoint TEXT NOT NULL,
   restarts INTEGER NOT NULL,
-  plan_version INTEGER NOT NULL
+  plan_version INTEGER NOT NULL,
+  container_id TEXT NOT NULL DEFAULT ''
 ))";
 
 // A prepared statement that finalizes itself.
@@ -63,8 +64,8 @@ Status AgentDb::exec(const char* sql) {
 Status AgentDb::put(const EngineRecord& record) {
   Statement s;
   const char* sql =
-      "INSERT OR REPLACE INTO engines (replica, engine, pid, start_time, port, endpoint, restarts, plan_version) "
-      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+      "INSERT OR REPLACE INTO engines (replica, engine, pid, start_time, port, endpoint, restarts, plan_version, "
+      "container_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
   if (sqlite3_prepare_v2(db_, sql, -1, &s.statement, nullptr) != SQLITE_OK) return db_error(db_, "prepare");
   sqlite3_bind_text(s.statement, 1, record.replica.c_str(), -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(s.statement, 2, record.engine.c_str(), -1, SQLITE_TRANSIENT);
@@ -74,6 +75,7 @@ Status AgentDb::put(const EngineRecord& record) {
   sqlite3_bind_text(s.statement, 6, record.endpoint.c_str(), -1, SQLITE_TRANSIENT);
   sqlite3_bind_int64(s.statement, 7, record.restarts);
   sqlite3_bind_int64(s.statement, 8, record.plan_version);
+  sqlite3_bind_text(s.statement, 9, record.container_id.c_str(), -1, SQLITE_TRANSIENT);
   if (sqlite3_step(s.statement) != SQLITE_DONE) return db_error(db_, "write " + record.replica);
   return {};
 }
@@ -91,7 +93,8 @@ Status AgentDb::remove(const std::string& replica) {
 Result<std::vector<EngineRecord>> AgentDb::all() {
   Statement s;
   const char* sql =
-      "SELECT replica, engine, pid, start_time, port, endpoint, restarts, plan_version FROM engines ORDER BY replica";
+      "SELECT replica, engine, pid, start_time, port, endpoint, restarts, plan_version, container_id FROM engines "
+      "ORDER BY replica";
   if (sqlite3_prepare_v2(db_, sql, -1, &s.statement, nullptr) != SQLITE_OK) return db_error(db_, "prepare");
   std::vector<EngineRecord> records;
   int rc;
@@ -109,6 +112,7 @@ Result<std::vector<EngineRecord>> AgentDb::all() {
     record.endpoint = text(5);
     record.restarts = static_cast<int>(sqlite3_column_int64(s.statement, 6));
     record.plan_version = sqlite3_column_int64(s.statement, 7);
+    record.container_id = text(8);
     records.push_back(std::move(record));
   }
   if (rc != SQLITE_DONE) return db_error(db_, "read");

@@ -22,6 +22,7 @@ struct EngineRecord {
   std::string endpoint;
   int restarts = 0;
   int64_t plan_version = 0;
+  std::string container_id;  // docker replicas: the container (pid and start_time are 0)
 };
 
 class AgentDb {

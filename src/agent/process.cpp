@@ -22,6 +22,7 @@ extern char** environ;
 namespace nebula::agent {
 
 std::string ExitStatus::describe() const {
+  if (!detail.empty()) return detail;
   if (signal != 0) return fmt::format("killed by signal {} ({})", signal, strsignal(signal));
   if (code < 0) return "exited (exit status unknown: the engine was adopted from an earlier agent)";
   return fmt::format("exited with code {}", code);

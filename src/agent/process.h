@@ -22,6 +22,7 @@ struct LaunchSpec {
 struct ExitStatus {
   int code = 0;
   int signal = 0;
+  std::string detail;  // set instead when there is more to say (a container that failed to start)
   std::string describe() const;
 };
 
