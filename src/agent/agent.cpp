@@ -201,6 +201,9 @@ void Agent::Impl::set_phase(Managed& managed, const std::string& phase, const st
 }
 
 milliseconds Agent::Impl::startup_timeout(const std::string& engine) const {
+  if (auto it = options.engine_startup_timeouts.find(engine); it != options.engine_startup_timeouts.end()) {
+    return it->second;
+  }
   if (options.startup_timeout.count() > 0) return options.startup_timeout;
   return engine == "sim" ? milliseconds(120'000) : milliseconds(1'200'000);
 }

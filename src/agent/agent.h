@@ -29,6 +29,8 @@ struct Options {
   // How long an engine may take to become ready; 0 = the engine's own default (sim 2 min, real
   // engines 20 min, since loading a 70B model from disk takes minutes).
   std::chrono::milliseconds startup_timeout{0};
+  // Per engine (agent.yaml `engines.NAME.startup_timeout`), over startup_timeout.
+  std::map<std::string, std::chrono::milliseconds> engine_startup_timeouts;
   std::chrono::milliseconds restart_backoff{10'000};  // first restart delay, doubled per crash
   std::chrono::milliseconds max_restart_backoff{300'000};
   std::chrono::milliseconds stable_after{600'000};  // running this long resets the backoff

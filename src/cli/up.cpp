@@ -372,9 +372,20 @@ Status apply_agent_flags(AgentFlags flags, const json& config, agent::Options& o
         engine.extra_args = value.value("args", std::vector<std::string>{});
         engine.env = value.value("env", std::map<std::string, std::string>{});
         engine.command_template = value.value("command", std::vector<std::string>{});
+        engine.docker_socket = value.value("docker_socket", engine.docker_socket);
+        engine.allowed_mounts = value.value("allowed_mounts", engine.allowed_mounts);
+        if (value.contains("startup_timeout")) {
+          auto timeout = parse_duration(value["startup_timeout"].get<std::string>());
+          if (!timeout)
+            return make_error(ErrorCode::InvalidArgument,
+                              "engines." + name + ".startup_timeout: " + timeout.error().message);
+          options.engine_startup_timeouts[name] = *timeout;
+        }
       } catch (const json::exception&) {
         return make_error(ErrorCode::InvalidArgument,
-                          "engines." + name + ": binary/image is a string, args and command lists, env a mapping");
+                          "engines." + name +
+                              ": binary/image/docker_socket/startup_timeout are strings, args, command and "
+                              "allowed_mounts lists, env a mapping");
       }
       options.engines[name] = engine;
     }
