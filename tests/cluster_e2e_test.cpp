@@ -351,6 +351,35 @@ TEST_F(Cluster, AnEngineThatNeverBecomesReadyFailsWithItsLastLogLines) {
   ASSERT_EQ(cli({"rm", "stuck"}).exit_code, 0);
 }
 
+TEST_F(Cluster, BadAgentSettingsAreRefusedWithTheReason) {
+  auto run = [&](std::vector<std::string> extra) {
+    std::vector<std::string> argv = {NEBULA_BINARY, "agent",       "--server",   server_,
+                                     "--token",     token_,        "--name",     "bad",
+                                     "--listen",    "127.0.0.1:0", "--data-dir", temp_.path() + "/agent-bad"};
+    for (auto& arg : extra) argv.push_back(arg);
+    return testing::run_command(argv);
+  };
+  std::string config = temp_.path() + "/bad.yaml";
+  std::ofstream(config) << "server: " << server_ << "\nbogus: 1\n";
+  auto unknown = run({"--config", config});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.out.find("unknown setting 'bogus'"), std::string::npos) << unknown.out;
+  std::ofstream(config) << "engines: [vllm]\n";
+  auto shape = run({"--config", config});
+  EXPECT_EQ(shape.exit_code, 1);
+  EXPECT_NE(shape.out.find("engines: expected a mapping"), std::string::npos) << shape.out;
+  auto duration = run({"--restart-backoff", "soon"});
+  EXPECT_EQ(duration.exit_code, 1);
+  EXPECT_NE(duration.out.find("--restart-backoff"), std::string::npos) << duration.out;
+  auto binary = run({"--engine-binary", "vllm"});
+  EXPECT_EQ(binary.exit_code, 1);
+  EXPECT_NE(binary.out.find("expected NAME=BINARY"), std::string::npos) << binary.out;
+  auto gpus = run({"--sim-gpus", "lots"});
+  EXPECT_EQ(gpus.exit_code, 1);
+  EXPECT_NE(gpus.out.find("invalid --sim-gpus"), std::string::npos) << gpus.out;
+  EXPECT_FALSE(node_ready("bad"));
+}
+
 // A one-file Hugging Face hub: the listing API (size + sha256) and resolve with Range. The first
 // download is cut halfway, so the agent must resume.
 class TinyHub {
