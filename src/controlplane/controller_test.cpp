@@ -307,5 +307,52 @@ TEST_F(ControllerTest, ReplicasOfASilentNodeMoveOnlyAfterTheGrace) {
   EXPECT_EQ(now[0].spec.node, other);
 }
 
+TEST_F(ControllerTest, AReturningNodesStaleEngineKeepsItsMemoryUntilItStops) {
+  Options options;
+  options.node_timeout = std::chrono::seconds(30);
+  options.reschedule_grace = std::chrono::seconds(60);
+  Controller controller(resources_, options);
+  add_node("n1", 80 * 1024);
+  deploy("big", 1, 50 * 1024);
+  controller.reconcile();
+  mark_ready("big");
+  std::string lost = replicas("big")[0].metadata.name;
+
+  // n1 goes silent past timeout + grace: its replica is given up (no other node to take it).
+  clock_.advance(std::chrono::seconds(95));
+  controller.reconcile();
+  controller.reconcile();
+  EXPECT_FALSE(resources_.get<api::Replica>(lost)) << "the lost replica is removed";
+
+  // n1 comes back, its agent not yet having stopped the stale engine: it reports 50 GB in use.
+  ASSERT_TRUE(resources_.modify<api::Node>("n1", [&](api::Node& node) {
+    node.status.ready = true;
+    node.status.heartbeat_ms = to_unix_ms(clock_.wall_now());
+    node.status.gpus[0].memory_used_mb = 50 * 1024;
+    return true;
+  }));
+  deploy("other", 1, 40 * 1024);
+  controller.reconcile();
+  for (const auto& replica : resources_.list<api::Replica>()) {
+    EXPECT_TRUE(replica.spec.node.empty()) << replica.metadata.name << " placed into the stale engine's memory";
+  }
+  // The stale engine stops: its memory is free again and the next pass places one replica (the
+  // two pending ones never share it).
+  ASSERT_TRUE(resources_.modify<api::Node>("n1", [&](api::Node& node) {
+    node.status.gpus[0].memory_used_mb = 0;
+    return true;
+  }));
+  controller.reconcile();
+  int placed = 0;
+  int64_t claimed = 0;
+  for (const auto& replica : resources_.list<api::Replica>()) {
+    if (replica.spec.node.empty()) continue;
+    ++placed;
+    claimed += replica.spec.vram_mb;
+  }
+  EXPECT_EQ(placed, 1);
+  EXPECT_LE(claimed, 80 * 1024);
+}
+
 }  // namespace
 }  // namespace nebula::controlplane
