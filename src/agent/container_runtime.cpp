@@ -2,12 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/read.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
 #include <cctype>
 #include <condition_variable>
 #include <deque>
@@ -20,94 +14,8 @@
 namespace nebula::agent {
 namespace {
 
-namespace beast_http = boost::beast::http;
-using Local = boost::asio::local::stream_protocol;
 using Clock = std::chrono::steady_clock;
 using Phase = ContainerRuntime::State::Phase;
-
-std::string path_escape(const std::string& text) {
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/' || c == ':' || c == '@') {
-      out += static_cast<char>(c);
-    } else {
-      out += fmt::format("%{:02X}", c);
-    }
-  }
-  return out;
-}
-
-// POST /images/create?fromImage=IMAGE, like DockerClient::pull but abandoned as soon as
-// `abandoned` says so (checked every 100 ms): the connection is closed, which makes Docker cancel
-// the pull. DockerClient's calls cannot be interrupted, and a pull can take hours.
-Status pull_image(const std::string& socket_path, const std::string& image, std::chrono::milliseconds timeout,
-                  const std::function<bool()>& abandoned) {
-  boost::asio::io_context io;
-  Local::socket socket(io);
-  beast_http::request<beast_http::string_body> request{beast_http::verb::post,
-                                                       "/images/create?fromImage=" + path_escape(image), 11};
-  request.set(beast_http::field::host, "docker");
-  request.set(beast_http::field::user_agent, "nebula");
-  request.prepare_payload();
-  boost::beast::flat_buffer buffer;
-  beast_http::response_parser<beast_http::string_body> parser;
-  parser.body_limit(64 * 1024 * 1024);
-  boost::system::error_code failure;
-  bool done = false;
-  auto finish = [&](boost::system::error_code error) {
-    failure = error;
-    done = true;
-  };
-  socket.async_connect(Local::endpoint(socket_path), [&](boost::system::error_code error) {
-    if (error) return finish(error);
-    beast_http::async_write(socket, request, [&](boost::system::error_code error, size_t) {
-      if (error) return finish(error);
-      beast_http::async_read(socket, buffer, parser, [&](boost::system::error_code error, size_t) { finish(error); });
-    });
-  });
-  auto deadline = Clock::now() + timeout;
-  while (!done) {
-    io.run_for(std::chrono::milliseconds(100));
-    if (done) break;
-    bool gave_up = abandoned();
-    if (gave_up || Clock::now() >= deadline) {
-      boost::system::error_code ignored;
-      socket.close(ignored);
-      io.restart();
-      io.run();  // lets the aborted handlers finish before their captures go
-      if (gave_up) return Error{ErrorCode::Unavailable, fmt::format("docker pull {}: abandoned", image)};
-      return Error{ErrorCode::Timeout, fmt::format("docker pull {}: not done in {} s", image,
-                                                   std::chrono::duration_cast<std::chrono::seconds>(timeout).count())};
-    }
-  }
-  if (failure) {
-    return Error{ErrorCode::Unavailable,
-                 fmt::format("docker pull {} via {}: {}", image, socket_path, failure.message())};
-  }
-  const std::string& body = parser.get().body();
-  if (parser.get().result_int() != 200) {
-    std::string message = body;
-    auto parsed = parse_json(body);
-    if (parsed && parsed->is_object() && parsed->contains("message") && (*parsed)["message"].is_string()) {
-      message = (*parsed)["message"].get<std::string>();
-    }
-    return Error{ErrorCode::Unavailable,
-                 fmt::format("docker pull {}: HTTP {}: {}", image, parser.get().result_int(), message.substr(0, 500))};
-  }
-  // The progress stream reports a failed pull as a line with "error" after the 200.
-  size_t pos = 0;
-  while (pos < body.size()) {
-    size_t newline = body.find('\n', pos);
-    auto line = parse_json(
-        std::string_view(body).substr(pos, newline == std::string::npos ? std::string::npos : newline - pos));
-    if (line && line->is_object() && line->contains("error")) {
-      return Error{ErrorCode::Unavailable, fmt::format("docker pull {}: {}", image, (*line)["error"].dump())};
-    }
-    if (newline == std::string::npos) break;
-    pos = newline + 1;
-  }
-  return Status{};
-}
 
 bool watched(const ContainerRuntime::State& state) {
   return !state.container_id.empty() && (state.phase == Phase::Running || state.phase == Phase::Unknown);
@@ -366,7 +274,7 @@ void ContainerRuntime::execute_start(Replica& replica, const Command& command) {
   }
 
   if (!set_stage("checking image " + spec.image)) return;
-  auto image = client.request("GET", "/images/" + path_escape(spec.image) + "/json");
+  auto image = client.request("GET", "/images/" + engines::docker_escape(spec.image) + "/json");
   if (!image) return fail("checking image", image.error().message);
   if (image->status == 404) {
     if (!set_stage("pulling image " + spec.image)) return;
@@ -375,7 +283,7 @@ void ContainerRuntime::execute_start(Replica& replica, const Command& command) {
       std::lock_guard lock(mutex_);
       return replica.generation != generation || replica.retired;
     };
-    if (Status pulled = pull_image(socket_path_, spec.image, options_.pull_timeout, abandoned); !pulled.ok()) {
+    if (Status pulled = client.pull(spec.image, options_.pull_timeout, abandoned); !pulled.ok()) {
       if (abandoned()) return;
       return fail("pulling image " + spec.image, pulled.error().message);
     }

@@ -229,7 +229,9 @@ Error docker_error(const std::string& what, const DockerResponse& response) {
   return Error{code, fmt::format("docker {}: HTTP {}: {}", what, response.status, message.substr(0, 500))};
 }
 
-std::string query_escape(const std::string& text) {
+}  // namespace
+
+std::string docker_escape(const std::string& text) {
   std::string out;
   for (unsigned char c : text) {
     if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/' || c == ':' || c == '@') {
@@ -240,6 +242,8 @@ std::string query_escape(const std::string& text) {
   }
   return out;
 }
+
+namespace {
 
 class DockerDriver final : public EngineDriver {
  public:
@@ -405,8 +409,8 @@ DockerClient::DockerClient(std::string socket_path, std::chrono::milliseconds ti
     : socket_path_(std::move(socket_path)), timeout_(timeout) {}
 
 Result<DockerResponse> DockerClient::request(const std::string& method, const std::string& target,
-                                             const std::string& body,
-                                             std::optional<std::chrono::milliseconds> timeout) {
+                                             const std::string& body, std::optional<std::chrono::milliseconds> timeout,
+                                             const std::function<bool()>& abandoned) {
   boost::asio::io_context io;
   Local::socket socket(io);
   beast_http::request<beast_http::string_body> request{beast_http::string_to_verb(method), target, 11};
@@ -431,11 +435,21 @@ Result<DockerResponse> DockerClient::request(const std::string& method, const st
       beast_http::async_read(socket, buffer, parser, [&](boost::system::error_code error, size_t) { finish(error); });
     });
   });
-  io.run_for(timeout.value_or(timeout_));
+  auto deadline = std::chrono::steady_clock::now() + timeout.value_or(timeout_);
+  bool gave_up = false;
+  while (!done && std::chrono::steady_clock::now() < deadline) {
+    io.run_for(abandoned ? std::chrono::milliseconds(100) : timeout.value_or(timeout_));
+    if (!done && abandoned && abandoned()) {
+      gave_up = true;
+      break;
+    }
+  }
   if (!done) {
     boost::system::error_code ignored;
     socket.close(ignored);
+    io.restart();
     io.run();  // lets the aborted handlers finish before their captures go
+    if (gave_up) return Error{ErrorCode::Unavailable, fmt::format("docker {} {}: abandoned", method, target)};
     return Error{ErrorCode::Timeout,
                  fmt::format("docker {} {}: no answer from {} in time", method, target, socket_path_)};
   }
@@ -457,8 +471,9 @@ Result<std::string> DockerClient::version() {
   return (*body)["Version"].get<std::string>();
 }
 
-Status DockerClient::pull(const std::string& image, std::chrono::milliseconds timeout) {
-  auto response = request("POST", "/images/create?fromImage=" + query_escape(image), "", timeout);
+Status DockerClient::pull(const std::string& image, std::chrono::milliseconds timeout,
+                          const std::function<bool()>& abandoned) {
+  auto response = request("POST", "/images/create?fromImage=" + docker_escape(image), "", timeout, abandoned);
   if (!response) return response.error();
   if (response->status != 200) return docker_error("pull " + image, *response);
   // The progress stream reports a failed pull as a line with "error" after a 200.

@@ -19,6 +19,7 @@
 // {gpus} the GPUs as numbered inside the container). No `--`: the node's command template, if any,
 // else the image's own command.
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -61,7 +62,10 @@ class DockerClient {
   // The daemon's version ("24.0.7"): proof that the socket answers.
   Result<std::string> version();
   // POST /images/create?fromImage=IMAGE (the tag is part of IMAGE, default latest); waits for the pull.
-  Status pull(const std::string& image, std::chrono::milliseconds timeout = std::chrono::hours(2));
+  // `abandoned`, when given, is asked every 100 ms; once it says so the connection is closed
+  // (which makes Docker cancel the pull) and the pull fails.
+  Status pull(const std::string& image, std::chrono::milliseconds timeout = std::chrono::hours(2),
+              const std::function<bool()>& abandoned = {});
   // Validates the spec against allowed_mounts, then creates the container; returns its id.
   Result<std::string> create(const ContainerSpec& spec, const std::vector<std::string>& allowed_mounts);
   Status start(const std::string& id);
@@ -73,12 +77,16 @@ class DockerClient {
   Result<std::string> logs(const std::string& id, int tail_lines);
 
   Result<DockerResponse> request(const std::string& method, const std::string& target, const std::string& body = {},
-                                 std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+                                 std::optional<std::chrono::milliseconds> timeout = std::nullopt,
+                                 const std::function<bool()>& abandoned = {});
 
  private:
   std::string socket_path_;
   std::chrono::milliseconds timeout_;
 };
+
+// An image name or id made safe for a request path ("/images/{name}/json") or query.
+std::string docker_escape(const std::string& text);
 
 // Docker's log stream framing (8-byte headers per frame when the container has no TTY) removed.
 std::string demultiplex_docker_logs(const std::string& raw);
