@@ -953,30 +953,25 @@ std::string Agent::Impl::metrics_text() const {
     out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n", name, help, name);
   };
   json status = node_status();
-  family("nebula_gpu_memory_total_bytes", "GPU memory");
-  for (const auto& gpu : status["gpus"]) {
-    out += fmt::format("nebula_gpu_memory_total_bytes{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gpu["index"].get<int>(),
-                       gpu["uuid"].get<std::string>(), gpu["memory_total_mb"].get<int64_t>() * 1048576);
-  }
-  family("nebula_gpu_memory_used_bytes", "GPU memory in use");
-  for (const auto& gpu : status["gpus"]) {
-    out += fmt::format("nebula_gpu_memory_used_bytes{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gpu["index"].get<int>(),
-                       gpu["uuid"].get<std::string>(), gpu["memory_used_mb"].get<int64_t>() * 1048576);
-  }
-  family("nebula_gpu_utilization_ratio", "GPU utilisation, 0..1");
-  for (const auto& gpu : status["gpus"]) {
-    out += fmt::format("nebula_gpu_utilization_ratio{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gpu["index"].get<int>(),
-                       gpu["uuid"].get<std::string>(), gpu["utilization"].get<double>() / 100.0);
-  }
-  family("nebula_gpu_temperature_celsius", "GPU temperature");
-  for (const auto& gpu : status["gpus"]) {
-    out += fmt::format("nebula_gpu_temperature_celsius{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gpu["index"].get<int>(),
-                       gpu["uuid"].get<std::string>(), gpu["temperature_c"].get<double>());
-  }
-  family("nebula_gpu_power_watts", "GPU power draw");
-  for (const auto& gpu : status["gpus"]) {
-    out += fmt::format("nebula_gpu_power_watts{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gpu["index"].get<int>(),
-                       gpu["uuid"].get<std::string>(), gpu["power_w"].get<double>());
+  struct GpuGauge {
+    const char* name;
+    const char* help;
+    const char* field;
+    double scale;
+  };
+  const GpuGauge gpu_gauges[] = {
+      {"nebula_gpu_memory_total_bytes", "GPU memory", "memory_total_mb", 1048576.0},
+      {"nebula_gpu_memory_used_bytes", "GPU memory in use", "memory_used_mb", 1048576.0},
+      {"nebula_gpu_utilization_ratio", "GPU utilisation, 0..1", "utilization", 0.01},
+      {"nebula_gpu_temperature_celsius", "GPU temperature", "temperature_c", 1.0},
+      {"nebula_gpu_power_watts", "GPU power draw", "power_w", 1.0},
+  };
+  for (const auto& gauge : gpu_gauges) {
+    family(gauge.name, gauge.help);
+    for (const auto& gpu : status["gpus"]) {
+      out += fmt::format("{}{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gauge.name, gpu["index"].get<int>(),
+                         gpu["uuid"].get<std::string>(), gpu[gauge.field].get<double>() * gauge.scale);
+    }
   }
   auto labels = [](const std::string& name, const Managed& managed) {
     return fmt::format("replica=\"{}\",deployment=\"{}\",engine=\"{}\"", name, managed.desired.spec.deployment,
