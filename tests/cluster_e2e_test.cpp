@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <thread>
@@ -349,6 +351,39 @@ TEST_F(Cluster, AnEngineThatNeverBecomesReadyFailsWithItsLastLogLines) {
   json events = get_json("/api/v1/events");
   EXPECT_NE(events.dump().find("last log lines"), std::string::npos);
   ASSERT_EQ(cli({"rm", "stuck"}).exit_code, 0);
+}
+
+// The real llama.cpp server, when one is on PATH: the agent finds it, runs the tiny Llama of
+// ../shared/testdata, and the gateway serves a completion from it.
+TEST_F(Cluster, RealLlamaServerServesThroughTheGateway) {
+  std::string path_env = std::getenv("PATH") ? std::getenv("PATH") : "";
+  bool found = false;
+  for (size_t start = 0; start <= path_env.size();) {
+    size_t end = path_env.find(':', start);
+    if (end == std::string::npos) end = path_env.size();
+    if (::access((path_env.substr(start, end - start) + "/llama-server").c_str(), X_OK) == 0) found = true;
+    start = end + 1;
+  }
+  if (!found) GTEST_SKIP() << "llama-server is not on PATH; the real llama.cpp test needs it";
+  std::string model = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "shared" /
+                      "testdata" / "tiny-llama.gguf";
+  if (!std::filesystem::exists(model)) GTEST_SKIP() << model << " is missing";
+  add_agent("cpu", "1x24GB");
+  ASSERT_TRUE(eventually([&] { return node_ready("cpu"); }, 20s));
+  json node = get_json("/api/v1/nodes/cpu");
+  ASSERT_NE(node["status"]["engines"].dump().find("llamacpp"), std::string::npos) << node.dump();
+  auto deployed = cli({"deploy", "tiny", "--engine", "llamacpp", "--model", model, "--vram", "1GB", "--max-context",
+                       "512", "--max-seqs", "2", "--wait", "--timeout", "120s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out << agents_["cpu"]->output();
+  auto answer = client_.request("POST", server_ + "/v1/chat/completions",
+                                R"({"model":"tiny","max_tokens":8,"messages":[{"role":"user","content":"Hello"}]})",
+                                {{"Content-Type", "application/json"}}, 60s);
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->status, 200) << answer->body;
+  auto parsed = parse_json(answer->body);
+  ASSERT_TRUE(parsed) << answer->body;
+  EXPECT_GT((*parsed)["usage"]["completion_tokens"].get<int>(), 0) << answer->body;
+  EXPECT_EQ((*parsed)["model"], "tiny") << answer->body;
 }
 
 TEST_F(Cluster, BadAgentSettingsAreRefusedWithTheReason) {

@@ -521,6 +521,11 @@ void launch_real(const std::string& engine, const std::string& binary, const std
   context.max_context = 2048;
   if (!model_env.empty()) {
     const char* model = std::getenv(model_env.c_str());
+    // llama.cpp runs the tiny Llama of ../shared/testdata when no model is named.
+    std::filesystem::path tiny =
+        std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().parent_path() / "shared" /
+        "testdata" / "tiny-llama.gguf";
+    if (!model && engine == "llamacpp" && std::filesystem::exists(tiny)) model = tiny.c_str();
     if (!model) GTEST_SKIP() << binary << " is on PATH but " << model_env << " names no model to load";
     context.model = model;
   } else {
@@ -535,7 +540,28 @@ void launch_real(const std::string& engine, const std::string& binary, const std
   if (engine == "ollama") command->env["OLLAMA_MODELS"] = home.string();
   ChildProcess child(*command);
   ASSERT_TRUE(child.started());
-  EXPECT_EQ(wait_ready(driver, "http://127.0.0.1:" + std::to_string(context.port), deadline), Readiness::Ready);
+  std::string endpoint = "http://127.0.0.1:" + std::to_string(context.port);
+  ASSERT_EQ(wait_ready(driver, endpoint, deadline), Readiness::Ready);
+  if (engine == "llamacpp") {
+    // A real completion under the served name, then the load the driver reads from its metrics.
+    http::BlockingClient client;
+    auto answer =
+        client.request("POST", endpoint + "/v1/chat/completions",
+                       R"({"model":"real","max_tokens":8,"messages":[{"role":"user","content":"Say hello"}]})",
+                       {{"Content-Type", "application/json"}}, 60s);
+    ASSERT_TRUE(answer) << answer.error().message;
+    EXPECT_EQ(answer->status, 200) << answer->body;
+    EXPECT_NE(answer->body.find("\"completion_tokens\""), std::string::npos) << answer->body;
+    boost::asio::io_context io;
+    http::Client async_client(io);
+    Result<Load> load = Error{ErrorCode::Internal, "not run"};
+    boost::asio::co_spawn(io, driver.load(async_client, endpoint),
+                          [&](std::exception_ptr, Result<Load> result) { load = std::move(result); });
+    io.run();
+    ASSERT_TRUE(load) << load.error().message;
+    EXPECT_TRUE(load->running.has_value());
+    EXPECT_TRUE(load->waiting.has_value());
+  }
   std::filesystem::remove_all(home);
 }
 
