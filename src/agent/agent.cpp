@@ -696,6 +696,10 @@ std::optional<ExitStatus> Agent::Impl::engine_exited(Managed& managed) {
     managed.container_id = state.container_id;
     save_record(managed);
   }
+  if (state.pid != managed.status.pid) {
+    managed.status.pid = state.pid;  // the container's main process, as Docker reports it
+    managed.status_dirty = true;
+  }
   if (state.phase == Phase::Starting && !managed.healthy && !state.stage.empty()) {
     set_phase(managed, api::phase::kStarting, state.stage);
   }

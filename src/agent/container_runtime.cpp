@@ -44,6 +44,7 @@ struct ContainerRuntime::Replica {
   std::string container_name;  // what a stop targets when the container's id is not known
   std::deque<Command> commands;
   bool retired = false;   // forgotten, or the runtime is going: the worker exits
+  bool cleanup = false;   // forgotten: the worker first runs the queued stop (and removal)
   bool finished = false;  // the worker has exited (joining it does not wait)
   std::condition_variable wake;
   std::thread thread;
@@ -60,6 +61,8 @@ ContainerRuntime::~ContainerRuntime() {
     for (auto& replica : retired_) all.push_back(replica);
     for (auto& replica : all) {
       replica->retired = true;
+      replica->cleanup = false;  // the agent is going: containers outlive it
+      replica->commands.clear();
       replica->generation++;
       replica->wake.notify_all();
     }
@@ -142,7 +145,18 @@ void ContainerRuntime::forget(const std::string& replica_name) {
   replicas_.erase(found);
   replica->retired = true;
   replica->generation++;
-  replica->commands.clear();
+  // What is forgotten is also removed from Docker: a stop already asked for runs (with its
+  // grace), else the container (stopped, exited or still running) is stopped at once and removed
+  // by id. Without a known id nothing is done: the next start removes leftovers by name.
+  std::erase_if(replica->commands, [](const Command& command) { return command.kind != Command::Kind::Stop; });
+  bool removed = replica->state.phase == Phase::Exited && replica->state.stage == "stopped";
+  if (replica->commands.empty() && !replica->state.container_id.empty() && !removed) {
+    Command stop;
+    stop.kind = Command::Kind::Stop;
+    stop.generation = replica->generation;
+    replica->commands.push_back(std::move(stop));
+  }
+  replica->cleanup = !replica->commands.empty();
   replica->wake.notify_all();
   retired_.push_back(replica);
   reap_retired();
@@ -181,7 +195,7 @@ Result<std::string> ContainerRuntime::logs(const std::string& replica_name, int 
 void ContainerRuntime::run(Replica& replica) {
   std::unique_lock lock(mutex_);
   auto next_refresh = Clock::now() + options_.refresh_interval;
-  while (!replica.retired) {
+  while (!replica.retired || (replica.cleanup && !replica.commands.empty())) {
     if (!replica.commands.empty()) {
       Command command = std::move(replica.commands.front());
       replica.commands.pop_front();

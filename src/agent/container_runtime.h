@@ -81,7 +81,9 @@ class ContainerRuntime {
   // Docker -> stays Unknown and is retried every refresh_interval.
   void adopt(const std::string& replica, const std::string& container_id);
 
-  // Stops tracking the replica (pending commands are dropped); the container is not touched.
+  // Stops tracking the replica. Its container goes too: a pending stop still runs (then the
+  // removal), else a container whose id is known is stopped at once and removed. Other pending
+  // commands are dropped.
   void forget(const std::string& replica);
 
   // A snapshot; Phase::Unknown for a replica that is not tracked.

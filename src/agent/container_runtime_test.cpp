@@ -437,6 +437,24 @@ TEST_F(ContainerRuntimeTest, StopStopsThenRemoves) {
   EXPECT_TRUE(runtime_->replicas().empty());
 }
 
+TEST_F(ContainerRuntimeTest, ForgettingAReplicaRemovesItsContainer) {
+  // A running container (an engine killed for a startup timeout) and an exited one (a crash):
+  // forgetting either leaves nothing behind in Docker.
+  runtime_->start("chat-0", spec("chat-0"), allowed());
+  ASSERT_TRUE(phase_is("chat-0", Phase::Running));
+  runtime_->stop("chat-0", 0s);
+  runtime_->forget("chat-0");
+  ASSERT_TRUE(eventually([&] { return index_of(daemon_->targets(), "DELETE /containers/id-chat-0?force=true") >= 0; }));
+  EXPECT_GE(index_of(daemon_->targets(), "POST /containers/id-chat-0/stop?t=0"), 0);
+
+  runtime_->start("chat-1", spec("chat-1"), allowed());
+  ASSERT_TRUE(phase_is("chat-1", Phase::Running));
+  daemon_->exit_container("id-chat-1", 3);
+  ASSERT_TRUE(phase_is("chat-1", Phase::Exited));
+  runtime_->forget("chat-1");
+  EXPECT_TRUE(eventually([&] { return index_of(daemon_->targets(), "DELETE /containers/id-chat-1?force=true") >= 0; }));
+}
+
 TEST_F(ContainerRuntimeTest, StopDuringPullAbandonsTheStart) {
   daemon_->set_image_present(false);
   daemon_->hold_pulls();

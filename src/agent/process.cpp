@@ -66,7 +66,7 @@ Result<pid_t> PosixLauncher::launch(const LaunchSpec& spec) {
   posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
   pid_t pid = 0;
-  int error = posix_spawn(&pid, argv[0], &actions, &attributes, argv.data(), envp.data());
+  int error = posix_spawnp(&pid, argv[0], &actions, &attributes, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attributes);
   if (error != 0) {
