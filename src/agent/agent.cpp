@@ -687,7 +687,7 @@ ContainerRuntime& Agent::Impl::container_runtime() {
 std::optional<ExitStatus> Agent::Impl::engine_exited(Managed& managed) {
   if (!managed.container) {
     std::optional<ExitStatus> exit = launcher->poll(managed.pid);
-    if (!exit && managed.adopted && launcher->start_time(managed.pid) != managed.start_time) exit = ExitStatus{-1, 0};
+    if (!exit && managed.adopted && launcher->start_time(managed.pid) != managed.start_time) exit = ExitStatus{-1, 0, ""};
     return exit;
   }
   auto state = container_runtime().state(managed.desired.metadata.name);
