@@ -226,9 +226,10 @@ class Fetcher {
   using OnResponse = std::function<bool(int status, const http::Headers& headers)>;
   using OnData = std::function<bool(std::string_view piece)>;
 
-  Fetcher(std::string auth_origin, std::string token, std::chrono::milliseconds idle_timeout)
+  Fetcher(std::string auth_origin, std::string token, std::chrono::milliseconds idle_timeout, std::string ca_file)
       : auth_origin_(std::move(auth_origin)), token_(std::move(token)), idle_timeout_(idle_timeout) {
     http::ClientOptions options;
+    options.ca_file = std::move(ca_file);
     options.body_limit = std::numeric_limits<size_t>::max();  // model files are many GB
     options.max_idle_per_host = 2;
     io_ = std::make_unique<asio::io_context>();
@@ -246,12 +247,6 @@ class Fetcher {
                   const OnData& on_data) {
     std::string current = url;
     for (int hop = 0; hop <= 5; ++hop) {
-      if (starts_with(current, "https://")) {
-        return make_error(ErrorCode::InvalidArgument,
-                          fmt::format("{} is HTTPS, which nebula's HTTP client does not speak yet: use an http:// "
-                                      "mirror of the hub",
-                                      current.substr(0, current.find('/', 8))));
-      }
       http::Headers headers = origin_of(current) == auth_origin_ ? bearer(token_) : http::Headers{};
       headers.insert(headers.end(), extra.begin(), extra.end());
       std::string location;
@@ -1010,7 +1005,7 @@ Result<std::string> ModelCache::fetch(const std::string& reference, const FetchO
     impl_->save();
   };
 
-  Fetcher fetcher(origin_of(options_.endpoint), options_.token, options_.idle_timeout);
+  Fetcher fetcher(origin_of(options_.endpoint), options_.token, options_.idle_timeout, options_.ca_file);
   std::string what = fmt::format("{}@{}", ref.repo_id, ref.revision);
   std::string listing_url = fmt::format("{}/api/models/{}/revision/{}?blobs=true", options_.endpoint, ref.repo_id,
                                         url_encode(ref.revision, false));

@@ -41,9 +41,10 @@ struct ModelRef {
 
 struct ModelCacheOptions {
   std::string directory;  // the node's model directory; created when missing
-  // An HF-compatible hub. Note: http::Client speaks plain HTTP only, so an https:// endpoint
-  // (huggingface.co itself) fails with a clear error until it gains TLS; use an http mirror.
+  // An HF-compatible hub, http:// or https://. HTTPS servers (the hub and where it redirects)
+  // are verified against the system CA store and ca_file.
   std::string endpoint = "https://huggingface.co";
+  std::string ca_file;    // a PEM file of extra CA certificates (a private mirror's); "" for none
   std::string token;      // sent as `Authorization: Bearer` to the endpoint, never to redirect targets elsewhere
   int64_t max_bytes = 0;  // size limit of the whole cache; 0 = none
   int attempts = 5;       // per file; each attempt resumes where the previous one stopped

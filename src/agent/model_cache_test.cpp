@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "http/http.h"
+#include "http/tls_test.h"
 
 namespace nebula::agent {
 namespace {
@@ -181,6 +182,7 @@ class FakeHub {
   }
 
   std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  uint16_t port() const { return port_; }
 
   void add(const std::string& repo, const std::string& name, HubFile file) {
     std::lock_guard lock(mutex_);
@@ -526,12 +528,34 @@ TEST_F(ModelCacheTest, HubErrorsAreClear) {
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().code, ErrorCode::NotFound);
   EXPECT_NE(missing.error().message.find("Repository not found"), std::string::npos) << missing.error().message;
+}
 
-  auto tls = options();
-  tls.endpoint = "https://huggingface.co";
-  auto https = ModelCache(tls).fetch("org/model");
-  ASSERT_FALSE(https);
-  EXPECT_NE(https.error().message.find("HTTPS"), std::string::npos) << https.error().message;
+TEST_F(ModelCacheTest, DownloadsOverHttps) {
+  std::string weights = random_bytes(300'000, 21);
+  hub_.add("org/model", "config.json", git_file("{}"));
+  hub_.add("org/model", "model.safetensors", lfs_file(weights, "", true));  // redirected to plain http
+  http::testing::TlsProxy tls(hub_.port());
+  auto https = options();
+  https.endpoint = "https://localhost:" + std::to_string(tls.port());
+
+  // Without the test CA the hub's certificate does not verify: a clear error, nothing downloaded.
+  https.attempts = 1;
+  auto untrusted = ModelCache(https).fetch("org/model");
+  ASSERT_FALSE(untrusted);
+  EXPECT_NE(untrusted.error().message.find("certificate verify failed"), std::string::npos)
+      << untrusted.error().message;
+  EXPECT_TRUE(hub_.seen().empty());
+
+  https.ca_file = tls.ca_file();
+  auto path = ModelCache(https).fetch("org/model");
+  ASSERT_TRUE(path) << path.error().message;
+  EXPECT_EQ(read_file(fs::path(*path) / "model.safetensors"), weights);
+  auto seen = hub_.seen();
+  ASSERT_EQ(seen.size(), 4u);  // the listing, config.json, the weights' redirect, the weights
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(seen[i].authorization, "Bearer secret-token") << seen[i].path;
+  EXPECT_EQ(seen[2].status, 302);
+  EXPECT_EQ(seen[3].path.rfind("/cdn/", 0), 0u);
+  EXPECT_EQ(seen[3].authorization, "") << "the token must not follow a redirect to another origin";
 }
 
 TEST_F(ModelCacheTest, CancelStopsTheFetch) {

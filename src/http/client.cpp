@@ -1,7 +1,12 @@
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/ssl.hpp>
 #include <mutex>
 #include <unordered_map>
+#include <variant>
 
 #include "http/beast.h"
 #include "http/http.h"
@@ -9,13 +14,49 @@
 namespace nebula::http {
 
 namespace {
+namespace ssl = boost::asio::ssl;
+using PlainStream = beast::tcp_stream;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+
+// One keep-alive connection, plain or TLS. Plain connections use the tcp_stream directly: the
+// only cost of TLS support on them is one branch per I/O operation (with_stream).
 struct Connection {
-  explicit Connection(asio::io_context& io) : stream(io) {}
-  beast::tcp_stream stream;
+  explicit Connection(asio::io_context& io) : stream(std::in_place_type<PlainStream>, io) {}
+  Connection(asio::io_context& io, std::shared_ptr<ssl::context> context)
+      : tls_context(std::move(context)), stream(std::in_place_type<TlsStream>, io, *tls_context) {}
+  std::shared_ptr<ssl::context> tls_context;  // declared before stream: outlives it
+  std::variant<PlainStream, TlsStream> stream;
   beast::flat_buffer buffer;
   std::string pool_key;
   bool reused = false;
+
+  bool is_tls() const { return std::holds_alternative<TlsStream>(stream); }
+  // The TCP layer: timeouts, connect, close.
+  beast::tcp_stream& tcp() {
+    if (auto* plain = std::get_if<PlainStream>(&stream)) return *plain;
+    return std::get<TlsStream>(stream).next_layer();
+  }
+  // Calls operation with the stream to read and write: the tcp_stream or the TLS stream over it.
+  // Both calls return the same awaitable type.
+  template <typename Operation>
+  decltype(auto) with_stream(Operation&& operation) {
+    if (auto* plain = std::get_if<PlainStream>(&stream)) return operation(*plain);
+    return operation(std::get<TlsStream>(stream));
+  }
 };
+
+bool is_ip_address(const std::string& host) {
+  error_code ec;
+  asio::ip::make_address(host, ec);
+  return !ec;
+}
+
+// The Host header: the port is left out when it is the scheme's default.
+std::string host_header(const Url& url) {
+  bool default_port = (url.scheme == "https" && url.port == 443) || (url.scheme == "http" && url.port == 80);
+  if (!default_port) return HostPort{url.host, url.port}.to_string();
+  return url.host.find(':') != std::string::npos ? "[" + url.host + "]" : url.host;
+}
 
 Error io_error(const std::string& what, const Url& url, const error_code& ec) {
   ErrorCode code = ec == beast::error::timeout ? ErrorCode::Timeout : ErrorCode::Unavailable;
@@ -29,7 +70,7 @@ bhttp::request<bhttp::string_body> make_request(const std::string& method, const
   message.method_string(method);
   message.target(url.target);
   message.version(11);
-  message.set(bhttp::field::host, HostPort{url.host, url.port}.to_string());
+  message.set(bhttp::field::host, host_header(url));
   message.set(bhttp::field::user_agent, "nebula");
   bool has_content_type = false;
   for (const auto& header : headers) {
@@ -55,7 +96,30 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
   asio::io_context& io;
   ClientOptions options;
   std::mutex mutex;
+  std::shared_ptr<ssl::context> tls;  // made on the first https connection
   std::unordered_map<std::string, std::vector<std::unique_ptr<Connection>>> idle;
+
+  // The TLS client context: TLS 1.2+, peers verified against the system CA store plus
+  // options.ca_file.
+  Result<std::shared_ptr<ssl::context>> tls_context() {
+    std::lock_guard lock(mutex);
+    if (tls) return tls;
+    auto context = std::make_shared<ssl::context>(ssl::context::tls_client);
+    SSL_CTX_set_min_proto_version(context->native_handle(), TLS1_2_VERSION);
+    context->set_verify_mode(ssl::verify_peer);
+    error_code ec;
+    context->set_default_verify_paths(ec);
+    if (ec) spdlog::warn("cannot load the system CA certificates: {}", ec.message());
+    if (!options.ca_file.empty()) {
+      context->load_verify_file(options.ca_file, ec);
+      if (ec) {
+        return make_error(ErrorCode::InvalidArgument,
+                          "cannot load the CA certificates in " + options.ca_file + ": " + ec.message());
+      }
+    }
+    tls = context;
+    return tls;
+  }
 
   std::unique_ptr<Connection> take_idle(const std::string& key) {
     std::lock_guard lock(mutex);
@@ -74,18 +138,49 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
   }
 
   awaitable<Result<std::unique_ptr<Connection>>> connect(const Url& url) {
-    auto connection = std::make_unique<Connection>(io);
+    std::unique_ptr<Connection> connection;
+    if (url.scheme == "https") {
+      auto context = tls_context();
+      if (!context) co_return context.error();
+      connection = std::make_unique<Connection>(io, std::move(context.value()));
+    } else {
+      connection = std::make_unique<Connection>(io);
+    }
     connection->pool_key = url.origin();
     error_code ec;
     tcp::resolver resolver(io);
     auto endpoints = co_await resolver.async_resolve(url.host, std::to_string(url.port),
                                                      asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return io_error("cannot resolve", url, ec);
-    connection->stream.expires_after(options.connect_timeout);
-    co_await connection->stream.async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
+    connection->tcp().expires_after(options.connect_timeout);
+    co_await connection->tcp().async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return io_error("cannot connect to", url, ec);
-    connection->stream.socket().set_option(tcp::no_delay(true), ec);
+    connection->tcp().socket().set_option(tcp::no_delay(true), ec);
+    if (connection->is_tls()) {
+      auto handshake = co_await tls_handshake(std::get<TlsStream>(connection->stream), url);
+      if (!handshake) co_return handshake.error();
+    }
     co_return std::move(connection);
+  }
+
+  // SNI, then the handshake, verifying the certificate chain and that it names url.host.
+  awaitable<Status> tls_handshake(TlsStream& stream, const Url& url) {
+    SSL* handle = stream.native_handle();
+    if (is_ip_address(url.host)) {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(handle), url.host.c_str());  // no SNI for an address
+    } else {
+      SSL_set_tlsext_host_name(handle, url.host.c_str());
+      SSL_set1_host(handle, url.host.c_str());
+    }
+    error_code ec;
+    stream.next_layer().expires_after(options.connect_timeout);
+    co_await stream.async_handshake(ssl::stream_base::client, asio::redirect_error(asio::use_awaitable, ec));
+    if (!ec) co_return Status();
+    std::string reason = ec == beast::error::timeout ? "timed out" : ec.message();
+    long verified = SSL_get_verify_result(handle);
+    if (verified != X509_V_OK) reason += std::string(" (") + X509_verify_cert_error_string(verified) + ")";
+    co_return make_error(ec == beast::error::timeout ? ErrorCode::Timeout : ErrorCode::Unavailable,
+                         "TLS handshake with " + HostPort{url.host, url.port}.to_string() + " failed: " + reason);
   }
 
   struct Sent {
@@ -115,14 +210,18 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       if (set_closer) {
         set_closer([&connection] {
           error_code ignored;
-          connection.stream.socket().close(ignored);
+          connection.tcp().socket().close(ignored);
         });
       }
-      connection.stream.expires_after(timeout);
-      co_await bhttp::async_write(connection.stream, message, asio::redirect_error(asio::use_awaitable, ec));
+      connection.tcp().expires_after(timeout);
+      co_await connection.with_stream([&](auto& stream) {
+        return bhttp::async_write(stream, message, asio::redirect_error(asio::use_awaitable, ec));
+      });
       if (!ec) {
-        co_await bhttp::async_read_header(connection.stream, connection.buffer, *sent.parser,
+        co_await connection.with_stream([&](auto& stream) {
+          return bhttp::async_read_header(stream, connection.buffer, *sent.parser,
                                           asio::redirect_error(asio::use_awaitable, ec));
+        });
       }
       if (set_closer) set_closer(nullptr);
       if (!ec) co_return std::move(sent);
@@ -158,10 +257,16 @@ class PooledStreamingResponse final : public StreamingResponse {
       body.data = chunk;
       body.size = sizeof chunk;
       error_code ec;
-      read_deadline_.arm(connection_->stream, idle_timeout);
-      co_await bhttp::async_read_some(connection_->stream, connection_->buffer, *parser_,
+      auto& connection = *connection_;
+      read_deadline_.arm(connection.tcp(), idle_timeout);
+      co_await connection.with_stream([&](auto& stream) {
+        return bhttp::async_read_some(stream, connection.buffer, *parser_,
                                       asio::redirect_error(asio::use_awaitable, ec));
+      });
       if (ec == bhttp::error::need_buffer) ec = {};
+      // A TLS peer that ends a body delimited by the end of the connection without a TLS
+      // close_notify: take it as the end, as HTTP clients do.
+      if (ec == ssl::error::stream_truncated && parser_->need_eof()) parser_->put_eof(ec);
       if (ec) {
         connection_.reset();
         co_return io_error("reading the response from", url_, ec);
@@ -178,8 +283,9 @@ class PooledStreamingResponse final : public StreamingResponse {
   void cancel() override {
     if (!connection_) return;
     error_code ignored;
-    connection_->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-    connection_->stream.socket().close(ignored);
+    // A TLS connection is closed without a TLS shutdown: it would wait for the peer.
+    connection_->tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
+    connection_->tcp().socket().close(ignored);
     connection_.reset();
   }
 

@@ -151,18 +151,22 @@ class Server {
 };
 
 struct Url {
-  std::string scheme;  // "http"
+  std::string scheme;  // "http" or "https"
   std::string host;
-  uint16_t port = 80;
+  uint16_t port = 80;  // 80 or 443 when the URL names none
   std::string target;  // path and query, at least "/"
   static Result<Url> parse(std::string_view text);
   std::string origin() const;  // "http://host:port"
 };
 
 struct ClientOptions {
-  std::chrono::milliseconds connect_timeout{5'000};
+  std::chrono::milliseconds connect_timeout{5'000};  // also bounds the TLS handshake
   size_t max_idle_per_host = 64;
   size_t body_limit = 64 * 1024 * 1024;
+  // https:// servers are verified (TLS 1.2+, certificate chain and host name) against the
+  // system CA store and, when set, the CA certificates in this PEM file too (a private CA, or a
+  // test's).
+  std::string ca_file;
 };
 
 class StreamingResponse {

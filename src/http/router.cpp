@@ -154,9 +154,10 @@ Result<Url> Url::parse(std::string_view text) {
                       "invalid URL '" + std::string(text) + "': expected http://HOST:PORT/...");
   }
   url.scheme = std::string(text.substr(0, scheme_end));
-  if (url.scheme != "http") {
-    return make_error(ErrorCode::InvalidArgument, "unsupported URL scheme '" + url.scheme + "' (only http)");
+  if (url.scheme != "http" && url.scheme != "https") {
+    return make_error(ErrorCode::InvalidArgument, "unsupported URL scheme '" + url.scheme + "' (only http and https)");
   }
+  uint16_t default_port = url.scheme == "https" ? 443 : 80;
   std::string_view rest = text.substr(scheme_end + 3);
   size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
@@ -166,7 +167,7 @@ Result<Url> Url::parse(std::string_view text) {
   if (authority.find(':') == std::string_view::npos || (authority.front() == '[' && authority.back() == ']')) {
     url.host = std::string(authority);
     if (url.host.front() == '[') url.host = url.host.substr(1, url.host.size() - 2);
-    url.port = 80;
+    url.port = default_port;
     return url;
   }
   auto host_port = parse_host_port(authority);
