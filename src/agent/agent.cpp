@@ -479,13 +479,11 @@ void Agent::Impl::start_gpu_probe() {
 
 // Engines that load model files from disk get them from the node's model cache: vLLM, SGLang,
 // TGI and llama.cpp for Hugging Face ids, any engine for an explicit hf:// reference. Local paths,
-// Ollama tags and catalog names pass as they are. Without an http:// hub (the HTTP client does
-// not speak TLS yet), HF ids pass through to engines that download by themselves.
+// Ollama tags and catalog names pass as they are.
 bool Agent::Impl::needs_download(const api::ReplicaSpec& spec) const {
   static const std::set<std::string> file_engines = {"vllm", "sglang", "tgi", "llamacpp"};
   bool explicit_hub = spec.model.rfind("hf://", 0) == 0;
   if (!explicit_hub && !file_engines.count(spec.engine)) return false;
-  if (!explicit_hub && options.hf_endpoint.rfind("http://", 0) != 0) return false;
   auto reference = ModelRef::parse(spec.model);
   return reference && !reference->is_local();
 }
@@ -687,7 +685,8 @@ ContainerRuntime& Agent::Impl::container_runtime() {
 std::optional<ExitStatus> Agent::Impl::engine_exited(Managed& managed) {
   if (!managed.container) {
     std::optional<ExitStatus> exit = launcher->poll(managed.pid);
-    if (!exit && managed.adopted && launcher->start_time(managed.pid) != managed.start_time) exit = ExitStatus{-1, 0, ""};
+    if (!exit && managed.adopted && launcher->start_time(managed.pid) != managed.start_time)
+      exit = ExitStatus{-1, 0, ""};
     return exit;
   }
   auto state = container_runtime().state(managed.desired.metadata.name);

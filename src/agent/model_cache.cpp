@@ -193,7 +193,7 @@ bool is_redirect(int status) {
 
 std::string resolve_location(const std::string& current, const std::string& location) {
   if (starts_with(location, "http://") || starts_with(location, "https://")) return location;
-  if (starts_with(location, "//")) return "http:" + location;
+  if (starts_with(location, "//")) return (starts_with(current, "https://") ? "https:" : "http:") + location;
   auto parsed = http::Url::parse(current);
   if (!parsed) return location;
   if (starts_with(location, "/")) return parsed->origin() + location;
