@@ -19,7 +19,7 @@ using PlainStream = beast::tcp_stream;
 using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
 // One keep-alive connection, plain or TLS. Plain connections use the tcp_stream directly: the
-// only cost of TLS support on them is one branch per I/O operation (with_stream).
+// only cost of TLS support on them is one branch per I/O operation.
 struct Connection {
   explicit Connection(asio::io_context& io) : stream(std::in_place_type<PlainStream>, io) {}
   Connection(asio::io_context& io, std::shared_ptr<ssl::context> context)
@@ -35,13 +35,6 @@ struct Connection {
   beast::tcp_stream& tcp() {
     if (auto* plain = std::get_if<PlainStream>(&stream)) return *plain;
     return std::get<TlsStream>(stream).next_layer();
-  }
-  // Calls operation with the stream to read and write: the tcp_stream or the TLS stream over it.
-  // Both calls return the same awaitable type.
-  template <typename Operation>
-  decltype(auto) with_stream(Operation&& operation) {
-    if (auto* plain = std::get_if<PlainStream>(&stream)) return operation(*plain);
-    return operation(std::get<TlsStream>(stream));
   }
 };
 
@@ -214,14 +207,19 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         });
       }
       connection.tcp().expires_after(timeout);
-      co_await connection.with_stream([&](auto& stream) {
-        return bhttp::async_write(stream, message, asio::redirect_error(asio::use_awaitable, ec));
-      });
-      if (!ec) {
-        co_await connection.with_stream([&](auto& stream) {
-          return bhttp::async_read_header(stream, connection.buffer, *sent.parser,
-                                          asio::redirect_error(asio::use_awaitable, ec));
-        });
+      if (auto* plain = std::get_if<PlainStream>(&connection.stream)) {
+        co_await bhttp::async_write(*plain, message, asio::redirect_error(asio::use_awaitable, ec));
+        if (!ec) {
+          co_await bhttp::async_read_header(*plain, connection.buffer, *sent.parser,
+                                            asio::redirect_error(asio::use_awaitable, ec));
+        }
+      } else {
+        auto& tls = std::get<TlsStream>(connection.stream);
+        co_await bhttp::async_write(tls, message, asio::redirect_error(asio::use_awaitable, ec));
+        if (!ec) {
+          co_await bhttp::async_read_header(tls, connection.buffer, *sent.parser,
+                                            asio::redirect_error(asio::use_awaitable, ec));
+        }
       }
       if (set_closer) set_closer(nullptr);
       if (!ec) co_return std::move(sent);
@@ -259,10 +257,13 @@ class PooledStreamingResponse final : public StreamingResponse {
       error_code ec;
       auto& connection = *connection_;
       read_deadline_.arm(connection.tcp(), idle_timeout);
-      co_await connection.with_stream([&](auto& stream) {
-        return bhttp::async_read_some(stream, connection.buffer, *parser_,
-                                      asio::redirect_error(asio::use_awaitable, ec));
-      });
+      if (auto* plain = std::get_if<PlainStream>(&connection.stream)) {
+        co_await bhttp::async_read_some(*plain, connection.buffer, *parser_,
+                                        asio::redirect_error(asio::use_awaitable, ec));
+      } else {
+        co_await bhttp::async_read_some(std::get<TlsStream>(connection.stream), connection.buffer, *parser_,
+                                        asio::redirect_error(asio::use_awaitable, ec));
+      }
       if (ec == bhttp::error::need_buffer) ec = {};
       // A TLS peer that ends a body delimited by the end of the connection without a TLS
       // close_notify: take it as the end, as HTTP clients do.
