@@ -24,10 +24,22 @@ Load tgi_load(const Metrics& metrics);
 Load any_engine_load(const Metrics& metrics);
 
 // vLLM's health, metrics and sleep mode (/sleep?level=N, /wake_up, /is_sleeping).
-class VllmProtocolDriver : public EngineDriver {
+// An engine that is ready when GET /health answers 200 and publishes its load on /metrics:
+// vLLM, SGLang, llama.cpp, TGI. Each says which metric names mean what.
+class HealthMetricsDriver : public EngineDriver {
  public:
   awaitable<Readiness> probe(http::Client& client, std::string endpoint) const override;
   awaitable<Result<Load>> load(http::Client& client, std::string endpoint) const override;
+
+ protected:
+  virtual Load load_from(const Metrics& metrics) const = 0;
+};
+
+class VllmProtocolDriver : public HealthMetricsDriver {
+ protected:
+  Load load_from(const Metrics& metrics) const override { return vllm_load(metrics); }
+
+ public:
   bool can_sleep() const override { return true; }
   awaitable<Status> sleep(http::Client& client, std::string endpoint, int level, LaunchContext context) const override;
   awaitable<Status> wake(http::Client& client, std::string endpoint, LaunchContext context) const override;

@@ -10,7 +10,7 @@
 namespace nebula::engines {
 namespace {
 
-class LlamacppDriver final : public EngineDriver {
+class LlamacppDriver final : public HealthMetricsDriver {
  public:
   std::string name() const override { return "llamacpp"; }
 
@@ -51,15 +51,7 @@ class LlamacppDriver final : public EngineDriver {
     return command;
   }
 
-  awaitable<Readiness> probe(http::Client& client, std::string endpoint) const override {
-    co_return co_await probe_path(client, endpoint + "/health");
-  }
-
-  awaitable<Result<Load>> load(http::Client& client, std::string endpoint) const override {
-    auto metrics = co_await fetch_metrics(client, endpoint);
-    if (!metrics) co_return metrics.error();
-    co_return llamacpp_load(*metrics);
-  }
+  Load load_from(const Metrics& metrics) const override { return llamacpp_load(metrics); }
 };
 
 }  // namespace

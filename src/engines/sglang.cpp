@@ -9,7 +9,7 @@
 namespace nebula::engines {
 namespace {
 
-class SglangDriver final : public EngineDriver {
+class SglangDriver final : public HealthMetricsDriver {
  public:
   std::string name() const override { return "sglang"; }
 
@@ -55,15 +55,7 @@ class SglangDriver final : public EngineDriver {
     return command;
   }
 
-  awaitable<Readiness> probe(http::Client& client, std::string endpoint) const override {
-    co_return co_await probe_path(client, endpoint + "/health");
-  }
-
-  awaitable<Result<Load>> load(http::Client& client, std::string endpoint) const override {
-    auto metrics = co_await fetch_metrics(client, endpoint);
-    if (!metrics) co_return metrics.error();
-    co_return sglang_load(*metrics);
-  }
+  Load load_from(const Metrics& metrics) const override { return sglang_load(metrics); }
 
  private:
   static std::string python(const EngineConfig& config) { return config.binary.empty() ? "python3" : config.binary; }

@@ -10,7 +10,7 @@
 namespace nebula::engines {
 namespace {
 
-class TgiDriver final : public EngineDriver {
+class TgiDriver final : public HealthMetricsDriver {
  public:
   std::string name() const override { return "tgi"; }
 
@@ -44,15 +44,7 @@ class TgiDriver final : public EngineDriver {
     return command;
   }
 
-  awaitable<Readiness> probe(http::Client& client, std::string endpoint) const override {
-    co_return co_await probe_path(client, endpoint + "/health");
-  }
-
-  awaitable<Result<Load>> load(http::Client& client, std::string endpoint) const override {
-    auto metrics = co_await fetch_metrics(client, endpoint);
-    if (!metrics) co_return metrics.error();
-    co_return tgi_load(*metrics);
-  }
+  Load load_from(const Metrics& metrics) const override { return tgi_load(metrics); }
 
  private:
   static std::string binary(const EngineConfig& config) {

@@ -85,14 +85,14 @@ Load vllm_load(const Metrics& metrics) {
   return load;
 }
 
-awaitable<Readiness> VllmProtocolDriver::probe(http::Client& client, std::string endpoint) const {
+awaitable<Readiness> HealthMetricsDriver::probe(http::Client& client, std::string endpoint) const {
   co_return co_await probe_path(client, endpoint + "/health");
 }
 
-awaitable<Result<Load>> VllmProtocolDriver::load(http::Client& client, std::string endpoint) const {
+awaitable<Result<Load>> HealthMetricsDriver::load(http::Client& client, std::string endpoint) const {
   auto metrics = co_await fetch_metrics(client, endpoint);
   if (!metrics) co_return metrics.error();
-  co_return vllm_load(*metrics);
+  co_return load_from(*metrics);
 }
 
 awaitable<Status> VllmProtocolDriver::sleep(http::Client& client, std::string endpoint, int level,
