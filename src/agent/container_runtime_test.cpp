@@ -1,5 +1,7 @@
 #include "agent/container_runtime.h"
 
+#include "engines/fake_docker.h"
+
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -27,96 +29,9 @@ namespace beast_http = boost::beast::http;
 using Local = boost::asio::local::stream_protocol;
 namespace fs = std::filesystem;
 using Phase = ContainerRuntime::State::Phase;
-
-struct Seen {
-  std::string method;
-  std::string target;
-  std::string body;
-  bool operator==(const Seen&) const = default;
-};
-struct Answer {
-  int status = 200;
-  std::string body;
-  bool chunked = false;
-};
-
-// A Docker Engine API stand-in: a real unix socket, real HTTP/1.1, each connection served on a
-// thread of its own (so one held answer does not hold the others), answers from a function, and
-// a record of every request. The handler runs without the fake's lock.
-class FakeDocker {
- public:
-  using Handler = std::function<Answer(const Seen&)>;
-
-  FakeDocker(const fs::path& socket_path, Handler handler)
-      : path_(socket_path.string()), handler_(std::move(handler)), acceptor_(io_, Local::endpoint(path_)) {
-    accept();
-    thread_ = std::thread([this] { io_.run(); });
-  }
-  ~FakeDocker() {
-    io_.stop();
-    thread_.join();
-    std::vector<std::thread> connections;
-    {
-      std::lock_guard lock(mutex_);
-      connections.swap(connections_);
-    }
-    for (auto& connection : connections) connection.join();
-    fs::remove(path_);
-  }
-  std::vector<Seen> seen() {
-    std::lock_guard lock(mutex_);
-    return seen_;
-  }
-  std::vector<std::string> targets() {
-    std::vector<std::string> out;
-    for (const Seen& request : seen()) out.push_back(request.method + " " + request.target);
-    return out;
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  void accept() {
-    acceptor_.async_accept([this](boost::system::error_code error, Local::socket socket) {
-      if (error) return;
-      std::lock_guard lock(mutex_);
-      connections_.emplace_back([this, connection = std::move(socket)]() mutable { serve(connection); });
-      accept();
-    });
-  }
-
-  // One request per connection: the client opens one per call.
-  void serve(Local::socket& socket) {
-    boost::beast::flat_buffer buffer;
-    beast_http::request<beast_http::string_body> request;
-    boost::system::error_code error;
-    beast_http::read(socket, buffer, request, error);
-    if (error) return;
-    Seen seen{std::string(request.method_string()), std::string(request.target()), request.body()};
-    {
-      std::lock_guard lock(mutex_);
-      seen_.push_back(seen);
-    }
-    Answer answer = handler_(seen);
-    beast_http::response<beast_http::string_body> response{static_cast<beast_http::status>(answer.status), 11};
-    response.set(beast_http::field::content_type, "application/json");
-    response.body() = answer.body;
-    if (answer.chunked) {
-      response.chunked(true);
-    } else {
-      response.prepare_payload();
-    }
-    beast_http::write(socket, response, error);
-  }
-
-  std::string path_;
-  Handler handler_;
-  boost::asio::io_context io_;
-  Local::acceptor acceptor_;
-  std::thread thread_;
-  std::mutex mutex_;
-  std::vector<std::thread> connections_;
-  std::vector<Seen> seen_;
-};
+using engines::testing::Answer;
+using engines::testing::FakeDocker;
+using engines::testing::Seen;
 
 // Holds an answer until opened (or until a cap, so a broken test cannot hang).
 class Gate {
@@ -423,7 +338,9 @@ TEST_F(ContainerRuntimeTest, StopStopsThenRemoves) {
   runtime_->start("chat-0", spec("chat-0"), allowed());
   ASSERT_TRUE(phase_is("chat-0", Phase::Running));
   runtime_->stop("chat-0", 7s);
-  EXPECT_EQ(runtime_->state("chat-0").stage, "stopping");
+  auto right_after = runtime_->state("chat-0");
+  // "stopping" at once, unless the worker already finished (a loaded machine can deschedule us).
+  EXPECT_TRUE(right_after.stage == "stopping" || right_after.stage == "stopped") << right_after.stage;
   ASSERT_TRUE(phase_is("chat-0", Phase::Exited));
   EXPECT_EQ(runtime_->state("chat-0").exit_code, 143);
   auto targets = daemon_->targets();

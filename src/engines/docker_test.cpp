@@ -1,5 +1,7 @@
 #include "engines/docker.h"
 
+#include "engines/fake_docker.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -22,80 +24,9 @@ namespace beast_http = boost::beast::http;
 using Local = boost::asio::local::stream_protocol;
 namespace fs = std::filesystem;
 
-struct Seen {
-  std::string method;
-  std::string target;
-  std::string body;
-};
-struct Answer {
-  int status = 200;
-  std::string body;
-  bool chunked = false;
-};
-
-// A Docker Engine API stand-in: a real unix socket, real HTTP/1.1, answers from a function, and a
-// record of every request.
-class FakeDocker {
- public:
-  using Handler = std::function<Answer(const Seen&)>;
-
-  FakeDocker(const fs::path& socket_path, Handler handler)
-      : path_(socket_path.string()), handler_(std::move(handler)), acceptor_(io_, Local::endpoint(path_)) {
-    accept();
-    thread_ = std::thread([this] { io_.run(); });
-  }
-  ~FakeDocker() {
-    io_.stop();
-    thread_.join();
-    fs::remove(path_);
-  }
-  std::vector<Seen> seen() {
-    std::lock_guard lock(mutex_);
-    return seen_;
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  void accept() {
-    acceptor_.async_accept([this](boost::system::error_code error, Local::socket socket) {
-      if (error) return;
-      serve(socket);
-      accept();
-    });
-  }
-
-  // One request per connection: the client opens one per call.
-  void serve(Local::socket& socket) {
-    boost::beast::flat_buffer buffer;
-    beast_http::request<beast_http::string_body> request;
-    boost::system::error_code error;
-    beast_http::read(socket, buffer, request, error);
-    if (error) return;
-    Seen seen{std::string(request.method_string()), std::string(request.target()), request.body()};
-    {
-      std::lock_guard lock(mutex_);
-      seen_.push_back(seen);
-    }
-    Answer answer = handler_(seen);
-    beast_http::response<beast_http::string_body> response{static_cast<beast_http::status>(answer.status), 11};
-    response.set(beast_http::field::content_type, "application/json");
-    response.body() = answer.body;
-    if (answer.chunked) {
-      response.chunked(true);
-    } else {
-      response.prepare_payload();
-    }
-    beast_http::write(socket, response, error);
-  }
-
-  std::string path_;
-  Handler handler_;
-  boost::asio::io_context io_;
-  Local::acceptor acceptor_;
-  std::thread thread_;
-  std::mutex mutex_;
-  std::vector<Seen> seen_;
-};
+using testing::Answer;
+using testing::FakeDocker;
+using testing::Seen;
 
 std::string frame(int stream, const std::string& text) {
   std::string header(8, '\0');
