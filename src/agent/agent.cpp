@@ -154,6 +154,12 @@ struct Agent::Impl {
   void apply(const api::Replica& replica);
   void launch(Managed& managed);
   void crashed(Managed& managed, const std::string& why, const std::string& log_tail = "");
+  // The replica cannot be launched here as specified: Failed, retried after the longest backoff.
+  void refuse_launch(Managed& managed, const std::string& why);
+  // The engine (process or container) was just started on port: Starting, recorded in agent.db.
+  void engine_started(Managed& managed, int port, const std::string& message);
+  // Kills an engine that failed to become ready and counts it as a crash.
+  void abandon_start(Managed& managed, const std::string& why, const std::string& log_tail = "");
   void forget(Managed& managed);
   // The engine runs: a process, or a container the runtime tracks.
   static bool running(const Managed& managed) { return managed.pid != 0 || managed.container; }
@@ -244,30 +250,26 @@ void Agent::Impl::adopt_engines() {
     managed.status.restarts = record.restarts;
     managed.status.phase = "";
     auto start = launcher->start_time(record.pid);
-    if (!record.container_id.empty()) {
+    bool container = !record.container_id.empty();
+    if (container || (start && *start == record.start_time)) {
+      managed.port = record.port;
+      managed.adopted = true;
+      managed.prepared = true;
+      managed.started = Clock::now();
+      managed.status.port = record.port;
+      managed.status.endpoint = record.endpoint;
+      managed.status.plan_version = record.plan_version;
+    }
+    if (container) {
       // A container: the runtime inspects it and reports whether it still runs.
       container_runtime().adopt(record.replica, record.container_id);
       managed.container = true;
       managed.container_id = record.container_id;
-      managed.port = record.port;
-      managed.adopted = true;
-      managed.prepared = true;
-      managed.started = Clock::now();
-      managed.status.port = record.port;
-      managed.status.endpoint = record.endpoint;
-      managed.status.plan_version = record.plan_version;
       spdlog::info("agent: re-adopting container {} of {}", record.container_id, record.replica);
     } else if (start && *start == record.start_time) {
       managed.pid = record.pid;
       managed.start_time = record.start_time;
-      managed.port = record.port;
-      managed.adopted = true;
-      managed.prepared = true;
-      managed.started = Clock::now();
       managed.status.pid = record.pid;
-      managed.status.port = record.port;
-      managed.status.endpoint = record.endpoint;
-      managed.status.plan_version = record.plan_version;
       spdlog::info("agent: re-adopted engine of {} (pid {}, port {})", record.replica, record.pid, record.port);
     } else {
       // It ended while no agent watched: a crash as far as anyone can tell.
@@ -579,12 +581,9 @@ void Agent::Impl::launch(Managed& managed) {
   const auto& spec = managed.desired.spec;
   auto available = engines_found.find(spec.engine);
   if (!managed.driver || available == engines_found.end() || !available->second.available) {
-    managed.status.last_error = "engine " + spec.engine + " is not available on this node";
-    if (available != engines_found.end() && !available->second.detail.empty()) {
-      managed.status.last_error += ": " + available->second.detail;
-    }
-    set_phase(managed, api::phase::kFailed, managed.status.last_error);
-    managed.next_start = Clock::now() + options.max_restart_backoff;
+    std::string why = "engine " + spec.engine + " is not available on this node";
+    if (available != engines_found.end() && !available->second.detail.empty()) why += ": " + available->second.detail;
+    refuse_launch(managed, why);
     return;
   }
   auto port = find_free_port();
@@ -596,36 +595,21 @@ void Agent::Impl::launch(Managed& managed) {
     engines::LaunchContext context = launch_context(managed, *port);
     auto container = managed.driver->container(context);
     if (!container) {
-      managed.status.last_error = container.error().message;
-      set_phase(managed, api::phase::kFailed, managed.status.last_error);
-      managed.next_start = Clock::now() + options.max_restart_backoff;
+      refuse_launch(managed, container.error().message);
       return;
     }
     container_runtime().start(managed.desired.metadata.name, *container, context.config.allowed_mounts);
     managed.container = true;
     managed.container_id.clear();
-    managed.port = *port;
-    managed.healthy = false;
-    managed.prepared = false;
-    managed.adopted = false;
-    managed.started = Clock::now();
     managed.status.pid = 0;
-    managed.status.port = *port;
-    managed.status.endpoint = fmt::format("http://127.0.0.1:{}", *port);
-    managed.status.plan_version = spec.plan_version;
-    managed.status.next_restart_ms = 0;
-    managed.status_dirty = true;
-    set_phase(managed, api::phase::kStarting, "starting container " + container->image);
     spdlog::info("agent: starting {} in a container of {} on port {}", managed.desired.metadata.name, container->image,
                  *port);
-    save_record(managed);
+    engine_started(managed, *port, "starting container " + container->image);
     return;
   }
   auto command = managed.driver->command(launch_context(managed, *port));
   if (!command) {
-    managed.status.last_error = command.error().message;
-    set_phase(managed, api::phase::kFailed, managed.status.last_error);
-    managed.next_start = Clock::now() + options.max_restart_backoff;
+    refuse_launch(managed, command.error().message);
     return;
   }
   LaunchSpec launch_spec;
@@ -639,21 +623,37 @@ void Agent::Impl::launch(Managed& managed) {
   }
   managed.pid = *pid;
   managed.start_time = launcher->start_time(*pid).value_or(0);
-  managed.port = *port;
+  managed.status.pid = *pid;
+  spdlog::info("agent: started {} (pid {}, port {}): {}", managed.desired.metadata.name, *pid, *port,
+               fmt::join(launch_spec.argv, " "));
+  engine_started(managed, *port, "waiting for the engine to be ready");
+}
+
+void Agent::Impl::refuse_launch(Managed& managed, const std::string& why) {
+  managed.status.last_error = why;
+  set_phase(managed, api::phase::kFailed, why);
+  managed.next_start = Clock::now() + options.max_restart_backoff;
+}
+
+void Agent::Impl::engine_started(Managed& managed, int port, const std::string& message) {
+  managed.port = port;
   managed.healthy = false;
   managed.prepared = false;
   managed.adopted = false;
   managed.started = Clock::now();
-  managed.status.pid = *pid;
-  managed.status.port = *port;
-  managed.status.endpoint = fmt::format("http://127.0.0.1:{}", *port);
-  managed.status.plan_version = spec.plan_version;
+  managed.status.port = port;
+  managed.status.endpoint = fmt::format("http://127.0.0.1:{}", port);
+  managed.status.plan_version = managed.desired.spec.plan_version;
   managed.status.next_restart_ms = 0;
   managed.status_dirty = true;
-  set_phase(managed, api::phase::kStarting, "waiting for the engine to be ready");
-  spdlog::info("agent: started {} (pid {}, port {}): {}", managed.desired.metadata.name, *pid, *port,
-               fmt::join(launch_spec.argv, " "));
+  set_phase(managed, api::phase::kStarting, message);
   save_record(managed);
+}
+
+void Agent::Impl::abandon_start(Managed& managed, const std::string& why, const std::string& log_tail) {
+  kill_engine(managed, SIGKILL);
+  forget(managed);
+  crashed(managed, why, log_tail);
 }
 
 void Agent::Impl::save_record(const Managed& managed) {
@@ -828,10 +828,7 @@ awaitable<void> Agent::Impl::check_ready(Managed& managed) {
     auto prepared =
         co_await managed.driver->prepare(client, managed.status.endpoint, launch_context(managed, managed.port));
     if (!prepared) {
-      kill_engine(managed, SIGKILL);
-      managed.stopping = false;
-      crashed(managed, "preparing the engine failed: " + prepared.error().message);
-      forget(managed);
+      abandon_start(managed, "preparing the engine failed: " + prepared.error().message);
       co_return;
     }
     managed.prepared = true;
@@ -848,9 +845,7 @@ awaitable<void> Agent::Impl::check_ready(Managed& managed) {
   if (Clock::now() - managed.started > limit) {
     std::string why =
         fmt::format("not ready after {} s", std::chrono::duration_cast<std::chrono::seconds>(limit).count());
-    kill_engine(managed, SIGKILL);
-    forget(managed);
-    crashed(managed, why, tail_lines(log_path(managed.desired.metadata.name), 10));
+    abandon_start(managed, why, tail_lines(log_path(managed.desired.metadata.name), 10));
   }
 }
 
