@@ -12,12 +12,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/read.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -29,6 +23,7 @@
 #include <thread>
 
 #include "common/json.h"
+#include "engines/fake_docker.h"
 #include "http/http.h"
 #include "process_helpers.h"
 
@@ -38,22 +33,12 @@ namespace nebula {
 namespace {
 
 using namespace std::chrono_literals;
+using engines::testing::docker_log_frame;
 using testing::Child;
 using testing::eventually;
 using testing::process_gone;
-namespace beast_http = boost::beast::http;
-using Local = boost::asio::local::stream_protocol;
 
 constexpr const char* kImage = "vllm/vllm-openai:latest";
-
-// Docker's log framing: an 8-byte header (stream, 0, 0, 0, big-endian size) per frame.
-std::string frame(int stream, const std::string& text) {
-  std::string header(8, '\0');
-  header[0] = static_cast<char>(stream);
-  uint32_t size = static_cast<uint32_t>(text.size());
-  for (int i = 0; i < 4; ++i) header[4 + i] = static_cast<char>((size >> (8 * (3 - i))) & 0xff);
-  return header + text;
-}
 
 // A Docker Engine API daemon on a unix socket whose containers are `nebula engine-sim` processes:
 // start runs one on the container's published host port (serving the container's
@@ -62,11 +47,7 @@ std::string frame(int stream, const std::string& text) {
 // stop waits out its grace period without holding the others); every request is recorded in order.
 class FakeDockerDaemon {
  public:
-  struct Request {
-    std::string method;
-    std::string target;
-    std::string body;
-  };
+  using Request = engines::testing::Seen;
   struct Container {
     std::string id;
     std::string name;
@@ -79,40 +60,23 @@ class FakeDockerDaemon {
     int exit_code = 0;
   };
 
+  // The transport (socket, HTTP, the record of requests) is the unit tests' FakeDocker; this
+  // class is the Engine API behind it.
   FakeDockerDaemon(std::string socket_path, std::string log_dir)
-      : path_(std::move(socket_path)), log_dir_(std::move(log_dir)), acceptor_(io_, Local::endpoint(path_)) {
-    accept();
-    thread_ = std::thread([this] { io_.run(); });
-  }
+      : log_dir_(std::move(log_dir)),
+        transport_(std::make_unique<engines::testing::FakeDocker>(
+            socket_path, [this](const Request& request) { return answer(request); })) {}
   ~FakeDockerDaemon() {
-    io_.stop();
-    thread_.join();
-    std::vector<std::thread> connections;
-    {
-      std::lock_guard lock(mutex_);
-      // A client that never finishes its request must not hold the destruction.
-      for (int fd : open_fds_) ::shutdown(fd, SHUT_RDWR);
-      connections.swap(connections_);
-    }
-    for (auto& connection : connections) connection.join();
+    transport_.reset();  // no request is being answered past this point
     std::lock_guard lock(mutex_);
     for (auto& [id, container] : containers_) kill_and_reap(container);
     for (auto& container : removed_) kill_and_reap(container);
-    std::error_code ignored;
-    std::filesystem::remove(path_, ignored);
   }
 
-  const std::string& path() const { return path_; }
-  std::vector<Request> requests() {
-    std::lock_guard lock(mutex_);
-    return requests_;
-  }
+  const std::string& path() const { return transport_->path(); }
+  std::vector<Request> requests() { return transport_->seen(); }
   // "METHOD target" of every request so far, in order.
-  std::vector<std::string> targets() {
-    std::vector<std::string> out;
-    for (const Request& request : requests()) out.push_back(request.method + " " + request.target);
-    return out;
-  }
+  std::vector<std::string> targets() { return transport_->targets(); }
   std::vector<Container> containers() {
     std::lock_guard lock(mutex_);
     std::vector<Container> out;
@@ -135,52 +99,7 @@ class FakeDockerDaemon {
   }
 
  private:
-  void accept() {
-    acceptor_.async_accept([this](boost::system::error_code error, Local::socket socket) {
-      if (error) return;
-      std::lock_guard lock(mutex_);
-      open_fds_.insert(socket.native_handle());
-      connections_.emplace_back([this, connection = std::move(socket)]() mutable {
-        serve(connection);
-        std::lock_guard lock(mutex_);
-        open_fds_.erase(connection.native_handle());
-        boost::system::error_code ignored;
-        connection.close(ignored);
-      });
-      accept();
-    });
-  }
-
-  // One request per connection: DockerClient opens one per call.
-  void serve(Local::socket& socket) {
-    boost::beast::flat_buffer buffer;
-    beast_http::request<beast_http::string_body> request;
-    boost::system::error_code error;
-    beast_http::read(socket, buffer, request, error);
-    if (error) return;
-    Request seen{std::string(request.method_string()), std::string(request.target()), request.body()};
-    {
-      std::lock_guard lock(mutex_);
-      requests_.push_back(seen);
-    }
-    auto [status, body, chunked] = answer(seen);
-    beast_http::response<beast_http::string_body> response{static_cast<beast_http::status>(status), 11};
-    response.set(beast_http::field::content_type, "application/json");
-    response.set(beast_http::field::server, "Docker/24.0.7 (linux)");
-    response.body() = body;
-    if (chunked) {
-      response.chunked(true);
-    } else {
-      response.prepare_payload();
-    }
-    beast_http::write(socket, response, error);
-  }
-
-  struct Answer {
-    int status = 200;
-    std::string body;
-    bool chunked = false;
-  };
+  using Answer = engines::testing::Answer;
   static Answer message(int status, const std::string& text) { return {status, json{{"message", text}}.dump()}; }
 
   Answer answer(const Request& request) {
@@ -295,8 +214,8 @@ class FakeDockerDaemon {
         std::lock_guard lock(mutex_);
         Container* container = lookup(*id);
         if (!container) return message(404, "No such container: " + *id);
-        return {200, frame(1, "fake container " + container->name + "\n") +
-                         frame(2, "engine-sim serving " + container->served_name + "\n")};
+        return {200, docker_log_frame(1, "fake container " + container->name + "\n") +
+                         docker_log_frame(2, "engine-sim serving " + container->served_name + "\n")};
       }
     }
     if (request.method == "DELETE") {
@@ -396,20 +315,14 @@ class FakeDockerDaemon {
     return pid;
   }
 
-  std::string path_;
   std::string log_dir_;
-  boost::asio::io_context io_;
-  Local::acceptor acceptor_;
-  std::thread thread_;
   std::mutex mutex_;
-  std::vector<std::thread> connections_;
-  std::set<int> open_fds_;
-  std::vector<Request> requests_;
   std::set<std::string> images_;
   std::map<std::string, Container> containers_;  // by id
   std::vector<Container> removed_;
   std::vector<pid_t> all_pids_;
   uint64_t created_ = 0;
+  std::unique_ptr<engines::testing::FakeDocker> transport_;  // last: it calls answer() until reset
 };
 
 int index_of(const std::vector<std::string>& targets, const std::string& target, int from = 0) {

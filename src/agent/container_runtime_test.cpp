@@ -30,6 +30,7 @@ using Local = boost::asio::local::stream_protocol;
 namespace fs = std::filesystem;
 using Phase = ContainerRuntime::State::Phase;
 using engines::testing::Answer;
+using engines::testing::docker_log_frame;
 using engines::testing::FakeDocker;
 using engines::testing::Seen;
 
@@ -65,14 +66,6 @@ class Gate {
   bool waiting_ = false;
   bool passed_ = false;
 };
-
-std::string frame(int stream, const std::string& text) {
-  std::string header(8, '\0');
-  header[0] = static_cast<char>(stream);
-  uint32_t size = static_cast<uint32_t>(text.size());
-  for (int i = 0; i < 4; ++i) header[4 + i] = static_cast<char>((size >> (8 * (3 - i))) & 0xff);
-  return header + text;
-}
 
 // A daemon with one image ("img:1" present unless image_present is false) and the containers it
 // creates (each named after its replica, id "id-NAME"), whose run state the test controls.
@@ -175,7 +168,7 @@ class Daemon {
       }
       if (auto id = id_between("/containers/", "/logs?stdout=1&stderr=1&tail=20")) {
         if (!lookup(*id)) return not_found(*id);
-        return {200, frame(1, "loading\n") + frame(2, "ready\n")};
+        return {200, docker_log_frame(1, "loading\n") + docker_log_frame(2, "ready\n")};
       }
     }
     if (request.method == "DELETE") {

@@ -25,16 +25,9 @@ using Local = boost::asio::local::stream_protocol;
 namespace fs = std::filesystem;
 
 using testing::Answer;
+using testing::docker_log_frame;
 using testing::FakeDocker;
 using testing::Seen;
-
-std::string frame(int stream, const std::string& text) {
-  std::string header(8, '\0');
-  header[0] = static_cast<char>(stream);
-  uint32_t size = static_cast<uint32_t>(text.size());
-  for (int i = 0; i < 4; ++i) header[4 + i] = static_cast<char>((size >> (8 * (3 - i))) & 0xff);
-  return header + text;
-}
 
 Answer engine_api(const Seen& request) {
   if (request.method == "GET" && request.target == "/version")
@@ -53,7 +46,7 @@ Answer engine_api(const Seen& request) {
   if (request.method == "POST" && request.target == "/containers/gone/stop?t=1") return {304, ""};
   if (request.method == "DELETE" && request.target == "/containers/abc123?force=true") return {204, ""};
   if (request.method == "GET" && request.target == "/containers/abc123/logs?stdout=1&stderr=1&tail=50") {
-    return {200, frame(1, "hello\n") + frame(2, "warn: slow\n") + frame(1, "world\n")};
+    return {200, docker_log_frame(1, "hello\n") + docker_log_frame(2, "warn: slow\n") + docker_log_frame(1, "world\n")};
   }
   if (request.method == "POST" && request.target == "/images/create?fromImage=vllm/vllm-openai:v0.8.5") {
     return {200, "{\"status\":\"Pulling from vllm/vllm-openai\"}\n{\"status\":\"Download complete\"}\n", true};
@@ -302,10 +295,10 @@ TEST_F(DockerTest, SilentDaemonTimesOut) {
 }
 
 TEST(DockerLogs, Demultiplexing) {
-  EXPECT_EQ(demultiplex_docker_logs(frame(1, "a") + frame(2, "bc")), "abc");
+  EXPECT_EQ(demultiplex_docker_logs(docker_log_frame(1, "a") + docker_log_frame(2, "bc")), "abc");
   EXPECT_EQ(demultiplex_docker_logs("plain tty output\n"), "plain tty output\n");
   EXPECT_EQ(demultiplex_docker_logs(""), "");
-  std::string truncated = frame(1, "abcdef");
+  std::string truncated = docker_log_frame(1, "abcdef");
   truncated.resize(truncated.size() - 2);
   EXPECT_EQ(demultiplex_docker_logs(truncated), "abcd");
 }

@@ -2,8 +2,12 @@
 // Test-only: a Docker Engine API stand-in on a real unix socket, speaking real HTTP/1.1. Each
 // connection is served on a thread of its own (so one held answer does not hold the others),
 // answers come from a function, and every request is recorded. Used by the unit tests of
-// engines/docker and agent/container_runtime.
+// engines/docker and agent/container_runtime, and by tests/docker_e2e_test.cpp.
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cstdint>
+#include <set>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -39,6 +43,15 @@ struct Answer {
   bool chunked = false;
 };
 
+// Docker's log framing: an 8-byte header (stream, 0, 0, 0, big-endian size) per frame.
+inline std::string docker_log_frame(int stream, const std::string& text) {
+  std::string header(8, '\0');
+  header[0] = static_cast<char>(stream);
+  uint32_t size = static_cast<uint32_t>(text.size());
+  for (int i = 0; i < 4; ++i) header[4 + i] = static_cast<char>((size >> (8 * (3 - i))) & 0xff);
+  return header + text;
+}
+
 // A Docker Engine API stand-in: a real unix socket, real HTTP/1.1, each connection served on a
 // thread of its own (so one held answer does not hold the others), answers from a function, and
 // a record of every request. The handler runs without the fake's lock.
@@ -57,10 +70,13 @@ class FakeDocker {
     std::vector<std::thread> connections;
     {
       std::lock_guard lock(mutex_);
+      // A client that never finishes its request must not hold the destruction.
+      for (int fd : open_fds_) ::shutdown(fd, SHUT_RDWR);
       connections.swap(connections_);
     }
     for (auto& connection : connections) connection.join();
-    fs::remove(path_);
+    std::error_code ignored;
+    fs::remove(path_, ignored);
   }
   std::vector<Seen> seen() {
     std::lock_guard lock(mutex_);
@@ -78,7 +94,14 @@ class FakeDocker {
     acceptor_.async_accept([this](boost::system::error_code error, Local::socket socket) {
       if (error) return;
       std::lock_guard lock(mutex_);
-      connections_.emplace_back([this, connection = std::move(socket)]() mutable { serve(connection); });
+      open_fds_.insert(socket.native_handle());
+      connections_.emplace_back([this, connection = std::move(socket)]() mutable {
+        serve(connection);
+        std::lock_guard lock(mutex_);
+        open_fds_.erase(connection.native_handle());
+        boost::system::error_code ignored;
+        connection.close(ignored);
+      });
       accept();
     });
   }
@@ -98,6 +121,7 @@ class FakeDocker {
     Answer answer = handler_(seen);
     beast_http::response<beast_http::string_body> response{static_cast<beast_http::status>(answer.status), 11};
     response.set(beast_http::field::content_type, "application/json");
+    response.set(beast_http::field::server, "Docker/24.0.7 (linux)");
     response.body() = answer.body;
     if (answer.chunked) {
       response.chunked(true);
@@ -114,6 +138,7 @@ class FakeDocker {
   std::thread thread_;
   std::mutex mutex_;
   std::vector<std::thread> connections_;
+  std::set<int> open_fds_;
   std::vector<Seen> seen_;
 };
 
