@@ -18,6 +18,7 @@
 #include "common/ids.h"
 #include "common/json.h"
 #include "http/http.h"
+#include "nebula_fixture.h"
 #include "process_helpers.h"
 
 namespace nebula {
@@ -31,37 +32,19 @@ using testing::process_gone;
 class Cluster : public ::testing::Test {
  protected:
   void SetUp() override {
-    port_ = testing::free_port();
-    server_ = "http://127.0.0.1:" + std::to_string(port_);
     // A node is NotReady after 3 s of silence and its replicas move 2 s after that.
-    server_process_ = std::make_unique<Child>(
-        std::vector<std::string>{NEBULA_BINARY, "server", "--listen", "127.0.0.1:" + std::to_string(port_),
-                                 "--data-dir", temp_.path() + "/server", "--log-level", "warn", "--node-timeout", "3s",
-                                 "--reschedule-after", "2s"},
-        temp_.path() + "/server.log");
-    ASSERT_TRUE(eventually(
-        [&] {
-          auto health = client_.request("GET", server_ + "/healthz");
-          return health && health->status == 200;
-        },
-        10s));
-    ASSERT_TRUE(eventually(
-        [&] {
-          std::ifstream in(temp_.path() + "/server/join-token");
-          return static_cast<bool>(std::getline(in, token_)) && !token_.empty();
-        },
-        5s));
+    nebula_ = std::make_unique<testing::NebulaServer>(
+        temp_.path() + "/server", temp_.path() + "/server.log",
+        std::vector<std::string>{"--node-timeout", "3s", "--reschedule-after", "2s"});
+    ASSERT_TRUE(nebula_->start());
+    server_ = nebula_->url();
+    token_ = nebula_->token();
   }
 
   void TearDown() override {
     // Agents leave their engines running by design: remove the deployments so the agents stop
     // them, then stop the agents; kill whatever engine is left over.
-    json deployments = get_json("/api/v1/deployments");
-    if (deployments.is_object()) {
-      for (const auto& item : deployments["items"]) {
-        (void)client_.request("DELETE", server_ + "/api/v1/deployments/" + item["metadata"]["name"].get<std::string>());
-      }
-    }
+    nebula_->remove_deployments();
     eventually([&] { return get_json("/api/v1/replicas")["items"].empty(); }, 15s);
     for (auto& [name, agent] : agents_) {
       if (agent && agent->running()) agent->stop(SIGTERM, 20s);
@@ -69,9 +52,9 @@ class Cluster : public ::testing::Test {
     for (int pid : all_engine_pids_) {
       if (!process_gone(pid)) ::kill(-pid, SIGKILL);
     }
-    server_process_->stop(SIGTERM, 20s);
+    nebula_->process().stop(SIGTERM, 20s);
     if (HasFailure()) {
-      std::cerr << "---- server ----\n" << server_process_->output() << "\n";
+      std::cerr << "---- server ----\n" << nebula_->process().output() << "\n";
       for (auto& [name, agent] : agents_) {
         if (agent) std::cerr << "---- agent " << name << " ----\n" << agent->output() << "\n";
       }
@@ -81,71 +64,35 @@ class Cluster : public ::testing::Test {
   // The agent keeps its data dir per node name, so a restarted agent finds its agent.db.
   std::unique_ptr<Child> start_agent(const std::string& name, const std::string& gpus, const std::string& token,
                                      std::vector<std::string> extra = {}) {
-    std::vector<std::string> argv = {NEBULA_BINARY,
-                                     "agent",
-                                     "--server",
-                                     server_,
-                                     "--token",
-                                     token,
-                                     "--name",
-                                     name,
-                                     "--listen",
-                                     "127.0.0.1:0",
-                                     "--sim-gpus",
-                                     gpus,
-                                     "--data-dir",
-                                     temp_.path() + "/agent-" + name,
-                                     "--heartbeat-interval",
-                                     "500ms",
-                                     "--restart-backoff",
-                                     "2s",
-                                     "--log-level",
-                                     "info",
-                                     "--exit-with-parent"};
-    for (auto& arg : extra) argv.push_back(arg);
-    return std::make_unique<Child>(argv,
-                                   temp_.path() + "/agent-" + name + "-" + std::to_string(++agent_runs_) + ".log");
+    extra.insert(extra.begin(), {"--restart-backoff", "2s"});
+    return std::make_unique<Child>(
+        testing::agent_argv(server_, token, name, gpus, temp_.path() + "/agent-" + name, extra),
+        temp_.path() + "/agent-" + name + "-" + std::to_string(++agent_runs_) + ".log");
   }
   void add_agent(const std::string& name, const std::string& gpus) { agents_[name] = start_agent(name, gpus, token_); }
 
-  json get_json(const std::string& path) {
-    auto response = client_.request("GET", server_ + path);
-    if (!response || response->status != 200) return json();
-    auto parsed = parse_json(response->body);
-    return parsed ? *parsed : json();
-  }
-  bool node_ready(const std::string& name) {
-    json node = get_json("/api/v1/nodes/" + name);
-    return node.is_object() && node["status"]["ready"] == true;
-  }
-  std::vector<json> replicas_of(const std::string& deployment) {
-    std::vector<json> result;
-    json listing = get_json("/api/v1/replicas");
-    if (!listing.is_object()) return result;
-    for (const auto& item : listing["items"]) {
-      if (item["spec"]["deployment"] == deployment) {
-        result.push_back(item);
-        int pid = item["status"].value("pid", 0);
-        if (pid > 0) all_engine_pids_.insert(pid);
-      }
+  json get_json(const std::string& path) { return nebula_->get_json(path); }
+  bool node_ready(const std::string& name) { return nebula_->node_ready(name); }
+  // Every engine pid seen is remembered, so TearDown can kill what an agent left behind.
+  std::vector<json> remember_pids(std::vector<json> replicas) {
+    for (const auto& item : replicas) {
+      int pid = item["status"].value("pid", 0);
+      if (pid > 0) all_engine_pids_.insert(pid);
     }
-    return result;
-  }
-  std::vector<json> ready_replicas(const std::string& deployment) {
-    auto replicas = replicas_of(deployment);
-    std::erase_if(replicas, [](const json& r) { return r["status"]["phase"] != "Ready" || r["spec"]["stop"] == true; });
     return replicas;
   }
-  testing::CommandResult cli(std::vector<std::string> args) {
-    args.insert(args.begin(), NEBULA_BINARY);
-    return testing::run_command(args, {"NEBULA_SERVER=" + server_});
+  std::vector<json> replicas_of(const std::string& deployment) {
+    return remember_pids(nebula_->replicas_of(deployment));
   }
+  std::vector<json> ready_replicas(const std::string& deployment) {
+    return remember_pids(nebula_->ready_replicas(deployment));
+  }
+  testing::CommandResult cli(std::vector<std::string> args) { return nebula_->cli(std::move(args)); }
 
   testing::TempDir temp_;
-  int port_ = 0;
+  std::unique_ptr<testing::NebulaServer> nebula_;
   std::string server_;
   std::string token_;
-  std::unique_ptr<Child> server_process_;
   std::map<std::string, std::unique_ptr<Child>> agents_;
   std::set<int> all_engine_pids_;
   int agent_runs_ = 0;

@@ -25,6 +25,7 @@
 #include "common/json.h"
 #include "engines/fake_docker.h"
 #include "http/http.h"
+#include "nebula_fixture.h"
 #include "process_helpers.h"
 
 extern char** environ;
@@ -338,24 +339,10 @@ class DockerCluster : public ::testing::Test {
  protected:
   void SetUp() override {
     daemon_ = std::make_unique<FakeDockerDaemon>(temp_.path() + "/docker.sock", temp_.path());
-    port_ = testing::free_port();
-    server_ = "http://127.0.0.1:" + std::to_string(port_);
-    server_process_ = std::make_unique<Child>(
-        std::vector<std::string>{NEBULA_BINARY, "server", "--listen", "127.0.0.1:" + std::to_string(port_),
-                                 "--data-dir", temp_.path() + "/server", "--log-level", "warn"},
-        temp_.path() + "/server.log");
-    ASSERT_TRUE(eventually(
-        [&] {
-          auto health = client_.request("GET", server_ + "/healthz");
-          return health && health->status == 200;
-        },
-        10s));
-    ASSERT_TRUE(eventually(
-        [&] {
-          std::ifstream in(temp_.path() + "/server/join-token");
-          return static_cast<bool>(std::getline(in, token_)) && !token_.empty();
-        },
-        5s));
+    nebula_ = std::make_unique<testing::NebulaServer>(temp_.path() + "/server", temp_.path() + "/server.log");
+    ASSERT_TRUE(nebula_->start());
+    server_ = nebula_->url();
+    token_ = nebula_->token();
     config_path_ = temp_.path() + "/agent.yaml";
     std::ofstream(config_path_) << "engines:\n"
                                 << "  docker:\n"
@@ -364,19 +351,14 @@ class DockerCluster : public ::testing::Test {
   }
 
   void TearDown() override {
-    json deployments = get_json("/api/v1/deployments");
-    if (deployments.is_object()) {
-      for (const auto& item : deployments["items"]) {
-        (void)client_.request("DELETE", server_ + "/api/v1/deployments/" + item["metadata"]["name"].get<std::string>());
-      }
-    }
+    nebula_->remove_deployments();
     if (agent_ && agent_->running()) {
       eventually([&] { return get_json("/api/v1/replicas")["items"].empty(); }, 15s);
       agent_->stop(SIGTERM, 20s);
     }
-    server_process_->stop(SIGTERM, 20s);
+    nebula_->process().stop(SIGTERM, 20s);
     if (HasFailure()) {
-      std::cerr << "---- server ----\n" << server_process_->output() << "\n";
+      std::cerr << "---- server ----\n" << nebula_->process().output() << "\n";
       for (const auto& log : agent_logs_) {
         std::ifstream in(log);
         std::cerr << "---- " << log << " ----\n" << in.rdbuf() << "\n";
@@ -392,62 +374,17 @@ class DockerCluster : public ::testing::Test {
   void start_agent() {
     std::string log = temp_.path() + "/agent-" + std::to_string(agent_logs_.size() + 1) + ".log";
     agent_logs_.push_back(log);
-    std::vector<std::string> argv = {NEBULA_BINARY,
-                                     "agent",
-                                     "--server",
-                                     server_,
-                                     "--token",
-                                     token_,
-                                     "--name",
-                                     "gpu1",
-                                     "--listen",
-                                     "127.0.0.1:0",
-                                     "--sim-gpus",
-                                     "1xH100-80GB",
-                                     "--data-dir",
-                                     temp_.path() + "/agent",
-                                     "--config",
-                                     config_path_,
-                                     "--heartbeat-interval",
-                                     "500ms",
-                                     "--restart-backoff",
-                                     "1s",
-                                     "--stop-grace",
-                                     "3s",
-                                     "--log-level",
-                                     "info",
-                                     "--exit-with-parent"};
-    agent_ = std::make_unique<Child>(argv, log);
+    agent_ = std::make_unique<Child>(
+        testing::agent_argv(server_, token_, "gpu1", "1xH100-80GB", temp_.path() + "/agent",
+                            {"--config", config_path_, "--restart-backoff", "1s", "--stop-grace", "3s"}),
+        log);
   }
 
-  json get_json(const std::string& path) {
-    auto response = client_.request("GET", server_ + path);
-    if (!response || response->status != 200) return json();
-    auto parsed = parse_json(response->body);
-    return parsed ? *parsed : json();
-  }
-  bool node_ready(const std::string& name) {
-    json node = get_json("/api/v1/nodes/" + name);
-    return node.is_object() && node["status"]["ready"] == true;
-  }
-  std::vector<json> replicas_of(const std::string& deployment) {
-    std::vector<json> result;
-    json listing = get_json("/api/v1/replicas");
-    if (!listing.is_object()) return result;
-    for (const auto& item : listing["items"]) {
-      if (item["spec"]["deployment"] == deployment) result.push_back(item);
-    }
-    return result;
-  }
-  std::vector<json> ready_replicas(const std::string& deployment) {
-    auto replicas = replicas_of(deployment);
-    std::erase_if(replicas, [](const json& r) { return r["status"]["phase"] != "Ready" || r["spec"]["stop"] == true; });
-    return replicas;
-  }
-  testing::CommandResult cli(std::vector<std::string> args) {
-    args.insert(args.begin(), NEBULA_BINARY);
-    return testing::run_command(args, {"NEBULA_SERVER=" + server_});
-  }
+  json get_json(const std::string& path) { return nebula_->get_json(path); }
+  bool node_ready(const std::string& name) { return nebula_->node_ready(name); }
+  std::vector<json> replicas_of(const std::string& deployment) { return nebula_->replicas_of(deployment); }
+  std::vector<json> ready_replicas(const std::string& deployment) { return nebula_->ready_replicas(deployment); }
+  testing::CommandResult cli(std::vector<std::string> args) { return nebula_->cli(std::move(args)); }
   int chat(const std::string& model) {
     auto response = client_.request(
         "POST", server_ + "/v1/chat/completions",
@@ -461,11 +398,10 @@ class DockerCluster : public ::testing::Test {
 
   testing::TempDir temp_;
   std::unique_ptr<FakeDockerDaemon> daemon_;
-  int port_ = 0;
+  std::unique_ptr<testing::NebulaServer> nebula_;
   std::string server_;
   std::string token_;
   std::string config_path_;
-  std::unique_ptr<Child> server_process_;
   std::unique_ptr<Child> agent_;
   std::vector<std::string> agent_logs_;
   http::BlockingClient client_;

@@ -88,4 +88,96 @@ std::vector<std::string> NebulaUp::endpoints_of(const std::string& deployment) {
   return endpoints;
 }
 
+NebulaServer::NebulaServer(const std::string& data_dir, const std::string& log_path, std::vector<std::string> extra)
+    : data_dir_(data_dir) {
+  int port = free_port();
+  url_ = "http://127.0.0.1:" + std::to_string(port);
+  std::vector<std::string> argv = {NEBULA_BINARY, "server",  "--listen",    "127.0.0.1:" + std::to_string(port),
+                                   "--data-dir",  data_dir_, "--log-level", "warn"};
+  for (auto& arg : extra) argv.push_back(arg);
+  process_ = std::make_unique<Child>(argv, log_path);
+}
+
+bool NebulaServer::start() {
+  bool healthy = eventually(
+      [&] {
+        auto health = client_.request("GET", url_ + "/healthz");
+        return health && health->status == 200;
+      },
+      10s);
+  return healthy && eventually(
+                        [&] {
+                          std::ifstream in(data_dir_ + "/join-token");
+                          return static_cast<bool>(std::getline(in, token_)) && !token_.empty();
+                        },
+                        5s);
+}
+
+json NebulaServer::get_json(const std::string& path) {
+  auto response = client_.request("GET", url_ + path);
+  if (!response || response->status != 200) return json();
+  auto parsed = parse_json(response->body);
+  return parsed ? *parsed : json();
+}
+
+bool NebulaServer::node_ready(const std::string& name) {
+  json node = get_json("/api/v1/nodes/" + name);
+  return node.is_object() && node["status"]["ready"] == true;
+}
+
+std::vector<json> NebulaServer::replicas_of(const std::string& deployment) {
+  std::vector<json> result;
+  json listing = get_json("/api/v1/replicas");
+  if (!listing.is_object()) return result;
+  for (const auto& item : listing["items"]) {
+    if (item["spec"]["deployment"] == deployment) result.push_back(item);
+  }
+  return result;
+}
+
+std::vector<json> NebulaServer::ready_replicas(const std::string& deployment) {
+  auto replicas = replicas_of(deployment);
+  std::erase_if(replicas, [](const json& r) { return r["status"]["phase"] != "Ready" || r["spec"]["stop"] == true; });
+  return replicas;
+}
+
+CommandResult NebulaServer::cli(std::vector<std::string> args) {
+  args.insert(args.begin(), NEBULA_BINARY);
+  return run_command(args, {"NEBULA_SERVER=" + url_});
+}
+
+void NebulaServer::remove_deployments() {
+  json deployments = get_json("/api/v1/deployments");
+  if (!deployments.is_object()) return;
+  for (const auto& item : deployments["items"]) {
+    (void)client_.request("DELETE", url_ + "/api/v1/deployments/" + item["metadata"]["name"].get<std::string>());
+  }
+}
+
+std::vector<std::string> agent_argv(const std::string& server, const std::string& token, const std::string& name,
+                                    const std::string& gpus, const std::string& data_dir,
+                                    std::vector<std::string> extra) {
+  std::vector<std::string> argv = {NEBULA_BINARY,
+                                   "agent",
+                                   "--server",
+                                   server,
+                                   "--token",
+                                   token,
+                                   "--name",
+                                   name,
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--sim-gpus",
+                                   gpus,
+                                   "--data-dir",
+                                   data_dir,
+                                   "--heartbeat-interval",
+                                   "500ms",
+                                   "--log-level",
+                                   "info",
+                                   "--exit-with-parent"};
+  for (auto& arg : extra) argv.push_back(arg);
+  return argv;
+}
+
 }  // namespace nebula::testing

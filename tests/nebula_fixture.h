@@ -3,6 +3,7 @@
 // every such test needs. Stopped with SIGTERM on destruction, so it stops its engines.
 #include <signal.h>
 
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -43,5 +44,44 @@ class NebulaUp {
 };
 
 http::Headers bearer(const std::string& key);
+
+// A `nebula server` (no local agent) on a free loopback port, for tests whose agents are
+// processes of their own. Construct, then ASSERT_TRUE(start()).
+class NebulaServer {
+ public:
+  // extra: more `nebula server` flags (e.g. --node-timeout 3s).
+  NebulaServer(const std::string& data_dir, const std::string& log_path, std::vector<std::string> extra = {});
+  // Waits until the server answers /healthz and has written its join token.
+  bool start();
+
+  const std::string& url() const { return url_; }
+  const std::string& token() const { return token_; }
+  Child& process() { return *process_; }
+
+  // GET path as JSON; null unless the answer is a 200 with a JSON body.
+  json get_json(const std::string& path);
+  bool node_ready(const std::string& name);
+  std::vector<json> replicas_of(const std::string& deployment);
+  // Replicas Ready and not being stopped.
+  std::vector<json> ready_replicas(const std::string& deployment);
+  // Runs the CLI against this server.
+  CommandResult cli(std::vector<std::string> args);
+  // Deletes every deployment (their agents then stop the engines).
+  void remove_deployments();
+  http::BlockingClient& client() { return client_; }
+
+ private:
+  std::string data_dir_;
+  std::string url_;
+  std::string token_;
+  std::unique_ptr<Child> process_;
+  http::BlockingClient client_;
+};
+
+// `nebula agent` joining server as node `name` with simulated GPUs, data in data_dir, reporting
+// every 500 ms, stopped with the test runner; extra flags are appended.
+std::vector<std::string> agent_argv(const std::string& server, const std::string& token, const std::string& name,
+                                    const std::string& gpus, const std::string& data_dir,
+                                    std::vector<std::string> extra = {});
 
 }  // namespace nebula::testing
