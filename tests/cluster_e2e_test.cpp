@@ -11,13 +11,12 @@
 #include <memory>
 #include <thread>
 
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
 #include <mutex>
 
 #include "common/ids.h"
 #include "common/json.h"
 #include "http/http.h"
+#include "http/test_server.h"
 #include "nebula_fixture.h"
 #include "process_helpers.h"
 
@@ -396,19 +395,11 @@ class TinyHub {
                  }
                  co_await writer.send(body_from(start));
                });
-    server_ = std::make_unique<http::Server>(io_, std::move(router));
-    auto port = server_->listen({"127.0.0.1", 0});
-    port_ = port ? *port : 0;
-    work_.emplace(io_.get_executor());
-    thread_ = std::thread([this] { io_.run(); });
+    auto port = server_.start(std::move(router));
+    EXPECT_TRUE(port) << port.error().message;
   }
-  ~TinyHub() {
-    asio::post(io_, [this] { server_->stop(); });
-    work_.reset();
-    io_.stop();
-    thread_.join();
-  }
-  std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  ~TinyHub() { server_.stop(); }  // before the state its handlers use goes
+  std::string endpoint() const { return server_.url(); }
   std::vector<std::string> ranges() {
     std::lock_guard lock(mutex_);
     return ranges_;
@@ -435,11 +426,7 @@ class TinyHub {
   }
 
   std::string content_;
-  asio::io_context io_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
-  std::unique_ptr<http::Server> server_;
-  std::thread thread_;
-  int port_ = 0;
+  http::testing::ServerThread server_;
   std::mutex mutex_;
   std::vector<std::string> ranges_;
   bool cut_done_ = false;

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "http/http.h"
+#include "http/test_server.h"
 #include "http/tls_test.h"
 
 namespace nebula::agent {
@@ -167,19 +168,11 @@ class FakeHub {
                  auto plan = resolve(request);
                  co_await writer.send(std::move(plan.response));
                });
-    server_ = std::make_unique<http::Server>(io_, std::move(router));
-    auto port = server_->listen({"127.0.0.1", 0});
+    auto port = server_.start(std::move(router));
     EXPECT_TRUE(port) << port.error().message;
     port_ = port ? *port : 0;
-    work_.emplace(io_.get_executor());
-    thread_ = std::thread([this] { io_.run(); });
   }
-  ~FakeHub() {
-    server_->stop();
-    work_.reset();
-    io_.stop();
-    thread_.join();
-  }
+  ~FakeHub() { server_.stop(); }  // before the state its handlers use goes
 
   std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
   uint16_t port() const { return port_; }
@@ -298,10 +291,7 @@ class FakeHub {
     return plan;
   }
 
-  asio::io_context io_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
-  std::unique_ptr<http::Server> server_;
-  std::thread thread_;
+  http::testing::ServerThread server_;
   uint16_t port_ = 0;
   std::mutex mutex_;
   std::map<std::string, std::map<std::string, HubFile>> repos_;

@@ -1,4 +1,5 @@
 #include "http/http.h"
+#include "http/test_server.h"
 
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -72,7 +73,7 @@ class ServerTest : public ::testing::Test {
     });
     router.add("GET", "/stream", [this](Request& request, ResponseWriter& writer) -> awaitable<void> {
       co_await writer.start_stream(200, event_stream_headers());
-      asio::steady_timer timer(io_);
+      asio::steady_timer timer(server_.io());
       for (int i = 0; i < 5; ++i) {
         if (!co_await writer.write(format_sse(std::to_string(i)))) co_return;
         timer.expires_after(std::chrono::milliseconds(5));
@@ -82,7 +83,7 @@ class ServerTest : public ::testing::Test {
     });
     router.add("GET", "/slow", [this](Request&, ResponseWriter& writer) -> awaitable<void> {
       // Answers after 5 s unless the client leaves first.
-      asio::steady_timer timer(io_, std::chrono::seconds(5));
+      asio::steady_timer timer(server_.io(), std::chrono::seconds(5));
       writer.on_client_gone([&timer] { timer.cancel(); });
       boost::system::error_code ignored;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
@@ -96,20 +97,12 @@ class ServerTest : public ::testing::Test {
       throw std::runtime_error("boom");
       co_return;
     });
-    server_ = std::make_unique<Server>(io_, std::move(router), options);
-    auto port = server_->listen({"127.0.0.1", 0});
+    auto port = server_.start(std::move(router), options);
     ASSERT_TRUE(port) << port.error().message;
     port_ = *port;
-    work_.emplace(io_.get_executor());
-    thread_ = std::thread([this] { io_.run(); });
   }
-  void TearDown() override {
-    server_->stop();
-    work_.reset();
-    io_.stop();
-    if (thread_.joinable()) thread_.join();
-  }
-  std::string base() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  void TearDown() override { server_.stop(); }
+  std::string base() const { return server_.url(); }
 
   // Sends raw bytes on a fresh socket and returns everything read until the server closes it.
   std::string raw_exchange(const std::string& bytes, bool half_close = false) {
@@ -134,10 +127,7 @@ class ServerTest : public ::testing::Test {
     return reply;
   }
 
-  asio::io_context io_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
-  std::unique_ptr<Server> server_;
-  std::thread thread_;
+  testing::ServerThread server_;
   uint16_t port_ = 0;
   std::atomic<bool> gone_seen_{false};
 };
@@ -151,7 +141,7 @@ TEST_F(ServerTest, RoutesParamsQueryAndKeepAlive) {
     EXPECT_EQ(response->status, 200);
     EXPECT_EQ(response->body, "hello world a b");
   }
-  EXPECT_EQ(server_->open_connections(), 1u);
+  EXPECT_EQ(server_.server().open_connections(), 1u);
   auto echo = client.request("POST", base() + "/echo", "payload");
   ASSERT_TRUE(echo);
   EXPECT_EQ(echo->body, "payload");
@@ -210,7 +200,7 @@ TEST_F(ServerTest, SlowClientTimesOut) {
   auto waited = std::chrono::steady_clock::now() - started;
   EXPECT_EQ(reply, "");
   EXPECT_LT(waited, std::chrono::seconds(5));
-  EXPECT_EQ(server_->open_connections(), 0u);
+  EXPECT_EQ(server_.server().open_connections(), 0u);
 }
 
 TEST_F(ServerTest, AHandlerLearnsThatItsClientLeft) {
@@ -246,10 +236,10 @@ TEST_F(ServerTest, ManyIdleKeepAliveConnectionsNeedNoThreads) {
     ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
     sockets.push_back(fd);
   }
-  for (int i = 0; i < 100 && server_->open_connections() < sockets.size(); ++i) {
+  for (int i = 0; i < 100 && server_.server().open_connections() < sockets.size(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  EXPECT_EQ(server_->open_connections(), sockets.size());
+  EXPECT_EQ(server_.server().open_connections(), sockets.size());
   // The single server thread still answers promptly.
   BlockingClient client;
   EXPECT_EQ(client.request("GET", base() + "/hello/y")->status, 200);

@@ -18,6 +18,7 @@
 #include "http/beast.h"
 #include "http/http.h"
 #include "http/sse.h"
+#include "http/test_server.h"
 
 namespace nebula::http::testing {
 namespace {
@@ -216,7 +217,7 @@ class HttpsTest : public ::testing::Test {
     });
     router.add("GET", "/stream", [this](Request&, ResponseWriter& writer) -> awaitable<void> {
       co_await writer.start_stream(200, event_stream_headers());
-      asio::steady_timer timer(io_);
+      asio::steady_timer timer(server_.io());
       for (int i = 0; i < 5; ++i) {
         if (!co_await writer.write(format_sse(std::to_string(i)))) co_return;
         timer.expires_after(std::chrono::milliseconds(5));
@@ -224,29 +225,18 @@ class HttpsTest : public ::testing::Test {
       }
       co_await writer.finish();
     });
-    server_ = std::make_unique<Server>(io_, std::move(router));
-    auto port = server_->listen({"127.0.0.1", 0});
+    auto port = server_.start(std::move(router));
     ASSERT_TRUE(port) << port.error().message;
     port_ = *port;
-    work_.emplace(io_.get_executor());
-    thread_ = std::thread([this] { io_.run(); });
   }
-  void TearDown() override {
-    server_->stop();
-    work_.reset();
-    io_.stop();
-    if (thread_.joinable()) thread_.join();
-  }
+  void TearDown() override { server_.stop(); }
   static ClientOptions trusting(const TlsProxy& proxy) {
     ClientOptions options;
     options.ca_file = proxy.ca_file();
     return options;
   }
 
-  asio::io_context io_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
-  std::unique_ptr<Server> server_;
-  std::thread thread_;
+  testing::ServerThread server_;
   uint16_t port_ = 0;
 };
 

@@ -13,6 +13,7 @@
 #include "common/json.h"
 #include "http/http.h"
 #include "http/sse.h"
+#include "http/test_server.h"
 #include "sim/generator.h"
 #include "sim/tokenizer.h"
 #include "sim/wire.h"
@@ -110,23 +111,15 @@ class EngineSimTest : public ::testing::Test {
   }
 
   void start(SimOptions options = fast_options()) {
-    engine_ = std::make_unique<EngineSim>(io_, options);
+    engine_ = std::make_unique<EngineSim>(server_.io(), options);
     http::Router router;
     engine_->add_routes(router);
-    server_ = std::make_unique<http::Server>(io_, std::move(router));
-    auto port = server_->listen({"127.0.0.1", 0});
+    auto port = server_.start(std::move(router));
     ASSERT_TRUE(port) << port.error().message;
-    base_ = "http://127.0.0.1:" + std::to_string(*port);
-    work_.emplace(io_.get_executor());
-    thread_ = std::thread([this] { io_.run(); });
+    base_ = server_.url();
   }
 
-  void TearDown() override {
-    if (server_) server_->stop();
-    work_.reset();
-    io_.stop();
-    if (thread_.joinable()) thread_.join();
-  }
+  void TearDown() override { server_.stop(); }
 
   http::Response post(const std::string& path, const json& body, http::Headers headers = {}) {
     return post_text(path, body.dump(), std::move(headers));
@@ -222,11 +215,8 @@ class EngineSimTest : public ::testing::Test {
                 {"max_tokens", max_tokens}};
   }
 
-  asio::io_context io_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  http::testing::ServerThread server_;  // its io_context outlives the engine built on it
   std::unique_ptr<EngineSim> engine_;
-  std::unique_ptr<http::Server> server_;
-  std::thread thread_;
   std::string base_;
   http::BlockingClient client_;
 };
@@ -816,10 +806,10 @@ TEST(EngineSimShutdown, StopsCleanlyWithStreamsInFlight) {
 TEST_F(EngineSimTest, UnknownProfileOrDialectIsRefused) {
   SimOptions options;
   options.profile = "nope";
-  EXPECT_THROW(EngineSim(io_, options), std::invalid_argument);
+  EXPECT_THROW(EngineSim(server_.io(), options), std::invalid_argument);
   options.profile = "default";
   options.dialect = "nope";
-  EXPECT_THROW(EngineSim(io_, options), std::invalid_argument);
+  EXPECT_THROW(EngineSim(server_.io(), options), std::invalid_argument);
 }
 
 }  // namespace
