@@ -247,38 +247,55 @@ class PooledStreamingResponse final : public StreamingResponse {
 
   ~PooledStreamingResponse() override { cancel(); }
 
+  // Returns every body byte that has arrived, however many chunks that is: what is already
+  // buffered is parsed without waiting, and the socket is read in large slices, so a relay that
+  // fell behind catches up with one read and one write instead of one per chunk.
   awaitable<Result<std::string>> read(std::chrono::milliseconds idle_timeout) override {
+    if (ended_) co_return std::string();
     if (!connection_) co_return make_error(ErrorCode::Unavailable, "response was cancelled");
-    char chunk[16384];
-    while (!parser_->is_done()) {
-      auto& body = parser_->get().body();
-      body.data = chunk;
-      body.size = sizeof chunk;
+    auto& connection = *connection_;
+    std::string out;
+    while (true) {
       error_code ec;
-      auto& connection = *connection_;
-      read_deadline_.arm(connection.tcp(), idle_timeout);
-      if (auto* plain = std::get_if<PlainStream>(&connection.stream)) {
-        co_await bhttp::async_read_some(*plain, connection.buffer, *parser_,
-                                        asio::redirect_error(asio::use_awaitable, ec));
-      } else {
-        co_await bhttp::async_read_some(std::get<TlsStream>(connection.stream), connection.buffer, *parser_,
-                                        asio::redirect_error(asio::use_awaitable, ec));
-      }
-      if (ec == bhttp::error::need_buffer) ec = {};
-      // A TLS peer that ends a body delimited by the end of the connection without a TLS
-      // close_notify: take it as the end, as HTTP clients do.
-      if (ec == ssl::error::stream_truncated && parser_->need_eof()) parser_->put_eof(ec);
+      drain(connection, out, ec);
       if (ec) {
         connection_.reset();
         co_return io_error("reading the response from", url_, ec);
       }
-      size_t produced = sizeof chunk - parser_->get().body().size;
-      if (produced > 0) co_return std::string(chunk, produced);
+      if (parser_->is_done()) {
+        // The body ended: hand the connection back for reuse when the peer allows it.
+        ended_ = true;
+        if (parser_->get().keep_alive()) client_->give_back(std::move(connection_));
+        connection_.reset();
+        co_return out;
+      }
+      if (!out.empty()) co_return out;
+      size_t n = 0;
+      read_deadline_.arm(connection.tcp(), idle_timeout);
+      auto space = connection.buffer.prepare(kReadSlice);
+      if (auto* plain = std::get_if<PlainStream>(&connection.stream)) {
+        n = co_await plain->async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
+      } else {
+        n = co_await std::get<TlsStream>(connection.stream)
+                .async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
+      }
+      connection.buffer.commit(n);
+      if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
+        // A body delimited by the end of the connection (a TLS peer may end it without a
+        // close_notify, which HTTP clients accept).
+        if (parser_->need_eof()) {
+          error_code eof;
+          parser_->put_eof(eof);
+          ec = eof;
+        } else if (n > 0) {
+          ec = {};  // parse what came with the end first; the next read reports it
+        }
+      }
+      if (ec) {
+        connection_.reset();
+        co_return io_error("reading the response from", url_, ec);
+      }
     }
-    // The body ended: hand the connection back for reuse when the peer allows it.
-    if (parser_->get().keep_alive()) client_->give_back(std::move(connection_));
-    connection_.reset();
-    co_return std::string();
   }
 
   void cancel() override {
@@ -296,6 +313,33 @@ class PooledStreamingResponse final : public StreamingResponse {
   std::unique_ptr<bhttp::response_parser<bhttp::buffer_body>> parser_;
   Url url_;
   Deadline read_deadline_;
+  bool ended_ = false;
+
+  static constexpr size_t kReadSlice = 16384;
+
+  // Parses what is in the connection's buffer into out, until the buffer runs dry or the body ends.
+  void drain(Connection& connection, std::string& out, error_code& ec) {
+    while (!parser_->is_done() && connection.buffer.size() > 0) {
+      size_t before = out.size();
+      out.resize(before + std::max<size_t>(connection.buffer.size(), 512));
+      auto& body = parser_->get().body();
+      body.data = out.data() + before;
+      body.size = out.size() - before;
+      size_t used = parser_->put(connection.buffer.data(), ec);
+      connection.buffer.consume(used);
+      out.resize(out.size() - body.size);
+      if (ec == bhttp::error::need_more) {
+        ec = {};
+        return;
+      }
+      if (ec == bhttp::error::need_buffer) {
+        ec = {};
+        continue;
+      }
+      if (ec) return;
+      if (used == 0 && out.size() == before) return;
+    }
+  }
 };
 
 awaitable<Result<std::string>> StreamingResponse::read_all(std::chrono::milliseconds idle_timeout) {

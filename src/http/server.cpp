@@ -1,5 +1,7 @@
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <list>
 #include <mutex>
 
@@ -105,10 +107,27 @@ class StreamWriter final : public ResponseWriter {
   awaitable<bool> write(std::string_view data) override {
     if (broken_) co_return false;
     if (data.empty()) co_return true;  // an empty chunk would end the body
+    char size_line[20];
+    auto size_end = fmt::format_to_n(size_line, sizeof size_line, "{:x}\r\n", data.size());
+    std::array<asio::const_buffer, 3> chunk = {asio::buffer(size_line, size_end.size),
+                                               asio::buffer(data.data(), data.size()), asio::buffer("\r\n", 2)};
+    // Send at once when the socket takes it all (almost always: the kernel's send buffer is far
+    // larger than a chunk): one syscall and no trip through the scheduler. Only what the socket
+    // did not take waits for it asynchronously.
     error_code ec;
+    auto& socket = stream_.socket();
+    if (!socket.non_blocking()) socket.non_blocking(true, ec);
+    size_t sent = ec ? 0 : socket.send(chunk, 0, ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
+    if (ec) {
+      broken_ = true;
+      co_return false;
+    }
+    beast::buffers_suffix<std::array<asio::const_buffer, 3>> rest(chunk);
+    rest.consume(sent);
+    if (beast::buffer_bytes(rest) == 0) co_return true;
     deadline_.arm(stream_, options_.write_timeout);
-    co_await asio::async_write(stream_, bhttp::make_chunk(asio::buffer(data.data(), data.size())),
-                               asio::redirect_error(asio::use_awaitable, ec));
+    co_await asio::async_write(stream_, rest, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) broken_ = true;
     co_return !broken_;
   }
