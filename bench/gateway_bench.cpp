@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -41,6 +42,7 @@ struct Load {
   int concurrency = 0;
   int max_tokens = 0;
   bool stream = false;
+  std::string model = "bench";  // the deployment (and its replica) the load goes to
 };
 
 struct Sample {
@@ -117,7 +119,7 @@ LoadResult run_load(const std::string& url, const http::Headers& headers, const 
   http::ClientOptions options;
   options.max_idle_per_host = static_cast<size_t>(load.concurrency);
   http::Client client(io, options);
-  json request = {{"model", "bench"},
+  json request = {{"model", load.model},
                   {"stream", load.stream},
                   {"max_tokens", load.max_tokens},
                   {"messages", {{{"role", "user"}, {"content", "benchmark prompt with a few words"}}}}};
@@ -243,43 +245,58 @@ int main(int argc, char** argv) {
   http::Headers admin_headers = {{"Authorization", "Bearer " + admin}};
   http::BlockingClient client;
   // A fast engine (1 ms steps, room for every stream in one batch) so the proxies' cost shows.
-  std::string spec = fmt::format(
-      R"({{"spec":{{"model":"bench-1b","engine":"sim","replicas":1,"max_seqs":{},"engine_args":
-      ["--step-base-ms","1","--decode-ms-per-seq","0","--prefill-ms-per-token","0","--step-noise","0"]}}}})",
-      std::max(streams, concurrency) * 2);
-  client.request("PUT", server + "/api/v1/deployments/bench", spec, admin_headers);
+  // And a second one stepping every 20 us, for small requests: with 1 ms steps a request's latency
+  // is quantised to whole steps, which hides (or magnifies) a proxy's cost of a few tens of us.
+  for (auto [name, step] : {std::pair<std::string, std::string>{"bench", "1"}, {"fast", "0.02"}}) {
+    std::string spec = fmt::format(
+        R"({{"spec":{{"model":"bench-1b","engine":"sim","replicas":1,"max_seqs":{},"engine_args":
+        ["--step-base-ms","{}","--decode-ms-per-seq","0","--prefill-ms-per-token","0","--step-noise","0"]}}}})",
+        std::max(streams, concurrency) * 2, step);
+    client.request("PUT", server + "/api/v1/deployments/" + name, spec, admin_headers);
+  }
   // The measured key has limits (high enough never to trip) and is accounted like any other.
   auto created =
       client.request("POST", server + "/api/v1/keys",
                      R"({"name":"bench","rpm":10000000,"tpm":1000000000,"max_concurrency":100000})", admin_headers);
   std::string key = created && created->status == 201 ? json::parse(created->body).value("secret", "") : "";
-  std::string endpoint;
-  for (int attempt = 0; attempt < 300 && endpoint.empty(); ++attempt) {
+  std::map<std::string, std::string> endpoints;  // deployment -> its replica's endpoint
+  for (int attempt = 0; attempt < 300 && endpoints.size() < 2; ++attempt) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     auto replicas = client.request("GET", server + "/api/v1/replicas", "", admin_headers);
     if (!replicas || replicas->status != 200) continue;
     json listing = json::parse(replicas->body);
     for (const auto& item : listing["items"]) {
-      if (item["status"]["phase"] == "Ready") endpoint = item["status"]["endpoint"];
+      if (item["status"]["phase"] == "Ready") endpoints[item["spec"]["deployment"]] = item["status"]["endpoint"];
     }
   }
-  if (endpoint.empty() || key.empty()) {
+  if (endpoints.size() < 2 || key.empty()) {
     std::cerr << "the bench deployment never became ready\n";
     kill(up, SIGTERM);
     return 1;
   }
-  int nginx_port = free_port();
-  pid_t nginx = start_nginx(work_dir + "/nginx", nginx_port, endpoint);
-  if (nginx > 0 && !wait_http(fmt::format("http://127.0.0.1:{}/health", nginx_port))) nginx = -1;
+  // One nginx per engine, each a plain reverse proxy to it.
+  std::map<std::string, int> nginx_ports;
+  std::vector<pid_t> nginxes;
+  for (const auto& [name, endpoint] : endpoints) {
+    int nginx_port = free_port();
+    pid_t nginx = start_nginx(work_dir + "/nginx-" + name, nginx_port, endpoint);
+    if (nginx > 0 && !wait_http(fmt::format("http://127.0.0.1:{}/health", nginx_port))) nginx = -1;
+    if (nginx > 0) {
+      nginx_ports[name] = nginx_port;
+      nginxes.push_back(nginx);
+    }
+  }
+  pid_t nginx = nginxes.size() == endpoints.size() ? nginxes.front() : -1;
 
   std::vector<Load> loads = {
       {fmt::format("{} streams x {} tok", streams, stream_tokens), streams, streams, stream_tokens, true},
-      {fmt::format("non-stream x{}", concurrency), requests, concurrency, 1, false}};
+      {fmt::format("non-stream x{}", concurrency), requests, concurrency, 1, false},
+      {fmt::format("non-stream x{} 20us", concurrency), requests, concurrency, 1, false, "fast"}};
   std::cout << fmt::format(
       "gateway_bench: engine-sim at 1 ms/step; gateway with --auth keys, a limited key and "
       "usage accounting; nginx {}\n\n",
       nginx > 0 ? "1 worker, proxy_buffering off" : "not installed (skipped)");
-  std::cout << fmt::format("{:<24} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7}\n", "load",
+  std::cout << fmt::format("{:<26} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7}\n", "load",
                            "path", "req/s", "tok/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "chunk p50", "chunk p99",
                            "cpu s", "rss MB");
   for (const auto& load : loads) {
@@ -291,9 +308,12 @@ int main(int argc, char** argv) {
         http::Headers headers;
         pid_t measured;
       };
-      std::vector<Path> paths = {{"direct", endpoint, {}, -1},
+      std::vector<Path> paths = {{"direct", endpoints[load.model], {}, -1},
                                  {"gateway", server, {{"Authorization", "Bearer " + key}}, up}};
-      if (nginx > 0) paths.push_back({"nginx", fmt::format("http://127.0.0.1:{}", nginx_port), {}, nginx});
+      if (nginx > 0) {
+        size_t which = load.model == endpoints.begin()->first ? 0 : 1;
+        paths.push_back({"nginx", fmt::format("http://127.0.0.1:{}", nginx_ports[load.model]), {}, nginxes[which]});
+      }
       for (const auto& path : paths) {
         auto result = run_load(path.url + "/v1/chat/completions", path.headers, load, path.measured);
         if (path.name == "direct") direct = result;
@@ -303,17 +323,17 @@ int main(int argc, char** argv) {
         std::string cpu = path.measured > 0 ? fmt::format("{:.2f}", result.cpu_s) : "-";
         std::string rss = path.measured > 0 ? fmt::format("{:.0f}", result.rss_mb) : "-";
         std::cout << fmt::format(
-            "{:<24} {:<8} {:>8.0f} {:>9.0f} {:>9.2f} {:>9.2f} {:>10} {:>10} {:>9.2f} {:>9.2f} {:>7} {:>7}{}\n",
+            "{:<26} {:<8} {:>8.0f} {:>9.0f} {:>9.2f} {:>9.2f} {:>10} {:>10} {:>9.2f} {:>9.2f} {:>7} {:>7}{}\n",
             load.name, path.name, rate, rate * load.max_tokens, result.p50, result.p99, added50, added99, result.gap50,
             result.gap99, cpu, rss, result.failed ? fmt::format("  ({} failed)", result.failed) : "");
       }
     }
   }
-  if (nginx > 0) kill(nginx, SIGTERM);
+  for (pid_t each : nginxes) kill(each, SIGTERM);
   kill(up, SIGTERM);
   int status = 0;
   waitpid(up, &status, 0);
-  if (nginx > 0) waitpid(nginx, &status, 0);
+  for (pid_t each : nginxes) waitpid(each, &status, 0);
   std::filesystem::remove_all(work_dir);
   return 0;
 }

@@ -211,6 +211,9 @@ TEST_F(GatewayE2E, ResponsesApiStreamsTheEventSequence) {
   EXPECT_EQ(response["id"].get<std::string>().rfind("resp_", 0), 0u);
   EXPECT_EQ(response["usage"]["output_tokens"], 5);
   EXPECT_FALSE(response["output"][0]["content"][0]["text"].get<std::string>().empty());
+  // Cut by max_output_tokens: incomplete, as OpenAI reports it.
+  EXPECT_EQ(response["status"], "incomplete") << plain->body;
+  EXPECT_EQ(response["incomplete_details"]["reason"], "max_output_tokens") << plain->body;
 
   http::BlockingClient client;
   http::SseParser parser;
@@ -234,8 +237,11 @@ TEST_F(GatewayE2E, ResponsesApiStreamsTheEventSequence) {
     if (event.event == "response.output_text.delta") text += body["delta"].get<std::string>();
   }
   EXPECT_EQ(events.front().event, "response.created");
-  EXPECT_EQ(events.back().event, "response.completed");
+  // The stream stopped at max_output_tokens: it ends with response.incomplete, not completed.
+  EXPECT_EQ(events.back().event, "response.incomplete");
   auto completed = json::parse(events.back().data);
+  EXPECT_EQ(completed["response"]["status"], "incomplete");
+  EXPECT_EQ(completed["response"]["incomplete_details"]["reason"], "max_output_tokens");
   EXPECT_EQ(completed["response"]["output"][0]["content"][0]["text"], text);
   EXPECT_EQ(completed["response"]["usage"]["output_tokens"], 4);
 }
@@ -472,15 +478,20 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
   EXPECT_EQ(metrics->status, 200);
   EXPECT_NE(metrics->body.find("nebula_requests_total{model=\"chat\""), std::string::npos);
   EXPECT_NE(metrics->body.find("nebula_request_duration_seconds_bucket"), std::string::npos);
-  // One JSON access log line per request.
-  std::ifstream log(up_->data_dir() + "/access.log");
-  std::string line;
+  // One JSON access log line per request, flushed once a second.
   int lines = 0;
-  while (std::getline(log, line)) {
-    auto entry = parse_json(line);
-    ASSERT_TRUE(entry) << line;
-    EXPECT_TRUE((*entry).contains("id") && (*entry).contains("status") && (*entry).contains("duration_ms"));
-    ++lines;
+  for (int attempt = 0; attempt < 30 && lines <= 5; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::ifstream log(up_->data_dir() + "/access.log");
+    std::string line;
+    lines = 0;
+    while (std::getline(log, line)) {
+      auto entry = parse_json(line);
+      ASSERT_TRUE(entry) << line;
+      EXPECT_TRUE((*entry).contains("id") && (*entry).contains("status") && (*entry).contains("duration_ms"));
+      EXPECT_TRUE((*entry)["id"].is_string() && (*entry)["stream"].is_boolean()) << line;
+      ++lines;
+    }
   }
   EXPECT_GT(lines, 5);
 }

@@ -105,9 +105,9 @@ int run_usage(int argc, char** argv) {
   app.add_option("--since", since, "A duration back from now (7d) or a day (2026-11-01)")->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
   ApiClient client(flags);
-  std::string query = "/api/v1/usage?since=" + since;
-  if (!key.empty()) query += "&key=" + key;
-  if (!model.empty()) query += "&model=" + model;
+  std::string query = "/api/v1/usage?since=" + http::url_encode(since);
+  if (!key.empty()) query += "&key=" + http::url_encode(key);
+  if (!model.empty()) query += "&model=" + http::url_encode(model);
   auto usage = client.call("GET", query);
   if (!usage) return fail(usage.error().message);
   print_as(flags.output, *usage, [&] {

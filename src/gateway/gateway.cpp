@@ -227,7 +227,9 @@ Gateway::Gateway(store::Store& store, asio::io_context& io, Options options)
     access_log_ = std::make_shared<spdlog::logger>(
         "access", std::make_shared<spdlog::sinks::rotating_file_sink_mt>(options.access_log_path, 64 << 20, 3));
     access_log_->set_pattern("%v");
-    access_log_->flush_on(spdlog::level::info);
+    // Flushed once a second by report_activity(), not per line: a crash loses at most the last
+    // second of access log lines, as it does of usage.
+    access_log_->flush_on(spdlog::level::err);
   }
 }
 
@@ -244,6 +246,7 @@ void Gateway::stop() {
   if (watch_) watch_->cancel();
   watch_.reset();
   usage_.stop();
+  if (access_log_) access_log_->flush();
 }
 
 Status Gateway::start() {
@@ -612,6 +615,7 @@ awaitable<void> Gateway::report_activity() {
     boost::system::error_code ec;
     co_await activity_timer_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
     if (stopping_) co_return;
+    if (access_log_) access_log_->flush();
     for (const auto& [deployment, when] : last_request_ms_) {
       if (reported_ms_[deployment] == when) continue;
       reported_ms_[deployment] = when;
@@ -644,19 +648,15 @@ void Gateway::finish(Call& call, int status) {
     metrics_.request_done({call.model, call.key_id, status, call.ttft_s, duration, prompt, completion});
   }
   if (access_log_) {
-    json line = {{"time", format_rfc3339(std::chrono::system_clock::now())},
-                 {"id", call.request_id},
-                 {"key", call.key_id},
-                 {"model", call.model},
-                 {"replica", call.replica},
-                 {"status", status},
-                 {"stream", call.stream},
-                 {"prompt_tokens", prompt},
-                 {"completion_tokens", completion},
-                 {"cached_tokens", cached_tokens(call.usage)},
-                 {"ttft_ms", call.ttft_s < 0 ? json(nullptr) : json(call.ttft_s * 1000)},
-                 {"duration_ms", duration * 1000}};
-    access_log_->info(dump(line));
+    // Formatted directly (a json object per line cost more than the rest of the bookkeeping);
+    // the strings go through json's escaping since the request id comes from the client.
+    std::string ttft = call.ttft_s < 0 ? std::string("null") : fmt::format("{}", call.ttft_s * 1000);
+    access_log_->info(
+        "{{\"time\":\"{}\",\"id\":{},\"key\":{},\"model\":{},\"replica\":{},\"status\":{},\"stream\":{},"
+        "\"prompt_tokens\":{},\"completion_tokens\":{},\"cached_tokens\":{},\"ttft_ms\":{},\"duration_ms\":{}}}",
+        format_rfc3339(std::chrono::system_clock::now()), dump(json(call.request_id)), dump(json(call.key_id)),
+        dump(json(call.model)), dump(json(call.replica)), status, call.stream, prompt, completion,
+        cached_tokens(call.usage), ttft, duration * 1000);
   }
 }
 
@@ -687,7 +687,7 @@ bool bool_field(const json& object, const char* name) {
 }
 
 struct Prepared {
-  json body;  // what the engine gets
+  std::optional<json> body;  // what the engine gets; nullopt = the client's body, byte for byte
   bool client_wants_usage = false;
 };
 
@@ -701,11 +701,11 @@ Result<Prepared> prepare_upstream(const json& body, int kind) {
     prepared.body = std::move(*chat);
     return prepared;
   }
-  prepared.body = body;
   if (bool_field(body, "stream") && kind != kEmbeddings) {
     auto options = body.find("stream_options");
     prepared.client_wants_usage = options != body.end() && bool_field(*options, "include_usage");
-    prepared.body["stream_options"]["include_usage"] = true;
+    prepared.body = body;
+    (*prepared.body)["stream_options"]["include_usage"] = true;
   }
   return prepared;
 }
@@ -806,7 +806,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     call.admitted = true;
   }
 
-  const std::string upstream_body = dump(prepared->body);
+  const std::string upstream_body = prepared->body ? dump(*prepared->body) : request.body;
   const std::string path = kUpstreamPaths[kind];
   std::set<std::string> tried;
   std::string last_failure;
@@ -906,13 +906,12 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
       relayed.headers.push_back({"Content-Type", "application/json"});
       relayed.body = std::move(*body);
       if (response.status == 200) {
-        auto answer = parse_json(relayed.body);
-        if (answer && answer->is_object()) {
+        if (kind != kResponses) {
+          call.usage = usage_of(relayed.body);  // the answer itself is relayed as it came
+        } else if (auto answer = parse_json(relayed.body); answer && answer->is_object()) {
           call.usage = answer->value("usage", json());
-          if (kind == kResponses) {
-            relayed.body = dump(chat_to_response(*answer, "resp_" + random_id(24), call.model,
-                                                 to_unix_ms(std::chrono::system_clock::now()) / 1000));
-          }
+          relayed.body = dump(chat_to_response(*answer, "resp_" + random_id(24), call.model,
+                                               to_unix_ms(std::chrono::system_clock::now()) / 1000));
         }
       }
       int status = relayed.status;
@@ -977,6 +976,9 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
                          choices->is_array() && choices->empty();
             if (choices != chunk->end() && choices->is_array() && !choices->empty()) {
               const auto& choice = (*choices)[0];
+              if (translation && choice.contains("finish_reason") && choice["finish_reason"].is_string()) {
+                translation->set_finish_reason(choice["finish_reason"].get<std::string>());
+              }
               if (choice.contains("delta") && choice["delta"].contains("content") &&
                   choice["delta"]["content"].is_string()) {
                 text = choice["delta"]["content"].get<std::string>();

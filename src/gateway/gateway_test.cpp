@@ -3,8 +3,13 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "gateway/responses.h"
+#include "gateway/usage.h"
 #include "http/sse.h"
+#include "http/test_server.h"
 #include "store/memory_store.h"
 
 namespace nebula::gateway {
@@ -167,6 +172,133 @@ TEST(Responses, StreamsTheEventSequenceWithIncreasingNumbers) {
   auto completed = json::parse(events.back().data)["response"];
   EXPECT_EQ(completed["output"][0]["content"][0]["text"], "Hello world");
   EXPECT_EQ(completed["usage"]["total_tokens"], 5);
+}
+
+TEST(UsageOf, ReadsOnlyTheTopLevelUsageObject) {
+  auto usage =
+      usage_of(R"({"id":"x","choices":[{"message":{"content":"the \"usage\": {\"prompt_tokens\": 99}"}}],)"
+               R"("usage":{"prompt_tokens":12,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":8}}})");
+  ASSERT_TRUE(usage.is_object());
+  EXPECT_EQ(usage["prompt_tokens"], 12);
+  EXPECT_EQ(usage["completion_tokens"], 3);
+  EXPECT_EQ(usage["prompt_tokens_details"]["cached_tokens"], 8);
+  // A nested "usage" is not the answer's.
+  EXPECT_TRUE(usage_of(R"({"choices":[{"usage":{"prompt_tokens":1}}]})").is_null());
+  EXPECT_TRUE(usage_of(R"({"usage":null})").is_null());
+  EXPECT_TRUE(usage_of(R"({"usage":5})").is_null());
+  EXPECT_TRUE(usage_of("not json").is_null());
+  EXPECT_TRUE(usage_of("").is_null());
+  EXPECT_TRUE(usage_of(R"([{"usage":{}}])").is_null());
+  EXPECT_TRUE(usage_of(R"({"usage":{"prompt_tokens":1)").is_null());  // cut off inside usage
+  // On-demand parsing does not read past the usage object: a whole one is taken as reported.
+  EXPECT_EQ(usage_of(R"({"usage":{"prompt_tokens":1})")["prompt_tokens"], 1);
+}
+
+TEST(Responses, AnAnswerCutByTheTokenLimitIsIncomplete) {
+  json completion = {
+      {"choices", {{{"message", {{"role", "assistant"}, {"content", "Hel"}}}, {"finish_reason", "length"}}}},
+      {"usage", {{"prompt_tokens", 3}, {"completion_tokens", 2}}}};
+  auto response = chat_to_response(completion, "resp_1", "m", 0);
+  EXPECT_EQ(response["status"], "incomplete");
+  EXPECT_EQ(response["incomplete_details"]["reason"], "max_output_tokens");
+  EXPECT_EQ(response["output"][0]["status"], "incomplete");
+  completion["choices"][0]["finish_reason"] = "stop";
+  response = chat_to_response(completion, "resp_1", "m", 0);
+  EXPECT_EQ(response["status"], "completed");
+  EXPECT_TRUE(response["incomplete_details"].is_null());
+
+  ResponsesStream stream("resp_2", "m", 0);
+  std::string text = stream.begin() + stream.delta("Hel");
+  stream.set_finish_reason("length");
+  text += stream.end({{"prompt_tokens", 3}, {"completion_tokens", 1}});
+  http::SseParser parser;
+  std::vector<http::SseEvent> events;
+  parser.feed(text, events);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().event, "response.incomplete");
+  auto last = json::parse(events.back().data)["response"];
+  EXPECT_EQ(last["status"], "incomplete");
+  EXPECT_EQ(last["incomplete_details"]["reason"], "max_output_tokens");
+  EXPECT_EQ(last["output"][0]["content"][0]["text"], "Hel");
+}
+
+// A fake engine: answers chat completions, or 500 while `failing`; counts what it was sent.
+struct FakeEngine {
+  std::atomic<bool> failing{false};
+  std::atomic<int> hits{0};
+  http::testing::ServerThread server;
+
+  void start() {
+    http::Router router;
+    router.add("POST", "/v1/chat/completions", [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
+      hits++;
+      http::Response response;
+      response.status = failing ? 500 : 200;
+      response.headers.push_back({"Content-Type", "application/json"});
+      response.body = failing ? std::string(R"({"error":{"message":"boom"}})")
+                              : std::string(R"({"choices":[{"message":{"content":"ok"}}],)"
+                                            R"("usage":{"prompt_tokens":1,"completion_tokens":1}})");
+      co_await writer.send(std::move(response));
+    });
+    ASSERT_TRUE(server.start(std::move(router)));
+  }
+};
+
+// The breaker as a client sees it: a replica that fails three times in a row gets no traffic for
+// the cool-down, then exactly one probe; a failed probe re-opens it, a good one closes it.
+TEST(CircuitBreaker, OpensAfterConsecutiveFailuresAndProbesBack) {
+  FakeClock clock;
+  store::MemoryStore store(clock);
+  FakeEngine good, bad;
+  good.start();
+  bad.start();
+  api::Deployment deployment;
+  deployment.metadata.name = "m";
+  deployment.spec.model = "m";
+  ASSERT_TRUE(store.put(api::store_key("deployments", "m"), api::to_json(deployment).dump()));
+  int index = 0;
+  for (auto* engine : {&good, &bad}) {
+    api::Replica replica;
+    replica.metadata.name = "m-" + std::to_string(index++);
+    replica.spec.deployment = "m";
+    replica.status.phase = api::phase::kReady;
+    replica.status.endpoint = engine->server.url();
+    ASSERT_TRUE(store.put(api::store_key("replicas", replica.metadata.name), api::to_json(replica).dump()));
+  }
+  http::testing::ServerThread front;
+  Options options;
+  options.breaker_failures = 3;
+  options.breaker_cooldown = 400ms;
+  Gateway gateway(store, front.io(), options);
+  ASSERT_TRUE(gateway.start());
+  http::Router router;
+  gateway.add_routes(router);
+  ASSERT_TRUE(front.start(std::move(router)));
+  http::BlockingClient client;
+  auto chat = [&] {
+    auto response = client.request("POST", front.url() + "/v1/chat/completions",
+                                   R"({"model":"m","messages":[{"role":"user","content":"hi"}]})", {});
+    return response ? response->status : -1;
+  };
+
+  bad.failing = true;
+  // Every request succeeds: the failing replica's answers are retried on the good one.
+  for (int i = 0; i < 12; ++i) ASSERT_EQ(chat(), 200) << i;
+  EXPECT_EQ(bad.hits, 3) << "the breaker opens after exactly three consecutive failures";
+  EXPECT_EQ(good.hits, 12);
+
+  // Cool-down over: one probe goes to the failing replica; it fails again and the breaker re-opens.
+  std::this_thread::sleep_for(500ms);
+  for (int i = 0; i < 6; ++i) ASSERT_EQ(chat(), 200) << i;
+  EXPECT_EQ(bad.hits, 4) << "one probe after the cool-down, no more";
+
+  // The replica recovers: the next probe succeeds and traffic is shared again.
+  bad.failing = false;
+  std::this_thread::sleep_for(500ms);
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(chat(), 200) << i;
+  EXPECT_GE(bad.hits, 4 + 5) << "a closed breaker shares traffic again";
+  gateway.stop();
+  front.stop();
 }
 
 }  // namespace

@@ -70,21 +70,35 @@ json message_item(const std::string& item_id, const std::string& status, const s
   if (with_text) content.push_back({{"type", "output_text"}, {"text", text}, {"annotations", json::array()}});
   return {{"type", "message"}, {"id", item_id}, {"status", status}, {"role", "assistant"}, {"content", content}};
 }
+
+// A chat finish_reason as a Responses status and incomplete_details: an answer cut by the token
+// limit or by a content filter is "incomplete", as OpenAI reports it.
+std::pair<std::string, json> response_status(const std::string& finish_reason) {
+  if (finish_reason == "length") return {"incomplete", {{"reason", "max_output_tokens"}}};
+  if (finish_reason == "content_filter") return {"incomplete", {{"reason", "content_filter"}}};
+  return {"completed", nullptr};
+}
 }  // namespace
 
 json chat_to_response(const json& completion, const std::string& response_id, const std::string& model,
                       int64_t created_s) {
   std::string text;
-  if (completion.contains("choices") && !completion["choices"].empty()) {
-    const auto& message = completion["choices"][0].value("message", json::object());
+  std::string finish_reason;
+  if (completion.contains("choices") && completion["choices"].is_array() && !completion["choices"].empty()) {
+    const auto& choice = completion["choices"][0];
+    const auto& message = choice.value("message", json::object());
     if (message.contains("content") && message["content"].is_string()) text = message["content"];
+    if (choice.contains("finish_reason") && choice["finish_reason"].is_string())
+      finish_reason = choice["finish_reason"];
   }
+  auto [status, details] = response_status(finish_reason);
   return {{"id", response_id},
           {"object", "response"},
           {"created_at", created_s},
-          {"status", "completed"},
+          {"status", status},
+          {"incomplete_details", details},
           {"model", model},
-          {"output", json::array({message_item("msg_" + random_id(24), "completed", text, true)})},
+          {"output", json::array({message_item("msg_" + random_id(24), status, text, true)})},
           {"usage", responses_usage(completion.value("usage", json()))}};
 }
 
@@ -99,9 +113,10 @@ std::string ResponsesStream::event(const std::string& type, json body) {
 
 json ResponsesStream::response_object(const std::string& status, const json& usage) const {
   json output = json::array();
-  if (status == "completed") output.push_back(message_item(item_id_, "completed", text_, true));
+  if (status != "in_progress") output.push_back(message_item(item_id_, status, text_, true));
   json response = {{"id", id_},        {"object", "response"}, {"created_at", created_s_},
                    {"status", status}, {"model", model_},      {"output", output}};
+  response["incomplete_details"] = status == "incomplete" ? response_status(finish_reason_).second : json(nullptr);
   response["usage"] = usage.is_null() ? json(nullptr) : usage;
   return response;
 }
@@ -134,9 +149,11 @@ std::string ResponsesStream::end(const json& chat_usage) {
                 {"output_index", 0},
                 {"content_index", 0},
                 {"part", {{"type", "output_text"}, {"text", text_}, {"annotations", json::array()}}}});
-  out += event("response.output_item.done",
-               {{"output_index", 0}, {"item", message_item(item_id_, "completed", text_, true)}});
-  out += event("response.completed", {{"response", response_object("completed", responses_usage(chat_usage))}});
+  std::string status = response_status(finish_reason_).first;
+  out +=
+      event("response.output_item.done", {{"output_index", 0}, {"item", message_item(item_id_, status, text_, true)}});
+  // response.completed, or response.incomplete when the answer was cut short.
+  out += event("response." + status, {{"response", response_object(status, responses_usage(chat_usage))}});
   return out;
 }
 

@@ -26,7 +26,10 @@ class ResponsesStream {
   std::string begin();
   // response.output_text.delta (empty text gives "")
   std::string delta(const std::string& text);
-  // output_text.done, content_part.done, output_item.done, response.completed (with usage)
+  // The chat stream's finish_reason, when a chunk carries one.
+  void set_finish_reason(std::string reason) { finish_reason_ = std::move(reason); }
+  // output_text.done, content_part.done, output_item.done, and response.completed (with usage), or
+  // response.incomplete when the finish reason was "length" or "content_filter"
   std::string end(const json& chat_usage);
 
  private:
@@ -38,6 +41,7 @@ class ResponsesStream {
   int64_t created_s_;
   int sequence_ = 0;
   std::string text_;
+  std::string finish_reason_;
 };
 
 // {input_tokens, output_tokens, total_tokens} from a chat `usage`.

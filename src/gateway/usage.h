@@ -7,11 +7,13 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <tuple>
 #include <vector>
 
 #include "api/keys.h"
+#include "common/json.h"
 #include "store/store.h"
 
 namespace nebula::gateway {
@@ -56,5 +58,9 @@ class UsageRecorder {
 
 // "2026-11-23" for a time, in UTC.
 std::string utc_day(std::chrono::system_clock::time_point when);
+
+// The `usage` object of an engine's JSON answer, read without building the whole document
+// (simdjson's on-demand parser skips everything else): null when absent or not an object.
+json usage_of(std::string_view answer);
 
 }  // namespace nebula::gateway

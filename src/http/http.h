@@ -33,6 +33,8 @@ using Headers = std::vector<Header>;
 std::string find_header(const Headers& headers, std::string_view name);
 // Percent-decoding for query strings ('+' is a space).
 std::string url_decode(std::string_view text);
+// Percent-encodes everything but RFC 3986's unreserved characters: for a query value.
+std::string url_encode(std::string_view text);
 
 struct Request {
   std::string method;  // "GET", "POST", ...

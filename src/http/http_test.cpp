@@ -18,6 +18,14 @@
 namespace nebula::http {
 namespace {
 
+TEST(UrlEncode, RoundTripsThroughTheServersDecoder) {
+  EXPECT_EQ(url_encode("chat-1.b_c~"), "chat-1.b_c~");
+  EXPECT_EQ(url_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+  for (const std::string& text : std::vector<std::string>{"2026-11-01", "a+b", "100%", "x&model=y", {"\0z", 2}}) {
+    EXPECT_EQ(url_decode(url_encode(text)), text);
+  }
+}
+
 TEST(Sse, FormatsMultiLineData) {
   EXPECT_EQ(format_sse("{\"a\":1}"), "data: {\"a\":1}\n\n");
   EXPECT_EQ(format_sse("one\ntwo", "update"), "event: update\ndata: one\ndata: two\n\n");

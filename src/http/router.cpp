@@ -1,3 +1,4 @@
+#include <fmt/format.h>
 #include <cctype>
 
 #include "http/http.h"
@@ -51,6 +52,19 @@ std::string url_decode(std::string_view text) {
       i += 2;
     } else {
       out.push_back(text[i]);
+    }
+  }
+  return out;
+}
+
+std::string url_encode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out += fmt::format("%{:02X}", c);
     }
   }
   return out;
