@@ -1,4 +1,6 @@
 // `nebula engine-sim`: the engine simulator as a standalone server.
+#include <algorithm>
+
 #include "cli/cli.h"
 #include "common/log.h"
 #include "sim/sim.h"
@@ -37,6 +39,17 @@ int run_engine_sim_command(int argc, char** argv) {
   app.add_option("--dialect", options.dialect, "HTTP dialect: vllm, sglang, llamacpp, tgi or ollama")
       ->check(CLI::IsMember({"vllm", "sglang", "llamacpp", "tgi", "ollama"}))
       ->capture_default_str();
+  // llama-server's router mode, with llama-server's own flags, so a script can stand in for it.
+  std::string models_preset;
+  int models_max = 0;
+  bool metrics = true;
+  app.add_option("--models-preset", models_preset,
+                 "llamacpp: serve as llama-server's router with the model of this preset file (its first section)");
+  app.add_flag("--router", options.router, "llamacpp: serve as llama-server's router with --model as its model");
+  app.add_flag("--models-autoload,!--no-models-autoload", options.models_autoload,
+               "Router: load the model when a request names it unloaded (default on)");
+  app.add_option("--models-max", models_max, "Router: accepted for llama-server's command line (one model here)");
+  app.add_flag("--metrics", metrics, "Accepted for llama-server's command line (/metrics is always on)");
   add_override(app, "--startup-seconds", options.startup_seconds,
                "Answer 503 on /health this long after start (default: the profile's)")
       ->check(CLI::NonNegativeNumber);
@@ -103,6 +116,19 @@ int run_engine_sim_command(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace, debug, info, warn or error")->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
   init_logging(log_level);
+  if (!models_preset.empty()) {
+    try {
+      sim::PresetModel preset = sim::read_models_preset(models_preset);
+      options.router = true;
+      options.model = preset.name;
+      // c is the context of all slots together, as llama-server reads it.
+      if (preset.parallel > 0) options.max_num_seqs = preset.parallel;
+      if (preset.context > 0) options.max_model_len = std::max(1, preset.context / std::max(1, preset.parallel));
+    } catch (const std::invalid_argument& error) {
+      spdlog::error("engine-sim: {}", error.what());
+      return 2;
+    }
+  }
   return sim::run_engine_sim(options);
 }
 

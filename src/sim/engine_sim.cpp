@@ -201,7 +201,16 @@ struct EngineSim::State {
         created(unix_seconds()),
         origin(std::chrono::steady_clock::now()),
         ready_at(origin + from_seconds(resolved.startup_seconds)),
-        fault_rng(options.seed ^ 0xfa17ULL) {}
+        fault_rng(options.seed ^ 0xfa17ULL) {
+    if (!options.router) return;
+    if (dialect != Dialect::Llamacpp)
+      throw std::invalid_argument("router mode is llama-server's: use --dialect llamacpp");
+    // The router starts with no model loaded: nothing of it on the GPU.
+    router_state = RouterState::Unloaded;
+    weights_on_gpu = false;
+    kv_on_gpu = false;
+    engine.sleep();
+  }
 
   asio::io_context& io;
   const SimOptions options;
@@ -231,7 +240,14 @@ struct EngineSim::State {
   bool weights_on_gpu = true;
   bool kv_on_gpu = true;
 
-  bool ready() const { return std::chrono::steady_clock::now() >= ready_at; }
+  // Router mode (llamacpp): the model's status in GET /models. Every load and unload bumps the
+  // generation, so the end of a load that was unloaded meanwhile changes nothing.
+  enum class RouterState { Unloaded, Loading, Loaded };
+  RouterState router_state = RouterState::Loaded;
+  uint64_t router_generation = 0;
+
+  // A router answers at once; its model's load takes startup_seconds instead.
+  bool ready() const { return options.router || std::chrono::steady_clock::now() >= ready_at; }
   SimDuration sim_now() const { return std::chrono::steady_clock::now() - origin; }
 
   void publish_counts() {
@@ -269,6 +285,8 @@ struct EngineSim::State {
   }
 
   double gpu_memory_used_bytes() const {
+    // A router without its model has no model process, so no CUDA context either.
+    if (options.router && router_state != RouterState::Loaded) return 0;
     const Profile& profile = resolved.profile;
     double kv_pool =
         static_cast<double>(resolved.engine.num_kv_blocks) * resolved.engine.block_size * profile.kv_bytes_per_token;
@@ -452,6 +470,10 @@ struct EngineSim::State {
   template <typename Parse>
   static awaitable<void> handle_generation(std::shared_ptr<State> state, http::Request& request,
                                            http::ResponseWriter& writer, const CompletionFormat& format, Parse parse) {
+    if (state->options.router) {
+      std::optional<http::Response> refusal = co_await route_request(state, request, body_model(request));
+      if (refusal) co_return co_await writer.send(std::move(*refusal));
+    }
     Completion completion;
     completion.headers = response_headers(request);
     std::optional<ApiError> error = state->admission_error(request);
@@ -469,6 +491,7 @@ struct EngineSim::State {
   }
 
   http::Response models_response(const http::Request& request) const {
+    if (options.router) return json_response(200, router_models_json(options.model, router_status(), created), {});
     if (!ready()) return error_response(starting_error(), response_headers(request));
     return json_response(200, models_json(options.model, created, options.max_model_len), response_headers(request));
   }
@@ -533,6 +556,10 @@ struct EngineSim::State {
 
   static awaitable<void> handle_embeddings(std::shared_ptr<State> state, http::Request& request,
                                            http::ResponseWriter& writer) {
+    if (state->options.router) {
+      std::optional<http::Response> refusal = co_await route_request(state, request, body_model(request));
+      if (refusal) co_return co_await writer.send(std::move(*refusal));
+    }
     EmbeddingRequest parsed;
     if (auto error = state->plan_embeddings(request, parsed)) {
       co_return co_await writer.send(error_response(*error, response_headers(request)));
@@ -627,6 +654,142 @@ struct EngineSim::State {
 
   http::Response is_sleeping_response() const { return json_response(200, is_sleeping_json(sleep_level > 0), {}); }
 
+  // ---- Router mode (llama-server started without -m): plain functions, then the coroutines.
+
+  const char* router_status() const {
+    switch (router_state) {
+      case RouterState::Unloaded: return "unloaded";
+      case RouterState::Loading: return "loading";
+      case RouterState::Loaded: return "loaded";
+    }
+    return "unloaded";
+  }
+
+  // The "model" of a JSON body; "" when there is none (the router then refuses the request).
+  static std::string body_model(const http::Request& request) {
+    auto body = parse_json(request.body);
+    if (!body || !body->is_object()) return "";
+    auto model = body->find("model");
+    return model != body->end() && model->is_string() ? model->get<std::string>() : "";
+  }
+
+  // What the router does with a request for `model` before passing it on (llama.cpp's
+  // router_validate_model): an error, or load the model first (autoload), or pass it on.
+  struct Route {
+    std::optional<http::Response> refusal;
+    bool load = false;
+  };
+  Route route(const std::string& model, const http::Request& request) const {
+    Route route;
+    if (model.empty()) {
+      route.refusal = llamacpp_error(400, "model name is missing from the request", "invalid_request_error");
+    } else if (model != options.model) {
+      route.refusal = llamacpp_error(400, "model not found", "invalid_request_error");
+    } else if (router_state != RouterState::Loaded) {
+      std::string autoload = request.query_or("autoload", "");
+      route.load = autoload.empty() ? options.models_autoload : autoload == "true" || autoload == "1";
+      if (!route.load) route.refusal = llamacpp_error(400, "model is not loaded", "invalid_request_error");
+    }
+    return route;
+  }
+
+  // Unloaded -> Loading now -> Loaded after startup_seconds (a model process starting).
+  static void begin_load(const std::shared_ptr<State>& state) {
+    if (state->router_state != RouterState::Unloaded) return;
+    state->router_state = RouterState::Loading;
+    uint64_t generation = ++state->router_generation;
+    spdlog::info("engine-sim: loading model {}", state->options.model);
+    asio::co_spawn(state->io, finish_load_later(state, generation), asio::detached);
+  }
+
+  void finish_load(uint64_t generation) {
+    if (stopped || generation != router_generation || router_state != RouterState::Loading) return;
+    router_state = RouterState::Loaded;
+    weights_on_gpu = true;
+    kv_on_gpu = true;
+    engine.wake();
+    kick();
+    spdlog::info("engine-sim: model {} loaded", options.model);
+  }
+
+  // Frees the weights and KV cache once nothing is in flight (the real router stops the model's
+  // process at once; the simulator lets running requests finish). Until then it stays "loaded".
+  bool finish_unload(uint64_t generation) {
+    if (stopped || generation != router_generation) return true;
+    if (!engine.sleep()) return false;
+    router_state = RouterState::Unloaded;
+    weights_on_gpu = false;
+    kv_on_gpu = false;
+    spdlog::info("engine-sim: model {} unloaded", options.model);
+    return true;
+  }
+
+  // POST /models/load {"model": NAME}: answers at once, loads in the background.
+  static http::Response load_response(const std::shared_ptr<State>& state, const http::Request& request) {
+    if (body_model(request) != state->options.model)
+      return llamacpp_error(404, "model is not found", "not_found_error");
+    if (state->router_state == RouterState::Loaded) {
+      return llamacpp_error(400, "model is already loaded", "invalid_request_error");
+    }
+    begin_load(state);
+    return json_response(200, json{{"success", true}}, {});
+  }
+
+  // POST /models/unload {"model": NAME}: answers at once, unloads in the background.
+  static http::Response unload_response(const std::shared_ptr<State>& state, const http::Request& request) {
+    if (body_model(request) != state->options.model) {
+      return llamacpp_error(400, "model is not found", "invalid_request_error");
+    }
+    if (state->router_state == RouterState::Unloaded) {
+      return llamacpp_error(400, "model is not loaded", "invalid_request_error");
+    }
+    uint64_t generation = ++state->router_generation;
+    if (state->router_state == RouterState::Loading) {
+      state->router_state = RouterState::Unloaded;  // nothing reached the GPU yet
+    } else {
+      asio::co_spawn(state->io, unload_when_idle(state, generation), asio::detached);
+    }
+    return json_response(200, json{{"success", true}}, {});
+  }
+
+  static awaitable<void> finish_load_later(std::shared_ptr<State> state, uint64_t generation) {
+    co_await sleep_for(from_seconds(state->resolved.startup_seconds));
+    state->finish_load(generation);
+  }
+
+  static awaitable<void> unload_when_idle(std::shared_ptr<State> state, uint64_t generation) {
+    while (!state->finish_unload(generation)) co_await sleep_for(std::chrono::milliseconds(10));
+  }
+
+  static http::Response load_failed_response(const std::string& model) {
+    return llamacpp_error(500, "model name=" + model + " failed to load", "server_error");
+  }
+
+  // The router's part of a request for `model`: nullopt to pass it on (loading the model first when
+  // autoload says so), else the refusal to send.
+  static awaitable<std::optional<http::Response>> route_request(std::shared_ptr<State> state, http::Request& request,
+                                                                std::string model) {
+    Route decided = state->route(model, request);
+    if (decided.refusal) co_return std::move(decided.refusal);
+    if (!decided.load) co_return std::nullopt;
+    begin_load(state);
+    while (state->router_state == RouterState::Loading && !state->stopped) {
+      co_await sleep_for(std::chrono::milliseconds(10));
+    }
+    if (state->router_state != RouterState::Loaded) co_return load_failed_response(model);
+    co_return std::nullopt;
+  }
+
+  // A GET endpoint the router passes on by ?model= (/metrics, /props, /slots), or a POST one it
+  // passes on by the body's "model" (/tokenize): `build` makes the model's answer.
+  template <typename Build>
+  static awaitable<void> handle_routed(std::shared_ptr<State> state, http::Request& request,
+                                       http::ResponseWriter& writer, std::string model, Build build) {
+    std::optional<http::Response> refusal = co_await route_request(state, request, std::move(model));
+    if (refusal) co_return co_await writer.send(std::move(*refusal));
+    co_await writer.send(build());
+  }
+
   // A hung engine answers nothing: the handler waits until the connection or server goes.
   static awaitable<void> hang_forever() {
     asio::steady_timer timer(co_await asio::this_coro::executor);
@@ -662,7 +825,8 @@ void EngineSim::add_routes(http::Router& router) {
   router.add("GET", "/v1/models", [state](http::Request& request, http::ResponseWriter& writer) {
     return send_response(writer, state->models_response(request));
   });
-  if (state->dialect != Dialect::Ollama) {
+  if (state->options.router) add_router_routes(router);
+  if (state->dialect != Dialect::Ollama && !state->options.router) {
     router.add("GET", "/metrics", [state](http::Request& request, http::ResponseWriter& writer) {
       return send_response(writer, state->metrics_response());
     });
@@ -701,6 +865,43 @@ void EngineSim::add_routes(http::Router& router) {
       [state]() {
         return DialectContext{&state->options, &state->resolved, &state->engine};
       });
+}
+
+// llama-server's router: model management, and the GET endpoints it passes on by ?model= (its
+// POST ones are routed in the handlers). Added before the dialect's own, so these win.
+void EngineSim::add_router_routes(http::Router& router) {
+  auto state = state_;
+  router.add("GET", "/models", [state](http::Request& request, http::ResponseWriter& writer) {
+    return send_response(writer, state->models_response(request));
+  });
+  router.add("POST", "/models/load", [state](http::Request& request, http::ResponseWriter& writer) {
+    return send_response(writer, State::load_response(state, request));
+  });
+  router.add("POST", "/models/unload", [state](http::Request& request, http::ResponseWriter& writer) {
+    return send_response(writer, State::unload_response(state, request));
+  });
+  router.add("GET", "/metrics", [state](http::Request& request, http::ResponseWriter& writer) {
+    return State::handle_routed(state, request, writer, request.query_or("model"),
+                                [state] { return state->metrics_response(); });
+  });
+  router.add("GET", "/props", [state](http::Request& request, http::ResponseWriter& writer) -> awaitable<void> {
+    if (request.query_or("model").empty())
+      return send_response(writer, State::json_response(200, router_props_json(), {}));
+    return State::handle_routed(state, request, writer, request.query_or("model"), [state] {
+      return State::json_response(
+          200, llamacpp_props(DialectContext{&state->options, &state->resolved, &state->engine}), {});
+    });
+  });
+  router.add("GET", "/slots", [state](http::Request& request, http::ResponseWriter& writer) {
+    return State::handle_routed(state, request, writer, request.query_or("model"), [state] {
+      return State::json_response(
+          200, llamacpp_slots(DialectContext{&state->options, &state->resolved, &state->engine}), {});
+    });
+  });
+  router.add("POST", "/tokenize", [state](http::Request& request, http::ResponseWriter& writer) {
+    return State::handle_routed(state, request, writer, State::body_model(request),
+                                [state, &request] { return state->tokenize_response(request); });
+  });
 }
 
 const SimOptions& EngineSim::options() const {

@@ -335,6 +335,8 @@ json sglang_server_info(const DialectContext& context) {
               {"version", "sim"}};
 }
 
+}  // namespace
+
 json llamacpp_props(const DialectContext& context) {
   const EngineConfig& config = context.resolved->engine;
   return json{{"default_generation_settings", {{"n_ctx", config.max_model_len}, {"model", context.options->model}}},
@@ -353,6 +355,8 @@ json llamacpp_slots(const DialectContext& context) {
   }
   return slots;
 }
+
+namespace {
 
 json tgi_info(const DialectContext& context) {
   const EngineConfig& config = context.resolved->engine;
@@ -443,6 +447,26 @@ json embeddings_json(const EmbeddingRequest& request, int dimensions, const std:
               {"model", model},
               {"data", std::move(data)},
               {"usage", {{"prompt_tokens", prompt_tokens}, {"total_tokens", prompt_tokens}}}};
+}
+
+http::Response llamacpp_error(int status, const std::string& message, const std::string& type) {
+  return json_response(status, json{{"error", {{"code", status}, {"message", message}, {"type", type}}}}, {});
+}
+
+json router_models_json(const std::string& model, const std::string& status, int64_t created) {
+  json entry = {{"id", model},
+                {"object", "model"},
+                {"owned_by", "llamacpp"},
+                {"created", created},
+                {"status", {{"value", status}, {"args", json::array({"llama-server", "--alias", model})}}}};
+  return json{{"data", json::array({std::move(entry)})}, {"object", "list"}};
+}
+
+json router_props_json() {
+  return json{{"role", "router"},
+              {"model_alias", "llama-server"},
+              {"model_path", "none"},
+              {"default_generation_settings", {{"params", json::object()}, {"n_ctx", 0}}}};
 }
 
 json is_sleeping_json(bool sleeping) {

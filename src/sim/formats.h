@@ -69,12 +69,22 @@ json embeddings_json(const EmbeddingRequest& request, int dimensions, const std:
                      int64_t created);
 json is_sleeping_json(bool sleeping);
 
+// llama-server's router (router mode of the llamacpp dialect): its error shape
+// {"error": {"code": status, "message", "type"}}, GET /models (one model and its status: unloaded,
+// loading or loaded), and GET /props without ?model=.
+http::Response llamacpp_error(int status, const std::string& message, const std::string& type);
+json router_models_json(const std::string& model, const std::string& status, int64_t created);
+json router_props_json();
+
 // What the dialects' info endpoints report. Read on the io thread.
 struct DialectContext {
   const SimOptions* options = nullptr;
   const ResolvedSim* resolved = nullptr;
   const Engine* engine = nullptr;
 };
+// llama.cpp's GET /props and GET /slots.
+json llamacpp_props(const DialectContext& context);
+json llamacpp_slots(const DialectContext& context);
 using GenerationHandler =
     std::function<awaitable<void>(http::Request&, http::ResponseWriter&, const CompletionFormat&, NativeParser)>;
 // Ollama's model management (/api/tags, /api/pull, /api/copy, /api/ps, /api/generate without a

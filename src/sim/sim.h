@@ -57,6 +57,16 @@ struct SimOptions {
   std::optional<double> wake_l2_seconds;
   std::optional<int> embedding_dim;
 
+  // llamacpp dialect only: llama-server's router mode (as started without -m). The one model,
+  // `model`, starts unloaded; GET /models lists it with its status, POST /models/load loads it
+  // (taking startup_seconds, as a model process starting would) and POST /models/unload frees its
+  // weights and KV cache; requests name it in the body's "model" (GET ones in ?model=). /health
+  // answers 200 at once.
+  bool router = false;
+  // Router mode: load the model when a request names it unloaded (llama-server's default;
+  // --no-models-autoload turns it off, and ?autoload=true|false overrides it per request).
+  bool models_autoload = true;
+
   // Faults.
   double fail_rate = 0;  // share of inference requests answered 429, 500 or 503 (chosen at random)
   int crash_after = 0;   // > 0: the process dies when request crash_after + 1 arrives
@@ -64,6 +74,17 @@ struct SimOptions {
   // What a crash does; default std::_Exit(1). Tests replace it.
   std::function<void()> crash;
 };
+
+// The one model of a llama-server preset file (--models-preset): the first section other than
+// [*], with its `c` (context of all slots) and `parallel`. Throws std::invalid_argument when the file
+// cannot be read or names no model.
+struct PresetModel {
+  std::string name;
+  std::string model;  // the GGUF path (the simulator does not read it)
+  int context = 0;    // c / ctx-size; 0 = not given
+  int parallel = 0;   // parallel / np; 0 = not given
+};
+PresetModel read_models_preset(const std::string& path);
 
 // Resolves the profile and its overrides into the engine's configuration. Throws
 // std::invalid_argument for an unknown profile or dialect, or a KV cache that cannot hold one
@@ -100,6 +121,7 @@ class EngineSim {
   size_t waiting() const;
 
  private:
+  void add_router_routes(http::Router& router);
   struct State;
   std::shared_ptr<State> state_;
 };

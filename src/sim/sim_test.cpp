@@ -6,6 +6,8 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <cstdio>
+#include <fstream>
 #include <optional>
 #include <set>
 #include <thread>
@@ -737,6 +739,108 @@ TEST_F(EngineSimTest, LlamacppDialect) {
   EXPECT_EQ(body["stop_type"], "limit");
   EXPECT_EQ(body_of(get("/slots")).size(), 1024u);  // one slot per max_num_seqs
   EXPECT_EQ(metric(get("/metrics").body, "llamacpp:tokens_predicted_total"), 5);
+}
+
+// llama-server's router mode: the model starts unloaded, requests name it, /models/load and
+// /models/unload move it on and off the GPU; answers as llama.cpp's router gives them.
+TEST_F(EngineSimTest, LlamacppRouterMode) {
+  SimOptions options = fast_options();
+  options.dialect = "llamacpp";
+  options.model = "chat";
+  options.router = true;
+  options.models_autoload = false;
+  options.startup_seconds = 0.1;  // a load takes this long
+  start(options);
+  auto status_of_model = [&] {
+    json listing = body_of(get("/models"));
+    EXPECT_EQ(listing["data"].size(), 1u) << listing.dump();
+    EXPECT_EQ(listing["data"][0]["id"], "chat");
+    return listing["data"][0]["status"]["value"].get<std::string>();
+  };
+  json chat = chat_body(2);
+  chat["model"] = "chat";
+  EXPECT_EQ(body_of(get("/health"))["status"], "ok") << "the router answers before any model is loaded";
+  EXPECT_EQ(status_of_model(), "unloaded");
+  EXPECT_EQ(body_of(get("/v1/models"))["data"][0]["status"]["value"], "unloaded");
+
+  auto refused = post("/v1/chat/completions", chat);
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_EQ(body_of(refused)["error"]["message"], "model is not loaded");
+  EXPECT_EQ(body_of(refused)["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(body_of(refused)["error"]["code"], 400);
+  json nameless = chat;
+  nameless.erase("model");
+  EXPECT_EQ(body_of(post("/v1/chat/completions", nameless))["error"]["message"],
+            "model name is missing from the request");
+  json other = chat;
+  other["model"] = "other";
+  EXPECT_EQ(body_of(post("/v1/chat/completions", other))["error"]["message"], "model not found");
+  EXPECT_EQ(get("/metrics").status, 400) << "the router's /metrics needs ?model=";
+  EXPECT_EQ(get("/metrics?model=chat").status, 400) << "and the model loaded";
+  EXPECT_EQ(body_of(get("/props"))["role"], "router");
+  EXPECT_EQ(post("/models/unload", json{{"model", "chat"}}).status, 400) << "not loaded";
+  EXPECT_EQ(post("/models/load", json{{"model", "other"}}).status, 404);
+
+  // Load: answered at once, loaded after the load time.
+  auto loaded = post("/models/load", json{{"model", "chat"}});
+  EXPECT_EQ(loaded.status, 200);
+  EXPECT_EQ(body_of(loaded)["success"], true);
+  EXPECT_EQ(status_of_model(), "loading");
+  std::this_thread::sleep_for(150ms);
+  EXPECT_EQ(status_of_model(), "loaded");
+  EXPECT_EQ(post("/models/load", json{{"model", "chat"}}).status, 400) << "already loaded";
+  EXPECT_EQ(post("/v1/chat/completions", chat).status, 200);
+  std::string long_prompt;  // two full KV blocks, published to the prefix cache
+  for (int i = 0; i < 40; ++i) long_prompt += "word" + std::to_string(i) + " ";
+  EXPECT_EQ(post("/completion", json{{"model", "chat"}, {"prompt", long_prompt}, {"n_predict", 2}}).status, 200);
+  std::string metrics = get("/metrics?model=chat").body;
+  EXPECT_GT(metric(metrics, "nebula_sim:gpu_memory_used_bytes"), 16e9);
+  EXPECT_GT(metric(metrics, "nebula_sim:kv_cache_blocks_cached"), 0);
+  EXPECT_EQ(metric(metrics, "llamacpp:tokens_predicted_total"), 4);
+  EXPECT_EQ(body_of(get("/props?model=chat"))["model_path"], "chat");
+
+  // Unload frees the weights and the KV cache (its cached prefixes too).
+  EXPECT_EQ(post("/models/unload", json{{"model", "chat"}}).status, 200);
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(status_of_model(), "unloaded");
+  EXPECT_EQ(post("/v1/chat/completions", chat).status, 400);
+  EXPECT_EQ(post("/models/load", json{{"model", "chat"}}).status, 200);
+  std::this_thread::sleep_for(150ms);
+  metrics = get("/metrics?model=chat").body;
+  EXPECT_EQ(metric(metrics, "nebula_sim:kv_cache_blocks_cached"), 0);
+  EXPECT_GT(metric(metrics, "nebula_sim:gpu_memory_used_bytes"), 16e9);
+
+  // Autoload, asked for per request: the request waits for the load.
+  EXPECT_EQ(post("/models/unload", json{{"model", "chat"}}).status, 200);
+  std::this_thread::sleep_for(50ms);
+  auto started = std::chrono::steady_clock::now();
+  EXPECT_EQ(post("/v1/chat/completions?autoload=true", chat).status, 200);
+  EXPECT_GE(std::chrono::steady_clock::now() - started, 100ms);
+  EXPECT_EQ(status_of_model(), "loaded");
+  metrics = get("/metrics?model=chat").body;
+  EXPECT_EQ(metric(metrics, "llamacpp:tokens_predicted_total"), 6) << "the same engine, counting on";
+}
+
+TEST(ModelsPreset, ReadsTheFirstModelAndItsLimits) {
+  std::string path = ::testing::TempDir() + "/nebula-preset-test.ini";
+  std::ofstream(path) << "version = 1\n\n; comment\n[*]\nc = 1024\n\n[chat]\nmodel = /m/a.gguf ; note\n"
+                         "parallel = 4\nn-gpu-layers = 999\n\n[second]\nmodel = /m/b.gguf\n";
+  PresetModel model = read_models_preset(path);
+  EXPECT_EQ(model.name, "chat");
+  EXPECT_EQ(model.model, "/m/a.gguf");
+  EXPECT_EQ(model.context, 1024) << "from [*]";
+  EXPECT_EQ(model.parallel, 4);
+  std::ofstream(path) << "version = 1\n";
+  EXPECT_THROW(read_models_preset(path), std::invalid_argument);
+  EXPECT_THROW(read_models_preset(path + ".absent"), std::invalid_argument);
+  std::remove(path.c_str());
+}
+
+TEST(EngineSimRouter, IsLlamaServersOnly) {
+  asio::io_context io;
+  SimOptions options;
+  options.router = true;
+  EXPECT_THROW(EngineSim(io, options), std::invalid_argument);
 }
 
 TEST_F(EngineSimTest, TgiDialect) {
