@@ -64,6 +64,20 @@ http::Headers text_headers() {
   return {{"Content-Type", "text/plain; charset=utf-8"}};
 }
 
+// Writes the files a driver asked for (Command::files) before its engine starts.
+Status write_launch_files(const std::map<std::string, std::string>& files) {
+  for (const auto& [path, contents] : files) {
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+    if (ec) return Error{ErrorCode::Internal, fmt::format("cannot create the directory of {}: {}", path, ec.message())};
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << contents;
+    out.close();
+    if (!out) return Error{ErrorCode::Internal, "cannot write " + path};
+  }
+  return {};
+}
+
 http::Response container_logs_response(const Result<std::string>& logs) {
   if (!logs) return http::error_json(502, "docker logs: " + logs.error().message, "upstream_error");
   return http::Response::text(200, *logs);
@@ -92,6 +106,9 @@ struct Managed {
   bool healthy = false;
   bool prepared = false;  // the driver's post-start work (Ollama's pull) is done
   bool stopping = false;
+  // Its engine cannot sleep, so it is being stopped while its deployment is idle: the exit is
+  // expected, and the replica stays stopped (Sleeping) until it is woken.
+  bool stopping_to_sleep = false;
   bool adopted = false;                // started by an earlier agent, taken over after a restart
   int slept_level = 0;                 // the level it was put to sleep at (waking from level 2 reloads weights)
   std::string model_path;              // the model's local path once prepared ("" = pass spec.model as is)
@@ -108,6 +125,13 @@ struct Managed {
   bool status_dirty = true;
   std::optional<engines::Load> load;  // from the engine's metrics, for /metrics
 };
+
+namespace {
+std::string stopped_asleep_message(const Managed& managed) {
+  return fmt::format("stopped while idle ({} cannot sleep here); the next request starts it",
+                     managed.desired.spec.engine);
+}
+}  // namespace
 
 struct Agent::Impl {
   Impl(Options options, std::unique_ptr<ProcessLauncher> launcher)
@@ -142,6 +166,8 @@ struct Agent::Impl {
 
   std::string api(const std::string& path) const { return options.server_url + "/api/v1" + path; }
   std::string log_path(const std::string& replica) const { return options.data_dir + "/logs/" + replica + ".log"; }
+  // Files a driver writes for the replica's engine (llama-server's preset file); removed with it.
+  std::string work_dir(const std::string& replica) const { return options.data_dir + "/work/" + replica; }
 
   awaitable<void> join_loop();
   awaitable<void> heartbeat_loop();
@@ -175,6 +201,8 @@ struct Agent::Impl {
   void cancel_download(Managed& managed);
   void detect_engines();
   engines::LaunchContext launch_context(const Managed& managed, int port) const;
+  // The replica wants to sleep but its engine cannot (as launched here): it stays stopped.
+  bool asleep_while_stopped(const Managed& managed) const;
   milliseconds startup_timeout(const std::string& engine) const;
   void set_phase(Managed& managed, const std::string& phase, const std::string& message);
   json node_status() const;
@@ -565,6 +593,13 @@ engines::LaunchContext Agent::Impl::launch_context(const Managed& managed, int p
   context.env = spec.env;
   context.nebula_binary = options.nebula_binary;
   if (auto it = options.engines.find(spec.engine); it != options.engines.end()) context.config = it->second;
+  context.work_dir = work_dir(managed.desired.metadata.name);
+  // What this agent's detect() found; an engine re-adopted after an upgrade of the engine binary
+  // is taken to be the build found now.
+  if (auto found = engines_found.find(spec.engine); found != engines_found.end()) {
+    context.features = found->second.features;
+  }
+  context.ready_timeout = startup_timeout(spec.engine);
   // The engine claims what the scheduler reserved for it, as a fraction of each of its cards.
   if (!spec.gpus.empty() && spec.vram_mb > 0) {
     for (const auto& gpu : gpus) {
@@ -610,6 +645,10 @@ void Agent::Impl::launch(Managed& managed) {
   auto command = managed.driver->command(launch_context(managed, *port));
   if (!command) {
     refuse_launch(managed, command.error().message);
+    return;
+  }
+  if (Status written = write_launch_files(command->files); !written.ok()) {
+    crashed(managed, written.error().message);
     return;
   }
   LaunchSpec launch_spec;
@@ -760,8 +799,12 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
     std::optional<ExitStatus> exit = engine_exited(managed);
     if (exit) {
       bool was_starting = !managed.healthy;
+      bool stopped_to_sleep = managed.stopping_to_sleep;
       forget(managed);
-      if (!managed.stopping && !managed.deleted && !managed.desired.spec.stop) {
+      managed.stopping_to_sleep = false;
+      if (stopped_to_sleep) {
+        set_phase(managed, api::phase::kSleeping, stopped_asleep_message(managed));
+      } else if (!managed.stopping && !managed.deleted && !managed.desired.spec.stop) {
         std::string why = "engine " + exit->describe();
         if (was_starting) why += " while starting";
         crashed(managed, why, was_starting ? tail_lines(log_path(name), 10) : "");
@@ -789,7 +832,15 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
   }
 
   if (!running(managed)) {
+    if (asleep_while_stopped(managed)) {
+      set_phase(managed, api::phase::kSleeping, stopped_asleep_message(managed));
+      co_return;
+    }
     if (now >= managed.next_start && model_ready(managed)) launch(managed);
+    co_return;
+  }
+  if (managed.stopping_to_sleep) {
+    if (now > managed.stop_deadline && !managed.container) kill_engine(managed, SIGKILL);
     co_return;
   }
   if (now - managed.last_housekeeping >= milliseconds(1000)) {
@@ -798,7 +849,7 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
       spdlog::info("agent: rotated the log of {}", name);
     }
     if (managed.healthy && managed.driver) {
-      auto load = co_await managed.driver->load(client, managed.status.endpoint);
+      auto load = co_await managed.driver->load(client, managed.status.endpoint, launch_context(managed, managed.port));
       if (load) {
         managed.load = *load;
       } else {
@@ -825,8 +876,11 @@ awaitable<void> Agent::Impl::check_ready(Managed& managed) {
   if (readiness == engines::Readiness::Ready && !managed.prepared) {
     set_phase(managed, api::phase::kStarting, "preparing the engine");
     co_await report(managed);
-    auto prepared =
-        co_await managed.driver->prepare(client, managed.status.endpoint, launch_context(managed, managed.port));
+    // Loading the model (llama.cpp's router) may take what is left of the startup timeout.
+    engines::LaunchContext context = launch_context(managed, managed.port);
+    auto left = context.ready_timeout - std::chrono::duration_cast<milliseconds>(Clock::now() - managed.started);
+    context.ready_timeout = std::max(left, milliseconds(1000));
+    auto prepared = co_await managed.driver->prepare(client, managed.status.endpoint, context);
     if (!prepared) {
       abandon_start(managed, "preparing the engine failed: " + prepared.error().message);
       co_return;
@@ -849,17 +903,33 @@ awaitable<void> Agent::Impl::check_ready(Managed& managed) {
   }
 }
 
-// Sleep and wake follow spec.sleep_level, through the driver (vLLM's levels, Ollama's keep_alive).
+bool Agent::Impl::asleep_while_stopped(const Managed& managed) const {
+  return managed.desired.spec.sleep_level > 0 && managed.driver &&
+         !managed.driver->can_sleep(launch_context(managed, managed.port));
+}
+
+// Sleep and wake follow spec.sleep_level, through the driver (vLLM's levels, Ollama's keep_alive,
+// llama.cpp's router). An engine that cannot sleep (as launched here) is stopped instead; step()
+// keeps it stopped while the level stays above 0 and starts it again when it drops to 0.
 awaitable<void> Agent::Impl::follow_sleep(Managed& managed) {
   auto now = Clock::now();
-  if (!managed.driver || !managed.driver->can_sleep() || now - managed.last_sleep_attempt < milliseconds(250)) {
+  if (!managed.driver || now - managed.last_sleep_attempt < milliseconds(250)) co_return;
+  int wanted = managed.desired.spec.sleep_level;
+  engines::LaunchContext context = launch_context(managed, managed.port);
+  if (!managed.driver->can_sleep(context)) {
+    if (wanted > 0) {
+      spdlog::info("agent: stopping the engine of {} while idle: {} cannot sleep here", managed.desired.metadata.name,
+                   managed.desired.spec.engine);
+      kill_engine(managed, SIGTERM);
+      managed.stopping_to_sleep = true;
+      managed.stop_deadline = now + options.stop_grace;
+      set_phase(managed, api::phase::kStopping, "stopping the engine while idle: it cannot sleep here");
+    }
     co_return;
   }
-  int wanted = managed.desired.spec.sleep_level;
   bool asleep = managed.status.phase == api::phase::kSleeping;
   if (wanted > 0 && !asleep) {
     managed.last_sleep_attempt = now;
-    engines::LaunchContext context = launch_context(managed, managed.port);
     context.sleep_level = wanted;
     auto slept = co_await managed.driver->sleep(client, managed.status.endpoint, wanted, context);
     if (slept) {
@@ -868,7 +938,6 @@ awaitable<void> Agent::Impl::follow_sleep(Managed& managed) {
     }
   } else if (wanted == 0 && asleep) {
     managed.last_sleep_attempt = now;
-    engines::LaunchContext context = launch_context(managed, managed.port);
     context.sleep_level = managed.slept_level;
     auto woken = co_await managed.driver->wake(client, managed.status.endpoint, context);
     if (woken) {
@@ -898,6 +967,8 @@ awaitable<void> Agent::Impl::supervise_loop() {
       co_await step(it->second);
       co_await report(it->second);
       if (it->second.deleted && !running(it->second)) {
+        std::error_code ignored;
+        std::filesystem::remove_all(work_dir(it->first), ignored);
         it = replicas.erase(it);
       } else {
         ++it;

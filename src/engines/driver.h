@@ -12,6 +12,10 @@
 // - ContainerSpec, EngineDriver::runs_in_container() and EngineDriver::container(): the docker
 //   driver describes a container instead of a command; engines/docker.h runs it.
 // - EngineDriver::is_sleeping().
+// - Availability::features / LaunchContext::features (what detect() found the node's build can do,
+//   e.g. llama-server's router mode), LaunchContext::work_dir, LaunchContext::ready_timeout,
+//   Command::files (written by the agent before launch), can_sleep(context) and
+//   load(client, endpoint, context) for engines whose answer depends on the launch.
 //
 // The sequence the agent follows for a replica:
 //   command() (or container()) -> launch -> probe() until Ready -> prepare() -> Ready
@@ -70,11 +74,23 @@ struct LaunchContext {
   bool sleep_mode = true;
   // The level sleep() was last called with; wake() after level 2 must reload the weights (vllm).
   int sleep_level = 1;
+  // A directory that belongs to this replica, which the agent creates ("" = none): where a
+  // driver puts the files it asks for in Command::files.
+  std::string work_dir;
+  // What detect() found this node's build of the engine can do (Availability::features).
+  std::vector<std::string> features;
+  // How long prepare() and wake() may wait for the engine to load its model; 0 = the driver's own.
+  std::chrono::milliseconds ready_timeout{0};
+
+  bool has_feature(const std::string& feature) const;
 };
 
 struct Command {
   std::vector<std::string> argv;
   std::map<std::string, std::string> env;  // added to the agent's environment
+  // Files the agent writes before starting the process: absolute path (inside
+  // LaunchContext::work_dir) -> contents. A file that cannot be written fails the launch.
+  std::map<std::string, std::string> files;
 };
 
 struct Mount {
@@ -117,6 +133,9 @@ struct Availability {
   bool available = false;
   std::string version;  // as the binary reports it, "" when unknown
   std::string detail;   // why not, or where it was found
+  // What this build can do beyond the basics, in the driver's words (llamacpp: "router" when
+  // llama-server has router mode). The agent hands it back in LaunchContext::features.
+  std::vector<std::string> features;
 };
 
 class EngineDriver {
@@ -144,9 +163,16 @@ class EngineDriver {
 
   // Load from the engine's metrics endpoint.
   virtual awaitable<Result<Load>> load(http::Client& client, std::string endpoint) const = 0;
+  // The same for one launch, for engines that must be told which model to report on (llama.cpp's
+  // router wants /metrics?model=NAME). Defaults to load(client, endpoint). The agent calls this one.
+  virtual awaitable<Result<Load>> load(http::Client& client, std::string endpoint, LaunchContext context) const;
 
   // Sleep (level 1 or 2) and wake, where the engine has it; otherwise an InvalidArgument error.
   virtual bool can_sleep() const { return false; }
+  // Whether this launch can sleep (llama.cpp only in router mode). Defaults to can_sleep(). An
+  // engine that cannot is stopped by the agent while its deployment is idle, and started again on
+  // wake. The agent calls this one.
+  virtual bool can_sleep(const LaunchContext& context) const { return can_sleep(); }
   virtual awaitable<Status> sleep(http::Client& client, std::string endpoint, int level, LaunchContext context) const;
   virtual awaitable<Status> wake(http::Client& client, std::string endpoint, LaunchContext context) const;
   virtual awaitable<Result<bool>> is_sleeping(http::Client& client, std::string endpoint, LaunchContext context) const;

@@ -4,9 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <thread>
 
@@ -201,6 +206,105 @@ TEST_F(DriverSim, LlamacppIsLoadingUntilTheModelIsLoaded) {
   EXPECT_EQ(llamacpp.waiting, 0.0);
   EXPECT_TRUE(llamacpp.kv_cache_usage);
   EXPECT_FALSE(llamacpp.prefix_hit_rate);
+}
+
+// llama-server's router mode, launched as the driver launches it: its preset file and flags make
+// the simulator's model, and the driver loads, sleeps and wakes it.
+TEST_F(DriverSim, LlamacppRouterModeLoadsSleepsAndWakes) {
+  LaunchContext context;
+  context.replica = "chat-0";
+  context.served_name = "chat";
+  context.model = "/models/tiny.gguf";
+  context.max_context = 512;
+  context.max_seqs = 2;
+  context.features = {"router"};
+  context.work_dir = ::testing::TempDir() + "/nebula-router-" + std::to_string(::getpid());
+  const EngineDriver& llamacpp = driver("llamacpp");
+  ASSERT_TRUE(llamacpp.can_sleep(context));
+  auto command = llamacpp.command(context);
+  ASSERT_TRUE(command) << command.error().message;
+  auto& argv = command->argv;
+  auto preset_flag = std::find(argv.begin(), argv.end(), "--models-preset");
+  ASSERT_NE(preset_flag, argv.end());
+  ASSERT_NE(std::find(argv.begin(), argv.end(), "--no-models-autoload"), argv.end());
+  for (const auto& [path, contents] : command->files) {
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    std::ofstream(path) << contents;
+  }
+  sim::PresetModel preset = sim::read_models_preset(*(preset_flag + 1));
+  std::filesystem::remove_all(context.work_dir);
+  EXPECT_EQ(preset.name, "chat");
+  EXPECT_EQ(preset.context, 1024);
+  EXPECT_EQ(preset.parallel, 2);
+  sim::SimOptions sim_options = options("llamacpp");
+  sim_options.router = true;
+  sim_options.models_autoload = false;
+  sim_options.model = preset.name;
+  sim_options.max_num_seqs = preset.parallel;
+  sim_options.max_model_len = preset.context / preset.parallel;
+  sim_options.startup_seconds = 0.05;  // each load
+  start(sim_options);
+
+  // The router is up at once, without its model.
+  EXPECT_EQ(probe("llamacpp"), Readiness::Ready);
+  EXPECT_TRUE(sleeping("llamacpp", context)) << "nothing loaded before prepare()";
+  EXPECT_EQ(chat("hello"), 400) << "model is not loaded";
+  EXPECT_FALSE(run(io_, llamacpp.load(client_, endpoint_, context))) << "no metrics without the model";
+
+  Status prepared = run(io_, llamacpp.prepare(client_, endpoint_, context));
+  ASSERT_TRUE(prepared.ok()) << prepared.error().message;
+  EXPECT_FALSE(sleeping("llamacpp", context));
+  EXPECT_EQ(chat("hello"), 200);
+  auto loaded = run(io_, llamacpp.load(client_, endpoint_, context));
+  ASSERT_TRUE(loaded) << loaded.error().message;
+  EXPECT_EQ(loaded->running, 0.0);
+  EXPECT_EQ(loaded->waiting, 0.0);
+  EXPECT_TRUE(loaded->kv_cache_usage);
+  EXPECT_FALSE(run(io_, llamacpp.load(client_, endpoint_))) << "the router's /metrics wants ?model=";
+  EXPECT_TRUE(run(io_, llamacpp.prepare(client_, endpoint_, context)).ok()) << "already loaded: nothing to do";
+
+  for (int level : {1, 2}) {
+    Status slept = run(io_, llamacpp.sleep(client_, endpoint_, level, context));
+    ASSERT_TRUE(slept.ok()) << slept.error().message;
+    EXPECT_TRUE(sleeping("llamacpp", context)) << "level " << level;
+    EXPECT_EQ(chat("hello"), 400) << "asleep at level " << level;
+    EXPECT_TRUE(run(io_, llamacpp.sleep(client_, endpoint_, level, context)).ok()) << "asleep already";
+    context.sleep_level = level;
+    Status woken = run(io_, llamacpp.wake(client_, endpoint_, context));
+    ASSERT_TRUE(woken.ok()) << woken.error().message;
+    EXPECT_FALSE(sleeping("llamacpp", context)) << "level " << level;
+    EXPECT_EQ(chat("hello"), 200) << "awake after level " << level;
+  }
+  EXPECT_FALSE(run(io_, llamacpp.sleep(client_, endpoint_, 3, context)).ok());
+
+  // A model the router does not have, and a load slower than the time allowed.
+  LaunchContext unknown = context;
+  unknown.served_name = "other";
+  Status missing = run(io_, llamacpp.prepare(client_, endpoint_, unknown));
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::NotFound) << missing.error().message;
+  ASSERT_TRUE(run(io_, llamacpp.sleep(client_, endpoint_, 1, context)).ok());
+  context.ready_timeout = 10ms;  // the load takes 50 ms
+  Status late = run(io_, llamacpp.wake(client_, endpoint_, context));
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.error().code, ErrorCode::Timeout) << late.error().message;
+}
+
+// Without router mode the driver neither sleeps nor asks for anything after the start.
+TEST_F(DriverSim, LlamacppSingleModelCannotSleep) {
+  start(options("llamacpp"));
+  LaunchContext context;
+  context.served_name = "chat";
+  context.model = "/models/tiny.gguf";
+  const EngineDriver& llamacpp = driver("llamacpp");
+  EXPECT_FALSE(llamacpp.can_sleep(context));
+  EXPECT_TRUE(run(io_, llamacpp.prepare(client_, endpoint_, context)).ok());
+  EXPECT_FALSE(run(io_, llamacpp.sleep(client_, endpoint_, 1, context)).ok());
+  EXPECT_FALSE(run(io_, llamacpp.is_sleeping(client_, endpoint_, context)));
+  auto single = run(io_, llamacpp.load(client_, endpoint_, context));
+  ASSERT_TRUE(single) << single.error().message;
+  EXPECT_EQ(single->running, 0.0);
+  EXPECT_EQ(chat("hello"), 200);
 }
 
 TEST_F(DriverSim, TgiProbeAndLoad) {

@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "engines/common.h"
@@ -64,7 +66,7 @@ TEST(DriverRegistry, EveryEngineHasItsDriver) {
   EXPECT_TRUE(find_driver("sim")->can_sleep());
   EXPECT_TRUE(find_driver("ollama")->can_sleep());
   EXPECT_FALSE(find_driver("sglang")->can_sleep());
-  EXPECT_FALSE(find_driver("llamacpp")->can_sleep());
+  EXPECT_TRUE(find_driver("llamacpp")->can_sleep()) << "in router mode";
   EXPECT_FALSE(find_driver("tgi")->can_sleep());
   EXPECT_TRUE(find_driver("docker")->runs_in_container());
   EXPECT_FALSE(find_driver("vllm")->runs_in_container());
@@ -157,6 +159,87 @@ TEST(EngineCommand, Llamacpp) {
   EXPECT_EQ(command.argv, (Argv{"llama-server", "-m", "/models/qwen2.5-7b-q4_k_m.gguf", "--host", "127.0.0.1", "--port",
                                 "8123", "--alias", "chat", "--metrics", "-c", "4096"}));
   EXPECT_EQ(command.env["CUDA_VISIBLE_DEVICES"], "") << "a CPU replica sees no GPU";
+}
+
+// llama-server's router mode, from its documentation (tools/server/README.md "Using multiple
+// models"): the router flags, and the preset keys (flags without their dashes; short forms too).
+const std::set<std::string> kRouterFlags = {"--models-preset", "--models-max", "--no-models-autoload",
+                                            "--host",          "--port",       "--metrics"};
+const std::set<std::string> kPresetKeys = {"model", "c", "parallel", "n-gpu-layers"};
+
+LaunchContext router_context() {
+  LaunchContext context = sample_context();
+  context.model = "/models/qwen2.5-7b-q4_k_m.gguf";
+  context.features = {"router"};
+  context.work_dir = "/data/work/chat-0";
+  return context;
+}
+
+TEST(EngineCommand, LlamacppRouterMode) {
+  LaunchContext context = router_context();
+  Command command = command_for("llamacpp", context);
+  EXPECT_EQ(command.argv,
+            (Argv{"llama-server", "--models-preset", "/data/work/chat-0/models.ini", "--models-max", "1",
+                  "--no-models-autoload", "--host", "127.0.0.1", "--port", "8123", "--metrics", "--user-flag", "x"}));
+  EXPECT_EQ(command.env["CUDA_VISIBLE_DEVICES"], "2,3");
+  ASSERT_EQ(command.files.size(), 1u);
+  const std::string& ini = command.files["/data/work/chat-0/models.ini"];
+  // One section named as clients name the model; -c covers all 16 slots of 4096 tokens.
+  EXPECT_EQ(ini,
+            "version = 1\n\n"
+            "[chat]\n"
+            "model = /models/qwen2.5-7b-q4_k_m.gguf\n"
+            "c = 65536\n"
+            "parallel = 16\n"
+            "n-gpu-layers = 999\n");
+  for (const std::string& arg : command.argv) {
+    if (arg.rfind("--", 0) == 0 && arg != "--user-flag") {
+      EXPECT_TRUE(kRouterFlags.count(arg)) << arg;
+    }
+  }
+  std::istringstream lines(ini);
+  for (std::string line; std::getline(lines, line);) {
+    size_t equals = line.find(" = ");
+    if (equals == std::string::npos || line == "version = 1") continue;
+    EXPECT_TRUE(kPresetKeys.count(line.substr(0, equals))) << line;
+  }
+  EXPECT_TRUE(find_driver("llamacpp")->can_sleep(context));
+
+  // A CPU replica without limits: the model alone.
+  context.gpus.clear();
+  context.max_context = 0;
+  context.max_seqs = 0;
+  context.engine_args.clear();
+  command = command_for("llamacpp", context);
+  EXPECT_EQ(command.files["/data/work/chat-0/models.ini"],
+            "version = 1\n\n[chat]\nmodel = /models/qwen2.5-7b-q4_k_m.gguf\n");
+  EXPECT_EQ(command.argv.back(), "--metrics");
+}
+
+// Without router mode (an older llama-server), or when the preset file cannot say it, the launch is
+// today's single-model one, which cannot sleep.
+TEST(EngineCommand, LlamacppFallsBackToOneModelPerProcess) {
+  const EngineDriver& driver = *find_driver("llamacpp");
+  auto expect_single_model = [&](const LaunchContext& context, const std::string& why) {
+    Command command = command_for("llamacpp", context);
+    ASSERT_GE(command.argv.size(), 3u) << why;
+    EXPECT_EQ(command.argv[1], "-m") << why;
+    EXPECT_EQ(command.argv[2], context.model) << why;
+    EXPECT_TRUE(command.files.empty()) << why;
+    EXPECT_FALSE(driver.can_sleep(context)) << why;
+  };
+  LaunchContext context = router_context();
+  context.features.clear();
+  expect_single_model(context, "no router mode in this build");
+  context = router_context();
+  context.work_dir.clear();
+  expect_single_model(context, "no work directory for the preset file");
+  context = router_context();
+  context.model = "/models/odd;name.gguf";
+  expect_single_model(context, "';' ends an INI value");
+  context = router_context();
+  context.served_name = "a]b";
+  expect_single_model(context, "']' ends a section name");
 }
 
 TEST(EngineCommand, Tgi) {
@@ -404,6 +487,22 @@ TEST_F(EngineDetect, ReadsTheVersionFromTheBinary) {
   EXPECT_EQ(find_driver("tgi")->detect(config).version, "2.4.0");
 }
 
+TEST_F(EngineDetect, LlamaServerRouterModeIsFoundInItsHelp) {
+  EngineConfig config;
+  config.binary = script("llama-server",
+                         "case \"$1\" in --version) echo 'version: 7400 (abc)' >&2;; "
+                         "--help) echo '--models-preset PATH   path to INI file';; esac");
+  Availability router = find_driver("llamacpp")->detect(config);
+  ASSERT_TRUE(router.available) << router.detail;
+  EXPECT_EQ(router.features, (Argv{"router"}));
+  config.binary = script("old-llama-server",
+                         "case \"$1\" in --version) echo 'version: 4520 (a1b2c3d)' >&2;; "
+                         "--help) echo '-m, --model FNAME';; esac");
+  Availability old = find_driver("llamacpp")->detect(config);
+  ASSERT_TRUE(old.available) << old.detail;
+  EXPECT_TRUE(old.features.empty());
+}
+
 TEST_F(EngineDetect, MissingFailingAndHangingBinaries) {
   EngineConfig config;
   config.binary = (dir_ / "absent").string();
@@ -534,14 +633,37 @@ void launch_real(const std::string& engine, const std::string& binary, const std
   const EngineDriver& driver = *find_driver(engine);
   Availability availability = driver.detect(EngineConfig{});
   EXPECT_TRUE(availability.available) << availability.detail;
+  std::filesystem::path home = std::filesystem::temp_directory_path() / ("nebula-real-" + engine);
+  // The launch follows what detect() found, as the agent's does.
+  context.features = availability.features;
+  context.work_dir = (home / "work").string();
   auto command = driver.command(context);
   ASSERT_TRUE(command) << command.error().message;
-  std::filesystem::path home = std::filesystem::temp_directory_path() / ("nebula-real-" + engine);
+  for (const auto& [path, contents] : command->files) {
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+    std::ofstream(path) << contents;
+  }
+  bool router = engine == "llamacpp" && context.has_feature("router");
+  if (engine == "llamacpp") {
+    EXPECT_EQ(command->argv[1], router ? "--models-preset" : "-m");
+    EXPECT_EQ(driver.can_sleep(context), router);
+  }
   if (engine == "ollama") command->env["OLLAMA_MODELS"] = home.string();
   ChildProcess child(*command);
   ASSERT_TRUE(child.started());
   std::string endpoint = "http://127.0.0.1:" + std::to_string(context.port);
   ASSERT_EQ(wait_ready(driver, endpoint, deadline), Readiness::Ready);
+  if (router) {
+    // The router is up at once; prepare() loads the model.
+    boost::asio::io_context io;
+    http::Client async_client(io);
+    Status prepared = Error{ErrorCode::Internal, "not run"};
+    context.ready_timeout = deadline;
+    boost::asio::co_spawn(io, driver.prepare(async_client, endpoint, context),
+                          [&](std::exception_ptr, Status result) { prepared = std::move(result); });
+    io.run();
+    ASSERT_TRUE(prepared.ok()) << prepared.error().message;
+  }
   if (engine == "llamacpp") {
     // A real completion under the served name, then the load the driver reads from its metrics.
     http::BlockingClient client;
@@ -555,7 +677,7 @@ void launch_real(const std::string& engine, const std::string& binary, const std
     boost::asio::io_context io;
     http::Client async_client(io);
     Result<Load> load = Error{ErrorCode::Internal, "not run"};
-    boost::asio::co_spawn(io, driver.load(async_client, endpoint),
+    boost::asio::co_spawn(io, driver.load(async_client, endpoint, context),
                           [&](std::exception_ptr, Result<Load> result) { load = std::move(result); });
     io.run();
     ASSERT_TRUE(load) << load.error().message;

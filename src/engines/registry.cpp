@@ -1,13 +1,22 @@
+#include <algorithm>
+
 #include "engines/common.h"
 #include "engines/drivers.h"
 
 namespace nebula::engines {
+
+bool LaunchContext::has_feature(const std::string& feature) const {
+  return std::find(features.begin(), features.end(), feature) != features.end();
+}
 
 Result<ContainerSpec> EngineDriver::container(const LaunchContext&) const {
   return Error{ErrorCode::InvalidArgument, name() + " runs as a process: use command()"};
 }
 awaitable<Status> EngineDriver::prepare(http::Client&, std::string, LaunchContext) const {
   co_return Status{};
+}
+awaitable<Result<Load>> EngineDriver::load(http::Client& client, std::string endpoint, LaunchContext) const {
+  co_return co_await load(client, std::move(endpoint));
 }
 awaitable<Status> EngineDriver::sleep(http::Client&, std::string, int, LaunchContext) const {
   co_return unsupported(name() + " cannot sleep");
