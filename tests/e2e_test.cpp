@@ -2,7 +2,10 @@
 // port, the CLI as a user runs it, the gateway over HTTP, and real engine-sim children.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -245,6 +248,106 @@ TEST(Placement, ConcurrentDeploysNeverOvercommitAGpu) {
   ASSERT_EQ(up.cli({"scale", placed_deployment, "3"}).exit_code, 0);
   std::this_thread::sleep_for(1500ms);
   EXPECT_EQ(placed(), 4);
+}
+
+// The tiny GGUF of ../shared/testdata (a real llama-server runs it; the simulator ignores it).
+std::string tiny_gguf() {
+  return (std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "shared" / "testdata" /
+          "tiny-llama.gguf")
+      .string();
+}
+
+std::string phase_of(testing::NebulaUp& up, const std::string& deployment) {
+  auto replicas = up.replicas_of(deployment);
+  return replicas.size() == 1 ? replicas[0]["status"]["phase"].get<std::string>() : "";
+}
+
+int chat_status(const std::string& server, const std::string& model) {
+  http::BlockingClient client;
+  auto response =
+      client.request("POST", server + "/v1/chat/completions",
+                     R"({"model":")" + model + R"(","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})",
+                     {{"Content-Type", "application/json"}}, 60s);
+  return response ? response->status : 0;
+}
+
+// A llama.cpp deployment on a llama-server with router mode sleeps while idle: the model is
+// unloaded and the router process stays; the next request loads it again. The llama-server here
+// is engine-sim speaking llama-server's router, behind a script given as the engine's binary.
+TEST(LlamacppRouter, AnIdleDeploymentSleepsAndTheNextRequestWakesIt) {
+  testing::TempDir dir;
+  std::string script = dir.path() + "/llama-server";
+  std::ofstream(script) << "#!/bin/sh\n"
+                        << "case \"$1\" in --version) echo 'version: 0 (nebula engine-sim)'; exit 0;; esac\n"
+                        << "exec " << NEBULA_BINARY << " engine-sim --dialect llamacpp \"$@\"\n";
+  std::filesystem::permissions(script, std::filesystem::perms::owner_all);
+  testing::NebulaUp up({"--engine-binary", "llamacpp=" + script});
+  ASSERT_TRUE(up.wait_node_ready()) << up.process().output();
+  auto deployed =
+      up.cli({"deploy", "tiny", "--engine", "llamacpp", "--model", tiny_gguf(), "--vram", "1GB", "--max-context", "512",
+              "--max-seqs", "2", "--idle-timeout", "1s", "--on-idle", "sleep-l1", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out << up.process().output();
+  auto pids = up.engine_pids("tiny");
+  ASSERT_EQ(pids.size(), 1u);
+  auto endpoints = up.endpoints_of("tiny");
+  ASSERT_EQ(endpoints.size(), 1u);
+  http::BlockingClient client;
+  auto model_status = [&] {
+    auto listing = client.request("GET", endpoints[0] + "/models");
+    auto parsed = listing ? parse_json(listing->body) : Result<json>(Error{ErrorCode::Unavailable, "no answer"});
+    return parsed && (*parsed)["data"].is_array() && !(*parsed)["data"].empty()
+               ? (*parsed)["data"][0]["status"]["value"].get<std::string>()
+               : std::string("?");
+  };
+  EXPECT_EQ(chat_status(up.server(), "tiny"), 200);
+
+  ASSERT_TRUE(testing::eventually([&] { return phase_of(up, "tiny") == "Sleeping"; }, 15s))
+      << up.get_json("/api/v1/replicas").dump();
+  EXPECT_EQ(model_status(), "unloaded");
+  EXPECT_EQ(up.engine_pids("tiny"), pids) << "slept, not stopped";
+
+  // The next request waits for the wake and is served by the same router process.
+  EXPECT_EQ(chat_status(up.server(), "tiny"), 200);
+  EXPECT_EQ(model_status(), "loaded");
+  EXPECT_EQ(up.engine_pids("tiny"), pids);
+  EXPECT_EQ(up.cli({"rm", "tiny"}).exit_code, 0);
+}
+
+// An llama-server without router mode cannot sleep: the agent stops it while idle (the replica
+// reports Sleeping) and starts it again for the next request. Runs the real llama-server when it
+// is on PATH.
+TEST(LlamacppRouter, WithoutRouterModeAnIdleDeploymentIsStoppedAndRestarted) {
+  std::string path_env = std::getenv("PATH") ? std::getenv("PATH") : "";
+  std::string binary;
+  for (size_t start = 0; start <= path_env.size() && binary.empty();) {
+    size_t end = path_env.find(':', start);
+    if (end == std::string::npos) end = path_env.size();
+    std::string candidate = path_env.substr(start, end - start) + "/llama-server";
+    if (::access(candidate.c_str(), X_OK) == 0) binary = candidate;
+    start = end + 1;
+  }
+  if (binary.empty()) GTEST_SKIP() << "llama-server is not on PATH; this test needs a real one";
+  auto help = testing::run_command({binary, "--help"});
+  if (help.out.find("--models-preset") != std::string::npos) GTEST_SKIP() << "this llama-server has router mode";
+  testing::NebulaUp up;
+  ASSERT_TRUE(up.wait_node_ready()) << up.process().output();
+  auto deployed =
+      up.cli({"deploy", "tiny", "--engine", "llamacpp", "--model", tiny_gguf(), "--vram", "1GB", "--max-context", "512",
+              "--max-seqs", "2", "--idle-timeout", "1s", "--on-idle", "sleep-l1", "--wait", "--timeout", "120s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out << up.process().output();
+  auto pids = up.engine_pids("tiny");
+  ASSERT_EQ(pids.size(), 1u);
+  ASSERT_TRUE(testing::eventually([&] { return phase_of(up, "tiny") == "Sleeping"; }, 20s))
+      << up.get_json("/api/v1/replicas").dump();
+  EXPECT_TRUE(testing::process_gone(*pids.begin())) << "stopped while idle";
+  EXPECT_EQ(up.replicas_of("tiny")[0]["status"]["restarts"], 0) << "a stop, not a crash";
+
+  EXPECT_EQ(chat_status(up.server(), "tiny"), 200);
+  auto restarted = up.engine_pids("tiny");
+  ASSERT_EQ(restarted.size(), 1u);
+  EXPECT_NE(restarted, pids);
+  EXPECT_EQ(phase_of(up, "tiny"), "Ready");
+  EXPECT_EQ(up.cli({"rm", "tiny"}).exit_code, 0);
 }
 
 }  // namespace
