@@ -167,6 +167,13 @@ TEST_F(Cluster, TwoAgentsJoinDrainMovesTrafficAndLostNodesAreReplaced) {
   EXPECT_TRUE(eventually([&] { return process_gone(old_pid); }, 15s)) << "the drained engine still runs";
   auto nodes_table = cli({"nodes"});
   EXPECT_NE(nodes_table.out.find("Draining"), std::string::npos) << nodes_table.out;
+  // Draining a draining node is a no-op: it succeeds and records no second event.
+  ASSERT_EQ(cli({"nodes", "drain", from}).exit_code, 0);
+  int draining_events = 0;
+  for (const auto& event : get_json("/api/v1/events")["items"]) {
+    if (event.value("object", "") == "node/" + from && event.value("reason", "") == "Draining") ++draining_events;
+  }
+  EXPECT_EQ(draining_events, 1) << get_json("/api/v1/events").dump(2);
   ASSERT_EQ(cli({"nodes", "undrain", from}).exit_code, 0);
 
   // The node serving it goes silent (its agent stops; the engine is left running, as after a

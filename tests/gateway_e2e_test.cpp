@@ -9,6 +9,7 @@
 #include <atomic>
 #include <fstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "http/sse.h"
@@ -480,12 +481,15 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
   EXPECT_NE(metrics->body.find("nebula_request_duration_seconds_bucket"), std::string::npos);
   // One JSON access log line per request, flushed once a second.
   int lines = 0;
-  for (int attempt = 0; attempt < 30 && lines <= 5; ++attempt) {
+  for (int attempt = 0; attempt < 30 && lines < 5; ++attempt) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     std::ifstream log(up_->data_dir() + "/access.log");
+    std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    text.erase(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);  // whole lines only
+    std::istringstream whole(text);
     std::string line;
     lines = 0;
-    while (std::getline(log, line)) {
+    while (std::getline(whole, line)) {
       auto entry = parse_json(line);
       ASSERT_TRUE(entry) << line;
       EXPECT_TRUE((*entry).contains("id") && (*entry).contains("status") && (*entry).contains("duration_ms"));
@@ -493,7 +497,7 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
       ++lines;
     }
   }
-  EXPECT_GT(lines, 5);
+  EXPECT_GE(lines, 5);  // at least this test's five requests
 }
 
 }  // namespace

@@ -342,12 +342,16 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
   for (bool drain : {true, false}) {
     router.add("POST", drain ? "/api/v1/nodes/{name}/drain" : "/api/v1/nodes/{name}/undrain",
                [&resources, drain](Request& request, ResponseWriter& writer) -> awaitable<void> {
-                 auto updated = resources.modify<api::Node>(request.params["name"], [drain](api::Node& current) {
-                   if (current.spec.drain == drain) return false;
-                   current.spec.drain = drain;
-                   return true;
-                 });
-                 if (updated) {
+                 bool changed = false;
+                 auto updated =
+                     resources.modify<api::Node>(request.params["name"], [drain, &changed](api::Node& current) {
+                       if (current.spec.drain == drain) return false;
+                       current.spec.drain = drain;
+                       changed = true;
+                       return true;
+                     });
+                 // A second drain of a draining node changes nothing and records nothing.
+                 if (updated && changed) {
                    resources.record_event("node/" + updated->metadata.name, drain ? "Draining" : "Undrained",
                                           drain ? "moving replicas off the node" : "the node takes replicas again");
                  }
