@@ -170,10 +170,11 @@ TEST_F(Cluster, TwoAgentsJoinDrainMovesTrafficAndLostNodesAreReplaced) {
   // Draining a draining node is a no-op: it succeeds and records no second event.
   ASSERT_EQ(cli({"nodes", "drain", from}).exit_code, 0);
   int draining_events = 0;
-  for (const auto& event : get_json("/api/v1/events")["items"]) {
+  json drain_events = get_json("/api/v1/events");
+  for (const auto& event : drain_events["items"]) {
     if (event.value("object", "") == "node/" + from && event.value("reason", "") == "Draining") ++draining_events;
   }
-  EXPECT_EQ(draining_events, 1) << get_json("/api/v1/events").dump(2);
+  EXPECT_EQ(draining_events, 1) << drain_events.dump(2);
   ASSERT_EQ(cli({"nodes", "undrain", from}).exit_code, 0);
 
   // The node serving it goes silent (its agent stops; the engine is left running, as after a
