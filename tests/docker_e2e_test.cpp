@@ -557,11 +557,29 @@ TEST_F(DockerCluster, ContainersRunCrashRestartAreReadoptedRefusedAndRemoved) {
   EXPECT_EQ(count_prefix(targets, "POST /containers/create?name=priv"), 0);
   ASSERT_EQ(cli({"rm", "priv"}).exit_code, 0);
 
+  // 5b. A container that exits while starting: the replica's error carries its last log lines,
+  // read from Docker when the runtime saw it exit (the engine rejects an unknown flag).
+  auto dies = cli({"deploy", "dies", "--engine", "docker", "--model", "m", "--vram", "10GB", "--engine-arg=-e",
+                   "--engine-arg=FAKE_ENGINE_ARGS=--no-such-flag"});
+  ASSERT_EQ(dies.exit_code, 0) << dies.out;
+  bool explained = eventually(
+      [&] {
+        auto replicas = replicas_of("dies");
+        if (replicas.size() != 1) return false;
+        std::string error = replicas[0]["status"].value("last_error", "");
+        return error.find("while starting; last log lines:") != std::string::npos &&
+               error.find("fake container dies-") != std::string::npos;
+      },
+      20s);
+  EXPECT_TRUE(explained) << get_json("/api/v1/replicas").dump(2);
+  ASSERT_EQ(cli({"rm", "dies"}).exit_code, 0);
+
   // 6. nebula rm: docker stop (SIGTERM to the engine), then the container is removed.
   size_t before_rm = daemon_->targets().size();
   auto removed = cli({"rm", "dock"});
   ASSERT_EQ(removed.exit_code, 0) << removed.out;
-  EXPECT_TRUE(eventually([&] { return replicas_of("dock").empty() && replicas_of("priv").empty(); }, 15s))
+  EXPECT_TRUE(eventually(
+      [&] { return replicas_of("dock").empty() && replicas_of("priv").empty() && replicas_of("dies").empty(); }, 15s))
       << get_json("/api/v1/replicas").dump(2);
   EXPECT_TRUE(eventually([&] { return daemon_->containers().empty(); }, 10s));
   targets = daemon_->targets();

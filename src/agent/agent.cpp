@@ -800,6 +800,12 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
     if (exit) {
       bool was_starting = !managed.healthy;
       bool stopped_to_sleep = managed.stopping_to_sleep;
+      // An engine that dies while starting says why in its last log lines: the process's log
+      // file, or what the container runtime read from Docker when it saw the container exit.
+      std::string log_tail;
+      if (was_starting) {
+        log_tail = managed.container ? container_runtime().state(name).log_tail : tail_lines(log_path(name), 10);
+      }
       forget(managed);
       managed.stopping_to_sleep = false;
       if (stopped_to_sleep) {
@@ -807,7 +813,7 @@ awaitable<void> Agent::Impl::step(Managed& managed) {
       } else if (!managed.stopping && !managed.deleted && !managed.desired.spec.stop) {
         std::string why = "engine " + exit->describe();
         if (was_starting) why += " while starting";
-        crashed(managed, why, was_starting ? tail_lines(log_path(name), 10) : "");
+        crashed(managed, why, log_tail);
       }
     }
   }

@@ -228,9 +228,20 @@ void ContainerRuntime::run(Replica& replica) {
 void ContainerRuntime::refresh(Replica& replica, uint64_t generation, const std::string& container_id) {
   engines::DockerClient client(socket_path_, options_.call_timeout);
   auto inspected = client.inspect(container_id);
+  bool was_exited = false;
+  {
+    std::lock_guard lock(mutex_);
+    was_exited = replica.state.phase == Phase::Exited;
+  }
+  // It has just ended: keep its last words before it is removed.
+  std::string log_tail;
+  if (inspected && !inspected->running && !was_exited) {
+    if (auto logs = client.logs(container_id, 10)) log_tail = *logs;
+  }
   std::lock_guard lock(mutex_);
   if (replica.generation != generation) return;
   State& state = replica.state;
+  if (!log_tail.empty()) state.log_tail = std::move(log_tail);
   if (inspected) {
     if (inspected->running) {
       state.phase = Phase::Running;

@@ -54,6 +54,9 @@ class ContainerRuntime {
     // What the worker is doing, for status messages: "pulling image vllm/vllm-openai:v0.8.5",
     // "creating", "running", "stopping", ...
     std::string stage;
+    // The container's last log lines, read when it was seen to have exited by itself (so a
+    // replica that fails while starting can say why, as a process's log file does).
+    std::string log_tail;
   };
 
   explicit ContainerRuntime(std::string socket_path, ContainerRuntimeOptions options = {});
