@@ -153,8 +153,10 @@ struct Agent::Impl {
   bool probe_stopping = false;  // guarded by probe_mutex
   std::unique_ptr<ModelCache> models;
   std::shared_ptr<ContainerRuntime> containers;  // created with the first docker replica
-  std::vector<std::string> cached_models;        // complete in the cache, "org/name@rev", for the scheduler
-  Clock::time_point models_listed{};
+  // Complete in the cache, "org/name@rev" (or ".../FILE"), for the scheduler: listed on the
+  // background thread every 10 s, and at once after a download (relist_models).
+  std::vector<std::string> cached_models;
+  bool relist_models = true;                         // guarded by probe_mutex
   std::vector<std::shared_ptr<Download>> downloads;  // every download started, joined at stop
   std::map<std::string, engines::Availability> engines_found;
   std::map<std::string, Managed> replicas;  // only touched on the agent thread
@@ -361,24 +363,6 @@ awaitable<void> Agent::Impl::join_loop() {
 
 awaitable<void> Agent::Impl::heartbeat_loop() {
   while (!stopping) {
-    if (Clock::now() - models_listed > std::chrono::seconds(10)) {
-      models_listed = Clock::now();
-      cached_models.clear();
-      for (const auto& model : models->list()) {
-        if (model.complete) {
-          cached_models.push_back(model.reference);
-          continue;
-        }
-        // Single files fetched from a repository: each one counts on its own.
-        std::error_code ec;
-        for (auto it = std::filesystem::recursive_directory_iterator(model.path, ec);
-             !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-          if (!it->is_regular_file() || it->path().extension() == ".part") continue;
-          cached_models.push_back(model.reference + "/" +
-                                  std::filesystem::relative(it->path(), model.path).generic_string());
-        }
-      }
-    }
     auto response = co_await client.request("PUT", api("/nodes/" + options.name + "/status"), node_status().dump(),
                                             server_headers(true), milliseconds(5000));
     if (response && response->status == 404) {
@@ -488,21 +472,53 @@ awaitable<void> Agent::Impl::watch_loop() {
   }
 }
 
-// Real GPUs are probed again every heartbeat on a thread of their own (nvidia-smi can take a
-// second); simulated ones never change.
+namespace {
+// What the node's model cache holds, as the scheduler matches it: whole repositories as
+// "org/name@rev", single files fetched from one as "org/name@rev/FILE". Reads the disk.
+std::vector<std::string> list_cached_models(const ModelCache& cache) {
+  std::vector<std::string> found;
+  for (const auto& model : cache.list()) {
+    if (model.complete) {
+      found.push_back(model.reference);
+      continue;
+    }
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(model.path, ec);
+         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      if (!it->is_regular_file() || it->path().extension() == ".part") continue;
+      found.push_back(model.reference + "/" + std::filesystem::relative(it->path(), model.path).generic_string());
+    }
+  }
+  return found;
+}
+}  // namespace
+
+// The disk and the GPUs are read on a thread of their own, never on the agent's: real GPUs are
+// probed again every heartbeat (nvidia-smi can take a second; simulated ones never change), and
+// the model cache is listed every 10 s and right after a download.
 void Agent::Impl::start_gpu_probe() {
-  if (gpu_probe->name() == "sim" || gpu_probe->name() == "none") return;
-  probe_thread = std::thread([this] {
+  bool real_gpus = gpu_probe->name() != "sim" && gpu_probe->name() != "none";
+  probe_thread = std::thread([this, real_gpus] {
+    auto listed = Clock::now();
     std::unique_lock lock(probe_mutex);
-    while (!probe_wake.wait_for(lock, options.heartbeat_interval, [this] { return probe_stopping; })) {
+    while (!probe_stopping) {
+      bool relist = relist_models || Clock::now() - listed >= std::chrono::seconds(10);
+      relist_models = false;
       lock.unlock();
-      auto found = gpu_probe->probe();
-      if (found) {
-        asio::post(io, [this, seen = to_api_gpus(*found)] { gpus = seen; });
-      } else {
-        spdlog::warn("agent: GPU probe ({}) failed: {}", gpu_probe->name(), found.error().message);
+      if (relist) {
+        listed = Clock::now();
+        asio::post(io, [this, found = list_cached_models(*models)] { cached_models = found; });
+      }
+      if (real_gpus) {
+        auto found = gpu_probe->probe();
+        if (found) {
+          asio::post(io, [this, seen = to_api_gpus(*found)] { gpus = seen; });
+        } else {
+          spdlog::warn("agent: GPU probe ({}) failed: {}", gpu_probe->name(), found.error().message);
+        }
       }
       lock.lock();
+      probe_wake.wait_for(lock, options.heartbeat_interval, [this] { return probe_stopping || relist_models; });
     }
   });
 }
@@ -570,7 +586,11 @@ bool Agent::Impl::model_ready(Managed& managed) {
   }
   managed.model_path = **done;
   models->touch(managed.model_path);
-  models_listed = {};  // the next heartbeat tells the scheduler this node has it
+  {
+    std::lock_guard lock(probe_mutex);
+    relist_models = true;  // the next heartbeat tells the scheduler this node has it
+  }
+  probe_wake.notify_all();
   spdlog::info("agent: model {} of {} is at {}", spec.model, managed.desired.metadata.name, managed.model_path);
   return true;
 }
