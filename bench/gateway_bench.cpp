@@ -291,7 +291,9 @@ int main(int argc, char** argv) {
   std::vector<Load> loads = {
       {fmt::format("{} streams x {} tok", streams, stream_tokens), streams, streams, stream_tokens, true},
       {fmt::format("non-stream x{}", concurrency), requests, concurrency, 1, false},
-      {fmt::format("non-stream x{} 20us", concurrency), requests, concurrency, 1, false, "fast"}};
+      {fmt::format("non-stream x{} 20us", concurrency), requests, concurrency, 1, false, "fast"},
+      // One request at a time: the added latency with no queueing, i.e. the proxy's own time.
+      {"non-stream x1 20us", std::max(1, requests / 4), 1, 1, false, "fast"}};
   std::cout << fmt::format(
       "gateway_bench: engine-sim at 1 ms/step; gateway with --auth keys, a limited key and "
       "usage accounting; nginx {}\n\n",

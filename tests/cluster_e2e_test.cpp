@@ -315,15 +315,8 @@ TEST_F(Cluster, AnEngineThatNeverBecomesReadyFailsWithItsLastLogLines) {
 // The real llama.cpp server, when one is on PATH: the agent finds it, runs the tiny Llama of
 // ../shared/testdata, and the gateway serves a completion from it.
 TEST_F(Cluster, RealLlamaServerServesThroughTheGateway) {
-  std::string path_env = std::getenv("PATH") ? std::getenv("PATH") : "";
-  bool found = false;
-  for (size_t start = 0; start <= path_env.size();) {
-    size_t end = path_env.find(':', start);
-    if (end == std::string::npos) end = path_env.size();
-    if (::access((path_env.substr(start, end - start) + "/llama-server").c_str(), X_OK) == 0) found = true;
-    start = end + 1;
-  }
-  if (!found) GTEST_SKIP() << "llama-server is not on PATH; the real llama.cpp test needs it";
+  if (testing::find_on_path("llama-server").empty())
+    GTEST_SKIP() << "llama-server is not on PATH; the real llama.cpp test needs it";
   std::string model = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "shared" /
                       "testdata" / "tiny-llama.gguf";
   if (!std::filesystem::exists(model)) GTEST_SKIP() << model << " is missing";

@@ -14,6 +14,7 @@
 #include "http/http.h"
 #include "http/sse.h"
 #include "nebula_fixture.h"
+#include "process_helpers.h"
 
 namespace nebula {
 namespace {
@@ -262,6 +263,13 @@ std::string phase_of(testing::NebulaUp& up, const std::string& deployment) {
   return replicas.size() == 1 ? replicas[0]["status"]["phase"].get<std::string>() : "";
 }
 
+// The tiny GGUF on llama.cpp, two slots of 512 tokens, asleep (sleep-l1) after a second idle.
+testing::CommandResult deploy_idle_tiny(testing::NebulaUp& up, const std::string& timeout) {
+  return up.cli({"deploy", "tiny", "--engine", "llamacpp", "--model", tiny_gguf(), "--vram", "1GB", "--max-context",
+                 "512", "--max-seqs", "2", "--idle-timeout", "1s", "--on-idle", "sleep-l1", "--wait", "--timeout",
+                 timeout});
+}
+
 int chat_status(const std::string& server, const std::string& model) {
   http::BlockingClient client;
   auto response =
@@ -283,9 +291,7 @@ TEST(LlamacppRouter, AnIdleDeploymentSleepsAndTheNextRequestWakesIt) {
   std::filesystem::permissions(script, std::filesystem::perms::owner_all);
   testing::NebulaUp up({"--engine-binary", "llamacpp=" + script});
   ASSERT_TRUE(up.wait_node_ready()) << up.process().output();
-  auto deployed =
-      up.cli({"deploy", "tiny", "--engine", "llamacpp", "--model", tiny_gguf(), "--vram", "1GB", "--max-context", "512",
-              "--max-seqs", "2", "--idle-timeout", "1s", "--on-idle", "sleep-l1", "--wait", "--timeout", "60s"});
+  auto deployed = deploy_idle_tiny(up, "60s");
   ASSERT_EQ(deployed.exit_code, 0) << deployed.out << up.process().output();
   auto pids = up.engine_pids("tiny");
   ASSERT_EQ(pids.size(), 1u);
@@ -317,23 +323,13 @@ TEST(LlamacppRouter, AnIdleDeploymentSleepsAndTheNextRequestWakesIt) {
 // reports Sleeping) and starts it again for the next request. Runs the real llama-server when it
 // is on PATH.
 TEST(LlamacppRouter, WithoutRouterModeAnIdleDeploymentIsStoppedAndRestarted) {
-  std::string path_env = std::getenv("PATH") ? std::getenv("PATH") : "";
-  std::string binary;
-  for (size_t start = 0; start <= path_env.size() && binary.empty();) {
-    size_t end = path_env.find(':', start);
-    if (end == std::string::npos) end = path_env.size();
-    std::string candidate = path_env.substr(start, end - start) + "/llama-server";
-    if (::access(candidate.c_str(), X_OK) == 0) binary = candidate;
-    start = end + 1;
-  }
+  std::string binary = testing::find_on_path("llama-server");
   if (binary.empty()) GTEST_SKIP() << "llama-server is not on PATH; this test needs a real one";
   auto help = testing::run_command({binary, "--help"});
   if (help.out.find("--models-preset") != std::string::npos) GTEST_SKIP() << "this llama-server has router mode";
   testing::NebulaUp up;
   ASSERT_TRUE(up.wait_node_ready()) << up.process().output();
-  auto deployed =
-      up.cli({"deploy", "tiny", "--engine", "llamacpp", "--model", tiny_gguf(), "--vram", "1GB", "--max-context", "512",
-              "--max-seqs", "2", "--idle-timeout", "1s", "--on-idle", "sleep-l1", "--wait", "--timeout", "120s"});
+  auto deployed = deploy_idle_tiny(up, "120s");
   ASSERT_EQ(deployed.exit_code, 0) << deployed.out << up.process().output();
   auto pids = up.engine_pids("tiny");
   ASSERT_EQ(pids.size(), 1u);

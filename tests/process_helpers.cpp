@@ -19,6 +19,19 @@ extern char** environ;
 
 namespace nebula::testing {
 
+std::string find_on_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::string path_env = path ? path : "";
+  for (size_t start = 0; start <= path_env.size();) {
+    size_t end = path_env.find(':', start);
+    if (end == std::string::npos) end = path_env.size();
+    std::string candidate = path_env.substr(start, end - start) + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = end + 1;
+  }
+  return "";
+}
+
 int free_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};

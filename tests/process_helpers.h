@@ -10,6 +10,8 @@
 namespace nebula::testing {
 
 int free_port();
+// The first executable `name` on PATH, "" when there is none (for tests of real engine binaries).
+std::string find_on_path(const std::string& name);
 // A fresh directory under /tmp, removed by the destructor.
 class TempDir {
  public:
