@@ -25,6 +25,7 @@
 
 #include "common/ids.h"
 #include "common/json.h"
+#include "common/run_blocking.h"
 #include "http/http.h"
 
 namespace nebula::agent {
@@ -205,20 +206,6 @@ http::Headers bearer(const std::string& token) {
   http::Headers headers;
   if (!token.empty()) headers.push_back({"Authorization", "Bearer " + token});
   return headers;
-}
-
-template <typename T>
-T run_blocking(asio::io_context& io, awaitable<T> task) {
-  std::optional<T> result;
-  std::exception_ptr failure;
-  asio::co_spawn(io, std::move(task), [&](std::exception_ptr error, T value) {
-    failure = error;
-    if (!error) result.emplace(std::move(value));
-  });
-  io.restart();
-  io.run();
-  if (failure) std::rethrow_exception(failure);
-  return std::move(*result);
 }
 
 class Fetcher {

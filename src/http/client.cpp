@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <variant>
 
+#include "common/run_blocking.h"
 #include "http/beast.h"
 #include "http/http.h"
 
@@ -397,22 +398,6 @@ BlockingClient::~BlockingClient() {
   client_.reset();
   io_.reset();
 }
-
-namespace {
-template <typename T>
-T run_blocking(asio::io_context& io, awaitable<T> task) {
-  std::optional<T> result;
-  std::exception_ptr failure;
-  asio::co_spawn(io, std::move(task), [&](std::exception_ptr error, T value) {
-    failure = error;
-    if (!error) result.emplace(std::move(value));
-  });
-  io.restart();
-  io.run();
-  if (failure) std::rethrow_exception(failure);
-  return std::move(*result);
-}
-}  // namespace
 
 Result<Response> BlockingClient::request(const std::string& method, const std::string& url, const std::string& body,
                                          Headers headers, std::chrono::milliseconds timeout) {
