@@ -23,9 +23,18 @@ void add_counts(api::UsageRecord& into, const api::UsageRecord& from) {
 
 std::string utc_day(std::chrono::system_clock::time_point when) {
   std::time_t seconds = std::chrono::system_clock::to_time_t(when);
+  // Asked for on every request (usage and the monthly budget): the last answer per thread.
+  thread_local std::time_t cached_day = -1;
+  thread_local std::string cached;
+  if (seconds >= 0 && seconds / 86400 == cached_day) return cached;
   std::tm utc{};
   gmtime_r(&seconds, &utc);
-  return fmt::format("{:04d}-{:02d}-{:02d}", utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday);
+  std::string day = fmt::format("{:04d}-{:02d}-{:02d}", utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday);
+  if (seconds >= 0) {
+    cached_day = seconds / 86400;
+    cached = day;
+  }
+  return day;
 }
 
 UsageRecorder::UsageRecorder(store::Store& store, std::chrono::milliseconds flush_interval)
