@@ -1,6 +1,7 @@
 #include "http/http.h"
 #include "http/test_server.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -12,6 +13,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <thread>
+#include <vector>
 
 #include "http/sse.h"
 
@@ -23,6 +25,87 @@ TEST(UrlEncode, RoundTripsThroughTheServersDecoder) {
   EXPECT_EQ(url_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
   for (const std::string& text : std::vector<std::string>{"2026-11-01", "a+b", "100%", "x&model=y", {"\0z", 2}}) {
     EXPECT_EQ(url_decode(url_encode(text)), text);
+  }
+}
+
+// A scripted upstream on a raw socket: answers each connection's requests with the given raw
+// responses in turn (then closes it when `close_after` is set), so the client's body reader meets
+// framings a well-behaved server never sends.
+class RawUpstream {
+ public:
+  RawUpstream(std::vector<std::string> answers, bool close_after) : answers_(std::move(answers)) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    ::listen(listener_, 4);
+    socklen_t length = sizeof address;
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length);
+    port_ = ntohs(address.sin_port);
+    thread_ = std::thread([this, close_after] {
+      int connection = ::accept(listener_, nullptr, nullptr);
+      if (connection < 0) return;
+      for (const auto& answer : answers_) {
+        char request[4096];
+        if (::recv(connection, request, sizeof request, 0) <= 0) break;  // one small request
+        ::send(connection, answer.data(), answer.size(), MSG_NOSIGNAL);
+      }
+      if (close_after) ::shutdown(connection, SHUT_WR);
+      char rest[256];
+      while (::recv(connection, rest, sizeof rest, 0) > 0) {
+      }
+      ::close(connection);
+    });
+  }
+  ~RawUpstream() {
+    ::shutdown(listener_, SHUT_RDWR);
+    ::close(listener_);
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/"; }
+
+ private:
+  std::vector<std::string> answers_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+TEST(ClientBody, ManyChunksInOneSegmentAreReadWholeAndTheConnectionIsReused) {
+  std::string chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+  std::string expected;
+  for (int i = 0; i < 200; ++i) {
+    std::string piece = "data: event " + std::to_string(i) + "\n\n";
+    chunked += fmt::format("{:x}\r\n{}\r\n", piece.size(), piece);
+    expected += piece;
+  }
+  chunked += "0\r\n\r\n";
+  // Both answers come on one connection: the first body's end was found exactly.
+  RawUpstream upstream({chunked, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"}, false);
+  BlockingClient client;
+  auto first = client.request("GET", upstream.url());
+  ASSERT_TRUE(first) << first.error().message;
+  EXPECT_EQ(first->body, expected);
+  auto second = client.request("GET", upstream.url());
+  ASSERT_TRUE(second) << second.error().message;
+  EXPECT_EQ(second->body, "hello");
+}
+
+TEST(ClientBody, ABodyEndedByTheConnectionIsReadWhole) {
+  RawUpstream upstream({"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end"}, true);
+  BlockingClient client;
+  auto response = client.request("GET", upstream.url());
+  ASSERT_TRUE(response) << response.error().message;
+  EXPECT_EQ(response->body, "until the end");
+}
+
+TEST(ClientBody, BrokenChunkFramingIsAnErrorNotAHang) {
+  for (std::string body : {std::string("zz\r\nabc\r\n0\r\n\r\n"), std::string("5\r\nabc")}) {
+    RawUpstream upstream({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body}, true);
+    BlockingClient client;
+    auto response = client.request("GET", upstream.url(), "", {}, std::chrono::seconds(5));
+    EXPECT_FALSE(response) << "accepted " << body;
   }
 }
 
