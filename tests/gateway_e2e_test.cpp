@@ -468,6 +468,16 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
   expect_openai_error(post("/v1/chat/completions", R"({"messages":[]})", key), 400, "invalid_request");
   expect_openai_error(post("/v1/chat/completions", R"({"model":"nope","messages":[]})", key), 404, "model_not_found");
   expect_openai_error(post("/v1/responses", R"({"model":"chat"})", key), 400, "invalid_request");
+  // A stream with a stream_options that is not an object still gets its usage asked for, and
+  // its answer: the gateway replaces it rather than failing.
+  auto odd_options = post("/v1/chat/completions",
+                          R"({"model":"chat","stream":true,"stream_options":"none","max_tokens":2,)"
+                          R"("messages":[{"role":"user","content":"hi"}]})",
+                          key);
+  ASSERT_TRUE(odd_options);
+  EXPECT_EQ(odd_options->status, 200) << odd_options->body;
+  EXPECT_NE(odd_options->body.find("[DONE]"), std::string::npos) << odd_options->body;
+  EXPECT_EQ(odd_options->body.find("\"usage\":{"), std::string::npos) << "usage was not asked for";
   auto embeddings = post("/v1/embeddings", R"({"model":"chat","input":"vector me"})", key);
   ASSERT_TRUE(embeddings);
   if (embeddings->status == 200) {
@@ -497,7 +507,7 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
       ++lines;
     }
   }
-  EXPECT_GE(lines, 5);  // at least this test's five requests
+  EXPECT_GE(lines, 5);  // at least this test's six requests
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
 #include "gateway/gateway.h"
+#include "gateway/request_json.h"
 
 #include <fmt/format.h>
 #include <spdlog/sinks/rotating_file_sink.h>
@@ -347,46 +348,11 @@ json models_json(const EndpointTable& table, const api::ApiKey* key) {
   return json{{"object", "list"}, {"data", data}};
 }
 
-// The text a request sends, for the up-front token estimate (about 4 bytes per token).
-int64_t estimate_prompt_tokens(const json& body) {
-  size_t bytes = 0;
-  auto count = [&](const json& value) {
-    if (value.is_string()) bytes += value.get_ref<const std::string&>().size();
-  };
-  if (auto messages = body.find("messages"); messages != body.end() && messages->is_array()) {
-    for (const auto& message : *messages) {
-      if (!message.is_object()) continue;
-      auto content = message.find("content");
-      if (content == message.end()) continue;
-      if (content->is_array()) {
-        for (const auto& part : *content) {
-          if (part.is_object() && part.contains("text")) count(part["text"]);
-        }
-      } else {
-        count(*content);
-      }
-    }
-  }
-  for (const char* field : {"prompt", "input"}) {
-    if (auto value = body.find(field); value != body.end()) {
-      if (value->is_string()) {
-        count(*value);
-      } else if (value->is_array()) {
-        for (const auto& item : *value) count(item);
-      }
-    }
-  }
-  return static_cast<int64_t>(bytes / 4 + 1);
-}
-
-int64_t requested_output_tokens(const json& body, int kind) {
+// The output a request may ask for, for the up-front charge: its limit, else a typical answer
+// (corrected once the engine reports); embeddings produce none.
+int64_t requested_output_tokens(const RequestFacts& facts, int kind) {
   if (kind == kEmbeddings) return 0;
-  for (const char* field : {"max_completion_tokens", "max_tokens", "max_output_tokens"}) {
-    if (auto value = body.find(field); value != body.end() && value->is_number_integer()) {
-      return std::max<int64_t>(0, value->get<int64_t>());
-    }
-  }
-  return 256;  // no limit given: charge a typical answer, corrected once the engine reports
+  return facts.max_tokens ? std::max<int64_t>(0, *facts.max_tokens) : 256;
 }
 
 int64_t usage_tokens(const json& usage, const char* field) {
@@ -682,13 +648,6 @@ http::Response error_for(const Error& error, const http::Headers& headers) {
   }
 }
 
-// A boolean field, false when absent or of another type.
-bool bool_field(const json& object, const char* name) {
-  if (!object.is_object()) return false;
-  auto value = object.find(name);
-  return value != object.end() && value->is_boolean() && value->get<bool>();
-}
-
 struct Prepared {
   std::optional<json> body;  // what the engine gets; nullopt = the client's body, byte for byte
   bool client_wants_usage = false;
@@ -696,7 +655,7 @@ struct Prepared {
 
 // The body sent upstream: streams always ask for usage (so accounting is exact); the final usage
 // chunk is stripped later when the client did not ask for it. Unknown fields pass untouched.
-Result<Prepared> prepare_upstream(const json& body, int kind) {
+Result<Prepared> prepare_upstream(const json& body, int kind, const RequestFacts& facts) {
   Prepared prepared;
   if (kind == kResponses) {
     auto chat = responses_to_chat(body);
@@ -704,19 +663,16 @@ Result<Prepared> prepare_upstream(const json& body, int kind) {
     prepared.body = std::move(*chat);
     return prepared;
   }
-  if (bool_field(body, "stream") && kind != kEmbeddings) {
-    auto options = body.find("stream_options");
-    prepared.client_wants_usage = options != body.end() && bool_field(*options, "include_usage");
+  if (facts.stream && kind != kEmbeddings) {
+    prepared.client_wants_usage = facts.include_usage;
     prepared.body = body;
-    (*prepared.body)["stream_options"]["include_usage"] = true;
+    auto& options = (*prepared.body)["stream_options"];
+    if (!options.is_object()) options = json::object();  // e.g. null: the engine gets a valid one
+    options["include_usage"] = true;
   }
   return prepared;
 }
 
-std::string model_of(const json& body) {
-  auto model = body.find("model");
-  return model != body.end() && model->is_string() ? model->get<std::string>() : std::string();
-}
 }  // namespace
 
 awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& writer, int kind) {
@@ -745,23 +701,21 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     call.key_id = call.key->metadata.name;
   }
 
-  auto parsed = parse_json(request.body);
-  if (!parsed || !parsed->is_object()) {
-    std::string message = "the request body must be a JSON object";
-    if (!parsed) message = parsed.error().message;
-    co_await writer.send(call_error(call.headers, 400, message, "invalid_request_error", "invalid_request"));
+  auto facts = read_request(request.body);
+  if (!facts) {
+    co_await writer.send(
+        call_error(call.headers, 400, facts.error().message, "invalid_request_error", "invalid_request"));
     finish(call, 400);
     co_return;
   }
-  call.body = std::move(*parsed);
-  call.model = model_of(call.body);
+  call.model = facts->model;
   if (call.model.empty()) {
     co_await writer.send(call_error(call.headers, 400, "you must provide a model parameter", "invalid_request_error",
                                     "invalid_request"));
     finish(call, 400);
     co_return;
   }
-  call.stream = bool_field(call.body, "stream") && kind != kEmbeddings;
+  call.stream = facts->stream && kind != kEmbeddings;
   if (call.key && !call.key->models.empty() &&
       std::find(call.key->models.begin(), call.key->models.end(), call.model) == call.key->models.end()) {
     co_await writer.send(call_error(call.headers, 403,
@@ -780,7 +734,12 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     co_return;
   }
   note_request(call.model);
-  auto prepared = prepare_upstream(call.body, kind);
+  // The body is parsed into a json only when it must change on its way upstream.
+  if (kind == kResponses || call.stream) {
+    auto parsed = parse_json(request.body);
+    if (parsed) call.body = std::move(*parsed);
+  }
+  auto prepared = prepare_upstream(call.body, kind, *facts);
   if (!prepared) {
     co_await writer.send(
         call_error(call.headers, 400, prepared.error().message, "invalid_request_error", "invalid_request"));
@@ -788,7 +747,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     co_return;
   }
   call.client_wants_usage = prepared->client_wants_usage;
-  call.estimated_tokens = estimate_prompt_tokens(call.body) + requested_output_tokens(call.body, kind);
+  call.estimated_tokens = facts->prompt_bytes / 4 + 1 + requested_output_tokens(*facts, kind);
 
   if (call.key) {
     auto now = SteadyClock::now();

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <thread>
 
+#include "gateway/request_json.h"
 #include "gateway/responses.h"
 #include "gateway/usage.h"
 #include "http/sse.h"
@@ -299,6 +300,40 @@ TEST(CircuitBreaker, OpensAfterConsecutiveFailuresAndProbesBack) {
   EXPECT_GE(bad.hits, 4 + 5) << "a closed breaker shares traffic again";
   gateway.stop();
   front.stop();
+}
+
+TEST(RequestJson, ReadsWhatRoutingAndLimitsNeed) {
+  auto chat = read_request(
+      R"({"model":"m","stream":true,"stream_options":{"include_usage":true},"max_tokens":7,"extra":{"x":[1]},)"
+      R"("messages":[{"role":"system","content":"abcd"},)"
+      R"({"role":"user","content":[{"type":"text","text":"efgh"},{"type":"image_url","image_url":{}}]},)"
+      R"({"role":"assistant","content":null}]})");
+  ASSERT_TRUE(chat) << chat.error().message;
+  EXPECT_EQ(chat->model, "m");
+  EXPECT_TRUE(chat->stream);
+  EXPECT_TRUE(chat->include_usage);
+  EXPECT_EQ(chat->prompt_bytes, 8);
+  EXPECT_EQ(chat->max_tokens, 7);
+
+  auto completion = read_request(R"({"model":"m","prompt":["ab","cd",5],"max_completion_tokens":3,"max_tokens":9})");
+  ASSERT_TRUE(completion);
+  EXPECT_FALSE(completion->stream);
+  EXPECT_EQ(completion->prompt_bytes, 4);
+  EXPECT_EQ(completion->max_tokens, 3);  // max_completion_tokens wins
+
+  auto odd = read_request(R"({"model":5,"stream":"yes","stream_options":null,"max_tokens":2.5,"input":"xyz"})");
+  ASSERT_TRUE(odd);
+  EXPECT_EQ(odd->model, "");
+  EXPECT_FALSE(odd->stream);
+  EXPECT_FALSE(odd->include_usage);
+  EXPECT_FALSE(odd->max_tokens);
+  EXPECT_EQ(odd->prompt_bytes, 3);
+
+  for (std::string bad : {"", "{", "[1]", "\"text\"", R"({"model":"m",})", "{\"a\":\"\xff\"}"}) {
+    auto refused = read_request(bad);
+    ASSERT_FALSE(refused) << bad;
+    EXPECT_EQ(refused.error().code, ErrorCode::InvalidArgument);
+  }
 }
 
 }  // namespace

@@ -1,0 +1,72 @@
+#include "gateway/request_json.h"
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+namespace nebula::gateway {
+
+namespace {
+int64_t string_bytes(simdjson::dom::element value) {
+  std::string_view text;
+  return value.get_string().get(text) ? 0 : static_cast<int64_t>(text.size());
+}
+}  // namespace
+
+Result<RequestFacts> read_request(std::string_view body) {
+  thread_local simdjson::dom::parser parser;
+  simdjson::dom::element document;
+  if (auto error = parser.parse(body.data(), body.size(), true).get(document)) {
+    return make_error(ErrorCode::InvalidArgument, fmt::format("invalid JSON: {}", simdjson::error_message(error)));
+  }
+  simdjson::dom::object root;
+  if (document.get_object().get(root)) {
+    return make_error(ErrorCode::InvalidArgument, "the request body must be a JSON object");
+  }
+  RequestFacts facts;
+  std::string_view model;
+  if (!root["model"].get_string().get(model)) facts.model = std::string(model);
+  bool flag = false;
+  facts.stream = !root["stream"].get_bool().get(flag) && flag;
+  simdjson::dom::object options;
+  if (!root["stream_options"].get_object().get(options)) {
+    facts.include_usage = !options["include_usage"].get_bool().get(flag) && flag;
+  }
+  simdjson::dom::array messages;
+  if (!root["messages"].get_array().get(messages)) {
+    for (auto message : messages) {
+      simdjson::dom::element content;
+      if (!message.is_object() || message["content"].get(content)) continue;
+      simdjson::dom::array parts;
+      if (!content.get_array().get(parts)) {
+        for (auto part : parts) {
+          simdjson::dom::element text;
+          if (part.is_object() && !part["text"].get(text)) facts.prompt_bytes += string_bytes(text);
+        }
+      } else {
+        facts.prompt_bytes += string_bytes(content);
+      }
+    }
+  }
+  for (const char* field : {"prompt", "input"}) {
+    simdjson::dom::element value;
+    if (root[field].get(value)) continue;
+    simdjson::dom::array items;
+    if (!value.get_array().get(items)) {
+      for (auto item : items) facts.prompt_bytes += string_bytes(item);
+    } else {
+      facts.prompt_bytes += string_bytes(value);
+    }
+  }
+  for (const char* field : {"max_completion_tokens", "max_tokens", "max_output_tokens"}) {
+    int64_t limit = 0;
+    simdjson::dom::element value;
+    if (root[field].get(value) || !value.is_int64()) continue;
+    if (!value.get_int64().get(limit)) {
+      facts.max_tokens = limit;
+      break;
+    }
+  }
+  return facts;
+}
+
+}  // namespace nebula::gateway

@@ -1,0 +1,29 @@
+#pragma once
+// What the gateway reads from an OpenAI request body before routing it, read with simdjson's DOM
+// parser: it validates the whole body (a bad one is refused with a clear message) without
+// building an object per value. The body itself goes upstream untouched unless it must change
+// (streams ask for usage; /v1/responses is translated), and only then is it parsed into a json.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/result.h"
+
+namespace nebula::gateway {
+
+struct RequestFacts {
+  std::string model;           // "" when absent or not a string
+  bool stream = false;         // "stream": true
+  bool include_usage = false;  // "stream_options": {"include_usage": true}
+  // Bytes of prompt text: message contents (strings, or the text of content parts), "prompt"
+  // and "input" (a string, or the strings of an array).
+  int64_t prompt_bytes = 0;
+  // max_completion_tokens, else max_tokens, else max_output_tokens: the first that is an integer.
+  std::optional<int64_t> max_tokens;
+};
+
+// InvalidArgument naming the problem when the body is not JSON or not an object.
+Result<RequestFacts> read_request(std::string_view body);
+
+}  // namespace nebula::gateway
