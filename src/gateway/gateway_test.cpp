@@ -302,6 +302,23 @@ TEST(CircuitBreaker, OpensAfterConsecutiveFailuresAndProbesBack) {
   front.stop();
 }
 
+// Found by the fuzzer: fields of the wrong type in a client's Responses body (or an engine's
+// answer) threw from inside the handler instead of giving a 400 (or being ignored).
+TEST(Responses, FieldsOfTheWrongTypeAreErrorsNotExceptions) {
+  EXPECT_FALSE(responses_to_chat(json::parse(R"({"model":"m","input":"hi","stream":[]})"))->at("stream").get<bool>());
+  EXPECT_FALSE(responses_to_chat(json::parse(R"({"model":5,"input":"hi"})")));
+  EXPECT_FALSE(responses_to_chat(json::parse(R"({"model":"m","input":[{"type":1,"content":"x"}]})")));
+  EXPECT_FALSE(responses_to_chat(json::parse(R"({"model":"m","input":[{"role":[],"content":"x"}]})")));
+  // A number too large for a double made nlohmann throw out_of_range past parse_json.
+  auto huge = parse_json("[[222E2222222222222222222222222222222222[[[");
+  EXPECT_FALSE(huge);
+  EXPECT_FALSE(parse_json(R"({"model":"m","max_tokens":1e999})"));
+  EXPECT_FALSE(read_request(R"({"model":"m","max_tokens":1e999})"));
+  auto odd = chat_to_response(json::parse(R"({"choices":[5],"usage":{"prompt_tokens":"3"}})"), "r", "m", 0);
+  EXPECT_EQ(odd["usage"]["input_tokens"], 0);
+  EXPECT_EQ(odd["output"][0]["content"][0]["text"], "");
+}
+
 TEST(RequestJson, ReadsWhatRoutingAndLimitsNeed) {
   auto chat = read_request(
       R"({"model":"m","stream":true,"stream_options":{"include_usage":true},"max_tokens":7,"extra":{"x":[1]},)"

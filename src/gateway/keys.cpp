@@ -1,6 +1,5 @@
 #include "gateway/keys.h"
 
-
 #include "common/ids.h"
 
 namespace nebula::gateway {

@@ -69,4 +69,20 @@ Result<RequestFacts> read_request(std::string_view body) {
   return facts;
 }
 
+json usage_of(std::string_view answer) {
+  thread_local simdjson::ondemand::parser parser;
+  simdjson::padded_string padded(answer);
+  simdjson::ondemand::document document;
+  if (parser.iterate(padded).get(document)) return nullptr;
+  simdjson::ondemand::object root;
+  if (document.get_object().get(root)) return nullptr;
+  simdjson::ondemand::object usage;
+  if (root.find_field_unordered("usage").get_object().get(usage)) return nullptr;
+  std::string_view raw;
+  if (usage.raw_json().get(raw)) return nullptr;
+  auto parsed = parse_json(raw);
+  if (!parsed || !parsed->is_object()) return nullptr;
+  return std::move(*parsed);
+}
+
 }  // namespace nebula::gateway

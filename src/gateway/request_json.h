@@ -1,5 +1,6 @@
 #pragma once
-// What the gateway reads from an OpenAI request body before routing it, read with simdjson's DOM
+// What the gateway reads from an OpenAI request body before routing it, and the usage of an
+// engine's answer. The request is read with simdjson's DOM
 // parser: it validates the whole body (a bad one is refused with a clear message) without
 // building an object per value. The body itself goes upstream untouched unless it must change
 // (streams ask for usage; /v1/responses is translated), and only then is it parsed into a json.
@@ -8,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/json.h"
 #include "common/result.h"
 
 namespace nebula::gateway {
@@ -25,5 +27,9 @@ struct RequestFacts {
 
 // InvalidArgument naming the problem when the body is not JSON or not an object.
 Result<RequestFacts> read_request(std::string_view body);
+
+// The `usage` object of an engine's JSON answer, read without building the whole document
+// (simdjson's on-demand parser skips everything else): null when absent or not an object.
+json usage_of(std::string_view answer);
 
 }  // namespace nebula::gateway

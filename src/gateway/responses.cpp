@@ -1,5 +1,7 @@
 #include "gateway/responses.h"
 
+#include <fmt/format.h>
+
 #include "common/ids.h"
 #include "http/sse.h"
 
@@ -20,6 +22,15 @@ Result<std::string> item_text(const json& content) {
   }
   return text;
 }
+
+// A string field, `fallback` when absent; an error naming it when it is of another type (a
+// client's body, so never an exception).
+Result<std::string> string_field(const json& object, const char* name, const std::string& fallback) {
+  auto value = object.find(name);
+  if (value == object.end() || value->is_null()) return fallback;
+  if (!value->is_string()) return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' must be a string", name));
+  return value->get<std::string>();
+}
 }  // namespace
 
 Result<json> responses_to_chat(const json& request) {
@@ -35,32 +46,44 @@ Result<json> responses_to_chat(const json& request) {
   } else if (input->is_array()) {
     for (const auto& item : *input) {
       if (!item.is_object()) return make_error(ErrorCode::InvalidArgument, "each input item must be an object");
-      std::string type = item.value("type", "message");
-      if (type != "message") {
-        return make_error(ErrorCode::InvalidArgument, "unsupported input item type '" + type + "'");
+      auto type = string_field(item, "type", "message");
+      if (!type) return type.error();
+      if (*type != "message") {
+        return make_error(ErrorCode::InvalidArgument, "unsupported input item type '" + *type + "'");
       }
       auto text = item_text(item.value("content", json()));
       if (!text) return text.error();
-      messages.push_back({{"role", item.value("role", "user")}, {"content", *text}});
+      auto role = string_field(item, "role", "user");
+      if (!role) return role.error();
+      messages.push_back({{"role", *role}, {"content", *text}});
     }
   } else {
     return make_error(ErrorCode::InvalidArgument, "'input' must be a string or a list of items");
   }
-  chat["model"] = request.value("model", "");
+  auto model = string_field(request, "model", "");
+  if (!model) return model.error();
+  chat["model"] = *model;
   chat["messages"] = std::move(messages);
   if (request.contains("max_output_tokens")) chat["max_tokens"] = request["max_output_tokens"];
   for (const char* field : {"temperature", "top_p", "seed", "stop", "user", "frequency_penalty", "presence_penalty"}) {
     if (request.contains(field)) chat[field] = request[field];
   }
-  bool stream = request.value("stream", false);
+  auto stream_field = request.find("stream");
+  bool stream = stream_field != request.end() && stream_field->is_boolean() && stream_field->get<bool>();
   chat["stream"] = stream;
   if (stream) chat["stream_options"] = {{"include_usage", true}};
   return chat;
 }
 
 json responses_usage(const json& chat_usage) {
-  int64_t input = chat_usage.is_object() ? chat_usage.value("prompt_tokens", int64_t{0}) : 0;
-  int64_t output = chat_usage.is_object() ? chat_usage.value("completion_tokens", int64_t{0}) : 0;
+  // The engine's numbers, 0 where one is missing or not an integer.
+  auto count = [&](const char* name) -> int64_t {
+    if (!chat_usage.is_object()) return 0;
+    auto value = chat_usage.find(name);
+    return value != chat_usage.end() && value->is_number_integer() ? value->get<int64_t>() : 0;
+  };
+  int64_t input = count("prompt_tokens");
+  int64_t output = count("completion_tokens");
   return {{"input_tokens", input}, {"output_tokens", output}, {"total_tokens", input + output}};
 }
 
@@ -86,7 +109,7 @@ json chat_to_response(const json& completion, const std::string& response_id, co
   std::string finish_reason;
   if (completion.contains("choices") && completion["choices"].is_array() && !completion["choices"].empty()) {
     const auto& choice = completion["choices"][0];
-    const auto& message = choice.value("message", json::object());
+    const json message = choice.is_object() ? choice.value("message", json::object()) : json::object();
     if (message.contains("content") && message["content"].is_string()) text = message["content"];
     if (choice.contains("finish_reason") && choice["finish_reason"].is_string())
       finish_reason = choice["finish_reason"];

@@ -3,8 +3,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <simdjson.h>
-
 #include <ctime>
 
 namespace nebula::gateway {
@@ -162,22 +160,6 @@ std::vector<api::UsageRecord> UsageRecorder::query(const std::string& key, const
   std::vector<api::UsageRecord> records;
   for (auto& [slot, record] : merged) records.push_back(std::move(record));
   return records;
-}
-
-json usage_of(std::string_view answer) {
-  thread_local simdjson::ondemand::parser parser;
-  simdjson::padded_string padded(answer);
-  simdjson::ondemand::document document;
-  if (parser.iterate(padded).get(document)) return nullptr;
-  simdjson::ondemand::object root;
-  if (document.get_object().get(root)) return nullptr;
-  simdjson::ondemand::object usage;
-  if (root.find_field_unordered("usage").get_object().get(usage)) return nullptr;
-  std::string_view raw;
-  if (usage.raw_json().get(raw)) return nullptr;
-  auto parsed = parse_json(raw);
-  if (!parsed || !parsed->is_object()) return nullptr;
-  return std::move(*parsed);
 }
 
 }  // namespace nebula::gateway

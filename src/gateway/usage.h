@@ -59,8 +59,4 @@ class UsageRecorder {
 // "2026-11-23" for a time, in UTC.
 std::string utc_day(std::chrono::system_clock::time_point when);
 
-// The `usage` object of an engine's JSON answer, read without building the whole document
-// (simdjson's on-demand parser skips everything else): null when absent or not an object.
-json usage_of(std::string_view answer);
-
 }  // namespace nebula::gateway
