@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "common/json.h"
+#include "common/run_blocking.h"
 #include "http/http.h"
 #include "sim/sim.h"
 
@@ -27,16 +28,7 @@ using namespace std::chrono_literals;
 // Runs a driver coroutine to completion on the test's own io_context.
 template <typename T>
 T run(boost::asio::io_context& io, awaitable<T> task) {
-  std::optional<T> result;
-  std::exception_ptr failure;
-  boost::asio::co_spawn(io, std::move(task), [&](std::exception_ptr error, T value) {
-    failure = error;
-    if (!error) result.emplace(std::move(value));
-  });
-  io.restart();
-  io.run();
-  if (failure) std::rethrow_exception(failure);
-  return std::move(*result);
+  return run_blocking(io, std::move(task));
 }
 
 http::Response empty_model_list() {
