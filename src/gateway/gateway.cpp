@@ -243,9 +243,8 @@ Gateway::~Gateway() {
 
 void Gateway::stop() {
   stopping_ = true;
-  if (activity_timer_) {
-    auto timer = activity_timer_.get();
-    asio::post(io_, [timer] { timer->cancel(); });
+  for (auto* timer : {activity_timer_.get(), watch_timer_.get()}) {
+    if (timer) asio::post(io_, [timer] { timer->cancel(); });
   }
   if (watch_) watch_->cancel();
   watch_.reset();
@@ -274,6 +273,8 @@ Status Gateway::start() {
   if (auto started = keys_.start(store_); !started) return started;
   activity_timer_ = std::make_unique<asio::steady_timer>(io_);
   asio::co_spawn(io_, report_activity(), asio::detached);
+  watch_timer_ = std::make_unique<asio::steady_timer>(io_);
+  asio::co_spawn(io_, watch_sweep(), asio::detached);
   return usage_.start();
 }
 
@@ -577,6 +578,21 @@ void Gateway::write_deployment_status(const std::string& deployment, const std::
                       });
 }
 
+awaitable<void> Gateway::watch_sweep() {
+  while (!stopping_) {
+    watch_timer_->expires_after(std::chrono::milliseconds(50));
+    boost::system::error_code ec;
+    co_await watch_timer_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (stopping_) co_return;
+    auto started_before = SteadyClock::now() - std::chrono::milliseconds(100);
+    for (auto& entry : unwatched_) {
+      if (entry.watched || entry.since > started_before) continue;
+      entry.watched = true;
+      entry.call->watch_client(*entry.writer);
+    }
+  }
+}
+
 // Once a second: the deployments asked for since the last round get their last_request_ms.
 awaitable<void> Gateway::report_activity() {
   while (!stopping_) {
@@ -805,8 +821,18 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     if (endpoint->consecutive_failures > 0) endpoint->probing = true;
 
     auto left = std::chrono::duration_cast<milliseconds>(call.deadline - SteadyClock::now());
-    // A non-streamed answer arrives whole at the end: watch for its client leaving meanwhile.
-    if (!call.stream) call.watch_client(writer);
+    // A non-streamed answer arrives whole at the end: if it takes a while, watch for its client
+    // leaving meanwhile (watch_sweep). Registered until this attempt ends.
+    struct WatchLater {
+      Gateway& gateway;
+      std::optional<std::list<Unwatched>::iterator> entry;
+      ~WatchLater() {
+        if (entry) gateway.unwatched_.erase(*entry);
+      }
+    } watch_later{*this, std::nullopt};
+    if (!call.stream && !call.watching) {
+      watch_later.entry = unwatched_.insert(unwatched_.end(), Unwatched{&call, &writer, SteadyClock::now()});
+    }
     auto upstream = co_await client_->open(
         "POST", endpoint->url + path, upstream_body, upstream_headers(call.request_id),
         std::min(options_.first_byte_timeout, std::max(left, milliseconds(1))), &call.upstream_cancel);
