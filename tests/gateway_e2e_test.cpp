@@ -478,6 +478,13 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
   EXPECT_EQ(odd_options->status, 200) << odd_options->body;
   EXPECT_NE(odd_options->body.find("[DONE]"), std::string::npos) << odd_options->body;
   EXPECT_EQ(odd_options->body.find("\"usage\":{"), std::string::npos) << "usage was not asked for";
+  // A client's request id with a quote, a backslash and non-ASCII bytes still gives a valid
+  // access log line (checked below with every other line).
+  http::Headers odd_id = bearer(key);
+  odd_id.push_back({"X-Request-Id", "id\"with\\odd\xc3\xa9bytes"});
+  auto odd_request = http::BlockingClient().request("POST", up_->server() + "/v1/chat/completions", kChat, odd_id);
+  ASSERT_TRUE(odd_request);
+  EXPECT_EQ(odd_request->status, 200) << odd_request->body;
   auto embeddings = post("/v1/embeddings", R"({"model":"chat","input":"vector me"})", key);
   ASSERT_TRUE(embeddings);
   if (embeddings->status == 200) {
@@ -507,7 +514,7 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
       ++lines;
     }
   }
-  EXPECT_GE(lines, 5);  // at least this test's six requests
+  EXPECT_GE(lines, 5);  // at least this test's seven requests
 }
 
 }  // namespace

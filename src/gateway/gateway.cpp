@@ -369,6 +369,27 @@ int64_t cached_tokens(const json& usage) {
   return usage_tokens(*details, "cached_tokens");
 }
 
+// A JSON string literal, escaped by hand for the access log (see finish()): quote, backslash and
+// control characters escaped, and every byte above 0x7f as \u00XX, so a client's id in any
+// encoding gives a valid line (not a faithful one: a UTF-8 character shows as its bytes).
+std::string json_quoted(std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + 2);
+  out.push_back('"');
+  for (unsigned char c : text) {
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(static_cast<char>(c));
+    } else if (c < 0x20 || c > 0x7e) {
+      out += fmt::format("\\u{:04x}", c);
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  out.push_back('"');
+  return out;
+}
+
 http::Response with_headers(http::Response response, const http::Headers& headers) {
   for (const auto& header : headers) response.headers.push_back(header);
   return response;
@@ -633,14 +654,14 @@ void Gateway::finish(Call& call, int status) {
     metrics_.request_done({call.model, call.key_id, status, call.ttft_s, duration, prompt, completion});
   }
   if (access_log_) {
-    // Formatted directly (a json object per line cost more than the rest of the bookkeeping);
-    // the strings go through json's escaping since the request id comes from the client.
+    // Formatted directly: a json object per line, or a json value per string to escape it, cost
+    // more than the rest of the bookkeeping. The request id comes from the client: json_quoted().
     std::string ttft = call.ttft_s < 0 ? std::string("null") : fmt::format("{}", call.ttft_s * 1000);
     access_log_->info(
         "{{\"time\":\"{}\",\"id\":{},\"key\":{},\"model\":{},\"replica\":{},\"status\":{},\"stream\":{},"
         "\"prompt_tokens\":{},\"completion_tokens\":{},\"cached_tokens\":{},\"ttft_ms\":{},\"duration_ms\":{}}}",
-        format_rfc3339(std::chrono::system_clock::now()), dump(json(call.request_id)), dump(json(call.key_id)),
-        dump(json(call.model)), dump(json(call.replica)), status, call.stream, prompt, completion,
+        format_rfc3339(std::chrono::system_clock::now()), json_quoted(call.request_id), json_quoted(call.key_id),
+        json_quoted(call.model), json_quoted(call.replica), status, call.stream, prompt, completion,
         cached_tokens(call.usage), ttft, duration * 1000);
   }
 }

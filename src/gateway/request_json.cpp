@@ -69,6 +69,31 @@ Result<RequestFacts> read_request(std::string_view body) {
   return facts;
 }
 
+namespace {
+// The integer fields of an on-demand object, and (one level down) of its objects: what usage
+// accounting reads. Built directly: parsing the usage text again with nlohmann cost ~4 % of a
+// small request's CPU. False when the object is cut off or malformed.
+bool read_counts(simdjson::ondemand::object object, json& out, int depth) {
+  out = json::object();
+  for (auto field : object) {
+    std::string_view key;
+    simdjson::ondemand::value value;
+    simdjson::ondemand::json_type type;
+    if (field.unescaped_key().get(key) || field.value().get(value) || value.type().get(type)) return false;
+    if (type == simdjson::ondemand::json_type::number) {
+      int64_t count = 0;
+      if (!value.get_int64().get(count)) out[std::string(key)] = count;
+    } else if (type == simdjson::ondemand::json_type::object && depth == 0) {
+      simdjson::ondemand::object nested;
+      json counts;
+      if (value.get_object().get(nested) || !read_counts(nested, counts, depth + 1)) return false;
+      out[std::string(key)] = std::move(counts);
+    }
+  }
+  return true;
+}
+}  // namespace
+
 json usage_of(std::string_view answer) {
   thread_local simdjson::ondemand::parser parser;
   simdjson::padded_string padded(answer);
@@ -78,11 +103,9 @@ json usage_of(std::string_view answer) {
   if (document.get_object().get(root)) return nullptr;
   simdjson::ondemand::object usage;
   if (root.find_field_unordered("usage").get_object().get(usage)) return nullptr;
-  std::string_view raw;
-  if (usage.raw_json().get(raw)) return nullptr;
-  auto parsed = parse_json(raw);
-  if (!parsed || !parsed->is_object()) return nullptr;
-  return std::move(*parsed);
+  json counts;
+  if (!read_counts(usage, counts, 0)) return nullptr;
+  return counts;
 }
 
 }  // namespace nebula::gateway

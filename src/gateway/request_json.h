@@ -29,7 +29,9 @@ struct RequestFacts {
 Result<RequestFacts> read_request(std::string_view body);
 
 // The `usage` object of an engine's JSON answer, read without building the whole document
-// (simdjson's on-demand parser skips everything else): null when absent or not an object.
+// (simdjson's on-demand parser skips everything else): its integer counts, and those of its
+// nested objects (prompt_tokens_details.cached_tokens); null when absent, not an object or cut
+// off.
 json usage_of(std::string_view answer);
 
 }  // namespace nebula::gateway
