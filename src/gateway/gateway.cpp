@@ -356,12 +356,6 @@ int64_t requested_output_tokens(const RequestFacts& facts, int kind) {
   return facts.max_tokens ? std::max<int64_t>(0, *facts.max_tokens) : 256;
 }
 
-int64_t usage_tokens(const json& usage, const char* field) {
-  if (!usage.is_object()) return 0;
-  auto value = usage.find(field);
-  return value != usage.end() && value->is_number_integer() ? value->get<int64_t>() : 0;
-}
-
 int64_t cached_tokens(const json& usage) {
   if (!usage.is_object()) return 0;
   auto details = usage.find("prompt_tokens_details");
@@ -641,12 +635,13 @@ void Gateway::finish(Call& call, int status) {
   auto now = SteadyClock::now();
   int64_t prompt = usage_tokens(call.usage, "prompt_tokens");
   int64_t completion = usage_tokens(call.usage, "completion_tokens");
+  int64_t cached = cached_tokens(call.usage);
   if (call.usage.is_null() && call.relayed_chunks > 0) completion = call.relayed_chunks;  // a cut stream
   if (call.admitted && call.key) {
     limiter_.finish(call.key_id, call.ticket, call.estimated_tokens, prompt + completion, now);
   }
   if (call.admitted) {
-    usage_.record(call.key_id, call.model, {prompt, completion, cached_tokens(call.usage), status >= 400},
+    usage_.record(call.key_id, call.model, {prompt, completion, cached, status >= 400},
                   std::chrono::system_clock::now());
   }
   double duration = std::chrono::duration<double>(now - call.start).count();
@@ -661,8 +656,8 @@ void Gateway::finish(Call& call, int status) {
         "{{\"time\":\"{}\",\"id\":{},\"key\":{},\"model\":{},\"replica\":{},\"status\":{},\"stream\":{},"
         "\"prompt_tokens\":{},\"completion_tokens\":{},\"cached_tokens\":{},\"ttft_ms\":{},\"duration_ms\":{}}}",
         format_rfc3339(std::chrono::system_clock::now()), json_quoted(call.request_id), json_quoted(call.key_id),
-        json_quoted(call.model), json_quoted(call.replica), status, call.stream, prompt, completion,
-        cached_tokens(call.usage), ttft, duration * 1000);
+        json_quoted(call.model), json_quoted(call.replica), status, call.stream, prompt, completion, cached, ttft,
+        duration * 1000);
   }
 }
 

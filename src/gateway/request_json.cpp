@@ -94,6 +94,12 @@ bool read_counts(simdjson::ondemand::object object, json& out, int depth) {
 }
 }  // namespace
 
+int64_t usage_tokens(const json& usage, const char* field) {
+  if (!usage.is_object()) return 0;
+  auto value = usage.find(field);
+  return value != usage.end() && value->is_number_integer() ? value->get<int64_t>() : 0;
+}
+
 json usage_of(std::string_view answer) {
   thread_local simdjson::ondemand::parser parser;
   simdjson::padded_string padded(answer);

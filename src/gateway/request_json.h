@@ -34,4 +34,7 @@ Result<RequestFacts> read_request(std::string_view body);
 // off.
 json usage_of(std::string_view answer);
 
+// One count of an engine's `usage` ("prompt_tokens", ...): 0 when missing or not an integer.
+int64_t usage_tokens(const json& usage, const char* field);
+
 }  // namespace nebula::gateway

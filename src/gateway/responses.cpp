@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "common/ids.h"
+#include "gateway/request_json.h"
 #include "http/sse.h"
 
 namespace nebula::gateway {
@@ -76,14 +77,8 @@ Result<json> responses_to_chat(const json& request) {
 }
 
 json responses_usage(const json& chat_usage) {
-  // The engine's numbers, 0 where one is missing or not an integer.
-  auto count = [&](const char* name) -> int64_t {
-    if (!chat_usage.is_object()) return 0;
-    auto value = chat_usage.find(name);
-    return value != chat_usage.end() && value->is_number_integer() ? value->get<int64_t>() : 0;
-  };
-  int64_t input = count("prompt_tokens");
-  int64_t output = count("completion_tokens");
+  int64_t input = usage_tokens(chat_usage, "prompt_tokens");
+  int64_t output = usage_tokens(chat_usage, "completion_tokens");
   return {{"input_tokens", input}, {"output_tokens", output}, {"total_tokens", input + output}};
 }
 

@@ -7,13 +7,11 @@
 #include <map>
 #include <mutex>
 #include <string>
-#include <string_view>
 #include <thread>
 #include <tuple>
 #include <vector>
 
 #include "api/keys.h"
-#include "common/json.h"
 #include "store/store.h"
 
 namespace nebula::gateway {
