@@ -1,4 +1,5 @@
 #include "http/http.h"
+#include "http/stream_check.h"
 #include "http/test_server.h"
 
 #include <fmt/format.h>
@@ -18,6 +19,37 @@
 #include "http/sse.h"
 
 namespace nebula::http {
+
+namespace testing {
+Handler five_events_route(asio::io_context& io) {
+  return [&io](Request&, ResponseWriter& writer) -> awaitable<void> {
+    co_await writer.start_stream(200, event_stream_headers());
+    asio::steady_timer timer(io);
+    for (int i = 0; i < 5; ++i) {
+      if (!co_await writer.write(format_sse(std::to_string(i)))) co_return;
+      timer.expires_after(std::chrono::milliseconds(5));
+      co_await timer.async_wait(asio::use_awaitable);
+    }
+    co_await writer.finish();
+  };
+}
+
+void expect_five_events(BlockingClient& client, const std::string& url) {
+  std::vector<std::string> pieces;
+  SseParser parser;
+  std::vector<SseEvent> events;
+  auto status = client.stream("GET", url, "", {}, [&](std::string_view data) {
+    pieces.emplace_back(data);
+    parser.feed(data, events);
+    return true;
+  });
+  ASSERT_TRUE(status) << status.error().message;
+  EXPECT_EQ(*status, 200);
+  ASSERT_EQ(events.size(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(events[i].data, std::to_string(i));
+  EXPECT_GE(pieces.size(), 2u) << "chunks were buffered into one read";
+}
+}  // namespace testing
 namespace {
 
 TEST(UrlEncode, RoundTripsThroughTheServersDecoder) {
@@ -162,16 +194,7 @@ class ServerTest : public ::testing::Test {
     router.add("POST", "/echo", [](Request& request, ResponseWriter& writer) -> awaitable<void> {
       co_await writer.send(Response::text(200, request.body));
     });
-    router.add("GET", "/stream", [this](Request& request, ResponseWriter& writer) -> awaitable<void> {
-      co_await writer.start_stream(200, event_stream_headers());
-      asio::steady_timer timer(server_.io());
-      for (int i = 0; i < 5; ++i) {
-        if (!co_await writer.write(format_sse(std::to_string(i)))) co_return;
-        timer.expires_after(std::chrono::milliseconds(5));
-        co_await timer.async_wait(asio::use_awaitable);
-      }
-      co_await writer.finish();
-    });
+    router.add("GET", "/stream", testing::five_events_route(server_.io()));
     router.add("GET", "/slow", [this](Request&, ResponseWriter& writer) -> awaitable<void> {
       // Answers after 5 s unless the client leaves first.
       asio::steady_timer timer(server_.io(), std::chrono::seconds(5));
@@ -247,19 +270,7 @@ TEST_F(ServerTest, RoutesParamsQueryAndKeepAlive) {
 TEST_F(ServerTest, StreamsChunksAsTheyAreWritten) {
   start({});
   BlockingClient client;
-  std::vector<std::string> pieces;
-  SseParser parser;
-  std::vector<SseEvent> events;
-  auto status = client.stream("GET", base() + "/stream", "", {}, [&](std::string_view data) {
-    pieces.emplace_back(data);
-    parser.feed(data, events);
-    return true;
-  });
-  ASSERT_TRUE(status) << status.error().message;
-  EXPECT_EQ(*status, 200);
-  ASSERT_EQ(events.size(), 5u);
-  for (int i = 0; i < 5; ++i) EXPECT_EQ(events[i].data, std::to_string(i));
-  EXPECT_GE(pieces.size(), 2u) << "chunks were buffered into one read";
+  testing::expect_five_events(client, base() + "/stream");
 }
 
 TEST_F(ServerTest, OversizedBodyIs413) {

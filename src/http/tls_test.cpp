@@ -18,6 +18,7 @@
 #include "http/beast.h"
 #include "http/http.h"
 #include "http/sse.h"
+#include "http/stream_check.h"
 #include "http/test_server.h"
 
 namespace nebula::http::testing {
@@ -215,16 +216,7 @@ class HttpsTest : public ::testing::Test {
     router.add("GET", "/hello/{name}", [](Request& request, ResponseWriter& writer) -> awaitable<void> {
       co_await writer.send(Response::text(200, "hello " + request.params["name"] + " via " + request.header("host")));
     });
-    router.add("GET", "/stream", [this](Request&, ResponseWriter& writer) -> awaitable<void> {
-      co_await writer.start_stream(200, event_stream_headers());
-      asio::steady_timer timer(server_.io());
-      for (int i = 0; i < 5; ++i) {
-        if (!co_await writer.write(format_sse(std::to_string(i)))) co_return;
-        timer.expires_after(std::chrono::milliseconds(5));
-        co_await timer.async_wait(asio::use_awaitable);
-      }
-      co_await writer.finish();
-    });
+    router.add("GET", "/stream", testing::five_events_route(server_.io()));
     auto port = server_.start(std::move(router));
     ASSERT_TRUE(port) << port.error().message;
     port_ = *port;
@@ -284,19 +276,8 @@ TEST_F(HttpsTest, StreamsChunksAsTheyAreWritten) {
   BlockingClient client(trusting(proxy));
   std::string url = "https://localhost:" + std::to_string(proxy.port()) + "/stream";
   for (int round = 0; round < 2; ++round) {
-    std::vector<std::string> pieces;
-    SseParser parser;
-    std::vector<SseEvent> events;
-    auto status = client.stream("GET", url, "", {}, [&](std::string_view data) {
-      pieces.emplace_back(data);
-      parser.feed(data, events);
-      return true;
-    });
-    ASSERT_TRUE(status) << status.error().message;
-    EXPECT_EQ(*status, 200);
-    ASSERT_EQ(events.size(), 5u);
-    for (int i = 0; i < 5; ++i) EXPECT_EQ(events[i].data, std::to_string(i));
-    EXPECT_GE(pieces.size(), 2u) << "chunks were buffered into one read";
+    testing::expect_five_events(client, url);
+    if (HasFatalFailure()) return;
   }
   EXPECT_EQ(proxy.handshakes(), 1);
 }
