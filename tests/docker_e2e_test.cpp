@@ -2,11 +2,9 @@
 // talks to a fake Docker Engine API daemon living in this test, on a unix socket. The fake makes
 // containers real: starting one runs `nebula engine-sim` on the published host port, so the
 // agent's probes, the gateway's requests and the agent's supervision all meet a live engine.
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -27,8 +25,6 @@
 #include "http/http.h"
 #include "nebula_fixture.h"
 #include "process_helpers.h"
-
-extern char** environ;
 
 namespace nebula {
 namespace {
@@ -300,20 +296,12 @@ class FakeDockerDaemon {
         NEBULA_BINARY, "engine-sim",         "--host", "127.0.0.1", "--port", std::to_string(container.host_port),
         "--model",     container.served_name};
     for (const auto& arg : container.engine_args) argv.push_back(arg);
-    std::vector<char*> args;
-    for (auto& arg : argv) args.push_back(arg.data());
-    args.push_back(nullptr);
     std::string log = log_dir_ + "/container-" + container.name + "-" + std::to_string(all_pids_.size()) + ".log";
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    pid_t pid = -1;
-    int error = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (error != 0) return std::nullopt;
-    return pid;
+    try {
+      return testing::spawn_logged(argv, {}, log);
+    } catch (const std::runtime_error&) {
+      return std::nullopt;
+    }
   }
 
   std::string log_dir_;

@@ -55,9 +55,8 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ignored);
 }
 
-namespace {
-pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
-            const std::string& output_path) {
+pid_t spawn_logged(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
+                   const std::string& output_path) {
   std::vector<char*> args;
   for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
   args.push_back(nullptr);
@@ -79,6 +78,7 @@ pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>
   return pid;
 }
 
+namespace {
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
   std::stringstream text;
@@ -88,7 +88,7 @@ std::string read_file(const std::string& path) {
 }  // namespace
 
 Child::Child(const std::vector<std::string>& argv, const std::string& output_path) : output_path_(output_path) {
-  pid_ = spawn(argv, {}, output_path);
+  pid_ = spawn_logged(argv, {}, output_path);
 }
 
 Child::~Child() {
@@ -128,7 +128,7 @@ CommandResult run_command(const std::vector<std::string>& argv, const std::vecto
   char path[] = "/tmp/nebula-cmd-XXXXXX";
   int fd = ::mkstemp(path);
   ::close(fd);
-  pid_t pid = spawn(argv, env, path);
+  pid_t pid = spawn_logged(argv, env, path);
   int status = 0;
   ::waitpid(pid, &status, 0);
   CommandResult result;

@@ -10,6 +10,10 @@
 namespace nebula::testing {
 
 int free_port();
+// Starts argv[0] (a path) with stdin from /dev/null and stdout+stderr to output_path, in this
+// process's environment plus extra_env ("NAME=value"); throws when it cannot be started.
+pid_t spawn_logged(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
+                   const std::string& output_path);
 // The first executable `name` on PATH, "" when there is none (for tests of real engine binaries).
 std::string find_on_path(const std::string& name);
 // A fresh directory under /tmp, removed by the destructor.
