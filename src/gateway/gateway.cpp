@@ -274,7 +274,6 @@ Status Gateway::start() {
   activity_timer_ = std::make_unique<asio::steady_timer>(io_);
   asio::co_spawn(io_, report_activity(), asio::detached);
   watch_timer_ = std::make_unique<asio::steady_timer>(io_);
-  asio::co_spawn(io_, watch_sweep(), asio::detached);
   return usage_.start();
 }
 
@@ -593,8 +592,9 @@ void Gateway::write_deployment_status(const std::string& deployment, const std::
                       });
 }
 
+// Runs while some request waits unwatched (started by serve(), so an idle gateway has no timer).
 awaitable<void> Gateway::watch_sweep() {
-  while (!stopping_) {
+  while (!stopping_ && !unwatched_.empty()) {
     watch_timer_->expires_after(std::chrono::milliseconds(50));
     boost::system::error_code ec;
     co_await watch_timer_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -606,6 +606,7 @@ awaitable<void> Gateway::watch_sweep() {
       entry.call->watch_client(*entry.writer);
     }
   }
+  sweeping_ = false;
 }
 
 // Once a second: the deployments asked for since the last round get their last_request_ms.
@@ -848,6 +849,10 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     } watch_later{*this, std::nullopt};
     if (!call.stream && !call.watching) {
       watch_later.entry = unwatched_.insert(unwatched_.end(), Unwatched{&call, &writer, SteadyClock::now()});
+      if (!sweeping_) {
+        sweeping_ = true;
+        asio::co_spawn(io_, watch_sweep(), asio::detached);
+      }
     }
     auto upstream = co_await client_->open(
         "POST", endpoint->url + path, upstream_body, upstream_headers(call.request_id),

@@ -146,7 +146,7 @@ class Gateway {
   // Non-streamed requests waiting for their engine's answer. Watching a client for leaving costs
   // a read operation, a coroutine and a timer (~10 % of a small request's CPU), and most answers
   // come in milliseconds: watch_sweep() starts the watch only for those still waiting after
-  // 100 ms, checking every 50 ms. I/O thread only.
+  // 100 ms, checking every 50 ms while any request waits. I/O thread only.
   struct Unwatched {
     Call* call;
     http::ResponseWriter* writer;
@@ -154,6 +154,7 @@ class Gateway {
     bool watched = false;
   };
   std::list<Unwatched> unwatched_;
+  bool sweeping_ = false;  // watch_sweep() runs
   awaitable<void> watch_sweep();
   void write_deployment_status(const std::string& deployment, const std::function<bool(json& status)>& change);
 
