@@ -4,6 +4,7 @@
 // nginx when /usr/sbin/nginx exists) on free loopback ports.
 //
 //   build/bench/gateway_bench [--streams N] [--stream-tokens T] [--requests N] [--concurrency C]
+//                             [--only TEXT]   (only the loads whose name contains TEXT)
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
@@ -213,10 +214,13 @@ bool wait_http(const std::string& url) {
 
 int main(int argc, char** argv) {
   int streams = 256, stream_tokens = 256, requests = 4000, concurrency = 32;
+  std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     int value = std::atoi(argv[i + 1]);
-    if (flag == "--streams")
+    if (flag == "--only")
+      only = argv[i + 1];
+    else if (flag == "--streams")
       streams = value;
     else if (flag == "--stream-tokens")
       stream_tokens = value;
@@ -225,7 +229,8 @@ int main(int argc, char** argv) {
     else if (flag == "--concurrency")
       concurrency = value;
     else {
-      std::cerr << "usage: gateway_bench [--streams N] [--stream-tokens T] [--requests N] [--concurrency C]\n";
+      std::cerr << "usage: gateway_bench [--streams N] [--stream-tokens T] [--requests N] [--concurrency C] "
+                   "[--only TEXT]\n";
       return 2;
     }
   }
@@ -302,6 +307,7 @@ int main(int argc, char** argv) {
                            "path", "req/s", "tok/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "chunk p50", "chunk p99",
                            "cpu s", "rss MB");
   for (const auto& load : loads) {
+    if (load.name.find(only) == std::string::npos) continue;
     LoadResult direct;
     for (int round = 0; round < 2; ++round) {
       struct Path {
@@ -324,10 +330,13 @@ int main(int argc, char** argv) {
         std::string added99 = path.name == "direct" ? "-" : fmt::format("{:.2f}", result.p99 - direct.p99);
         std::string cpu = path.measured > 0 ? fmt::format("{:.2f}", result.cpu_s) : "-";
         std::string rss = path.measured > 0 ? fmt::format("{:.0f}", result.rss_mb) : "-";
-        std::cout << fmt::format(
-            "{:<26} {:<8} {:>8.0f} {:>9.0f} {:>9.2f} {:>9.2f} {:>10} {:>10} {:>9.2f} {:>9.2f} {:>7} {:>7}{}\n",
-            load.name, path.name, rate, rate * load.max_tokens, result.p50, result.p99, added50, added99, result.gap50,
-            result.gap99, cpu, rss, result.failed ? fmt::format("  ({} failed)", result.failed) : "");
+        std::cout
+            << fmt::format(
+                   "{:<26} {:<8} {:>8.0f} {:>9.0f} {:>9.2f} {:>9.2f} {:>10} {:>10} {:>9.2f} {:>9.2f} {:>7} {:>7}{}\n",
+                   load.name, path.name, rate, rate * load.max_tokens, result.p50, result.p99, added50, added99,
+                   result.gap50, result.gap99, cpu, rss,
+                   result.failed ? fmt::format("  ({} failed)", result.failed) : "")
+            << std::flush;
       }
     }
   }

@@ -21,23 +21,23 @@ using tcp = boost::asio::ip::tcp;
 using error_code = boost::system::error_code;
 
 // Re-arming a Beast stream's timer costs a timer-queue update (often a syscall) per operation;
-// at one chunk per token that dominates. A Deadline re-arms only when the deadline it set has
-// drifted by more than an eighth of the timeout, so an operation times out after 7/8 to 8/8 of
-// the timeout instead of exactly at it.
+// at one chunk per token, or a few operations per small request, that dominates. A Deadline
+// re-arms only when the expiry it set is later than asked for, or earlier by more than an eighth
+// of the timeout: an operation times out after 7/8 to 8/8 of its timeout instead of exactly at
+// it. One Deadline per stream: every expires_* call on the stream must go through it (or be
+// followed by reset()).
 class Deadline {
  public:
   void arm(beast::tcp_stream& stream, std::chrono::steady_clock::duration timeout) {
-    auto now = std::chrono::steady_clock::now();
-    if (timeout == timeout_ && now - armed_at_ < timeout / 8) return;
+    auto wanted = std::chrono::steady_clock::now() + timeout;
+    if (expiry_ <= wanted && wanted - expiry_ < timeout / 8) return;
     stream.expires_after(timeout);
-    timeout_ = timeout;
-    armed_at_ = now;
+    expiry_ = wanted;
   }
   // After an explicit expires_* call on the stream elsewhere.
-  void reset() { timeout_ = {}; }
+  void reset() { expiry_ = {}; }
 
  private:
-  std::chrono::steady_clock::duration timeout_{};
-  std::chrono::steady_clock::time_point armed_at_{};
+  std::chrono::steady_clock::time_point expiry_{};
 };
 }  // namespace nebula::http

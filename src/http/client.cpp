@@ -29,6 +29,7 @@ struct Connection {
   std::shared_ptr<ssl::context> tls_context;  // declared before stream: outlives it
   std::variant<PlainStream, TlsStream> stream;
   beast::flat_buffer buffer;
+  Deadline deadline;  // the stream's timer, re-armed only when it drifted
   std::string pool_key;
   bool reused = false;
 
@@ -149,12 +150,13 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     auto endpoints = co_await resolver.async_resolve(url.host, std::to_string(url.port),
                                                      asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return io_error("cannot resolve", url, ec);
-    connection->tcp().expires_after(options.connect_timeout);
+    connection->deadline.arm(connection->tcp(), options.connect_timeout);
     co_await connection->tcp().async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return io_error("cannot connect to", url, ec);
     connection->tcp().socket().set_option(tcp::no_delay(true), ec);
     if (connection->is_tls()) {
       auto handshake = co_await tls_handshake(std::get<TlsStream>(connection->stream), url);
+      connection->deadline.reset();  // the handshake set the stream's timer itself
       if (!handshake) co_return handshake.error();
     }
     co_return std::move(connection);
@@ -211,13 +213,37 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
           connection.tcp().socket().close(ignored);
         });
       }
-      connection.tcp().expires_after(timeout);
+      connection.deadline.arm(connection.tcp(), timeout);
       if (auto* plain = std::get_if<PlainStream>(&connection.stream)) {
-        co_await asio::async_write(*plain, message, asio::redirect_error(asio::use_awaitable, ec));
-        if (!ec) {
-          co_await bhttp::async_read_header(*plain, connection.buffer, *sent.parser,
-                                            asio::redirect_error(asio::use_awaitable, ec));
+        // Sent at once when the socket takes it all, read as soon as the head is in the buffer:
+        // no composed operations and, for a small answer, one read.
+        auto& socket = plain->socket();
+        if (!socket.non_blocking()) socket.non_blocking(true, ec);
+        size_t sent_now = ec ? 0 : socket.send(message, 0, ec);
+        if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
+        beast::buffers_suffix<std::array<asio::const_buffer, 2>> rest(message);
+        rest.consume(sent_now);
+        if (!ec && beast::buffer_bytes(rest) > 0) {
+          co_await asio::async_write(*plain, rest, asio::redirect_error(asio::use_awaitable, ec));
         }
+        while (!ec && !sent.parser->is_header_done()) {
+          if (connection.buffer.size() > 0) {
+            size_t used = sent.parser->put(connection.buffer.data(), ec);
+            connection.buffer.consume(used);
+            if (ec == bhttp::error::need_more) {
+              ec = {};
+            } else if (ec || sent.parser->is_header_done()) {
+              break;
+            } else if (used > 0) {
+              continue;
+            }
+          }
+          size_t n = co_await plain->async_read_some(connection.buffer.prepare(16384),
+                                                     asio::redirect_error(asio::use_awaitable, ec));
+          connection.buffer.commit(n);
+          if (ec == asio::error::eof && sent.parser->got_some()) ec = bhttp::error::partial_message;
+        }
+        if (ec == asio::error::eof) ec = bhttp::error::end_of_stream;
       } else {
         auto& tls = std::get<TlsStream>(connection.stream);
         co_await asio::async_write(tls, message, asio::redirect_error(asio::use_awaitable, ec));
@@ -276,7 +302,7 @@ class PooledStreamingResponse final : public StreamingResponse {
       }
       if (!out.empty()) co_return out;
       size_t n = 0;
-      read_deadline_.arm(connection.tcp(), idle_timeout);
+      connection.deadline.arm(connection.tcp(), idle_timeout);
       auto space = connection.buffer.prepare(kReadSlice);
       if (auto* plain = std::get_if<PlainStream>(&connection.stream)) {
         n = co_await plain->async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
@@ -317,7 +343,6 @@ class PooledStreamingResponse final : public StreamingResponse {
   std::unique_ptr<Connection> connection_;
   std::unique_ptr<bhttp::response_parser<bhttp::buffer_body>> parser_;
   Url url_;
-  Deadline read_deadline_;
   bool ended_ = false;
 
   static constexpr size_t kReadSlice = 16384;
@@ -353,7 +378,11 @@ awaitable<Result<std::string>> StreamingResponse::read_all(std::chrono::millisec
     auto piece = co_await read(idle_timeout);
     if (!piece) co_return piece.error();
     if (piece->empty()) co_return all;
-    all += *piece;
+    if (all.empty()) {
+      all = std::move(*piece);
+    } else {
+      all += *piece;
+    }
   }
 }
 

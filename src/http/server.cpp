@@ -12,35 +12,75 @@
 namespace nebula::http {
 
 namespace {
-Request to_request(bhttp::request<bhttp::string_body>&& message, const std::string& remote) {
-  Request request;
-  request.method = std::string(message.method_string());
-  request.target = std::string(message.target());
+// Parses a request straight into a Request: Beast's own request parser would first store every
+// field in its own container, to be copied out again.
+class RequestParser final : public bhttp::basic_parser<true> {
+ public:
+  explicit RequestParser(Request& request) : request_(request) { eager(true); }
+  unsigned version() const { return version_; }
+
+ private:
+  void on_request_impl(bhttp::verb, beast::string_view method, beast::string_view target, int version,
+                       error_code&) override {
+    request_.method.assign(method.data(), method.size());
+    request_.target.assign(target.data(), target.size());
+    version_ = static_cast<unsigned>(version);
+  }
+  void on_response_impl(int, beast::string_view, int, error_code& ec) override { ec = bhttp::error::bad_version; }
+  void on_field_impl(bhttp::field, beast::string_view name, beast::string_view value, error_code&) override {
+    request_.headers.push_back({std::string(name.data(), name.size()), std::string(value.data(), value.size())});
+  }
+  void on_header_impl(error_code&) override {}
+  void on_body_init_impl(const boost::optional<std::uint64_t>& length, error_code&) override {
+    if (length) request_.body.reserve(static_cast<size_t>(*length));
+  }
+  size_t on_body_impl(beast::string_view body, error_code&) override {
+    request_.body.append(body.data(), body.size());
+    return body.size();
+  }
+  void on_chunk_header_impl(std::uint64_t, beast::string_view, error_code&) override {}
+  size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code&) override {
+    request_.body.append(body.data(), body.size());
+    return body.size();
+  }
+  void on_finish_impl(error_code&) override {}
+
+  Request& request_;
+  unsigned version_ = 11;
+};
+
+// The decoded path and query of request.target.
+void split_target(Request& request) {
   std::string_view target = request.target;
   size_t question = target.find('?');
   request.path = url_decode(target.substr(0, question));
-  if (question != std::string_view::npos) {
-    std::string_view query = target.substr(question + 1);
-    while (!query.empty()) {
-      size_t amp = query.find('&');
-      std::string_view pair = query.substr(0, amp);
-      size_t eq = pair.find('=');
-      if (!pair.empty()) {
-        request.query[url_decode(pair.substr(0, eq))] =
-            eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1));
-      }
-      if (amp == std::string_view::npos) break;
-      query.remove_prefix(amp + 1);
+  if (question == std::string_view::npos) return;
+  std::string_view query = target.substr(question + 1);
+  while (!query.empty()) {
+    size_t amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    size_t eq = pair.find('=');
+    if (!pair.empty()) {
+      request.query[url_decode(pair.substr(0, eq))] =
+          eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1));
     }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
   }
-  for (const auto& field : message) {
-    request.headers.push_back({std::string(field.name_string()), std::string(field.value())});
-  }
-  request.body = std::move(message.body());
-  request.remote_address = remote;
-  return request;
 }
 
+// Headers that the server itself writes from the response it sends.
+bool framing_header(std::string_view name) {
+  return beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
+         beast::iequals(name, "connection");
+}
+
+bool has_header(const Headers& headers, std::string_view name) {
+  for (const auto& header : headers) {
+    if (beast::iequals(header.name, name)) return true;
+  }
+  return false;
+}
 }  // namespace
 
 struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
@@ -61,10 +101,11 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 
 class StreamWriter final : public ResponseWriter {
  public:
-  StreamWriter(beast::tcp_stream& stream, beast::flat_buffer& buffer, const ServerOptions& options, unsigned version,
-               bool keep_alive, std::string request_id = {})
+  StreamWriter(beast::tcp_stream& stream, beast::flat_buffer& buffer, Deadline& deadline, const ServerOptions& options,
+               unsigned version, bool keep_alive, std::string request_id = {})
       : stream_(stream),
         buffer_(buffer),
+        deadline_(deadline),
         options_(options),
         version_(version),
         keep_alive_(keep_alive),
@@ -73,35 +114,24 @@ class StreamWriter final : public ResponseWriter {
   awaitable<void> send(Response response) override {
     if (answered_) throw std::logic_error("response already sent");
     answered_ = true;
-    bhttp::response<bhttp::string_body> message{static_cast<bhttp::status>(response.status), version_};
-    message.set(bhttp::field::server, "nebula");
-    for (auto& header : response.headers) message.insert(header.name, header.value);
-    add_request_id(message);
-    message.body() = std::move(response.body);
-    message.keep_alive(keep_alive_);
-    message.prepare_payload();
-    error_code ec;
-    deadline_.arm(stream_, options_.write_timeout);
-    co_await bhttp::async_write(stream_, message, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) broken_ = true;
+    // Status 1xx, 204 and 304 have no body, and no Content-Length.
+    bool bodyless = response.status < 200 || response.status == 204 || response.status == 304;
+    std::string head = response_head(response.status, response.headers);
+    if (!bodyless) head.append("Content-Length: ").append(std::to_string(response.body.size())).append("\r\n");
+    head.append("\r\n");
+    std::array<asio::const_buffer, 2> message = {
+        asio::buffer(head), asio::buffer(response.body.data(), bodyless ? 0 : response.body.size())};
+    co_await send_all(message);
   }
 
   awaitable<bool> start_stream(int status, Headers headers) override {
     if (answered_) throw std::logic_error("response already sent");
     answered_ = true;
     streaming_ = true;
-    bhttp::response<bhttp::empty_body> message{static_cast<bhttp::status>(status), version_};
-    message.set(bhttp::field::server, "nebula");
-    for (auto& header : headers) message.insert(header.name, header.value);
-    add_request_id(message);
-    message.keep_alive(keep_alive_);
-    message.chunked(true);
-    bhttp::response_serializer<bhttp::empty_body> serializer{message};
-    error_code ec;
-    deadline_.arm(stream_, options_.write_timeout);
-    co_await bhttp::async_write_header(stream_, serializer, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) broken_ = true;
-    co_return !broken_;
+    std::string head = response_head(status, headers);
+    head.append("Transfer-Encoding: chunked\r\n\r\n");
+    std::array<asio::const_buffer, 1> message = {asio::buffer(head)};
+    co_return co_await send_all(message);
   }
 
   awaitable<bool> write(std::string_view data) override {
@@ -111,34 +141,14 @@ class StreamWriter final : public ResponseWriter {
     auto size_end = fmt::format_to_n(size_line, sizeof size_line, "{:x}\r\n", data.size());
     std::array<asio::const_buffer, 3> chunk = {asio::buffer(size_line, size_end.size),
                                                asio::buffer(data.data(), data.size()), asio::buffer("\r\n", 2)};
-    // Send at once when the socket takes it all (almost always: the kernel's send buffer is far
-    // larger than a chunk): one syscall and no trip through the scheduler. Only what the socket
-    // did not take waits for it asynchronously.
-    error_code ec;
-    auto& socket = stream_.socket();
-    if (!socket.non_blocking()) socket.non_blocking(true, ec);
-    size_t sent = ec ? 0 : socket.send(chunk, 0, ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
-    if (ec) {
-      broken_ = true;
-      co_return false;
-    }
-    beast::buffers_suffix<std::array<asio::const_buffer, 3>> rest(chunk);
-    rest.consume(sent);
-    if (beast::buffer_bytes(rest) == 0) co_return true;
-    deadline_.arm(stream_, options_.write_timeout);
-    co_await asio::async_write(stream_, rest, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) broken_ = true;
-    co_return !broken_;
+    co_return co_await send_all(chunk);
   }
 
   awaitable<void> finish() override {
     if (!streaming_ || finished_ || broken_) co_return;
     finished_ = true;
-    error_code ec;
-    deadline_.arm(stream_, options_.write_timeout);
-    co_await asio::async_write(stream_, bhttp::make_chunk_last(), asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) broken_ = true;
+    std::array<asio::const_buffer, 1> last = {asio::buffer("0\r\n\r\n", 5)};
+    co_await send_all(last);
   }
 
   void abort() override { broken_ = true; }
@@ -184,16 +194,55 @@ class StreamWriter final : public ResponseWriter {
     watch_done_->cancel();
   }
 
-  // Every response carries an x-request-id: the handler's, else the client's, else a new one.
-  template <typename Message>
-  void add_request_id(Message& message) {
-    if (message.find("x-request-id") != message.end()) return;
-    message.set("X-Request-Id", request_id_.empty() ? "req-" + random_id(20) : request_id_);
+  // The status line and headers, written by hand (Beast's serializer, and a fields container
+  // holding a copy of every header, cost more than the rest of answering a small request). Every
+  // response carries an x-request-id: the handler's, else the client's, else a new one. The
+  // caller adds the framing (Content-Length or chunked) and the blank line.
+  std::string response_head(int status, const Headers& headers) const {
+    std::string head;
+    head.reserve(160 + 48 * headers.size());
+    head.append(version_ == 10 ? "HTTP/1.0 " : "HTTP/1.1 ").append(std::to_string(status)).append(" ");
+    auto reason = bhttp::obsolete_reason(static_cast<bhttp::status>(status));
+    head.append(reason.data(), reason.size()).append("\r\nServer: nebula\r\n");
+    for (const auto& header : headers) {
+      if (framing_header(header.name)) continue;
+      head.append(header.name).append(": ").append(header.value).append("\r\n");
+    }
+    if (!has_header(headers, "x-request-id")) {
+      head.append("X-Request-Id: ").append(request_id_.empty() ? "req-" + random_id(20) : request_id_).append("\r\n");
+    }
+    if (version_ == 10 && keep_alive_) head.append("Connection: keep-alive\r\n");
+    if (version_ != 10 && !keep_alive_) head.append("Connection: close\r\n");
+    return head;
+  }
+
+  // Sends the buffers at once when the socket takes them all (almost always: the kernel's send
+  // buffer is far larger than a response): one syscall and no trip through the scheduler. Only
+  // what the socket did not take waits for it asynchronously. False when the client is gone.
+  template <typename Buffers>
+  awaitable<bool> send_all(const Buffers& buffers) {
+    if (broken_) co_return false;
+    error_code ec;
+    auto& socket = stream_.socket();
+    if (!socket.non_blocking()) socket.non_blocking(true, ec);
+    size_t sent = ec ? 0 : socket.send(buffers, 0, ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
+    if (ec) {
+      broken_ = true;
+      co_return false;
+    }
+    beast::buffers_suffix<Buffers> rest(buffers);
+    rest.consume(sent);
+    if (beast::buffer_bytes(rest) == 0) co_return true;
+    deadline_.arm(stream_, options_.write_timeout);
+    co_await asio::async_write(stream_, rest, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) broken_ = true;
+    co_return !broken_;
   }
 
   beast::tcp_stream& stream_;
   beast::flat_buffer& buffer_;
-  Deadline deadline_;
+  Deadline& deadline_;  // the connection's
   const ServerOptions& options_;
   unsigned version_;
   bool keep_alive_;
@@ -240,20 +289,36 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
     registration = streams.insert(streams.end(), &stream);
   }
   beast::flat_buffer buffer;
+  Deadline deadline;
   try {
     while (true) {
-      error_code ec;
-      if (buffer.size() == 0) {  // idle between requests: wait for the first byte
-        stream.expires_after(options.idle_timeout);
-        size_t n = co_await stream.async_read_some(buffer.prepare(4096), asio::redirect_error(asio::use_awaitable, ec));
-        if (ec) break;
-        buffer.commit(n);
-      }
-      bhttp::request_parser<bhttp::string_body> parser;
+      // The request is parsed from what the buffer holds, reading only when it holds too little:
+      // a whole small request usually came with the previous read.
+      Request request;
+      RequestParser parser(request);
       parser.body_limit(options.body_limit);
       parser.header_limit(static_cast<std::uint32_t>(options.header_limit));
-      stream.expires_after(options.read_timeout);
-      co_await bhttp::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+      error_code ec;
+      while (!parser.is_done()) {
+        if (buffer.size() > 0) {
+          size_t used = parser.put(buffer.data(), ec);
+          buffer.consume(used);
+          if (ec == bhttp::error::need_more) {
+            ec = {};
+          } else if (ec || parser.is_done()) {
+            break;
+          } else if (used > 0) {
+            continue;
+          }
+        }
+        // Idle between requests until the first byte; then the rest must come within read_timeout.
+        deadline.arm(stream, parser.got_some() ? options.read_timeout : options.idle_timeout);
+        size_t n = co_await stream.async_read_some(buffer.prepare(std::max<size_t>(4096, buffer.size())),
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+        buffer.commit(n);
+        if (ec == asio::error::eof && parser.got_some()) ec = bhttp::error::partial_message;
+        if (ec) break;
+      }
       if (ec) {
         Response refusal;
         if (ec == bhttp::error::body_limit) {
@@ -261,21 +326,21 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
                                "request_too_large");
         } else if (ec == bhttp::error::header_limit) {
           refusal = error_json(431, "request headers too large", "headers_too_large");
-        } else if (ec == beast::error::timeout || ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
-                   ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+        } else if (ec == beast::error::timeout || ec == asio::error::eof || ec == asio::error::connection_reset ||
+                   ec == asio::error::operation_aborted || ec == bhttp::error::partial_message) {
           break;
         } else {
           refusal = error_json(400, "malformed HTTP request: " + ec.message(), "bad_request");
         }
-        StreamWriter writer(stream, buffer, options, 11, false);
+        StreamWriter writer(stream, buffer, deadline, options, 11, false);
         co_await writer.send(std::move(refusal));
         break;
       }
-      auto message = parser.release();
-      unsigned version = message.version();
-      bool keep_alive = message.keep_alive();
-      Request request = to_request(std::move(message), remote);
-      StreamWriter writer(stream, buffer, options, version, keep_alive, request.header("x-request-id"));
+      unsigned version = parser.version();
+      bool keep_alive = parser.keep_alive();
+      split_target(request);
+      request.remote_address = remote;
+      StreamWriter writer(stream, buffer, deadline, options, version, keep_alive, request.header("x-request-id"));
       std::string failure;
       try {
         co_await router.dispatch(request, writer);
