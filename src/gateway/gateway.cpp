@@ -249,7 +249,21 @@ void Gateway::stop() {
   if (watch_) watch_->cancel();
   watch_.reset();
   usage_.stop();
-  if (access_log_) access_log_->flush();
+  flush_access_log();
+}
+
+void Gateway::flush_access_log() {
+  if (!access_log_) return;
+  std::string lines;
+  {
+    std::lock_guard lock(access_mutex_);
+    lines.swap(access_pending_);
+  }
+  if (!lines.empty()) {
+    lines.pop_back();  // the logger ends the last line
+    access_log_->info(lines);
+  }
+  access_log_->flush();
 }
 
 Status Gateway::start() {
@@ -360,6 +374,23 @@ int64_t cached_tokens(const json& usage) {
   auto details = usage.find("prompt_tokens_details");
   if (details == usage.end() || !details->is_object()) return 0;
   return usage_tokens(*details, "cached_tokens");
+}
+
+constexpr size_t kAccessLogBatch = 64 * 1024;
+
+// format_rfc3339(time) for the access log, with the date and time up to the second formatted once
+// per second instead of once per line.
+std::string log_time(std::chrono::system_clock::time_point time) {
+  thread_local int64_t cached_second = -1;
+  thread_local std::string cached_prefix;  // "2026-11-23T23:02:14."
+  int64_t ms = to_unix_ms(time);
+  int64_t second = ms / 1000;
+  if (second != cached_second) {
+    cached_prefix = format_rfc3339(std::chrono::system_clock::time_point(std::chrono::seconds(second)));
+    cached_prefix.resize(cached_prefix.size() - 4);  // "000Z"
+    cached_second = second;
+  }
+  return fmt::format("{}{:03}Z", cached_prefix, ms % 1000);
 }
 
 // A JSON string literal, escaped by hand for the access log (see finish()): quote, backslash and
@@ -616,7 +647,7 @@ awaitable<void> Gateway::report_activity() {
     boost::system::error_code ec;
     co_await activity_timer_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
     if (stopping_) co_return;
-    if (access_log_) access_log_->flush();
+    flush_access_log();
     for (const auto& [deployment, when] : last_request_ms_) {
       if (reported_ms_[deployment] == when) continue;
       reported_ms_[deployment] = when;
@@ -653,13 +684,16 @@ void Gateway::finish(Call& call, int status) {
     // Formatted directly: a json object per line, or a json value per string to escape it, cost
     // more than the rest of the bookkeeping. The request id comes from the client: json_quoted().
     std::string ttft = call.ttft_s < 0 ? std::string("null") : fmt::format("{}", call.ttft_s * 1000);
-    access_log_->info(
-        "{{\"time\":\"{}\",\"id\":{},\"key\":{},\"model\":{},\"replica\":{},\"status\":{},\"stream\":{},"
-        "\"prompt_tokens\":{},\"completion_tokens\":{},\"cached_tokens\":{},\"ttft_ms\":{},\"duration_ms\":{}}}",
-        format_rfc3339(std::chrono::system_clock::now()), json_quoted(call.request_id), json_quoted(call.key_id),
-        json_quoted(call.model), json_quoted(call.replica), status, call.stream, prompt, completion, cached, ttft,
-        duration * 1000);
+    std::lock_guard lock(access_mutex_);
+    fmt::format_to(std::back_inserter(access_pending_),
+                   "{{\"time\":\"{}\",\"id\":{},\"key\":{},\"model\":{},\"replica\":{},\"status\":{},\"stream\":{},"
+                   "\"prompt_tokens\":{},\"completion_tokens\":{},\"cached_tokens\":{},\"ttft_ms\":{},\"duration_ms\":{}}}\n",
+                   log_time(std::chrono::system_clock::now()), json_quoted(call.request_id), json_quoted(call.key_id),
+                   json_quoted(call.model), json_quoted(call.replica), status, call.stream, prompt, completion,
+                   cached, ttft, duration * 1000);
+    if (access_pending_.size() < kAccessLogBatch) return;
   }
+  if (access_log_) flush_access_log();
 }
 
 namespace {
@@ -714,6 +748,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
   call.deadline = call.start + options_.total_timeout;
   call.request_id = request.header("x-request-id");
   if (call.request_id.empty()) call.request_id = "req-" + random_id(20);
+  call.headers.reserve(9);  // the id, six rate-limit headers, Content-Type
   call.headers.push_back({"X-Request-Id", call.request_id});
 
   if (options_.require_keys) {
@@ -796,7 +831,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     }
     call.admitted = true;
     call.ticket = admission.ticket;
-    for (auto& header : limiter_.headers(*call.key, now)) call.headers.push_back(header);
+    for (auto& header : limiter_.headers(*call.key, now)) call.headers.push_back(std::move(header));
   } else {
     call.admitted = true;
   }
@@ -911,7 +946,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
       }
       http::Response relayed;
       relayed.status = response.status;
-      relayed.headers = call.headers;
+      relayed.headers = std::move(call.headers);  // the call answers with this response
       relayed.headers.push_back({"Content-Type", "application/json"});
       relayed.body = std::move(*body);
       if (response.status == 200) {

@@ -178,6 +178,11 @@ class Gateway {
   std::unique_ptr<asio::steady_timer> watch_timer_;
   bool stopping_ = false;
   std::shared_ptr<spdlog::logger> access_log_;
+  // Access log lines not yet handed to access_log_: written in one piece once a second (or every
+  // 64 KiB), not a logger call per line. Guarded by access_mutex_ (stop() may run elsewhere).
+  std::mutex access_mutex_;
+  std::string access_pending_;
+  void flush_access_log();
 };
 
 // {"error":{"message","type","param":null,"code"}} with the matching status.

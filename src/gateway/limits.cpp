@@ -78,6 +78,7 @@ http::Headers Limiter::headers(const api::ApiKey& key, TimePoint now) {
   Window& window = windows_[key.metadata.name];
   expire(window, now);
   http::Headers headers;
+  headers.reserve(6);
   int reset = window.requests.empty() ? 0 : seconds_until(window.requests.front().time + kWindow, now);
   if (key.rpm > 0) {
     headers.push_back({"x-ratelimit-limit-requests", std::to_string(key.rpm)});
