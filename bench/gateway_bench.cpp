@@ -213,7 +213,7 @@ bool wait_http(const std::string& url) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int streams = 256, stream_tokens = 256, requests = 4000, concurrency = 32;
+  int streams = 256, stream_tokens = 256, requests = 20000, concurrency = 32;
   std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];

@@ -67,10 +67,18 @@ std::mt19937_64& thread_rng() {
 
 std::string random_id(size_t length) {
   static constexpr char kAlphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
-  std::uniform_int_distribution<size_t> pick(0, sizeof kAlphabet - 2);
+  // Twelve base-36 digits per 64-bit draw; draws in the partial top range are rejected, so every
+  // character stays uniform.
+  constexpr uint64_t kDigits = 12;
+  constexpr uint64_t kSpan = 4738381338321616896ULL;  // 36^12
+  constexpr uint64_t kLimit = kSpan * (UINT64_MAX / kSpan);
   std::string id;
   id.reserve(length);
-  for (size_t i = 0; i < length; ++i) id.push_back(kAlphabet[pick(thread_rng())]);
+  while (id.size() < length) {
+    uint64_t value = thread_rng()();
+    if (value >= kLimit) continue;
+    for (uint64_t i = 0; i < kDigits && id.size() < length; ++i, value /= 36) id.push_back(kAlphabet[value % 36]);
+  }
   return id;
 }
 

@@ -1,6 +1,7 @@
 #include "gateway/gateway.h"
 #include "gateway/request_json.h"
 
+#include <fmt/compile.h>
 #include <fmt/format.h>
 #include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/spdlog.h>
@@ -378,9 +379,9 @@ int64_t cached_tokens(const json& usage) {
 
 constexpr size_t kAccessLogBatch = 64 * 1024;
 
-// format_rfc3339(time) for the access log, with the date and time up to the second formatted once
-// per second instead of once per line.
-std::string log_time(std::chrono::system_clock::time_point time) {
+// Appends format_rfc3339(time), for the access log: the date and time up to the second are
+// formatted once per second instead of once per line.
+void append_log_time(std::string& out, std::chrono::system_clock::time_point time) {
   thread_local int64_t cached_second = -1;
   thread_local std::string cached_prefix;  // "2026-11-23T23:02:14."
   int64_t ms = to_unix_ms(time);
@@ -390,28 +391,45 @@ std::string log_time(std::chrono::system_clock::time_point time) {
     cached_prefix.resize(cached_prefix.size() - 4);  // "000Z"
     cached_second = second;
   }
-  return fmt::format("{}{:03}Z", cached_prefix, ms % 1000);
+  int millis = static_cast<int>(ms % 1000);
+  out.append(cached_prefix);
+  out.push_back(static_cast<char>('0' + millis / 100));
+  out.push_back(static_cast<char>('0' + millis / 10 % 10));
+  out.push_back(static_cast<char>('0' + millis % 10));
+  out.push_back('Z');
 }
 
-// A JSON string literal, escaped by hand for the access log (see finish()): quote, backslash and
-// control characters escaped, and every byte above 0x7f as \u00XX, so a client's id in any
-// encoding gives a valid line (not a faithful one: a UTF-8 character shows as its bytes).
-std::string json_quoted(std::string_view text) {
-  std::string out;
-  out.reserve(text.size() + 2);
+// Appends a JSON string literal, escaped by hand for the access log (see finish()): quote,
+// backslash and control characters escaped, and every byte above 0x7f as \u00XX, so a client's id
+// in any encoding gives a valid line (not a faithful one: a UTF-8 character shows as its bytes).
+void append_json_quoted(std::string& out, std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
   out.push_back('"');
   for (unsigned char c : text) {
     if (c == '"' || c == '\\') {
       out.push_back('\\');
       out.push_back(static_cast<char>(c));
     } else if (c < 0x20 || c > 0x7e) {
-      out += fmt::format("\\u{:04x}", c);
+      out.append("\\u00");
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
     } else {
       out.push_back(static_cast<char>(c));
     }
   }
   out.push_back('"');
-  return out;
+}
+
+void append_number(std::string& out, int64_t value) {
+  fmt::format_int text(value);
+  out.append(text.data(), text.size());
+}
+
+// A millisecond figure with microsecond precision: "12.345".
+void append_ms(std::string& out, double seconds) {
+  char text[32];
+  auto end = fmt::format_to_n(text, sizeof text, FMT_COMPILE("{:.3f}"), seconds * 1000);
+  out.append(text, end.size);
 }
 
 http::Response with_headers(http::Response response, const http::Headers& headers) {
@@ -681,17 +699,40 @@ void Gateway::finish(Call& call, int status) {
     metrics_.request_done({call.model, call.key_id, status, call.ttft_s, duration, prompt, completion});
   }
   if (access_log_) {
-    // Formatted directly: a json object per line, or a json value per string to escape it, cost
-    // more than the rest of the bookkeeping. The request id comes from the client: json_quoted().
-    std::string ttft = call.ttft_s < 0 ? std::string("null") : fmt::format("{}", call.ttft_s * 1000);
+    // Appended by hand: a json object per line, a json value per string to escape it, or even a
+    // runtime format string cost more than the rest of the bookkeeping. The request id comes from
+    // the client, hence the escaping.
     std::lock_guard lock(access_mutex_);
-    fmt::format_to(std::back_inserter(access_pending_),
-                   "{{\"time\":\"{}\",\"id\":{},\"key\":{},\"model\":{},\"replica\":{},\"status\":{},\"stream\":{},"
-                   "\"prompt_tokens\":{},\"completion_tokens\":{},\"cached_tokens\":{},\"ttft_ms\":{},\"duration_ms\":{}}}\n",
-                   log_time(std::chrono::system_clock::now()), json_quoted(call.request_id), json_quoted(call.key_id),
-                   json_quoted(call.model), json_quoted(call.replica), status, call.stream, prompt, completion,
-                   cached, ttft, duration * 1000);
-    if (access_pending_.size() < kAccessLogBatch) return;
+    std::string& out = access_pending_;
+    out.append("{\"time\":\"");
+    append_log_time(out, std::chrono::system_clock::now());
+    out.append("\",\"id\":");
+    append_json_quoted(out, call.request_id);
+    out.append(",\"key\":");
+    append_json_quoted(out, call.key_id);
+    out.append(",\"model\":");
+    append_json_quoted(out, call.model);
+    out.append(",\"replica\":");
+    append_json_quoted(out, call.replica);
+    out.append(",\"status\":");
+    append_number(out, status);
+    out.append(call.stream ? ",\"stream\":true" : ",\"stream\":false");
+    out.append(",\"prompt_tokens\":");
+    append_number(out, prompt);
+    out.append(",\"completion_tokens\":");
+    append_number(out, completion);
+    out.append(",\"cached_tokens\":");
+    append_number(out, cached);
+    out.append(",\"ttft_ms\":");
+    if (call.ttft_s < 0) {
+      out.append("null");
+    } else {
+      append_ms(out, call.ttft_s);
+    }
+    out.append(",\"duration_ms\":");
+    append_ms(out, duration);
+    out.append("}\n");
+    if (out.size() < kAccessLogBatch) return;
   }
   if (access_log_) flush_access_log();
 }
@@ -951,7 +992,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
       relayed.body = std::move(*body);
       if (response.status == 200) {
         if (kind != kResponses) {
-          call.usage = usage_of(relayed.body);  // the answer itself is relayed as it came
+          call.usage = usage_of(relayed.body, relayed.body.capacity());  // the answer itself is relayed as it came
         } else if (auto answer = parse_json(relayed.body); answer && answer->is_object()) {
           call.usage = answer->value("usage", json());
           relayed.body = dump(chat_to_response(*answer, "resp_" + random_id(24), call.model,

@@ -79,17 +79,18 @@ http::Headers Limiter::headers(const api::ApiKey& key, TimePoint now) {
   expire(window, now);
   http::Headers headers;
   headers.reserve(6);
-  int reset = window.requests.empty() ? 0 : seconds_until(window.requests.front().time + kWindow, now);
+  int reset_s = window.requests.empty() ? 0 : seconds_until(window.requests.front().time + kWindow, now);
+  std::string reset = std::to_string(reset_s) + "s";
   if (key.rpm > 0) {
     headers.push_back({"x-ratelimit-limit-requests", std::to_string(key.rpm)});
     headers.push_back({"x-ratelimit-remaining-requests",
                        std::to_string(std::max<int64_t>(0, key.rpm - static_cast<int64_t>(window.requests.size())))});
-    headers.push_back({"x-ratelimit-reset-requests", fmt::format("{}s", reset)});
+    headers.push_back({"x-ratelimit-reset-requests", reset});
   }
   if (key.tpm > 0) {
     headers.push_back({"x-ratelimit-limit-tokens", std::to_string(key.tpm)});
     headers.push_back({"x-ratelimit-remaining-tokens", std::to_string(std::max<int64_t>(0, key.tpm - window.tokens))});
-    headers.push_back({"x-ratelimit-reset-tokens", fmt::format("{}s", reset)});
+    headers.push_back({"x-ratelimit-reset-tokens", reset});
   }
   return headers;
 }

@@ -100,11 +100,10 @@ int64_t usage_tokens(const json& usage, const char* field) {
   return value != usage.end() && value->is_number_integer() ? value->get<int64_t>() : 0;
 }
 
-json usage_of(std::string_view answer) {
-  thread_local simdjson::ondemand::parser parser;
-  simdjson::padded_string padded(answer);
+namespace {
+json usage_in(simdjson::ondemand::parser& parser, const simdjson::padded_string_view& text) {
   simdjson::ondemand::document document;
-  if (parser.iterate(padded).get(document)) return nullptr;
+  if (parser.iterate(text).get(document)) return nullptr;
   simdjson::ondemand::object root;
   if (document.get_object().get(root)) return nullptr;
   simdjson::ondemand::object usage;
@@ -112,6 +111,17 @@ json usage_of(std::string_view answer) {
   json counts;
   if (!read_counts(usage, counts, 0)) return nullptr;
   return counts;
+}
+}  // namespace
+
+json usage_of(std::string_view answer, size_t capacity) {
+  thread_local simdjson::ondemand::parser parser;
+  if (capacity >= answer.size() + simdjson::SIMDJSON_PADDING) {
+    // The bytes past the answer are the caller's and readable: parse in place.
+    return usage_in(parser, simdjson::padded_string_view(answer.data(), answer.size(), capacity));
+  }
+  simdjson::padded_string padded(answer);
+  return usage_in(parser, padded);
 }
 
 }  // namespace nebula::gateway

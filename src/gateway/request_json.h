@@ -32,7 +32,9 @@ Result<RequestFacts> read_request(std::string_view body);
 // (simdjson's on-demand parser skips everything else): its integer counts, and those of its
 // nested objects (prompt_tokens_details.cached_tokens); null when absent, not an object or cut
 // off.
-json usage_of(std::string_view answer);
+// capacity: how many bytes from answer.data() may be read; with SIMDJSON_PADDING (64) to spare
+// past the answer it is parsed in place, else copied first.
+json usage_of(std::string_view answer, size_t capacity = 0);
 
 // One count of an engine's `usage` ("prompt_tokens", ...): 0 when missing or not an integer.
 int64_t usage_tokens(const json& usage, const char* field);

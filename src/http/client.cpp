@@ -84,6 +84,7 @@ std::string request_head(const std::string& method, const Url& url, size_t body_
 
 Headers to_headers(const bhttp::fields& fields) {
   Headers headers;
+  headers.reserve(8);
   for (const auto& field : fields) headers.push_back({std::string(field.name_string()), std::string(field.value())});
   return headers;
 }

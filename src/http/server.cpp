@@ -16,7 +16,10 @@ namespace {
 // field in its own container, to be copied out again.
 class RequestParser final : public bhttp::basic_parser<true> {
  public:
-  explicit RequestParser(Request& request) : request_(request) { eager(true); }
+  explicit RequestParser(Request& request) : request_(request) {
+    eager(true);
+    request_.headers.reserve(8);
+  }
   unsigned version() const { return version_; }
 
  private:
