@@ -241,10 +241,121 @@ class ServerTest : public ::testing::Test {
     return reply;
   }
 
+  // A connection driven by hand: what it sends, and what it has read so far.
+  struct RawConnection {
+    int fd = -1;
+    std::string received;
+    explicit RawConnection(uint16_t port) {
+      fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in address{};
+      address.sin_family = AF_INET;
+      address.sin_port = htons(port);
+      address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+      timeval five_seconds{5, 0};
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &five_seconds, sizeof five_seconds);
+    }
+    ~RawConnection() { ::close(fd); }
+    void send(const std::string& bytes) {
+      EXPECT_EQ(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
+    }
+    // Reads until `text` has arrived (true), or the connection closed or went quiet for 5 s.
+    bool read_until(std::string_view text) {
+      char buffer[4096];
+      while (received.find(text) == std::string::npos) {
+        ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+        if (n <= 0) return false;
+        received.append(buffer, static_cast<size_t>(n));
+      }
+      return true;
+    }
+    // Reads until the server closes the connection: false when it stays open for 5 s.
+    bool read_to_close() {
+      char buffer[4096];
+      while (true) {
+        ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+        if (n == 0) return true;
+        if (n < 0) return false;
+        received.append(buffer, static_cast<size_t>(n));
+      }
+    }
+  };
+
   testing::ServerThread server_;
   uint16_t port_ = 0;
   std::atomic<bool> gone_seen_{false};
 };
+
+TEST_F(ServerTest, RequestsInPiecesAndPipelinedRequestsAreAnsweredInOrder) {
+  start({});
+  RawConnection connection(port_);
+  // A head split mid-field and a body in two pieces...
+  connection.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-");
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  connection.send("Length: 5\r\n\r\nab");
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  // ...then the rest of the body with two more requests behind it in the same segment.
+  connection.send(
+      "cdeGET /hello/p HTTP/1.1\r\nHost: x\r\n\r\nGET /hello/q?q=last HTTP/1.1\r\nHost: x\r\n"
+      "Connection: close\r\n\r\n");
+  ASSERT_TRUE(connection.read_to_close()) << connection.received;
+  const std::string& reply = connection.received;
+  size_t first = reply.find("\r\n\r\nabcde");
+  size_t second = reply.find("hello p ");
+  size_t third = reply.find("hello q last");
+  ASSERT_NE(first, std::string::npos) << reply;
+  ASSERT_NE(second, std::string::npos) << reply;
+  ASSERT_NE(third, std::string::npos) << reply;
+  EXPECT_LT(first, second);
+  EXPECT_LT(second, third);
+  EXPECT_EQ(reply.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << reply;
+  // Every answer names its framing and carries an id; only the last one closes.
+  size_t heads = 0;
+  for (size_t at = reply.find("Content-Length: "); at != std::string::npos;
+       at = reply.find("Content-Length: ", at + 1)) {
+    ++heads;
+  }
+  EXPECT_EQ(heads, 3u) << reply;
+  size_t close_at = reply.find("Connection: close");
+  EXPECT_GT(close_at, second) << reply;
+  EXPECT_NE(reply.find("X-Request-Id: req-"), std::string::npos) << reply;
+}
+
+TEST_F(ServerTest, AClientWaitingFor100ContinueHearsItAndAChunkedBodyIsJoined) {
+  start({});
+  RawConnection connection(port_);
+  connection.send("POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n");
+  ASSERT_TRUE(connection.read_until("HTTP/1.1 100 Continue\r\n\r\n")) << connection.received;
+  connection.send("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+  ASSERT_TRUE(connection.read_until("abcde")) << connection.received;
+  EXPECT_NE(connection.received.find("HTTP/1.1 200 OK"), std::string::npos);
+}
+
+TEST_F(ServerTest, AnHttp10ClientGetsAnHttp10AnswerAndAClosedConnection) {
+  start({});
+  RawConnection connection(port_);
+  connection.send("GET /hello/old HTTP/1.0\r\n\r\n");
+  ASSERT_TRUE(connection.read_to_close()) << connection.received;
+  EXPECT_EQ(connection.received.rfind("HTTP/1.0 200 OK\r\n", 0), 0u) << connection.received;
+  EXPECT_NE(connection.received.find("hello old"), std::string::npos);
+  // One that asks to keep the connection is told so, and may send another request.
+  RawConnection kept(port_);
+  kept.send("GET /hello/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+  ASSERT_TRUE(kept.read_until("hello a")) << kept.received;
+  EXPECT_NE(kept.received.find("Connection: keep-alive"), std::string::npos) << kept.received;
+  kept.send("GET /hello/b HTTP/1.0\r\n\r\n");
+  ASSERT_TRUE(kept.read_to_close());
+  EXPECT_NE(kept.received.find("hello b"), std::string::npos) << kept.received;
+}
+
+TEST_F(ServerTest, OversizedHeadersAre431) {
+  ServerOptions options;
+  options.header_limit = 1024;
+  start(options);
+  std::string reply = raw_exchange("GET /hello/x HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(4096, 'a') + "\r\n\r\n");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 431", 0), 0u) << reply.substr(0, 200);
+  EXPECT_NE(reply.find("\"headers_too_large\""), std::string::npos);
+}
 
 TEST_F(ServerTest, RoutesParamsQueryAndKeepAlive) {
   start({});

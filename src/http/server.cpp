@@ -302,6 +302,7 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
       parser.body_limit(options.body_limit);
       parser.header_limit(static_cast<std::uint32_t>(options.header_limit));
       error_code ec;
+      bool continued = false;
       while (!parser.is_done()) {
         if (buffer.size() > 0) {
           size_t used = parser.put(buffer.data(), ec);
@@ -312,6 +313,17 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
             break;
           } else if (used > 0) {
             continue;
+          }
+        }
+        if (parser.is_header_done() && !continued) {
+          // A client that asked to hear before sending its body (curl does, for large ones)
+          // would otherwise wait a second for this.
+          continued = true;
+          if (beast::iequals(request.header("expect"), "100-continue")) {
+            deadline.arm(stream, options.write_timeout);
+            co_await asio::async_write(stream, asio::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25),
+                                       asio::redirect_error(asio::use_awaitable, ec));
+            if (ec) break;
           }
         }
         // Idle between requests until the first byte; then the rest must come within read_timeout.
