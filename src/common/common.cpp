@@ -302,7 +302,14 @@ std::string sha256_hex(std::string_view data) {
   // Fetched once: EVP_sha256() makes OpenSSL 3 look the algorithm up again on every digest,
   // which cost more than hashing an API key (the gateway hashes one per request).
   static EVP_MD* const kSha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-  EVP_Digest(data.data(), data.size(), digest, &length, kSha256 ? kSha256 : EVP_sha256(), nullptr);
+  // One context per thread, reused: EVP_Digest() allocates and frees one per call.
+  thread_local std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  const EVP_MD* md = kSha256 ? kSha256 : EVP_sha256();
+  if (!context || !EVP_DigestInit_ex(context.get(), md, nullptr) ||
+      !EVP_DigestUpdate(context.get(), data.data(), data.size()) ||
+      !EVP_DigestFinal_ex(context.get(), digest, &length)) {
+    EVP_Digest(data.data(), data.size(), digest, &length, md, nullptr);
+  }
   static constexpr char kHex[] = "0123456789abcdef";
   std::string hex;
   hex.reserve(length * 2);

@@ -6,8 +6,9 @@
 namespace nebula::http {
 
 namespace {
-std::vector<std::string> split_path(std::string_view path) {
-  std::vector<std::string> segments;
+// The non-empty segments of a path, as views into it.
+std::vector<std::string_view> split_path(std::string_view path) {
+  std::vector<std::string_view> segments;
   size_t start = 0;
   while (start <= path.size()) {
     size_t end = path.find('/', start);
@@ -105,7 +106,9 @@ Response Response::text(int status, std::string body, std::string content_type) 
 }
 
 void Router::add(std::string method, std::string pattern, Handler handler) {
-  routes_.push_back(Route{std::move(method), split_path(pattern), std::move(handler)});
+  std::vector<std::string> segments;
+  for (auto segment : split_path(pattern)) segments.emplace_back(segment);
+  routes_.push_back(Route{std::move(method), std::move(segments), std::move(handler)});
 }
 
 awaitable<void> Router::dispatch(Request& request, ResponseWriter& writer) const {
@@ -115,7 +118,8 @@ awaitable<void> Router::dispatch(Request& request, ResponseWriter& writer) const
       co_return;
     }
   }
-  std::vector<std::string> segments = split_path(request.path);
+  // Views into request.path, which outlives the matching (handlers get params copied out).
+  const std::vector<std::string_view> segments = split_path(request.path);
   bool path_matched = false;
   for (const auto& route : routes_) {
     std::map<std::string, std::string> params;
@@ -125,7 +129,10 @@ awaitable<void> Router::dispatch(Request& request, ResponseWriter& writer) const
       const std::string& pattern = route.segments[i];
       if (pattern == "*" && i + 1 == route.segments.size()) {
         std::string rest;
-        for (size_t j = i; j < segments.size(); ++j) rest += (j > i ? "/" : "") + segments[j];
+        for (size_t j = i; j < segments.size(); ++j) {
+          if (j > i) rest += '/';
+          rest += segments[j];
+        }
         params["*"] = rest;
         i = segments.size();
         break;
@@ -135,7 +142,7 @@ awaitable<void> Router::dispatch(Request& request, ResponseWriter& writer) const
         break;
       }
       if (pattern.size() > 2 && pattern.front() == '{' && pattern.back() == '}') {
-        params[pattern.substr(1, pattern.size() - 2)] = segments[i];
+        params[pattern.substr(1, pattern.size() - 2)] = std::string(segments[i]);
       } else if (pattern != segments[i]) {
         match = false;
         break;
