@@ -8,70 +8,11 @@
 #include "common/ids.h"
 #include "http/beast.h"
 #include "http/http.h"
+#include "http/request_parser.h"
 
 namespace nebula::http {
 
 namespace {
-// Parses a request straight into a Request: Beast's own request parser would first store every
-// field in its own container, to be copied out again.
-class RequestParser final : public bhttp::basic_parser<true> {
- public:
-  explicit RequestParser(Request& request) : request_(request) {
-    eager(true);
-    request_.headers.reserve(8);
-  }
-  unsigned version() const { return version_; }
-
- private:
-  void on_request_impl(bhttp::verb, beast::string_view method, beast::string_view target, int version,
-                       error_code&) override {
-    request_.method.assign(method.data(), method.size());
-    request_.target.assign(target.data(), target.size());
-    version_ = static_cast<unsigned>(version);
-  }
-  void on_response_impl(int, beast::string_view, int, error_code& ec) override { ec = bhttp::error::bad_version; }
-  void on_field_impl(bhttp::field, beast::string_view name, beast::string_view value, error_code&) override {
-    request_.headers.push_back({std::string(name.data(), name.size()), std::string(value.data(), value.size())});
-  }
-  void on_header_impl(error_code&) override {}
-  void on_body_init_impl(const boost::optional<std::uint64_t>& length, error_code&) override {
-    if (length) request_.body.reserve(static_cast<size_t>(*length));
-  }
-  size_t on_body_impl(beast::string_view body, error_code&) override {
-    request_.body.append(body.data(), body.size());
-    return body.size();
-  }
-  void on_chunk_header_impl(std::uint64_t, beast::string_view, error_code&) override {}
-  size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code&) override {
-    request_.body.append(body.data(), body.size());
-    return body.size();
-  }
-  void on_finish_impl(error_code&) override {}
-
-  Request& request_;
-  unsigned version_ = 11;
-};
-
-// The decoded path and query of request.target.
-void split_target(Request& request) {
-  std::string_view target = request.target;
-  size_t question = target.find('?');
-  request.path = url_decode(target.substr(0, question));
-  if (question == std::string_view::npos) return;
-  std::string_view query = target.substr(question + 1);
-  while (!query.empty()) {
-    size_t amp = query.find('&');
-    std::string_view pair = query.substr(0, amp);
-    size_t eq = pair.find('=');
-    if (!pair.empty()) {
-      request.query[url_decode(pair.substr(0, eq))] =
-          eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1));
-    }
-    if (amp == std::string_view::npos) break;
-    query.remove_prefix(amp + 1);
-  }
-}
-
 // Headers that the server itself writes from the response it sends.
 bool framing_header(std::string_view name) {
   return beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
