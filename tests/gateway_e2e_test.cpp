@@ -121,6 +121,56 @@ TEST_F(GatewayE2E, KeysGuardEveryDoor) {
   EXPECT_EQ(listing.out.find(key), std::string::npos) << "a secret must never be listed";
 }
 
+// An agent's key (given at join) may do what its agent does, for its own node only.
+TEST_F(GatewayE2E, ANodeKeyMayChangeOnlyItsOwnNode) {
+  std::string token;
+  ASSERT_TRUE(static_cast<bool>(std::getline(std::ifstream(up_->data_dir() + "/join-token"), token)));
+  http::BlockingClient client;
+  auto join = [&] {
+    auto joined = client.request("POST", up_->server() + "/api/v1/nodes/join",
+                                 json{{"token", token}, {"name", "intruder"}}.dump());
+    EXPECT_TRUE(joined && joined->status == 200) << (joined ? joined->body : joined.error().message);
+    auto parsed = joined ? parse_json(joined->body) : Result<json>(make_error(ErrorCode::Internal, "no answer"));
+    return parsed ? parsed->value("credential", "") : std::string();
+  };
+  std::string first = join();
+  std::string node_key = join();  // a rejoin revokes the key the node had
+  ASSERT_EQ(node_key.rfind("nb-", 0), 0u);
+  EXPECT_EQ(client.request("GET", up_->server() + "/api/v1/replicas", "", bearer(first))->status, 401);
+
+  auto listing = client.request("GET", up_->server() + "/api/v1/replicas", "", bearer(node_key));
+  ASSERT_TRUE(listing && listing->status == 200);
+  auto replicas = parse_json(listing->body);
+  ASSERT_TRUE(replicas);
+  std::string replica, local_node;
+  for (const auto& item : (*replicas)["items"]) {
+    if (item["spec"]["deployment"] == "chat") {
+      replica = item["metadata"]["name"];
+      local_node = item["spec"]["node"];
+    }
+  }
+  ASSERT_FALSE(replica.empty()) << listing->body;
+  ASSERT_FALSE(local_node.empty());
+  auto as_node = [&](const std::string& method, const std::string& path) {
+    return client.request(method, up_->server() + path, "{}", bearer(node_key));
+  };
+  // Its own node's status is its to report (the body is then judged by the handler)...
+  auto own = as_node("PUT", "/api/v1/nodes/intruder/status");
+  ASSERT_TRUE(own);
+  EXPECT_NE(own->status, 401);
+  EXPECT_NE(own->status, 403) << own->body;
+  // ...another node's, and the replicas placed there, are not.
+  expect_openai_error(as_node("PUT", "/api/v1/nodes/" + local_node + "/status"), 403, "permission_denied");
+  expect_openai_error(as_node("PUT", "/api/v1/replicas/" + replica + "/status"), 403, "permission_denied");
+  expect_openai_error(as_node("DELETE", "/api/v1/replicas/" + replica), 403, "permission_denied");
+  expect_openai_error(as_node("POST", "/api/v1/nodes/" + local_node + "/drain"), 403, "permission_denied");
+  expect_openai_error(as_node("GET", "/api/v1/deployments"), 403, "permission_denied");
+  EXPECT_EQ(as_node("DELETE", "/api/v1/replicas/no-such-replica")->status, 404);
+  EXPECT_EQ(as_node("GET", "/api/v1/replicas/" + replica)->status, 200);
+  // The replica is untouched.
+  EXPECT_EQ(client.request("GET", up_->server() + "/api/v1/replicas/" + replica, "", bearer(admin_))->status, 200);
+}
+
 TEST_F(GatewayE2E, RequestsPerMinuteHoldUnderParallelLoad) {
   std::string key = create_key({"--rpm", "5"});
   auto statuses = burst(12, key);

@@ -338,15 +338,48 @@ std::optional<http::Response> Gateway::guard_management(const http::Request& req
   if (!key) return openai_error(401, key.error().message, "invalid_request_error", "invalid_api_key");
   const std::string& scope = (*key)->scope;
   if (scope == api::scope::kAdmin) return std::nullopt;
-  // A node's key does what an agent does: read and remove replicas, report statuses; nothing more
-  // (no drain, no node deletion).
+  auto refusal = [&scope] {
+    return openai_error(403, "this API key may not use the management API (scope " + scope + ")",
+                        "invalid_request_error", "permission_denied");
+  };
+  if (scope != api::scope::kNode) return refusal();
+  // A node's key does what its agent does and no more: read replicas; report its own node's
+  // status; report the status of, and remove, the replicas placed on its node. No drain, no
+  // deletion, nothing of another node's.
   const std::string& method = request.method;
-  bool replicas = path.rfind("/api/v1/replicas", 0) == 0;
-  bool status = path.size() > 7 && path.compare(path.size() - 7, 7, "/status") == 0;
-  bool agent_call = (replicas && (method == "GET" || method == "DELETE")) ||
-                    (method == "PUT" && status && (replicas || path.rfind("/api/v1/nodes/", 0) == 0));
-  if (scope == api::scope::kNode && agent_call) return std::nullopt;
-  return openai_error(403, "this API key may not use the management API (scope " + scope + ")", "invalid_request_error",
+  const std::string own_node = (*key)->display_name.rfind("node/", 0) == 0 ? (*key)->display_name.substr(5) : "";
+  if (own_node.empty()) return refusal();
+  auto named = [&path](std::string_view prefix, std::string_view suffix) -> std::optional<std::string> {
+    if (path.size() <= prefix.size() + suffix.size() || path.rfind(prefix, 0) != 0 ||
+        path.compare(path.size() - suffix.size(), suffix.size(), suffix) != 0) {
+      return std::nullopt;
+    }
+    std::string name = path.substr(prefix.size(), path.size() - prefix.size() - suffix.size());
+    if (name.find('/') != std::string::npos) return std::nullopt;
+    return name;
+  };
+  if (method == "GET" && (path == "/api/v1/replicas" || named("/api/v1/replicas/", ""))) return std::nullopt;
+  if (method == "PUT") {
+    if (auto node = named("/api/v1/nodes/", "/status")) {
+      if (*node == own_node) return std::nullopt;
+      return openai_error(403, "a node's key may report only its own node's status", "invalid_request_error",
+                          "permission_denied");
+    }
+  }
+  std::optional<std::string> replica;
+  if (method == "PUT") replica = named("/api/v1/replicas/", "/status");
+  if (method == "DELETE") replica = named("/api/v1/replicas/", "");
+  if (!replica) return refusal();
+  // The replica's node, from the store: one the store does not have is left to the handler (404).
+  auto stored = store_.get(api::store_key("replicas", *replica));
+  if (!stored || !*stored) return std::nullopt;
+  auto document = parse_json((*stored)->value);
+  std::string placed_on;
+  if (document) {
+    if (auto parsed = api::replica_from_json(*document)) placed_on = parsed->spec.node;
+  }
+  if (placed_on == own_node) return std::nullopt;
+  return openai_error(403, "a node's key may change only the replicas on its own node", "invalid_request_error",
                       "permission_denied");
 }
 
