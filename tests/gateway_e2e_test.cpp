@@ -194,6 +194,16 @@ TEST_F(GatewayE2E, ConcurrencyAndTokenLimitsHoldUnderParallelLoad) {
   auto token_statuses = burst(8, tokens, slow);
   int admitted = static_cast<int>(std::count(token_statuses.begin(), token_statuses.end(), 200));
   EXPECT_EQ(admitted, 4);
+  // The monthly budget counts what is in flight as well as what was used: 4 fit in 300 tokens.
+  std::string budget = create_key({"--budget-tokens", "300/month"});
+  auto budget_statuses = burst(8, budget, slow);
+  EXPECT_EQ(std::count(budget_statuses.begin(), budget_statuses.end(), 200), 4);
+  EXPECT_EQ(std::count(budget_statuses.begin(), budget_statuses.end(), 429), 4);
+  // Once they are done, what they used (the engine's counts, at least 61 each) leaves no room
+  // for a fifth.
+  auto over = post("/v1/chat/completions", slow, budget);
+  expect_openai_error(over, 429, "rate_limit_exceeded");
+  EXPECT_NE(over->body.find("budget"), std::string::npos) << over->body;
 }
 
 TEST_F(GatewayE2E, UsageMatchesWhatTheEngineReported) {
