@@ -302,7 +302,9 @@ int main(int argc, char** argv) {
   std::cout << fmt::format(
       "gateway_bench: engine-sim at 1 ms/step; gateway with --auth keys, a limited key and "
       "usage accounting; nginx {}\n\n",
-      nginx > 0 ? "1 worker, proxy_buffering off" : "not installed (skipped)");
+      nginx > 0                                    ? "1 worker, proxy_buffering off"
+      : std::filesystem::exists("/usr/sbin/nginx") ? "did not start (skipped)"
+                                                   : "not installed (skipped)");
   std::cout << fmt::format("{:<26} {:<8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>7} {:>7}\n", "load",
                            "path", "req/s", "tok/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "chunk p50", "chunk p99",
                            "cpu s", "rss MB");

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/spdlog.h>
+#include <cstring>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -491,10 +492,16 @@ std::string dump(const json& value) {
 // Where the value of "name" starts in a JSON text (after the colon and spaces), or npos. A cheap
 // scan, not a parser: good enough to classify an engine's stream chunks, never to read them.
 size_t value_start(std::string_view data, std::string_view name) {
-  std::string quoted = "\"" + std::string(name) + "\"";
-  size_t at = data.find(quoted);
-  if (at == std::string_view::npos) return at;
-  size_t i = at + quoted.size();
+  char quoted[64];
+  if (name.size() + 2 > sizeof quoted) return std::string_view::npos;
+  quoted[0] = '"';
+  std::memcpy(quoted + 1, name.data(), name.size());
+  quoted[name.size() + 1] = '"';
+  // glibc's memmem, not string_view::find: that calls memchr and memcmp at every quote, and an
+  // event is full of quotes.
+  const void* found = memmem(data.data(), data.size(), quoted, name.size() + 2);
+  if (!found) return std::string_view::npos;
+  size_t i = static_cast<size_t>(static_cast<const char*>(found) - data.data()) + name.size() + 2;
   while (i < data.size() && (data[i] == ' ' || data[i] == '\t')) ++i;
   if (i >= data.size() || data[i] != ':') return std::string_view::npos;
   ++i;

@@ -1,6 +1,21 @@
 #include "http/sse.h"
 
+#include <cstring>
+
 namespace nebula::http {
+
+namespace {
+// Where the line starting at `from` ends: its first '\r' or '\n', or npos. Two memchr passes
+// (a '\r' is rare); std::string_view::find_first_of calls memchr on its set once per byte.
+size_t line_end(std::string_view bytes, size_t from) {
+  const char* begin = bytes.data() + from;
+  size_t size = bytes.size() - from;
+  const char* newline = static_cast<const char*>(std::memchr(begin, '\n', size));
+  size_t limit = newline ? static_cast<size_t>(newline - begin) : size;
+  if (const char* cr = static_cast<const char*>(std::memchr(begin, '\r', limit))) return from + (cr - begin);
+  return newline ? from + limit : std::string_view::npos;
+}
+}  // namespace
 
 std::string format_sse(std::string_view data, std::string_view event) {
   std::string out;
@@ -26,7 +41,7 @@ void SseParser::feed(std::string_view bytes, std::vector<SseEvent>& out) {
   last_was_cr_ = false;
   while (i < bytes.size()) {
     // Whole lines at a time: find the next line end instead of copying byte by byte.
-    size_t end = bytes.find_first_of("\r\n", i);
+    size_t end = line_end(bytes, i);
     if (end == std::string_view::npos) {
       line_.append(bytes.substr(i));
       return;
