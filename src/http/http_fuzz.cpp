@@ -24,18 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     parser.body_limit(4096);
     parser.header_limit(2048);
     error_code ec;
-    while (!parser.is_done()) {
-      if (buffer.size() > 0) {
-        size_t used = parser.put(buffer.data(), ec);
-        buffer.consume(used);
-        if (ec == bhttp::error::need_more) {
-          ec = {};
-        } else if (ec || parser.is_done()) {
-          break;
-        } else if (used > 0) {
-          continue;
-        }
-      }
+    while (parse_buffered(parser, buffer, ec)) {
       if (fed == input.size()) {
         if (parser.got_some()) ec = bhttp::error::partial_message;
         break;

@@ -244,18 +244,7 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
       parser.header_limit(static_cast<std::uint32_t>(options.header_limit));
       error_code ec;
       bool continued = false;
-      while (!parser.is_done()) {
-        if (buffer.size() > 0) {
-          size_t used = parser.put(buffer.data(), ec);
-          buffer.consume(used);
-          if (ec == bhttp::error::need_more) {
-            ec = {};
-          } else if (ec || parser.is_done()) {
-            break;
-          } else if (used > 0) {
-            continue;
-          }
-        }
+      while (parse_buffered(parser, buffer, ec)) {
         if (parser.is_header_done() && !continued) {
           // A client that asked to hear before sending its body (curl does, for large ones)
           // would otherwise wait a second for this.
