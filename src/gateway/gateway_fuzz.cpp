@@ -23,7 +23,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)nebula::gateway::chat_to_response(*body, "resp_1", "m", 0);
     (void)nebula::gateway::responses_usage(body->value("usage", nebula::json()));
   }
-  (void)nebula::gateway::usage_of(bytes);
+  // Both ways of reading an answer's usage: copied to a padded buffer, and in place from a string
+  // with room to spare (as the gateway reads a relayed body); they must agree.
+  auto copied = nebula::gateway::usage_of(bytes);
+  std::string spare(bytes);
+  spare.reserve(size + 64);
+  if (nebula::gateway::usage_of(spare, spare.capacity()) != copied) __builtin_trap();
   nebula::http::SseParser parser;
   std::vector<nebula::http::SseEvent> events;
   size_t split = size > 0 ? data[0] % (size + 1) : 0;
