@@ -416,6 +416,29 @@ TEST_F(ServerTest, SlowClientTimesOut) {
   EXPECT_EQ(server_.server().open_connections(), 0u);
 }
 
+TEST_F(ServerTest, ATricklingClientIsCutOffAtTheReadTimeout) {
+  ServerOptions options;
+  options.read_timeout = std::chrono::milliseconds(300);
+  start(options);
+  RawConnection connection(port_);
+  connection.send("GET /hello/x HTTP/1.1\r\n");
+  // A header line every 50 ms, never the blank line that ends the head: each read is well within
+  // the timeout, the request as a whole is not.
+  auto started = std::chrono::steady_clock::now();
+  bool closed = false;
+  while (!closed && std::chrono::steady_clock::now() - started < std::chrono::seconds(3)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::string line = "X-Slow: a\r\n";
+    closed = ::send(connection.fd, line.data(), line.size(), MSG_NOSIGNAL) < 0;
+    if (!closed) {
+      char byte;
+      closed = ::recv(connection.fd, &byte, 1, MSG_DONTWAIT) == 0;
+    }
+  }
+  EXPECT_TRUE(closed) << "the server kept a trickling request open for 3 s";
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(2));
+}
+
 TEST_F(ServerTest, AHandlerLearnsThatItsClientLeft) {
   start({});
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);

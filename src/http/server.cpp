@@ -244,6 +244,7 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
       parser.header_limit(static_cast<std::uint32_t>(options.header_limit));
       error_code ec;
       bool continued = false;
+      bool read_deadline_set = false;
       while (parse_buffered(parser, buffer, ec)) {
         if (parser.is_header_done() && !continued) {
           // A client that asked to hear before sending its body (curl does, for large ones)
@@ -251,13 +252,20 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
           continued = true;
           if (beast::iequals(request.header("expect"), "100-continue")) {
             deadline.arm(stream, options.write_timeout);
+            read_deadline_set = false;  // the body gets read_timeout from here
             co_await asio::async_write(stream, asio::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25),
                                        asio::redirect_error(asio::use_awaitable, ec));
             if (ec) break;
           }
         }
-        // Idle between requests until the first byte; then the rest must come within read_timeout.
-        deadline.arm(stream, parser.got_some() ? options.read_timeout : options.idle_timeout);
+        // Idle between requests until the first byte; then the rest must come within read_timeout
+        // of it, armed once (re-arming per read would let a trickling client hold on forever).
+        if (!parser.got_some()) {
+          deadline.arm(stream, options.idle_timeout);
+        } else if (!read_deadline_set) {
+          deadline.arm(stream, options.read_timeout);
+          read_deadline_set = true;
+        }
         size_t n = co_await stream.async_read_some(buffer.prepare(std::max<size_t>(4096, buffer.size())),
                                                    asio::redirect_error(asio::use_awaitable, ec));
         buffer.commit(n);
