@@ -1091,6 +1091,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
         bool usage_only = false;
         bool has_text = false;
         std::string text;
+        std::string tool_events;  // Responses events for the chunk's tool-call pieces
         if (translation || value_present(event.data, "usage")) {
           auto chunk = parse_json(event.data);
           if (chunk && chunk->is_object()) {
@@ -1110,9 +1111,12 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
               } else if (choice.contains("text") && choice["text"].is_string()) {
                 text = choice["text"].get<std::string>();
               }
+              if (translation && choice.contains("delta") && choice["delta"].contains("tool_calls")) {
+                tool_events = translation->tool_calls(choice["delta"]["tool_calls"]);
+              }
             }
           }
-          has_text = !text.empty();
+          has_text = !text.empty() || !tool_events.empty();
         } else {
           has_text = nonempty_string_field(event.data, "content") || nonempty_string_field(event.data, "text");
         }
@@ -1128,6 +1132,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
         }
         if (translation) {
           out += translation->delta(text);
+          out += tool_events;
         } else if (!usage_only || call.client_wants_usage) {
           out += http::format_sse(event.data, event.event);
         }

@@ -175,6 +175,127 @@ TEST(Responses, StreamsTheEventSequenceWithIncreasingNumbers) {
   EXPECT_EQ(completed["usage"]["total_tokens"], 5);
 }
 
+TEST(Responses, TranslatesFunctionToolsCallsAndTheirOutputs) {
+  auto chat = responses_to_chat(json::parse(R"({
+    "model":"m", "parallel_tool_calls":false,
+    "tools":[{"type":"function","name":"get_weather","description":"Weather","parameters":{"type":"object"},"strict":true}],
+    "tool_choice":{"type":"function","name":"get_weather"},
+    "text":{"format":{"type":"json_schema","name":"w","schema":{"type":"object"},"strict":true}},
+    "input":[
+      {"role":"user","content":"weather in Paris and Rome?"},
+      {"type":"function_call","call_id":"call_1","name":"get_weather","arguments":"{\"city\":\"Paris\"}"},
+      {"type":"function_call","call_id":"call_2","name":"get_weather","arguments":"{\"city\":\"Rome\"}"},
+      {"type":"function_call_output","call_id":"call_1","output":"18C"},
+      {"type":"function_call_output","call_id":"call_2","output":[{"type":"input_text","text":"21C"}]}
+    ]})"));
+  ASSERT_TRUE(chat) << chat.error().message;
+  EXPECT_EQ((*chat)["tools"][0]["type"], "function");
+  EXPECT_EQ((*chat)["tools"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ((*chat)["tools"][0]["function"]["parameters"]["type"], "object");
+  EXPECT_EQ((*chat)["tools"][0]["function"]["strict"], true);
+  EXPECT_EQ((*chat)["tool_choice"]["function"]["name"], "get_weather");
+  EXPECT_EQ((*chat)["parallel_tool_calls"], false);
+  EXPECT_EQ((*chat)["response_format"]["type"], "json_schema");
+  EXPECT_EQ((*chat)["response_format"]["json_schema"]["name"], "w");
+  const json& messages = (*chat)["messages"];
+  ASSERT_EQ(messages.size(), 4u) << messages.dump();
+  // The two calls are one assistant turn; each output is a tool message.
+  EXPECT_EQ(messages[1]["role"], "assistant");
+  EXPECT_TRUE(messages[1]["content"].is_null());
+  ASSERT_EQ(messages[1]["tool_calls"].size(), 2u);
+  EXPECT_EQ(messages[1]["tool_calls"][1]["id"], "call_2");
+  EXPECT_EQ(messages[1]["tool_calls"][1]["function"]["arguments"], "{\"city\":\"Rome\"}");
+  EXPECT_EQ(messages[2]["role"], "tool");
+  EXPECT_EQ(messages[2]["tool_call_id"], "call_1");
+  EXPECT_EQ(messages[3]["content"], "21C");
+  EXPECT_EQ(responses_to_chat(json::parse(R"({"model":"m","input":"x","tool_choice":"required"})"))->at("tool_choice"),
+            "required");
+  // Hosted tools and malformed items are refused with a reason, never passed on.
+  auto hosted = responses_to_chat(json::parse(R"({"model":"m","input":"x","tools":[{"type":"web_search"}]})"));
+  ASSERT_FALSE(hosted);
+  EXPECT_NE(hosted.error().message.find("web_search"), std::string::npos);
+  EXPECT_FALSE(responses_to_chat(json::parse(R"({"model":"m","input":"x","tool_choice":{"type":"function"}})")));
+  EXPECT_FALSE(responses_to_chat(json::parse(R"({"model":"m","input":[{"type":"function_call","name":"f"}]})")));
+  EXPECT_FALSE(responses_to_chat(json::parse(R"({"model":"m","input":"x","text":{"format":{"type":"yaml"}}})")));
+}
+
+TEST(Responses, AnAnswerThatCallsFunctionsHasAFunctionCallItemPerCall) {
+  json completion = json::parse(R"({"choices":[{"finish_reason":"tool_calls","message":{"role":"assistant",
+      "content":null,"tool_calls":[{"id":"call_9","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]}}],
+      "usage":{"prompt_tokens":5,"completion_tokens":7}})");
+  auto response = chat_to_response(completion, "resp_1", "m", 0);
+  EXPECT_EQ(response["status"], "completed");
+  ASSERT_EQ(response["output"].size(), 1u) << response.dump();
+  const json& item = response["output"][0];
+  EXPECT_EQ(item["type"], "function_call");
+  EXPECT_EQ(item["call_id"], "call_9");
+  EXPECT_EQ(item["name"], "f");
+  EXPECT_EQ(item["arguments"], "{\"a\":1}");
+  EXPECT_EQ(item["id"].get<std::string>().rfind("fc_", 0), 0u);
+}
+
+TEST(Responses, StreamsFunctionCallsAfterTheTextTheyFollow) {
+  ResponsesStream stream("resp_3", "m", 0);
+  std::string wire = stream.begin();
+  wire += stream.delta("Let me check.");
+  wire += stream.tool_calls(
+      json::parse(R"([{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}])"));
+  wire += stream.tool_calls(json::parse(R"([{"index":0,"function":{"arguments":"{\"city\":"}}])"));
+  wire += stream.tool_calls(json::parse(R"([{"index":0,"function":{"arguments":"\"Paris\"}"}}])"));
+  stream.set_finish_reason("tool_calls");
+  wire += stream.end(json{{"prompt_tokens", 3}, {"completion_tokens", 9}});
+  http::SseParser parser;
+  std::vector<http::SseEvent> events;
+  parser.feed(wire, events);
+  std::vector<std::string> types;
+  int expected_sequence = 0;
+  for (const auto& event : events) {
+    auto body = json::parse(event.data);
+    EXPECT_EQ(body["sequence_number"], expected_sequence++);
+    types.push_back(event.event);
+  }
+  std::vector<std::string> expected = {"response.created",
+                                       "response.in_progress",
+                                       "response.output_item.added",
+                                       "response.content_part.added",
+                                       "response.output_text.delta",
+                                       "response.output_item.added",
+                                       "response.function_call_arguments.delta",
+                                       "response.function_call_arguments.delta",
+                                       "response.output_text.done",
+                                       "response.content_part.done",
+                                       "response.output_item.done",
+                                       "response.function_call_arguments.done",
+                                       "response.output_item.done",
+                                       "response.completed"};
+  EXPECT_EQ(types, expected);
+  auto added = json::parse(events[5].data);
+  EXPECT_EQ(added["output_index"], 1);
+  EXPECT_EQ(added["item"]["type"], "function_call");
+  EXPECT_EQ(added["item"]["status"], "in_progress");
+  EXPECT_EQ(json::parse(events[11].data)["arguments"], "{\"city\":\"Paris\"}");
+  auto completed = json::parse(events.back().data)["response"];
+  EXPECT_EQ(completed["status"], "completed");
+  ASSERT_EQ(completed["output"].size(), 2u);
+  EXPECT_EQ(completed["output"][0]["content"][0]["text"], "Let me check.");
+  EXPECT_EQ(completed["output"][1]["call_id"], "call_1");
+  EXPECT_EQ(completed["output"][1]["name"], "get_weather");
+  EXPECT_EQ(completed["output"][1]["arguments"], "{\"city\":\"Paris\"}");
+  EXPECT_EQ(completed["output"][1]["status"], "completed");
+
+  // Only a call: the call is item 0 and no message item appears.
+  ResponsesStream calls_only("resp_4", "m", 0);
+  std::string only = calls_only.begin();
+  only += calls_only.tool_calls(json::parse(R"([{"index":0,"id":"c","function":{"name":"f","arguments":"{}"}}])"));
+  only += calls_only.end(json());
+  events.clear();
+  http::SseParser second;
+  second.feed(only, events);
+  auto last = json::parse(events.back().data)["response"];
+  ASSERT_EQ(last["output"].size(), 1u);
+  EXPECT_EQ(last["output"][0]["type"], "function_call");
+}
+
 TEST(UsageOf, ReadsOnlyTheTopLevelUsageObject) {
   auto usage =
       usage_of(R"({"id":"x","choices":[{"message":{"content":"the \"usage\": {\"prompt_tokens\": 99}"}}],)"

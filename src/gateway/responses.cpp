@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "common/ids.h"
 #include "gateway/request_json.h"
 #include "http/sse.h"
@@ -34,6 +36,68 @@ Result<std::string> string_field(const json& object, const char* name, const std
 }
 }  // namespace
 
+namespace {
+// Responses `tools` as chat `tools`: function tools only (the hosted tools, web search and the
+// like, are OpenAI's services, not an engine's).
+Result<json> chat_tools(const json& tools) {
+  if (!tools.is_array()) return make_error(ErrorCode::InvalidArgument, "'tools' must be a list");
+  json out = json::array();
+  for (const auto& tool : tools) {
+    if (!tool.is_object()) return make_error(ErrorCode::InvalidArgument, "each tool must be an object");
+    auto type = string_field(tool, "type", "");
+    if (!type) return type.error();
+    if (*type != "function") {
+      return make_error(ErrorCode::InvalidArgument, "unsupported tool type '" + *type + "' (only function tools)");
+    }
+    auto name = string_field(tool, "name", "");
+    if (!name) return name.error();
+    if (name->empty()) return make_error(ErrorCode::InvalidArgument, "a function tool needs a 'name'");
+    json function = {{"name", *name}};
+    for (const char* field : {"description", "parameters", "strict"}) {
+      if (tool.contains(field) && !tool[field].is_null()) function[field] = tool[field];
+    }
+    out.push_back({{"type", "function"}, {"function", std::move(function)}});
+  }
+  return out;
+}
+
+// tool_choice: "auto", "none" and "required" as they are; {"type":"function","name":N} as chat's
+// {"type":"function","function":{"name":N}}.
+Result<json> chat_tool_choice(const json& choice) {
+  if (choice.is_string()) return choice;
+  if (choice.is_object() && choice.value("type", json()) == "function" && choice.contains("name") &&
+      choice["name"].is_string()) {
+    return json{{"type", "function"}, {"function", {{"name", choice["name"]}}}};
+  }
+  return make_error(ErrorCode::InvalidArgument,
+                    "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\":\"function\",\"name\":...}");
+}
+
+// text.format as chat's response_format: json_schema and json_object; "text" is the default.
+Result<json> chat_response_format(const json& text) {
+  if (!text.is_object() || !text.contains("format")) return json();
+  const json& format = text["format"];
+  auto type = format.is_object() ? string_field(format, "type", "text") : Result<std::string>(std::string("?"));
+  if (!type) return type.error();
+  if (*type == "text") return json();
+  if (*type == "json_object") return json{{"type", "json_object"}};
+  if (*type == "json_schema") {
+    json schema = {{"name", format.value("name", json("response"))}};
+    for (const char* field : {"schema", "strict", "description"}) {
+      if (format.contains(field)) schema[field] = format[field];
+    }
+    return json{{"type", "json_schema"}, {"json_schema", std::move(schema)}};
+  }
+  return make_error(ErrorCode::InvalidArgument, "unsupported text.format; use text, json_object or json_schema");
+}
+
+// The text of a function_call_output's output: a string, or text parts.
+Result<std::string> output_text(const json& output) {
+  if (output.is_string()) return output.get<std::string>();
+  return item_text(output);
+}
+}  // namespace
+
 Result<json> responses_to_chat(const json& request) {
   json chat = json::object();
   json messages = json::array();
@@ -49,6 +113,36 @@ Result<json> responses_to_chat(const json& request) {
       if (!item.is_object()) return make_error(ErrorCode::InvalidArgument, "each input item must be an object");
       auto type = string_field(item, "type", "message");
       if (!type) return type.error();
+      if (*type == "function_call") {
+        // A call the model made earlier: consecutive calls are one assistant turn.
+        auto call_id = string_field(item, "call_id", "");
+        auto name = string_field(item, "name", "");
+        auto arguments = string_field(item, "arguments", "{}");
+        for (const auto* field : {&call_id, &name, &arguments}) {
+          if (!*field) return field->error();
+        }
+        if (call_id->empty() || name->empty()) {
+          return make_error(ErrorCode::InvalidArgument, "a function_call item needs 'call_id' and 'name'");
+        }
+        json call = {
+            {"id", *call_id}, {"type", "function"}, {"function", {{"name", *name}, {"arguments", *arguments}}}};
+        if (messages.empty() || messages.back().value("role", "") != "assistant" ||
+            !messages.back().contains("tool_calls")) {
+          messages.push_back({{"role", "assistant"}, {"content", nullptr}, {"tool_calls", json::array()}});
+        }
+        messages.back()["tool_calls"].push_back(std::move(call));
+        continue;
+      }
+      if (*type == "function_call_output") {
+        auto call_id = string_field(item, "call_id", "");
+        if (!call_id) return call_id.error();
+        if (call_id->empty())
+          return make_error(ErrorCode::InvalidArgument, "a function_call_output item needs 'call_id'");
+        auto output = output_text(item.value("output", json("")));
+        if (!output) return output.error();
+        messages.push_back({{"role", "tool"}, {"tool_call_id", *call_id}, {"content", *output}});
+        continue;
+      }
       if (*type != "message") {
         return make_error(ErrorCode::InvalidArgument, "unsupported input item type '" + *type + "'");
       }
@@ -66,8 +160,24 @@ Result<json> responses_to_chat(const json& request) {
   chat["model"] = *model;
   chat["messages"] = std::move(messages);
   if (request.contains("max_output_tokens")) chat["max_tokens"] = request["max_output_tokens"];
-  for (const char* field : {"temperature", "top_p", "seed", "stop", "user", "frequency_penalty", "presence_penalty"}) {
+  for (const char* field : {"temperature", "top_p", "seed", "stop", "user", "frequency_penalty", "presence_penalty",
+                            "parallel_tool_calls"}) {
     if (request.contains(field)) chat[field] = request[field];
+  }
+  if (request.contains("tools") && !request["tools"].is_null()) {
+    auto tools = chat_tools(request["tools"]);
+    if (!tools) return tools.error();
+    if (!tools->empty()) chat["tools"] = std::move(*tools);
+  }
+  if (request.contains("tool_choice") && !request["tool_choice"].is_null()) {
+    auto choice = chat_tool_choice(request["tool_choice"]);
+    if (!choice) return choice.error();
+    chat["tool_choice"] = std::move(*choice);
+  }
+  if (request.contains("text")) {
+    auto format = chat_response_format(request["text"]);
+    if (!format) return format.error();
+    if (!format->is_null()) chat["response_format"] = std::move(*format);
   }
   auto stream_field = request.find("stream");
   bool stream = stream_field != request.end() && stream_field->is_boolean() && stream_field->get<bool>();
@@ -98,25 +208,52 @@ std::pair<std::string, json> response_status(const std::string& finish_reason) {
 }
 }  // namespace
 
+namespace {
+json function_call_item(const std::string& item_id, const std::string& call_id, const std::string& name,
+                        const std::string& arguments, const std::string& status) {
+  return {{"type", "function_call"}, {"id", item_id},   {"call_id", call_id}, {"name", name},
+          {"arguments", arguments},  {"status", status}};
+}
+
+// A string member of a json object, "" when absent or not a string (an engine's answer).
+std::string string_of(const json& object, const char* name) {
+  if (!object.is_object()) return {};
+  auto value = object.find(name);
+  return value != object.end() && value->is_string() ? value->get<std::string>() : std::string();
+}
+}  // namespace
+
 json chat_to_response(const json& completion, const std::string& response_id, const std::string& model,
                       int64_t created_s) {
   std::string text;
   std::string finish_reason;
+  json calls = json::array();
   if (completion.contains("choices") && completion["choices"].is_array() && !completion["choices"].empty()) {
     const auto& choice = completion["choices"][0];
     const json message = choice.is_object() ? choice.value("message", json::object()) : json::object();
     if (message.contains("content") && message["content"].is_string()) text = message["content"];
     if (choice.contains("finish_reason") && choice["finish_reason"].is_string())
       finish_reason = choice["finish_reason"];
+    if (message.contains("tool_calls") && message["tool_calls"].is_array()) calls = message["tool_calls"];
   }
   auto [status, details] = response_status(finish_reason);
+  json output = json::array();
+  // The model's text, when it wrote any or called nothing; then each function call, as an item.
+  if (!text.empty() || calls.empty()) output.push_back(message_item("msg_" + random_id(24), status, text, true));
+  for (const auto& call : calls) {
+    const json function = call.is_object() ? call.value("function", json::object()) : json::object();
+    std::string call_id = string_of(call, "id");
+    if (call_id.empty()) call_id = "call_" + random_id(24);
+    output.push_back(function_call_item("fc_" + random_id(24), call_id, string_of(function, "name"),
+                                        string_of(function, "arguments"), "completed"));
+  }
   return {{"id", response_id},
           {"object", "response"},
           {"created_at", created_s},
           {"status", status},
           {"incomplete_details", details},
           {"model", model},
-          {"output", json::array({message_item("msg_" + random_id(24), status, text, true)})},
+          {"output", std::move(output)},
           {"usage", responses_usage(completion.value("usage", json()))}};
 }
 
@@ -129,9 +266,25 @@ std::string ResponsesStream::event(const std::string& type, json body) {
   return http::format_sse(body.dump(-1, ' ', false, json::error_handler_t::replace), type);
 }
 
-json ResponsesStream::response_object(const std::string& status, const json& usage) const {
+json ResponsesStream::output_items(const std::string& status) const {
   json output = json::array();
-  if (status != "in_progress") output.push_back(message_item(item_id_, status, text_, true));
+  for (int index = 0; index < next_index_; ++index) {
+    if (index == message_index_) {
+      output.push_back(message_item(item_id_, status, text_, true));
+      continue;
+    }
+    for (const auto& call : calls_) {
+      if (call.output_index == index) {
+        output.push_back(function_call_item(call.item_id, call.call_id, call.name, call.arguments,
+                                            status == "in_progress" ? "in_progress" : "completed"));
+      }
+    }
+  }
+  return output;
+}
+
+json ResponsesStream::response_object(const std::string& status, const json& usage) const {
+  json output = status == "in_progress" ? json::array() : output_items(status);
   json response = {{"id", id_},        {"object", "response"}, {"created_at", created_s_},
                    {"status", status}, {"model", model_},      {"output", output}};
   response["incomplete_details"] = status == "incomplete" ? response_status(finish_reason_).second : json(nullptr);
@@ -142,11 +295,18 @@ json ResponsesStream::response_object(const std::string& status, const json& usa
 std::string ResponsesStream::begin() {
   std::string out = event("response.created", {{"response", response_object("in_progress", nullptr)}});
   out += event("response.in_progress", {{"response", response_object("in_progress", nullptr)}});
-  out += event("response.output_item.added",
-               {{"output_index", 0}, {"item", message_item(item_id_, "in_progress", "", false)}});
+  return out;
+}
+
+// The message item and its text part, announced when the first text arrives (an answer that only
+// calls functions has none).
+std::string ResponsesStream::open_message() {
+  message_index_ = next_index_++;
+  std::string out = event("response.output_item.added", {{"output_index", message_index_},
+                                                         {"item", message_item(item_id_, "in_progress", "", false)}});
   out += event("response.content_part.added",
                {{"item_id", item_id_},
-                {"output_index", 0},
+                {"output_index", message_index_},
                 {"content_index", 0},
                 {"part", {{"type", "output_text"}, {"text", ""}, {"annotations", json::array()}}}});
   return out;
@@ -154,22 +314,75 @@ std::string ResponsesStream::begin() {
 
 std::string ResponsesStream::delta(const std::string& text) {
   if (text.empty()) return {};
+  std::string out;
+  if (message_index_ < 0) out = open_message();
   text_ += text;
-  return event("response.output_text.delta",
-               {{"item_id", item_id_}, {"output_index", 0}, {"content_index", 0}, {"delta", text}});
+  out += event("response.output_text.delta",
+               {{"item_id", item_id_}, {"output_index", message_index_}, {"content_index", 0}, {"delta", text}});
+  return out;
+}
+
+std::string ResponsesStream::tool_calls(const json& deltas) {
+  if (!deltas.is_array()) return {};
+  std::string out;
+  for (const auto& delta : deltas) {
+    if (!delta.is_object()) continue;
+    int chat_index = delta.contains("index") && delta["index"].is_number_integer() ? delta["index"].get<int>() : 0;
+    const json function = delta.value("function", json::object());
+    auto call = std::find_if(calls_.begin(), calls_.end(), [&](const Call& c) { return c.chat_index == chat_index; });
+    if (call == calls_.end()) {
+      // The first piece of a call names it: the item is announced, its arguments follow in pieces.
+      Call fresh;
+      fresh.chat_index = chat_index;
+      fresh.item_id = "fc_" + random_id(24);
+      fresh.call_id = string_of(delta, "id");
+      if (fresh.call_id.empty()) fresh.call_id = "call_" + random_id(24);
+      fresh.name = string_of(function, "name");
+      fresh.output_index = next_index_++;
+      calls_.push_back(fresh);
+      call = calls_.end() - 1;
+      out += event("response.output_item.added",
+                   {{"output_index", call->output_index},
+                    {"item", function_call_item(call->item_id, call->call_id, call->name, "", "in_progress")}});
+    } else if (call->name.empty()) {
+      call->name = string_of(function, "name");
+    }
+    std::string arguments = string_of(function, "arguments");
+    if (arguments.empty()) continue;
+    call->arguments += arguments;
+    out += event("response.function_call_arguments.delta",
+                 {{"item_id", call->item_id}, {"output_index", call->output_index}, {"delta", arguments}});
+  }
+  return out;
 }
 
 std::string ResponsesStream::end(const json& chat_usage) {
-  std::string out = event("response.output_text.done",
-                          {{"item_id", item_id_}, {"output_index", 0}, {"content_index", 0}, {"text", text_}});
-  out += event("response.content_part.done",
-               {{"item_id", item_id_},
-                {"output_index", 0},
-                {"content_index", 0},
-                {"part", {{"type", "output_text"}, {"text", text_}, {"annotations", json::array()}}}});
+  std::string out;
+  if (message_index_ < 0 && calls_.empty()) out = open_message();  // an answer with no text at all
   std::string status = response_status(finish_reason_).first;
-  out +=
-      event("response.output_item.done", {{"output_index", 0}, {"item", message_item(item_id_, status, text_, true)}});
+  // Every item closes, in output order.
+  for (int index = 0; index < next_index_; ++index) {
+    if (index == message_index_) {
+      out += event("response.output_text.done",
+                   {{"item_id", item_id_}, {"output_index", index}, {"content_index", 0}, {"text", text_}});
+      out += event("response.content_part.done",
+                   {{"item_id", item_id_},
+                    {"output_index", index},
+                    {"content_index", 0},
+                    {"part", {{"type", "output_text"}, {"text", text_}, {"annotations", json::array()}}}});
+      out += event("response.output_item.done",
+                   {{"output_index", index}, {"item", message_item(item_id_, status, text_, true)}});
+      continue;
+    }
+    for (const auto& call : calls_) {
+      if (call.output_index != index) continue;
+      out += event("response.function_call_arguments.done",
+                   {{"item_id", call.item_id}, {"output_index", index}, {"arguments", call.arguments}});
+      out += event("response.output_item.done",
+                   {{"output_index", index},
+                    {"item", function_call_item(call.item_id, call.call_id, call.name, call.arguments, "completed")}});
+    }
+  }
   // response.completed, or response.incomplete when the answer was cut short.
   out += event("response." + status, {{"response", response_object(status, responses_usage(chat_usage))}});
   return out;

@@ -2,6 +2,7 @@
 // The Responses API (POST /v1/responses) translated to and from chat completions, for engines
 // that lack it.
 #include <string>
+#include <vector>
 
 #include "common/json.h"
 #include "common/result.h"
@@ -9,31 +10,52 @@
 namespace nebula::gateway {
 
 // A chat-completions body for a Responses request: `instructions` becomes a system message,
-// `input` (a string or a list of message items) the messages, max_output_tokens max_tokens.
-// Sampling fields (temperature, top_p, seed, stop, ...) pass through.
+// `input` (a string or a list of items) the messages: message items by role, function_call items
+// as an assistant turn's tool_calls, function_call_output items as tool messages. Function
+// `tools`, `tool_choice` and `parallel_tool_calls` become chat's; `text.format` (json_object,
+// json_schema) becomes response_format; max_output_tokens max_tokens. Sampling fields
+// (temperature, top_p, seed, stop, ...) pass through. Other tool and item types are refused.
 Result<json> responses_to_chat(const json& request);
 
-// A Responses object for a finished chat completion.
+// A Responses object for a finished chat completion: a message item for its text (also when
+// there is neither text nor a call), and a function_call item for each tool call.
 json chat_to_response(const json& completion, const std::string& response_id, const std::string& model,
                       int64_t created_s);
 
 // Turns a stream of chat chunks into the Responses event sequence, each event with its `type`
-// and an increasing `sequence_number`.
+// and an increasing `sequence_number`. Output items are numbered in the order they start: the
+// message when its first text arrives, each function call when its first piece does.
 class ResponsesStream {
  public:
   ResponsesStream(std::string response_id, std::string model, int64_t created_s);
-  // response.created, response.in_progress, response.output_item.added, response.content_part.added
+  // response.created, response.in_progress
   std::string begin();
-  // response.output_text.delta (empty text gives "")
+  // response.output_text.delta, after output_item.added and content_part.added for the first
+  // (empty text gives "")
   std::string delta(const std::string& text);
+  // A chunk's delta.tool_calls: response.output_item.added for a call's first piece, then
+  // response.function_call_arguments.delta for each piece of its arguments
+  std::string tool_calls(const json& deltas);
   // The chat stream's finish_reason, when a chunk carries one.
   void set_finish_reason(std::string reason) { finish_reason_ = std::move(reason); }
-  // output_text.done, content_part.done, output_item.done, and response.completed (with usage), or
-  // response.incomplete when the finish reason was "length" or "content_filter"
+  // Each item's done events in output order (output_text.done, content_part.done and
+  // output_item.done for the message; function_call_arguments.done and output_item.done for a
+  // call), then response.completed (with usage), or response.incomplete when the finish reason
+  // was "length" or "content_filter"
   std::string end(const json& chat_usage);
 
  private:
+  struct Call {
+    int chat_index = 0;
+    std::string item_id;
+    std::string call_id;
+    std::string name;
+    std::string arguments;
+    int output_index = 0;
+  };
   std::string event(const std::string& type, json body);
+  std::string open_message();
+  json output_items(const std::string& status) const;
   json response_object(const std::string& status, const json& usage) const;
   std::string id_;
   std::string item_id_;
@@ -42,6 +64,9 @@ class ResponsesStream {
   int sequence_ = 0;
   std::string text_;
   std::string finish_reason_;
+  int message_index_ = -1;  // the message's output_index once it started
+  int next_index_ = 0;
+  std::vector<Call> calls_;
 };
 
 // {input_tokens, output_tokens, total_tokens} from a chat `usage`.

@@ -44,11 +44,21 @@ class OpenAiFormat final : public CompletionFormat {
       const Generation& generation = completion.generations[index];
       int total = generation.completion_tokens();
       int choice = static_cast<int>(index);
+      bool calls = chat && !completion.identity.tool_call.empty();
       while (sent[index] < progress[index].tokens && sent[index] < total) {
         int token = sent[index]++;
         if (token == 0 && chat) events += http::format_sse(dump_json(role_chunk_json(completion.identity, choice)));
         const std::string& text = generation.tokens[static_cast<size_t>(token)];
-        if (token + 1 == total) {
+        if (calls) {
+          // The function's arguments, {"text": the generated text}, one token per piece.
+          std::string piece = token == 0 ? "{\"text\":\"" : "";
+          std::string quoted = dump_json(json(text));
+          piece += quoted.substr(1, quoted.size() - 2);
+          if (token + 1 == total) piece += "\"}";
+          events +=
+              http::format_sse(dump_json(tool_chunk_json(completion.identity, choice, piece, token == 0,
+                                                         token + 1 == total ? &generation.finish_reason : nullptr)));
+        } else if (token + 1 == total) {
           events += http::format_sse(dump_json(
               chunk_json(completion.identity, choice, text, &generation.finish_reason, generation.stop_reason)));
         } else if (!text.empty()) {
@@ -59,8 +69,13 @@ class OpenAiFormat final : public CompletionFormat {
         ended[index] = true;
         if (total == 0) {  // nothing generated: the role chunk and an empty finishing chunk
           if (chat) events += http::format_sse(dump_json(role_chunk_json(completion.identity, choice)));
-          events += http::format_sse(dump_json(
-              chunk_json(completion.identity, choice, "", &generation.finish_reason, generation.stop_reason)));
+          if (calls) {
+            events += http::format_sse(dump_json(
+                tool_chunk_json(completion.identity, choice, tool_arguments(""), true, &generation.finish_reason)));
+          } else {
+            events += http::format_sse(dump_json(
+                chunk_json(completion.identity, choice, "", &generation.finish_reason, generation.stop_reason)));
+          }
         }
       }
     }
@@ -86,6 +101,7 @@ std::optional<ApiError> parse_openai(http::Request& request, Completion& complet
   if (auto error = parse_completion_request(endpoint, request.body, completion.request)) return error;
   completion.identity.endpoint = endpoint;
   completion.identity.id = (endpoint == Endpoint::ChatCompletions ? "chatcmpl-" : "cmpl-") + random_id(32);
+  completion.identity.tool_call = completion.request.tool_call;
   return std::nullopt;
 }
 

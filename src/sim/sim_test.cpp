@@ -283,6 +283,58 @@ TEST_F(EngineSimTest, StreamedChatEqualsNonStreamed) {
   EXPECT_FALSE(streamed.chunks.back().contains("usage"));
 }
 
+TEST_F(EngineSimTest, ARequiredToolIsCalledWithTheTextAsArguments) {
+  start();
+  json request = chat_body(6);
+  request["tools"] = json::parse(R"([{"type":"function","function":{"name":"lookup","parameters":{"type":"object"}}},
+                                      {"type":"function","function":{"name":"other"}}])");
+  request["tool_choice"] = json::parse(R"({"type":"function","function":{"name":"lookup"}})");
+  json body = body_of(post("/v1/chat/completions", request));
+  const json& message = body["choices"][0]["message"];
+  EXPECT_TRUE(message["content"].is_null()) << body.dump();
+  ASSERT_EQ(message["tool_calls"].size(), 1u);
+  const json& call = message["tool_calls"][0];
+  EXPECT_EQ(call["type"], "function");
+  EXPECT_EQ(call["function"]["name"], "lookup");
+  EXPECT_EQ(call["id"].get<std::string>().rfind("call_", 0), 0u);
+  json arguments = json::parse(call["function"]["arguments"].get<std::string>());
+  std::string text = arguments["text"];
+  EXPECT_EQ(count_tokens(text), 6);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(body["usage"]["completion_tokens"], 6);
+
+  // Streamed: the first piece names the call, the pieces join into the same arguments.
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  ASSERT_TRUE(streamed.done);
+  std::string joined;
+  int named = 0;
+  for (const json& chunk : streamed.chunks) {
+    const json& delta = chunk["choices"][0]["delta"];
+    if (!delta.contains("tool_calls")) continue;
+    const json& piece = delta["tool_calls"][0];
+    if (piece.contains("id")) {
+      ++named;
+      EXPECT_EQ(piece["function"]["name"], "lookup");
+    }
+    joined += piece["function"]["arguments"].get<std::string>();
+  }
+  EXPECT_EQ(named, 1);
+  EXPECT_EQ(count_tokens(json::parse(joined)["text"].get<std::string>()), 6) << joined;
+
+  // "required" calls the first tool, and a model that stops by itself (here at a stop string)
+  // ends with "tool_calls".
+  request["tool_choice"] = "required";
+  request["stop"] = std::string(split_words(text)[2]);
+  body = body_of(post("/v1/chat/completions", request));
+  EXPECT_EQ(body["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "lookup");
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "tool_calls");
+  // "auto" answers in text; a named function that is not among the tools is a 400.
+  request["tool_choice"] = "auto";
+  EXPECT_TRUE(body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"].is_string());
+  request["tool_choice"] = json::parse(R"({"type":"function","function":{"name":"missing"}})");
+  EXPECT_EQ(post("/v1/chat/completions", request).status, 400);
+}
+
 TEST_F(EngineSimTest, SeedChangesTheText) {
   start();
   json request = chat_body(10);

@@ -1,5 +1,7 @@
 #include "sim/wire.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include <cmath>
@@ -164,6 +166,45 @@ json error_json(const ApiError& error) {
                 {"code", null_or(error.code)}}}};
 }
 
+namespace {
+// `tools` and `tool_choice` of a chat request: which function the answer calls, if any.
+std::optional<ApiError> parse_tools(const json& body, CompletionRequest& out) {
+  auto tools = body.find("tools");
+  if (tools == body.end() || tools->is_null()) return std::nullopt;
+  if (!tools->is_array()) return invalid("'tools' must be a list", "tools");
+  std::vector<std::string> names;
+  for (const json& tool : *tools) {
+    if (!tool.is_object() || tool.value("type", json()) != "function" || !tool.contains("function") ||
+        !tool["function"].is_object() || !tool["function"].contains("name") || !tool["function"]["name"].is_string()) {
+      return invalid("each tool must be {\"type\":\"function\",\"function\":{\"name\":...}}", "tools");
+    }
+    names.push_back(tool["function"]["name"].get<std::string>());
+  }
+  auto choice = body.find("tool_choice");
+  if (choice == body.end() || choice->is_null()) return std::nullopt;
+  if (choice->is_string()) {
+    std::string mode = choice->get<std::string>();
+    if (mode == "required") {
+      if (names.empty()) return invalid("tool_choice 'required' needs at least one tool", "tool_choice");
+      out.tool_call = names.front();
+    } else if (mode != "auto" && mode != "none") {
+      return invalid("'tool_choice' must be none, auto, required or a named function", "tool_choice");
+    }
+    return std::nullopt;
+  }
+  if (choice->is_object() && choice->contains("function") && (*choice)["function"].is_object() &&
+      (*choice)["function"].contains("name") && (*choice)["function"]["name"].is_string()) {
+    std::string name = (*choice)["function"]["name"];
+    if (std::find(names.begin(), names.end(), name) == names.end()) {
+      return invalid("tool_choice names a function that is not in 'tools': " + name, "tool_choice");
+    }
+    out.tool_call = name;
+    return std::nullopt;
+  }
+  return invalid("'tool_choice' must be none, auto, required or a named function", "tool_choice");
+}
+}  // namespace
+
 std::optional<ApiError> parse_completion_request(Endpoint endpoint, std::string_view body, CompletionRequest& out) {
   out = CompletionRequest{};
   out.endpoint = endpoint;
@@ -177,6 +218,9 @@ std::optional<ApiError> parse_completion_request(Endpoint endpoint, std::string_
   }
   auto error = endpoint == Endpoint::ChatCompletions ? parse_messages(object, out) : parse_prompt(object, out);
   if (error) return error;
+  if (endpoint == Endpoint::ChatCompletions) {
+    if (auto tools_error = parse_tools(object, out)) return tools_error;
+  }
   return parse_sampling(object, out);
 }
 
@@ -212,6 +256,33 @@ json chunk_json(const CompletionIdentity& identity, int index, std::string_view 
   return chunk;
 }
 
+std::string tool_arguments(std::string_view text) {
+  return "{\"text\":" + dump_json(json(text)) + "}";
+}
+
+std::string tool_call_id(const CompletionIdentity& identity, int index) {
+  std::string id = "call_" + identity.id.substr(std::min<size_t>(identity.id.size(), 9));
+  if (index > 0) id += "_" + std::to_string(index);
+  return id;
+}
+
+json tool_chunk_json(const CompletionIdentity& identity, int index, std::string_view piece, bool first,
+                     const FinishReason* finish_reason) {
+  json chunk = identity_json(identity, true);
+  json call = {{"index", 0}, {"function", {{"arguments", piece}}}};
+  if (first) {
+    call["id"] = tool_call_id(identity, index);
+    call["type"] = "function";
+    call["function"]["name"] = identity.tool_call;
+  }
+  json choice = {{"index", index}, {"delta", {{"tool_calls", json::array({std::move(call)})}}}, {"logprobs", nullptr}};
+  choice["finish_reason"] = finish_reason
+                                ? json(*finish_reason == FinishReason::Stop ? "tool_calls" : to_string(*finish_reason))
+                                : json(nullptr);
+  chunk["choices"] = json::array({std::move(choice)});
+  return chunk;
+}
+
 json usage_chunk_json(const CompletionIdentity& identity, const Usage& usage) {
   json chunk = identity_json(identity, true);
   chunk["choices"] = json::array();
@@ -226,13 +297,20 @@ json completion_json(const CompletionIdentity& identity, const std::vector<Gener
   for (size_t index = 0; index < generations.size(); ++index) {
     const Generation& generation = generations[index];
     json choice = {{"index", index}};
-    if (identity.endpoint == Endpoint::ChatCompletions) {
+    bool calls = identity.endpoint == Endpoint::ChatCompletions && !identity.tool_call.empty();
+    if (calls) {
+      json call = {{"id", tool_call_id(identity, static_cast<int>(index))},
+                   {"type", "function"},
+                   {"function", {{"name", identity.tool_call}, {"arguments", tool_arguments(generation.text())}}}};
+      choice["message"] = {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", json::array({call})}};
+    } else if (identity.endpoint == Endpoint::ChatCompletions) {
       choice["message"] = {{"role", "assistant"}, {"content", generation.text()}};
     } else {
       choice["text"] = generation.text();
     }
     choice["logprobs"] = nullptr;
-    choice["finish_reason"] = to_string(generation.finish_reason);
+    choice["finish_reason"] =
+        calls && generation.finish_reason == FinishReason::Stop ? "tool_calls" : to_string(generation.finish_reason);
     choice["stop_reason"] = stop_reason_json(generation.stop_reason);
     choices.push_back(std::move(choice));
   }

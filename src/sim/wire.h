@@ -37,6 +37,10 @@ struct CompletionRequest {
   bool ignore_eos = false;  // keep generating past the natural end (echo mode) up to max_tokens
   bool stream = false;
   bool include_usage = false;
+  // Chat with function `tools`: the function every choice calls instead of answering in text,
+  // when `tool_choice` requires one ("required": the first tool; {"type":"function",
+  // "function":{"name":N}}: N). "" otherwise ("auto" and "none" answer in text).
+  std::string tool_call;
 };
 
 // Parses and validates a POST body; error is set when the body is unusable.
@@ -48,7 +52,20 @@ struct CompletionIdentity {
   std::string id;  // "chatcmpl-..." or "cmpl-..."
   int64_t created = 0;
   std::string model;
+  std::string tool_call;  // CompletionRequest::tool_call
 };
+
+// A tool call's arguments: the generated text as {"text": TEXT}. Streamed, they arrive in pieces,
+// one per token: `{"text":"` and the first token, then each token (JSON-escaped), the last with
+// `"}` after it; the pieces join into the whole.
+std::string tool_arguments(std::string_view text);
+// The id of choice `index`'s tool call: "call_" and the completion's id.
+std::string tool_call_id(const CompletionIdentity& identity, int index);
+// A streamed chunk with one piece of choice `index`'s tool call: the first names the call (id,
+// type, function name); the last carries finish_reason ("tool_calls" when the model stopped by
+// itself, else the reason).
+json tool_chunk_json(const CompletionIdentity& identity, int index, std::string_view piece, bool first,
+                     const FinishReason* finish_reason);
 
 struct Usage {
   int prompt_tokens = 0;
