@@ -307,6 +307,71 @@ TEST_F(GatewayE2E, ResponsesApiStreamsTheEventSequence) {
   EXPECT_EQ(completed["response"]["usage"]["output_tokens"], 4);
 }
 
+// A function-calling round trip through /v1/responses on an engine that only speaks chat.
+TEST_F(GatewayE2E, ResponsesApiCallsFunctionsAndTakesTheirOutputsBack) {
+  std::string key = create_key({});
+  const std::string tools = R"("tools":[{"type":"function","name":"get_weather","parameters":{"type":"object"}}],)"
+                            R"("tool_choice":{"type":"function","name":"get_weather"})";
+  auto called =
+      post("/v1/responses", R"({"model":"chat","input":"weather in Paris?","max_output_tokens":4,)" + tools + "}", key);
+  ASSERT_EQ(called->status, 200) << called->body;
+  auto response = json::parse(called->body);
+  ASSERT_EQ(response["output"].size(), 1u) << called->body;
+  const json& call = response["output"][0];
+  EXPECT_EQ(call["type"], "function_call");
+  EXPECT_EQ(call["name"], "get_weather");
+  std::string call_id = call["call_id"];
+  EXPECT_FALSE(call_id.empty());
+  EXPECT_TRUE(json::parse(call["arguments"].get<std::string>()).is_object()) << call.dump();
+  EXPECT_EQ(response["usage"]["output_tokens"], 4);
+
+  // The call and its output go back as input; the model answers in text.
+  json next = {{"model", "chat"},
+               {"max_output_tokens", 3},
+               {"input", json::array({{{"role", "user"}, {"content", "weather in Paris?"}},
+                                      call,
+                                      {{"type", "function_call_output"}, {"call_id", call_id}, {"output", "18C"}}})}};
+  auto answered = post("/v1/responses", next.dump(), key);
+  ASSERT_EQ(answered->status, 200) << answered->body;
+  auto text = json::parse(answered->body);
+  EXPECT_EQ(text["output"][0]["type"], "message") << answered->body;
+  EXPECT_FALSE(text["output"][0]["content"][0]["text"].get<std::string>().empty());
+
+  // Streamed, the call arrives as an item whose arguments come in pieces.
+  http::BlockingClient client;
+  http::SseParser parser;
+  std::vector<http::SseEvent> events;
+  auto status =
+      client.stream("POST", up_->server() + "/v1/responses",
+                    R"({"model":"chat","stream":true,"input":"weather?","max_output_tokens":4,)" + tools + "}",
+                    bearer(key), [&](std::string_view piece) {
+                      parser.feed(piece, events);
+                      return true;
+                    });
+  ASSERT_TRUE(status && *status == 200);
+  std::string arguments;
+  int sequence = -1;
+  bool added = false;
+  for (const auto& event : events) {
+    auto body = json::parse(event.data);
+    EXPECT_GT(body["sequence_number"].get<int>(), sequence);
+    sequence = body["sequence_number"];
+    if (event.event == "response.output_item.added") {
+      added = true;
+      EXPECT_EQ(body["item"]["type"], "function_call") << event.data;
+    }
+    if (event.event == "response.function_call_arguments.delta") arguments += body["delta"].get<std::string>();
+    EXPECT_NE(event.event, "response.output_text.delta");
+  }
+  EXPECT_TRUE(added);
+  ASSERT_FALSE(events.empty());
+  auto last = json::parse(events.back().data)["response"];
+  ASSERT_EQ(last["output"].size(), 1u) << events.back().data;
+  EXPECT_EQ(last["output"][0]["arguments"], arguments);
+  EXPECT_TRUE(json::parse(arguments).is_object()) << arguments;
+  EXPECT_EQ(last["usage"]["output_tokens"], 4);
+}
+
 TEST_F(GatewayE2E, DisconnectMidStreamFreesTheEngineSlot) {
   std::string key = create_key({});
   std::string body = R"({"model":"chat","stream":true,"max_tokens":400,"messages":[{"role":"user","content":"hi"}]})";
