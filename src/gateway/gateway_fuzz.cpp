@@ -19,6 +19,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto body = nebula::parse_json(bytes);
   if (facts && body) (void)nebula::gateway::responses_to_chat(*body);
   // The same bytes as an engine's answer, translated for /v1/responses.
+  if (body) {
+    // The same bytes as a chunk's delta.tool_calls, twice (a call's first piece, then more).
+    nebula::gateway::ResponsesStream stream("resp_1", "m", 0);
+    std::string events = stream.begin() + stream.tool_calls(*body);
+    events += stream.tool_calls(*body);
+    events += stream.end(nebula::json());
+  }
   if (body && body->is_object()) {
     (void)nebula::gateway::chat_to_response(*body, "resp_1", "m", 0);
     (void)nebula::gateway::responses_usage(body->value("usage", nebula::json()));
