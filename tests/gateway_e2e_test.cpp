@@ -372,6 +372,63 @@ TEST_F(GatewayE2E, ResponsesApiCallsFunctionsAndTakesTheirOutputsBack) {
   EXPECT_EQ(last["usage"]["output_tokens"], 4);
 }
 
+// Stored responses: a conversation continued by previous_response_id, read back, and deleted.
+TEST_F(GatewayE2E, ResponsesContinueAStoredConversation) {
+  std::string key = create_key({});
+  auto first = post("/v1/responses", R"({"model":"chat","input":"my name is Ada","max_output_tokens":3})", key);
+  ASSERT_EQ(first->status, 200) << first->body;
+  auto first_body = json::parse(first->body);
+  std::string id = first_body["id"];
+  int first_input = first_body["usage"]["input_tokens"];
+
+  // The engine sees the earlier turn and its answer: more prompt tokens than the new input alone.
+  json follow = {
+      {"model", "chat"}, {"input", "what is my name?"}, {"max_output_tokens", 3}, {"previous_response_id", id}};
+  auto second = post("/v1/responses", follow.dump(), key);
+  ASSERT_EQ(second->status, 200) << second->body;
+  auto alone = post("/v1/responses", R"({"model":"chat","input":"what is my name?","max_output_tokens":3})", key);
+  ASSERT_EQ(alone->status, 200);
+  int continued_input = json::parse(second->body)["usage"]["input_tokens"];
+  int alone_input = json::parse(alone->body)["usage"]["input_tokens"];
+  EXPECT_GT(continued_input, alone_input + first_input - 1) << second->body;
+
+  // Streamed answers are stored too, and can be continued.
+  std::string streamed_id;
+  http::BlockingClient client;
+  http::SseParser parser;
+  std::vector<http::SseEvent> events;
+  json streamed = follow;
+  streamed["stream"] = true;
+  streamed["previous_response_id"] = json::parse(second->body)["id"];
+  auto status =
+      client.stream("POST", up_->server() + "/v1/responses", streamed.dump(), bearer(key), [&](std::string_view piece) {
+        parser.feed(piece, events);
+        return true;
+      });
+  ASSERT_TRUE(status && *status == 200);
+  ASSERT_FALSE(events.empty());
+  streamed_id = json::parse(events.back().data)["response"]["id"];
+  auto read_back = client.request("GET", up_->server() + "/v1/responses/" + streamed_id, "", bearer(key));
+  ASSERT_EQ(read_back->status, 200) << read_back->body;
+  EXPECT_EQ(json::parse(read_back->body)["id"], streamed_id);
+
+  // Another key sees none of it; an unknown id is a 404 naming it.
+  std::string other = create_key({});
+  EXPECT_EQ(client.request("GET", up_->server() + "/v1/responses/" + id, "", bearer(other))->status, 404);
+  json elsewhere = follow;
+  elsewhere["previous_response_id"] = id;
+  expect_openai_error(post("/v1/responses", elsewhere.dump(), other), 404, "previous_response_not_found");
+  // "store": false keeps nothing; DELETE forgets.
+  auto unstored = post("/v1/responses", R"({"model":"chat","input":"x","max_output_tokens":1,"store":false})", key);
+  std::string unstored_id = json::parse(unstored->body)["id"];
+  EXPECT_EQ(client.request("GET", up_->server() + "/v1/responses/" + unstored_id, "", bearer(key))->status, 404);
+  auto deleted = client.request("DELETE", up_->server() + "/v1/responses/" + id, "", bearer(key));
+  ASSERT_EQ(deleted->status, 200) << deleted->body;
+  EXPECT_EQ(json::parse(deleted->body)["deleted"], true);
+  expect_openai_error(client.request("GET", up_->server() + "/v1/responses/" + id, "", bearer(key)), 404, "not_found");
+  expect_openai_error(client.request("GET", up_->server() + "/v1/responses/" + id, ""), 401, "invalid_api_key");
+}
+
 TEST_F(GatewayE2E, DisconnectMidStreamFreesTheEngineSlot) {
   std::string key = create_key({});
   std::string body = R"({"model":"chat","stream":true,"max_tokens":400,"messages":[{"role":"user","content":"hi"}]})";

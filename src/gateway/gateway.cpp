@@ -207,6 +207,10 @@ struct Gateway::Call {
   Waiter* waiting = nullptr;
   http::Cancellation upstream_cancel;
   http::StreamingResponse* upstream = nullptr;
+  // /v1/responses: the items up to this request's input, stored with the answer unless the
+  // client sent "store": false.
+  json conversation;
+  bool store_response = false;
 
   // From here until the answer is written, a client that leaves cancels what it waits for.
   void watch_client(http::ResponseWriter& writer) {
@@ -522,6 +526,36 @@ bool nonempty_string_field(std::string_view data, std::string_view name) {
 }
 }  // namespace
 
+namespace {
+json deleted_response_json(const std::string& id) {
+  return json{{"id", id}, {"object", "response"}, {"deleted", true}};
+}
+}  // namespace
+
+// GET and DELETE /v1/responses/{id}: a response this key stored.
+http::Response Gateway::stored_response_answer(const http::Request& request, bool erase) {
+  std::string key_id = "anonymous";
+  if (options_.require_keys) {
+    auto key = keys_.authenticate(bearer_token(request), to_unix_ms(std::chrono::system_clock::now()));
+    if (!key) return openai_error(401, key.error().message, "invalid_request_error", "invalid_api_key");
+    if ((*key)->scope == api::scope::kNode) {
+      return openai_error(403, "node keys cannot call the inference API", "invalid_request_error", "permission_denied");
+    }
+    key_id = (*key)->metadata.name;
+  }
+  const std::string& id = request.params.at("id");
+  if (erase) {
+    if (responses_.erase(id, key_id)) return http::Response::json_body(200, deleted_response_json(id));
+  } else if (const json* stored = responses_.response(id, key_id)) {
+    return http::Response::json_body(200, *stored);
+  }
+  return openai_error(404, fmt::format("Response with id '{}' not found.", id), "invalid_request_error", "not_found");
+}
+
+awaitable<void> Gateway::stored_response(http::Request& request, http::ResponseWriter& writer, bool erase) {
+  co_await writer.send(stored_response_answer(request, erase));
+}
+
 void Gateway::add_routes(http::Router& router) {
   router.add("GET", "/v1/models", [this](http::Request& request, http::ResponseWriter& writer) -> awaitable<void> {
     std::shared_ptr<const api::ApiKey> key;
@@ -545,6 +579,12 @@ void Gateway::add_routes(http::Router& router) {
       return serve(request, writer, route_kind);
     });
   }
+  router.add("GET", "/v1/responses/{id}", [this](http::Request& request, http::ResponseWriter& writer) {
+    return stored_response(request, writer, false);
+  });
+  router.add("DELETE", "/v1/responses/{id}", [this](http::Request& request, http::ResponseWriter& writer) {
+    return stored_response(request, writer, true);
+  });
   router.add("GET", "/metrics", [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(http::Response::text(200, metrics_.render(), "text/plain; version=0.0.4"));
   });
@@ -823,6 +863,41 @@ Result<Prepared> prepare_upstream(const json& body, int kind, const RequestFacts
 
 }  // namespace
 
+bool Gateway::attach_conversation(Call& call, int64_t& prior_bytes) {
+  if (!call.body.is_object()) return true;  // the translation refuses it
+  auto store = call.body.find("store");
+  call.store_response = store == call.body.end() || !store->is_boolean() || store->get<bool>();
+  auto input = call.body.find("input");
+  if (input == call.body.end() || !(input->is_string() || input->is_array())) return true;
+  json conversation = json::array();
+  auto previous = call.body.find("previous_response_id");
+  bool continues = previous != call.body.end() && !previous->is_null();
+  if (continues) {
+    const json* prior =
+        previous->is_string() ? responses_.conversation(previous->get<std::string>(), call.key_id) : nullptr;
+    if (!prior) {
+      if (!previous->is_string()) *previous = previous->dump();  // named in the error as sent
+      return false;
+    }
+    conversation = *prior;
+    prior_bytes = static_cast<int64_t>(conversation.dump().size());
+  }
+  for (const auto& item : input_items(*input)) conversation.push_back(item);
+  if (continues) *input = conversation;  // the engine sees the whole conversation
+  call.conversation = std::move(conversation);
+  return true;
+}
+
+void Gateway::store_response(Call& call, const json& response) {
+  if (!call.store_response || !response.is_object() || !response.contains("id")) return;
+  json conversation = std::move(call.conversation);
+  if (!conversation.is_array()) conversation = json::array();
+  if (response.contains("output") && response["output"].is_array()) {
+    for (const auto& item : response["output"]) conversation.push_back(item);
+  }
+  responses_.put(response["id"].get<std::string>(), call.key_id, response, std::move(conversation));
+}
+
 awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& writer, int kind) {
   Call call;
   call.kind = kind;
@@ -888,6 +963,15 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     auto parsed = parse_json(request.body);
     if (parsed) call.body = std::move(*parsed);
   }
+  int64_t prior_bytes = 0;
+  if (kind == kResponses && !attach_conversation(call, prior_bytes)) {
+    co_await writer.send(call_error(
+        call.headers, 404,
+        fmt::format("Previous response with id '{}' not found.", call.body["previous_response_id"].get<std::string>()),
+        "invalid_request_error", "previous_response_not_found"));
+    finish(call, 404);
+    co_return;
+  }
   auto prepared = prepare_upstream(call.body, kind, *facts);
   if (!prepared) {
     co_await writer.send(
@@ -896,7 +980,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     co_return;
   }
   call.client_wants_usage = prepared->client_wants_usage;
-  call.estimated_tokens = facts->prompt_bytes / 4 + 1 + requested_output_tokens(*facts, kind);
+  call.estimated_tokens = (facts->prompt_bytes + prior_bytes) / 4 + 1 + requested_output_tokens(*facts, kind);
 
   if (call.key) {
     auto now = SteadyClock::now();
@@ -1035,8 +1119,10 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
           call.usage = usage_of(relayed.body, relayed.body.capacity());  // the answer itself is relayed as it came
         } else if (auto answer = parse_json(relayed.body); answer && answer->is_object()) {
           call.usage = answer->value("usage", json());
-          relayed.body = dump(chat_to_response(*answer, "resp_" + random_id(24), call.model,
-                                               to_unix_ms(std::chrono::system_clock::now()) / 1000));
+          json translated = chat_to_response(*answer, "resp_" + random_id(24), call.model,
+                                             to_unix_ms(std::chrono::system_clock::now()) / 1000);
+          store_response(call, translated);
+          relayed.body = dump(translated);
         }
       }
       int status = relayed.status;
@@ -1148,6 +1234,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
       co_return;
     }
     co_await writer.finish();
+    if (translation) store_response(call, translation->final_response());
     finish(call, response.status);
     co_return;
   }

@@ -23,6 +23,7 @@
 #include "gateway/keys.h"
 #include "gateway/limits.h"
 #include "gateway/metrics.h"
+#include "gateway/responses.h"
 #include "gateway/usage.h"
 #include "http/http.h"
 #include "store/store.h"
@@ -137,6 +138,12 @@ class Gateway {
   void release(const std::shared_ptr<Endpoint>& endpoint);
   void dispatch_queue(const std::string& deployment);
   void finish(Call& call, int status);
+  // /v1/responses: the conversation a request continues (previous_response_id) joined to its
+  // input; false when that response is unknown to this key. And the storing of an answer.
+  bool attach_conversation(Call& call, int64_t& prior_bytes);
+  void store_response(Call& call, const json& response);
+  http::Response stored_response_answer(const http::Request& request, bool erase);
+  awaitable<void> stored_response(http::Request& request, http::ResponseWriter& writer, bool erase);
   void add_key_routes(http::Router& router);
   // Scale-to-zero: remembers when each deployment was last asked for (written to its status once
   // a second), and asks the controller to wake an idle one, once per idle period.
@@ -167,6 +174,7 @@ class Gateway {
   UsageRecorder usage_;
   Metrics metrics_;
   std::unique_ptr<http::Client> client_;
+  ResponseStore responses_;  // I/O thread only
   std::unique_ptr<store::WatchHandle> watch_;
   std::map<std::string, std::list<Waiter*>> queues_;  // per deployment; I/O thread only
   std::map<std::string, uint64_t> last_served_;       // key -> admission sequence; I/O thread only

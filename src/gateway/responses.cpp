@@ -384,8 +384,58 @@ std::string ResponsesStream::end(const json& chat_usage) {
     }
   }
   // response.completed, or response.incomplete when the answer was cut short.
-  out += event("response." + status, {{"response", response_object(status, responses_usage(chat_usage))}});
+  final_ = response_object(status, responses_usage(chat_usage));
+  out += event("response." + status, {{"response", final_}});
   return out;
+}
+
+json input_items(const json& input) {
+  if (input.is_string()) return json::array({{{"role", "user"}, {"content", input}}});
+  return input.is_array() ? input : json::array();
+}
+
+void ResponseStore::put(const std::string& id, const std::string& key_id, json response, json conversation) {
+  if (auto old = entries_.find(id); old != entries_.end()) {
+    bytes_ -= old->second.bytes;
+    order_.erase(old->second.age);
+    entries_.erase(old);
+  }
+  size_t bytes = response.dump().size() + conversation.dump().size();
+  if (bytes > max_bytes_) return;  // larger than the whole store: not kept
+  order_.push_back(id);
+  entries_[id] = Entry{key_id, std::move(response), std::move(conversation), bytes, std::prev(order_.end())};
+  bytes_ += bytes;
+  while ((entries_.size() > capacity_ || bytes_ > max_bytes_) && !order_.empty()) {
+    auto oldest = entries_.find(order_.front());
+    bytes_ -= oldest->second.bytes;
+    entries_.erase(oldest);
+    order_.pop_front();
+  }
+}
+
+const ResponseStore::Entry* ResponseStore::find(const std::string& id, const std::string& key_id) const {
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second.key_id != key_id) return nullptr;
+  return &it->second;
+}
+
+const json* ResponseStore::response(const std::string& id, const std::string& key_id) const {
+  const Entry* entry = find(id, key_id);
+  return entry ? &entry->response : nullptr;
+}
+
+const json* ResponseStore::conversation(const std::string& id, const std::string& key_id) const {
+  const Entry* entry = find(id, key_id);
+  return entry ? &entry->conversation : nullptr;
+}
+
+bool ResponseStore::erase(const std::string& id, const std::string& key_id) {
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second.key_id != key_id) return false;
+  bytes_ -= it->second.bytes;
+  order_.erase(it->second.age);
+  entries_.erase(it);
+  return true;
 }
 
 }  // namespace nebula::gateway

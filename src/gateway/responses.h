@@ -1,7 +1,9 @@
 #pragma once
 // The Responses API (POST /v1/responses) translated to and from chat completions, for engines
 // that lack it.
+#include <list>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "common/json.h"
@@ -43,6 +45,8 @@ class ResponsesStream {
   // call), then response.completed (with usage), or response.incomplete when the finish reason
   // was "length" or "content_filter"
   std::string end(const json& chat_usage);
+  // The response object of response.completed (or .incomplete), once end() made it.
+  const json& final_response() const { return final_; }
 
  private:
   struct Call {
@@ -64,9 +68,47 @@ class ResponsesStream {
   int sequence_ = 0;
   std::string text_;
   std::string finish_reason_;
+  json final_;
   int message_index_ = -1;  // the message's output_index once it started
   int next_index_ = 0;
   std::vector<Call> calls_;
+};
+
+// A Responses request's `input` as a list of items: a string is one user message item.
+json input_items(const json& input);
+
+// Stored responses, for `previous_response_id` and GET/DELETE /v1/responses/{id}: each response's
+// object and the conversation up to and including it, as Responses items (the request's input
+// items, those of the responses before it, and its output items; output items are valid input
+// items). In memory, the newest responses up to `capacity` of them and `max_bytes` of JSON text
+// (the oldest go first): a restart forgets them. Each belongs to the key that created it. Not
+// thread-safe: the gateway's I/O thread only.
+class ResponseStore {
+ public:
+  explicit ResponseStore(size_t capacity = 10000, size_t max_bytes = size_t{256} << 20)
+      : capacity_(capacity), max_bytes_(max_bytes) {}
+  void put(const std::string& id, const std::string& key_id, json response, json conversation);
+  // The stored response and its conversation; null when unknown or another key's.
+  const json* response(const std::string& id, const std::string& key_id) const;
+  const json* conversation(const std::string& id, const std::string& key_id) const;
+  bool erase(const std::string& id, const std::string& key_id);
+  size_t size() const { return entries_.size(); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  struct Entry {
+    std::string key_id;
+    json response;
+    json conversation;
+    size_t bytes = 0;
+    std::list<std::string>::iterator age;
+  };
+  const Entry* find(const std::string& id, const std::string& key_id) const;
+  size_t capacity_;
+  size_t max_bytes_;
+  size_t bytes_ = 0;
+  std::unordered_map<std::string, Entry> entries_;
+  std::list<std::string> order_;  // oldest first
 };
 
 // {input_tokens, output_tokens, total_tokens} from a chat `usage`.

@@ -77,7 +77,7 @@ TEST(Generator, EchoStopsWhenThePromptRunsOut) {
 
 TEST(SimWire, FastTokenEventsEqualTheJsonChunks) {
   for (Endpoint endpoint : {Endpoint::ChatCompletions, Endpoint::Completions}) {
-    CompletionIdentity identity{endpoint, "chatcmpl-abc", 1700000000, "m\"odel"};
+    CompletionIdentity identity{endpoint, "chatcmpl-abc", 1700000000, "m\"odel", ""};
     TokenEventFormatter formatter(identity, 3);
     for (std::string text : {std::string(" plain"), std::string(" quo\"te\\"), std::string(" caf\xc3\xa9\n")}) {
       std::string event;
