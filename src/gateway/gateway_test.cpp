@@ -147,15 +147,17 @@ TEST(Responses, TranslatesRequestsToChat) {
   EXPECT_FALSE(responses_to_chat(json{{"model", "m"}, {"input", 5}}));
 }
 
-TEST(Responses, StreamsTheEventSequenceWithIncreasingNumbers) {
-  ResponsesStream stream("resp_1", "m", 100);
-  std::string wire = stream.begin();  // one statement each: the events are numbered as they are made
-  wire += stream.delta("Hello");
-  wire += stream.delta(" world");
-  wire += stream.end(json{{"prompt_tokens", 3}, {"completion_tokens", 2}});
+// The SSE events of a Responses stream's wire text.
+std::vector<http::SseEvent> events_of(const std::string& wire) {
   http::SseParser parser;
   std::vector<http::SseEvent> events;
   parser.feed(wire, events);
+  return events;
+}
+
+// The events' types, checking that each body names its event and that sequence numbers count
+// from 0 without a gap.
+std::vector<std::string> checked_types(const std::vector<http::SseEvent>& events) {
   std::vector<std::string> types;
   int expected_sequence = 0;
   for (const auto& event : events) {
@@ -164,6 +166,17 @@ TEST(Responses, StreamsTheEventSequenceWithIncreasingNumbers) {
     EXPECT_EQ(body["sequence_number"], expected_sequence++);
     types.push_back(event.event);
   }
+  return types;
+}
+
+TEST(Responses, StreamsTheEventSequenceWithIncreasingNumbers) {
+  ResponsesStream stream("resp_1", "m", 100);
+  std::string wire = stream.begin();  // one statement each: the events are numbered as they are made
+  wire += stream.delta("Hello");
+  wire += stream.delta(" world");
+  wire += stream.end(json{{"prompt_tokens", 3}, {"completion_tokens", 2}});
+  auto events = events_of(wire);
+  std::vector<std::string> types = checked_types(events);
   std::vector<std::string> expected = {"response.created",           "response.in_progress",
                                        "response.output_item.added", "response.content_part.added",
                                        "response.output_text.delta", "response.output_text.delta",
@@ -244,16 +257,8 @@ TEST(Responses, StreamsFunctionCallsAfterTheTextTheyFollow) {
   wire += stream.tool_calls(json::parse(R"([{"index":0,"function":{"arguments":"\"Paris\"}"}}])"));
   stream.set_finish_reason("tool_calls");
   wire += stream.end(json{{"prompt_tokens", 3}, {"completion_tokens", 9}});
-  http::SseParser parser;
-  std::vector<http::SseEvent> events;
-  parser.feed(wire, events);
-  std::vector<std::string> types;
-  int expected_sequence = 0;
-  for (const auto& event : events) {
-    auto body = json::parse(event.data);
-    EXPECT_EQ(body["sequence_number"], expected_sequence++);
-    types.push_back(event.event);
-  }
+  auto events = events_of(wire);
+  std::vector<std::string> types = checked_types(events);
   std::vector<std::string> expected = {"response.created",
                                        "response.in_progress",
                                        "response.output_item.added",
@@ -288,9 +293,8 @@ TEST(Responses, StreamsFunctionCallsAfterTheTextTheyFollow) {
   std::string only = calls_only.begin();
   only += calls_only.tool_calls(json::parse(R"([{"index":0,"id":"c","function":{"name":"f","arguments":"{}"}}])"));
   only += calls_only.end(json());
-  events.clear();
-  http::SseParser second;
-  second.feed(only, events);
+  events = events_of(only);
+  checked_types(events);
   auto last = json::parse(events.back().data)["response"];
   ASSERT_EQ(last["output"].size(), 1u);
   EXPECT_EQ(last["output"][0]["type"], "function_call");
@@ -359,9 +363,7 @@ TEST(Responses, AnAnswerCutByTheTokenLimitIsIncomplete) {
   std::string text = stream.begin() + stream.delta("Hel");
   stream.set_finish_reason("length");
   text += stream.end({{"prompt_tokens", 3}, {"completion_tokens", 1}});
-  http::SseParser parser;
-  std::vector<http::SseEvent> events;
-  parser.feed(text, events);
+  auto events = events_of(text);
   ASSERT_FALSE(events.empty());
   EXPECT_EQ(events.back().event, "response.incomplete");
   auto last = json::parse(events.back().data)["response"];
