@@ -348,6 +348,21 @@ TEST_F(ServerTest, AnHttp10ClientGetsAnHttp10AnswerAndAClosedConnection) {
   EXPECT_NE(kept.received.find("hello b"), std::string::npos) << kept.received;
 }
 
+TEST_F(ServerTest, AHeadRequestGetsAHeadWithoutABody) {
+  start({});
+  RawConnection connection(port_);
+  // HEAD has no route here (405); the answer still says how long its body is, and sends none, so
+  // the next response on the connection is read from its first byte.
+  connection.send("HEAD /hello/x HTTP/1.1\r\nHost: x\r\n\r\nGET /hello/after HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_TRUE(connection.read_until("hello after")) << connection.received;
+  const std::string& reply = connection.received;
+  EXPECT_EQ(reply.rfind("HTTP/1.1 405", 0), 0u) << reply;
+  size_t first_end = reply.find("\r\n\r\n");
+  ASSERT_NE(first_end, std::string::npos);
+  EXPECT_NE(reply.substr(0, first_end).find("Content-Length: "), std::string::npos);
+  EXPECT_EQ(reply.compare(first_end + 4, 15, "HTTP/1.1 200 OK"), 0) << reply;
+}
+
 TEST_F(ServerTest, OversizedHeadersAre431) {
   ServerOptions options;
   options.header_limit = 1024;

@@ -63,8 +63,9 @@ class StreamWriter final : public ResponseWriter {
     std::string head = response_head(response.status, response.headers);
     if (!bodyless) head.append("Content-Length: ").append(std::to_string(response.body.size())).append("\r\n");
     head.append("\r\n");
-    std::array<asio::const_buffer, 2> message = {
-        asio::buffer(head), asio::buffer(response.body.data(), bodyless ? 0 : response.body.size())};
+    // A HEAD request's answer says how long the body would be, and sends none.
+    size_t body_bytes = bodyless || omit_body_ ? 0 : response.body.size();
+    std::array<asio::const_buffer, 2> message = {asio::buffer(head), asio::buffer(response.body.data(), body_bytes)};
     co_await send_all(message);
   }
 
@@ -80,7 +81,7 @@ class StreamWriter final : public ResponseWriter {
 
   awaitable<bool> write(std::string_view data) override {
     if (broken_) co_return false;
-    if (data.empty()) co_return true;  // an empty chunk would end the body
+    if (data.empty() || omit_body_) co_return true;  // an empty chunk would end the body
     char size_line[20];
     auto size_end = fmt::format_to_n(size_line, sizeof size_line, "{:x}\r\n", data.size());
     std::array<asio::const_buffer, 3> chunk = {asio::buffer(size_line, size_end.size),
@@ -89,7 +90,7 @@ class StreamWriter final : public ResponseWriter {
   }
 
   awaitable<void> finish() override {
-    if (!streaming_ || finished_ || broken_) co_return;
+    if (!streaming_ || finished_ || broken_ || omit_body_) co_return;
     finished_ = true;
     std::array<asio::const_buffer, 1> last = {asio::buffer("0\r\n\r\n", 5)};
     co_await send_all(last);
@@ -117,6 +118,8 @@ class StreamWriter final : public ResponseWriter {
     co_await watch_done_->async_wait(asio::redirect_error(asio::use_awaitable, ignored));
   }
   bool answered() const override { return answered_; }
+  // Answers a HEAD request: heads only, no body bytes (nor chunks).
+  void omit_body() { omit_body_ = true; }
   // The connection can serve another request.
   bool reusable() const { return keep_alive_ && !broken_ && (!streaming_ || finished_); }
 
@@ -190,6 +193,7 @@ class StreamWriter final : public ResponseWriter {
   const ServerOptions& options_;
   unsigned version_;
   bool keep_alive_;
+  bool omit_body_ = false;
   bool answered_ = false;
   bool streaming_ = false;
   bool finished_ = false;
@@ -294,6 +298,7 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
       split_target(request);
       request.remote_address = remote;
       StreamWriter writer(stream, buffer, deadline, options, version, keep_alive, request.header("x-request-id"));
+      if (request.method == "HEAD") writer.omit_body();
       std::string failure;
       try {
         co_await router.dispatch(request, writer);
