@@ -91,11 +91,6 @@ Result<json> chat_response_format(const json& text) {
   return make_error(ErrorCode::InvalidArgument, "unsupported text.format; use text, json_object or json_schema");
 }
 
-// The text of a function_call_output's output: a string, or text parts.
-Result<std::string> output_text(const json& output) {
-  if (output.is_string()) return output.get<std::string>();
-  return item_text(output);
-}
 }  // namespace
 
 Result<json> responses_to_chat(const json& request) {
@@ -138,7 +133,7 @@ Result<json> responses_to_chat(const json& request) {
         if (!call_id) return call_id.error();
         if (call_id->empty())
           return make_error(ErrorCode::InvalidArgument, "a function_call_output item needs 'call_id'");
-        auto output = output_text(item.value("output", json("")));
+        auto output = item_text(item.value("output", json("")));  // a string, or text parts
         if (!output) return output.error();
         messages.push_back({{"role", "tool"}, {"tool_call_id", *call_id}, {"content", *output}});
         continue;
@@ -193,9 +188,14 @@ json responses_usage(const json& chat_usage) {
 }
 
 namespace {
+// A message's text part, as output items and the content_part events carry it.
+json text_part(const std::string& text) {
+  return {{"type", "output_text"}, {"text", text}, {"annotations", json::array()}};
+}
+
 json message_item(const std::string& item_id, const std::string& status, const std::string& text, bool with_text) {
   json content = json::array();
-  if (with_text) content.push_back({{"type", "output_text"}, {"text", text}, {"annotations", json::array()}});
+  if (with_text) content.push_back(text_part(text));
   return {{"type", "message"}, {"id", item_id}, {"status", status}, {"role", "assistant"}, {"content", content}};
 }
 
@@ -266,18 +266,20 @@ std::string ResponsesStream::event(const std::string& type, json body) {
   return http::format_sse(body.dump(-1, ' ', false, json::error_handler_t::replace), type);
 }
 
+const ResponsesStream::Call* ResponsesStream::call_at(int output_index) const {
+  for (const auto& call : calls_) {
+    if (call.output_index == output_index) return &call;
+  }
+  return nullptr;
+}
+
 json ResponsesStream::output_items(const std::string& status) const {
   json output = json::array();
   for (int index = 0; index < next_index_; ++index) {
     if (index == message_index_) {
       output.push_back(message_item(item_id_, status, text_, true));
-      continue;
-    }
-    for (const auto& call : calls_) {
-      if (call.output_index == index) {
-        output.push_back(function_call_item(call.item_id, call.call_id, call.name, call.arguments,
-                                            status == "in_progress" ? "in_progress" : "completed"));
-      }
+    } else if (const Call* call = call_at(index)) {
+      output.push_back(function_call_item(call->item_id, call->call_id, call->name, call->arguments, "completed"));
     }
   }
   return output;
@@ -304,11 +306,9 @@ std::string ResponsesStream::open_message() {
   message_index_ = next_index_++;
   std::string out = event("response.output_item.added", {{"output_index", message_index_},
                                                          {"item", message_item(item_id_, "in_progress", "", false)}});
-  out += event("response.content_part.added",
-               {{"item_id", item_id_},
-                {"output_index", message_index_},
-                {"content_index", 0},
-                {"part", {{"type", "output_text"}, {"text", ""}, {"annotations", json::array()}}}});
+  out +=
+      event("response.content_part.added",
+            {{"item_id", item_id_}, {"output_index", message_index_}, {"content_index", 0}, {"part", text_part("")}});
   return out;
 }
 
@@ -366,21 +366,18 @@ std::string ResponsesStream::end(const json& chat_usage) {
       out += event("response.output_text.done",
                    {{"item_id", item_id_}, {"output_index", index}, {"content_index", 0}, {"text", text_}});
       out += event("response.content_part.done",
-                   {{"item_id", item_id_},
-                    {"output_index", index},
-                    {"content_index", 0},
-                    {"part", {{"type", "output_text"}, {"text", text_}, {"annotations", json::array()}}}});
+                   {{"item_id", item_id_}, {"output_index", index}, {"content_index", 0}, {"part", text_part(text_)}});
       out += event("response.output_item.done",
                    {{"output_index", index}, {"item", message_item(item_id_, status, text_, true)}});
       continue;
     }
-    for (const auto& call : calls_) {
-      if (call.output_index != index) continue;
+    if (const Call* call = call_at(index)) {
       out += event("response.function_call_arguments.done",
-                   {{"item_id", call.item_id}, {"output_index", index}, {"arguments", call.arguments}});
-      out += event("response.output_item.done",
-                   {{"output_index", index},
-                    {"item", function_call_item(call.item_id, call.call_id, call.name, call.arguments, "completed")}});
+                   {{"item_id", call->item_id}, {"output_index", index}, {"arguments", call->arguments}});
+      out +=
+          event("response.output_item.done",
+                {{"output_index", index},
+                 {"item", function_call_item(call->item_id, call->call_id, call->name, call->arguments, "completed")}});
     }
   }
   // response.completed, or response.incomplete when the answer was cut short.

@@ -59,6 +59,7 @@ class ResponsesStream {
   };
   std::string event(const std::string& type, json body);
   std::string open_message();
+  const Call* call_at(int output_index) const;  // the call at that output index, if any
   json output_items(const std::string& status) const;
   json response_object(const std::string& status, const json& usage) const;
   std::string id_;

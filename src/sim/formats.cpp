@@ -50,14 +50,10 @@ class OpenAiFormat final : public CompletionFormat {
         if (token == 0 && chat) events += http::format_sse(dump_json(role_chunk_json(completion.identity, choice)));
         const std::string& text = generation.tokens[static_cast<size_t>(token)];
         if (calls) {
-          // The function's arguments, {"text": the generated text}, one token per piece.
-          std::string piece = token == 0 ? "{\"text\":\"" : "";
-          std::string quoted = dump_json(json(text));
-          piece += quoted.substr(1, quoted.size() - 2);
-          if (token + 1 == total) piece += "\"}";
-          events +=
-              http::format_sse(dump_json(tool_chunk_json(completion.identity, choice, piece, token == 0,
-                                                         token + 1 == total ? &generation.finish_reason : nullptr)));
+          bool last = token + 1 == total;
+          events += http::format_sse(
+              dump_json(tool_chunk_json(completion.identity, choice, tool_arguments_piece(text, token == 0, last),
+                                        token == 0, last ? &generation.finish_reason : nullptr)));
         } else if (token + 1 == total) {
           events += http::format_sse(dump_json(
               chunk_json(completion.identity, choice, text, &generation.finish_reason, generation.stop_reason)));

@@ -256,8 +256,16 @@ json chunk_json(const CompletionIdentity& identity, int index, std::string_view 
   return chunk;
 }
 
+std::string tool_arguments_piece(std::string_view token, bool first, bool last) {
+  std::string quoted = dump_json(json(token));  // the token as a JSON string, quotes included
+  std::string piece = first ? "{\"text\":\"" : "";
+  piece.append(quoted, 1, quoted.size() - 2);
+  if (last) piece += "\"}";
+  return piece;
+}
+
 std::string tool_arguments(std::string_view text) {
-  return "{\"text\":" + dump_json(json(text)) + "}";
+  return tool_arguments_piece(text, true, true);
 }
 
 std::string tool_call_id(const CompletionIdentity& identity, int index) {

@@ -59,6 +59,8 @@ struct CompletionIdentity {
 // one per token: `{"text":"` and the first token, then each token (JSON-escaped), the last with
 // `"}` after it; the pieces join into the whole.
 std::string tool_arguments(std::string_view text);
+// One token's piece of them: with the opening on the first, the closing on the last.
+std::string tool_arguments_piece(std::string_view token, bool first, bool last);
 // The id of choice `index`'s tool call: "call_" and the completion's id.
 std::string tool_call_id(const CompletionIdentity& identity, int index);
 // A streamed chunk with one piece of choice `index`'s tool call: the first names the call (id,
