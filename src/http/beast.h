@@ -40,4 +40,45 @@ class Deadline {
  private:
   std::chrono::steady_clock::time_point expiry_{};
 };
+
+// Sends `buffers` on a plain stream with one non-blocking send when the socket takes them all
+// (almost always: the kernel's send buffer is far larger than a request, a response or a chunk):
+// one syscall and no trip through the scheduler. Only what the socket did not take is written
+// asynchronously, after arming `deadline` (when given) for `timeout`.
+template <typename Buffers>
+awaitable<error_code> send_buffers(beast::tcp_stream& stream, const Buffers& buffers, Deadline* deadline = nullptr,
+                                   std::chrono::steady_clock::duration timeout = {}) {
+  error_code ec;
+  auto& socket = stream.socket();
+  if (!socket.non_blocking()) socket.non_blocking(true, ec);
+  size_t sent = ec ? 0 : socket.send(buffers, 0, ec);
+  if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
+  if (ec) co_return ec;
+  beast::buffers_suffix<Buffers> rest(buffers);
+  rest.consume(sent);
+  if (beast::buffer_bytes(rest) == 0) co_return ec;
+  if (deadline) deadline->arm(stream, timeout);
+  co_await asio::async_write(stream, rest, asio::redirect_error(asio::use_awaitable, ec));
+  co_return ec;
+}
+
+// Parses what `buffer` holds, consuming what the parser used, up to the end of the message (or of
+// its head, with head_only). True when it needs more bytes than the buffer has; false when it got
+// there or ec says why it cannot.
+template <bool isRequest>
+bool parse_buffered(bhttp::basic_parser<isRequest>& parser, beast::flat_buffer& buffer, error_code& ec,
+                    bool head_only = false) {
+  auto done = [&] { return head_only ? parser.is_header_done() : parser.is_done(); };
+  while (!done() && buffer.size() > 0) {
+    size_t used = parser.put(buffer.data(), ec);
+    buffer.consume(used);
+    if (ec == bhttp::error::need_more) {
+      ec = {};
+      return true;
+    }
+    if (ec) return false;
+    if (used == 0) break;
+  }
+  return !done();
+}
 }  // namespace nebula::http

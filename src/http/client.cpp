@@ -218,27 +218,9 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       if (auto* plain = std::get_if<PlainStream>(&connection.stream)) {
         // Sent at once when the socket takes it all, read as soon as the head is in the buffer:
         // no composed operations and, for a small answer, one read.
-        auto& socket = plain->socket();
-        if (!socket.non_blocking()) socket.non_blocking(true, ec);
-        size_t sent_now = ec ? 0 : socket.send(message, 0, ec);
-        if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
-        beast::buffers_suffix<std::array<asio::const_buffer, 2>> rest(message);
-        rest.consume(sent_now);
-        if (!ec && beast::buffer_bytes(rest) > 0) {
-          co_await asio::async_write(*plain, rest, asio::redirect_error(asio::use_awaitable, ec));
-        }
-        while (!ec && !sent.parser->is_header_done()) {
-          if (connection.buffer.size() > 0) {
-            size_t used = sent.parser->put(connection.buffer.data(), ec);
-            connection.buffer.consume(used);
-            if (ec == bhttp::error::need_more) {
-              ec = {};
-            } else if (ec || sent.parser->is_header_done()) {
-              break;
-            } else if (used > 0) {
-              continue;
-            }
-          }
+        // (The timeout armed above covers the send and the head.)
+        ec = co_await send_buffers(*plain, message);
+        while (!ec && parse_buffered(*sent.parser, connection.buffer, ec, /*head_only=*/true)) {
           size_t n = co_await plain->async_read_some(connection.buffer.prepare(16384),
                                                      asio::redirect_error(asio::use_awaitable, ec));
           connection.buffer.commit(n);

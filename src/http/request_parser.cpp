@@ -2,20 +2,6 @@
 
 namespace nebula::http {
 
-bool parse_buffered(RequestParser& parser, beast::flat_buffer& buffer, error_code& ec) {
-  while (!parser.is_done() && buffer.size() > 0) {
-    size_t used = parser.put(buffer.data(), ec);
-    buffer.consume(used);
-    if (ec == bhttp::error::need_more) {
-      ec = {};
-      return true;
-    }
-    if (ec) return false;
-    if (used == 0) break;
-  }
-  return !parser.is_done();
-}
-
 void split_target(Request& request) {
   std::string_view target = request.target;
   size_t question = target.find('?');

@@ -48,10 +48,6 @@ class RequestParser final : public bhttp::basic_parser<true> {
   unsigned version_ = 11;
 };
 
-// Parses what `buffer` holds, consuming what the parser used. True when the request needs more
-// bytes than the buffer has; false when it is complete or ec says why it cannot be.
-bool parse_buffered(RequestParser& parser, beast::flat_buffer& buffer, error_code& ec);
-
 // Fills request.path (percent-decoded, without the query) and request.query (each name=value
 // pair of the query, decoded; a later duplicate wins) from request.target.
 void split_target(Request& request);

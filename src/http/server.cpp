@@ -163,26 +163,11 @@ class StreamWriter final : public ResponseWriter {
     return head;
   }
 
-  // Sends the buffers at once when the socket takes them all (almost always: the kernel's send
-  // buffer is far larger than a response): one syscall and no trip through the scheduler. Only
-  // what the socket did not take waits for it asynchronously. False when the client is gone.
+  // send_buffers(), marking the connection broken on failure. False when the client is gone.
   template <typename Buffers>
   awaitable<bool> send_all(const Buffers& buffers) {
     if (broken_) co_return false;
-    error_code ec;
-    auto& socket = stream_.socket();
-    if (!socket.non_blocking()) socket.non_blocking(true, ec);
-    size_t sent = ec ? 0 : socket.send(buffers, 0, ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
-    if (ec) {
-      broken_ = true;
-      co_return false;
-    }
-    beast::buffers_suffix<Buffers> rest(buffers);
-    rest.consume(sent);
-    if (beast::buffer_bytes(rest) == 0) co_return true;
-    deadline_.arm(stream_, options_.write_timeout);
-    co_await asio::async_write(stream_, rest, asio::redirect_error(asio::use_awaitable, ec));
+    error_code ec = co_await send_buffers(stream_, buffers, &deadline_, options_.write_timeout);
     if (ec) broken_ = true;
     co_return !broken_;
   }
