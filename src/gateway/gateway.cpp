@@ -532,17 +532,23 @@ json deleted_response_json(const std::string& id) {
 }
 }  // namespace
 
+std::optional<http::Response> Gateway::inference_refusal(const http::Request& request,
+                                                         std::shared_ptr<const api::ApiKey>& key) const {
+  if (!options_.require_keys) return std::nullopt;
+  auto found = keys_.authenticate(bearer_token(request), to_unix_ms(std::chrono::system_clock::now()));
+  if (!found) return openai_error(401, found.error().message, "invalid_request_error", "invalid_api_key");
+  if ((*found)->scope == api::scope::kNode) {
+    return openai_error(403, "node keys cannot call the inference API", "invalid_request_error", "permission_denied");
+  }
+  key = *found;
+  return std::nullopt;
+}
+
 // GET and DELETE /v1/responses/{id}: a response this key stored.
 http::Response Gateway::stored_response_answer(const http::Request& request, bool erase) {
-  std::string key_id = "anonymous";
-  if (options_.require_keys) {
-    auto key = keys_.authenticate(bearer_token(request), to_unix_ms(std::chrono::system_clock::now()));
-    if (!key) return openai_error(401, key.error().message, "invalid_request_error", "invalid_api_key");
-    if ((*key)->scope == api::scope::kNode) {
-      return openai_error(403, "node keys cannot call the inference API", "invalid_request_error", "permission_denied");
-    }
-    key_id = (*key)->metadata.name;
-  }
+  std::shared_ptr<const api::ApiKey> key;
+  if (auto refusal = inference_refusal(request, key)) return std::move(*refusal);
+  const std::string key_id = key ? key->metadata.name : "anonymous";
   const std::string& id = request.params.at("id");
   if (erase) {
     if (responses_.erase(id, key_id)) return http::Response::json_body(200, deleted_response_json(id));
@@ -873,14 +879,15 @@ bool Gateway::attach_conversation(Call& call, int64_t& prior_bytes) {
   auto previous = call.body.find("previous_response_id");
   bool continues = previous != call.body.end() && !previous->is_null();
   if (continues) {
+    size_t bytes = 0;
     const json* prior =
-        previous->is_string() ? responses_.conversation(previous->get<std::string>(), call.key_id) : nullptr;
+        previous->is_string() ? responses_.conversation(previous->get<std::string>(), call.key_id, &bytes) : nullptr;
     if (!prior) {
       if (!previous->is_string()) *previous = previous->dump();  // named in the error as sent
       return false;
     }
     conversation = *prior;
-    prior_bytes = static_cast<int64_t>(conversation.dump().size());
+    prior_bytes = static_cast<int64_t>(bytes);
   }
   for (const auto& item : input_items(*input)) conversation.push_back(item);
   if (continues) *input = conversation;  // the engine sees the whole conversation
@@ -907,23 +914,13 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
   call.headers.reserve(9);  // the id, six rate-limit headers, Content-Type
   call.headers.push_back({"X-Request-Id", call.request_id});
 
-  if (options_.require_keys) {
-    auto key = keys_.authenticate(bearer_token(request), to_unix_ms(std::chrono::system_clock::now()));
-    if (!key) {
-      co_await writer.send(
-          call_error(call.headers, 401, key.error().message, "invalid_request_error", "invalid_api_key"));
-      finish(call, 401);
-      co_return;
-    }
-    if ((*key)->scope == api::scope::kNode) {
-      co_await writer.send(call_error(call.headers, 403, "node keys cannot call the inference API",
-                                      "invalid_request_error", "permission_denied"));
-      finish(call, 403);
-      co_return;
-    }
-    call.key = *key;
-    call.key_id = call.key->metadata.name;
+  if (auto refusal = inference_refusal(request, call.key)) {
+    int status = refusal->status;
+    co_await writer.send(with_headers(std::move(*refusal), call.headers));
+    finish(call, status);
+    co_return;
   }
+  if (call.key) call.key_id = call.key->metadata.name;
 
   auto facts = read_request(request.body);
   if (!facts) {

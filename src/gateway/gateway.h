@@ -142,6 +142,9 @@ class Gateway {
   // input; false when that response is unknown to this key. And the storing of an answer.
   bool attach_conversation(Call& call, int64_t& prior_bytes);
   void store_response(Call& call, const json& response);
+  // Who makes an inference call: `key` (left null without --auth keys), or the 401 or 403 to send.
+  std::optional<http::Response> inference_refusal(const http::Request& request,
+                                                  std::shared_ptr<const api::ApiKey>& key) const;
   http::Response stored_response_answer(const http::Request& request, bool erase);
   awaitable<void> stored_response(http::Request& request, http::ResponseWriter& writer, bool erase);
   void add_key_routes(http::Router& router);

@@ -397,10 +397,12 @@ void ResponseStore::put(const std::string& id, const std::string& key_id, json r
     order_.erase(old->second.age);
     entries_.erase(old);
   }
-  size_t bytes = response.dump().size() + conversation.dump().size();
+  size_t conversation_bytes = conversation.dump().size();
+  size_t bytes = response.dump().size() + conversation_bytes;
   if (bytes > max_bytes_) return;  // larger than the whole store: not kept
   order_.push_back(id);
-  entries_[id] = Entry{key_id, std::move(response), std::move(conversation), bytes, std::prev(order_.end())};
+  entries_[id] =
+      Entry{key_id, std::move(response), std::move(conversation), conversation_bytes, bytes, std::prev(order_.end())};
   bytes_ += bytes;
   while ((entries_.size() > capacity_ || bytes_ > max_bytes_) && !order_.empty()) {
     auto oldest = entries_.find(order_.front());
@@ -421,9 +423,12 @@ const json* ResponseStore::response(const std::string& id, const std::string& ke
   return entry ? &entry->response : nullptr;
 }
 
-const json* ResponseStore::conversation(const std::string& id, const std::string& key_id) const {
+const json* ResponseStore::conversation(const std::string& id, const std::string& key_id,
+                                        size_t* conversation_bytes) const {
   const Entry* entry = find(id, key_id);
-  return entry ? &entry->conversation : nullptr;
+  if (!entry) return nullptr;
+  if (conversation_bytes) *conversation_bytes = entry->conversation_bytes;
+  return &entry->conversation;
 }
 
 bool ResponseStore::erase(const std::string& id, const std::string& key_id) {

@@ -91,7 +91,9 @@ class ResponseStore {
   void put(const std::string& id, const std::string& key_id, json response, json conversation);
   // The stored response and its conversation; null when unknown or another key's.
   const json* response(const std::string& id, const std::string& key_id) const;
-  const json* conversation(const std::string& id, const std::string& key_id) const;
+  // conversation_bytes, when given, gets the length of its JSON text (measured when it was put).
+  const json* conversation(const std::string& id, const std::string& key_id,
+                           size_t* conversation_bytes = nullptr) const;
   bool erase(const std::string& id, const std::string& key_id);
   size_t size() const { return entries_.size(); }
   size_t bytes() const { return bytes_; }
@@ -101,7 +103,8 @@ class ResponseStore {
     std::string key_id;
     json response;
     json conversation;
-    size_t bytes = 0;
+    size_t conversation_bytes = 0;
+    size_t bytes = 0;  // the response's JSON text and the conversation's
     std::list<std::string>::iterator age;
   };
   const Entry* find(const std::string& id, const std::string& key_id) const;
