@@ -250,7 +250,8 @@ TEST_F(Cluster, AgentKilledMidStreamReadoptsItsEngineAndCrashesBackOff) {
   std::string metrics;
   ASSERT_TRUE(eventually(
       [&] {
-        auto response = client_.request("GET", agent_url + "/metrics");
+        auto response =
+            client_.request("GET", agent_url + "/metrics", "", testing::agent_credential(temp_.path() + "/agent-n1"));
         metrics = response && response->status == 200 ? response->body : "";
         return metrics.find("nebula_engine_requests_running{") != std::string::npos;
       },

@@ -450,7 +450,8 @@ TEST_F(DockerCluster, ContainersRunCrashRestartAreReadoptedRefusedAndRemoved) {
 
   // The agent serves the container's log from Docker, demultiplexed.
   std::string agent_url = get_json("/api/v1/nodes/gpu1")["status"]["agent_url"];
-  auto logs = client_.request("GET", agent_url + "/logs/" + replica);
+  auto logs =
+      client_.request("GET", agent_url + "/logs/" + replica, "", testing::agent_credential(temp_.path() + "/agent"));
   ASSERT_TRUE(logs);
   EXPECT_EQ(logs->status, 200) << logs->body;
   EXPECT_NE(logs->body.find("fake container " + replica + "\nengine-sim serving dock\n"), std::string::npos)

@@ -4,6 +4,8 @@
 
 #include <fstream>
 
+#include "common/ids.h"
+
 namespace nebula::testing {
 
 using namespace std::chrono_literals;
@@ -12,6 +14,13 @@ http::Headers bearer(const std::string& key) {
   http::Headers headers;
   if (!key.empty()) headers.push_back({"Authorization", "Bearer " + key});
   return headers;
+}
+
+http::Headers agent_credential(const std::string& agent_data_dir) {
+  std::ifstream in(agent_data_dir + "/node.key");
+  std::string key;
+  std::getline(in, key);
+  return bearer(key.empty() ? std::string() : sha256_hex(key));
 }
 
 NebulaUp::NebulaUp(std::vector<std::string> extra, const std::string& gpus) {

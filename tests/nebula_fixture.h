@@ -44,6 +44,9 @@ class NebulaUp {
 };
 
 http::Headers bearer(const std::string& key);
+// What the server presents to an agent's /logs and /metrics: the hex SHA-256 of the node key the
+// agent keeps in <agent data dir>/node.key.
+http::Headers agent_credential(const std::string& agent_data_dir);
 
 // A `nebula server` (no local agent) on a free loopback port, for tests whose agents are
 // processes of their own. Construct, then ASSERT_TRUE(start()).

@@ -25,6 +25,7 @@
 #include "agent/container_runtime.h"
 #include "agent/gpu_probe.h"
 #include "agent/model_cache.h"
+#include "agent/node_key.h"
 #include "common/json.h"
 #include "http/http.h"
 
@@ -57,9 +58,12 @@ awaitable<void> sleep_for(asio::io_context& io, milliseconds duration) {
   co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
 }
 
-http::Headers json_headers() {
-  return {{"Content-Type", "application/json"}};
+// Logs and metrics go to the server only (agent/node_key.h).
+http::Response unauthorized() {
+  return http::error_json(401, "the agent serves logs and metrics to its server only: missing or wrong credential",
+                          "unauthorized");
 }
+
 http::Headers text_headers() {
   return {{"Content-Type", "text/plain; charset=utf-8"}};
 }
@@ -209,10 +213,13 @@ struct Agent::Impl {
   void set_phase(Managed& managed, const std::string& phase, const std::string& message);
   json node_status() const;
   std::string metrics_text() const;
-  // The server's answer to a join may carry a credential (when it requires API keys).
+  // The server's answer to a join carries the node's key: kept on disk for the next agent.
   void take_credential(const std::string& body) {
     auto answer = parse_json(body);
     if (answer && answer->is_object()) credential = answer->value("credential", "");
+    if (credential.empty()) return;
+    if (auto saved = save_node_key(options.data_dir, credential); !saved)
+      spdlog::error("agent: {}", saved.error().message);
   }
   http::Headers server_headers(bool json_body) const {
     http::Headers headers;
@@ -342,8 +349,10 @@ json Agent::Impl::node_status() const {
 
 awaitable<void> Agent::Impl::join_loop() {
   const std::string body = join_body();
+  // The key of an earlier agent of this node: presented, it lets this one rejoin a live node.
+  if (credential.empty()) credential = load_node_key(options.data_dir);
   while (!stopping) {
-    auto response = co_await client.request("POST", api("/nodes/join"), body, json_headers(), milliseconds(5000));
+    auto response = co_await client.request("POST", api("/nodes/join"), body, server_headers(true), milliseconds(5000));
     if (response && response->status == 200) {
       take_credential(response->body);
       break;
@@ -369,7 +378,7 @@ awaitable<void> Agent::Impl::heartbeat_loop() {
       // The Node was deleted while this agent runs: join again.
       spdlog::warn("agent: node {} is unknown to the server; rejoining", options.name);
       auto joined =
-          co_await client.request("POST", api("/nodes/join"), join_body(), json_headers(), milliseconds(5000));
+          co_await client.request("POST", api("/nodes/join"), join_body(), server_headers(true), milliseconds(5000));
       if (joined && joined->status == 200) take_credential(joined->body);
       continue;
     }
@@ -1106,11 +1115,19 @@ http::Router Agent::Impl::routes() {
   router.add("GET", "/healthz", [](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(http::Response::text(200, "ok\n"));
   });
-  router.add("GET", "/metrics", [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
+  router.add("GET", "/metrics", [this](http::Request& request, http::ResponseWriter& writer) -> awaitable<void> {
+    if (!server_authorized(request, credential)) {
+      co_await writer.send(unauthorized());
+      co_return;
+    }
     co_await writer.send(http::Response::text(200, metrics_text(), "text/plain; version=0.0.4; charset=utf-8"));
   });
   // Engine logs: ?tail=N bytes from the end (default 64 KiB), ?follow=1 keeps streaming.
   router.add("GET", "/logs/{replica}", [this](http::Request& request, http::ResponseWriter& writer) -> awaitable<void> {
+    if (!server_authorized(request, credential)) {
+      co_await writer.send(unauthorized());
+      co_return;
+    }
     const std::string replica = request.params["replica"];
     if (api::validate_name(replica).ok() == false) {
       co_await writer.send(http::error_json(400, "invalid replica name", "invalid_request"));

@@ -47,7 +47,9 @@ std::optional<int> parse(CLI::App& app, int argc, char** argv);
 class ApiClient {
  public:
   explicit ApiClient(const ClientFlags& flags);
-  Result<json> call(const std::string& method, const std::string& path, const std::string& body = "");
+  // The HTTP status goes to *status when given.
+  Result<json> call(const std::string& method, const std::string& path, const std::string& body = "",
+                    int* status = nullptr);
   // Streams the response body of GET path to stdout until it ends. Returns the HTTP status.
   Result<int> stream_to_stdout(const std::string& path);
   const std::string& server() const { return server_; }

@@ -61,12 +61,13 @@ http::Headers ApiClient::headers() const {
   return headers;
 }
 
-Result<json> ApiClient::call(const std::string& method, const std::string& path, const std::string& body) {
+Result<json> ApiClient::call(const std::string& method, const std::string& path, const std::string& body, int* status) {
   auto response = client_.request(method, server_ + path, body, headers(), std::chrono::seconds(30));
   if (!response) {
     return make_error(response.error().code,
                       fmt::format("cannot reach the Nebula server at {}: {}", server_, response.error().message));
   }
+  if (status) *status = response->status;
   json document;
   if (!response->body.empty()) {
     auto parsed = parse_json(response->body);

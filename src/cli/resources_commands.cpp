@@ -140,8 +140,7 @@ int run_deploy(int argc, char** argv) {
   // Flags change an existing deployment rather than replace it: start from its spec unless a
   // file gives the whole spec.
   auto existing = client.call("GET", "/api/v1/deployments/" + name);
-  bool exists = existing.ok();
-  if (exists && file.empty()) spec = (*existing)["spec"];
+  if (existing.ok() && file.empty()) spec = (*existing)["spec"];
   if (!model.empty()) spec["model"] = model;
   if (!engine.empty()) spec["engine"] = engine;
   if (replicas >= 0) spec["replicas"] = replicas;
@@ -180,12 +179,15 @@ int run_deploy(int argc, char** argv) {
     if (!plan) return fail(plan.error().message);
     return print_plan(*plan, flags.output);
   }
-  auto result = client.call("PUT", "/api/v1/deployments/" + name, document.dump());
+  // The server says which it did (201 created, 200 updated): another deploy of the name may have
+  // come between the GET above and this PUT.
+  int status = 0;
+  auto result = client.call("PUT", "/api/v1/deployments/" + name, document.dump(), &status);
   if (!result) return fail(result.error().message);
   if (flags.output != "table") {
     print_as(flags.output, *result, [] {});
   } else {
-    std::cout << "deployment " << name << " " << (exists ? "updated" : "created") << ": "
+    std::cout << "deployment " << name << " " << (status == 201 ? "created" : "updated") << ": "
               << (*result)["spec"].value("model", "") << " on " << (*result)["spec"].value("engine", "") << " x "
               << (*result)["spec"].value("replicas", 0) << "\n";
   }
@@ -288,7 +290,7 @@ int run_scale(int argc, char** argv) {
 }
 
 int run_nodes(int argc, char** argv) {
-  CLI::App app{"List nodes; drain or undrain one", "nebula nodes"};
+  CLI::App app{"List nodes; drain, undrain or remove one", "nebula nodes"};
   app.require_subcommand(0, 1);
   app.fallthrough();
   ClientFlags flags;
@@ -299,8 +301,18 @@ int run_nodes(int argc, char** argv) {
   drain->add_option("node", node, "Node name")->required();
   auto* undrain = app.add_subcommand("undrain", "Let the scheduler place replicas on a drained node again");
   undrain->add_option("node", node, "Node name")->required();
+  bool force = false;
+  auto* remove = app.add_subcommand("rm", "Remove a node: revoke its key and reschedule its replicas");
+  remove->add_option("node", node, "Node name")->required();
+  remove->add_flag("--force", force, "Remove it even while it is Ready");
   if (auto exit = parse(app, argc, argv)) return *exit;
   ApiClient client(flags);
+  if (remove->parsed()) {
+    auto removed = client.call("DELETE", "/api/v1/nodes/" + node + (force ? "?force=1" : ""));
+    if (!removed) return fail(removed.error().message);
+    std::cout << "node " << node << " removed: its key is revoked and its replicas are rescheduled\n";
+    return 0;
+  }
   if (drain->parsed() || undrain->parsed()) {
     std::string action = drain->parsed() ? "drain" : "undrain";
     auto done = client.call("POST", "/api/v1/nodes/" + node + "/" + action);

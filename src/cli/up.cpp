@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "controlplane/controlplane.h"
 #include "gateway/gateway.h"
+#include "gateway/origin_guard.h"
 #include "store/sqlite_store.h"
 
 namespace nebula::cli {
@@ -47,6 +48,9 @@ struct ServerFlags {
   std::string queue_timeout = "30s";
   size_t max_queue = 1024;
   int replica_capacity = 256;
+  // Browser-facing guard (docs/security.md).
+  std::vector<std::string> allowed_hosts;
+  std::vector<std::string> allowed_origins;
 };
 
 bool is_loopback(const std::string& host) {
@@ -81,6 +85,15 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
   app.add_option("--reschedule-after", flags.reschedule_after,
                  "Replicas of a NotReady node move elsewhere after this much more silence")
       ->capture_default_str();
+  app.add_option("--allowed-host", flags.allowed_hosts,
+                 "Without API keys, Host names accepted besides localhost and the --listen address "
+                 "(DNS-rebinding guard; comma-separated or repeated)")
+      ->delimiter(',');
+  app.add_option("--allowed-origins", flags.allowed_origins,
+                 "Web page origins that may call this server from a browser, e.g. https://app.example.com or "
+                 "http://localhost:* (NEBULA_ALLOWED_ORIGINS; comma-separated or repeated)")
+      ->delimiter(',')
+      ->envname("NEBULA_ALLOWED_ORIGINS");
 }
 
 // Creates the file readable by its owner only from the first byte (no umask window).
@@ -132,6 +145,12 @@ class ServerRuntime {
                                                         " without authentication: pass --auth keys (or listen on "
                                                         "127.0.0.1)");
     }
+    gateway::OriginOptions origin_options;
+    origin_options.check_host = auth_ != "keys";
+    origin_options.listen_host = address->host;
+    origin_options.allowed_hosts = flags.allowed_hosts;
+    origin_options.allowed_origins = flags.allowed_origins;
+    if (auto valid = gateway::validate(origin_options); !valid) return valid.error();
     auto node_timeout = parse_duration(flags.node_timeout);
     if (!node_timeout) return node_timeout.error();
     std::string store_path = flags.data_dir + "/nebula.db";
@@ -181,13 +200,16 @@ class ServerRuntime {
         if (auto written = write_private_file(path, *admin + "\n"); !written) return written.error();
         std::cout << "Bootstrap admin key (shown once, also in " << path << "): " << *admin << "\n" << std::flush;
       }
-      options_.issue_node_credential = [this](const std::string& node) { return gateway_->issue_node_key(node); };
     }
+    // Every agent gets a node key, with or without --auth keys: it is how a restarted agent
+    // proves a live node's name is its own, and how the agent knows the server calls it.
+    options_.issue_node_credential = [this](const std::string& node) { return gateway_->issue_node_key(node); };
+    options_.keys_required = auth_ == "keys";
     http::Router router;
     controlplane::add_api_routes(router, *resources_, io_, options_);
     gateway_->add_routes(router);
     router.set_guard([this](const http::Request& request) { return gateway_->guard_management(request); });
-    server_ = std::make_unique<http::Server>(io_, std::move(router));
+    server_ = std::make_unique<http::Server>(io_, gateway::guard_origins(std::move(router), origin_options));
     auto port = server_->listen(*address);
     if (!port) return port.error();
     std::string host = address->host == "0.0.0.0" ? "127.0.0.1" : address->host;

@@ -11,6 +11,7 @@
 #include <deque>
 
 #include "controlplane/controlplane.h"
+#include "controlplane/node_admission.h"
 #include "scheduler/scheduler.h"
 
 namespace nebula::controlplane {
@@ -202,7 +203,8 @@ Result<T> parse_body_as(const Request& request, Result<T> (*parse)(const json&))
 }
 
 // A deployment from a request body: {"metadata":{"name"},"spec":{...}} or {"name", "spec"}.
-Result<api::Deployment> deployment_from_request(const Request& request, const std::string& name_from_path) {
+Result<api::Deployment> deployment_from_request(const Request& request, const std::string& name_from_path,
+                                                const Options& options) {
   auto body = body_json(request);
   if (!body) return body.error();
   auto deployment = api::deployment_from_json(*body);
@@ -218,46 +220,66 @@ Result<api::Deployment> deployment_from_request(const Request& request, const st
   }
   if (auto valid = api::validate_name(deployment->metadata.name); !valid) return valid.error();
   if (auto valid = api::validate(deployment->spec); !valid) return valid.error();
+  if (auto allowed = check_engine_env(deployment->spec.env, options.keys_required); !allowed) return allowed.error();
   deployment->status = {};
   return deployment;
 }
 
-void add_deployment_routes(http::Router& router, Resources& resources) {
-  router.add("POST", "/api/v1/deployments", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    auto deployment = deployment_from_request(request, "");
-    if (!deployment) {
-      co_await writer.send(error_response(deployment.error()));
-      co_return;
-    }
-    auto created = resources.create(*deployment);
-    if (created) {
-      resources.record_event(
-          "deployment/" + created->metadata.name, "Created",
-          fmt::format("{} on {} × {}", created->spec.model, created->spec.engine, created->spec.replicas));
-    }
-    co_await writer.send(result_response(created, 201));
-  });
+void record_created(Resources& resources, const api::Deployment& created) {
+  resources.record_event("deployment/" + created.metadata.name, "Created",
+                         fmt::format("{} on {} × {}", created.spec.model, created.spec.engine, created.spec.replicas));
+}
+
+// PUT of a whole spec: replaces the spec of the deployment if it exists, else creates it. The
+// store decides which (create-if-absent, then compare-and-swap updates), so of concurrent PUTs of
+// one new name exactly one creates (201) and the others update (200).
+Result<std::pair<api::Deployment, bool>> put_deployment(Resources& resources, const api::Deployment& deployment) {
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    auto updated = resources.modify<api::Deployment>(deployment.metadata.name, [&](api::Deployment& current) {
+      current.spec = deployment.spec;
+      current.metadata.labels = deployment.metadata.labels;
+      return true;
+    });
+    if (updated) return std::make_pair(std::move(*updated), false);
+    if (updated.error().code != ErrorCode::NotFound) return updated.error();
+    auto created = resources.create(deployment);
+    if (created) return std::make_pair(std::move(*created), true);
+    // Another request created it between the two: update what it created.
+    if (created.error().code != ErrorCode::AlreadyExists) return created.error();
+  }
+  return make_error(ErrorCode::Conflict, "too many concurrent changes to deployment " + deployment.metadata.name);
+}
+
+void add_deployment_routes(http::Router& router, Resources& resources, const Options& options) {
+  router.add("POST", "/api/v1/deployments",
+             [&resources, &options](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               auto deployment = deployment_from_request(request, "", options);
+               if (!deployment) {
+                 co_await writer.send(error_response(deployment.error()));
+                 co_return;
+               }
+               auto created = resources.create(*deployment);
+               if (created) record_created(resources, *created);
+               co_await writer.send(result_response(created, 201));
+             });
   // Create or replace the spec (status is the controller's).
-  router.add(
-      "PUT", "/api/v1/deployments/{name}", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
-        auto deployment = deployment_from_request(request, request.params["name"]);
-        if (!deployment) {
-          co_await writer.send(error_response(deployment.error()));
-          co_return;
-        }
-        auto updated = resources.modify<api::Deployment>(deployment->metadata.name, [&](api::Deployment& current) {
-          current.spec = deployment->spec;
-          current.metadata.labels = deployment->metadata.labels;
-          return true;
-        });
-        if (!updated && updated.error().code == ErrorCode::NotFound) {
-          auto created = resources.create(*deployment);
-          co_await writer.send(result_response(created, 201));
-          co_return;
-        }
-        if (updated) resources.record_event("deployment/" + updated->metadata.name, "Updated", "spec replaced");
-        co_await writer.send(result_response(updated));
-      });
+  router.add("PUT", "/api/v1/deployments/{name}",
+             [&resources, &options](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               auto deployment = deployment_from_request(request, request.params["name"], options);
+               if (!deployment) {
+                 co_await writer.send(error_response(deployment.error()));
+                 co_return;
+               }
+               auto written = put_deployment(resources, *deployment);
+               if (!written) {
+                 co_await writer.send(error_response(written.error()));
+                 co_return;
+               }
+               auto& [stored, created] = *written;
+               if (!created) resources.record_event("deployment/" + stored.metadata.name, "Updated", "spec replaced");
+               int status = created ? 201 : 200;
+               co_await writer.send(ok_json(api::to_json(stored), status));
+             });
   router.add(
       "PUT", "/api/v1/deployments/{name}/scale",
       [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
@@ -288,9 +310,34 @@ void add_deployment_routes(http::Router& router, Resources& resources) {
       });
 }
 
+// "Authorization: Bearer X": X, else "".
+std::string bearer_of(const Request& request) {
+  std::string authorization = request.header("authorization");
+  if (authorization.size() > 7 && (authorization.rfind("Bearer ", 0) == 0 || authorization.rfind("bearer ", 0) == 0)) {
+    return authorization.substr(7);
+  }
+  return {};
+}
+
+// A join may not take over the name of a live node unless it presents that node's key (its own
+// agent, restarted). Conflict with what to do otherwise.
+Status check_join(Resources& resources, const Options& options, const std::string& name, const Request& request) {
+  auto existing = resources.get<api::Node>(name);
+  if (!existing) return {};
+  int64_t now_ms = to_unix_ms(resources.clock().wall_now());
+  if (!node_live(*existing, now_ms, options.node_timeout)) return {};
+  if (is_node_key(resources.store(), name, bearer_of(request), now_ms)) return {};
+  return make_error(
+      ErrorCode::Conflict,
+      fmt::format("node {} is live (last heartbeat {} s ago) and a join cannot take its name over; its own agent "
+                  "rejoins with the node's key, or once the node is NotReady (after --node-timeout). To replace it, "
+                  "remove it first: nebula nodes rm {} --force",
+                  name, std::max<int64_t>(0, now_ms - existing->status.heartbeat_ms) / 1000, name));
+}
+
 void add_agent_routes(http::Router& router, Resources& resources, const Options& options) {
-  // An agent exchanges the join token for membership: its Node resource is created (or taken over
-  // on rejoin, keeping spec such as drain).
+  // An agent exchanges the join token for membership: its Node resource is created, or taken over
+  // on rejoin (keeping spec such as drain) when the node is not live or the agent holds its key.
   router.add("POST", "/api/v1/nodes/join",
              [&resources, &options](Request& request, ResponseWriter& writer) -> awaitable<void> {
                auto body = body_json(request);
@@ -306,6 +353,10 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                }
                if (auto valid = api::validate_name(name); !valid) {
                  co_await writer.send(error_response(valid.error()));
+                 co_return;
+               }
+               if (auto allowed = check_join(resources, options, name, request); !allowed) {
+                 co_await writer.send(error_response(allowed.error()));
                  co_return;
                }
                // The agent's --reserved-vram (VRAM the scheduler leaves free on each GPU), if given.
@@ -365,9 +416,16 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                  co_await writer.send(error_response(status.error()));
                  co_return;
                }
+               if (auto plausible = check_gpus(status->gpus); !plausible) {
+                 co_await writer.send(error_response(plausible.error()));
+                 co_return;
+               }
                bool became_ready = false;
+               std::string gpus_changed;
                auto updated = resources.modify<api::Node>(request.params["name"], [&](api::Node& current) {
                  became_ready = !current.status.ready;
+                 // A node's first report brings its GPUs; a later one that changes them is news.
+                 gpus_changed = current.status.gpus.empty() ? "" : gpu_change(current.status.gpus, status->gpus);
                  current.status = *status;
                  current.status.ready = true;
                  current.status.heartbeat_ms = to_unix_ms(resources.clock().wall_now());
@@ -376,6 +434,8 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                });
                if (updated && became_ready)
                  resources.record_event("node/" + updated->metadata.name, "NodeReady", "heartbeat received");
+               if (updated && !gpus_changed.empty())
+                 resources.record_event("node/" + updated->metadata.name, "GPUsChanged", gpus_changed, "Warning");
                co_await writer.send(result_response(updated));
              });
   router.add("PUT", "/api/v1/replicas/{name}/status",
@@ -383,6 +443,11 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                auto status = parse_body_as<api::ReplicaStatus>(request, api::replica_status_from_json);
                if (!status) {
                  co_await writer.send(error_response(status.error()));
+                 co_return;
+               }
+               // The gateway sends prompts to this endpoint: it must be on the node reporting it.
+               if (auto plausible = check_endpoint(status->endpoint, request.remote_address); !plausible) {
+                 co_await writer.send(error_response(plausible.error()));
                  co_return;
                }
                std::string previous_phase;
@@ -404,6 +469,49 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                                         warning ? "Warning" : "Normal");
                }
                co_await writer.send(result_response(updated));
+             });
+}
+
+// `nebula nodes rm`: a live node is removed only with ?force=1. Its key is revoked (so the name is
+// free for a new join and its agent can no longer report), and the controller replaces its
+// replicas elsewhere since their node is gone.
+void add_node_delete_route(http::Router& router, Resources& resources, const Options& options) {
+  router.add("DELETE", "/api/v1/nodes/{name}",
+             [&resources, &options](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               const std::string name = request.params["name"];
+               auto node = resources.get<api::Node>(name);
+               if (!node) {
+                 co_await writer.send(error_response(node.error()));
+                 co_return;
+               }
+               int64_t now_ms = to_unix_ms(resources.clock().wall_now());
+               std::string force = request.query_or("force");
+               if (node_live(*node, now_ms, options.node_timeout) && force != "1" && force != "true") {
+                 co_await writer.send(error_response(
+                     make_error(ErrorCode::Conflict,
+                                fmt::format("node {} is Ready (last heartbeat {} s ago): drain it and stop "
+                                            "its agent first, or remove it anyway with --force",
+                                            name, std::max<int64_t>(0, now_ms - node->status.heartbeat_ms) / 1000))));
+                 co_return;
+               }
+               auto removed = resources.remove<api::Node>(name);
+               if (!removed) {
+                 co_await writer.send(error_response(removed.error()));
+                 co_return;
+               }
+               auto revoked = revoke_node_keys(resources.store(), name);
+               if (!revoked)
+                 spdlog::error("nodes: cannot revoke the key of removed node {}: {}", name, revoked.error().message);
+               size_t moved = 0;
+               for (const auto& replica : resources.list<api::Replica>()) {
+                 if (replica.spec.node == name && !replica.spec.stop) ++moved;
+               }
+               resources.record_event("node/" + name, "Removed",
+                                      fmt::format("removed by the API; its key is revoked and {} replica(s) are "
+                                                  "rescheduled",
+                                                  moved),
+                                      "Warning");
+               co_await writer.send(ok_json(api::to_json(*node)));
              });
 }
 
@@ -439,6 +547,12 @@ json gpus_json(Resources& resources) {
   return json{{"items", items}};
 }
 
+http::Headers agent_headers(Resources& resources, const std::string& node) {
+  std::string credential = agent_credential(resources.store(), node, to_unix_ms(resources.clock().wall_now()));
+  if (credential.empty()) return {};
+  return {{"Authorization", "Bearer " + credential}};
+}
+
 // Engine logs live on the replica's node: find the agent and relay its stream.
 void add_logs_route(http::Router& router, Resources& resources, asio::io_context& io) {
   auto client = std::make_shared<http::Client>(io);
@@ -470,7 +584,9 @@ void add_logs_route(http::Router& router, Resources& resources, asio::io_context
                std::string url =
                    fmt::format("{}/logs/{}?follow={}&tail={}", node->status.agent_url, chosen->metadata.name,
                                request.query_or("follow", "0"), request.query_or("tail", "65536"));
-               auto upstream = co_await client->open("GET", url, "", {}, std::chrono::seconds(10));
+               // The agent serves logs only to the server: it checks this proof of the node's key.
+               http::Headers headers = agent_headers(resources, chosen->spec.node);
+               auto upstream = co_await client->open("GET", url, "", std::move(headers), std::chrono::seconds(10));
                if (!upstream) {
                  co_await writer.send(error_response(upstream.error()));
                  co_return;
@@ -503,10 +619,10 @@ void add_api_routes(http::Router& router, Resources& resources, asio::io_context
   add_read_routes<api::Deployment>(router, resources, io);
   add_read_routes<api::Replica>(router, resources, io);
   add_read_routes<api::Event>(router, resources, io);
-  add_delete_route<api::Node>(router, resources);
+  add_node_delete_route(router, resources, options);
   add_delete_route<api::Deployment>(router, resources);
   add_delete_route<api::Replica>(router, resources);
-  add_deployment_routes(router, resources);
+  add_deployment_routes(router, resources, options);
   add_agent_routes(router, resources, options);
   add_token_routes(router, resources);
   add_logs_route(router, resources, io);

@@ -29,8 +29,12 @@ struct Options {
   std::string join_token;
   // Periodic reconcile even without changes (heartbeat expiry needs the clock, not an event).
   std::chrono::milliseconds resync_interval{1'000};
-  // When set (the server requires API keys), a joining agent gets this credential back.
+  // A joining agent gets this credential back (a node-scoped API key): it proves the agent's
+  // identity when it rejoins, and (hashed) the server's identity when the server calls the agent.
   std::function<Result<std::string>(const std::string& node)> issue_node_credential;
+  // The server requires API keys (--auth keys). Without them, deployment env keys that change how
+  // an engine loads (LD_PRELOAD, PYTHONPATH...) are refused: nobody could be an admin.
+  bool keys_required = false;
   // Events kept in the store; older ones are pruned.
   size_t max_events = 500;
 };

@@ -1,0 +1,54 @@
+#pragma once
+// Who may hold a node's name, and what a node may say about itself: the rules behind the join,
+// node status, replica status and node removal routes (docs/security.md). Plain functions over
+// the store and api types, so they are unit-tested without a server.
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "api/api.h"
+#include "api/keys.h"
+#include "common/result.h"
+#include "store/store.h"
+
+namespace nebula::controlplane {
+
+// A node is live while it is Ready and was heard from within node_timeout. A live node's name is
+// held: only its own agent (presenting the node's key) may join with it.
+bool node_live(const api::Node& node, int64_t now_ms, std::chrono::milliseconds node_timeout);
+
+// The node's current key (scope node, issued at its last join, not revoked or expired).
+std::optional<api::ApiKey> current_node_key(store::Store& store, const std::string& node, int64_t now_ms);
+// True when secret is the node's current key.
+bool is_node_key(store::Store& store, const std::string& node, const std::string& secret, int64_t now_ms);
+// Revokes every key issued to the node; returns how many were live.
+Result<int> revoke_node_keys(store::Store& store, const std::string& node);
+// What the server presents to the node's agent when it calls it (engine logs): the hex SHA-256
+// of the node's current key, which the agent computes from the key it holds. "" when the node
+// has no key.
+std::string agent_credential(store::Store& store, const std::string& node, int64_t now_ms);
+
+// Bounds on what a GPU report may claim: no real GPU is near these.
+inline constexpr size_t kMaxGpusPerNode = 64;
+inline constexpr int64_t kMaxGpuMemoryMb = 1 << 20;  // 1 TiB
+// InvalidArgument naming the first implausible field of a node's GPU report.
+Status check_gpus(const std::vector<api::Gpu>& gpus);
+// "" when the two reports name the same GPUs (index, uuid, model, memory); otherwise what changed,
+// for the node's event.
+std::string gpu_change(const std::vector<api::Gpu>& before, const std::vector<api::Gpu>& after);
+
+// A replica's endpoint must be on the node that reports it: its host is the address the report
+// came from (the request's peer), with the loopback names equivalent when the peer is loopback.
+// PermissionDenied otherwise; an endpoint that is not an http URL is InvalidArgument.
+Status check_endpoint(const std::string& endpoint, const std::string& peer);
+
+// Environment variables that change how a process is loaded or which code it runs (the dynamic
+// loader's LD_*, interpreters' module paths and start-up hooks, PATH). True for such a key.
+bool loader_env_key(const std::string& key);
+// Without API keys anyone who can reach the server could set them, so they need an admin key:
+// PermissionDenied naming the key when keys are not required and env holds one.
+Status check_engine_env(const std::map<std::string, std::string>& env, bool keys_required);
+
+}  // namespace nebula::controlplane
