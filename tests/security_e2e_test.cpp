@@ -180,6 +180,22 @@ TEST_F(KeysUp, TheAgentServesLogsAndMetricsOnlyToItsServer) {
 }
 
 TEST_F(KeysUp, NodesRmRefusesAReadyNodeAndFreesTheNameWhenForced) {
+  // A replica on the local node, and a second node with room for it.
+  auto deployed = up_.cli({"deploy", "movable", "--engine", "sim", "--model", "m", "--vram", "10GB"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto replicas = up_.replicas_of("movable");
+        return replicas.size() == 1 && replicas[0]["spec"]["node"] == kNode;
+      },
+      10s));
+  auto spare = join("spare");
+  ASSERT_TRUE(spare && spare->status == 200);
+  std::string spare_key = parse_json(spare->body)->value("credential", "");
+  json spare_status = {{"gpus", json::array({gpu(0, 81920)})}, {"engines", json::array({"sim"})}};
+  auto reported = call("PUT", "/api/v1/nodes/spare/status", spare_status.dump(), spare_key);
+  ASSERT_TRUE(reported && reported->status == 200);
+
   auto refused = up_.cli({"nodes", "rm", kNode});
   EXPECT_EQ(refused.exit_code, 1) << refused.out;
   EXPECT_NE(refused.out.find("--force"), std::string::npos) << refused.out;
@@ -199,6 +215,14 @@ TEST_F(KeysUp, NodesRmRefusesAReadyNodeAndFreesTheNameWhenForced) {
   EXPECT_EQ(joined->status, 200) << joined->body;
   auto events = up_.cli({"events", "-o", "json"});
   EXPECT_NE(events.out.find("\"Removed\""), std::string::npos) << events.out;
+  // The removed node's replica is replaced on the other node.
+  EXPECT_TRUE(eventually(
+      [&] {
+        auto replicas = up_.replicas_of("movable");
+        return replicas.size() == 1 && replicas[0]["spec"]["node"] == "spare";
+      },
+      10s))
+      << up_.get_json("/api/v1/replicas", up_.admin_key()).dump(2);
 }
 
 // `nebula up` without API keys, allowing one web origin.
