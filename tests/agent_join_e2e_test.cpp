@@ -37,9 +37,9 @@ TEST(AgentJoin, RefusedTokenExitsWithStatusTwoAndOneLine) {
   testing::NebulaServer server(temp.path() + "/server", temp.path() + "/server.log");
   ASSERT_TRUE(server.start()) << server.process().output();
   // `timeout` ends an agent that would retry forever (exit 124): the test then fails.
-  auto result = testing::run_command({"timeout", "60", NEBULA_BINARY, "agent", "--server", server.url(), "--token",
-                                      "nbj-not-the-token", "--name", "n1", "--listen", "127.0.0.1:0", "--sim-gpus",
-                                      "1xH100-80GB", "--data-dir", temp.path() + "/agent"});
+  auto result = testing::run_command({"/usr/bin/timeout", "60", NEBULA_BINARY, "agent", "--server", server.url(),
+                                      "--token", "nbj-not-the-token", "--name", "n1", "--listen", "127.0.0.1:0",
+                                      "--sim-gpus", "1xH100-80GB", "--data-dir", temp.path() + "/agent"});
   EXPECT_EQ(result.exit_code, 2) << result.out;
   EXPECT_EQ(lines_containing(result.out, "join token"), 1u) << result.out;
   EXPECT_EQ(lines_containing(result.out, "error: the server at " + server.url() + " refused the join token"), 1u)
@@ -67,7 +67,7 @@ TEST(AgentJoin, UnreachableServerIsRetriedAndLoggedOnce) {
       boost::system::error_code error;
       asio::ip::tcp::socket socket(io);
       acceptor.accept(socket, error);
-      if (error) break;
+      if (error || closing) break;
       ++attempts;
       socket.close(error);
     }
@@ -79,10 +79,14 @@ TEST(AgentJoin, UnreachableServerIsRetriedAndLoggedOnce) {
   EXPECT_EQ(lines_containing(agent.output(), "cannot join"), 1u) << agent.output();
   EXPECT_TRUE(agent.running()) << "network errors are retried";
 
+  // One more connection lets the accepting thread see `closing` and end; then the port is free.
   closing = true;
   boost::system::error_code ignored;
-  acceptor.close(ignored);
+  asio::ip::tcp::socket poke(io);
+  poke.connect(acceptor.local_endpoint(), ignored);
   hang_up.join();
+  poke.close(ignored);
+  acceptor.close(ignored);
   testing::Child server({NEBULA_BINARY, "server", "--listen", "127.0.0.1:" + std::to_string(port), "--data-dir",
                          temp.path() + "/server", "--log-level", "warn"},
                         temp.path() + "/server.log");
@@ -97,6 +101,8 @@ TEST(AgentJoin, UnreachableServerIsRetriedAndLoggedOnce) {
       60s))
       << agent.output();
   EXPECT_EQ(lines_containing(agent.output(), "reached " + url + " again"), 1u) << agent.output();
+  EXPECT_EQ(lines_containing(agent.output(), "cannot join"), 1u) << agent.output();
+  if (HasFailure()) std::cerr << "---- server ----\n" << server.output() << "\n";
   agent.stop(SIGTERM, 20s);
   server.stop(SIGTERM, 20s);
 }

@@ -385,13 +385,16 @@ awaitable<bool> Agent::Impl::join() {
       }
       co_return false;
     }
-    std::string problem = response ? fmt::format("HTTP {}: {}", response->status, error_message_of(response->body))
-                                   : response.error().message;
+    // The state is the kind of failure (unreachable, or the HTTP status), not its exact words:
+    // a refused connection and a reset one are the same news.
+    std::string problem = response ? fmt::format("HTTP {}", response->status) : "unreachable";
     milliseconds delay = backoff.next();
     if (problem != last_problem) {
-      spdlog::warn("agent: cannot join {}: {}; retrying with backoff (up to {} s apart), logged again if it changes",
-                   options.server_url, problem,
-                   std::chrono::duration_cast<std::chrono::seconds>(options.join_retry_max).count());
+      std::string detail = response ? error_message_of(response->body) : response.error().message;
+      spdlog::warn(
+          "agent: cannot join {}: {}: {}; retrying with backoff (up to {} s apart), logged again if it changes",
+          options.server_url, problem, detail,
+          std::chrono::duration_cast<std::chrono::seconds>(options.join_retry_max).count());
       last_problem = problem;
     }
     co_await sleep_for(io, delay);
@@ -400,7 +403,9 @@ awaitable<bool> Agent::Impl::join() {
 }
 
 awaitable<void> Agent::Impl::join_loop() {
-  if (!co_await join()) co_return;
+  // g++ 12 miscompiles a co_await inside an if condition (SIGILL): the result is a named local.
+  bool joined_now = co_await join();
+  if (!joined_now) co_return;
   joined = true;
   spdlog::info("agent: node {} joined {}", options.name, options.server_url);
   asio::co_spawn(io, heartbeat_loop(), asio::detached);
@@ -415,21 +420,24 @@ awaitable<void> Agent::Impl::heartbeat_loop() {
     if (response && response->status == 404) {
       // The Node was deleted while this agent runs: join again.
       spdlog::warn("agent: node {} is unknown to the server; rejoining", options.name);
-      if (!co_await join()) co_return;
+      bool rejoined = co_await join();
+      if (!rejoined) co_return;
       continue;
     }
-    // Logged when the failure starts, changes or ends, not at every heartbeat.
+    // Logged when the kind of failure (unreachable, an HTTP status) starts, changes or ends, not at
+    // every heartbeat.
     std::string problem;
     if (!response) {
-      problem = response.error().message;
+      problem = "unreachable";
     } else if (response->status != 200) {
-      problem = fmt::format("HTTP {}: {}", response->status, error_message_of(response->body));
+      problem = fmt::format("HTTP {}", response->status);
     }
     if (problem != heartbeat_problem) {
       if (problem.empty()) {
         spdlog::info("agent: heartbeats reach {} again", options.server_url);
       } else {
-        spdlog::warn("agent: heartbeat failed: {}", problem);
+        spdlog::warn("agent: heartbeat failed: {}: {}", problem,
+                     response ? error_message_of(response->body) : response.error().message);
       }
       heartbeat_problem = problem;
     }

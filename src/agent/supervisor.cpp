@@ -238,7 +238,9 @@ void Supervisor::set_status_phase(const std::string& phase, const std::string& m
 awaitable<void> Supervisor::report() {
   if (!status_dirty_ || deleted_ || status_.phase.empty()) co_return;
   status_dirty_ = false;
-  if (!co_await host_.put_status(name_, status_)) status_dirty_ = true;
+  // A named local, not a condition: g++ 12 mishandles a co_await inside an if (or ?:).
+  bool taken = co_await host_.put_status(name_, status_);
+  if (!taken) status_dirty_ = true;
 }
 
 std::string Supervisor::stopped_asleep_message() const {
@@ -295,7 +297,8 @@ awaitable<void> Supervisor::step() {
     }
     // The engine is gone: remove the Replica; the watch then reports it deleted.
     phase_ = Phase::Removing;
-    if (co_await host_.delete_replica(name_)) {
+    bool removed = co_await host_.delete_replica(name_);
+    if (removed) {
       deleted_ = true;
       phase_ = Phase::Gone;
     }
@@ -512,7 +515,8 @@ awaitable<void> Supervisor::follow_sleep() {
   } else if (wanted == 0 && phase_ == Phase::Sleeping) {
     context.sleep_level = slept_level_;
     auto woken = co_await driver_->wake(host_.client(), status_.endpoint, context);
-    auto readiness = woken ? co_await driver_->probe(host_.client(), status_.endpoint) : engines::Readiness::Down;
+    auto readiness = engines::Readiness::Down;
+    if (woken) readiness = co_await driver_->probe(host_.client(), status_.endpoint);
     if (readiness != engines::Readiness::Ready) {
       next_sleep_attempt_ = this->now() + kSleepRetry;
       co_return;
