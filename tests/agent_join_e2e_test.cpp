@@ -1,4 +1,5 @@
 // `nebula agent` joining a server that refuses it or cannot be reached: real processes, loopback.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -58,6 +59,8 @@ TEST(AgentJoin, UnreachableServerIsRetriedAndLoggedOnce) {
   // Something on the port that accepts and hangs up at once: every attempt fails the same way.
   asio::io_context io;
   asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  // Not inherited by the agent started below, or it would hold the port the server binds next.
+  ::fcntl(acceptor.native_handle(), F_SETFD, FD_CLOEXEC);
   const int port = acceptor.local_endpoint().port();
   const std::string url = "http://127.0.0.1:" + std::to_string(port);
   std::atomic<int> attempts{0};
@@ -67,7 +70,10 @@ TEST(AgentJoin, UnreachableServerIsRetriedAndLoggedOnce) {
       boost::system::error_code error;
       asio::ip::tcp::socket socket(io);
       acceptor.accept(socket, error);
-      if (error || closing) break;
+      if (error) break;
+      // An abortive close (RST): no TIME_WAIT is left on the port the server binds next.
+      socket.set_option(asio::socket_base::linger(true, 0), error);
+      if (closing) break;
       ++attempts;
       socket.close(error);
     }
