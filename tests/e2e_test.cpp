@@ -298,14 +298,18 @@ TEST(LlamacppRouter, AnIdleDeploymentSleepsAndTheNextRequestWakesIt) {
   auto endpoints = up.endpoints_of("tiny");
   ASSERT_EQ(endpoints.size(), 1u);
   http::BlockingClient client;
-  auto model_status = [&] {
+  // A model's status in the router's listing, found by id ("absent" when not listed).
+  auto model_status = [&](const std::string& id = "tiny") {
     auto listing = client.request("GET", endpoints[0] + "/models");
     auto parsed = listing ? parse_json(listing->body) : Result<json>(Error{ErrorCode::Unavailable, "no answer"});
-    return parsed && (*parsed)["data"].is_array() && !(*parsed)["data"].empty()
-               ? (*parsed)["data"][0]["status"]["value"].get<std::string>()
-               : std::string("?");
+    if (!parsed || !parsed->is_object() || !(*parsed)["data"].is_array()) return std::string("?");
+    for (const json& entry : (*parsed)["data"]) {
+      if (entry.value("id", "") == id) return entry["status"].value("value", std::string("?"));
+    }
+    return std::string("absent");
   };
   EXPECT_EQ(chat_status(up.server(), "tiny"), 200);
+  EXPECT_EQ(model_status("default"), "absent") << "the preset has no key outside its section";
 
   ASSERT_TRUE(testing::eventually([&] { return phase_of(up, "tiny") == "Sleeping"; }, 15s))
       << up.get_json("/api/v1/replicas").dump();

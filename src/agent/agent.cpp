@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -19,6 +20,7 @@
 #include <future>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 
 #include "agent/agent_db.h"
@@ -26,6 +28,7 @@
 #include "agent/gpu_probe.h"
 #include "agent/model_cache.h"
 #include "agent/node_key.h"
+#include "agent/supervisor.h"
 #include "common/json.h"
 #include "http/http.h"
 
@@ -68,18 +71,52 @@ http::Headers text_headers() {
   return {{"Content-Type", "text/plain; charset=utf-8"}};
 }
 
-// Writes the files a driver asked for (Command::files) before its engine starts.
-Status write_launch_files(const std::map<std::string, std::string>& files) {
-  for (const auto& [path, contents] : files) {
-    std::error_code ec;
-    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
-    if (ec) return Error{ErrorCode::Internal, fmt::format("cannot create the directory of {}: {}", path, ec.message())};
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << contents;
-    out.close();
-    if (!out) return Error{ErrorCode::Internal, "cannot write " + path};
+// The message of an error answer ({"error":{"message":...}} or plain text), on one line.
+std::string error_message_of(const std::string& body) {
+  std::string message = body;
+  if (auto parsed = parse_json(body); parsed && parsed->is_object() && parsed->contains("error")) {
+    const json& error = (*parsed)["error"];
+    if (error.is_object() && error.contains("message") && error["message"].is_string()) {
+      message = error["message"].get<std::string>();
+    } else if (error.is_string()) {
+      message = error.get<std::string>();
+    }
   }
-  return {};
+  std::replace(message.begin(), message.end(), '\n', ' ');
+  if (message.size() > 200) message = message.substr(0, 200) + "...";
+  return message;
+}
+
+// Delays between attempts to reach the server: doubling from `first` up to `max`, each drawn at
+// random from the upper half of its step so that agents restarted together do not retry together.
+class JoinBackoff {
+ public:
+  JoinBackoff(milliseconds first, milliseconds max) : step_(first), max_(max), random_(std::random_device{}()) {}
+  milliseconds next() {
+    milliseconds step = std::min(step_, max_);
+    step_ = std::min(step_ * 2, max_);
+    std::uniform_int_distribution<int64_t> half(step.count() / 2, std::max<int64_t>(step.count(), 1));
+    return milliseconds(half(random_));
+  }
+
+ private:
+  milliseconds step_;
+  milliseconds max_;
+  std::mt19937_64 random_;
+};
+
+SupervisorOptions supervisor_options(const Options& options) {
+  SupervisorOptions supervision;
+  supervision.restart_backoff = options.restart_backoff;
+  supervision.max_restart_backoff = options.max_restart_backoff;
+  supervision.stable_after = options.stable_after;
+  supervision.stop_grace = options.stop_grace;
+  supervision.probe_period = options.probe_period;
+  supervision.probe_timeout = options.probe_timeout;
+  supervision.probe_threshold = options.probe_failures;
+  supervision.log_max_bytes = options.log_max_bytes;
+  supervision.log_keep = options.log_keep;
+  return supervision;
 }
 
 http::Response container_logs_response(const Result<std::string>& logs) {
@@ -97,55 +134,18 @@ struct Download {
   std::thread thread;
 };
 
-// One replica this agent is responsible for, and the engine process that runs it.
-struct Managed {
-  api::Replica desired;
-  bool deleted = false;  // the Replica is gone from the store
-  const engines::EngineDriver* driver = nullptr;
-  pid_t pid = 0;
-  int64_t start_time = 0;  // of the process, to tell it from a reused pid
-  bool container = false;  // a docker replica: ContainerRuntime runs it under the replica's name
-  std::string container_id;
-  int port = 0;
-  bool healthy = false;
-  bool prepared = false;  // the driver's post-start work (Ollama's pull) is done
-  bool stopping = false;
-  // Its engine cannot sleep, so it is being stopped while its deployment is idle: the exit is
-  // expected, and the replica stays stopped (Sleeping) until it is woken.
-  bool stopping_to_sleep = false;
-  bool adopted = false;                // started by an earlier agent, taken over after a restart
-  int slept_level = 0;                 // the level it was put to sleep at (waking from level 2 reloads weights)
-  std::string model_path;              // the model's local path once prepared ("" = pass spec.model as is)
-  std::shared_ptr<Download> download;  // while the model is being downloaded
-  Clock::time_point started{};
-  Clock::time_point ready_since{};
-  Clock::time_point next_start{};
-  Clock::time_point stop_deadline{};
-  Clock::time_point last_health_check{};
-  Clock::time_point last_sleep_attempt{};
-  Clock::time_point last_housekeeping{};
-  milliseconds backoff{0};
-  api::ReplicaStatus status;
-  bool status_dirty = true;
-  std::optional<engines::Load> load;  // from the engine's metrics, for /metrics
-};
-
-namespace {
-std::string stopped_asleep_message(const Managed& managed) {
-  return fmt::format("stopped while idle ({} cannot sleep here); the next request starts it",
-                     managed.desired.spec.engine);
-}
-}  // namespace
-
-struct Agent::Impl {
+struct Agent::Impl final : SupervisorHost {
   Impl(Options options, std::unique_ptr<ProcessLauncher> launcher)
-      : options(std::move(options)), launcher(std::move(launcher)), client(io), work(io.get_executor()) {}
+      : options(std::move(options)), launcher_(std::move(launcher)), client_(io), work(io.get_executor()) {
+    supervision_ = supervisor_options(this->options);
+  }
 
   Options options;
-  std::unique_ptr<ProcessLauncher> launcher;
+  SupervisorOptions supervision_;
+  std::unique_ptr<ProcessLauncher> launcher_;
   std::unique_ptr<AgentDb> db;
   asio::io_context io;
-  http::Client client;
+  http::Client client_;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::unique_ptr<http::Server> server;
   std::thread thread;
@@ -156,62 +156,71 @@ struct Agent::Impl {
   std::condition_variable probe_wake;
   bool probe_stopping = false;  // guarded by probe_mutex
   std::unique_ptr<ModelCache> models;
-  std::shared_ptr<ContainerRuntime> containers;  // created with the first docker replica
+  std::shared_ptr<ContainerRuntime> containers_;  // created with the first docker replica
   // Complete in the cache, "org/name@rev" (or ".../FILE"), for the scheduler: listed on the
   // background thread every 10 s, and at once after a download (relist_models).
   std::vector<std::string> cached_models;
   bool relist_models = true;                         // guarded by probe_mutex
   std::vector<std::shared_ptr<Download>> downloads;  // every download started, joined at stop
   std::map<std::string, engines::Availability> engines_found;
-  std::map<std::string, Managed> replicas;  // only touched on the agent thread
+  // One supervisor per replica, each running as a coroutine of its own. Agent thread only.
+  std::map<std::string, std::unique_ptr<Supervisor>> replicas;
+  std::set<std::string> supervising;  // replicas whose supervisor's run() was started
+  // Sends the next heartbeat at once when cancelled (an engine started or ended).
+  std::unique_ptr<asio::steady_timer> heartbeat_timer;
   std::string url;
   bool joined = false;
   bool listed = false;     // the first listing of replicas arrived: adopted engines can be judged
   std::string credential;  // a node-scoped API key from the join, when the server requires keys
   bool stopping = false;
+  bool refused = false;           // the server refused the join token: the agent has given up
+  std::string heartbeat_problem;  // why the last heartbeat failed, "" when it went through
 
   std::string api(const std::string& path) const { return options.server_url + "/api/v1" + path; }
-  std::string log_path(const std::string& replica) const { return options.data_dir + "/logs/" + replica + ".log"; }
   // Files a driver writes for the replica's engine (llama-server's preset file); removed with it.
   std::string work_dir(const std::string& replica) const { return options.data_dir + "/work/" + replica; }
 
+  awaitable<bool> join();
   awaitable<void> join_loop();
   awaitable<void> heartbeat_loop();
   awaitable<void> watch_loop();
-  awaitable<void> supervise_loop();
-  awaitable<void> step(Managed& managed);
-  awaitable<void> check_ready(Managed& managed);
-  awaitable<void> follow_sleep(Managed& managed);
-  awaitable<void> report(Managed& managed);
-  void apply(const api::Replica& replica);
-  void launch(Managed& managed);
-  void crashed(Managed& managed, const std::string& why, const std::string& log_tail = "");
-  // The replica cannot be launched here as specified: Failed, retried after the longest backoff.
-  void refuse_launch(Managed& managed, const std::string& why);
-  // The engine (process or container) was just started on port: Starting, recorded in agent.db.
-  void engine_started(Managed& managed, int port, const std::string& message);
-  // Kills an engine that failed to become ready and counts it as a crash.
-  void abandon_start(Managed& managed, const std::string& why, const std::string& log_tail = "");
-  void forget(Managed& managed);
-  // The engine runs: a process, or a container the runtime tracks.
-  static bool running(const Managed& managed) { return managed.pid != 0 || managed.container; }
-  std::optional<ExitStatus> engine_exited(Managed& managed);
-  void kill_engine(Managed& managed, int signal);
-  ContainerRuntime& container_runtime();
-  void save_record(const Managed& managed);
+  // The supervisor of a replica of this node, made on first sight.
+  Supervisor& supervisor(const std::string& name);
+  // Starts the supervisor's coroutine (once the first listing arrived); it removes the supervisor
+  // and the replica's files when the replica is gone.
+  void supervise(const std::string& name);
+  awaitable<void> supervise_until_gone(std::string name);
   void adopt_engines();
   void start_gpu_probe();
   bool needs_download(const api::ReplicaSpec& spec) const;
-  // Downloads the model if it must be; true once the engine can be launched.
-  bool model_ready(Managed& managed);
-  void cancel_download(Managed& managed);
   void detect_engines();
-  engines::LaunchContext launch_context(const Managed& managed, int port) const;
-  // The replica wants to sleep but its engine cannot (as launched here): it stays stopped.
-  bool asleep_while_stopped(const Managed& managed) const;
-  milliseconds startup_timeout(const std::string& engine) const;
-  void set_phase(Managed& managed, const std::string& phase, const std::string& message);
   json node_status() const;
+
+  // SupervisorHost.
+  const SupervisorOptions& supervision() const override { return supervision_; }
+  const nebula::Clock& clock() const override { return SystemClock::instance(); }
+  ProcessLauncher& launcher() override { return *launcher_; }
+  http::Client& client() override { return client_; }
+  const engines::EngineDriver* driver(const std::string& engine) const override { return engines::find_driver(engine); }
+  engines::LaunchContext launch_context(const Supervisor& replica, int port) const override;
+  std::string engine_unavailable(const std::string& engine) const override;
+  milliseconds startup_timeout(const std::string& engine) const override;
+  bool model_ready(Supervisor& replica) override;
+  void cancel_download(Supervisor& replica) override;
+  ContainerRuntime& containers() override;
+  void save_record(const Supervisor& replica) override;
+  void remove_record(const std::string& replica) override {
+    if (db) (void)db->remove(replica);
+  }
+  std::string log_path(const std::string& replica) const override {
+    return options.data_dir + "/logs/" + replica + ".log";
+  }
+  awaitable<bool> put_status(const std::string& replica, const api::ReplicaStatus& status) override;
+  awaitable<bool> delete_replica(const std::string& replica) override;
+  void engines_changed() override {
+    if (heartbeat_timer) heartbeat_timer->cancel();
+  }
+
   std::string metrics_text() const;
   // The server's answer to a join carries the node's key: kept on disk for the next agent.
   void take_credential(const std::string& body) {
@@ -235,13 +244,6 @@ struct Agent::Impl {
   void stop_all_engines();
   http::Router routes();
 };
-
-void Agent::Impl::set_phase(Managed& managed, const std::string& phase, const std::string& message) {
-  if (managed.status.phase == phase && managed.status.message == message) return;
-  managed.status.phase = phase;
-  managed.status.message = message;
-  managed.status_dirty = true;
-}
 
 milliseconds Agent::Impl::startup_timeout(const std::string& engine) const {
   if (auto it = options.engine_startup_timeouts.find(engine); it != options.engine_startup_timeouts.end()) {
@@ -279,44 +281,61 @@ void Agent::Impl::adopt_engines() {
     return;
   }
   for (const auto& record : *records) {
-    Managed managed;
-    managed.desired.metadata.name = record.replica;
-    managed.desired.spec.engine = record.engine;
-    managed.driver = engines::find_driver(record.engine);
-    managed.backoff = options.restart_backoff;
-    managed.status.restarts = record.restarts;
-    managed.status.phase = "";
-    auto start = launcher->start_time(record.pid);
-    bool container = !record.container_id.empty();
-    if (container || (start && *start == record.start_time)) {
-      managed.port = record.port;
-      managed.adopted = true;
-      managed.prepared = true;
-      managed.started = Clock::now();
-      managed.status.port = record.port;
-      managed.status.endpoint = record.endpoint;
-      managed.status.plan_version = record.plan_version;
-    }
-    if (container) {
-      // A container: the runtime inspects it and reports whether it still runs.
-      container_runtime().adopt(record.replica, record.container_id);
-      managed.container = true;
-      managed.container_id = record.container_id;
-      spdlog::info("agent: re-adopting container {} of {}", record.container_id, record.replica);
-    } else if (start && *start == record.start_time) {
-      managed.pid = record.pid;
-      managed.start_time = record.start_time;
-      managed.status.pid = record.pid;
-      spdlog::info("agent: re-adopted engine of {} (pid {}, port {})", record.replica, record.pid, record.port);
-    } else {
-      // It ended while no agent watched: a crash as far as anyone can tell.
-      (void)db->remove(record.replica);
-      managed.status.restarts = record.restarts + 1;
-      managed.status.last_error = "the engine exited while the agent was down";
-      spdlog::warn("agent: the engine of {} (pid {}) ended while the agent was down", record.replica, record.pid);
-    }
-    replicas.emplace(record.replica, std::move(managed));
+    Supervisor::Adopted adopted;
+    adopted.engine = record.engine;
+    adopted.pid = record.pid;
+    adopted.start_time = record.start_time;
+    adopted.port = record.port;
+    adopted.endpoint = record.endpoint;
+    adopted.restarts = record.restarts;
+    adopted.plan_version = record.plan_version;
+    adopted.container_id = record.container_id;
+    Supervisor& replica = supervisor(record.replica);
+    replica.adopt(adopted);
+    if (!replica.running()) (void)db->remove(record.replica);
   }
+}
+
+Supervisor& Agent::Impl::supervisor(const std::string& name) {
+  auto& slot = replicas[name];
+  if (!slot) slot = std::make_unique<Supervisor>(*this, io, name);
+  return *slot;
+}
+
+void Agent::Impl::supervise(const std::string& name) {
+  if (!listed || stopping || !replicas.count(name) || !supervising.insert(name).second) return;
+  asio::co_spawn(io, supervise_until_gone(name), asio::detached);
+}
+
+awaitable<void> Agent::Impl::supervise_until_gone(std::string name) {
+  co_await replicas.at(name)->run();
+  if (stopping) co_return;
+  supervising.erase(name);
+  auto it = replicas.find(name);
+  if (it == replicas.end() || it->second->phase() != Supervisor::Phase::Gone) co_return;
+  replicas.erase(it);
+  std::error_code ignored;
+  std::filesystem::remove_all(work_dir(name), ignored);
+}
+
+awaitable<bool> Agent::Impl::put_status(const std::string& replica, const api::ReplicaStatus& status) {
+  auto response = co_await client_.request("PUT", api("/replicas/" + replica + "/status"), api::to_json(status).dump(),
+                                           server_headers(true), milliseconds(5000));
+  co_return response && (response->status == 200 || response->status == 404);
+}
+
+awaitable<bool> Agent::Impl::delete_replica(const std::string& replica) {
+  auto removed =
+      co_await client_.request("DELETE", api("/replicas/" + replica), "", server_headers(false), milliseconds(5000));
+  co_return removed && (removed->status == 200 || removed->status == 404);
+}
+
+std::string Agent::Impl::engine_unavailable(const std::string& engine) const {
+  auto available = engines_found.find(engine);
+  if (engines::find_driver(engine) && available != engines_found.end() && available->second.available) return "";
+  std::string why = "engine " + engine + " is not available on this node";
+  if (available != engines_found.end() && !available->second.detail.empty()) why += ": " + available->second.detail;
+  return why;
 }
 
 json Agent::Impl::node_status() const {
@@ -326,10 +345,10 @@ json Agent::Impl::node_status() const {
   if (!options.sim_gpus.empty()) {
     // Simulated GPUs report the memory their running engines were given.
     for (auto& gpu : status.gpus) {
-      for (const auto& [name, managed] : replicas) {
-        const auto& spec = managed.desired.spec;
+      for (const auto& [name, replica] : replicas) {
+        const auto& spec = replica->desired().spec;
         // A sleeping engine gave its GPU memory back (level 1 keeps weights in CPU memory).
-        if (!running(managed) || spec.gpus.empty() || managed.status.phase == api::phase::kSleeping) continue;
+        if (!replica->running() || spec.gpus.empty() || replica->status().phase == api::phase::kSleeping) continue;
         for (int index : spec.gpus) {
           if (index == gpu.index) gpu.memory_used_mb += spec.vram_mb / static_cast<int64_t>(spec.gpus.size());
         }
@@ -347,76 +366,95 @@ json Agent::Impl::node_status() const {
   return api::to_json(status);
 }
 
-awaitable<void> Agent::Impl::join_loop() {
+// Joins the server: true once joined, false when stopping or when the server refused the token
+// (then on_fatal has been called and the agent does nothing more). Unreachable servers and other
+// answers are retried with capped exponential backoff and jitter, logged once per kind of failure.
+awaitable<bool> Agent::Impl::join() {
   const std::string body = join_body();
   // The key of an earlier agent of this node: presented, it lets this one rejoin a live node.
   if (credential.empty()) credential = load_node_key(options.data_dir);
-  while (!stopping) {
-    auto response = co_await client.request("POST", api("/nodes/join"), body, server_headers(true), milliseconds(5000));
+  JoinBackoff backoff(options.join_retry_first, options.join_retry_max);
+  std::string last_problem;
+  while (!stopping && !refused) {
+    auto response = co_await client_.request("POST", api("/nodes/join"), body, server_headers(true), milliseconds(5000));
     if (response && response->status == 200) {
       take_credential(response->body);
-      break;
+      if (!last_problem.empty()) spdlog::info("agent: reached {} again", options.server_url);
+      co_return true;
     }
-    std::string why = response ? response->body : response.error().message;
-    spdlog::warn("agent: cannot join {} yet: {}", options.server_url, why);
-    if (response && response->status == 401) spdlog::error("agent: the join token was refused");
-    co_await sleep_for(io, milliseconds(1000));
+    if (response && (response->status == 401 || response->status == 403)) {
+      refused = true;
+      std::string message = fmt::format(
+          "the server at {} refused the join token (HTTP {}: {}); get a valid one with `nebula token create`",
+          options.server_url, response->status, error_message_of(response->body));
+      if (options.on_fatal) {
+        options.on_fatal(message);
+      } else {
+        spdlog::error("agent: {}", message);
+      }
+      co_return false;
+    }
+    // The state is the kind of failure (unreachable, or the HTTP status), not its exact words:
+    // a refused connection and a reset one are the same news.
+    std::string problem = response ? fmt::format("HTTP {}", response->status) : "unreachable";
+    milliseconds delay = backoff.next();
+    if (problem != last_problem) {
+      std::string detail = response ? error_message_of(response->body) : response.error().message;
+      spdlog::warn(
+          "agent: cannot join {}: {}: {}; retrying with backoff (up to {} s apart), logged again if it changes",
+          options.server_url, problem, detail,
+          std::chrono::duration_cast<std::chrono::seconds>(options.join_retry_max).count());
+      last_problem = problem;
+    }
+    co_await sleep_for(io, delay);
   }
-  if (stopping) co_return;
+  co_return false;
+}
+
+awaitable<void> Agent::Impl::join_loop() {
+  // g++ 12 miscompiles a co_await inside an if condition (SIGILL): the result is a named local.
+  bool joined_now = co_await join();
+  if (!joined_now) co_return;
   joined = true;
   spdlog::info("agent: node {} joined {}", options.name, options.server_url);
   asio::co_spawn(io, heartbeat_loop(), asio::detached);
   asio::co_spawn(io, watch_loop(), asio::detached);
-  asio::co_spawn(io, supervise_loop(), asio::detached);
 }
 
 awaitable<void> Agent::Impl::heartbeat_loop() {
+  heartbeat_timer = std::make_unique<asio::steady_timer>(io);
   while (!stopping) {
-    auto response = co_await client.request("PUT", api("/nodes/" + options.name + "/status"), node_status().dump(),
-                                            server_headers(true), milliseconds(5000));
+    auto response = co_await client_.request("PUT", api("/nodes/" + options.name + "/status"), node_status().dump(),
+                                             server_headers(true), milliseconds(5000));
     if (response && response->status == 404) {
       // The Node was deleted while this agent runs: join again.
       spdlog::warn("agent: node {} is unknown to the server; rejoining", options.name);
-      auto joined =
-          co_await client.request("POST", api("/nodes/join"), join_body(), server_headers(true), milliseconds(5000));
-      if (joined && joined->status == 200) take_credential(joined->body);
+      bool rejoined = co_await join();
+      if (!rejoined) co_return;
       continue;
     }
-    if (!response || response->status != 200) {
-      spdlog::warn("agent: heartbeat failed: {}", response ? response->body : response.error().message);
+    // Logged when the kind of failure (unreachable, an HTTP status) starts, changes or ends, not at
+    // every heartbeat.
+    std::string problem;
+    if (!response) {
+      problem = "unreachable";
+    } else if (response->status != 200) {
+      problem = fmt::format("HTTP {}", response->status);
     }
-    co_await sleep_for(io, options.heartbeat_interval);
-  }
-}
-
-void Agent::Impl::apply(const api::Replica& replica) {
-  if (replica.spec.node != options.name) return;
-  auto [it, inserted] = replicas.try_emplace(replica.metadata.name);
-  Managed& managed = it->second;
-  bool first_sight = inserted || managed.status.phase.empty();
-  managed.desired = replica;
-  managed.deleted = false;
-  if (!managed.driver) managed.driver = engines::find_driver(replica.spec.engine);
-  if (inserted) {
-    managed.status = replica.status;
-    managed.status.pid = 0;
-    managed.backoff = options.restart_backoff;
-  } else if (first_sight) {
-    // An engine known from agent.db: keep what this agent knows of the process, take the rest.
-    api::ReplicaStatus known = managed.status;
-    managed.status = replica.status;
-    managed.status.pid = known.pid;
-    managed.status.port = known.port;
-    managed.status.endpoint = known.endpoint;
-    managed.status.plan_version = known.plan_version;
-    managed.status.restarts = std::max(known.restarts, replica.status.restarts);
-    if (!known.last_error.empty()) managed.status.last_error = known.last_error;
-    if (!running(managed)) managed.status.phase = api::phase::kScheduled;
-    managed.status_dirty = true;
-  } else if (replica.status.phase != managed.status.phase) {
-    // Someone else rewrote the status (the controller marks replicas of a silent node Unknown):
-    // report what this agent actually sees.
-    managed.status_dirty = true;
+    if (problem != heartbeat_problem) {
+      if (problem.empty()) {
+        spdlog::info("agent: heartbeats reach {} again", options.server_url);
+      } else {
+        spdlog::warn("agent: heartbeat failed: {}: {}", problem,
+                     response ? error_message_of(response->body) : response.error().message);
+      }
+      heartbeat_problem = problem;
+    }
+    // Until the next interval, or at once when an engine starts or ends (a mode switch waits for
+    // the GPU memory it frees).
+    heartbeat_timer->expires_after(options.heartbeat_interval);
+    boost::system::error_code cancelled;
+    co_await heartbeat_timer->async_wait(asio::redirect_error(asio::use_awaitable, cancelled));
   }
 }
 
@@ -424,7 +462,7 @@ awaitable<void> Agent::Impl::watch_loop() {
   while (!stopping) {
     // List, then watch from the listing's revision: level-triggered, so a broken stream just
     // relists.
-    auto listing = co_await client.request("GET", api("/replicas"), "", server_headers(false), milliseconds(10000));
+    auto listing = co_await client_.request("GET", api("/replicas"), "", server_headers(false), milliseconds(10000));
     if (!listing || listing->status != 200) {
       co_await sleep_for(io, milliseconds(1000));
       continue;
@@ -439,17 +477,18 @@ awaitable<void> Agent::Impl::watch_loop() {
       auto replica = api::replica_from_json(item);
       if (!replica || replica->spec.node != options.name) continue;
       seen.insert(replica->metadata.name);
-      apply(*replica);
+      supervisor(replica->metadata.name).apply(*replica);
     }
     // Engines of replicas the server no longer places here (deleted, or moved elsewhere while
     // this node was away) are stale: they are stopped.
-    for (auto& [name, managed] : replicas) {
-      if (!seen.count(name)) managed.deleted = true;
+    for (auto& [name, replica] : replicas) {
+      if (!seen.count(name)) replica->mark_deleted();
     }
     listed = true;
+    for (auto& [name, replica] : replicas) supervise(name);
     int64_t revision = document->value("revision", int64_t{0});
-    auto stream = co_await client.open("GET", api(fmt::format("/replicas?watch=1&revision={}", revision + 1)), "",
-                                       server_headers(false), milliseconds(10000));
+    auto stream = co_await client_.open("GET", api(fmt::format("/replicas?watch=1&revision={}", revision + 1)), "",
+                                        server_headers(false), milliseconds(10000));
     if (!stream || (*stream)->status != 200) {
       co_await sleep_for(io, milliseconds(1000));
       continue;
@@ -471,9 +510,10 @@ awaitable<void> Agent::Impl::watch_loop() {
         bool moved_away = replica->spec.node != options.name && replicas.count(replica->metadata.name);
         if ((*event)["type"] == "DELETE" || moved_away) {
           auto it = replicas.find(replica->metadata.name);
-          if (it != replicas.end()) it->second.deleted = true;
-        } else {
-          apply(*replica);
+          if (it != replicas.end()) it->second->mark_deleted();
+        } else if (replica->spec.node == options.name) {
+          supervisor(replica->metadata.name).apply(*replica);
+          supervise(replica->metadata.name);
         }
       }
     }
@@ -543,17 +583,19 @@ bool Agent::Impl::needs_download(const api::ReplicaSpec& spec) const {
   return reference && !reference->is_local();
 }
 
-bool Agent::Impl::model_ready(Managed& managed) {
-  const auto& spec = managed.desired.spec;
-  if (!managed.model_path.empty() || !needs_download(spec)) return true;
-  if (!managed.download) {
+bool Agent::Impl::model_ready(Supervisor& replica) {
+  const auto& spec = replica.desired().spec;
+  if (!replica.model_path().empty() || !needs_download(spec)) return true;
+  auto& current = replica.download();
+  if (!current) {
     auto download = std::make_shared<Download>();
     std::set<std::string> pinned;
     for (const auto& [name, other] : replicas) {
-      if (!other.model_path.empty()) pinned.insert(other.model_path);
+      if (!other->model_path().empty()) pinned.insert(other->model_path());
     }
     std::string reference = spec.model;
-    download->thread = std::thread([this, download, reference, pinned] {
+    std::string name = replica.name();
+    download->thread = std::thread([this, download, reference, pinned, name] {
       FetchOptions fetch;
       fetch.cancel = &download->cancel;
       fetch.pinned = pinned;
@@ -562,19 +604,24 @@ bool Agent::Impl::model_ready(Managed& managed) {
         download->progress = progress;
       };
       auto path = models->fetch(reference, fetch);
-      std::lock_guard lock(download->mutex);
-      download->done = std::move(path);
+      {
+        std::lock_guard lock(download->mutex);
+        download->done = std::move(path);
+      }
+      // Its supervisor launches the engine at once.
+      asio::post(io, [this, name] {
+        if (auto it = replicas.find(name); it != replicas.end()) it->second->kick();
+      });
     });
-    managed.download = download;
+    current = download;
     downloads.push_back(download);
-    managed.status.next_restart_ms = 0;
   }
   std::optional<Result<std::string>> done;
   DownloadProgress progress;
   {
-    std::lock_guard lock(managed.download->mutex);
-    done = managed.download->done;
-    progress = managed.download->progress;
+    std::lock_guard lock(current->mutex);
+    done = current->done;
+    progress = current->progress;
   }
   if (!done) {
     std::string message = "downloading " + spec.model;
@@ -582,38 +629,38 @@ bool Agent::Impl::model_ready(Managed& managed) {
       message += fmt::format(": {:.0f}% ({:.2f} of {:.2f} GiB)", 100.0 * progress.done_bytes / progress.total_bytes,
                              progress.done_bytes / 1073741824.0, progress.total_bytes / 1073741824.0);
     }
-    set_phase(managed, api::phase::kDownloading, message);
+    replica.downloading(message);
     return false;
   }
-  managed.download->thread.join();
-  std::erase(downloads, managed.download);
-  managed.download.reset();
+  current->thread.join();
+  std::erase(downloads, current);
+  current.reset();
   if (!*done) {
     // Partial files stay: the next attempt resumes them.
-    crashed(managed, "model download failed: " + done->error().message);
+    replica.crashed("model download failed: " + done->error().message);
     return false;
   }
-  managed.model_path = **done;
-  models->touch(managed.model_path);
+  replica.set_model_path(**done);
+  models->touch(replica.model_path());
   {
     std::lock_guard lock(probe_mutex);
     relist_models = true;  // the next heartbeat tells the scheduler this node has it
   }
   probe_wake.notify_all();
-  spdlog::info("agent: model {} of {} is at {}", spec.model, managed.desired.metadata.name, managed.model_path);
+  spdlog::info("agent: model {} of {} is at {}", spec.model, replica.name(), replica.model_path());
   return true;
 }
 
-void Agent::Impl::cancel_download(Managed& managed) {
-  if (managed.download) managed.download->cancel = true;
+void Agent::Impl::cancel_download(Supervisor& replica) {
+  if (replica.download()) replica.download()->cancel = true;
 }
 
-engines::LaunchContext Agent::Impl::launch_context(const Managed& managed, int port) const {
-  const auto& spec = managed.desired.spec;
+engines::LaunchContext Agent::Impl::launch_context(const Supervisor& replica, int port) const {
+  const auto& spec = replica.desired().spec;
   engines::LaunchContext context;
-  context.replica = managed.desired.metadata.name;
+  context.replica = replica.name();
   context.served_name = spec.deployment;
-  context.model = managed.model_path.empty() ? spec.model : managed.model_path;
+  context.model = replica.model_path().empty() ? spec.model : replica.model_path();
   context.gpus = spec.gpus;
   context.port = port;
   context.max_context = spec.max_context;
@@ -622,7 +669,7 @@ engines::LaunchContext Agent::Impl::launch_context(const Managed& managed, int p
   context.env = spec.env;
   context.nebula_binary = options.nebula_binary;
   if (auto it = options.engines.find(spec.engine); it != options.engines.end()) context.config = it->second;
-  context.work_dir = work_dir(managed.desired.metadata.name);
+  context.work_dir = work_dir(replica.name());
   // What this agent's detect() found; an engine re-adopted after an upgrade of the engine binary
   // is taken to be the build found now.
   if (auto found = engines_found.find(spec.engine); found != engines_found.end()) {
@@ -641,410 +688,62 @@ engines::LaunchContext Agent::Impl::launch_context(const Managed& managed, int p
   return context;
 }
 
-void Agent::Impl::launch(Managed& managed) {
-  const auto& spec = managed.desired.spec;
-  auto available = engines_found.find(spec.engine);
-  if (!managed.driver || available == engines_found.end() || !available->second.available) {
-    std::string why = "engine " + spec.engine + " is not available on this node";
-    if (available != engines_found.end() && !available->second.detail.empty()) why += ": " + available->second.detail;
-    refuse_launch(managed, why);
-    return;
-  }
-  auto port = find_free_port();
-  if (!port) {
-    set_phase(managed, api::phase::kFailed, port.error().message);
-    return;
-  }
-  if (managed.driver->runs_in_container()) {
-    engines::LaunchContext context = launch_context(managed, *port);
-    auto container = managed.driver->container(context);
-    if (!container) {
-      refuse_launch(managed, container.error().message);
-      return;
-    }
-    container_runtime().start(managed.desired.metadata.name, *container, context.config.allowed_mounts);
-    managed.container = true;
-    managed.container_id.clear();
-    managed.status.pid = 0;
-    spdlog::info("agent: starting {} in a container of {} on port {}", managed.desired.metadata.name, container->image,
-                 *port);
-    engine_started(managed, *port, "starting container " + container->image);
-    return;
-  }
-  auto command = managed.driver->command(launch_context(managed, *port));
-  if (!command) {
-    refuse_launch(managed, command.error().message);
-    return;
-  }
-  if (Status written = write_launch_files(command->files); !written.ok()) {
-    crashed(managed, written.error().message);
-    return;
-  }
-  LaunchSpec launch_spec;
-  launch_spec.argv = command->argv;
-  launch_spec.env = command->env;
-  launch_spec.log_path = log_path(managed.desired.metadata.name);
-  auto pid = launcher->launch(launch_spec);
-  if (!pid) {
-    crashed(managed, pid.error().message);
-    return;
-  }
-  managed.pid = *pid;
-  managed.start_time = launcher->start_time(*pid).value_or(0);
-  managed.status.pid = *pid;
-  spdlog::info("agent: started {} (pid {}, port {}): {}", managed.desired.metadata.name, *pid, *port,
-               fmt::join(launch_spec.argv, " "));
-  engine_started(managed, *port, "waiting for the engine to be ready");
-}
-
-void Agent::Impl::refuse_launch(Managed& managed, const std::string& why) {
-  managed.status.last_error = why;
-  set_phase(managed, api::phase::kFailed, why);
-  managed.next_start = Clock::now() + options.max_restart_backoff;
-}
-
-void Agent::Impl::engine_started(Managed& managed, int port, const std::string& message) {
-  managed.port = port;
-  managed.healthy = false;
-  managed.prepared = false;
-  managed.adopted = false;
-  managed.started = Clock::now();
-  managed.status.port = port;
-  managed.status.endpoint = fmt::format("http://127.0.0.1:{}", port);
-  managed.status.plan_version = managed.desired.spec.plan_version;
-  managed.status.next_restart_ms = 0;
-  managed.status_dirty = true;
-  set_phase(managed, api::phase::kStarting, message);
-  save_record(managed);
-}
-
-void Agent::Impl::abandon_start(Managed& managed, const std::string& why, const std::string& log_tail) {
-  kill_engine(managed, SIGKILL);
-  forget(managed);
-  crashed(managed, why, log_tail);
-}
-
-void Agent::Impl::save_record(const Managed& managed) {
+void Agent::Impl::save_record(const Supervisor& replica) {
   if (!db) return;
   EngineRecord record;
-  record.replica = managed.desired.metadata.name;
-  record.engine = managed.desired.spec.engine;
-  record.pid = managed.pid;
-  record.start_time = managed.start_time;
-  record.port = managed.port;
-  record.endpoint = managed.status.endpoint;
-  record.restarts = managed.status.restarts;
-  record.plan_version = managed.status.plan_version;
-  record.container_id = managed.container_id;
+  record.replica = replica.name();
+  record.engine = replica.desired().spec.engine;
+  record.pid = replica.pid();
+  record.start_time = replica.start_time();
+  record.port = replica.port();
+  record.endpoint = replica.status().endpoint;
+  record.restarts = replica.status().restarts;
+  record.plan_version = replica.status().plan_version;
+  record.container_id = replica.container_id();
   if (auto saved = db->put(record); !saved) spdlog::error("agent: {}", saved.error().message);
 }
 
-ContainerRuntime& Agent::Impl::container_runtime() {
-  if (!containers) {
+ContainerRuntime& Agent::Impl::containers() {
+  if (!containers_) {
     engines::EngineConfig config =
         options.engines.count("docker") ? options.engines.at("docker") : engines::EngineConfig{};
-    containers = std::make_shared<ContainerRuntime>(config.docker_socket);
+    containers_ = std::make_shared<ContainerRuntime>(config.docker_socket);
   }
-  return *containers;
-}
-
-// Has the engine ended? A process is polled (and, when adopted, checked against pid reuse); a
-// container is read from the runtime's last inspection.
-std::optional<ExitStatus> Agent::Impl::engine_exited(Managed& managed) {
-  if (!managed.container) {
-    std::optional<ExitStatus> exit = launcher->poll(managed.pid);
-    if (!exit && managed.adopted && launcher->start_time(managed.pid) != managed.start_time)
-      exit = ExitStatus{-1, 0, ""};
-    return exit;
-  }
-  auto state = container_runtime().state(managed.desired.metadata.name);
-  using Phase = ContainerRuntime::State::Phase;
-  if (!state.container_id.empty() && state.container_id != managed.container_id) {
-    managed.container_id = state.container_id;
-    save_record(managed);
-  }
-  if (state.pid != managed.status.pid) {
-    managed.status.pid = state.pid;  // the container's main process, as Docker reports it
-    managed.status_dirty = true;
-  }
-  if (state.phase == Phase::Starting && !managed.healthy && !state.stage.empty()) {
-    set_phase(managed, api::phase::kStarting, state.stage);
-  }
-  if (state.phase != Phase::Exited && state.phase != Phase::Failed) return std::nullopt;
-  ExitStatus exit;
-  exit.code = state.exit_code;
-  exit.detail = state.phase == Phase::Failed ? "container failed: " + state.error : "";
-  return exit;
-}
-
-void Agent::Impl::kill_engine(Managed& managed, int signal) {
-  if (!managed.container) {
-    launcher->signal_group(managed.pid, signal);
-    return;
-  }
-  // docker stop: SIGTERM, then SIGKILL after the grace (a second call changes nothing).
-  if (signal == SIGTERM || signal == SIGKILL) {
-    auto grace = signal == SIGKILL ? std::chrono::seconds(0)
-                                   : std::chrono::duration_cast<std::chrono::seconds>(options.stop_grace);
-    container_runtime().stop(managed.desired.metadata.name, grace);
-  }
-}
-
-// The engine died (or never came up): restart it after the backoff, which doubles per crash up
-// to the cap and starts over once an engine ran stably.
-void Agent::Impl::crashed(Managed& managed, const std::string& why, const std::string& log_tail) {
-  auto now = Clock::now();
-  if (managed.healthy && now - managed.ready_since >= options.stable_after) managed.backoff = options.restart_backoff;
-  managed.healthy = false;
-  managed.status.restarts += 1;
-  managed.status.last_error = log_tail.empty() ? why : why + "; last log lines:\n" + log_tail;
-  managed.next_start = now + managed.backoff;
-  managed.status.next_restart_ms =
-      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch() + managed.backoff)
-          .count();
-  set_phase(managed, api::phase::kFailed,
-            fmt::format("{}; restart {} in {} s", why, managed.status.restarts,
-                        std::chrono::duration_cast<std::chrono::seconds>(managed.backoff).count()));
-  spdlog::warn("agent: {}: {}", managed.desired.metadata.name, managed.status.message);
-  managed.backoff = std::min(managed.backoff * 2, options.max_restart_backoff);
-}
-
-// The engine process is gone: drop it from agent.db.
-void Agent::Impl::forget(Managed& managed) {
-  if (managed.container && containers) containers->forget(managed.desired.metadata.name);
-  managed.container = false;
-  managed.container_id.clear();
-  managed.pid = 0;
-  managed.start_time = 0;
-  managed.healthy = false;
-  managed.status.pid = 0;
-  if (db) (void)db->remove(managed.desired.metadata.name);
-}
-
-awaitable<void> Agent::Impl::step(Managed& managed) {
-  auto now = Clock::now();
-  const std::string& name = managed.desired.metadata.name;
-  if (running(managed)) {
-    std::optional<ExitStatus> exit = engine_exited(managed);
-    if (exit) {
-      bool was_starting = !managed.healthy;
-      bool stopped_to_sleep = managed.stopping_to_sleep;
-      // An engine that dies while starting says why in its last log lines: the process's log
-      // file, or what the container runtime read from Docker when it saw the container exit.
-      std::string log_tail;
-      if (was_starting) {
-        log_tail = managed.container ? container_runtime().state(name).log_tail : tail_lines(log_path(name), 10);
-      }
-      forget(managed);
-      managed.stopping_to_sleep = false;
-      if (stopped_to_sleep) {
-        set_phase(managed, api::phase::kSleeping, stopped_asleep_message(managed));
-      } else if (!managed.stopping && !managed.deleted && !managed.desired.spec.stop) {
-        std::string why = "engine " + exit->describe();
-        if (was_starting) why += " while starting";
-        crashed(managed, why, log_tail);
-      }
-    }
-  }
-
-  if (managed.deleted || managed.desired.spec.stop) {
-    cancel_download(managed);
-    if (running(managed) && !managed.stopping) {
-      kill_engine(managed, SIGTERM);
-      managed.stopping = true;
-      managed.stop_deadline = now + options.stop_grace;
-      set_phase(managed, api::phase::kStopping, "stopping the engine");
-    } else if (running(managed) && now > managed.stop_deadline && !managed.container) {
-      kill_engine(managed, SIGKILL);
-    }
-    if (!running(managed) && !managed.deleted) {
-      // The engine is gone: remove the Replica; the watch then reports it deleted.
-      auto removed =
-          co_await client.request("DELETE", api("/replicas/" + name), "", server_headers(false), milliseconds(5000));
-      if (removed && (removed->status == 200 || removed->status == 404)) managed.deleted = true;
-    }
-    co_return;
-  }
-
-  if (!running(managed)) {
-    if (asleep_while_stopped(managed)) {
-      set_phase(managed, api::phase::kSleeping, stopped_asleep_message(managed));
-      co_return;
-    }
-    if (now >= managed.next_start && model_ready(managed)) launch(managed);
-    co_return;
-  }
-  if (managed.stopping_to_sleep) {
-    if (now > managed.stop_deadline && !managed.container) kill_engine(managed, SIGKILL);
-    co_return;
-  }
-  if (now - managed.last_housekeeping >= milliseconds(1000)) {
-    managed.last_housekeeping = now;
-    if (rotate_log_if_larger(log_path(name), options.log_max_bytes, options.log_keep)) {
-      spdlog::info("agent: rotated the log of {}", name);
-    }
-    if (managed.healthy && managed.driver) {
-      auto load = co_await managed.driver->load(client, managed.status.endpoint, launch_context(managed, managed.port));
-      if (load) {
-        managed.load = *load;
-      } else {
-        managed.load.reset();
-      }
-    }
-  }
-  if (!managed.healthy) {
-    co_await check_ready(managed);
-    co_return;
-  }
-  if (now - managed.ready_since >= options.stable_after) managed.backoff = options.restart_backoff;
-  co_await follow_sleep(managed);
-}
-
-// Starting: ready once the driver says so (and its post-start work is done), or killed when the
-// startup timeout passes, with the engine's last log lines in the replica's error.
-awaitable<void> Agent::Impl::check_ready(Managed& managed) {
-  auto now = Clock::now();
-  if (now - managed.last_health_check < milliseconds(250)) co_return;
-  managed.last_health_check = now;
-  auto readiness = co_await managed.driver->probe(client, managed.status.endpoint);
-  if (!running(managed)) co_return;
-  if (readiness == engines::Readiness::Ready && !managed.prepared) {
-    set_phase(managed, api::phase::kStarting, "preparing the engine");
-    co_await report(managed);
-    // Loading the model (llama.cpp's router) may take what is left of the startup timeout.
-    engines::LaunchContext context = launch_context(managed, managed.port);
-    auto left = context.ready_timeout - std::chrono::duration_cast<milliseconds>(Clock::now() - managed.started);
-    context.ready_timeout = std::max(left, milliseconds(1000));
-    auto prepared = co_await managed.driver->prepare(client, managed.status.endpoint, context);
-    if (!prepared) {
-      abandon_start(managed, "preparing the engine failed: " + prepared.error().message);
-      co_return;
-    }
-    managed.prepared = true;
-  }
-  if (readiness == engines::Readiness::Ready) {
-    managed.healthy = true;
-    managed.ready_since = Clock::now();
-    managed.status.next_restart_ms = 0;
-    set_phase(managed, api::phase::kReady, "");
-    co_return;
-  }
-  if (readiness == engines::Readiness::Loading) set_phase(managed, api::phase::kStarting, "the engine is loading");
-  auto limit = startup_timeout(managed.desired.spec.engine);
-  if (Clock::now() - managed.started > limit) {
-    std::string why =
-        fmt::format("not ready after {} s", std::chrono::duration_cast<std::chrono::seconds>(limit).count());
-    abandon_start(managed, why, tail_lines(log_path(managed.desired.metadata.name), 10));
-  }
-}
-
-bool Agent::Impl::asleep_while_stopped(const Managed& managed) const {
-  return managed.desired.spec.sleep_level > 0 && managed.driver &&
-         !managed.driver->can_sleep(launch_context(managed, managed.port));
-}
-
-// Sleep and wake follow spec.sleep_level, through the driver (vLLM's levels, Ollama's keep_alive,
-// llama.cpp's router). An engine that cannot sleep (as launched here) is stopped instead; step()
-// keeps it stopped while the level stays above 0 and starts it again when it drops to 0.
-awaitable<void> Agent::Impl::follow_sleep(Managed& managed) {
-  auto now = Clock::now();
-  if (!managed.driver || now - managed.last_sleep_attempt < milliseconds(250)) co_return;
-  int wanted = managed.desired.spec.sleep_level;
-  engines::LaunchContext context = launch_context(managed, managed.port);
-  if (!managed.driver->can_sleep(context)) {
-    if (wanted > 0) {
-      spdlog::info("agent: stopping the engine of {} while idle: {} cannot sleep here", managed.desired.metadata.name,
-                   managed.desired.spec.engine);
-      kill_engine(managed, SIGTERM);
-      managed.stopping_to_sleep = true;
-      managed.stop_deadline = now + options.stop_grace;
-      set_phase(managed, api::phase::kStopping, "stopping the engine while idle: it cannot sleep here");
-    }
-    co_return;
-  }
-  bool asleep = managed.status.phase == api::phase::kSleeping;
-  if (wanted > 0 && !asleep) {
-    managed.last_sleep_attempt = now;
-    context.sleep_level = wanted;
-    auto slept = co_await managed.driver->sleep(client, managed.status.endpoint, wanted, context);
-    if (slept) {
-      managed.slept_level = wanted;
-      set_phase(managed, api::phase::kSleeping, fmt::format("sleep level {}", wanted));
-    }
-  } else if (wanted == 0 && asleep) {
-    managed.last_sleep_attempt = now;
-    context.sleep_level = managed.slept_level;
-    auto woken = co_await managed.driver->wake(client, managed.status.endpoint, context);
-    if (woken) {
-      auto readiness = co_await managed.driver->probe(client, managed.status.endpoint);
-      if (readiness == engines::Readiness::Ready) set_phase(managed, api::phase::kReady, "");
-    }
-  }
-}
-
-awaitable<void> Agent::Impl::report(Managed& managed) {
-  if (!managed.status_dirty || managed.deleted || managed.status.phase.empty()) co_return;
-  managed.status_dirty = false;
-  auto response =
-      co_await client.request("PUT", api("/replicas/" + managed.desired.metadata.name + "/status"),
-                              api::to_json(managed.status).dump(), server_headers(true), milliseconds(5000));
-  if (!response || (response->status != 200 && response->status != 404)) managed.status_dirty = true;
-}
-
-awaitable<void> Agent::Impl::supervise_loop() {
-  while (!stopping) {
-    // Until the first listing, an adopted engine's replica may or may not still exist: wait.
-    if (!listed) {
-      co_await sleep_for(io, milliseconds(100));
-      continue;
-    }
-    for (auto it = replicas.begin(); it != replicas.end();) {
-      co_await step(it->second);
-      co_await report(it->second);
-      if (it->second.deleted && !running(it->second)) {
-        std::error_code ignored;
-        std::filesystem::remove_all(work_dir(it->first), ignored);
-        it = replicas.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    co_await sleep_for(io, milliseconds(200));
-  }
+  return *containers_;
 }
 
 void Agent::Impl::stop_all_engines() {
   std::vector<pid_t> running;
   std::vector<std::string> in_containers;
-  for (auto& [name, managed] : replicas) {
-    if (managed.container) {
-      kill_engine(managed, SIGTERM);
+  for (auto& [name, replica] : replicas) {
+    if (replica->container()) {
+      replica->kill_engine(SIGTERM);
       in_containers.push_back(name);
-    } else if (managed.pid != 0) {
-      launcher->signal_group(managed.pid, SIGTERM);
-      running.push_back(managed.pid);
+    } else if (replica->pid() != 0) {
+      replica->kill_engine(SIGTERM);
+      running.push_back(replica->pid());
     }
   }
   auto container_deadline = Clock::now() + options.stop_grace + milliseconds(5000);
   using Phase = ContainerRuntime::State::Phase;
   while (!in_containers.empty() && Clock::now() < container_deadline) {
     std::erase_if(in_containers, [&](const std::string& name) {
-      auto phase = containers->state(name).phase;
+      auto phase = containers_->state(name).phase;
       return phase == Phase::Exited || phase == Phase::Failed || phase == Phase::Unknown;
     });
     std::this_thread::sleep_for(milliseconds(50));
   }
   auto deadline = Clock::now() + options.stop_grace;
   while (!running.empty()) {
-    std::erase_if(running, [&](pid_t pid) { return launcher->poll(pid).has_value(); });
+    std::erase_if(running, [&](pid_t pid) { return launcher_->poll(pid).has_value(); });
     if (running.empty()) break;
     if (Clock::now() > deadline) {
-      for (pid_t pid : running) launcher->signal_group(pid, SIGKILL);
+      for (pid_t pid : running) launcher_->signal_group(pid, SIGKILL);
       deadline = Clock::now() + milliseconds(2000);
     }
     std::this_thread::sleep_for(milliseconds(20));
   }
-  for (auto& [name, managed] : replicas) {
+  for (auto& [name, replica] : replicas) {
     if (db) (void)db->remove(name);
   }
   replicas.clear();
@@ -1077,17 +776,18 @@ std::string Agent::Impl::metrics_text() const {
                          gpu["uuid"].get<std::string>(), gpu[gauge.field].get<double>() * gauge.scale);
     }
   }
-  auto labels = [](const std::string& name, const Managed& managed) {
-    return fmt::format("replica=\"{}\",deployment=\"{}\",engine=\"{}\"", name, managed.desired.spec.deployment,
-                       managed.desired.spec.engine);
+  auto labels = [](const std::string& name, const Supervisor& replica) {
+    return fmt::format("replica=\"{}\",deployment=\"{}\",engine=\"{}\"", name, replica.desired().spec.deployment,
+                       replica.desired().spec.engine);
   };
   family("nebula_engine_up", "1 when the engine is ready (or asleep), 0 otherwise");
-  for (const auto& [name, managed] : replicas) {
-    out += fmt::format("nebula_engine_up{{{}}} {}\n", labels(name, managed), managed.healthy ? 1 : 0);
+  for (const auto& [name, replica] : replicas) {
+    bool up = replica->phase() == Supervisor::Phase::Ready || replica->phase() == Supervisor::Phase::Sleeping;
+    out += fmt::format("nebula_engine_up{{{}}} {}\n", labels(name, *replica), up ? 1 : 0);
   }
-  family("nebula_engine_restarts", "Engine restarts after crashes");
-  for (const auto& [name, managed] : replicas) {
-    out += fmt::format("nebula_engine_restarts{{{}}} {}\n", labels(name, managed), managed.status.restarts);
+  family("nebula_engine_restarts", "Engine restarts after crashes and failed liveness probes");
+  for (const auto& [name, replica] : replicas) {
+    out += fmt::format("nebula_engine_restarts{{{}}} {}\n", labels(name, *replica), replica->status().restarts);
   }
   struct Gauge {
     const char* name;
@@ -1102,9 +802,10 @@ std::string Agent::Impl::metrics_text() const {
   };
   for (const auto& gauge : gauges) {
     family(gauge.name, gauge.help);
-    for (const auto& [name, managed] : replicas) {
-      if (!managed.load || !((*managed.load).*gauge.field)) continue;
-      out += fmt::format("{}{{{}}} {}\n", gauge.name, labels(name, managed), *((*managed.load).*gauge.field));
+    for (const auto& [name, replica] : replicas) {
+      const auto& load = replica->load();
+      if (!load || !((*load).*gauge.field)) continue;
+      out += fmt::format("{}{{{}}} {}\n", gauge.name, labels(name, *replica), *((*load).*gauge.field));
     }
   }
   return out;
@@ -1134,11 +835,11 @@ http::Router Agent::Impl::routes() {
       co_return;
     }
     auto managed = replicas.find(replica);
-    if (managed != replicas.end() && managed->second.container && containers) {
+    if (managed != replicas.end() && managed->second->container() && containers_) {
       // A container's output is Docker's: fetched off this thread (the call blocks up to 5 s).
       auto answer = std::make_shared<std::promise<Result<std::string>>>();
       auto future = answer->get_future();
-      std::thread([runtime = containers, replica, answer] {
+      std::thread([runtime = containers_, replica, answer] {
         answer->set_value(runtime->logs(replica, 1000));
       }).detach();
       while (future.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
@@ -1230,6 +931,8 @@ void Agent::stop() {
   asio::post(impl.io, [&impl, &stopped] {
     impl.stopping = true;
     if (impl.server) impl.server->stop();
+    for (auto& [name, replica] : impl.replicas) replica->stop();
+    if (impl.heartbeat_timer) impl.heartbeat_timer->cancel();
     stopped.set_value();
   });
   stopped.get_future().wait();
@@ -1251,7 +954,7 @@ void Agent::stop() {
   } else {
     // Engines keep running; agent.db tells the next agent which ones to re-adopt.
     size_t running = 0;
-    for (const auto& [name, managed] : impl.replicas) running += Impl::running(managed);
+    for (const auto& [name, replica] : impl.replicas) running += replica->running();
     if (running) spdlog::info("agent: leaving {} engine(s) running for the next agent to re-adopt", running);
   }
 }

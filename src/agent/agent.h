@@ -1,8 +1,10 @@
 #pragma once
 // The node agent: joins the server with a token, heartbeats its GPUs, watches the replicas
 // placed on its node and starts, supervises and stops their engines until reality matches.
-// Everything runs as coroutines on one thread of its own, so its state needs no locks.
+// Everything runs as coroutines on one thread of its own (one supervisor per replica, see
+// supervisor.h), so its state needs no locks.
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -35,6 +37,12 @@ struct Options {
   std::chrono::milliseconds max_restart_backoff{300'000};
   std::chrono::milliseconds stable_after{600'000};  // running this long resets the backoff
   std::chrono::milliseconds stop_grace{10'000};     // SIGTERM, then SIGKILL after this
+  // Liveness of Ready engines: the driver's health probe every period, failed when it takes
+  // longer than the timeout; the first failure takes the replica out of routing (Unhealthy),
+  // probe_failures in a row restart it.
+  std::chrono::milliseconds probe_period{5'000};
+  std::chrono::milliseconds probe_timeout{2'000};
+  int probe_failures = 3;
   int64_t reserved_vram_mb = -1;  // VRAM the scheduler must leave free per GPU; -1 = as the server has it
   // `nebula agent` leaves its engines running when it stops, for its successor to re-adopt;
   // `nebula up` stops them, since on a laptop that is what Ctrl-C means.
@@ -48,6 +56,13 @@ struct Options {
   std::string hf_endpoint = "https://huggingface.co";
   std::string hf_token;
   int64_t model_cache_limit_mb = 0;  // 0 = unlimited
+  // Called once, on the agent's thread, when it cannot go on: the server refused its join token
+  // (401/403). The message is one line for the user; the agent does nothing more after it.
+  std::function<void(const std::string&)> on_fatal;
+  // Joining (or rejoining) a server that cannot be reached is retried after a delay that doubles
+  // from the first to the last, each drawn at random from its upper half.
+  std::chrono::milliseconds join_retry_first{500};
+  std::chrono::milliseconds join_retry_max{30'000};
 };
 
 class Agent {

@@ -121,6 +121,8 @@ inline constexpr const char* kPending = "Pending";
 inline constexpr const char* kScheduled = "Scheduled";
 inline constexpr const char* kStarting = "Starting";
 inline constexpr const char* kReady = "Ready";
+// Ready, but its liveness probe fails: out of routing; the agent restarts it past a threshold.
+inline constexpr const char* kUnhealthy = "Unhealthy";
 inline constexpr const char* kStopping = "Stopping";
 inline constexpr const char* kFailed = "Failed";
 inline constexpr const char* kUnknown = "Unknown";  // its node stopped reporting

@@ -48,6 +48,9 @@ int run_engine_sim_command(int argc, char** argv) {
   app.add_flag("--router", options.router, "llamacpp: serve as llama-server's router with --model as its model");
   app.add_flag("--models-autoload,!--no-models-autoload", options.models_autoload,
                "Router: load the model when a request names it unloaded (default on)");
+  app.add_option("--sleep-idle-seconds", options.sleep_idle_seconds,
+                 "Router: put the loaded model to sleep after this many idle seconds (0 = never)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--models-max", models_max, "Router: accepted for llama-server's command line (one model here)");
   app.add_flag("--metrics", metrics, "Accepted for llama-server's command line (/metrics is always on)");
   add_override(app, "--startup-seconds", options.startup_seconds,
@@ -121,6 +124,7 @@ int run_engine_sim_command(int argc, char** argv) {
       sim::PresetModel preset = sim::read_models_preset(models_preset);
       options.router = true;
       options.model = preset.name;
+      options.router_lists_default = preset.implicit_default;
       // c is the context of all slots together, as llama-server reads it.
       if (preset.parallel > 0) options.max_num_seqs = preset.parallel;
       if (preset.context > 0) options.max_model_len = std::max(1, preset.context / std::max(1, preset.parallel));

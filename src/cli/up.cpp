@@ -14,6 +14,7 @@
 #include <boost/asio/post.hpp>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <set>
 #include <thread>
@@ -266,6 +267,9 @@ struct AgentFlags {
   std::string startup_timeout;
   std::string stop_grace;
   std::string heartbeat_interval;
+  std::string probe_period;
+  std::string probe_timeout;
+  int probe_failures = 0;
   std::string log_max_size;
   int log_keep = 0;
   std::vector<std::string> engine_binaries;  // NAME=BINARY (image for docker)
@@ -284,6 +288,11 @@ void add_agent_flags(CLI::App& app, AgentFlags& flags, bool with_config) {
                  "How long an engine may take to be ready (default: sim 2m, real engines 20m)");
   app.add_option("--stop-grace", flags.stop_grace, "SIGTERM to SIGKILL delay when stopping an engine (default 10s)");
   app.add_option("--heartbeat-interval", flags.heartbeat_interval, "How often the agent reports (default 2s)");
+  app.add_option("--probe-period", flags.probe_period, "How often a Ready engine's health is probed (default 5s)");
+  app.add_option("--probe-timeout", flags.probe_timeout,
+                 "How long a health probe may take before it counts as failed (default 2s)");
+  app.add_option("--probe-failures", flags.probe_failures,
+                 "Failed health probes in a row that restart an engine (default 3; the first takes it out of routing)");
   app.add_option("--log-max-size", flags.log_max_size, "Engine log size that triggers rotation (default 64MB)");
   app.add_option("--log-keep", flags.log_keep, "Rotated engine logs kept per replica (default 3)");
   app.add_option("--engine-binary", flags.engine_binaries,
@@ -304,8 +313,8 @@ Status apply_duration(const std::string& flag, const std::string& text, std::chr
 
 // Reads agent.yaml into flags not given on the command line. Keys: server, token, name, listen,
 // sim_gpus, data_dir, reserved_vram, restart_backoff, max_restart_backoff, startup_timeout,
-// stop_grace, heartbeat_interval, log_max_size, log_keep, hf_endpoint, hf_token, model_cache,
-// model_cache_limit, engines: {NAME: {binary, args: [...], env: {...}, command: [...]}}.
+// stop_grace, heartbeat_interval, probe_period, probe_timeout, probe_failures, log_max_size, log_keep, hf_endpoint,
+// hf_token, model_cache, model_cache_limit, engines: {NAME: {binary, args: [...], env: {...}, command: [...]}}.
 Status read_agent_config(const std::string& path, json& config) {
   std::ifstream in(path);
   if (!in) return make_error(ErrorCode::InvalidArgument, "cannot read " + path);
@@ -318,6 +327,7 @@ Status read_agent_config(const std::string& path, json& config) {
                                               "listen",          "sim_gpus",        "data_dir",
                                               "reserved_vram",   "restart_backoff", "max_restart_backoff",
                                               "startup_timeout", "stop_grace",      "heartbeat_interval",
+                                              "probe_period",    "probe_timeout",   "probe_failures",
                                               "log_max_size",    "log_keep",        "hf_endpoint",
                                               "hf_token",        "model_cache",     "model_cache_limit",
                                               "engines"};
@@ -340,6 +350,11 @@ Status apply_agent_flags(AgentFlags flags, const json& config, agent::Options& o
   text(flags.startup_timeout, "startup_timeout");
   text(flags.stop_grace, "stop_grace");
   text(flags.heartbeat_interval, "heartbeat_interval");
+  text(flags.probe_period, "probe_period");
+  text(flags.probe_timeout, "probe_timeout");
+  if (flags.probe_failures == 0 && config.contains("probe_failures") && config["probe_failures"].is_number_integer()) {
+    flags.probe_failures = config["probe_failures"].get<int>();
+  }
   text(flags.log_max_size, "log_max_size");
   text(flags.hf_endpoint, "hf_endpoint");
   text(flags.hf_token, "hf_token");
@@ -361,6 +376,13 @@ Status apply_agent_flags(AgentFlags flags, const json& config, agent::Options& o
   if (options.restart_backoff.count() <= 0 || options.heartbeat_interval.count() <= 0) {
     return make_error(ErrorCode::InvalidArgument, "--restart-backoff and --heartbeat-interval must be positive");
   }
+  if (auto done = apply_duration("--probe-period", flags.probe_period, options.probe_period); !done) return done;
+  if (auto done = apply_duration("--probe-timeout", flags.probe_timeout, options.probe_timeout); !done) return done;
+  if (options.probe_period.count() <= 0 || options.probe_timeout.count() <= 0) {
+    return make_error(ErrorCode::InvalidArgument, "--probe-period and --probe-timeout must be positive");
+  }
+  if (flags.probe_failures < 0) return make_error(ErrorCode::InvalidArgument, "--probe-failures must be 1 or more");
+  if (flags.probe_failures > 0) options.probe_failures = flags.probe_failures;
   if (!flags.log_max_size.empty()) {
     auto mb = parse_size_mb(flags.log_max_size);
     if (!mb || *mb <= 0) return make_error(ErrorCode::InvalidArgument, "--log-max-size: expected a size like 64MB");
@@ -573,13 +595,30 @@ int run_agent(int argc, char** argv) {
   options.data_dir = expand_home(data_dir);
   if (auto applied = apply_agent_flags(flags, config, options); !applied) return fail(applied.error().message);
   auto signals = block_stop_signals();
+  // SIGUSR1 (blocked like the stop signals, so sigwait takes it) tells this thread that the agent
+  // gave up: its join token was refused.
+  sigaddset(&signals, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   if (exit_with_parent && (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() == 1)) {
     return fail("--exit-with-parent: the parent is already gone");
   }
+  auto fatal = std::make_shared<std::promise<std::string>>();
+  auto fatal_message = fatal->get_future();
+  options.on_fatal = [fatal](const std::string& message) {
+    fatal->set_value(message);
+    ::kill(::getpid(), SIGUSR1);
+  };
   agent::Agent node_agent(options);
   if (auto started = node_agent.start(); !started) return fail(started.error().message);
   std::cout << "Nebula agent " << node_agent.url() << " joining " << options.server_url << "\n" << std::flush;
-  wait_for_stop_signal(signals);
+  int received = 0;
+  sigwait(&signals, &received);
+  if (received == SIGUSR1) {
+    node_agent.stop();
+    std::cerr << "error: " << fatal_message.get() << "\n";
+    return 2;
+  }
+  spdlog::info("received {}, shutting down", strsignal(received));
   node_agent.stop();
   return 0;
 }

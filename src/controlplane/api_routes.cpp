@@ -460,7 +460,8 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                if (updated && previous_phase != updated->status.phase) {
                  std::string message =
                      updated->status.message.empty() ? "replica is " + updated->status.phase : updated->status.message;
-                 bool warning = updated->status.phase == api::phase::kFailed;
+                 bool warning =
+                     updated->status.phase == api::phase::kFailed || updated->status.phase == api::phase::kUnhealthy;
                  // A failed start carries the engine's last log lines: the event shows them too.
                  const std::string& error = updated->status.last_error;
                  size_t lines = error.find("last log lines:");

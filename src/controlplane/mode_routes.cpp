@@ -26,7 +26,9 @@ using http::ResponseWriter;
 using std::chrono::milliseconds;
 using SteadyClock = std::chrono::steady_clock;
 
-constexpr milliseconds kPollInterval{100};
+// How often a switch re-reads the store for released VRAM and Ready replicas: a read of the
+// in-memory resources, so it can be often; the agent reports both the moment they happen.
+constexpr milliseconds kPollInterval{10};
 // An incoming deployment that stays unschedulable this long will not start by itself.
 constexpr milliseconds kPendingGrace{3'000};
 

@@ -80,9 +80,10 @@ std::string preset_path(const LaunchContext& context) {
 }
 
 // One section, named as clients name the model. Keys are llama-server's flags without dashes.
+// Nothing goes outside a section: the router makes such keys (a `version = 1` line, say) an
+// implicit section `default` and lists it as a model, whose load starts a nested router.
 std::string preset_ini(const LaunchContext& context) {
-  std::string ini = "version = 1\n\n";
-  ini += fmt::format("[{}]\nmodel = {}\n", served_name(context), context.model);
+  std::string ini = fmt::format("[{}]\nmodel = {}\n", served_name(context), context.model);
   if (context.max_context > 0) {
     ini += fmt::format("c = {}\n", static_cast<int64_t>(context.max_context) * std::max(1, context.max_seqs));
   }
@@ -177,7 +178,7 @@ awaitable<Status> load_and_wait(http::Client& client, std::string endpoint, std:
       if (asked) co_return load_failed(name, *model);
       asked = true;
       Status posted = co_await post_expect_ok(client, endpoint + "/models/load", model_body(name), seconds(30));
-      // A load that raced ours ("model is already loaded") shows in the next listing.
+      // A load that raced ours ("model is already running") shows in the next listing.
       if (!posted.ok()) {
         auto again = co_await router_model(client, endpoint, name);
         if (!again || !again->running()) co_return posted;

@@ -118,6 +118,13 @@ class Mailbox {
     news_ = true;
     timer_.cancel();
   }
+  // The model process serving this request is gone (router mode: the model was unloaded): the
+  // handler ends the request without an answer.
+  void cut() {
+    cut_ = true;
+    wake();
+  }
+  bool was_cut() const { return cut_; }
   // Returns once there is news not yet waited for.
   awaitable<void> wait() {
     while (!news_) {
@@ -139,6 +146,7 @@ class Mailbox {
   asio::steady_timer timer_;
   std::vector<Progress> progress_;
   bool news_ = false;
+  bool cut_ = false;
 };
 
 }  // namespace
@@ -242,9 +250,12 @@ struct EngineSim::State {
 
   // Router mode (llamacpp): the model's status in GET /models. Every load and unload bumps the
   // generation, so the end of a load that was unloaded meanwhile changes nothing.
-  enum class RouterState { Unloaded, Loading, Loaded };
+  enum class RouterState { Unloaded, Loading, Loaded, Sleeping };
   RouterState router_state = RouterState::Loaded;
   uint64_t router_generation = 0;
+  // Requests the model's process is serving (router mode): an unload ends them.
+  std::vector<std::weak_ptr<Mailbox>> routed;
+  SteadyTime idle_since = SteadyTime::max();  // router mode: when the model last had nothing to do
 
   // A router answers at once; its model's load takes startup_seconds instead.
   bool ready() const { return options.router || std::chrono::steady_clock::now() >= ready_at; }
@@ -286,7 +297,7 @@ struct EngineSim::State {
 
   double gpu_memory_used_bytes() const {
     // A router without its model has no model process, so no CUDA context either.
-    if (options.router && router_state != RouterState::Loaded) return 0;
+    if (options.router && router_state != RouterState::Loaded) return 0;  // unloaded, loading or asleep
     const Profile& profile = resolved.profile;
     double kv_pool =
         static_cast<double>(resolved.engine.num_kv_blocks) * resolved.engine.block_size * profile.kv_bytes_per_token;
@@ -435,6 +446,7 @@ struct EngineSim::State {
                                         const CompletionFormat& format, http::ResponseWriter& writer) {
     auto mailbox = std::make_shared<Mailbox>(co_await asio::this_coro::executor, completion.generations.size());
     AbortGuard guard(state, state->submit(completion, mailbox));
+    state->track_routed(mailbox);
     bool stream = completion.request.stream;
     if (stream && !co_await writer.start_stream(200, format.stream_headers(completion))) co_return;
     // Watch for the client leaving while nothing is written to it (queued, or a non-streamed
@@ -445,6 +457,7 @@ struct EngineSim::State {
     while (true) {
       co_await mailbox->wait();
       if (writer.client_gone()) co_return;  // the guard aborts the sequences
+      if (mailbox->was_cut()) throw_unloaded();
       fill_cached_tokens(completion, *mailbox);
       if (stream) {
         std::string events = format.progress_events(completion, mailbox_progress(*mailbox), sent, ended);
@@ -457,6 +470,17 @@ struct EngineSim::State {
     std::string tail = format.tail_events(completion);
     if (!tail.empty() && !co_await writer.write(tail)) co_return;
     co_await writer.finish();
+  }
+
+  // The real router's model process exits on unload: its requests end without the rest of their
+  // answer. Thrown from a handler, this makes the server close the connection (a 500 when nothing
+  // was sent yet).
+  [[noreturn]] static void throw_unloaded() { throw std::runtime_error("the model was unloaded"); }
+
+  void track_routed(const std::shared_ptr<Mailbox>& mailbox) {
+    if (!options.router) return;
+    std::erase_if(routed, [](const std::weak_ptr<Mailbox>& weak) { return weak.expired(); });
+    routed.push_back(mailbox);
   }
 
   static std::vector<ChoiceProgress> mailbox_progress(const Mailbox& mailbox) {
@@ -491,7 +515,9 @@ struct EngineSim::State {
   }
 
   http::Response models_response(const http::Request& request) const {
-    if (options.router) return json_response(200, router_models_json(options.model, router_status(), created), {});
+    if (options.router)
+      return json_response(
+          200, router_models_json(options.model, router_status(), created, options.router_lists_default), {});
     if (!ready()) return error_response(starting_error(), response_headers(request));
     return json_response(200, models_json(options.model, created, options.max_model_len), response_headers(request));
   }
@@ -566,7 +592,11 @@ struct EngineSim::State {
     }
     auto mailbox = std::make_shared<Mailbox>(co_await asio::this_coro::executor, parsed.inputs.size());
     AbortGuard guard(state, state->submit_embeddings(parsed, mailbox));
-    while (!mailbox->all_finished()) co_await mailbox->wait();
+    state->track_routed(mailbox);
+    while (!mailbox->all_finished()) {
+      co_await mailbox->wait();
+      if (mailbox->was_cut()) throw_unloaded();
+    }
     guard.release();
     co_await writer.send(state->embeddings_response(parsed));
   }
@@ -661,6 +691,7 @@ struct EngineSim::State {
       case RouterState::Unloaded: return "unloaded";
       case RouterState::Loading: return "loading";
       case RouterState::Loaded: return "loaded";
+      case RouterState::Sleeping: return "sleeping";
     }
     return "unloaded";
   }
@@ -685,6 +716,8 @@ struct EngineSim::State {
       route.refusal = llamacpp_error(400, "model name is missing from the request", "invalid_request_error");
     } else if (model != options.model) {
       route.refusal = llamacpp_error(400, "model not found", "invalid_request_error");
+    } else if (router_state == RouterState::Sleeping) {
+      route.load = true;  // a sleeping model wakes for the request, autoload or not
     } else if (router_state != RouterState::Loaded) {
       std::string autoload = request.query_or("autoload", "");
       route.load = autoload.empty() ? options.models_autoload : autoload == "true" || autoload == "1";
@@ -693,9 +726,10 @@ struct EngineSim::State {
     return route;
   }
 
-  // Unloaded -> Loading now -> Loaded after startup_seconds (a model process starting).
+  // Unloaded (or Sleeping) -> Loading now -> Loaded after startup_seconds (a model process
+  // starting, or waking).
   static void begin_load(const std::shared_ptr<State>& state) {
-    if (state->router_state != RouterState::Unloaded) return;
+    if (state->router_state != RouterState::Unloaded && state->router_state != RouterState::Sleeping) return;
     state->router_state = RouterState::Loading;
     uint64_t generation = ++state->router_generation;
     spdlog::info("engine-sim: loading model {}", state->options.model);
@@ -708,12 +742,32 @@ struct EngineSim::State {
     weights_on_gpu = true;
     kv_on_gpu = true;
     engine.wake();
+    idle_since = std::chrono::steady_clock::now();
     kick();
     spdlog::info("engine-sim: model {} loaded", options.model);
   }
 
-  // Frees the weights and KV cache once nothing is in flight (the real router stops the model's
-  // process at once; the simulator lets running requests finish). Until then it stays "loaded".
+  // --sleep-idle-seconds (llama-server's): a loaded model with nothing to do for that long frees
+  // the GPU and shows as "sleeping"; the next request for it wakes it (a load's time).
+  static awaitable<void> sleep_when_idle(std::shared_ptr<State> state) {
+    while (!state->stopped) {
+      co_await sleep_for(std::chrono::milliseconds(50));
+      if (state->router_state != RouterState::Loaded) continue;
+      auto now = std::chrono::steady_clock::now();
+      if (state->engine.running() > 0 || state->engine.waiting() > 0) {
+        state->idle_since = now;
+      } else if (now - state->idle_since >= from_seconds(state->options.sleep_idle_seconds) && state->engine.sleep()) {
+        ++state->router_generation;
+        state->router_state = RouterState::Sleeping;
+        state->weights_on_gpu = false;
+        state->kv_on_gpu = false;
+        spdlog::info("engine-sim: model {} is sleeping (idle)", state->options.model);
+      }
+    }
+  }
+
+  // Frees the weights and KV cache once the requests in flight, which the unload ended, have let go
+  // of their sequences (a moment later). Until then it stays "loaded".
   bool finish_unload(uint64_t generation) {
     if (stopped || generation != router_generation) return true;
     if (!engine.sleep()) return false;
@@ -728,8 +782,8 @@ struct EngineSim::State {
   static http::Response load_response(const std::shared_ptr<State>& state, const http::Request& request) {
     if (body_model(request) != state->options.model)
       return llamacpp_error(404, "model is not found", "not_found_error");
-    if (state->router_state == RouterState::Loaded) {
-      return llamacpp_error(400, "model is already loaded", "invalid_request_error");
+    if (state->router_state != RouterState::Unloaded) {
+      return llamacpp_error(400, "model is already running", "invalid_request_error");
     }
     begin_load(state);
     return json_response(200, json{{"success", true}}, {});
@@ -741,12 +795,17 @@ struct EngineSim::State {
       return llamacpp_error(400, "model is not found", "invalid_request_error");
     }
     if (state->router_state == RouterState::Unloaded) {
-      return llamacpp_error(400, "model is not loaded", "invalid_request_error");
+      return llamacpp_error(400, "model is not running", "invalid_request_error");
     }
     uint64_t generation = ++state->router_generation;
-    if (state->router_state == RouterState::Loading) {
-      state->router_state = RouterState::Unloaded;  // nothing reached the GPU yet
+    if (state->router_state == RouterState::Loading || state->router_state == RouterState::Sleeping) {
+      state->router_state = RouterState::Unloaded;  // nothing of it on the GPU
     } else {
+      // The model's process exits: whatever it was answering ends with it.
+      for (const auto& weak : state->routed) {
+        if (auto mailbox = weak.lock()) mailbox->cut();
+      }
+      state->routed.clear();
       asio::co_spawn(state->io, unload_when_idle(state, generation), asio::detached);
     }
     return json_response(200, json{{"success", true}}, {});
@@ -808,6 +867,9 @@ struct EngineSim::State {
 EngineSim::EngineSim(asio::io_context& io, SimOptions options)
     : state_(std::make_shared<State>(io, std::move(options))) {
   asio::co_spawn(io, State::drive(state_), asio::detached);
+  if (state_->options.router && state_->options.sleep_idle_seconds > 0) {
+    asio::co_spawn(io, State::sleep_when_idle(state_), asio::detached);
+  }
 }
 
 EngineSim::~EngineSim() {

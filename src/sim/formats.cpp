@@ -465,13 +465,19 @@ http::Response llamacpp_error(int status, const std::string& message, const std:
   return json_response(status, json{{"error", {{"code", status}, {"message", message}, {"type", type}}}}, {});
 }
 
-json router_models_json(const std::string& model, const std::string& status, int64_t created) {
-  json entry = {{"id", model},
+json router_models_json(const std::string& model, const std::string& status, int64_t created, bool list_default) {
+  auto entry = [created](const std::string& id, const std::string& value) {
+    return json{{"id", id},
                 {"object", "model"},
                 {"owned_by", "llamacpp"},
                 {"created", created},
-                {"status", {{"value", status}, {"args", json::array({"llama-server", "--alias", model})}}}};
-  return json{{"data", json::array({std::move(entry)})}, {"object", "list"}};
+                {"status", {{"value", value}, {"args", json::array({"llama-server", "--alias", id})}}}};
+  };
+  json data = json::array();
+  // llama-server lists its models by name; the implicit `default` section sorts first.
+  if (list_default) data.push_back(entry("default", "unloaded"));
+  data.push_back(entry(model, status));
+  return json{{"data", std::move(data)}, {"object", "list"}};
 }
 
 json router_props_json() {

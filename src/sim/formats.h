@@ -73,7 +73,7 @@ json is_sleeping_json(bool sleeping);
 // {"error": {"code": status, "message", "type"}}, GET /models (one model and its status: unloaded,
 // loading or loaded), and GET /props without ?model=.
 http::Response llamacpp_error(int status, const std::string& message, const std::string& type);
-json router_models_json(const std::string& model, const std::string& status, int64_t created);
+json router_models_json(const std::string& model, const std::string& status, int64_t created, bool list_default);
 json router_props_json();
 
 // What the dialects' info endpoints report. Read on the io thread.

@@ -1,7 +1,8 @@
 // llama-server's model preset file (--models-preset), read as llama.cpp's common/preset.cpp does:
 // `[section]` lines, `key = value` lines (a value ends at ';', '#' or the line's end), comment
-// lines starting with ';' or '#'. Keys before the first section and the [*] section apply to every
-// model; the simulator serves one model, the first section.
+// lines starting with ';' or '#'. The [*] section applies to every model; keys before the first
+// section apply too, and also make an implicit section `default` that llama-server lists as a model
+// (PresetModel::implicit_default). The simulator serves one model, the first named section.
 #include <fmt/format.h>
 
 #include <fstream>
@@ -44,6 +45,8 @@ PresetModel read_models_preset(const std::string& path) {
   Section global;
   std::vector<std::pair<std::string, Section>> sections;
   Section* current = &global;
+  bool outside_sections = false;  // a key came before any section
+  bool seen_star = false;
   std::string line;
   while (std::getline(in, line)) {
     std::string text = trim(line);
@@ -54,6 +57,7 @@ PresetModel read_models_preset(const std::string& path) {
       std::string name = trim(text.substr(1, close - 1));
       if (name == "*") {
         current = &global;
+        seen_star = true;
       } else {
         sections.emplace_back(name, Section{});
         current = &sections.back().second;
@@ -65,6 +69,7 @@ PresetModel read_models_preset(const std::string& path) {
     std::string value = text.substr(equals + 1);
     value = trim(value.substr(0, value.find_first_of(";#")));
     (*current)[trim(text.substr(0, equals))] = value;
+    if (sections.empty() && current == &global && !seen_star) outside_sections = true;
   }
   if (sections.empty()) throw std::invalid_argument("the models preset " + path + " names no model");
   Section merged = global;
@@ -72,6 +77,7 @@ PresetModel read_models_preset(const std::string& path) {
   merged.erase("version");
   PresetModel model;
   model.name = sections.front().first;
+  model.implicit_default = outside_sections;
   auto value_of = [&](std::initializer_list<const char*> keys) -> std::optional<std::pair<std::string, std::string>> {
     for (const char* key : keys) {
       if (auto found = merged.find(key); found != merged.end()) return std::make_pair(found->first, found->second);

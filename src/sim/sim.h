@@ -66,6 +66,12 @@ struct SimOptions {
   // Router mode: load the model when a request names it unloaded (llama-server's default;
   // --no-models-autoload turns it off, and ?autoload=true|false overrides it per request).
   bool models_autoload = true;
+  // Router mode: GET /models also lists the phantom model `default` that llama-server makes of
+  // preset keys outside any section (PresetModel::implicit_default). It cannot be loaded here.
+  bool router_lists_default = false;
+  // Router mode: llama-server's --sleep-idle-seconds. A loaded model idle this long is put to
+  // sleep (GPU freed, status "sleeping") and wakes, taking startup_seconds, for the next request.
+  double sleep_idle_seconds = 0;
 
   // Faults.
   double fail_rate = 0;  // share of inference requests answered 429, 500 or 503 (chosen at random)
@@ -83,6 +89,9 @@ struct PresetModel {
   std::string model;  // the GGUF path (the simulator does not read it)
   int context = 0;    // c / ctx-size; 0 = not given
   int parallel = 0;   // parallel / np; 0 = not given
+  // Keys before the first section (e.g. `version = 1`): llama-server puts them in an implicit
+  // section named `default`, which it then lists as a model of its own.
+  bool implicit_default = false;
 };
 PresetModel read_models_preset(const std::string& path);
 

@@ -100,6 +100,27 @@ struct StreamResult {
   std::string content;       // the concatenated deltas (chat) or texts (completions)
 };
 
+// Waits up to `limit` for a condition, checking every 10 ms.
+template <typename Condition>
+bool eventually(Condition condition, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+// The status of model `id` in a router's GET /models (found by id: the list may hold others).
+std::string router_status(const http::Response& listing, const std::string& id) {
+  auto body = parse_json(listing.body);
+  if (!body || !body->is_object() || !(*body)["data"].is_array()) return "?";
+  for (const json& entry : (*body)["data"]) {
+    if (entry.value("id", "") == id) return entry["status"].value("value", "?");
+  }
+  return "absent";
+}
+
 // An engine on a loopback port with fast pacing, served from its own thread.
 class EngineSimTest : public ::testing::Test {
  protected:
@@ -818,17 +839,13 @@ TEST_F(EngineSimTest, LlamacppRouterMode) {
   options.models_autoload = false;
   options.startup_seconds = 0.1;  // a load takes this long
   start(options);
-  auto status_of_model = [&] {
-    json listing = body_of(get("/models"));
-    EXPECT_EQ(listing["data"].size(), 1u) << listing.dump();
-    EXPECT_EQ(listing["data"][0]["id"], "chat");
-    return listing["data"][0]["status"]["value"].get<std::string>();
-  };
+  auto status_of_model = [&] { return router_status(get("/models"), "chat"); };
   json chat = chat_body(2);
   chat["model"] = "chat";
   EXPECT_EQ(body_of(get("/health"))["status"], "ok") << "the router answers before any model is loaded";
   EXPECT_EQ(status_of_model(), "unloaded");
-  EXPECT_EQ(body_of(get("/v1/models"))["data"][0]["status"]["value"], "unloaded");
+  EXPECT_EQ(body_of(get("/models"))["data"].size(), 1u) << "no phantom `default` without keys outside sections";
+  EXPECT_EQ(router_status(get("/v1/models"), "chat"), "unloaded");
 
   auto refused = post("/v1/chat/completions", chat);
   EXPECT_EQ(refused.status, 400);
@@ -845,7 +862,9 @@ TEST_F(EngineSimTest, LlamacppRouterMode) {
   EXPECT_EQ(get("/metrics").status, 400) << "the router's /metrics needs ?model=";
   EXPECT_EQ(get("/metrics?model=chat").status, 400) << "and the model loaded";
   EXPECT_EQ(body_of(get("/props"))["role"], "router");
-  EXPECT_EQ(post("/models/unload", json{{"model", "chat"}}).status, 400) << "not loaded";
+  auto not_running = post("/models/unload", json{{"model", "chat"}});
+  EXPECT_EQ(not_running.status, 400);
+  EXPECT_EQ(body_of(not_running)["error"]["message"], "model is not running");
   EXPECT_EQ(post("/models/load", json{{"model", "other"}}).status, 404);
 
   // Load: answered at once, loaded after the load time.
@@ -855,7 +874,9 @@ TEST_F(EngineSimTest, LlamacppRouterMode) {
   EXPECT_EQ(status_of_model(), "loading");
   std::this_thread::sleep_for(150ms);
   EXPECT_EQ(status_of_model(), "loaded");
-  EXPECT_EQ(post("/models/load", json{{"model", "chat"}}).status, 400) << "already loaded";
+  auto running = post("/models/load", json{{"model", "chat"}});
+  EXPECT_EQ(running.status, 400);
+  EXPECT_EQ(body_of(running)["error"]["message"], "model is already running");
   EXPECT_EQ(post("/v1/chat/completions", chat).status, 200);
   std::string long_prompt;  // two full KV blocks, published to the prefix cache
   for (int i = 0; i < 40; ++i) long_prompt += "word" + std::to_string(i) + " ";
@@ -888,6 +909,75 @@ TEST_F(EngineSimTest, LlamacppRouterMode) {
   EXPECT_EQ(metric(metrics, "llamacpp:tokens_predicted_total"), 6) << "the same engine, counting on";
 }
 
+// The real router stops the model's process on unload: requests in flight end without the rest of
+// their answer, and the model's memory is free at once.
+TEST_F(EngineSimTest, LlamacppRouterUnloadEndsRequestsInFlight) {
+  SimOptions options = fast_options();
+  options.dialect = "llamacpp";
+  options.model = "chat";
+  options.router = true;
+  options.startup_seconds = 0;
+  options.decode_ms_per_seq = 0;
+  options.step_base_ms = 20;  // 1,000 tokens take 20 s
+  start(options);
+  ASSERT_EQ(post("/models/load", json{{"model", "chat"}}).status, 200);
+  ASSERT_TRUE(eventually([&] { return router_status(get("/models"), "chat") == "loaded"; }));
+  json chat = chat_body(1000);
+  chat["model"] = "chat";
+  chat["stream"] = true;
+  std::atomic<bool> started{false};
+  std::atomic<bool> ended{false};
+  std::string received;
+  Result<int> streamed = 0;
+  std::thread reader([&] {
+    http::BlockingClient client;
+    streamed = client.stream("POST", base_ + "/v1/chat/completions", chat.dump(), {}, [&](std::string_view data) {
+      received += data;
+      started = true;
+      return true;
+    });
+    ended = true;
+  });
+  ASSERT_TRUE(eventually([&] { return started.load(); }));
+  EXPECT_EQ(post("/models/unload", json{{"model", "chat"}}).status, 200);
+  ASSERT_TRUE(eventually([&] { return ended.load(); })) << "the unload ended the stream";
+  reader.join();
+  EXPECT_EQ(received.find("[DONE]"), std::string::npos) << "cut, not finished: " << received;
+  EXPECT_TRUE(eventually([&] { return router_status(get("/models"), "chat") == "unloaded"; }));
+  EXPECT_EQ(engine_->running(), 0u);
+}
+
+// Preset keys outside any section make llama-server list a phantom model `default`.
+TEST_F(EngineSimTest, LlamacppRouterListsThePhantomDefault) {
+  SimOptions options = fast_options();
+  options.dialect = "llamacpp";
+  options.model = "chat";
+  options.router = true;
+  options.router_lists_default = true;
+  start(options);
+  EXPECT_EQ(router_status(get("/models"), "default"), "unloaded");
+  EXPECT_EQ(router_status(get("/models"), "chat"), "unloaded");
+}
+
+// --sleep-idle-seconds: an idle model sleeps (status "sleeping", GPU memory freed), a request wakes it.
+TEST_F(EngineSimTest, LlamacppRouterSleepsWhenIdle) {
+  SimOptions options = fast_options();
+  options.dialect = "llamacpp";
+  options.model = "chat";
+  options.router = true;
+  options.models_autoload = false;
+  options.startup_seconds = 0.05;
+  options.sleep_idle_seconds = 0.2;
+  start(options);
+  ASSERT_EQ(post("/models/load", json{{"model", "chat"}}).status, 200);
+  ASSERT_TRUE(eventually([&] { return router_status(get("/models"), "chat") == "sleeping"; }));
+  EXPECT_EQ(body_of(post("/models/load", json{{"model", "chat"}}))["error"]["message"], "model is already running");
+  json chat = chat_body(2);
+  chat["model"] = "chat";
+  EXPECT_EQ(post("/v1/chat/completions", chat).status, 200) << "a sleeping model wakes for a request";
+  EXPECT_EQ(router_status(get("/models"), "chat"), "loaded");
+}
+
 TEST(ModelsPreset, ReadsTheFirstModelAndItsLimits) {
   std::string path = ::testing::TempDir() + "/nebula-preset-test.ini";
   std::ofstream(path) << "version = 1\n\n; comment\n[*]\nc = 1024\n\n[chat]\nmodel = /m/a.gguf ; note\n"
@@ -897,6 +987,9 @@ TEST(ModelsPreset, ReadsTheFirstModelAndItsLimits) {
   EXPECT_EQ(model.model, "/m/a.gguf");
   EXPECT_EQ(model.context, 1024) << "from [*]";
   EXPECT_EQ(model.parallel, 4);
+  EXPECT_TRUE(model.implicit_default) << "version = 1 sits outside any section";
+  std::ofstream(path) << "[*]\nc = 1024\n[chat]\nmodel = /m/a.gguf\n";
+  EXPECT_FALSE(read_models_preset(path).implicit_default) << "[*] is no model of its own";
   std::ofstream(path) << "version = 1\n";
   EXPECT_THROW(read_models_preset(path), std::invalid_argument);
   EXPECT_THROW(read_models_preset(path + ".absent"), std::invalid_argument);
