@@ -995,7 +995,14 @@ awaitable<void> Agent::Impl::supervise_loop() {
       if (it->second.deleted && !running(it->second)) {
         std::error_code ignored;
         std::filesystem::remove_all(work_dir(it->first), ignored);
+        // Everything the replica held goes with it: pooled connections to its engine, and (past
+        // the retention) its logs.
+        if (auto endpoint = http::Url::parse(it->second.status.endpoint)) client.close_idle(endpoint->origin());
         it = replicas.erase(it);
+        std::set<std::string> live;
+        for (const auto& [name, managed] : replicas) live.insert(name);
+        prune_replica_logs(options.data_dir + "/logs", live, options.deleted_log_retention,
+                           static_cast<size_t>(std::max(0, options.deleted_logs_keep)));
       } else {
         ++it;
       }

@@ -113,6 +113,7 @@ awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const st
     co_await writer.send(error_response(watch.error()));
     co_return;
   }
+  writer.mark_endless();
   if (!co_await writer.start_stream(200, ndjson_headers())) co_return;
   while (true) {
     std::deque<std::string> lines;
@@ -483,6 +484,8 @@ void add_logs_route(http::Router& router, Resources& resources, asio::io_context
                  co_await writer.send(Response::text(stream.status, std::move(text), stream.header("content-type")));
                  co_return;
                }
+               std::string follow = request.query_or("follow");
+               if (follow == "1" || follow == "true") writer.mark_endless();
                if (!co_await writer.start_stream(200, text_headers())) co_return;
                while (true) {
                  auto piece = co_await stream.read(std::chrono::hours(24));
