@@ -100,10 +100,12 @@ std::string render_server_metrics() {
 }
 
 // One open connection. The flags are touched on the io_context's thread only.
+class StreamWriter;
 struct ConnectionState {
   beast::tcp_stream* stream = nullptr;
-  bool busy = false;     // a request is being read or answered
-  bool endless = false;  // its answer is a stream that never ends by itself
+  bool busy = false;               // a request is being read or answered
+  bool endless = false;            // its answer is a stream that never ends by itself
+  StreamWriter* writer = nullptr;  // while a handler runs
 };
 
 struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
@@ -201,12 +203,18 @@ class StreamWriter final : public ResponseWriter {
 
   void mark_endless() override {
     if (state_) state_->endless = true;
-    if (draining_ && *draining_) {
-      // Already draining: this stream would hold the stop up to its timeout.
-      broken_ = true;
-      error_code ignored;
-      stream_.socket().close(ignored);
-    }
+    if (draining_ && *draining_) drop();  // it would hold the stop up to its timeout
+  }
+
+  // A draining server ends an endless stream: to its handler the client is gone (its on_client_gone
+  // callback runs, so a handler waiting on something else wakes up), and the connection closes.
+  void drop() {
+    broken_ = true;
+    error_code ignored;
+    stream_.socket().close(ignored);
+    if (gone_) return;
+    gone_ = true;
+    if (auto callback = std::move(gone_callback_)) callback();
   }
 
   void on_client_gone(std::function<void()> callback) override {
@@ -497,11 +505,13 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
                           &state, &draining);
       if (request.method == "HEAD") writer.omit_body();
       std::string failure;
+      state.writer = &writer;
       try {
         co_await router.dispatch(request, writer);
       } catch (const std::exception& error) {
         failure = error.what();
       }
+      state.writer = nullptr;
       co_await writer.stop_watching();
       if (!failure.empty()) {
         spdlog::error("http: {} {} failed: {}", request.method, request.path, failure);
@@ -581,7 +591,11 @@ size_t Server::drain(std::chrono::milliseconds timeout) {
     impl->acceptor.close(ignored);
     std::lock_guard lock(impl->mutex);
     for (auto& connection : impl->connections) {
-      if (!connection.busy || connection.endless) connection.stream->socket().close(ignored);
+      if (connection.endless && connection.writer) {
+        connection.writer->drop();
+      } else if (!connection.busy || connection.endless) {
+        connection.stream->socket().close(ignored);
+      }
     }
   });
   auto deadline = std::chrono::steady_clock::now() + timeout;
