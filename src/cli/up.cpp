@@ -81,7 +81,7 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
                  "On SIGTERM/Ctrl-C: how long requests in flight may take to finish before they are cut")
       ->capture_default_str();
   app.add_option("--max-connections", flags.max_connections,
-                 "Client connections at once; more get a fast 503 (default: half the open-file limit, less 32)");
+                 "Client connections at once; more get a fast 503 (default: half the open-file limit, less 48)");
   app.add_option("--data-dir", flags.data_dir, "Where state, logs and the join token live")->capture_default_str();
   app.add_option("--store", flags.store, "State store: sqlite://PATH (default <data-dir>/nebula.db)");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")->capture_default_str();
@@ -261,13 +261,13 @@ class ServerRuntime {
       return make_error(ErrorCode::InvalidArgument, "--drain-timeout: " + drain_timeout.error().message);
     drain_timeout_ = *drain_timeout;
     http::ServerOptions server_options;
-    // Each proxied stream holds two descriptors (the client's and the engine's); keep 64 for the
-    // store, logs and the agent.
+    // Each proxied stream holds two descriptors (the client's and the engine's); keep 96 for the
+    // store, logs, the agent and clients being refused.
     uint64_t descriptors = descriptor_limit().soft;
     server_options.max_connections =
         flags.max_connections > 0
             ? flags.max_connections
-            : static_cast<size_t>(descriptors > 128 ? (descriptors - 64) / 2 : descriptors / 4 + 1);
+            : static_cast<size_t>(descriptors > 192 ? (descriptors - 96) / 2 : descriptors / 4 + 1);
     server_ = std::make_unique<http::Server>(io_, std::move(router), server_options);
     auto port = server_->listen(*address);
     if (!port) return port.error();

@@ -47,9 +47,6 @@ constexpr std::string_view kRefusal =
     "{\"error\":{\"message\":\"server busy: too many open connections\",\"type\":\"server_error\","
     "\"code\":\"too_many_connections\"}}\n";
 
-// Refused clients whose request is read (and dropped) before the close, at most: past this, a
-// refused connection closes at once.
-constexpr size_t kMaxLingering = 256;
 constexpr auto kLogInterval = std::chrono::seconds(10);
 
 // Counts events and logs them at most once per kLogInterval, with how many there were.
@@ -125,10 +122,16 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   bool stopped = false;
   bool draining = false;  // io thread only
   size_t limit = 0;       // connections at once
+  size_t sessions = 0;    // connections accepted and not yet closed (io thread only; the list
+                          // lags: a session registers when its coroutine first runs)
   // A descriptor held in reserve: when accept() fails for want of descriptors, closing it lets
   // one waiting client be accepted and told 503 instead of waiting in the backlog forever.
   int spare = -1;
-  size_t lingering = 0;  // refused connections being read before their close
+  // Refused connections being read (their request dropped) before their close, and how many may
+  // be: beyond that, clients wait in the backlog for their 503 rather than take descriptors the
+  // connections being served need.
+  size_t lingering = 0;
+  size_t max_lingering = 4;
   ThrottledLog accept_failures;
   ThrottledLog refusals;
 
@@ -326,6 +329,12 @@ awaitable<void> Server::Impl::accept_loop() {
     if (!acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
     // Take the clients waiting, a bounded number before letting the connections run.
     for (int taken = 0; taken < 64; ++taken) {
+      if (sessions >= limit && lingering >= max_lingering) {
+        pause_timer.expires_after(std::chrono::milliseconds(5));
+        co_await pause_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        if (!acceptor.is_open()) co_return;
+        break;
+      }
       int fd = ::accept4(acceptor.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd < 0) {
         int error = errno;
@@ -349,15 +358,11 @@ awaitable<void> Server::Impl::accept_loop() {
         ::close(fd);
         continue;
       }
-      size_t open = 0;
-      {
-        std::lock_guard lock(mutex);
-        open = connections.size();
-      }
-      if (open >= limit) {
+      if (sessions >= limit) {
         asio::co_spawn(io, refuse(std::move(socket)), asio::detached);
         continue;
       }
+      ++sessions;
       asio::co_spawn(io, session(std::move(socket)), asio::detached);
     }
     if (spare < 0) spare = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -379,7 +384,7 @@ void Server::Impl::log_refusal() {
   if (!refusals.note()) return;
   uint64_t count = refusals.take();
   spdlog::warn("http: refused {} connection{} with 503 in the last {} s: {} open, the limit is {} (--max-connections)",
-               count, count == 1 ? "" : "s", kLogInterval.count(), open_total.load(), limit);
+               count, count == 1 ? "" : "s", kLogInterval.count(), sessions, limit);
 }
 
 bool Server::Impl::refuse_with_spare() {
@@ -408,7 +413,6 @@ awaitable<void> Server::Impl::refuse(tcp::socket socket) {
   error_code ec;
   socket.send(asio::buffer(kRefusal.data(), kRefusal.size()), 0, ec);
   socket.shutdown(tcp::socket::shutdown_send, ec);
-  if (lingering >= kMaxLingering) co_return;
   // Closing with the request unread would make the kernel answer with a reset, which can destroy
   // the 503 before the client reads it: read (and drop) what it sends, briefly.
   ++lingering;
@@ -432,7 +436,10 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
   std::list<ConnectionState>::iterator registration;
   {
     std::lock_guard lock(mutex);
-    if (stopped) co_return;
+    if (stopped) {
+      --sessions;
+      co_return;
+    }
     registration = connections.insert(connections.end(), ConnectionState{&stream});
   }
   open_total++;
@@ -531,6 +538,7 @@ awaitable<void> Server::Impl::session(tcp::socket socket) {
     connections.erase(registration);
   }
   open_total--;
+  --sessions;
   error_code ignored;
   stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
   stream.socket().close(ignored);
@@ -566,6 +574,7 @@ Result<uint16_t> Server::listen(const HostPort& address) {
     uint64_t soft = descriptor_limit().soft;
     impl_->limit = static_cast<size_t>(soft > 128 ? soft - 64 : std::max<uint64_t>(soft / 2, 1));
   }
+  impl_->max_lingering = std::max<size_t>(4, impl_->limit / 8);
   if (impl_->spare < 0) impl_->spare = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   asio::co_spawn(impl_->io, impl_->accept_loop(), asio::detached);
   return acceptor.local_endpoint().port();
