@@ -267,7 +267,9 @@ class StreamWriter final : public ResponseWriter {
   // holding a copy of every header, cost more than the rest of answering a small request). Every
   // response carries an x-request-id: the handler's, else the client's, else a new one. The
   // caller adds the framing (Content-Length or chunked) and the blank line.
-  std::string response_head(int status, const Headers& headers) const {
+  std::string response_head(int status, const Headers& headers) {
+    // A server that began draining while this request ran closes the connection after it.
+    if (draining_ && *draining_) keep_alive_ = false;
     std::string head;
     head.reserve(160 + 48 * headers.size());
     head.append(version_ == 10 ? "HTTP/1.0 " : "HTTP/1.1 ").append(std::to_string(status)).append(" ");
