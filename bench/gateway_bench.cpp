@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
         R"({{"spec":{{"model":"bench-1b","engine":"sim","replicas":1,"max_seqs":{},"engine_args":
         ["--step-base-ms","{}","--decode-ms-per-seq","0","--prefill-ms-per-token","0","--step-noise","0"]}}}})",
         std::max(streams, concurrency) * 2, step);
-    client.request("PUT", server + "/api/v1/deployments/" + name, spec, admin_headers);
+    (void)client.request("PUT", server + "/api/v1/deployments/" + name, spec, admin_headers);
   }
   // The measured key has limits (high enough never to trip) and is accounted like any other.
   auto created =
