@@ -399,6 +399,11 @@ TEST(Resilience, ASecondServerOnTheSameDataDirExitsNamingTheHolder) {
     EXPECT_NE(second.out.find("in use by another nebula"), std::string::npos) << second.out;
     EXPECT_NE(second.out.find(holder), std::string::npos) << second.out;
   }
+  // Nor can an agent take over the local agent's engines.
+  auto agent = testing::run_command({NEBULA_BINARY, "agent", "--server", up.server(), "--token", "nbj-x", "--listen",
+                                     "127.0.0.1:0", "--data-dir", up.data_dir()});
+  EXPECT_EQ(agent.exit_code, 1) << agent.out;
+  EXPECT_NE(agent.out.find("in use by another nebula agent (" + holder + ")"), std::string::npos) << agent.out;
   // The first one never noticed.
   auto nodes = up.get_json("/api/v1/nodes", up.admin_key());
   ASSERT_TRUE(nodes.is_object());
