@@ -8,7 +8,6 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,9 +28,8 @@
 #include <boost/asio/io_context.hpp>
 
 #include "common/json.h"
+#include "common/subprocess.h"
 #include "http/http.h"
-
-extern char** environ;
 
 namespace {
 using namespace nebula;
@@ -167,17 +165,12 @@ int free_port() {
 }
 
 pid_t spawn_quiet(std::vector<std::string> args) {
-  std::vector<char*> argv;
-  for (auto& arg : args) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t quiet;
-  posix_spawn_file_actions_init(&quiet);
-  posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_adddup2(&quiet, 1, 2);
-  pid_t pid = 0;
-  int spawned = posix_spawn(&pid, argv[0], &quiet, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&quiet);
-  return spawned == 0 ? pid : -1;
+  SpawnOptions options;
+  options.argv = std::move(args);
+  options.out = Stdio::null();
+  options.err = Stdio::same_as_stdout();
+  auto spawned = spawn(options);
+  return spawned ? *spawned : -1;
 }
 
 // nginx as a plain streaming reverse proxy to the engine, for reference.
@@ -257,7 +250,7 @@ int main(int argc, char** argv) {
         R"({{"spec":{{"model":"bench-1b","engine":"sim","replicas":1,"max_seqs":{},"engine_args":
         ["--step-base-ms","{}","--decode-ms-per-seq","0","--prefill-ms-per-token","0","--step-noise","0"]}}}})",
         std::max(streams, concurrency) * 2, step);
-    client.request("PUT", server + "/api/v1/deployments/" + name, spec, admin_headers);
+    (void)client.request("PUT", server + "/api/v1/deployments/" + name, spec, admin_headers);
   }
   // The measured key has limits (high enough never to trip) and is accounted like any other.
   auto created =

@@ -9,7 +9,6 @@
 #include <fmt/format.h>
 #include <sched.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,11 +30,10 @@
 #include <thread>
 
 #include "common/json.h"
+#include "common/subprocess.h"
 #include "http/http.h"
 #include "sim/engine.h"
 #include "sim/sim.h"
-
-extern char** environ;
 
 namespace {
 using namespace nebula;
@@ -152,14 +150,14 @@ int run_http(const Options& options) {
                                    "0",
                                    "--step-noise",
                                    "0"};
-  std::vector<char*> argv;
-  for (auto& arg : args) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  if (posix_spawn(&pid, nebula.c_str(), nullptr, nullptr, argv.data(), environ) != 0) {
-    std::cerr << "cannot start " << nebula << "\n";
+  SpawnOptions spawn_options;
+  spawn_options.argv = args;
+  auto spawned = spawn(spawn_options);
+  if (!spawned) {
+    std::cerr << spawned.error().message << "\n";
     return 1;
   }
+  pid_t pid = *spawned;
   pin_to_cpu(pid, 0);
   pin_to_cpu(0, 1);
   std::string base = fmt::format("http://127.0.0.1:{}", port);

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,7 +14,7 @@
 #include <stdexcept>
 #include <thread>
 
-extern char** environ;
+#include "common/subprocess.h"
 
 namespace nebula::testing {
 
@@ -57,25 +56,17 @@ TempDir::~TempDir() {
 
 pid_t spawn_logged(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
                    const std::string& output_path) {
-  std::vector<char*> args;
-  for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
-  args.push_back(nullptr);
-  std::vector<std::string> env_storage;
-  for (char** entry = environ; *entry; ++entry) env_storage.emplace_back(*entry);
-  for (const auto& item : extra_env) env_storage.push_back(item);
-  std::vector<char*> envp;
-  for (auto& item : env_storage) envp.push_back(item.data());
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, output_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = -1;
-  int error = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (error != 0) throw std::runtime_error("cannot spawn " + argv[0]);
-  return pid;
+  SpawnOptions options;
+  options.argv = argv;
+  for (const auto& item : extra_env) {
+    size_t equals = item.find('=');
+    options.env[item.substr(0, equals)] = equals == std::string::npos ? "" : item.substr(equals + 1);
+  }
+  options.out = Stdio::file(output_path, /*append=*/false, 0644);
+  options.err = Stdio::same_as_stdout();
+  auto spawned = spawn(options);
+  if (!spawned) throw std::runtime_error(spawned.error().message);
+  return *spawned;
 }
 
 namespace {

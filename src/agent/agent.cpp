@@ -313,9 +313,16 @@ awaitable<void> Agent::Impl::supervise_until_gone(std::string name) {
   supervising.erase(name);
   auto it = replicas.find(name);
   if (it == replicas.end() || it->second->phase() != Supervisor::Phase::Gone) co_return;
+  // Everything the replica held goes with it: pooled connections to its engine, its work dir, and
+  // (past the retention) its logs.
+  if (auto endpoint = http::Url::parse(it->second->status().endpoint)) client_.close_idle(endpoint->origin());
   replicas.erase(it);
   std::error_code ignored;
   std::filesystem::remove_all(work_dir(name), ignored);
+  std::set<std::string> live;
+  for (const auto& [replica, supervisor] : replicas) live.insert(replica);
+  prune_replica_logs(options.data_dir + "/logs", live, options.deleted_log_retention,
+                     static_cast<size_t>(std::max(0, options.deleted_logs_keep)));
 }
 
 awaitable<bool> Agent::Impl::put_status(const std::string& replica, const api::ReplicaStatus& status) {
@@ -376,7 +383,8 @@ awaitable<bool> Agent::Impl::join() {
   JoinBackoff backoff(options.join_retry_first, options.join_retry_max);
   std::string last_problem;
   while (!stopping && !refused) {
-    auto response = co_await client_.request("POST", api("/nodes/join"), body, server_headers(true), milliseconds(5000));
+    auto response =
+        co_await client_.request("POST", api("/nodes/join"), body, server_headers(true), milliseconds(5000));
     if (response && response->status == 200) {
       take_credential(response->body);
       if (!last_problem.empty()) spdlog::info("agent: reached {} again", options.server_url);

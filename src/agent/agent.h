@@ -49,6 +49,9 @@ struct Options {
   bool stop_engines_on_exit = false;
   int64_t log_max_bytes = 64ll << 20;  // per replica log; rotated (copy + truncate) beyond this
   int log_keep = 3;                    // rotated logs kept: <replica>.log.1 .. .N
+  // Logs of deleted replicas are removed once older than this, and beyond the newest few.
+  std::chrono::milliseconds deleted_log_retention{3'600'000};
+  int deleted_logs_keep = 20;
   // Engine binaries, images, extra args per engine (agent.yaml `engines:`).
   std::map<std::string, engines::EngineConfig> engines;
   // Model preparation: Hugging Face ids are downloaded into model_cache_dir from hf_endpoint.

@@ -1,7 +1,10 @@
 #include "agent/agent_db.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace nebula::agent {
 
@@ -31,6 +34,12 @@ Error db_error(sqlite3* db, const std::string& what) {
 }  // namespace
 
 Result<std::unique_ptr<AgentDb>> AgentDb::open(const std::string& path) {
+  // Its owner's alone (SQLite gives its -wal and -shm files the same mode). A missing directory
+  // is left for SQLite to report.
+  if (int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600); fd >= 0) {
+    ::fchmod(fd, 0600);
+    ::close(fd);
+  }
   sqlite3* db = nullptr;
   int rc =
       sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);

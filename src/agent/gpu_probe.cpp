@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,8 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/process.h"
-
-extern char** environ;
+#include "common/subprocess.h"
 
 namespace nebula::agent {
 
@@ -244,29 +242,20 @@ Result<CommandOutput> run_command(const std::vector<std::string>& argv, std::chr
     close(out_pipe[1]);
     return make_error(ErrorCode::Internal, std::string("pipe: ") + strerror(errno));
   }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
-  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
-  posix_spawnattr_t attributes;
-  posix_spawnattr_init(&attributes);
-  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
-  posix_spawnattr_setpgroup(&attributes, 0);
-  std::vector<char*> args;
-  for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = 0;
-  int spawn_error = posix_spawnp(&pid, args[0], &actions, &attributes, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attributes);
+  SpawnOptions options;
+  options.argv = argv;
+  options.out = Stdio::from_descriptor(out_pipe[1]);
+  options.err = Stdio::from_descriptor(err_pipe[1]);
+  options.new_process_group = true;
+  auto spawned = spawn(options);
   close(out_pipe[1]);
   close(err_pipe[1]);
-  if (spawn_error != 0) {
+  if (!spawned) {
     close(out_pipe[0]);
     close(err_pipe[0]);
-    return make_error(ErrorCode::Unavailable, fmt::format("cannot run {}: {}", argv[0], strerror(spawn_error)));
+    return spawned.error();
   }
+  pid_t pid = *spawned;
 
   CommandOutput output;
   auto deadline = std::chrono::steady_clock::now() + timeout;

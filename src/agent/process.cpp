@@ -4,11 +4,12 @@
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -16,8 +17,7 @@
 #include <sstream>
 
 #include "common/config.h"
-
-extern char** environ;
+#include "common/subprocess.h"
 
 namespace nebula::agent {
 
@@ -32,47 +32,16 @@ Result<pid_t> PosixLauncher::launch(const LaunchSpec& spec) {
   if (spec.argv.empty()) return make_error(ErrorCode::InvalidArgument, "empty command");
   std::error_code ignored;
   std::filesystem::create_directories(std::filesystem::path(spec.log_path).parent_path(), ignored);
-
-  // Everything the child needs is built before spawning.
-  std::vector<char*> argv;
-  for (const auto& arg : spec.argv) argv.push_back(const_cast<char*>(arg.c_str()));
-  argv.push_back(nullptr);
-  std::vector<std::string> env_storage;
-  for (char** entry = environ; *entry; ++entry) {
-    std::string item = *entry;
-    std::string key = item.substr(0, item.find('='));
-    if (!spec.env.count(key)) env_storage.push_back(item);
-  }
-  for (const auto& [key, value] : spec.env) env_storage.push_back(key + "=" + value);
-  std::vector<char*> envp;
-  for (auto& item : env_storage) envp.push_back(item.data());
-  envp.push_back(nullptr);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, spec.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  posix_spawnattr_t attributes;
-  posix_spawnattr_init(&attributes);
-  posix_spawnattr_setpgroup(&attributes, 0);
-  sigset_t no_signals;
-  sigemptyset(&no_signals);
-  posix_spawnattr_setsigmask(&attributes, &no_signals);
-  sigset_t default_signals;
-  sigemptyset(&default_signals);
-  for (int signal : {SIGINT, SIGTERM, SIGPIPE, SIGHUP, SIGCHLD}) sigaddset(&default_signals, signal);
-  posix_spawnattr_setsigdefault(&attributes, &default_signals);
-  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
-  pid_t pid = 0;
-  int error = posix_spawnp(&pid, argv[0], &actions, &attributes, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attributes);
-  if (error != 0) {
-    return make_error(ErrorCode::Internal, fmt::format("cannot start {}: {}", spec.argv[0], std::strerror(error)));
-  }
-  return pid;
+  // The log may hold prompts and secrets from the engine's arguments: its owner's alone (an
+  // existing one, from an earlier agent, too).
+  ::chmod(spec.log_path.c_str(), 0600);
+  SpawnOptions options;
+  options.argv = spec.argv;
+  options.env = spec.env;
+  options.out = Stdio::file(spec.log_path, /*append=*/true, 0600);
+  options.err = Stdio::same_as_stdout();
+  options.new_process_group = true;
+  return spawn(options);
 }
 
 void PosixLauncher::signal_group(pid_t pid, int signal) {
@@ -137,6 +106,42 @@ bool rotate_log_if_larger(const std::string& path, int64_t max_bytes, int keep) 
   return true;
 }
 
+size_t prune_replica_logs(const std::string& dir, const std::set<std::string>& live,
+                          std::chrono::milliseconds retention, size_t keep) {
+  namespace fs = std::filesystem;
+  struct Group {
+    std::vector<fs::path> files;
+    fs::file_time_type newest = fs::file_time_type::min();
+  };
+  std::map<std::string, Group> groups;  // by replica
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    std::string name = entry.path().filename().string();
+    size_t suffix = name.rfind(".log");
+    if (suffix == std::string::npos || suffix == 0) continue;
+    std::string rest = name.substr(suffix + 4);  // "" or ".N"
+    if (!rest.empty() && (rest[0] != '.' || rest.find_first_not_of("0123456789", 1) != std::string::npos)) continue;
+    std::string replica = name.substr(0, suffix);
+    if (live.count(replica)) continue;
+    auto& group = groups[replica];
+    group.files.push_back(entry.path());
+    std::error_code time_error;
+    auto written = fs::last_write_time(entry.path(), time_error);
+    if (!time_error) group.newest = std::max(group.newest, written);
+  }
+  std::vector<std::pair<fs::file_time_type, std::string>> by_age;
+  for (const auto& [replica, group] : groups) by_age.emplace_back(group.newest, replica);
+  std::sort(by_age.begin(), by_age.end(), std::greater<>());
+  auto oldest_kept = fs::file_time_type::clock::now() - retention;
+  size_t removed = 0;
+  for (size_t rank = 0; rank < by_age.size(); ++rank) {
+    const auto& [newest, replica] = by_age[rank];
+    if (rank < keep && newest >= oldest_kept) continue;
+    for (const auto& file : groups[replica].files) removed += fs::remove(file, ec) ? 1 : 0;
+  }
+  return removed;
+}
+
 std::string tail_lines(const std::string& path, int lines) {
   std::ifstream file(path, std::ios::binary);
   if (!file) return "";
@@ -154,7 +159,7 @@ std::string tail_lines(const std::string& path, int lines) {
 }
 
 Result<int> find_free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return make_error(ErrorCode::Internal, "socket() failed");
   sockaddr_in address{};
   address.sin_family = AF_INET;

@@ -2,8 +2,10 @@
 // Child processes for engines: the ProcessLauncher seam, and simulated GPUs.
 #include <sys/types.h>
 
+#include <chrono>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -61,6 +63,11 @@ std::optional<int64_t> process_start_time(pid_t pid);
 // "copytruncate"; lines written between the copy and the truncate are lost). Returns whether it
 // rotated.
 bool rotate_log_if_larger(const std::string& path, int64_t max_bytes, int keep);
+
+// Removes the logs (<replica>.log and its rotations) in `dir` of replicas not in `live`, once
+// older than `retention`, and beyond the `keep` most recently written. Returns the files removed.
+size_t prune_replica_logs(const std::string& dir, const std::set<std::string>& live,
+                          std::chrono::milliseconds retention, size_t keep);
 
 // The last `lines` lines of a file (at most the last 16 KiB of it).
 std::string tail_lines(const std::string& path, int lines);

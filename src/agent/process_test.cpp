@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "agent/agent_db.h"
@@ -158,6 +159,45 @@ TEST(AgentDb, EnginesSurviveReopening) {
   EXPECT_EQ(record.plan_version, 3);
 
   EXPECT_FALSE(AgentDb::open(dir.path() + "/no/such/dir/agent.db"));
+}
+
+TEST(LogRetention, LogsOfDeletedReplicasGoPastTheNewestFewOrTheRetention) {
+  TempDirectory dir;
+  namespace fs = std::filesystem;
+  auto write = [&](const std::string& name, fs::file_time_type::duration age) {
+    std::ofstream(dir.path() + "/" + name) << "line\n";
+    fs::last_write_time(dir.path() + "/" + name, fs::file_time_type::clock::now() - age);
+  };
+  write("live.log", std::chrono::hours(48));  // a live replica's log stays, however old
+  write("gone-old.log", std::chrono::hours(2));
+  write("gone-old.log.1", std::chrono::hours(3));
+  write("gone-a.log", std::chrono::minutes(3));
+  write("gone-b.log", std::chrono::minutes(2));
+  write("gone-b.log.1", std::chrono::minutes(2));
+  write("gone-c.log", std::chrono::minutes(1));
+  write("notes.txt", std::chrono::hours(48));  // not a log
+  size_t removed = prune_replica_logs(dir.path(), {"live"}, std::chrono::hours(1), 2);
+  EXPECT_EQ(removed, 3u);  // gone-old (past the retention, both files) and gone-a (beyond the newest 2)
+  std::set<std::string> left;
+  for (const auto& entry : fs::directory_iterator(dir.path())) left.insert(entry.path().filename().string());
+  EXPECT_EQ(left, (std::set<std::string>{"live.log", "gone-b.log", "gone-b.log.1", "gone-c.log", "notes.txt"}));
+}
+
+TEST(PosixLauncher, TheEngineLogIsItsOwnersAlone) {
+  TempDirectory dir;
+  std::string log = dir.path() + "/logs/engine.log";
+  std::filesystem::create_directories(dir.path() + "/logs");
+  std::ofstream(log) << "from an earlier run\n";
+  std::filesystem::permissions(log, std::filesystem::perms(0644));
+  PosixLauncher launcher;
+  LaunchSpec spec;
+  spec.argv = {"/bin/sh", "-c", "echo started"};
+  spec.log_path = log;
+  auto pid = launcher.launch(spec);
+  ASSERT_TRUE(pid) << pid.error().message;
+  ASSERT_TRUE(wait_for([&] { return launcher.poll(*pid).has_value(); }, 5s));
+  EXPECT_EQ(static_cast<int>(std::filesystem::status(log).permissions() & std::filesystem::perms::all), 0600);
+  EXPECT_NE(tail_lines(log, 1).find("started"), std::string::npos);
 }
 
 }  // namespace

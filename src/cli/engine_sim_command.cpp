@@ -3,6 +3,7 @@
 
 #include "cli/cli.h"
 #include "common/log.h"
+#include "common/subprocess.h"
 #include "sim/sim.h"
 
 namespace nebula::cli {
@@ -133,6 +134,7 @@ int run_engine_sim_command(int argc, char** argv) {
       return 2;
     }
   }
+  raise_descriptor_limit();
   return sim::run_engine_sim(options);
 }
 

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -24,6 +25,7 @@
 #include "common/config.h"
 #include "common/ids.h"
 #include "common/log.h"
+#include "common/subprocess.h"
 #include "controlplane/controlplane.h"
 #include "gateway/gateway.h"
 #include "gateway/origin_guard.h"
@@ -52,6 +54,8 @@ struct ServerFlags {
   // Browser-facing guard (docs/security.md).
   std::vector<std::string> allowed_hosts;
   std::vector<std::string> allowed_origins;
+  std::string drain_timeout = "30s";
+  size_t max_connections = 0;  // 0: derived from the open-file limit
 };
 
 bool is_loopback(const std::string& host) {
@@ -78,6 +82,11 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
                  "Gateway: requests one replica takes at once when its deployment sets no --max-seqs")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_option("--drain-timeout", flags.drain_timeout,
+                 "On SIGTERM/Ctrl-C: how long requests in flight may take to finish before they are cut")
+      ->capture_default_str();
+  app.add_option("--max-connections", flags.max_connections,
+                 "Client connections at once; more get a fast 503 (default: half the open-file limit, less 48)");
   app.add_option("--data-dir", flags.data_dir, "Where state, logs and the join token live")->capture_default_str();
   app.add_option("--store", flags.store, "State store: sqlite://PATH (default <data-dir>/nebula.db)");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")->capture_default_str();
@@ -99,12 +108,72 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
 
 // Creates the file readable by its owner only from the first byte (no umask window).
 Status write_private_file(const std::string& path, const std::string& content) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return make_error(ErrorCode::Internal, "cannot write " + path + ": " + std::strerror(errno));
   ::fchmod(fd, 0600);
   bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
   ::close(fd);
   if (!ok) return make_error(ErrorCode::Internal, "cannot write " + path);
+  return {};
+}
+
+// Creates the data dir readable by its owner only (engine logs, the join token and the store hold
+// prompts and secrets); an existing one more open than that is only warned about.
+Status prepare_data_dir(const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) {
+    auto parent = std::filesystem::path(dir).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      return make_error(ErrorCode::Internal, "cannot create data dir " + dir + ": " + std::strerror(errno));
+    }
+  }
+  struct stat info {};
+  if (::stat(dir.c_str(), &info) != 0 || !S_ISDIR(info.st_mode)) {
+    return make_error(ErrorCode::Internal, "data dir " + dir + " is not a directory");
+  }
+  if (info.st_mode & 077) {
+    spdlog::warn("data dir {} is readable by other users (mode {:o}): chmod 700 it", dir, info.st_mode & 0777);
+  }
+  return {};
+}
+
+// Takes an exclusive lock on DIR/FILE for the life of the process, so two servers (or agents)
+// never share a data dir: the second would adopt the first one's engines and corrupt its store.
+// The descriptor is close-on-exec and never closed: the kernel releases the lock when the process
+// ends, however it ends (an engine started meanwhile does not hold it).
+Status lock_data_dir(const std::string& dir, const std::string& file, const std::string& who) {
+  std::string path = dir + "/" + file;
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return make_error(ErrorCode::Internal, "cannot open " + path + ": " + std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int error = errno;
+    char holder[32] = {};
+    ssize_t got = ::pread(fd, holder, sizeof holder - 1, 0);
+    ::close(fd);
+    std::string pid = got > 0 ? std::string(holder, static_cast<size_t>(got)) : "";
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    if (error == EWOULDBLOCK) {
+      return make_error(ErrorCode::Conflict, fmt::format("data dir {} is in use by another nebula {} (pid {}); stop "
+                                                         "it first or pass another --data-dir",
+                                                         dir, who, pid.empty() ? "unknown" : pid));
+    }
+    return make_error(ErrorCode::Internal, "cannot lock " + path + ": " + std::strerror(error));
+  }
+  std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+    spdlog::warn("cannot write the pid into {}: {}", path, std::strerror(errno));
+  }
+  return {};
+}
+
+// The store's file is its owner's alone from its first byte; SQLite gives its -wal and -shm
+// files the same mode.
+Status make_private(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return make_error(ErrorCode::Internal, "cannot open " + path + ": " + std::strerror(errno));
+  ::fchmod(fd, 0600);
+  ::close(fd);
   return {};
 }
 
@@ -135,9 +204,8 @@ sigset_t block_stop_signals() {
 class ServerRuntime {
  public:
   Status start(const ServerFlags& flags) {
-    std::error_code ec;
-    std::filesystem::create_directories(flags.data_dir, ec);
-    if (ec) return make_error(ErrorCode::Internal, "cannot create data dir " + flags.data_dir + ": " + ec.message());
+    if (auto prepared = prepare_data_dir(flags.data_dir); !prepared) return prepared;
+    if (auto locked = lock_data_dir(flags.data_dir, "server.lock", "server"); !locked) return locked;
     auto address = parse_host_port(flags.listen);
     if (!address) return address.error();
     auth_ = flags.auth.empty() ? "none" : flags.auth;
@@ -162,6 +230,7 @@ class ServerRuntime {
       }
       store_path = flags.store.substr(9);
     }
+    if (auto made = make_private(store_path); !made) return made;
     auto store = store::SqliteStore::open(store_path);
     if (!store) return store.error();
     store_ = std::move(*store);
@@ -210,7 +279,20 @@ class ServerRuntime {
     controlplane::add_api_routes(router, *resources_, io_, options_);
     gateway_->add_routes(router);
     router.set_guard([this](const http::Request& request) { return gateway_->guard_management(request); });
-    server_ = std::make_unique<http::Server>(io_, gateway::guard_origins(std::move(router), origin_options));
+    auto drain_timeout = parse_duration(flags.drain_timeout);
+    if (!drain_timeout)
+      return make_error(ErrorCode::InvalidArgument, "--drain-timeout: " + drain_timeout.error().message);
+    drain_timeout_ = *drain_timeout;
+    http::ServerOptions server_options;
+    // Each proxied stream holds two descriptors (the client's and the engine's); keep 96 for the
+    // store, logs, the agent and clients being refused.
+    uint64_t descriptors = descriptor_limit().soft;
+    server_options.max_connections =
+        flags.max_connections > 0
+            ? flags.max_connections
+            : static_cast<size_t>(descriptors > 192 ? (descriptors - 96) / 2 : descriptors / 4 + 1);
+    server_ =
+        std::make_unique<http::Server>(io_, gateway::guard_origins(std::move(router), origin_options), server_options);
     auto port = server_->listen(*address);
     if (!port) return port.error();
     std::string host = address->host == "0.0.0.0" ? "127.0.0.1" : address->host;
@@ -218,8 +300,18 @@ class ServerRuntime {
     controller_ = std::make_unique<controlplane::Controller>(*resources_, options_);
     controller_->start();
     thread_ = std::thread([this] { io_.run(); });
-    spdlog::info("nebula server listening on {} (store {})", url_, store_path);
+    spdlog::info("nebula server listening on {} (store {}, at most {} connections)", url_, store_path,
+                 server_->max_connections());
     return {};
+  }
+
+  // Stops accepting and lets the requests in flight finish, up to --drain-timeout.
+  void drain() {
+    if (!server_) return;
+    spdlog::info("draining: waiting up to {} s for requests in flight",
+                 std::chrono::duration_cast<std::chrono::seconds>(drain_timeout_).count());
+    size_t cut = server_->drain(drain_timeout_);
+    if (cut > 0) spdlog::warn("drain timeout: cut {} connection{} still busy", cut, cut == 1 ? "" : "s");
   }
 
   void stop() {
@@ -248,6 +340,7 @@ class ServerRuntime {
   std::thread thread_;
   std::string url_;
   std::string auth_;
+  std::chrono::milliseconds drain_timeout_{30'000};
 };
 
 // --reserved-vram: "" leaves the node's setting as it is (-1).
@@ -272,6 +365,8 @@ struct AgentFlags {
   int probe_failures = 0;
   std::string log_max_size;
   int log_keep = 0;
+  std::string deleted_log_retention;
+  int deleted_logs_keep = -1;
   std::vector<std::string> engine_binaries;  // NAME=BINARY (image for docker)
   std::string hf_endpoint;
   std::string hf_token;
@@ -295,6 +390,10 @@ void add_agent_flags(CLI::App& app, AgentFlags& flags, bool with_config) {
                  "Failed health probes in a row that restart an engine (default 3; the first takes it out of routing)");
   app.add_option("--log-max-size", flags.log_max_size, "Engine log size that triggers rotation (default 64MB)");
   app.add_option("--log-keep", flags.log_keep, "Rotated engine logs kept per replica (default 3)");
+  app.add_option("--deleted-log-retention", flags.deleted_log_retention,
+                 "How long the logs of a deleted replica are kept (default 1h)");
+  app.add_option("--deleted-logs-keep", flags.deleted_logs_keep,
+                 "Deleted replicas whose logs are kept at most, newest first (default 20)");
   app.add_option("--engine-binary", flags.engine_binaries,
                  "NAME=BINARY: the binary (or docker image) to run for an engine; repeatable");
   app.add_option("--hf-endpoint", flags.hf_endpoint, "Hugging Face compatible endpoint for model downloads");
@@ -313,8 +412,9 @@ Status apply_duration(const std::string& flag, const std::string& text, std::chr
 
 // Reads agent.yaml into flags not given on the command line. Keys: server, token, name, listen,
 // sim_gpus, data_dir, reserved_vram, restart_backoff, max_restart_backoff, startup_timeout,
-// stop_grace, heartbeat_interval, probe_period, probe_timeout, probe_failures, log_max_size, log_keep, hf_endpoint,
-// hf_token, model_cache, model_cache_limit, engines: {NAME: {binary, args: [...], env: {...}, command: [...]}}.
+// stop_grace, heartbeat_interval, probe_period, probe_timeout, probe_failures, log_max_size, log_keep,
+// deleted_log_retention, deleted_logs_keep, hf_endpoint, hf_token, model_cache, model_cache_limit,
+// engines: {NAME: {binary, args: [...], env: {...}, command: [...]}}.
 Status read_agent_config(const std::string& path, json& config) {
   std::ifstream in(path);
   if (!in) return make_error(ErrorCode::InvalidArgument, "cannot read " + path);
@@ -323,14 +423,30 @@ Status read_agent_config(const std::string& path, json& config) {
   if (!parsed) return make_error(ErrorCode::InvalidArgument, path + ": " + parsed.error().message);
   if (parsed->is_null()) parsed = json::object();
   if (!parsed->is_object()) return make_error(ErrorCode::InvalidArgument, path + ": expected a mapping of settings");
-  static const std::set<std::string> known = {"server",          "token",           "name",
-                                              "listen",          "sim_gpus",        "data_dir",
-                                              "reserved_vram",   "restart_backoff", "max_restart_backoff",
-                                              "startup_timeout", "stop_grace",      "heartbeat_interval",
-                                              "probe_period",    "probe_timeout",   "probe_failures",
-                                              "log_max_size",    "log_keep",        "hf_endpoint",
-                                              "hf_token",        "model_cache",     "model_cache_limit",
-                                              "engines"};
+  static const std::set<std::string> known = {"server",
+                                              "token",
+                                              "name",
+                                              "listen",
+                                              "sim_gpus",
+                                              "data_dir",
+                                              "reserved_vram",
+                                              "restart_backoff",
+                                              "max_restart_backoff",
+                                              "startup_timeout",
+                                              "stop_grace",
+                                              "heartbeat_interval",
+                                              "probe_period",
+                                              "probe_timeout",
+                                              "probe_failures",
+                                              "log_max_size",
+                                              "log_keep",
+                                              "hf_endpoint",
+                                              "hf_token",
+                                              "model_cache",
+                                              "model_cache_limit",
+                                              "engines",
+                                              "deleted_log_retention",
+                                              "deleted_logs_keep"};
   for (const auto& [key, value] : parsed->items()) {
     if (!known.count(key)) return make_error(ErrorCode::InvalidArgument, path + ": unknown setting '" + key + "'");
   }
@@ -360,6 +476,11 @@ Status apply_agent_flags(AgentFlags flags, const json& config, agent::Options& o
   text(flags.hf_token, "hf_token");
   text(flags.model_cache, "model_cache");
   text(flags.model_cache_limit, "model_cache_limit");
+  text(flags.deleted_log_retention, "deleted_log_retention");
+  if (flags.deleted_logs_keep == -1 && config.contains("deleted_logs_keep") &&
+      config["deleted_logs_keep"].is_number_integer()) {
+    flags.deleted_logs_keep = config["deleted_logs_keep"].get<int>();
+  }
   if (flags.log_keep == 0 && config.contains("log_keep") && config["log_keep"].is_number_integer()) {
     flags.log_keep = config["log_keep"].get<int>();
   }
@@ -388,6 +509,12 @@ Status apply_agent_flags(AgentFlags flags, const json& config, agent::Options& o
     if (!mb || *mb <= 0) return make_error(ErrorCode::InvalidArgument, "--log-max-size: expected a size like 64MB");
     options.log_max_bytes = *mb << 20;
   }
+  if (auto done = apply_duration("--deleted-log-retention", flags.deleted_log_retention, options.deleted_log_retention);
+      !done)
+    return done;
+  if (flags.deleted_logs_keep < -1)
+    return make_error(ErrorCode::InvalidArgument, "--deleted-logs-keep must be 0 or more");
+  if (flags.deleted_logs_keep >= 0) options.deleted_logs_keep = flags.deleted_logs_keep;
   if (flags.log_keep < 0) return make_error(ErrorCode::InvalidArgument, "--log-keep must be 1 or more");
   if (flags.log_keep > 0) options.log_keep = flags.log_keep;
   if (!flags.hf_endpoint.empty()) options.hf_endpoint = flags.hf_endpoint;
@@ -458,6 +585,8 @@ int run_server(int argc, char** argv) {
   add_server_flags(app, flags);
   if (auto exit = parse(app, argc, argv)) return *exit;
   init_logging(flags.log_level);
+  flags.data_dir = expand_home(flags.data_dir);
+  raise_descriptor_limit();
   auto signals = block_stop_signals();
   ServerRuntime runtime;
   if (auto started = runtime.start(flags); !started) return fail(started.error().message);
@@ -465,6 +594,7 @@ int run_server(int argc, char** argv) {
             << "Join an agent: nebula agent --server " << runtime.url() << " --token " << runtime.join_token() << "\n"
             << std::flush;
   wait_for_stop_signal(signals);
+  runtime.drain();
   runtime.stop();
   return 0;
 }
@@ -492,6 +622,7 @@ int run_up(int argc, char** argv) {
   flags.data_dir = expand_home(flags.data_dir);
   auto reserved_mb = parse_reserved_vram(reserved_vram);
   if (!reserved_mb) return fail(reserved_mb.error().message);
+  raise_descriptor_limit();
   auto signals = block_stop_signals();
   // The kernel sends SIGTERM when the parent dies; sigwait below takes it like any stop.
   if (exit_with_parent && (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() == 1)) {
@@ -500,6 +631,10 @@ int run_up(int argc, char** argv) {
 
   ServerRuntime runtime;
   if (auto started = runtime.start(flags); !started) return fail(started.error().message);
+  if (auto locked = lock_data_dir(flags.data_dir, "agent.lock", "agent"); !locked) {
+    runtime.stop();
+    return fail(locked.error().message);
+  }
   agent::Options agent_options;
   agent_options.server_url = runtime.url();
   agent_options.token = runtime.join_token();
@@ -538,6 +673,8 @@ int run_up(int argc, char** argv) {
             << "Ctrl-C stops Nebula and every engine it started.\n\n"
             << std::flush;
   wait_for_stop_signal(signals);
+  // Streams in flight finish on engines that still run; then the engines stop.
+  runtime.drain();
   local_agent.stop();
   runtime.stop();
   return 0;
@@ -594,6 +731,10 @@ int run_agent(int argc, char** argv) {
   options.listen = *address;
   options.data_dir = expand_home(data_dir);
   if (auto applied = apply_agent_flags(flags, config, options); !applied) return fail(applied.error().message);
+  if (auto prepared = prepare_data_dir(options.data_dir); !prepared) return fail(prepared.error().message);
+  if (auto locked = lock_data_dir(options.data_dir, "agent.lock", "agent"); !locked)
+    return fail(locked.error().message);
+  raise_descriptor_limit();
   auto signals = block_stop_signals();
   // SIGUSR1 (blocked like the stop signals, so sigwait takes it) tells this thread that the agent
   // gave up: its join token was refused.

@@ -114,8 +114,11 @@ awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const st
     co_await writer.send(error_response(watch.error()));
     co_return;
   }
+  writer.mark_endless();
+  // A client that leaves (or a draining server) ends the wait at once, not at the next keep-alive.
+  writer.on_client_gone([queue] { queue->timer.cancel(); });
   if (!co_await writer.start_stream(200, ndjson_headers())) co_return;
-  while (true) {
+  while (!writer.client_gone()) {
     std::deque<std::string> lines;
     {
       std::lock_guard lock(queue->mutex);
@@ -600,6 +603,9 @@ void add_logs_route(http::Router& router, Resources& resources, asio::io_context
                  co_await writer.send(Response::text(stream.status, std::move(text), stream.header("content-type")));
                  co_return;
                }
+               std::string follow = request.query_or("follow");
+               if (follow == "1" || follow == "true") writer.mark_endless();
+               writer.on_client_gone([&stream] { stream.cancel(); });
                if (!co_await writer.start_stream(200, text_headers())) co_return;
                while (true) {
                  auto piece = co_await stream.read(std::chrono::hours(24));

@@ -5,7 +5,6 @@
 #include <fmt/ranges.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,9 +14,8 @@
 #include <cstring>
 #include <thread>
 
+#include "common/subprocess.h"
 #include "http/http.h"
-
-extern char** environ;
 
 namespace nebula::engines {
 
@@ -109,27 +107,18 @@ Result<ProcessOutput> run_captured(const std::vector<std::string>& argv, std::ch
   if (argv.empty()) return Error{ErrorCode::InvalidArgument, "no command to run"};
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return Error{ErrorCode::Internal, fmt::format("pipe: {}", strerror(errno))};
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 1);
-  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 2);
-  posix_spawnattr_t attributes;
-  posix_spawnattr_init(&attributes);
-  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
-  posix_spawnattr_setpgroup(&attributes, 0);
-  std::vector<char*> args;
-  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = 0;
-  int spawned = posix_spawnp(&pid, args[0], &actions, &attributes, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attributes);
+  SpawnOptions options;
+  options.argv = argv;
+  options.out = Stdio::from_descriptor(pipe_fds[1]);
+  options.err = Stdio::from_descriptor(pipe_fds[1]);
+  options.new_process_group = true;
+  auto spawned = spawn(options);
   ::close(pipe_fds[1]);
-  if (spawned != 0) {
+  if (!spawned) {
     ::close(pipe_fds[0]);
-    return Error{ErrorCode::NotFound, fmt::format("cannot run {}: {}", argv[0], strerror(spawned))};
+    return Error{ErrorCode::NotFound, spawned.error().message};
   }
+  pid_t pid = *spawned;
 
   ProcessOutput result;
   auto deadline = std::chrono::steady_clock::now() + timeout;

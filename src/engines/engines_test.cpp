@@ -2,7 +2,6 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,12 +15,11 @@
 #include <sstream>
 #include <thread>
 
+#include "common/subprocess.h"
 #include "engines/common.h"
 #include "engines/drivers.h"
 #include "engines/prometheus.h"
 #include "http/http.h"
-
-extern char** environ;
 
 namespace nebula::engines {
 namespace {
@@ -551,27 +549,12 @@ TEST(EngineHelpers, VersionAndSubstitution) {
 class ChildProcess {
  public:
   explicit ChildProcess(const Command& command) {
-    std::map<std::string, std::string> env;
-    for (char** entry = environ; *entry; ++entry) {
-      std::string text(*entry);
-      size_t equals = text.find('=');
-      if (equals != std::string::npos) env[text.substr(0, equals)] = text.substr(equals + 1);
-    }
-    for (const auto& [name, value] : command.env) env[name] = value;
-    std::vector<std::string> env_text;
-    for (const auto& [name, value] : env) env_text.push_back(name + "=" + value);
-    std::vector<char*> envp, argv;
-    for (auto& text : env_text) envp.push_back(text.data());
-    envp.push_back(nullptr);
-    std::vector<std::string> args = command.argv;
-    for (auto& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    posix_spawnattr_t attributes;
-    posix_spawnattr_init(&attributes);
-    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
-    posix_spawnattr_setpgroup(&attributes, 0);
-    if (posix_spawnp(&pid_, argv[0], nullptr, &attributes, argv.data(), envp.data()) != 0) pid_ = 0;
-    posix_spawnattr_destroy(&attributes);
+    SpawnOptions options;
+    options.argv = command.argv;
+    options.env = command.env;
+    options.new_process_group = true;
+    auto spawned = spawn(options);
+    pid_ = spawned ? *spawned : 0;
   }
   ~ChildProcess() {
     if (pid_ <= 0) return;

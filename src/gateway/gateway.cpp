@@ -5,6 +5,9 @@
 #include <fmt/format.h>
 #include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <cstdio>
 #include <cstring>
 
 #include <boost/asio/co_spawn.hpp>
@@ -19,6 +22,7 @@
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/json.h"
+#include "common/subprocess.h"
 #include "gateway/responses.h"
 #include "http/sse.h"
 
@@ -234,8 +238,15 @@ Gateway::Gateway(store::Store& store, asio::io_context& io, Options options)
   client_options.max_idle_per_host = 512;
   client_ = std::make_unique<http::Client>(io, client_options);
   if (!options.access_log_path.empty()) {
-    access_log_ = std::make_shared<spdlog::logger>(
-        "access", std::make_shared<spdlog::sinks::rotating_file_sink_mt>(options.access_log_path, 64 << 20, 3));
+    // Its lines name keys and clients: readable by the owner only, and never inherited by a child.
+    spdlog::file_event_handlers private_file;
+    private_file.after_open = [](const spdlog::filename_t&, std::FILE* file) {
+      ::fchmod(::fileno(file), 0600);
+      set_close_on_exec(::fileno(file));
+    };
+    access_log_ =
+        std::make_shared<spdlog::logger>("access", std::make_shared<spdlog::sinks::rotating_file_sink_mt>(
+                                                       options.access_log_path, 64 << 20, 3, false, private_file));
     access_log_->set_pattern("%v");
     // Flushed once a second by report_activity(), not per line: a crash loses at most the last
     // second of access log lines, as it does of usage.
@@ -592,7 +603,8 @@ void Gateway::add_routes(http::Router& router) {
     return stored_response(request, writer, true);
   });
   router.add("GET", "/metrics", [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
-    co_await writer.send(http::Response::text(200, metrics_.render(), "text/plain; version=0.0.4"));
+    co_await writer.send(
+        http::Response::text(200, metrics_.render() + http::render_server_metrics(), "text/plain; version=0.0.4"));
   });
   add_key_routes(router);
 }

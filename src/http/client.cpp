@@ -1,10 +1,13 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <array>
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/ssl.hpp>
+#include <cerrno>
 #include <mutex>
 #include <unordered_map>
 #include <variant>
@@ -32,8 +35,17 @@ struct Connection {
   Deadline deadline;  // the stream's timer, re-armed only when it drifted
   std::string pool_key;
   bool reused = false;
+  std::chrono::steady_clock::time_point idle_since{};  // when it went back to the pool
 
   bool is_tls() const { return std::holds_alternative<TlsStream>(stream); }
+  // An idle connection is worth keeping while its peer has not closed it (nor, on plain HTTP,
+  // sent anything unasked: a 408 or garbage). A peek costs one syscall and no I/O.
+  bool still_open() {
+    char byte;
+    ssize_t got = ::recv(tcp().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (got < 0) return errno == EAGAIN || errno == EWOULDBLOCK;
+    return got > 0 && is_tls();  // TLS peers may send a session ticket after the handshake
+  }
   // The TCP layer: timeouts, connect, close.
   beast::tcp_stream& tcp() {
     if (auto* plain = std::get_if<PlainStream>(&stream)) return *plain;
@@ -120,18 +132,48 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     return tls;
   }
 
+  std::chrono::steady_clock::time_point last_sweep{};
+
+  bool worth_keeping(Connection& connection, std::chrono::steady_clock::time_point now) {
+    return now - connection.idle_since < options.idle_timeout && connection.still_open();
+  }
+
+  // Closes idle connections that timed out or whose peer closed them (an engine that exited
+  // leaves them in CLOSE-WAIT), at most once a second; called with the mutex held, on every use
+  // of the pool.
+  void sweep(std::chrono::steady_clock::time_point now) {
+    if (now - last_sweep < std::chrono::seconds(1)) return;
+    last_sweep = now;
+    for (auto it = idle.begin(); it != idle.end();) {
+      std::erase_if(it->second,
+                    [&](std::unique_ptr<Connection>& connection) { return !worth_keeping(*connection, now); });
+      it = it->second.empty() ? idle.erase(it) : std::next(it);
+    }
+  }
+
   std::unique_ptr<Connection> take_idle(const std::string& key) {
     std::lock_guard lock(mutex);
+    auto now = std::chrono::steady_clock::now();
+    sweep(now);
     auto it = idle.find(key);
-    if (it == idle.end() || it->second.empty()) return nullptr;
-    auto connection = std::move(it->second.back());
-    it->second.pop_back();
-    connection->reused = true;
-    return connection;
+    while (it != idle.end() && !it->second.empty()) {
+      auto connection = std::move(it->second.back());
+      it->second.pop_back();
+      if (it->second.empty()) idle.erase(it);
+      if (worth_keeping(*connection, now)) {
+        connection->reused = true;
+        return connection;
+      }
+      it = idle.find(key);
+    }
+    return nullptr;
   }
 
   void give_back(std::unique_ptr<Connection> connection) {
     std::lock_guard lock(mutex);
+    auto now = std::chrono::steady_clock::now();
+    connection->idle_since = now;
+    sweep(now);
     auto& list = idle[connection->pool_key];
     if (list.size() < options.max_idle_per_host) list.push_back(std::move(connection));
   }
@@ -152,7 +194,25 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
                                                      asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return io_error("cannot resolve", url, ec);
     connection->deadline.arm(connection->tcp(), options.connect_timeout);
-    co_await connection->tcp().async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
+    // Each address in turn, on a socket opened close-on-exec (Asio opens them inheritable).
+    ec = asio::error::host_not_found;
+    for (const auto& entry : endpoints) {
+      auto& socket = connection->tcp().socket();
+      error_code ignored;
+      socket.close(ignored);
+      int fd = ::socket(entry.endpoint().protocol().family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd < 0) {
+        ec.assign(errno, boost::system::system_category());
+        continue;
+      }
+      socket.assign(entry.endpoint().protocol(), fd, ec);
+      if (ec) {
+        ::close(fd);
+        continue;
+      }
+      co_await connection->tcp().async_connect(entry.endpoint(), asio::redirect_error(asio::use_awaitable, ec));
+      if (!ec || ec == beast::error::timeout) break;
+    }
     if (ec) co_return io_error("cannot connect to", url, ec);
     connection->tcp().socket().set_option(tcp::no_delay(true), ec);
     if (connection->is_tls()) {
@@ -371,6 +431,22 @@ awaitable<Result<std::string>> StreamingResponse::read_all(std::chrono::millisec
 
 Client::Client(asio::io_context& io, ClientOptions options) : impl_(std::make_shared<Impl>(io, options)) {}
 Client::~Client() = default;
+
+void Client::close_idle(const std::string& origin) {
+  std::vector<std::unique_ptr<Connection>> connections;
+  std::lock_guard lock(impl_->mutex);
+  if (auto it = impl_->idle.find(origin); it != impl_->idle.end()) {
+    connections = std::move(it->second);
+    impl_->idle.erase(it);
+  }
+}
+
+size_t Client::idle_connections() const {
+  std::lock_guard lock(impl_->mutex);
+  size_t count = 0;
+  for (const auto& [origin, connections] : impl_->idle) count += connections.size();
+  return count;
+}
 
 awaitable<Result<std::unique_ptr<StreamingResponse>>> Client::open(std::string method, std::string url_text,
                                                                    std::string body, Headers headers,

@@ -92,6 +92,9 @@ class ResponseWriter {
   // The server's io_context must run on one thread for this.
   virtual void on_client_gone(std::function<void()> callback) = 0;
   virtual bool client_gone() const = 0;
+  // Says the answer is a stream that never ends by itself (a watch, a followed log): a draining
+  // server closes it at once instead of waiting for it to finish.
+  virtual void mark_endless() {}
 };
 
 using Handler = std::function<awaitable<void>(Request&, ResponseWriter&)>;
@@ -129,7 +132,21 @@ struct ServerOptions {
   std::chrono::milliseconds idle_timeout{75'000};
   // A single write to a slow reader may take this long before the connection is dropped.
   std::chrono::milliseconds write_timeout{60'000};
+  // Open connections past which a new client gets a fast 503 instead of waiting in the backlog.
+  // 0: the open-file limit less 64 (a proxy, holding two descriptors per client, passes half).
+  size_t max_connections = 0;
 };
+
+// Counters of every Server in this process, for /metrics.
+struct ServerStats {
+  uint64_t accepted = 0;
+  uint64_t refused = 0;        // over max_connections, or while out of descriptors
+  uint64_t accept_errors = 0;  // accept() failures (EMFILE, ENFILE, ...)
+  uint64_t open = 0;
+};
+ServerStats server_stats();
+// server_stats() in Prometheus text format (nebula_http_*).
+std::string render_server_metrics();
 
 // Accepts connections on the io_context it is given; each connection is one coroutine, so idle
 // keep-alive connections cost memory, not threads. Handlers run on the io_context's threads.
@@ -145,7 +162,13 @@ class Server {
   // Stops accepting and closes every open connection. Asynchronous: the closing is posted to the
   // io_context, so keep running it (or post io.stop() after this) for the close to happen.
   void stop();
+  // A graceful stop, from a thread other than the io_context's (which must keep running): stops
+  // accepting, closes idle connections and endless streams, lets requests in flight finish (their
+  // connections then close) for up to `timeout`, then stop()s. Returns the connections it cut.
+  size_t drain(std::chrono::milliseconds timeout);
   size_t open_connections() const;
+  // The connection limit in force (ServerOptions::max_connections, or what it was derived to).
+  size_t max_connections() const;
 
  private:
   struct Impl;
@@ -164,6 +187,9 @@ struct Url {
 struct ClientOptions {
   std::chrono::milliseconds connect_timeout{5'000};  // also bounds the TLS handshake
   size_t max_idle_per_host = 64;
+  // An idle pooled connection is closed after this, and as soon as its peer closes it (checked
+  // every second while any connection is idle): a pool never keeps sockets to engines long gone.
+  std::chrono::milliseconds idle_timeout{30'000};
   size_t body_limit = 64 * 1024 * 1024;
   // https:// servers are verified (TLS 1.2+, certificate chain and host name) against the
   // system CA store and, when set, the CA certificates in this PEM file too (a private CA, or a
@@ -214,6 +240,10 @@ class Client {
   // Sends a request and reads the whole response within timeout.
   awaitable<Result<Response>> request(std::string method, std::string url, std::string body = {}, Headers headers = {},
                                       std::chrono::milliseconds timeout = std::chrono::seconds(60));
+  // Closes the idle connections to an origin ("http://host:port"), e.g. once its replica is gone.
+  void close_idle(const std::string& origin);
+  // Idle connections in the pool, over every origin.
+  size_t idle_connections() const;
   // Sends a request and returns once the response headers arrived (within first_byte_timeout).
   // A cancellation, when given, can abandon the request until open() returns.
   awaitable<Result<std::unique_ptr<StreamingResponse>>> open(std::string method, std::string url, std::string body,
