@@ -60,6 +60,10 @@ CLI::Validator size_value();
 // trace, debug, info, warn, error or off.
 CLI::Validator log_level_value();
 
+// A file of YAML input (spec, agent.yaml), read only up to 1 MiB: a larger one is refused
+// without being loaded (yaml_to_json refuses more anyway).
+Result<std::string> read_input_file(const std::string& path);
+
 // A resource name (deployment, mode, node) as the server requires it: DNS-label rules, said in
 // the error (api::validate_name).
 Status check_name(const std::string& name);

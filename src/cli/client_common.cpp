@@ -105,6 +105,19 @@ CLI::Validator log_level_value() {
       "LEVEL");
 }
 
+Result<std::string> read_input_file(const std::string& path) {
+  constexpr size_t kMaxBytes = 1 << 20;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(ErrorCode::InvalidArgument, "cannot read " + path);
+  std::string text(kMaxBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > kMaxBytes) {
+    return make_error(ErrorCode::InvalidArgument, fmt::format("{}: larger than {} bytes", path, kMaxBytes));
+  }
+  return text;
+}
+
 Status check_name(const std::string& name) {
   return api::validate_name(name);
 }

@@ -2,10 +2,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <fstream>
 #include <iostream>
 #include <limits>
-#include <sstream>
 #include <thread>
 
 #include "api/api.h"
@@ -24,11 +22,9 @@ std::string gib(int64_t mb) {
 
 // Reads `-f spec.yaml`: a Deployment document, or a bare spec (with an optional `name`).
 Result<json> read_spec_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return make_error(ErrorCode::InvalidArgument, "cannot read " + path);
-  std::stringstream text;
-  text << in.rdbuf();
-  auto document = yaml_to_json(text.str());
+  auto text = read_input_file(path);
+  if (!text) return text.error();
+  auto document = yaml_to_json(*text);
   if (!document) return make_error(ErrorCode::InvalidArgument, path + ": " + document.error().message);
   if (!document->is_object()) return make_error(ErrorCode::InvalidArgument, path + ": expected a mapping");
   if (!document->contains("spec")) {
@@ -98,7 +94,7 @@ int wait_ready(ApiClient& client, const std::string& name, std::chrono::millisec
       if (!replica["spec"].value("stop", false)) replicas.push_back(std::move(replica));
     }
     std::string report =
-        fmt::format("{}: {}/{} ready{}\n", name, ready, desired, message.empty() ? "" : " - " + message);
+        fmt::format("{}: {}/{} ready{}\n", name, ready, desired, message.empty() ? "" : " - " + first_line(message));
     for (const auto& replica : replicas) {
       const json& replica_status = replica["status"];
       std::string replica_message = replica_status.value("message", "");

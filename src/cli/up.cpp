@@ -317,10 +317,9 @@ Status apply_duration(const std::string& flag, const std::string& text, std::chr
 // stop_grace, heartbeat_interval, log_max_size, log_keep, hf_endpoint, hf_token, model_cache,
 // model_cache_limit, engines: {NAME: {binary, args: [...], env: {...}, command: [...]}}.
 Status read_agent_config(const std::string& path, json& config) {
-  std::ifstream in(path);
-  if (!in) return make_error(ErrorCode::InvalidArgument, "cannot read " + path);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto parsed = yaml_to_json(text);
+  auto text = read_input_file(path);
+  if (!text) return text.error();
+  auto parsed = yaml_to_json(*text);
   if (!parsed) return make_error(ErrorCode::InvalidArgument, path + ": " + parsed.error().message);
   if (parsed->is_null()) parsed = json::object();
   if (!parsed->is_object()) return make_error(ErrorCode::InvalidArgument, path + ": expected a mapping of settings");
