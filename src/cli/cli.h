@@ -53,6 +53,10 @@ int usage_error(const CLI::App& app, const std::string& message);
 // Option checks with messages that say what is wrong: "'two' is not a whole number", "5000 is
 // too large (at most 1000)", "-5 cannot be negative".
 CLI::Validator whole_number(int64_t min, int64_t max);
+// Any number (integer or decimal) that is not negative, or more than 0: "-1 cannot be negative",
+// never CLI11's "not in range 0 to" and a 309-digit maximum.
+CLI::Validator non_negative_number();
+CLI::Validator positive_number();
 // A duration (10s, 5m); at_least_ms > 0 refuses shorter ones, 0 included.
 CLI::Validator duration_value(int64_t at_least_ms = 0);
 // A size (24GB, 512MB).

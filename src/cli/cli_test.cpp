@@ -47,6 +47,16 @@ TEST(WholeNumber, SaysWhatIsWrong) {
   EXPECT_EQ(check(whole_number(-10, 10), "-99999999999999999999"), "'-99999999999999999999' is too small");
 }
 
+TEST(FlagValues, NumbersSayWhatIsWrongWithoutAHugeRange) {
+  EXPECT_EQ(check(non_negative_number(), "0"), "");
+  EXPECT_EQ(check(non_negative_number(), "2.5"), "");
+  EXPECT_EQ(check(non_negative_number(), "-1"), "-1 cannot be negative");
+  EXPECT_EQ(check(non_negative_number(), "lots"), "'lots' is not a number");
+  EXPECT_EQ(check(non_negative_number(), "1e999"), "'1e999' is too large");
+  EXPECT_EQ(check(positive_number(), "0"), "0 must be more than 0");
+  EXPECT_EQ(check(positive_number(), "nan"), "'nan' is not a number");
+}
+
 TEST(FlagValues, DurationsSizesAndLogLevels) {
   EXPECT_EQ(check(duration_value(), "10m"), "");
   EXPECT_EQ(check(duration_value(), "0"), "");

@@ -3,6 +3,7 @@
 #include <boost/asio/io_context.hpp>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -70,6 +71,34 @@ CLI::Validator whole_number(int64_t min, int64_t max) {
         return {};
       },
       min == 0 && max >= std::numeric_limits<int32_t>::max() ? "NUMBER >= 0" : fmt::format("{}..{}", min, max));
+}
+
+namespace {
+CLI::Validator number_at_least(bool zero_allowed) {
+  return CLI::Validator(
+      [zero_allowed](std::string& input) -> std::string {
+        std::string_view text = input;
+        if (!text.empty() && text.front() == '+') text.remove_prefix(1);
+        double value = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (ec == std::errc::result_out_of_range) return fmt::format("'{}' is too large", input);
+        if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(value)) {
+          return fmt::format("'{}' is not a number", input);
+        }
+        if (value < 0) return fmt::format("{} cannot be negative", input);
+        if (value == 0 && !zero_allowed) return fmt::format("{} must be more than 0", input);
+        return {};
+      },
+      zero_allowed ? "NUMBER >= 0" : "NUMBER > 0");
+}
+}  // namespace
+
+CLI::Validator non_negative_number() {
+  return number_at_least(true);
+}
+
+CLI::Validator positive_number() {
+  return number_at_least(false);
 }
 
 CLI::Validator duration_value(int64_t at_least_ms) {
