@@ -65,7 +65,7 @@ const std::vector<CliCase> kCases = {
     {"overflow", {"deploy", "x", "--max-context", "99999999999999999999"}, nullptr, 2, "is too large", "negative"},
     {"negative", {"deploy", "x", "--max-seqs", "-5"}, nullptr, 2, "-5 cannot be negative", "179769"},
     {"scale by a word", {"scale", "x", "two"}, nullptr, 2, "'two' is not a whole number", "range"},
-    {"unknown engine", {"deploy", "x", "--model", "tiny", "--engine", "nope"}, nullptr, 2, "nope", ""},
+    {"unknown engine", {"deploy", "x", "--model", "tiny", "--engine", "nope"}, nullptr, 2, "unknown engine 'nope'", ""},
     // Sizes and durations are usage errors, like every other bad flag value.
     {"unknown size unit", {"deploy", "x", "--vram", "24XB"}, nullptr, 2, "unknown unit 'XB'", ""},
     {"unknown duration unit", {"deploy", "x", "--idle-timeout", "5parsecs"}, nullptr, 2, "unknown unit 'parsecs'", ""},

@@ -61,6 +61,8 @@ CLI::Validator positive_number();
 CLI::Validator duration_value(int64_t at_least_ms = 0);
 // A size (24GB, 512MB).
 CLI::Validator size_value();
+// One of the engines Nebula runs: "unknown engine 'x' (one of: sim, vllm, ...)".
+CLI::Validator engine_value();
 // trace, debug, info, warn, error or off.
 CLI::Validator log_level_value();
 

@@ -1,5 +1,6 @@
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <charconv>
 #include <chrono>
@@ -121,6 +122,16 @@ CLI::Validator size_value() {
         return size ? "" : size.error().message;
       },
       "SIZE");
+}
+
+CLI::Validator engine_value() {
+  return CLI::Validator(
+      [](std::string& input) -> std::string {
+        const auto& engines = api::known_engines();
+        if (std::find(engines.begin(), engines.end(), input) != engines.end()) return {};
+        return fmt::format("unknown engine '{}' (one of: {})", input, fmt::join(engines, ", "));
+      },
+      "ENGINE");
 }
 
 CLI::Validator log_level_value() {

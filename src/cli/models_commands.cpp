@@ -199,7 +199,7 @@ int run_models(int argc, char** argv) {
   inspect->add_option("model", target, "A .gguf file, a .safetensors file or checkpoint directory, or a catalog id")
       ->required();
   inspect->add_option("--engine", spec.engine, "Engine the estimate is for")
-      ->check(CLI::IsMember(api::known_engines()))
+      ->check(engine_value())
       ->capture_default_str();
   inspect->add_option("--gpus", spec.gpus_per_replica, "Tensor-parallel GPUs")->check(whole_number(1, 64));
   inspect->add_option("--max-context", spec.max_context, "Context length")

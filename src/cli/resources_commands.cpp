@@ -184,7 +184,7 @@ int run_deploy(int argc, char** argv) {
   app.add_option("name", name, "Deployment name (also the model name clients ask for)");
   app.add_option("--model", model, "Model: a catalog id, a Hugging Face id or a path");
   app.add_option("--engine", engine, "sim, vllm, sglang, llamacpp, tgi, ollama, docker or command")
-      ->check(CLI::IsMember(api::known_engines()));
+      ->check(engine_value());
   app.add_option("--replicas", replicas, "Number of replicas")->check(whole_number(0, 1000));
   app.add_option("--gpus", gpus, "GPUs per replica")->check(whole_number(0, 64));
   app.add_option("--max-context", max_context, "Context length")->check(whole_number(0, kMaxInt));
