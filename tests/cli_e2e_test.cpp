@@ -98,6 +98,13 @@ const std::vector<CliCase> kCases = {
      "duplicate key 'replicas'",
      ""},
     {"alias bomb", {"deploy", "-f", "{dir}/spec.yaml"}, kAliasBomb.c_str(), 2, "more than 100000 values", ""},
+    {"no model", {"deploy", "nomodel"}, nullptr, 2, "spec.model is required", ""},
+    {"replicas out of range in a file",
+     {"deploy", "-f", "{dir}/spec.yaml"},
+     "name: x\nmodel: tiny\nreplicas: 5000\n",
+     2,
+     "spec.replicas must be between 0 and 1000",
+     ""},
     // Models.
     {"misspelled catalog id",
      {"deploy", "typo", "--model", "llama-3.1-8b-instrcut", "--dry-run"},

@@ -256,6 +256,7 @@ int run_deploy(int argc, char** argv) {
   }
   auto deployment = api::deployment_from_user_json(document);
   if (!deployment) return usage_error(app, deployment.error().message);
+  if (auto valid = api::validate(deployment->spec); !valid) return usage_error(app, valid.error().message);
   if (auto valid = check_context(deployment->spec); !valid) return usage_error(app, valid.error().message);
   warn_unknown_model(deployment->spec);
   auto timeout = parse_duration(wait_timeout);
@@ -392,6 +393,7 @@ int run_nodes(int argc, char** argv) {
   if (auto exit = parse(app, argc, argv)) return *exit;
   ApiClient client(flags);
   if (drain->parsed() || undrain->parsed()) {
+    if (auto valid = check_name(node); !valid) return usage_error(app, valid.error().message);
     std::string action = drain->parsed() ? "drain" : "undrain";
     auto done = client.call("POST", api_path({"nodes", node, action}));
     if (!done) return fail(done.error().message);
