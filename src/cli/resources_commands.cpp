@@ -159,14 +159,20 @@ void warn_unknown_model(const api::DeploymentSpec& spec) {
   std::cerr << warning << "\n";
 }
 
-// max_context above what the model was trained for: refused when the model is known.
+// max_context above what the model was trained for: refused when the model is known (from the
+// catalog, or the header of a model file on this machine).
 Status check_context(const api::DeploymentSpec& spec) {
   if (spec.max_context <= 0) return {};
-  auto match = models::find_in_catalog(spec.model);
-  if (!match || match->info.context_length <= 0 || spec.max_context <= match->info.context_length) return {};
+  int64_t context_length = 0;
+  if (auto match = models::find_in_catalog(spec.model)) {
+    context_length = match->info.context_length;
+  } else if (models::looks_like_path(spec.model)) {
+    if (auto info = models::read_model_path(spec.model)) context_length = info->context_length;
+  }
+  if (context_length <= 0 || spec.max_context <= context_length) return {};
   return make_error(ErrorCode::InvalidArgument,
                     fmt::format("--max-context {} is more than {}'s own context length ({})", spec.max_context,
-                                spec.model, match->info.context_length));
+                                spec.model, context_length));
 }
 
 }  // namespace
