@@ -2,6 +2,8 @@
 // its own file under src/cli/.
 #include <cstring>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "cli/cli.h"
 
@@ -45,9 +47,41 @@ int usage(std::ostream& out, int code) {
   return code;
 }
 
+// The client flags every command shares may come before the command (`nebula --server URL ls`):
+// they are moved to just after it, where the command's own parser reads them.
+std::vector<char*> global_flags_after_command(int argc, char** argv) {
+  std::vector<char*> globals;
+  int index = 1;
+  while (index < argc) {
+    std::string flag = argv[index];
+    bool takes_value = flag == "--server" || flag == "--api-key" || flag == "-o" || flag == "--output";
+    bool with_value = flag.rfind("--server=", 0) == 0 || flag.rfind("--api-key=", 0) == 0 ||
+                      flag.rfind("--output=", 0) == 0 || (flag.rfind("-o", 0) == 0 && flag.size() > 2);
+    if (takes_value && index + 1 < argc) {
+      globals.push_back(argv[index]);
+      globals.push_back(argv[index + 1]);
+      index += 2;
+    } else if (with_value) {
+      globals.push_back(argv[index]);
+      index += 1;
+    } else {
+      break;
+    }
+  }
+  std::vector<char*> arguments = {argv[0]};
+  if (index < argc) arguments.push_back(argv[index++]);
+  arguments.insert(arguments.end(), globals.begin(), globals.end());
+  for (; index < argc; ++index) arguments.push_back(argv[index]);
+  return arguments;
+}
+
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int raw_argc, char** raw_argv) {
+  std::vector<char*> arguments = global_flags_after_command(raw_argc, raw_argv);
+  int argc = static_cast<int>(arguments.size());
+  arguments.push_back(nullptr);
+  char** argv = arguments.data();
   if (argc < 2) return usage(std::cerr, 2);
   std::string name = argv[1];
   if (name == "-h" || name == "--help" || name == "help") return usage(std::cout, 0);

@@ -357,7 +357,7 @@ TEST_F(Cluster, BadAgentSettingsAreRefusedWithTheReason) {
   EXPECT_EQ(shape.exit_code, 1);
   EXPECT_NE(shape.out.find("engines: expected a mapping"), std::string::npos) << shape.out;
   auto duration = run({"--restart-backoff", "soon"});
-  EXPECT_EQ(duration.exit_code, 1);
+  EXPECT_EQ(duration.exit_code, 2) << "a bad flag value is a usage error";
   EXPECT_NE(duration.out.find("--restart-backoff"), std::string::npos) << duration.out;
   auto binary = run({"--engine-binary", "vllm"});
   EXPECT_EQ(binary.exit_code, 1);

@@ -159,7 +159,7 @@ TEST_F(UserStory, RefusesWhatDoesNotFitWithAReason) {
   EXPECT_TRUE(engine_pids("huge").empty());
 
   auto bad_engine = cli({"deploy", "x", "--engine", "nope", "--model", "m"});
-  EXPECT_EQ(bad_engine.exit_code, 1);
+  EXPECT_EQ(bad_engine.exit_code, 2) << "a bad flag value is a usage error";
   EXPECT_NE(bad_engine.out.find("unknown engine"), std::string::npos) << bad_engine.out;
   auto bad_usage = cli({"deploy", "x", "--replicas", "many"});
   EXPECT_EQ(bad_usage.exit_code, 2) << bad_usage.out;

@@ -3,7 +3,11 @@
 // Each returns the process exit code: 0 success, 1 failed operation, 2 bad usage.
 #include <CLI/CLI.hpp>
 
+#include <initializer_list>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/json.h"
 #include "common/result.h"
@@ -42,6 +46,38 @@ void add_client_flags(CLI::App& app, ClientFlags& flags);
 
 // Parses argv for a subcommand; on error or --help prints and returns the exit code to use.
 std::optional<int> parse(CLI::App& app, int argc, char** argv);
+// A usage error found after parsing (a bad value in a spec file, a name): the message on stderr
+// and the hint to run --help; returns 2.
+int usage_error(const CLI::App& app, const std::string& message);
+
+// Option checks with messages that say what is wrong: "'two' is not a whole number", "5000 is
+// too large (at most 1000)", "-5 cannot be negative".
+CLI::Validator whole_number(int64_t min, int64_t max);
+// Any number (integer or decimal) that is not negative, or more than 0: "-1 cannot be negative",
+// never CLI11's "not in range 0 to" and a 309-digit maximum.
+CLI::Validator non_negative_number();
+CLI::Validator positive_number();
+// A duration (10s, 5m); at_least_ms > 0 refuses shorter ones, 0 included.
+CLI::Validator duration_value(int64_t at_least_ms = 0);
+// A size (24GB, 512MB).
+CLI::Validator size_value();
+// One of the engines Nebula runs: "unknown engine 'x' (one of: sim, vllm, ...)".
+CLI::Validator engine_value();
+// trace, debug, info, warn, error or off.
+CLI::Validator log_level_value();
+
+// A file of YAML input (spec, agent.yaml), read only up to 1 MiB: a larger one is refused
+// without being loaded (yaml_to_json refuses more anyway).
+Result<std::string> read_input_file(const std::string& path);
+
+// A resource name (deployment, mode, node) as the server requires it: DNS-label rules, said in
+// the error (api::validate_name).
+Status check_name(const std::string& name);
+// The one way a path of the management API is built: every segment and query value
+// percent-encoded. api_path({"deployments", name, "logs"}, {{"tail", "10"}}) ->
+// "/api/v1/deployments/NAME/logs?tail=10".
+std::string api_path(std::initializer_list<std::string_view> segments,
+                     const std::vector<std::pair<std::string, std::string>>& query = {});
 
 // Talks to the management API; non-2xx answers become errors carrying the server's message.
 class ApiClient {
@@ -50,8 +86,9 @@ class ApiClient {
   // The HTTP status goes to *status when given.
   Result<json> call(const std::string& method, const std::string& path, const std::string& body = "",
                     int* status = nullptr);
-  // Streams the response body of GET path to stdout until it ends. Returns the HTTP status.
-  Result<int> stream_to_stdout(const std::string& path);
+  // Streams the response body of GET path to stdout until it ends. An answer other than 200 is
+  // an error carrying the server's message, and nothing of it reaches stdout.
+  Status stream_to_stdout(const std::string& path);
   const std::string& server() const { return server_; }
   // Authorization for this server, when a key is known.
   http::Headers headers() const;

@@ -1,11 +1,18 @@
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <boost/asio/io_context.hpp>
+#include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <limits>
 
+#include "api/api.h"
 #include "common/config.h"
+#include "common/run_blocking.h"
 
 #include "cli/cli.h"
 
@@ -36,7 +43,156 @@ std::optional<int> parse(CLI::App& app, int argc, char** argv) {
   return std::nullopt;
 }
 
+int usage_error(const CLI::App& app, const std::string& message) {
+  std::cerr << "error: " << message << "\n";
+  std::cerr << "run '" << app.get_name() << " --help' for usage\n";
+  return 2;
+}
+
+CLI::Validator whole_number(int64_t min, int64_t max) {
+  return CLI::Validator(
+      [min, max](std::string& input) -> std::string {
+        std::string_view text = input;
+        if (!text.empty() && text.front() == '+') text.remove_prefix(1);
+        int64_t value = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        bool digits = !text.empty() && end == text.data() + text.size();
+        bool at_most_shown = max < std::numeric_limits<int32_t>::max();
+        std::string at_most = at_most_shown ? fmt::format(" (at most {})", max) : "";
+        if (ec == std::errc::result_out_of_range && digits) {
+          return input.front() == '-' ? fmt::format("'{}' is too small", input)
+                                      : fmt::format("'{}' is too large{}", input, at_most);
+        }
+        if (ec != std::errc() || !digits) return fmt::format("'{}' is not a whole number", input);
+        if (value > max) return fmt::format("{} is too large{}", value, at_most);
+        if (value < min) {
+          if (min == 0) return fmt::format("{} cannot be negative", value);
+          return fmt::format("{} is too small (at least {})", value, min);
+        }
+        return {};
+      },
+      min == 0 && max >= std::numeric_limits<int32_t>::max() ? "NUMBER >= 0" : fmt::format("{}..{}", min, max));
+}
+
 namespace {
+CLI::Validator number_at_least(bool zero_allowed) {
+  return CLI::Validator(
+      [zero_allowed](std::string& input) -> std::string {
+        std::string_view text = input;
+        if (!text.empty() && text.front() == '+') text.remove_prefix(1);
+        double value = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (ec == std::errc::result_out_of_range) return fmt::format("'{}' is too large", input);
+        if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(value)) {
+          return fmt::format("'{}' is not a number", input);
+        }
+        if (value < 0) return fmt::format("{} cannot be negative", input);
+        if (value == 0 && !zero_allowed) return fmt::format("{} must be more than 0", input);
+        return {};
+      },
+      zero_allowed ? "NUMBER >= 0" : "NUMBER > 0");
+}
+}  // namespace
+
+CLI::Validator non_negative_number() {
+  return number_at_least(true);
+}
+
+CLI::Validator positive_number() {
+  return number_at_least(false);
+}
+
+CLI::Validator duration_value(int64_t at_least_ms) {
+  return CLI::Validator(
+      [at_least_ms](std::string& input) -> std::string {
+        auto duration = parse_duration(input);
+        if (!duration) return duration.error().message;
+        if (duration->count() < at_least_ms) {
+          return fmt::format("'{}' is too short (at least {} ms)", input, at_least_ms);
+        }
+        return {};
+      },
+      "DURATION");
+}
+
+CLI::Validator size_value() {
+  return CLI::Validator(
+      [](std::string& input) -> std::string {
+        auto size = parse_size_mb(input);
+        return size ? "" : size.error().message;
+      },
+      "SIZE");
+}
+
+CLI::Validator engine_value() {
+  return CLI::Validator(
+      [](std::string& input) -> std::string {
+        const auto& engines = api::known_engines();
+        if (std::find(engines.begin(), engines.end(), input) != engines.end()) return {};
+        return fmt::format("unknown engine '{}' (one of: {})", input, fmt::join(engines, ", "));
+      },
+      "ENGINE");
+}
+
+CLI::Validator log_level_value() {
+  return CLI::Validator(
+      [](std::string& input) -> std::string {
+        for (const char* level : {"trace", "debug", "info", "warn", "error", "critical", "off"}) {
+          if (input == level) return {};
+        }
+        return fmt::format("unknown log level '{}' (trace, debug, info, warn, error or off)", input);
+      },
+      "LEVEL");
+}
+
+Result<std::string> read_input_file(const std::string& path) {
+  constexpr size_t kMaxBytes = 1 << 20;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(ErrorCode::InvalidArgument, "cannot read " + path);
+  std::string text(kMaxBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > kMaxBytes) {
+    return make_error(ErrorCode::InvalidArgument, fmt::format("{}: larger than {} bytes", path, kMaxBytes));
+  }
+  return text;
+}
+
+Status check_name(const std::string& name) {
+  return api::validate_name(name);
+}
+
+std::string api_path(std::initializer_list<std::string_view> segments,
+                     const std::vector<std::pair<std::string, std::string>>& query) {
+  std::string path = "/api/v1";
+  for (auto segment : segments) path += "/" + http::url_encode(segment);
+  char separator = '?';
+  for (const auto& [name, value] : query) {
+    path += separator + http::url_encode(name) + "=" + http::url_encode(value);
+    separator = '&';
+  }
+  return path;
+}
+
+namespace {
+// The message of an error answer: OpenAI's {"error": {"message"}}, else the body itself.
+std::string error_message(const std::string& body) {
+  auto document = parse_json(body);
+  if (document && document->is_object() && document->contains("error") && (*document)["error"].is_object()) {
+    return (*document)["error"].value("message", body);
+  }
+  return body;
+}
+
+ErrorCode code_of(int status) {
+  return status == 404   ? ErrorCode::NotFound
+         : status == 409 ? ErrorCode::AlreadyExists
+         : status == 400 ? ErrorCode::InvalidArgument
+         : status == 401 ? ErrorCode::Unauthenticated
+         : status == 403 ? ErrorCode::PermissionDenied
+                         : ErrorCode::Unavailable;
+}
+
 // A server on this machine started with --auth keys left its admin key in its data dir.
 std::string local_admin_key(const std::string& server) {
   bool local = server.find("://127.") != std::string::npos || server.find("://localhost") != std::string::npos ||
@@ -73,33 +229,35 @@ Result<json> ApiClient::call(const std::string& method, const std::string& path,
     auto parsed = parse_json(response->body);
     if (parsed) document = std::move(*parsed);
   }
-  if (response->status >= 300) {
-    std::string message = response->body;
-    if (document.is_object() && document.contains("error") && document["error"].is_object()) {
-      message = document["error"].value("message", message);
-    }
-    ErrorCode code = response->status == 404   ? ErrorCode::NotFound
-                     : response->status == 409 ? ErrorCode::AlreadyExists
-                     : response->status == 400 ? ErrorCode::InvalidArgument
-                                               : ErrorCode::Unavailable;
-    return make_error(code, message);
-  }
+  if (response->status >= 300) return make_error(code_of(response->status), error_message(response->body));
   return document;
 }
 
-Result<int> ApiClient::stream_to_stdout(const std::string& path) {
-  int status = 0;
-  std::string error_body;
-  auto result = client_.stream(
-      "GET", server_ + path, "", headers(),
-      [&](std::string_view data) {
-        if (status == 0) status = 200;
-        std::cout << data << std::flush;
-        return true;
-      },
-      std::chrono::hours(24));
-  if (!result) return make_error(result.error().code, "cannot reach " + server_ + ": " + result.error().message);
-  return *result;
+Status ApiClient::stream_to_stdout(const std::string& path) {
+  // The status decides where the body goes, so the stream is opened here rather than through
+  // BlockingClient::stream, which hands over the body before saying the status.
+  asio::io_context io;
+  http::Client client(io);
+  auto task = [&]() -> awaitable<Status> {
+    auto response = co_await client.open("GET", server_ + path, "", headers(), std::chrono::seconds(30));
+    if (!response) {
+      co_return make_error(response.error().code,
+                           fmt::format("cannot reach the Nebula server at {}: {}", server_, response.error().message));
+    }
+    auto& stream = **response;
+    if (stream.status != 200) {
+      auto body = co_await stream.read_all(std::chrono::seconds(30));
+      co_return make_error(code_of(stream.status), body ? error_message(*body) : fmt::format("HTTP {}", stream.status));
+    }
+    while (true) {
+      auto piece = co_await stream.read(std::chrono::hours(24));
+      if (!piece) co_return piece.error();
+      if (piece->empty()) break;
+      std::cout << *piece << std::flush;
+    }
+    co_return Status{};
+  };
+  return run_blocking(io, task());
 }
 
 bool print_as(const std::string& output, const json& value, const std::function<void()>& print_table_fn) {

@@ -56,68 +56,70 @@ int run_engine_sim_command(int argc, char** argv) {
   app.add_flag("--metrics", metrics, "Accepted for llama-server's command line (/metrics is always on)");
   add_override(app, "--startup-seconds", options.startup_seconds,
                "Answer 503 on /health this long after start (default: the profile's)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   app.add_option("--max-model-len", options.max_model_len, "Context length (prompt + output tokens)")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   app.add_option("--default-max-tokens", options.default_max_tokens, "Output tokens when a request sets none")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
 
   // Step cost; every one overrides the profile.
   add_override(app, "--step-base-ms", options.step_base_ms, "Fixed time of every scheduler step")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   add_override(app, "--prefill-step-ms", options.prefill_step_ms, "Extra time of a step that prefills")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   add_override(app, "--prefill-ms-per-token", options.prefill_ms_per_token, "Step time per prompt token computed")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   add_override(app, "--decode-ms-per-seq", options.decode_ms_per_seq, "Step time per decoding sequence")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   add_override(app, "--step-noise", options.step_noise, "Relative standard deviation of step times (0 = none)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   // The walking skeleton's names, kept for scripts that use them.
-  add_override(app, "--itl-ms", options.step_base_ms, "Alias of --step-base-ms")->check(CLI::NonNegativeNumber);
+  add_override(app, "--itl-ms", options.step_base_ms, "Alias of --step-base-ms")->check(non_negative_number());
   add_override(app, "--itl-ms-per-running-seq", options.decode_ms_per_seq, "Alias of --decode-ms-per-seq")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   add_override(app, "--ttft-base-ms", options.prefill_step_ms, "Alias of --prefill-step-ms")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
 
   // Scheduler and KV cache.
-  add_override(app, "--max-num-seqs", options.max_num_seqs, "Sequences in a batch at most")->check(CLI::PositiveNumber);
+  add_override(app, "--max-num-seqs", options.max_num_seqs, "Sequences in a batch at most")->check(positive_number());
   add_override(app, "--max-num-batched-tokens", options.max_num_batched_tokens, "Tokens computed per step at most")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   app.add_option("--block-size", options.block_size, "Tokens per KV cache block")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   add_override(app, "--kv-blocks", options.kv_blocks, "KV cache blocks (default: what the memory leaves)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   app.add_flag("!--no-enable-prefix-caching", options.enable_prefix_caching, "Disable prefix caching");
   app.add_flag("!--no-enable-chunked-prefill", options.enable_chunked_prefill, "Disable chunked prefill");
   add_override(app, "--gpu-memory-gb", options.gpu_memory_gb, "Device memory of the replica, GB")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   add_override(app, "--gpu-memory-utilization", options.gpu_memory_utilization, "Share of the memory claimed")
       ->check(CLI::Range(0.0, 1.0));
-  add_override(app, "--weights-gb", options.weights_gb, "Model weights, GB")->check(CLI::NonNegativeNumber);
+  add_override(app, "--weights-gb", options.weights_gb, "Model weights, GB")->check(non_negative_number());
   add_override(app, "--kv-bytes-per-token", options.kv_bytes_per_token, "KV cache bytes per token")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   add_override(app, "--wake-l1-seconds", options.wake_l1_seconds, "Wake time after sleep level 1")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   add_override(app, "--wake-l2-seconds", options.wake_l2_seconds, "Wake time after sleep level 2")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   add_override(app, "--embedding-dim", options.embedding_dim, "Length of /v1/embeddings vectors")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
 
   // Faults.
   app.add_option("--fail-rate", options.fail_rate, "Share of requests answered 429, 500 or 503")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--crash-after", options.crash_after, "Exit abruptly when request N+1 arrives (0 = never)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   app.add_option("--hang-after", options.hang_after, "Stop answering anything from request N+1 on (0 = never)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
-  app.add_option("--log-level", log_level, "trace, debug, info, warn or error")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
+      ->check(log_level_value())
+      ->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
   init_logging(log_level);
   if (!models_preset.empty()) {

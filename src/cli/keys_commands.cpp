@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <iostream>
+#include <limits>
 
 #include "cli/cli.h"
 #include "common/clock.h"
@@ -31,12 +32,14 @@ int run_keys(int argc, char** argv) {
   create->add_option("name", name, "A name for the key")->required();
   create->add_option("--scope", scope, "admin or inference")->check(CLI::IsMember({"admin", "inference"}));
   create->add_option("--models", models, "Comma-separated deployments the key may use (default: all)");
-  create->add_option("--rpm", rpm, "Requests per minute")->check(CLI::NonNegativeNumber);
-  create->add_option("--tpm", tpm, "Tokens per minute")->check(CLI::NonNegativeNumber);
-  create->add_option("--max-concurrency", concurrency, "Concurrent requests")->check(CLI::NonNegativeNumber);
+  const int64_t kMax = std::numeric_limits<int64_t>::max();
+  create->add_option("--rpm", rpm, "Requests per minute")->check(whole_number(0, kMax));
+  create->add_option("--tpm", tpm, "Tokens per minute")->check(whole_number(0, kMax));
+  create->add_option("--max-concurrency", concurrency, "Concurrent requests")->check(whole_number(0, kMax));
   create->add_option("--budget-tokens", budget, "Tokens per calendar month, e.g. 1000000 or 1000000/month");
-  create->add_option("--priority", priority, "Admission queue priority (higher first)");
-  create->add_option("--expires", expires, "Lifetime, e.g. 30d");
+  create->add_option("--priority", priority, "Admission queue priority (higher first)")
+      ->check(whole_number(-1'000'000, 1'000'000));
+  create->add_option("--expires", expires, "Lifetime, e.g. 30d")->check(duration_value(1));
 
   app.add_subcommand("ls", "List keys");
   auto* revoke = app.add_subcommand("revoke", "Revoke a key");
@@ -52,12 +55,11 @@ int run_keys(int argc, char** argv) {
     if (!expires.empty()) body["expires"] = expires;
     if (!budget.empty()) {
       std::string number = budget.substr(0, budget.find('/'));
-      try {
-        body["budget_tokens"] = std::stoll(number);
-      } catch (const std::exception&) {
-        std::cerr << "error: --budget-tokens expects a number of tokens, got '" << budget << "'\n";
-        return 2;
-      }
+      std::string period = budget.find('/') == std::string::npos ? "month" : budget.substr(budget.find('/') + 1);
+      std::string problem = whole_number(0, kMax)(number);
+      if (!problem.empty()) return usage_error(*create, "--budget-tokens: " + problem);
+      if (period != "month") return usage_error(*create, "--budget-tokens: the budget is per month (N or N/month)");
+      body["budget_tokens"] = std::stoll(number);
     }
     auto created = client.call("POST", "/api/v1/keys", body.dump());
     if (!created) return fail(created.error().message);
@@ -65,22 +67,29 @@ int run_keys(int argc, char** argv) {
       std::cout << "key " << (*created)["key"]["metadata"].value("name", "") << " created (" << scope << ")\n"
                 << "secret (shown once): " << (*created).value("secret", "") << "\n";
     });
+    if (!created->value("enforced", true)) {
+      std::cerr << "note: this server runs with --auth none: keys are not checked until it is started with "
+                   "--auth keys\n";
+    }
     return 0;
   }
   if (revoke->parsed()) {
-    auto revoked = client.call("DELETE", "/api/v1/keys/" + id);
+    auto revoked = client.call("DELETE", api_path({"keys", id}));
     if (!revoked) return fail(revoked.error().message);
     std::cout << "key " << id << " revoked\n";
     return 0;
   }
   auto listing = client.call("GET", "/api/v1/keys");
   if (!listing) return fail(listing.error().message);
+  int64_t now_ms = to_unix_ms(std::chrono::system_clock::now());
   print_as(flags.output, (*listing)["items"], [&] {
     std::vector<std::vector<std::string>> rows = {
         {"ID", "NAME", "SCOPE", "MODELS", "RPM", "TPM", "CONCURRENCY", "BUDGET", "EXPIRES", "STATE"}};
     for (const auto& key : (*listing)["items"]) {
       int64_t expires_ms = key.value("expires_ms", int64_t{0});
-      std::string state = key.value("revoked", false) ? "revoked" : "active";
+      std::string state = key.value("revoked", false)              ? "revoked"
+                          : expires_ms > 0 && expires_ms <= now_ms ? "expired"
+                                                                   : "active";
       rows.push_back({key["metadata"].value("name", ""), key.value("display_name", ""), key.value("scope", ""),
                       join_strings(key.value("models", json::array()), "*"), limit(key.value("rpm", int64_t{0})),
                       limit(key.value("tpm", int64_t{0})), limit(key.value("max_concurrency", int64_t{0})),
@@ -105,10 +114,10 @@ int run_usage(int argc, char** argv) {
   app.add_option("--since", since, "A duration back from now (7d) or a day (2026-11-01)")->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
   ApiClient client(flags);
-  std::string query = "/api/v1/usage?since=" + http::url_encode(since);
-  if (!key.empty()) query += "&key=" + http::url_encode(key);
-  if (!model.empty()) query += "&model=" + http::url_encode(model);
-  auto usage = client.call("GET", query);
+  std::vector<std::pair<std::string, std::string>> query = {{"since", since}};
+  if (!key.empty()) query.emplace_back("key", key);
+  if (!model.empty()) query.emplace_back("model", model);
+  auto usage = client.call("GET", api_path({"usage"}, query));
   if (!usage) return fail(usage.error().message);
   print_as(flags.output, *usage, [&] {
     std::vector<std::vector<std::string>> rows = {
@@ -135,7 +144,9 @@ int run_chat(int argc, char** argv) {
   int max_tokens = 256;
   app.add_option("model", model, "Deployment name")->required();
   app.add_option("prompt", prompt, "The user message")->required();
-  app.add_option("--max-tokens", max_tokens, "Output tokens at most")->capture_default_str();
+  app.add_option("--max-tokens", max_tokens, "Output tokens at most")
+      ->check(whole_number(1, 10'000'000))
+      ->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
   json body = {{"model", model},
                {"stream", true},
@@ -182,7 +193,9 @@ int run_token(int argc, char** argv) {
   add_client_flags(app, flags);
   auto* create = app.add_subcommand("create", "Create a join token; it is printed once");
   std::string ttl = "24h", description, id;
-  create->add_option("--ttl", ttl, "Lifetime, e.g. 1h or 7d; 0 = never expires")->capture_default_str();
+  create->add_option("--ttl", ttl, "Lifetime, e.g. 1h or 7d; 0 = never expires")
+      ->check(duration_value())
+      ->capture_default_str();
   create->add_option("--description", description, "What the token is for");
   app.add_subcommand("ls", "List join tokens");
   auto* revoke = app.add_subcommand("revoke", "Revoke a join token");
@@ -201,7 +214,7 @@ int run_token(int argc, char** argv) {
     return 0;
   }
   if (revoke->parsed()) {
-    auto revoked = client.call("DELETE", "/api/v1/tokens/" + id);
+    auto revoked = client.call("DELETE", api_path({"tokens", id}));
     if (!revoked) return fail(revoked.error().message);
     std::cout << "join token " << id << " revoked\n";
     return 0;

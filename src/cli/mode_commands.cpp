@@ -48,14 +48,19 @@ int run_mode(int argc, char** argv) {
   switch_to->add_option("name", name, "Mode to switch to")->required();
   switch_to->add_flag("--dry-run", dry_run, "Show what would stop and start; change nothing");
   switch_to->add_option("--vram-timeout", vram_timeout, "How long to wait for the GPUs to release VRAM")
+      ->check(duration_value(1))
       ->capture_default_str();
   switch_to->add_option("--ready-timeout", ready_timeout, "How long to wait for the incoming to be Ready")
+      ->check(duration_value(1))
       ->capture_default_str();
 
   auto* remove = app.add_subcommand("rm", "Delete a mode (its deployments are left as they are)");
   remove->add_option("name", name, "Mode name")->required();
   if (auto exit = parse(app, argc, argv)) return *exit;
 
+  if (!name.empty()) {
+    if (auto valid = check_name(name); !valid) return usage_error(app, valid.error().message);
+  }
   ApiClient client(flags);
   if (create->parsed()) {
     json body = {{"name", name}, {"deployments", split_commas(deployments)}};
@@ -67,7 +72,7 @@ int run_mode(int argc, char** argv) {
     return 0;
   }
   if (remove->parsed()) {
-    auto removed = client.call("DELETE", "/api/v1/modes/" + name);
+    auto removed = client.call("DELETE", api_path({"modes", name}));
     if (!removed) return fail(removed.error().message);
     std::cout << "mode " << name << " deleted\n";
     return 0;
@@ -83,9 +88,11 @@ int run_mode(int argc, char** argv) {
     // The switch answers when it is done (or rolled back): wait for both timeouts and a rollback.
     auto timeout = *vram * 2 + *ready * 2 + std::chrono::seconds(30);
     http::BlockingClient http_client;
-    auto response = http_client.request(
-        "POST", client.server() + "/api/v1/modes/" + name + "/switch" + (dry_run ? "?dry_run=1" : ""), body.dump(),
-        client.headers(), timeout);
+    auto response =
+        http_client.request("POST",
+                            client.server() + (dry_run ? api_path({"modes", name, "switch"}, {{"dry_run", "1"}})
+                                                       : api_path({"modes", name, "switch"})),
+                            body.dump(), client.headers(), timeout);
     if (!response) return fail(response.error().message);
     auto result = parse_json(response->body);
     if (!result || !result->is_object()) return fail(fmt::format("HTTP {}: {}", response->status, response->body));

@@ -3,9 +3,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <limits>
 
+#include "api/spec_check.h"
 #include "cli/cli.h"
+#include "common/config.h"
 #include "models/models.h"
 
 namespace nebula::cli {
@@ -103,6 +108,22 @@ std::string bar(int64_t before, int64_t after, int64_t total, int width = 20) {
   return "[" + std::string(used, '#') + std::string(added, '+') + std::string(width - used - added, '.') + "]";
 }
 
+// Why a local file could not be read as a model: a file that is neither GGUF nor safetensors is
+// said to be so, rather than reported as a malformed safetensors header.
+std::string unreadable_model_file(const std::string& path, const std::string& reason) {
+  std::error_code ec;
+  std::string expanded = expand_home(path);
+  if (!std::filesystem::is_regular_file(expanded, ec)) return reason;
+  if (std::filesystem::path(expanded).extension() == ".gguf") return reason;
+  std::ifstream in(expanded, std::ios::binary);
+  unsigned char head[9] = {};
+  in.read(reinterpret_cast<char*>(head), sizeof head);
+  if (in.gcount() >= 4 && std::string_view(reinterpret_cast<char*>(head), 4) == "GGUF") return reason;
+  // safetensors: an 8-byte little-endian header length, then JSON starting with '{'.
+  if (in.gcount() == sizeof head && head[8] == '{') return reason;
+  return fmt::format("{} is neither a GGUF nor a safetensors file", path);
+}
+
 }  // namespace
 
 int print_plan(const json& plan, const std::string& output) {
@@ -177,10 +198,14 @@ int run_models(int argc, char** argv) {
   spec.engine = "sim";
   inspect->add_option("model", target, "A .gguf file, a .safetensors file or checkpoint directory, or a catalog id")
       ->required();
-  inspect->add_option("--engine", spec.engine, "Engine the estimate is for")->capture_default_str();
-  inspect->add_option("--gpus", spec.gpus_per_replica, "Tensor-parallel GPUs")->check(CLI::Range(1, 64));
-  inspect->add_option("--max-context", spec.max_context, "Context length")->check(CLI::NonNegativeNumber);
-  inspect->add_option("--max-seqs", spec.max_seqs, "Concurrent sequences")->check(CLI::NonNegativeNumber);
+  inspect->add_option("--engine", spec.engine, "Engine the estimate is for")
+      ->check(engine_value())
+      ->capture_default_str();
+  inspect->add_option("--gpus", spec.gpus_per_replica, "Tensor-parallel GPUs")->check(whole_number(1, 64));
+  inspect->add_option("--max-context", spec.max_context, "Context length")
+      ->check(whole_number(0, std::numeric_limits<int>::max()));
+  inspect->add_option("--max-seqs", spec.max_seqs, "Concurrent sequences")
+      ->check(whole_number(0, std::numeric_limits<int>::max()));
   inspect->add_option("--dtype", spec.dtype, "Weights dtype (fp16, bf16, fp8, int8, int4)");
   inspect->add_option("--kv-cache-dtype", spec.kv_cache_dtype, "KV cache dtype (fp16, bf16, fp8, fp32)");
   inspect->add_option("--gpu-memory-utilization", spec.gpu_memory_utilization, "Fraction of each card claimed")
@@ -190,7 +215,7 @@ int run_models(int argc, char** argv) {
   if (auto exit = parse(app, argc, argv)) return *exit;
 
   spec.model = target;
-  if (auto valid = api::validate(spec); !valid) return fail(valid.error().message);
+  if (auto valid = api::validate(spec); !valid) return usage_error(*inspect, valid.error().message);
   models::ModelInfo info;
   models::Estimate estimate;
   std::vector<models::QuantizedVariant> variants;
@@ -202,14 +227,16 @@ int run_models(int argc, char** argv) {
     estimate = models::estimate(spec);
   } else if (models::looks_like_path(target)) {
     auto read = models::read_model_path(target);
-    if (!read) return fail(read.error().message);
+    if (!read) return fail(unreadable_model_file(target, read.error().message));
     info = *read;
     estimate = models::estimate_with(spec, info, info.source + ":" + target);
   } else {
-    return fail(
-        fmt::format("'{}' is neither a file nor a model in the catalog (ids such as "
-                    "meta-llama/Llama-3.1-8B-Instruct or llama-3.1-8b-instruct)",
-                    target));
+    std::vector<std::string> names;
+    for (const auto& catalog_entry : models::catalog()) names.push_back(catalog_entry.alias);
+    auto close = api::closest_names(target, names, 3);
+    return fail(fmt::format("'{}' is neither a file nor a model in the catalog ({})", target,
+                            close.empty() ? "ids such as meta-llama/Llama-3.1-8B-Instruct or llama-3.1-8b-instruct"
+                                          : fmt::format("did you mean {}?", fmt::join(close, ", "))));
   }
   json variants_json = json::array();
   for (const auto& variant : variants) {

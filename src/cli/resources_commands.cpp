@@ -1,14 +1,16 @@
 // Client commands over the management API: deploy, ls, get, rm, scale, nodes, gpus, events, logs.
 #include <fmt/format.h>
 
-#include <fstream>
+#include <algorithm>
 #include <iostream>
-#include <sstream>
+#include <limits>
 #include <thread>
 
 #include "api/api.h"
+#include "api/spec_check.h"
 #include "cli/cli.h"
 #include "common/config.h"
+#include "models/models.h"
 
 namespace nebula::cli {
 
@@ -18,15 +20,24 @@ std::string gib(int64_t mb) {
   return fmt::format("{:.1f}", mb / 1024.0);
 }
 
-// Builds a deployment from `-f spec.yaml` (a Deployment document or a bare spec), then flags.
+// Reads `-f spec.yaml`: a Deployment document, or a bare spec (with an optional `name`).
 Result<json> read_spec_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return make_error(ErrorCode::InvalidArgument, "cannot read " + path);
-  std::stringstream text;
-  text << in.rdbuf();
-  auto document = yaml_to_json(text.str());
+  auto text = read_input_file(path);
+  if (!text) return text.error();
+  auto document = yaml_to_json(*text);
   if (!document) return make_error(ErrorCode::InvalidArgument, path + ": " + document.error().message);
   if (!document->is_object()) return make_error(ErrorCode::InvalidArgument, path + ": expected a mapping");
+  if (!document->contains("spec")) {
+    json spec = std::move(*document);
+    document = json{{"spec", json::object()}};
+    for (auto& [field, value] : spec.items()) {
+      if (field == "name") {
+        (*document)["metadata"]["name"] = value;
+      } else {
+        (*document)["spec"][field] = value;
+      }
+    }
+  }
   return document;
 }
 
@@ -40,7 +51,7 @@ std::string replica_gpus(const json& replica) {
 
 std::vector<json> replicas_of(ApiClient& client, const std::string& deployment) {
   std::vector<json> replicas;
-  auto listing = client.call("GET", "/api/v1/replicas");
+  auto listing = client.call("GET", api_path({"replicas"}));
   if (!listing) return replicas;
   for (const auto& item : (*listing)["items"]) {
     if (item["spec"].value("deployment", "") == deployment) replicas.push_back(item);
@@ -51,41 +62,117 @@ std::vector<json> replicas_of(ApiClient& client, const std::string& deployment) 
   return replicas;
 }
 
-// Polls the deployment until all desired replicas are Ready, printing progress as it changes.
+// A replica that will not come up by itself: its launch was refused (Failed before any restart)
+// or it crashed again after a restart.
+bool crash_looping(const json& replica) {
+  const json& status = replica["status"];
+  return status.value("phase", "") == api::phase::kFailed && status.value("restarts", 0) != 1;
+}
+
+// The first line of a replica's last error (the rest is the engine's log tail).
+std::string first_line(const std::string& text) {
+  return text.substr(0, text.find('\n'));
+}
+
+// Polls the deployment until all desired replicas are Ready, printing each replica's phase and
+// message as they change. Fails as soon as every replica is crash-looping, with the last error.
 int wait_ready(ApiClient& client, const std::string& name, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  std::string last_line;
-  // When the deployment became Pending; the epoch while it is not (no std::optional: g++ 12 then
-  // warns that it may be used uninitialized once this is inlined into run_deploy).
-  std::chrono::steady_clock::time_point pending_since{};
+  std::string last_report;
+  // When the deployment became unplaceable; max() while it is not.
+  auto pending_since = std::chrono::steady_clock::time_point::max();
   while (true) {
-    auto deployment = client.call("GET", "/api/v1/deployments/" + name);
+    auto deployment = client.call("GET", api_path({"deployments", name}));
     if (!deployment) return fail(deployment.error().message);
     const json& status = (*deployment)["status"];
     int desired = (*deployment)["spec"].value("replicas", 0);
     int ready = status.value("ready_replicas", 0);
     std::string phase = status.value("phase", "");
     std::string message = status.value("message", "");
-    std::string line = fmt::format("{}: {}/{} ready{}", name, ready, desired, message.empty() ? "" : " - " + message);
-    if (line != last_line) {
-      std::cout << line << "\n" << std::flush;
-      last_line = line;
+    std::vector<json> replicas;
+    for (auto& replica : replicas_of(client, name)) {
+      if (!replica["spec"].value("stop", false)) replicas.push_back(std::move(replica));
+    }
+    std::string report =
+        fmt::format("{}: {}/{} ready{}\n", name, ready, desired, message.empty() ? "" : " - " + first_line(message));
+    for (const auto& replica : replicas) {
+      const json& replica_status = replica["status"];
+      std::string replica_message = replica_status.value("message", "");
+      report += fmt::format("  {}: {}{}\n", replica["metadata"].value("name", ""), replica_status.value("phase", ""),
+                            replica_message.empty() ? "" : " - " + first_line(replica_message));
+    }
+    if (report != last_report) {
+      std::cout << report << std::flush;
+      last_report = report;
     }
     if (ready >= desired && phase == "Ready") return 0;
+    if (!replicas.empty() && std::all_of(replicas.begin(), replicas.end(), crash_looping)) {
+      const json& last = replicas.back()["status"];
+      std::string error = last.value("last_error", "");
+      if (error.empty()) error = last.value("message", "");
+      return fail(fmt::format("{} cannot start: every replica is failing; last error: {}", name, error));
+    }
     // Unschedulable for 15 s in a row: nothing is going to change by itself.
     if (phase == "Pending") {
-      if (pending_since == std::chrono::steady_clock::time_point{}) pending_since = std::chrono::steady_clock::now();
-      if (std::chrono::steady_clock::now() - pending_since > std::chrono::seconds(15)) {
+      auto now = std::chrono::steady_clock::now();
+      pending_since = std::min(pending_since, now);
+      if (now - pending_since > std::chrono::seconds(15)) {
         return fail(fmt::format("{} cannot be placed: {}", name, message));
       }
     } else {
-      pending_since = {};
+      pending_since = std::chrono::steady_clock::time_point::max();
     }
     if (std::chrono::steady_clock::now() > deadline) {
       return fail(fmt::format("timed out waiting for {} ({}/{} ready)", name, ready, desired));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
   }
+}
+
+// Catalog names (aliases and ids, quantised variants included) for suggestions.
+std::vector<std::string> catalog_names() {
+  std::vector<std::string> names;
+  for (const auto& entry : models::catalog()) {
+    names.push_back(entry.alias);
+    names.push_back(entry.id);
+    for (const auto& variant : entry.variants) {
+      names.push_back(variant.alias);
+      names.push_back(variant.id);
+    }
+  }
+  return names;
+}
+
+// A model that is neither in the catalog nor a local file is not refused (an engine may know
+// it), but its VRAM is a guess: say so, with the catalog names it may have been meant to be.
+void warn_unknown_model(const api::DeploymentSpec& spec) {
+  if (spec.model.empty() || models::find_in_catalog(spec.model) || models::looks_like_path(spec.model)) return;
+  std::string warning = fmt::format("warning: model '{}' is not in the catalog and not a local file", spec.model);
+  auto close = api::closest_names(spec.model, catalog_names(), 3);
+  if (!close.empty()) warning += fmt::format("; did you mean {}?", fmt::join(close, ", "));
+  if (spec.vram_mb == 0) {
+    auto estimate = models::estimate(spec);
+    warning += estimate.source == "default"
+                   ? " Its VRAM is a default guess: set --vram."
+                   : fmt::format(" Its VRAM is estimated from its name ({}).", estimate.source);
+  }
+  std::cerr << warning << "\n";
+}
+
+// max_context above what the model was trained for: refused when the model is known (from the
+// catalog, or the header of a model file on this machine).
+Status check_context(const api::DeploymentSpec& spec) {
+  if (spec.max_context <= 0) return {};
+  int64_t context_length = 0;
+  if (auto match = models::find_in_catalog(spec.model)) {
+    context_length = match->info.context_length;
+  } else if (models::looks_like_path(spec.model)) {
+    if (auto info = models::read_model_path(spec.model)) context_length = info->context_length;
+  }
+  if (context_length <= 0 || spec.max_context <= context_length) return {};
+  return make_error(ErrorCode::InvalidArgument,
+                    fmt::format("--max-context {} is more than {}'s own context length ({})", spec.max_context,
+                                spec.model, context_length));
 }
 
 }  // namespace
@@ -99,18 +186,21 @@ int run_deploy(int argc, char** argv) {
   std::string vram;
   std::vector<std::string> engine_args, env;
   bool wait = false, dry_run = false;
+  const int64_t kMaxInt = std::numeric_limits<int>::max();
   app.add_option("name", name, "Deployment name (also the model name clients ask for)");
   app.add_option("--model", model, "Model: a catalog id, a Hugging Face id or a path");
-  app.add_option("--engine", engine, "sim, vllm, sglang, llamacpp, tgi, ollama, docker or command");
-  app.add_option("--replicas", replicas, "Number of replicas")->check(CLI::Range(0, 1000));
-  app.add_option("--gpus", gpus, "GPUs per replica")->check(CLI::Range(0, 64));
-  app.add_option("--max-context", max_context, "Context length")->check(CLI::NonNegativeNumber);
-  app.add_option("--max-seqs", max_seqs, "Concurrent sequences per replica")->check(CLI::NonNegativeNumber);
-  app.add_option("--vram", vram, "VRAM per replica (e.g. 24GB), overriding the estimate");
-  app.add_option("--priority", priority, "Priority (higher evicts lower)");
+  app.add_option("--engine", engine, "sim, vllm, sglang, llamacpp, tgi, ollama, docker or command")
+      ->check(engine_value());
+  app.add_option("--replicas", replicas, "Number of replicas")->check(whole_number(0, 1000));
+  app.add_option("--gpus", gpus, "GPUs per replica")->check(whole_number(0, 64));
+  app.add_option("--max-context", max_context, "Context length")->check(whole_number(0, kMaxInt));
+  app.add_option("--max-seqs", max_seqs, "Concurrent sequences per replica")->check(whole_number(0, kMaxInt));
+  app.add_option("--vram", vram, "VRAM per replica (e.g. 24GB), overriding the estimate")->check(size_value());
+  app.add_option("--priority", priority, "Priority (higher evicts lower)")->check(whole_number(-1'000'000, 1'000'000));
   std::string idle_timeout, on_idle;
   app.add_option("--idle-timeout", idle_timeout,
-                 "Sleep or stop after this long without a request (e.g. 10m; 0 = never)");
+                 "Sleep or stop after this long without a request (e.g. 10m; 0 = never)")
+      ->check(duration_value());
   app.add_option("--on-idle", on_idle, "What idle does: sleep-l1, sleep-l2 or stop")
       ->check(CLI::IsMember({"sleep-l1", "sleep-l2", "stop"}));
   app.add_option("--engine-arg", engine_args, "Extra engine argument (repeatable)");
@@ -118,31 +208,43 @@ int run_deploy(int argc, char** argv) {
   app.add_option("-f,--file", file, "Deployment spec in YAML");
   app.add_flag("--wait", wait, "Wait until every replica is ready");
   app.add_flag("--dry-run", dry_run, "Show the placement plan and VRAM per GPU; change nothing");
-  app.add_option("--timeout", wait_timeout, "How long --wait waits")->capture_default_str();
+  app.add_option("--timeout", wait_timeout, "How long --wait waits")->check(duration_value(1))->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
 
   json document = json::object();
   if (!file.empty()) {
     auto from_file = read_spec_file(file);
-    if (!from_file) return fail(from_file.error().message);
+    if (!from_file) return usage_error(app, from_file.error().message);
     document = *from_file;
-    if (!document.contains("spec")) document = json{{"spec", document}};  // a bare spec
-    if (document.contains("name") && !document.contains("metadata"))
-      document["metadata"] = {{"name", document["name"]}};
   }
   if (!name.empty()) document["metadata"]["name"] = name;
-  name = document.contains("metadata") ? document["metadata"].value("name", "") : "";
-  if (name.empty()) {
-    std::cerr << "error: a deployment name is required (argument or metadata.name in -f)\n";
-    return 2;
+  const json& metadata = document.contains("metadata") ? document["metadata"] : json::object();
+  if (!metadata.is_object() || !metadata.contains("name") || !metadata["name"].is_string() ||
+      metadata["name"].get<std::string>().empty()) {
+    return usage_error(app, "a deployment name is required (argument or metadata.name in -f)");
+  }
+  name = metadata["name"].get<std::string>();
+  // Checked here as the server checks it: a name reaches URLs, and one holding a line break or a
+  // slash must never become part of another request.
+  if (auto valid = check_name(name); !valid) return usage_error(app, valid.error().message);
+  if (!file.empty()) {
+    if (auto read = api::deployment_from_user_json(document); !read) {
+      return usage_error(app, file + ": " + read.error().message);
+    }
+  }
+  for (const auto& pair : env) {
+    size_t eq = pair.find('=');
+    if (eq == std::string::npos || eq == 0) return usage_error(app, "--env expects K=V, got '" + pair + "'");
   }
   ApiClient client(flags);
   json& spec = document["spec"];
   if (!spec.is_object()) spec = json::object();
   // Flags change an existing deployment rather than replace it: start from its spec unless a
   // file gives the whole spec.
-  auto existing = client.call("GET", "/api/v1/deployments/" + name);
-  if (existing.ok() && file.empty()) spec = (*existing)["spec"];
+  auto existing = client.call("GET", api_path({"deployments", name}));
+  if (!existing && existing.error().code != ErrorCode::NotFound) return fail(existing.error().message);
+  bool exists = existing.ok();
+  if (exists && file.empty()) spec = (*existing)["spec"];
   if (!model.empty()) spec["model"] = model;
   if (!engine.empty()) spec["engine"] = engine;
   if (replicas >= 0) spec["replicas"] = replicas;
@@ -150,41 +252,30 @@ int run_deploy(int argc, char** argv) {
   if (max_context >= 0) spec["max_context"] = max_context;
   if (max_seqs >= 0) spec["max_seqs"] = max_seqs;
   if (priority != 0) spec["priority"] = priority;
-  if (!idle_timeout.empty()) {
-    auto duration = parse_duration(idle_timeout);
-    if (!duration) {
-      std::cerr << "error: --idle-timeout: " << duration.error().message << "\n";
-      return 2;
-    }
-    spec["idle_timeout_ms"] = duration->count();
-  }
+  if (!idle_timeout.empty()) spec["idle_timeout_ms"] = parse_duration(idle_timeout)->count();
   if (!on_idle.empty()) spec["on_idle"] = on_idle;
-  if (!vram.empty()) {
-    auto mb = parse_size_mb(vram);
-    if (!mb) return fail(mb.error().message);
-    spec["vram_mb"] = *mb;
-  }
+  if (!vram.empty()) spec["vram_mb"] = *parse_size_mb(vram);
   for (const auto& arg : engine_args) spec["engine_args"].push_back(arg);
   for (const auto& pair : env) {
     size_t eq = pair.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      std::cerr << "error: --env expects K=V, got '" << pair << "'\n";
-      return 2;
-    }
     spec["env"][pair.substr(0, eq)] = pair.substr(eq + 1);
   }
+  auto deployment = api::deployment_from_user_json(document);
+  if (!deployment) return usage_error(app, deployment.error().message);
+  if (auto valid = api::validate(deployment->spec); !valid) return usage_error(app, valid.error().message);
+  if (auto valid = check_context(deployment->spec); !valid) return usage_error(app, valid.error().message);
+  warn_unknown_model(deployment->spec);
   auto timeout = parse_duration(wait_timeout);
-  if (!timeout) return fail(timeout.error().message);
 
   if (dry_run) {
-    auto plan = client.call("POST", "/api/v1/simulate", document.dump());
+    auto plan = client.call("POST", api_path({"simulate"}), document.dump());
     if (!plan) return fail(plan.error().message);
     return print_plan(*plan, flags.output);
   }
   // The server says which it did (201 created, 200 updated): another deploy of the name may have
   // come between the GET above and this PUT.
   int status = 0;
-  auto result = client.call("PUT", "/api/v1/deployments/" + name, document.dump(), &status);
+  auto result = client.call("PUT", api_path({"deployments", name}), document.dump(), &status);
   if (!result) return fail(result.error().message);
   if (flags.output != "table") {
     print_as(flags.output, *result, [] {});
@@ -202,7 +293,7 @@ int run_ls(int argc, char** argv) {
   add_client_flags(app, flags);
   if (auto exit = parse(app, argc, argv)) return *exit;
   ApiClient client(flags);
-  auto listing = client.call("GET", "/api/v1/deployments");
+  auto listing = client.call("GET", api_path({"deployments"}));
   if (!listing) return fail(listing.error().message);
   print_as(flags.output, (*listing)["items"], [&] {
     std::vector<std::vector<std::string>> rows = {{"NAME", "ENGINE", "MODEL", "READY", "STATUS", "AGE"}};
@@ -226,8 +317,9 @@ int run_get(int argc, char** argv) {
   std::string name;
   app.add_option("name", name, "Deployment name")->required();
   if (auto exit = parse(app, argc, argv)) return *exit;
+  if (auto valid = check_name(name); !valid) return usage_error(app, valid.error().message);
   ApiClient client(flags);
-  auto deployment = client.call("GET", "/api/v1/deployments/" + name);
+  auto deployment = client.call("GET", api_path({"deployments", name}));
   if (!deployment) return fail(deployment.error().message);
   auto replicas = replicas_of(client, name);
   json combined = *deployment;
@@ -266,9 +358,12 @@ int run_rm(int argc, char** argv) {
   std::vector<std::string> names;
   app.add_option("name", names, "Deployment name(s)")->required();
   if (auto exit = parse(app, argc, argv)) return *exit;
+  for (const auto& name : names) {
+    if (auto valid = check_name(name); !valid) return usage_error(app, valid.error().message);
+  }
   ApiClient client(flags);
   for (const auto& name : names) {
-    auto removed = client.call("DELETE", "/api/v1/deployments/" + name);
+    auto removed = client.call("DELETE", api_path({"deployments", name}));
     if (!removed) return fail(removed.error().message);
     std::cout << "deployment " << name << " removed\n";
   }
@@ -282,10 +377,11 @@ int run_scale(int argc, char** argv) {
   std::string name;
   int replicas = 0;
   app.add_option("name", name, "Deployment name")->required();
-  app.add_option("replicas", replicas, "Replicas")->required()->check(CLI::Range(0, 1000));
+  app.add_option("replicas", replicas, "Replicas")->required()->check(whole_number(0, 1000));
   if (auto exit = parse(app, argc, argv)) return *exit;
+  if (auto valid = check_name(name); !valid) return usage_error(app, valid.error().message);
   ApiClient client(flags);
-  auto scaled = client.call("PUT", "/api/v1/deployments/" + name + "/scale", json{{"replicas", replicas}}.dump());
+  auto scaled = client.call("PUT", api_path({"deployments", name, "scale"}), json{{"replicas", replicas}}.dump());
   if (!scaled) return fail(scaled.error().message);
   std::cout << "deployment " << name << " scaled to " << replicas << "\n";
   return 0;
@@ -310,19 +406,21 @@ int run_nodes(int argc, char** argv) {
   if (auto exit = parse(app, argc, argv)) return *exit;
   ApiClient client(flags);
   if (remove->parsed()) {
-    auto removed = client.call("DELETE", "/api/v1/nodes/" + node + (force ? "?force=1" : ""));
+    if (auto valid = check_name(node); !valid) return usage_error(app, valid.error().message);
+    auto removed = client.call("DELETE", api_path({"nodes", node}) + (force ? "?force=1" : ""));
     if (!removed) return fail(removed.error().message);
     std::cout << "node " << node << " removed: its key is revoked and its replicas are rescheduled\n";
     return 0;
   }
   if (drain->parsed() || undrain->parsed()) {
+    if (auto valid = check_name(node); !valid) return usage_error(app, valid.error().message);
     std::string action = drain->parsed() ? "drain" : "undrain";
-    auto done = client.call("POST", "/api/v1/nodes/" + node + "/" + action);
+    auto done = client.call("POST", api_path({"nodes", node, action}));
     if (!done) return fail(done.error().message);
     std::cout << "node " << node << (drain->parsed() ? " draining: its replicas move elsewhere\n" : " undrained\n");
     return 0;
   }
-  auto listing = client.call("GET", "/api/v1/nodes");
+  auto listing = client.call("GET", api_path({"nodes"}));
   if (!listing) return fail(listing.error().message);
   print_as(flags.output, (*listing)["items"], [&] {
     std::vector<std::vector<std::string>> rows = {
@@ -349,9 +447,37 @@ int run_gpus(int argc, char** argv) {
   add_client_flags(app, flags);
   if (auto exit = parse(app, argc, argv)) return *exit;
   ApiClient client(flags);
-  auto listing = client.call("GET", "/api/v1/gpus");
-  if (!listing) return fail(listing.error().message);
+  // Right after `nebula up` the local agent has joined but not reported yet: wait a little for
+  // the first report rather than print an empty list as if there were no GPUs.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  Result<json> listing = json::object();
+  size_t nodes = 0, silent = 0;
+  while (true) {
+    listing = client.call("GET", api_path({"gpus"}));
+    if (!listing) return fail(listing.error().message);
+    auto node_listing = client.call("GET", api_path({"nodes"}));
+    if (!node_listing) return fail(node_listing.error().message);
+    nodes = (*node_listing)["items"].size();
+    silent = 0;
+    for (const auto& node : (*node_listing)["items"]) {
+      if (node["status"].value("heartbeat_ms", int64_t{0}) == 0) ++silent;
+    }
+    if (!(*listing)["items"].empty() || (nodes > 0 && silent == 0) || std::chrono::steady_clock::now() > deadline) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
   print_as(flags.output, (*listing)["items"], [&] {
+    if ((*listing)["items"].empty()) {
+      if (nodes == 0) {
+        std::cout << "no GPUs: no node has joined yet\n";
+      } else if (silent > 0) {
+        std::cout << fmt::format("no GPUs yet: {} node(s) joined, {} not reported yet\n", nodes, silent);
+      } else {
+        std::cout << "no GPUs: the nodes reported none\n";
+      }
+      return;
+    }
     std::vector<std::vector<std::string>> rows = {
         {"NODE", "GPU", "NAME", "TOTAL (GiB)", "ALLOCATED", "USED", "UTIL", "REPLICAS"}};
     for (const auto& gpu : (*listing)["items"]) {
@@ -373,7 +499,7 @@ int run_events(int argc, char** argv) {
   add_client_flags(app, flags);
   if (auto exit = parse(app, argc, argv)) return *exit;
   ApiClient client(flags);
-  auto listing = client.call("GET", "/api/v1/events");
+  auto listing = client.call("GET", api_path({"events"}));
   if (!listing) return fail(listing.error().message);
   print_as(flags.output, (*listing)["items"], [&] {
     std::vector<std::vector<std::string>> rows = {{"AGE", "TYPE", "OBJECT", "REASON", "MESSAGE"}};
@@ -396,14 +522,21 @@ int run_logs(int argc, char** argv) {
   int64_t tail = 65536;
   app.add_option("name", name, "Deployment name")->required();
   app.add_flag("-f,--follow", follow, "Keep printing as the log grows");
-  app.add_option("--replica", replica, "Which replica (0-based, in name order)")->capture_default_str();
-  app.add_option("--tail", tail, "Bytes from the end of the log")->capture_default_str();
+  app.add_option("--replica", replica, "Which replica (0-based, in name order)")
+      ->check(whole_number(0, 1000))
+      ->capture_default_str();
+  app.add_option("--tail", tail, "Bytes from the end of the log")
+      ->check(whole_number(0, std::numeric_limits<int64_t>::max()))
+      ->capture_default_str();
   if (auto exit = parse(app, argc, argv)) return *exit;
+  if (auto valid = check_name(name); !valid) return usage_error(app, valid.error().message);
   ApiClient client(flags);
-  auto status = client.stream_to_stdout(
-      fmt::format("/api/v1/deployments/{}/logs?replica={}&follow={}&tail={}", name, replica, follow ? 1 : 0, tail));
-  if (!status) return fail(status.error().message);
-  if (*status != 200) return fail(fmt::format("no logs for {} replica {} (HTTP {})", name, replica, *status));
+  auto deployment = client.call("GET", api_path({"deployments", name}));
+  if (!deployment) return fail(deployment.error().message);
+  auto streamed = client.stream_to_stdout(
+      api_path({"deployments", name, "logs"},
+               {{"replica", std::to_string(replica)}, {"follow", follow ? "1" : "0"}, {"tail", std::to_string(tail)}}));
+  if (!streamed) return fail(streamed.error().message);
   return 0;
 }
 

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "agent/agent.h"
+#include "agent/gpu_probe.h"
 #include "cli/cli.h"
 #include "common/config.h"
 #include "common/ids.h"
@@ -67,20 +68,27 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
       ->capture_default_str();
   app.add_option("--auth", flags.auth, "none (loopback only) or keys (API keys required)")
       ->check(CLI::IsMember({"none", "keys"}));
-  app.add_option("--connect-timeout", flags.connect_timeout, "Gateway: connecting to an engine")->capture_default_str();
+  app.add_option("--connect-timeout", flags.connect_timeout, "Gateway: connecting to an engine")
+      ->check(duration_value(1))
+      ->capture_default_str();
   app.add_option("--first-token-timeout", flags.first_token_timeout, "Gateway: until the engine answers")
+      ->check(duration_value(1))
       ->capture_default_str();
   app.add_option("--idle-timeout", flags.idle_timeout, "Gateway: longest silence within a streamed answer")
+      ->check(duration_value(1))
       ->capture_default_str();
   app.add_option("--request-timeout", flags.request_timeout, "Gateway: a whole request, queueing included")
+      ->check(duration_value(1))
       ->capture_default_str();
   app.add_option("--queue-timeout", flags.queue_timeout, "Gateway: longest wait for a free replica")
+      ->check(duration_value())
       ->capture_default_str();
   app.add_option("--max-queue", flags.max_queue, "Gateway: requests waiting per deployment before 429")
+      ->check(whole_number(0, 1'000'000))
       ->capture_default_str();
   app.add_option("--replica-capacity", flags.replica_capacity,
                  "Gateway: requests one replica takes at once when its deployment sets no --max-seqs")
-      ->check(CLI::PositiveNumber)
+      ->check(whole_number(1, 1'000'000))
       ->capture_default_str();
   app.add_option("--drain-timeout", flags.drain_timeout,
                  "On SIGTERM/Ctrl-C: how long requests in flight may take to finish before they are cut")
@@ -89,11 +97,15 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
                  "Client connections at once; more get a fast 503 (default: half the open-file limit, less 48)");
   app.add_option("--data-dir", flags.data_dir, "Where state, logs and the join token live")->capture_default_str();
   app.add_option("--store", flags.store, "State store: sqlite://PATH (default <data-dir>/nebula.db)");
-  app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")->capture_default_str();
+  app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")
+      ->check(log_level_value())
+      ->capture_default_str();
   app.add_option("--node-timeout", flags.node_timeout, "A node without heartbeat this long is NotReady")
+      ->check(duration_value(1))
       ->capture_default_str();
   app.add_option("--reschedule-after", flags.reschedule_after,
                  "Replicas of a NotReady node move elsewhere after this much more silence")
+      ->check(duration_value())
       ->capture_default_str();
   app.add_option("--allowed-host", flags.allowed_hosts,
                  "Without API keys, Host names accepted besides localhost and the --listen address "
@@ -343,11 +355,23 @@ class ServerRuntime {
   std::chrono::milliseconds drain_timeout_{30'000};
 };
 
-// --reserved-vram: "" leaves the node's setting as it is (-1).
-Result<int64_t> parse_reserved_vram(const std::string& text) {
+// --reserved-vram: "" leaves the node's setting as it is (-1). More than the smallest GPU of the
+// node would leave no room anywhere, so it is refused (the GPUs are probed as the agent will).
+Result<int64_t> parse_reserved_vram(const std::string& text, const std::string& sim_gpus) {
   if (text.empty()) return int64_t{-1};
   auto mb = parse_size_mb(text);
   if (!mb) return make_error(ErrorCode::InvalidArgument, "--reserved-vram: " + mb.error().message);
+  auto probe = agent::make_gpu_probe(sim_gpus);
+  if (!probe) return *mb;  // a bad --sim-gpus is the agent's to report
+  auto gpus = (*probe)->probe();
+  if (!gpus) return *mb;
+  for (const auto& gpu : *gpus) {
+    if (gpu.memory_total_mb > 0 && *mb >= gpu.memory_total_mb) {
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("--reserved-vram {} is not less than the memory of GPU {} ({}, {:.1f} GiB)", text,
+                                    gpu.index, gpu.name, static_cast<double>(gpu.memory_total_mb) / 1024.0));
+    }
+  }
   return *mb;
 }
 
@@ -377,29 +401,42 @@ struct AgentFlags {
 
 void add_agent_flags(CLI::App& app, AgentFlags& flags, bool with_config) {
   if (with_config) app.add_option("--config", flags.config, "agent.yaml with these settings (flags win)");
-  app.add_option("--restart-backoff", flags.restart_backoff, "First restart delay after an engine crash (default 10s)");
-  app.add_option("--max-restart-backoff", flags.max_restart_backoff, "Cap of the doubling restart delay (default 5m)");
+  app.add_option("--restart-backoff", flags.restart_backoff, "First restart delay after an engine crash (default 10s)")
+      ->check(duration_value(1));
+  app.add_option("--max-restart-backoff", flags.max_restart_backoff, "Cap of the doubling restart delay (default 5m)")
+      ->check(duration_value(1));
   app.add_option("--startup-timeout", flags.startup_timeout,
-                 "How long an engine may take to be ready (default: sim 2m, real engines 20m)");
-  app.add_option("--stop-grace", flags.stop_grace, "SIGTERM to SIGKILL delay when stopping an engine (default 10s)");
-  app.add_option("--heartbeat-interval", flags.heartbeat_interval, "How often the agent reports (default 2s)");
-  app.add_option("--probe-period", flags.probe_period, "How often a Ready engine's health is probed (default 5s)");
+                 "How long an engine may take to be ready (default: sim 2m, real engines 20m)")
+      ->check(duration_value(1));
+  app.add_option("--stop-grace", flags.stop_grace, "SIGTERM to SIGKILL delay when stopping an engine (default 10s)")
+      ->check(duration_value());
+  app.add_option("--heartbeat-interval", flags.heartbeat_interval, "How often the agent reports (default 2s)")
+      ->check(duration_value(1));
+  app.add_option("--probe-period", flags.probe_period, "How often a Ready engine's health is probed (default 5s)")
+      ->check(duration_value(1));
   app.add_option("--probe-timeout", flags.probe_timeout,
-                 "How long a health probe may take before it counts as failed (default 2s)");
+                 "How long a health probe may take before it counts as failed (default 2s)")
+      ->check(duration_value(1));
   app.add_option("--probe-failures", flags.probe_failures,
-                 "Failed health probes in a row that restart an engine (default 3; the first takes it out of routing)");
-  app.add_option("--log-max-size", flags.log_max_size, "Engine log size that triggers rotation (default 64MB)");
-  app.add_option("--log-keep", flags.log_keep, "Rotated engine logs kept per replica (default 3)");
+                 "Failed health probes in a row that restart an engine (default 3; the first takes it out of routing)")
+      ->check(whole_number(1, 100));
+  app.add_option("--log-max-size", flags.log_max_size, "Engine log size that triggers rotation (default 64MB)")
+      ->check(size_value());
+  app.add_option("--log-keep", flags.log_keep, "Rotated engine logs kept per replica (default 3)")
+      ->check(whole_number(1, 1000));
   app.add_option("--deleted-log-retention", flags.deleted_log_retention,
-                 "How long the logs of a deleted replica are kept (default 1h)");
+                 "How long the logs of a deleted replica are kept (default 1h)")
+      ->check(duration_value());
   app.add_option("--deleted-logs-keep", flags.deleted_logs_keep,
-                 "Deleted replicas whose logs are kept at most, newest first (default 20)");
+                 "Deleted replicas whose logs are kept at most, newest first (default 20)")
+      ->check(whole_number(0, 100000));
   app.add_option("--engine-binary", flags.engine_binaries,
                  "NAME=BINARY: the binary (or docker image) to run for an engine; repeatable");
   app.add_option("--hf-endpoint", flags.hf_endpoint, "Hugging Face compatible endpoint for model downloads");
   app.add_option("--hf-token", flags.hf_token, "Token for the model endpoint (default: $HF_TOKEN)");
   app.add_option("--model-cache", flags.model_cache, "Where downloaded models live (default <data-dir>/models)");
-  app.add_option("--model-cache-limit", flags.model_cache_limit, "Size limit of the model cache, e.g. 500GB");
+  app.add_option("--model-cache-limit", flags.model_cache_limit, "Size limit of the model cache, e.g. 500GB")
+      ->check(size_value());
 }
 
 Status apply_duration(const std::string& flag, const std::string& text, std::chrono::milliseconds& out) {
@@ -416,10 +453,9 @@ Status apply_duration(const std::string& flag, const std::string& text, std::chr
 // deleted_log_retention, deleted_logs_keep, hf_endpoint, hf_token, model_cache, model_cache_limit,
 // engines: {NAME: {binary, args: [...], env: {...}, command: [...]}}.
 Status read_agent_config(const std::string& path, json& config) {
-  std::ifstream in(path);
-  if (!in) return make_error(ErrorCode::InvalidArgument, "cannot read " + path);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto parsed = yaml_to_json(text);
+  auto text = read_input_file(path);
+  if (!text) return text.error();
+  auto parsed = yaml_to_json(*text);
   if (!parsed) return make_error(ErrorCode::InvalidArgument, path + ": " + parsed.error().message);
   if (parsed->is_null()) parsed = json::object();
   if (!parsed->is_object()) return make_error(ErrorCode::InvalidArgument, path + ": expected a mapping of settings");
@@ -609,7 +645,8 @@ int run_up(int argc, char** argv) {
   app.add_option("--sim-gpus", sim_gpus, "Simulated GPUs for the local agent, e.g. 2xH100-80GB");
   app.add_option("--name", node_name, "Name of the local node (default: the host name)");
   std::string reserved_vram;
-  app.add_option("--reserved-vram", reserved_vram, "VRAM the scheduler leaves free on each local GPU, e.g. 2GB");
+  app.add_option("--reserved-vram", reserved_vram, "VRAM the scheduler leaves free on each local GPU, e.g. 2GB")
+      ->check(size_value());
   bool exit_with_parent = false;
   app.add_flag("--exit-with-parent", exit_with_parent,
                "Shut down (stopping every engine) when the process that started this one dies; for tests");
@@ -618,10 +655,10 @@ int run_up(int argc, char** argv) {
   app.add_option("--demo", demo_model,
                  "Deploy a demo deployment named 'demo' serving this model on the simulator, if absent");
   if (auto exit = parse(app, argc, argv)) return *exit;
+  auto reserved_mb = parse_reserved_vram(reserved_vram, sim_gpus);
+  if (!reserved_mb) return usage_error(app, reserved_mb.error().message);
   init_logging(flags.log_level);
   flags.data_dir = expand_home(flags.data_dir);
-  auto reserved_mb = parse_reserved_vram(reserved_vram);
-  if (!reserved_mb) return fail(reserved_mb.error().message);
   raise_descriptor_limit();
   auto signals = block_stop_signals();
   // The kernel sends SIGTERM when the parent dies; sigwait below takes it like any stop.
@@ -696,9 +733,12 @@ int run_agent(int argc, char** argv) {
   app.add_option("--name", options.name, "Node name (default: the host name)");
   app.add_option("--listen", listen, "Address for the agent's logs, health and metrics (default 127.0.0.1:9091)");
   app.add_option("--sim-gpus", options.sim_gpus, "Simulated GPUs, e.g. 2xH100-80GB (default: discover real GPUs)");
-  app.add_option("--reserved-vram", reserved_vram, "VRAM the scheduler leaves free on each GPU, e.g. 2GB");
+  app.add_option("--reserved-vram", reserved_vram, "VRAM the scheduler leaves free on each GPU, e.g. 2GB")
+      ->check(size_value());
   app.add_option("--data-dir", data_dir, "agent.db, engine logs and the model cache (default ~/.nebula)");
-  app.add_option("--log-level", log_level, "trace, debug, info, warn or error")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn or error")
+      ->check(log_level_value())
+      ->capture_default_str();
   add_agent_flags(app, flags, true);
   app.add_flag("--stop-engines-on-exit", flags.stop_engines_on_exit,
                "Stop the engines when the agent stops (default: leave them for the next agent to re-adopt)");
@@ -725,8 +765,8 @@ int run_agent(int argc, char** argv) {
   options.token = token;
   auto address = parse_host_port(listen);
   if (!address) return fail(address.error().message);
-  auto reserved_mb = parse_reserved_vram(reserved_vram);
-  if (!reserved_mb) return fail(reserved_mb.error().message);
+  auto reserved_mb = parse_reserved_vram(reserved_vram, options.sim_gpus);
+  if (!reserved_mb) return usage_error(app, reserved_mb.error().message);
   options.reserved_vram_mb = *reserved_mb;
   options.listen = *address;
   options.data_dir = expand_home(data_dir);

@@ -1,15 +1,19 @@
 #include <openssl/evp.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cctype>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <mutex>
 #include <random>
+#include <sstream>
+#include <unordered_map>
 
 #include "common/clock.h"
 #include "common/config.h"
@@ -150,6 +154,8 @@ Result<std::chrono::milliseconds> parse_duration(std::string_view text) {
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("invalid duration '{}': unknown unit '{}' (use ms, s, m, h or d)", text, unit));
   }
+  // About 30,000 years: anything beyond is a typo, and would overflow the milliseconds.
+  if (ms > 1e15) return make_error(ErrorCode::InvalidArgument, fmt::format("duration '{}' is too large", text));
   return std::chrono::milliseconds(static_cast<int64_t>(ms));
 }
 
@@ -170,6 +176,10 @@ Result<int64_t> parse_size_mb(std::string_view text) {
   else {
     return make_error(ErrorCode::InvalidArgument,
                       fmt::format("invalid size '{}': unknown unit '{}' (use MB, GB or TB)", text, unit));
+  }
+  // An exbibyte: anything beyond is a typo, and would overflow the mebibytes.
+  if (mb > 1024.0 * 1024 * 1024 * 1024) {
+    return make_error(ErrorCode::InvalidArgument, fmt::format("size '{}' is too large", text));
   }
   return static_cast<int64_t>(mb);
 }
@@ -218,7 +228,47 @@ std::string expand_home(const std::string& path) {
   return (home ? std::string(home) : std::string(".")) + path.substr(1);
 }
 
+namespace {
+// Bounds of every YAML document read (spec files, agent.yaml): a real one is a few kilobytes.
+// Aliases are expanded into the JSON built, so a file of nine nested aliases would otherwise
+// become a billion nodes.
+constexpr size_t kMaxYamlBytes = 1 << 20;
+constexpr size_t kMaxYamlDepth = 64;
+constexpr size_t kMaxYamlNodes = 100'000;  // after alias expansion
+// JSON nested deeper than this is refused before parsing.
+constexpr int kMaxJsonDepth = 256;
+
+// Deepest nesting of arrays and objects in JSON text, strings skipped; stops counting past limit.
+int json_depth(std::string_view text, int limit) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest > limit) return deepest;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+}  // namespace
+
 Result<json> parse_json(std::string_view text) {
+  if (json_depth(text, kMaxJsonDepth) > kMaxJsonDepth) {
+    return make_error(ErrorCode::InvalidArgument, fmt::format("invalid JSON: nested deeper than {}", kMaxJsonDepth));
+  }
   try {
     return json::parse(text);
   } catch (const json::exception& error) {
@@ -253,33 +303,160 @@ void emit_yaml(YAML::Emitter& out, const json& value) {
   }
 }
 
-json yaml_node_to_json(const YAML::Node& node) {
-  switch (node.Type()) {
-    case YAML::NodeType::Map: {
-      json object = json::object();
-      for (const auto& entry : node) object[entry.first.as<std::string>()] = yaml_node_to_json(entry.second);
-      return object;
+// Deepest nesting of YAML flow collections ([...] and {...}) outside quotes and comments,
+// counted before parsing: the parser's scanner reads a whole flow collection ahead before the
+// first event, and an unclosed "[[[[..." of a megabyte took it to a quarter of a gigabyte.
+// Brackets inside plain scalars count too, which only ever overestimates.
+size_t yaml_flow_depth(std::string_view text) {
+  size_t depth = 0, deepest = 0;
+  char quote = 0;
+  bool comment = false;
+  char previous = '\n';
+  for (char c : text) {
+    if (comment) {
+      if (c == '\n') comment = false;
+    } else if (quote) {
+      if (c == quote) quote = 0;  // '' and \" escapes reopen at once: harmless for a count
+    } else if ((c == '"' || c == '\'') && std::string_view(" \t\n[{,:-").find(previous) != std::string_view::npos) {
+      quote = c;  // a quoted scalar starts a token; an apostrophe inside a plain one does not
+    } else if (c == '#' && (previous == ' ' || previous == '\t' || previous == '\n')) {
+      comment = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest > kMaxYamlDepth) return deepest;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
     }
-    case YAML::NodeType::Sequence: {
-      json array = json::array();
-      for (const auto& item : node) array.push_back(yaml_node_to_json(item));
-      return array;
-    }
-    case YAML::NodeType::Scalar: {
-      const std::string& text = node.Scalar();
-      if (node.Tag() == "!") return text;  // quoted in the source: keep it a string
-      if (text == "true" || text == "false") return text == "true";
-      int64_t integer = 0;
-      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), integer);
-      if (ec == std::errc() && end == text.data() + text.size()) return integer;
-      double real = 0;
-      auto [fend, fec] = std::from_chars(text.data(), text.data() + text.size(), real);
-      if (fec == std::errc() && fend == text.data() + text.size()) return real;
-      return text;
-    }
-    default: return nullptr;
+    previous = c;
   }
+  return deepest;
 }
+
+struct YamlRefused : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A plain (unquoted, untagged) scalar becomes a bool or number when it reads as one.
+json yaml_scalar(const std::string& tag, const std::string& text) {
+  if (tag != "?" && !tag.empty()) return text;  // quoted or explicitly tagged: keep it a string
+  if (text == "true" || text == "false") return text == "true";
+  int64_t integer = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), integer);
+  if (ec == std::errc() && end == text.data() + text.size()) return integer;
+  double real = 0;
+  auto [fend, fec] = std::from_chars(text.data(), text.data() + text.size(), real);
+  if (fec == std::errc() && fend == text.data() + text.size() && std::isfinite(real)) return real;
+  return text;
+}
+
+// Builds JSON from the parser's events, so a document is never held twice, and refuses as soon
+// as the document nests too deeply or its aliases expand too far (the parser stops there: it
+// never recurses past kMaxYamlDepth). A mapping key must be a scalar and appear once.
+class JsonFromYaml : public YAML::EventHandler {
+ public:
+  json take() { return std::move(root_); }
+
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    if (expecting_key()) refuse(mark, "a mapping key cannot be empty");
+    put(mark, nullptr, anchor, 1);
+  }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    auto found = anchors_.find(anchor);
+    if (found == anchors_.end()) refuse(mark, "unknown alias");
+    if (expecting_key()) {
+      if (!found->second.value.is_string()) refuse(mark, "a mapping key must be a plain value");
+      key(mark, found->second.value.get<std::string>());
+      return;
+    }
+    put(mark, found->second.value, 0, found->second.nodes);
+  }
+  void OnScalar(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t anchor,
+                const std::string& value) override {
+    if (expecting_key()) {
+      if (anchor) anchors_[anchor] = {value, 1};
+      key(mark, value);
+      return;
+    }
+    put(mark, yaml_scalar(tag, value), anchor, 1);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                       YAML::EmitterStyle::value) override {
+    open(mark, json::array(), anchor);
+  }
+  void OnSequenceEnd() override { close(); }
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                  YAML::EmitterStyle::value) override {
+    open(mark, json::object(), anchor);
+  }
+  void OnMapEnd() override { close(); }
+
+ private:
+  struct Frame {
+    json value;
+    std::string key;
+    bool has_key = false;
+    YAML::anchor_t anchor = 0;
+    size_t nodes_before = 0;
+    YAML::Mark mark;
+  };
+  struct Anchored {
+    json value;
+    size_t nodes = 0;
+  };
+
+  [[noreturn]] static void refuse(const YAML::Mark& mark, const std::string& what) {
+    throw YamlRefused(fmt::format("line {}, column {}: {}", mark.line + 1, mark.column + 1, what));
+  }
+  bool expecting_key() const { return !stack_.empty() && stack_.back().value.is_object() && !stack_.back().has_key; }
+  void key(const YAML::Mark& mark, const std::string& name) {
+    Frame& frame = stack_.back();
+    if (frame.value.contains(name)) refuse(mark, fmt::format("duplicate key '{}'", name));
+    frame.key = name;
+    frame.has_key = true;
+  }
+  void count(const YAML::Mark& mark, size_t nodes) {
+    nodes_ += nodes;
+    if (nodes_ > kMaxYamlNodes) {
+      refuse(mark, fmt::format("the document (aliases expanded) has more than {} values", kMaxYamlNodes));
+    }
+  }
+  void open(const YAML::Mark& mark, json container, YAML::anchor_t anchor) {
+    if (expecting_key()) refuse(mark, "a mapping key must be a plain value, not a list or mapping");
+    if (stack_.size() >= kMaxYamlDepth) refuse(mark, fmt::format("nested deeper than {} levels", kMaxYamlDepth));
+    count(mark, 1);
+    stack_.push_back(Frame{std::move(container), {}, false, anchor, nodes_ - 1, mark});
+  }
+  void close() {
+    Frame frame = std::move(stack_.back());
+    stack_.pop_back();
+    put(frame.mark, std::move(frame.value), frame.anchor, 0);
+    if (frame.anchor) anchors_[frame.anchor].nodes = nodes_ - frame.nodes_before;
+  }
+  // Adds a finished value where the parser is: the root, the next item of a list or the value of
+  // the current key. `nodes` is how many values it adds to the document.
+  void put(const YAML::Mark& mark, json value, YAML::anchor_t anchor, size_t nodes) {
+    count(mark, nodes);
+    if (anchor) anchors_[anchor] = {value, nodes};
+    if (stack_.empty()) {
+      root_ = std::move(value);
+      return;
+    }
+    Frame& frame = stack_.back();
+    if (frame.value.is_array()) {
+      frame.value.push_back(std::move(value));
+    } else {
+      frame.value[frame.key] = std::move(value);
+      frame.has_key = false;
+    }
+  }
+
+  std::vector<Frame> stack_;
+  std::unordered_map<YAML::anchor_t, Anchored> anchors_;
+  size_t nodes_ = 0;
+  json root_;
+};
 }  // namespace
 
 std::string json_to_yaml(const json& value) {
@@ -289,8 +466,22 @@ std::string json_to_yaml(const json& value) {
 }
 
 Result<json> yaml_to_json(std::string_view text) {
+  if (text.size() > kMaxYamlBytes) {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("YAML document of {} bytes refused (at most {})", text.size(), kMaxYamlBytes));
+  }
+  if (yaml_flow_depth(text) > kMaxYamlDepth) {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("YAML refused: nested deeper than {} levels", kMaxYamlDepth));
+  }
   try {
-    return yaml_node_to_json(YAML::Load(std::string(text)));
+    std::istringstream in{std::string(text)};
+    YAML::Parser parser(in);
+    JsonFromYaml builder;
+    parser.HandleNextDocument(builder);  // the first document; an empty text is null
+    return builder.take();
+  } catch (const YamlRefused& error) {
+    return make_error(ErrorCode::InvalidArgument, fmt::format("YAML refused: {}", error.what()));
   } catch (const YAML::Exception& error) {
     return make_error(ErrorCode::InvalidArgument, fmt::format("invalid YAML: {}", error.what()));
   }

@@ -10,6 +10,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <deque>
 
+#include "api/spec_check.h"
 #include "controlplane/controlplane.h"
 #include "controlplane/node_admission.h"
 #include "scheduler/scheduler.h"
@@ -210,7 +211,7 @@ Result<api::Deployment> deployment_from_request(const Request& request, const st
                                                 const Options& options) {
   auto body = body_json(request);
   if (!body) return body.error();
-  auto deployment = api::deployment_from_json(*body);
+  auto deployment = api::deployment_from_user_json(*body);
   if (!deployment) return deployment.error();
   if (deployment->metadata.name.empty() && body->contains("name") && (*body)["name"].is_string()) {
     deployment->metadata.name = (*body)["name"].get<std::string>();

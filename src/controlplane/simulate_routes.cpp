@@ -3,6 +3,7 @@
 // answers the plan; nothing is written.
 #include <fmt/format.h>
 
+#include "api/spec_check.h"
 #include "controlplane/controlplane.h"
 #include "scheduler/scheduler.h"
 
@@ -17,7 +18,7 @@ Result<api::Deployment> deployment_to_simulate(const std::string& body) {
   if (!document) return document.error();
   if (!document->is_object()) return make_error(ErrorCode::InvalidArgument, "the request body must be a JSON object");
   if (!document->contains("spec") && document->contains("model")) *document = json{{"spec", *document}};
-  auto deployment = api::deployment_from_json(*document);
+  auto deployment = api::deployment_from_user_json(*document);
   if (!deployment) return deployment.error();
   if (deployment->metadata.name.empty() && document->contains("name") && (*document)["name"].is_string()) {
     deployment->metadata.name = (*document)["name"].get<std::string>();

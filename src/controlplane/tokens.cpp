@@ -68,7 +68,12 @@ json list_tokens(Resources& resources) {
 
 Response revoke_token(Resources& resources, const std::string& id) {
   auto removed = resources.store().remove(kPrefix + id);
-  if (!removed) return error_response(removed.error());
+  // The store's messages name its keys: say it in the user's terms.
+  if (!removed && removed.error().code == ErrorCode::NotFound) {
+    return error_response(make_error(ErrorCode::NotFound, fmt::format("join token '{}' not found", id)));
+  }
+  if (!removed)
+    return error_response(make_error(removed.error().code, fmt::format("cannot revoke join token '{}'", id)));
   return Response::json_body(200, json{{"id", id}, {"revoked", true}});
 }
 

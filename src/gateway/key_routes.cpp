@@ -101,7 +101,9 @@ void Gateway::add_key_routes(http::Router& router) {
       co_await writer.send(bad_request(created.error().message));
       co_return;
     }
-    co_await writer.send(Response::json_body(201, created_json(*created)));
+    json answer = created_json(*created);
+    answer["enforced"] = options_.require_keys;  // false under --auth none: keys are not checked
+    co_await writer.send(Response::json_body(201, answer));
   });
   router.add("GET", "/api/v1/keys", [this](Request&, ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(Response::json_body(200, keys_json(store_)));

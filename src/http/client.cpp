@@ -72,6 +72,46 @@ Error io_error(const std::string& what, const Url& url, const error_code& ec) {
                     what + " " + url.origin() + ": " + (ec == beast::error::timeout ? "timed out" : ec.message()));
 }
 
+// What may not be sent, checked before anything is: a CR or LF in the target or a header would
+// end the line and start another header or a second request (smuggling), a NUL truncates it in
+// some servers, and a space or other control byte in the target ends the request line early.
+// Names are HTTP tokens.
+Status check_request_head(const std::string& method, const Url& url, const Headers& headers) {
+  auto is_token = [](std::string_view text) {
+    if (text.empty()) return false;
+    for (unsigned char c : text) {
+      if (c <= 0x20 || c >= 0x7f ||
+          std::string_view("\"(),/:;<=>?@[\\]{}").find(static_cast<char>(c)) != std::string_view::npos) {
+        return false;
+      }
+    }
+    return true;
+  };
+  auto visible = [](std::string_view text) {
+    for (unsigned char c : text) {
+      if (c <= 0x20 || c == 0x7f) return false;
+    }
+    return true;
+  };
+  if (!is_token(method)) return make_error(ErrorCode::InvalidArgument, "invalid HTTP method");
+  if (!visible(url.target) || !visible(url.host)) {
+    return make_error(ErrorCode::InvalidArgument,
+                      "refusing to send a request whose URL holds a space or a control character (CR, LF, NUL...)");
+  }
+  for (const auto& header : headers) {
+    if (!is_token(header.name)) {
+      return make_error(ErrorCode::InvalidArgument, "refusing to send an invalid header name");
+    }
+    for (unsigned char c : header.value) {
+      if (c == '\r' || c == '\n' || c == '\0') {
+        return make_error(ErrorCode::InvalidArgument,
+                          "refusing to send header " + header.name + ": its value holds CR, LF or NUL");
+      }
+    }
+  }
+  return {};
+}
+
 // The request head, written by hand (the body follows as a second buffer, not copied): request
 // line, Host, User-Agent, the caller's headers, a JSON Content-Type when the caller gave none for
 // a body, and Content-Length for a body or a method that carries one. HTTP/1.1, so keep-alive.
@@ -454,6 +494,7 @@ awaitable<Result<std::unique_ptr<StreamingResponse>>> Client::open(std::string m
                                                                    Cancellation* cancellation) {
   auto url = Url::parse(url_text);
   if (!url) co_return url.error();
+  if (auto checked = check_request_head(method, *url, headers); !checked) co_return checked.error();
   if (cancellation && cancellation->cancelled()) co_return make_error(ErrorCode::Unavailable, "cancelled");
   std::function<void(std::function<void()>)> set_closer;
   if (cancellation)
