@@ -111,6 +111,9 @@ int run_deploy(int argc, char** argv) {
                  "Sleep or stop after this long without a request (e.g. 10m; 0 = never)");
   app.add_option("--on-idle", on_idle, "What idle does: sleep-l1, sleep-l2 or stop")
       ->check(CLI::IsMember({"sleep-l1", "sleep-l2", "stop"}));
+  std::string max_surge, max_unavailable;
+  app.add_option("--max-surge", max_surge, "Rollouts: replicas started beyond --replicas (N or P%; default 1)");
+  app.add_option("--max-unavailable", max_unavailable, "Rollouts: Ready replicas that may be missing (N or P%; default 0)");
   app.add_option("--engine-arg", engine_args, "Extra engine argument (repeatable)");
   app.add_option("--env", env, "Engine environment variable K=V (repeatable)");
   app.add_option("-f,--file", file, "Deployment spec in YAML");
@@ -158,6 +161,8 @@ int run_deploy(int argc, char** argv) {
     spec["idle_timeout_ms"] = duration->count();
   }
   if (!on_idle.empty()) spec["on_idle"] = on_idle;
+  if (!max_surge.empty()) spec["max_surge"] = max_surge;
+  if (!max_unavailable.empty()) spec["max_unavailable"] = max_unavailable;
   if (!vram.empty()) {
     auto mb = parse_size_mb(vram);
     if (!mb) return fail(mb.error().message);
