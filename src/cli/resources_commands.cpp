@@ -113,7 +113,8 @@ int run_deploy(int argc, char** argv) {
       ->check(CLI::IsMember({"sleep-l1", "sleep-l2", "stop"}));
   std::string max_surge, max_unavailable;
   app.add_option("--max-surge", max_surge, "Rollouts: replicas started beyond --replicas (N or P%; default 1)");
-  app.add_option("--max-unavailable", max_unavailable, "Rollouts: Ready replicas that may be missing (N or P%; default 0)");
+  app.add_option("--max-unavailable", max_unavailable,
+                 "Rollouts: Ready replicas that may be missing (N or P%; default 0)");
   app.add_option("--engine-arg", engine_args, "Extra engine argument (repeatable)");
   app.add_option("--env", env, "Engine environment variable K=V (repeatable)");
   app.add_option("-f,--file", file, "Deployment spec in YAML");

@@ -85,8 +85,7 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
           bool leaving = replica->spec.stop || replica->spec.draining_since_ms > 0;
           entry.draining = replica->spec.draining_since_ms > 0 && !replica->spec.stop;
           entry.starting = !leaving && is_starting(replica->status.phase);
-          bool serving = replica->status.phase == api::phase::kReady && !leaving &&
-                         !replica->status.endpoint.empty() &&
+          bool serving = replica->status.phase == api::phase::kReady && !leaving && !replica->status.endpoint.empty() &&
                          replica->status.plan_version == replica->spec.plan_version;
           if (entry.draining) {
             // keep the endpoint (if any) for its in-flight count
@@ -644,8 +643,7 @@ awaitable<Result<std::shared_ptr<Endpoint>>> Gateway::acquire(Call& call, const 
   // An idle deployment being woken (or started), or one whose replicas are starting (just
   // deployed, or replaced one at a time by a rollout), is worth waiting for; otherwise no ready
   // replica means 503 at once.
-  if (table_.ready_count(call.model, exclude) == 0 && !waking(call.model) &&
-      table_.starting_count(call.model) == 0) {
+  if (table_.ready_count(call.model, exclude) == 0 && !waking(call.model) && table_.starting_count(call.model) == 0) {
     co_return make_error(ErrorCode::Unavailable, fmt::format("no replica of `{}` is ready", call.model));
   }
   if (std::string reason = table_.unschedulable(call.model); !reason.empty() && table_.ready_count(call.model) == 0) {
