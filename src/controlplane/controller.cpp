@@ -7,6 +7,7 @@
 
 #include "common/ids.h"
 #include "controlplane/controlplane.h"
+#include "controlplane/modes.h"
 #include "scheduler/scheduler.h"
 
 namespace nebula::controlplane {
@@ -58,6 +59,8 @@ void Controller::run() {
 }
 
 void Controller::reconcile() {
+  // Mode switches first: their deployment writes are then seen by this pass.
+  advance_switches(resources_);
   auto nodes = resources_.list<api::Node>();
   auto deployments = resources_.list<api::Deployment>();
   auto replicas = resources_.list<api::Replica>();
@@ -294,8 +297,15 @@ void Controller::reconcile_deployment(const api::Deployment& observed, std::vect
   int to_create = replace_old_plan(deployment, plan_spec, desired, current, old, rolling_out.size(), nodes, replicas,
                                    stop_replica, ready);
 
-  // Status: how many replicas serve, and a phase a user can read at a glance.
+  // The rollout is done when only the current plan's replicas are left and enough of them serve
+  // (an idle deployment's replicas sleep: having them is enough).
   bool rolling = deployment.status.rollout.state == api::rollout_state::kProgressing;
+  if (rolling && superseded_gone && to_create == 0 && (idle || count_ready(current) >= desired)) {
+    complete_rollout(deployment);
+    rolling = false;
+  }
+
+  // Status: how many replicas serve, and a phase a user can read at a glance.
   std::string phase = ready >= desired && !rolling ? "Ready" : "Progressing";
   if (idle) phase = "Idle";
   std::string message;
@@ -307,11 +317,6 @@ void Controller::reconcile_deployment(const api::Deployment& observed, std::vect
     } else if (replica.status.phase == api::phase::kFailed && message.empty()) {
       message = replica.metadata.name + ": " + replica.status.last_error;
     }
-  }
-  // Done when only the current plan's replicas are left and enough of them serve (an idle
-  // deployment's replicas sleep: having them is enough).
-  if (rolling && superseded_gone && to_create == 0 && (idle || count_ready(current) >= desired)) {
-    complete_rollout(deployment);
   }
   if (deployment.status.ready_replicas != ready || deployment.status.replicas != existing + to_create ||
       deployment.status.phase != phase || deployment.status.message != message) {

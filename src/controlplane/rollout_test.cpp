@@ -16,7 +16,7 @@ class RolloutTest : public ::testing::Test {
 
   Options options() {
     Options result;
-    result.drain_timeout = std::chrono::seconds(30);
+    result.drain_timeout = std::chrono::seconds(20);  // below the node timeout: the loops below heartbeat
     return result;
   }
 
@@ -65,8 +65,14 @@ class RolloutTest : public ::testing::Test {
         std::count_if(set.begin(), set.end(), [&](const api::Replica& r) { return r.spec.plan_version == plan; }));
   }
 
-  // The agent's part: placed replicas become Ready (or crash), stopped ones go away.
+  // The agent's part: it heartbeats, placed replicas become Ready (or crash), stopped ones go away.
   void agent_step(int crashes_for_plan = 0, int64_t crashing_plan = -1) {
+    for (const auto& node : resources_.list<api::Node>()) {
+      ASSERT_TRUE(resources_.modify<api::Node>(node.metadata.name, [&](api::Node& current) {
+        current.status.heartbeat_ms = to_unix_ms(clock_.wall_now());
+        return true;
+      }));
+    }
     for (const auto& replica : resources_.list<api::Replica>()) {
       if (replica.spec.stop) {
         ASSERT_TRUE(resources_.remove<api::Replica>(replica.metadata.name));
@@ -145,7 +151,9 @@ TEST_F(RolloutTest, ASpecChangeRollsReplicasOverWithSurgeAndDrainsTheOld) {
   EXPECT_EQ(count_plan("chat", 2), 1);
   EXPECT_EQ(count_plan("chat", 1), 2);
   for (const auto& replica : serving_set("chat")) {
-    if (replica.spec.plan_version == 2) EXPECT_EQ(replica.spec.engine_args, (std::vector<std::string>{"--seed", "7"}));
+    if (replica.spec.plan_version == 2) {
+      EXPECT_EQ(replica.spec.engine_args, (std::vector<std::string>{"--seed", "7"}));
+    }
   }
   controller.reconcile();  // nothing changes until the new replica is Ready
   EXPECT_EQ(serving_set("chat").size(), 3u);
@@ -164,11 +172,11 @@ TEST_F(RolloutTest, ASpecChangeRollsReplicasOverWithSurgeAndDrainsTheOld) {
   EXPECT_EQ(count_plan("chat", 2), 2) << "the next surge replica starts while the old one drains";
 
   // The drain ends at the drain timeout (no gateway here to say it is idle).
-  clock_.advance(std::chrono::seconds(31));
+  clock_.advance(std::chrono::seconds(21));
   for (int pass = 0; pass < 8; ++pass) {
     controller.reconcile();
     agent_step();
-    clock_.advance(std::chrono::seconds(31));
+    clock_.advance(std::chrono::seconds(21));
   }
   controller.reconcile();
   auto done = deployment("chat");
@@ -226,7 +234,7 @@ TEST_F(RolloutTest, WithoutRoomForASurgeReplicaOneOldReplicaAtATimeMakesRoom) {
   EXPECT_EQ(draining, 1);
   EXPECT_EQ(count_plan("chat", 1), 1);
   for (int pass = 0; pass < 12; ++pass) {
-    clock_.advance(std::chrono::seconds(31));
+    clock_.advance(std::chrono::seconds(21));
     controller.reconcile();
     agent_step();
   }
@@ -327,7 +335,7 @@ TEST_F(RolloutTest, AControllerThatRestartsMidRolloutResumesIt) {
   // A new controller (the server came back) picks the rollout up from the store.
   Controller controller(resources_, options());
   for (int pass = 0; pass < 10; ++pass) {
-    clock_.advance(std::chrono::seconds(31));
+    clock_.advance(std::chrono::seconds(21));
     controller.reconcile();
     agent_step();
   }
