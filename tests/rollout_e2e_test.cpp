@@ -113,6 +113,8 @@ TEST(RolloutE2E, ARolloutUnderLoadDropsNothingAndABadOneRollsBack) {
   int sent_during_rollout = load.sent();
   EXPECT_EQ(load.failed(), 0) << load.first_failure();
 
+  // The last old replica may still be stopping.
+  ASSERT_TRUE(eventually([&] { return up.replicas_of("chat").size() == 2; }, 20s));
   auto replicas = up.replicas_of("chat");
   ASSERT_EQ(replicas.size(), 2u);
   for (const auto& replica : replicas) {
@@ -194,6 +196,7 @@ TEST(RolloutE2E, RequestsForStartingReplicasWaitInTheQueueAndRestartRolls) {
   ASSERT_EQ(restarted.exit_code, 0) << restarted.out;
   ASSERT_TRUE(eventually([&] { return rollout_is(rollout_of(up, "slow"), "Complete", 2); }, 60s, 200ms))
       << rollout_of(up, "slow").dump(2);
+  ASSERT_TRUE(eventually([&] { return up.engine_pids("slow").size() == 1; }, 20s));
   auto pids = up.engine_pids("slow");
   ASSERT_EQ(pids.size(), 1u);
   EXPECT_NE(*pids.begin(), before);
@@ -210,9 +213,8 @@ TEST(RolloutE2E, AServerKilledMidRolloutResumesIt) {
   std::string data_dir = temp.path() + "/server";
   int port = free_port();
   std::string url = "http://127.0.0.1:" + std::to_string(port);
-  std::vector<std::string> server_argv = {
-      NEBULA_BINARY, "server", "--listen",          "127.0.0.1:" + std::to_string(port), "--data-dir", data_dir,
-      "--log-level", "warn",   "--exit-with-parent"};
+  std::vector<std::string> server_argv = {NEBULA_BINARY, "server", "--listen",    "127.0.0.1:" + std::to_string(port),
+                                          "--data-dir",  data_dir, "--log-level", "warn"};
   http::BlockingClient client;
   auto start_server = [&](const std::string& log) {
     auto child = std::make_unique<Child>(server_argv, temp.path() + "/" + log);
@@ -234,6 +236,16 @@ TEST(RolloutE2E, AServerKilledMidRolloutResumesIt) {
       },
       10s));
   Child agent(agent_argv(url, token, "n1", "1xH100-80GB", temp.path() + "/agent"), temp.path() + "/agent.log");
+  // Engines belong to the agent's successor when it dies: whatever this test leaves is killed.
+  std::set<int> engines;
+  struct KillEngines {
+    std::set<int>& pids;
+    ~KillEngines() {
+      for (int pid : pids) {
+        if (!process_gone(pid)) ::kill(-pid, SIGKILL);
+      }
+    }
+  } kill_engines{engines};
   auto cli = [&](std::vector<std::string> args) {
     args.insert(args.begin(), NEBULA_BINARY);
     return run_command(args, {"NEBULA_SERVER=" + url});
@@ -271,8 +283,10 @@ TEST(RolloutE2E, AServerKilledMidRolloutResumesIt) {
       },
       90s, 200ms);
   ASSERT_TRUE(complete) << get("/api/v1/deployments/chat/rollout").dump(2) << server->output();
+  ASSERT_TRUE(eventually([&] { return get("/api/v1/replicas")["items"].size() == 2; }, 20s));
   json replicas = get("/api/v1/replicas");
   ASSERT_EQ(replicas["items"].size(), 2u) << replicas.dump(2);
+  for (const auto& replica : replicas["items"]) engines.insert(replica["status"]["pid"].get<int>());
   for (const auto& replica : replicas["items"]) {
     EXPECT_EQ(replica["spec"]["plan_version"], 2);
     EXPECT_EQ(replica["status"]["phase"], "Ready");
