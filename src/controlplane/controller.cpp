@@ -237,7 +237,7 @@ void Controller::reconcile_deployment(const api::Deployment& observed, std::vect
     resources_.record_event("deployment/" + name, reason, message + " " + updated->metadata.name);
     return true;
   };
-  finish_drains(name, rolling_out, stop_replica);
+  finish_drains(rolling_out, stop_replica);
 
   // Scale-to-zero: an idle deployment's replicas sleep or stop; a request for it wakes them.
   api::DeploymentStatus idle_state = reconcile_idle(deployment, active, ready);

@@ -67,8 +67,7 @@ class Controller {
   // Rollouts (rollout.cpp).
   using StopReplica = std::function<bool(api::Replica&, const char* reason, const std::string& message)>;
   api::Deployment ensure_plan(const api::Deployment& deployment);
-  void finish_drains(const std::string& deployment, const std::vector<api::Replica*>& draining,
-                     const StopReplica& stop_replica);
+  void finish_drains(const std::vector<api::Replica*>& draining, const StopReplica& stop_replica);
   bool rollback_if_failing(const api::Deployment& deployment, const std::vector<api::Replica*>& current);
   int replace_old_plan(const api::Deployment& deployment, const api::DeploymentSpec& plan_spec, int desired,
                        const std::vector<api::Replica*>& current, std::vector<api::Replica*>& old, size_t draining,

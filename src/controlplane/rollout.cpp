@@ -98,8 +98,7 @@ api::Deployment Controller::ensure_plan(const api::Deployment& deployment) {
 
 // Draining replicas stop once no request is in flight to them (as the gateway sees it), once
 // they no longer serve anyway, or at the drain timeout.
-void Controller::finish_drains(const std::string& deployment, const std::vector<api::Replica*>& draining,
-                               const StopReplica& stop_replica) {
+void Controller::finish_drains(const std::vector<api::Replica*>& draining, const StopReplica& stop_replica) {
   int64_t now = to_unix_ms(resources_.clock().wall_now());
   for (api::Replica* replica : draining) {
     bool serving = replica->status.phase == api::phase::kReady;
@@ -108,7 +107,6 @@ void Controller::finish_drains(const std::string& deployment, const std::vector<
     if (serving && !expired && !drained) continue;
     std::string why = !serving ? "not serving" : drained ? "no request in flight" : "drain timeout";
     stop_replica(*replica, "Drained", fmt::format("{}: stopping", why));
-    (void)deployment;
   }
 }
 
