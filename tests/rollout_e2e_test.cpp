@@ -150,7 +150,9 @@ TEST(RolloutE2E, ARolloutUnderLoadDropsNothingAndABadOneRollsBack) {
       },
       30s))
       << json(up.replicas_of("chat")).dump(2);
-  EXPECT_EQ(up.engine_pids("chat"), plan2_pids) << "the old plan's engines were never touched";
+  EXPECT_EQ(up.engine_pids("chat"), plan2_pids)
+      << "the old plan's engines were never touched\n"
+      << up.cli({"events"}).out << json(up.replicas_of("chat")).dump(2);
   ASSERT_TRUE(eventually([&] { return load.sent() >= sent_during_rollout + 6; }, 20s));
   load.stop();
   EXPECT_EQ(load.failed(), 0) << load.first_failure();
@@ -204,6 +206,31 @@ TEST(RolloutE2E, RequestsForStartingReplicasWaitInTheQueueAndRestartRolls) {
   auto missing = up.cli({"restart", "nope"});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.out.find("not found"), std::string::npos) << missing.out;
+}
+
+// Two 35 GB replicas on an 80 GB card leave no room for a third: the rollout replaces them one at
+// a time, and the other replica serves meanwhile.
+TEST(RolloutE2E, WithoutVramForASurgeReplicasAreReplacedOneAtATime) {
+  NebulaUp up;
+  ASSERT_TRUE(up.wait_node_ready());
+  auto deployed = up.cli({"deploy", "big", "--engine", "sim", "--model", "llama-3.1-8b-instruct", "--vram", "35GB",
+                          "--replicas", "2", "--wait", "--timeout", "60s"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  StreamLoad load(up.server(), "big", 2);
+  ASSERT_TRUE(eventually([&] { return load.sent() >= 4; }, 20s));
+  auto changed = up.cli({"deploy", "big", "--engine-arg=--seed=3"});
+  ASSERT_EQ(changed.exit_code, 0) << changed.out;
+  ASSERT_TRUE(eventually([&] { return rollout_is(rollout_of(up, "big"), "Complete", 2); }, 90s, 200ms))
+      << rollout_of(up, "big").dump(2);
+  load.stop();
+  EXPECT_EQ(load.failed(), 0) << load.first_failure();
+  auto events = up.cli({"events"});
+  EXPECT_NE(events.out.find("RolloutOneAtATime"), std::string::npos) << events.out;
+  ASSERT_TRUE(eventually([&] { return up.replicas_of("big").size() == 2; }, 20s));
+  for (const auto& replica : up.replicas_of("big")) {
+    EXPECT_EQ(replica["spec"]["plan_version"], 2);
+    EXPECT_NE(cmdline_of(replica["status"]["pid"].get<int>()).find("--seed=3"), std::string::npos);
+  }
 }
 
 // kill -9 of the server in the middle of a rollout: the rollout's state is in the store, so the

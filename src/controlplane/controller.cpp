@@ -318,6 +318,9 @@ void Controller::reconcile_deployment(const api::Deployment& observed, std::vect
       message = replica.metadata.name + ": " + replica.status.last_error;
     }
   }
+  // A rollout's new replica waiting for the memory of an old one is not unschedulable (the
+  // gateway fails requests at once for a Pending deployment with nothing Ready).
+  if (rolling && deployment.status.rollout.from_version > 0 && phase == "Pending") phase = "Progressing";
   if (deployment.status.ready_replicas != ready || deployment.status.replicas != existing + to_create ||
       deployment.status.phase != phase || deployment.status.message != message) {
     auto updated = resources_.modify<api::Deployment>(name, [&](api::Deployment& now) {

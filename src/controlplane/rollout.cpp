@@ -204,31 +204,44 @@ int Controller::replace_old_plan(const api::Deployment& deployment, const api::D
   };
   const std::string superseded = fmt::format("plan {} supersedes plan", target);
 
-  // Old replicas that serve nothing go at once.
+  // How many old replicas may go now, as Kubernetes counts it: all replicas less the minimum
+  // available less the new ones not yet available. Old ones that serve nothing go first (without
+  // lowering what serves), then Ready ones drain, oldest first. The budget keeps an old replica
+  // that is briefly not Ready while a new plan crash-loops. An idle deployment serves nobody:
+  // its old replicas all go.
+  bool idle = deployment.status.idle_since_ms > 0;
+  int min_available = std::max(0, desired - unavailable);
+  int new_unavailable = have - count_ready(current);
+  int budget =
+      idle ? static_cast<int>(old.size()) : have + static_cast<int>(old.size()) - min_available - new_unavailable;
   std::vector<api::Replica*> serving;
   for (api::Replica* replica : old) {
     if (replica->status.phase == api::phase::kReady) {
       serving.push_back(replica);
-    } else {
+    } else if (budget > 0) {
       stop_replica(*replica, "RolloutReplaced", fmt::format("{} {}: stopping", superseded, replica->spec.plan_version));
+      --budget;
     }
   }
   std::sort(serving.begin(), serving.end(), [](const api::Replica* a, const api::Replica* b) {
     return a->metadata.created_ms < b->metadata.created_ms;
   });
   int available = count_ready(current) + static_cast<int>(serving.size());
-  int min_available = desired - unavailable;
   size_t taken = 0;
-  while (taken < serving.size() && available - 1 >= min_available) {
+  while (taken < serving.size() && budget > 0) {
     api::Replica* replica = serving[taken++];
     drain(*replica, fmt::format("{} {}", superseded, replica->spec.plan_version));
     --available;
+    --budget;
   }
-  // No room for a surge replica: replace one old replica at a time, when its memory is enough.
+  // No room for a surge replica: replace one old replica at a time (max_unavailable taken as at
+  // least 1), when its memory is enough. Counting what serves, not what was taken, keeps it one
+  // at a time while the GPUs still report a stopped engine's memory.
   bool stopping = std::any_of(replicas.begin(), replicas.end(), [&](const api::Replica& replica) {
     return replica.spec.deployment == name && replica.spec.stop && !replica.spec.node.empty();
   });
-  if (taken == 0 && !serving.empty() && draining == 0 && !stopping) {
+  if (taken == 0 && !serving.empty() && draining == 0 && !stopping &&
+      available - 1 >= desired - std::max(unavailable, 1)) {
     auto unplaced = std::find_if(current.begin(), current.end(), [](const api::Replica* replica) {
       return replica->spec.node.empty() && !replica->status.message.empty();
     });

@@ -270,6 +270,19 @@ TEST_F(RolloutTest, ACrashLoopingRolloutRollsBackAndTheOldPlanKeepsServing) {
   controller.reconcile();
   EXPECT_EQ(deployment("chat").status.rollout.state, api::rollout_state::kProgressing);
   EXPECT_EQ(count_plan("chat", 1), 2);
+  // An old replica that is briefly not Ready meanwhile is kept: the new plan has nothing Ready to
+  // replace it with.
+  std::string flickering;
+  for (const auto& replica : serving_set("chat")) {
+    if (replica.spec.plan_version == 1) flickering = replica.metadata.name;
+  }
+  ASSERT_TRUE(resources_.modify<api::Replica>(flickering, [](api::Replica& current) {
+    current.status.phase = api::phase::kStarting;
+    return true;
+  }));
+  controller.reconcile();
+  EXPECT_FALSE(resources_.get<api::Replica>(flickering)->spec.stop);
+  EXPECT_EQ(count_plan("chat", 1), 2);
   agent_step(2, 2);
   controller.reconcile();
   auto rolled = deployment("chat");
