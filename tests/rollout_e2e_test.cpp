@@ -150,9 +150,8 @@ TEST(RolloutE2E, ARolloutUnderLoadDropsNothingAndABadOneRollsBack) {
       },
       30s))
       << json(up.replicas_of("chat")).dump(2);
-  EXPECT_EQ(up.engine_pids("chat"), plan2_pids)
-      << "the old plan's engines were never touched\n"
-      << up.cli({"events"}).out << json(up.replicas_of("chat")).dump(2);
+  EXPECT_EQ(up.engine_pids("chat"), plan2_pids) << "the old plan's engines were never touched\n"
+                                                << up.cli({"events"}).out << json(up.replicas_of("chat")).dump(2);
   ASSERT_TRUE(eventually([&] { return load.sent() >= sent_during_rollout + 6; }, 20s));
   load.stop();
   EXPECT_EQ(load.failed(), 0) << load.first_failure();
