@@ -25,6 +25,8 @@ constexpr Command kCommands[] = {
     {"get", "show a deployment and its replicas", nebula::cli::run_get},
     {"rm", "remove a deployment", nebula::cli::run_rm},
     {"scale", "set a deployment's replica count", nebula::cli::run_scale},
+    {"restart", "restart a deployment's replicas as a rolling update", nebula::cli::run_restart},
+    {"rollout", "a deployment's rollout: status, plan history, undo", nebula::cli::run_rollout},
     {"logs", "print a replica's engine logs", nebula::cli::run_logs},
     {"nodes", "list nodes", nebula::cli::run_nodes},
     {"gpus", "list GPUs and what is placed on them", nebula::cli::run_gpus},

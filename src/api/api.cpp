@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <tuple>
 
 namespace nebula::api {
 
@@ -75,7 +76,31 @@ DeploymentSpec deployment_spec_from(const json& object) {
   read(shape, "kv_heads", spec.shape.kv_heads);
   read(shape, "head_dim", spec.shape.head_dim);
   read(shape, "overhead_mb", spec.shape.overhead_mb);
+  read(object, "max_surge", spec.max_surge);
+  read(object, "max_unavailable", spec.max_unavailable);
   return spec;
+}
+
+RolloutStatus rollout_status_from(const json& object) {
+  RolloutStatus rollout;
+  read(object, "state", rollout.state);
+  read(object, "from_version", rollout.from_version);
+  read(object, "to_version", rollout.to_version);
+  read(object, "started_ms", rollout.started_ms);
+  read(object, "finished_ms", rollout.finished_ms);
+  read(object, "message", rollout.message);
+  return rollout;
+}
+
+PlanRevision plan_revision_from(const json& object) {
+  require_object(object, "a plan");
+  PlanRevision plan;
+  read(object, "version", plan.version);
+  read(object, "created_ms", plan.created_ms);
+  read(object, "cause", plan.cause);
+  read(object, "outcome", plan.outcome);
+  plan.spec = deployment_spec_from(object_field(object, "spec"));
+  return plan;
 }
 
 ReplicaStatus replica_status_from(const json& object) {
@@ -164,8 +189,31 @@ json to_json(const DeploymentSpec& spec) {
                        {"head_dim", shape.head_dim},
                        {"overhead_mb", shape.overhead_mb}};
   }
+  if (spec.max_surge != "1") object["max_surge"] = spec.max_surge;
+  if (spec.max_unavailable != "0") object["max_unavailable"] = spec.max_unavailable;
   return object;
 }
+
+json to_json(const PlanRevision& value) {
+  return {{"version", value.version},
+          {"created_ms", value.created_ms},
+          {"cause", value.cause},
+          {"outcome", value.outcome},
+          {"spec", to_json(value.spec)}};
+}
+
+json to_json(const RolloutStatus& value) {
+  return {{"state", value.state},           {"from_version", value.from_version}, {"to_version", value.to_version},
+          {"started_ms", value.started_ms}, {"finished_ms", value.finished_ms},   {"message", value.message}};
+}
+
+namespace {
+json plans_json(const std::vector<PlanRevision>& plans) {
+  json array = json::array();
+  for (const auto& plan : plans) array.push_back(to_json(plan));
+  return array;
+}
+}  // namespace
 
 json to_json(const Deployment& value) {
   return {{"kind", "Deployment"},
@@ -179,7 +227,11 @@ json to_json(const Deployment& value) {
             {"last_request_ms", value.status.last_request_ms},
             {"idle_since_ms", value.status.idle_since_ms},
             {"wake_requested_ms", value.status.wake_requested_ms},
-            {"evicted", value.status.evicted}}}};
+            {"evicted", value.status.evicted},
+            {"plan_version", value.status.plan_version},
+            {"restart_requested_ms", value.status.restart_requested_ms},
+            {"rollout", to_json(value.status.rollout)},
+            {"plans", plans_json(value.status.plans)}}}};
 }
 
 json to_json(const ReplicaStatus& value) {
@@ -208,6 +260,7 @@ json to_json(const Replica& value) {
             {"vram_mb", spec.vram_mb},
             {"plan_version", spec.plan_version},
             {"stop", spec.stop},
+            {"draining_since_ms", spec.draining_since_ms},
             {"sleep_level", spec.sleep_level},
             {"max_context", spec.max_context},
             {"max_seqs", spec.max_seqs},
@@ -264,6 +317,13 @@ Result<Deployment> deployment_from_json(const json& value) {
     read(status, "idle_since_ms", deployment.status.idle_since_ms);
     read(status, "wake_requested_ms", deployment.status.wake_requested_ms);
     read(status, "evicted", deployment.status.evicted);
+    read(status, "plan_version", deployment.status.plan_version);
+    read(status, "restart_requested_ms", deployment.status.restart_requested_ms);
+    deployment.status.rollout = rollout_status_from(object_field(status, "rollout"));
+    if (auto plans = status.find("plans"); plans != status.end() && !plans->is_null()) {
+      if (!plans->is_array()) throw FieldError("field 'plans' must be an array");
+      for (const auto& plan : *plans) deployment.status.plans.push_back(plan_revision_from(plan));
+    }
     return deployment;
   });
 }
@@ -282,6 +342,7 @@ Result<Replica> replica_from_json(const json& value) {
     read(spec, "vram_mb", replica.spec.vram_mb);
     read(spec, "plan_version", replica.spec.plan_version);
     read(spec, "stop", replica.spec.stop);
+    read(spec, "draining_since_ms", replica.spec.draining_since_ms);
     read(spec, "max_context", replica.spec.max_context);
     read(spec, "max_seqs", replica.spec.max_seqs);
     read(spec, "engine_args", replica.spec.engine_args);
@@ -375,7 +436,43 @@ Status validate(const DeploymentSpec& spec) {
   if (spec.kv_cache_dtype == "int4") {
     return make_error(ErrorCode::InvalidArgument, "kv_cache_dtype int4 is not supported (fp16, bf16, fp8, fp32)");
   }
+  auto surge = rollout_count(spec.max_surge, 100, true, "spec.max_surge");
+  if (!surge) return surge.error();
+  auto unavailable = rollout_count(spec.max_unavailable, 100, false, "spec.max_unavailable");
+  if (!unavailable) return unavailable.error();
+  if (*surge == 0 && *unavailable == 0) {
+    return make_error(ErrorCode::InvalidArgument,
+                      "spec.max_surge and spec.max_unavailable cannot both be 0 (a rollout could not progress)");
+  }
   return {};
+}
+
+Result<int> rollout_count(const std::string& value, int replicas, bool round_up, const char* field) {
+  auto bad = [&] {
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("{} must be a count or a percentage such as 1 or 25% (got '{}')", field, value));
+  };
+  bool percent = !value.empty() && value.back() == '%';
+  std::string digits = percent ? value.substr(0, value.size() - 1) : value;
+  if (digits.empty() || digits.size() > 6 ||
+      !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return bad();
+  }
+  int number = std::stoi(digits);
+  if (!percent) return number;
+  if (number > 100) return bad();
+  int scaled = number * std::max(replicas, 0);
+  return round_up ? (scaled + 99) / 100 : scaled / 100;
+}
+
+bool same_plan(const DeploymentSpec& a, const DeploymentSpec& b) {
+  auto key = [](const DeploymentSpec& spec) {
+    return std::tie(spec.model, spec.engine, spec.gpus_per_replica, spec.max_context, spec.max_seqs, spec.vram_mb,
+                    spec.engine_args, spec.env, spec.dtype, spec.kv_cache_dtype, spec.gpu_memory_utilization,
+                    spec.node_selector, spec.gpu_type, spec.shape.weights_mb, spec.shape.layers, spec.shape.kv_heads,
+                    spec.shape.head_dim, spec.shape.overhead_mb);
+  };
+  return key(a) == key(b);
 }
 
 std::string hub_repo_key(const std::string& model) {

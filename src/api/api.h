@@ -96,6 +96,38 @@ struct DeploymentSpec {
   // 2) or stop; the next request wakes or starts them. 0 = never idle.
   int64_t idle_timeout_ms = 0;
   std::string on_idle = "sleep-l1";  // sleep-l1 | sleep-l2 | stop
+  // Rolling updates, with Kubernetes' semantics: a count ("1") or a percentage of replicas
+  // ("25%"; surge rounds up, unavailable rounds down). Surge: replicas of the new plan started
+  // beyond `replicas`; unavailable: Ready replicas that may be missing meanwhile. Not both 0.
+  std::string max_surge = "1";
+  std::string max_unavailable = "0";
+};
+
+// One plan of a deployment: what its engines run. The spec fields that change an engine (model,
+// engine, args, env, context, sequences, GPUs, dtypes, VRAM, node selection) define it; any
+// change to them, or a restart, starts a new plan, which the controller rolls replicas over to.
+struct PlanRevision {
+  int64_t version = 0;
+  int64_t created_ms = 0;
+  std::string cause;    // why it was made: "created", "spec changed", "restart", "undo to plan N"
+  std::string outcome;  // "" current or rolling out | Complete | RolledBack | Superseded
+  DeploymentSpec spec;  // the spec when the plan was made
+};
+
+// The rollout in progress or the last one, for `nebula rollout status`.
+namespace rollout_state {
+inline constexpr const char* kProgressing = "Progressing";
+inline constexpr const char* kComplete = "Complete";
+inline constexpr const char* kRolledBack = "RolledBack";
+inline constexpr const char* kSuperseded = "Superseded";  // a plan outcome: replaced before it completed
+}  // namespace rollout_state
+struct RolloutStatus {
+  std::string state;  // "" none yet | Progressing | Complete | RolledBack
+  int64_t from_version = 0;
+  int64_t to_version = 0;
+  int64_t started_ms = 0;
+  int64_t finished_ms = 0;
+  std::string message;
 };
 
 struct DeploymentStatus {
@@ -107,7 +139,14 @@ struct DeploymentStatus {
   int64_t idle_since_ms = 0;      // 0 = awake; else when its replicas were put to sleep or stopped
   int64_t wake_requested_ms = 0;  // a request arrived for an idle deployment
   bool evicted = false;           // idle, and stopped to make room for another: starts on wake
+  // Plans (the controller's): replicas converge to plan_version, which is the newest plan unless
+  // a failed rollout rolled back to an older one. 0 until the controller made the first plan.
+  int64_t plan_version = 0;
+  int64_t restart_requested_ms = 0;  // `nebula restart`: a new plan with the same spec
+  RolloutStatus rollout;
+  std::vector<PlanRevision> plans;  // oldest first, the last kMaxPlans
 };
+inline constexpr size_t kMaxPlans = 10;
 
 struct Deployment {
   Metadata metadata;
@@ -134,11 +173,14 @@ struct ReplicaSpec {
   std::string deployment;
   std::string model;
   std::string engine;
-  std::string node;       // "" until scheduled
-  std::vector<int> gpus;  // GPU indices on the node
-  int64_t vram_mb = 0;    // reserved across its GPUs
-  int64_t plan_version = 0;
-  bool stop = false;    // desired: stopped and removed (scale down, deployment deleted)
+  std::string node;          // "" until scheduled
+  std::vector<int> gpus;     // GPU indices on the node
+  int64_t vram_mb = 0;       // reserved across its GPUs
+  int64_t plan_version = 0;  // the deployment's plan it runs (DeploymentStatus::plan_version)
+  bool stop = false;         // desired: stopped and removed (scale down, deployment deleted)
+  // Desired: out of routing since then (its plan was superseded); the controller sets `stop`
+  // once the gateway has no request in flight to it, or after the drain timeout. 0 = serving.
+  int64_t draining_since_ms = 0;
   int sleep_level = 0;  // desired: 0 awake, 1 or 2 asleep (vLLM sleep levels)
   int max_context = 0;
   int max_seqs = 0;
@@ -184,6 +226,8 @@ json to_json(const Replica& value);
 json to_json(const ReplicaStatus& value);
 json to_json(const NodeStatus& value);
 json to_json(const Event& value);
+json to_json(const PlanRevision& value);
+json to_json(const RolloutStatus& value);
 
 Result<Node> node_from_json(const json& value);
 Result<NodeStatus> node_status_from_json(const json& value);
@@ -197,6 +241,11 @@ Result<Event> event_from_json(const json& value);
 Status validate_name(const std::string& name);
 // Checks the spec a user gave (engine known, counts in range).
 Status validate(const DeploymentSpec& spec);
+// max_surge / max_unavailable as a replica count for `replicas` replicas: "N" or "P%" (rounded
+// up when round_up, else down). InvalidArgument naming `field` when malformed.
+Result<int> rollout_count(const std::string& value, int replicas, bool round_up, const char* field);
+// True when the two specs run the same engines (the fields that define a plan are equal).
+bool same_plan(const DeploymentSpec& a, const DeploymentSpec& b);
 
 // The engines Nebula knows how to run.
 const std::vector<std::string>& known_engines();

@@ -35,6 +35,8 @@ int run_token(int argc, char** argv);
 int run_usage(int argc, char** argv);
 int run_chat(int argc, char** argv);
 int run_mode(int argc, char** argv);
+int run_rollout(int argc, char** argv);
+int run_restart(int argc, char** argv);
 
 // Flags every client command shares: --server, --api-key, -o.
 struct ClientFlags {

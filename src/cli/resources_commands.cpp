@@ -203,6 +203,10 @@ int run_deploy(int argc, char** argv) {
       ->check(duration_value());
   app.add_option("--on-idle", on_idle, "What idle does: sleep-l1, sleep-l2 or stop")
       ->check(CLI::IsMember({"sleep-l1", "sleep-l2", "stop"}));
+  std::string max_surge, max_unavailable;
+  app.add_option("--max-surge", max_surge, "Rollouts: replicas started beyond --replicas (N or P%; default 1)");
+  app.add_option("--max-unavailable", max_unavailable,
+                 "Rollouts: Ready replicas that may be missing (N or P%; default 0)");
   app.add_option("--engine-arg", engine_args, "Extra engine argument (repeatable)");
   app.add_option("--env", env, "Engine environment variable K=V (repeatable)");
   app.add_option("-f,--file", file, "Deployment spec in YAML");
@@ -254,8 +258,12 @@ int run_deploy(int argc, char** argv) {
   if (priority != 0) spec["priority"] = priority;
   if (!idle_timeout.empty()) spec["idle_timeout_ms"] = parse_duration(idle_timeout)->count();
   if (!on_idle.empty()) spec["on_idle"] = on_idle;
+  if (!max_surge.empty()) spec["max_surge"] = max_surge;
+  if (!max_unavailable.empty()) spec["max_unavailable"] = max_unavailable;
   if (!vram.empty()) spec["vram_mb"] = *parse_size_mb(vram);
-  for (const auto& arg : engine_args) spec["engine_args"].push_back(arg);
+  // Given flags replace the list, so the same command run twice asks for the same spec (and does
+  // not start a second rollout).
+  if (!engine_args.empty()) spec["engine_args"] = engine_args;
   for (const auto& pair : env) {
     size_t eq = pair.find('=');
     spec["env"][pair.substr(0, eq)] = pair.substr(eq + 1);

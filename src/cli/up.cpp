@@ -309,6 +309,8 @@ class ServerRuntime {
     if (!port) return port.error();
     std::string host = address->host == "0.0.0.0" ? "127.0.0.1" : address->host;
     url_ = "http://" + HostPort{host, *port}.to_string();
+    // A draining replica stops as soon as this gateway has no request in flight to it.
+    options_.replica_drained = [this](const std::string& replica) { return gateway_->table().drained(replica); };
     controller_ = std::make_unique<controlplane::Controller>(*resources_, options_);
     controller_->start();
     thread_ = std::thread([this] { io_.run(); });

@@ -2,15 +2,18 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 
 #include "common/ids.h"
 #include "controlplane/controlplane.h"
+#include "controlplane/modes.h"
 #include "scheduler/scheduler.h"
 
 namespace nebula::controlplane {
 
-Controller::Controller(Resources& resources, Options options) : resources_(resources), options_(std::move(options)) {}
+Controller::Controller(Resources& resources, Options options)
+    : resources_(resources), options_(std::move(options)), started_ms_(to_unix_ms(resources.clock().wall_now())) {}
 
 Controller::~Controller() {
   stop();
@@ -56,6 +59,8 @@ void Controller::run() {
 }
 
 void Controller::reconcile() {
+  // Mode switches first: their deployment writes are then seen by this pass.
+  advance_switches(resources_);
   auto nodes = resources_.list<api::Node>();
   auto deployments = resources_.list<api::Deployment>();
   auto replicas = resources_.list<api::Replica>();
@@ -81,21 +86,27 @@ void Controller::reconcile() {
   for (const auto& node : nodes) {
     if (node.spec.drain) draining.insert(node.metadata.name);
   }
-  for (const auto& deployment : deployments) reconcile_deployment(deployment, replicas, draining);
+  for (const auto& deployment : deployments) reconcile_deployment(deployment, replicas, nodes, draining);
   schedule(replicas, nodes, deployments);
   collect_stopped(replicas, nodes);
   prune_events();
 }
 
+// The last time a node could have been heard from: its heartbeat, or this controller's start when
+// that is later. A server that was down (an upgrade, `nebula up` restarted after a while) gives
+// every node node_timeout from its own start to report, instead of calling it silent for as long
+// as the server itself was gone and rescheduling engines the agent would have re-adopted.
+int64_t Controller::heard_from(const api::Node& node) const {
+  return std::max(node.status.heartbeat_ms, started_ms_);
+}
+
 void Controller::reconcile_nodes(std::vector<api::Node>& nodes) {
   int64_t now_ms = to_unix_ms(resources_.clock().wall_now());
   for (auto& node : nodes) {
-    bool alive = now_ms - node.status.heartbeat_ms <= options_.node_timeout.count();
+    bool alive = now_ms - heard_from(node) <= options_.node_timeout.count();
     if (node.status.ready && !alive) {
       auto updated = resources_.modify<api::Node>(node.metadata.name, [&](api::Node& current) {
-        if (!current.status.ready || now_ms - current.status.heartbeat_ms <= options_.node_timeout.count()) {
-          return false;
-        }
+        if (!current.status.ready || now_ms - heard_from(current) <= options_.node_timeout.count()) return false;
         current.status.ready = false;
         current.status.message = fmt::format("no heartbeat for {} s", (now_ms - current.status.heartbeat_ms) / 1000);
         return true;
@@ -134,7 +145,7 @@ void Controller::replace_lost(std::vector<api::Replica>& replicas, const std::ve
     if (replica.spec.node.empty() || replica.spec.stop) continue;
     auto node = std::find_if(nodes.begin(), nodes.end(),
                              [&](const api::Node& n) { return n.metadata.name == replica.spec.node; });
-    bool lost = node == nodes.end() || (!node->status.ready && now_ms - node->status.heartbeat_ms > limit);
+    bool lost = node == nodes.end() || (!node->status.ready && now_ms - heard_from(*node) > limit);
     if (!lost) continue;
     auto updated = resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
       if (current.spec.stop) return false;
@@ -192,16 +203,25 @@ api::DeploymentStatus Controller::reconcile_idle(const api::Deployment& deployme
   return result;
 }
 
-void Controller::reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas,
+void Controller::reconcile_deployment(const api::Deployment& observed, std::vector<api::Replica>& replicas,
+                                      const std::vector<api::Node>& nodes,
                                       const std::set<std::string>& draining_nodes) {
+  api::Deployment deployment = ensure_plan(observed);
   const std::string& name = deployment.metadata.name;
-  std::vector<api::Replica*> active;
+  const int64_t target = deployment.status.plan_version;
+  const api::DeploymentSpec plan_spec = spec_of_plan(deployment, target);
+  std::vector<api::Replica*> active;       // neither stopping nor draining
+  std::vector<api::Replica*> rolling_out;  // draining: out of routing, stopped once drained
   int ready = 0;
   int existing = 0;
   for (auto& replica : replicas) {
     if (replica.spec.deployment != name) continue;
     ++existing;
     if (replica.spec.stop) continue;
+    if (replica.spec.draining_since_ms > 0) {
+      rolling_out.push_back(&replica);
+      continue;
+    }
     active.push_back(&replica);
     if (replica.status.phase == api::phase::kReady) ++ready;
   }
@@ -212,11 +232,12 @@ void Controller::reconcile_deployment(const api::Deployment& deployment, std::ve
       return true;
     });
     if (!updated) return false;
-    if (replica.status.phase == api::phase::kReady) --ready;
+    if (replica.status.phase == api::phase::kReady && replica.spec.draining_since_ms == 0) --ready;
     replica = *updated;
     resources_.record_event("deployment/" + name, reason, message + " " + updated->metadata.name);
     return true;
   };
+  finish_drains(rolling_out, stop_replica);
 
   // Scale-to-zero: an idle deployment's replicas sleep or stop; a request for it wakes them.
   api::DeploymentStatus idle_state = reconcile_idle(deployment, active, ready);
@@ -253,42 +274,39 @@ void Controller::reconcile_deployment(const api::Deployment& deployment, std::ve
       stop_replica(*replica, "Drained", "node " + replica->spec.node + " is draining: stopping");
     }
   }
-  // Scale up: new replicas start Pending; the scheduler places them.
-  for (int i = static_cast<int>(active.size()); i < desired; ++i) {
-    api::Replica replica;
-    replica.metadata.name = name + "-" + random_id(5);
-    replica.spec.deployment = name;
-    replica.spec.model = deployment.spec.model;
-    replica.spec.engine = deployment.spec.engine;
-    replica.spec.vram_mb = scheduler::estimate_vram_mb(deployment.spec);
-    replica.spec.max_context = deployment.spec.max_context;
-    replica.spec.max_seqs = deployment.spec.max_seqs;
-    replica.spec.engine_args = deployment.spec.engine_args;
-    replica.spec.env = deployment.spec.env;
-    auto created = resources_.create(replica);
-    if (!created) {
-      spdlog::warn("controller: cannot create a replica of {}: {}", name, created.error().message);
-      continue;
-    }
-    replicas.push_back(*created);
-    ++existing;
-    resources_.record_event("deployment/" + name, "ReplicaCreated", "created replica " + created->metadata.name);
-  }
-  // Scale down: stop the replicas that serve least first (not Ready, then the newest).
-  if (static_cast<int>(active.size()) > desired) {
-    std::sort(active.begin(), active.end(), [](const api::Replica* a, const api::Replica* b) {
+
+  // The current plan's replicas and the superseded ones.
+  std::vector<api::Replica*> current;
+  std::vector<api::Replica*> old;
+  for (api::Replica* replica : active) (replica->spec.plan_version == target ? current : old).push_back(replica);
+  if (rollback_if_failing(deployment, current)) return;  // the next pass rolls over to the old plan
+  bool superseded_gone = old.empty() && rolling_out.empty();
+
+  // Scale the current plan down: the replicas that serve least first (not Ready, then the newest).
+  if (static_cast<int>(current.size()) > desired) {
+    std::sort(current.begin(), current.end(), [](const api::Replica* a, const api::Replica* b) {
       bool a_ready = a->status.phase == api::phase::kReady;
       bool b_ready = b->status.phase == api::phase::kReady;
       if (a_ready != b_ready) return !a_ready;
       return a->metadata.created_ms > b->metadata.created_ms;
     });
-    for (size_t i = 0; i < active.size() - static_cast<size_t>(desired); ++i) {
-      stop_replica(*active[i], "ScaledDown", "stopping replica");
-    }
+    size_t excess = current.size() - static_cast<size_t>(desired);
+    for (size_t i = 0; i < excess; ++i) stop_replica(*current[i], "ScaledDown", "stopping replica");
+    current.erase(current.begin(), current.begin() + static_cast<std::ptrdiff_t>(excess));
+  }
+  int to_create = replace_old_plan(deployment, plan_spec, desired, current, old, rolling_out.size(), nodes, replicas,
+                                   stop_replica, ready);
+
+  // The rollout is done when only the current plan's replicas are left and enough of them serve
+  // (an idle deployment's replicas sleep: having them is enough).
+  bool rolling = deployment.status.rollout.state == api::rollout_state::kProgressing;
+  if (rolling && superseded_gone && to_create == 0 && (idle || count_ready(current) >= desired)) {
+    complete_rollout(deployment);
+    rolling = false;
   }
 
   // Status: how many replicas serve, and a phase a user can read at a glance.
-  std::string phase = ready >= desired ? "Ready" : "Progressing";
+  std::string phase = ready >= desired && !rolling ? "Ready" : "Progressing";
   if (idle) phase = "Idle";
   std::string message;
   for (auto& replica : replicas) {
@@ -300,31 +318,59 @@ void Controller::reconcile_deployment(const api::Deployment& deployment, std::ve
       message = replica.metadata.name + ": " + replica.status.last_error;
     }
   }
-  if (deployment.status.ready_replicas != ready || deployment.status.replicas != existing ||
+  // A rollout's new replica waiting for the memory of an old one is not unschedulable (the
+  // gateway fails requests at once for a Pending deployment with nothing Ready).
+  if (rolling && deployment.status.rollout.from_version > 0 && phase == "Pending") phase = "Progressing";
+  if (deployment.status.ready_replicas != ready || deployment.status.replicas != existing + to_create ||
       deployment.status.phase != phase || deployment.status.message != message) {
-    auto updated = resources_.modify<api::Deployment>(name, [&](api::Deployment& current) {
-      current.status.ready_replicas = ready;
-      current.status.replicas = existing;
-      current.status.phase = phase;
-      current.status.message = message;
+    auto updated = resources_.modify<api::Deployment>(name, [&](api::Deployment& now) {
+      now.status.ready_replicas = ready;
+      now.status.replicas = existing + to_create;
+      now.status.phase = phase;
+      now.status.message = message;
       return true;
     });
     (void)updated;  // a conflict means something changed: the next pass recomputes
+  }
+  // Scale up last (this appends to `replicas`, which the pointers above point into): new
+  // replicas of the current plan start Pending; the scheduler places them.
+  for (int i = 0; i < to_create; ++i) {
+    api::Replica replica;
+    replica.metadata.name = name + "-" + random_id(5);
+    replica.spec.deployment = name;
+    replica.spec.model = plan_spec.model;
+    replica.spec.engine = plan_spec.engine;
+    replica.spec.vram_mb = scheduler::estimate_vram_mb(plan_spec);
+    replica.spec.max_context = plan_spec.max_context;
+    replica.spec.max_seqs = plan_spec.max_seqs;
+    replica.spec.engine_args = plan_spec.engine_args;
+    replica.spec.env = plan_spec.env;
+    replica.spec.plan_version = target;
+    auto created = resources_.create(replica);
+    if (!created) {
+      spdlog::warn("controller: cannot create a replica of {}: {}", name, created.error().message);
+      continue;
+    }
+    replicas.push_back(*created);
+    resources_.record_event("deployment/" + name, "ReplicaCreated",
+                            fmt::format("created replica {} (plan {})", created->metadata.name, target));
   }
 }
 
 void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
                           const std::vector<api::Deployment>& deployments) {
-  std::map<std::string, const api::DeploymentSpec*> specs;
-  for (const auto& deployment : deployments) specs[deployment.metadata.name] = &deployment.spec;
+  std::map<std::string, const api::Deployment*> owners;
+  for (const auto& deployment : deployments) owners[deployment.metadata.name] = &deployment;
   for (auto& replica : replicas) {
     if (!replica.spec.node.empty() || replica.spec.stop) continue;
-    auto spec = specs.find(replica.spec.deployment);
-    if (spec == specs.end()) continue;
+    auto owner = owners.find(replica.spec.deployment);
+    if (owner == owners.end()) continue;
+    // A replica is placed as its own plan asks (after a rollback, the live spec is the failed one).
+    const api::DeploymentSpec spec = spec_of_plan(*owner->second, replica.spec.plan_version);
     // `replicas` holds every placement made so far in this pass, so two pending replicas never
     // claim the same free memory.
-    auto placement = scheduler::place(scheduler::request_for(replica, *spec->second), nodes, replicas);
-    if (!placement && evict_for(replica, *spec->second, nodes, replicas, deployments)) {
+    auto placement = scheduler::place(scheduler::request_for(replica, spec), nodes, replicas);
+    if (!placement && evict_for(replica, spec, nodes, replicas, deployments)) {
       continue;  // placed on a later pass, once the evicted engines have released their memory
     }
     if (!placement) {
@@ -346,7 +392,6 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
       current.spec.node = placement->node;
       current.spec.gpus = placement->gpus;
       current.spec.vram_mb = placement->vram_mb;  // vLLM claims a fraction of the card it lands on
-      current.spec.plan_version += 1;
       current.status.phase = api::phase::kScheduled;
       current.status.message = "";
       return true;
@@ -380,17 +425,28 @@ bool Controller::evict_for(const api::Replica& replica, const api::DeploymentSpe
   });
   // Memory already on its way out (replicas stopping after an earlier eviction or a scale-down)
   // may be enough: then wait for it rather than evict more.
-  std::vector<api::Replica> without = replicas;
-  std::erase_if(without, [](const api::Replica& other) { return other.spec.stop; });
-  if (scheduler::place(scheduler::request_for(replica, spec), nodes, without)) return true;
+  // (What the removed engines hold still shows in the GPUs' reports: without_engines takes it out.)
+  std::vector<api::Replica> without;
+  std::vector<api::Replica> removed;
+  auto move_out = [&](const std::function<bool(const api::Replica&)>& leaves) {
+    std::vector<api::Replica> kept;
+    for (auto& other : without) (leaves(other) ? removed : kept).push_back(std::move(other));
+    without = std::move(kept);
+  };
+  without = replicas;
+  move_out([](const api::Replica& other) { return other.spec.stop; });
+  auto fits_now = [&] {
+    return scheduler::place(scheduler::request_for(replica, spec), scheduler::without_engines(nodes, removed), without)
+        .ok();
+  };
+  if (fits_now()) return true;
   // Take candidates one by one (LRU first) until the replica would fit without their replicas.
   std::vector<const api::Deployment*> chosen;
   bool fits = false;
   for (const auto* candidate : candidates) {
-    std::erase_if(without,
-                  [&](const api::Replica& other) { return other.spec.deployment == candidate->metadata.name; });
+    move_out([&](const api::Replica& other) { return other.spec.deployment == candidate->metadata.name; });
     chosen.push_back(candidate);
-    if (scheduler::place(scheduler::request_for(replica, spec), nodes, without)) {
+    if (fits_now()) {
       fits = true;
       break;
     }

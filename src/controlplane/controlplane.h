@@ -37,6 +37,14 @@ struct Options {
   bool keys_required = false;
   // Events kept in the store; older ones are pruned.
   size_t max_events = 500;
+  // Rollouts. A replica of a superseded plan leaves routing, then stops once replica_drained says
+  // no request is in flight to it (the in-process gateway's view), or after drain_timeout.
+  std::chrono::milliseconds drain_timeout{60'000};
+  std::function<bool(const std::string& replica)> replica_drained;
+  // A rollout rolls back when a replica of the new plan crashed this many times (or cannot be
+  // launched at all), or when no new replica was made for this long without it completing.
+  int rollout_max_crashes = 2;
+  std::chrono::milliseconds rollout_progress_timeout{15 * 60'000};
 };
 
 // The deployment controller, scheduler loop and node-liveness check, on one thread of its own
@@ -53,12 +61,23 @@ class Controller {
  private:
   void run();
   void reconcile_nodes(std::vector<api::Node>& nodes);
+  int64_t heard_from(const api::Node& node) const;
   void mark_replicas_unknown(const std::string& node);
   void replace_lost(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes);
   api::DeploymentStatus reconcile_idle(const api::Deployment& deployment, const std::vector<api::Replica*>& active,
                                        int ready);
-  void reconcile_deployment(const api::Deployment& deployment, std::vector<api::Replica>& replicas,
-                            const std::set<std::string>& draining_nodes);
+  void reconcile_deployment(const api::Deployment& observed, std::vector<api::Replica>& replicas,
+                            const std::vector<api::Node>& nodes, const std::set<std::string>& draining_nodes);
+  // Rollouts (rollout.cpp).
+  using StopReplica = std::function<bool(api::Replica&, const char* reason, const std::string& message)>;
+  api::Deployment ensure_plan(const api::Deployment& deployment);
+  void finish_drains(const std::vector<api::Replica*>& draining, const StopReplica& stop_replica);
+  bool rollback_if_failing(const api::Deployment& deployment, const std::vector<api::Replica*>& current);
+  int replace_old_plan(const api::Deployment& deployment, const api::DeploymentSpec& plan_spec, int desired,
+                       const std::vector<api::Replica*>& current, std::vector<api::Replica*>& old, size_t draining,
+                       const std::vector<api::Node>& nodes, const std::vector<api::Replica>& replicas,
+                       const StopReplica& stop_replica, int& ready);
+  void complete_rollout(const api::Deployment& deployment);
   void schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
                 const std::vector<api::Deployment>& deployments);
   bool evict_for(const api::Replica& replica, const api::DeploymentSpec& spec, const std::vector<api::Node>& nodes,
@@ -74,7 +93,16 @@ class Controller {
   bool dirty_ = true;
   bool stopping_ = false;
   std::thread thread_;
+  // Nodes are judged on heartbeats only from node_timeout after this (wall ms): a server that was
+  // down gives every agent time to report before calling it silent.
+  int64_t started_ms_ = 0;
 };
+
+// The spec plan `version` of the deployment was made from (the deployment's own spec when the
+// history no longer holds it).
+api::DeploymentSpec spec_of_plan(const api::Deployment& deployment, int64_t version);
+// Replicas of `replicas` that are Ready.
+int count_ready(const std::vector<api::Replica*>& replicas);
 
 // Registers /api/v1/*, /healthz and /readyz. Handlers run on the server's io_context (one thread);
 // `io` is that io_context, used for watch notifications.
@@ -85,6 +113,10 @@ void add_simulate_routes(http::Router& router, Resources& resources);
 
 // /api/v1/modes: create, list, get, delete, and POST /api/v1/modes/{name}/switch (mode_routes.cpp).
 void add_mode_routes(http::Router& router, Resources& resources, asio::io_context& io);
+
+// Rollouts: POST /api/v1/deployments/{name}/restart, GET .../rollout, POST .../rollout/undo
+// (rollout_routes.cpp).
+void add_rollout_routes(http::Router& router, Resources& resources);
 
 // Join tokens: POST/GET /api/v1/tokens, DELETE /api/v1/tokens/{id} (tokens.cpp).
 void add_token_routes(http::Router& router, Resources& resources);

@@ -1,8 +1,9 @@
-// /api/v1/modes: named sets of deployments, and the switch between them. A switch stops (or
-// sleeps) the outgoing deployments, waits until the GPUs report their VRAM released, starts (or
-// wakes) the incoming ones and waits until they are Ready; any failure rolls back to the previous
-// mode. It runs on the server's one I/O thread: between short store reads it awaits a timer,
-// never blocks.
+// /api/v1/modes: named sets of deployments, and the switch between them. A switch is desired
+// state: the handler plans it, records it on the target mode, and waits (awaiting a timer between
+// short store reads, never blocking the I/O thread) while the controller advances it
+// (mode_switch.cpp): stop or sleep the outgoing, wait for their VRAM, start or wake the incoming,
+// wait for Ready, and roll back on failure. A server that dies half-way finishes the switch when
+// it returns; only this answer is lost.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -26,16 +27,10 @@ using http::ResponseWriter;
 using std::chrono::milliseconds;
 using SteadyClock = std::chrono::steady_clock;
 
-// How often a switch re-reads the store for released VRAM and Ready replicas: a read of the
-// in-memory resources, so it can be often; the agent reports both the moment they happen.
+// How often a switch's answer re-reads the mode for the controller's progress: a read of one
+// document, so it can be often; the agent reports released VRAM and Ready replicas the moment
+// they happen, and the controller wakes on every store change.
 constexpr milliseconds kPollInterval{10};
-// An incoming deployment that stays unschedulable this long will not start by itself.
-constexpr milliseconds kPendingGrace{3'000};
-
-// Only one switch at a time. Touched only on the I/O thread.
-struct ModeState {
-  bool switching = false;
-};
 
 struct SwitchOptions {
   bool dry_run = false;
@@ -54,8 +49,13 @@ struct SwitchOutcome {
   int64_t duration_ms = 0;
 };
 
-int64_t elapsed_ms(SteadyClock::time_point since) {
-  return std::chrono::duration_cast<milliseconds>(SteadyClock::now() - since).count();
+// The ErrorCode a stored switch failure names (to_string's inverse; Internal when unknown).
+ErrorCode error_code_of(const std::string& name) {
+  for (ErrorCode code : {ErrorCode::InvalidArgument, ErrorCode::NotFound, ErrorCode::Conflict, ErrorCode::Unavailable,
+                         ErrorCode::ResourceExhausted, ErrorCode::Timeout}) {
+    if (name == to_string(code)) return code;
+  }
+  return ErrorCode::Internal;
 }
 
 int64_t now_ms(Resources& resources) {
@@ -64,170 +64,6 @@ int64_t now_ms(Resources& resources) {
 
 std::string joined(const std::vector<std::string>& names) {
   return names.empty() ? "-" : fmt::format("{}", fmt::join(names, ","));
-}
-
-// ---- writes: each one read-modify-write of a deployment ------------------------------------
-
-void stop_deployment(Resources& resources, const std::string& name, const std::string& mode) {
-  auto updated = resources.modify<api::Deployment>(name, [](api::Deployment& current) {
-    if (current.spec.replicas == 0) return false;
-    current.metadata.labels[api::kModeReplicasLabel] = std::to_string(current.spec.replicas);
-    current.spec.replicas = 0;
-    return true;
-  });
-  if (updated) resources.record_event("deployment/" + name, "ModeStop", "stopped by the switch to mode " + mode);
-}
-
-void start_deployment(Resources& resources, const std::string& name, const std::string& mode) {
-  int64_t now = now_ms(resources);
-  auto updated = resources.modify<api::Deployment>(name, [now](api::Deployment& current) {
-    current.spec.replicas = replicas_to_restore(current);
-    current.metadata.labels.erase(api::kModeReplicasLabel);
-    // Idle as well (stopped by its idle timeout): a wake request brings it back.
-    if (current.status.idle_since_ms > 0) {
-      current.status.wake_requested_ms = std::max(now, current.status.idle_since_ms);
-    }
-    return true;
-  });
-  if (updated) resources.record_event("deployment/" + name, "ModeStart", "started by the switch to mode " + mode);
-}
-
-// The controller puts a deployment to sleep while status.idle_since_ms > 0 and no wake request
-// came at or after it (controller.cpp reconcile_idle).
-void sleep_deployment(Resources& resources, const std::string& name, const std::string& mode) {
-  int64_t now = now_ms(resources);
-  auto updated = resources.modify<api::Deployment>(name, [now](api::Deployment& current) {
-    current.status.idle_since_ms = std::max(now, current.status.wake_requested_ms + 1);
-    return true;
-  });
-  if (updated) resources.record_event("deployment/" + name, "ModeSleep", "put to sleep by the switch to mode " + mode);
-}
-
-void wake_deployment(Resources& resources, const std::string& name, const std::string& mode) {
-  int64_t now = now_ms(resources);
-  auto updated = resources.modify<api::Deployment>(name, [now](api::Deployment& current) {
-    if (current.status.idle_since_ms == 0) return false;
-    current.status.wake_requested_ms = std::max(now, current.status.idle_since_ms);
-    return true;
-  });
-  if (updated) resources.record_event("deployment/" + name, "ModeWake", "woken by the switch to mode " + mode);
-}
-
-void leave(Resources& resources, const SwitchPlan& plan, const std::string& mode) {
-  for (const auto& name : plan.stop) stop_deployment(resources, name, mode);
-  for (const auto& name : plan.sleep) sleep_deployment(resources, name, mode);
-}
-
-void enter(Resources& resources, const SwitchPlan& plan, const std::string& mode) {
-  for (const auto& name : plan.start) start_deployment(resources, name, mode);
-  for (const auto& name : plan.wake) wake_deployment(resources, name, mode);
-}
-
-// The plan that undoes `plan`: what it started is stopped, what it stopped is started.
-SwitchPlan reverse(const SwitchPlan& plan) {
-  SwitchPlan back;
-  back.from = plan.to;
-  back.to = plan.from;
-  back.stop = plan.start;
-  back.sleep = plan.wake;
-  back.start = plan.stop;
-  back.wake = plan.sleep;
-  return back;
-}
-
-// ---- checks polled while waiting -----------------------------------------------------------
-
-struct Check {
-  bool done = false;
-  bool failed = false;  // will not get done by waiting
-  std::string message;  // what is still awaited, or why it failed
-};
-
-struct ReleaseWait {
-  std::set<std::string> stopped;
-  std::set<std::string> slept;
-  std::map<GpuKey, int64_t> targets;
-};
-
-ReleaseWait release_wait_for(Resources& resources, const SwitchPlan& plan) {
-  ReleaseWait wait;
-  wait.stopped = {plan.stop.begin(), plan.stop.end()};
-  wait.slept = {plan.sleep.begin(), plan.sleep.end()};
-  std::set<std::string> outgoing = wait.stopped;
-  outgoing.insert(wait.slept.begin(), wait.slept.end());
-  wait.targets = release_targets(resources.list<api::Node>(), resources.list<api::Replica>(), outgoing);
-  return wait;
-}
-
-Check check_released(Resources& resources, const ReleaseWait& wait) {
-  auto waiting = vram_not_released(resources.list<api::Node>(), resources.list<api::Replica>(), wait.stopped,
-                                   wait.slept, wait.targets);
-  Check check;
-  check.done = waiting.empty();
-  if (!waiting.empty()) check.message = fmt::format("{}", fmt::join(waiting, "; "));
-  return check;
-}
-
-// Every incoming deployment Ready with all its replicas; a replica that failed, or one that stays
-// unschedulable past kPendingGrace, fails the wait.
-Check check_ready(Resources& resources, const SwitchPlan& plan, std::optional<SteadyClock::time_point>& pending_since) {
-  auto replicas = resources.list<api::Replica>();
-  Check check;
-  std::vector<std::string> waiting;
-  bool pending = false;
-  std::vector<std::string> incoming = plan.start;
-  incoming.insert(incoming.end(), plan.wake.begin(), plan.wake.end());
-  for (const auto& name : incoming) {
-    auto deployment = resources.get<api::Deployment>(name);
-    if (!deployment) {
-      check.failed = true;
-      check.message = deployment.error().message;
-      return check;
-    }
-    int desired = deployment->spec.replicas;
-    int ready = ready_replicas(replicas, name);
-    if (ready >= desired && desired > 0 && deployment->status.idle_since_ms == 0) continue;
-    waiting.push_back(fmt::format("{} {}/{} ready", name, ready, desired));
-    for (const auto& replica : replicas) {
-      if (replica.spec.deployment != name || replica.spec.stop) continue;
-      if (replica.status.phase == api::phase::kFailed) {
-        check.failed = true;
-        check.message =
-            fmt::format("{} failed to start: replica {}: {}", name, replica.metadata.name,
-                        replica.status.last_error.empty() ? replica.status.message : replica.status.last_error);
-        return check;
-      }
-      if (replica.status.phase == api::phase::kPending && !replica.status.message.empty()) {
-        pending = true;
-        if (pending_since && SteadyClock::now() - *pending_since > kPendingGrace) {
-          check.failed = true;
-          check.message = fmt::format("{} cannot be placed: {}", name, replica.status.message);
-          return check;
-        }
-      }
-    }
-  }
-  if (!pending) {
-    pending_since.reset();
-  } else if (!pending_since) {
-    pending_since = SteadyClock::now();
-  }
-  check.done = waiting.empty();
-  check.message = fmt::format("{}", fmt::join(waiting, ", "));
-  return check;
-}
-
-// Polls `check` every kPollInterval until it is done, fails, or `timeout` passes.
-awaitable<Check> wait_for(asio::io_context& io, milliseconds timeout, std::function<Check()> check) {
-  auto deadline = SteadyClock::now() + timeout;
-  asio::steady_timer timer(io);
-  while (true) {
-    Check result = check();
-    if (result.done || result.failed) co_return result;
-    if (SteadyClock::now() >= deadline) co_return result;
-    timer.expires_after(kPollInterval);
-    co_await timer.async_wait(asio::use_awaitable);
-  }
 }
 
 // ---- the switch ------------------------------------------------------------------------------
@@ -259,57 +95,11 @@ Result<SwitchPlan> make_plan(Resources& resources, const std::string& name) {
   return plan;
 }
 
-void mark_active(Resources& resources, const std::string& name, const std::string& summary) {
-  int64_t now = now_ms(resources);
-  for (const auto& mode : resources.list<api::Mode>()) {
-    bool is_target = mode.metadata.name == name;
-    if (mode.active == is_target && !is_target) continue;
-    (void)resources.modify<api::Mode>(mode.metadata.name, [&](api::Mode& current) {
-      if (current.active != is_target) current.switched_ms = now;
-      current.active = is_target;
-      if (is_target) {
-        current.switched_ms = now;
-        current.last_switch = summary;
-      }
-      return true;
-    });
-  }
-}
-
-std::string summary_of(const SwitchOutcome& outcome) {
-  const auto& plan = outcome.plan;
-  return fmt::format("from {}: stopped {}, slept {}, started {}, woken {} in {} ms",
-                     plan.from.empty() ? "-" : plan.from, joined(plan.stop), joined(plan.sleep), joined(plan.start),
-                     joined(plan.wake), outcome.duration_ms);
-}
-
-// Undoes a switch that failed after it began: stops what it started, waits (bounded) for that
-// VRAM, then restores the outgoing deployments and waits for them to be Ready.
-awaitable<std::string> roll_back(Resources& resources, asio::io_context& io, const SwitchPlan& plan,
-                                 SwitchOptions options) {
-  SwitchPlan back = reverse(plan);
-  std::string mode_name = plan.from.empty() ? std::string("(none)") : plan.from;
-  ReleaseWait release = release_wait_for(resources, back);
-  leave(resources, back, mode_name);
-  // g++ 12 destroys temporaries in a co_await operand twice: the checks are named locals.
-  std::function<Check()> release_check = [&resources, release] { return check_released(resources, release); };
-  Check released = co_await wait_for(io, options.vram_timeout, release_check);
-  enter(resources, back, mode_name);
-  std::optional<SteadyClock::time_point> pending_since;
-  std::function<Check()> ready_check = [&resources, back, pending_since]() mutable {
-    return check_ready(resources, back, pending_since);
-  };
-  Check ready = co_await wait_for(io, options.ready_timeout, ready_check);
-  std::string problem;
-  if (!released.done) problem = "incoming VRAM not released: " + released.message;
-  if (!ready.done) problem += (problem.empty() ? "" : "; ") + std::string("outgoing not Ready again: ") + ready.message;
-  co_return problem;
-}
-
+// Records the switch on the target mode for the controller, then waits until it is Done or
+// Failed (or the client's patience runs out: the switch goes on without it).
 awaitable<SwitchOutcome> run_switch(Resources& resources, asio::io_context& io, std::string name,
                                     SwitchOptions options) {
   SwitchOutcome outcome;
-  auto started = SteadyClock::now();
   auto plan = make_plan(resources, name);
   if (!plan) {
     outcome.error = plan.error();
@@ -320,65 +110,65 @@ awaitable<SwitchOutcome> run_switch(Resources& resources, asio::io_context& io, 
     outcome.ok = true;
     co_return outcome;
   }
-  spdlog::info("mode switch to {}: stop [{}] sleep [{}] start [{}] wake [{}]", name, joined(plan->stop),
-               joined(plan->sleep), joined(plan->start), joined(plan->wake));
-
-  // 1. Stop or sleep what is outgoing.
-  auto phase_start = SteadyClock::now();
-  ReleaseWait release = release_wait_for(resources, *plan);
-  leave(resources, *plan, name);
-  outcome.stop_ms = elapsed_ms(phase_start);
-
-  // 2. Wait until the GPUs report the outgoing VRAM released.
-  phase_start = SteadyClock::now();
-  std::function<Check()> release_check = [&resources, release] { return check_released(resources, release); };
-  Check released = co_await wait_for(io, options.vram_timeout, release_check);
-  outcome.vram_release_ms = elapsed_ms(phase_start);
-  std::optional<Error> failure;
-  if (!released.done) {
-    failure =
-        make_error(ErrorCode::Timeout, fmt::format("the GPUs did not report the outgoing VRAM released within {} s: {}",
-                                                   options.vram_timeout.count() / 1000, released.message));
-  }
-
-  // 3. Start or wake what is incoming and wait until it is Ready.
-  if (!failure) {
-    resources.record_event("mode/" + name, "VramReleased",
-                           fmt::format("outgoing VRAM released after {} ms", outcome.vram_release_ms));
-    phase_start = SteadyClock::now();
-    enter(resources, *plan, name);
-    std::optional<SteadyClock::time_point> pending_since;
-    SwitchPlan incoming = *plan;
-    std::function<Check()> ready_check = [&resources, incoming, pending_since]() mutable {
-      return check_ready(resources, incoming, pending_since);
-    };
-    Check ready = co_await wait_for(io, options.ready_timeout, ready_check);
-    outcome.start_ms = elapsed_ms(phase_start);
-    if (!ready.done) {
-      std::string why =
-          ready.failed ? ready.message
-                       : fmt::format("not Ready within {} s: {}", options.ready_timeout.count() / 1000, ready.message);
-      failure = make_error(ready.failed ? ErrorCode::Unavailable : ErrorCode::Timeout, why);
+  for (const auto& mode : resources.list<api::Mode>()) {
+    if (switch_in_progress(mode.switching)) {
+      outcome.error = make_error(ErrorCode::Conflict, fmt::format("another mode switch is running (to {}, {})",
+                                                                  mode.metadata.name, mode.switching.phase));
+      co_return outcome;
     }
   }
-
-  if (failure) {
-    resources.record_event("mode/" + name, "SwitchFailed", failure->message + "; rolling back", "Warning");
-    std::string problem = co_await roll_back(resources, io, *plan, options);
-    outcome.rolled_back = true;
-    if (!problem.empty()) failure->message += "; the rollback did not complete: " + problem;
-    outcome.error = failure;
-    outcome.duration_ms = elapsed_ms(started);
-    resources.record_event("mode/" + name, "RolledBack",
-                           fmt::format("back to mode {}", plan->from.empty() ? "(none)" : plan->from),
-                           problem.empty() ? "Normal" : "Warning");
+  spdlog::info("mode switch to {}: stop [{}] sleep [{}] start [{}] wake [{}]", name, joined(plan->stop),
+               joined(plan->sleep), joined(plan->start), joined(plan->wake));
+  api::ModeSwitch state;
+  state.id = Resources::new_uid();
+  state.phase = switch_phase::kLeaving;
+  state.from = plan->from;
+  state.stop = plan->stop;
+  state.sleep = plan->sleep;
+  state.start = plan->start;
+  state.wake = plan->wake;
+  state.vram_timeout_ms = options.vram_timeout.count();
+  state.ready_timeout_ms = options.ready_timeout.count();
+  state.started_ms = now_ms(resources);
+  state.phase_started_ms = state.started_ms;
+  auto recorded = resources.modify<api::Mode>(name, [&](api::Mode& current) {
+    if (switch_in_progress(current.switching)) return false;
+    current.switching = state;
+    return true;
+  });
+  if (!recorded || recorded->switching.id != state.id) {
+    outcome.error = recorded ? make_error(ErrorCode::Conflict, "another mode switch is running") : recorded.error();
     co_return outcome;
   }
-  outcome.ok = true;
-  outcome.duration_ms = elapsed_ms(started);
-  mark_active(resources, name, summary_of(outcome));
-  resources.record_event("mode/" + name, "Switched", summary_of(outcome));
-  co_return outcome;
+  // The controller's steps; the answer waits for the last one.
+  auto deadline = SteadyClock::now() + options.vram_timeout * 2 + options.ready_timeout * 2 + milliseconds(30'000);
+  asio::steady_timer timer(io);
+  while (true) {
+    auto mode = resources.get<api::Mode>(name);
+    if (!mode || mode->switching.id != state.id) {
+      outcome.error = make_error(ErrorCode::Conflict, "the switch was replaced or its mode deleted");
+      co_return outcome;
+    }
+    const auto& now = mode->switching;
+    if (!switch_in_progress(now)) {
+      outcome.stop_ms = now.stop_ms;
+      outcome.vram_release_ms = now.vram_release_ms;
+      outcome.start_ms = now.start_ms;
+      outcome.duration_ms = now.duration_ms;
+      outcome.rolled_back = now.rolled_back;
+      outcome.ok = now.phase == switch_phase::kDone;
+      if (!outcome.ok) outcome.error = Error{error_code_of(now.error_code), now.message};
+      co_return outcome;
+    }
+    if (SteadyClock::now() >= deadline) {
+      outcome.error = make_error(ErrorCode::Timeout, fmt::format("the switch is still in phase {}; it goes on "
+                                                                 "(nebula mode ls shows when it is done)",
+                                                                 now.phase));
+      co_return outcome;
+    }
+    timer.expires_after(kPollInterval);
+    co_await timer.async_wait(asio::use_awaitable);
+  }
 }
 
 // ---- JSON at the edge -------------------------------------------------------------------------
@@ -406,10 +196,6 @@ Response switch_response(const SwitchOutcome& outcome, bool dry_run) {
                    {"code", to_string(error.code)}};
   body["rolled_back"] = outcome.rolled_back;
   return Response::json_body(status, body);
-}
-
-Response busy_response() {
-  return error_response(make_error(ErrorCode::Conflict, "another mode switch is running"));
 }
 
 Result<SwitchOptions> switch_options(const Request& request) {
@@ -495,7 +281,6 @@ Response delete_response(Resources& resources, const std::string& name) {
 }  // namespace
 
 void add_mode_routes(http::Router& router, Resources& resources, asio::io_context& io) {
-  auto state = std::make_shared<ModeState>();
   router.add("POST", "/api/v1/modes", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(create_response(resources, request.body));
   });
@@ -510,19 +295,12 @@ void add_mode_routes(http::Router& router, Resources& resources, asio::io_contex
                co_await writer.send(delete_response(resources, request.params["name"]));
              });
   router.add("POST", "/api/v1/modes/{name}/switch",
-             [&resources, &io, state](Request& request, ResponseWriter& writer) -> awaitable<void> {
+             [&resources, &io](Request& request, ResponseWriter& writer) -> awaitable<void> {
                auto options = switch_options(request);
                if (!options) {
                  co_await writer.send(error_response(options.error()));
                  co_return;
                }
-               if (state->switching) {
-                 co_await writer.send(busy_response());
-                 co_return;
-               }
-               // A dry run changes nothing, so it does not take the switch slot.
-               bool takes_slot = !options->dry_run;
-               if (takes_slot) state->switching = true;
                SwitchOutcome outcome;
                try {
                  std::string name = request.params["name"];
@@ -531,7 +309,6 @@ void add_mode_routes(http::Router& router, Resources& resources, asio::io_contex
                } catch (const std::exception& error) {
                  outcome.error = make_error(ErrorCode::Internal, std::string("mode switch failed: ") + error.what());
                }
-               if (takes_slot) state->switching = false;
                co_await writer.send(switch_response(outcome, options->dry_run));
              });
 }

@@ -15,6 +15,10 @@
 #include "common/result.h"
 
 namespace nebula::controlplane {
+class Resources;
+}
+
+namespace nebula::controlplane {
 
 struct SwitchPlan {
   std::string from;  // the active mode; "" when none is
@@ -60,5 +64,27 @@ std::vector<std::string> vram_not_released(const std::vector<api::Node>& nodes,
 
 // Replicas of the deployment that are Ready and not being stopped.
 int ready_replicas(const std::vector<api::Replica>& replicas, const std::string& deployment);
+
+// ---- the switch as state in the store (mode_switch.cpp) ---------------------------------------
+
+namespace switch_phase {
+inline constexpr const char* kLeaving = "Leaving";          // stop or sleep the outgoing
+inline constexpr const char* kReleasing = "Releasing";      // wait for the GPUs to report their VRAM free
+inline constexpr const char* kEntering = "Entering";        // start or wake the incoming, wait for Ready
+inline constexpr const char* kRollingBack = "RollingBack";  // undo: stop what was started
+inline constexpr const char* kRollbackReleasing = "RollbackReleasing";
+inline constexpr const char* kRollbackEntering = "RollbackEntering";  // restore the previous mode
+inline constexpr const char* kDone = "Done";
+inline constexpr const char* kFailed = "Failed";
+}  // namespace switch_phase
+
+// True while the switch still has steps to take.
+bool switch_in_progress(const api::ModeSwitch& state);
+// The plan a switch state carries.
+SwitchPlan plan_of(const api::Mode& mode);
+// Takes every step the state of each mode's switch allows now (the controller calls it on every
+// pass). Each step is a write of the mode's switch state after the deployment writes it implies,
+// all idempotent, so a controller that stops between two steps redoes at most the last one.
+void advance_switches(Resources& resources);
 
 }  // namespace nebula::controlplane

@@ -38,6 +38,14 @@ http::Response openai_error(int status, const std::string& message, const std::s
 // ---------------------------------------------------------------------------------------------
 // Endpoint table
 
+namespace {
+// Phases on the way to Ready: a request for a deployment whose replicas are here waits for them.
+bool is_starting(const std::string& phase) {
+  return phase == api::phase::kPending || phase == api::phase::kScheduled || phase == api::phase::kDownloading ||
+         phase == api::phase::kStarting;
+}
+}  // namespace
+
 void EndpointTable::set_on_change(std::function<void(const std::string&)> callback) {
   std::lock_guard lock(mutex_);
   on_change_ = std::move(callback);
@@ -76,10 +84,16 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
           auto& entry = replicas_[name];
           entry.deployment = replica->spec.deployment;
           changed = entry.deployment;
-          bool serving = replica->status.phase == api::phase::kReady && !replica->spec.stop &&
-                         !replica->status.endpoint.empty() &&
+          // A draining replica (its plan superseded) takes no new request; its entry keeps the
+          // endpoint so drained() can tell when the requests in flight to it have finished.
+          bool leaving = replica->spec.stop || replica->spec.draining_since_ms > 0;
+          entry.draining = replica->spec.draining_since_ms > 0 && !replica->spec.stop;
+          entry.starting = !leaving && is_starting(replica->status.phase);
+          bool serving = replica->status.phase == api::phase::kReady && !leaving && !replica->status.endpoint.empty() &&
                          replica->status.plan_version == replica->spec.plan_version;
-          if (!serving) {
+          if (entry.draining) {
+            // keep the endpoint (if any) for its in-flight count
+          } else if (!serving) {
             entry.endpoint.reset();
           } else if (!entry.endpoint || entry.endpoint->url != replica->status.endpoint) {
             entry.endpoint = std::make_shared<Endpoint>();
@@ -92,6 +106,22 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
     }
   }
   if (notify && !changed.empty()) notify(changed);
+}
+
+bool EndpointTable::drained(const std::string& replica) const {
+  std::lock_guard lock(mutex_);
+  auto it = replicas_.find(replica);
+  if (it == replicas_.end() || !it->second.endpoint) return true;
+  return it->second.draining && it->second.endpoint->outstanding.load() == 0;
+}
+
+size_t EndpointTable::starting_count(const std::string& deployment) const {
+  std::lock_guard lock(mutex_);
+  size_t count = 0;
+  for (const auto& [name, entry] : replicas_) {
+    if (entry.deployment == deployment && entry.starting) ++count;
+  }
+  return count;
 }
 
 bool EndpointTable::has_deployment(const std::string& name) const {
@@ -122,7 +152,7 @@ std::shared_ptr<Endpoint> EndpointTable::pick(const std::string& deployment, con
   std::vector<std::shared_ptr<Endpoint>> least;
   int fewest = 0;
   for (const auto& [name, entry] : replicas_) {
-    if (entry.deployment != deployment || !entry.endpoint || exclude.count(name)) continue;
+    if (entry.deployment != deployment || !entry.endpoint || entry.draining || exclude.count(name)) continue;
     const auto& endpoint = entry.endpoint;
     int outstanding = endpoint->outstanding.load();
     if (outstanding >= capacity) continue;
@@ -160,7 +190,7 @@ size_t EndpointTable::ready_count(const std::string& deployment, const std::set<
   std::lock_guard lock(mutex_);
   size_t count = 0;
   for (const auto& [name, entry] : replicas_) {
-    if (entry.deployment == deployment && entry.endpoint && !exclude.count(name)) ++count;
+    if (entry.deployment == deployment && entry.endpoint && !entry.draining && !exclude.count(name)) ++count;
   }
   return count;
 }
@@ -622,9 +652,10 @@ awaitable<Result<std::shared_ptr<Endpoint>>> Gateway::acquire(Call& call, const 
       co_return endpoint;
     }
   }
-  // An idle deployment being woken (or started) is worth waiting for; otherwise no ready replica
-  // means 503 at once.
-  if (table_.ready_count(call.model, exclude) == 0 && !waking(call.model)) {
+  // An idle deployment being woken (or started), or one whose replicas are starting (just
+  // deployed, or replaced one at a time by a rollout), is worth waiting for; otherwise no ready
+  // replica means 503 at once.
+  if (table_.ready_count(call.model, exclude) == 0 && !waking(call.model) && table_.starting_count(call.model) == 0) {
     co_return make_error(ErrorCode::Unavailable, fmt::format("no replica of `{}` is ready", call.model));
   }
   if (std::string reason = table_.unschedulable(call.model); !reason.empty() && table_.ready_count(call.model) == 0) {

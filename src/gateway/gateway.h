@@ -87,6 +87,11 @@ class EndpointTable {
   int64_t wake_requested_ms(const std::string& deployment) const;
   // Why the deployment's replicas cannot be placed, "" when nothing says so.
   std::string unschedulable(const std::string& deployment) const;
+  // Replicas of the deployment on their way to Ready (Pending, Scheduled, Downloading, Starting).
+  size_t starting_count(const std::string& deployment) const;
+  // True when the gateway sends the replica no new request and has none in flight to it: it is
+  // draining (or not routable at all). The controller stops a draining replica once this holds.
+  bool drained(const std::string& replica) const;
   // Called (from any thread) after every change.
   void set_on_change(std::function<void(const std::string& deployment)> callback);
 
@@ -94,6 +99,8 @@ class EndpointTable {
   struct ReplicaEntry {
     std::string deployment;
     std::shared_ptr<Endpoint> endpoint;  // null unless Ready and not stopping
+    bool draining = false;               // out of routing, its endpoint kept for the in-flight count
+    bool starting = false;               // on its way to Ready
   };
   struct DeploymentEntry {
     int64_t created_ms = 0;

@@ -90,6 +90,23 @@ Request request_for(const api::Replica& replica, const api::DeploymentSpec& spec
   return request;
 }
 
+std::vector<api::Node> without_engines(std::vector<api::Node> nodes, const std::vector<api::Replica>& removed) {
+  for (const auto& replica : removed) {
+    if (replica.spec.gpus.empty() || !engine_may_run(replica)) continue;
+    int64_t share = replica.spec.vram_mb / static_cast<int64_t>(replica.spec.gpus.size());
+    for (auto& node : nodes) {
+      if (node.metadata.name != replica.spec.node) continue;
+      for (auto& gpu : node.status.gpus) {
+        if (std::find(replica.spec.gpus.begin(), replica.spec.gpus.end(), gpu.index) == replica.spec.gpus.end()) {
+          continue;
+        }
+        gpu.memory_used_mb = std::max<int64_t>(0, gpu.memory_used_mb - share);
+      }
+    }
+  }
+  return nodes;
+}
+
 std::vector<GpuFree> free_vram(const api::Node& node, const std::vector<api::Replica>& replicas) {
   std::vector<GpuFree> gpus;
   for (const auto& gpu : node.status.gpus) {

@@ -60,6 +60,12 @@ struct GpuFree {
 };
 std::vector<GpuFree> free_vram(const api::Node& node, const std::vector<api::Replica>& replicas);
 
+// The nodes as they will report once the engines of `removed` are gone: each GPU's reported use
+// less what those engines may hold there. A what-if (stop these replicas, would that make room?)
+// places against these nodes and the replicas without `removed`; with the nodes as they are, the
+// memory the removed engines still hold would count as used by something outside Nebula.
+std::vector<api::Node> without_engines(std::vector<api::Node> nodes, const std::vector<api::Replica>& removed);
+
 // Filters the nodes (Ready, not draining, has the engine, labels match node_selector, GPUs of
 // gpu_type, free VRAM after reserved_vram_mb), then scores what is left: spread takes the GPUs
 // with the most free memory and prefers the emptiest node; binpack takes the fullest GPUs that

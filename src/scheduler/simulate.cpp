@@ -212,12 +212,15 @@ class AlternativeFinder {
     std::sort(by_size.begin(), by_size.end(), [](const auto& a, const auto& b) {
       return a.second != b.second ? a.second < b.second : a.first < b.first;
     });
-    auto without = [&](const std::set<std::string>& stopped) {
+    // Stopping a deployment frees what its replicas claim and what their engines hold as the
+    // GPUs report it (an idle engine still holds its memory until it stops).
+    auto fits_without = [&](const std::set<std::string>& stopped) {
       std::vector<api::Replica> kept;
+      std::vector<api::Replica> removed;
       for (const auto& replica : others_) {
-        if (!stopped.count(replica.spec.deployment)) kept.push_back(replica);
+        (stopped.count(replica.spec.deployment) ? removed : kept).push_back(replica);
       }
-      return kept;
+      return attempt(name_, spec_, without_engines(nodes_, removed), kept).fits;
     };
     auto priority_note = [&](const std::string& name) {
       for (const auto& deployment : deployments_) {
@@ -229,7 +232,7 @@ class AlternativeFinder {
     };
     int singles = 0;
     for (const auto& [name, mb] : by_size) {
-      if (attempt(name_, spec_, nodes_, without({name})).fits) {
+      if (fits_without({name})) {
         found_.push_back(
             {"stop", name, fmt::format("stop deployment {}{} (frees {})", name, priority_note(name), gib(mb)), mb});
         if (++singles == 3) return;
@@ -243,7 +246,7 @@ class AlternativeFinder {
       stopped.insert(it->first);
       names.push_back(it->first);
       freed += it->second;
-      if (attempt(name_, spec_, nodes_, without(stopped)).fits) {
+      if (fits_without(stopped)) {
         std::string list = fmt::format("{}", fmt::join(names, ","));
         found_.push_back({"stop", list, fmt::format("stop deployments {} (frees {})", list, gib(freed)), freed});
         return;

@@ -130,6 +130,40 @@ TEST(Simulate, NamesTheDeploymentsToStop) {
   EXPECT_EQ(find_kind(plan, "model"), nullptr);
 }
 
+// An idle 8B deployment on an 80 GB card: its engine holds its memory, and the GPU says so. A
+// 75 GB replica fits once it stops: the dry run must count what the stopped engine releases, not
+// mistake the memory the GPU reports for use outside Nebula.
+TEST(Simulate, OffersToStopADeploymentWhoseEngineHoldsReportedMemory) {
+  std::vector<api::Node> nodes = {gpu_node("n1", 1, 80 * 1024)};
+  nodes[0].status.gpus[0].memory_used_mb = 18 * 1024;  // the 8B engine, as the GPU reports it
+  std::vector<api::Replica> replicas = {holding("llama-8b", 18 * 1024, "n1", 0)};
+  std::vector<api::Deployment> deployments = {deployment("llama-8b", "llama-3.1-8b-instruct")};
+  auto wanted = deployment("big", "my-model");
+  wanted.spec.vram_mb = 75 * 1024;
+  auto plan = simulate(wanted, nodes, replicas, deployments);
+  ASSERT_FALSE(plan.fits);
+  const Alternative* stop = find_kind(plan, "stop");
+  ASSERT_NE(stop, nullptr) << "no stop alternative offered";
+  EXPECT_EQ(stop->value, "llama-8b");
+  EXPECT_NE(stop->summary.find("stop deployment llama-8b"), std::string::npos) << stop->summary;
+
+  // Memory held by something outside Nebula is not freed by stopping a deployment.
+  nodes[0].status.gpus[0].memory_used_mb = 18 * 1024 + 10 * 1024;
+  plan = simulate(wanted, nodes, replicas, deployments);
+  EXPECT_EQ(find_kind(plan, "stop"), nullptr);
+}
+
+TEST(Scheduler, WithoutEnginesTakesTheirReportedMemoryOut) {
+  std::vector<api::Node> nodes = {gpu_node("n1", 2, 80 * 1024)};
+  nodes[0].status.gpus[0].memory_used_mb = 30 * 1024;
+  nodes[0].status.gpus[1].memory_used_mb = 5 * 1024;
+  api::Replica pending = holding("p", 8 * 1024, "n1", 0);
+  pending.status.phase = api::phase::kScheduled;  // no engine yet: nothing of it in the report
+  auto after = without_engines(nodes, {holding("a", 20 * 1024, "n1", 0), pending});
+  EXPECT_EQ(after[0].status.gpus[0].memory_used_mb, 10 * 1024);
+  EXPECT_EQ(after[0].status.gpus[1].memory_used_mb, 5 * 1024);
+}
+
 TEST(Simulate, StopsSeveralDeploymentsWhenNoneAloneIsEnough) {
   std::vector<api::Node> nodes = {gpu_node("n1", 1, 80 * 1024)};
   std::vector<api::Replica> replicas = {holding("a", 30 * 1024, "n1", 0), holding("b", 30 * 1024, "n1", 0),
