@@ -20,6 +20,7 @@
 #include "engines/drivers.h"
 #include "engines/prometheus.h"
 #include "http/http.h"
+#include "tests/gguf_fixtures.h"
 
 extern char** environ;
 
@@ -620,11 +621,9 @@ void launch_real(const std::string& engine, const std::string& binary, const std
   context.max_context = 2048;
   if (!model_env.empty()) {
     const char* model = std::getenv(model_env.c_str());
-    // llama.cpp runs the tiny Llama of ../shared/testdata when no model is named.
-    std::filesystem::path tiny =
-        std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().parent_path() / "shared" /
-        "testdata" / "tiny-llama.gguf";
-    if (!model && engine == "llamacpp" && std::filesystem::exists(tiny)) model = tiny.c_str();
+    // llama.cpp runs the tiny Llama of tests/gguf_fixtures.h when no model is named.
+    std::string tiny = engine == "llamacpp" ? nebula::testing::gguf_fixture("tiny-llama.gguf") : "";
+    if (!model && !tiny.empty()) model = tiny.c_str();
     if (!model) GTEST_SKIP() << binary << " is on PATH but " << model_env << " names no model to load";
     context.model = model;
   } else {
