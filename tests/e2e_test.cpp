@@ -113,7 +113,9 @@ TEST_F(UserStory, DeployStreamScaleHealRemove) {
   ASSERT_EQ(remaining.size(), 1u);
   int survivor = *remaining.begin();
   for (int pid : first_pids) {
-    if (pid != survivor) EXPECT_TRUE(eventually([&] { return process_gone(pid); }, 15s)) << "pid " << pid;
+    if (pid != survivor) {
+      EXPECT_TRUE(eventually([&] { return process_gone(pid); }, 15s)) << "pid " << pid;
+    }
   }
 
   // Kill the engine: the agent restarts it and the replica comes back Ready.

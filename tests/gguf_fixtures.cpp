@@ -163,7 +163,7 @@ std::string tiny_llama_gguf() {
   out.bytes().append("GGUF");
   out.little<uint32_t>(3);
   out.little<uint64_t>(tensors.size());
-  out.little<uint64_t>(21);  // metadata entries, counted below
+  out.little<uint64_t>(24);  // metadata entries, counted below
   out.text("general.architecture", "llama");
   out.text("general.name", "tiny-llama");
   out.u32("general.alignment", kAlignment);
@@ -177,12 +177,15 @@ std::string tiny_llama_gguf() {
   out.f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   out.u32("llama.rope.dimension_count", kHeadDim);
   out.f32("llama.rope.freq_base", 10000.0f);
+  out.u32("llama.vocab_size", kVocab);
   out.text("tokenizer.ggml.model", "llama");
+  out.text("tokenizer.ggml.pre", "default");
   write_vocabulary(out, spm_vocabulary(kVocab));  // 3 entries
   out.u32("tokenizer.ggml.unknown_token_id", 0);
   out.u32("tokenizer.ggml.bos_token_id", 1);
   out.u32("tokenizer.ggml.eos_token_id", 2);
   out.boolean("tokenizer.ggml.add_bos_token", true);
+  out.boolean("tokenizer.ggml.add_eos_token", false);
 
   uint64_t offset = 0;
   for (const auto& tensor : tensors) {

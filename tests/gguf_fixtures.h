@@ -11,7 +11,8 @@ namespace nebula::testing {
 // 2 layers, 64 wide, feed-forward 128, 4 heads (2 KV heads, head dim 16), context 512, a
 // 32,000-token SentencePiece-style vocabulary (<unk>, <s>, </s>, the 256 byte tokens, then
 // made-up pieces), random F16 weights (4,169,728 values, 8,339,456 bytes) and F32 norms of ones
-// (320 values, 1,280 bytes). About 9 MB.
+// (320 values, 1,280 bytes). About 9 MB. Its metadata keys, tensor names and shapes are those of
+// a file written by llama.cpp's own GGUF writer that llama-server ran.
 std::string tiny_llama_gguf();
 
 // A vocabulary-only GGUF (metadata, no tensors) with tokenizer.ggml.model = tokenizer_model:

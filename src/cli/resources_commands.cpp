@@ -55,7 +55,9 @@ std::vector<json> replicas_of(ApiClient& client, const std::string& deployment) 
 int wait_ready(ApiClient& client, const std::string& name, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   std::string last_line;
-  std::optional<std::chrono::steady_clock::time_point> pending_since;
+  // When the deployment last turned Pending; the epoch while it is not (a std::optional here
+  // drew a g++ 12 -Wmaybe-uninitialized false positive).
+  std::chrono::steady_clock::time_point pending_since{};
   while (true) {
     auto deployment = client.call("GET", "/api/v1/deployments/" + name);
     if (!deployment) return fail(deployment.error().message);
@@ -72,12 +74,12 @@ int wait_ready(ApiClient& client, const std::string& name, std::chrono::millisec
     if (ready >= desired && phase == "Ready") return 0;
     // Unschedulable for 15 s in a row: nothing is going to change by itself.
     if (phase == "Pending") {
-      if (!pending_since) pending_since = std::chrono::steady_clock::now();
-      if (std::chrono::steady_clock::now() - *pending_since > std::chrono::seconds(15)) {
+      if (pending_since == std::chrono::steady_clock::time_point{}) pending_since = std::chrono::steady_clock::now();
+      if (std::chrono::steady_clock::now() - pending_since > std::chrono::seconds(15)) {
         return fail(fmt::format("{} cannot be placed: {}", name, message));
       }
     } else {
-      pending_since.reset();
+      pending_since = {};
     }
     if (std::chrono::steady_clock::now() > deadline) {
       return fail(fmt::format("timed out waiting for {} ({}/{} ready)", name, ready, desired));

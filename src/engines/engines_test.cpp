@@ -20,7 +20,7 @@
 #include "engines/drivers.h"
 #include "engines/prometheus.h"
 #include "http/http.h"
-#include "tests/gguf_fixtures.h"
+#include "../../tests/gguf_fixtures.h"  // test support, outside src/
 
 extern char** environ;
 

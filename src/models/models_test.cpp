@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <set>
 
-#include "tests/gguf_fixtures.h"
+#include "../../tests/gguf_fixtures.h"  // test support, outside src/
 
 namespace nebula::models {
 namespace {

@@ -9,7 +9,7 @@
 
 #include <unistd.h>
 
-#include "tests/gguf_fixtures.h"
+#include "../../tests/gguf_fixtures.h"  // test support, outside src/
 
 namespace nebula::models {
 namespace {
