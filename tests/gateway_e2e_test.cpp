@@ -680,6 +680,16 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
   // One JSON access log line per request, flushed once a second.
   int lines = 0;
   bool odd_id_logged = false;
+  // The log writes each byte above 0x7f as \u00XX: the id reads back one Latin-1 character per byte.
+  std::string logged_id;
+  for (unsigned char c : odd_request_id) {
+    if (c < 0x80) {
+      logged_id.push_back(static_cast<char>(c));
+    } else {
+      logged_id.push_back(static_cast<char>(0xC0 | (c >> 6)));
+      logged_id.push_back(static_cast<char>(0x80 | (c & 0x3F)));
+    }
+  }
   for (int attempt = 0; attempt < 30 && (lines < 5 || !odd_id_logged); ++attempt) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     std::ifstream log(up_->data_dir() + "/access.log");
@@ -691,7 +701,7 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
     while (std::getline(whole, line)) {
       auto entry = parse_json(line);
       ASSERT_TRUE(entry) << line;
-      if ((*entry).value("id", "") == odd_request_id) odd_id_logged = true;
+      if ((*entry).value("id", "") == logged_id) odd_id_logged = true;
       EXPECT_TRUE((*entry).contains("id") && (*entry).contains("status") && (*entry).contains("duration_ms"));
       EXPECT_TRUE((*entry)["id"].is_string() && (*entry)["stream"].is_boolean()) << line;
       ++lines;
