@@ -6,7 +6,8 @@
 // cut, acknowledged writes lost, usage as the gateway accounted it vs the engines' own counters
 // vs what clients received, and the time to converge after the last kill. Not run by CI.
 //
-//   build/bench/chaos_bench [--minutes 10] [--kill-every 5] [--clients 8] [--seed N] [--keep]
+//   build/bench/chaos_bench [--minutes 10] [--kill-every 5] [--clients 8] [--seed N]
+//                           [--agent-ports fixed|ephemeral] [--keep]
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -41,6 +42,9 @@ struct Options {
   int clients = 8;
   unsigned seed = 0;
   bool keep = false;
+  // The agents' --listen: a fixed port each (as a real node's :9091), or port 0 (a new one per
+  // start, so a restart never finds its old port held).
+  bool fixed_agent_ports = true;
 };
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
@@ -51,7 +55,18 @@ class Process {
   Process(std::string name, std::vector<std::string> argv, std::string log_dir)
       : name_(std::move(name)), argv_(std::move(argv)), log_dir_(std::move(log_dir)) {}
   void start() {
-    child_ = std::make_unique<testing::Child>(argv_, fmt::format("{}/{}-{}.log", log_dir_, name_, ++runs_));
+    log_ = fmt::format("{}/{}-{}.log", log_dir_, name_, ++runs_);
+    child_ = std::make_unique<testing::Child>(argv_, log_);
+  }
+  bool exited() { return child_ && !child_->running(); }
+  // The last line of the current run's log (why it exited).
+  std::string last_line() const {
+    std::ifstream in(log_);
+    std::string line, last;
+    while (std::getline(in, line)) {
+      if (!line.empty()) last = line;
+    }
+    return last;
   }
   void kill9() {
     if (child_) child_->stop(SIGKILL, 5s);
@@ -67,6 +82,7 @@ class Process {
   std::vector<std::string> argv_;
   std::string log_dir_;
   std::unique_ptr<testing::Child> child_;
+  std::string log_;
   int runs_ = 0;
 };
 
@@ -129,11 +145,12 @@ class Chaos {
   int run() {
     if (!setup()) return 1;
     start_ = Clock::now();
-    std::atomic<bool> stop_load{false}, stop_chaos{false};
+    std::atomic<bool> stop_load{false};
     std::vector<std::thread> threads;
     for (int i = 0; i < options_.clients; ++i) threads.emplace_back([&] { client_loop(stop_load); });
     threads.emplace_back([&] { writer_loop(stop_load); });
     threads.emplace_back([&] { sampler_loop(stop_load); });
+    threads.emplace_back([&] { supervise_loop(stop_load); });
 
     auto end = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.minutes * 60));
     auto next_kill = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.kill_every_s));
@@ -152,7 +169,6 @@ class Chaos {
     std::this_thread::sleep_for(2s);
     stop_load = true;
     for (auto& thread : threads) thread.join();
-    (void)stop_chaos;
     report(last_kill_s, converged_s);
     teardown();
     return 0;
@@ -174,7 +190,7 @@ class Chaos {
         "server",
         std::vector<std::string>{NEBULA_BINARY, "server", "--listen", fmt::format("127.0.0.1:{}", server_port_),
                                  "--data-dir", (dir_ / "server").string(), "--log-level", "info", "--node-timeout",
-                                 "5s", "--reschedule-after", "5s", "--exit-with-parent"},
+                                 "5s", "--reschedule-after", "5s"},
         dir_.string());
     server_->start();
     if (!wait_healthy(30s)) return fail("the server did not start");
@@ -190,7 +206,8 @@ class Chaos {
                                            "--server",      server_url_,
                                            "--token",       token,
                                            "--name",        name,
-                                           "--listen",      fmt::format("127.0.0.1:{}", testing::free_port()),
+                                           "--listen",
+                                           fmt::format("127.0.0.1:{}", options_.fixed_agent_ports ? testing::free_port() : 0),
                                            "--sim-gpus",    "1xH100-80GB",
                                            "--data-dir",    (dir_ / name).string(),
                                            "--heartbeat-interval", "500ms",
@@ -244,37 +261,41 @@ class Chaos {
             return true;
           },
           30s);
-      std::lock_guard lock(tally_.mutex);
-      ++tally_.sent;
-      bool done = status && *status == 200 && received.find("data: [DONE]") != std::string::npos;
-      if (done) {
-        ++tally_.completed;
-        // The usage chunk: the last event with a "usage" object.
-        std::istringstream events(received);
-        std::string line;
-        json usage;
-        while (std::getline(events, line)) {
-          if (line.rfind("data: {", 0) != 0 || line.find("\"usage\":{") == std::string::npos) continue;
-          if (auto chunk = parse_json(line.substr(6)); chunk && (*chunk)["usage"].is_object()) usage = (*chunk)["usage"];
-        }
-        if (usage.is_object()) {
-          tally_.client_completion_tokens += usage.value("completion_tokens", 0);
-          tally_.client_prompt_tokens += usage.value("prompt_tokens", 0);
-        }
-        continue;
-      }
-      std::string victim = last_victim();
-      bool before_first_byte = !status || *status != 200 || !first_byte;
-      if (before_first_byte) {
-        ++tally_.failed_before_first_byte;
-        tally_.failure_reasons[!status ? status.error().message.substr(0, 60) : fmt::format("HTTP {}", *status)]++;
-      } else {
-        ++tally_.cut;
-        tally_.failure_reasons["stream cut"]++;
-      }
-      tally_.failures_by_last_kill[victim]++;
-      if (!status) std::this_thread::sleep_for(100ms);  // the server is down: do not spin
+      if (!record(status, first_byte, received)) std::this_thread::sleep_for(100ms);  // a client backs off
     }
+  }
+
+  // Counts one request; false when it failed.
+  bool record(const Result<int>& status, bool first_byte, const std::string& received) {
+    std::string victim = last_victim();
+    std::lock_guard lock(tally_.mutex);
+    ++tally_.sent;
+    bool done = status && *status == 200 && received.find("data: [DONE]") != std::string::npos;
+    if (done) {
+      ++tally_.completed;
+      // The usage chunk: the last event with a "usage" object.
+      std::istringstream events(received);
+      std::string line;
+      json usage;
+      while (std::getline(events, line)) {
+        if (line.rfind("data: {", 0) != 0 || line.find("\"usage\":{") == std::string::npos) continue;
+        if (auto chunk = parse_json(line.substr(6)); chunk && (*chunk)["usage"].is_object()) usage = (*chunk)["usage"];
+      }
+      if (usage.is_object()) {
+        tally_.client_completion_tokens += usage.value("completion_tokens", 0);
+        tally_.client_prompt_tokens += usage.value("prompt_tokens", 0);
+      }
+      return true;
+    }
+    if (!status || *status != 200 || !first_byte) {
+      ++tally_.failed_before_first_byte;
+      tally_.failure_reasons[!status ? status.error().message.substr(0, 70) : fmt::format("HTTP {}", *status)]++;
+    } else {
+      ++tally_.cut;
+      tally_.failure_reasons["stream cut"]++;
+    }
+    tally_.failures_by_last_kill[victim]++;
+    return false;
   }
 
   std::string last_victim() {
@@ -295,7 +316,8 @@ class Chaos {
         ++writes_attempted_;
         if (created && created->status / 100 == 2) {
           auto parsed = parse_json(created->body);
-          if (parsed) acknowledged_keys_.insert(parsed->value("id", ""));
+          std::string id = parsed && (*parsed)["key"].is_object() ? (*parsed)["key"]["metadata"].value("name", "") : "";
+          if (!id.empty()) acknowledged_keys_.insert(id);
         }
       } else {
         std::string name = fmt::format("chaos-{}", i);
@@ -339,7 +361,24 @@ class Chaos {
     }
   }
 
+  // As systemd's Restart=always would: a server or agent that exited on its own (not killed here)
+  // is started again after a second; each such exit is counted with its last log line.
+  void supervise_loop(std::atomic<bool>& stop) {
+    while (!stop) {
+      std::this_thread::sleep_for(1s);
+      std::lock_guard lock(processes_mutex_);
+      std::vector<Process*> all = {server_.get()};
+      for (auto& agent : agents_) all.push_back(agent.get());
+      for (Process* process : all) {
+        if (!process->exited()) continue;
+        unplanned_exits_[process->name() + ": " + process->last_line().substr(0, 120)]++;
+        process->start();
+      }
+    }
+  }
+
   void kill_one() {
+    std::lock_guard processes_lock(processes_mutex_);
     std::vector<std::string> victims = {"server", "agent-a", "agent-b", "engine", "engine"};
     std::string victim = victims[random_() % victims.size()];
     if (victim == "engine") {
@@ -403,7 +442,7 @@ class Chaos {
     json keys = get_json(client, server_url_ + "/api/v1/keys");
     std::set<std::string> present_keys;
     if (keys.is_object()) {
-      for (const auto& key : keys["items"]) present_keys.insert(key.value("id", ""));
+      for (const auto& key : keys["items"]) present_keys.insert(key["metadata"].value("name", ""));
     }
     int keys_lost = 0, deployments_lost = 0;
     for (const auto& id : acknowledged_keys_) keys_lost += present_keys.count(id) ? 0 : 1;
@@ -423,8 +462,9 @@ class Chaos {
     std::map<std::string, int> kills_by_victim;
     for (const auto& kill : kills_) kills_by_victim[kill.victim]++;
 
-    std::cout << fmt::format("\n{} min, a kill -9 every {} s, {} streaming clients, seed {}\n\n", options_.minutes,
-                             options_.kill_every_s, options_.clients, options_.seed);
+    std::cout << fmt::format("\n{} min, a kill -9 every {} s, {} streaming clients, seed {}, {} agent ports\n\n",
+                             options_.minutes, options_.kill_every_s, options_.clients, options_.seed,
+                             options_.fixed_agent_ports ? "fixed" : "ephemeral");
     std::cout << "| measure | value |\n|---|---|\n";
     std::string kills_text;
     for (const auto& [victim, count] : kills_by_victim) kills_text += fmt::format("{} {}, ", victim, count);
@@ -449,7 +489,13 @@ class Chaos {
     std::cout << fmt::format("| last kill at | {:.1f} s |\n", last_kill_s);
     std::cout << fmt::format("| time to converge after the last kill | {} |\n",
                              converged_s < 0 ? std::string("not within 120 s") : fmt::format("{:.1f} s", converged_s));
-    std::cout << "\nfailure reasons:\n";
+    int exits = 0;
+    for (const auto& [why, count] : unplanned_exits_) exits += count;
+    std::cout << fmt::format("| server or agent exits not caused by a kill (restarted after 1 s) | {} |\n", exits);
+    std::cout << fmt::format("| writes attempted | {} |\n", writes_attempted_);
+    std::cout << "\nexits not caused by a kill:\n";
+    for (const auto& [why, count] : unplanned_exits_) std::cout << fmt::format("  {:>6}  {}\n", count, why);
+    std::cout << "failure reasons:\n";
     for (const auto& [reason, count] : tally_.failure_reasons) std::cout << fmt::format("  {:>6}  {}\n", count, reason);
     std::cout << "kills (s: victim):";
     for (const auto& kill : kills_) std::cout << fmt::format(" {:.0f}:{}", kill.at_s, kill.victim);
@@ -483,7 +529,8 @@ class Chaos {
   Clock::time_point start_;
   Tally tally_;
   EngineCounters counters_;
-  std::mutex kills_mutex_, pids_mutex_, writes_mutex_;
+  std::mutex kills_mutex_, pids_mutex_, writes_mutex_, processes_mutex_;
+  std::map<std::string, int> unplanned_exits_;  // "process: last log line" -> count
   std::vector<Kill> kills_;
   std::vector<int> engine_pids_;
   int writes_attempted_ = 0;
@@ -514,12 +561,17 @@ int main(int argc, char** argv) {
         options.seed = static_cast<unsigned>(std::stoul(value()));
       } else if (arg == "--keep") {
         options.keep = true;
+      } else if (arg == "--agent-ports") {
+        std::string mode = value();
+        if (mode != "fixed" && mode != "ephemeral") throw std::invalid_argument(mode);
+        options.fixed_agent_ports = mode == "fixed";
       } else {
-        std::cerr << "usage: chaos_bench [--minutes 10] [--kill-every 5] [--clients 8] [--seed N] [--keep]\n";
+        std::cerr << "usage: chaos_bench [--minutes 10] [--kill-every 5] [--clients 8] [--seed N] "
+                     "[--agent-ports fixed|ephemeral] [--keep]\n";
         return 2;
       }
     } catch (const std::exception&) {
-      std::cerr << "chaos_bench: " << arg << " needs a number\n";
+      std::cerr << "chaos_bench: " << arg << ": not a valid value\n";
       return 2;
     }
   }
