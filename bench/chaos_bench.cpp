@@ -154,9 +154,9 @@ class Chaos {
 
     auto end = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.minutes * 60));
     auto next_kill = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.kill_every_s));
-    while (Clock::now() < end) {
-      std::this_thread::sleep_until(std::min(next_kill, end));
-      if (Clock::now() >= end) break;
+    // The last kill is the last one due before the end; convergence is timed from it at once.
+    while (next_kill < end) {
+      std::this_thread::sleep_until(next_kill);
       kill_one();
       next_kill += std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.kill_every_s));
       std::cerr << fmt::format("\r{:.0f}/{:.0f} s, {} kills, {} requests", seconds_since(start_), options_.minutes * 60,
@@ -287,12 +287,13 @@ class Chaos {
       }
       return true;
     }
-    if (!status || *status != 200 || !first_byte) {
+    std::string reason = !status ? status.error().message.substr(0, 70) : fmt::format("HTTP {}", *status);
+    if (!first_byte) {
       ++tally_.failed_before_first_byte;
-      tally_.failure_reasons[!status ? status.error().message.substr(0, 70) : fmt::format("HTTP {}", *status)]++;
+      tally_.failure_reasons["before the first byte: " + reason]++;
     } else {
-      ++tally_.cut;
-      tally_.failure_reasons["stream cut"]++;
+      ++tally_.cut;  // part of the body came, not its end
+      tally_.failure_reasons["cut: " + reason]++;
     }
     tally_.failures_by_last_kill[victim]++;
     return false;
@@ -385,8 +386,8 @@ class Chaos {
       std::lock_guard lock(pids_mutex_);
       if (engine_pids_.empty()) {
         victim = "server";
-      } else {
-        ::kill(engine_pids_[random_() % engine_pids_.size()], SIGKILL);
+      } else if (::kill(engine_pids_[random_() % engine_pids_.size()], SIGKILL) != 0) {
+        victim = "engine (already gone)";
       }
     }
     {
@@ -406,7 +407,7 @@ class Chaos {
   }
 
   // Seconds from the last kill until every replica is Ready, both nodes are Ready and a request
-  // through the gateway succeeds; -1 if that takes more than two minutes.
+  // through the gateway succeeds (polled every 100 ms); -1 if that takes more than two minutes.
   double wait_converged() {
     double last_kill_s = kills_.empty() ? 0 : kills_.back().at_s;
     http::BlockingClient client;
