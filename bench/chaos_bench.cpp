@@ -47,7 +47,9 @@ struct Options {
   bool fixed_agent_ports = true;
 };
 
-double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
 
 // One `nebula` process that can be killed and started again with the same arguments.
 class Process {
@@ -152,8 +154,10 @@ class Chaos {
     threads.emplace_back([&] { sampler_loop(stop_load); });
     threads.emplace_back([&] { supervise_loop(stop_load); });
 
-    auto end = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.minutes * 60));
-    auto next_kill = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.kill_every_s));
+    auto end =
+        start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.minutes * 60));
+    auto next_kill =
+        start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.kill_every_s));
     // The last kill is the last one due before the end; convergence is timed from it at once.
     while (next_kill < end) {
       std::this_thread::sleep_until(next_kill);
@@ -202,26 +206,36 @@ class Chaos {
     }
     if (token.empty()) return fail("no join token");
     for (const std::string name : {"agent-a", "agent-b"}) {
-      auto argv = std::vector<std::string>{NEBULA_BINARY,   "agent",
-                                           "--server",      server_url_,
-                                           "--token",       token,
-                                           "--name",        name,
-                                           "--listen",
-                                           fmt::format("127.0.0.1:{}", options_.fixed_agent_ports ? testing::free_port() : 0),
-                                           "--sim-gpus",    "1xH100-80GB",
-                                           "--data-dir",    (dir_ / name).string(),
-                                           "--heartbeat-interval", "500ms",
-                                           "--restart-backoff", "1s",
-                                           "--log-level",   "info",
-                                           "--exit-with-parent"};
+      auto argv =
+          std::vector<std::string>{NEBULA_BINARY,
+                                   "agent",
+                                   "--server",
+                                   server_url_,
+                                   "--token",
+                                   token,
+                                   "--name",
+                                   name,
+                                   "--listen",
+                                   fmt::format("127.0.0.1:{}", options_.fixed_agent_ports ? testing::free_port() : 0),
+                                   "--sim-gpus",
+                                   "1xH100-80GB",
+                                   "--data-dir",
+                                   (dir_ / name).string(),
+                                   "--heartbeat-interval",
+                                   "500ms",
+                                   "--restart-backoff",
+                                   "1s",
+                                   "--log-level",
+                                   "info",
+                                   "--exit-with-parent"};
       agents_.push_back(std::make_unique<Process>(name, argv, dir_.string()));
       agents_.back()->start();
     }
     // 4 replicas of 30 GB: two fit on each 80 GB GPU, so both nodes serve. 10 ms per token.
-    auto deployed = testing::run_command({NEBULA_BINARY, "deploy", "chat", "--engine", "sim", "--model",
-                                          "llama-3.1-8b-instruct", "--vram", "30GB", "--replicas", "4",
-                                          "--engine-arg=--itl-ms=10", "--wait", "--timeout", "120s"},
-                                         {"NEBULA_SERVER=" + server_url_});
+    auto deployed = testing::run_command(
+        {NEBULA_BINARY, "deploy", "chat", "--engine", "sim", "--model", "llama-3.1-8b-instruct", "--vram", "30GB",
+         "--replicas", "4", "--engine-arg=--itl-ms=10", "--wait", "--timeout", "120s"},
+        {"NEBULA_SERVER=" + server_url_});
     if (deployed.exit_code != 0) return fail("deploy failed: " + deployed.out);
     std::cerr << "chaos: server " << server_url_ << ", logs in " << dir_.string() << "\n";
     return true;
@@ -247,9 +261,8 @@ class Chaos {
   // Streams one completion after another; counts what reached the client.
   void client_loop(std::atomic<bool>& stop) {
     http::BlockingClient client;
-    const std::string body =
-        R"({"model":"chat","stream":true,"stream_options":{"include_usage":true},"max_tokens":64,)"
-        R"("messages":[{"role":"user","content":"tell me something"}]})";
+    const std::string body = R"({"model":"chat","stream":true,"stream_options":{"include_usage":true},"max_tokens":64,)"
+                             R"("messages":[{"role":"user","content":"tell me something"}]})";
     while (!stop) {
       std::string received;
       bool first_byte = false;
@@ -310,9 +323,9 @@ class Chaos {
     http::BlockingClient client;
     for (int i = 0; !stop; ++i) {
       if (i % 2 == 0) {
-        auto created = client.request("POST", server_url_ + "/api/v1/keys",
-                                      json{{"name", fmt::format("chaos-{}", i)}}.dump(),
-                                      {{"Content-Type", "application/json"}}, 5s);
+        auto created =
+            client.request("POST", server_url_ + "/api/v1/keys", json{{"name", fmt::format("chaos-{}", i)}}.dump(),
+                           {{"Content-Type", "application/json"}}, 5s);
         std::lock_guard lock(writes_mutex_);
         ++writes_attempted_;
         if (created && created->status / 100 == 2) {
@@ -482,10 +495,12 @@ class Chaos {
     std::cout << fmt::format("| acknowledged writes lost | {} of {} (keys {} of {}, deployments {} of {}) |\n",
                              keys_lost + deployments_lost, acknowledged_keys_.size() + acknowledged_deployments_.size(),
                              keys_lost, acknowledged_keys_.size(), deployments_lost, acknowledged_deployments_.size());
-    std::cout << fmt::format("| completion tokens: clients received / gateway accounted / engines counted | {} / {} / {:.0f} |\n",
-                             tally_.client_completion_tokens, accounted_completion, counters_.generation());
-    std::cout << fmt::format("| prompt tokens: clients received / gateway accounted / engines counted | {} / {} / {:.0f} |\n",
-                             tally_.client_prompt_tokens, accounted_prompt, counters_.prompt());
+    std::cout << fmt::format(
+        "| completion tokens: clients received / gateway accounted / engines counted | {} / {} / {:.0f} |\n",
+        tally_.client_completion_tokens, accounted_completion, counters_.generation());
+    std::cout << fmt::format(
+        "| prompt tokens: clients received / gateway accounted / engines counted | {} / {} / {:.0f} |\n",
+        tally_.client_prompt_tokens, accounted_prompt, counters_.prompt());
     std::cout << fmt::format("| requests the gateway accounted | {} |\n", accounted_requests);
     std::cout << fmt::format("| last kill at | {:.1f} s |\n", last_kill_s);
     std::cout << fmt::format("| time to converge after the last kill | {} |\n",

@@ -264,7 +264,9 @@ TEST(Placement, ConcurrentDeploysNeverOvercommitAGpu) {
 }
 
 // The tiny GGUF of tests/gguf_fixtures.h (a real llama-server runs it; the simulator ignores it).
-std::string tiny_gguf() { return testing::gguf_fixture("tiny-llama.gguf"); }
+std::string tiny_gguf() {
+  return testing::gguf_fixture("tiny-llama.gguf");
+}
 
 std::string phase_of(testing::NebulaUp& up, const std::string& deployment) {
   auto replicas = up.replicas_of(deployment);

@@ -658,7 +658,9 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
   http::Headers odd_id = bearer(key);
   // ("\xc3\xa9" "bytes": a hex escape takes every hex digit after it, so "\xa9bytes" would be
   // the one out-of-range escape \xa9b.)
-  const std::string odd_request_id = "id\"with\\odd\xc3\xa9" "bytes";
+  const std::string odd_request_id =
+      "id\"with\\odd\xc3\xa9"
+      "bytes";
   odd_id.push_back({"X-Request-Id", odd_request_id});
   auto odd_request = http::BlockingClient().request("POST", up_->server() + "/v1/chat/completions", kChat, odd_id);
   ASSERT_TRUE(odd_request);

@@ -219,9 +219,9 @@ class Tour {
   std::string shell(const std::string& command) {
     std::string bin = std::filesystem::path(NEBULA_BINARY).parent_path().string();
     const char* path = std::getenv("PATH");
-    auto result = testing::run_command(
-        {"/bin/sh", "-c", command},
-        {"PATH=" + bin + ":" + (path ? path : "/usr/bin:/bin"), "NEBULA_SERVER=" + server_, "NEBULA_DATA_DIR=" + data_dir_});
+    auto result =
+        testing::run_command({"/bin/sh", "-c", command}, {"PATH=" + bin + ":" + (path ? path : "/usr/bin:/bin"),
+                                                          "NEBULA_SERVER=" + server_, "NEBULA_DATA_DIR=" + data_dir_});
     return result.out;
   }
 

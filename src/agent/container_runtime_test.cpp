@@ -326,8 +326,8 @@ TEST_F(ContainerRuntimeTest, ContainerThatExitsIsReportedWithItsCode) {
   runtime_->adopt("other", "id-other");
   int chat_inspections = count(daemon_->targets(), "GET /containers/id-chat-0/json");
   int other_inspections = count(daemon_->targets(), "GET /containers/id-other/json");
-  ASSERT_TRUE(eventually(
-      [&] { return count(daemon_->targets(), "GET /containers/id-other/json") >= other_inspections + 2; }));
+  ASSERT_TRUE(
+      eventually([&] { return count(daemon_->targets(), "GET /containers/id-other/json") >= other_inspections + 2; }));
   EXPECT_EQ(count(daemon_->targets(), "GET /containers/id-chat-0/json"), chat_inspections);
 }
 

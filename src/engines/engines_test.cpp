@@ -16,11 +16,11 @@
 #include <sstream>
 #include <thread>
 
+#include "../../tests/gguf_fixtures.h"  // test support, outside src/
 #include "engines/common.h"
 #include "engines/drivers.h"
 #include "engines/prometheus.h"
 #include "http/http.h"
-#include "../../tests/gguf_fixtures.h"  // test support, outside src/
 
 extern char** environ;
 

@@ -17,7 +17,9 @@ namespace {
 namespace fs = std::filesystem;
 
 // A GGUF file written by tests/gguf_fixtures.cpp.
-std::string testdata(const std::string& file) { return nebula::testing::gguf_fixture(file); }
+std::string testdata(const std::string& file) {
+  return nebula::testing::gguf_fixture(file);
+}
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
