@@ -576,7 +576,9 @@ TEST_F(GatewayE2E, IdleDeploymentsAreEvictedToMakeRoomAndNeverOvercommit) {
   EXPECT_TRUE(evicted);
   EXPECT_TRUE(eventually([&] { return up_->replicas_of("roomy-a").empty(); }, 10s));
   // No GPU ever holds more than it has.
-  for (const auto& gpu : up_->get_json("/api/v1/gpus", admin_)["items"]) {
+  // (Kept in a variable: a range-for over get_json(...)["items"] reads the temporary after it died.)
+  json gpus = up_->get_json("/api/v1/gpus", admin_);
+  for (const auto& gpu : gpus["items"]) {
     EXPECT_LE(gpu["memory_allocated_mb"].get<int64_t>(), gpu["memory_total_mb"].get<int64_t>());
   }
   // Waking a, with b awake and serving, finds no room and nothing to evict: a fast, clear 503.
