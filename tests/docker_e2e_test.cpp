@@ -506,7 +506,7 @@ TEST_F(DockerCluster, ContainersRunCrashRestartAreReadoptedRefusedAndRemoved) {
         return index_of(now, "GET /containers/" + second.id + "/json", static_cast<int>(before_restart)) >= 0;
       },
       10s));
-  std::this_thread::sleep_for(1500ms);  // heartbeats, status reports, a refresh or two
+  ASSERT_TRUE(nebula_->wait_heartbeats("gpu1", 3, 10s));  // status reports, a refresh or two
   ready = ready_replicas("dock");
   ASSERT_EQ(ready.size(), 1u) << get_json("/api/v1/replicas").dump(2);
   EXPECT_EQ(ready[0]["status"]["restarts"], 1);

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "common/json.h"
+#include "gguf_fixtures.h"
 #include "http/http.h"
 #include "http/sse.h"
 #include "nebula_fixture.h"
@@ -112,7 +113,9 @@ TEST_F(UserStory, DeployStreamScaleHealRemove) {
   ASSERT_EQ(remaining.size(), 1u);
   int survivor = *remaining.begin();
   for (int pid : first_pids) {
-    if (pid != survivor) EXPECT_TRUE(eventually([&] { return process_gone(pid); }, 15s)) << "pid " << pid;
+    if (pid != survivor) {
+      EXPECT_TRUE(eventually([&] { return process_gone(pid); }, 15s)) << "pid " << pid;
+    }
   }
 
   // Kill the engine: the agent restarts it and the replica comes back Ready.
@@ -233,8 +236,17 @@ TEST(Placement, ConcurrentDeploysNeverOvercommitAGpu) {
     for (const auto& replica : listing["items"]) count += replica["spec"]["node"] == "" ? 0 : 1;
     return count;
   };
-  ASSERT_TRUE(testing::eventually([&] { return placed() == 4; }, 10s)) << placed();
-  std::this_thread::sleep_for(1s);  // a few more controller passes change nothing
+  // Replicas the scheduler has judged and refused: unplaced, with the reason in their status.
+  auto refused = [&] {
+    int count = 0;
+    json listing = up.get_json("/api/v1/replicas");
+    for (const auto& replica : listing["items"]) {
+      count += replica["spec"]["node"] == "" && replica["status"].value("message", "") != "" ? 1 : 0;
+    }
+    return count;
+  };
+  ASSERT_TRUE(testing::eventually([&] { return placed() == 4 && refused() == 4; }, 10s))
+      << up.get_json("/api/v1/replicas").dump();
   EXPECT_EQ(placed(), 4);
   json gpus = up.get_json("/api/v1/gpus");
   ASSERT_EQ(gpus["items"].size(), 1u);
@@ -247,15 +259,13 @@ TEST(Placement, ConcurrentDeploysNeverOvercommitAGpu) {
     if (replica["spec"]["node"] != "") placed_deployment = replica["spec"]["deployment"];
   }
   ASSERT_EQ(up.cli({"scale", placed_deployment, "3"}).exit_code, 0);
-  std::this_thread::sleep_for(1500ms);
+  EXPECT_TRUE(testing::eventually([&] { return refused() == 6; }, 10s)) << up.get_json("/api/v1/replicas").dump();
   EXPECT_EQ(placed(), 4);
 }
 
-// The tiny GGUF of ../shared/testdata (a real llama-server runs it; the simulator ignores it).
+// The tiny GGUF of tests/gguf_fixtures.h (a real llama-server runs it; the simulator ignores it).
 std::string tiny_gguf() {
-  return (std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "shared" / "testdata" /
-          "tiny-llama.gguf")
-      .string();
+  return testing::gguf_fixture("tiny-llama.gguf");
 }
 
 std::string phase_of(testing::NebulaUp& up, const std::string& deployment) {

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include "common/ids.h"
@@ -132,6 +133,23 @@ json NebulaServer::get_json(const std::string& path) {
 bool NebulaServer::node_ready(const std::string& name) {
   json node = get_json("/api/v1/nodes/" + name);
   return node.is_object() && node["status"]["ready"] == true;
+}
+
+bool NebulaServer::wait_heartbeats(const std::string& name, int count, std::chrono::milliseconds timeout) {
+  auto heartbeat = [&] {
+    json node = get_json("/api/v1/nodes/" + name);
+    return node.is_object() ? node["status"].value("heartbeat_ms", int64_t{0}) : int64_t{0};
+  };
+  int64_t last = heartbeat();
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (int seen = 0; seen < count; ++seen) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (!eventually([&] { return heartbeat() > last; }, std::max(left, std::chrono::milliseconds(0)), 20ms)) {
+      return false;
+    }
+    last = heartbeat();
+  }
+  return true;
 }
 
 std::vector<json> NebulaServer::replicas_of(const std::string& deployment) {

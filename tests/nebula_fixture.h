@@ -64,6 +64,9 @@ class NebulaServer {
   // GET path as JSON; null unless the answer is a 200 with a JSON body.
   json get_json(const std::string& path);
   bool node_ready(const std::string& name);
+  // Waits until node `name` has sent `count` more heartbeats (each carries its status report);
+  // false after timeout.
+  bool wait_heartbeats(const std::string& name, int count, std::chrono::milliseconds timeout);
   std::vector<json> replicas_of(const std::string& deployment);
   // Replicas Ready and not being stopped.
   std::vector<json> ready_replicas(const std::string& deployment);

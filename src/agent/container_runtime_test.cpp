@@ -321,10 +321,14 @@ TEST_F(ContainerRuntimeTest, ContainerThatExitsIsReportedWithItsCode) {
   EXPECT_EQ(state.exit_code, 3);
   EXPECT_EQ(state.pid, 0);
   EXPECT_EQ(state.container_id, "id-chat-0");
-  // An exited container is no longer inspected.
-  size_t requests = daemon_->targets().size();
-  std::this_thread::sleep_for(100ms);
-  EXPECT_EQ(daemon_->targets().size(), requests);
+  // An exited container is no longer inspected: a running one is, twice more, and chat-0 not once.
+  daemon_->add_container("id-other", true, 0);
+  runtime_->adopt("other", "id-other");
+  int chat_inspections = count(daemon_->targets(), "GET /containers/id-chat-0/json");
+  int other_inspections = count(daemon_->targets(), "GET /containers/id-other/json");
+  ASSERT_TRUE(
+      eventually([&] { return count(daemon_->targets(), "GET /containers/id-other/json") >= other_inspections + 2; }));
+  EXPECT_EQ(count(daemon_->targets(), "GET /containers/id-chat-0/json"), chat_inspections);
 }
 
 TEST_F(ContainerRuntimeTest, StopStopsThenRemoves) {
@@ -406,7 +410,8 @@ TEST_F(ContainerRuntimeTest, DaemonDownKeepsThePhase) {
   ASSERT_TRUE(eventually([&] { return !runtime_->state("chat-0").error.empty(); }));
   EXPECT_EQ(runtime_->state("chat-0").phase, Phase::Running);
   runtime_->adopt("later", "id-later");
-  std::this_thread::sleep_for(50ms);
+  // Its inspection fails (the daemon did not answer): it stays Unknown.
+  ASSERT_TRUE(eventually([&] { return !runtime_->state("later").error.empty(); }));
   EXPECT_EQ(runtime_->state("later").phase, Phase::Unknown);
   daemon_ = std::make_unique<Daemon>(dir_ / "docker.sock");  // for TearDown
 }

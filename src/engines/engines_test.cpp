@@ -15,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "../../tests/gguf_fixtures.h"  // test support, outside src/
 #include "common/subprocess.h"
 #include "engines/common.h"
 #include "engines/drivers.h"
@@ -602,11 +603,9 @@ void launch_real(const std::string& engine, const std::string& binary, const std
   context.max_context = 2048;
   if (!model_env.empty()) {
     const char* model = std::getenv(model_env.c_str());
-    // llama.cpp runs the tiny Llama of ../shared/testdata when no model is named.
-    std::filesystem::path tiny =
-        std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().parent_path() / "shared" /
-        "testdata" / "tiny-llama.gguf";
-    if (!model && engine == "llamacpp" && std::filesystem::exists(tiny)) model = tiny.c_str();
+    // llama.cpp runs the tiny Llama of tests/gguf_fixtures.h when no model is named.
+    std::string tiny = engine == "llamacpp" ? nebula::testing::gguf_fixture("tiny-llama.gguf") : "";
+    if (!model && !tiny.empty()) model = tiny.c_str();
     if (!model) GTEST_SKIP() << binary << " is on PATH but " << model_env << " names no model to load";
     context.model = model;
   } else {

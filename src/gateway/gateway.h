@@ -194,7 +194,7 @@ class Gateway {
   std::map<std::string, int64_t> wake_sent_for_;    // idle_since of the idle period a wake was sent for
   std::unique_ptr<asio::steady_timer> activity_timer_;
   std::unique_ptr<asio::steady_timer> watch_timer_;
-  bool stopping_ = false;
+  std::atomic<bool> stopping_{false};  // set by stop() on any thread, read on the I/O thread
   std::shared_ptr<spdlog::logger> access_log_;
   // Access log lines not yet handed to access_log_: written in one piece once a second (or every
   // 64 KiB), not a logger call per line. Guarded by access_mutex_ (stop() may run elsewhere).

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <thread>
 
 #include "gateway/request_json.h"
@@ -431,6 +432,17 @@ TEST(CircuitBreaker, OpensAfterConsecutiveFailuresAndProbesBack) {
     return response ? response->status : -1;
   };
 
+  // Polls (a request every 10 ms) until done() or 5 s pass.
+  auto keep_asking_until = [&](const std::function<bool()>& done) {
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (chat() != 200) return false;
+      if (done()) return true;
+      std::this_thread::sleep_for(10ms);
+    }
+    return false;
+  };
+
   bad.failing = true;
   // Every request succeeds: the failing replica's answers are retried on the good one.
   for (int i = 0; i < 12; ++i) ASSERT_EQ(chat(), 200) << i;
@@ -438,13 +450,13 @@ TEST(CircuitBreaker, OpensAfterConsecutiveFailuresAndProbesBack) {
   EXPECT_EQ(good.hits, 12);
 
   // Cool-down over: one probe goes to the failing replica; it fails again and the breaker re-opens.
-  std::this_thread::sleep_for(500ms);
+  ASSERT_TRUE(keep_asking_until([&] { return bad.hits == 4; })) << bad.hits;
   for (int i = 0; i < 6; ++i) ASSERT_EQ(chat(), 200) << i;
   EXPECT_EQ(bad.hits, 4) << "one probe after the cool-down, no more";
 
   // The replica recovers: the next probe succeeds and traffic is shared again.
   bad.failing = false;
-  std::this_thread::sleep_for(500ms);
+  ASSERT_TRUE(keep_asking_until([&] { return bad.hits == 5; })) << bad.hits;
   for (int i = 0; i < 10; ++i) ASSERT_EQ(chat(), 200) << i;
   EXPECT_GE(bad.hits, 4 + 5) << "a closed breaker shares traffic again";
   gateway.stop();

@@ -199,6 +199,7 @@ class ServerTest : public ::testing::Test {
       // Answers after 5 s unless the client leaves first.
       asio::steady_timer timer(server_.io(), std::chrono::seconds(5));
       writer.on_client_gone([&timer] { timer.cancel(); });
+      slow_started_ = true;
       boost::system::error_code ignored;
       co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
       if (writer.client_gone()) {
@@ -284,6 +285,7 @@ class ServerTest : public ::testing::Test {
   testing::ServerThread server_;
   uint16_t port_ = 0;
   std::atomic<bool> gone_seen_{false};
+  std::atomic<bool> slow_started_{false};
 };
 
 TEST_F(ServerTest, RequestsInPiecesAndPipelinedRequestsAreAnsweredInOrder) {
@@ -428,6 +430,10 @@ TEST_F(ServerTest, SlowClientTimesOut) {
   auto waited = std::chrono::steady_clock::now() - started;
   EXPECT_EQ(reply, "");
   EXPECT_LT(waited, std::chrono::seconds(5));
+  // The server closes the socket, then its session ends and the count drops: wait for that.
+  for (int i = 0; i < 500 && server_.server().open_connections() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   EXPECT_EQ(server_.server().open_connections(), 0u);
 }
 
@@ -464,7 +470,8 @@ TEST_F(ServerTest, AHandlerLearnsThatItsClientLeft) {
   ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
   std::string request = "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 500 && !slow_started_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(slow_started_) << "the handler never ran";
   ::close(fd);
   for (int i = 0; i < 100 && !gone_seen_; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_TRUE(gone_seen_) << "the handler was not told before its 5 s timer";

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <set>
 
+#include "../../tests/gguf_fixtures.h"  // test support, outside src/
+
 namespace nebula::models {
 namespace {
 
@@ -137,9 +139,7 @@ TEST(Estimate, QuantisedVariantKeepsA16BitKvCache) {
 }
 
 TEST(Estimate, ReadsALocalGgufFile) {
-  std::filesystem::path path = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().parent_path() /
-                               "shared" / "testdata" / "tiny-llama.gguf";
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << "no " << path;
+  std::filesystem::path path = nebula::testing::gguf_fixture("tiny-llama.gguf");
   auto spec = spec_for(path.string(), "llamacpp");
   auto e = estimate(spec);
   EXPECT_EQ(e.source, "gguf:" + path.string());

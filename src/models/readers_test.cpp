@@ -9,15 +9,16 @@
 
 #include <unistd.h>
 
+#include "../../tests/gguf_fixtures.h"  // test support, outside src/
+
 namespace nebula::models {
 namespace {
 
 namespace fs = std::filesystem;
 
-// ../shared/testdata beside the repository (tests run from any directory).
+// A GGUF file written by tests/gguf_fixtures.cpp.
 std::string testdata(const std::string& file) {
-  fs::path repo = fs::path(__FILE__).parent_path().parent_path().parent_path();
-  return (repo.parent_path() / "shared" / "testdata" / file).string();
+  return nebula::testing::gguf_fixture(file);
 }
 
 std::string slurp(const std::string& path) {
@@ -99,10 +100,9 @@ GgufWriter small_gguf() {
 
 TEST(Gguf, ReadsTheTinyLlamaHeader) {
   auto path = testdata("tiny-llama.gguf");
-  if (!fs::exists(path)) GTEST_SKIP() << "no " << path;
   auto file = read_gguf(path);
   ASSERT_TRUE(file) << file.error().message;
-  // Facts from ../shared/testdata/README.md.
+  // Facts of the file tests/gguf_fixtures.h describes.
   EXPECT_EQ(file->version, 3u);
   EXPECT_EQ(file->tensors.size(), 21u);
   EXPECT_EQ(file->alignment, 32u);
@@ -136,7 +136,6 @@ TEST(Gguf, ReadsVocabularyOnlyFiles) {
   for (const auto& [file, model] :
        {std::pair{"vocab-llama-spm.gguf", "llama"}, std::pair{"vocab-gpt-2.gguf", "gpt2"}}) {
     auto path = testdata(file);
-    if (!fs::exists(path)) GTEST_SKIP() << "no " << path;
     auto parsed = read_gguf(path);
     ASSERT_TRUE(parsed) << parsed.error().message;
     EXPECT_TRUE(parsed->tensors.empty());
@@ -214,7 +213,6 @@ TEST(Gguf, RefusesMalformedValuesAndTensors) {
 
 TEST(Gguf, EveryTruncationOfARealFileIsAClearError) {
   auto path = testdata("tiny-llama.gguf");
-  if (!fs::exists(path)) GTEST_SKIP() << "no " << path;
   std::string bytes = slurp(path);
   ASSERT_TRUE(parse_gguf(bytes));
   auto header = read_gguf(path);
@@ -238,7 +236,6 @@ TEST(Gguf, EveryTruncationOfARealFileIsAClearError) {
 
 TEST(Gguf, RandomCorruptionOfTheHeaderNeverCrashes) {
   auto path = testdata("tiny-llama.gguf");
-  if (!fs::exists(path)) GTEST_SKIP() << "no " << path;
   auto header = read_gguf(path);
   ASSERT_TRUE(header);
   // The first 4 KiB (the start of the metadata) with data enough for a few tensors.

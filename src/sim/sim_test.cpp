@@ -819,7 +819,8 @@ TEST_F(EngineSimTest, LlamacppDialect) {
   auto loading = get("/health");
   EXPECT_EQ(loading.status, 503);
   EXPECT_EQ(body_of(loading)["error"]["message"], "Loading model");
-  std::this_thread::sleep_for(250ms);
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (get("/health").status != 200 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(body_of(get("/health"))["status"], "ok");
   json body = body_of(post("/completion", json{{"prompt", "a b c"}, {"n_predict", 5}}));
   EXPECT_EQ(body["tokens_predicted"], 5);
