@@ -115,13 +115,22 @@ std::vector<std::string> normalise(const std::vector<std::string>& lines) {
     while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.pop_back();  // curl -i: CRLF
     if (!line.empty()) out.push_back(line);
   }
-  // `deploy --wait` prints a line per change of its progress: only the last of a run is kept, so
-  // how many replicas happened to be ready when it looked does not matter.
+  // `deploy --wait` prints a block per change of its progress (the deployment's line, then a line
+  // per replica): only the last block of a run is kept, so how far the replicas happened to be
+  // when it looked does not matter.
   static const std::regex progress(R"(^[a-z0-9-]+: \d+/\d+ ready\b.*)");
+  static const std::regex replica_line(R"(^ [a-z0-9<>-]+: .*)");  // ids are <id> by now
   std::vector<std::string> collapsed;
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (std::regex_match(out[i], progress) && i + 1 < out.size() && std::regex_match(out[i + 1], progress)) continue;
-    collapsed.push_back(out[i]);
+  for (size_t i = 0; i < out.size();) {
+    if (!std::regex_match(out[i], progress)) {
+      collapsed.push_back(out[i++]);
+      continue;
+    }
+    size_t end = i + 1;
+    while (end < out.size() && std::regex_match(out[end], replica_line)) ++end;
+    bool superseded = end < out.size() && std::regex_match(out[end], progress);
+    if (!superseded) collapsed.insert(collapsed.end(), out.begin() + i, out.begin() + end);
+    i = end;
   }
   return collapsed;
 }

@@ -51,14 +51,22 @@ void EndpointTable::set_on_change(std::function<void(const std::string&)> callba
   on_change_ = std::move(callback);
 }
 
+void EndpointTable::set_on_endpoint_gone(std::function<void(const std::string&)> callback) {
+  std::lock_guard lock(mutex_);
+  on_endpoint_gone_ = std::move(callback);
+}
+
 void EndpointTable::apply(const std::string& key, const std::string* value) {
   static const std::string kDeployments = api::store_prefix("deployments");
   static const std::string kReplicas = api::store_prefix("replicas");
   std::string changed;
+  std::string gone;  // the URL of an engine that left the table
   std::function<void(const std::string&)> notify;
+  std::function<void(const std::string&)> notify_gone;
   {
     std::lock_guard lock(mutex_);
     notify = on_change_;
+    notify_gone = on_endpoint_gone_;
     if (key.rfind(kDeployments, 0) == 0) {
       changed = key.substr(kDeployments.size());
       if (!value) {
@@ -77,6 +85,7 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
       if (!value) {
         if (auto it = replicas_.find(name); it != replicas_.end()) {
           changed = it->second.deployment;
+          if (it->second.endpoint) gone = it->second.endpoint->url;
           replicas_.erase(it);
         }
       } else if (auto document = parse_json(*value)) {
@@ -94,8 +103,10 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
           if (entry.draining) {
             // keep the endpoint (if any) for its in-flight count
           } else if (!serving) {
+            if (entry.endpoint) gone = entry.endpoint->url;
             entry.endpoint.reset();
           } else if (!entry.endpoint || entry.endpoint->url != replica->status.endpoint) {
+            if (entry.endpoint) gone = entry.endpoint->url;
             entry.endpoint = std::make_shared<Endpoint>();
             entry.endpoint->replica = name;
             entry.endpoint->deployment = entry.deployment;
@@ -106,6 +117,7 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
     }
   }
   if (notify && !changed.empty()) notify(changed);
+  if (notify_gone && !gone.empty()) notify_gone(gone);
 }
 
 bool EndpointTable::drained(const std::string& replica) const {
@@ -331,6 +343,13 @@ Status Gateway::start() {
   // A replica that became Ready may serve queued requests: wake the queue on the I/O thread.
   table_.set_on_change(
       [this](const std::string& deployment) { asio::post(io_, [this, deployment] { dispatch_queue(deployment); }); });
+  // Everything a replica holds goes with it: idle connections to its engine are closed (on the
+  // I/O thread, which owns the pool's sockets), not left in CLOSE-WAIT until the pool is next used.
+  table_.set_on_endpoint_gone([this](const std::string& url) {
+    asio::post(io_, [this, url] {
+      if (auto parsed = http::Url::parse(url)) client_->close_idle(parsed->origin());
+    });
+  });
   if (auto started = keys_.start(store_); !started) return started;
   activity_timer_ = std::make_unique<asio::steady_timer>(io_);
   asio::co_spawn(io_, report_activity(), asio::detached);

@@ -94,6 +94,9 @@ class EndpointTable {
   bool drained(const std::string& replica) const;
   // Called (from any thread) after every change.
   void set_on_change(std::function<void(const std::string& deployment)> callback);
+  // Called (from any thread) with the URL of an engine that left the table (its replica deleted,
+  // stopped or moved to another endpoint), so connections pooled to it can be closed.
+  void set_on_endpoint_gone(std::function<void(const std::string& url)> callback);
 
  private:
   struct ReplicaEntry {
@@ -114,6 +117,7 @@ class EndpointTable {
   std::map<std::string, ReplicaEntry> replicas_;
   size_t round_robin_ = 0;
   std::function<void(const std::string&)> on_change_;
+  std::function<void(const std::string&)> on_endpoint_gone_;
 };
 
 class Gateway {
