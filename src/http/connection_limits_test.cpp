@@ -164,9 +164,35 @@ TEST(CloseOnExec, ListeningAndAcceptedSocketsAreNotInherited) {
 TEST(ClientPool, AConnectionItsPeerClosedLeavesThePool) {
   asio::io_context io;
   Client client(io);
-  testing::ServerThread first;
+  // The first peer answers one request on a keep-alive connection, then closes it (as an engine
+  // that exits does): the pooled connection is left in CLOSE-WAIT.
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ASSERT_EQ(::listen(listener, 1), 0);
+  ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length), 0);
+  std::promise<void> answered;
+  std::promise<void> close_now;
+  std::thread first([&] {
+    int connection = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    std::string request;
+    char buffer[1024];
+    while (request.find("\r\n\r\n") == std::string::npos) {
+      ssize_t got = ::recv(connection, buffer, sizeof buffer, 0);
+      if (got <= 0) break;
+      request.append(buffer, static_cast<size_t>(got));
+    }
+    const std::string answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    (void)::send(connection, answer.data(), answer.size(), MSG_NOSIGNAL);
+    answered.set_value();
+    close_now.get_future().wait();
+    ::close(connection);
+  });
   testing::ServerThread second;
-  ASSERT_TRUE(first.start(slow_router(first.io(), 0ms)));
   ASSERT_TRUE(second.start(slow_router(second.io(), 0ms)));
   auto get = [&](const std::string& url) {
     auto task = [&]() -> awaitable<Result<Response>> { co_return co_await client.request("GET", url + "/fast"); };
@@ -176,9 +202,13 @@ TEST(ClientPool, AConnectionItsPeerClosedLeavesThePool) {
     io.run();
     return std::move(*result);
   };
-  ASSERT_TRUE(get(first.url()));
+  auto answer = get("http://127.0.0.1:" + std::to_string(ntohs(address.sin_port)));
+  ASSERT_TRUE(answer) << answer.error().message;
+  answered.get_future().wait();
   EXPECT_EQ(client.idle_connections(), 1u);
-  first.stop();  // the peer closes its end: our pooled connection is now in CLOSE-WAIT
+  close_now.set_value();
+  first.join();
+  ::close(listener);
   // The pool sweeps at most once a second, on a use: it drops the connection within a few uses.
   bool dropped = false;
   for (auto deadline = std::chrono::steady_clock::now() + 5s;
@@ -187,7 +217,7 @@ TEST(ClientPool, AConnectionItsPeerClosedLeavesThePool) {
     dropped = client.idle_connections() == 1u;
     if (!dropped) std::this_thread::sleep_for(50ms);
   }
-  EXPECT_EQ(client.idle_connections(), 1u) << "the connection to the stopped server is still pooled";
+  EXPECT_EQ(client.idle_connections(), 1u) << "the connection to the closed peer is still pooled";
   client.close_idle(second.url());
   EXPECT_EQ(client.idle_connections(), 0u);
 }
