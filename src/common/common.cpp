@@ -19,6 +19,7 @@
 #include "common/config.h"
 #include "common/ids.h"
 #include "common/json.h"
+#include "common/json_depth.h"
 #include "common/log.h"
 #include "common/result.h"
 
@@ -238,7 +239,8 @@ constexpr size_t kMaxYamlNodes = 100'000;  // after alias expansion
 // JSON nested deeper than this is refused before parsing.
 constexpr int kMaxJsonDepth = 256;
 
-// Deepest nesting of arrays and objects in JSON text, strings skipped; stops counting past limit.
+}  // namespace
+
 int json_depth(std::string_view text, int limit) {
   int depth = 0, deepest = 0;
   bool in_string = false, escaped = false;
@@ -263,7 +265,6 @@ int json_depth(std::string_view text, int limit) {
   }
   return deepest;
 }
-}  // namespace
 
 Result<json> parse_json(std::string_view text) {
   if (json_depth(text, kMaxJsonDepth) > kMaxJsonDepth) {

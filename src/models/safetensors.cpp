@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/json.h"
+#include "common/json_depth.h"
 #include "models/models.h"
 #include "models/reader.h"
 
@@ -31,35 +32,8 @@ int dtype_size(const std::string& dtype) {
   return it == kSizes.end() ? 0 : it->second;
 }
 
-// Deepest nesting of arrays and objects in JSON text, strings skipped. Checked before parsing
-// so a header of a million '[' cannot exhaust the stack.
-int json_depth(std::string_view text) {
-  int depth = 0, deepest = 0;
-  bool in_string = false, escaped = false;
-  for (char c : text) {
-    if (in_string) {
-      if (escaped)
-        escaped = false;
-      else if (c == '\\')
-        escaped = true;
-      else if (c == '"')
-        in_string = false;
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      deepest = std::max(deepest, ++depth);
-      if (deepest > kMaxJsonDepth) return deepest;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return deepest;
-}
-
 Result<json> parse_bounded_json(std::string_view text, const std::string& what) {
-  if (json_depth(text) > kMaxJsonDepth) {
+  if (json_depth(text, kMaxJsonDepth) > kMaxJsonDepth) {
     return make_error(ErrorCode::InvalidArgument, fmt::format("{}: JSON nested deeper than {}", what, kMaxJsonDepth));
   }
   json document = json::parse(text.begin(), text.end(), nullptr, false);
