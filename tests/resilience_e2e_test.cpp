@@ -549,8 +549,10 @@ TEST(Resilience, DeployRemoveChurnLeaksNoDescriptorsMemoryOrLogs) {
   int64_t rss_before = rss_kb(server);
   run(5, kCyclesPerLane);
   ASSERT_TRUE(eventually(settled, 30s));
-  // Closed upstream connections leave the pools within a sweep (a second, on the next use).
-  bool flat = eventually([&] { return descriptors_of(server).size() <= descriptors_before + 4; }, 10s, 200ms);
+  // Closed upstream connections leave the pools within a sweep (a second, on the next use). A leak
+  // costs one descriptor per cycle (220 here); a few connections of the test's clients and the
+  // agent that happen to be open when it looks are not one.
+  bool flat = eventually([&] { return descriptors_of(server).size() <= descriptors_before + 16; }, 10s, 200ms);
   auto after = descriptors_of(server);
   std::string listing;
   for (const auto& [fd, target] : after) listing += std::to_string(fd) + " -> " + target + "\n";
