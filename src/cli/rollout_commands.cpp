@@ -67,12 +67,13 @@ int run_rollout(int argc, char** argv) {
   undo->add_option("--to-plan", to_version, "Plan to go back to (default: the last one unlike the current spec)")
       ->check(CLI::PositiveNumber);
   if (auto exit = parse(app, argc, argv)) return *exit;
+  if (auto valid = check_name(name); !valid) return usage_error(app, valid.error().message);
 
   ApiClient client(flags);
   if (undo->parsed()) {
     json body = json::object();
     if (to_version > 0) body["to_version"] = to_version;
-    auto result = client.call("POST", "/api/v1/deployments/" + name + "/rollout/undo", body.dump());
+    auto result = client.call("POST", api_path({"deployments", name, "rollout", "undo"}), body.dump());
     if (!result) return fail(result.error().message);
     print_as(flags.output, *result, [&] {
       std::cout << "deployment " << name << ": spec set back to plan " << result->value("restored_from", int64_t{0})
@@ -80,7 +81,7 @@ int run_rollout(int argc, char** argv) {
     });
     return 0;
   }
-  auto view = client.call("GET", "/api/v1/deployments/" + name + "/rollout");
+  auto view = client.call("GET", api_path({"deployments", name, "rollout"}));
   if (!view) return fail(view.error().message);
   if (history->parsed()) {
     print_as(flags.output, (*view)["plans"], [&] { print_history(*view); });
@@ -97,8 +98,9 @@ int run_restart(int argc, char** argv) {
   std::string name;
   app.add_option("name", name, "Deployment")->required();
   if (auto exit = parse(app, argc, argv)) return *exit;
+  if (auto valid = check_name(name); !valid) return usage_error(app, valid.error().message);
   ApiClient client(flags);
-  auto result = client.call("POST", "/api/v1/deployments/" + name + "/restart");
+  auto result = client.call("POST", api_path({"deployments", name, "restart"}));
   if (!result) return fail(result.error().message);
   print_as(flags.output, *result, [&] {
     std::cout << "deployment " << name << ": rolling restart requested (nebula rollout status " << name << ")\n";

@@ -92,6 +92,7 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
       ->capture_default_str();
   app.add_option("--drain-timeout", flags.drain_timeout,
                  "On SIGTERM/Ctrl-C: how long requests in flight may take to finish before they are cut")
+      ->check(duration_value())
       ->capture_default_str();
   app.add_option("--max-connections", flags.max_connections,
                  "Client connections at once; more get a fast 503 (default: half the open-file limit, less 48)");
