@@ -26,9 +26,9 @@ using SteadyClock = std::chrono::steady_clock;
 // What an engine last said about its own load, scraped from its /metrics. A figure is -1 when
 // the engine does not export it; `at` is when it was read (the epoch: never).
 struct EngineLoad {
-  double waiting = -1;   // requests queued inside the engine
-  double running = -1;   // requests it is generating for
-  double kv_usage = -1;  // share of its KV cache in use, 0..1
+  double waiting = -1;             // requests queued inside the engine
+  double running = -1;             // requests it is generating for
+  double kv_usage = -1;            // share of its KV cache in use, 0..1
   int64_t kv_capacity_tokens = 0;  // tokens its KV cache holds, 0 = unknown
   SteadyClock::time_point at{};
 };
