@@ -1,9 +1,10 @@
 #pragma once
 // The OpenAI-compatible gateway: /v1/models, /v1/chat/completions, /v1/completions,
 // /v1/embeddings and /v1/responses; API keys, rate limits, usage accounting, a fair admission
-// queue, circuit breaking and metrics. Resolves the model to a deployment, picks a Ready replica
-// (least outstanding requests among those with free capacity), and relays the engine's answer,
-// streaming SSE event by event. Every error leaves as OpenAI error JSON with an x-request-id.
+// queue, circuit breaking and metrics. Resolves the model to a deployment, has the deployment's
+// routing policy choose among its Ready replicas with free capacity (router/policy.h), and relays
+// the engine's answer, streaming SSE event by event. Every error leaves as OpenAI error JSON with
+// an x-request-id.
 //
 // Threading: request handling runs on the server's single I/O thread; the endpoint table is also
 // fed from store watch callbacks (other threads) and is locked.
