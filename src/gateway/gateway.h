@@ -10,6 +10,7 @@
 // fed from store watch callbacks (other threads) and is locked.
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -28,6 +29,7 @@
 #include "gateway/usage.h"
 #include "http/http.h"
 #include "router/endpoint_table.h"
+#include "router/policy.h"
 #include "store/store.h"
 
 namespace spdlog {
@@ -59,6 +61,10 @@ struct Options {
   // How often each Ready replica's /metrics is read for its engine's own load (--load-scrape-interval);
   // 0 = never.
   std::chrono::milliseconds load_scrape_interval{1'000};
+  // Makes each deployment's routing policy from its spec.routing: router::make_policy, or a fake
+  // a test puts at this seam.
+  std::function<Result<std::unique_ptr<router::Policy>>(std::string_view spec, const router::PolicyOptions& options)>
+      make_policy = router::make_policy;
   std::string access_log_path;  // "" = no access log
 };
 

@@ -32,7 +32,8 @@ router::Policy& Gateway::policy_for(const std::string& deployment) {
   if (options_.load_scrape_interval.count() > 0) {
     policy_options.load_freshness = std::max(policy_options.load_freshness, 3 * options_.load_scrape_interval);
   }
-  auto made = router::make_policy(spec, policy_options);
+  auto made =
+      options_.make_policy ? options_.make_policy(spec, policy_options) : router::make_policy(spec, policy_options);
   if (!made) {
     // Logged once per spec: the entry keeps the refused spec, so the next request finds it.
     spdlog::error("gateway: deployment {} asks for routing `{}`, which is refused ({}); using the default", deployment,
