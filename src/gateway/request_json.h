@@ -23,7 +23,14 @@ struct RequestFacts {
   int64_t prompt_bytes = 0;
   // max_completion_tokens, else max_tokens, else max_output_tokens: the first that is an integer.
   std::optional<int64_t> max_tokens;
+  std::string user;  // "user", when a string: the end user, a routing session key
+  // The prompt text the same bytes count, concatenated in order, up to kPromptTextLimit bytes:
+  // what prefix routing hashes.
+  std::string prompt_text;
 };
+
+// Prefix hashes cover at most this many bytes of a prompt (router::block_hashes' defaults).
+inline constexpr size_t kPromptTextLimit = 64 * 512;
 
 // InvalidArgument naming the problem when the body is not JSON or not an object.
 Result<RequestFacts> read_request(std::string_view body);
