@@ -121,9 +121,9 @@ Result<std::unique_ptr<Policy>> make_policy(std::string_view spec, const PolicyO
     std::vector<std::string> names;
     for (const auto& k : all) names.emplace_back(k.name);
     auto close = api::closest_names(parts->name, names);
-    return Error{ErrorCode::InvalidArgument,
-                 fmt::format("unknown routing policy '{}'{} (one of: {})", parts->name,
-                             close.empty() ? "" : fmt::format(" (did you mean '{}'?)", close.front()), kind_names())};
+    std::string hint =
+        close.empty() ? fmt::format("one of: {}", kind_names()) : fmt::format("did you mean '{}'?", close.front());
+    return Error{ErrorCode::InvalidArgument, fmt::format("unknown routing policy '{}' ({})", parts->name, hint)};
   }
   auto values = read_params(*parts, kind->params);
   if (!values) return values.error();
