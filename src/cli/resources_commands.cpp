@@ -210,8 +210,8 @@ int run_deploy(int argc, char** argv) {
                  "Rollouts: Ready replicas that may be missing (N or P%; default 0)");
   std::string routing;
   app.add_option("--routing", routing,
-                 "How the gateway picks a replica: NAME[,PARAM=N...] (" + router::policy_names() +
-                     "; docs/routing.md); \"\" = least-outstanding");
+                 "Replica choice: least-outstanding (\"\"), round-robin, power-of-two, session, prefix, kv-load "
+                 "or prefix+load, with parameters: NAME[,PARAM=N...] (docs/routing.md)");
   app.add_option("--engine-arg", engine_args, "Extra engine argument (repeatable)");
   app.add_option("--env", env, "Engine environment variable K=V (repeatable)");
   app.add_option("-f,--file", file, "Deployment spec in YAML");
