@@ -8,7 +8,7 @@
 // Workload: conversations, each on one of a few shared system prompts, each turn resending the
 // whole history plus a new message (the session key is the conversation); arrivals are Poisson.
 //
-//   build/bench/router_bench [--replicas R] [--slots S] [--rate REQ_PER_S] [--requests N]
+//   build/bench/routing_model_bench [--replicas R] [--slots S] [--rate REQ_PER_S] [--requests N]
 //                            [--conversations C] [--system-prompts P] [--cache-blocks B] [--seed X]
 #include <fmt/format.h>
 
