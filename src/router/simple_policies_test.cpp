@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <map>
+#include <random>
 
 #include "router/test_candidates.h"
 
@@ -83,6 +85,61 @@ TEST(RouterSimplePolicies, PowerOfTwoIsDeterministicGivenTheSeed) {
   };
   EXPECT_EQ(sequence(1), sequence(1));
   EXPECT_NE(sequence(1), sequence(2));
+}
+
+}  // namespace
+}  // namespace nebula::router
+
+namespace nebula::router {
+namespace {
+
+// Random candidates (duplicate names, negative counts, NaN and infinite engine figures, times in
+// the future) and random calls, for every policy: a choice is always one of the candidates.
+TEST(RouterSimplePolicies, HostileCandidatesNeverMakeAPolicyChooseOutsideTheList) {
+  std::mt19937_64 random(99);
+  const std::vector<double> figures = {-1,
+                                       0,
+                                       0.5,
+                                       1,
+                                       7,
+                                       1e300,
+                                       -1e300,
+                                       std::numeric_limits<double>::infinity(),
+                                       std::numeric_limits<double>::quiet_NaN()};
+  const SteadyClock::time_point now = SteadyClock::time_point{} + std::chrono::hours(1);
+  for (const char* spec :
+       {"least-outstanding", "round-robin", "power-of-two", "session,vnodes=3", "prefix,max-blocks=4", "kv-load",
+        "prefix+load,prefix=1,queue=1,kv=1,outstanding=1,max-blocks=4"}) {
+    auto made = make_policy(spec, {.seed = 5});
+    ASSERT_TRUE(made.ok());
+    auto& policy = **made;
+    for (int round = 0; round < 3000; ++round) {
+      std::vector<Candidate> from(random() % 6);
+      for (auto& candidate : from) {
+        candidate.replica = "r" + std::to_string(random() % 4);
+        candidate.outstanding = static_cast<int>(random() % 7) - 2;
+        candidate.inflight_tokens = static_cast<int64_t>(random() % 5000) - 100;
+        candidate.engine.waiting = figures[random() % figures.size()];
+        candidate.engine.kv_usage = figures[random() % figures.size()];
+        candidate.engine.kv_capacity_tokens = static_cast<int64_t>(random() % 3) * 1000 - 1000;
+        candidate.engine.at = now - std::chrono::milliseconds(static_cast<int64_t>(random() % 20'000) - 5'000);
+      }
+      RouteContext context;
+      context.now = now;
+      context.session_key = random() % 3 ? "s" + std::to_string(random() % 10) : "";
+      context.prefix_hashes = block_hashes(std::string(random() % 400, static_cast<char>('a' + random() % 3)));
+      context.prompt_tokens = static_cast<int64_t>(random() % 1000) - 10;
+      auto index = policy.choose(context, from);
+      if (from.empty()) {
+        EXPECT_FALSE(index) << spec;
+        continue;
+      }
+      ASSERT_TRUE(index) << spec;
+      ASSERT_LT(*index, from.size()) << spec;
+      policy.routed(context, from[*index].replica);
+      if (random() % 50 == 0) policy.removed("r" + std::to_string(random() % 4));
+    }
+  }
 }
 
 }  // namespace
