@@ -79,7 +79,7 @@ TEST(Generator, EchoStopsWhenThePromptRunsOut) {
 
 TEST(SimWire, FastTokenEventsEqualTheJsonChunks) {
   for (Endpoint endpoint : {Endpoint::ChatCompletions, Endpoint::Completions}) {
-    CompletionIdentity identity{endpoint, "chatcmpl-abc", 1700000000, "m\"odel", ""};
+    CompletionIdentity identity{endpoint, "chatcmpl-abc", 1700000000, "m\"odel", "", std::nullopt};
     TokenEventFormatter formatter(identity, 3);
     for (std::string text : {std::string(" plain"), std::string(" quo\"te\\"), std::string(" caf\xc3\xa9\n")}) {
       std::string event;
@@ -600,6 +600,7 @@ TEST_F(EngineSimTest, RepeatedLongPromptReportsCachedTokensAndALowerTtft) {
   EXPECT_GT(cold_ttft, 150);
   EXPECT_LT(warm_ttft, cold_ttft / 2);
   request.erase("stream");
+  request.erase("stream_options");  // vLLM refuses them without stream
   json plain = body_of(post("/v1/chat/completions", request));
   EXPECT_EQ(plain["usage"]["prompt_tokens_details"]["cached_tokens"], 1984);
 }
