@@ -1,6 +1,7 @@
 #include "sim/generator.h"
 
 #include <algorithm>
+#include <cctype>
 #include <string_view>
 
 #include "sim/tokenizer.h"
@@ -224,7 +225,14 @@ Generation generate(GenerationMode mode, const GenerationInput& input) {
   uint64_t seed = input.seed ^ fnv1a(input.prompt_text);
   Generation generation =
       input.format == OutputFormat::Text ? generate_text(mode, input, seed) : generate_json_text(input, seed);
-  if (input.echo) generation.echo_tokens = prompt_pieces(input.echo_text);
+  if (input.echo) {
+    generation.echo_tokens = prompt_pieces(input.echo_text);
+    // The completion continues the prompt: its first word is a word of its own.
+    bool joined = !input.echo_text.empty() && !std::isspace(static_cast<unsigned char>(input.echo_text.back()));
+    if (joined && !generation.tokens.empty() && !generation.tokens[0].empty() && generation.tokens[0][0] != ' ') {
+      generation.tokens[0] = " " + generation.tokens[0];
+    }
+  }
   add_logprobs(generation, input, seed);
   return generation;
 }
