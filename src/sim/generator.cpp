@@ -191,7 +191,11 @@ Generation generate_text(GenerationMode mode, const GenerationInput& input, uint
 Generation generate_json_text(const GenerationInput& input, uint64_t seed) {
   Generation generation;
   std::string text;
-  std::vector<std::string> tokens = json_tokens(generate_json(input.schema, seed));
+  // Text enough for max_tokens tokens of any usual length; a schema that asks for more is cut by
+  // max_tokens anyway (and when the budget cuts it first, the answer still ends with "length").
+  size_t budget = static_cast<size_t>(input.max_tokens) * 64 + 1024;
+  GeneratedJson json = generate_json(input.schema, seed, budget);
+  std::vector<std::string> tokens = json_tokens(json.text);
   for (size_t index = 0; index < tokens.size(); ++index) {
     if (static_cast<int>(index) == input.max_tokens) {
       generation.finish_reason = FinishReason::Length;
@@ -199,7 +203,7 @@ Generation generate_json_text(const GenerationInput& input, uint64_t seed) {
     }
     if (emit(generation, text, std::move(tokens[index]), input.stop)) return generation;
   }
-  generation.finish_reason = FinishReason::Stop;
+  generation.finish_reason = json.complete ? FinishReason::Stop : FinishReason::Length;
   return generation;
 }
 

@@ -223,9 +223,12 @@ void write_value(const ordered_json& value, std::string& out) {
 
 class Writer {
  public:
-  Writer(const ordered_json* root, uint64_t seed) : root_(root), rng_(seed) {}
+  Writer(const ordered_json* root, uint64_t seed, size_t max_bytes) : root_(root), rng_(seed), max_bytes_(max_bytes) {}
+
+  bool exhausted() const { return out_.size() >= max_bytes_; }
 
   void value(const ordered_json& schema, int depth) {
+    if (exhausted()) return;
     if (depth > kMaxWriteDepth) {
       out_ += "null";  // a schema that requires itself without end: no finite value conforms
       return;
@@ -379,17 +382,18 @@ class Writer {
   }
 
   void array(const ordered_json& schema, int depth) {
-    int64_t low = schema.contains("minItems") ? schema["minItems"].get<int64_t>() : 0;
+    constexpr int64_t kManyItems = 1 << 20;  // beyond any budget; keeps low + 3 from overflowing
+    int64_t low = std::min(schema.contains("minItems") ? schema["minItems"].get<int64_t>() : 0, kManyItems);
     int64_t high = schema.contains("maxItems") ? schema["maxItems"].get<int64_t>() : low + 3;
     high = std::min(high, low + 3);
     if (depth >= kShallowDepth) high = low;
     if (low == 0 && high > 0 && depth < kShallowDepth) low = 1;  // an empty list is rarely the answer
-    int64_t count = low + static_cast<int64_t>(rng_.below(static_cast<uint64_t>(high - low + 1)));
+    int64_t count = low + static_cast<int64_t>(rng_.below(static_cast<uint64_t>(high - low) + 1));
     static const ordered_json kAnything = ordered_json::object();
     auto items = schema.find("items");
     const ordered_json& item = items != schema.end() ? *items : kAnything;
     out_ += '[';
-    for (int64_t index = 0; index < count; ++index) {
+    for (int64_t index = 0; index < count && !exhausted(); ++index) {
       if (index > 0) out_ += ", ";
       value(item, depth + 1);
     }
@@ -424,7 +428,7 @@ class Writer {
     }
     size_t min_length = schema.contains("minLength") ? schema["minLength"].get<size_t>() : 0;
     size_t max_length = schema.contains("maxLength") ? schema["maxLength"].get<size_t>() : std::string::npos;
-    while (text.size() < min_length) text += " " + std::string(word());
+    while (text.size() < min_length && out_.size() + text.size() < max_bytes_) text += " " + std::string(word());
     if (text.size() > max_length) text.resize(max_length);
     while (!text.empty() && text.back() == ' ' && text.size() > min_length) text.pop_back();
     out_ += ordered_json(text).dump();
@@ -493,6 +497,7 @@ class Writer {
 
   const ordered_json* root_;
   SplitMix64 rng_;
+  size_t max_bytes_;
   std::string out_;
 };
 
@@ -509,14 +514,18 @@ std::optional<std::string> schema_error(const ordered_json& schema) {
   return Checker(schema).check(schema, "$", 0);
 }
 
-std::string generate_json(const ordered_json* schema, uint64_t seed) {
-  Writer writer(schema, seed);
+GeneratedJson generate_json(const ordered_json* schema, uint64_t seed, size_t max_bytes) {
+  Writer writer(schema, seed, max_bytes);
   if (!schema || schema->is_boolean() || (schema->is_object() && schema->empty())) {
     writer.any_object(0);
   } else {
     writer.value(*schema, 0);
   }
-  return writer.take();
+  GeneratedJson generated;
+  generated.complete = !writer.exhausted();
+  generated.text = writer.take();
+  if (generated.text.size() > max_bytes) generated.text.resize(max_bytes);
+  return generated;
 }
 
 std::vector<std::string> json_tokens(std::string_view text) {

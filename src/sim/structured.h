@@ -27,7 +27,13 @@ std::optional<std::string> schema_error(const ordered_json& schema);
 
 // A JSON text that conforms to `schema` (a checked one), deterministic in `seed`. With no schema
 // (response_format json_object) any JSON object. Written as models write JSON: `{"a": 1, "b": [2]}`.
-std::string generate_json(const ordered_json* schema, uint64_t seed);
+// Writing stops at `max_bytes` (a hostile schema can ask for more than any context holds): the
+// text is then cut there and `complete` is false.
+struct GeneratedJson {
+  std::string text;
+  bool complete = true;
+};
+GeneratedJson generate_json(const ordered_json* schema, uint64_t seed, size_t max_bytes = 1 << 20);
 
 // The tokens the simulator emits for a JSON text: a run of letters and digits (with the spaces
 // before it), or up to two other characters. Joined, they give the text back.

@@ -257,20 +257,20 @@ TEST(GenerateJson, FollowsTheSchemaInOrder) {
     "additionalProperties": false,
     "$defs": {"Address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
   })");
-  std::string text = generate_json(&schema, 42);
+  std::string text = generate_json(&schema, 42).text;
   ordered_json value = ordered_json::parse(text);
   EXPECT_EQ(Validator(schema).check(value, schema, "$"), "") << text;
   std::vector<std::string> keys;
   for (const auto& [key, member] : value.items()) keys.push_back(key);
   EXPECT_EQ(keys, (std::vector<std::string>{"name", "age", "color", "kind", "tags", "address"})) << text;
   EXPECT_EQ(text.rfind("{\"name\": \"", 0), 0u) << "written with a space after ':' and ','";
-  EXPECT_EQ(generate_json(&schema, 42), text);
-  EXPECT_NE(generate_json(&schema, 43), text);
+  EXPECT_EQ(generate_json(&schema, 42).text, text);
+  EXPECT_NE(generate_json(&schema, 43).text, text);
 }
 
 TEST(GenerateJson, AnyObjectWithoutASchema) {
   for (uint64_t seed = 0; seed < 50; ++seed) {
-    ordered_json value = ordered_json::parse(generate_json(nullptr, seed));
+    ordered_json value = ordered_json::parse(generate_json(nullptr, seed).text);
     EXPECT_TRUE(value.is_object());
     EXPECT_FALSE(value.empty());
   }
@@ -281,9 +281,25 @@ TEST(GenerateJson, RecursiveSchemasEnd) {
       "properties":{"value":{"type":"integer"},"children":{"type":"array","items":{"$ref":"#/$defs/Node"}}},
       "required":["value","children"]}},"$ref":"#/$defs/Node"})");
   for (uint64_t seed = 0; seed < 20; ++seed) {
-    std::string text = generate_json(&schema, seed);
+    std::string text = generate_json(&schema, seed).text;
     ordered_json value = ordered_json::parse(text);
     EXPECT_EQ(Validator(schema).check(value, schema, "$"), "") << text;
+  }
+}
+
+// Schemas that ask for more than any context holds end at the byte budget, quickly.
+TEST(GenerateJson, HostileSchemasStopAtTheBudget) {
+  for (const char* text : {R"({"type":"string","minLength":1000000000000})",
+                           R"({"type":"array","minItems":9223372036854775807,"items":{"type":"integer"}})",
+                           R"({"$defs":{"A":{"type":"array","minItems":3,"items":{"$ref":"#/$defs/A"}}},
+                               "$ref":"#/$defs/A"})",
+                           R"({"type":"object","properties":{"a":{"$ref":"#"},"b":{"$ref":"#"},"c":{"$ref":"#"}},
+                               "required":["a","b","c"]})"}) {
+    ordered_json schema = ordered_json::parse(text);
+    ASSERT_FALSE(schema_error(schema)) << text;
+    GeneratedJson generated = generate_json(&schema, 1, 4096);
+    EXPECT_FALSE(generated.complete) << text;
+    EXPECT_LE(generated.text.size(), 4096u) << text;
   }
 }
 
@@ -295,11 +311,11 @@ TEST(GenerateJson, RandomSchemasAlwaysConform) {
     ASSERT_FALSE(schema_error(schema)) << *schema_error(schema) << "\n" << schema.dump();
     Validator validator(schema);
     for (uint64_t seed = 0; seed < 5; ++seed) {
-      std::string text = generate_json(&schema, seed * 7919 + schema_seed);
+      std::string text = generate_json(&schema, seed * 7919 + schema_seed).text;
       ordered_json value = ordered_json::parse(text, nullptr, false);
       ASSERT_FALSE(value.is_discarded()) << "not JSON: " << text << "\nschema: " << schema.dump();
       ASSERT_EQ(validator.check(value, schema, "$"), "") << text << "\nschema: " << schema.dump();
-      ASSERT_EQ(generate_json(&schema, seed * 7919 + schema_seed), text);
+      ASSERT_EQ(generate_json(&schema, seed * 7919 + schema_seed).text, text);
       std::string joined;
       for (const std::string& token : json_tokens(text)) joined += token;
       ASSERT_EQ(joined, text);
