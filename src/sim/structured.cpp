@@ -164,8 +164,17 @@ class Checker {
   }
 
   std::optional<std::string> check_array_keywords(const ordered_json& schema, const std::string& path, int depth) {
-    if (auto items = schema.find("items"); items != schema.end()) {
-      if (auto error = check(*items, path + ".items", depth + 1)) return error;
+    for (const char* name : {"items", "prefixItems"}) {
+      auto items = schema.find(name);
+      if (items == schema.end()) continue;
+      if (!items->is_array()) {
+        if (auto error = check(*items, fmt::format("{}.{}", path, name), depth + 1)) return error;
+        continue;
+      }
+      // A tuple: one schema per position (draft 7's items list, 2020-12's prefixItems).
+      for (size_t index = 0; index < items->size(); ++index) {
+        if (auto error = check((*items)[index], fmt::format("{}.{}[{}]", path, name, index), depth + 1)) return error;
+      }
     }
     return std::nullopt;
   }
@@ -294,7 +303,10 @@ class Writer {
     if (schema.contains("properties") || schema.contains("additionalProperties") || schema.contains("required")) {
       return "object";
     }
-    if (schema.contains("items") || schema.contains("minItems") || schema.contains("maxItems")) return "array";
+    if (schema.contains("items") || schema.contains("prefixItems") || schema.contains("minItems") ||
+        schema.contains("maxItems")) {
+      return "array";
+    }
     if (schema.contains("minLength") || schema.contains("maxLength")) return "string";
     if (schema.contains("minimum") || schema.contains("maximum")) return "number";
     return "";
@@ -381,7 +393,25 @@ class Writer {
     out_ += '}';
   }
 
+  // A tuple's positions, in order (then nothing more: the shortest list the tuple allows).
+  const ordered_json* tuple(const ordered_json& schema) const {
+    for (const char* name : {"prefixItems", "items"}) {
+      auto items = schema.find(name);
+      if (items != schema.end() && items->is_array()) return &*items;
+    }
+    return nullptr;
+  }
+
   void array(const ordered_json& schema, int depth) {
+    if (const ordered_json* positions = tuple(schema)) {
+      out_ += '[';
+      for (size_t index = 0; index < positions->size() && !exhausted(); ++index) {
+        if (index > 0) out_ += ", ";
+        value((*positions)[index], depth + 1);
+      }
+      out_ += ']';
+      return;
+    }
     constexpr int64_t kManyItems = 1 << 20;  // beyond any budget; keeps low + 3 from overflowing
     int64_t low = std::min(schema.contains("minItems") ? schema["minItems"].get<int64_t>() : 0, kManyItems);
     int64_t high = schema.contains("maxItems") ? schema["maxItems"].get<int64_t>() : low + 3;

@@ -19,10 +19,10 @@ enum class OutputFormat { Text, JsonObject, JsonSchema };
 
 // Why `schema` cannot be followed, or nullopt. Accepted: types object, array, string, number,
 // integer, boolean, null (or a list of them); properties, required, additionalProperties; enum,
-// const; items, minItems, maxItems; minimum, maximum (and the exclusive ones); minLength,
-// maxLength; anyOf, oneOf, allOf; $ref to #/$defs/... or #/definitions/...; `true`. Anything
-// else (a schema that is not an object, an unknown type, a $ref that leads nowhere, minItems >
-// maxItems, an empty enum) is an error, as vLLM's grammar compiler refuses it.
+// const; items (a schema, or a list of them: a tuple, as prefixItems), minItems, maxItems; minimum, maximum (and the
+// exclusive ones); minLength, maxLength; anyOf, oneOf, allOf; $ref to #/$defs/... or #/definitions/...; `true`.
+// Anything else (a schema that is not an object, an unknown type, a $ref that leads nowhere, minItems > maxItems, an
+// empty enum) is an error, as vLLM's grammar compiler refuses it.
 std::optional<std::string> schema_error(const ordered_json& schema);
 
 // A JSON text that conforms to `schema` (a checked one), deterministic in `seed`. With no schema

@@ -268,6 +268,27 @@ TEST(GenerateJson, FollowsTheSchemaInOrder) {
   EXPECT_NE(generate_json(&schema, 43).text, text);
 }
 
+// What zod-to-json-schema writes for a tuple and an optional (nullable) field under strict mode.
+TEST(GenerateJson, TuplesAndNullableFields) {
+  ordered_json schema = ordered_json::parse(R"({"$schema":"http://json-schema.org/draft-07/schema#",
+      "type":"object","properties":{"point":{"type":"array","items":[{"type":"number"},{"type":"string"}],
+      "minItems":2,"maxItems":2},"note":{"anyOf":[{"type":"string"},{"type":"null"}]},
+      "pair":{"type":"array","prefixItems":[{"type":"integer"},{"type":"boolean"}]}},
+      "required":["point","note","pair"],"additionalProperties":false})");
+  ASSERT_FALSE(schema_error(schema));
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    ordered_json value = ordered_json::parse(generate_json(&schema, seed).text);
+    ASSERT_EQ(value["point"].size(), 2u) << value.dump();
+    EXPECT_TRUE(value["point"][0].is_number());
+    EXPECT_TRUE(value["point"][1].is_string());
+    EXPECT_TRUE(value["note"].is_string() || value["note"].is_null());
+    ASSERT_EQ(value["pair"].size(), 2u);
+    EXPECT_TRUE(value["pair"][0].is_number_integer());
+    EXPECT_TRUE(value["pair"][1].is_boolean());
+  }
+  EXPECT_TRUE(schema_error(ordered_json::parse(R"({"type":"array","items":[{"type":"wat"}]})")));
+}
+
 TEST(GenerateJson, AnyObjectWithoutASchema) {
   for (uint64_t seed = 0; seed < 50; ++seed) {
     ordered_json value = ordered_json::parse(generate_json(nullptr, seed).text);
