@@ -413,6 +413,7 @@ struct EngineSim::State {
     }
     completion.identity.created = unix_seconds();
     completion.identity.model = options.model;
+    completion.usage.details = options.enable_prompt_tokens_details;
     for (const Generation& generation : completion.generations) {
       completion.usage.completion_tokens += generation.completion_tokens();
     }

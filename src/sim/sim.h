@@ -36,6 +36,9 @@ struct SimOptions {
   // (as vLLM's generation config's max_new_tokens does). Unset = no cap.
   std::optional<int> default_max_tokens;
   int max_logprobs = 20;  // vLLM's --max-logprobs: more (top_)logprobs asked for is a 400
+  // usage.prompt_tokens_details.cached_tokens in every answer. vLLM sends it only with
+  // --enable-prompt-tokens-details (null otherwise); on here because the gateway's usage reads it.
+  bool enable_prompt_tokens_details = true;
 
   // Step cost: base + [prefill_step if any prefill] + prefill tokens x per token + decode seqs x
   // per seq, milliseconds, times (1 + noise x N(0,1)).

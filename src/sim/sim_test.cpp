@@ -506,6 +506,22 @@ TEST_F(EngineSimTest, WithoutMaxTokensACompletionFillsTheContextLeft) {
   EXPECT_EQ(post("/v1/chat/completions", chat_body(33)).status, 200);
 }
 
+TEST_F(EngineSimTest, PromptTokensDetailsAreNullWhenDisabledAsInVllm) {
+  SimOptions options = fast_options();
+  options.enable_prompt_tokens_details = false;
+  start(options);
+  json body = body_of(post("/v1/chat/completions", chat_body(2)));
+  ASSERT_TRUE(body["usage"].contains("prompt_tokens_details")) << body.dump();
+  EXPECT_TRUE(body["usage"]["prompt_tokens_details"].is_null());
+  EXPECT_EQ(body["usage"]["total_tokens"], 9);
+  json request = chat_body(2);
+  request["stream_options"] = {{"include_usage", true}};
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  ASSERT_FALSE(streamed.chunks.empty());
+  EXPECT_TRUE(streamed.chunks.back()["usage"]["prompt_tokens_details"].is_null());
+  EXPECT_EQ(streamed.chunks.back()["usage"]["completion_tokens"], 2);
+}
+
 TEST_F(EngineSimTest, DefaultMaxTokensCapsARequestWithoutOne) {
   SimOptions options = fast_options();
   options.default_max_tokens = 5;

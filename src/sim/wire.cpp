@@ -388,7 +388,7 @@ json usage_json(const Usage& usage) {
   return json{{"prompt_tokens", usage.prompt_tokens},
               {"completion_tokens", usage.completion_tokens},
               {"total_tokens", usage.prompt_tokens + usage.completion_tokens},
-              {"prompt_tokens_details", {{"cached_tokens", usage.cached_tokens}}}};
+              {"prompt_tokens_details", usage.details ? json{{"cached_tokens", usage.cached_tokens}} : json(nullptr)}};
 }
 
 json role_chunk_json(const CompletionIdentity& identity, int index) {

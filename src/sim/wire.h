@@ -94,6 +94,8 @@ struct Usage {
   int prompt_tokens = 0;
   int completion_tokens = 0;
   int cached_tokens = 0;  // prompt tokens served from the prefix cache
+  // prompt_tokens_details {cached_tokens} is sent (vLLM: --enable-prompt-tokens-details), else null.
+  bool details = true;
 };
 
 // A streamed chunk carrying one token's text for choice `index`; finish_reason is set on the
