@@ -565,6 +565,8 @@ TEST_F(EngineSimTest, BadSamplingFieldsAre400sNamingTheField) {
        "When using `tool_choice`, `tools` must be set."},
       {"/v1/chat/completions", R"({"tool_choice":{"type":"function","function":{"name":"f"}}})", "tool_choice",
        "When using `tool_choice`, `tools` must be set."},
+      {"/v1/chat/completions", R"({"tool_choice":"auto"})", "tool_choice",
+       "When using `tool_choice`, `tools` must be set."},
       {"/v1/chat/completions", R"({"stream_options":{"include_usage":true}})", "stream_options",
        "Stream options can only be defined when `stream=True`."},
       {"/v1/chat/completions", R"({"top_logprobs":2})", "top_logprobs",
@@ -608,9 +610,9 @@ TEST_F(EngineSimTest, BadSamplingFieldsAre400sNamingTheField) {
     EXPECT_NE(error["message"].get<std::string>().find(bad.says), std::string::npos)
         << bad.patch << " said: " << error["message"];
   }
-  // What vLLM accepts: temperature above 2, top_k -1 and 0, tool_choice auto without tools, many
+  // What vLLM accepts: temperature above 2, top_k -1 and 0, tool_choice none without tools, many
   // stop strings, logprobs at the maximum.
-  for (const char* fine : {R"({"temperature":3.5})", R"({"top_k":-1})", R"({"top_k":0})", R"({"tool_choice":"auto"})",
+  for (const char* fine : {R"({"temperature":3.5})", R"({"top_k":-1})", R"({"top_k":0})", R"({"tool_choice":"none"})",
                            R"({"stop":["a","b","c","d","e","f"]})", R"({"logprobs":true,"top_logprobs":20})",
                            R"({"response_format":{"type":"text"}})"}) {
     json request = chat_body(4);

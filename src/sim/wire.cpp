@@ -321,11 +321,9 @@ std::optional<ApiError> parse_tools(const json& body, CompletionRequest& out) {
   auto choice = body.find("tool_choice");
   bool has_choice = choice != body.end() && !choice->is_null();
   if (tools == body.end() || tools->is_null()) {
-    // vLLM: a tool_choice that calls something needs the tools to call.
-    bool calls = has_choice && (choice->is_object() || *choice == "required");
-    if (calls) return invalid("When using `tool_choice`, `tools` must be set.", "tool_choice");
-    if (has_choice && *choice != "auto" && *choice != "none") {
-      return invalid("'tool_choice' must be none, auto, required or a named function", "tool_choice");
+    // vLLM: any tool_choice but "none" needs tools ("auto" too).
+    if (has_choice && *choice != "none") {
+      return invalid("When using `tool_choice`, `tools` must be set.", "tool_choice");
     }
     return std::nullopt;
   }
