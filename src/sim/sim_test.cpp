@@ -580,6 +580,7 @@ TEST_F(EngineSimTest, BadSamplingFieldsAre400sNamingTheField) {
        "Requested sample logprobs of 21, which is greater than max allowed: 20"},
       {"/v1/completions", R"({"logprobs":-1})", "logprobs", "`logprobs` must be a positive value."},
       {"/v1/completions", R"({"echo":"yes"})", "echo", "'echo' must be a boolean"},
+      {"/v1/completions", R"({"suffix":" end"})", "suffix", "suffix is not currently supported"},
       {"/v1/completions", R"({"prompt":[["a"]]})", "prompt", "'prompt' must be"},
       {"/v1/completions", R"({"prompt":[]})", "prompt", "'prompt' must be"},
       {"/v1/chat/completions", R"({"response_format":{"type":"xml"}})", "response_format",

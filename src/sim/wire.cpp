@@ -244,6 +244,9 @@ std::optional<ApiError> parse_logprobs(const json& body, CompletionRequest& out)
     if (logprobs->get<int64_t>() < 0) return invalid("`logprobs` must be a positive value.", "logprobs");
     out.logprobs = static_cast<int>(std::min<int64_t>(logprobs->get<int64_t>(), 1 << 20));
   }
+  if (auto suffix = body.find("suffix"); suffix != body.end() && !suffix->is_null()) {
+    return invalid("suffix is not currently supported", "suffix");  // vLLM's answer
+  }
   if (auto echo = body.find("echo"); echo != body.end() && !echo->is_null()) {
     if (!echo->is_boolean()) return invalid("'echo' must be a boolean", "echo");
     out.echo = echo->get<bool>();
