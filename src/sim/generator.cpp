@@ -172,6 +172,7 @@ Generation generate_text(GenerationMode mode, const GenerationInput& input, uint
   for (int index = 0; index < input.max_tokens; ++index) {
     bool past_echo = static_cast<size_t>(index) >= echo_words.size();
     if (mode == GenerationMode::Echo && past_echo && !input.ignore_eos) {
+      generation.tokens.emplace_back();  // the EOS token: generated and counted, without text
       generation.finish_reason = FinishReason::Stop;
       return generation;
     }
@@ -203,7 +204,10 @@ Generation generate_json_text(const GenerationInput& input, uint64_t seed) {
     }
     if (emit(generation, text, std::move(tokens[index]), input.stop)) return generation;
   }
-  generation.finish_reason = json.complete ? FinishReason::Stop : FinishReason::Length;
+  // The EOS after the JSON, when max_tokens leaves room for it.
+  bool room = static_cast<int>(generation.tokens.size()) < input.max_tokens;
+  if (json.complete && room) generation.tokens.emplace_back();
+  generation.finish_reason = json.complete && room ? FinishReason::Stop : FinishReason::Length;
   return generation;
 }
 

@@ -23,7 +23,8 @@ struct GenerationInput {
   int max_tokens = 1;
   std::vector<std::string> stop;
   uint64_t seed = 0;
-  // Echo mode ends (finish_reason "stop", the model's EOS) when the echo text runs out; with
+  // Echo mode ends (finish_reason "stop", with the model's EOS: a token without text, counted as
+  // vLLM counts it) when the echo text runs out; with
   // ignore_eos it starts over instead, until max_tokens. Lorem mode never ends before max_tokens.
   bool ignore_eos = false;
   // response_format: JSON text instead of words (a schema's when given; `schema` points into the

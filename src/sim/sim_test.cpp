@@ -432,17 +432,18 @@ TEST_F(EngineSimTest, EchoModeRepeatsTheLastUserMessage) {
   json body = body_of(post("/v1/chat/completions", request));
   EXPECT_EQ(body["choices"][0]["message"]["content"], "Say hello to me");
   EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
-  EXPECT_EQ(body["usage"]["completion_tokens"], 4);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 5) << "four words and the EOS, as vLLM counts them";
   request["messages"][1]["content"] = json::array({json{{"type", "text"}, {"text", "parts work too"}}});
   EXPECT_EQ(body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"], "parts work too");
   StreamResult streamed = stream("/v1/chat/completions", request);
   EXPECT_EQ(streamed.content, "parts work too");
   EXPECT_EQ(streamed.chunks.back()["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(streamed.chunks.back()["choices"][0]["delta"]["content"], "") << "the EOS has a chunk without text";
 
   request["messages"][1]["content"] = "";  // nothing to echo: no tokens, but still a finish chunk
   body = body_of(post("/v1/chat/completions", request));
   EXPECT_EQ(body["choices"][0]["message"]["content"], "");
-  EXPECT_EQ(body["usage"]["completion_tokens"], 0);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 1) << "the EOS alone";
   streamed = stream("/v1/chat/completions", request);
   EXPECT_TRUE(streamed.done);
   ASSERT_EQ(streamed.chunks.size(), 2u);
@@ -1062,7 +1063,7 @@ TEST_F(EngineSimTest, NChoicesAndIgnoreEos) {
   ASSERT_EQ(body["choices"].size(), 2u);
   EXPECT_EQ(body["choices"][1]["index"], 1);
   EXPECT_EQ(body["choices"][1]["message"]["content"], "Say hello to me");
-  EXPECT_EQ(body["usage"]["completion_tokens"], 8);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 10);
   // Streamed, each choice's deltas (by index) make its text. Both decode in the same steps, but
   // how their chunks interleave depends on how often the handler wakes (a loaded machine batches
   // two steps into one write), so only the per-choice text is checked.
