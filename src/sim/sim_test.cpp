@@ -616,7 +616,7 @@ TEST_F(EngineSimTest, BadSamplingFieldsAre400sNamingTheField) {
   // stop strings, logprobs at the maximum.
   for (const char* fine : {R"({"temperature":3.5})", R"({"top_k":-1})", R"({"top_k":0})", R"({"tool_choice":"none"})",
                            R"({"stop":["a","b","c","d","e","f"]})", R"({"logprobs":true,"top_logprobs":20})",
-                           R"({"response_format":{"type":"text"}})"}) {
+                           R"({"response_format":{"type":"text"}})", R"({"stream_options":{}})"}) {
     json request = chat_body(4);
     request.merge_patch(json::parse(fine));
     auto response = post("/v1/chat/completions", request);

@@ -175,8 +175,11 @@ std::optional<ApiError> parse_sampling(const json& body, CompletionRequest& out)
     out.stream = stream->get<bool>();
   }
   if (auto options = body.find("stream_options"); options != body.end() && !options->is_null()) {
-    if (!out.stream) return invalid("Stream options can only be defined when `stream=True`.", "stream_options");
     if (!options->is_object()) return invalid("'stream_options' must be an object", "stream_options");
+    // vLLM refuses stream_options that say something ({} is falsy in Python) without stream.
+    if (!out.stream && !options->empty()) {
+      return invalid("Stream options can only be defined when `stream=True`.", "stream_options");
+    }
     auto include_usage = options->find("include_usage");
     out.include_usage = include_usage != options->end() && include_usage->is_boolean() && include_usage->get<bool>();
   }
