@@ -584,6 +584,8 @@ TEST_F(EngineSimTest, BadSamplingFieldsAre400sNamingTheField) {
       {"/v1/completions", R"({"suffix":" end"})", "suffix", "suffix is not currently supported"},
       {"/v1/completions", R"({"prompt":[["a"]]})", "prompt", "'prompt' must be"},
       {"/v1/completions", R"({"prompt":[]})", "prompt", "'prompt' must be"},
+      {"/v1/completions", R"({"prompt":[1,-5]})", "prompt", "Token id -5 is out of vocabulary"},
+      {"/v1/completions", R"({"prompt":[[1],[4294967296]]})", "prompt", "Token id 4294967296 is out of vocabulary"},
       {"/v1/chat/completions", R"({"response_format":{"type":"xml"}})", "response_format",
        "response_format type must be 'text', 'json_object' or 'json_schema', got 'xml'"},
       {"/v1/chat/completions", R"({"response_format":"json"})", "response_format", "must be an object"},

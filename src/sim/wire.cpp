@@ -81,6 +81,16 @@ bool token_list(const json& value) {
   return std::all_of(value.begin(), value.end(), [](const json& item) { return item.is_number_integer(); });
 }
 
+// vLLM refuses ids outside the vocabulary; the simulator's has every id from 0 to 2^31 - 1.
+std::optional<ApiError> check_token_ids(const json& ids) {
+  for (const json& id : ids) {
+    bool inside = id.is_number_unsigned() ? id.get<uint64_t>() <= 0x7fffffffU
+                                          : id.get<int64_t>() >= 0 && id.get<int64_t>() <= 0x7fffffff;
+    if (!inside) return invalid(fmt::format("Token id {} is out of vocabulary", id.dump()), "prompt");
+  }
+  return std::nullopt;
+}
+
 // A token-id prompt: one token each, written as their numbers (echo mode repeats them so).
 Prompt token_prompt(const json& ids) {
   Prompt prompt;
@@ -101,12 +111,14 @@ std::optional<ApiError> parse_prompt(const json& body, CompletionRequest& out) {
   if (prompt->is_string()) {
     out.prompts.push_back(Prompt{prompt->get<std::string>(), count_tokens(prompt->get<std::string>())});
   } else if (token_list(*prompt)) {
+    if (auto error = check_token_ids(*prompt)) return error;
     out.prompts.push_back(token_prompt(*prompt));
   } else if (prompt->is_array() && !prompt->empty()) {
     for (const json& item : *prompt) {
       if (item.is_string()) {
         out.prompts.push_back(Prompt{item.get<std::string>(), count_tokens(item.get<std::string>())});
       } else if (token_list(item)) {
+        if (auto error = check_token_ids(item)) return error;
         out.prompts.push_back(token_prompt(item));
       } else {
         return invalid(kShapes, "prompt");
