@@ -15,8 +15,8 @@
 //   (c) no sharing: unrelated prompts with skewed (log-normal) lengths at a moderate rate.
 // Reported per workload and policy: TTFT p50/p90/p99, ITL p50, output tokens/s (for (b), over
 // the last, saturated, rate step), the engines' prefix-cache hit rate (their own counters), and
-// the max/min of generated tokens across replicas. Requests and prompts are the same for every
-// policy (seeded). Not run by CI.
+// the max/min of generated tokens across replicas (over the workload, and over its last rate step). Requests and
+// prompts are the same for every policy (seeded). Not run by CI.
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
@@ -34,6 +34,7 @@
 #include <map>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "bench_support.h"
 #include "common/json.h"
@@ -284,7 +285,8 @@ struct Report {
   Tally tally;
   double tokens_per_s = 0;
   double hit_rate = 0;
-  double max_min = 0;
+  double max_min = 0;       // generated tokens, busiest replica over least busy, whole workload
+  double max_min_last = 0;  // the same over the last rate step (b: the saturated one)
   double seconds = 0;
 };
 
@@ -377,6 +379,19 @@ awaitable<void> open_loop(http::Client& client, std::string url, std::string mod
   }
 }
 
+// Generated tokens per replica between two readings: the busiest over the least busy.
+double max_over_min(const EngineCounters& before, const EngineCounters& after) {
+  double most = 0;
+  double least = -1;
+  for (const auto& [replica, generated] : after.generated) {
+    auto earlier = before.generated.find(replica);
+    double served = generated - (earlier == before.generated.end() ? 0 : earlier->second);
+    most = std::max(most, served);
+    least = least < 0 ? served : std::min(least, served);
+  }
+  return least > 0 ? most / least : (most > 0 ? INFINITY : 1);
+}
+
 Report run_workload(Bench& bench, const std::string& workload, const std::string& deployment, const Options& options) {
   asio::io_context io;
   http::ClientOptions client_options;
@@ -421,8 +436,21 @@ Report run_workload(Bench& bench, const std::string& workload, const std::string
                        48, options.seed * 1000 + 4, per_step, step_start),
                    asio::detached);
   }
+  // The engines' counters when the last rate step begins, read by a thread of its own while the
+  // requests run on this one (the blocking client is not used here meanwhile).
+  EngineCounters at_last_step;
+  std::thread snapshot;
+  if (workload != "a") {
+    double before_last_s = 0;
+    if (workload == "b") before_last_s = 3 * 15 * options.scale;
+    snapshot = std::thread([&, before_last_s] {
+      std::this_thread::sleep_until(start + std::chrono::milliseconds(static_cast<int64_t>(before_last_s * 1000)));
+      at_last_step = bench.counters(deployment);
+    });
+  }
   // Until the generators have sent everything and every request ended.
   io.run();
+  if (snapshot.joinable()) snapshot.join();
   report.seconds = ms_since(start) / 1000;
   for (auto& tally : per_step) {
     report.tally.ttft.insert(report.tally.ttft.end(), tally.ttft.begin(), tally.ttft.end());
@@ -443,14 +471,8 @@ Report run_workload(Bench& bench, const std::string& workload, const std::string
   auto after = bench.counters(deployment);
   double queries = after.queries - before.queries;
   report.hit_rate = queries > 0 ? (after.hits - before.hits) / queries : 0;
-  double most = 0;
-  double least = -1;
-  for (const auto& [replica, generated] : after.generated) {
-    double served = generated - (before.generated.count(replica) ? before.generated[replica] : 0);
-    most = std::max(most, served);
-    least = least < 0 ? served : std::min(least, served);
-  }
-  report.max_min = least > 0 ? most / least : (most > 0 ? INFINITY : 1);
+  report.max_min = max_over_min(before, after);
+  report.max_min_last = workload == "a" ? report.max_min : max_over_min(at_last_step, after);
   return report;
 }
 
@@ -496,8 +518,8 @@ int main(int argc, char** argv) {
   try {
     signal(SIGPIPE, SIG_IGN);
     Bench bench(options);
-    fmt::print("{:<4} {:<22} {:>5} {:>5} {:>8} {:>8} {:>8} {:>7} {:>9} {:>6} {:>7}\n", "wl", "policy", "sent", "fail",
-               "TTFT p50", "p90", "p99", "ITL p50", "out tok/s", "hit %", "max/min");
+    fmt::print("{:<4} {:<22} {:>5} {:>5} {:>8} {:>8} {:>8} {:>7} {:>9} {:>6} {:>7} {:>8}\n", "wl", "policy", "sent",
+               "fail", "TTFT p50", "p90", "p99", "ITL p50", "out tok/s", "hit %", "max/min", "last max/min");
     for (int run = 0; run < options.runs; ++run) {
       for (const auto& policy : options.policies) {
         for (const auto& workload : options.workloads) {
@@ -506,10 +528,11 @@ int main(int argc, char** argv) {
           bench.deploy(deployment, policy);
           auto report = run_workload(bench, workload, deployment, options);
           const auto& tally = report.tally;
-          fmt::print("{:<4} {:<22} {:>5} {:>5} {:>8.0f} {:>8.0f} {:>8.0f} {:>7.1f} {:>9.0f} {:>6.1f} {:>7.2f}\n",
-                     workload, policy, tally.sent, tally.failed, quantile(tally.ttft, 0.5), quantile(tally.ttft, 0.9),
-                     quantile(tally.ttft, 0.99), quantile(tally.itl, 0.5), report.tokens_per_s, report.hit_rate * 100,
-                     report.max_min);
+          fmt::print(
+              "{:<4} {:<22} {:>5} {:>5} {:>8.0f} {:>8.0f} {:>8.0f} {:>7.1f} {:>9.0f} {:>6.1f} {:>7.2f} {:>8.2f}\n",
+              workload, policy, tally.sent, tally.failed, quantile(tally.ttft, 0.5), quantile(tally.ttft, 0.9),
+              quantile(tally.ttft, 0.99), quantile(tally.itl, 0.5), report.tokens_per_s, report.hit_rate * 100,
+              report.max_min, report.max_min_last);
           std::fflush(stdout);
           bench.remove(deployment);
         }

@@ -30,8 +30,7 @@ void EndpointTable::set_on_replica_gone(std::function<void(const std::string&, c
   on_replica_gone_ = std::move(callback);
 }
 
-namespace {
-}  // namespace
+namespace {}  // namespace
 
 void EndpointTable::apply(const std::string& key, const std::string* value) {
   static const std::string kDeployments = api::store_prefix("deployments");

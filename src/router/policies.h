@@ -113,6 +113,8 @@ class PrefixAware : public Policy {
 class Filter {
  public:
   virtual ~Filter() = default;
+  // Called once per choice with every candidate still in, before keep().
+  virtual void prepare(const RouteContext& context, std::span<const Candidate> candidates) {}
   // Whether the candidate may stay. When a filter would leave nothing, it is skipped.
   virtual bool keep(const RouteContext& context, const Candidate& candidate) const = 0;
 };
@@ -179,6 +181,21 @@ class KvFullFilter : public Filter {
  private:
   double kv_max_;
   std::chrono::milliseconds freshness_;
+};
+
+// Bounded loads (Mirrokni, Thorup and Zadimoghaddam, as the session policy uses them): with m
+// requests in flight over n candidates, a candidate already at ceil(bound x (m + 1) / n) takes
+// no more. Affinity (a cached prefix) then spills a hot prompt onto a second replica instead of
+// piling it onto one. bound 0 = off.
+class LoadBoundFilter : public Filter {
+ public:
+  explicit LoadBoundFilter(double bound) : bound_(bound) {}
+  void prepare(const RouteContext& context, std::span<const Candidate> candidates) override;
+  bool keep(const RouteContext& context, const Candidate& candidate) const override;
+
+ private:
+  double bound_;
+  double capacity_ = 0;
 };
 
 // The share of the prompt's blocks the candidate probably has cached (PrefixIndex).

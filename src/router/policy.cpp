@@ -19,6 +19,13 @@ constexpr double kMaxWeight = 1000;
 constexpr ParamDef kQueueWeight{"queue", 1, 0, kMaxWeight, false, true, "weight of the queue scorer"};
 constexpr ParamDef kKvWeight{"kv", 1, 0, kMaxWeight, false, true, "weight of the KV cache scorer"};
 constexpr ParamDef kKvMax{"kv-max", 1, 0, 1, false, false, "drop replicas whose KV cache is at least this full"};
+constexpr ParamDef kLoadBound{"load-bound",
+                              0,
+                              0,
+                              100,
+                              false,
+                              false,
+                              "a replica at this x the mean requests in flight takes no more (0 = no bound)"};
 constexpr ParamDef kMaxBlocks{"max-blocks",
                               8192,
                               1,
@@ -39,6 +46,7 @@ std::unique_ptr<Policy> make_scored(const ParamValues& values, const std::string
                                     bool with_prefix) {
   std::vector<std::unique_ptr<Filter>> filters;
   filters.push_back(std::make_unique<KvFullFilter>(values.at("kv-max"), options.load_freshness));
+  filters.push_back(std::make_unique<LoadBoundFilter>(values.at("load-bound")));
   std::vector<ScoredPolicy::Weighted> scorers;
   if (with_prefix) {
     scorers.push_back(
@@ -81,7 +89,7 @@ const std::vector<PolicyKind>& kinds() {
          return std::make_unique<PrefixAware>(settings, options.seed, spec);
        }},
       {"kv-load",
-       {kQueueWeight, kKvWeight, kKvMax},
+       {kQueueWeight, kKvWeight, kKvMax, kLoadBound},
        [](const ParamValues& values, const std::string& spec, const PolicyOptions& options) {
          return make_scored(values, spec, options, false);
        }},
@@ -91,6 +99,7 @@ const std::vector<PolicyKind>& kinds() {
         kKvWeight,
         {"outstanding", 0, 0, kMaxWeight, false, true, "weight of the requests-in-flight scorer"},
         kKvMax,
+        kLoadBound,
         kMaxBlocks},
        [](const ParamValues& values, const std::string& spec, const PolicyOptions& options) {
          return make_scored(values, spec, options, true);

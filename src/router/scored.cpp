@@ -14,7 +14,11 @@ std::optional<size_t> ScoredPolicy::choose(const RouteContext& context, std::spa
   // Filters: indices into `candidates` that remain.
   std::vector<size_t> kept(candidates.size());
   for (size_t index = 0; index < kept.size(); ++index) kept[index] = index;
+  std::vector<Candidate> remaining;
   for (const auto& filter : filters_) {
+    remaining.clear();
+    for (size_t index : kept) remaining.push_back(candidates[index]);
+    filter->prepare(context, remaining);
     std::vector<size_t> narrowed;
     for (size_t index : kept) {
       if (filter->keep(context, candidates[index])) narrowed.push_back(index);

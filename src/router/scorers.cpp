@@ -43,6 +43,18 @@ bool KvFullFilter::keep(const RouteContext& context, const Candidate& candidate)
   return engine.kv_usage < kv_max_;
 }
 
+void LoadBoundFilter::prepare(const RouteContext&, std::span<const Candidate> candidates) {
+  capacity_ = 0;
+  if (bound_ <= 0 || candidates.empty()) return;
+  double in_flight = 0;
+  for (const auto& candidate : candidates) in_flight += std::max(candidate.outstanding, 0);
+  capacity_ = std::ceil(bound_ * (in_flight + 1) / static_cast<double>(candidates.size()));
+}
+
+bool LoadBoundFilter::keep(const RouteContext&, const Candidate& candidate) const {
+  return capacity_ <= 0 || candidate.outstanding < capacity_;
+}
+
 void PrefixScorer::score(const RouteContext& context, std::span<const Candidate> candidates, std::span<double> scores) {
   for (size_t index = 0; index < candidates.size(); ++index) {
     index_.set_capacity(candidates[index].replica, candidates[index].engine.kv_capacity_tokens);
