@@ -6,6 +6,7 @@
 #include <atomic>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -30,10 +31,25 @@ class RoutingE2E : public ::testing::Test {
   }
 
   // Deploys `name` on the simulator, 20 ms per token so a long answer keeps its replica busy.
-  void deploy(const std::string& name, int replicas) {
-    auto deployed =
-        up_->cli({"deploy", name, "--engine", "sim", "--model", "qwen2.5-0.5b", "--replicas", std::to_string(replicas),
-                  "--engine-arg=--step-base-ms", "--engine-arg=20", "--wait", "--timeout", "60s"});
+  void deploy(const std::string& name, int replicas, const std::string& routing = "") {
+    std::vector<std::string> args = {"deploy",
+                                     name,
+                                     "--engine",
+                                     "sim",
+                                     "--model",
+                                     "qwen2.5-0.5b",
+                                     "--replicas",
+                                     std::to_string(replicas),
+                                     "--engine-arg=--step-base-ms",
+                                     "--engine-arg=20",
+                                     "--wait",
+                                     "--timeout",
+                                     "60s"};
+    if (!routing.empty()) {
+      args.push_back("--routing");
+      args.push_back(routing);
+    }
+    auto deployed = up_->cli(args);
     ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
   }
 
@@ -47,6 +63,17 @@ class RoutingE2E : public ::testing::Test {
     http::BlockingClient client;
     auto response =
         client.request("POST", up_->server() + "/v1/chat/completions", body(model, 4), {{"X-Request-Id", id}});
+    return response ? response->status : -1;
+  }
+
+  // A chat completion with these messages and headers, tagged with `id`; its status.
+  int chat_with(const std::string& model, const json& messages, const std::string& id, http::Headers headers = {},
+                const json& extra = json::object()) {
+    json request = {{"model", model}, {"max_tokens", 4}, {"messages", messages}};
+    request.update(extra);
+    headers.push_back({"X-Request-Id", id});
+    http::BlockingClient client;
+    auto response = client.request("POST", up_->server() + "/v1/chat/completions", request.dump(), headers);
     return response ? response->status : -1;
   }
 
@@ -220,6 +247,67 @@ TEST_F(RoutingE2E, ACrashedReplicaGetsNothing) {
   for (int i = 0; i < 8; ++i) EXPECT_EQ(chat("sick", "sick-" + std::to_string(i)), 200) << i;
   for (int i = 0; i < 8; ++i) EXPECT_EQ(served_by("sick-" + std::to_string(i)), healthy) << i;
   EXPECT_EQ(std::max(0.0, sample(errors)), errors_before) << "no attempt reached the crashed replica";
+}
+
+// With `--routing session` every request of a session goes to one replica, whether the session
+// is named by X-Session-Id or by the body's `user`; different sessions spread over replicas.
+TEST_F(RoutingE2E, OneSessionStaysOnOneReplica) {
+  deploy("sessions", 3, "session");
+  json hello = json::array({{{"role", "user"}, {"content", "hello there"}}});
+  std::set<std::string> by_header, by_user, all;
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_EQ(chat_with("sessions", hello, "h-" + std::to_string(i), {{"X-Session-Id", "chat-42"}}), 200);
+    ASSERT_EQ(chat_with("sessions", hello, "u-" + std::to_string(i), {}, {{"user", "alice"}}), 200);
+  }
+  for (int i = 0; i < 6; ++i) {
+    by_header.insert(served_by("h-" + std::to_string(i)));
+    by_user.insert(served_by("u-" + std::to_string(i)));
+  }
+  EXPECT_EQ(by_header.size(), 1u) << "one X-Session-Id, one replica";
+  EXPECT_EQ(by_user.size(), 1u) << "one user, one replica";
+  for (int i = 0; i < 24; ++i) {
+    ASSERT_EQ(chat_with("sessions", hello, "s-" + std::to_string(i), {{"X-Session-Id", "s" + std::to_string(i)}}), 200);
+  }
+  for (int i = 0; i < 24; ++i) all.insert(served_by("s-" + std::to_string(i)));
+  EXPECT_GE(all.size(), 2u) << "24 sessions all landed on one replica";
+}
+
+// With `--routing prefix` a shared system prompt goes to the replica that has it cached, until
+// that replica is overloaded (here: 3 requests in flight against 0 elsewhere, past
+// balance-abs=2 and balance-rel=1.5); then to the least loaded.
+TEST_F(RoutingE2E, ASharedPrefixGoesToTheReplicaThatHasItUntilItIsOverloaded) {
+  deploy("prefixes", 3, "prefix,balance-abs=2,balance-rel=1.5");
+  std::string system;
+  for (int i = 0; i < 200; ++i) system += "policy" + std::to_string(i) + " ";
+  auto messages = [&](const std::string& question) {
+    return json::array({{{"role", "system"}, {"content", system}}, {{"role", "user"}, {"content", question}}});
+  };
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_EQ(chat_with("prefixes", messages("question " + std::to_string(i)), "p-" + std::to_string(i)), 200);
+  }
+  std::set<std::string> home;
+  for (int i = 0; i < 6; ++i) home.insert(served_by("p-" + std::to_string(i)));
+  ASSERT_EQ(home.size(), 1u) << "the prefix stays where it is cached";
+  const std::string cached = *home.begin();
+
+  // Three long answers with the prefix hold its replica; the next request goes elsewhere.
+  std::vector<std::unique_ptr<HeldStream>> held;
+  for (int i = 0; i < 3; ++i) {
+    json request = {{"model", "prefixes"}, {"max_tokens", 2000}, {"stream", true}, {"messages", messages("long")}};
+    held.push_back(std::make_unique<HeldStream>(up_->server(), request.dump()));
+    ASSERT_TRUE(eventually([&] { return held.back()->started(); }, 10s));
+  }
+  ASSERT_EQ(chat_with("prefixes", messages("one more"), "p-over"), 200);
+  EXPECT_NE(served_by("p-over"), cached) << "an overloaded replica takes no more of its prefix";
+  for (auto& stream : held) stream->stop();
+  // Load even again: the prefix goes home.
+  ASSERT_TRUE(eventually(
+      [&] {
+        static int attempt = 0;
+        std::string id = "p-back-" + std::to_string(attempt++);
+        return chat_with("prefixes", messages("back"), id) == 200 && served_by(id) == cached;
+      },
+      20s, 200ms));
 }
 
 }  // namespace
