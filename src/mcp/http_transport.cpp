@@ -174,7 +174,10 @@ awaitable<void> post(std::shared_ptr<Sessions> sessions, Request& request, Respo
     co_await writer.send(Response::text(202, ""));
     co_return;
   }
-  co_await writer.send(json_answer(*answer, opened && session->server->initialized() ? session->id : ""));
+  // g++ 12 destroys a conditional's temporary twice inside a coroutine: no ?: with strings here.
+  std::string new_session_id;
+  if (opened && session->server->initialized()) new_session_id = session->id;
+  co_await writer.send(json_answer(*answer, new_session_id));
 }
 
 awaitable<void> get(std::shared_ptr<Sessions> sessions, Request& request, ResponseWriter& writer) {

@@ -48,6 +48,15 @@ struct RpcFailure {
 };
 using MethodResult = std::variant<json, RpcFailure>;
 
+std::string shortened(const std::string& text, size_t limit);
+
+RpcFailure read_failure(const std::string& uri, const Error& error) {
+  if (error.code == ErrorCode::NotFound) {
+    return RpcFailure{RpcError::ResourceNotFound, "resource not found: " + shortened(uri, 200)};
+  }
+  return RpcFailure{RpcError::InternalError, "cannot read " + shortened(uri, 200) + ": " + error.message};
+}
+
 json tool_result(const ToolOutcome& outcome) {
   json result = json::object();
   json text = json::object();
@@ -89,6 +98,24 @@ std::string watch_path(const std::string& plural, int64_t revision) {
   std::vector<std::pair<std::string, std::string>> query = {{"watch", "1"}};
   if (revision > 0) query.emplace_back("revision", std::to_string(revision));
   return api_path({plural}, query);
+}
+
+// Client-given text quoted in an error, cut to `limit` characters.
+std::string shortened(const std::string& text, size_t limit) {
+  return text.size() > limit ? text.substr(0, limit) + "..." : text;
+}
+
+// The helpers below keep ?: with strings and JSON out of the coroutines: g++ 12 destroys a
+// conditional's temporary twice inside one.
+json member_or(const json& object, const char* name, json fallback) {
+  return object.contains(name) ? object[name] : fallback;
+}
+
+std::string unknown_tool_message(const std::string& name) {
+  const auto& all = tools();
+  bool known = std::any_of(all.begin(), all.end(), [&](const Tool& each) { return each.name == name; });
+  if (known) return "tool " + name + " changes the cluster and this server is read-only";
+  return "unknown tool: " + shortened(name, 64) + " (tools/list names the tools)";
 }
 
 bool valid_id(const json& id) {
@@ -197,14 +224,9 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
     std::string name = params["name"].get<std::string>();
     const Tool* tool = find_tool(name);
     if (!tool) {
-      std::string shown = name.size() > 64 ? name.substr(0, 64) + "..." : name;
-      bool hidden = options.read_only &&
-                    std::any_of(tools().begin(), tools().end(), [&](const Tool& each) { return each.name == name; });
-      co_return RpcFailure{RpcError::InvalidParams,
-                           hidden ? "tool " + shown + " changes the cluster and this server is read-only"
-                                  : "unknown tool: " + shown + " (tools/list names the tools)"};
+      co_return RpcFailure{RpcError::InvalidParams, unknown_tool_message(name)};
     }
-    json arguments = params.contains("arguments") ? params["arguments"] : json::object();
+    json arguments = member_or(params, "arguments", json::object());
     if (arguments.is_null()) arguments = json::object();
     if (auto wrong = check_arguments(tool->input_schema, arguments); !wrong.empty()) {
       co_return RpcFailure{RpcError::InvalidParams, "invalid arguments for " + name + ": " + wrong};
@@ -221,13 +243,7 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
     std::string uri = params["uri"].get<std::string>();
     auto api = this->api;
     auto document = co_await read_resource(*api, uri);
-    if (!document) {
-      std::string shown = uri.size() > 200 ? uri.substr(0, 200) + "..." : uri;
-      if (document.error().code == ErrorCode::NotFound) {
-        co_return RpcFailure{RpcError::ResourceNotFound, "resource not found: " + shown};
-      }
-      co_return RpcFailure{RpcError::InternalError, "cannot read " + shown + ": " + document.error().message};
-    }
+    if (!document) co_return read_failure(uri, document.error());
     co_return resource_contents(uri, *document);
   }
 
@@ -237,8 +253,7 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
     }
     std::string uri = params["uri"].get<std::string>();
     if (!resource_watch(uri)) {
-      return RpcFailure{RpcError::ResourceNotFound,
-                        "resource not found: " + (uri.size() > 200 ? uri.substr(0, 200) + "..." : uri)};
+      return RpcFailure{RpcError::ResourceNotFound, "resource not found: " + shortened(uri, 200)};
     }
     if (on) {
       if (subscriptions.size() >= 64 && !subscriptions.count(uri)) {
@@ -264,8 +279,7 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
     if (method == "resources/read") co_return co_await read(std::move(params));
     if (method == "resources/subscribe") co_return subscription(params, true);
     if (method == "resources/unsubscribe") co_return subscription(params, false);
-    std::string shown = method.size() > 64 ? method.substr(0, 64) + "..." : method;
-    co_return RpcFailure{RpcError::MethodNotFound, "method not found: " + shown};
+    co_return RpcFailure{RpcError::MethodNotFound, "method not found: " + shortened(method, 64)};
   }
 };
 
@@ -312,7 +326,7 @@ awaitable<std::optional<json>> Server::handle(std::string message) {
   }
   if (!request.is_object()) co_return error_response(nullptr, RpcError::InvalidRequest, "a message is a JSON object");
   bool has_id = request.contains("id");
-  json id = has_id ? request["id"] : json(nullptr);
+  json id = member_or(request, "id", nullptr);
   if (has_id && !valid_id(id)) {
     co_return error_response(nullptr, RpcError::InvalidRequest, "id must be a string or an integer");
   }
@@ -326,7 +340,7 @@ awaitable<std::optional<json>> Server::handle(std::string message) {
   }
   if (!request["method"].is_string()) co_return error_response(id, RpcError::InvalidRequest, "method must be a string");
   std::string method = request["method"].get<std::string>();
-  json params = request.contains("params") ? request["params"] : json::object();
+  json params = member_or(request, "params", json::object());
   if (!params.is_object()) {
     if (!has_id) co_return std::nullopt;
     co_return error_response(id, RpcError::InvalidParams, "params must be an object");

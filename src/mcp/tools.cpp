@@ -227,7 +227,9 @@ awaitable<ToolOutcome> deploy(Api& api, json arguments) {
     co_return failed(
         Error{ErrorCode::InvalidArgument, "deployment '" + name + "' does not exist yet: give a model to create it"});
   }
-  json spec = merge_spec(exists ? (*existing)["spec"] : json::object(), arguments);
+  json spec = json::object();
+  if (exists) spec = (*existing)["spec"];
+  spec = merge_spec(std::move(spec), arguments);
   std::string body = deployment_body(name, spec).dump();
   if (arguments.value("dry_run", false)) {
     auto plan = co_await api_json(api, "POST", collection_path("simulate"), body);
@@ -320,20 +322,31 @@ json chat_body(const json& arguments) {
   return body;
 }
 
+// The answer of a chat completion, read without ever throwing on an odd shape.
+ToolOutcome chat_outcome(const json& completion, const std::string& model) {
+  auto member = [](const json& object, const char* name) {
+    return object.is_object() && object.contains(name) ? object[name] : json();
+  };
+  json choices = member(completion, "choices");
+  if (!choices.is_array() || choices.empty() || !choices[0].is_object()) {
+    return failed(Error{ErrorCode::Internal, "the completion had no choices"});
+  }
+  json content = member(member(choices[0], "message"), "content");
+  json finish_reason = member(choices[0], "finish_reason");
+  json usage = member(completion, "usage");
+  json served_by = member(completion, "model");
+  json result = json::object();
+  result["model"] = served_by.is_string() ? served_by : json(model);
+  result["content"] = content.is_string() ? content : json("");
+  result["finish_reason"] = finish_reason.is_string() ? finish_reason : json("");
+  result["usage"] = usage.is_object() ? usage : json::object();
+  return succeeded(std::move(result));
+}
+
 awaitable<ToolOutcome> chat(Api& api, json arguments) {
   auto completion = co_await api_json(api, "POST", "/v1/chat/completions", chat_body(arguments).dump());
   if (!completion) co_return failed(completion.error());
-  json result = json::object();
-  result["model"] = completion->value("model", arguments["model"].get<std::string>());
-  const json& choices = (*completion)["choices"];
-  if (!choices.is_array() || choices.empty() || !choices[0].is_object()) {
-    co_return failed(Error{ErrorCode::Internal, "the completion had no choices"});
-  }
-  const json& message = choices[0]["message"];
-  result["content"] = message.is_object() && message["content"].is_string() ? message["content"] : json("");
-  result["finish_reason"] = choices[0]["finish_reason"].is_string() ? choices[0]["finish_reason"] : json("");
-  result["usage"] = (*completion)["usage"].is_object() ? (*completion)["usage"] : json::object();
-  co_return succeeded(std::move(result));
+  co_return chat_outcome(*completion, arguments["model"].get<std::string>());
 }
 
 std::vector<Tool> make_tools() {
