@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "api/api.h"
 
@@ -463,11 +464,16 @@ json describe(const Tool& tool) {
 }
 
 namespace {
+// 3.0 is an integer as JSON Schema sees it; 1e300 is not taken for one (it is no int64).
+bool whole_float(const json& value) {
+  if (!value.is_number_float()) return false;
+  double number = value.get<double>();
+  return std::isfinite(number) && std::trunc(number) == number && std::fabs(number) < 9.0e15;
+}
+
 std::string type_error(const json& value, const std::string& type) {
-  bool matches = type == "string" ? value.is_string()
-                 : type == "integer"
-                     ? value.is_number_integer() ||
-                           (value.is_number_float() && value.get<double>() == static_cast<double>(value.get<int64_t>()))
+  bool matches = type == "string"    ? value.is_string()
+                 : type == "integer" ? value.is_number_integer() || whole_float(value)
                  : type == "number"  ? value.is_number()
                  : type == "boolean" ? value.is_boolean()
                  : type == "object"  ? value.is_object()
