@@ -5,6 +5,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -135,6 +136,8 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
   std::string version;
   std::set<std::string> subscriptions;
   std::set<std::string> watched;  // plurals with a watch loop running
+  std::set<std::string> updated;  // URIs changed since the last notifications
+  bool flush_posted = false;
 
   std::vector<std::string> plurals_of(const std::string& uri) const {
     auto watch = resource_watch(uri);
@@ -143,12 +146,25 @@ struct Server::State : std::enable_shared_from_this<Server::State> {
     return {watch->plural};
   }
 
+  // Changes that arrive together (one read of a watch stream, a burst of replica updates) make
+  // one notification per resource: the URIs are collected and sent once the executor is free.
   void on_event(const std::string& plural, const json& event) {
     if (phase == Phase::Closed) return;
     for (const auto& uri : subscriptions) {
       auto watch = resource_watch(uri);
-      if (watch && changes(*watch, plural, event)) notify(updated_notification(uri));
+      if (watch && changes(*watch, plural, event)) updated.insert(uri);
     }
+    if (updated.empty() || flush_posted) return;
+    flush_posted = true;
+    asio::post(executor, [self = shared_from_this()] {
+      self->flush_posted = false;
+      auto uris = std::move(self->updated);
+      self->updated.clear();
+      if (self->phase == Phase::Closed) return;
+      for (const auto& uri : uris) {
+        if (self->subscriptions.count(uri)) self->notify(updated_notification(uri));
+      }
+    });
   }
 
   // Follows one plural's watch while anything subscribed to it: reopened from the next revision

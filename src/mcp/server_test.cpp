@@ -304,8 +304,10 @@ TEST(McpServer, SubscriptionsNotifyFromTheWatchOfTheirResource) {
   Harness harness;
   harness.initialize();
   json chat_changed = {{"type", "PUT"}, {"revision", 5}, {"object", {{"metadata", {{"name", "chat"}}}}}};
+  json chat_changed_again = {{"type", "PUT"}, {"revision", 7}, {"object", {{"metadata", {{"name", "chat"}}}}}};
   json other_changed = {{"type", "PUT"}, {"revision", 6}, {"object", {{"metadata", {{"name", "other"}}}}}};
-  harness.api->watch_events["deployments"] = {chat_changed, other_changed};
+  // Two changes of chat in one read make one notification; other's change makes none.
+  harness.api->watch_events["deployments"] = {chat_changed, other_changed, chat_changed_again};
   auto subscribed = harness.send(json{{"jsonrpc", "2.0"},
                                       {"id", 1},
                                       {"method", "resources/subscribe"},
