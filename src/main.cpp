@@ -37,6 +37,7 @@ constexpr Command kCommands[] = {
     {"chat", "stream a completion through the gateway", nebula::cli::run_chat},
     {"models", "inspect a model: its shape and VRAM estimate", nebula::cli::run_models},
     {"mode", "create, list and switch modes (named sets of deployments)", nebula::cli::run_mode},
+    {"mcp", "serve MCP on stdio for AI assistants (tools and resources of this cluster)", nebula::cli::run_mcp},
     {"version", "print the version", nebula::cli::run_version},
 };
 

@@ -30,6 +30,7 @@
 #include "controlplane/controlplane.h"
 #include "gateway/gateway.h"
 #include "gateway/origin_guard.h"
+#include "mcp/mcp.h"
 #include "store/sqlite_store.h"
 
 namespace nebula::cli {
@@ -297,6 +298,15 @@ class ServerRuntime {
     http::Router router;
     controlplane::add_api_routes(router, *resources_, io_, options_);
     gateway_->add_routes(router);
+    // MCP over Streamable HTTP: any valid key opens a session; its tools call this server's API
+    // with that key, so the API's scopes decide what they may do (docs/mcp.md).
+    mcp::HttpOptions mcp_options;
+    mcp_options.authorize = [this](const http::Request& request) {
+      std::shared_ptr<const api::ApiKey> key;
+      return gateway_->auth().listing_refusal(request, key);
+    };
+    mcp_options.base_url = [this] { return url_; };
+    mcp::add_http_routes(router, io_, std::move(mcp_options));
     router.set_guard([this](const http::Request& request) { return gateway_->auth().management_refusal(request); });
     auto drain_timeout = parse_duration(flags.drain_timeout);
     if (!drain_timeout)
