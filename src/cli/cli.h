@@ -76,11 +76,8 @@ Result<std::string> read_input_file(const std::string& path);
 // A resource name (deployment, mode, node) as the server requires it: DNS-label rules, said in
 // the error (api::validate_name).
 Status check_name(const std::string& name);
-// The one way a path of the management API is built: every segment and query value
-// percent-encoded. api_path({"deployments", name, "logs"}, {{"tail", "10"}}) ->
-// "/api/v1/deployments/NAME/logs?tail=10".
-std::string api_path(std::initializer_list<std::string_view> segments,
-                     const std::vector<std::pair<std::string, std::string>>& query = {});
+// Management API paths: http::api_path().
+using http::api_path;
 
 // Talks to the management API; non-2xx answers become errors carrying the server's message.
 class ApiClient {

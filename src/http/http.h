@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -35,6 +36,11 @@ std::string find_header(const Headers& headers, std::string_view name);
 std::string url_decode(std::string_view text);
 // Percent-encodes everything but RFC 3986's unreserved characters: for a query value.
 std::string url_encode(std::string_view text);
+// The one way a path of the management API is built (the CLI, nebula mcp, nebula top): every
+// segment and query value percent-encoded. api_path({"deployments", name, "logs"},
+// {{"tail", "10"}}) -> "/api/v1/deployments/NAME/logs?tail=10".
+std::string api_path(std::initializer_list<std::string_view> segments,
+                     const std::vector<std::pair<std::string, std::string>>& query = {});
 
 struct Request {
   std::string method;  // "GET", "POST", ...

@@ -71,6 +71,18 @@ std::string url_encode(std::string_view text) {
   return out;
 }
 
+std::string api_path(std::initializer_list<std::string_view> segments,
+                     const std::vector<std::pair<std::string, std::string>>& query) {
+  std::string path = "/api/v1";
+  for (auto segment : segments) path += "/" + url_encode(segment);
+  char separator = '?';
+  for (const auto& [name, value] : query) {
+    path += separator + url_encode(name) + "=" + url_encode(value);
+    separator = '&';
+  }
+  return path;
+}
+
 std::string Request::query_or(const std::string& name, const std::string& fallback) const {
   auto it = query.find(name);
   return it == query.end() ? fallback : it->second;

@@ -38,10 +38,8 @@ json describe(const Tool& tool);
 // they conform, else what is wrong ("replicas: expected an integer").
 std::string check_arguments(const json& schema, const json& arguments);
 
-// A management API path with every segment and query value percent-encoded, as the CLI's
-// api_path() builds them: api_path({"deployments", name}) -> "/api/v1/deployments/NAME".
-std::string api_path(std::initializer_list<std::string_view> segments,
-                     const std::vector<std::pair<std::string, std::string>>& query = {});
+// Management API paths: http::api_path().
+using http::api_path;
 
 // GET/POST/... of a JSON document; a non-2xx answer is an error carrying the server's message.
 awaitable<Result<json>> api_json(Api& api, std::string method, std::string path, std::string body = "");
