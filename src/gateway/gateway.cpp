@@ -656,6 +656,7 @@ void Gateway::add_routes(http::Router& router) {
         http::Response::text(200, metrics_.render() + http::render_server_metrics(), "text/plain; version=0.0.4"));
   });
   add_key_routes(router);
+  add_openai_routes(router);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -159,6 +159,12 @@ class Gateway {
   http::Response stored_response_answer(const http::Request& request, bool erase);
   awaitable<void> stored_response(http::Request& request, http::ResponseWriter& writer, bool erase);
   void add_key_routes(http::Router& router);
+  // GET /v1/models/{id}, GET /v1/responses/{id}/input_items, POST /v1/responses/{id}/cancel
+  // (openai_routes.cpp).
+  void add_openai_routes(http::Router& router);
+  http::Response model_answer(const http::Request& request) const;
+  http::Response input_items_answer(const http::Request& request);
+  http::Response cancel_answer(const http::Request& request);
   // Scale-to-zero: remembers when each deployment was last asked for (written to its status once
   // a second), and asks the controller to wake an idle one, once per idle period.
   void note_request(const std::string& deployment);
