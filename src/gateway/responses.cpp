@@ -446,6 +446,24 @@ std::string ResponsesStream::end(const json& chat_usage) {
   return out;
 }
 
+std::string ResponsesStream::fail(const std::string& message) {
+  json error = {{"code", "server_error"}, {"message", message}};
+  final_ = response_object("failed", nullptr);
+  final_["error"] = error;
+  std::string out = event("response.failed", {{"response", final_}});
+  out += event("error", {{"code", "server_error"},
+                         {"message", message},
+                         {"param", nullptr},
+                         {"error", {{"type", "server_error"}, {"code", "server_error"}, {"message", message}}}});
+  return out;
+}
+
+std::string stream_error_event(const std::string& message) {
+  json error = {
+      {"error", {{"message", message}, {"type", "server_error"}, {"param", nullptr}, {"code", "upstream_error"}}}};
+  return http::format_sse(error.dump(-1, ' ', false, json::error_handler_t::replace), "");
+}
+
 json input_items(const json& input) {
   if (input.is_string()) return json::array({{{"role", "user"}, {"content", input}}});
   return input.is_array() ? input : json::array();

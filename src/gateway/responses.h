@@ -64,7 +64,12 @@ class ResponsesStream {
   // call), then response.completed (with usage), or response.incomplete when the finish reason
   // was "length" or "content_filter"
   std::string end(const json& chat_usage);
-  // The response object of response.completed (or .incomplete), once end() made it.
+  // The engine broke off mid-answer: response.failed (the response with status "failed" and its
+  // `error`), then an `error` event. The error event carries OpenAI's fields (code, message,
+  // param) and an `error` object as well, which the SDKs raise as an APIError.
+  std::string fail(const std::string& message);
+  // The response object of response.completed (or .incomplete, or .failed), once end() or
+  // fail() made it.
   const json& final_response() const { return final_; }
 
  private:
@@ -134,6 +139,11 @@ class ResponseStore {
   std::unordered_map<std::string, Entry> entries_;
   std::list<std::string> order_;  // oldest first
 };
+
+// An error event for a chat or text completion stream the engine broke off:
+// `data: {"error":{"message","type":"server_error","param":null,"code":"upstream_error"}}`, which
+// the SDKs raise as an APIError (the stream then ends without `[DONE]`).
+std::string stream_error_event(const std::string& message);
 
 // {input_tokens, input_tokens_details: {cached_tokens}, output_tokens, output_tokens_details:
 // {reasoning_tokens}, total_tokens} from a chat `usage` (the details are always there: clients

@@ -65,6 +65,32 @@ TEST(ResponseObject, StreamedObjectsRepeatTheRequestToo) {
   EXPECT_EQ(stream.final_response()["usage"]["output_tokens_details"]["reasoning_tokens"], 0);
 }
 
+TEST(ResponseObject, ABrokenStreamEndsWithFailedAndAnErrorEvent) {
+  ResponsesStream stream("resp_1", "m", 7);
+  (void)stream.begin();  // 0 and 1
+  (void)stream.delta("partial");
+  std::string failed = stream.fail("the engine's stream broke off");
+  auto failed_at = failed.find("event: response.failed\n");
+  auto error_at = failed.find("event: error\n");
+  ASSERT_NE(failed_at, std::string::npos) << failed;
+  ASSERT_NE(error_at, std::string::npos) << failed;
+  EXPECT_LT(failed_at, error_at);
+  EXPECT_EQ(stream.final_response()["status"], "failed");
+  EXPECT_EQ(stream.final_response()["error"]["message"], "the engine's stream broke off");
+  // The error event's data: OpenAI's fields, and an `error` object for the SDKs to raise.
+  auto data = failed.find("data: ", error_at);
+  auto body = json::parse(failed.substr(data + 6, failed.find('\n', data) - data - 6));
+  EXPECT_EQ(body["type"], "error");
+  EXPECT_EQ(body["sequence_number"], 6);  // after added, part added, delta and failed
+  EXPECT_EQ(body["error"]["message"], "the engine's stream broke off");
+
+  std::string chat = stream_error_event("gone");
+  EXPECT_EQ(chat.rfind("data: ", 0), 0u) << chat;
+  auto chat_body = json::parse(chat.substr(6));
+  EXPECT_EQ(chat_body["error"]["type"], "server_error");
+  EXPECT_EQ(chat_body["error"]["message"], "gone");
+}
+
 TEST(ResponsesRequest, BackgroundIsRefusedNotRunInTheForeground) {
   auto refused = responses_to_chat(json{{"model", "m"}, {"input", "x"}, {"background", true}});
   ASSERT_FALSE(refused);
