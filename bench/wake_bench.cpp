@@ -11,10 +11,8 @@
 //           duration_ms). The engine's own part is what the same engine-sim takes to exit after
 //           SIGTERM plus the time from its spawn until /health answers 200 (polled every 1 ms).
 // Nebula's part is the difference. Reported as medians (and the worst run).
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,67 +27,14 @@
 #include <iostream>
 #include <thread>
 
+#include "bench_support.h"
 #include "common/json.h"
 #include "http/http.h"
 
-extern char** environ;
-
 namespace {
 using namespace nebula;
-using Clock = std::chrono::steady_clock;
+using namespace nebula::bench;
 using std::chrono::milliseconds;
-
-std::string nebula_binary() {
-  return (std::filesystem::canonical("/proc/self/exe").parent_path().parent_path() / "nebula").string();
-}
-
-int free_port() {
-  asio::io_context io;
-  asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-  return acceptor.local_endpoint().port();
-}
-
-pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
-  std::vector<char*> argv;
-  for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = 0;
-  int failed = posix_spawn(&pid, args[0].c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (failed != 0) throw std::runtime_error("cannot start " + args[0]);
-  return pid;
-}
-
-// Runs to completion; returns stdout+stderr.
-std::string run(const std::vector<std::string>& args, const std::string& scratch) {
-  std::filesystem::remove(scratch);
-  pid_t pid = spawn(args, scratch);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  std::ifstream in(scratch);
-  std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw std::runtime_error(args[1] + " failed: " + out);
-  return out;
-}
-
-double ms_since(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-template <typename Condition>
-bool wait_until(Condition condition, milliseconds limit, milliseconds interval = milliseconds(5)) {
-  auto deadline = Clock::now() + limit;
-  while (!condition()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(interval);
-  }
-  return true;
-}
 
 struct Stats {
   std::vector<double> values;

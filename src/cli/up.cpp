@@ -276,7 +276,7 @@ class ServerRuntime {
     gateway_ = std::make_unique<gateway::Gateway>(*store_, io_, gateway_options);
     if (auto started = gateway_->start(); !started) return started.error();
     if (auth_ == "keys") {
-      auto admin = gateway_->bootstrap_admin_key();
+      auto admin = gateway_->auth().bootstrap_admin_key();
       if (!admin) return admin.error();
       if (!admin->empty()) {
         std::string path = flags.data_dir + "/admin.key";
@@ -286,12 +286,12 @@ class ServerRuntime {
     }
     // Every agent gets a node key, with or without --auth keys: it is how a restarted agent
     // proves a live node's name is its own, and how the agent knows the server calls it.
-    options_.issue_node_credential = [this](const std::string& node) { return gateway_->issue_node_key(node); };
+    options_.issue_node_credential = [this](const std::string& node) { return gateway_->auth().issue_node_key(node); };
     options_.keys_required = auth_ == "keys";
     http::Router router;
     controlplane::add_api_routes(router, *resources_, io_, options_);
     gateway_->add_routes(router);
-    router.set_guard([this](const http::Request& request) { return gateway_->guard_management(request); });
+    router.set_guard([this](const http::Request& request) { return gateway_->auth().management_refusal(request); });
     auto drain_timeout = parse_duration(flags.drain_timeout);
     if (!drain_timeout)
       return make_error(ErrorCode::InvalidArgument, "--drain-timeout: " + drain_timeout.error().message);

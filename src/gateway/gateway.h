@@ -20,12 +20,13 @@
 #include "common/asio.h"
 
 #include <boost/asio/steady_timer.hpp>
-#include "gateway/keys.h"
+#include "auth/auth.h"
 #include "gateway/limits.h"
 #include "gateway/metrics.h"
 #include "gateway/responses.h"
 #include "gateway/usage.h"
 #include "http/http.h"
+#include "router/endpoint_table.h"
 #include "store/store.h"
 
 namespace spdlog {
@@ -57,69 +58,6 @@ struct Options {
   std::string access_log_path;  // "" = no access log
 };
 
-// A replica the router can send to.
-struct Endpoint {
-  std::string replica;
-  std::string deployment;
-  std::string url;  // "http://127.0.0.1:PORT"
-  std::atomic<int> outstanding{0};
-  // Circuit breaker; touched only on the I/O thread.
-  int consecutive_failures = 0;
-  std::chrono::steady_clock::time_point open_until{};
-  bool probing = false;
-};
-
-// Deployments and their Ready replicas, kept current from a store watch. Thread-safe.
-class EndpointTable {
- public:
-  // Applies one stored document (a Deployment or Replica) or its deletion.
-  void apply(const std::string& key, const std::string* value);
-  bool has_deployment(const std::string& name) const;
-  std::vector<std::string> deployments() const;
-  int64_t created_ms(const std::string& deployment) const;
-  // The Ready replica with the fewest outstanding requests among those below `capacity` whose
-  // breaker lets traffic through, skipping `exclude`; ties go round-robin. nullptr when none.
-  std::shared_ptr<Endpoint> pick(const std::string& deployment, const std::set<std::string>& exclude,
-                                 int default_capacity, std::chrono::steady_clock::time_point now);
-  size_t ready_count(const std::string& deployment, const std::set<std::string>& exclude = {}) const;
-  // Scale-to-zero state as the store last said: idle since (0 = awake) and the last wake request.
-  int64_t idle_since_ms(const std::string& deployment) const;
-  int64_t wake_requested_ms(const std::string& deployment) const;
-  // Why the deployment's replicas cannot be placed, "" when nothing says so.
-  std::string unschedulable(const std::string& deployment) const;
-  // Replicas of the deployment on their way to Ready (Pending, Scheduled, Downloading, Starting).
-  size_t starting_count(const std::string& deployment) const;
-  // True when the gateway sends the replica no new request and has none in flight to it: it is
-  // draining (or not routable at all). The controller stops a draining replica once this holds.
-  bool drained(const std::string& replica) const;
-  // Called (from any thread) after every change.
-  void set_on_change(std::function<void(const std::string& deployment)> callback);
-  // Called (from any thread) with the URL of an engine that left the table (its replica deleted,
-  // stopped or moved to another endpoint), so connections pooled to it can be closed.
-  void set_on_endpoint_gone(std::function<void(const std::string& url)> callback);
-
- private:
-  struct ReplicaEntry {
-    std::string deployment;
-    std::shared_ptr<Endpoint> endpoint;  // null unless Ready and not stopping
-    bool draining = false;               // out of routing, its endpoint kept for the in-flight count
-    bool starting = false;               // on its way to Ready
-  };
-  struct DeploymentEntry {
-    int64_t created_ms = 0;
-    int capacity = 0;  // per replica; 0 = the default
-    int64_t idle_since_ms = 0;
-    int64_t wake_requested_ms = 0;
-    std::string unschedulable;  // why its replicas cannot be placed ("" = they can)
-  };
-  mutable std::mutex mutex_;
-  std::map<std::string, DeploymentEntry> deployments_;
-  std::map<std::string, ReplicaEntry> replicas_;
-  size_t round_robin_ = 0;
-  std::function<void(const std::string&)> on_change_;
-  std::function<void(const std::string&)> on_endpoint_gone_;
-};
-
 class Gateway {
  public:
   Gateway(store::Store& store, asio::io_context& io, Options options = {});
@@ -129,36 +67,42 @@ class Gateway {
   void stop();
   // /v1/*, /metrics, /api/v1/keys and /api/v1/usage.
   void add_routes(http::Router& router);
-  // The management API's guard: with keys required, /api/v1 needs an admin key (a node key for
-  // the agent endpoints); nullopt lets the request through.
-  std::optional<http::Response> guard_management(const http::Request& request) const;
-  // Creates the first admin key if none exists; returns its secret ("" when one existed).
-  Result<std::string> bootstrap_admin_key();
-  // A key for an agent that joined (scope node).
-  Result<std::string> issue_node_key(const std::string& node);
 
-  EndpointTable& table() { return table_; }
+  // API keys, and the guard of the management API.
+  auth::Guard& auth() { return auth_; }
+  router::EndpointTable& table() { return table_; }
   UsageRecorder& usage() { return usage_; }
 
  private:
   struct Call;
   struct Waiter;
+  // One inference request as a pipeline (serve.cpp): admit(), relay(), finish().
   awaitable<void> serve(http::Request& request, http::ResponseWriter& writer, int kind);
-  awaitable<Result<std::shared_ptr<Endpoint>>> acquire(Call& call, const std::set<std::string>& exclude,
-                                                       http::ResponseWriter& writer);
-  void release(const std::shared_ptr<Endpoint>& endpoint);
-  void dispatch_queue(const std::string& deployment);
-  void finish(Call& call, int status);
+  // Admission (serve.cpp): the caller's key, the request's fields, its model, the conversation a
+  // Responses request continues, the body for the engine and the key's rate limits. The refusal
+  // to send, or nullopt with `call` ready to relay.
+  std::optional<http::Response> admit(Call& call, const http::Request& request);
   // /v1/responses: the conversation a request continues (previous_response_id) joined to its
   // input; false when that response is unknown to this key. And the storing of an answer.
   bool attach_conversation(Call& call, int64_t& prior_bytes);
   void store_response(Call& call, const json& response);
-  // Who makes an inference call: `key` (left null without --auth keys), or the 401 or 403 to send.
-  std::optional<http::Response> inference_refusal(const http::Request& request,
-                                                  std::shared_ptr<const api::ApiKey>& key) const;
+  // Relay (relay.cpp): tries replicas until one answers (nothing is retried once the client got
+  // a byte), relays a whole answer or an event stream, translating for /v1/responses. Returns
+  // the status the call ends with.
+  awaitable<int> relay(Call& call, http::ResponseWriter& writer);
+  awaitable<int> relay_answer(Call& call, http::StreamingResponse& response, http::ResponseWriter& writer);
+  awaitable<int> relay_stream(Call& call, http::StreamingResponse& response, http::ResponseWriter& writer);
+  // Replica slots (admission_queue.cpp): a free replica at once, or a place in the deployment's
+  // fair queue until one frees up.
+  awaitable<Result<std::shared_ptr<router::Endpoint>>> acquire(Call& call, const std::set<std::string>& exclude,
+                                                               http::ResponseWriter& writer);
+  void release(const std::shared_ptr<router::Endpoint>& endpoint);
+  void dispatch_queue(const std::string& deployment);
+  // Accounting (access_log.cpp): limiter, usage, metrics and the access log line.
+  void finish(Call& call, int status);
   http::Response stored_response_answer(const http::Request& request, bool erase);
   awaitable<void> stored_response(http::Request& request, http::ResponseWriter& writer, bool erase);
-  void add_key_routes(http::Router& router);
+  void add_usage_routes(http::Router& router);
   // GET /v1/models/{id}, GET /v1/responses/{id}/input_items, POST /v1/responses/{id}/cancel
   // (openai_routes.cpp).
   void add_openai_routes(http::Router& router);
@@ -188,8 +132,8 @@ class Gateway {
   store::Store& store_;
   asio::io_context& io_;
   Options options_;
-  EndpointTable table_;
-  KeyRing keys_;
+  router::EndpointTable table_;
+  auth::Guard auth_;
   Limiter limiter_;
   UsageRecorder usage_;
   Metrics metrics_;
@@ -213,7 +157,6 @@ class Gateway {
   void flush_access_log();
 };
 
-// {"error":{"message","type","param":null,"code"}} with the matching status.
-http::Response openai_error(int status, const std::string& message, const std::string& type, const std::string& code);
+using auth::openai_error;
 
 }  // namespace nebula::gateway

@@ -27,7 +27,7 @@ Response response_not_found(const std::string& id) {
 
 Response Gateway::model_answer(const Request& request) const {
   std::shared_ptr<const api::ApiKey> key;
-  if (auto refusal = inference_refusal(request, key)) return std::move(*refusal);
+  if (auto refusal = auth_.inference_refusal(request, key)) return std::move(*refusal);
   const std::string& model = request.params.at("id");
   // A model the key may not use is as unknown to it as one that does not exist.
   bool allowed =
@@ -40,7 +40,7 @@ Response Gateway::model_answer(const Request& request) const {
 
 Response Gateway::input_items_answer(const Request& request) {
   std::shared_ptr<const api::ApiKey> key;
-  if (auto refusal = inference_refusal(request, key)) return std::move(*refusal);
+  if (auto refusal = auth_.inference_refusal(request, key)) return std::move(*refusal);
   const std::string key_id = key ? key->metadata.name : "anonymous";
   const std::string& id = request.params.at("id");
   const json* response = responses_.response(id, key_id);
@@ -55,7 +55,7 @@ Response Gateway::input_items_answer(const Request& request) {
 // `background: true`): every stored response has finished.
 Response Gateway::cancel_answer(const Request& request) {
   std::shared_ptr<const api::ApiKey> key;
-  if (auto refusal = inference_refusal(request, key)) return std::move(*refusal);
+  if (auto refusal = auth_.inference_refusal(request, key)) return std::move(*refusal);
   const std::string key_id = key ? key->metadata.name : "anonymous";
   const std::string& id = request.params.at("id");
   if (!responses_.response(id, key_id)) return response_not_found(id);

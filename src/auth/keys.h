@@ -10,7 +10,7 @@
 #include "http/http.h"
 #include "store/store.h"
 
-namespace nebula::gateway {
+namespace nebula::auth {
 
 struct NewKey {
   api::ApiKey key;
@@ -41,4 +41,4 @@ class KeyRing {
   std::unique_ptr<store::WatchHandle> watch_;
 };
 
-}  // namespace nebula::gateway
+}  // namespace nebula::auth

@@ -1,8 +1,8 @@
-#include "gateway/keys.h"
+#include "auth/keys.h"
 
 #include "common/ids.h"
 
-namespace nebula::gateway {
+namespace nebula::auth {
 
 namespace {
 const std::string kKeysPrefix = std::string(api::kKeyRoot) + "apikeys/";
@@ -108,4 +108,4 @@ size_t KeyRing::size() const {
   return by_hash_.size();
 }
 
-}  // namespace nebula::gateway
+}  // namespace nebula::auth

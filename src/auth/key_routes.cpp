@@ -1,11 +1,12 @@
-// /api/v1/keys and /api/v1/usage: API keys and what they used. Guarded like the rest of /api/v1.
+// /api/v1/keys: creating, listing and revoking API keys. Guarded like the rest of /api/v1.
 #include <fmt/format.h>
 
+#include "auth/auth.h"
 #include "common/clock.h"
 #include "common/config.h"
-#include "gateway/gateway.h"
+#include "common/json.h"
 
-namespace nebula::gateway {
+namespace nebula::auth {
 
 namespace {
 using http::Request;
@@ -52,29 +53,6 @@ json created_json(const NewKey& created) {
   return json{{"key", api::to_json(created.key)}, {"secret", created.secret}};
 }
 
-// since: "" (everything), "7d" (a duration back from now) or "2026-11-01".
-Result<std::string> since_day(const std::string& since) {
-  if (since.empty()) return std::string();
-  if (since.size() == 10 && since[4] == '-' && since[7] == '-') return since;
-  auto duration = parse_duration(since);
-  if (!duration) return duration.error();
-  return utc_day(std::chrono::system_clock::now() - *duration);
-}
-
-json usage_json(const std::vector<api::UsageRecord>& records) {
-  json items = json::array();
-  api::UsageRecord total;
-  for (const auto& record : records) {
-    items.push_back(api::to_json(record));
-    total.requests += record.requests;
-    total.errors += record.errors;
-    total.prompt_tokens += record.prompt_tokens;
-    total.completion_tokens += record.completion_tokens;
-    total.cached_tokens += record.cached_tokens;
-  }
-  return json{{"items", items}, {"total", api::to_json(total)}};
-}
-
 json keys_json(store::Store& store) {
   json items = json::array();
   if (auto listing = store.list(std::string(api::kKeyRoot) + "apikeys/")) {
@@ -88,7 +66,7 @@ json keys_json(store::Store& store) {
 }
 }  // namespace
 
-void Gateway::add_key_routes(http::Router& router) {
+void Guard::add_routes(http::Router& router) {
   router.add("POST", "/api/v1/keys", [this](Request& request, ResponseWriter& writer) -> awaitable<void> {
     int64_t now_ms = to_unix_ms(std::chrono::system_clock::now());
     auto key = key_from_request(request.body, now_ms);
@@ -102,7 +80,7 @@ void Gateway::add_key_routes(http::Router& router) {
       co_return;
     }
     json answer = created_json(*created);
-    answer["enforced"] = options_.require_keys;  // false under --auth none: keys are not checked
+    answer["enforced"] = require_keys_;  // false under --auth none: keys are not checked
     co_await writer.send(Response::json_body(201, answer));
   });
   router.add("GET", "/api/v1/keys", [this](Request&, ResponseWriter& writer) -> awaitable<void> {
@@ -118,15 +96,6 @@ void Gateway::add_key_routes(http::Router& router) {
     }
     co_await writer.send(Response::json_body(200, api::to_json(*revoked)));
   });
-  router.add("GET", "/api/v1/usage", [this](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    auto since = since_day(request.query_or("since"));
-    if (!since) {
-      co_await writer.send(bad_request(since.error().message));
-      co_return;
-    }
-    auto records = usage_.query(request.query_or("key"), request.query_or("model"), *since);
-    co_await writer.send(Response::json_body(200, usage_json(records)));
-  });
 }
 
-}  // namespace nebula::gateway
+}  // namespace nebula::auth

@@ -1,0 +1,33 @@
+#pragma once
+// What the benchmarks that drive a real `nebula` share: finding the binary, a free port,
+// starting a process with its output in a log, running a command to completion, waiting on a
+// condition, and medians.
+#include <sys/types.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace nebula::bench {
+
+using Clock = std::chrono::steady_clock;
+
+// build/nebula, beside the directory of this benchmark's binary (build/bench/).
+std::string nebula_binary();
+int free_port();
+// Starts args with stdin from /dev/null and stdout + stderr appended to log.
+pid_t spawn(const std::vector<std::string>& args, const std::string& log);
+// Runs args to completion; returns stdout + stderr, throws when it exits non-zero.
+std::string run(const std::vector<std::string>& args, const std::string& scratch);
+// SIGTERM, then waits for the process.
+void stop(pid_t pid);
+double ms_since(Clock::time_point start);
+// Polls condition every interval until it holds (true) or limit passes (false).
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds limit,
+                std::chrono::milliseconds interval = std::chrono::milliseconds(5));
+// The q-quantile (0..1) of values, nearest rank; 0 when empty.
+double quantile(std::vector<double> values, double q);
+
+}  // namespace nebula::bench

@@ -1,0 +1,159 @@
+#include "auth/auth.h"
+
+#include <gtest/gtest.h>
+
+#include "api/api.h"
+#include "common/clock.h"
+#include "common/ids.h"
+#include "store/memory_store.h"
+
+namespace nebula::auth {
+namespace {
+
+TEST(Keys, AuthenticateKnowsRevokedAndExpired) {
+  FakeClock clock;
+  store::MemoryStore store(clock);
+  KeyRing ring;
+  ASSERT_TRUE(ring.start(store));
+  api::ApiKey key;
+  key.display_name = "alice";
+  auto created = create_key(store, key, 1000);
+  ASSERT_TRUE(created);
+  EXPECT_EQ(created->secret.rfind("nb-" + created->key.metadata.name + "_", 0), 0u);
+  EXPECT_EQ(created->key.hash, sha256_hex(created->secret));
+  EXPECT_TRUE(ring.authenticate(created->secret, 2000));
+  EXPECT_EQ(ring.authenticate("nb-wrong", 2000).error().code, ErrorCode::Unauthenticated);
+  EXPECT_FALSE(ring.authenticate("", 2000));
+
+  api::ApiKey expiring;
+  expiring.display_name = "bob";
+  expiring.expires_ms = 5000;
+  auto short_lived = create_key(store, expiring, 1000);
+  ASSERT_TRUE(short_lived);
+  EXPECT_TRUE(ring.authenticate(short_lived->secret, 4999));
+  EXPECT_NE(ring.authenticate(short_lived->secret, 5000).error().message.find("expired"), std::string::npos);
+
+  ASSERT_TRUE(revoke_key(store, created->key.metadata.name));
+  EXPECT_NE(ring.authenticate(created->secret, 2000).error().message.find("revoked"), std::string::npos);
+  // The stored document never holds the secret.
+  auto stored = store.get(std::string(api::kKeyRoot) + "apikeys/" + created->key.metadata.name);
+  EXPECT_EQ((*stored)->value.find(created->secret), std::string::npos);
+}
+
+http::Request request_with(const std::string& method, const std::string& path, const std::string& secret) {
+  http::Request request;
+  request.method = method;
+  request.path = path;
+  request.target = path;
+  if (!secret.empty()) request.headers.push_back({"Authorization", "Bearer " + secret});
+  return request;
+}
+
+std::string secret_of(store::Store& store, const std::string& scope) {
+  api::ApiKey key;
+  key.display_name = scope + "-key";
+  key.scope = scope;
+  auto created = create_key(store, key, to_unix_ms(std::chrono::system_clock::now()));
+  return created ? created->secret : "";
+}
+
+TEST(Guard, WithoutRequiredKeysEverythingPasses) {
+  store::MemoryStore store;
+  Guard guard(store, false);
+  ASSERT_TRUE(guard.start());
+  std::shared_ptr<const api::ApiKey> key;
+  EXPECT_FALSE(guard.inference_refusal(request_with("POST", "/v1/chat/completions", ""), key));
+  EXPECT_EQ(key, nullptr);
+  EXPECT_FALSE(guard.management_refusal(request_with("DELETE", "/api/v1/deployments/x", "nb-garbage")));
+}
+
+TEST(Guard, InferenceNeedsAValidKeyThatIsNotANodes) {
+  store::MemoryStore store;
+  Guard guard(store, true);
+  ASSERT_TRUE(guard.start());
+  std::string inference = secret_of(store, api::scope::kInference);
+  std::shared_ptr<const api::ApiKey> key;
+  auto missing = guard.inference_refusal(request_with("POST", "/v1/chat/completions", ""), key);
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 401);
+  EXPECT_NE(missing->body.find("invalid_api_key"), std::string::npos);
+  auto wrong = guard.inference_refusal(request_with("POST", "/v1/chat/completions", "nb-x_00"), key);
+  ASSERT_TRUE(wrong);
+  EXPECT_EQ(wrong->status, 401);
+  EXPECT_FALSE(guard.inference_refusal(request_with("POST", "/v1/chat/completions", inference), key));
+  ASSERT_NE(key, nullptr);
+  EXPECT_EQ(key->scope, api::scope::kInference);
+
+  auto node_secret = guard.issue_node_key("gpu-1");
+  ASSERT_TRUE(node_secret);
+  std::shared_ptr<const api::ApiKey> node_key;
+  auto node = guard.inference_refusal(request_with("POST", "/v1/chat/completions", *node_secret), node_key);
+  ASSERT_TRUE(node);
+  EXPECT_EQ(node->status, 403);
+  EXPECT_EQ(node_key, nullptr);
+  // Listing models takes any valid key, a node's included.
+  EXPECT_FALSE(guard.listing_refusal(request_with("GET", "/v1/models", *node_secret), node_key));
+  EXPECT_EQ(guard.listing_refusal(request_with("GET", "/v1/models", ""), node_key)->status, 401);
+}
+
+TEST(Guard, ManagementTakesAdminsAndANodeForItsOwnNodeOnly) {
+  store::MemoryStore store;
+  Guard guard(store, true);
+  ASSERT_TRUE(guard.start());
+  std::string admin = secret_of(store, api::scope::kAdmin);
+  std::string inference = secret_of(store, api::scope::kInference);
+  auto node = guard.issue_node_key("gpu-1");
+  ASSERT_TRUE(node);
+  api::Replica replica;
+  replica.metadata.name = "r1";
+  replica.spec.node = "gpu-1";
+  ASSERT_TRUE(store.put(api::store_key("replicas", "r1"), api::to_json(replica).dump()));
+  replica.metadata.name = "r2";
+  replica.spec.node = "gpu-2";
+  ASSERT_TRUE(store.put(api::store_key("replicas", "r2"), api::to_json(replica).dump()));
+
+  auto status = [&](const std::string& method, const std::string& path, const std::string& secret) {
+    auto refusal = guard.management_refusal(request_with(method, path, secret));
+    return refusal ? refusal->status : 0;
+  };
+  EXPECT_EQ(status("GET", "/api/v1/deployments", admin), 0);
+  EXPECT_EQ(status("GET", "/metrics", admin), 0);
+  EXPECT_EQ(status("GET", "/metrics", ""), 401);
+  EXPECT_EQ(status("GET", "/api/v1/deployments", inference), 403);
+  EXPECT_EQ(status("POST", "/api/v1/nodes/join", ""), 0) << "joining carries its own token";
+  EXPECT_EQ(status("GET", "/v1/models", ""), 0) << "not the management API";
+
+  EXPECT_EQ(status("GET", "/api/v1/replicas", *node), 0);
+  EXPECT_EQ(status("PUT", "/api/v1/nodes/gpu-1/status", *node), 0);
+  EXPECT_EQ(status("PUT", "/api/v1/nodes/gpu-2/status", *node), 403);
+  EXPECT_EQ(status("PUT", "/api/v1/replicas/r1/status", *node), 0);
+  EXPECT_EQ(status("DELETE", "/api/v1/replicas/r1", *node), 0);
+  EXPECT_EQ(status("PUT", "/api/v1/replicas/r2/status", *node), 403);
+  EXPECT_EQ(status("DELETE", "/api/v1/replicas/r2", *node), 403);
+  EXPECT_EQ(status("DELETE", "/api/v1/deployments/x", *node), 403);
+  EXPECT_EQ(status("PUT", "/api/v1/replicas/a/b/status", *node), 403) << "a name with a slash is no name";
+  EXPECT_EQ(status("PUT", "/api/v1/nodes//status", *node), 403);
+  EXPECT_EQ(status("PUT", "/api/v1/replicas/unknown/status", *node), 0) << "left to the handler's 404";
+
+  // A node that joins again gets a new key; the old one stops working.
+  auto again = guard.issue_node_key("gpu-1");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(status("GET", "/api/v1/replicas", *again), 0);
+  EXPECT_EQ(status("GET", "/api/v1/replicas", *node), 401);
+}
+
+TEST(Guard, TheBootstrapAdminKeyIsMadeOnce) {
+  store::MemoryStore store;
+  Guard guard(store, true);
+  ASSERT_TRUE(guard.start());
+  auto first = guard.bootstrap_admin_key();
+  ASSERT_TRUE(first);
+  EXPECT_FALSE(first->empty());
+  EXPECT_EQ(guard.management_refusal(request_with("GET", "/api/v1/keys", *first)), std::nullopt);
+  auto second = guard.bootstrap_admin_key();
+  ASSERT_TRUE(second);
+  EXPECT_TRUE(second->empty());
+}
+
+}  // namespace
+}  // namespace nebula::auth

@@ -1,0 +1,171 @@
+// One inference request as a pipeline: admit() (who asks, for what, within which limits), relay()
+// (to a replica and back) and finish() (accounting). Each step's result says what comes next.
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "common/ids.h"
+#include "gateway/call.h"
+#include "gateway/request_json.h"
+#include "gateway/responses.h"
+
+namespace nebula::gateway {
+
+using SteadyClock = std::chrono::steady_clock;
+
+awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& writer, int kind) {
+  Call call;
+  call.kind = kind;
+  call.deadline = call.start + options_.total_timeout;
+  call.request_id = request.header("x-request-id");
+  if (call.request_id.empty()) call.request_id = "req-" + random_id(20);
+  call.headers.reserve(9);  // the id, six rate-limit headers, Content-Type
+  call.headers.push_back({"X-Request-Id", call.request_id});
+
+  int status = 0;
+  if (auto refusal = admit(call, request)) {
+    status = refusal->status;
+    co_await writer.send(std::move(*refusal));
+  } else {
+    status = co_await relay(call, writer);
+  }
+  finish(call, status);
+}
+
+namespace {
+// The output a request may ask for, for the up-front charge: its limit, else a typical answer
+// (corrected once the engine reports); embeddings produce none.
+int64_t requested_output_tokens(const RequestFacts& facts, int kind) {
+  if (kind == kEmbeddings) return 0;
+  return facts.max_tokens ? std::max<int64_t>(0, *facts.max_tokens) : 256;
+}
+
+struct Prepared {
+  std::optional<json> body;  // what the engine gets; nullopt = the client's body, byte for byte
+  bool client_wants_usage = false;
+};
+
+// The body sent upstream: streams always ask for usage (so accounting is exact); the final usage
+// chunk is stripped later when the client did not ask for it. Unknown fields pass untouched.
+Result<Prepared> prepare_upstream(const json& body, int kind, const RequestFacts& facts) {
+  Prepared prepared;
+  if (kind == kResponses) {
+    auto chat = responses_to_chat(body);
+    if (!chat) return chat.error();
+    prepared.body = std::move(*chat);
+    return prepared;
+  }
+  if (facts.stream && kind != kEmbeddings) {
+    prepared.client_wants_usage = facts.include_usage;
+    prepared.body = body;
+    auto& options = (*prepared.body)["stream_options"];
+    if (!options.is_object()) options = json::object();  // e.g. null: the engine gets a valid one
+    options["include_usage"] = true;
+  }
+  return prepared;
+}
+
+}  // namespace
+
+std::optional<http::Response> Gateway::admit(Call& call, const http::Request& request) {
+  if (auto refusal = auth_.inference_refusal(request, call.key)) return with_headers(std::move(*refusal), call.headers);
+  if (call.key) call.key_id = call.key->metadata.name;
+
+  auto facts = read_request(request.body);
+  if (!facts) return call_error(call.headers, 400, facts.error().message, "invalid_request_error", "invalid_request");
+  call.model = facts->model;
+  if (call.model.empty()) {
+    return call_error(call.headers, 400, "you must provide a model parameter", "invalid_request_error",
+                      "invalid_request");
+  }
+  call.stream = facts->stream && call.kind != kEmbeddings;
+  if (call.key && !call.key->models.empty() &&
+      std::find(call.key->models.begin(), call.key->models.end(), call.model) == call.key->models.end()) {
+    auto refusal = call_error(call.headers, 403, fmt::format("this API key may not use the model `{}`", call.model),
+                              "invalid_request_error", "model_not_allowed");
+    call.model.clear();  // a name the client chose: keep it out of the per-model metrics
+    return refusal;
+  }
+  if (!table_.has_deployment(call.model)) {
+    auto refusal = call_error(call.headers, 404, fmt::format("The model `{}` does not exist.", call.model),
+                              "invalid_request_error", "model_not_found");
+    call.model.clear();  // keep unknown names out of the per-model metrics
+    return refusal;
+  }
+  note_request(call.model);
+  // The body is parsed into a json only when it must change on its way upstream.
+  if (call.kind == kResponses || call.stream) {
+    auto parsed = parse_json(request.body);
+    if (parsed) call.body = std::move(*parsed);
+  }
+  int64_t prior_bytes = 0;
+  if (call.kind == kResponses && !attach_conversation(call, prior_bytes)) {
+    return call_error(
+        call.headers, 404,
+        fmt::format("Previous response with id '{}' not found.", call.body["previous_response_id"].get<std::string>()),
+        "invalid_request_error", "previous_response_not_found");
+  }
+  auto prepared = prepare_upstream(call.body, call.kind, *facts);
+  if (!prepared) {
+    return call_error(call.headers, 400, prepared.error().message, "invalid_request_error", "invalid_request");
+  }
+  call.client_wants_usage = prepared->client_wants_usage;
+  call.upstream_body = prepared->body ? dump(*prepared->body) : request.body;
+  call.estimated_tokens = (facts->prompt_bytes + prior_bytes) / 4 + 1 + requested_output_tokens(*facts, call.kind);
+
+  if (!call.key) {
+    call.admitted = true;
+    return std::nullopt;
+  }
+  auto now = SteadyClock::now();
+  auto admission = limiter_.admit(*call.key, call.estimated_tokens,
+                                  usage_.month_tokens(call.key_id, std::chrono::system_clock::now()), now);
+  if (!admission.allowed) {
+    http::Headers headers = call.headers;
+    for (auto& header : limiter_.headers(*call.key, now)) headers.push_back(header);
+    headers.push_back({"retry-after", std::to_string(admission.retry_after_s)});
+    return call_error(headers, 429, admission.message, "rate_limit_exceeded", "rate_limit_exceeded");
+  }
+  call.admitted = true;
+  call.ticket = admission.ticket;
+  for (auto& header : limiter_.headers(*call.key, now)) call.headers.push_back(std::move(header));
+  return std::nullopt;
+}
+
+bool Gateway::attach_conversation(Call& call, int64_t& prior_bytes) {
+  if (!call.body.is_object()) return true;  // the translation refuses it
+  auto store = call.body.find("store");
+  call.store_response = store == call.body.end() || !store->is_boolean() || store->get<bool>();
+  auto input = call.body.find("input");
+  if (input == call.body.end() || !(input->is_string() || input->is_array())) return true;
+  json conversation = json::array();
+  auto previous = call.body.find("previous_response_id");
+  bool continues = previous != call.body.end() && !previous->is_null();
+  if (continues) {
+    size_t bytes = 0;
+    const json* prior =
+        previous->is_string() ? responses_.conversation(previous->get<std::string>(), call.key_id, &bytes) : nullptr;
+    if (!prior) {
+      if (!previous->is_string()) *previous = previous->dump();  // named in the error as sent
+      return false;
+    }
+    conversation = *prior;
+    prior_bytes = static_cast<int64_t>(bytes);
+  }
+  for (const auto& item : input_items(*input)) conversation.push_back(item);
+  if (continues) *input = conversation;  // the engine sees the whole conversation
+  call.conversation = std::move(conversation);
+  return true;
+}
+
+void Gateway::store_response(Call& call, const json& response) {
+  if (!call.store_response || !response.is_object() || !response.contains("id")) return;
+  json conversation = std::move(call.conversation);
+  if (!conversation.is_array()) conversation = json::array();
+  if (response.contains("output") && response["output"].is_array()) {
+    for (const auto& item : response["output"]) conversation.push_back(item);
+  }
+  responses_.put(response["id"].get<std::string>(), call.key_id, response, std::move(conversation));
+}
+
+}  // namespace nebula::gateway

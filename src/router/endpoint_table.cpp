@@ -1,0 +1,178 @@
+#include "router/endpoint_table.h"
+
+#include "api/api.h"
+#include "common/json.h"
+
+namespace nebula::router {
+
+using SteadyClock = std::chrono::steady_clock;
+
+namespace {
+// Phases on the way to Ready: a request for a deployment whose replicas are here waits for them.
+bool is_starting(const std::string& phase) {
+  return phase == api::phase::kPending || phase == api::phase::kScheduled || phase == api::phase::kDownloading ||
+         phase == api::phase::kStarting;
+}
+}  // namespace
+
+void EndpointTable::set_on_change(std::function<void(const std::string&)> callback) {
+  std::lock_guard lock(mutex_);
+  on_change_ = std::move(callback);
+}
+
+void EndpointTable::set_on_endpoint_gone(std::function<void(const std::string&)> callback) {
+  std::lock_guard lock(mutex_);
+  on_endpoint_gone_ = std::move(callback);
+}
+
+void EndpointTable::apply(const std::string& key, const std::string* value) {
+  static const std::string kDeployments = api::store_prefix("deployments");
+  static const std::string kReplicas = api::store_prefix("replicas");
+  std::string changed;
+  std::string gone;  // the URL of an engine that left the table
+  std::function<void(const std::string&)> notify;
+  std::function<void(const std::string&)> notify_gone;
+  {
+    std::lock_guard lock(mutex_);
+    notify = on_change_;
+    notify_gone = on_endpoint_gone_;
+    if (key.rfind(kDeployments, 0) == 0) {
+      changed = key.substr(kDeployments.size());
+      if (!value) {
+        deployments_.erase(changed);
+      } else if (auto document = parse_json(*value)) {
+        if (auto deployment = api::deployment_from_json(*document)) {
+          std::string unschedulable;
+          if (deployment->status.phase == "Pending") unschedulable = deployment->status.message;
+          deployments_[changed] = {deployment->metadata.created_ms, deployment->spec.max_seqs,
+                                   deployment->status.idle_since_ms, deployment->status.wake_requested_ms,
+                                   unschedulable};
+        }
+      }
+    } else if (key.rfind(kReplicas, 0) == 0) {
+      std::string name = key.substr(kReplicas.size());
+      if (!value) {
+        if (auto it = replicas_.find(name); it != replicas_.end()) {
+          changed = it->second.deployment;
+          if (it->second.endpoint) gone = it->second.endpoint->url;
+          replicas_.erase(it);
+        }
+      } else if (auto document = parse_json(*value)) {
+        if (auto replica = api::replica_from_json(*document)) {
+          auto& entry = replicas_[name];
+          entry.deployment = replica->spec.deployment;
+          changed = entry.deployment;
+          // A draining replica (its plan superseded) takes no new request; its entry keeps the
+          // endpoint so drained() can tell when the requests in flight to it have finished.
+          bool leaving = replica->spec.stop || replica->spec.draining_since_ms > 0;
+          entry.draining = replica->spec.draining_since_ms > 0 && !replica->spec.stop;
+          entry.starting = !leaving && is_starting(replica->status.phase);
+          bool serving = replica->status.phase == api::phase::kReady && !leaving && !replica->status.endpoint.empty() &&
+                         replica->status.plan_version == replica->spec.plan_version;
+          if (entry.draining) {
+            // keep the endpoint (if any) for its in-flight count
+          } else if (!serving) {
+            if (entry.endpoint) gone = entry.endpoint->url;
+            entry.endpoint.reset();
+          } else if (!entry.endpoint || entry.endpoint->url != replica->status.endpoint) {
+            if (entry.endpoint) gone = entry.endpoint->url;
+            entry.endpoint = std::make_shared<Endpoint>();
+            entry.endpoint->replica = name;
+            entry.endpoint->deployment = entry.deployment;
+            entry.endpoint->url = replica->status.endpoint;
+          }
+        }
+      }
+    }
+  }
+  if (notify && !changed.empty()) notify(changed);
+  if (notify_gone && !gone.empty()) notify_gone(gone);
+}
+
+bool EndpointTable::drained(const std::string& replica) const {
+  std::lock_guard lock(mutex_);
+  auto it = replicas_.find(replica);
+  if (it == replicas_.end() || !it->second.endpoint) return true;
+  return it->second.draining && it->second.endpoint->outstanding.load() == 0;
+}
+
+size_t EndpointTable::starting_count(const std::string& deployment) const {
+  std::lock_guard lock(mutex_);
+  size_t count = 0;
+  for (const auto& [name, entry] : replicas_) {
+    if (entry.deployment == deployment && entry.starting) ++count;
+  }
+  return count;
+}
+
+bool EndpointTable::has_deployment(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  return deployments_.count(name) > 0;
+}
+
+std::vector<std::string> EndpointTable::deployments() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::string> names;
+  for (const auto& [name, entry] : deployments_) names.push_back(name);
+  return names;
+}
+
+int64_t EndpointTable::created_ms(const std::string& deployment) const {
+  std::lock_guard lock(mutex_);
+  auto it = deployments_.find(deployment);
+  return it == deployments_.end() ? 0 : it->second.created_ms;
+}
+
+std::shared_ptr<Endpoint> EndpointTable::pick(const std::string& deployment, const std::set<std::string>& exclude,
+                                              int default_capacity, SteadyClock::time_point now) {
+  std::lock_guard lock(mutex_);
+  int capacity = default_capacity;
+  if (auto it = deployments_.find(deployment); it != deployments_.end() && it->second.capacity > 0) {
+    capacity = it->second.capacity;
+  }
+  std::vector<std::shared_ptr<Endpoint>> least;
+  int fewest = 0;
+  for (const auto& [name, entry] : replicas_) {
+    if (entry.deployment != deployment || !entry.endpoint || entry.draining || exclude.count(name)) continue;
+    const auto& endpoint = entry.endpoint;
+    int outstanding = endpoint->outstanding.load();
+    if (outstanding >= capacity) continue;
+    if (!endpoint->breaker.allows(now)) continue;
+    if (least.empty() || outstanding < fewest) {
+      least.clear();
+      fewest = outstanding;
+    }
+    if (outstanding == fewest) least.push_back(endpoint);
+  }
+  if (least.empty()) return nullptr;
+  return least[round_robin_++ % least.size()];
+}
+
+int64_t EndpointTable::idle_since_ms(const std::string& deployment) const {
+  std::lock_guard lock(mutex_);
+  auto it = deployments_.find(deployment);
+  return it == deployments_.end() ? 0 : it->second.idle_since_ms;
+}
+
+std::string EndpointTable::unschedulable(const std::string& deployment) const {
+  std::lock_guard lock(mutex_);
+  auto it = deployments_.find(deployment);
+  return it == deployments_.end() ? std::string() : it->second.unschedulable;
+}
+
+int64_t EndpointTable::wake_requested_ms(const std::string& deployment) const {
+  std::lock_guard lock(mutex_);
+  auto it = deployments_.find(deployment);
+  return it == deployments_.end() ? 0 : it->second.wake_requested_ms;
+}
+
+size_t EndpointTable::ready_count(const std::string& deployment, const std::set<std::string>& exclude) const {
+  std::lock_guard lock(mutex_);
+  size_t count = 0;
+  for (const auto& [name, entry] : replicas_) {
+    if (entry.deployment == deployment && entry.endpoint && !entry.draining && !exclude.count(name)) ++count;
+  }
+  return count;
+}
+
+}  // namespace nebula::router
