@@ -29,7 +29,8 @@ struct Gateway::Waiter {
   std::set<std::string> exclude;
   asio::steady_timer timer;
   std::shared_ptr<router::Endpoint> granted;
-  std::string failure;  // set when waiting became pointless (the deployment cannot start)
+  std::string failure;         // set when waiting became pointless (the deployment cannot start)
+  bool breakers_open = false;  // ... because every replica's breaker opened
 };
 
 // One request through the gateway, from authentication to accounting.
@@ -64,6 +65,9 @@ struct Gateway::Call {
   // client sent "store": false.
   json conversation;
   bool store_response = false;
+  // No replica could take the request because every breaker is open: the answer is the engine's
+  // last error (breaker_refusal()), at once.
+  bool breakers_open = false;
 
   // From here until the answer is written, a client that leaves cancels what it waits for.
   void watch_client(http::ResponseWriter& writer) {

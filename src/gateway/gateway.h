@@ -98,6 +98,20 @@ class Gateway {
                                                                http::ResponseWriter& writer);
   void release(const std::shared_ptr<router::Endpoint>& endpoint);
   void dispatch_queue(const std::string& deployment);
+  // Open breakers (engine_errors.cpp). A request that no replica can take because every
+  // replica's breaker is open gets the engine's last error at once (waiting would only time out
+  // in the queue); a breaker that opens wakes the queue when its cool-down ends, so a waiter is
+  // sent to the replica as soon as it may take one.
+  struct EngineError {
+    int status = 0;
+    std::string body;
+    std::string retry_after;
+  };
+  void note_engine_error(const std::string& deployment, EngineError error);
+  bool breakers_all_open(const std::string& deployment, const std::set<std::string>& exclude) const;
+  http::Response breaker_refusal(const Call& call) const;
+  void breaker_failed(const std::shared_ptr<router::Endpoint>& endpoint);
+  std::map<std::string, EngineError> engine_errors_;  // per deployment; I/O thread only
   // Accounting (access_log.cpp): limiter, usage, metrics and the access log line.
   void finish(Call& call, int status);
   http::Response stored_response_answer(const http::Request& request, bool erase);

@@ -64,6 +64,14 @@ class FieldChecker {
         RequestProblem{fmt::format("Missing required parameter: '{}'.", name), name, "missing_required_parameter"};
   }
 
+  // A boolean option the gateway does not offer: refused when true.
+  void refused_true(const char* name, const char* message) {
+    simdjson::dom::element value;
+    bool on = false;
+    if (problem || !present(name, value) || value.get_bool().get(on) || !on) return;
+    problem = RequestProblem{message, name, "unsupported_value"};
+  }
+
   void nonempty_array(const char* name) {
     simdjson::dom::element value;
     if (problem || !present(name, value)) return;
@@ -103,8 +111,13 @@ std::optional<RequestProblem> check_fields(simdjson::dom::object root, Api api) 
       check.nonempty_array("messages");
       break;
     case Api::Completions: check.required("prompt"); break;
-    case Api::Embeddings:
-    case Api::Responses: check.required("input"); break;
+    case Api::Embeddings: check.required("input"); break;
+    case Api::Responses:
+      check.required("input");
+      check.refused_true("background",
+                         "background responses are not supported: send the request without 'background' (a stream "
+                         "returns the answer as it is made)");
+      break;
     case Api::Any: break;
   }
   check.integer("max_tokens", 1, std::nullopt);

@@ -162,17 +162,18 @@ describe('errors', () => {
   });
 
   test('RateLimitError for tokens (tpm): type tokens, x-ratelimit-reset-tokens agrees with retry-after', async () => {
-    const key = await gateway.createKey('tpm', ['--tpm', '300']);
+    const key = await gateway.createKey('tpm', ['--tpm', '1000']);
     const { client } = countingClient(key, 0);
     // ~250 prompt tokens: what the engine reports replaces the up-front estimate.
     const long = [{ role: 'user', content: 'word '.repeat(250) }];
     await client.chat.completions.create({ model: MODEL, messages: long, max_tokens: 1 });
-    const error = await rejection(client.chat.completions.create({ model: MODEL, messages: USER, max_tokens: 200 }));
+    // ~250 used + ~800 asked for > 1000.
+    const error = await rejection(client.chat.completions.create({ model: MODEL, messages: USER, max_tokens: 800 }));
     assert.ok(error instanceof OpenAI.RateLimitError, String(error));
     assert.equal(error.type, 'tokens');
     assert.equal(error.code, 'rate_limit_exceeded');
     const ms = checkRetryHeaders(error.headers);
-    assert.equal(error.headers.get('x-ratelimit-limit-tokens'), '300');
+    assert.equal(error.headers.get('x-ratelimit-limit-tokens'), '1000');
     const reset = resetSeconds(error.headers.get('x-ratelimit-reset-tokens'));
     assert.ok(Math.abs(reset - ms / 1000) < 1, `reset-tokens ${reset} s, retry-after-ms ${ms}`);
   });
