@@ -88,10 +88,11 @@ Admission Limiter::admit(const api::ApiKey& key, int64_t estimated_tokens, int64
                   std::chrono::seconds(1));
   }
   if (key.budget_tokens > 0 && month_used_tokens + window.in_flight_tokens + estimated_tokens > key.budget_tokens) {
-    return refuse(LimitKind::Budget,
-                  fmt::format("You exceeded your current quota: {} of this month's {} tokens used, {} requested.",
-                              month_used_tokens + window.in_flight_tokens, key.budget_tokens, estimated_tokens),
-                  std::chrono::milliseconds(0));
+    return refuse(
+        LimitKind::Budget,
+        fmt::format("You exceeded your current quota: {} of this month's token budget of {} used, {} requested.",
+                    month_used_tokens + window.in_flight_tokens, key.budget_tokens, estimated_tokens),
+        std::chrono::milliseconds(0));
   }
   result.ticket = next_ticket_++;
   window.requests.push_back({now, estimated_tokens, result.ticket});

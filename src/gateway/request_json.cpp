@@ -122,7 +122,7 @@ std::optional<RequestProblem> check_fields(simdjson::dom::object root, Api api) 
   }
   check.integer("max_tokens", 1, std::nullopt);
   check.integer("max_completion_tokens", 1, std::nullopt);
-  if (api == Api::Responses) check.integer("max_output_tokens", 16, std::nullopt);
+  check.integer("max_output_tokens", 1, std::nullopt);  // OpenAI asks for 16; engines take 1
   check.integer("n", 1, 128);
   check.decimal("temperature", 0, 2);
   check.decimal("top_p", 0, 1);

@@ -35,8 +35,9 @@ struct RequestFacts {
   // max_completion_tokens, else max_tokens, else max_output_tokens: the first that is an integer.
   std::optional<int64_t> max_tokens;
   // The first field OpenAI would refuse, checked as OpenAI checks it for `api` (required fields,
-  // types, ranges: max_tokens >= 1, n in 1..128, temperature in 0..2, top_p in 0..1, penalties in
-  // -2..2, top_logprobs in 0..20, Responses' max_output_tokens >= 16); nullopt when none.
+  // types, ranges: max_tokens, max_completion_tokens and max_output_tokens >= 1, n in 1..128,
+  // temperature in 0..2, top_p in 0..1, penalties in -2..2, top_logprobs in 0..20); nullopt when
+  // none.
   std::optional<RequestProblem> problem;
 };
 

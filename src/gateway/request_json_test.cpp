@@ -79,11 +79,15 @@ TEST(RequestProblems, RequiredFieldsPerEndpoint) {
     ASSERT_TRUE(input && input->problem);
     EXPECT_EQ(input->problem->param, "input");
   }
-  // Responses: OpenAI's minimum of 16 output tokens.
-  auto small = read_request(R"({"model":"m","input":"x","max_output_tokens":15})", Api::Responses);
+  // Responses: at least one output token (OpenAI asks for 16, which engines do not need).
+  auto small = read_request(R"({"model":"m","input":"x","max_output_tokens":0})", Api::Responses);
   ASSERT_TRUE(small && small->problem);
   EXPECT_EQ(small->problem->code, "integer_below_min_value");
-  EXPECT_FALSE(read_request(R"({"model":"m","input":"x","max_output_tokens":16})", Api::Responses)->problem);
+  EXPECT_FALSE(read_request(R"({"model":"m","input":"x","max_output_tokens":1})", Api::Responses)->problem);
+  auto background = read_request(R"({"model":"m","input":"x","background":true})", Api::Responses);
+  ASSERT_TRUE(background && background->problem);
+  EXPECT_EQ(background->problem->param, "background");
+  EXPECT_FALSE(read_request(R"({"model":"m","input":"x","background":false})", Api::Responses)->problem);
   // Without an endpoint only the common fields are checked.
   EXPECT_FALSE(read_request(R"({"model":"m"})")->problem);
 }

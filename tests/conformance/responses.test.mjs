@@ -233,7 +233,7 @@ describe('responses', () => {
   });
 
   test('bad requests: BadRequestError with the field named', async () => {
-    const small = await rejection(client.responses.create({ model: MODEL, input: 'x', max_output_tokens: 5 }));
+    const small = await rejection(client.responses.create({ model: MODEL, input: 'x', max_output_tokens: 0 }));
     assert.ok(small instanceof OpenAI.BadRequestError, String(small));
     assert.equal(small.param, 'max_output_tokens');
     assert.equal(small.code, 'integer_below_min_value');
