@@ -78,6 +78,7 @@ http::Response error_for(const Error& error, const http::Headers& headers) {
     case ErrorCode::ResourceExhausted: {
       http::Headers with_retry = headers;
       with_retry.push_back({"Retry-After", "1"});
+      with_retry.push_back({"retry-after-ms", "1000"});  // what the OpenAI SDKs read first
       return call_error(with_retry, 429, error.message, "rate_limit_exceeded", "rate_limit_exceeded");
     }
     case ErrorCode::Timeout: return call_error(headers, 503, error.message, "server_error", "queue_timeout");

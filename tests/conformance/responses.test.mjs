@@ -8,7 +8,7 @@ import OpenAI from 'openai';
 import { zodTextFormat } from 'openai/helpers/zod';
 import { z } from 'zod';
 
-import { MODEL, chatDeployment, startGateway } from './lib/harness.mjs';
+import { MODEL, chatDeployment, skipUnlessForced, startGateway } from './lib/harness.mjs';
 import { rejection } from './lib/shared_cases.mjs';
 
 let gateway;
@@ -244,7 +244,7 @@ describe('responses', () => {
     assert.equal(missing.code, 'missing_required_parameter');
   });
 
-  test('structured output: responses.parse with a zod schema', { skip: 'needs engine-sim response_format json_schema' },
+  test('structured output: responses.parse with a zod schema', { skip: skipUnlessForced('needs engine-sim response_format json_schema') },
     async () => {
       const Weather = z.object({ city: z.string(), celsius: z.number() });
       const response = await client.responses.parse({

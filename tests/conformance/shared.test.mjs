@@ -2,7 +2,7 @@
 // engines echo the prompt (--mode echo), so answers end with "stop" as a model's do.
 import { after, before, describe, test } from 'node:test';
 
-import { startBoth } from './lib/harness.mjs';
+import { skipUnlessForced, startBoth } from './lib/harness.mjs';
 import { sharedCases } from './lib/shared_cases.mjs';
 
 const targets = {};
@@ -14,7 +14,7 @@ describe('shared cases', () => {
   for (const kind of ['gateway', 'engine']) {
     describe(kind, () => {
       for (const testCase of sharedCases) {
-        test(testCase.name, { skip: testCase.skip }, () => testCase.run(targets[kind]));
+        test(testCase.name, { skip: testCase.skip && skipUnlessForced(testCase.skip) }, () => testCase.run(targets[kind]));
       }
     });
   }
