@@ -105,6 +105,49 @@ const std::vector<CliCase> kCases = {
      ""},
     {"alias bomb", {"deploy", "-f", "{dir}/spec.yaml"}, kAliasBomb.c_str(), 2, "more than 100000 values", ""},
     {"no model", {"deploy", "nomodel"}, nullptr, 2, "spec.model is required", ""},
+    // Routing specs are read by the router's own parser before anything is sent.
+    {"unknown routing policy",
+     {"deploy", "x", "--model", "tiny", "--routing", "fastest"},
+     nullptr,
+     2,
+     "spec.routing: unknown routing policy 'fastest' (one of: least-outstanding,",
+     ""},
+    {"misspelled routing policy",
+     {"deploy", "x", "--model", "tiny", "--routing", "sesion"},
+     nullptr,
+     2,
+     "did you mean 'session'?",
+     ""},
+    {"negative routing weight",
+     {"deploy", "x", "--model", "tiny", "--routing", "prefix+load,kv=-1"},
+     nullptr,
+     2,
+     "routing parameter 'kv' must be between 0 and 1000, got -1",
+     ""},
+    {"all routing weights zero",
+     {"deploy", "x", "--model", "tiny", "--routing", "kv-load,queue=0,kv=0"},
+     nullptr,
+     2,
+     "needs a weight above 0 for one of: queue, kv",
+     ""},
+    {"routing garbage",
+     {"deploy", "x", "--model", "tiny", "--routing", "session,,;rm -rf"},
+     nullptr,
+     2,
+     "has an empty parameter",
+     ""},
+    {"bad routing in a spec file",
+     {"deploy", "-f", "{dir}/spec.yaml"},
+     "name: x\nmodel: tiny\nrouting: \"session,vnodes=0\"\n",
+     2,
+     "routing parameter 'vnodes' must be between 1 and 1000, got 0",
+     ""},
+    {"routing as a number in a spec file",
+     {"deploy", "-f", "{dir}/spec.yaml"},
+     "name: x\nmodel: tiny\nrouting: [1, 2]\n",
+     2,
+     "'routing'",
+     ""},
     {"replicas out of range in a file",
      {"deploy", "-f", "{dir}/spec.yaml"},
      "name: x\nmodel: tiny\nreplicas: 5000\n",
@@ -180,6 +223,52 @@ TEST(CliE2e, BadInputGetsAClearErrorAndTheRightExitCode) {
       EXPECT_EQ(result.out.find(row.unexpected), std::string::npos) << result.out;
     }
   }
+}
+
+// `--routing` reaches the deployment and `nebula get`, canonical; changing it restarts no engine;
+// the server refuses a bad spec with a 400 naming it, whoever sends it.
+TEST(CliE2e, RoutingIsSetShownAndChangedWithoutARollout) {
+  NebulaUp up;
+  ASSERT_TRUE(up.wait_node_ready());
+  auto deployed = up.cli({"deploy", "chat", "--model", "tiny", "--routing", "session", "--wait", "--timeout", "2m"});
+  ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
+  auto shown = up.cli({"get", "chat"});
+  EXPECT_NE(shown.out.find("Routing:   session\n"), std::string::npos) << shown.out;
+  auto pids = up.engine_pids("chat");
+  ASSERT_EQ(pids.size(), 1u);
+
+  auto changed = up.cli({"deploy", "chat", "--routing", "prefix+load"});
+  ASSERT_EQ(changed.exit_code, 0) << changed.out;
+  json deployment = up.get_json("/api/v1/deployments/chat");
+  EXPECT_EQ(deployment["spec"].value("routing", ""), "prefix+load,prefix=2,queue=1,kv=1");
+  EXPECT_EQ(deployment["spec"].value("model", ""), "tiny") << "flags change an existing deployment";
+  auto as_yaml = up.cli({"get", "chat", "-o", "yaml"});
+  EXPECT_NE(as_yaml.out.find("routing: prefix+load,prefix=2,queue=1,kv=1"), std::string::npos) << as_yaml.out;
+  // Scaling after the change: once the second replica is Ready the controller has acted on the
+  // routing change too, and made no plan for it.
+  ASSERT_EQ(up.cli({"scale", "chat", "2"}).exit_code, 0);
+  ASSERT_TRUE(eventually(
+      [&] { return up.get_json("/api/v1/deployments/chat")["status"].value("ready_replicas", 0) == 2; }, 60s));
+  json after = up.get_json("/api/v1/deployments/chat");
+  EXPECT_EQ(after["status"].value("plan_version", int64_t{0}), 1) << after.dump();
+  auto now_pids = up.engine_pids("chat");
+  EXPECT_TRUE(now_pids.count(*pids.begin())) << "the first engine was not restarted";
+
+  // Back to the default: "" is allowed and shown as such.
+  auto reset = up.cli({"deploy", "chat", "--routing", ""});
+  ASSERT_EQ(reset.exit_code, 0) << reset.out;
+  EXPECT_NE(up.cli({"get", "chat"}).out.find("Routing:   least-outstanding (default)"), std::string::npos);
+
+  // The API itself refuses a bad spec, not only the CLI.
+  http::BlockingClient client;
+  auto refused = client.request("PUT", up.server() + "/api/v1/deployments/chat",
+                                json{{"spec", {{"model", "tiny"}, {"routing", "prefix+load,kv=abc"}}}}.dump(),
+                                {{"Content-Type", "application/json"}});
+  ASSERT_TRUE(refused.ok()) << refused.error().message;
+  EXPECT_EQ(refused->status, 400) << refused->body;
+  EXPECT_NE(refused->body.find("spec.routing: routing parameter 'kv' must be a number, got 'abc'"), std::string::npos)
+      << refused->body;
+  EXPECT_FALSE(up.get_json("/api/v1/deployments/chat")["spec"].contains("routing")) << "left as it was (the default)";
 }
 
 // A listener that records every byte it receives and answers each request head with a 404.

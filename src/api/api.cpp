@@ -78,6 +78,7 @@ DeploymentSpec deployment_spec_from(const json& object) {
   read(shape, "overhead_mb", spec.shape.overhead_mb);
   read(object, "max_surge", spec.max_surge);
   read(object, "max_unavailable", spec.max_unavailable);
+  read(object, "routing", spec.routing);
   return spec;
 }
 
@@ -191,6 +192,7 @@ json to_json(const DeploymentSpec& spec) {
   }
   if (spec.max_surge != "1") object["max_surge"] = spec.max_surge;
   if (spec.max_unavailable != "0") object["max_unavailable"] = spec.max_unavailable;
+  if (!spec.routing.empty()) object["routing"] = spec.routing;
   return object;
 }
 

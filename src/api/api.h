@@ -101,6 +101,10 @@ struct DeploymentSpec {
   // beyond `replicas`; unavailable: Ready replicas that may be missing meanwhile. Not both 0.
   std::string max_surge = "1";
   std::string max_unavailable = "0";
+  // How the gateway chooses among the replicas (router::make_policy's spec, e.g. "session" or
+  // "prefix+load,prefix=2,queue=1,kv=1"); "" = least-outstanding. Not part of a plan: changing it
+  // restarts no engine.
+  std::string routing;
 };
 
 // One plan of a deployment: what its engines run. The spec fields that change an engine (model,

@@ -41,6 +41,25 @@ TEST(DeploymentSpecJson, UnsetPlacementFieldsAreLeftOut) {
   EXPECT_NE(wrong.error().message.find("'layers'"), std::string::npos) << wrong.error().message;
 }
 
+TEST(DeploymentSpecJson, RoutingRoundTripsAndIsLeftOutWhenDefault) {
+  DeploymentSpec spec;
+  spec.model = "m";
+  EXPECT_FALSE(to_json(spec).contains("routing"));
+  spec.routing = "prefix+load,prefix=2,queue=1,kv=1";
+  json document = to_json(spec);
+  EXPECT_EQ(document["routing"], "prefix+load,prefix=2,queue=1,kv=1");
+  auto parsed = deployment_spec_from_json(document);
+  ASSERT_TRUE(parsed) << parsed.error().message;
+  EXPECT_EQ(parsed->routing, spec.routing);
+  auto wrong = deployment_spec_from_json(json{{"model", "m"}, {"routing", 3}});
+  ASSERT_FALSE(wrong);
+  EXPECT_NE(wrong.error().message.find("'routing'"), std::string::npos) << wrong.error().message;
+  // Routing is not part of a plan: the engines stay as they are.
+  DeploymentSpec other = spec;
+  other.routing = "session";
+  EXPECT_TRUE(same_plan(spec, other));
+}
+
 TEST(DeploymentSpecValidation, RefusesBadPlacementFields) {
   DeploymentSpec spec;
   spec.model = "m";

@@ -24,6 +24,14 @@ TEST(DeploymentFromUserJson, ReadsAKnownDocument) {
   EXPECT_TRUE(deployment_from_user_json(to_json(*deployment)).ok());
 }
 
+TEST(DeploymentFromUserJson, KnowsTheRoutingField) {
+  auto deployment = deployment_from_user_json(document_with_spec({{"model", "m"}, {"routing", "session"}}));
+  ASSERT_TRUE(deployment.ok()) << deployment.error().message;
+  EXPECT_EQ(deployment->spec.routing, "session");
+  EXPECT_EQ(error_of(document_with_spec({{"model", "m"}, {"routting", "session"}})),
+            "unknown field 'spec.routting' (did you mean 'spec.routing'?)");
+}
+
 TEST(DeploymentFromUserJson, NamesAnUnknownFieldAndTheClosestKnownOne) {
   EXPECT_EQ(error_of(document_with_spec({{"model", "m"}, {"replcias", 2}})),
             "unknown field 'spec.replcias' (did you mean 'spec.replicas'?)");

@@ -5,6 +5,7 @@
 #include "api/api.h"
 #include "common/clock.h"
 #include "common/ids.h"
+#include "http/test_server.h"
 #include "store/memory_store.h"
 
 namespace nebula::auth {
@@ -67,7 +68,7 @@ TEST(Guard, WithoutRequiredKeysEverythingPasses) {
   EXPECT_FALSE(guard.management_refusal(request_with("DELETE", "/api/v1/deployments/x", "nb-garbage")));
 }
 
-TEST(Guard, InferenceNeedsAValidKeyThatIsNotANodes) {
+TEST(Guard, InferenceNeedsAValidKeyAndNoNodeKey) {
   store::MemoryStore store;
   Guard guard(store, true);
   ASSERT_TRUE(guard.start());
@@ -153,6 +154,56 @@ TEST(Guard, TheBootstrapAdminKeyIsMadeOnce) {
   auto second = guard.bootstrap_admin_key();
   ASSERT_TRUE(second);
   EXPECT_TRUE(second->empty());
+}
+
+// /api/v1/keys over a real socket, with bad requests among the good.
+TEST(Guard, KeyRoutesCreateListAndRevoke) {
+  store::MemoryStore store;
+  Guard guard(store, true);
+  ASSERT_TRUE(guard.start());
+  http::testing::ServerThread server;
+  http::Router router;
+  guard.add_routes(router);
+  ASSERT_TRUE(server.start(std::move(router)));
+  http::BlockingClient client;
+  auto post = [&](const std::string& body) { return client.request("POST", server.url() + "/api/v1/keys", body); };
+
+  for (const char* bad : {"", "{not json", "[1]", R"({"scope":"inference"})", R"({"name":"n","scope":"node"})",
+                          R"({"name":"n","scope":"root"})", R"({"name":"n","rpm":"lots"})", R"({"name":"n","rpm":-1})",
+                          R"({"name":"n","expires":"soon"})", R"({"name":["n"]})"}) {
+    auto refused = post(bad);
+    ASSERT_TRUE(refused) << bad;
+    EXPECT_EQ(refused->status, 400) << bad << ": " << refused->body;
+    EXPECT_NE(refused->body.find("invalid_request"), std::string::npos) << bad;
+  }
+  EXPECT_EQ(client.request("GET", server.url() + "/api/v1/keys")->body, R"({"items":[]})") << "nothing was stored";
+
+  auto created = post(R"({"name":"alice","models":["chat"],"rpm":5,"expires":"1h"})");
+  ASSERT_TRUE(created);
+  ASSERT_EQ(created->status, 201) << created->body;
+  json answer = json::parse(created->body);
+  EXPECT_EQ(answer["enforced"], true);
+  std::string secret = answer["secret"];
+  std::string id = answer["key"]["metadata"]["name"];
+  EXPECT_GT(answer["key"]["expires_ms"].get<int64_t>(), 0);
+  std::shared_ptr<const api::ApiKey> key;
+  EXPECT_FALSE(guard.inference_refusal(request_with("POST", "/v1/chat/completions", secret), key));
+
+  auto listed = client.request("GET", server.url() + "/api/v1/keys");
+  ASSERT_TRUE(listed);
+  EXPECT_NE(listed->body.find(id), std::string::npos);
+  EXPECT_EQ(listed->body.find(secret), std::string::npos) << "a secret is shown once";
+  EXPECT_EQ(listed->body.find(sha256_hex(secret)), std::string::npos) << "nor its hash";
+
+  EXPECT_EQ(client.request("DELETE", server.url() + "/api/v1/keys/nope")->status, 404);
+  auto revoked = client.request("DELETE", server.url() + "/api/v1/keys/" + id);
+  ASSERT_TRUE(revoked);
+  EXPECT_EQ(revoked->status, 200);
+  EXPECT_EQ(json::parse(revoked->body)["revoked"], true);
+  auto refusal = guard.inference_refusal(request_with("POST", "/v1/chat/completions", secret), key);
+  ASSERT_TRUE(refusal);
+  EXPECT_EQ(refusal->status, 401);
+  server.stop();
 }
 
 }  // namespace

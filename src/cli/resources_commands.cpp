@@ -11,6 +11,7 @@
 #include "cli/cli.h"
 #include "common/config.h"
 #include "models/models.h"
+#include "router/policy.h"
 
 namespace nebula::cli {
 
@@ -207,6 +208,10 @@ int run_deploy(int argc, char** argv) {
   app.add_option("--max-surge", max_surge, "Rollouts: replicas started beyond --replicas (N or P%; default 1)");
   app.add_option("--max-unavailable", max_unavailable,
                  "Rollouts: Ready replicas that may be missing (N or P%; default 0)");
+  std::string routing;
+  app.add_option("--routing", routing,
+                 "Replica choice: least-outstanding (\"\"), round-robin, power-of-two, session, prefix, kv-load "
+                 "or prefix+load, with parameters: NAME[,PARAM=N...] (docs/routing.md)");
   app.add_option("--engine-arg", engine_args, "Extra engine argument (repeatable)");
   app.add_option("--env", env, "Engine environment variable K=V (repeatable)");
   app.add_option("-f,--file", file, "Deployment spec in YAML");
@@ -260,6 +265,7 @@ int run_deploy(int argc, char** argv) {
   if (!on_idle.empty()) spec["on_idle"] = on_idle;
   if (!max_surge.empty()) spec["max_surge"] = max_surge;
   if (!max_unavailable.empty()) spec["max_unavailable"] = max_unavailable;
+  if (app.count("--routing") > 0) spec["routing"] = routing;
   if (!vram.empty()) spec["vram_mb"] = *parse_size_mb(vram);
   // Given flags replace the list, so the same command run twice asks for the same spec (and does
   // not start a second rollout).
@@ -271,6 +277,10 @@ int run_deploy(int argc, char** argv) {
   auto deployment = api::deployment_from_user_json(document);
   if (!deployment) return usage_error(app, deployment.error().message);
   if (auto valid = api::validate(deployment->spec); !valid) return usage_error(app, valid.error().message);
+  // The server checks it too; refusing here names the flag's value before anything is sent.
+  if (auto policy = router::make_policy(deployment->spec.routing); !policy) {
+    return usage_error(app, "spec.routing: " + policy.error().message);
+  }
   if (auto valid = check_context(deployment->spec); !valid) return usage_error(app, valid.error().message);
   warn_unknown_model(deployment->spec);
   auto timeout = parse_duration(wait_timeout);
@@ -339,6 +349,10 @@ int run_get(int argc, char** argv) {
               << "Model:     " << spec.value("model", "") << "\n"
               << "Engine:    " << spec.value("engine", "") << "\n"
               << "Replicas:  " << status.value("ready_replicas", 0) << "/" << spec.value("replicas", 0) << " ready\n"
+              << "Routing:   "
+              << (spec.value("routing", "").empty() ? std::string("least-outstanding (default)")
+                                                    : spec.value("routing", ""))
+              << "\n"
               << "Status:    " << status.value("phase", "")
               << (status.value("message", "").empty() ? "" : " - " + status.value("message", "")) << "\n"
               << "VRAM:      "

@@ -52,6 +52,7 @@ struct ServerFlags {
   std::string queue_timeout = "30s";
   size_t max_queue = 1024;
   int replica_capacity = 256;
+  std::string load_scrape_interval = "1s";
   // Browser-facing guard (docs/security.md).
   std::vector<std::string> allowed_hosts;
   std::vector<std::string> allowed_origins;
@@ -89,6 +90,10 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
   app.add_option("--replica-capacity", flags.replica_capacity,
                  "Gateway: requests one replica takes at once when its deployment sets no --max-seqs")
       ->check(whole_number(1, 1'000'000))
+      ->capture_default_str();
+  app.add_option("--load-scrape-interval", flags.load_scrape_interval,
+                 "Gateway: how often each replica's engine /metrics is read for its load (0 = never)")
+      ->check(duration_value())
       ->capture_default_str();
   app.add_option("--drain-timeout", flags.drain_timeout,
                  "On SIGTERM/Ctrl-C: how long requests in flight may take to finish before they are cut")
@@ -264,7 +269,8 @@ class ServerRuntime {
         {&flags.first_token_timeout, &gateway_options.first_byte_timeout},
         {&flags.idle_timeout, &gateway_options.idle_timeout},
         {&flags.request_timeout, &gateway_options.total_timeout},
-        {&flags.queue_timeout, &gateway_options.queue_timeout}};
+        {&flags.queue_timeout, &gateway_options.queue_timeout},
+        {&flags.load_scrape_interval, &gateway_options.load_scrape_interval}};
     for (auto [text, target] : durations) {
       auto duration = parse_duration(*text);
       if (!duration) return duration.error();

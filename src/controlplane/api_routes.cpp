@@ -224,6 +224,7 @@ Result<api::Deployment> deployment_from_request(const Request& request, const st
   }
   if (auto valid = api::validate_name(deployment->metadata.name); !valid) return valid.error();
   if (auto valid = api::validate(deployment->spec); !valid) return valid.error();
+  if (auto valid = canonical_routing(deployment->spec); !valid) return valid.error();
   if (auto allowed = check_engine_env(deployment->spec.env, options.keys_required); !allowed) return allowed.error();
   deployment->status = {};
   return deployment;

@@ -104,6 +104,11 @@ api::DeploymentSpec spec_of_plan(const api::Deployment& deployment, int64_t vers
 // Replicas of `replicas` that are Ready.
 int count_ready(const std::vector<api::Replica*>& replicas);
 
+// Checks spec.routing with the router's own parser and writes it in its canonical form ("" stays
+// ""): a spec the gateway would refuse never reaches the store. InvalidArgument naming the bad
+// part (routing.cpp).
+Status canonical_routing(api::DeploymentSpec& spec);
+
 // Registers /api/v1/*, /healthz and /readyz. Handlers run on the server's io_context (one thread);
 // `io` is that io_context, used for watch notifications.
 void add_api_routes(http::Router& router, Resources& resources, asio::io_context& io, const Options& options);

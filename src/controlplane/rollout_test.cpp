@@ -195,6 +195,41 @@ TEST_F(RolloutTest, ASpecChangeRollsReplicasOverWithSurgeAndDrainsTheOld) {
   EXPECT_EQ(count_plan("chat", 2), 3);
 }
 
+TEST_F(RolloutTest, ARoutingChangeIsNotANewPlanAndTouchesNoReplica) {
+  Controller controller(resources_, options());
+  add_node("n1", 80 * 1024);
+  deploy("chat", 2);
+  controller.reconcile();
+  agent_step();
+  controller.reconcile();
+  ASSERT_EQ(deployment("chat").status.plan_version, 1);
+  auto before = replicas("chat");
+  ASSERT_EQ(before.size(), 2u);
+
+  for (const char* routing : {"session", "prefix+load,prefix=2,queue=1,kv=1", ""}) {
+    change_spec("chat", [&](api::DeploymentSpec& spec) { spec.routing = routing; });
+    for (int pass = 0; pass < 3; ++pass) {
+      controller.reconcile();
+      agent_step();
+    }
+    auto after = deployment("chat");
+    EXPECT_EQ(after.status.plan_version, 1) << routing;
+    EXPECT_EQ(after.status.plans.size(), 1u) << routing;
+    EXPECT_EQ(after.spec.routing, routing);
+    auto now = replicas("chat");
+    ASSERT_EQ(now.size(), before.size()) << routing;
+    for (size_t i = 0; i < now.size(); ++i) {
+      EXPECT_EQ(now[i].metadata.name, before[i].metadata.name);
+      EXPECT_EQ(now[i].spec.draining_since_ms, 0);
+      EXPECT_FALSE(now[i].spec.stop);
+    }
+  }
+  // An engine change after it is one (the check above is not blind).
+  change_spec("chat", [](api::DeploymentSpec& spec) { spec.engine_args = {"--seed", "7"}; });
+  controller.reconcile();
+  EXPECT_EQ(deployment("chat").status.plan_version, 2);
+}
+
 TEST_F(RolloutTest, ADrainedReplicaStopsAsSoonAsTheGatewaySaysSo) {
   Options with_gateway = options();
   std::set<std::string> idle_replicas;

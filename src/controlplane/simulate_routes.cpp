@@ -26,6 +26,7 @@ Result<api::Deployment> deployment_to_simulate(const std::string& body) {
   if (deployment->metadata.name.empty()) deployment->metadata.name = "dry-run";
   if (auto valid = api::validate_name(deployment->metadata.name); !valid) return valid.error();
   if (auto valid = api::validate(deployment->spec); !valid) return valid.error();
+  if (auto valid = canonical_routing(deployment->spec); !valid) return valid.error();
   return deployment;
 }
 

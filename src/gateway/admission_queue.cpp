@@ -21,10 +21,7 @@ awaitable<Result<std::shared_ptr<router::Endpoint>>> Gateway::acquire(Call& call
   auto& queue = queues_[call.model];
   // Nobody waiting: take a free slot directly. Otherwise queue behind them (no barging).
   if (queue.empty()) {
-    if (auto endpoint = table_.pick(call.model, exclude, options_.replica_capacity, SteadyClock::now())) {
-      endpoint->outstanding += 1;
-      co_return endpoint;
-    }
+    if (auto endpoint = choose(call.model, call.route, exclude)) co_return endpoint;
   }
   // An idle deployment being woken (or started), or one whose replicas are starting (just
   // deployed, or replaced one at a time by a rollout), is worth waiting for; otherwise no ready
@@ -49,6 +46,7 @@ awaitable<Result<std::shared_ptr<router::Endpoint>>> Gateway::acquire(Call& call
   waiter.key = call.key_id;
   waiter.priority = call.key ? call.key->priority : 0;
   waiter.exclude = exclude;
+  waiter.route = &call.route;
   auto deadline = std::min(call.deadline, SteadyClock::now() + options_.queue_timeout);
   waiter.timer.expires_at(deadline);
   queue.push_back(&waiter);
@@ -70,8 +68,9 @@ awaitable<Result<std::shared_ptr<router::Endpoint>>> Gateway::acquire(Call& call
                                                        options_.queue_timeout.count()));
 }
 
-void Gateway::release(const std::shared_ptr<router::Endpoint>& endpoint) {
+void Gateway::release(const std::shared_ptr<router::Endpoint>& endpoint, int64_t tokens) {
   endpoint->outstanding -= 1;
+  endpoint->inflight_tokens -= tokens;
   dispatch_queue(endpoint->deployment);
 }
 
@@ -102,9 +101,8 @@ void Gateway::dispatch_queue(const std::string& deployment) {
     });
     bool granted = false;
     for (Waiter* waiter : order) {
-      auto endpoint = table_.pick(deployment, waiter->exclude, options_.replica_capacity, SteadyClock::now());
+      auto endpoint = choose(deployment, *waiter->route, waiter->exclude);
       if (!endpoint) continue;
-      endpoint->outstanding += 1;
       waiter->granted = endpoint;
       last_served_[waiter->key] = ++admission_sequence_;
       queue.remove(waiter);

@@ -12,6 +12,7 @@
 #include "common/json.h"
 #include "gateway/gateway.h"
 #include "http/http.h"
+#include "router/policy.h"
 
 namespace nebula::gateway {
 
@@ -27,6 +28,7 @@ struct Gateway::Waiter {
   int priority = 0;
   uint64_t sequence = 0;
   std::set<std::string> exclude;
+  router::RouteContext* route = nullptr;  // the call's
   asio::steady_timer timer;
   std::shared_ptr<router::Endpoint> granted;
   std::string failure;         // set when waiting became pointless (the deployment cannot start)
@@ -47,6 +49,7 @@ struct Gateway::Call {
   bool client_wants_usage = false;
   std::string upstream_body;  // what the engine is sent
   int64_t estimated_tokens = 0;
+  router::RouteContext route;  // what the deployment's Policy sees of the request
   uint64_t ticket = 0;
   bool admitted = false;  // counted by the limiter
   std::string replica;
@@ -64,6 +67,7 @@ struct Gateway::Call {
   // /v1/responses: the items up to this request's input, stored with the answer unless the
   // client sent "store": false.
   json conversation;
+  std::string conversation_root;  // the id of the first response of the chain it continues
   bool store_response = false;
   // No replica could take the request because every breaker is open: the answer is the engine's
   // last error (breaker_refusal()), at once.

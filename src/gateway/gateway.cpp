@@ -60,7 +60,7 @@ Gateway::~Gateway() {
 
 void Gateway::stop() {
   stopping_ = true;
-  for (auto* timer : {activity_timer_.get(), watch_timer_.get()}) {
+  for (auto* timer : {activity_timer_.get(), watch_timer_.get(), scrape_timer_.get()}) {
     if (timer) asio::post(io_, [timer] { timer->cancel(); });
   }
   if (watch_) watch_->cancel();
@@ -85,8 +85,18 @@ Status Gateway::start() {
   if (!watch) return watch.error();
   watch_ = std::move(*watch);
   // A replica that became Ready may serve queued requests: wake the queue on the I/O thread.
-  table_.set_on_change(
-      [this](const std::string& deployment) { asio::post(io_, [this, deployment] { dispatch_queue(deployment); }); });
+  // A deleted deployment's policy goes with it.
+  table_.set_on_change([this](const std::string& deployment) {
+    asio::post(io_, [this, deployment] {
+      forget_deployment(deployment);
+      dispatch_queue(deployment);
+    });
+  });
+  // Policies run on the I/O thread: what they learnt about a replica that left routing is
+  // dropped there.
+  table_.set_on_replica_gone([this](const std::string& deployment, const std::string& replica) {
+    asio::post(io_, [this, deployment, replica] { forget_replica(deployment, replica); });
+  });
   // Everything a replica holds goes with it: idle connections to its engine are closed (on the
   // I/O thread, which owns the pool's sockets), not left in CLOSE-WAIT until the pool is next used.
   table_.set_on_endpoint_gone([this](const std::string& url) {
@@ -98,6 +108,10 @@ Status Gateway::start() {
   activity_timer_ = std::make_unique<asio::steady_timer>(io_);
   asio::co_spawn(io_, report_activity(), asio::detached);
   watch_timer_ = std::make_unique<asio::steady_timer>(io_);
+  if (options_.load_scrape_interval.count() > 0) {
+    scrape_timer_ = std::make_unique<asio::steady_timer>(io_);
+    asio::co_spawn(io_, scrape_loads(), asio::detached);
+  }
   return usage_.start();
 }
 
@@ -163,8 +177,8 @@ void Gateway::add_routes(http::Router& router) {
     return stored_response(request, writer, true);
   });
   router.add("GET", "/metrics", [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
-    co_await writer.send(
-        http::Response::text(200, metrics_.render() + http::render_server_metrics(), "text/plain; version=0.0.4"));
+    co_await writer.send(http::Response::text(200, metrics_.render() + router_metrics() + http::render_server_metrics(),
+                                              "text/plain; version=0.0.4"));
   });
   auth_.add_routes(router);
   add_usage_routes(router);

@@ -1,14 +1,16 @@
 #pragma once
 // The OpenAI-compatible gateway: /v1/models, /v1/chat/completions, /v1/completions,
 // /v1/embeddings and /v1/responses; API keys, rate limits, usage accounting, a fair admission
-// queue, circuit breaking and metrics. Resolves the model to a deployment, picks a Ready replica
-// (least outstanding requests among those with free capacity), and relays the engine's answer,
-// streaming SSE event by event. Every error leaves as OpenAI error JSON with an x-request-id.
+// queue, circuit breaking and metrics. Resolves the model to a deployment, has the deployment's
+// routing policy choose among its Ready replicas with free capacity (router/policy.h), and relays
+// the engine's answer, streaming SSE event by event. Every error leaves as OpenAI error JSON with
+// an x-request-id.
 //
 // Threading: request handling runs on the server's single I/O thread; the endpoint table is also
 // fed from store watch callbacks (other threads) and is locked.
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -27,6 +29,7 @@
 #include "gateway/usage.h"
 #include "http/http.h"
 #include "router/endpoint_table.h"
+#include "router/policy.h"
 #include "store/store.h"
 
 namespace spdlog {
@@ -55,6 +58,13 @@ struct Options {
   int breaker_failures = 3;
   std::chrono::milliseconds breaker_cooldown{5'000};
   std::chrono::milliseconds usage_flush_interval{1'000};
+  // How often each Ready replica's /metrics is read for its engine's own load (--load-scrape-interval);
+  // 0 = never.
+  std::chrono::milliseconds load_scrape_interval{1'000};
+  // Makes each deployment's routing policy from its spec.routing: router::make_policy, or a fake
+  // a test puts at this seam.
+  std::function<Result<std::unique_ptr<router::Policy>>(std::string_view spec, const router::PolicyOptions& options)>
+      make_policy = router::make_policy;
   std::string access_log_path;  // "" = no access log
 };
 
@@ -96,7 +106,7 @@ class Gateway {
   // fair queue until one frees up.
   awaitable<Result<std::shared_ptr<router::Endpoint>>> acquire(Call& call, const std::set<std::string>& exclude,
                                                                http::ResponseWriter& writer);
-  void release(const std::shared_ptr<router::Endpoint>& endpoint);
+  void release(const std::shared_ptr<router::Endpoint>& endpoint, int64_t tokens);
   void dispatch_queue(const std::string& deployment);
   // Open breakers (engine_errors.cpp). A request that no replica can take because every
   // replica's breaker is open gets the engine's last error at once (waiting would only time out
@@ -112,6 +122,22 @@ class Gateway {
   http::Response breaker_refusal(const Call& call) const;
   void breaker_failed(const std::shared_ptr<router::Endpoint>& endpoint);
   std::map<std::string, EngineError> engine_errors_;  // per deployment; I/O thread only
+  // Routing (routing.cpp): the replica the deployment's Policy chooses among the table's
+  // candidates, its slot taken (outstanding and in-flight tokens); nullptr when none is free.
+  std::shared_ptr<router::Endpoint> choose(const std::string& deployment, router::RouteContext& context,
+                                           const std::set<std::string>& exclude);
+  // The deployment's policy, made again when its spec.routing changed.
+  router::Policy& policy_for(const std::string& deployment);
+  // What the deployment's policy learnt about a replica that left routing, or about a deployment
+  // that is gone, is dropped.
+  void forget_replica(const std::string& deployment, const std::string& replica);
+  void forget_deployment(const std::string& deployment);
+  // Engine load (load_scraper.cpp): every load_scrape_interval, each Ready replica's /metrics is
+  // read (one read per replica at a time) into its Endpoint::engine.
+  awaitable<void> scrape_loads();
+  awaitable<void> scrape_load(std::shared_ptr<router::Endpoint> endpoint);
+  // nebula_router_* lines for /metrics: the age and figures of each replica's engine load.
+  std::string router_metrics() const;
   // Accounting (access_log.cpp): limiter, usage, metrics and the access log line.
   void finish(Call& call, int status);
   http::Response stored_response_answer(const http::Request& request, bool erase);
@@ -155,7 +181,13 @@ class Gateway {
   ResponseStore responses_;  // I/O thread only
   std::unique_ptr<store::WatchHandle> watch_;
   std::map<std::string, std::list<Waiter*>> queues_;  // per deployment; I/O thread only
-  std::map<std::string, uint64_t> last_served_;       // key -> admission sequence; I/O thread only
+  struct DeploymentPolicy {
+    std::string spec;  // the spec.routing it was made for (a refused one included)
+    std::unique_ptr<router::Policy> policy;
+  };
+  std::map<std::string, DeploymentPolicy> policies_;  // I/O thread only
+  std::unique_ptr<asio::steady_timer> scrape_timer_;
+  std::map<std::string, uint64_t> last_served_;  // key -> admission sequence; I/O thread only
   uint64_t admission_sequence_ = 0;
   std::map<std::string, int64_t> last_request_ms_;  // I/O thread only
   std::map<std::string, int64_t> reported_ms_;      // what report_activity last wrote

@@ -113,8 +113,9 @@ awaitable<int> Gateway::relay(Call& call, http::ResponseWriter& writer) {
     struct Slot {
       Gateway& gateway;
       std::shared_ptr<router::Endpoint> endpoint;
-      ~Slot() { gateway.release(endpoint); }
-    } slot{*this, endpoint};
+      int64_t tokens;
+      ~Slot() { gateway.release(endpoint, tokens); }
+    } slot{*this, endpoint, call.route.prompt_tokens + call.route.output_tokens};
     tried.insert(endpoint->replica);
     call.replica = endpoint->replica;
     endpoint->breaker.sent();

@@ -8,9 +8,12 @@
 namespace nebula::gateway {
 
 namespace {
-int64_t string_bytes(simdjson::dom::element value) {
+// The length of a string value (0 for any other), its text appended to `prompt` up to the limit.
+int64_t string_bytes(simdjson::dom::element value, std::string& prompt) {
   std::string_view text;
-  return value.get_string().get(text) ? 0 : static_cast<int64_t>(text.size());
+  if (value.get_string().get(text)) return 0;
+  if (prompt.size() < kPromptTextLimit) prompt.append(text.substr(0, kPromptTextLimit - prompt.size()));
+  return static_cast<int64_t>(text.size());
 }
 
 const char* type_name(simdjson::dom::element value) {
@@ -146,6 +149,8 @@ Result<RequestFacts> read_request(std::string_view body, Api api) {
   RequestFacts facts;
   std::string_view model;
   if (!root["model"].get_string().get(model)) facts.model = std::string(model);
+  std::string_view user;
+  if (!root["user"].get_string().get(user)) facts.user = std::string(user);
   bool flag = false;
   facts.stream = !root["stream"].get_bool().get(flag) && flag;
   simdjson::dom::object options;
@@ -161,10 +166,10 @@ Result<RequestFacts> read_request(std::string_view body, Api api) {
       if (!content.get_array().get(parts)) {
         for (auto part : parts) {
           simdjson::dom::element text;
-          if (part.is_object() && !part["text"].get(text)) facts.prompt_bytes += string_bytes(text);
+          if (part.is_object() && !part["text"].get(text)) facts.prompt_bytes += string_bytes(text, facts.prompt_text);
         }
       } else {
-        facts.prompt_bytes += string_bytes(content);
+        facts.prompt_bytes += string_bytes(content, facts.prompt_text);
       }
     }
   }
@@ -173,9 +178,9 @@ Result<RequestFacts> read_request(std::string_view body, Api api) {
     if (root[field].get(value)) continue;
     simdjson::dom::array items;
     if (!value.get_array().get(items)) {
-      for (auto item : items) facts.prompt_bytes += string_bytes(item);
+      for (auto item : items) facts.prompt_bytes += string_bytes(item, facts.prompt_text);
     } else {
-      facts.prompt_bytes += string_bytes(value);
+      facts.prompt_bytes += string_bytes(value, facts.prompt_text);
     }
   }
   for (const char* field : {"max_completion_tokens", "max_tokens", "max_output_tokens"}) {

@@ -34,12 +34,19 @@ struct RequestFacts {
   int64_t prompt_bytes = 0;
   // max_completion_tokens, else max_tokens, else max_output_tokens: the first that is an integer.
   std::optional<int64_t> max_tokens;
+  std::string user;  // "user", when a string: the end user, a routing session key
+  // The prompt text the same bytes count, concatenated in order, up to kPromptTextLimit bytes:
+  // what prefix routing hashes.
+  std::string prompt_text;
   // The first field OpenAI would refuse, checked as OpenAI checks it for `api` (required fields,
   // types, ranges: max_tokens, max_completion_tokens and max_output_tokens >= 1, n in 1..128,
   // temperature in 0..2, top_p in 0..1, penalties in -2..2, top_logprobs in 0..20); nullopt when
   // none.
   std::optional<RequestProblem> problem;
 };
+
+// Prefix hashes cover at most this many bytes of a prompt (router::block_hashes' defaults).
+inline constexpr size_t kPromptTextLimit = 64 * 512;
 
 // InvalidArgument naming the problem when the body is not JSON or not an object. Field problems
 // are not errors here: they are reported in `problem`, for the caller to refuse with OpenAI's code.

@@ -534,7 +534,8 @@ Result<json> input_items_page(const json& response, const json& conversation,
   return page;
 }
 
-void ResponseStore::put(const std::string& id, const std::string& key_id, json response, json conversation) {
+void ResponseStore::put(const std::string& id, const std::string& key_id, json response, json conversation,
+                        std::string root) {
   if (auto old = entries_.find(id); old != entries_.end()) {
     bytes_ -= old->second.bytes;
     order_.erase(old->second.age);
@@ -544,8 +545,9 @@ void ResponseStore::put(const std::string& id, const std::string& key_id, json r
   size_t bytes = response.dump().size() + conversation_bytes;
   if (bytes > max_bytes_) return;  // larger than the whole store: not kept
   order_.push_back(id);
-  entries_[id] =
-      Entry{key_id, std::move(response), std::move(conversation), conversation_bytes, bytes, std::prev(order_.end())};
+  if (root.empty()) root = id;
+  entries_[id] = Entry{key_id, std::move(response),    std::move(conversation), std::move(root), conversation_bytes,
+                       bytes,  std::prev(order_.end())};
   bytes_ += bytes;
   while ((entries_.size() > capacity_ || bytes_ > max_bytes_) && !order_.empty()) {
     auto oldest = entries_.find(order_.front());
@@ -572,6 +574,11 @@ const json* ResponseStore::conversation(const std::string& id, const std::string
   if (!entry) return nullptr;
   if (conversation_bytes) *conversation_bytes = entry->conversation_bytes;
   return &entry->conversation;
+}
+
+std::string ResponseStore::root(const std::string& id, const std::string& key_id) const {
+  const Entry* entry = find(id, key_id);
+  return entry ? entry->root : std::string();
 }
 
 bool ResponseStore::erase(const std::string& id, const std::string& key_id) {

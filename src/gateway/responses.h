@@ -113,12 +113,16 @@ class ResponseStore {
  public:
   explicit ResponseStore(size_t capacity = 10000, size_t max_bytes = size_t{256} << 20)
       : capacity_(capacity), max_bytes_(max_bytes) {}
-  void put(const std::string& id, const std::string& key_id, json response, json conversation);
+  // `root`: the id of the first response of the chain this one continues ("" = it starts one).
+  void put(const std::string& id, const std::string& key_id, json response, json conversation, std::string root = "");
   // The stored response and its conversation; null when unknown or another key's.
   const json* response(const std::string& id, const std::string& key_id) const;
   // conversation_bytes, when given, gets the length of its JSON text (measured when it was put).
   const json* conversation(const std::string& id, const std::string& key_id,
                            size_t* conversation_bytes = nullptr) const;
+  // The id of the first response of the chain `id` belongs to (`id` itself for a first one);
+  // "" when unknown or another key's.
+  std::string root(const std::string& id, const std::string& key_id) const;
   bool erase(const std::string& id, const std::string& key_id);
   size_t size() const { return entries_.size(); }
   size_t bytes() const { return bytes_; }
@@ -128,6 +132,7 @@ class ResponseStore {
     std::string key_id;
     json response;
     json conversation;
+    std::string root;
     size_t conversation_bytes = 0;
     size_t bytes = 0;  // the response's JSON text and the conversation's
     std::list<std::string>::iterator age;

@@ -8,6 +8,7 @@
 #include "gateway/call.h"
 #include "gateway/request_json.h"
 #include "gateway/responses.h"
+#include "gateway/route_context.h"
 
 namespace nebula::gateway {
 
@@ -122,7 +123,12 @@ std::optional<http::Response> Gateway::admit(Call& call, const http::Request& re
   }
   call.client_wants_usage = prepared->client_wants_usage;
   call.upstream_body = prepared->body ? dump(*prepared->body) : request.body;
-  call.estimated_tokens = (facts->prompt_bytes + prior_bytes) / 4 + 1 + requested_output_tokens(*facts, call.kind);
+  call.route = route_context(request, *facts, call.kind == kResponses ? &*prepared->body : nullptr,
+                             call.conversation_root, prior_bytes);
+  call.route.deployment = call.model;
+  call.route.output_tokens = requested_output_tokens(*facts, call.kind);
+  call.route.priority = call.key ? call.key->priority : 0;
+  call.estimated_tokens = call.route.prompt_tokens + call.route.output_tokens;
 
   if (!call.key) {
     call.admitted = true;
@@ -157,6 +163,7 @@ bool Gateway::attach_conversation(Call& call, int64_t& prior_bytes) {
     }
     conversation = *prior;
     prior_bytes = static_cast<int64_t>(bytes);
+    call.conversation_root = responses_.root(previous->get<std::string>(), call.key_id);
   }
   for (const auto& item : input_items(*input)) conversation.push_back(item);
   if (continues) *input = conversation;  // the engine sees the whole conversation
@@ -171,7 +178,8 @@ void Gateway::store_response(Call& call, const json& response) {
   if (response.contains("output") && response["output"].is_array()) {
     for (const auto& item : response["output"]) conversation.push_back(item);
   }
-  responses_.put(response["id"].get<std::string>(), call.key_id, response, std::move(conversation));
+  responses_.put(response["id"].get<std::string>(), call.key_id, response, std::move(conversation),
+                 call.conversation_root);
 }
 
 }  // namespace nebula::gateway

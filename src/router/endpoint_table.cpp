@@ -25,17 +25,35 @@ void EndpointTable::set_on_endpoint_gone(std::function<void(const std::string&)>
   on_endpoint_gone_ = std::move(callback);
 }
 
+void EndpointTable::set_on_replica_gone(std::function<void(const std::string&, const std::string&)> callback) {
+  std::lock_guard lock(mutex_);
+  on_replica_gone_ = std::move(callback);
+}
+
+namespace {
+// spec.routing of a deployment document; "" when absent or not a string.
+std::string routing_of(const json& document) {
+  auto spec = document.find("spec");
+  if (spec == document.end() || !spec->is_object()) return "";
+  auto routing = spec->find("routing");
+  return routing != spec->end() && routing->is_string() ? routing->get<std::string>() : "";
+}
+}  // namespace
+
 void EndpointTable::apply(const std::string& key, const std::string* value) {
   static const std::string kDeployments = api::store_prefix("deployments");
   static const std::string kReplicas = api::store_prefix("replicas");
   std::string changed;
-  std::string gone;  // the URL of an engine that left the table
+  std::string gone;          // the URL of an engine that left the table
+  std::string left_routing;  // a replica that left routing
   std::function<void(const std::string&)> notify;
   std::function<void(const std::string&)> notify_gone;
+  std::function<void(const std::string&, const std::string&)> notify_left;
   {
     std::lock_guard lock(mutex_);
     notify = on_change_;
     notify_gone = on_endpoint_gone_;
+    notify_left = on_replica_gone_;
     if (key.rfind(kDeployments, 0) == 0) {
       changed = key.substr(kDeployments.size());
       if (!value) {
@@ -44,9 +62,12 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
         if (auto deployment = api::deployment_from_json(*document)) {
           std::string unschedulable;
           if (deployment->status.phase == "Pending") unschedulable = deployment->status.message;
-          deployments_[changed] = {deployment->metadata.created_ms, deployment->spec.max_seqs,
-                                   deployment->status.idle_since_ms, deployment->status.wake_requested_ms,
-                                   unschedulable};
+          deployments_[changed] = {deployment->metadata.created_ms,
+                                   deployment->spec.max_seqs,
+                                   deployment->status.idle_since_ms,
+                                   deployment->status.wake_requested_ms,
+                                   unschedulable,
+                                   routing_of(*document)};
         }
       }
     } else if (key.rfind(kReplicas, 0) == 0) {
@@ -54,7 +75,10 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
       if (!value) {
         if (auto it = replicas_.find(name); it != replicas_.end()) {
           changed = it->second.deployment;
-          if (it->second.endpoint) gone = it->second.endpoint->url;
+          if (it->second.endpoint) {
+            gone = it->second.endpoint->url;
+            if (!it->second.draining) left_routing = name;
+          }
           replicas_.erase(it);
         }
       } else if (auto document = parse_json(*value)) {
@@ -65,6 +89,7 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
           // A draining replica (its plan superseded) takes no new request; its entry keeps the
           // endpoint so drained() can tell when the requests in flight to it have finished.
           bool leaving = replica->spec.stop || replica->spec.draining_since_ms > 0;
+          const Endpoint* routed_before = entry.draining ? nullptr : entry.endpoint.get();
           entry.draining = replica->spec.draining_since_ms > 0 && !replica->spec.stop;
           entry.starting = !leaving && is_starting(replica->status.phase);
           bool serving = replica->status.phase == api::phase::kReady && !leaving && !replica->status.endpoint.empty() &&
@@ -81,12 +106,14 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
             entry.endpoint->deployment = entry.deployment;
             entry.endpoint->url = replica->status.endpoint;
           }
+          if (routed_before && (entry.draining || entry.endpoint.get() != routed_before)) left_routing = name;
         }
       }
     }
   }
   if (notify && !changed.empty()) notify(changed);
   if (notify_gone && !gone.empty()) notify_gone(gone);
+  if (notify_left && !left_routing.empty()) notify_left(changed, left_routing);
 }
 
 bool EndpointTable::drained(const std::string& replica) const {
@@ -123,29 +150,39 @@ int64_t EndpointTable::created_ms(const std::string& deployment) const {
   return it == deployments_.end() ? 0 : it->second.created_ms;
 }
 
-std::shared_ptr<Endpoint> EndpointTable::pick(const std::string& deployment, const std::set<std::string>& exclude,
-                                              int default_capacity, SteadyClock::time_point now) {
+Candidates EndpointTable::candidates(const std::string& deployment, const std::set<std::string>& exclude,
+                                     int default_capacity, SteadyClock::time_point now) const {
   std::lock_guard lock(mutex_);
   int capacity = default_capacity;
   if (auto it = deployments_.find(deployment); it != deployments_.end() && it->second.capacity > 0) {
     capacity = it->second.capacity;
   }
-  std::vector<std::shared_ptr<Endpoint>> least;
-  int fewest = 0;
+  Candidates found;
   for (const auto& [name, entry] : replicas_) {
     if (entry.deployment != deployment || !entry.endpoint || entry.draining || exclude.count(name)) continue;
     const auto& endpoint = entry.endpoint;
     int outstanding = endpoint->outstanding.load();
-    if (outstanding >= capacity) continue;
-    if (!endpoint->breaker.allows(now)) continue;
-    if (least.empty() || outstanding < fewest) {
-      least.clear();
-      fewest = outstanding;
-    }
-    if (outstanding == fewest) least.push_back(endpoint);
+    if (outstanding >= capacity || !endpoint->breaker.allows(now)) continue;
+    found.endpoints.push_back(endpoint);
+    found.candidates.push_back(
+        Candidate{name, outstanding, endpoint->inflight_tokens.load(), capacity, endpoint->engine});
   }
-  if (least.empty()) return nullptr;
-  return least[round_robin_++ % least.size()];
+  return found;
+}
+
+std::vector<std::shared_ptr<Endpoint>> EndpointTable::endpoints() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::shared_ptr<Endpoint>> serving;
+  for (const auto& [name, entry] : replicas_) {
+    if (entry.endpoint && !entry.draining) serving.push_back(entry.endpoint);
+  }
+  return serving;
+}
+
+std::string EndpointTable::routing(const std::string& deployment) const {
+  std::lock_guard lock(mutex_);
+  auto it = deployments_.find(deployment);
+  return it == deployments_.end() ? std::string() : it->second.routing;
 }
 
 int64_t EndpointTable::idle_since_ms(const std::string& deployment) const {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "router/breaker.h"
+#include "router/policy.h"
 
 namespace nebula::router {
 
@@ -20,7 +21,19 @@ struct Endpoint {
   std::string deployment;
   std::string url;  // "http://127.0.0.1:PORT"
   std::atomic<int> outstanding{0};
-  Breaker breaker;  // I/O thread only
+  // The estimated prompt + output tokens of the requests in flight to it.
+  std::atomic<int64_t> inflight_tokens{0};
+  // I/O thread only:
+  Breaker breaker;
+  EngineLoad engine;      // what its engine's /metrics said last (engine.at: when)
+  bool scraping = false;  // a read of its /metrics is under way
+};
+
+// The replicas a request may go to, as the Policy sees them (`candidates`) and as the gateway
+// sends to them (`endpoints`, in the same order).
+struct Candidates {
+  std::vector<std::shared_ptr<Endpoint>> endpoints;
+  std::vector<Candidate> candidates;
 };
 
 // Deployments and their Ready replicas, kept current from a store watch. Thread-safe.
@@ -31,10 +44,16 @@ class EndpointTable {
   bool has_deployment(const std::string& name) const;
   std::vector<std::string> deployments() const;
   int64_t created_ms(const std::string& deployment) const;
-  // The Ready replica with the fewest outstanding requests among those below `capacity` whose
-  // breaker lets traffic through, skipping `exclude`; ties go round-robin. nullptr when none.
-  std::shared_ptr<Endpoint> pick(const std::string& deployment, const std::set<std::string>& exclude,
-                                 int default_capacity, std::chrono::steady_clock::time_point now);
+  // The replicas of `deployment` a request may go to now, in name order: serving (Ready, not
+  // draining or stopping, on the deployment's current plan), not in `exclude`, their breaker
+  // letting traffic through and below their capacity (the deployment's max_seqs, else
+  // `default_capacity`). Reads each endpoint's breaker and engine load: I/O thread only.
+  Candidates candidates(const std::string& deployment, const std::set<std::string>& exclude, int default_capacity,
+                        std::chrono::steady_clock::time_point now) const;
+  // Every serving endpoint, of every deployment (what the load scraper reads).
+  std::vector<std::shared_ptr<Endpoint>> endpoints() const;
+  // The deployment's `spec.routing`, "" when it has none.
+  std::string routing(const std::string& deployment) const;
   size_t ready_count(const std::string& deployment, const std::set<std::string>& exclude = {}) const;
   // Of those, the replicas whose breaker is open at `now` (cooling down after failures). Reads
   // the breakers: the I/O thread only.
@@ -55,6 +74,10 @@ class EndpointTable {
   // Called (from any thread) with the URL of an engine that left the table (its replica deleted,
   // stopped or moved to another endpoint), so connections pooled to it can be closed.
   void set_on_endpoint_gone(std::function<void(const std::string& url)> callback);
+  // Called (from any thread) when a replica leaves routing for good or for a while (deleted,
+  // stopped, no longer Ready, draining, or moved to another endpoint, which is a new engine):
+  // what a policy learnt about it is void.
+  void set_on_replica_gone(std::function<void(const std::string& deployment, const std::string& replica)> callback);
 
  private:
   struct ReplicaEntry {
@@ -69,13 +92,14 @@ class EndpointTable {
     int64_t idle_since_ms = 0;
     int64_t wake_requested_ms = 0;
     std::string unschedulable;  // why its replicas cannot be placed ("" = they can)
+    std::string routing;        // spec.routing
   };
   mutable std::mutex mutex_;
   std::map<std::string, DeploymentEntry> deployments_;
   std::map<std::string, ReplicaEntry> replicas_;
-  size_t round_robin_ = 0;
   std::function<void(const std::string&)> on_change_;
   std::function<void(const std::string&)> on_endpoint_gone_;
+  std::function<void(const std::string&, const std::string&)> on_replica_gone_;
 };
 
 }  // namespace nebula::router

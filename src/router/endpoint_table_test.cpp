@@ -36,9 +36,23 @@ class EndpointTableTest : public ::testing::Test {
   }
   void put(const std::string& key, const std::string& value) { table.apply(key, &value); }
   void remove(const std::string& key) { table.apply(key, nullptr); }
-  std::string pick(const std::set<std::string>& exclude = {}, int capacity = 256) {
-    auto endpoint = table.pick("m", exclude, capacity, kNow);
-    return endpoint ? endpoint->replica : "";
+  // The candidates' names, joined: "a,b".
+  std::string names(const std::set<std::string>& exclude = {}, int capacity = 256,
+                    std::chrono::steady_clock::time_point now = kNow) {
+    auto found = table.candidates("m", exclude, capacity, now);
+    EXPECT_EQ(found.endpoints.size(), found.candidates.size());
+    std::string joined;
+    for (size_t i = 0; i < found.candidates.size(); ++i) {
+      EXPECT_EQ(found.endpoints[i]->replica, found.candidates[i].replica);
+      joined += (joined.empty() ? "" : ",") + found.candidates[i].replica;
+    }
+    return joined;
+  }
+  std::shared_ptr<Endpoint> endpoint(const std::string& name) {
+    for (const auto& endpoint : table.endpoints()) {
+      if (endpoint->replica == name) return endpoint;
+    }
+    return nullptr;
   }
 
   EndpointTable table;
@@ -50,60 +64,122 @@ TEST_F(EndpointTableTest, KnowsDeploymentsAndTheirReadyReplicas) {
   EXPECT_FALSE(table.has_deployment("other"));
   EXPECT_EQ(table.created_ms("m"), 42'000);
   EXPECT_EQ(table.deployments(), std::vector<std::string>{"m"});
-  EXPECT_EQ(pick(), "");
+  EXPECT_EQ(names(), "");
   put(replica("a", api::phase::kStarting));
   EXPECT_EQ(table.starting_count("m"), 1u);
   EXPECT_EQ(table.ready_count("m"), 0u);
-  EXPECT_EQ(pick(), "") << "a starting replica takes nothing";
+  EXPECT_EQ(names(), "") << "a starting replica takes nothing";
   put(replica("a"));
   EXPECT_EQ(table.starting_count("m"), 0u);
   EXPECT_EQ(table.ready_count("m"), 1u);
-  EXPECT_EQ(pick(), "a");
-  EXPECT_EQ(pick({"a"}), "");
+  EXPECT_EQ(names(), "a");
+  EXPECT_EQ(names({"a"}), "");
+  EXPECT_EQ(table.candidates("other", {}, 256, kNow).candidates.size(), 0u);
   remove(api::store_key("deployments", "m"));
   EXPECT_FALSE(table.has_deployment("m"));
 }
 
-TEST_F(EndpointTableTest, PicksTheLeastOutstandingRoundRobinOnTies) {
+TEST_F(EndpointTableTest, CandidatesCarryTheirLiveState) {
+  deployment("m", 8);
+  put(replica("b"));
+  put(replica("a"));
+  EXPECT_EQ(names(), "a,b") << "in name order";
+  auto a = endpoint("a");
+  a->outstanding = 3;
+  a->inflight_tokens = 1200;
+  a->engine.waiting = 4;
+  a->engine.kv_usage = 0.5;
+  a->engine.at = kNow - 1s;
+  auto found = table.candidates("m", {}, 256, kNow);
+  ASSERT_EQ(found.candidates.size(), 2u);
+  const Candidate& first = found.candidates[0];
+  EXPECT_EQ(first.replica, "a");
+  EXPECT_EQ(first.outstanding, 3);
+  EXPECT_EQ(first.inflight_tokens, 1200);
+  EXPECT_EQ(first.capacity, 8);
+  EXPECT_EQ(first.engine.waiting, 4);
+  EXPECT_EQ(first.engine.kv_usage, 0.5);
+  EXPECT_EQ(first.engine.at, kNow - 1s);
+  EXPECT_EQ(found.candidates[1].outstanding, 0);
+  EXPECT_EQ(found.candidates[1].engine.waiting, -1) << "never scraped";
+  EXPECT_EQ(found.candidates[1].engine.at, SteadyClock::time_point{});
+}
+
+TEST_F(EndpointTableTest, AFullReplicaIsNoCandidateAndMaxSeqsIsItsCapacity) {
+  deployment("m", 2);
+  put(replica("a"));
+  auto a = endpoint("a");
+  a->outstanding = 2;
+  EXPECT_EQ(names(), "") << "max_seqs 2 overrides the default capacity";
+  a->outstanding = 1;
+  EXPECT_EQ(names(), "a");
+  deployment("m");  // no max_seqs: the default
+  a->outstanding = 5;
+  EXPECT_EQ(names({}, 6), "a");
+  EXPECT_EQ(table.candidates("m", {}, 6, kNow).candidates[0].capacity, 6);
+  EXPECT_EQ(names({}, 5), "");
+}
+
+TEST_F(EndpointTableTest, AnOpenBreakerIsNoCandidateUntilItsProbe) {
   deployment("m");
   put(replica("a"));
   put(replica("b"));
-  std::map<std::string, int> picked;
-  for (int i = 0; i < 10; ++i) picked[pick()] += 1;
-  EXPECT_EQ(picked["a"], 5);
-  EXPECT_EQ(picked["b"], 5);
-  table.pick("m", {"b"}, 256, kNow)->outstanding += 1;  // a busy
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(pick(), "b");
-}
-
-TEST_F(EndpointTableTest, AFullReplicaTakesNothingAndMaxSeqsIsItsCapacity) {
-  deployment("m", 2);
-  put(replica("a"));
-  auto a = table.pick("m", {}, 256, kNow);
-  a->outstanding = 2;
-  EXPECT_EQ(pick(), "") << "max_seqs 2 overrides the default capacity";
-  a->outstanding = 1;
-  EXPECT_EQ(pick(), "a");
-  deployment("m");  // no max_seqs: the default
-  a->outstanding = 5;
-  EXPECT_EQ(pick({}, 6), "a");
-  EXPECT_EQ(pick({}, 5), "");
-}
-
-TEST_F(EndpointTableTest, AnOpenBreakerTakesNothingUntilItsProbe) {
-  deployment("m");
-  put(replica("a"));
-  auto a = table.pick("m", {}, 256, kNow);
+  auto a = endpoint("a");
   for (int i = 0; i < 3; ++i) a->breaker.failed(kNow, {3, 5s});
-  EXPECT_EQ(pick(), "");
-  EXPECT_EQ(table.pick("m", {}, 256, kNow + 5s), a);
+  EXPECT_EQ(names(), "b");
+  EXPECT_EQ(names({}, 256, kNow + 5s), "a,b");
+  a->breaker.sent();  // the probe
+  EXPECT_EQ(names({}, 256, kNow + 5s), "b");
+}
+
+TEST_F(EndpointTableTest, ReadsTheRoutingSpecOfADeployment) {
+  deployment("m");
+  EXPECT_EQ(table.routing("m"), "");
+  EXPECT_EQ(table.routing("unknown"), "");
+  auto with_routing = [&](const json& routing) {
+    api::Deployment document;
+    document.metadata.name = "m";
+    json stored = api::to_json(document);
+    stored["spec"]["routing"] = routing;
+    put(api::store_key("deployments", "m"), stored.dump());
+    return table.routing("m");
+  };
+  EXPECT_EQ(with_routing("session"), "session");
+  EXPECT_EQ(with_routing(42), "") << "not a string: none";
+  EXPECT_EQ(with_routing(json::object()), "");
+  EXPECT_EQ(with_routing("prefix+load,prefix=2"), "prefix+load,prefix=2");
+}
+
+TEST_F(EndpointTableTest, TellsWhenAReplicaLeavesRouting) {
+  deployment("m");
+  std::vector<std::string> left;
+  table.set_on_replica_gone(
+      [&](const std::string& deployment, const std::string& replica) { left.push_back(deployment + "/" + replica); });
+  put(replica("a", api::phase::kReady, 9001));
+  put(replica("a", api::phase::kReady, 9001));  // the same again
+  EXPECT_TRUE(left.empty());
+  put(replica("a", api::phase::kReady, 9002));  // a new engine
+  EXPECT_EQ(left, std::vector<std::string>{"m/a"});
+  auto draining = replica("a", api::phase::kReady, 9002);
+  draining.spec.draining_since_ms = 1;
+  put(draining);
+  EXPECT_EQ(left.size(), 2u);
+  remove(api::store_key("replicas", "a"));
+  EXPECT_EQ(left.size(), 2u) << "already out of routing";
+  put(replica("b", api::phase::kReady, 9003));
+  put(replica("b", api::phase::kFailed, 9003));
+  EXPECT_EQ(left.back(), "m/b");
+  put(replica("c", api::phase::kReady, 9004));
+  remove(api::store_key("replicas", "c"));
+  EXPECT_EQ(left.back(), "m/c");
+  EXPECT_EQ(left.size(), 4u);
 }
 
 TEST_F(EndpointTableTest, DrainingReplicasTakeNothingAndReportDrainedWhenIdle) {
   deployment("m");
   put(replica("a"));
   put(replica("b"));
-  auto a = table.pick("m", {"b"}, 256, kNow);
+  auto a = endpoint("a");
   ASSERT_TRUE(a);
   a->outstanding += 1;
   EXPECT_FALSE(table.drained("a")) << "not draining";
@@ -111,7 +187,8 @@ TEST_F(EndpointTableTest, DrainingReplicasTakeNothingAndReportDrainedWhenIdle) {
   draining.spec.draining_since_ms = 5;
   put(draining);
   EXPECT_EQ(table.ready_count("m"), 1u);
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(pick(), "b");
+  EXPECT_EQ(names(), "b");
+  EXPECT_EQ(table.endpoints().size(), 1u) << "a draining replica is not scraped";
   EXPECT_FALSE(table.drained("a")) << "a request is still in flight to it";
   a->outstanding -= 1;
   EXPECT_TRUE(table.drained("a"));
@@ -124,13 +201,13 @@ TEST_F(EndpointTableTest, AReplicaOfAnOlderPlanOrStoppingIsNotRouted) {
   old_plan.spec.plan_version = 2;
   old_plan.status.plan_version = 1;
   put(old_plan);
-  EXPECT_EQ(pick(), "");
+  EXPECT_EQ(names(), "");
   old_plan.status.plan_version = 2;
   put(old_plan);
-  EXPECT_EQ(pick(), "a");
+  EXPECT_EQ(names(), "a");
   old_plan.spec.stop = true;
   put(old_plan);
-  EXPECT_EQ(pick(), "");
+  EXPECT_EQ(names(), "");
 }
 
 TEST_F(EndpointTableTest, TellsWhenAnEndpointLeaves) {
@@ -160,7 +237,7 @@ TEST_F(EndpointTableTest, GarbageDocumentsChangeNothing) {
   put("/unrelated/key", "{}");
   EXPECT_TRUE(table.has_deployment("m"));
   EXPECT_FALSE(table.has_deployment("x"));
-  EXPECT_EQ(pick(), "a");
+  EXPECT_EQ(names(), "a");
 }
 
 TEST_F(EndpointTableTest, ScaleToZeroAndUnschedulableStateComesFromTheDeployment) {
