@@ -8,7 +8,7 @@ import OpenAI from 'openai';
 import { zodTextFormat } from 'openai/helpers/zod';
 import { z } from 'zod';
 
-import { MODEL, chatDeployment, skipUnlessForced, startGateway } from './lib/harness.mjs';
+import { MODEL, chatDeployment, engineGauge, skipUnlessForced, startGateway, waitFor } from './lib/harness.mjs';
 import { rejection } from './lib/shared_cases.mjs';
 
 let gateway;
@@ -106,6 +106,21 @@ describe('responses', () => {
     checkResponseObject(completed);
     checkUsage(completed.usage);
     checkResponseObject(events[0].response);
+  });
+
+  test('aborting a stream stops the engine working on it', async () => {
+    const words = 3000;
+    const before = await engineGauge(gateway.engineUrl, 'vllm:generation_tokens_total');
+    const stream = await client.responses.create({ model: MODEL, input: 'word '.repeat(words), stream: true });
+    let deltas = 0;
+    for await (const event of stream) {
+      if (event.type === 'response.output_text.delta') deltas += 1;
+      if (deltas === 3) break; // leaving the loop aborts the request
+    }
+    await waitFor(async () => (await engineGauge(gateway.engineUrl, 'vllm:num_requests_running')) === 0,
+      'the engine to stop the aborted request', 10_000);
+    const generated = (await engineGauge(gateway.engineUrl, 'vllm:generation_tokens_total')) - before;
+    assert.ok(generated < words, `the engine stopped early: ${generated} of ${words} tokens`);
   });
 
   test('stream helper: responses.stream gives the final response', async () => {
