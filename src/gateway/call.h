@@ -68,6 +68,10 @@ struct Gateway::Call {
   // client sent "store": false.
   json conversation;
   std::string conversation_root;  // the id of the first response of the chain it continues
+  // /v1/responses with "background": true: answered at once with a queued response of this id,
+  // then relayed with no client waiting (background.cpp).
+  bool background = false;
+  std::string response_id;  // set for a background call: the id its response is stored under
   bool store_response = false;
   // No replica could take the request because every breaker is open: the answer is the engine's
   // last error (breaker_refusal()), at once.

@@ -138,6 +138,12 @@ class Gateway {
   awaitable<void> scrape_load(std::shared_ptr<router::Endpoint> endpoint);
   // nebula_router_* lines for /metrics: the age and figures of each replica's engine load.
   std::string router_metrics() const;
+  // Background responses (background.cpp): start_background() answers with the queued response
+  // and runs the call on its own; cancel_background() stops one. I/O thread only.
+  awaitable<void> start_background(std::shared_ptr<Call> call, http::ResponseWriter& writer);
+  awaitable<void> run_background(std::shared_ptr<Call> call);
+  std::optional<json> cancel_background(const std::string& id, const std::string& key_id);
+  std::map<std::string, std::shared_ptr<Call>> background_;  // response id -> its call, while it runs
   // Accounting (access_log.cpp): limiter, usage, metrics and the access log line.
   void finish(Call& call, int status);
   http::Response stored_response_answer(const http::Request& request, bool erase);

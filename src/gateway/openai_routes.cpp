@@ -51,16 +51,21 @@ Response Gateway::input_items_answer(const Request& request) {
   return Response::json_body(200, *page);
 }
 
-// Only a background response can be cancelled, and the gateway runs none (it refuses
-// `background: true`): every stored response has finished.
+// Only a background response that has not finished can be cancelled (background.cpp).
 Response Gateway::cancel_answer(const Request& request) {
   std::shared_ptr<const api::ApiKey> key;
   if (auto refusal = auth_.inference_refusal(request, key)) return std::move(*refusal);
   const std::string key_id = key ? key->metadata.name : "anonymous";
   const std::string& id = request.params.at("id");
-  if (!responses_.response(id, key_id)) return response_not_found(id);
-  return openai_error(400, "Only responses created with background=true can be cancelled; this one has finished.",
-                      "invalid_request_error", "invalid_request");
+  if (auto cancelled = cancel_background(id, key_id)) return Response::json_body(200, *cancelled);
+  const json* stored = responses_.response(id, key_id);
+  if (!stored) return response_not_found(id);
+  if (stored->value("background", json(false)) != true) {
+    return openai_error(400, "Only responses created with background=true can be cancelled.", "invalid_request_error",
+                        "invalid_request");
+  }
+  if (stored->value("status", json("")) == "cancelled") return Response::json_body(200, *stored);
+  return openai_error(400, "Cannot cancel a response that has finished.", "invalid_request_error", "invalid_request");
 }
 
 void Gateway::add_openai_routes(http::Router& router) {

@@ -209,8 +209,9 @@ awaitable<int> Gateway::relay_answer(Call& call, http::StreamingResponse& respon
       call.usage = usage_of(relayed.body, relayed.body.capacity());  // the answer itself is relayed as it came
     } else if (auto answer = parse_json(relayed.body); answer && answer->is_object()) {
       call.usage = answer->value("usage", json());
-      json translated = chat_to_response(*answer, "resp_" + random_id(24), call.model,
-                                         to_unix_ms(std::chrono::system_clock::now()) / 1000, call.body);
+      std::string id = call.response_id.empty() ? "resp_" + random_id(24) : call.response_id;
+      json translated =
+          chat_to_response(*answer, id, call.model, to_unix_ms(std::chrono::system_clock::now()) / 1000, call.body);
       store_response(call, translated);
       relayed.body = dump(translated);
     }

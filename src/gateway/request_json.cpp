@@ -67,12 +67,10 @@ class FieldChecker {
         RequestProblem{fmt::format("Missing required parameter: '{}'.", name), name, "missing_required_parameter"};
   }
 
-  // A boolean option the gateway does not offer: refused when true.
-  void refused_true(const char* name, const char* message) {
-    simdjson::dom::element value;
-    bool on = false;
-    if (problem || !present(name, value) || value.get_bool().get(on) || !on) return;
-    problem = RequestProblem{message, name, "unsupported_value"};
+  bool is_true(const char* name) { return boolean(name) == 1; }
+  bool is_false(const char* name) { return boolean(name) == 0; }
+  void refuse(const char* name, const char* code, const char* message) {
+    if (!problem) problem = RequestProblem{message, name, code};
   }
 
   void nonempty_array(const char* name) {
@@ -90,6 +88,13 @@ class FieldChecker {
   }
 
  private:
+  // 1 when the field is true, 0 when false, -1 when absent, null or not a boolean.
+  int boolean(const char* name) {
+    simdjson::dom::element value;
+    bool on = false;
+    if (!present(name, value) || value.get_bool().get(on)) return -1;
+    return on ? 1 : 0;
+  }
   bool present(const char* name, simdjson::dom::element& value) { return !root_[name].get(value) && !value.is_null(); }
   void wrong_type(const char* name, simdjson::dom::element value, const char* expected) {
     problem = RequestProblem{
@@ -117,9 +122,14 @@ std::optional<RequestProblem> check_fields(simdjson::dom::object root, Api api) 
     case Api::Embeddings: check.required("input"); break;
     case Api::Responses:
       check.required("input");
-      check.refused_true("background",
-                         "background responses are not supported: send the request without 'background' (a stream "
-                         "returns the answer as it is made)");
+      // A background response is polled (GET), not streamed, and must be stored to be polled.
+      if (check.is_true("background") && check.is_true("stream")) {
+        check.refuse("background", "unsupported_value",
+                     "background responses are polled with GET /v1/responses/{id}, not streamed: send 'stream' false");
+      }
+      if (check.is_true("background") && check.is_false("store")) {
+        check.refuse("store", "unsupported_value", "a background response must be stored: send 'store' true");
+      }
       break;
     case Api::Any: break;
   }

@@ -84,10 +84,15 @@ TEST(RequestProblems, RequiredFieldsPerEndpoint) {
   ASSERT_TRUE(small && small->problem);
   EXPECT_EQ(small->problem->code, "integer_below_min_value");
   EXPECT_FALSE(read_request(R"({"model":"m","input":"x","max_output_tokens":1})", Api::Responses)->problem);
-  auto background = read_request(R"({"model":"m","input":"x","background":true})", Api::Responses);
-  ASSERT_TRUE(background && background->problem);
-  EXPECT_EQ(background->problem->param, "background");
-  EXPECT_FALSE(read_request(R"({"model":"m","input":"x","background":false})", Api::Responses)->problem);
+  // Background responses are polled, so stored and not streamed.
+  EXPECT_FALSE(read_request(R"({"model":"m","input":"x","background":true})", Api::Responses)->problem);
+  auto streamed = read_request(R"({"model":"m","input":"x","background":true,"stream":true})", Api::Responses);
+  ASSERT_TRUE(streamed && streamed->problem);
+  EXPECT_EQ(streamed->problem->param, "background");
+  auto unstored = read_request(R"({"model":"m","input":"x","background":true,"store":false})", Api::Responses);
+  ASSERT_TRUE(unstored && unstored->problem);
+  EXPECT_EQ(unstored->problem->param, "store");
+  EXPECT_FALSE(read_request(R"({"model":"m","input":"x","stream":true,"store":false})", Api::Responses)->problem);
   // Without an endpoint only the common fields are checked.
   EXPECT_FALSE(read_request(R"({"model":"m"})")->problem);
 }

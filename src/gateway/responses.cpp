@@ -95,12 +95,6 @@ Result<json> chat_response_format(const json& text) {
 
 Result<json> responses_to_chat(const json& request) {
   if (!request.is_object()) return make_error(ErrorCode::InvalidArgument, "the request body must be a JSON object");
-  if (auto background = request.find("background");
-      background != request.end() && background->is_boolean() && background->get<bool>()) {
-    return make_error(ErrorCode::InvalidArgument,
-                      "background responses are not supported: send the request without 'background' (a stream "
-                      "returns the answer as it is made)");
-  }
   json chat = json::object();
   json messages = json::array();
   if (request.contains("instructions") && request["instructions"].is_string()) {
@@ -229,7 +223,7 @@ json response_echo(const json& request) {
           {"store", field("store", true)},
           {"text", std::move(text)},
           {"max_output_tokens", field("max_output_tokens", nullptr)},
-          {"background", false},
+          {"background", field("background", false)},
           {"truncation", field("truncation", "disabled")},
           {"user", field("user", nullptr)},
           {"reasoning", {{"effort", nullptr}, {"summary", nullptr}}},

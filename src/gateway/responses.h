@@ -17,9 +17,7 @@ namespace nebula::gateway {
 // as an assistant turn's tool_calls, function_call_output items as tool messages. Function
 // `tools`, `tool_choice` and `parallel_tool_calls` become chat's; `text.format` (json_object,
 // json_schema) becomes response_format; max_output_tokens max_tokens. Sampling fields
-// (temperature, top_p, seed, stop, ...) pass through. Other tool and item types are refused, and
-// so is `background: true` (the gateway answers when the engine has; it does not run requests
-// on its own).
+// (temperature, top_p, seed, stop, ...) pass through. Other tool and item types are refused.
 Result<json> responses_to_chat(const json& request);
 
 // What a Response object repeats of its request, with OpenAI's defaults for what the request

@@ -91,11 +91,12 @@ TEST(ResponseObject, ABrokenStreamEndsWithFailedAndAnErrorEvent) {
   EXPECT_EQ(chat_body["error"]["message"], "gone");
 }
 
-TEST(ResponsesRequest, BackgroundIsRefusedNotRunInTheForeground) {
-  auto refused = responses_to_chat(json{{"model", "m"}, {"input", "x"}, {"background", true}});
-  ASSERT_FALSE(refused);
-  EXPECT_EQ(refused.error().code, ErrorCode::InvalidArgument);
-  EXPECT_TRUE(responses_to_chat(json{{"model", "m"}, {"input", "x"}, {"background", false}}));
+TEST(ResponsesRequest, BackgroundIsAskedOfTheEngineAsAPlainRequest) {
+  auto chat = responses_to_chat(json{{"model", "m"}, {"input", "x"}, {"background", true}});
+  ASSERT_TRUE(chat);
+  EXPECT_FALSE(chat->contains("background"));
+  EXPECT_EQ((*chat)["stream"], false);
+  EXPECT_EQ(response_echo(json{{"background", true}})["background"], true);
   EXPECT_FALSE(responses_to_chat(json::array()));
 }
 

@@ -15,7 +15,8 @@ namespace nebula::gateway {
 using SteadyClock = std::chrono::steady_clock;
 
 awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& writer, int kind) {
-  Call call;
+  auto owned = std::make_shared<Call>();  // shared: a background call outlives this handler
+  Call& call = *owned;
   call.kind = kind;
   call.deadline = call.start + options_.total_timeout;
   call.request_id = request.header("x-request-id");
@@ -27,6 +28,9 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
   if (auto refusal = admit(call, request)) {
     status = refusal->status;
     co_await writer.send(std::move(*refusal));
+  } else if (call.background) {
+    co_await start_background(owned, writer);  // which finishes the call when it is done
+    co_return;
   } else {
     status = co_await relay(call, writer);
   }
@@ -109,6 +113,10 @@ std::optional<http::Response> Gateway::admit(Call& call, const http::Request& re
   if (call.kind == kResponses || call.stream) {
     auto parsed = parse_json(request.body);
     if (parsed) call.body = std::move(*parsed);
+  }
+  if (call.kind == kResponses) {
+    auto background = call.body.is_object() ? call.body.find("background") : call.body.end();
+    call.background = background != call.body.end() && background->is_boolean() && background->get<bool>();
   }
   int64_t prior_bytes = 0;
   if (call.kind == kResponses && !attach_conversation(call, prior_bytes)) {

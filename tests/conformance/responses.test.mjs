@@ -192,15 +192,57 @@ describe('responses', () => {
     assert.ok(error instanceof OpenAI.NotFoundError, String(error));
   });
 
-  test('background is refused, never run in the foreground; cancel of a finished response is refused', async () => {
-    const error = await rejection(client.responses.create({ model: MODEL, input: 'Later.', background: true }));
-    assert.ok(error instanceof OpenAI.BadRequestError, String(error));
-    assert.equal(error.param, 'background');
-    const finished = await client.responses.create({ model: MODEL, input: 'Now.' });
-    const cancel = await rejection(client.responses.cancel(finished.id));
-    assert.ok(cancel instanceof OpenAI.BadRequestError, String(cancel));
+  test('background: queued at once, then polled until completed', async () => {
+    const queued = await client.responses.create({ model: MODEL, input: 'Run this later.', background: true });
+    checkResponseObject(queued);
+    assert.ok(['queued', 'in_progress'].includes(queued.status), queued.status);
+    assert.equal(queued.background, true);
+    const done = await waitFor(async () => {
+      const polled = await client.responses.retrieve(queued.id);
+      return ['completed', 'failed', 'incomplete', 'cancelled'].includes(polled.status) && polled;
+    }, 'the background response to finish');
+    assert.equal(done.status, 'completed');
+    assert.equal(done.id, queued.id);
+    assert.equal(done.background, true);
+    assert.equal(done.output[0].content[0].text, 'Run this later.');
+    checkUsage(done.usage);
+    // A finished background response cannot be cancelled; one that is not background neither.
+    const late = await rejection(client.responses.cancel(queued.id));
+    assert.ok(late instanceof OpenAI.BadRequestError, String(late));
+    const foreground = await client.responses.create({ model: MODEL, input: 'Now.' });
+    const notBackground = await rejection(client.responses.cancel(foreground.id));
+    assert.ok(notBackground instanceof OpenAI.BadRequestError, String(notBackground));
     const unknown = await rejection(client.responses.cancel('resp_unknown'));
     assert.ok(unknown instanceof OpenAI.NotFoundError, String(unknown));
+  });
+
+  test('background: cancel stops the engine and the response says cancelled', async () => {
+    const words = 3000;
+    const before = await engineGauge(gateway.engineUrl, 'vllm:generation_tokens_total');
+    const queued = await client.responses.create({ model: MODEL, input: 'word '.repeat(words), background: true });
+    await waitFor(async () => (await engineGauge(gateway.engineUrl, 'vllm:num_requests_running')) === 1,
+      'the engine to work on it');
+    const cancelled = await client.responses.cancel(queued.id);
+    assert.equal(cancelled.status, 'cancelled');
+    assert.equal(cancelled.id, queued.id);
+    await waitFor(async () => (await engineGauge(gateway.engineUrl, 'vllm:num_requests_running')) === 0,
+      'the engine to stop the cancelled request', 10_000);
+    const generated = (await engineGauge(gateway.engineUrl, 'vllm:generation_tokens_total')) - before;
+    assert.ok(generated < words, `the engine stopped early: ${generated} of ${words} tokens`);
+    const polled = await waitFor(async () => {
+      const response = await client.responses.retrieve(queued.id);
+      return response.status === 'cancelled' && response;
+    }, 'the stored response to say cancelled');
+    assert.equal(polled.status, 'cancelled');
+  });
+
+  test('background: refused when streamed or not stored', async () => {
+    const streamed = await rejection(client.responses.create({ model: MODEL, input: 'x', background: true, stream: true }));
+    assert.ok(streamed instanceof OpenAI.BadRequestError, String(streamed));
+    assert.equal(streamed.param, 'background');
+    const unstored = await rejection(client.responses.create({ model: MODEL, input: 'x', background: true, store: false }));
+    assert.ok(unstored instanceof OpenAI.BadRequestError, String(unstored));
+    assert.equal(unstored.param, 'store');
   });
 
   test('function tools: a function_call item, echoed tools, and the output sent back', async () => {
