@@ -521,7 +521,7 @@ TEST_F(GatewayE2E, AnIdleDeploymentSleepsAndTheNextRequestWakesIt) {
   // The next request waits for the wake and is served by the same engine process.
   std::string key = create_key({});
   auto response =
-      post("/v1/chat/completions", R"({"model":"sleepy","messages":[{"role":"user","content":"hi"}]})", key);
+      post("/v1/chat/completions", R"({"model":"sleepy","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})", key);
   ASSERT_TRUE(response);
   EXPECT_EQ(response->status, 200) << response->body;
   EXPECT_EQ(up_->engine_pids("sleepy"), pids);

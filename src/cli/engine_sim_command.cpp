@@ -60,8 +60,14 @@ int run_engine_sim_command(int argc, char** argv) {
   app.add_option("--max-model-len", options.max_model_len, "Context length (prompt + output tokens)")
       ->check(positive_number())
       ->capture_default_str();
-  app.add_option("--default-max-tokens", options.default_max_tokens, "Output tokens when a request sets none")
-      ->check(positive_number())
+  add_override(app, "--default-max-tokens", options.default_max_tokens,
+               "Cap on output tokens when a request sets no max_tokens (default: none, the context left, as vLLM)")
+      ->check(positive_number());
+  app.add_flag("--enable-prompt-tokens-details,!--no-enable-prompt-tokens-details",
+               options.enable_prompt_tokens_details,
+               "Send usage.prompt_tokens_details.cached_tokens (default on; vLLM's default is off: null)");
+  app.add_option("--max-logprobs", options.max_logprobs, "Most logprobs / top_logprobs a request may ask for")
+      ->check(non_negative_number())
       ->capture_default_str();
 
   // Step cost; every one overrides the profile.

@@ -715,7 +715,8 @@ int run_up(int argc, char** argv) {
             << "  Auth:            " << (runtime.auth() == "keys" ? "API keys" : "none (loopback only)") << "\n"
             << "  Join token:      " << runtime.join_token() << "\n"
             << "Try: nebula ls    curl " << runtime.url()
-            << "/v1/chat/completions -d '{\"model\":\"demo\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'\n"
+            << "/v1/chat/completions -d "
+               "'{\"model\":\"demo\",\"max_tokens\":32,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'\n"
             << "Ctrl-C stops Nebula and every engine it started.\n\n"
             << std::flush;
   wait_for_stop_signal(signals);

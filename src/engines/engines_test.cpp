@@ -91,6 +91,7 @@ TEST(EngineCommand, Vllm) {
                                 "--gpu-memory-utilization",
                                 "0.85",
                                 "--enable-sleep-mode",
+                                "--enable-prompt-tokens-details",
                                 "--user-flag",
                                 "x"}));
   EXPECT_EQ(command.env["CUDA_VISIBLE_DEVICES"], "2,3");
@@ -109,7 +110,8 @@ TEST(EngineCommand, VllmMinimalAndWithoutSleepMode) {
   context.config.extra_args = {"--node-flag"};
   Command command = command_for("vllm", context);
   EXPECT_EQ(command.argv, (Argv{"/venv/bin/vllm", "serve", "org/model", "--host", "127.0.0.1", "--port", "9000",
-                                "--served-model-name", "m", "--tensor-parallel-size", "1", "--node-flag"}));
+                                "--served-model-name", "m", "--tensor-parallel-size", "1",
+                                "--enable-prompt-tokens-details", "--node-flag"}));
   EXPECT_EQ(command.env.count("VLLM_SERVER_DEV_MODE"), 0u);
   EXPECT_EQ(command.env["CUDA_VISIBLE_DEVICES"], "0");
 }

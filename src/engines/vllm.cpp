@@ -54,6 +54,9 @@ class VllmDriver final : public VllmProtocolDriver {
       argv.push_back(flag_number(context.gpu_memory_utilization));
     }
     if (context.sleep_mode) argv.push_back("--enable-sleep-mode");
+    // usage.prompt_tokens_details.cached_tokens: the gateway accounts cached prompt tokens from it,
+    // and vLLM leaves it null unless asked.
+    argv.push_back("--enable-prompt-tokens-details");
     append_user_args(argv, context);
     command.env = base_env(context);
     // /sleep, /wake_up and /is_sleeping exist only in the server's development mode.

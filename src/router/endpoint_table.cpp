@@ -31,13 +31,6 @@ void EndpointTable::set_on_replica_gone(std::function<void(const std::string&, c
 }
 
 namespace {
-// spec.routing of a deployment document; "" when absent or not a string.
-std::string routing_of(const json& document) {
-  auto spec = document.find("spec");
-  if (spec == document.end() || !spec->is_object()) return "";
-  auto routing = spec->find("routing");
-  return routing != spec->end() && routing->is_string() ? routing->get<std::string>() : "";
-}
 }  // namespace
 
 void EndpointTable::apply(const std::string& key, const std::string* value) {
@@ -67,7 +60,7 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
                                    deployment->status.idle_since_ms,
                                    deployment->status.wake_requested_ms,
                                    unschedulable,
-                                   routing_of(*document)};
+                                   deployment->spec.routing};
         }
       }
     } else if (key.rfind(kReplicas, 0) == 0) {

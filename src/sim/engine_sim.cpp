@@ -68,20 +68,21 @@ std::optional<ApiError> forced_error(const std::string& header) {
   return simulated_error(status, fmt::format("simulated error (X-Sim-Error: {})", status));
 }
 
+// vLLM's answers to a prompt that leaves no room, or a max_tokens beyond the room left.
 ApiError context_length_error(int max_model_len, int prompt_tokens, std::optional<int> requested_max_tokens,
                               Endpoint endpoint) {
   const char* input = endpoint == Endpoint::ChatCompletions ? "messages" : "prompt";
   std::string message =
-      requested_max_tokens
+      requested_max_tokens && prompt_tokens < max_model_len
           ? fmt::format(
-                "This model's maximum context length is {} tokens. However, you requested {} tokens ({} in the {}, "
-                "{} in the completion). Please reduce the length of the {} or completion.",
-                max_model_len, prompt_tokens + *requested_max_tokens, prompt_tokens, input, *requested_max_tokens,
-                input)
+                "'max_tokens' or 'max_completion_tokens' is too large: {}. This model's maximum context length is {} "
+                "tokens and your request has {} input tokens ({} > {} - {}).",
+                *requested_max_tokens, max_model_len, prompt_tokens, *requested_max_tokens, max_model_len,
+                prompt_tokens)
           : fmt::format(
-                "This model's maximum context length is {} tokens. However, your {} resulted in {} tokens. Please "
-                "reduce the length of the {}.",
-                max_model_len, input, prompt_tokens, input);
+                "This model's maximum context length is {} tokens. However, your request has {} input tokens. Please "
+                "reduce the length of the input {}.",
+                max_model_len, prompt_tokens, input);
   return ApiError{400, std::move(message), "invalid_request_error", input, "context_length_exceeded"};
 }
 
@@ -372,26 +373,47 @@ struct EngineSim::State {
       return ApiError{404, fmt::format("The model `{}` does not exist.", parsed.model), "invalid_request_error",
                       "model", "model_not_found"};
     }
-    int room = options.max_model_len - parsed.prompt_tokens;
-    int max_tokens = parsed.max_tokens.value_or(std::min(options.default_max_tokens, room));
-    if (max_tokens < 1 || max_tokens > room) {
-      return context_length_error(options.max_model_len, parsed.prompt_tokens, parsed.max_tokens,
-                                  completion.identity.endpoint);
+    if (parsed.logprobs && *parsed.logprobs > options.max_logprobs) {
+      return ApiError{400,
+                      fmt::format("Requested sample logprobs of {}, which is greater than max allowed: {}",
+                                  *parsed.logprobs, options.max_logprobs),
+                      "invalid_request_error",
+                      parsed.endpoint == Endpoint::ChatCompletions ? "top_logprobs" : "logprobs", ""};
     }
+    std::vector<Prompt> prompts = parsed.prompts;
+    if (prompts.empty()) prompts.push_back(Prompt{parsed.prompt_text, parsed.prompt_tokens});
     GenerationInput input;
-    input.prompt_text = parsed.prompt_text;
-    input.echo_text = parsed.echo_text;
-    input.max_tokens = max_tokens;
     input.stop = parsed.stop;
     input.ignore_eos = parsed.ignore_eos;
+    input.format = parsed.format;
+    input.schema = parsed.format == OutputFormat::JsonSchema ? &parsed.schema : nullptr;
+    input.top_logprobs = parsed.logprobs;
+    input.echo = parsed.echo;
     uint64_t seed = parsed.seed.value_or(options.seed);
-    for (int index = 0; index < parsed.n; ++index) {
-      input.seed = seed + static_cast<uint64_t>(index) * 0x9e3779b97f4a7c15ULL;
-      completion.generations.push_back(generate(mode, input));
+    for (const Prompt& prompt : prompts) {
+      // vLLM's rule: without max_tokens a completion may fill the context (its generation
+      // config's max_new_tokens, --default-max-tokens here, may cap it).
+      int room = options.max_model_len - prompt.tokens;
+      int max_tokens =
+          parsed.max_tokens.value_or(options.default_max_tokens ? std::min(*options.default_max_tokens, room) : room);
+      if (room < 1 || max_tokens > room) {
+        return context_length_error(options.max_model_len, prompt.tokens, parsed.max_tokens,
+                                    completion.identity.endpoint);
+      }
+      bool only_prompt = parsed.prompts.empty();
+      input.prompt_text = only_prompt ? parsed.prompt_text : prompt.text;
+      input.echo_text = only_prompt ? parsed.echo_text : prompt.text;
+      input.max_tokens = max_tokens;
+      for (int index = 0; index < parsed.n; ++index) {
+        input.seed = seed + static_cast<uint64_t>(index) * 0x9e3779b97f4a7c15ULL;
+        completion.generations.push_back(generate(mode, input));
+        completion.choice_prompts.push_back(input.prompt_text);
+      }
+      completion.usage.prompt_tokens += prompt.tokens;
     }
     completion.identity.created = unix_seconds();
     completion.identity.model = options.model;
-    completion.usage.prompt_tokens = parsed.prompt_tokens;
+    completion.usage.details = options.enable_prompt_tokens_details;
     for (const Generation& generation : completion.generations) {
       completion.usage.completion_tokens += generation.completion_tokens();
     }
@@ -401,12 +423,11 @@ struct EngineSim::State {
   // Hands every choice of the completion to the engine; updates land in the mailbox.
   std::vector<SeqId> submit(const Completion& completion, const std::shared_ptr<Mailbox>& mailbox) {
     engine.advance_to(sim_now());
-    std::vector<uint32_t> prompt = tokenize(completion.request.prompt_text);
     std::vector<SeqId> ids;
     for (size_t index = 0; index < completion.generations.size(); ++index) {
       const Generation& generation = completion.generations[index];
       SeqRequest sequence;
-      sequence.prompt = prompt;
+      sequence.prompt = tokenize(completion.choice_prompts[index]);
       sequence.output_tokens = generation.completion_tokens();
       sequence.finish = generation.finish_reason == FinishReason::Stop ? FinishKind::Stop : FinishKind::Length;
       sequence.on_update = [mailbox, index](const SeqUpdate& update) { mailbox->update(index, update); };

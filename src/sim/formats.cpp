@@ -38,25 +38,40 @@ class OpenAiFormat final : public CompletionFormat {
         completion.formatters.emplace_back(completion.identity, static_cast<int>(index));
       }
     }
-    bool chat = completion.identity.endpoint == Endpoint::ChatCompletions;
+    const CompletionIdentity& identity = completion.identity;
+    bool chat = identity.endpoint == Endpoint::ChatCompletions;
+    bool calls = chat && !identity.tool_call.empty();
     std::string events;
     for (size_t index = 0; index < progress.size(); ++index) {
       const Generation& generation = completion.generations[index];
       int total = generation.completion_tokens();
       int choice = static_cast<int>(index);
-      bool calls = chat && !completion.identity.tool_call.empty();
       while (sent[index] < progress[index].tokens && sent[index] < total) {
         int token = sent[index]++;
-        if (token == 0 && chat) events += http::format_sse(dump_json(role_chunk_json(completion.identity, choice)));
+        if (token == 0 && chat) events += http::format_sse(dump_json(role_chunk_json(identity, choice)));
         const std::string& text = generation.tokens[static_cast<size_t>(token)];
+        bool last = token + 1 == total;
         if (calls) {
-          bool last = token + 1 == total;
-          events += http::format_sse(
-              dump_json(tool_chunk_json(completion.identity, choice, tool_arguments_piece(text, token == 0, last),
-                                        token == 0, last ? &generation.finish_reason : nullptr)));
-        } else if (token + 1 == total) {
+          // The arguments in pieces, then the finish in a chunk of its own (as OpenAI sends it).
           events += http::format_sse(dump_json(
-              chunk_json(completion.identity, choice, text, &generation.finish_reason, generation.stop_reason)));
+              tool_chunk_json(identity, choice, tool_arguments_piece(text, token == 0, last), token == 0, nullptr)));
+          if (last)
+            events += http::format_sse(dump_json(tool_finish_chunk_json(identity, choice, generation.finish_reason)));
+          continue;
+        }
+        // Completions' echo: the prompt comes in the first chunk, before the first token.
+        bool echoing = token == 0 && !generation.echo_tokens.empty();
+        std::string chunk_text = echoing ? generation.echo_text() + text : text;
+        json logprobs = identity.logprobs
+                            ? logprobs_json(identity.endpoint, generation, *identity.logprobs,
+                                            static_cast<size_t>(token), static_cast<size_t>(token) + 1, token == 0)
+                            : json(nullptr);
+        if (last) {
+          events += http::format_sse(dump_json(chunk_json(identity, choice, chunk_text, &generation.finish_reason,
+                                                          generation.stop_reason, std::move(logprobs))));
+        } else if (identity.logprobs || echoing) {
+          events += http::format_sse(
+              dump_json(chunk_json(identity, choice, chunk_text, nullptr, std::nullopt, std::move(logprobs))));
         } else if (!text.empty()) {
           completion.formatters[index].append(events, text);
         }
@@ -64,13 +79,13 @@ class OpenAiFormat final : public CompletionFormat {
       if (progress[index].finished && !ended[index]) {
         ended[index] = true;
         if (total == 0) {  // nothing generated: the role chunk and an empty finishing chunk
-          if (chat) events += http::format_sse(dump_json(role_chunk_json(completion.identity, choice)));
+          if (chat) events += http::format_sse(dump_json(role_chunk_json(identity, choice)));
           if (calls) {
-            events += http::format_sse(dump_json(
-                tool_chunk_json(completion.identity, choice, tool_arguments(""), true, &generation.finish_reason)));
+            events += http::format_sse(dump_json(tool_chunk_json(identity, choice, tool_arguments(""), true, nullptr)));
+            events += http::format_sse(dump_json(tool_finish_chunk_json(identity, choice, generation.finish_reason)));
           } else {
-            events += http::format_sse(dump_json(
-                chunk_json(completion.identity, choice, "", &generation.finish_reason, generation.stop_reason)));
+            events += http::format_sse(dump_json(chunk_json(identity, choice, generation.echo_text(),
+                                                            &generation.finish_reason, generation.stop_reason)));
           }
         }
       }
@@ -98,6 +113,7 @@ std::optional<ApiError> parse_openai(http::Request& request, Completion& complet
   completion.identity.endpoint = endpoint;
   completion.identity.id = (endpoint == Endpoint::ChatCompletions ? "chatcmpl-" : "cmpl-") + random_id(32);
   completion.identity.tool_call = completion.request.tool_call;
+  completion.identity.logprobs = completion.request.logprobs;
   return std::nullopt;
 }
 

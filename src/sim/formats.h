@@ -26,6 +26,7 @@ struct Completion {
   CompletionRequest request;
   CompletionIdentity identity;
   std::vector<Generation> generations;          // one per choice
+  std::vector<std::string> choice_prompts;      // the prompt each choice continues
   Usage usage;                                  // cached_tokens is filled as the engine reports it
   std::vector<TokenEventFormatter> formatters;  // the OpenAI format's, one per choice, made on first use
 };

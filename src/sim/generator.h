@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "sim/structured.h"
+
 namespace nebula::sim {
 
 enum class GenerationMode { Lorem, Echo };
@@ -21,9 +23,26 @@ struct GenerationInput {
   int max_tokens = 1;
   std::vector<std::string> stop;
   uint64_t seed = 0;
-  // Echo mode ends (finish_reason "stop", the model's EOS) when the echo text runs out; with
+  // Echo mode ends (finish_reason "stop", with the model's EOS: a token without text, counted as
+  // vLLM counts it) when the echo text runs out; with
   // ignore_eos it starts over instead, until max_tokens. Lorem mode never ends before max_tokens.
   bool ignore_eos = false;
+  // response_format: JSON text instead of words (a schema's when given; `schema` points into the
+  // request and must outlive the call). The JSON ends with the model's EOS ("stop") unless
+  // max_tokens cuts it first.
+  OutputFormat format = OutputFormat::Text;
+  const ordered_json* schema = nullptr;
+  // Logprobs of each token with this many alternatives (the chosen one first); nullopt = none.
+  std::optional<int> top_logprobs;
+  // Completions' `echo`: the prompt comes back before the completion (with logprobs when asked).
+  bool echo = false;
+};
+
+// One token's log-probability and the most likely tokens at its position, best first. The
+// chosen token is always the most likely one (the simulator samples greedily), so it leads `top`.
+struct TokenLogprob {
+  double logprob = 0;
+  std::vector<std::pair<std::string, double>> top;
 };
 
 struct Generation {
@@ -32,9 +51,15 @@ struct Generation {
   std::vector<std::string> tokens;
   FinishReason finish_reason = FinishReason::Length;
   std::optional<std::string> stop_reason;  // the stop string that ended the text
+  std::vector<TokenLogprob> logprobs;      // one per token when asked for
+  // echo: the prompt as tokens (whitespace kept, so they join into the prompt text) and their
+  // logprobs (none for the first, which nothing predicts).
+  std::vector<std::string> echo_tokens;
+  std::vector<TokenLogprob> echo_logprobs;
 
   int completion_tokens() const { return static_cast<int>(tokens.size()); }
   std::string text() const;
+  std::string echo_text() const;
 };
 
 Generation generate(GenerationMode mode, const GenerationInput& input);

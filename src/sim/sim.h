@@ -32,7 +32,13 @@ struct SimOptions {
   std::string dialect = "vllm";           // vllm, sglang, llamacpp, tgi or ollama: health, metrics, native API
   std::optional<double> startup_seconds;  // /health answers 503 (and the API 503) until this has passed
   int max_model_len = 8192;               // prompt + max_tokens beyond this: 400 context_length_exceeded
-  int default_max_tokens = 64;            // when the request sets none (capped by max_model_len)
+  // A request without max_tokens generates up to the context left (vLLM's rule); this caps it
+  // (as vLLM's generation config's max_new_tokens does). Unset = no cap.
+  std::optional<int> default_max_tokens;
+  int max_logprobs = 20;  // vLLM's --max-logprobs: more (top_)logprobs asked for is a 400
+  // usage.prompt_tokens_details.cached_tokens in every answer. vLLM sends it only with
+  // --enable-prompt-tokens-details (null otherwise); on here because the gateway's usage reads it.
+  bool enable_prompt_tokens_details = true;
 
   // Step cost: base + [prefill_step if any prefill] + prefill tokens x per token + decode seqs x
   // per seq, milliseconds, times (1 + noise x N(0,1)).

@@ -79,7 +79,7 @@ TEST(Generator, EchoStopsWhenThePromptRunsOut) {
 
 TEST(SimWire, FastTokenEventsEqualTheJsonChunks) {
   for (Endpoint endpoint : {Endpoint::ChatCompletions, Endpoint::Completions}) {
-    CompletionIdentity identity{endpoint, "chatcmpl-abc", 1700000000, "m\"odel", ""};
+    CompletionIdentity identity{endpoint, "chatcmpl-abc", 1700000000, "m\"odel", "", std::nullopt};
     TokenEventFormatter formatter(identity, 3);
     for (std::string text : {std::string(" plain"), std::string(" quo\"te\\"), std::string(" caf\xc3\xa9\n")}) {
       std::string event;
@@ -432,17 +432,18 @@ TEST_F(EngineSimTest, EchoModeRepeatsTheLastUserMessage) {
   json body = body_of(post("/v1/chat/completions", request));
   EXPECT_EQ(body["choices"][0]["message"]["content"], "Say hello to me");
   EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
-  EXPECT_EQ(body["usage"]["completion_tokens"], 4);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 5) << "four words and the EOS, as vLLM counts them";
   request["messages"][1]["content"] = json::array({json{{"type", "text"}, {"text", "parts work too"}}});
   EXPECT_EQ(body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"], "parts work too");
   StreamResult streamed = stream("/v1/chat/completions", request);
   EXPECT_EQ(streamed.content, "parts work too");
   EXPECT_EQ(streamed.chunks.back()["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(streamed.chunks.back()["choices"][0]["delta"]["content"], "") << "the EOS has a chunk without text";
 
   request["messages"][1]["content"] = "";  // nothing to echo: no tokens, but still a finish chunk
   body = body_of(post("/v1/chat/completions", request));
   EXPECT_EQ(body["choices"][0]["message"]["content"], "");
-  EXPECT_EQ(body["usage"]["completion_tokens"], 0);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 1) << "the EOS alone";
   streamed = stream("/v1/chat/completions", request);
   EXPECT_TRUE(streamed.done);
   ASSERT_EQ(streamed.chunks.size(), 2u);
@@ -476,6 +477,351 @@ TEST_F(EngineSimTest, ErrorsAreOpenAiJson) {
   EXPECT_EQ(body_of(response)["error"]["param"], "prompt");
   response = post("/v1/completions", json{{"prompt", "hi"}, {"max_tokens", 0}});
   EXPECT_EQ(response.status, 400);
+}
+
+TEST_F(EngineSimTest, WithoutMaxTokensACompletionFillsTheContextLeft) {
+  SimOptions options = fast_options();
+  options.max_model_len = 40;
+  start(options);
+  json request = chat_body(1);
+  request.erase("max_tokens");
+  json body = body_of(post("/v1/chat/completions", request));
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 7);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 33) << "max_model_len 40 - 7 prompt tokens";
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+
+  // vLLM's two messages: a prompt that leaves no room, and a max_tokens beyond the room.
+  request["messages"][1]["content"] = words(40);
+  auto response = post("/v1/chat/completions", request);
+  EXPECT_EQ(response.status, 400);
+  EXPECT_EQ(error_code_of(response), "context_length_exceeded");
+  EXPECT_EQ(body_of(response)["error"]["message"],
+            "This model's maximum context length is 40 tokens. However, your request has 43 input tokens. Please "
+            "reduce the length of the input messages.");
+  response = post("/v1/chat/completions", chat_body(34));
+  EXPECT_EQ(response.status, 400);
+  EXPECT_EQ(body_of(response)["error"]["message"],
+            "'max_tokens' or 'max_completion_tokens' is too large: 34. This model's maximum context length is 40 "
+            "tokens and your request has 7 input tokens (34 > 40 - 7).");
+  EXPECT_EQ(body_of(response)["error"]["param"], "messages");
+  EXPECT_EQ(post("/v1/chat/completions", chat_body(33)).status, 200);
+}
+
+TEST_F(EngineSimTest, PromptTokensDetailsAreNullWhenDisabledAsInVllm) {
+  SimOptions options = fast_options();
+  options.enable_prompt_tokens_details = false;
+  start(options);
+  json body = body_of(post("/v1/chat/completions", chat_body(2)));
+  ASSERT_TRUE(body["usage"].contains("prompt_tokens_details")) << body.dump();
+  EXPECT_TRUE(body["usage"]["prompt_tokens_details"].is_null());
+  EXPECT_EQ(body["usage"]["total_tokens"], 9);
+  json request = chat_body(2);
+  request["stream_options"] = {{"include_usage", true}};
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  ASSERT_FALSE(streamed.chunks.empty());
+  EXPECT_TRUE(streamed.chunks.back()["usage"]["prompt_tokens_details"].is_null());
+  EXPECT_EQ(streamed.chunks.back()["usage"]["completion_tokens"], 2);
+}
+
+TEST_F(EngineSimTest, DefaultMaxTokensCapsARequestWithoutOne) {
+  SimOptions options = fast_options();
+  options.default_max_tokens = 5;
+  start(options);
+  json request = chat_body(1);
+  request.erase("max_tokens");
+  EXPECT_EQ(body_of(post("/v1/chat/completions", request))["usage"]["completion_tokens"], 5);
+  EXPECT_EQ(body_of(post("/v1/chat/completions", chat_body(9)))["usage"]["completion_tokens"], 9);
+}
+
+// Every bad field is a 400 naming the field, in the message and in `param`, with vLLM's words.
+TEST_F(EngineSimTest, BadSamplingFieldsAre400sNamingTheField) {
+  start();
+  struct Case {
+    const char* endpoint;
+    const char* patch;  // merged into a valid body
+    const char* param;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"/v1/chat/completions", R"({"temperature":-0.5})", "temperature", "temperature must be non-negative, got -0.5."},
+      {"/v1/chat/completions", R"({"temperature":"hot"})", "temperature", "'temperature' must be a number"},
+      {"/v1/chat/completions", R"({"top_p":0})", "top_p", "top_p must be in (0, 1], got 0."},
+      {"/v1/chat/completions", R"({"top_p":1.5})", "top_p", "top_p must be in (0, 1], got 1.5."},
+      {"/v1/chat/completions", R"({"top_k":-2})", "top_k", "top_k must be 0 (disable), or at least 1, got -2."},
+      {"/v1/chat/completions", R"({"min_p":2})", "min_p", "min_p must be in [0, 1], got 2."},
+      {"/v1/chat/completions", R"({"n":0})", "n", "n must be at least 1, got 0."},
+      {"/v1/chat/completions", R"({"presence_penalty":2.5})", "presence_penalty",
+       "presence_penalty must be in [-2, 2], got 2.5."},
+      {"/v1/chat/completions", R"({"frequency_penalty":-3})", "frequency_penalty",
+       "frequency_penalty must be in [-2, 2], got -3."},
+      {"/v1/chat/completions", R"({"repetition_penalty":0})", "repetition_penalty",
+       "repetition_penalty must be greater than zero, got 0."},
+      {"/v1/chat/completions", R"({"max_tokens":0})", "max_tokens", "max_tokens must be at least 1, got 0."},
+      {"/v1/chat/completions", R"({"max_tokens":null,"max_completion_tokens":-1})", "max_completion_tokens",
+       "max_tokens must be at least 1, got -1."},
+      {"/v1/chat/completions", R"({"messages":[{"role":"wizard","content":"hi"}]})", "messages[0].role",
+       "Invalid value: \"wizard\""},
+      {"/v1/chat/completions", R"({"stop":["ok",""]})", "stop", "stop cannot contain an empty string."},
+      {"/v1/chat/completions", R"({"tool_choice":"required"})", "tool_choice",
+       "When using `tool_choice`, `tools` must be set."},
+      {"/v1/chat/completions", R"({"tool_choice":{"type":"function","function":{"name":"f"}}})", "tool_choice",
+       "When using `tool_choice`, `tools` must be set."},
+      {"/v1/chat/completions", R"({"tool_choice":"auto"})", "tool_choice",
+       "When using `tool_choice`, `tools` must be set."},
+      {"/v1/chat/completions", R"({"stream_options":{"include_usage":true}})", "stream_options",
+       "Stream options can only be defined when `stream=True`."},
+      {"/v1/chat/completions", R"({"top_logprobs":2})", "top_logprobs",
+       "when using `top_logprobs`, `logprobs` must be set to true."},
+      {"/v1/chat/completions", R"({"logprobs":true,"top_logprobs":-1})", "top_logprobs",
+       "`top_logprobs` must be a positive value."},
+      {"/v1/chat/completions", R"({"logprobs":true,"top_logprobs":21})", "top_logprobs",
+       "Requested sample logprobs of 21, which is greater than max allowed: 20"},
+      {"/v1/chat/completions", R"({"logprobs":3})", "logprobs", "'logprobs' must be a boolean"},
+      {"/v1/completions", R"({"logprobs":21})", "logprobs",
+       "Requested sample logprobs of 21, which is greater than max allowed: 20"},
+      {"/v1/completions", R"({"logprobs":-1})", "logprobs", "`logprobs` must be a positive value."},
+      {"/v1/completions", R"({"echo":"yes"})", "echo", "'echo' must be a boolean"},
+      {"/v1/completions", R"({"suffix":" end"})", "suffix", "suffix is not currently supported"},
+      {"/v1/completions", R"({"prompt":[["a"]]})", "prompt", "'prompt' must be"},
+      {"/v1/completions", R"({"prompt":[]})", "prompt", "'prompt' must be"},
+      {"/v1/completions", R"({"prompt":[1,-5]})", "prompt", "Token id -5 is out of vocabulary"},
+      {"/v1/completions", R"({"prompt":[[1],[4294967296]]})", "prompt", "Token id 4294967296 is out of vocabulary"},
+      {"/v1/chat/completions", R"({"response_format":{"type":"xml"}})", "response_format",
+       "response_format type must be 'text', 'json_object' or 'json_schema', got 'xml'"},
+      {"/v1/chat/completions", R"({"response_format":"json"})", "response_format", "must be an object"},
+      {"/v1/chat/completions", R"({"response_format":{"type":"json_schema"}})", "response_format",
+       "needs a 'json_schema' object"},
+      {"/v1/chat/completions", R"({"response_format":{"type":"json_schema","json_schema":{"schema":{}}}})",
+       "response_format", "name is required"},
+      {"/v1/chat/completions", R"({"response_format":{"type":"json_schema","json_schema":{"name":"x"}}})",
+       "response_format", "schema is required"},
+      {"/v1/chat/completions",
+       R"({"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":"object"}}})", "response_format",
+       "Invalid JSON schema in response_format: the schema must be a JSON object"},
+      {"/v1/completions",
+       R"({"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"obj"}}}})",
+       "response_format", "unknown type \"obj\""},
+  };
+  for (const Case& bad : cases) {
+    bool chat = std::string(bad.endpoint) == "/v1/chat/completions";
+    json request = chat ? chat_body(4) : json{{"model", "sim-model"}, {"prompt", "hello there"}, {"max_tokens", 4}};
+    request.merge_patch(json::parse(bad.patch));
+    auto response = post(bad.endpoint, request);
+    EXPECT_EQ(response.status, 400) << bad.patch << " " << response.body;
+    json error = body_of(response)["error"];
+    EXPECT_EQ(error["param"], bad.param) << bad.patch << " " << response.body;
+    EXPECT_EQ(error["type"], "invalid_request_error") << bad.patch;
+    EXPECT_NE(error["message"].get<std::string>().find(bad.says), std::string::npos)
+        << bad.patch << " said: " << error["message"];
+  }
+  // What vLLM accepts: temperature above 2, top_k -1 and 0, tool_choice none without tools, many
+  // stop strings, logprobs at the maximum.
+  for (const char* fine : {R"({"temperature":3.5})", R"({"top_k":-1})", R"({"top_k":0})", R"({"tool_choice":"none"})",
+                           R"({"stop":["a","b","c","d","e","f"]})", R"({"logprobs":true,"top_logprobs":20})",
+                           R"({"response_format":{"type":"text"}})", R"({"stream_options":{}})"}) {
+    json request = chat_body(4);
+    request.merge_patch(json::parse(fine));
+    auto response = post("/v1/chat/completions", request);
+    EXPECT_EQ(response.status, 200) << fine << " " << response.body;
+  }
+}
+
+TEST_F(EngineSimTest, JsonSchemaResponseFormatConformsStreamedOrNot) {
+  start();
+  json request = chat_body(200);
+  request["seed"] = 11;
+  // Written as text: the schema's property order must reach the engine (json sorts keys).
+  const std::string format = R"({"type":"json_schema","json_schema":{"name":"person","strict":true,
+      "schema":{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer","minimum":0,
+      "maximum":120},"pets":{"type":"array","items":{"enum":["cat","dog"]},"minItems":1,"maxItems":3}},
+      "required":["name","age","pets"],"additionalProperties":false}}})";
+  std::string ordered = request.dump();
+  ordered.pop_back();  // the closing brace
+  ordered += ",\"response_format\":" + format + "}";
+  json body = body_of(post_text("/v1/chat/completions", ordered));
+  std::string content = body["choices"][0]["message"]["content"];
+  auto value = parse_json(content);
+  ASSERT_TRUE(value) << content;
+  ASSERT_TRUE(value->is_object());
+  EXPECT_EQ(value->size(), 3u) << content;
+  EXPECT_TRUE((*value)["name"].is_string());
+  EXPECT_GE((*value)["age"].get<int>(), 0);
+  EXPECT_LE((*value)["age"].get<int>(), 120);
+  EXPECT_GE((*value)["pets"].size(), 1u);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop") << "the JSON ended by itself";
+  EXPECT_LT(body["usage"]["completion_tokens"].get<int>(), 200);
+  EXPECT_EQ(content.rfind("{\"name\": ", 0), 0u) << "properties in the schema's order: " << content;
+
+  // From here the body goes through json (its properties sorted): another schema order, another text.
+  request["response_format"] = json::parse(format);
+  content = body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"];
+  ASSERT_TRUE(parse_json(content)) << content;
+
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  EXPECT_EQ(streamed.content, content);
+  EXPECT_EQ(body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"], content)
+      << "deterministic given the seed";
+
+  // Cut by max_tokens: truncated JSON and "length", as vLLM.
+  request["max_tokens"] = 3;
+  body = body_of(post("/v1/chat/completions", request));
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(body["usage"]["completion_tokens"], 3);
+  std::string cut = body["choices"][0]["message"]["content"];
+  EXPECT_EQ(content.rfind(cut, 0), 0u);
+  EXPECT_FALSE(parse_json(cut)) << cut;
+
+  // json_object: some object. Completions take response_format too.
+  request["max_tokens"] = 300;
+  request["response_format"] = {{"type", "json_object"}};
+  auto object =
+      parse_json(body_of(post("/v1/chat/completions", request))["choices"][0]["message"]["content"].get<std::string>());
+  ASSERT_TRUE(object);
+  EXPECT_TRUE(object->is_object());
+  json completion = {{"model", "sim-model"},
+                     {"prompt", "JSON please"},
+                     {"max_tokens", 300},
+                     {"response_format", request["response_format"]}};
+  auto text = parse_json(body_of(post("/v1/completions", completion))["choices"][0]["text"].get<std::string>());
+  ASSERT_TRUE(text);
+  EXPECT_TRUE(text->is_object());
+}
+
+TEST_F(EngineSimTest, ChatLogprobsHaveOpenAisShapeStreamedOrNot) {
+  start();
+  json request = chat_body(6);
+  request["seed"] = 5;
+  request["logprobs"] = true;
+  request["top_logprobs"] = 3;
+  json body = body_of(post("/v1/chat/completions", request));
+  const json& content = body["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 6u) << body.dump();
+  std::string text;
+  for (const json& entry : content) {
+    std::string token = entry["token"];
+    text += token;
+    EXPECT_LE(entry["logprob"].get<double>(), 0);
+    std::vector<int> bytes(token.begin(), token.end());
+    EXPECT_EQ(entry["bytes"], bytes);
+    const json& top = entry["top_logprobs"];
+    ASSERT_EQ(top.size(), 3u);
+    EXPECT_EQ(top[0]["token"], token) << "the chosen token is the most likely";
+    EXPECT_EQ(top[0]["logprob"], entry["logprob"]);
+    std::set<std::string> distinct;
+    for (size_t rank = 0; rank < top.size(); ++rank) {
+      distinct.insert(top[rank]["token"].get<std::string>());
+      EXPECT_TRUE(top[rank]["bytes"].is_array());
+      if (rank > 0) {
+        EXPECT_LT(top[rank]["logprob"].get<double>(), top[rank - 1]["logprob"].get<double>());
+      }
+    }
+    EXPECT_EQ(distinct.size(), 3u);
+  }
+  EXPECT_EQ(text, body["choices"][0]["message"]["content"]);
+  EXPECT_EQ(body_of(post("/v1/chat/completions", request))["choices"][0]["logprobs"], body["choices"][0]["logprobs"])
+      << "deterministic given the seed";
+
+  // Streamed: each token's chunk carries its entry; together they are the whole list.
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  json joined = json::array();
+  for (const json& chunk : streamed.chunks) {
+    const json& choice = chunk["choices"][0];
+    if (choice["delta"].contains("role")) continue;
+    ASSERT_TRUE(choice["logprobs"].is_object()) << chunk.dump();
+    for (const json& entry : choice["logprobs"]["content"]) joined.push_back(entry);
+  }
+  EXPECT_EQ(joined, content);
+
+  // logprobs without top_logprobs: entries with empty top lists. Without logprobs: null.
+  request.erase("top_logprobs");
+  body = body_of(post("/v1/chat/completions", request));
+  EXPECT_TRUE(body["choices"][0]["logprobs"]["content"][0]["top_logprobs"].empty());
+  request.erase("logprobs");
+  EXPECT_TRUE(body_of(post("/v1/chat/completions", request))["choices"][0]["logprobs"].is_null());
+}
+
+TEST_F(EngineSimTest, CompletionsTakeListsOfPromptsEchoAndLogprobs) {
+  start();
+  json request = {{"model", "sim-model"}, {"prompt", {"first prompt", "the second one"}}, {"n", 2}, {"max_tokens", 3}};
+  json body = body_of(post("/v1/completions", request));
+  ASSERT_EQ(body["choices"].size(), 4u) << body.dump();
+  for (int index = 0; index < 4; ++index) EXPECT_EQ(body["choices"][index]["index"], index);
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 5) << "2 + 3, each prompt once";
+  EXPECT_EQ(body["usage"]["completion_tokens"], 12);
+  EXPECT_NE(body["choices"][0]["text"], body["choices"][2]["text"]) << "each prompt its own continuation";
+
+  // Token-id prompts, one or a list of them.
+  request = {{"model", "sim-model"}, {"prompt", {{1, 2, 3}, {4, 5}}}, {"max_tokens", 2}};
+  body = body_of(post("/v1/completions", request));
+  ASSERT_EQ(body["choices"].size(), 2u);
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 5);
+  request["prompt"] = {7, 8, 9, 10};
+  EXPECT_EQ(body_of(post("/v1/completions", request))["usage"]["prompt_tokens"], 4);
+
+  // echo: the prompt comes back first; with logprobs, its tokens lead (the first unscored).
+  request = {{"model", "sim-model"}, {"prompt", "Once upon  a time"},
+             {"max_tokens", 4},      {"echo", true},
+             {"logprobs", 2},        {"seed", 3}};
+  body = body_of(post("/v1/completions", request));
+  std::string text = body["choices"][0]["text"];
+  EXPECT_EQ(text.rfind("Once upon  a time ", 0), 0u) << text;
+  const json& logprobs = body["choices"][0]["logprobs"];
+  ASSERT_EQ(logprobs["tokens"].size(), 8u) << logprobs.dump();
+  EXPECT_TRUE(logprobs["token_logprobs"][0].is_null());
+  EXPECT_TRUE(logprobs["top_logprobs"][0].is_null());
+  std::string joined;
+  for (size_t index = 0; index < 8; ++index) {
+    EXPECT_EQ(logprobs["text_offset"][index], joined.size());
+    joined += logprobs["tokens"][index].get<std::string>();
+    if (index == 0) continue;
+    EXPECT_LE(logprobs["token_logprobs"][index].get<double>(), 0);
+    const json& top = logprobs["top_logprobs"][index];
+    EXPECT_EQ(top.size(), 2u);
+    EXPECT_TRUE(top.contains(logprobs["tokens"][index].get<std::string>())) << top.dump();
+  }
+  EXPECT_EQ(joined, text);
+  // Streamed: the prompt comes with the first token; the offsets run on across the chunks.
+  StreamResult streamed = stream("/v1/completions", request);
+  EXPECT_EQ(streamed.content, text);
+  json offsets = json::array();
+  for (const json& chunk : streamed.chunks) {
+    for (const json& offset : chunk["choices"][0]["logprobs"]["text_offset"]) offsets.push_back(offset);
+  }
+  EXPECT_EQ(offsets, logprobs["text_offset"]);
+  // logprobs 0: the chosen token alone.
+  request["logprobs"] = 0;
+  request["echo"] = false;
+  body = body_of(post("/v1/completions", request));
+  EXPECT_EQ(body["choices"][0]["logprobs"]["top_logprobs"][0].size(), 1u);
+}
+
+TEST_F(EngineSimTest, StreamedToolCallsFinishInAChunkOfTheirOwn) {
+  start();
+  json request = chat_body(4);
+  request["tools"] = json::parse(R"([{"type":"function","function":{"name":"lookup"}}])");
+  request["tool_choice"] = "required";
+  request["stream_options"] = {{"include_usage", true}};
+  StreamResult streamed = stream("/v1/chat/completions", request);
+  ASSERT_TRUE(streamed.done);
+  ASSERT_GE(streamed.chunks.size(), 3u);
+  const json& usage = streamed.chunks.back();
+  EXPECT_TRUE(usage["choices"].empty());
+  const json& finish = streamed.chunks[streamed.chunks.size() - 2]["choices"][0];
+  EXPECT_EQ(finish["delta"], json::object()) << finish.dump();
+  EXPECT_EQ(finish["finish_reason"], "length");
+  for (size_t index = 0; index + 2 < streamed.chunks.size(); ++index) {
+    EXPECT_TRUE(streamed.chunks[index]["choices"][0]["finish_reason"].is_null()) << streamed.chunks[index].dump();
+  }
+
+  // A call the model ends by itself (here at a stop string) finishes with "tool_calls".
+  request.erase("stream_options");
+  json body = body_of(post("/v1/chat/completions", request));
+  std::string arguments = body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"];
+  request["stop"] = std::string(split_words(json::parse(arguments)["text"].get<std::string>())[2]);
+  streamed = stream("/v1/chat/completions", request);
+  ASSERT_TRUE(streamed.done);
+  EXPECT_EQ(streamed.chunks.back()["choices"][0]["delta"], json::object());
+  EXPECT_EQ(streamed.chunks.back()["choices"][0]["finish_reason"], "tool_calls");
 }
 
 TEST_F(EngineSimTest, SimErrorHeaderForcesAnError) {
@@ -600,6 +946,7 @@ TEST_F(EngineSimTest, RepeatedLongPromptReportsCachedTokensAndALowerTtft) {
   EXPECT_GT(cold_ttft, 150);
   EXPECT_LT(warm_ttft, cold_ttft / 2);
   request.erase("stream");
+  request.erase("stream_options");  // vLLM refuses them without stream
   json plain = body_of(post("/v1/chat/completions", request));
   EXPECT_EQ(plain["usage"]["prompt_tokens_details"]["cached_tokens"], 1984);
 }
@@ -718,7 +1065,7 @@ TEST_F(EngineSimTest, NChoicesAndIgnoreEos) {
   ASSERT_EQ(body["choices"].size(), 2u);
   EXPECT_EQ(body["choices"][1]["index"], 1);
   EXPECT_EQ(body["choices"][1]["message"]["content"], "Say hello to me");
-  EXPECT_EQ(body["usage"]["completion_tokens"], 8);
+  EXPECT_EQ(body["usage"]["completion_tokens"], 10);
   // Streamed, each choice's deltas (by index) make its text. Both decode in the same steps, but
   // how their chunks interleave depends on how often the handler wakes (a loaded machine batches
   // two steps into one write), so only the per-choice text is checked.

@@ -9,6 +9,7 @@
 
 #include "common/json.h"
 #include "sim/generator.h"
+#include "sim/structured.h"
 
 namespace nebula::sim {
 
@@ -24,12 +25,28 @@ struct ApiError {
 // {"error": {"message", "type", "param", "code"}}
 json error_json(const ApiError& error);
 
+// One prompt of a completions request (a string, or token ids written as their numbers).
+struct Prompt {
+  std::string text;
+  int tokens = 0;
+};
+
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::ChatCompletions;
   std::string model;        // "" when the body named none
-  std::string prompt_text;  // every message content (chat) or the prompt, joined by '\n'
-  std::string echo_text;    // the last user message (chat) or the prompt
+  std::string prompt_text;  // every message content (chat) or the (first) prompt, joined by '\n'
+  std::string echo_text;    // the last user message (chat) or the (first) prompt
   int prompt_tokens = 0;
+  // Completions: every prompt of the request, in order (a list of prompts gets n choices each).
+  // Empty elsewhere: the one prompt above.
+  std::vector<Prompt> prompts;
+  bool echo = false;  // completions: the prompt comes back before each completion
+  // Logprobs with this many top alternatives per token: chat `logprobs: true` with
+  // `top_logprobs` (0 when unset), completions `logprobs: N`. nullopt = not asked for.
+  std::optional<int> logprobs;
+  // response_format: text, json_object, or json_schema with `schema` (checked).
+  OutputFormat format = OutputFormat::Text;
+  ordered_json schema;
   std::optional<int> max_tokens;
   std::vector<std::string> stop;
   std::optional<uint64_t> seed;
@@ -52,7 +69,8 @@ struct CompletionIdentity {
   std::string id;  // "chatcmpl-..." or "cmpl-..."
   int64_t created = 0;
   std::string model;
-  std::string tool_call;  // CompletionRequest::tool_call
+  std::string tool_call;        // CompletionRequest::tool_call
+  std::optional<int> logprobs;  // CompletionRequest::logprobs
 };
 
 // A tool call's arguments: the generated text as {"text": TEXT}. Streamed, they arrive in pieces,
@@ -68,17 +86,29 @@ std::string tool_call_id(const CompletionIdentity& identity, int index);
 // itself, else the reason).
 json tool_chunk_json(const CompletionIdentity& identity, int index, std::string_view piece, bool first,
                      const FinishReason* finish_reason);
+// The chunk that ends a choice's tool call, as OpenAI sends it: an empty delta with finish_reason
+// ("tool_calls" when the model stopped by itself, else the reason).
+json tool_finish_chunk_json(const CompletionIdentity& identity, int index, FinishReason finish_reason);
 
 struct Usage {
   int prompt_tokens = 0;
   int completion_tokens = 0;
   int cached_tokens = 0;  // prompt tokens served from the prefix cache
+  // prompt_tokens_details {cached_tokens} is sent (vLLM: --enable-prompt-tokens-details), else null.
+  bool details = true;
 };
 
 // A streamed chunk carrying one token's text for choice `index`; finish_reason is set on the
-// last one only.
+// last one only. `logprobs` is the chunk's logprobs object (null when not asked for).
 json chunk_json(const CompletionIdentity& identity, int index, std::string_view text, const FinishReason* finish_reason,
-                const std::optional<std::string>& stop_reason);
+                const std::optional<std::string>& stop_reason, json logprobs = nullptr);
+
+// The logprobs object of tokens [first, last) of a generation, in the endpoint's shape. Chat:
+// {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}] x top}]}.
+// Completions: {tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}, where the
+// echoed prompt's tokens come first when with_echo (the first with null logprobs) and offsets
+// count from the start of the choice's text.
+json logprobs_json(Endpoint endpoint, const Generation& generation, int top, size_t first, size_t last, bool with_echo);
 // The first chat chunk vLLM sends for each choice: delta {"role":"assistant","content":""}.
 json role_chunk_json(const CompletionIdentity& identity, int index);
 
