@@ -8,7 +8,7 @@ import OpenAI from 'openai';
 import { zodTextFormat } from 'openai/helpers/zod';
 import { z } from 'zod';
 
-import { MODEL, chatDeployment, engineGauge, skipUnlessForced, startGateway, waitFor } from './lib/harness.mjs';
+import { MODEL, chatDeployment, engineGauge, startGateway, waitFor } from './lib/harness.mjs';
 import { rejection } from './lib/shared_cases.mjs';
 
 let gateway;
@@ -301,15 +301,17 @@ describe('responses', () => {
     assert.equal(missing.code, 'missing_required_parameter');
   });
 
-  test('structured output: responses.parse with a zod schema', { skip: skipUnlessForced('needs engine-sim response_format json_schema') },
-    async () => {
-      const Weather = z.object({ city: z.string(), celsius: z.number() });
-      const response = await client.responses.parse({
-        model: MODEL,
-        input: 'Weather in Paris as JSON',
-        text: { format: zodTextFormat(Weather, 'weather') },
-      });
-      Weather.parse(response.output_parsed);
-      assert.equal(response.text.format.type, 'json_schema');
+  test('structured output: responses.parse with a zod schema', async () => {
+    const Weather = z.object({ city: z.string(), celsius: z.number(), alerts: z.array(z.string()) });
+    const response = await client.responses.parse({
+      model: MODEL,
+      input: 'Weather in Paris as JSON',
+      text: { format: zodTextFormat(Weather, 'weather') },
+      max_output_tokens: 400,
     });
+    assert.equal(response.status, 'completed');
+    Weather.parse(response.output_parsed);
+    assert.equal(response.text.format.type, 'json_schema');
+    assert.equal(response.text.format.name, 'weather');
+  });
 });

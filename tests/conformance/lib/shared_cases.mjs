@@ -230,7 +230,6 @@ export const sharedCases = [
       assert.equal(last.choices[0].finish_reason, 'tool_calls');
       assert.ok(!last.choices[0].delta.tool_calls, 'the finishing chunk carries no argument fragment');
     },
-    skip: 'needs engine-sim to send finish_reason in a final chunk of its own',
   },
   {
     name: 'completions',
@@ -266,7 +265,6 @@ export const sharedCases = [
       const completion = await target.client().completions.create({ model: MODEL, prompt: ['One', 'Two'], max_tokens: 3 });
       assert.deepEqual(completion.choices.map((choice) => choice.index).sort(), [0, 1]);
     },
-    skip: 'needs engine-sim to take an array of prompts',
   },
   {
     name: 'completions: echo returns the prompt first',
@@ -278,7 +276,6 @@ export const sharedCases = [
       // text would be the prompt alone).
       assert.ok(text.startsWith(prompt) && text.length > prompt.length, text);
     },
-    skip: 'needs engine-sim to honour echo',
   },
   {
     name: 'embeddings: float and the SDK default (base64)',
@@ -315,18 +312,21 @@ export const sharedCases = [
         assert.ok(token.top_logprobs.some((top) => top.token === token.token));
       }
     },
-    skip: 'needs engine-sim logprobs',
   },
   {
     name: 'logprobs in a completion',
     async run(target) {
-      const completion = await target.client().completions.create({ model: MODEL, prompt: 'Hi', max_tokens: 3, logprobs: 2 });
+      const completion = await target.client().completions.create({
+        model: MODEL,
+        prompt: 'Hi there my friend',
+        max_tokens: 3,
+        logprobs: 2,
+      });
       const logprobs = completion.choices[0].logprobs;
       assert.equal(logprobs.tokens.length, 3);
       assert.equal(logprobs.token_logprobs.length, 3);
       assert.equal(logprobs.top_logprobs.length, 3);
     },
-    skip: 'needs engine-sim logprobs',
   },
   {
     name: 'structured output: chat.completions.parse with a zod schema',
@@ -340,7 +340,6 @@ export const sharedCases = [
       const parsed = completion.choices[0].message.parsed;
       Weather.parse(parsed);
     },
-    skip: 'needs engine-sim response_format json_schema',
   },
   {
     name: 'structured output: json_object gives a JSON object',
@@ -354,10 +353,9 @@ export const sharedCases = [
       const value = JSON.parse(completion.choices[0].message.content);
       assert.equal(typeof value, 'object');
     },
-    skip: 'needs engine-sim response_format json_object',
   },
   {
-    name: 'structured output: a strict zod tool through runTools-free parse',
+    name: 'structured output: a zod tool\'s arguments parsed by chat.completions.parse',
     async run(target) {
       const completion = await target.client().chat.completions.parse({
         model: MODEL,
@@ -369,7 +367,7 @@ export const sharedCases = [
       const [call] = completion.choices[0].message.tool_calls;
       assert.equal(typeof call.function.parsed_arguments.city, 'string');
     },
-    skip: 'needs engine-sim to follow a tool\'s parameters schema',
+    skip: 'needs engine-sim to generate tool arguments that follow the tool\'s parameters schema',
   },
   {
     name: 'bad request: empty messages is a BadRequestError naming messages',
@@ -404,7 +402,6 @@ export const sharedCases = [
       assert.ok(error instanceof OpenAI.BadRequestError, String(error));
       assert.equal(error.param, 'temperature');
     },
-    skip: 'needs engine-sim vLLM-style validation (temperature)',
   },
   {
     name: 'bad request: a body that is not JSON, or hostile JSON',
