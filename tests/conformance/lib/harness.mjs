@@ -25,9 +25,11 @@ export function skipUnlessForced(reason) {
 // The model name both targets serve: the gateway's deployment and engine-sim's --model.
 export const MODEL = 'chat';
 
-const children = new Set();
+// Processes still running when this process exits (a failed or interrupted run): `nebula up` gets
+// SIGTERM, so that it stops its engines (it also runs with --exit-with-parent), the rest SIGKILL.
+const children = new Map();
 process.on('exit', () => {
-  for (const child of children) child.kill('SIGKILL');
+  for (const [child, signal] of children) child.kill(signal);
 });
 
 export async function freePort() {
@@ -61,10 +63,10 @@ export async function waitFor(condition, what, timeout_ms = 20_000, interval_ms 
 }
 
 class Process {
-  constructor(argv, env = {}) {
+  constructor(argv, { env = {}, exitSignal = 'SIGKILL' } = {}) {
     this.output = '';
     this.child = spawn(argv[0], argv.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(this.child);
+    children.set(this.child, exitSignal);
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
     this.exited.then(() => children.delete(this.child));
     for (const stream of [this.child.stdout, this.child.stderr]) {
@@ -122,7 +124,8 @@ export async function startGateway({ deployments = [], gpus = '1xH100-80GB', ext
   const dataDir = path.join(dir, 'data');
   const url = `http://127.0.0.1:${port}`;
   const up = new Process([NEBULA, 'up', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--sim-gpus', gpus,
-    '--auth', 'keys', '--log-level', 'warn', '--name', 'conformance-node', ...extra]);
+    '--auth', 'keys', '--log-level', 'warn', '--name', 'conformance-node', '--exit-with-parent', ...extra],
+  { exitSignal: 'SIGTERM' });
   const gateway = {
     kind: 'gateway',
     url,
