@@ -202,8 +202,10 @@ TEST_F(GatewayE2E, ConcurrencyAndTokenLimitsHoldUnderParallelLoad) {
   // Once they are done, what they used (the engine's counts, at least 61 each) leaves no room
   // for a fifth.
   auto over = post("/v1/chat/completions", slow, budget);
-  expect_openai_error(over, 429, "rate_limit_exceeded");
+  expect_openai_error(over, 429, "insufficient_quota");  // OpenAI's code: no wait helps
   EXPECT_NE(over->body.find("budget"), std::string::npos) << over->body;
+  EXPECT_EQ(over->header("retry-after"), "");
+  EXPECT_EQ(over->header("x-should-retry"), "false");
 }
 
 TEST_F(GatewayE2E, UsageMatchesWhatTheEngineReported) {
@@ -644,7 +646,7 @@ TEST_F(GatewayE2E, MetricsAndErrorsAreOpenAiShaped) {
   expect_openai_error(post("/v1/chat/completions", "{broken", key), 400, "invalid_request");
   expect_openai_error(post("/v1/chat/completions", R"({"messages":[]})", key), 400, "invalid_request");
   expect_openai_error(post("/v1/chat/completions", R"({"model":"nope","messages":[]})", key), 404, "model_not_found");
-  expect_openai_error(post("/v1/responses", R"({"model":"chat"})", key), 400, "invalid_request");
+  expect_openai_error(post("/v1/responses", R"({"model":"chat"})", key), 400, "missing_required_parameter");
   // A stream with a stream_options that is not an object still gets its usage asked for, and
   // its answer: the gateway replaces it rather than failing.
   auto odd_options = post("/v1/chat/completions",

@@ -105,8 +105,9 @@ std::vector<std::string> normalise(const std::vector<std::string>& lines) {
       {std::regex(R"(chatcmpl-[a-z0-9]+)"), "chatcmpl-<id>"},
       {std::regex(R"(req-[a-z0-9]+)"), "req-<id>"},
       {std::regex(R"("content":"[^"]+")"), R"("content":"<text>")"},
-      {std::regex(R"(\b\d+[smhd]\b)"), "<age>"},
+      {std::regex(R"(\b\d+(\.\d+)?(ms|[smhd])\b)"), "<age>"},
       {std::regex(R"(retry-after: \d+)"), "retry-after: <seconds>"},
+      {std::regex(R"(retry-after-ms: \d+)"), "retry-after-ms: <ms>"},
       {std::regex(R"([ \t]+)"), " "},
   };
   std::vector<std::string> out;

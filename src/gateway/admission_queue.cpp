@@ -32,6 +32,11 @@ awaitable<Result<std::shared_ptr<router::Endpoint>>> Gateway::acquire(Call& call
   if (std::string reason = table_.unschedulable(call.model); !reason.empty() && table_.ready_count(call.model) == 0) {
     co_return make_error(ErrorCode::Unavailable, fmt::format("`{}` cannot start: {}", call.model, reason));
   }
+  if (breakers_all_open(call.model, exclude)) {
+    call.breakers_open = true;
+    co_return make_error(ErrorCode::Unavailable,
+                         fmt::format("every replica of `{}` has its circuit breaker open", call.model));
+  }
   if (queue.size() >= options_.max_queue) {
     co_return make_error(
         ErrorCode::ResourceExhausted,
@@ -54,7 +59,10 @@ awaitable<Result<std::shared_ptr<router::Endpoint>>> Gateway::acquire(Call& call
   queue.remove(&waiter);
   metrics_.queue_depth(call.model, -1);
   if (waiter.granted) co_return waiter.granted;
-  if (!waiter.failure.empty()) co_return make_error(ErrorCode::Unavailable, waiter.failure);
+  if (!waiter.failure.empty()) {
+    call.breakers_open = waiter.breakers_open;
+    co_return make_error(ErrorCode::Unavailable, waiter.failure);
+  }
   if (call.client_gone) co_return make_error(ErrorCode::Unavailable, "the client went away while queued");
   co_return make_error(ErrorCode::Timeout, fmt::format("`{}` had no free replica within {} ms", call.model,
                                                        options_.queue_timeout.count()));
@@ -102,7 +110,19 @@ void Gateway::dispatch_queue(const std::string& deployment) {
       granted = true;
       break;
     }
-    if (!granted) return;
+    if (!granted) break;
+  }
+  // Those left wait for a replica that may take them; if only open breakers are left, none will
+  // before their cool-down: they get the engine's error now.
+  std::vector<Waiter*> hopeless;
+  for (Waiter* waiter : queue) {
+    if (breakers_all_open(deployment, waiter->exclude)) hopeless.push_back(waiter);
+  }
+  for (Waiter* waiter : hopeless) {
+    waiter->failure = fmt::format("every replica of `{}` has its circuit breaker open", deployment);
+    waiter->breakers_open = true;
+    queue.remove(waiter);
+    waiter->timer.cancel();
   }
 }
 

@@ -31,7 +31,8 @@ struct Gateway::Waiter {
   router::RouteContext* route = nullptr;  // the call's
   asio::steady_timer timer;
   std::shared_ptr<router::Endpoint> granted;
-  std::string failure;  // set when waiting became pointless (the deployment cannot start)
+  std::string failure;         // set when waiting became pointless (the deployment cannot start)
+  bool breakers_open = false;  // ... because every replica's breaker opened
 };
 
 // One request through the gateway, from authentication to accounting.
@@ -67,7 +68,14 @@ struct Gateway::Call {
   // client sent "store": false.
   json conversation;
   std::string conversation_root;  // the id of the first response of the chain it continues
+  // /v1/responses with "background": true: answered at once with a queued response of this id,
+  // then relayed with no client waiting (background.cpp).
+  bool background = false;
+  std::string response_id;  // set for a background call: the id its response is stored under
   bool store_response = false;
+  // No replica could take the request because every breaker is open: the answer is the engine's
+  // last error (breaker_refusal()), at once.
+  bool breakers_open = false;
 
   // From here until the answer is written, a client that leaves cancels what it waits for.
   void watch_client(http::ResponseWriter& writer) {

@@ -182,6 +182,7 @@ void Gateway::add_routes(http::Router& router) {
   });
   auth_.add_routes(router);
   add_usage_routes(router);
+  add_openai_routes(router);
 }
 
 }  // namespace nebula::gateway

@@ -108,6 +108,20 @@ class Gateway {
                                                                http::ResponseWriter& writer);
   void release(const std::shared_ptr<router::Endpoint>& endpoint, int64_t tokens);
   void dispatch_queue(const std::string& deployment);
+  // Open breakers (engine_errors.cpp). A request that no replica can take because every
+  // replica's breaker is open gets the engine's last error at once (waiting would only time out
+  // in the queue); a breaker that opens wakes the queue when its cool-down ends, so a waiter is
+  // sent to the replica as soon as it may take one.
+  struct EngineError {
+    int status = 0;
+    std::string body;
+    std::string retry_after;
+  };
+  void note_engine_error(const std::string& deployment, EngineError error);
+  bool breakers_all_open(const std::string& deployment, const std::set<std::string>& exclude) const;
+  http::Response breaker_refusal(const Call& call) const;
+  void breaker_failed(const std::shared_ptr<router::Endpoint>& endpoint);
+  std::map<std::string, EngineError> engine_errors_;  // per deployment; I/O thread only
   // Routing (routing.cpp): the replica the deployment's Policy chooses among the table's
   // candidates, its slot taken (outstanding and in-flight tokens); nullptr when none is free.
   std::shared_ptr<router::Endpoint> choose(const std::string& deployment, router::RouteContext& context,
@@ -124,11 +138,23 @@ class Gateway {
   awaitable<void> scrape_load(std::shared_ptr<router::Endpoint> endpoint);
   // nebula_router_* lines for /metrics: the age and figures of each replica's engine load.
   std::string router_metrics() const;
+  // Background responses (background.cpp): start_background() answers with the queued response
+  // and runs the call on its own; cancel_background() stops one. I/O thread only.
+  awaitable<void> start_background(std::shared_ptr<Call> call, http::ResponseWriter& writer);
+  awaitable<void> run_background(std::shared_ptr<Call> call);
+  std::optional<json> cancel_background(const std::string& id, const std::string& key_id);
+  std::map<std::string, std::shared_ptr<Call>> background_;  // response id -> its call, while it runs
   // Accounting (access_log.cpp): limiter, usage, metrics and the access log line.
   void finish(Call& call, int status);
   http::Response stored_response_answer(const http::Request& request, bool erase);
   awaitable<void> stored_response(http::Request& request, http::ResponseWriter& writer, bool erase);
   void add_usage_routes(http::Router& router);
+  // GET /v1/models/{id}, GET /v1/responses/{id}/input_items, POST /v1/responses/{id}/cancel
+  // (openai_routes.cpp).
+  void add_openai_routes(http::Router& router);
+  http::Response model_answer(const http::Request& request) const;
+  http::Response input_items_answer(const http::Request& request);
+  http::Response cancel_answer(const http::Request& request);
   // Scale-to-zero: remembers when each deployment was last asked for (written to its status once
   // a second), and asks the controller to wake an idle one, once per idle period.
   void note_request(const std::string& deployment);

@@ -2,16 +2,31 @@
 
 #include <fmt/format.h>
 
+#include "common/json.h"
+
 namespace nebula::gateway {
 
 namespace {
 constexpr auto kWindow = std::chrono::seconds(60);
 
-int seconds_until(Limiter::TimePoint when, Limiter::TimePoint now) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(when - now).count();
-  return static_cast<int>(std::max<int64_t>(1, (left + 999) / 1000));
+std::chrono::milliseconds until(Limiter::TimePoint when, Limiter::TimePoint now) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(when - now);
+  return std::max(left, std::chrono::milliseconds(1));
+}
+
+int whole_seconds(std::chrono::milliseconds wait) {
+  return static_cast<int>((wait.count() + 999) / 1000);
 }
 }  // namespace
+
+std::string format_reset(std::chrono::milliseconds wait) {
+  int64_t ms = std::max<int64_t>(0, wait.count());
+  if (ms < 1000) return fmt::format("{}ms", ms);
+  int64_t minutes = ms / 60'000;
+  double seconds = static_cast<double>(ms % 60'000) / 1000.0;
+  if (minutes > 0) return fmt::format("{}m{}s", minutes, seconds);
+  return fmt::format("{}s", seconds);
+}
 
 void Limiter::expire(Window& window, TimePoint now) {
   while (!window.requests.empty() && window.requests.front().time + kWindow <= now) {
@@ -25,28 +40,59 @@ Admission Limiter::admit(const api::ApiKey& key, int64_t estimated_tokens, int64
   Window& window = windows_[key.metadata.name];
   expire(window, now);
   Admission result;
-  auto refuse = [&](std::string message, int retry_after) {
+  // retry_after 0: waiting does not help.
+  auto refuse = [&](LimitKind limit, std::string message, std::chrono::milliseconds retry_after) {
     result.allowed = false;
+    result.limit = limit;
     result.message = std::move(message);
-    result.retry_after_s = retry_after;
+    result.retry_after = retry_after;
+    result.retry_after_s = whole_seconds(retry_after);
     return result;
   };
   if (key.rpm > 0 && static_cast<int64_t>(window.requests.size()) >= key.rpm) {
-    return refuse(fmt::format("Rate limit reached for requests: limit {} per minute.", key.rpm),
-                  seconds_until(window.requests.front().time + kWindow, now));
+    auto wait = until(window.requests.front().time + kWindow, now);
+    return refuse(LimitKind::Requests,
+                  fmt::format("Rate limit reached for requests per min (RPM): Limit {}, Used {}, Requested 1. Please "
+                              "try again in {}.",
+                              key.rpm, window.requests.size(), format_reset(wait)),
+                  wait);
+  }
+  if (key.tpm > 0 && estimated_tokens > key.tpm) {
+    return refuse(LimitKind::Tokens,
+                  fmt::format("Request too large for tokens per min (TPM): Limit {}, Requested {}. Send fewer tokens "
+                              "(a shorter prompt or a smaller max_tokens).",
+                              key.tpm, estimated_tokens),
+                  std::chrono::milliseconds(0));
   }
   if (key.tpm > 0 && window.tokens + estimated_tokens > key.tpm) {
-    int retry = window.requests.empty() ? 60 : seconds_until(window.requests.front().time + kWindow, now);
-    return refuse(fmt::format("Rate limit reached for tokens: limit {} per minute, used {}, requested {}.", key.tpm,
-                              window.tokens, estimated_tokens),
-                  retry);
+    // The request fits once enough of the oldest charges have left the window.
+    int64_t excess = window.tokens + estimated_tokens - key.tpm;
+    TimePoint fits = now + kWindow;
+    for (const auto& charge : window.requests) {
+      excess -= charge.tokens;
+      if (excess <= 0) {
+        fits = charge.time + kWindow;
+        break;
+      }
+    }
+    auto wait = until(fits, now);
+    return refuse(LimitKind::Tokens,
+                  fmt::format("Rate limit reached for tokens per min (TPM): Limit {}, Used {}, Requested {}. Please "
+                              "try again in {}.",
+                              key.tpm, window.tokens, estimated_tokens, format_reset(wait)),
+                  wait);
   }
   if (key.max_concurrency > 0 && window.in_flight >= key.max_concurrency) {
-    return refuse(fmt::format("Too many concurrent requests: limit {}.", key.max_concurrency), 1);
+    return refuse(LimitKind::Concurrency,
+                  fmt::format("Too many concurrent requests: limit {}. Please try again in 1s.", key.max_concurrency),
+                  std::chrono::seconds(1));
   }
   if (key.budget_tokens > 0 && month_used_tokens + window.in_flight_tokens + estimated_tokens > key.budget_tokens) {
-    return refuse(fmt::format("Monthly token budget exhausted: {} of {} used.", month_used_tokens, key.budget_tokens),
-                  3600);
+    return refuse(
+        LimitKind::Budget,
+        fmt::format("You exceeded your current quota: {} of this month's token budget of {} used, {} requested.",
+                    month_used_tokens + window.in_flight_tokens, key.budget_tokens, estimated_tokens),
+        std::chrono::milliseconds(0));
   }
   result.ticket = next_ticket_++;
   window.requests.push_back({now, estimated_tokens, result.ticket});
@@ -79,8 +125,9 @@ http::Headers Limiter::headers(const api::ApiKey& key, TimePoint now) {
   expire(window, now);
   http::Headers headers;
   headers.reserve(6);
-  int reset_s = window.requests.empty() ? 0 : seconds_until(window.requests.front().time + kWindow, now);
-  std::string reset = std::to_string(reset_s) + "s";
+  // When the oldest charge leaves the window (and a request, and its tokens, are freed).
+  std::string reset = format_reset(window.requests.empty() ? std::chrono::milliseconds(0)
+                                                           : until(window.requests.front().time + kWindow, now));
   if (key.rpm > 0) {
     headers.push_back({"x-ratelimit-limit-requests", std::to_string(key.rpm)});
     headers.push_back({"x-ratelimit-remaining-requests",
@@ -93,6 +140,29 @@ http::Headers Limiter::headers(const api::ApiKey& key, TimePoint now) {
     headers.push_back({"x-ratelimit-reset-tokens", reset});
   }
   return headers;
+}
+
+http::Response Limiter::refusal(const api::ApiKey& key, const Admission& admission, TimePoint now) {
+  const char* type = "requests";
+  const char* code = "rate_limit_exceeded";
+  if (admission.limit == LimitKind::Tokens) type = "tokens";
+  if (admission.limit == LimitKind::Budget) type = code = "insufficient_quota";
+  http::Response response = http::Response::json_body(
+      429, json{{"error", {{"message", admission.message}, {"type", type}, {"param", nullptr}, {"code", code}}}});
+  for (auto& header : headers(key, now)) {
+    // The reset of the limit that refused agrees with retry-after.
+    bool refusing_limit = (admission.limit == LimitKind::Tokens && header.name == "x-ratelimit-reset-tokens") ||
+                          (admission.limit == LimitKind::Requests && header.name == "x-ratelimit-reset-requests");
+    if (refusing_limit && admission.retry_after.count() > 0) header.value = format_reset(admission.retry_after);
+    response.headers.push_back(std::move(header));
+  }
+  if (admission.retry_after.count() > 0) {
+    response.headers.push_back({"retry-after", std::to_string(admission.retry_after_s)});
+    response.headers.push_back({"retry-after-ms", std::to_string(admission.retry_after.count())});
+  } else {
+    response.headers.push_back({"x-should-retry", "false"});
+  }
+  return response;
 }
 
 }  // namespace nebula::gateway

@@ -12,10 +12,23 @@
 #include "http/http.h"
 
 namespace nebula::gateway {
+// OpenAI's way of writing x-ratelimit-reset-*: "20ms", "1.5s", "6m0s".
+std::string format_reset(std::chrono::milliseconds wait);
+}  // namespace nebula::gateway
+
+namespace nebula::gateway {
+
+// The limit that refused a request.
+enum class LimitKind { None, Requests, Tokens, Concurrency, Budget };
 
 struct Admission {
   bool allowed = true;
+  LimitKind limit = LimitKind::None;
   std::string message;  // why not
+  // How long until the same request would be admitted: retry_after exactly, retry_after_s
+  // rounded up. Both 0 when waiting cannot help (a budget spent for the month, a request larger
+  // than the whole tokens-per-minute limit).
+  std::chrono::milliseconds retry_after{0};
   int retry_after_s = 0;
   uint64_t ticket = 0;  // identifies the admitted request to finish()
 };
@@ -32,6 +45,12 @@ class Limiter {
               TimePoint now);
   // OpenAI's x-ratelimit-* headers for the key's current state.
   http::Headers headers(const api::ApiKey& key, TimePoint now);
+  // The 429 for a refused admission, as OpenAI sends it: error type `requests` or `tokens` (code
+  // rate_limit_exceeded), or `insufficient_quota` for a spent budget; retry-after (seconds) and
+  // retry-after-ms when waiting helps, else x-should-retry: false so that clients do not retry;
+  // and the key's x-ratelimit-* headers, whose reset-tokens (or reset-requests) is the retry-after
+  // of a refusal by that limit.
+  http::Response refusal(const api::ApiKey& key, const Admission& admission, TimePoint now);
 
  private:
   struct Charge {

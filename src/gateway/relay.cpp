@@ -78,6 +78,7 @@ http::Response error_for(const Error& error, const http::Headers& headers) {
     case ErrorCode::ResourceExhausted: {
       http::Headers with_retry = headers;
       with_retry.push_back({"Retry-After", "1"});
+      with_retry.push_back({"retry-after-ms", "1000"});  // what the OpenAI SDKs read first
       return call_error(with_retry, 429, error.message, "rate_limit_exceeded", "rate_limit_exceeded");
     }
     case ErrorCode::Timeout: return call_error(headers, 503, error.message, "server_error", "queue_timeout");
@@ -103,7 +104,7 @@ awaitable<int> Gateway::relay(Call& call, http::ResponseWriter& writer) {
     if (call.client_gone) co_return 499;
     if (!acquired) {
       if (!last_failure.empty() && acquired.error().code == ErrorCode::Unavailable) break;
-      http::Response refusal = error_for(acquired.error(), call.headers);
+      http::Response refusal = call.breakers_open ? breaker_refusal(call) : error_for(acquired.error(), call.headers);
       int status = refusal.status;
       co_await writer.send(std::move(refusal));
       co_return status;
@@ -162,7 +163,11 @@ awaitable<int> Gateway::relay(Call& call, http::ResponseWriter& writer) {
         std::string retry_after = (*upstream)->header("retry-after");
         if (!retry_after.empty()) engine_error->headers.push_back({"Retry-After", retry_after});
         if (body) engine_error->body = *body;
+        note_engine_error(call.model, {engine_error->status, engine_error->body, retry_after});
+      } else {
+        note_engine_error(call.model, {});
       }
+      breaker_failed(endpoint);
       continue;
     }
     endpoint->breaker.succeeded();
@@ -204,8 +209,9 @@ awaitable<int> Gateway::relay_answer(Call& call, http::StreamingResponse& respon
       call.usage = usage_of(relayed.body, relayed.body.capacity());  // the answer itself is relayed as it came
     } else if (auto answer = parse_json(relayed.body); answer && answer->is_object()) {
       call.usage = answer->value("usage", json());
-      json translated = chat_to_response(*answer, "resp_" + random_id(24), call.model,
-                                         to_unix_ms(std::chrono::system_clock::now()) / 1000);
+      std::string id = call.response_id.empty() ? "resp_" + random_id(24) : call.response_id;
+      json translated =
+          chat_to_response(*answer, id, call.model, to_unix_ms(std::chrono::system_clock::now()) / 1000, call.body);
       store_response(call, translated);
       relayed.body = dump(translated);
     }
@@ -222,7 +228,8 @@ awaitable<int> Gateway::relay_stream(Call& call, http::StreamingResponse& respon
   }
   std::optional<ResponsesStream> translation;
   if (call.kind == kResponses) {
-    translation.emplace("resp_" + random_id(24), call.model, to_unix_ms(std::chrono::system_clock::now()) / 1000);
+    translation.emplace("resp_" + random_id(24), call.model, to_unix_ms(std::chrono::system_clock::now()) / 1000,
+                        call.body);
     if (!co_await writer.write(translation->begin())) {
       response.cancel();
       co_return 499;
@@ -233,12 +240,14 @@ awaitable<int> Gateway::relay_stream(Call& call, http::StreamingResponse& respon
   SteadyClock::time_point last_token{};
   bool client_gone = false;
   bool broken = false;
+  std::string broken_because;
   while (!client_gone && !broken) {
     auto left_now = std::chrono::duration_cast<milliseconds>(call.deadline - SteadyClock::now());
     auto piece = co_await response.read(std::min(options_.idle_timeout, std::max(left_now, milliseconds(1))));
     if (!piece) {
       spdlog::warn("gateway: {} stream from {} broke: {}", call.request_id, call.replica, piece.error().message);
       broken = true;
+      broken_because = piece.error().message;
       break;
     }
     if (piece->empty()) break;
@@ -307,12 +316,22 @@ awaitable<int> Gateway::relay_stream(Call& call, http::StreamingResponse& respon
     }
     if (!out.empty() && !co_await writer.write(out)) client_gone = true;
   }
-  if (client_gone || broken) {
-    response.cancel();           // the engine stops generating at once
-    if (broken) writer.abort();  // the client sees a cut stream, not a clean end
-    int status = 502;
-    if (client_gone) status = 499;
-    co_return status;
+  if (client_gone) {
+    response.cancel();  // the engine stops generating at once
+    co_return 499;
+  }
+  if (broken) {
+    // The engine broke off: the client gets an error event its SDK raises (an APIError), then
+    // the end of the stream, not a cut connection it would take for a network failure.
+    response.cancel();
+    std::string message = "the engine's stream broke off: " + broken_because;
+    std::string out = translation ? translation->fail(message) : stream_error_event(message);
+    if (co_await writer.write(out)) {
+      co_await writer.finish();
+    } else {
+      writer.abort();
+    }
+    co_return 502;
   }
   co_await writer.finish();
   if (translation) store_response(call, translation->final_response());

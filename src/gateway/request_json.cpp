@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <cmath>
+
 namespace nebula::gateway {
 
 namespace {
@@ -13,9 +15,138 @@ int64_t string_bytes(simdjson::dom::element value, std::string& prompt) {
   if (prompt.size() < kPromptTextLimit) prompt.append(text.substr(0, kPromptTextLimit - prompt.size()));
   return static_cast<int64_t>(text.size());
 }
+
+const char* type_name(simdjson::dom::element value) {
+  switch (value.type()) {
+    case simdjson::dom::element_type::ARRAY: return "an array";
+    case simdjson::dom::element_type::OBJECT: return "an object";
+    case simdjson::dom::element_type::STRING: return "a string";
+    case simdjson::dom::element_type::BOOL: return "a boolean";
+    case simdjson::dom::element_type::NULL_VALUE: return "null";
+    case simdjson::dom::element_type::DOUBLE: return "a decimal";
+    default: return "an integer";
+  }
+}
+
+std::string number_text(double value) {
+  bool whole = std::fabs(value) < 1e15 && value == static_cast<double>(static_cast<int64_t>(value));
+  return whole ? fmt::format("{}", static_cast<int64_t>(value)) : fmt::format("{}", value);
+}
+
+// OpenAI's checks of the fields a request may carry, each on a field that is present and not
+// null (null means the default, for OpenAI as for the engines).
+class FieldChecker {
+ public:
+  explicit FieldChecker(simdjson::dom::object root) : root_(root) {}
+  std::optional<RequestProblem> problem;
+
+  void integer(const char* name, std::optional<int64_t> min, std::optional<int64_t> max) {
+    simdjson::dom::element value;
+    if (problem || !present(name, value)) return;
+    int64_t number = 0;
+    if (!value.is_int64() || value.get_int64().get(number)) return wrong_type(name, value, "an integer");
+    if (min && number < *min)
+      return out_of_range(name, "integer", true, static_cast<double>(*min), static_cast<double>(number));
+    if (max && number > *max)
+      return out_of_range(name, "integer", false, static_cast<double>(*max), static_cast<double>(number));
+  }
+
+  void decimal(const char* name, double min, double max) {
+    simdjson::dom::element value;
+    if (problem || !present(name, value)) return;
+    double number = 0;
+    if (!value.is_number() || value.get_double().get(number)) return wrong_type(name, value, "a decimal");
+    if (number < min) return out_of_range(name, "decimal", true, min, number);
+    if (number > max) return out_of_range(name, "decimal", false, max, number);
+  }
+
+  void required(const char* name) {
+    simdjson::dom::element value;
+    if (problem || !root_[name].get(value)) return;
+    problem =
+        RequestProblem{fmt::format("Missing required parameter: '{}'.", name), name, "missing_required_parameter"};
+  }
+
+  bool is_true(const char* name) { return boolean(name) == 1; }
+  bool is_false(const char* name) { return boolean(name) == 0; }
+  void refuse(const char* name, const char* code, const char* message) {
+    if (!problem) problem = RequestProblem{message, name, code};
+  }
+
+  void nonempty_array(const char* name) {
+    simdjson::dom::element value;
+    if (problem || !present(name, value)) return;
+    simdjson::dom::array items;
+    if (value.get_array().get(items)) return wrong_type(name, value, "an array");
+    if (items.size() == 0) {
+      problem = RequestProblem{
+          fmt::format("Invalid '{}': empty array. Expected an array with minimum length 1, but got an empty array "
+                      "instead.",
+                      name),
+          name, "empty_array"};
+    }
+  }
+
+ private:
+  // 1 when the field is true, 0 when false, -1 when absent, null or not a boolean.
+  int boolean(const char* name) {
+    simdjson::dom::element value;
+    bool on = false;
+    if (!present(name, value) || value.get_bool().get(on)) return -1;
+    return on ? 1 : 0;
+  }
+  bool present(const char* name, simdjson::dom::element& value) { return !root_[name].get(value) && !value.is_null(); }
+  void wrong_type(const char* name, simdjson::dom::element value, const char* expected) {
+    problem = RequestProblem{
+        fmt::format("Invalid type for '{}': expected {}, but got {} instead.", name, expected, type_name(value)), name,
+        "invalid_type"};
+  }
+  // kind: "integer" or "decimal"; below: under the minimum (else above the maximum).
+  void out_of_range(const char* name, const char* kind, bool below, double bound, double got) {
+    const char* side = below ? "below minimum" : "above maximum";
+    problem = RequestProblem{fmt::format("Invalid '{}': {} {} value. Expected a value {} {}, but got {} instead.", name,
+                                         kind, side, below ? ">=" : "<=", number_text(bound), number_text(got)),
+                             name, fmt::format("{}_{}_value", kind, below ? "below_min" : "above_max")};
+  }
+  simdjson::dom::object root_;
+};
+
+std::optional<RequestProblem> check_fields(simdjson::dom::object root, Api api) {
+  FieldChecker check(root);
+  switch (api) {
+    case Api::Chat:
+      check.required("messages");
+      check.nonempty_array("messages");
+      break;
+    case Api::Completions: check.required("prompt"); break;
+    case Api::Embeddings: check.required("input"); break;
+    case Api::Responses:
+      check.required("input");
+      // A background response is polled (GET), not streamed, and must be stored to be polled.
+      if (check.is_true("background") && check.is_true("stream")) {
+        check.refuse("background", "unsupported_value",
+                     "background responses are polled with GET /v1/responses/{id}, not streamed: send 'stream' false");
+      }
+      if (check.is_true("background") && check.is_false("store")) {
+        check.refuse("store", "unsupported_value", "a background response must be stored: send 'store' true");
+      }
+      break;
+    case Api::Any: break;
+  }
+  check.integer("max_tokens", 1, std::nullopt);
+  check.integer("max_completion_tokens", 1, std::nullopt);
+  check.integer("max_output_tokens", 1, std::nullopt);  // OpenAI asks for 16; engines take 1
+  check.integer("n", 1, 128);
+  check.decimal("temperature", 0, 2);
+  check.decimal("top_p", 0, 1);
+  check.decimal("presence_penalty", -2, 2);
+  check.decimal("frequency_penalty", -2, 2);
+  check.integer("top_logprobs", 0, 20);
+  return check.problem;
+}
 }  // namespace
 
-Result<RequestFacts> read_request(std::string_view body) {
+Result<RequestFacts> read_request(std::string_view body, Api api) {
   thread_local simdjson::dom::parser parser;
   simdjson::dom::element document;
   if (auto error = parser.parse(body.data(), body.size(), true).get(document)) {
@@ -71,6 +202,7 @@ Result<RequestFacts> read_request(std::string_view body) {
       break;
     }
   }
+  facts.problem = check_fields(root, api);
   return facts;
 }
 

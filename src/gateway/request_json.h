@@ -14,6 +14,17 @@
 
 namespace nebula::gateway {
 
+// The OpenAI endpoint a body was sent to; the values are the gateway's route kinds.
+enum class Api { Any = -1, Chat = 0, Completions = 1, Embeddings = 2, Responses = 3 };
+
+// A field OpenAI refuses with a 400 of its own: the message as OpenAI words it, the field
+// (`param`) and OpenAI's `code` (empty_array, integer_below_min_value, invalid_type, ...).
+struct RequestProblem {
+  std::string message;
+  std::string param;
+  std::string code;
+};
+
 struct RequestFacts {
   std::string model;           // "" when absent or not a string
   bool stream = false;         // "stream": true
@@ -27,13 +38,19 @@ struct RequestFacts {
   // The prompt text the same bytes count, concatenated in order, up to kPromptTextLimit bytes:
   // what prefix routing hashes.
   std::string prompt_text;
+  // The first field OpenAI would refuse, checked as OpenAI checks it for `api` (required fields,
+  // types, ranges: max_tokens, max_completion_tokens and max_output_tokens >= 1, n in 1..128,
+  // temperature in 0..2, top_p in 0..1, penalties in -2..2, top_logprobs in 0..20); nullopt when
+  // none.
+  std::optional<RequestProblem> problem;
 };
 
 // Prefix hashes cover at most this many bytes of a prompt (router::block_hashes' defaults).
 inline constexpr size_t kPromptTextLimit = 64 * 512;
 
-// InvalidArgument naming the problem when the body is not JSON or not an object.
-Result<RequestFacts> read_request(std::string_view body);
+// InvalidArgument naming the problem when the body is not JSON or not an object. Field problems
+// are not errors here: they are reported in `problem`, for the caller to refuse with OpenAI's code.
+Result<RequestFacts> read_request(std::string_view body, Api api = Api::Any);
 
 // The `usage` object of an engine's JSON answer, read without building the whole document
 // (simdjson's on-demand parser skips everything else): its integer counts, and those of its

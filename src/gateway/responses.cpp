@@ -94,6 +94,7 @@ Result<json> chat_response_format(const json& text) {
 }  // namespace
 
 Result<json> responses_to_chat(const json& request) {
+  if (!request.is_object()) return make_error(ErrorCode::InvalidArgument, "the request body must be a JSON object");
   json chat = json::object();
   json messages = json::array();
   if (request.contains("instructions") && request["instructions"].is_string()) {
@@ -184,7 +185,49 @@ Result<json> responses_to_chat(const json& request) {
 json responses_usage(const json& chat_usage) {
   int64_t input = usage_tokens(chat_usage, "prompt_tokens");
   int64_t output = usage_tokens(chat_usage, "completion_tokens");
-  return {{"input_tokens", input}, {"output_tokens", output}, {"total_tokens", input + output}};
+  int64_t cached = 0;
+  int64_t reasoning = 0;
+  if (chat_usage.is_object()) {
+    if (auto details = chat_usage.find("prompt_tokens_details"); details != chat_usage.end()) {
+      cached = usage_tokens(*details, "cached_tokens");
+    }
+    if (auto details = chat_usage.find("completion_tokens_details"); details != chat_usage.end()) {
+      reasoning = usage_tokens(*details, "reasoning_tokens");
+    }
+  }
+  return {{"input_tokens", input},
+          {"input_tokens_details", {{"cached_tokens", cached}}},
+          {"output_tokens", output},
+          {"output_tokens_details", {{"reasoning_tokens", reasoning}}},
+          {"total_tokens", input + output}};
+}
+
+json response_echo(const json& request) {
+  const json fields = request.is_object() ? request : json::object();
+  auto field = [&fields](const char* name, json fallback) {
+    auto value = fields.find(name);
+    return value == fields.end() || value->is_null() ? fallback : *value;
+  };
+  json text = field("text", json::object());
+  if (!text.is_object()) text = json::object();
+  if (!text.contains("format") || !text["format"].is_object()) text["format"] = {{"type", "text"}};
+  json metadata = field("metadata", json::object());
+  return {{"instructions", field("instructions", nullptr)},
+          {"tools", field("tools", json::array())},
+          {"tool_choice", field("tool_choice", "auto")},
+          {"parallel_tool_calls", field("parallel_tool_calls", true)},
+          {"temperature", field("temperature", 1.0)},
+          {"top_p", field("top_p", 1.0)},
+          {"metadata", metadata.is_object() ? metadata : json::object()},
+          {"previous_response_id", field("previous_response_id", nullptr)},
+          {"store", field("store", true)},
+          {"text", std::move(text)},
+          {"max_output_tokens", field("max_output_tokens", nullptr)},
+          {"background", field("background", false)},
+          {"truncation", field("truncation", "disabled")},
+          {"user", field("user", nullptr)},
+          {"reasoning", {{"effort", nullptr}, {"summary", nullptr}}},
+          {"error", nullptr}};
 }
 
 namespace {
@@ -224,7 +267,7 @@ std::string string_of(const json& object, const char* name) {
 }  // namespace
 
 json chat_to_response(const json& completion, const std::string& response_id, const std::string& model,
-                      int64_t created_s) {
+                      int64_t created_s, const json& request) {
   std::string text;
   std::string finish_reason;
   json calls = json::array();
@@ -247,18 +290,24 @@ json chat_to_response(const json& completion, const std::string& response_id, co
     output.push_back(function_call_item("fc_" + random_id(24), call_id, string_of(function, "name"),
                                         string_of(function, "arguments"), "completed"));
   }
-  return {{"id", response_id},
-          {"object", "response"},
-          {"created_at", created_s},
-          {"status", status},
-          {"incomplete_details", details},
-          {"model", model},
-          {"output", std::move(output)},
-          {"usage", responses_usage(completion.value("usage", json()))}};
+  json response = response_echo(request);
+  response.update({{"id", response_id},
+                   {"object", "response"},
+                   {"created_at", created_s},
+                   {"status", status},
+                   {"incomplete_details", details},
+                   {"model", model},
+                   {"output", std::move(output)},
+                   {"usage", responses_usage(completion.value("usage", json()))}});
+  return response;
 }
 
-ResponsesStream::ResponsesStream(std::string response_id, std::string model, int64_t created_s)
-    : id_(std::move(response_id)), item_id_("msg_" + random_id(24)), model_(std::move(model)), created_s_(created_s) {}
+ResponsesStream::ResponsesStream(std::string response_id, std::string model, int64_t created_s, json request)
+    : id_(std::move(response_id)),
+      item_id_("msg_" + random_id(24)),
+      model_(std::move(model)),
+      created_s_(created_s),
+      echo_(response_echo(request)) {}
 
 std::string ResponsesStream::event(const std::string& type, json body) {
   body["type"] = type;
@@ -287,8 +336,13 @@ json ResponsesStream::output_items(const std::string& status) const {
 
 json ResponsesStream::response_object(const std::string& status, const json& usage) const {
   json output = status == "in_progress" ? json::array() : output_items(status);
-  json response = {{"id", id_},        {"object", "response"}, {"created_at", created_s_},
-                   {"status", status}, {"model", model_},      {"output", output}};
+  json response = echo_;
+  response.update({{"id", id_},
+                   {"object", "response"},
+                   {"created_at", created_s_},
+                   {"status", status},
+                   {"model", model_},
+                   {"output", output}});
   response["incomplete_details"] = status == "incomplete" ? response_status(finish_reason_).second : json(nullptr);
   response["usage"] = usage.is_null() ? json(nullptr) : usage;
   return response;
@@ -386,9 +440,92 @@ std::string ResponsesStream::end(const json& chat_usage) {
   return out;
 }
 
+std::string ResponsesStream::fail(const std::string& message) {
+  json error = {{"code", "server_error"}, {"message", message}};
+  final_ = response_object("failed", nullptr);
+  final_["error"] = error;
+  std::string out = event("response.failed", {{"response", final_}});
+  out += event("error", {{"code", "server_error"},
+                         {"message", message},
+                         {"param", nullptr},
+                         {"error", {{"type", "server_error"}, {"code", "server_error"}, {"message", message}}}});
+  return out;
+}
+
+std::string stream_error_event(const std::string& message) {
+  json error = {
+      {"error", {{"message", message}, {"type", "server_error"}, {"param", nullptr}, {"code", "upstream_error"}}}};
+  return http::format_sse(error.dump(-1, ' ', false, json::error_handler_t::replace), "");
+}
+
 json input_items(const json& input) {
   if (input.is_string()) return json::array({{{"role", "user"}, {"content", input}}});
   return input.is_array() ? input : json::array();
+}
+
+namespace {
+// An input item as the input_items listing shows it: a message has a type, a status and its
+// content as typed parts (a string becomes one input_text part, output_text for the assistant).
+json listed_item(json item, const std::string& fallback_id) {
+  if (!item.is_object()) item = {{"type", "message"}, {"role", "user"}, {"content", item}};
+  if (!item.contains("id") || !item["id"].is_string()) item["id"] = fallback_id;
+  if (!item.contains("type")) item["type"] = "message";
+  if (item["type"] == "message") {
+    std::string role = item.value("role", json("user")).is_string() ? item.value("role", "user") : "user";
+    if (item.contains("content") && item["content"].is_string()) {
+      const char* part = role == "assistant" ? "output_text" : "input_text";
+      item["content"] = json::array({{{"type", part}, {"text", item["content"]}}});
+    }
+    if (!item.contains("status")) item["status"] = "completed";
+  }
+  return item;
+}
+}  // namespace
+
+Result<json> input_items_page(const json& response, const json& conversation,
+                              const std::map<std::string, std::string>& query) {
+  auto text = [&query](const char* name, const char* fallback) {
+    auto value = query.find(name);
+    return value == query.end() ? std::string(fallback) : value->second;
+  };
+  std::string order = text("order", "desc");
+  if (order != "asc" && order != "desc") {
+    return make_error(ErrorCode::InvalidArgument, "Invalid 'order': expected 'asc' or 'desc'.");
+  }
+  std::string limit_text = text("limit", "20");
+  int limit = 0;
+  if (limit_text.empty() || limit_text.size() > 3 ||
+      !std::all_of(limit_text.begin(), limit_text.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+      (limit = std::stoi(limit_text)) < 1 || limit > 100) {
+    return make_error(ErrorCode::InvalidArgument, "Invalid 'limit': expected an integer from 1 to 100.");
+  }
+  size_t outputs = response.contains("output") && response["output"].is_array() ? response["output"].size() : 0;
+  size_t inputs = conversation.is_array() && conversation.size() >= outputs ? conversation.size() - outputs : 0;
+  std::string response_id = response.value("id", json("")).is_string() ? response.value("id", "") : "";
+  std::string id_stem = "msg_" + (response_id.rfind("resp_", 0) == 0 ? response_id.substr(5) : response_id);
+  std::vector<json> items;
+  items.reserve(inputs);
+  for (size_t index = 0; index < inputs; ++index) {
+    items.push_back(listed_item(conversation[index], fmt::format("{}_{}", id_stem, index)));
+  }
+  if (order == "desc") std::reverse(items.begin(), items.end());
+  size_t first = 0;
+  if (std::string after = text("after", ""); !after.empty()) {
+    auto found = std::find_if(items.begin(), items.end(), [&after](const json& item) { return item["id"] == after; });
+    if (found == items.end()) {
+      return make_error(ErrorCode::InvalidArgument, fmt::format("Invalid 'after': no input item '{}'.", after));
+    }
+    first = static_cast<size_t>(found - items.begin()) + 1;
+  }
+  json data = json::array();
+  for (size_t index = first; index < items.size() && data.size() < static_cast<size_t>(limit); ++index) {
+    data.push_back(std::move(items[index]));
+  }
+  bool has_more = first + data.size() < items.size();
+  json page = {{"object", "list"}, {"data", data}, {"has_more", has_more}};
+  page["first_id"] = data.empty() ? json(nullptr) : data.front()["id"];
+  page["last_id"] = data.empty() ? json(nullptr) : data.back()["id"];
+  return page;
 }
 
 void ResponseStore::put(const std::string& id, const std::string& key_id, json response, json conversation,

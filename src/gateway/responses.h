@@ -2,6 +2,7 @@
 // The Responses API (POST /v1/responses) translated to and from chat completions, for engines
 // that lack it.
 #include <list>
+#include <map>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -19,17 +20,33 @@ namespace nebula::gateway {
 // (temperature, top_p, seed, stop, ...) pass through. Other tool and item types are refused.
 Result<json> responses_to_chat(const json& request);
 
+// What a Response object repeats of its request, with OpenAI's defaults for what the request
+// left out: instructions, tools, tool_choice, parallel_tool_calls, temperature, top_p, metadata,
+// previous_response_id, store, text, max_output_tokens, background, truncation, user, reasoning,
+// and error (null). A request that is not an object gives the defaults.
+json response_echo(const json& request);
+
 // A Responses object for a finished chat completion: a message item for its text (also when
-// there is neither text nor a call), and a function_call item for each tool call.
+// there is neither text nor a call), and a function_call item for each tool call; with the
+// request's fields (response_echo).
 json chat_to_response(const json& completion, const std::string& response_id, const std::string& model,
-                      int64_t created_s);
+                      int64_t created_s, const json& request = json());
+
+// GET /v1/responses/{id}/input_items: a page of the items a stored response was given (its
+// conversation without its output items), as OpenAI lists them: messages with typed content
+// parts and an id each (stable: made from the response id and the position when the client sent
+// none). query: `order` asc|desc (default desc, newest first), `limit` 1..100 (default 20),
+// `after` an item id. InvalidArgument for a bad query.
+Result<json> input_items_page(const json& response, const json& conversation,
+                              const std::map<std::string, std::string>& query);
 
 // Turns a stream of chat chunks into the Responses event sequence, each event with its `type`
 // and an increasing `sequence_number`. Output items are numbered in the order they start: the
 // message when its first text arrives, each function call when its first piece does.
 class ResponsesStream {
  public:
-  ResponsesStream(std::string response_id, std::string model, int64_t created_s);
+  // request: the Responses request, whose fields every response object repeats (response_echo).
+  ResponsesStream(std::string response_id, std::string model, int64_t created_s, json request = json());
   // response.created, response.in_progress
   std::string begin();
   // response.output_text.delta, after output_item.added and content_part.added for the first
@@ -45,7 +62,12 @@ class ResponsesStream {
   // call), then response.completed (with usage), or response.incomplete when the finish reason
   // was "length" or "content_filter"
   std::string end(const json& chat_usage);
-  // The response object of response.completed (or .incomplete), once end() made it.
+  // The engine broke off mid-answer: response.failed (the response with status "failed" and its
+  // `error`), then an `error` event. The error event carries OpenAI's fields (code, message,
+  // param) and an `error` object as well, which the SDKs raise as an APIError.
+  std::string fail(const std::string& message);
+  // The response object of response.completed (or .incomplete, or .failed), once end() or
+  // fail() made it.
   const json& final_response() const { return final_; }
 
  private:
@@ -66,6 +88,7 @@ class ResponsesStream {
   std::string item_id_;
   std::string model_;
   int64_t created_s_;
+  json echo_;  // response_echo() of the request
   int sequence_ = 0;
   std::string text_;
   std::string finish_reason_;
@@ -120,7 +143,14 @@ class ResponseStore {
   std::list<std::string> order_;  // oldest first
 };
 
-// {input_tokens, output_tokens, total_tokens} from a chat `usage`.
+// An error event for a chat or text completion stream the engine broke off:
+// `data: {"error":{"message","type":"server_error","param":null,"code":"upstream_error"}}`, which
+// the SDKs raise as an APIError (the stream then ends without `[DONE]`).
+std::string stream_error_event(const std::string& message);
+
+// {input_tokens, input_tokens_details: {cached_tokens}, output_tokens, output_tokens_details:
+// {reasoning_tokens}, total_tokens} from a chat `usage` (the details are always there: clients
+// such as the Agents SDK read them unconditionally).
 json responses_usage(const json& chat_usage);
 
 }  // namespace nebula::gateway

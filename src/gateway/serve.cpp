@@ -15,7 +15,8 @@ namespace nebula::gateway {
 using SteadyClock = std::chrono::steady_clock;
 
 awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& writer, int kind) {
-  Call call;
+  auto owned = std::make_shared<Call>();  // shared: a background call outlives this handler
+  Call& call = *owned;
   call.kind = kind;
   call.deadline = call.start + options_.total_timeout;
   call.request_id = request.header("x-request-id");
@@ -27,6 +28,9 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
   if (auto refusal = admit(call, request)) {
     status = refusal->status;
     co_await writer.send(std::move(*refusal));
+  } else if (call.background) {
+    co_await start_background(owned, writer);  // which finishes the call when it is done
+    co_return;
   } else {
     status = co_await relay(call, writer);
   }
@@ -39,6 +43,16 @@ namespace {
 int64_t requested_output_tokens(const RequestFacts& facts, int kind) {
   if (kind == kEmbeddings) return 0;
   return facts.max_tokens ? std::max<int64_t>(0, *facts.max_tokens) : 256;
+}
+
+// A field OpenAI refuses, refused as OpenAI does: 400 with its param and code.
+http::Response problem_error(const http::Headers& headers, const RequestProblem& problem) {
+  return with_headers(http::Response::json_body(400, json{{"error",
+                                                           {{"message", problem.message},
+                                                            {"type", "invalid_request_error"},
+                                                            {"param", problem.param},
+                                                            {"code", problem.code}}}}),
+                      headers);
 }
 
 struct Prepared {
@@ -72,7 +86,7 @@ std::optional<http::Response> Gateway::admit(Call& call, const http::Request& re
   if (auto refusal = auth_.inference_refusal(request, call.key)) return with_headers(std::move(*refusal), call.headers);
   if (call.key) call.key_id = call.key->metadata.name;
 
-  auto facts = read_request(request.body);
+  auto facts = read_request(request.body, static_cast<Api>(call.kind));
   if (!facts) return call_error(call.headers, 400, facts.error().message, "invalid_request_error", "invalid_request");
   call.model = facts->model;
   if (call.model.empty()) {
@@ -93,11 +107,16 @@ std::optional<http::Response> Gateway::admit(Call& call, const http::Request& re
     call.model.clear();  // keep unknown names out of the per-model metrics
     return refusal;
   }
+  if (facts->problem) return problem_error(call.headers, *facts->problem);
   note_request(call.model);
   // The body is parsed into a json only when it must change on its way upstream.
   if (call.kind == kResponses || call.stream) {
     auto parsed = parse_json(request.body);
     if (parsed) call.body = std::move(*parsed);
+  }
+  if (call.kind == kResponses) {
+    auto background = call.body.is_object() ? call.body.find("background") : call.body.end();
+    call.background = background != call.body.end() && background->is_boolean() && background->get<bool>();
   }
   int64_t prior_bytes = 0;
   if (call.kind == kResponses && !attach_conversation(call, prior_bytes)) {
@@ -126,12 +145,7 @@ std::optional<http::Response> Gateway::admit(Call& call, const http::Request& re
   auto now = SteadyClock::now();
   auto admission = limiter_.admit(*call.key, call.estimated_tokens,
                                   usage_.month_tokens(call.key_id, std::chrono::system_clock::now()), now);
-  if (!admission.allowed) {
-    http::Headers headers = call.headers;
-    for (auto& header : limiter_.headers(*call.key, now)) headers.push_back(header);
-    headers.push_back({"retry-after", std::to_string(admission.retry_after_s)});
-    return call_error(headers, 429, admission.message, "rate_limit_exceeded", "rate_limit_exceeded");
-  }
+  if (!admission.allowed) return with_headers(limiter_.refusal(*call.key, admission, now), call.headers);
   call.admitted = true;
   call.ticket = admission.ticket;
   for (auto& header : limiter_.headers(*call.key, now)) call.headers.push_back(std::move(header));

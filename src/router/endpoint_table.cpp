@@ -204,4 +204,15 @@ size_t EndpointTable::ready_count(const std::string& deployment, const std::set<
   return count;
 }
 
+size_t EndpointTable::open_count(const std::string& deployment, const std::set<std::string>& exclude,
+                                 std::chrono::steady_clock::time_point now) const {
+  std::lock_guard lock(mutex_);
+  size_t count = 0;
+  for (const auto& [name, entry] : replicas_) {
+    if (entry.deployment != deployment || !entry.endpoint || entry.draining || exclude.count(name)) continue;
+    if (entry.endpoint->breaker.state(now) == Breaker::State::Open) ++count;
+  }
+  return count;
+}
+
 }  // namespace nebula::router

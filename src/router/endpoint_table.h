@@ -55,6 +55,10 @@ class EndpointTable {
   // The deployment's `spec.routing`, "" when it has none.
   std::string routing(const std::string& deployment) const;
   size_t ready_count(const std::string& deployment, const std::set<std::string>& exclude = {}) const;
+  // Of those, the replicas whose breaker is open at `now` (cooling down after failures). Reads
+  // the breakers: the I/O thread only.
+  size_t open_count(const std::string& deployment, const std::set<std::string>& exclude,
+                    std::chrono::steady_clock::time_point now) const;
   // Scale-to-zero state as the store last said: idle since (0 = awake) and the last wake request.
   int64_t idle_since_ms(const std::string& deployment) const;
   int64_t wake_requested_ms(const std::string& deployment) const;
