@@ -31,6 +31,7 @@
 #include "gateway/gateway.h"
 #include "gateway/origin_guard.h"
 #include "store/sqlite_store.h"
+#include "webui/webui.h"
 
 namespace nebula::cli {
 
@@ -291,6 +292,7 @@ class ServerRuntime {
     http::Router router;
     controlplane::add_api_routes(router, *resources_, io_, options_);
     gateway_->add_routes(router);
+    webui::add_routes(router);
     router.set_guard([this](const http::Request& request) { return gateway_->auth().management_refusal(request); });
     auto drain_timeout = parse_duration(flags.drain_timeout);
     if (!drain_timeout)
@@ -702,6 +704,7 @@ int run_up(int argc, char** argv) {
     if (created) spdlog::info("deployed demo: {} on the simulator", demo_model);
   }
   std::cout << "\nNebula is up.\n"
+            << "  Dashboard:       " << runtime.url() << "/ui/\n"
             << "  OpenAI API:      " << runtime.url() << "/v1\n"
             << "  Management API:  " << runtime.url() << "/api/v1\n"
             << "  Health:          " << runtime.url() << "/healthz\n"

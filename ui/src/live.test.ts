@@ -1,0 +1,23 @@
+import { describe, expect, it } from 'vitest';
+import { applyEvent } from './live';
+import type { Doc } from './types';
+
+const doc = (name: string, extra = 0) => ({ metadata: { name }, extra }) as Doc & { extra: number };
+
+describe('applyEvent', () => {
+  it('inserts in name order, replaces, and deletes', () => {
+    let listing = { items: [doc('a'), doc('c')], revision: 10 };
+    listing = applyEvent(listing, { type: 'PUT', key: '/x/b', revision: 11, object: doc('b') });
+    expect(listing.items.map((d) => d.metadata.name)).toEqual(['a', 'b', 'c']);
+    listing = applyEvent(listing, { type: 'PUT', key: '/x/b', revision: 12, object: doc('b', 7) });
+    expect(listing.items.map((d) => d.extra)).toEqual([0, 7, 0]);
+    listing = applyEvent(listing, { type: 'DELETE', key: '/x/a', revision: 13, object: doc('a') });
+    expect(listing.items.map((d) => d.metadata.name)).toEqual(['b', 'c']);
+    expect(listing.revision).toBe(13);
+  });
+
+  it('ignores the delete of something it never had', () => {
+    const listing = applyEvent({ items: [doc('a')], revision: 1 }, { type: 'DELETE', key: '/x/z', revision: 2, object: doc('z') });
+    expect(listing.items).toHaveLength(1);
+  });
+});
