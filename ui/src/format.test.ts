@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatAgo, formatMb, splitArgs, toCsv } from './format';
+import { dayRange, formatAgo, formatMb, splitArgs, toCsv } from './format';
 
 describe('format', () => {
   it('splits engine arguments with quotes', () => {
@@ -14,5 +14,13 @@ describe('format', () => {
     expect(formatMb(81920)).toBe('80.0 GiB');
     expect(formatAgo(undefined)).toBe('never');
     expect(formatAgo(1000, 31000)).toBe('30s ago');
+  });
+});
+
+describe('dayRange', () => {
+  it('lists every day, across a month end, both ends included', () => {
+    expect(dayRange('2026-11-29', '2026-12-02')).toEqual(['2026-11-29', '2026-11-30', '2026-12-01', '2026-12-02']);
+    expect(dayRange('2026-12-02', '2026-12-02')).toEqual(['2026-12-02']);
+    expect(dayRange('2026-12-03', '2026-12-02')).toEqual([]);
   });
 });

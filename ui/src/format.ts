@@ -46,3 +46,13 @@ export function toCsv(rows: Record<string, string | number>[], columns: string[]
   };
   return [columns.join(','), ...rows.map((row) => columns.map((column) => cell(row[column])).join(','))].join('\n') + '\n';
 }
+
+// Every day from `first` to `last` (YYYY-MM-DD, UTC), both included.
+export function dayRange(first: string, last: string): string[] {
+  const days: string[] = [];
+  const end = Date.parse(`${last}T00:00:00Z`);
+  for (let at = Date.parse(`${first}T00:00:00Z`); at <= end && days.length < 3660; at += 86400000) {
+    days.push(new Date(at).toISOString().slice(0, 10));
+  }
+  return days;
+}

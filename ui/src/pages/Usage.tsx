@@ -4,7 +4,7 @@ import { api } from '../api';
 import type { UsageRecord } from '../types';
 import { DailyChart } from '../components/Chart';
 import { Empty, ErrorBox, Loading, PageHeader } from '../components/ui';
-import { formatNumber, toCsv } from '../format';
+import { dayRange, formatNumber, toCsv } from '../format';
 
 const columns = ['day', 'key', 'model', 'requests', 'errors', 'prompt_tokens', 'completion_tokens', 'cached_tokens', 'total_tokens'];
 
@@ -55,14 +55,24 @@ export function Usage() {
     queryFn: () => api<{ items: UsageRecord[]; total: UsageRecord }>(`/api/v1/usage?since=${encodeURIComponent(since)}`),
   });
   const records = useMemo(() => usage.data?.items ?? [], [usage.data]);
-  const byDay = useMemo(() => groupBy(records, 'day'), [records]);
-  const days = useMemo(() => byDay.map(([day]) => day), [byDay]);
+  // Every day from the first record (or a week ago, whichever is earlier) to today, days without
+  // use as zeros: a chart needs more than one point to have a time axis.
+  const byDay = useMemo(() => new Map(groupBy(records, 'day')), [records]);
+  const days = useMemo(() => {
+    const recorded = [...byDay.keys()];
+    if (!recorded.length) return [];
+    const today = new Date().toISOString().slice(0, 10);
+    const weekAgo = new Date(Date.now() - 6 * 86400000).toISOString().slice(0, 10);
+    const first = recorded[0]! < weekAgo ? recorded[0]! : weekAgo;
+    const last = recorded[recorded.length - 1]! > today ? recorded[recorded.length - 1]! : today;
+    return dayRange(first, last);
+  }, [byDay]);
   const series = useMemo(
     () => [
-      { label: 'tokens', values: byDay.map(([, t]) => t.tokens), color: '#6d5dfc' },
-      { label: 'requests', values: byDay.map(([, t]) => t.requests), color: '#19a974' },
+      { label: 'tokens', values: days.map((day) => byDay.get(day)?.tokens ?? 0), color: '#6d5dfc' },
+      { label: 'requests', values: days.map((day) => byDay.get(day)?.requests ?? 0), color: '#19a974' },
     ],
-    [byDay],
+    [byDay, days],
   );
   const csvHref = useMemo(() => {
     if (!records.length) return '';
