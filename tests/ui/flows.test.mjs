@@ -112,6 +112,11 @@ test('chats in the playground with streamed text, over both APIs', async () => {
   await page.getByTestId('answer-stats').nth(1).waitFor();
   await page.getByRole('button', { name: 'Send' }).waitFor();
   assert.ok((await page.locator('li[data-role="assistant"] .text').nth(1).textContent()).length > 10);
+
+  // The overview shows the traffic: a TTFT median for chat, from /metrics.
+  await go('Overview');
+  await page.locator('tr', { has: page.getByRole('link', { name: 'chat' }) }).getByText(/\d+ ms/).waitFor();
+  await screenshot(page, 'overview');
 });
 
 test('creates a key whose secret is shown once, sees its use, and revokes it', async () => {
@@ -226,7 +231,7 @@ test('usage: per key, model and day, as a chart, tables and CSV', async () => {
 test('overview shows live figures; dark mode, a 390 px phone and the keyboard work', async () => {
   await go('Overview');
   await page.locator('tr', { has: page.getByRole('link', { name: 'night' }) }).getByText('Ready').waitFor({ timeout: 60000 });
-  await screenshot(page, 'overview');
+  await screenshot(page, 'overview-after-switch');
   assert.deepEqual(page.problems.filter((p) => /Content Security Policy/i.test(p)), []);
 
   const dark = await newPage(browser, { colorScheme: 'dark' });
