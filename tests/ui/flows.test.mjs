@@ -56,6 +56,13 @@ test('deploys from the form only after its dry run, and the deployment becomes R
   await page.getByRole('heading', { level: 1, name: 'chat' }).locator('..').getByText('Ready').waitFor();
   await eventually(async () => !(await page.getByLabel(/^Log of chat-/).textContent()).includes('Waiting for log'), 20000, 'the engine log');
   await screenshot(page, 'deployment-detail');
+  // A rolling restart, confirmed first: a new plan rolls out and the deployment is Ready again.
+  await page.getByRole('button', { name: 'Restart' }).click();
+  await page.getByRole('dialog', { name: 'Restart chat?' }).getByRole('button', { name: 'Restart' }).click();
+  await page.getByRole('list', { name: 'Events' }).getByText('RestartRequested').waitFor();
+  await page.getByText('v2').waitFor();
+  await page.getByRole('list', { name: 'Events' }).getByText('plan 2 replaced plan 1 on every replica').waitFor({ timeout: 60000 });
+  await eventually(async () => (await page.getByTestId('ready-count').textContent()) === '1/1', 60000, 'chat Ready again');
   await go('Deployments');
   await page.locator('tr[data-deployment="chat"]').getByText('Ready').waitFor();
   await screenshot(page, 'deployments');

@@ -1,6 +1,6 @@
 // Small building blocks every page shares: states (loading, empty, error), badges, VRAM bars and
 // a confirmation dialog.
-import { useEffect, useRef, type ReactNode } from 'react';
+import { useEffect, useId, useRef, type ReactNode } from 'react';
 import { ApiError } from '../api';
 import { formatMb } from '../format';
 
@@ -108,6 +108,7 @@ export function ConfirmDialog({
   onCancel: () => void;
 }) {
   const ref = useRef<HTMLDialogElement>(null);
+  const titleId = useId();
   useEffect(() => {
     const dialog = ref.current;
     if (!dialog) return;
@@ -121,8 +122,8 @@ export function ConfirmDialog({
     }
   }, [open]);
   return (
-    <dialog ref={ref} aria-labelledby="dialog-title" onCancel={onCancel} className="dialog">
-      <h2 id="dialog-title">{title}</h2>
+    <dialog ref={ref} aria-labelledby={titleId} onCancel={onCancel} className="dialog">
+      <h2 id={titleId}>{title}</h2>
       <div>{children}</div>
       <div className="actions">
         <button type="button" onClick={onCancel}>

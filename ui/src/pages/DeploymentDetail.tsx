@@ -1,9 +1,10 @@
 import { useEffect, useState } from 'react';
+import { useMutation } from '@tanstack/react-query';
 import { Link, useNavigate, useParams } from 'react-router';
-import { lines, request } from '../api';
+import { api, lines, request } from '../api';
 import { useLive } from '../live';
 import type { ClusterEvent, Deployment, Replica } from '../types';
-import { Badge, Empty, ErrorBox, Loading, PageHeader } from '../components/ui';
+import { Badge, ConfirmDialog, Empty, ErrorBox, Loading, PageHeader } from '../components/ui';
 import { formatMb } from '../format';
 import { DeploymentActions } from './Deployments';
 import { EventList } from './Events';
@@ -42,6 +43,35 @@ function Logs({ deployment, replica }: { deployment: string; replica: string }) 
       <pre className="logs" tabIndex={0} aria-label={`Log of ${replica}`}>
         {text || 'Waiting for log lines…'}
       </pre>
+    </>
+  );
+}
+
+// Rolls back to the newest plan whose spec differs (POST .../rollout/undo), after a confirmation.
+function UndoRollout({ name, version }: { name: string; version: number }) {
+  const [open, setOpen] = useState(false);
+  const undo = useMutation({
+    mutationFn: () => api<{ restored_from: number }>(`/api/v1/deployments/${name}/rollout/undo`, { method: 'POST', body: {} }),
+    onSuccess: () => setOpen(false),
+  });
+  if (version <= 1) return null;
+  return (
+    <>
+      <button type="button" onClick={() => setOpen(true)}>
+        Roll back
+      </button>
+      {undo.data && <span role="status">Rolling back to plan {undo.data.restored_from}</span>}
+      <ErrorBox error={undo.error} />
+      <ConfirmDialog
+        open={open}
+        title={`Roll ${name} back?`}
+        confirmLabel="Roll back"
+        busy={undo.isPending}
+        onConfirm={() => undo.mutate()}
+        onCancel={() => setOpen(false)}
+      >
+        The previous plan's engine settings are restored and rolled out as a new plan (plan {version} stays in the history).
+      </ConfirmDialog>
     </>
   );
 }
@@ -103,7 +133,10 @@ export function DeploymentDetail() {
           ) : null}
         </dl>
         {deployment.status?.message && <div className="alert warn">{deployment.status.message}</div>}
-        <DeploymentActions deployment={deployment} afterDelete={() => navigate('/deployments')} />
+        <div className="row-actions">
+          <DeploymentActions deployment={deployment} afterDelete={() => navigate('/deployments')} />
+          <UndoRollout name={name} version={deployment.status?.plan_version ?? 1} />
+        </div>
       </section>
       <section className="card" aria-labelledby="replicas-title">
         <h2 id="replicas-title">Replicas</h2>
