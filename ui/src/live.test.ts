@@ -21,3 +21,14 @@ describe('applyEvent', () => {
     expect(listing.items).toHaveLength(1);
   });
 });
+
+import { isReplicaOf } from './pages/DeploymentDetail';
+
+describe('isReplicaOf', () => {
+  it('matches only the deployment’s own replicas', () => {
+    expect(isReplicaOf('replica/chat-ab12c', 'chat')).toBe(true);
+    expect(isReplicaOf('replica/chat-2-ab12c', 'chat')).toBe(false);
+    expect(isReplicaOf('replica/chat-2-ab12c', 'chat-2')).toBe(true);
+    expect(isReplicaOf('deployment/chat', 'chat')).toBe(false);
+  });
+});

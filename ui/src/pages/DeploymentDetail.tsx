@@ -11,6 +11,12 @@ import { EventList } from './Events';
 
 const maxLogChars = 200_000;
 
+// "replica/chat-ab12c" is a replica of chat (named <deployment>-<5 characters>), not of "cha".
+export function isReplicaOf(object: string, deployment: string): boolean {
+  const prefix = `replica/${deployment}-`;
+  return object.startsWith(prefix) && /^[a-z0-9]{5}$/.test(object.slice(prefix.length));
+}
+
 // Follows a replica's engine log (GET .../logs?follow=1), keeping the newest 200 kB.
 function Logs({ deployment, replica }: { deployment: string; replica: string }) {
   const [text, setText] = useState('');
@@ -195,7 +201,7 @@ export function DeploymentDetail() {
         <EventList
           events={events.data?.items ?? []}
           limit={30}
-          filter={(event) => event.object === `deployment/${name}` || event.object.startsWith(`replica/${name}-`)}
+          filter={(event) => event.object === `deployment/${name}` || isReplicaOf(event.object, name)}
         />
       </section>
     </>
