@@ -60,7 +60,7 @@ test('deploys from the form only after its dry run, and the deployment becomes R
   await page.getByRole('button', { name: 'Restart' }).click();
   await page.getByRole('dialog', { name: 'Restart chat?' }).getByRole('button', { name: 'Restart' }).click();
   await page.getByRole('list', { name: 'Events' }).getByText('RestartRequested').waitFor();
-  await page.getByText('v2').waitFor();
+  await eventually(async () => (await page.getByTestId('plan').textContent()).startsWith('v2'), 30000, 'plan 2');
   await page.getByRole('list', { name: 'Events' }).getByText('plan 2 replaced plan 1 on every replica').waitFor({ timeout: 60000 });
   await eventually(async () => (await page.getByTestId('ready-count').textContent()) === '1/1', 60000, 'chat Ready again');
   await go('Deployments');
@@ -122,7 +122,7 @@ test('chats in the playground with streamed text, over both APIs', async () => {
 
   // The overview shows the traffic: a TTFT median for chat, from /metrics.
   await go('Overview');
-  await page.locator('tr', { has: page.getByRole('link', { name: 'chat' }) }).getByText(/\d+ ms/).waitFor();
+  await page.locator('tr', { has: page.getByRole('link', { name: 'chat' }) }).getByText(/^\d+(\.\d+)? m?s$/).waitFor();
   await screenshot(page, 'overview');
 });
 

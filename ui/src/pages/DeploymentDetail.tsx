@@ -126,7 +126,7 @@ export function DeploymentDetail() {
           <dt>Context</dt>
           <dd>{spec.max_context || 'model default'}</dd>
           <dt>Plan</dt>
-          <dd>
+          <dd data-testid="plan">
             v{deployment.status?.plan_version ?? 1} {deployment.status?.rollout?.state && <Badge>{deployment.status.rollout.state}</Badge>}
           </dd>
           {spec.engine_args?.length ? (
