@@ -8,7 +8,7 @@ CMAKE_FLAGS ?=
 # `ctest -j 2` keeps the e2e tests reliable on a 2-core machine (each starts real processes).
 TEST_JOBS ?= 2
 
-.PHONY: all deps configure build run test test-unit test-e2e test-asan test-tsan bench chaos clean format
+.PHONY: all deps configure build run test test-unit test-e2e test-ui test-asan test-tsan bench chaos clean format
 
 all: build
 
@@ -42,6 +42,10 @@ test-unit: build
 
 test-e2e: build
 	$(BUILD)/nebula_e2e_tests
+
+# The dashboard's component tests (vitest) and browser tests (chromium against a real nebula up).
+test-ui: build
+	cd $(BUILD) && ctest -L ui --output-on-failure
 
 bench: build
 	@scripts/bench

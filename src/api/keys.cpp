@@ -19,7 +19,8 @@ json key_json(const ApiKey& value, bool with_hash) {
                  {"budget_tokens", value.budget_tokens},
                  {"priority", value.priority},
                  {"expires_ms", value.expires_ms},
-                 {"revoked", value.revoked}};
+                 {"revoked", value.revoked},
+                 {"last_used_ms", value.last_used_ms}};
   if (with_hash) object["hash"] = value.hash;
   return object;
 }
@@ -49,6 +50,7 @@ Result<ApiKey> api_key_from_json(const json& value) {
     read(value, "priority", key.priority);
     read(value, "expires_ms", key.expires_ms);
     read(value, "revoked", key.revoked);
+    read(value, "last_used_ms", key.last_used_ms);
     return key;
   } catch (const std::exception& error) {
     return make_error(ErrorCode::InvalidArgument, std::string("invalid ApiKey: ") + error.what());

@@ -28,6 +28,9 @@ struct ApiKey {
   int priority = 0;           // admission queue: higher goes first
   int64_t expires_ms = 0;     // 0 = never
   bool revoked = false;
+  // The last request the key authenticated, Unix ms; 0 = never. Written by the server at most
+  // once a minute (auth::Guard), so up to a minute behind in the store.
+  int64_t last_used_ms = 0;
 };
 
 // One key × model × day of usage.

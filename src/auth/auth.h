@@ -2,9 +2,13 @@
 // Who may call what: API keys (auth/keys.h), the refusals of the inference API and of the
 // management API, the bootstrap admin key, the keys agents get when they join, and the
 // /api/v1/keys routes.
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "auth/keys.h"
 #include "http/http.h"
@@ -18,9 +22,18 @@ class Guard {
  public:
   // `require_keys`: --auth keys; without it only the agent endpoints' node keys are issued, and
   // every request passes.
-  Guard(store::Store& store, bool require_keys) : store_(store), require_keys_(require_keys) {}
-  // Loads the keys and follows changes from then on.
-  Status start() { return keys_.start(store_); }
+  // `last_use_interval`: how often the keys' last use is written to the store.
+  Guard(store::Store& store, bool require_keys, std::chrono::milliseconds last_use_interval = std::chrono::seconds(60))
+      : store_(store), require_keys_(require_keys), last_use_interval_(last_use_interval) {}
+  // Writes the last uses not yet written.
+  ~Guard();
+  Guard(const Guard&) = delete;
+  Guard& operator=(const Guard&) = delete;
+  // Loads the keys and follows changes from then on; starts writing the keys' last use (a
+  // thread of its own, since store writes block).
+  Status start();
+  // Writes the keys used since the last write with the time of their latest use.
+  Status record_last_use();
   bool require_keys() const { return require_keys_; }
 
   // Who makes an inference call: `key` (left null without --auth keys), or the 401 or 403 to send
@@ -47,7 +60,12 @@ class Guard {
  private:
   store::Store& store_;
   bool require_keys_;
+  std::chrono::milliseconds last_use_interval_;
   KeyRing keys_;
+  std::mutex recorder_mutex_;
+  std::condition_variable recorder_wake_;
+  bool stopping_ = false;
+  std::thread recorder_;
 };
 
 // {"error":{"message","type","param":null,"code"}} with the matching status.

@@ -204,6 +204,64 @@ TEST(Guard, KeyRoutesCreateListAndRevoke) {
   ASSERT_TRUE(refusal);
   EXPECT_EQ(refusal->status, 401);
   server.stop();
+
+TEST(Keys, LastUseIsNotedOnSuccessOnlyAndWrittenWithoutGoingBack) {
+  FakeClock clock;
+  store::MemoryStore store(clock);
+  KeyRing ring;
+  ASSERT_TRUE(ring.start(store));
+  api::ApiKey key;
+  key.display_name = "alice";
+  auto created = create_key(store, key, 1000);
+  ASSERT_TRUE(created);
+  const std::string id = created->key.metadata.name;
+  const std::string path = std::string(api::kKeyRoot) + "apikeys/" + id;
+  auto stored_last_use = [&] {
+    auto stored = store.get(path);
+    return api::api_key_from_json(*parse_json((*stored)->value))->last_used_ms;
+  };
+  EXPECT_EQ(ring.last_use(id), 0);
+  EXPECT_TRUE(ring.take_unrecorded_uses().empty());
+  // A wrong secret is no use of any key.
+  EXPECT_FALSE(ring.authenticate("nb-" + id + "_00000000000000000000000000000000", 2000));
+  EXPECT_TRUE(ring.take_unrecorded_uses().empty());
+
+  ASSERT_TRUE(ring.authenticate(created->secret, 3000));
+  ASSERT_TRUE(ring.authenticate(created->secret, 2500));  // an older clock reading keeps the newer
+  EXPECT_EQ(ring.last_use(id), 3000);
+  auto uses = ring.take_unrecorded_uses();
+  ASSERT_EQ(uses.size(), 1u);
+  EXPECT_EQ(uses[id], 3000);
+  EXPECT_TRUE(ring.take_unrecorded_uses().empty());
+  ASSERT_TRUE(record_last_use(store, uses));
+  EXPECT_EQ(stored_last_use(), 3000);
+  // An older time never overwrites a newer one, and a key deleted meanwhile is not recreated.
+  ASSERT_TRUE(record_last_use(store, {{id, 2000}}));
+  EXPECT_EQ(stored_last_use(), 3000);
+  ASSERT_TRUE(record_last_use(store, {{"gone1234", 5000}}));
+  EXPECT_FALSE(*store.get(std::string(api::kKeyRoot) + "apikeys/gone1234"));
+  // Revoking keeps the last use, and a revoked key's attempts are not uses.
+  ASSERT_TRUE(revoke_key(store, id));
+  EXPECT_EQ(stored_last_use(), 3000);
+  EXPECT_FALSE(ring.authenticate(created->secret, 9000));
+  EXPECT_TRUE(ring.take_unrecorded_uses().empty());
+}
+
+TEST(Guard, WritesTheLastUseOfKeysAndListsTheNewestAtOnce) {
+  store::MemoryStore store;
+  auto guard = std::make_unique<Guard>(store, true, std::chrono::hours(1));
+  ASSERT_TRUE(guard->start());
+  auto admin = guard->bootstrap_admin_key();
+  ASSERT_TRUE(admin);
+  EXPECT_EQ(guard->management_refusal(request_with("GET", "/api/v1/keys", *admin)), std::nullopt);
+  std::string id = admin->substr(3, 8);
+  std::string path = std::string(api::kKeyRoot) + "apikeys/" + id;
+  EXPECT_GT(guard->keys().last_use(id), 0);
+  // Not written yet (the interval is an hour): the destructor writes what is left.
+  EXPECT_EQ(api::api_key_from_json(*parse_json((*store.get(path))->value))->last_used_ms, 0);
+  int64_t noted = guard->keys().last_use(id);
+  guard.reset();
+  EXPECT_EQ(api::api_key_from_json(*parse_json((*store.get(path))->value))->last_used_ms, noted);
 }
 
 }  // namespace

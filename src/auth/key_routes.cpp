@@ -1,6 +1,8 @@
 // /api/v1/keys: creating, listing and revoking API keys. Guarded like the rest of /api/v1.
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "auth/auth.h"
 #include "common/clock.h"
 #include "common/config.h"
@@ -53,13 +55,18 @@ json created_json(const NewKey& created) {
   return json{{"key", api::to_json(created.key)}, {"secret", created.secret}};
 }
 
-json keys_json(store::Store& store) {
+// The stored keys, each with its latest use: the ring's when it is newer than the store's (the
+// store's is written once a minute).
+json keys_json(store::Store& store, const KeyRing& ring) {
   json items = json::array();
   if (auto listing = store.list(std::string(api::kKeyRoot) + "apikeys/")) {
     for (const auto& kv : listing->kvs) {
       auto document = parse_json(kv.value);
       if (!document) continue;
-      if (auto key = api::api_key_from_json(*document)) items.push_back(api::to_json(*key));
+      auto key = api::api_key_from_json(*document);
+      if (!key) continue;
+      key->last_used_ms = std::max(key->last_used_ms, ring.last_use(key->metadata.name));
+      items.push_back(api::to_json(*key));
     }
   }
   return json{{"items", items}};
@@ -84,7 +91,7 @@ void Guard::add_routes(http::Router& router) {
     co_await writer.send(Response::json_body(201, answer));
   });
   router.add("GET", "/api/v1/keys", [this](Request&, ResponseWriter& writer) -> awaitable<void> {
-    co_await writer.send(Response::json_body(200, keys_json(store_)));
+    co_await writer.send(Response::json_body(200, keys_json(store_, keys_)));
   });
   router.add("DELETE", "/api/v1/keys/{id}", [this](Request& request, ResponseWriter& writer) -> awaitable<void> {
     auto revoked = revoke_key(store_, request.params["id"]);

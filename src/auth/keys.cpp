@@ -1,5 +1,7 @@
 #include "auth/keys.h"
 
+#include <utility>
+
 #include "common/ids.h"
 
 namespace nebula::auth {
@@ -43,6 +45,26 @@ Result<api::ApiKey> revoke_key(store::Store& store, const std::string& id) {
                                });
   if (!written) return written.error();
   return revoked;
+}
+
+Status record_last_use(store::Store& store, const std::map<std::string, int64_t>& uses) {
+  for (const auto& [id, used_ms] : uses) {
+    auto written = store::update(store, kKeysPrefix + id,
+                                 [&](const std::optional<std::string>& current) -> Result<std::optional<std::string>> {
+                                   if (!current)
+                                     return std::optional<std::string>();  // deleted meanwhile: leave it absent
+                                   auto document = parse_json(*current);
+                                   if (!document) return document.error();
+                                   auto key = api::api_key_from_json(*document);
+                                   if (!key) return key.error();
+                                   if (key->last_used_ms >= used_ms)
+                                     return std::optional<std::string>();  // already newer
+                                   key->last_used_ms = used_ms;
+                                   return std::optional<std::string>(api::to_stored_json(*key).dump());
+                                 });
+    if (!written) return written.error();
+  }
+  return {};
 }
 
 std::string bearer_token(const http::Request& request) {
@@ -100,7 +122,24 @@ Result<std::shared_ptr<const api::ApiKey>> KeyRing::authenticate(std::string_vie
   if (it->second->expires_ms > 0 && now_ms >= it->second->expires_ms) {
     return make_error(ErrorCode::Unauthenticated, "This API key has expired.");
   }
+  const std::string& id = it->second->metadata.name;
+  int64_t& last = last_use_[id];
+  if (now_ms > last) {
+    last = now_ms;
+    unrecorded_[id] = now_ms;
+  }
   return it->second;
+}
+
+int64_t KeyRing::last_use(const std::string& id) const {
+  std::lock_guard lock(mutex_);
+  auto it = last_use_.find(id);
+  return it == last_use_.end() ? 0 : it->second;
+}
+
+std::map<std::string, int64_t> KeyRing::take_unrecorded_uses() {
+  std::lock_guard lock(mutex_);
+  return std::exchange(unrecorded_, {});
 }
 
 size_t KeyRing::size() const {

@@ -21,6 +21,10 @@ Result<NewKey> create_key(store::Store& store, api::ApiKey key, int64_t now_ms);
 // Marks a key revoked. NotFound if the id is unknown.
 Result<api::ApiKey> revoke_key(store::Store& store, const std::string& id);
 
+// Raises the stored last_used_ms of each key (id → Unix ms) to the time given, never lowering
+// it; ids no longer stored are skipped.
+Status record_last_use(store::Store& store, const std::map<std::string, int64_t>& uses);
+
 // "Authorization: Bearer X" or "x-api-key: X"; "" when neither.
 std::string bearer_token(const http::Request& request);
 
@@ -29,15 +33,23 @@ class KeyRing {
  public:
   Status start(store::Store& store);
   ~KeyRing();
-  // The key a secret belongs to: Unauthenticated when unknown, revoked or expired.
+  // The key a secret belongs to: Unauthenticated when unknown, revoked or expired. A success
+  // counts as the key's use at now_ms.
   Result<std::shared_ptr<const api::ApiKey>> authenticate(std::string_view secret, int64_t now_ms) const;
   size_t size() const;
+  // The latest use of a key this ring saw (0 when none since it started).
+  int64_t last_use(const std::string& id) const;
+  // The keys used since the last call, with their latest use (id → Unix ms), for the store.
+  std::map<std::string, int64_t> take_unrecorded_uses();
 
  private:
   void apply(const std::string& key, const std::string* value);
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<const api::ApiKey>> by_hash_;
   std::map<std::string, std::string> hash_by_id_;
+  // Uses are noted under the lock authenticate() takes anyway: a map write per request.
+  mutable std::map<std::string, int64_t> last_use_;
+  mutable std::map<std::string, int64_t> unrecorded_;
   std::unique_ptr<store::WatchHandle> watch_;
 };
 

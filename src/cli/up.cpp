@@ -32,6 +32,7 @@
 #include "gateway/origin_guard.h"
 #include "mcp/mcp.h"
 #include "store/sqlite_store.h"
+#include "webui/webui.h"
 
 namespace nebula::cli {
 
@@ -307,6 +308,7 @@ class ServerRuntime {
     };
     mcp_options.base_url = [this] { return url_; };
     mcp::add_http_routes(router, io_, std::move(mcp_options));
+    webui::add_routes(router);
     router.set_guard([this](const http::Request& request) { return gateway_->auth().management_refusal(request); });
     auto drain_timeout = parse_duration(flags.drain_timeout);
     if (!drain_timeout)
@@ -718,6 +720,7 @@ int run_up(int argc, char** argv) {
     if (created) spdlog::info("deployed demo: {} on the simulator", demo_model);
   }
   std::cout << "\nNebula is up.\n"
+            << "  Dashboard:       " << runtime.url() << "/ui/\n"
             << "  OpenAI API:      " << runtime.url() << "/v1\n"
             << "  Management API:  " << runtime.url() << "/api/v1\n"
             << "  Health:          " << runtime.url() << "/healthz\n"
