@@ -37,6 +37,7 @@ constexpr Command kCommands[] = {
     {"chat", "stream a completion through the gateway", nebula::cli::run_chat},
     {"models", "inspect a model: its shape and VRAM estimate", nebula::cli::run_models},
     {"mode", "create, list and switch modes (named sets of deployments)", nebula::cli::run_mode},
+    {"top", "full-screen terminal UI: nodes, GPUs, deployments, events", nebula::cli::run_top},
     {"version", "print the version", nebula::cli::run_version},
 };
 

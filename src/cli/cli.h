@@ -37,6 +37,7 @@ int run_chat(int argc, char** argv);
 int run_mode(int argc, char** argv);
 int run_rollout(int argc, char** argv);
 int run_restart(int argc, char** argv);
+int run_top(int argc, char** argv);
 
 // Flags every client command shares: --server, --api-key, -o.
 struct ClientFlags {
