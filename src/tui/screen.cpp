@@ -212,7 +212,9 @@ void dialog_box(const std::string& heading, const std::vector<std::string>& line
                      fit(" " + heading + " ", static_cast<size_t>(width - 4)));
   put(top, left, top_border, attributes | A_BOLD);
   for (int i = 0; i + 2 < height; ++i) {
-    std::string line = "| " + column(lines[static_cast<size_t>(i)], static_cast<size_t>(width - 4)) + " |";
+    std::string text = fit(lines[static_cast<size_t>(i)], static_cast<size_t>(width - 4));
+    text.resize(static_cast<size_t>(width - 4), ' ');
+    std::string line = "| " + text + " |";
     put(top + 1 + i, left, line, attributes);
   }
   put(top + height - 1, left, border, attributes | A_BOLD);
@@ -281,13 +283,15 @@ void draw(const Model& model, const Palette& palette, int64_t now_ms) {
   std::string head = " nebula top  " + printable(model.server()) + "  ";
   put(0, 0, head, A_BOLD);
   int x = static_cast<int>(head.size());
+  std::string clock = clock_text(now_ms);
+  int room = cols - x - static_cast<int>(clock.size()) - 2;
   std::string state =
-      model.connected() ? "connected" : "disconnected (" + printable(model.connection_error()) + "), retrying";
+      model.connected() ? "connected" : "disconnected, retrying: " + printable(model.connection_error());
   if (!model.connected() && model.connection_error() == "connecting") state = "connecting...";
+  state = fit(state, static_cast<size_t>(std::max(room, 0)));
   put(0, x, state, model.connected() ? palette.good : palette.bad);
   x += static_cast<int>(state.size()) + 2;
-  std::string clock = clock_text(now_ms);
-  if (x + static_cast<int>(counts.size()) + 10 < cols) put(0, x, counts);
+  if (x + static_cast<int>(counts.size()) + static_cast<int>(clock.size()) + 2 < cols) put(0, x, counts);
   put(0, cols - static_cast<int>(clock.size()) - 1, clock);
 
   // Nodes and GPUs.

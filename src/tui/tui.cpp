@@ -68,8 +68,8 @@ std::string terminal_problem() {
 
 int run(const Connection& connection) {
   if (std::string problem = terminal_problem(); !problem.empty()) {
-    std::cerr << "error: nebula top needs a full-screen terminal: " << problem
-              << " (run it in a terminal, or use `nebula ls`, `nebula gpus` and `nebula events`)\n";
+    std::cerr << "error: nebula top needs a full-screen terminal: " << problem << "\n"
+              << "(without one, `nebula ls`, `nebula gpus` and `nebula events` show the same)\n";
     return 1;
   }
   SCREEN* screen = newterm(nullptr, stdout, stdin);
