@@ -140,6 +140,9 @@ TEST_F(TopE2e, ShowsTheClusterAndActsOnKeys) {
   ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
   ASSERT_TRUE(tmux.wait_for({"chat ", "1/1", "llama-3.1-8b-instruct", "ReplicaCreated"}, &screen));
 
+  // What the README shows is made here: build/top-capture.txt is this screen.
+  std::ofstream(std::filesystem::path(NEBULA_BINARY).parent_path() / "top-capture.txt") << screen;
+
   // The labels of the README's capture are on the real screen, as shown there.
   auto capture = readme_capture();
   ASSERT_FALSE(capture.empty()) << "README.md has no capture in its `nebula top` section";
@@ -179,9 +182,21 @@ TEST_F(TopE2e, ShowsTheClusterAndActsOnKeys) {
   tmux.keys({"x"});
   ASSERT_TRUE(tmux.wait_gone("Help: nebula top"));
 
-  // The logs of the selected deployment in place of the events, and back.
+  // The logs of the selected deployment in place of the events, and back: a line of what
+  // `nebula logs chat` prints is on the screen.
   tmux.keys({"l"});
   ASSERT_TRUE(tmux.wait_for({"LOGS chat (replica 0)", "following"}));
+  ASSERT_TRUE(eventually(
+      [&] {
+        screen = tmux.screen();
+        for (const auto& line : lines_of(up.cli({"logs", "chat", "--tail", "2000"}).out)) {
+          std::string start = line.substr(0, 60);
+          if (start.size() > 20 && screen.find(start) != std::string::npos) return true;
+        }
+        return false;
+      },
+      20s))
+      << screen;
   tmux.keys({"Escape"});
   ASSERT_TRUE(tmux.wait_for({"EVENTS", "AGE"}));
 
