@@ -214,18 +214,26 @@ struct Feed::Impl : std::enable_shared_from_this<Feed::Impl> {
   }
 
   void disconnected(const std::string& why) {
-    inbox.post([why](Model& model) { model.set_connected(false, why); });
+    inbox.post([why](Model& model) { model.set_link(Link::Unreachable, why); });
   }
 
-  // GET path; the body of a 200, else the reason it is not one.
-  awaitable<Result<std::string>> get(const std::string& path, std::chrono::milliseconds timeout = 10s) {
+  void refused(const std::string& why) {
+    inbox.post([why](Model& model) { model.set_link(Link::Refused, why); });
+  }
+
+  // GET path; the body of a 200, else the reason it is not one. *answered says whether the
+  // server answered at all.
+  awaitable<Result<std::string>> get(const std::string& path, bool* answered = nullptr,
+                                     std::chrono::milliseconds timeout = 10s) {
     auto response = co_await client->request("GET", url(path), "", connection.headers, timeout);
+    if (answered) *answered = static_cast<bool>(response);
     if (!response) {
       co_return make_error(response.error().code,
                            fmt::format("cannot reach {}: {}", connection.server, response.error().message));
     }
-    if (response->status != 200)
+    if (response->status != 200) {
       co_return make_error(ErrorCode::Unavailable, error_message(response->status, response->body));
+    }
     co_return std::move(response->body);
   }
 
@@ -233,10 +241,16 @@ struct Feed::Impl : std::enable_shared_from_this<Feed::Impl> {
   awaitable<void> follow(Resource resource) {
     std::string path = list_path(resource);
     while (true) {
-      auto body = co_await get(path);
+      bool answered = false;
+      auto body = co_await get(path, &answered);
       auto listing = body ? parse_json(*body) : Result<json>(body.error());
       if (!listing || !listing->is_object() || !listing->contains("items") || !(*listing)["items"].is_array()) {
-        disconnected(listing ? fmt::format("GET {}: not a listing", path) : listing.error().message);
+        std::string why = listing ? fmt::format("GET {}: not a listing", path) : listing.error().message;
+        if (answered) {
+          refused(why);
+        } else {
+          disconnected(why);
+        }
         co_await pause(1s);
         continue;
       }
@@ -276,8 +290,11 @@ struct Feed::Impl : std::enable_shared_from_this<Feed::Impl> {
   // Every second: the modes (also the connection check) and the gateway's metrics.
   awaitable<void> poll() {
     while (true) {
-      auto modes_body = co_await get("/api/v1/modes");
-      if (!modes_body) {
+      bool answered = false;
+      auto modes_body = co_await get("/api/v1/modes", &answered);
+      if (!modes_body && answered) {
+        refused(modes_body.error().message);
+      } else if (!modes_body) {
         disconnected(modes_body.error().message);
       } else {
         std::vector<api::Mode> modes;
@@ -288,7 +305,7 @@ struct Feed::Impl : std::enable_shared_from_this<Feed::Impl> {
           }
         }
         inbox.post([modes = std::move(modes)](Model& model) {
-          model.set_connected(true);
+          model.set_link(Link::Connected);
           model.set_modes(modes);
         });
       }

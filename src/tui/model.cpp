@@ -114,9 +114,9 @@ void Model::set_metrics(std::map<std::string, GatewayCounters> counters, std::ch
   }
 }
 
-void Model::set_connected(bool connected, const std::string& error) {
-  connected_ = connected;
-  connection_error_ = connected ? "" : error;
+void Model::set_link(Link link, const std::string& error) {
+  link_ = link;
+  connection_error_ = link == Link::Connected ? "" : printable(error);
 }
 
 void Model::say(std::string text, bool error) {

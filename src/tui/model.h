@@ -35,6 +35,9 @@ inline constexpr int kBackTab = 0x10007;
 }  // namespace keys
 
 enum class Pane { Nodes, Deployments, Events };
+// The state of the link to the server. Refused: it answers, but with an error (a missing or
+// wrong API key, a listing that is not one).
+enum class Link { Connecting, Connected, Unreachable, Refused };
 enum class SortKey { Name, Ready, RequestRate, Ttft, TokenRate, Queue };
 const char* to_string(SortKey key);
 
@@ -149,8 +152,8 @@ class Model {
   // A scrape of the gateway's /metrics. Rates and TTFT are over the last kRateWindow: against
   // the newest scrape at least that old, or the oldest there is.
   void set_metrics(std::map<std::string, GatewayCounters> counters, std::chrono::steady_clock::time_point at);
-  // Whether the last exchange with the server worked; `error` says why not.
-  void set_connected(bool connected, const std::string& error = "");
+  // How the last exchange with the server went; `error` says why it failed.
+  void set_link(Link link, const std::string& error = "");
   void command_finished(const CommandOutcome& outcome);
   void append_log(uint64_t stream, std::string_view text);
   void log_ended(uint64_t stream, const std::string& why);
@@ -166,7 +169,8 @@ class Model {
   size_t node_count() const { return nodes_.size(); }
 
   const std::string& server() const { return server_; }
-  bool connected() const { return connected_; }
+  Link link() const { return link_; }
+  bool connected() const { return link_ == Link::Connected; }
   const std::string& connection_error() const { return connection_error_; }
   Pane focus() const { return focus_; }
   SortKey sort_key() const { return sort_key_; }
@@ -202,8 +206,8 @@ class Model {
   std::vector<api::Mode> modes_;
   std::deque<std::pair<std::chrono::steady_clock::time_point, std::map<std::string, GatewayCounters>>> scrapes_;
   std::map<std::string, DeploymentFigures> figures_;
-  bool connected_ = false;
-  std::string connection_error_ = "connecting";
+  Link link_ = Link::Connecting;
+  std::string connection_error_;
 
   Pane focus_ = Pane::Deployments;
   SortKey sort_key_ = SortKey::Name;

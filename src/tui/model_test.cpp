@@ -325,12 +325,16 @@ TEST_F(TuiModel, HelpAndQuit) {
 }
 
 TEST_F(TuiModel, ConnectionState) {
-  EXPECT_FALSE(model_.connected());
-  model_.set_connected(true);
+  EXPECT_EQ(model_.link(), Link::Connecting);
+  model_.set_link(Link::Connected, "ignored");
   EXPECT_TRUE(model_.connected());
-  model_.set_connected(false, "cannot reach http://127.0.0.1:8080: connection refused");
+  EXPECT_EQ(model_.connection_error(), "");
+  model_.set_link(Link::Unreachable, "cannot reach http://127.0.0.1:8080: connection refused");
   EXPECT_FALSE(model_.connected());
   EXPECT_EQ(model_.connection_error(), "cannot reach http://127.0.0.1:8080: connection refused");
+  model_.set_link(Link::Refused, "Incorrect API key provided.\x1b[2J");
+  EXPECT_EQ(model_.link(), Link::Refused);
+  EXPECT_EQ(model_.connection_error(), "Incorrect API key provided.?[2J");
 }
 
 }  // namespace

@@ -285,9 +285,13 @@ void draw(const Model& model, const Palette& palette, int64_t now_ms) {
   int x = static_cast<int>(head.size());
   std::string clock = clock_text(now_ms);
   int room = cols - x - static_cast<int>(clock.size()) - 2;
-  std::string state =
-      model.connected() ? "connected" : "disconnected, retrying: " + printable(model.connection_error());
-  if (!model.connected() && model.connection_error() == "connecting") state = "connecting...";
+  std::string state = "connected";
+  switch (model.link()) {
+    case Link::Connecting: state = "connecting..."; break;
+    case Link::Connected: break;
+    case Link::Unreachable: state = "disconnected, retrying: " + model.connection_error(); break;
+    case Link::Refused: state = "refused, retrying: " + model.connection_error(); break;
+  }
   state = fit(state, static_cast<size_t>(std::max(room, 0)));
   put(0, x, state, model.connected() ? palette.good : palette.bad);
   x += static_cast<int>(state.size()) + 2;

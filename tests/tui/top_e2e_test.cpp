@@ -266,6 +266,18 @@ TEST_F(TopE2e, SaysDisconnectedAndKeepsRunning) {
   EXPECT_EQ(tmux.exit_status(), 0);
 }
 
+TEST_F(TopE2e, AWrongKeyIsRefusedAndTheAdminKeyWorks) {
+  testing::NebulaUp up({"--auth", "keys"}, "1xH100-80GB");
+  ASSERT_TRUE(up.wait_node_ready()) << up.process().output();
+  Tmux wrong;
+  ASSERT_TRUE(wrong.start(top_command(up.server(), up.data_dir(), "NEBULA_API_KEY=nb-abcdefgh_0123")));
+  ASSERT_TRUE(wrong.wait_for({"refused, retrying: Incorrect API key provided.", "no node has joined yet"}));
+  // The local server's admin key, from its data dir.
+  Tmux admin;
+  ASSERT_TRUE(admin.start(top_command(up.server(), up.data_dir())));
+  ASSERT_TRUE(admin.wait_for({"connected", "e2e-node"}));
+}
+
 TEST_F(TopE2e, RefusesWhatIsNotAFullScreenTerminal) {
   // stdout to a file.
   auto piped = run_command({NEBULA_BINARY, "top", "--server", "http://127.0.0.1:1"});
