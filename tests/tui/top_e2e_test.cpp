@@ -266,6 +266,20 @@ TEST_F(TopE2e, SaysDisconnectedAndKeepsRunning) {
   EXPECT_EQ(tmux.exit_status(), 0);
 }
 
+TEST_F(TopE2e, WorksOnAPlainTerminalWithoutColours) {
+  // vt100: cursor addressing, reverse video and bold, no colours.
+  std::string server = "http://127.0.0.1:" + std::to_string(testing::free_port());
+  Tmux tmux;
+  testing::TempDir data;
+  ASSERT_TRUE(tmux.start(top_command(server, data.path(), "TERM=vt100"), 80, 24));
+  ASSERT_TRUE(tmux.wait_for({"disconnected, retrying", "NODES & GPUS", "DEPLOYMENTS", "EVENTS", "? help"}));
+  tmux.keys({"?"});
+  ASSERT_TRUE(tmux.wait_for({"Help: nebula top"}));
+  tmux.keys({"q"});
+  ASSERT_TRUE(eventually([&] { return tmux.exit_status() != -1; }, 10s)) << tmux.screen();
+  EXPECT_EQ(tmux.exit_status(), 0);
+}
+
 TEST_F(TopE2e, AWrongKeyIsRefusedAndTheAdminKeyWorks) {
   testing::NebulaUp up({"--auth", "keys"}, "1xH100-80GB");
   ASSERT_TRUE(up.wait_node_ready()) << up.process().output();
