@@ -38,6 +38,7 @@ constexpr Command kCommands[] = {
     {"models", "inspect a model: its shape and VRAM estimate", nebula::cli::run_models},
     {"mode", "create, list and switch modes (named sets of deployments)", nebula::cli::run_mode},
     {"mcp", "serve MCP on stdio for AI assistants (tools and resources of this cluster)", nebula::cli::run_mcp},
+    {"top", "full-screen terminal UI: nodes, GPUs, deployments, events", nebula::cli::run_top},
     {"version", "print the version", nebula::cli::run_version},
 };
 

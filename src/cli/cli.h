@@ -38,6 +38,7 @@ int run_mode(int argc, char** argv);
 int run_rollout(int argc, char** argv);
 int run_restart(int argc, char** argv);
 int run_mcp(int argc, char** argv);
+int run_top(int argc, char** argv);
 
 // Flags every client command shares: --server, --api-key, -o.
 struct ClientFlags {
