@@ -204,6 +204,7 @@ TEST(Guard, KeyRoutesCreateListAndRevoke) {
   ASSERT_TRUE(refusal);
   EXPECT_EQ(refusal->status, 401);
   server.stop();
+}
 
 TEST(Keys, LastUseIsNotedOnSuccessOnlyAndWrittenWithoutGoingBack) {
   FakeClock clock;

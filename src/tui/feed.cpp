@@ -33,18 +33,6 @@ bool Inbox::apply(Model& model) {
   return !updates.empty();
 }
 
-std::string api_path(std::initializer_list<std::string_view> segments,
-                     const std::vector<std::pair<std::string, std::string>>& query) {
-  std::string path = "/api/v1";
-  for (auto segment : segments) path += "/" + http::url_encode(segment);
-  char separator = '?';
-  for (const auto& [name, value] : query) {
-    path += separator + http::url_encode(name) + "=" + http::url_encode(value);
-    separator = '&';
-  }
-  return path;
-}
-
 namespace {
 
 enum class Resource { Nodes, Deployments, Replicas, Events };

@@ -51,8 +51,7 @@ class Feed {
   std::shared_ptr<Impl> impl_;
 };
 
-// "/api/v1/a/b?x=y" with every segment and value percent-encoded (cli::api_path's rule).
-std::string api_path(std::initializer_list<std::string_view> segments,
-                     const std::vector<std::pair<std::string, std::string>>& query = {});
+// Management API paths: http::api_path().
+using http::api_path;
 
 }  // namespace nebula::tui
