@@ -257,7 +257,7 @@ TEST(CliE2e, RoutingIsSetShownAndChangedWithoutARollout) {
   // Back to the default: "" is allowed and shown as such.
   auto reset = up.cli({"deploy", "chat", "--routing", ""});
   ASSERT_EQ(reset.exit_code, 0) << reset.out;
-  EXPECT_NE(up.cli({"get", "chat"}).out.find("Routing:   least-outstanding (default)"), std::string::npos);
+  EXPECT_NE(up.cli({"get", "chat"}).out.find("Routing:   prefix+load (default)"), std::string::npos);
 
   // The API itself refuses a bad spec, not only the CLI.
   http::BlockingClient client;

@@ -102,7 +102,7 @@ struct DeploymentSpec {
   std::string max_surge = "1";
   std::string max_unavailable = "0";
   // How the gateway chooses among the replicas (router::make_policy's spec, e.g. "session" or
-  // "prefix+load,prefix=2,queue=1,kv=1"); "" = least-outstanding. Not part of a plan: changing it
+  // "prefix+load,prefix=2,queue=1,kv=1"); "" = the default, prefix+load. Not part of a plan: changing it
   // restarts no engine.
   std::string routing;
 };

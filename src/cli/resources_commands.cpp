@@ -210,8 +210,8 @@ int run_deploy(int argc, char** argv) {
                  "Rollouts: Ready replicas that may be missing (N or P%; default 0)");
   std::string routing;
   app.add_option("--routing", routing,
-                 "Replica choice: least-outstanding (\"\"), round-robin, power-of-two, session, prefix, kv-load "
-                 "or prefix+load, with parameters: NAME[,PARAM=N...] (docs/routing.md)");
+                 "Replica choice: prefix+load (the default, \"\"), least-outstanding, round-robin, power-of-two, "
+                 "session, prefix or kv-load, with parameters: NAME[,PARAM=N...] (docs/routing.md)");
   app.add_option("--engine-arg", engine_args, "Extra engine argument (repeatable)");
   app.add_option("--env", env, "Engine environment variable K=V (repeatable)");
   app.add_option("-f,--file", file, "Deployment spec in YAML");
@@ -350,8 +350,7 @@ int run_get(int argc, char** argv) {
               << "Engine:    " << spec.value("engine", "") << "\n"
               << "Replicas:  " << status.value("ready_replicas", 0) << "/" << spec.value("replicas", 0) << " ready\n"
               << "Routing:   "
-              << (spec.value("routing", "").empty() ? std::string("least-outstanding (default)")
-                                                    : spec.value("routing", ""))
+              << (spec.value("routing", "").empty() ? std::string("prefix+load (default)") : spec.value("routing", ""))
               << "\n"
               << "Status:    " << status.value("phase", "")
               << (status.value("message", "").empty() ? "" : " - " + status.value("message", "")) << "\n"

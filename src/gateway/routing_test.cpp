@@ -186,7 +186,7 @@ TEST_F(RoutingTest, ARefusedRoutingSpecRoutesWithTheDefault) {
   options.load_scrape_interval = 0ms;
   start(options);
   for (int i = 0; i < 10; ++i) ASSERT_EQ(chat(), 200) << i;
-  EXPECT_EQ(a.chats.load(), 5) << "least-outstanding, ties in turn";
+  EXPECT_EQ(a.chats.load(), 5) << "the default, prefix+load: ties in turn";
   EXPECT_EQ(b.chats.load(), 5);
   deploy("least-outstanding", {&a, &b});
   for (int i = 0; i < 10; ++i) ASSERT_EQ(chat(), 200) << i;

@@ -26,6 +26,15 @@ constexpr ParamDef kLoadBound{"load-bound",
                               false,
                               false,
                               "a replica at this x the mean requests in flight takes no more (0 = no bound)"};
+// prefix+load's bound is on by default: without it a popular prefix piles onto one replica
+// (docs/benchmarks.md, routing_bench (b): 1.5-1.8x the least busy one's load, against 1.3-1.4).
+constexpr ParamDef kPrefixLoadBound{"load-bound",
+                                    1.25,
+                                    0,
+                                    100,
+                                    false,
+                                    false,
+                                    "a replica at this x the mean requests in flight takes no more (0 = no bound)"};
 constexpr ParamDef kMaxBlocks{"max-blocks",
                               8192,
                               1,
@@ -99,7 +108,7 @@ const std::vector<PolicyKind>& kinds() {
         kKvWeight,
         {"outstanding", 0, 0, kMaxWeight, false, true, "weight of the requests-in-flight scorer"},
         kKvMax,
-        kLoadBound,
+        kPrefixLoadBound,
         kMaxBlocks},
        [](const ParamValues& values, const std::string& spec, const PolicyOptions& options) {
          return make_scored(values, spec, options, true);
@@ -116,12 +125,17 @@ std::string kind_names() {
 
 }  // namespace
 
+const char* const kDefaultPolicy = "prefix+load";
+
 std::string policy_names() {
   return kind_names() + "; scorers of prefix+load: prefix, queue, kv, outstanding";
 }
 
 Result<std::unique_ptr<Policy>> make_policy(std::string_view spec, const PolicyOptions& options) {
-  if (spec.empty()) return std::unique_ptr<Policy>(new LeastOutstanding());
+  // The default, chosen by bench/routing_bench (docs/benchmarks.md): on shared prefixes and
+  // multi-turn chat it beats least-outstanding many times over, and on unrelated prompts it
+  // matches it.
+  if (spec.empty()) spec = kDefaultPolicy;
   auto parts = split_spec(spec);
   if (!parts) return parts.error();
   const auto& all = kinds();

@@ -76,8 +76,10 @@ struct PolicyOptions {
   std::chrono::milliseconds load_freshness{5'000};
 };
 
+// What "" means: prefix+load (with its defaults).
+extern const char* const kDefaultPolicy;
 // The policy a spec names, or InvalidArgument with a message naming what is wrong. "" is the
-// default policy.
+// default policy, kDefaultPolicy.
 Result<std::unique_ptr<Policy>> make_policy(std::string_view spec, const PolicyOptions& options = {});
 // The policy names and scorer names a spec may use, for help texts and errors.
 std::string policy_names();

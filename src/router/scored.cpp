@@ -7,7 +7,10 @@ namespace nebula::router {
 
 ScoredPolicy::ScoredPolicy(std::string spec, std::vector<std::unique_ptr<Filter>> filters,
                            std::vector<Weighted> scorers, uint64_t seed)
-    : spec_(std::move(spec)), filters_(std::move(filters)), scorers_(std::move(scorers)), random_(seed) {}
+    : spec_(std::move(spec)),
+      filters_(std::move(filters)),
+      scorers_(std::move(scorers)),
+      next_tie_(Random(seed).next()) {}
 
 std::optional<size_t> ScoredPolicy::choose(const RouteContext& context, std::span<const Candidate> candidates) {
   if (candidates.empty()) return std::nullopt;
@@ -48,7 +51,7 @@ std::optional<size_t> ScoredPolicy::choose(const RouteContext& context, std::spa
   for (size_t index = 0; index < totals.size(); ++index) {
     if (totals[index] >= best - kTie) ties.push_back(index);
   }
-  size_t pick = ties.size() == 1 ? ties[0] : ties[random_.below(ties.size())];
+  size_t pick = ties.size() == 1 ? ties[0] : ties[next_tie_++ % ties.size()];
   return kept[pick];
 }
 

@@ -248,16 +248,22 @@ TEST(RouterPrefixLoad, ForgetsWhatItLearntAboutARemovedReplica) {
 }
 
 TEST(RouterPrefixLoad, ALoadBoundSpillsAHotPrefixOntoAnotherReplica) {
-  auto policy = policy_of("prefix+load,load-bound=1.25");
-  EXPECT_EQ(policy->describe(), "prefix+load,prefix=2,queue=1,kv=1,load-bound=1.25");
+  auto policy = policy_of("prefix+load");
+  EXPECT_EQ(policy->describe(), "prefix+load,prefix=2,queue=1,kv=1") << "bound at 1.25 by default";
+  EXPECT_EQ(policy_of("prefix+load,load-bound=1.25")->describe(), policy->describe());
   auto from = candidates({{"a", 0}, {"b", 0}, {"c", 0}, {"d", 0}});
   std::string system(8 * 64, 's');
   std::string home = route(*policy, at_now(system), from);
   // The prefix keeps its replica while it is within the bound: 3 in flight over 4 replicas
   // allow ceil(1.25 x 4 / 4) = 2 each.
-  for (auto& candidate : from) candidate.outstanding = candidate.replica == home ? 1 : 0;
-  from[0].outstanding += home == from[0].replica ? 0 : 1;
-  from[1].outstanding += home == from[1].replica ? 0 : 1;
+  int others = 0;
+  for (auto& candidate : from) {
+    if (candidate.replica == home) {
+      candidate.outstanding = 1;
+    } else {
+      candidate.outstanding = others++ < 2 ? 1 : 0;
+    }
+  }
   EXPECT_EQ(chosen(*policy, at_now(system), from), home);
   // At the bound it takes no more: the request goes elsewhere, whatever its cache.
   for (auto& candidate : from) {
@@ -267,7 +273,7 @@ TEST(RouterPrefixLoad, ALoadBoundSpillsAHotPrefixOntoAnotherReplica) {
   EXPECT_NE(spilled, home);
   EXPECT_FALSE(spilled.empty());
   // Without a bound, the cached prefix wins over the same loads.
-  auto unbounded = policy_of("prefix+load");
+  auto unbounded = policy_of("prefix+load,load-bound=0");
   route(*unbounded, at_now(system), from);
   std::string first = route(*unbounded, at_now(system), from);
   EXPECT_EQ(route(*unbounded, at_now(system), from), first);

@@ -22,7 +22,7 @@ std::string canonical(std::string_view spec) {
 }
 
 TEST(RouterSpec, EveryPolicyByNameAndTheDefault) {
-  EXPECT_EQ(canonical(""), "least-outstanding");
+  EXPECT_EQ(canonical(""), "prefix+load,prefix=2,queue=1,kv=1") << "the default";
   for (const char* name : {"least-outstanding", "round-robin", "power-of-two", "session", "prefix"}) {
     EXPECT_EQ(canonical(name), name);
   }
