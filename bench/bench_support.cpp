@@ -8,8 +8,10 @@
 
 #include "common/asio.h"  // must precede Asio headers
 
+#include <fmt/format.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -85,6 +87,39 @@ double quantile(std::vector<double> values, double q) {
   std::sort(values.begin(), values.end());
   size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(values.size())));
   return values[std::clamp<size_t>(rank, 1, values.size()) - 1];
+}
+
+Up::Up(const std::string& name, const std::string& sim_gpus) : binary_(nebula_binary()) {
+  std::string pattern = "/tmp/nebula-" + name + "-XXXXXX";
+  dir_ = ::mkdtemp(pattern.data());
+  int port = free_port();
+  url_ = fmt::format("http://127.0.0.1:{}", port);
+  pid_ = spawn({binary_, "up", "--listen", fmt::format("127.0.0.1:{}", port), "--data-dir", dir_ + "/data",
+                "--sim-gpus", sim_gpus, "--log-level", "warn", "--name", "bench", "--exit-with-parent"},
+               dir_ + "/up.log");
+  if (!wait_until([&] { return !get("/healthz").is_null(); }, std::chrono::milliseconds(20'000))) {
+    stop(pid_);
+    throw std::runtime_error("nebula up did not start; see " + dir_ + "/up.log");
+  }
+}
+
+Up::~Up() {
+  stop(pid_);
+  std::filesystem::remove_all(dir_);
+}
+
+std::string Up::cli(std::vector<std::string> args) {
+  args.insert(args.begin(), binary_);
+  args.push_back("--server");
+  args.push_back(url_);
+  return run(args, dir_ + "/cli.out");
+}
+
+json Up::get(const std::string& path) {
+  auto response = client_.request("GET", url_ + path, "", {}, std::chrono::milliseconds(5000));
+  if (!response || response->status != 200) return json();
+  auto parsed = parse_json(response->body);
+  return parsed ? *parsed : json(true);
 }
 
 }  // namespace nebula::bench

@@ -10,6 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "common/json.h"
+#include "http/http.h"
+
 namespace nebula::bench {
 
 using Clock = std::chrono::steady_clock;
@@ -29,5 +32,30 @@ bool wait_until(const std::function<bool()>& condition, std::chrono::millisecond
                 std::chrono::milliseconds interval = std::chrono::milliseconds(5));
 // The q-quantile (0..1) of values, nearest rank; 0 when empty.
 double quantile(std::vector<double> values, double q);
+
+// `nebula up --sim-gpus GPUS` on a free loopback port, its data in a temporary directory; stopped,
+// and the directory removed, when destroyed. Throws when it does not answer within 20 s.
+class Up {
+ public:
+  Up(const std::string& name, const std::string& sim_gpus);
+  ~Up();
+  Up(const Up&) = delete;
+  Up& operator=(const Up&) = delete;
+  // `nebula ARGS --server URL` to completion; its output (throws when it fails).
+  std::string cli(std::vector<std::string> args);
+  // GET path as JSON; null unless 200.
+  json get(const std::string& path);
+  const std::string& url() const { return url_; }
+  const std::string& dir() const { return dir_; }
+  const std::string& binary() const { return binary_; }
+  http::BlockingClient& client() { return client_; }
+
+ private:
+  std::string binary_;
+  std::string dir_;
+  std::string url_;
+  pid_t pid_ = 0;
+  http::BlockingClient client_;
+};
 
 }  // namespace nebula::bench

@@ -181,36 +181,11 @@ struct EngineCounters {
 
 class Bench {
  public:
-  explicit Bench(const Options& options) : options_(options), binary_(nebula_binary()) {
-    char pattern[] = "/tmp/nebula-routing-bench-XXXXXX";
-    dir_ = ::mkdtemp(pattern);
-    port_ = free_port();
-    url_ = fmt::format("http://127.0.0.1:{}", port_);
-    up_ = spawn({binary_, "up", "--listen", fmt::format("127.0.0.1:{}", port_), "--data-dir", dir_ + "/data",
-                 "--sim-gpus", fmt::format("{}xRTX4090-24GB", options.replicas), "--log-level", "warn", "--name",
-                 "bench", "--exit-with-parent"},
-                dir_ + "/up.log");
-    if (!wait_until([&] { return !get("/healthz").is_null(); }, milliseconds(20'000)))
-      throw std::runtime_error("nebula up did not start; see " + dir_ + "/up.log");
-  }
-  ~Bench() {
-    stop(up_);
-    std::filesystem::remove_all(dir_);
-  }
+  explicit Bench(const Options& options)
+      : options_(options), up_("routing-bench", fmt::format("{}xRTX4090-24GB", options.replicas)) {}
 
-  std::string cli(std::vector<std::string> args) {
-    args.insert(args.begin(), binary_);
-    args.push_back("--server");
-    args.push_back(url_);
-    return run(args, dir_ + "/cli.out");
-  }
-
-  json get(const std::string& path) {
-    auto response = client_.request("GET", url_ + path, "", {}, milliseconds(5000));
-    if (!response || response->status != 200) return json();
-    auto parsed = parse_json(response->body);
-    return parsed ? *parsed : json(true);
-  }
+  std::string cli(std::vector<std::string> args) { return up_.cli(std::move(args)); }
+  json get(const std::string& path) { return up_.get(path); }
 
   void deploy(const std::string& name, const std::string& policy) {
     // "default" leaves --routing out: the deployment gets the default policy.
@@ -253,7 +228,7 @@ class Bench {
   EngineCounters counters(const std::string& deployment) {
     EngineCounters counters;
     for (const auto& [replica, endpoint] : endpoints(deployment)) {
-      auto response = client_.request("GET", endpoint + "/metrics", "", {}, milliseconds(5000));
+      auto response = up_.client().request("GET", endpoint + "/metrics", "", {}, milliseconds(5000));
       if (!response) continue;
       std::istringstream in(response->body);
       for (std::string line; std::getline(in, line);) {
@@ -269,16 +244,11 @@ class Bench {
     }
     return counters;
   }
-  const std::string& url() const { return url_; }
+  const std::string& url() const { return up_.url(); }
 
  private:
   Options options_;
-  std::string binary_;
-  std::string dir_;
-  int port_ = 0;
-  std::string url_;
-  pid_t up_ = 0;
-  http::BlockingClient client_;
+  Up up_;
 };
 
 struct Report {

@@ -48,38 +48,13 @@ struct Stats {
 
 class Bench {
  public:
-  Bench() : binary_(nebula_binary()) {
-    char pattern[] = "/tmp/nebula-wake-bench-XXXXXX";
-    dir_ = ::mkdtemp(pattern);
-    port_ = free_port();
-    url_ = fmt::format("http://127.0.0.1:{}", port_);
-    up_ = spawn({binary_, "up", "--listen", fmt::format("127.0.0.1:{}", port_), "--data-dir", dir_ + "/data",
-                 "--sim-gpus", "1xH100-80GB", "--log-level", "warn", "--name", "bench", "--exit-with-parent"},
-                dir_ + "/up.log");
-    if (!wait_until([&] { return !get("/healthz").is_null(); }, milliseconds(20'000)))
-      throw std::runtime_error("nebula up did not start; see " + dir_ + "/up.log");
-  }
+  Bench() : up_("wake-bench", "1xH100-80GB") {}
   ~Bench() {
     for (pid_t pid : engines_) ::kill(pid, SIGKILL);
-    ::kill(up_, SIGTERM);
-    int status = 0;
-    ::waitpid(up_, &status, 0);
-    std::filesystem::remove_all(dir_);
   }
 
-  std::string cli(std::vector<std::string> args) {
-    args.insert(args.begin(), binary_);
-    args.push_back("--server");
-    args.push_back(url_);
-    return run(args, dir_ + "/cli.out");
-  }
-
-  json get(const std::string& path) {
-    auto response = client_.request("GET", url_ + path, "", {}, milliseconds(5000));
-    if (!response || response->status != 200) return json();
-    auto parsed = parse_json(response->body);
-    return parsed ? *parsed : json(true);
-  }
+  std::string cli(std::vector<std::string> args) { return up_.cli(std::move(args)); }
+  json get(const std::string& path) { return up_.get(path); }
 
   json replica_of(const std::string& deployment) {
     json replicas = get("/api/v1/replicas");
@@ -92,7 +67,7 @@ class Bench {
   // POST path with body to base; true on a 200.
   bool post(const std::string& base, const std::string& path, const std::string& body) {
     auto response =
-        client_.request("POST", base + path, body, {{"Content-Type", "application/json"}}, milliseconds(60'000));
+        up_.client().request("POST", base + path, body, {{"Content-Type", "application/json"}}, milliseconds(60'000));
     return response && response->status == 200;
   }
 
@@ -118,7 +93,7 @@ class Bench {
     Twin twin;
     twin.url = fmt::format("http://127.0.0.1:{}", port);
     auto start = Clock::now();
-    twin.pid = spawn(args, dir_ + "/twin.log");
+    twin.pid = spawn(args, up_.dir() + "/twin.log");
     engines_.push_back(twin.pid);
     http::BlockingClient probe;
     wait_until(
@@ -140,16 +115,11 @@ class Bench {
     return ms_since(start);
   }
 
-  const std::string& url() const { return url_; }
+  const std::string& url() const { return up_.url(); }
 
  private:
-  std::string binary_;
-  std::string dir_;
-  int port_ = 0;
-  std::string url_;
-  pid_t up_ = 0;
+  Up up_;
   std::vector<pid_t> engines_;
-  http::BlockingClient client_;
 };
 
 const std::string kChat = R"({"model":"s1","max_tokens":1,"messages":[{"role":"user","content":"hi"}]})";
