@@ -35,17 +35,19 @@ TEST(RouteContext, TheSessionIsTheHeaderElseTheUserElseTheConversation) {
 
 TEST(RouteContext, PromptsSharingAPrefixShareItsHashes) {
   std::string shared(200, 's');
-  auto first = context_of(request_with(R"({"model":"m","messages":[{"role":"system","content":")" + shared +
-                                       R"("},{"role":"user","content":"question one, a long one to fill blocks"}]})"));
+  auto first = context_of(request_with(
+      R"({"model":"m","messages":[{"role":"system","content":")" + shared +
+      R"("},{"role":"user","content":"question one, a long one to fill blocks, and then some more words"}]})"));
   auto second = context_of(request_with(
       R"({"model":"m","messages":[{"role":"system","content":")" + shared +
-      R"("},{"role":"user","content":[{"type":"text","text":"another question entirely, long as well"}]}]})"));
-  ASSERT_GE(first.prefix_hashes.size(), 3u);
-  ASSERT_GE(second.prefix_hashes.size(), 3u);
+      R"("},{"role":"user","content":[{"type":"text","text":"another question entirely, long as well, and longer still"}]}]})"));
+  ASSERT_GE(first.prefix_hashes.size(), 4u);
+  ASSERT_GE(second.prefix_hashes.size(), 4u);
   // 200 shared bytes: blocks 0..2 (bytes 0..191) are the same, block 3 is not.
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(first.prefix_hashes[i], second.prefix_hashes[i]) << i;
   EXPECT_NE(first.prefix_hashes[3], second.prefix_hashes[3]);
-  EXPECT_EQ(first.prefix_hashes, router::block_hashes(shared + "question one, a long one to fill blocks"));
+  EXPECT_EQ(first.prefix_hashes,
+            router::block_hashes(shared + "question one, a long one to fill blocks, and then some more words"));
 }
 
 TEST(RouteContext, CompletionPromptsAndTheirEstimate) {

@@ -387,11 +387,19 @@ class PooledStreamingResponse final : public StreamingResponse {
       size_t n = 0;
       connection.deadline.arm(connection.tcp(), idle_timeout);
       auto space = connection.buffer.prepare(kReadSlice);
+      reading_ = true;
       if (auto* plain = std::get_if<PlainStream>(&connection.stream)) {
         n = co_await plain->async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
       } else {
         n = co_await std::get<TlsStream>(connection.stream)
                 .async_read_some(space, asio::redirect_error(asio::use_awaitable, ec));
+      }
+      reading_ = false;
+      if (cancelled_) {
+        // cancel() ran while this read waited: it closed the socket and left the connection for
+        // this read to free, now that nothing uses it.
+        connection_.reset();
+        co_return make_error(ErrorCode::Unavailable, "response was cancelled");
       }
       connection.buffer.commit(n);
       if (ec == asio::error::eof || ec == ssl::error::stream_truncated) {
@@ -418,6 +426,11 @@ class PooledStreamingResponse final : public StreamingResponse {
     // A TLS connection is closed without a TLS shutdown: it would wait for the peer.
     connection_->tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
     connection_->tcp().socket().close(ignored);
+    // A read waiting on the socket still uses the connection: it frees it when it resumes.
+    if (reading_) {
+      cancelled_ = true;
+      return;
+    }
     connection_.reset();
   }
 
@@ -427,6 +440,8 @@ class PooledStreamingResponse final : public StreamingResponse {
   std::unique_ptr<bhttp::response_parser<bhttp::buffer_body>> parser_;
   Url url_;
   bool ended_ = false;
+  bool reading_ = false;    // read() waits on the socket
+  bool cancelled_ = false;  // cancel() ran meanwhile
 
   static constexpr size_t kReadSlice = 16384;
 
