@@ -4,6 +4,8 @@
 // asked of it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -183,7 +185,20 @@ TEST_F(TopE2e, ShowsTheClusterAndActsOnKeys) {
   ASSERT_TRUE(tmux.wait_gone("Help: nebula top"));
 
   // The logs of the selected deployment in place of the events, and back: a line of what
-  // `nebula logs chat` prints is on the screen.
+  // `nebula logs chat` prints is on the screen. Both follow replica 0, so the restart above must
+  // be over first (else `top` may follow the replica being replaced and `nebula logs` the new).
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto status = up.get_json("/api/v1/deployments/chat")["status"];
+        auto replicas = up.replicas_of("chat");
+        return status["rollout"].value("state", "") == "Complete" && replicas.size() == 2 &&
+               std::all_of(replicas.begin(), replicas.end(), [](const json& replica) {
+                 return replica["status"].value("phase", "") == "Ready" &&
+                        replica["spec"].value("draining_since_ms", int64_t{0}) == 0;
+               });
+      },
+      60s, 100ms))
+      << up.get_json("/api/v1/deployments/chat").dump(2);
   tmux.keys({"l"});
   ASSERT_TRUE(tmux.wait_for({"LOGS chat (replica 0)", "following"}));
   ASSERT_TRUE(eventually(
