@@ -14,6 +14,7 @@
 
 #include "common/clock.h"
 #include "http/test_server.h"
+#include "process_helpers.h"
 #include "store/memory_store.h"
 
 namespace nebula::gateway {
@@ -123,14 +124,17 @@ TEST_F(BreakerFallback, EveryBreakerOpenAnswersAtOnceWithTheEnginesError) {
 
   // After the cool-down, a probe reaches the engine; recovered, it serves again.
   engine.failing = false;
-  auto deadline = std::chrono::steady_clock::now() + 10s;
   int status = 0;
-  while (status != 200 && std::chrono::steady_clock::now() < deadline) {
-    auto answer = chat();
-    ASSERT_TRUE(answer);
-    status = answer->status;
-    if (status != 200) std::this_thread::sleep_for(10ms);
-  }
+  bool answered = true;
+  EXPECT_TRUE(nebula::testing::eventually(
+      [&] {
+        auto answer = chat();
+        answered = answered && answer.ok();
+        status = answer ? answer->status : -1;
+        return status == 200 || !answered;
+      },
+      10s, 10ms));
+  ASSERT_TRUE(answered) << "every request got an HTTP answer";
   EXPECT_EQ(status, 200);
   EXPECT_EQ(engine.hits, 4) << "one probe after the cool-down";
 }
@@ -152,7 +156,7 @@ TEST_F(BreakerFallback, AWaiterIsSentToAReplicaWhoseCoolDownEnded) {
   // busy takes one request and holds it: with flaky open, nothing else can be served now.
   busy.holding = true;
   auto held = std::async(std::launch::async, [this] { return chat(); });
-  while (busy.held == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  nebula::testing::eventually([&] { return busy.held > 0; }, 10s, 1ms);
   ASSERT_EQ(busy.held, 1);
   // This request waits in the queue (busy may free up) and is sent to flaky, recovered, once
   // flaky's cool-down ends, while busy still holds its request. (A timer at the end of the

@@ -15,6 +15,7 @@
 #include "api/api.h"
 #include "gateway/gateway.h"
 #include "http/test_server.h"
+#include "process_helpers.h"
 #include "router/policy.h"
 #include "store/memory_store.h"
 
@@ -104,12 +105,7 @@ class RoutingTest : public ::testing::Test {
   }
   // Polls /metrics until it holds `line` or 5 s pass.
   bool metrics_show(const std::string& line) {
-    auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (metrics().find(line) != std::string::npos) return true;
-      std::this_thread::sleep_for(10ms);
-    }
-    return false;
+    return nebula::testing::eventually([&] { return metrics().find(line) != std::string::npos; }, 5s, 10ms);
   }
 
   store::MemoryStore store;
@@ -144,8 +140,7 @@ TEST_F(RoutingTest, TheScraperReadsEachEnginesLoad) {
     }
     return true;
   };
-  auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (!idle() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  nebula::testing::eventually(idle, 5s, 1ms);
   EXPECT_TRUE(idle()) << "every request's slot and token estimate is given back";
 }
 
