@@ -213,36 +213,37 @@ class PrefixScorer : public Scorer {
   PrefixIndex index_;
 };
 
-// Shorter queues score higher, min-max over the candidates: the engines' waiting requests (plus
-// those sent since their figures were read) while every candidate's figures are fresh, else the
-// gateway's own requests in flight.
-class QueueScorer : public Scorer {
+// What the engine-load scorers share: engine figures younger than `freshness`, and the requests
+// sent each replica since its figures were read.
+class EngineLoadScorer : public Scorer {
  public:
-  explicit QueueScorer(std::chrono::milliseconds freshness) : freshness_(freshness) {}
-  std::string_view name() const override { return "queue"; }
-  void score(const RouteContext& context, std::span<const Candidate> candidates, std::span<double> scores) override;
+  explicit EngineLoadScorer(std::chrono::milliseconds freshness) : freshness_(freshness) {}
   void routed(const RouteContext& context, const std::string& replica) override { sent_.routed(context, replica); }
   void removed(const std::string& replica) override { sent_.removed(replica); }
 
- private:
+ protected:
   std::chrono::milliseconds freshness_;
   SentSinceScrape sent_;
+};
+
+// Shorter queues score higher, min-max over the candidates: the engines' waiting requests (plus
+// those sent since their figures were read) while every candidate's figures are fresh, else the
+// gateway's own requests in flight.
+class QueueScorer : public EngineLoadScorer {
+ public:
+  using EngineLoadScorer::EngineLoadScorer;
+  std::string_view name() const override { return "queue"; }
+  void score(const RouteContext& context, std::span<const Candidate> candidates, std::span<double> scores) override;
 };
 
 // Free KV cache scores higher: 1 - usage while every candidate's figures are fresh (usage plus
 // the tokens sent since, over the capacity when known); else the gateway's own in-flight tokens,
 // over each engine's capacity when every one is known, else min-max.
-class KvScorer : public Scorer {
+class KvScorer : public EngineLoadScorer {
  public:
-  explicit KvScorer(std::chrono::milliseconds freshness) : freshness_(freshness) {}
+  using EngineLoadScorer::EngineLoadScorer;
   std::string_view name() const override { return "kv"; }
   void score(const RouteContext& context, std::span<const Candidate> candidates, std::span<double> scores) override;
-  void routed(const RouteContext& context, const std::string& replica) override { sent_.routed(context, replica); }
-  void removed(const std::string& replica) override { sent_.removed(replica); }
-
- private:
-  std::chrono::milliseconds freshness_;
-  SentSinceScrape sent_;
 };
 
 // Fewer requests in flight from this gateway score higher, min-max over the candidates.
