@@ -159,15 +159,17 @@ TEST_F(RoutingE2E, TheGatewayReadsEachReplicasEngineLoad) {
     std::string name = name_of(replica);
     EXPECT_TRUE(eventually([&] { return sample("nebula_router_engine_load_age_seconds" + labels(name)) >= 0; }, 10s))
         << metrics();
-    EXPECT_TRUE(eventually([&] { return sample("nebula_router_engine_kv_usage" + labels(name)) == 0; }, 10s));
-    EXPECT_TRUE(eventually([&] { return sample("nebula_router_engine_running" + labels(name)) == 0; }, 10s));
+    EXPECT_TRUE(
+        eventually([&] { return sample("nebula_router_engine_kv_cache_usage_ratio" + labels(name)) == 0; }, 10s));
+    EXPECT_TRUE(eventually([&] { return sample("nebula_router_engine_requests_running" + labels(name)) == 0; }, 10s));
   }
   // A long answer in flight: its engine says it runs one request, and the gateway reads that.
   HeldStream stream(up_->server(), body("load", 2000, true));
   ASSERT_TRUE(eventually([&] { return stream.started(); }, 10s));
   auto running = [&] {
     double total = 0;
-    for (const auto& replica : replicas) total += sample("nebula_router_engine_running" + labels(name_of(replica)));
+    for (const auto& replica : replicas)
+      total += sample("nebula_router_engine_requests_running" + labels(name_of(replica)));
     return total;
   };
   EXPECT_TRUE(eventually([&] { return running() == 1; }, 10s)) << metrics();

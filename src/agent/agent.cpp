@@ -30,6 +30,7 @@
 #include "agent/node_key.h"
 #include "agent/supervisor.h"
 #include "common/json.h"
+#include "common/prometheus.h"
 #include "http/http.h"
 
 namespace nebula::agent {
@@ -780,22 +781,26 @@ std::string Agent::Impl::metrics_text() const {
   for (const auto& gauge : gpu_gauges) {
     family(gauge.name, gauge.help);
     for (const auto& gpu : status["gpus"]) {
-      out += fmt::format("{}{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gauge.name, gpu["index"].get<int>(),
-                         gpu["uuid"].get<std::string>(), gpu[gauge.field].get<double>() * gauge.scale);
+      out +=
+          fmt::format("{}{{gpu=\"{}\",uuid=\"{}\"}} {}\n", gauge.name, gpu["index"].get<int>(),
+                      prometheus_label(gpu["uuid"].get<std::string>()), gpu[gauge.field].get<double>() * gauge.scale);
     }
   }
   auto labels = [](const std::string& name, const Supervisor& replica) {
-    return fmt::format("replica=\"{}\",deployment=\"{}\",engine=\"{}\"", name, replica.desired().spec.deployment,
-                       replica.desired().spec.engine);
+    return fmt::format("replica=\"{}\",deployment=\"{}\",engine=\"{}\"", prometheus_label(name),
+                       prometheus_label(replica.desired().spec.deployment),
+                       prometheus_label(replica.desired().spec.engine));
   };
   family("nebula_engine_up", "1 when the engine is ready (or asleep), 0 otherwise");
   for (const auto& [name, replica] : replicas) {
     bool up = replica->phase() == Supervisor::Phase::Ready || replica->phase() == Supervisor::Phase::Sleeping;
     out += fmt::format("nebula_engine_up{{{}}} {}\n", labels(name, *replica), up ? 1 : 0);
   }
-  family("nebula_engine_restarts", "Engine restarts after crashes and failed liveness probes");
+  out +=
+      "# HELP nebula_engine_restarts_total Engine restarts after crashes and failed liveness probes.\n"
+      "# TYPE nebula_engine_restarts_total counter\n";
   for (const auto& [name, replica] : replicas) {
-    out += fmt::format("nebula_engine_restarts{{{}}} {}\n", labels(name, *replica), replica->status().restarts);
+    out += fmt::format("nebula_engine_restarts_total{{{}}} {}\n", labels(name, *replica), replica->status().restarts);
   }
   struct Gauge {
     const char* name;

@@ -14,6 +14,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "common/prometheus.h"
 #include "gateway/call.h"
 #include "router/engine_load.h"
 
@@ -54,22 +55,6 @@ awaitable<void> Gateway::scrape_load(std::shared_ptr<router::Endpoint> endpoint)
   endpoint->engine = load;
 }
 
-namespace {
-// A label value in the exposition format: backslash, quote and newline escaped.
-std::string label(std::string_view value) {
-  std::string escaped;
-  for (char c : value) {
-    if (c == '\\' || c == '"') escaped.push_back('\\');
-    if (c == '\n') {
-      escaped += "\\n";
-      continue;
-    }
-    escaped.push_back(c);
-  }
-  return escaped;
-}
-}  // namespace
-
 std::string Gateway::router_metrics() const {
   struct Family {
     const char* name;
@@ -79,16 +64,18 @@ std::string Gateway::router_metrics() const {
   Family families[] = {
       {"nebula_router_engine_load_age_seconds", "Seconds since the replica's engine load was read from its /metrics.",
        ""},
-      {"nebula_router_engine_waiting", "Requests waiting inside the replica's engine, as it last said.", ""},
-      {"nebula_router_engine_running", "Requests the replica's engine is generating for, as it last said.", ""},
-      {"nebula_router_engine_kv_usage", "Share of the replica's KV cache in use (0-1), as it last said.", ""},
+      {"nebula_router_engine_requests_waiting", "Requests waiting inside the replica's engine, as it last said.", ""},
+      {"nebula_router_engine_requests_running", "Requests the replica's engine is generating for, as it last said.",
+       ""},
+      {"nebula_router_engine_kv_cache_usage_ratio", "Share of the replica's KV cache in use (0-1), as it last said.",
+       ""},
   };
   auto now = SteadyClock::now();
   for (const auto& endpoint : table_.endpoints()) {
     const router::EngineLoad& load = endpoint->engine;
     if (load.at == SteadyClock::time_point{}) continue;
-    std::string labels =
-        fmt::format("{{deployment=\"{}\",replica=\"{}\"}}", label(endpoint->deployment), label(endpoint->replica));
+    std::string labels = fmt::format("{{deployment=\"{}\",replica=\"{}\"}}", prometheus_label(endpoint->deployment),
+                                     prometheus_label(endpoint->replica));
     double values[] = {std::chrono::duration<double>(now - load.at).count(), load.waiting, load.running, load.kv_usage};
     for (size_t i = 0; i < std::size(families); ++i) {
       if (values[i] < 0) continue;  // not exported by the engine

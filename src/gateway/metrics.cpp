@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "common/prometheus.h"
+
 namespace nebula::gateway {
 
 void Metrics::Histogram::observe(double value) {
@@ -41,22 +43,6 @@ void Metrics::queue_depth(const std::string& model, int delta) {
   queue_depth_[model] += delta;
 }
 
-namespace {
-// Label values escape backslash, quote and newline.
-std::string escape(const std::string& value) {
-  std::string out;
-  for (char c : value) {
-    if (c == '\\' || c == '"') out.push_back('\\');
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out.push_back(c);
-  }
-  return out;
-}
-}  // namespace
-
 std::string Metrics::render() const {
   std::lock_guard lock(mutex_);
   std::string out;
@@ -64,18 +50,19 @@ std::string Metrics::render() const {
   out += "# TYPE nebula_requests_total counter\n";
   for (const auto& [labels, count] : requests_) {
     out += fmt::format("nebula_requests_total{{model=\"{}\",key=\"{}\",status=\"{}\"}} {}\n",
-                       escape(std::get<0>(labels)), escape(std::get<1>(labels)), std::get<2>(labels), count);
+                       prometheus_label(std::get<0>(labels)), prometheus_label(std::get<1>(labels)),
+                       std::get<2>(labels), count);
   }
   auto histograms = [&](const char* name, const char* help, const std::map<std::string, Histogram>& series) {
     out += fmt::format("# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
     for (const auto& [model, histogram] : series) {
       for (size_t i = 0; i < kBuckets.size(); ++i) {
-        out += fmt::format("{}_bucket{{model=\"{}\",le=\"{}\"}} {}\n", name, escape(model), kBuckets[i],
+        out += fmt::format("{}_bucket{{model=\"{}\",le=\"{}\"}} {}\n", name, prometheus_label(model), kBuckets[i],
                            histogram.counts[i]);
       }
-      out += fmt::format("{}_bucket{{model=\"{}\",le=\"+Inf\"}} {}\n", name, escape(model), histogram.count);
-      out += fmt::format("{}_sum{{model=\"{}\"}} {}\n", name, escape(model), histogram.sum);
-      out += fmt::format("{}_count{{model=\"{}\"}} {}\n", name, escape(model), histogram.count);
+      out += fmt::format("{}_bucket{{model=\"{}\",le=\"+Inf\"}} {}\n", name, prometheus_label(model), histogram.count);
+      out += fmt::format("{}_sum{{model=\"{}\"}} {}\n", name, prometheus_label(model), histogram.sum);
+      out += fmt::format("{}_count{{model=\"{}\"}} {}\n", name, prometheus_label(model), histogram.count);
     }
   };
   histograms("nebula_time_to_first_token_seconds", "Time to the first streamed token.", ttft_);
@@ -84,7 +71,8 @@ std::string Metrics::render() const {
   auto counters = [&](const char* name, const char* type, const char* help,
                       const std::map<std::string, int64_t>& series) {
     out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
-    for (const auto& [model, value] : series) out += fmt::format("{}{{model=\"{}\"}} {}\n", name, escape(model), value);
+    for (const auto& [model, value] : series)
+      out += fmt::format("{}{{model=\"{}\"}} {}\n", name, prometheus_label(model), value);
   };
   counters("nebula_prompt_tokens_total", "counter", "Prompt tokens the engines reported.", prompt_tokens_);
   counters("nebula_completion_tokens_total", "counter", "Completion tokens the engines reported.", completion_tokens_);

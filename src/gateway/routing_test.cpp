@@ -123,12 +123,12 @@ TEST_F(RoutingTest, TheScraperReadsEachEnginesLoad) {
   Options options;
   options.load_scrape_interval = 20ms;
   start(options);
-  EXPECT_TRUE(metrics_show("nebula_router_engine_waiting{deployment=\"m\",replica=\"m-0\"} 3\n"));
-  EXPECT_TRUE(metrics_show("nebula_router_engine_kv_usage{deployment=\"m\",replica=\"m-0\"} 0.5\n"));
+  EXPECT_TRUE(metrics_show("nebula_router_engine_requests_waiting{deployment=\"m\",replica=\"m-0\"} 3\n"));
+  EXPECT_TRUE(metrics_show("nebula_router_engine_kv_cache_usage_ratio{deployment=\"m\",replica=\"m-0\"} 0.5\n"));
   EXPECT_TRUE(metrics_show("nebula_router_engine_load_age_seconds{deployment=\"m\",replica=\"m-1\"}"))
       << "garbage is read as an engine that exports nothing";
   std::string text = metrics();
-  EXPECT_EQ(text.find("nebula_router_engine_waiting{deployment=\"m\",replica=\"m-1\"}"), std::string::npos);
+  EXPECT_EQ(text.find("nebula_router_engine_requests_waiting{deployment=\"m\",replica=\"m-1\"}"), std::string::npos);
   EXPECT_EQ(text.find("replica=\"m-2\""), std::string::npos) << "a refused read gives no figures";
   EXPECT_GT(refusing.scrapes.load(), 0);
   for (int i = 0; i < 6; ++i) EXPECT_EQ(chat(), 200);
@@ -152,7 +152,7 @@ TEST_F(RoutingTest, NeverMoreThanOneReadPerReplicaInFlight) {
   Options options;
   options.load_scrape_interval = 20ms;
   start(options);
-  ASSERT_TRUE(metrics_show("nebula_router_engine_waiting{deployment=\"m\",replica=\"m-0\"} 3\n"));
+  ASSERT_TRUE(metrics_show("nebula_router_engine_requests_waiting{deployment=\"m\",replica=\"m-0\"} 3\n"));
   auto deadline = std::chrono::steady_clock::now() + 5s;
   while (slow.scrapes < 5 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
   EXPECT_GE(slow.scrapes.load(), 5);

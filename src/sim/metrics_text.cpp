@@ -74,15 +74,17 @@ std::string model_label(const ServerGauges& gauges) {
 }
 
 void simulator_gauges(PromText& text, const Engine& engine, const ServerGauges& gauges) {
-  text.gauge("nebula_sim:gpu_memory_used_bytes", "Simulated device memory held: weights, reserve and KV cache.",
+  // The simulator's own figures follow Prometheus' conventions (no ':' in the name, base units,
+  // `_total` only on counters); the engines' names above are theirs, kept as they export them.
+  text.gauge("nebula_sim_gpu_memory_used_bytes", "Simulated device memory held: weights, reserve and KV cache.",
              gauges.gpu_memory_used_bytes);
-  text.gauge("nebula_sim:is_sleeping", "1 while the engine sleeps.", gauges.sleeping ? 1 : 0);
-  text.gauge("nebula_sim:kv_cache_blocks_total", "KV cache blocks.", engine.kv_cache().num_blocks());
-  text.gauge("nebula_sim:kv_cache_blocks_cached", "KV cache blocks holding a published prefix.",
+  text.gauge("nebula_sim_is_sleeping", "1 while the engine sleeps, 0 otherwise.", gauges.sleeping ? 1 : 0);
+  text.gauge("nebula_sim_kv_cache_blocks", "KV cache blocks in the pool.", engine.kv_cache().num_blocks());
+  text.gauge("nebula_sim_kv_cache_cached_blocks", "KV cache blocks holding a published prefix.",
              engine.kv_cache().cached_blocks());
-  text.counter("nebula_sim:kv_cache_evictions_total", "Cached KV blocks evicted to make room.",
+  text.counter("nebula_sim_kv_cache_evictions_total", "Cached KV blocks evicted to make room.",
                static_cast<double>(engine.kv_cache().evictions()));
-  text.counter("nebula_sim:steps_total", "Scheduler steps run.", static_cast<double>(engine.metrics().steps));
+  text.counter("nebula_sim_steps_total", "Scheduler steps run.", static_cast<double>(engine.metrics().steps));
 }
 
 std::string vllm_metrics(const Engine& engine, const ServerGauges& gauges) {

@@ -1002,7 +1002,7 @@ TEST_F(EngineSimTest, SleepReleasesMemoryAndIsSleepingReflectsIt) {
   start(options);
   ASSERT_EQ(post("/v1/chat/completions", chat_body(2)).status, 200);
   auto memory = [&] {
-    return metric(get("/metrics").body, "nebula_sim:gpu_memory_used_bytes{model_name=\"sim-model\"}");
+    return metric(get("/metrics").body, "nebula_sim_gpu_memory_used_bytes{model_name=\"sim-model\"}");
   };
   double awake = memory();
   EXPECT_FALSE(body_of(get("/is_sleeping"))["is_sleeping"].get<bool>());
@@ -1230,8 +1230,8 @@ TEST_F(EngineSimTest, LlamacppRouterMode) {
   for (int i = 0; i < 40; ++i) long_prompt += "word" + std::to_string(i) + " ";
   EXPECT_EQ(post("/completion", json{{"model", "chat"}, {"prompt", long_prompt}, {"n_predict", 2}}).status, 200);
   std::string metrics = get("/metrics?model=chat").body;
-  EXPECT_GT(metric(metrics, "nebula_sim:gpu_memory_used_bytes"), 16e9);
-  EXPECT_GT(metric(metrics, "nebula_sim:kv_cache_blocks_cached"), 0);
+  EXPECT_GT(metric(metrics, "nebula_sim_gpu_memory_used_bytes"), 16e9);
+  EXPECT_GT(metric(metrics, "nebula_sim_kv_cache_cached_blocks"), 0);
   EXPECT_EQ(metric(metrics, "llamacpp:tokens_predicted_total"), 4);
   EXPECT_EQ(body_of(get("/props?model=chat"))["model_path"], "chat");
 
@@ -1243,8 +1243,8 @@ TEST_F(EngineSimTest, LlamacppRouterMode) {
   EXPECT_EQ(post("/models/load", json{{"model", "chat"}}).status, 200);
   std::this_thread::sleep_for(150ms);
   metrics = get("/metrics?model=chat").body;
-  EXPECT_EQ(metric(metrics, "nebula_sim:kv_cache_blocks_cached"), 0);
-  EXPECT_GT(metric(metrics, "nebula_sim:gpu_memory_used_bytes"), 16e9);
+  EXPECT_EQ(metric(metrics, "nebula_sim_kv_cache_cached_blocks"), 0);
+  EXPECT_GT(metric(metrics, "nebula_sim_gpu_memory_used_bytes"), 16e9);
 
   // Autoload, asked for per request: the request waits for the load.
   EXPECT_EQ(post("/models/unload", json{{"model", "chat"}}).status, 200);
