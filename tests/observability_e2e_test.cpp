@@ -670,8 +670,14 @@ TEST_F(ObservabilityE2E, PrometheusScrapesNebulaUpWithTheDeployConfigAndRules) {
       << active.dump(2) << "\n"
       << server.output();
 
-  // N requests, then the scraped counters say N: the gateway's, and the engine's own.
-  const double before = std::max(0.0, query(R"(sum(nebula_requests_total{model="chat",status="200"}))"));
+  // One request the scrapes have seen (a series' first sample is no increase to rate()), then N
+  // more: the scraped counters say N more, the gateway's and the engine's own.
+  chat(1);
+  double before = -1;
+  ASSERT_TRUE(eventually(
+      [&] { return (before = query(R"(sum(nebula_requests_total{model="chat",status="200"}))")) == 1; }, 30s))
+      << before;
+  ASSERT_TRUE(eventually([&] { return query(R"(sum(vllm:request_success_total{job="nebula-engine"}))") == 1; }, 30s));
   chat(7);
   double counted = -1, engine_counted = -1;
   EXPECT_TRUE(eventually(
