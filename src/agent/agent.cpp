@@ -772,11 +772,11 @@ std::string Agent::Impl::metrics_text() const {
     double scale;
   };
   const GpuGauge gpu_gauges[] = {
-      {"nebula_gpu_memory_total_bytes", "GPU memory", "memory_total_mb", 1048576.0},
-      {"nebula_gpu_memory_used_bytes", "GPU memory in use", "memory_used_mb", 1048576.0},
-      {"nebula_gpu_utilization_ratio", "GPU utilisation, 0..1", "utilization", 0.01},
-      {"nebula_gpu_temperature_celsius", "GPU temperature", "temperature_c", 1.0},
-      {"nebula_gpu_power_watts", "GPU power draw", "power_w", 1.0},
+      {"nebula_gpu_memory_total_bytes", "Memory of the GPU, in bytes.", "memory_total_mb", 1048576.0},
+      {"nebula_gpu_memory_used_bytes", "GPU memory in use (by anything), in bytes.", "memory_used_mb", 1048576.0},
+      {"nebula_gpu_utilization_ratio", "Share of the last sample period the GPU was busy, 0-1.", "utilization", 0.01},
+      {"nebula_gpu_temperature_celsius", "GPU temperature, in degrees Celsius.", "temperature_c", 1.0},
+      {"nebula_gpu_power_watts", "GPU power draw, in watts.", "power_w", 1.0},
   };
   for (const auto& gauge : gpu_gauges) {
     family(gauge.name, gauge.help);
@@ -791,7 +791,7 @@ std::string Agent::Impl::metrics_text() const {
                        prometheus_label(replica.desired().spec.deployment),
                        prometheus_label(replica.desired().spec.engine));
   };
-  family("nebula_engine_up", "1 when the engine is ready (or asleep), 0 otherwise");
+  family("nebula_engine_up", "1 when the engine is ready (or asleep), 0 otherwise.");
   for (const auto& [name, replica] : replicas) {
     bool up = replica->phase() == Supervisor::Phase::Ready || replica->phase() == Supervisor::Phase::Sleeping;
     out += fmt::format("nebula_engine_up{{{}}} {}\n", labels(name, *replica), up ? 1 : 0);
@@ -808,10 +808,15 @@ std::string Agent::Impl::metrics_text() const {
     std::optional<double> engines::Load::*field;
   };
   const Gauge gauges[] = {
-      {"nebula_engine_requests_running", "Requests the engine is running", &engines::Load::running},
-      {"nebula_engine_requests_waiting", "Requests queued in the engine", &engines::Load::waiting},
-      {"nebula_engine_kv_cache_usage_ratio", "KV-cache usage, 0..1", &engines::Load::kv_cache_usage},
-      {"nebula_engine_prefix_cache_hit_ratio", "Prefix-cache hit rate, 0..1", &engines::Load::prefix_hit_rate},
+      {"nebula_engine_requests_running", "Requests the engine is running, from its own metrics.",
+       &engines::Load::running},
+      {"nebula_engine_requests_waiting", "Requests queued in the engine, from its own metrics.",
+       &engines::Load::waiting},
+      {"nebula_engine_kv_cache_usage_ratio", "Share of the engine's KV cache in use, 0-1, from its own metrics.",
+       &engines::Load::kv_cache_usage},
+      {"nebula_engine_prefix_cache_hit_ratio",
+       "Share of prompt tokens found in the engine's prefix cache, 0-1, from its own metrics.",
+       &engines::Load::prefix_hit_rate},
   };
   for (const auto& gauge : gauges) {
     family(gauge.name, gauge.help);
