@@ -227,46 +227,124 @@ std::set<std::string> promql_metric_names(const std::string& expr) {
   return names;
 }
 
-// Every PromQL expression of the Grafana dashboard: its panels' targets and the metric of each
-// label_values() variable.
-std::vector<std::string> dashboard_expressions(const json& dashboard) {
-  std::vector<std::string> expressions;
+// Every PromQL expression of the Grafana dashboard with its legend: its panels' targets and the
+// metric of each label_values() variable (the label it lists as the legend).
+std::vector<std::pair<std::string, std::string>> dashboard_queries(const json& dashboard) {
+  std::vector<std::pair<std::string, std::string>> queries;
   std::function<void(const json&)> walk = [&](const json& panels) {
     for (const auto& panel : panels) {
       if (panel.contains("panels")) walk(panel["panels"]);
       for (const auto& target : panel.value("targets", json::array())) {
-        if (target.contains("expr")) expressions.push_back(target["expr"]);
+        if (target.contains("expr")) queries.emplace_back(target["expr"], target.value("legendFormat", ""));
       }
     }
   };
   walk(dashboard.value("panels", json::array()));
-  static const std::regex kLabelValues(R"(label_values\(\s*([^,]+),)");
+  static const std::regex kLabelValues(R"(label_values\(\s*([^,]+),\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\))");
   for (const auto& variable : dashboard["templating"].value("list", json::array())) {
     if (variable.value("type", "") != "query") continue;
     std::string query =
         variable["query"].is_object() ? variable["query"].value("query", "") : variable["query"].get<std::string>();
     std::smatch match;
-    if (std::regex_search(query, match, kLabelValues)) expressions.push_back(match[1]);
+    if (std::regex_search(query, match, kLabelValues)) queries.emplace_back(match[1], "{{" + match[2].str() + "}}");
   }
-  return expressions;
+  return queries;
 }
 
-struct Rules {
-  std::set<std::string> recorded;        // names of the recording rules
-  std::vector<std::string> expressions;  // every rule's expr
+struct Rule {
+  std::string name;  // the recorded series or the alert
+  bool recording = false;
+  std::string expr;
+  std::string annotations;  // an alert's, concatenated: they may name labels as {{ $labels.x }}
 };
 
-Rules read_rules(const std::string& path) {
-  Rules rules;
+std::vector<Rule> read_rules(const std::string& path) {
+  std::vector<Rule> rules;
   auto parsed = yaml_to_json(slurp(path));
   if (!parsed) return rules;
   for (const auto& group : (*parsed).value("groups", json::array())) {
-    for (const auto& rule : group.value("rules", json::array())) {
-      if (rule.contains("record")) rules.recorded.insert(rule["record"].get<std::string>());
-      rules.expressions.push_back(rule.value("expr", ""));
+    for (const auto& item : group.value("rules", json::array())) {
+      Rule rule;
+      rule.recording = item.contains("record");
+      rule.name = rule.recording ? item["record"].get<std::string>() : item.value("alert", "");
+      rule.expr = item.value("expr", "");
+      const json* annotations = item.contains("annotations") ? &item["annotations"] : nullptr;
+      if (annotations && annotations->is_object()) {
+        for (const auto& text : *annotations) rule.annotations += text.get<std::string>() + "\n";
+      }
+      rules.push_back(rule);
     }
   }
   return rules;
+}
+
+// Label names an expression (or a legend, or an annotation) refers to: in label matchers,
+// grouping lists, Grafana's {{label}} and Prometheus templates' $labels.label.
+std::set<std::string> referenced_labels(const std::string& text) {
+  static const std::regex kMatcher(R"(([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*")");
+  static const std::regex kGrouping(R"(\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\))");
+  static const std::regex kLegend(R"(\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\})");
+  static const std::regex kTemplate(R"(\$labels\.([a-zA-Z_][a-zA-Z0-9_]*))");
+  static const std::regex kName(R"([a-zA-Z_][a-zA-Z0-9_]*)");
+  std::set<std::string> labels;
+  for (const auto* pattern : {&kMatcher, &kLegend, &kTemplate}) {
+    for (std::sregex_iterator it(text.begin(), text.end(), *pattern), end; it != end; ++it) labels.insert((*it)[1]);
+  }
+  for (std::sregex_iterator it(text.begin(), text.end(), kGrouping), end; it != end; ++it) {
+    std::string list = (*it)[2];
+    for (std::sregex_iterator name(list.begin(), list.end(), kName), stop; name != stop; ++name) {
+      labels.insert(name->str());
+    }
+  }
+  return labels;
+}
+
+// Labels Prometheus adds to every series of a target in deploy/prometheus/prometheus.yml: its
+// own, the agent job's `node` and the engines' file_sd labels.
+const std::set<std::string> kTargetLabels = {"job", "instance", "node", "deployment", "replica", "engine", "le"};
+
+// What each series name carries: the live families' labels by family and sample name, and then
+// each recording rule's, in file order (its grouping list, else the labels of what it reads).
+// A family that showed no sample is left out: its labels are unknown.
+std::map<std::string, std::set<std::string>> series_labels(const Exposition& live, const std::vector<Rule>& rules) {
+  std::map<std::string, std::set<std::string>> labels = {{"up", {}}};
+  for (const auto& [name, family] : live) {
+    if (family.samples.empty()) continue;
+    labels[name] = family.labels;
+    for (const auto& sample : family.samples) labels[sample] = family.labels;
+  }
+  static const std::regex kGroupedBy(R"(\bby\s*\(([^)]*)\))");
+  for (const auto& rule : rules) {
+    if (!rule.recording) continue;
+    std::smatch by;
+    std::set<std::string>& recorded = labels[rule.name];
+    if (std::regex_search(rule.expr, by, kGroupedBy)) {
+      recorded = referenced_labels("by (" + by[1].str() + ")");
+      continue;
+    }
+    for (const auto& name : promql_metric_names(rule.expr)) {
+      auto known = labels.find(name);
+      if (known != labels.end()) recorded.insert(known->second.begin(), known->second.end());
+    }
+  }
+  return labels;
+}
+
+// The labels `text` refers to that no series of `expr` carries, as "label (in text)"; nothing
+// when a series' labels are unknown.
+std::vector<std::string> unknown_labels(const std::string& expr, const std::string& text,
+                                        const std::map<std::string, std::set<std::string>>& labels) {
+  std::set<std::string> allowed = kTargetLabels;
+  for (const auto& name : promql_metric_names(expr)) {
+    auto known = labels.find(name);
+    if (known == labels.end()) return {};
+    allowed.insert(known->second.begin(), known->second.end());
+  }
+  std::vector<std::string> unknown;
+  for (const auto& label : referenced_labels(text)) {
+    if (!allowed.count(label)) unknown.push_back(label + " (in " + text + ")");
+  }
+  return unknown;
 }
 
 // The names expressions use that are neither exported nor recorded, as "name (in expr)".
@@ -368,6 +446,26 @@ TEST(ObservabilityChecks, PromqlNamesLeaveOutLabelsFunctionsAndVariables) {
   auto unknown = unknown_names({"rate(nebula_requests_total[5m]) / nebula_made_up"}, {"nebula_requests_total"});
   ASSERT_EQ(unknown.size(), 1u);
   EXPECT_EQ(unknown[0].rfind("nebula_made_up (in ", 0), 0u);
+}
+
+TEST(ObservabilityChecks, LabelsAreCheckedAgainstTheSeriesOfTheExpression) {
+  Exposition live = parse_exposition(
+      "# HELP a_total a.\n# TYPE a_total counter\na_total{model=\"m\",status=\"200\"} 1\n"
+      "# HELP b b.\n# TYPE b gauge\nb{gpu=\"0\"} 1\n# HELP c_total c.\n# TYPE c_total counter\n");
+  std::vector<Rule> rules = {{"model:a:rate5m", true, "sum by (model) (rate(a_total[5m]))", ""},
+                             {"x:b:ratio", true, "b / 2", ""}};
+  auto labels = series_labels(live, rules);
+  EXPECT_EQ(labels["model:a:rate5m"], (std::set<std::string>{"model"}));
+  EXPECT_EQ(labels["x:b:ratio"], (std::set<std::string>{"gpu"}));
+  EXPECT_TRUE(
+      unknown_labels(R"(sum by (status) (a_total{model=~"$m"}))", "{{model}} {{status}} {{instance}}", labels).empty());
+  // A label the series do not carry: in a matcher, a grouping list, a legend, an annotation.
+  EXPECT_EQ(unknown_labels(R"(a_total{gpu="0"})", R"(a_total{gpu="0"})", labels).size(), 1u);
+  EXPECT_EQ(unknown_labels("sum by (gpu) (model:a:rate5m)", "sum by (gpu) (model:a:rate5m)", labels).size(), 1u);
+  EXPECT_EQ(unknown_labels("x:b:ratio", "{{model}}", labels).size(), 1u);
+  EXPECT_EQ(unknown_labels("x:b:ratio > 1", "GPU {{ $labels.gpu }} of {{ $labels.model }}", labels).size(), 1u);
+  // A family with no sample has unknown labels: nothing is judged.
+  EXPECT_TRUE(unknown_labels("sum by (anything) (c_total)", "sum by (anything) (c_total)", labels).empty());
 }
 
 TEST(ObservabilityChecks, DocsCheckFindsMissingWrongAndStaleRows) {
@@ -554,23 +652,48 @@ TEST_F(ObservabilityE2E, DocsListEveryMetricWithItsTypeAndLabels) {
   EXPECT_EQ(joined(doc_mismatches(documented, live)), "");
 }
 
-TEST_F(ObservabilityE2E, DashboardAndRulesUseExportedNames) {
+TEST_F(ObservabilityE2E, DashboardAndRulesUseExportedNamesAndLabels) {
   serve_and_read();
+  Exposition live;
   std::set<std::string> known = {"up"};  // Prometheus' own, per target
   for (const auto* text : {&server_text_, &agent_text_, &engine_text_}) {
-    auto names = exported_names(parse_exposition(*text));
+    auto families = parse_exposition(*text);
+    auto names = exported_names(families);
     known.insert(names.begin(), names.end());
+    live.insert(families.begin(), families.end());
   }
-  Rules rules = read_rules(kSource + "/deploy/prometheus/nebula.rules.yml");
-  ASSERT_GE(rules.expressions.size(), 10u);
-  known.insert(rules.recorded.begin(), rules.recorded.end());
-  EXPECT_EQ(joined(unknown_names(rules.expressions, known)), "");
+  auto rules = read_rules(kSource + "/deploy/prometheus/nebula.rules.yml");
+  ASSERT_GE(rules.size(), 10u);
+  std::vector<std::string> rule_expressions;
+  for (const auto& rule : rules) {
+    rule_expressions.push_back(rule.expr);
+    if (rule.recording) known.insert(rule.name);
+  }
+  EXPECT_EQ(joined(unknown_names(rule_expressions, known)), "");
+  auto labels = series_labels(live, rules);
+  EXPECT_EQ(labels["model:nebula_request_errors:ratio_rate5m"], (std::set<std::string>{"model"}));
+  std::vector<std::string> wrong_labels;
+  for (const auto& rule : rules) {
+    for (const auto& text : {rule.expr, rule.annotations}) {
+      auto unknown = unknown_labels(rule.expr, text, labels);
+      wrong_labels.insert(wrong_labels.end(), unknown.begin(), unknown.end());
+    }
+  }
 
   auto dashboard = parse_json(slurp(kSource + "/deploy/grafana/nebula.json"));
   ASSERT_TRUE(dashboard) << dashboard.error().message;
-  auto expressions = dashboard_expressions(*dashboard);
-  ASSERT_GE(expressions.size(), 20u);
+  auto queries = dashboard_queries(*dashboard);
+  ASSERT_GE(queries.size(), 20u);
+  std::vector<std::string> expressions;
+  for (const auto& [expr, legend] : queries) {
+    expressions.push_back(expr);
+    for (const auto& text : {expr, legend}) {
+      auto unknown = unknown_labels(expr, text, labels);
+      wrong_labels.insert(wrong_labels.end(), unknown.begin(), unknown.end());
+    }
+  }
   EXPECT_EQ(joined(unknown_names(expressions, known)), "");
+  EXPECT_EQ(joined(wrong_labels), "");
   // The subjects the dashboard is for, each in some query.
   std::set<std::string> used;
   for (const auto& expr : expressions) {
