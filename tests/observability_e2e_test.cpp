@@ -732,9 +732,13 @@ TEST_F(ObservabilityE2E, PrometheusScrapesNebulaUpWithTheDeployConfigAndRules) {
   std::filesystem::create_directories(dir + "/nebula");
   std::filesystem::copy_file(kSource + "/deploy/prometheus/nebula.rules.yml", dir + "/nebula.rules.yml");
   write_file(dir + "/nebula/admin.key", admin_ + "\n");
-  std::string agent_token =
-      testing::agent_credential(up_->data_dir()).at(0).value.substr(std::string("Bearer ").size());
-  write_file(dir + "/nebula/gpu-1.token", agent_token);
+  // The agent's credential made as docs/observability.md says, and it is the one the server uses.
+  auto token = run_command(
+      {"/bin/sh", "-c",
+       "tr -d '\\n' < " + up_->data_dir() + "/node.key | sha256sum | cut -d' ' -f1 > " + dir + "/nebula/gpu-1.token"});
+  ASSERT_EQ(token.exit_code, 0) << token.out;
+  EXPECT_EQ("Bearer " + slurp(dir + "/nebula/gpu-1.token"),
+            testing::agent_credential(up_->data_dir()).at(0).value + "\n");
   auto targets = run_command({kSource + "/scripts/prometheus-targets", up_->server(), dir + "/nebula/engines.json"},
                              {"NEBULA_API_KEY=" + admin_});
   ASSERT_EQ(targets.exit_code, 0) << targets.out;
