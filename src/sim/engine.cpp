@@ -57,6 +57,9 @@ std::vector<double> request_latency_buckets() {
   return {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
           30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
 }
+std::vector<double> generated_tokens_buckets() {
+  return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384};
+}
 
 namespace {
 
@@ -336,6 +339,7 @@ void Engine::finish_step() {
       seq.finished = true;
       any_finished = true;
       metrics_.e2e_latency.observe(seconds(now_ - seq.arrival));
+      metrics_.generated_tokens.observe(static_cast<double>(seq.generated));
       ++(seq.finish == FinishKind::Stop ? metrics_.finished_stop : metrics_.finished_length);
       kv_.release(seq.blocks);
       notice.finished_callback = std::move(seq.on_update);

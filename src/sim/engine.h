@@ -72,6 +72,7 @@ struct Histogram {
 std::vector<double> ttft_buckets();
 std::vector<double> itl_buckets();
 std::vector<double> request_latency_buckets();
+std::vector<double> generated_tokens_buckets();
 
 struct EngineMetrics {
   uint64_t prompt_tokens = 0;         // counted when a sequence's prefill completes
@@ -85,6 +86,7 @@ struct EngineMetrics {
   Histogram inter_token_latency{itl_buckets()};
   Histogram e2e_latency{request_latency_buckets()};
   Histogram queue_time{request_latency_buckets()};
+  Histogram generated_tokens{generated_tokens_buckets()};  // per finished request (TGI's histogram)
 };
 
 // What a sequence has done by the end of a step; passed to its callback.

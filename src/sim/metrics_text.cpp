@@ -174,9 +174,9 @@ std::string tgi_metrics(const Engine& engine, const ServerGauges& gauges) {
   text.counter("tgi_request_count", "Requests received.", static_cast<double>(gauges.requests_received));
   text.counter("tgi_request_success", "Requests that succeeded.",
                static_cast<double>(m.finished_stop + m.finished_length));
-  text.counter("tgi_request_generated_tokens_total", "Tokens generated.", static_cast<double>(m.generation_tokens));
   text.histogram("tgi_request_duration", "Request duration in seconds.", m.e2e_latency);
   text.histogram("tgi_request_queue_duration", "Time spent queued in seconds.", m.queue_time);
+  text.histogram("tgi_request_generated_tokens", "Tokens generated per request.", m.generated_tokens);
   simulator_gauges(text, engine, gauges);
   return text.take();
 }

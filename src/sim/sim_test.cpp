@@ -1371,7 +1371,13 @@ TEST_F(EngineSimTest, TgiDialect) {
   EXPECT_EQ(last["generated_text"], body["generated_text"]);
   EXPECT_EQ(last["details"]["finish_reason"], "length");
   EXPECT_EQ(body_of(get("/info"))["max_total_tokens"], 8192);
-  EXPECT_EQ(metric(get("/metrics").body, "tgi_queue_size"), 0);
+  std::string metrics = get("/metrics").body;
+  EXPECT_EQ(metric(metrics, "tgi_queue_size"), 0);
+  // TGI's histogram of tokens per request: two requests of 3 tokens.
+  EXPECT_EQ(metric(metrics, "tgi_request_generated_tokens_count"), 2);
+  EXPECT_EQ(metric(metrics, "tgi_request_generated_tokens_sum"), 6);
+  EXPECT_EQ(metric(metrics, "tgi_request_generated_tokens_bucket{le=\"2\"}"), 0);
+  EXPECT_EQ(metric(metrics, "tgi_request_generated_tokens_bucket{le=\"4\"}"), 2);
 }
 
 // Destroying the io_context destroys the step loop and the handlers' coroutine frames in any
