@@ -37,9 +37,9 @@ class ApiCluster final : public provision::Cluster {
   Result<bool> join_token_valid(const std::string& id) override {
     auto listing = client_.call("GET", "/api/v1/tokens");
     if (!listing) return listing.error();
-    int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::system_clock::now().time_since_epoch())
-                      .count();
+    int64_t now =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
     for (const auto& item : (*listing)["items"]) {
       if (item.value("id", "") != id) continue;
       int64_t expires = item.value("expires_ms", int64_t{0});
@@ -137,8 +137,8 @@ Result<NodeRecord> load_record(const std::string& name) {
   std::string path = records_dir() + "/" + name + ".json";
   std::ifstream in(path);
   if (!in) {
-    return make_error(ErrorCode::NotFound, fmt::format("node {} was not added with `nebula nodes add` from here (no {})",
-                                                       name, path));
+    return make_error(ErrorCode::NotFound,
+                      fmt::format("node {} was not added with `nebula nodes add` from here (no {})", name, path));
   }
   std::stringstream text;
   text << in.rdbuf();
@@ -156,8 +156,8 @@ Result<NodeRecord> load_record(const std::string& name) {
     record.layout.bin_dir = parsed->value("bin_dir", record.layout.bin_dir);
     record.layout.unit_dir = parsed->value("unit_dir", record.layout.unit_dir);
     record.layout.data_dir = parsed->value("data_dir", record.layout.data_dir);
-    record.manager = parsed->value("service", "detached") == "systemd" ? ServiceManager::Systemd
-                                                                        : ServiceManager::Detached;
+    record.manager =
+        parsed->value("service", "detached") == "systemd" ? ServiceManager::Systemd : ServiceManager::Detached;
     record.token_id = parsed->value("token_id", "");
     record.server = parsed->value("server", "");
     if (auto valid = provision::check_layout(record.layout); !valid) return valid.error();
@@ -293,13 +293,11 @@ NodeProvisioning::NodeProvisioning(CLI::App& nodes, CLI::App& remove, const Clie
   s.add->add_option("--bin-dir", s.layout.bin_dir, "Remote directory of the nebula binary")->capture_default_str();
   s.add->add_option("--unit-dir", s.layout.unit_dir, "Remote directory of the systemd unit")->capture_default_str();
   s.add->add_option("--agent-data-dir", s.layout.data_dir, "Remote data dir of the agent")->capture_default_str();
-  s.add->add_option("--service", s.service, "auto (systemd where it runs), systemd or detached")
-      ->capture_default_str();
+  s.add->add_option("--service", s.service, "auto (systemd where it runs), systemd or detached")->capture_default_str();
   s.add->add_option("--timeout", s.timeout, "How long to wait for the node to be Ready")
       ->check(duration_value(1))
       ->capture_default_str();
-  s.add->add_option("--binary", s.binary, "The nebula binary to install (default: this one)")
-      ->check(CLI::ExistingFile);
+  s.add->add_option("--binary", s.binary, "The nebula binary to install (default: this one)")->check(CLI::ExistingFile);
 
   s.upgrade = nodes.add_subcommand("upgrade", "Copy a new nebula to provisioned nodes and restart their agents");
   s.upgrade->add_option("node", s.upgrade_name, "Node name");

@@ -71,8 +71,7 @@ int stop_engines(const std::string& data_dir, std::chrono::milliseconds grace) {
   }
   const auto deadline = std::chrono::steady_clock::now() + grace;
   for (const auto& record : running) {
-    while (agent::process_start_time(record.pid) == record.start_time &&
-           std::chrono::steady_clock::now() < deadline) {
+    while (agent::process_start_time(record.pid) == record.start_time && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     if (agent::process_start_time(record.pid) == record.start_time) ::kill(-record.pid, SIGKILL);

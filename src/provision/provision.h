@@ -53,9 +53,9 @@ class Remote {
 struct SshTarget {
   std::string user;  // "" = as ssh decides (config, then the local user)
   std::string host;
-  int port = 0;                  // 0 = as ssh decides (config, then 22)
-  std::string identity;          // -i FILE
-  std::string config;            // -F FILE
+  int port = 0;                      // 0 = as ssh decides (config, then 22)
+  std::string identity;              // -i FILE
+  std::string config;                // -F FILE
   std::vector<std::string> options;  // -o KEY=VALUE, each
   bool accept_new_host_key = false;  // StrictHostKeyChecking=accept-new instead of yes
   std::chrono::milliseconds command_timeout = std::chrono::minutes(10);
@@ -100,10 +100,10 @@ const char* role_name(Role role);
 
 struct UnitSpec {
   Role role = Role::Agent;
-  std::string binary;              // absolute path of nebula
-  std::vector<std::string> args;   // after `nebula ROLE`
-  std::string user;                // User=; "" = root
-  std::string description;         // "" = one per role
+  std::string binary;             // absolute path of nebula
+  std::vector<std::string> args;  // after `nebula ROLE`
+  std::string user;               // User=; "" = root
+  std::string description;        // "" = one per role
 };
 // The unit file: Restart= and TimeoutStopSec= per role, and KillMode=process for the agent, whose
 // stop leaves its engines running for the next agent to re-adopt (up and server stop theirs).

@@ -162,9 +162,8 @@ TEST(ProvisionShell, ClassifiesSshFailures) {
   EXPECT_EQ(classify_ssh_failure({255, "", "Host key verification failed.\r\n", false}), SshFailure::UnknownHostKey);
   EXPECT_EQ(classify_ssh_failure({255, "", "root@127.0.0.1: Permission denied (publickey).\r\n", false}),
             SshFailure::AuthenticationRefused);
-  EXPECT_EQ(
-      classify_ssh_failure({255, "", "ssh: connect to host 127.0.0.1 port 1: Connection refused\r\n", false}),
-      SshFailure::Unreachable);
+  EXPECT_EQ(classify_ssh_failure({255, "", "ssh: connect to host 127.0.0.1 port 1: Connection refused\r\n", false}),
+            SshFailure::Unreachable);
   EXPECT_EQ(classify_ssh_failure({255, "", "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@", false}),
             SshFailure::ChangedHostKey);
   EXPECT_EQ(classify_ssh_failure({1, "", "Permission denied", false}), SshFailure::None) << "the script's own";
@@ -267,8 +266,8 @@ class ProvisionSteps : public ::testing::Test {
     // The "agent": runs until SIGTERM, as `nebula agent` does.
     // It says it joined by writing its pid: an agent that exits at once never does.
     joined_ = temp_.path() + "/joined";
-    write_executable(binary_, "#!/bin/sh\ntrap 'exit 0' TERM\necho $$ > " + joined_ +
-                                  "\nwhile :; do sleep 0.05; done\n");
+    write_executable(binary_,
+                     "#!/bin/sh\ntrap 'exit 0' TERM\necho $$ > " + joined_ + "\nwhile :; do sleep 0.05; done\n");
     cluster_.agent_alive = [this] {
       std::string pid = agent_pid();
       return !pid.empty() && read_file(joined_) == pid + "\n";
@@ -406,8 +405,7 @@ TEST_F(ProvisionSteps, WrongArchitectureOrSystemIsRefusedBeforeAnyChange) {
   auto added = add();
   ASSERT_TRUE(std::holds_alternative<StepError>(added));
   EXPECT_EQ(std::get<StepError>(added).step, "check");
-  EXPECT_NE(std::get<StepError>(added).message.find("wrong architecture: the machine is " + other),
-            std::string::npos);
+  EXPECT_NE(std::get<StepError>(added).message.find("wrong architecture: the machine is " + other), std::string::npos);
   EXPECT_EQ(remote_.runs, 1) << "nothing ran after the inspection";
   remote_.canned_inspect = "os=Darwin\narch=" + machine() + "\nhostname=mac\nhas_sha256sum=1\n";
   added = add();

@@ -154,8 +154,9 @@ Result<SshTarget> parse_destination(const std::string& destination) {
     return make_error(ErrorCode::InvalidArgument, "'" + destination + "': a host cannot start with '-'");
   for (char c : host) {
     if (!plain_host_character(c))
-      return make_error(ErrorCode::InvalidArgument,
-                        fmt::format("'{}': not a host name or address (letters, digits, '.', '-', ':' only)", destination));
+      return make_error(
+          ErrorCode::InvalidArgument,
+          fmt::format("'{}': not a host name or address (letters, digits, '.', '-', ':' only)", destination));
   }
   target.host = host;
   return target;
@@ -177,10 +178,12 @@ Status check_ssh_option(const std::string& option) {
 }
 
 std::vector<std::string> SshRemote::ssh_argv(const std::string& remote_command) const {
-  std::vector<std::string> argv = {"ssh", "-T", "-o", "BatchMode=yes", "-o",
-                                   target_.accept_new_host_key ? "StrictHostKeyChecking=accept-new"
-                                                               : "StrictHostKeyChecking=yes",
-                                   "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15"};
+  std::vector<std::string> argv = {
+      "ssh", "-T",
+      "-o",  "BatchMode=yes",
+      "-o",  target_.accept_new_host_key ? "StrictHostKeyChecking=accept-new" : "StrictHostKeyChecking=yes",
+      "-o",  "ConnectTimeout=15",
+      "-o",  "ServerAliveInterval=15"};
   if (!target_.config.empty()) argv.insert(argv.end(), {"-F", target_.config});
   if (!target_.identity.empty()) argv.insert(argv.end(), {"-i", target_.identity, "-o", "IdentitiesOnly=yes"});
   if (target_.port > 0) argv.insert(argv.end(), {"-p", std::to_string(target_.port)});
@@ -197,10 +200,9 @@ Result<CommandOutput> SshRemote::run(const std::string& script, const std::strin
   auto output = run_captured(ssh_argv("sh -c " + shell_quote(script)), stdin_path, target_.command_timeout);
   if (!output) return output.error();
   if (output->timed_out) {
-    return make_error(ErrorCode::Timeout, fmt::format("ssh {} did not finish within {} s", describe(),
-                                                      std::chrono::duration_cast<std::chrono::seconds>(
-                                                          target_.command_timeout)
-                                                          .count()));
+    return make_error(ErrorCode::Timeout,
+                      fmt::format("ssh {} did not finish within {} s", describe(),
+                                  std::chrono::duration_cast<std::chrono::seconds>(target_.command_timeout).count()));
   }
   // 255 is ssh's own failure (the script's exit status otherwise), recognised by what it says.
   std::string said = trim_output(output->err);
@@ -211,17 +213,20 @@ Result<CommandOutput> SshRemote::run(const std::string& script, const std::strin
       auto fingerprints = host_key_fingerprints(target_);
       return make_error(
           ErrorCode::PermissionDenied,
-          fmt::format("the host key of {} is not in known_hosts, so the connection was refused. The host presents:\n"
-                      "{}\nCompare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on that machine; if it "
-                      "matches, run again with --accept-new-host-key (or connect once with ssh and accept it)",
-                      describe(), fingerprints ? indent(*fingerprints) : "  (cannot read it: " + fingerprints.error().message + ")"));
+          fmt::format(
+              "the host key of {} is not in known_hosts, so the connection was refused. The host presents:\n"
+              "{}\nCompare with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on that machine; if it "
+              "matches, run again with --accept-new-host-key (or connect once with ssh and accept it)",
+              describe(),
+              fingerprints ? indent(*fingerprints) : "  (cannot read it: " + fingerprints.error().message + ")"));
     }
     case SshFailure::ChangedHostKey:
-      return make_error(ErrorCode::PermissionDenied,
-                        fmt::format("the host key of {} has CHANGED since known_hosts recorded it: refused (a reinstalled "
-                                    "machine, or someone in between). If the change is expected, remove the old key "
-                                    "with `ssh-keygen -R {}` and check the new one.\nssh said: {}",
-                                    describe(), target_.host, said));
+      return make_error(
+          ErrorCode::PermissionDenied,
+          fmt::format("the host key of {} has CHANGED since known_hosts recorded it: refused (a reinstalled "
+                      "machine, or someone in between). If the change is expected, remove the old key "
+                      "with `ssh-keygen -R {}` and check the new one.\nssh said: {}",
+                      describe(), target_.host, said));
     case SshFailure::AuthenticationRefused:
       return make_error(ErrorCode::Unauthenticated,
                         fmt::format("{} refused the login: {} (check --identity, the ssh agent, and authorized_keys on "

@@ -56,7 +56,9 @@ std::string combined(const CommandOutput& output) {
   return text;
 }
 
-std::string short_sha(const std::string& sha) { return sha.substr(0, 12); }
+std::string short_sha(const std::string& sha) {
+  return sha.substr(0, 12);
+}
 
 std::string local_arch() {
   utsname name{};
@@ -200,9 +202,9 @@ class Run {
 
 std::optional<StepError> check_platform(const RemoteState& state) {
   if (state.os != "Linux") {
-    return StepError{"check",
-                     fmt::format("the machine runs {}: a nebula agent runs on Linux", state.os.empty() ? "?" : state.os),
-                     "uname -s: " + state.os, false};
+    return StepError{
+        "check", fmt::format("the machine runs {}: a nebula agent runs on Linux", state.os.empty() ? "?" : state.os),
+        "uname -s: " + state.os, false};
   }
   std::string ours = local_arch();
   if (state.arch != ours) {
@@ -213,8 +215,8 @@ std::optional<StepError> check_platform(const RemoteState& state) {
                      "uname -m: " + state.arch, false};
   }
   if (!state.has_sha256sum) {
-    return StepError{"check", "sha256sum is not installed there (coreutils): the copied binary cannot be verified",
-                     "", false};
+    return StepError{"check", "sha256sum is not installed there (coreutils): the copied binary cannot be verified", "",
+                     false};
   }
   return std::nullopt;
 }
@@ -246,17 +248,17 @@ trap - EXIT
   }
   bool had_binary = !state.binary_sha.empty();
   std::string created = state.bin_missing;
-  run.on_failure(had_binary ? "restore the previous binary" : "remove the copied binary", [&run, layout, had_binary,
-                                                                                             created] {
-    std::string undo = paths_prelude(layout);
-    if (had_binary) {
-      undo += "mv -f \"$B.nebula-old\" \"$B\"\n";
-    } else {
-      undo += "rm -f \"$B\"\n";
-      if (created.size() > 1) undo += "rm -rf " + shell_quote(created) + "\n";
-    }
-    run.undo_script(undo);
-  });
+  run.on_failure(had_binary ? "restore the previous binary" : "remove the copied binary",
+                 [&run, layout, had_binary, created] {
+                   std::string undo = paths_prelude(layout);
+                   if (had_binary) {
+                     undo += "mv -f \"$B.nebula-old\" \"$B\"\n";
+                   } else {
+                     undo += "rm -f \"$B\"\n";
+                     if (created.size() > 1) undo += "rm -rf " + shell_quote(created) + "\n";
+                   }
+                   run.undo_script(undo);
+                 });
   return std::nullopt;
 }
 
@@ -383,9 +385,8 @@ std::optional<StepError> restart_agent(Run& run, Cluster& cluster, ServiceManage
   auto node = cluster.node(name);
   baseline_ms = node ? node->heartbeat_ms : 0;
   if (auto failed = run.script("start", start_script(manager, layout), "starting the agent")) return failed;
-  run.on_failure("stop the agent this run started", [&run, manager, layout] {
-    run.undo_script(stop_script(manager, layout));
-  });
+  run.on_failure("stop the agent this run started",
+                 [&run, manager, layout] { run.undo_script(stop_script(manager, layout)); });
   return std::nullopt;
 }
 
@@ -406,16 +407,17 @@ std::optional<StepError> wait_ready(Run& run, Cluster& cluster, ServiceManager m
     }
     auto check = run.remote().run(check_script(manager, layout));
     if (check && check->exit_code != 0) {
-      return StepError{"ready", fmt::format("the agent exited on {} before node {} was Ready", run.remote().describe(), name),
+      return StepError{"ready",
+                       fmt::format("the agent exited on {} before node {} was Ready", run.remote().describe(), name),
                        trim(check->out), false};
     }
     if (steady_clock::now() > deadline) {
       auto tail = run.remote().run(log_tail_script(manager, layout));
-      return StepError{"ready",
-                       fmt::format("node {} was not Ready within {} s (is {} reachable from that machine?)", name,
-                                   std::chrono::duration_cast<std::chrono::seconds>(timeout).count(),
-                                   cluster.server_url()),
-                       tail ? trim(tail->out) : "", false};
+      return StepError{
+          "ready",
+          fmt::format("node {} was not Ready within {} s (is {} reachable from that machine?)", name,
+                      std::chrono::duration_cast<std::chrono::seconds>(timeout).count(), cluster.server_url()),
+          tail ? trim(tail->out) : "", false};
     }
     if (!said_waiting) {
       run.say("ready", fmt::format("waiting for node {} to join {}", name, cluster.server_url()));
@@ -458,8 +460,8 @@ std::variant<RemoteState, StepError> connect(Run& run, const Layout& layout) {
   CommandOutput output;
   if (auto failed = run.script("connect", inspect_script(layout), "inspecting the machine", &output)) return *failed;
   RemoteState state = parse_state(output.out);
-  run.say("connect", fmt::format("{}: {} {}, host name {}", run.remote().describe(), state.os, state.arch,
-                                 state.hostname));
+  run.say("connect",
+          fmt::format("{}: {} {}, host name {}", run.remote().describe(), state.os, state.arch, state.hostname));
   return state;
 }
 
@@ -501,8 +503,9 @@ Result<ServiceManager> parse_service_manager(const std::string& name) {
 Status check_agent_args(const std::vector<std::string>& args) {
   static const std::vector<std::string> managed = {"--server", "--token", "--config", "--name", "--data-dir"};
   if (!args.empty() && args.front().rfind("-", 0) != 0) {
-    return make_error(ErrorCode::InvalidArgument,
-                      "--agent-args '" + args.front() + "': expected `nebula agent` flags such as --sim-gpus 1xH100-80GB");
+    return make_error(
+        ErrorCode::InvalidArgument,
+        "--agent-args '" + args.front() + "': expected `nebula agent` flags such as --sim-gpus 1xH100-80GB");
   }
   for (const auto& arg : args) {
     for (char c : arg) {
@@ -539,8 +542,9 @@ StepResult<Installed> add_node(Remote& remote, Cluster& cluster, const AddOption
   Installed installed;
   installed.name = options.name.empty() ? state.hostname : options.name;
   if (auto valid = api::validate_name(installed.name); !valid) {
-    return StepError{"check", fmt::format("'{}' cannot be a node name: {}{}", installed.name, valid.error().message,
-                                          options.name.empty() ? " (give one with --name)" : ""),
+    return StepError{"check",
+                     fmt::format("'{}' cannot be a node name: {}{}", installed.name, valid.error().message,
+                                 options.name.empty() ? " (give one with --name)" : ""),
                      "", false};
   }
   if (options.manager == ServiceManager::Systemd && !state.systemd) {
@@ -557,9 +561,8 @@ StepResult<Installed> add_node(Remote& remote, Cluster& cluster, const AddOption
     // Undone last, on the restored files: the agent that ran before this run runs again.
     Layout layout = options.layout;
     ServiceManager manager = installed.manager;
-    run.on_failure("start the agent that ran before, if stopped", [&run, manager, layout] {
-      run.undo_script(ensure_running_script(manager, layout));
-    });
+    run.on_failure("start the agent that ran before, if stopped",
+                   [&run, manager, layout] { run.undo_script(ensure_running_script(manager, layout)); });
   }
   auto sha = file_sha256(options.local_binary);
   if (!sha) return StepError{"copy", sha.error().message, "", false};
@@ -583,14 +586,16 @@ StepResult<Installed> add_node(Remote& remote, Cluster& cluster, const AddOption
     run.say("token", fmt::format("the machine's join token {} is still valid", token_id));
   } else {
     auto created = cluster.create_join_token("nebula nodes add " + installed.name);
-    if (!created) return run.fail(StepError{"token", "cannot create a join token: " + created.error().message, "", false});
+    if (!created)
+      return run.fail(StepError{"token", "cannot create a join token: " + created.error().message, "", false});
     token = created->secret;
     token_id = created->id;
     run.on_failure("revoke join token " + token_id, [&cluster, &run, token_id] {
       if (auto revoked = cluster.revoke_join_token(token_id); !revoked)
         run.say("rollback", "could not revoke join token " + token_id + ": " + revoked.error().message);
     });
-    run.say("token", fmt::format("join token {} created (it never expires; revoked by `nodes rm --uninstall`)", token_id));
+    run.say("token",
+            fmt::format("join token {} created (it never expires; revoked by `nodes rm --uninstall`)", token_id));
   }
   installed.token_id = token_id;
 
@@ -604,9 +609,9 @@ StepResult<Installed> add_node(Remote& remote, Cluster& cluster, const AddOption
       if (created.size() > 1) run.undo_script("rm -rf " + shell_quote(created));
     });
   }
-  auto config = write_file(run, "config", options.layout, options.layout.config_file(),
-                           config_content(cluster.server_url(), token, installed.name, options.layout), state.config_sha,
-                           "0600");
+  auto config =
+      write_file(run, "config", options.layout, options.layout.config_file(),
+                 config_content(cluster.server_url(), token, installed.name, options.layout), state.config_sha, "0600");
   if (auto* failed = std::get_if<StepError>(&config)) return run.fail(*failed);
   installed.config_changed = std::get<bool>(config);
   run.say("config", installed.config_changed ? "wrote " + options.layout.config_file()
@@ -641,8 +646,8 @@ StepResult<Installed> add_node(Remote& remote, Cluster& cluster, const AddOption
           run.say("rollback", "could not remove node " + name + ": " + removed.error().message);
       });
     }
-    if (auto failed = restart_agent(run, cluster, installed.manager, options.layout, running, installed.name,
-                                    baseline_ms)) {
+    if (auto failed =
+            restart_agent(run, cluster, installed.manager, options.layout, running, installed.name, baseline_ms)) {
       return run.fail(*failed);
     }
     installed.restarted = true;
@@ -682,17 +687,16 @@ StepResult<Installed> upgrade_node(Remote& remote, Cluster& cluster, const Upgra
   if (!sha) return StepError{"copy", sha.error().message, "", false};
   bool running = systemd ? state.systemd_running : state.detached_running;
   if (state.binary_sha == *sha && running) {
-    run.say("copy", fmt::format("{} is current (sha256 {}): nothing to upgrade", options.layout.binary(),
-                                short_sha(*sha)));
+    run.say("copy",
+            fmt::format("{} is current (sha256 {}): nothing to upgrade", options.layout.binary(), short_sha(*sha)));
     return installed;
   }
   if (running) {
     // Undone last, on the restored binary: the agent that ran before runs again.
     Layout layout = options.layout;
     ServiceManager manager = options.manager;
-    run.on_failure("start the previous agent again, if stopped", [&run, manager, layout] {
-      run.undo_script(ensure_running_script(manager, layout));
-    });
+    run.on_failure("start the previous agent again, if stopped",
+                   [&run, manager, layout] { run.undo_script(ensure_running_script(manager, layout)); });
   }
   if (state.binary_sha != *sha) {
     if (auto failed = copy_binary(run, state, options.layout, options.local_binary, *sha)) return run.fail(*failed);
@@ -738,11 +742,13 @@ StepResult<bool> uninstall_node(Remote& remote, Cluster& cluster, const Uninstal
   run.say("engines", trim(engines.out).empty() ? "no engines ran there" : trim(engines.out));
   std::string remove = paths_prelude(options.layout);
   if (systemd) {
-    remove += "systemctl disable --quiet nebula-agent.service 2>/dev/null || true\nrm -f \"$U\"\nsystemctl "
-              "daemon-reload\n";
+    remove +=
+        "systemctl disable --quiet nebula-agent.service 2>/dev/null || true\nrm -f \"$U\"\nsystemctl "
+        "daemon-reload\n";
   }
-  remove += "rm -f \"$B\" \"$S\" \"$D/agent.yaml\" \"$D/agent.pid\" \"$D/node.key\" \"$D/agent.lock\" "
-            "\"$D/agent.db\" \"$D/agent.db-wal\" \"$D/agent.db-shm\"\n";
+  remove +=
+      "rm -f \"$B\" \"$S\" \"$D/agent.yaml\" \"$D/agent.pid\" \"$D/node.key\" \"$D/agent.lock\" "
+      "\"$D/agent.db\" \"$D/agent.db-wal\" \"$D/agent.db-shm\"\n";
   remove += options.purge ? "rm -rf \"$D\"\n" : "rmdir \"$D\" 2>/dev/null || true\n";
   if (auto failed = run.script("remove", remove, "removing the agent's files")) return *failed;
   run.say("remove", options.purge ? "service, binary and " + options.layout.data_dir + " removed"

@@ -21,7 +21,9 @@ const char* role_name(Role role) {
   return "agent";
 }
 
-std::string unit_name(Role role) { return fmt::format("nebula-{}.service", role_name(role)); }
+std::string unit_name(Role role) {
+  return fmt::format("nebula-{}.service", role_name(role));
+}
 
 Result<std::string> systemd_quote(const std::string& arg) {
   if (arg.empty()) return std::string("\"\"");
@@ -30,9 +32,9 @@ Result<std::string> systemd_quote(const std::string& arg) {
   for (char c : arg) {
     auto byte = static_cast<unsigned char>(c);
     if (byte < 0x20 || byte == 0x7f) {
-      return make_error(ErrorCode::InvalidArgument,
-                        fmt::format("'{}': a unit's command line cannot hold control characters or newlines",
-                                    arg.substr(0, 40)));
+      return make_error(
+          ErrorCode::InvalidArgument,
+          fmt::format("'{}': a unit's command line cannot hold control characters or newlines", arg.substr(0, 40)));
     }
     switch (c) {
       // Specifiers and environment expansion: literal in the command.
@@ -58,7 +60,8 @@ Result<std::string> systemd_quote(const std::string& arg) {
 
 Result<std::string> systemd_unit(const UnitSpec& spec) {
   if (spec.binary.empty() || spec.binary[0] != '/') {
-    return make_error(ErrorCode::InvalidArgument, "the unit needs the absolute path of nebula, not '" + spec.binary + "'");
+    return make_error(ErrorCode::InvalidArgument,
+                      "the unit needs the absolute path of nebula, not '" + spec.binary + "'");
   }
   auto binary = systemd_quote(spec.binary);
   if (!binary) return binary.error();
