@@ -210,6 +210,15 @@ TEST_F(Provision, HostileArgumentsAreRefusedAsUsageErrors) {
   EXPECT_NE(unknown.out.find("was not added with `nebula nodes add`"), std::string::npos) << unknown.out;
   auto neither = nodes({"upgrade"});
   EXPECT_EQ(neither.exit_code, 2) << neither.out;
+  auto labels = nodes(add_args({"--labels", "novalue"}));
+  EXPECT_EQ(labels.exit_code, 2) << labels.out;
+  // The labels route refuses what is not a map of strings.
+  for (const std::string body : {R"({"labels":{"a":1}})", R"({"labels":"x"})", "[]", R"({"labels":{"":"x"}})"}) {
+    auto answer = server_->client().request("PUT", server_->url() + "/api/v1/nodes/gpu1/labels", body,
+                                            {{"Content-Type", "application/json"}});
+    ASSERT_TRUE(answer);
+    EXPECT_EQ(answer->status, 400) << body << " " << answer->body;
+  }
 }
 
 // The agent cannot listen (its port is taken): the run fails at the step that saw it, shows the

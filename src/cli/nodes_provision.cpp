@@ -238,6 +238,23 @@ Result<std::map<std::string, std::string>> parse_labels(const std::vector<std::s
   return labels;
 }
 
+bool loopback_host(const std::string& host) {
+  return host == "localhost" || host == "::1" || host == "[::1]" || host.rfind("127.", 0) == 0;
+}
+
+// http://127.0.0.1:8080 -> true.
+bool loopback_url(const std::string& url) {
+  auto scheme = url.find("://");
+  std::string rest = scheme == std::string::npos ? url : url.substr(scheme + 3);
+  std::string host = rest.substr(0, rest.find_first_of("/"));
+  if (!host.empty() && host[0] == '[') {
+    host = host.substr(0, host.find(']') + 1);
+  } else {
+    host = host.substr(0, host.find(':'));
+  }
+  return loopback_host(host);
+}
+
 int report(const provision::StepError& error) {
   std::cerr << "error: " << error.to_string() << "\n";
   return 1;
@@ -354,6 +371,10 @@ std::optional<int> NodeProvisioning::run(const std::string& removed_node) {
     ApiCluster cluster(s.flags);
     provision::SshRemote remote(*target);
     std::cout << "Adding " << remote.describe() << " to " << cluster.server_url() << "\n";
+    if (loopback_url(cluster.server_url()) && !loopback_host(target->host)) {
+      std::cout << "  warning: " << cluster.server_url() << " is a loopback address, which the agent on "
+                << target->host << " cannot reach: give --server an address that machine reaches\n";
+    }
     auto added = provision::add_node(remote, cluster, options, print_step);
     if (auto* failed = std::get_if<provision::StepError>(&added)) return report(*failed);
     const auto& installed = std::get<provision::Installed>(added);

@@ -547,6 +547,15 @@ StepResult<Installed> add_node(Remote& remote, Cluster& cluster, const AddOption
                                  options.name.empty() ? " (give one with --name)" : ""),
                      "", false};
   }
+  // A Ready node of that name and no agent of ours there: another machine holds the name.
+  if (auto existing = cluster.node(installed.name);
+      existing && existing->exists && existing->ready && state.config_sha.empty()) {
+    return StepError{"check",
+                     fmt::format("node {} already exists and is Ready, and this machine has no agent installed by "
+                                 "`nebula nodes add`: give another --name, or remove that node first",
+                                 installed.name),
+                     "", false};
+  }
   if (options.manager == ServiceManager::Systemd && !state.systemd) {
     return StepError{"check", "systemd does not run on that machine (no /run/systemd/system)", "", false};
   }
@@ -641,7 +650,7 @@ StepResult<Installed> add_node(Remote& remote, Cluster& cluster, const AddOption
     if (before && !before->exists) {
       // A node this run joined goes again with the agent.
       std::string name = installed.name;
-      run.on_failure("remove node " + name, [&cluster, &run, name] {
+      run.on_failure("remove node " + name + " if it joined", [&cluster, &run, name] {
         if (auto removed = cluster.remove_node(name); !removed)
           run.say("rollback", "could not remove node " + name + ": " + removed.error().message);
       });
