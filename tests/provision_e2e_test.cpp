@@ -371,5 +371,53 @@ TEST_F(Provision, AddTwiceDeployUpgradeUnderLoadThenUninstall) {
   server_->remove_deployments();
 }
 
+// `nebula service install`: the unit it prints and writes passes systemd's own checker; a second
+// install changes nothing; what a unit cannot hold is a usage error.
+TEST(ServiceInstall, WritesAVerifiedUnitOnceAndRefusesBadInput) {
+  testing::TempDir temp;
+  auto printed = testing::run_command({NEBULA_BINARY, "service", "install", "agent", "--print", "--", "--server",
+                                       "http://10.0.0.2:8080", "--token", "nbt-x-y", "--sim-gpus", "1xH100-80GB"});
+  ASSERT_EQ(printed.exit_code, 0) << printed.out;
+  EXPECT_NE(printed.out.find("ExecStart=" + fs::canonical(NEBULA_BINARY).string() +
+                             " agent --server http://10.0.0.2:8080 --token nbt-x-y --sim-gpus 1xH100-80GB --data-dir "
+                             "/var/lib/nebula\n"),
+            std::string::npos)
+      << printed.out;
+  EXPECT_NE(printed.out.find("KillMode=process\n"), std::string::npos);
+
+  auto written = testing::run_command(
+      {NEBULA_BINARY, "service", "install", "server", "--unit-dir", temp.path(), "--", "--listen", "127.0.0.1:8080"});
+  ASSERT_EQ(written.exit_code, 0) << written.out;
+  EXPECT_NE(written.out.find("wrote " + temp.path() + "/nebula-server.service"), std::string::npos) << written.out;
+  EXPECT_NE(written.out.find("systemctl daemon-reload && systemctl enable --now nebula-server.service"),
+            std::string::npos);
+  std::string unit = read_file(temp.path() + "/nebula-server.service");
+  EXPECT_NE(unit.find("KillMode=mixed\n"), std::string::npos) << unit;
+  auto again = testing::run_command(
+      {NEBULA_BINARY, "service", "install", "server", "--unit-dir", temp.path(), "--", "--listen", "127.0.0.1:8080"});
+  EXPECT_NE(again.out.find("is current"), std::string::npos) << again.out;
+  std::string analyze = testing::find_on_path("systemd-analyze");
+  if (!analyze.empty()) {
+    auto verified = testing::run_command({analyze, "verify", temp.path() + "/nebula-server.service"});
+    EXPECT_EQ(verified.exit_code, 0) << verified.out;
+    EXPECT_EQ(verified.out.find("nebula-server.service"), std::string::npos) << verified.out;
+  }
+
+  EXPECT_EQ(testing::run_command({NEBULA_BINARY, "service", "install", "gateway", "--print"}).exit_code, 2);
+  auto no_server = testing::run_command({NEBULA_BINARY, "service", "install", "agent", "--print"});
+  EXPECT_EQ(no_server.exit_code, 2) << no_server.out;
+  EXPECT_NE(no_server.out.find("--server URL --token TOKEN"), std::string::npos) << no_server.out;
+  auto injected = testing::run_command(
+      {NEBULA_BINARY, "service", "install", "up", "--print", "--", "--name", "a\nExecStartPre=/bin/sh -c reboot"});
+  EXPECT_EQ(injected.exit_code, 2) << injected.out;
+  EXPECT_EQ(injected.out.find("ExecStartPre"), injected.out.rfind("ExecStartPre")) << "no unit was printed";
+  auto relative = testing::run_command({NEBULA_BINARY, "service", "install", "up", "--print", "--binary", "nebula"});
+  EXPECT_EQ(relative.exit_code, 2) << relative.out;
+  auto unwritable =
+      testing::run_command({NEBULA_BINARY, "service", "install", "up", "--unit-dir", temp.path() + "/missing/dir"});
+  EXPECT_EQ(unwritable.exit_code, 1) << unwritable.out;
+  EXPECT_NE(unwritable.out.find("cannot write"), std::string::npos) << unwritable.out;
+}
+
 }  // namespace
 }  // namespace nebula
