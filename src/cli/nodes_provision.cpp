@@ -299,12 +299,14 @@ NodeProvisioning::NodeProvisioning(CLI::App& nodes, CLI::App& remove, const Clie
   s.add->add_option("--port", s.port, "SSH port (default: as ssh decides, 22)")->check(whole_number(1, 65535));
   s.add->add_option("--identity", s.identity, "SSH private key file (ssh -i)")->check(CLI::ExistingFile);
   s.add->add_option("--name", s.name, "Node name (default: the machine's host name)");
-  s.add->add_option("--labels", s.labels, "Node labels, KEY=VALUE[,KEY=VALUE] (for placement selectors)");
+  s.add->add_option("--labels", s.labels, "Node labels, KEY=VALUE[,KEY=VALUE] (for placement selectors)")
+      ->allow_extra_args(false);
   s.add->add_option("--agent-args", s.agent_args, "More `nebula agent` flags, e.g. \"--sim-gpus 2xH100-80GB\"");
   s.add->add_flag("--accept-new-host-key", s.accept_new_host_key,
                   "Trust the host key of a machine not yet in known_hosts (a changed key is still refused)");
   s.add->add_option("--ssh-config", s.ssh_config, "ssh configuration file (ssh -F)")->check(CLI::ExistingFile);
-  s.add->add_option("--ssh-option", s.ssh_options, "ssh option KEY=VALUE (ssh -o), repeatable");
+  s.add->add_option("--ssh-option", s.ssh_options, "ssh option KEY=VALUE (ssh -o), repeatable")
+      ->allow_extra_args(false);
   s.add->add_option("--remote-dir", s.remote_dir,
                     "Install everything under this remote directory (DIR/bin, DIR/systemd, DIR/data)");
   s.add->add_option("--bin-dir", s.layout.bin_dir, "Remote directory of the nebula binary")->capture_default_str();
