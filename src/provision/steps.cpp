@@ -2,6 +2,10 @@
 // on the remote machine, each undone in reverse when a later one fails.
 #include <fmt/format.h>
 #include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <sstream>
@@ -262,26 +266,56 @@ trap - EXIT
   return std::nullopt;
 }
 
+// A local temporary file (mode 0600), removed with the object.
+class LocalFile {
+ public:
+  static Result<LocalFile> with(const std::string& content) {
+    char path[] = "/tmp/nebula-provision-XXXXXX";
+    int descriptor = ::mkstemp(path);
+    if (descriptor < 0) return make_error(ErrorCode::Internal, std::string("mkstemp: ") + std::strerror(errno));
+    LocalFile file(path);
+    bool written = ::write(descriptor, content.data(), content.size()) == static_cast<ssize_t>(content.size());
+    ::close(descriptor);
+    if (!written) return make_error(ErrorCode::Internal, std::string("cannot write ") + path);
+    return file;
+  }
+  LocalFile(LocalFile&& other) noexcept : path_(std::move(other.path_)) { other.path_.clear(); }
+  LocalFile& operator=(LocalFile&&) = delete;
+  LocalFile(const LocalFile&) = delete;
+  ~LocalFile() {
+    if (!path_.empty()) ::unlink(path_.c_str());
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit LocalFile(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
 // Writes `content` to `path` there (atomically, mode `mode`) unless it already holds exactly
 // that; the old file is kept as PATH.nebula-old until the run succeeds. Returns whether it wrote.
 std::variant<bool, StepError> write_file(Run& run, const std::string& step, const Layout& layout,
                                          const std::string& path, const std::string& content,
                                          const std::string& current_sha, const std::string& mode) {
   if (current_sha == sha256_hex(content)) return false;
+  // The content goes through ssh's stdin, never on a command line: agent.yaml holds the join
+  // token, and command lines are visible to every user of both machines.
+  auto local = LocalFile::with(content);
+  if (!local) return StepError{step, local.error().message, "", false};
   std::string text = paths_prelude(layout) + fmt::format(R"SH(set -e
 F={}
 mkdir -p "$(dirname "$F")"
 T="$F.nebula-new.$$"
 trap 'rm -f "$T"' EXIT
 umask 077
-printf '%s' {} > "$T"
+cat > "$T"
 chmod {} "$T"
 if [ -f "$F" ]; then cp -p "$F" "$F.nebula-old"; fi
 mv -f "$T" "$F"
 trap - EXIT
 )SH",
-                                                         shell_quote(path), shell_quote(content), mode);
-  if (auto failed = run.script(step, text, "writing " + path)) return *failed;
+                                                         shell_quote(path), mode);
+  if (auto failed = run.script(step, text, "writing " + path, nullptr, local->path())) return *failed;
   bool existed = !current_sha.empty();
   run.on_failure((existed ? "restore " : "remove ") + path, [&run, layout, path, existed] {
     std::string quoted = shell_quote(path);
@@ -361,7 +395,10 @@ std::string check_script(ServiceManager manager, const Layout& layout) {
            "if systemctl is-active --quiet nebula-agent.service; then exit 0; fi\njournalctl -u nebula-agent.service "
            "-n 30 --no-pager 2>&1\nexit 1\n";
   }
-  return paths_prelude(layout) + kDetachedPid + R"SH(if agent_pid >/dev/null; then exit 0; fi
+  // The pid alone: just after the start it may not have become the agent yet (setsid and
+  // agent.sh exec into it), and its command line is still the starting shell's.
+  return paths_prelude(layout) + R"SH(pid=$(cat "$D/agent.pid" 2>/dev/null || true)
+case "$pid" in ''|*[!0-9]*) ;; *) if alive "$pid"; then exit 0; fi ;; esac
 tail -n 30 "$D/agent.log" 2>/dev/null
 exit 1
 )SH";
