@@ -39,12 +39,23 @@ class LocalRemote final : public Remote {
     if (!canned_inspect.empty() && script.find("first_missing") != std::string::npos) {
       return CommandOutput{0, canned_inspect, "", false};
     }
-    return run_captured({"sh", "-c", script}, stdin_path, 60s);
+    std::string text = script;
+    if (!fake_systemd.empty()) {
+      // The service manager is faked: systemctl and journalctl from fake_systemd/bin, and its
+      // /run/systemd/system stands for the real one.
+      const std::string real = "/run/systemd/system";
+      for (size_t at = text.find(real); at != std::string::npos; at = text.find(real, at + 1)) {
+        text.replace(at, real.size(), fake_systemd + "/run");
+      }
+      text = "PATH=" + fake_systemd + "/bin:$PATH; export PATH\n" + text;
+    }
+    return run_captured({"sh", "-c", text}, stdin_path, 60s);
   }
   std::string describe() const override { return "local"; }
   int runs = 0;
   std::vector<std::string> scripts;
   std::string canned_inspect;  // the inspect script's answer, when set
+  std::string fake_systemd;    // a directory with bin/systemctl, bin/journalctl and run/, when set
 };
 
 // The server: tokens in a map; the node is Ready once `agent_alive` says the agent runs.
@@ -284,7 +295,7 @@ class ProvisionSteps : public ::testing::Test {
     if (!pid.empty()) ::kill(std::stoi(pid), SIGKILL);
   }
   std::string agent_pid() {
-    std::string pid = read_file(layout_.pid_file());
+    std::string pid = read_file(pid_path_.empty() ? layout_.pid_file() : pid_path_);
     while (!pid.empty() && pid.back() == '\n') pid.pop_back();
     if (pid.empty() || testing::process_gone(std::stoi(pid))) return "";
     return pid;
@@ -300,6 +311,7 @@ class ProvisionSteps : public ::testing::Test {
   Layout layout_;
   std::string binary_;
   std::string joined_;
+  std::string pid_path_;  // where the running agent's pid is ("" = the detached mode's agent.pid)
   LocalRemote remote_;
   FakeCluster cluster_;
   AddOptions options_;
@@ -397,6 +409,87 @@ TEST_F(ProvisionSteps, AFailedReinstallRestoresTheOldOne) {
   EXPECT_FALSE(fs::exists(layout_.binary() + ".nebula-old"));
   EXPECT_TRUE(testing::eventually([&] { return !agent_pid().empty(); }, 5s)) << "the old agent runs again";
   EXPECT_EQ(cluster_.created, 1);
+}
+
+// Where systemd runs, the agent is a unit: written to the unit dir, enabled and restarted through
+// systemctl, left alone when nothing changed, disabled and removed by the uninstall. systemctl is
+// a stand-in that runs the unit's ExecStart (systemd itself cannot run here).
+TEST_F(ProvisionSteps, WhereSystemdRunsTheAgentIsAUnit) {
+  std::string fake = temp_.path() + "/systemd";
+  fs::create_directories(fake + "/bin");
+  fs::create_directories(fake + "/run");
+  write_executable(fake + "/bin/systemctl", "#!/bin/sh\nS=" + fake +
+                                                "\necho \"$*\" >> $S/calls\n"
+                                                "running() { [ -f $S/pid ] && kill -0 $(cat $S/pid) 2>/dev/null; }\n"
+                                                "case \"$1\" in\n"
+                                                "  is-active) running ;;\n"
+                                                "  start|restart)\n"
+                                                "    if [ \"$1\" = start ] && running; then exit 0; fi\n"
+                                                "    if running; then kill $(cat $S/pid); fi\n"
+                                                "    cmd=$(sed -n 's/^ExecStart=//p' " +
+                                                layout_.unit_file() +
+                                                ")\n"
+                                                "    setsid sh -c \"exec $cmd\" > $S/journal 2>&1 < /dev/null &\n"
+                                                "    echo $! > $S/pid ;;\n"
+                                                "  stop) if running; then kill $(cat $S/pid); fi; rm -f $S/pid ;;\n"
+                                                "esac\n");
+  write_executable(fake + "/bin/journalctl", "#!/bin/sh\ncat " + fake + "/journal\n");
+  remote_.fake_systemd = fake;
+  pid_path_ = fake + "/pid";
+  options_.manager = ServiceManager::Auto;
+
+  auto added = add();
+  ASSERT_TRUE(std::holds_alternative<Installed>(added)) << std::get<StepError>(added).to_string() << "\n" << lines_;
+  EXPECT_EQ(std::get<Installed>(added).manager, ServiceManager::Systemd);
+  std::string unit = read_file(layout_.unit_file());
+  EXPECT_NE(unit.find("KillMode=process\n"), std::string::npos) << unit;
+  EXPECT_NE(unit.find("ExecStart=" + layout_.binary() + " agent --config " + layout_.config_file() + "\n"),
+            std::string::npos)
+      << unit;
+  EXPECT_FALSE(fs::exists(layout_.data_dir + "/agent.sh")) << "no detached script under systemd";
+  // Inspected, then reloaded, enabled, restarted; then checked while waiting for Ready.
+  EXPECT_EQ(read_file(fake + "/calls")
+                .rfind("is-active --quiet nebula-agent.service\ndaemon-reload\nenable --quiet "
+                       "nebula-agent.service\nrestart nebula-agent.service\n",
+                       0),
+            0u)
+      << read_file(fake + "/calls");
+  std::string pid = agent_pid();
+  ASSERT_FALSE(pid.empty());
+
+  auto again = add();
+  ASSERT_TRUE(std::holds_alternative<Installed>(again)) << std::get<StepError>(again).to_string();
+  EXPECT_FALSE(std::get<Installed>(again).restarted);
+  EXPECT_EQ(agent_pid(), pid);
+  EXPECT_EQ(read_file(fake + "/calls").find("restart", read_file(fake + "/calls").find("restart") + 1),
+            std::string::npos)
+      << "restarted once only: " << read_file(fake + "/calls");
+
+  UpgradeOptions upgrade;
+  upgrade.name = "n1";
+  upgrade.local_binary = temp_.path() + "/nebula-next";
+  fs::copy_file(binary_, upgrade.local_binary);
+  std::ofstream(upgrade.local_binary, std::ios::app) << "# next\n";
+  upgrade.layout = layout_;
+  upgrade.manager = ServiceManager::Systemd;
+  upgrade.ready_timeout = 10s;
+  upgrade.poll_interval = 20ms;
+  auto upgraded = upgrade_node(remote_, cluster_, upgrade, {});
+  ASSERT_TRUE(std::holds_alternative<Installed>(upgraded)) << std::get<StepError>(upgraded).to_string();
+  EXPECT_NE(agent_pid(), pid);
+  EXPECT_EQ(read_file(layout_.binary()), read_file(upgrade.local_binary));
+  EXPECT_NE(read_file(fake + "/calls").find("stop nebula-agent.service\n"), std::string::npos);
+
+  UninstallOptions uninstall;
+  uninstall.name = "n1";
+  uninstall.layout = layout_;
+  uninstall.manager = ServiceManager::Systemd;
+  std::string last = agent_pid();
+  auto removed = uninstall_node(remote_, cluster_, uninstall, {});
+  ASSERT_TRUE(std::holds_alternative<bool>(removed)) << std::get<StepError>(removed).to_string();
+  EXPECT_TRUE(testing::eventually([&] { return testing::process_gone(std::stoi(last)); }, 5s));
+  EXPECT_FALSE(fs::exists(layout_.unit_file()));
+  EXPECT_NE(read_file(fake + "/calls").find("disable --quiet nebula-agent.service\n"), std::string::npos);
 }
 
 TEST_F(ProvisionSteps, WrongArchitectureOrSystemIsRefusedBeforeAnyChange) {
