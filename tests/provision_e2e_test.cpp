@@ -210,6 +210,11 @@ TEST_F(Provision, HostileArgumentsAreRefusedAsUsageErrors) {
   EXPECT_NE(unknown.out.find("was not added with `nebula nodes add`"), std::string::npos) << unknown.out;
   auto neither = nodes({"upgrade"});
   EXPECT_EQ(neither.exit_code, 2) << neither.out;
+  auto purge = nodes({"rm", "gpu1", "--purge"});
+  EXPECT_EQ(purge.exit_code, 2) << purge.out;
+  auto never = nodes({"rm", "gpu1", "--uninstall"});
+  EXPECT_EQ(never.exit_code, 1) << never.out;
+  EXPECT_NE(never.out.find("was not added with `nebula nodes add`"), std::string::npos) << never.out;
   auto labels = nodes(add_args({"--labels", "novalue"}));
   EXPECT_EQ(labels.exit_code, 2) << labels.out;
   // The labels route refuses what is not a map of strings.

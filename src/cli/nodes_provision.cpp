@@ -266,6 +266,7 @@ struct NodeProvisioning::State {
   const ClientFlags& flags;
   CLI::App* add = nullptr;
   CLI::App* upgrade = nullptr;
+  CLI::App* remove = nullptr;
   // nodes add
   std::string destination;
   int port = 0;
@@ -327,6 +328,7 @@ NodeProvisioning::NodeProvisioning(CLI::App& nodes, CLI::App& remove, const Clie
       ->check(duration_value(1))
       ->capture_default_str();
 
+  s.remove = &remove;
   remove.add_flag("--uninstall", s.uninstall,
                   "Also stop its agent and engines and remove what `nebula nodes add` installed there");
   remove.add_flag("--purge", s.purge, "With --uninstall: also remove the remote data dir (logs, models)");
@@ -454,7 +456,7 @@ std::optional<int> NodeProvisioning::run(const std::string& removed_node) {
     std::cout << "node " << removed_node << " uninstalled and removed\n";
     return 0;
   }
-  if (s.purge && !removed_node.empty()) return fail("--purge goes with --uninstall");
+  if (s.purge && !removed_node.empty()) return usage_error(*s.remove, "--purge goes with --uninstall");
   return std::nullopt;
 }
 

@@ -238,7 +238,7 @@ cat > "$T"
 got=$(sha256sum < "$T" | cut -d' ' -f1)
 if [ "$got" != "$want" ]; then echo "checksum mismatch after the copy: got $got, want $want" >&2; exit 3; fi
 chmod 0755 "$T"
-if [ -f "$B" ]; then ln -f "$B" "$B.nebula-old"; fi
+if [ -f "$B" ]; then ln -f "$B" "$B.nebula-old" 2>/dev/null || cp -p "$B" "$B.nebula-old"; fi
 mv -f "$T" "$B"
 trap - EXIT
 )SH",
