@@ -28,7 +28,7 @@ constexpr Command kCommands[] = {
     {"restart", "restart a deployment's replicas as a rolling update", nebula::cli::run_restart},
     {"rollout", "a deployment's rollout: status, plan history, undo", nebula::cli::run_rollout},
     {"logs", "print a replica's engine logs", nebula::cli::run_logs},
-    {"nodes", "list nodes", nebula::cli::run_nodes},
+    {"nodes", "list nodes; add one over SSH, upgrade, drain, remove", nebula::cli::run_nodes},
     {"gpus", "list GPUs and what is placed on them", nebula::cli::run_gpus},
     {"events", "list recent events", nebula::cli::run_events},
     {"keys", "create, list and revoke API keys", nebula::cli::run_keys},
@@ -39,6 +39,7 @@ constexpr Command kCommands[] = {
     {"mode", "create, list and switch modes (named sets of deployments)", nebula::cli::run_mode},
     {"mcp", "serve MCP on stdio for AI assistants (tools and resources of this cluster)", nebula::cli::run_mcp},
     {"top", "full-screen terminal UI: nodes, GPUs, deployments, events", nebula::cli::run_top},
+    {"service", "install a systemd unit for up, server or agent", nebula::cli::run_service},
     {"version", "print the version", nebula::cli::run_version},
 };
 

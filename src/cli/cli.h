@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 
 #include <initializer_list>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -39,6 +41,7 @@ int run_rollout(int argc, char** argv);
 int run_restart(int argc, char** argv);
 int run_mcp(int argc, char** argv);
 int run_top(int argc, char** argv);
+int run_service(int argc, char** argv);
 
 // Flags every client command shares: --server, --api-key, -o.
 struct ClientFlags {
@@ -47,6 +50,21 @@ struct ClientFlags {
   std::string output = "table";
 };
 void add_client_flags(CLI::App& app, ClientFlags& flags);
+
+// `nebula nodes add|upgrade` and `nodes rm --uninstall` (src/cli/nodes_provision.cpp): adds those
+// subcommands to `nebula nodes` and the flags to its `rm`.
+class NodeProvisioning {
+ public:
+  NodeProvisioning(CLI::App& nodes, CLI::App& remove, const ClientFlags& flags);
+  ~NodeProvisioning();
+  // After parsing: when add, upgrade or rm --uninstall was given, runs it and returns the exit
+  // code. removed_node is the node of `nodes rm`, "" for other subcommands.
+  std::optional<int> run(const std::string& removed_node);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 // Parses argv for a subcommand; on error or --help prints and returns the exit code to use.
 std::optional<int> parse(CLI::App& app, int argc, char** argv);

@@ -409,7 +409,7 @@ int run_scale(int argc, char** argv) {
 }
 
 int run_nodes(int argc, char** argv) {
-  CLI::App app{"List nodes; drain, undrain or remove one", "nebula nodes"};
+  CLI::App app{"List nodes; add one over SSH, upgrade, drain, undrain or remove one", "nebula nodes"};
   app.require_subcommand(0, 1);
   app.fallthrough();
   ClientFlags flags;
@@ -424,10 +424,14 @@ int run_nodes(int argc, char** argv) {
   auto* remove = app.add_subcommand("rm", "Remove a node: revoke its key and reschedule its replicas");
   remove->add_option("node", node, "Node name")->required();
   remove->add_flag("--force", force, "Remove it even while it is Ready");
+  NodeProvisioning provisioning(app, *remove, flags);
   if (auto exit = parse(app, argc, argv)) return *exit;
-  ApiClient client(flags);
   if (remove->parsed()) {
     if (auto valid = check_name(node); !valid) return usage_error(app, valid.error().message);
+  }
+  if (auto exit = provisioning.run(remove->parsed() ? node : "")) return *exit;
+  ApiClient client(flags);
+  if (remove->parsed()) {
     auto removed = client.call("DELETE", api_path({"nodes", node}) + (force ? "?force=1" : ""));
     if (!removed) return fail(removed.error().message);
     std::cout << "node " << node << " removed: its key is revoked and its replicas are rescheduled\n";

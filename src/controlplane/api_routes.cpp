@@ -414,6 +414,38 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                  co_await writer.send(result_response(updated));
                });
   }
+  // A node's labels (placement selectors match them), set by `nebula nodes add --labels`: the
+  // body's labels replace the node's.
+  router.add(
+      "PUT", "/api/v1/nodes/{name}/labels", [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
+        auto body = body_json(request);
+        if (!body) {
+          co_await writer.send(error_response(body.error()));
+          co_return;
+        }
+        std::map<std::string, std::string> labels;
+        const json& given = body->is_object() && body->contains("labels") ? (*body)["labels"] : json();
+        if (!given.is_object()) {
+          co_await writer.send(
+              error_response(make_error(ErrorCode::InvalidArgument, "labels: expected an object of string values")));
+          co_return;
+        }
+        for (const auto& [key, value] : given.items()) {
+          if (!value.is_string() || key.empty() || key.size() > 63 || value.get<std::string>().size() > 253) {
+            co_await writer.send(error_response(
+                make_error(ErrorCode::InvalidArgument,
+                           fmt::format("labels: '{}' needs a key of 1 to 63 characters and a string value", key))));
+            co_return;
+          }
+          labels[key] = value.get<std::string>();
+        }
+        auto updated = resources.modify<api::Node>(request.params["name"], [&labels](api::Node& current) {
+          if (current.metadata.labels == labels) return false;
+          current.metadata.labels = labels;
+          return true;
+        });
+        co_await writer.send(result_response(updated));
+      });
   router.add("PUT", "/api/v1/nodes/{name}/status",
              [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
                auto status = parse_body_as<api::NodeStatus>(request, api::node_status_from_json);
