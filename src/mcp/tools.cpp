@@ -255,6 +255,22 @@ awaitable<ToolOutcome> restart(Api& api, json arguments) {
   co_return succeeded(std::move(*document));
 }
 
+// sleep and wake: the same POST, a different action.
+awaitable<ToolOutcome> sleep_or_wake(Api& api, json arguments, std::string action) {
+  if (auto valid = check_name_argument(arguments); !valid) co_return failed(valid.error());
+  auto document = co_await api_json(api, "POST", deployment_path(arguments["name"].get<std::string>(), action), "");
+  if (!document) co_return failed(document.error());
+  co_return succeeded(std::move(*document));
+}
+
+awaitable<ToolOutcome> sleep_tool(Api& api, json arguments) {
+  return sleep_or_wake(api, std::move(arguments), "sleep");
+}
+
+awaitable<ToolOutcome> wake_tool(Api& api, json arguments) {
+  return sleep_or_wake(api, std::move(arguments), "wake");
+}
+
 awaitable<ToolOutcome> remove(Api& api, json arguments) {
   if (auto valid = check_name_argument(arguments); !valid) co_return failed(valid.error());
   auto document = co_await api_json(api, "DELETE", deployment_path(arguments["name"].get<std::string>()));
@@ -392,6 +408,25 @@ std::vector<Tool> make_tools() {
   add("restart", "Restart a deployment",
       "Restarts a deployment's replicas as a rolling update (new ones Ready before old ones stop).", name_only,
       any_object_output("The rollout"), false, true, false, restart);
+  json sleep_output = {{"type", "object"},
+                       {"properties",
+                        {{"name", {{"type", "string"}}},
+                         {"state",
+                          {{"type", "string"},
+                           {"enum", {"awake", "sleep-requested", "asleep", "stopped", "wake-requested"}},
+                           {"description", "Where the deployment stands after the call"}}},
+                         {"changed", {{"type", "boolean"}, {"description", "False when it already was in that state"}}},
+                         {"message", {{"type", "string"}}}}},
+                       {"required", {"name", "state", "changed"}}};
+  add("sleep", "Put a deployment to sleep",
+      "Puts a deployment to sleep now, as idleness would: its replicas sleep at its on_idle level (sleep-l1 frees "
+      "the weights' GPU memory, sleep-l2 more) or stop (on_idle: stop). The next request for it, or wake, wakes it. "
+      "A deployment already asleep stays so (changed: false).",
+      name_only, sleep_output, false, true, true, sleep_tool);
+  add("wake", "Wake a deployment",
+      "Wakes a sleeping or idle deployment now (a stopped one starts again); it takes requests once its replicas "
+      "are Ready. A deployment already awake is left as it is (changed: false).",
+      name_only, sleep_output, false, false, true, wake_tool);
   add("remove", "Remove a deployment", "Removes a deployment and stops its replicas.", name_only,
       any_object_output("The deleted deployment"), false, true, true, remove);
   add("list_modes", "List modes", "The modes (named sets of deployments) and which one is active.", no_input,
