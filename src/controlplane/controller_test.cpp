@@ -333,7 +333,8 @@ TEST_F(ControllerTest, SleepAndWakeRefuseUnknownAndZeroReplicaDeployments) {
   ASSERT_FALSE(unknown);
   EXPECT_EQ(unknown.error().code, ErrorCode::NotFound);
   EXPECT_EQ(request_wake(resources_, "nope").error().code, ErrorCode::NotFound);
-  for (const std::string hostile : {"", "../deployments/x", std::string(10'000, 'a'), std::string("a\r\nb")}) {
+  for (const std::string& hostile :
+       std::vector<std::string>{"", "../deployments/x", std::string(10'000, 'a'), "a\r\nb"}) {
     EXPECT_FALSE(request_sleep(resources_, hostile)) << hostile.size();
     EXPECT_FALSE(request_wake(resources_, hostile)) << hostile.size();
   }

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "api/api.h"
+#include "http/status.h"
 
 namespace nebula::mcp {
 
@@ -20,16 +21,6 @@ std::string answer_message(const ApiAnswer& answer) {
     return (*document)["error"].value("message", answer.body);
   }
   return answer.body.size() > 500 ? answer.body.substr(0, 500) : answer.body;
-}
-
-ErrorCode code_of(int status) {
-  return status == 404   ? ErrorCode::NotFound
-         : status == 409 ? ErrorCode::AlreadyExists
-         : status == 400 ? ErrorCode::InvalidArgument
-         : status == 401 ? ErrorCode::Unauthenticated
-         : status == 403 ? ErrorCode::PermissionDenied
-         : status == 429 ? ErrorCode::ResourceExhausted
-                         : ErrorCode::Unavailable;
 }
 
 // What a model can do about an error, after the server's own message.
@@ -294,7 +285,7 @@ awaitable<ToolOutcome> logs(Api& api, json arguments) {
   auto answer = co_await api.call("GET", path, "");
   if (!answer) co_return failed(tool_error(answer.error()));
   if (answer->status >= 300) {
-    co_return failed(tool_error(Error{code_of(answer->status), answer_message(*answer)}));
+    co_return failed(tool_error(Error{http::error_code_of(answer->status), answer_message(*answer)}));
   }
   std::vector<std::string> all;
   size_t start = 0;
@@ -551,7 +542,7 @@ std::string check_arguments(const json& schema, const json& arguments) {
 awaitable<Result<json>> api_json(Api& api, std::string method, std::string path, std::string body) {
   auto answer = co_await api.call(std::move(method), std::move(path), std::move(body));
   if (!answer) co_return tool_error(answer.error());
-  if (answer->status >= 300) co_return tool_error(Error{code_of(answer->status), answer_message(*answer)});
+  if (answer->status >= 300) co_return tool_error(Error{http::error_code_of(answer->status), answer_message(*answer)});
   if (answer->body.empty()) co_return json::object();
   auto document = parse_json(answer->body);
   if (!document) co_return Error{ErrorCode::Internal, "the server answered something that is not JSON"};
