@@ -384,8 +384,8 @@ void draw(const Model& model, const Palette& palette, int64_t now_ms) {
     } else if (!progress.empty()) {
       put(layout.footer.top, 0, " " + progress, palette.warn);
     } else {
-      put(layout.footer.top, 0,
-          " Tab pane  j/k select  s scale  r restart  z sleep/wake  l logs  m modes  ? help  q quit", palette.dim);
+      put(layout.footer.top, 0, " Tab pane  j/k select  s scale  r restart  z sleep  l logs  m modes  ? help  q quit",
+          palette.dim);
     }
   }
   draw_dialog(model, palette);
