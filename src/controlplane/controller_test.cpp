@@ -256,7 +256,7 @@ TEST_F(ControllerTest, WakeOnDemandEndsASleepAndAnIdlePeriod) {
   deployment.metadata.name = "sleepy";
   deployment.spec.model = "m";
   deployment.spec.vram_mb = 1024;
-  deployment.spec.idle_timeout_ms = 60'000;
+  deployment.spec.idle_timeout_ms = 10'000;  // short: the node's heartbeat is never renewed here
   deployment.spec.on_idle = "sleep-l2";
   ASSERT_TRUE(resources_.create(deployment));
   controller_.reconcile();
@@ -284,18 +284,18 @@ TEST_F(ControllerTest, WakeOnDemandEndsASleepAndAnIdlePeriod) {
   EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 0);
 
   // Asleep by idleness: a wake ends that too, and a fresh idle period starts from it.
-  clock_.advance(std::chrono::seconds(61));
+  clock_.advance(std::chrono::seconds(11));
   controller_.reconcile();
   ASSERT_EQ(api::sleep_state(*resources_.get<api::Deployment>("sleepy")), "asleep");
   ASSERT_TRUE(request_wake(resources_, "sleepy"));
   controller_.reconcile();
   EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 0);
-  clock_.advance(std::chrono::seconds(30));
+  clock_.advance(std::chrono::seconds(5));
   controller_.reconcile();
   EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 0);
 
   // A sleep asked for while a wake is still pending wins: the deployment stays asleep.
-  clock_.advance(std::chrono::seconds(31));
+  clock_.advance(std::chrono::seconds(6));
   controller_.reconcile();
   ASSERT_EQ(api::sleep_state(*resources_.get<api::Deployment>("sleepy")), "asleep");
   ASSERT_TRUE(request_wake(resources_, "sleepy"));
@@ -312,6 +312,7 @@ TEST_F(ControllerTest, SleepOfAStopOnIdleDeploymentStopsItsReplicasAndWakeStarts
   deployment.spec.model = "m";
   deployment.spec.vram_mb = 1024;
   deployment.spec.replicas = 2;
+  deployment.spec.idle_timeout_ms = 3'600'000;  // the spec keeps on_idle only beside a timeout
   deployment.spec.on_idle = "stop";
   ASSERT_TRUE(resources_.create(deployment));
   controller_.reconcile();
