@@ -26,6 +26,8 @@ constexpr Command kCommands[] = {
     {"rm", "remove a deployment", nebula::cli::run_rm},
     {"scale", "set a deployment's replica count", nebula::cli::run_scale},
     {"restart", "restart a deployment's replicas as a rolling update", nebula::cli::run_restart},
+    {"sleep", "put a deployment to sleep now; a request or wake wakes it", nebula::cli::run_sleep},
+    {"wake", "wake a sleeping deployment now", nebula::cli::run_wake},
     {"rollout", "a deployment's rollout: status, plan history, undo", nebula::cli::run_rollout},
     {"logs", "print a replica's engine logs", nebula::cli::run_logs},
     {"nodes", "list nodes; add one over SSH, upgrade, drain, remove", nebula::cli::run_nodes},

@@ -359,6 +359,71 @@ TEST_F(OpenUp, LoaderEnvironmentNeedsAnAdminKey) {
   EXPECT_EQ(fine.exit_code, 0) << fine.out;
 }
 
+// Ids in the path of GET /v1/models/{id} and POST /v1/responses/{id}/cancel are the client's:
+// slashes, CR/LF, NULs, 10 KB of them get a clear OpenAI 4xx, nothing leaks into a header, and
+// the server keeps serving.
+TEST_F(OpenUp, HostileIdsInModelAndCancelPathsGetAClear4xx) {
+  auto created = send("POST", "/api/v1/deployments", deployment_, {{"Content-Type", "application/json"}});
+  ASSERT_TRUE(created);
+  ASSERT_EQ(created->status, 201) << created->body;
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto known = send("GET", "/v1/models/web", "", {});
+        return known && known->status == 200;
+      },
+      10s));
+  const std::vector<std::string> hostile = {
+      "a/b",
+      "a%2Fb",
+      "..%2F..%2Fapi%2Fv1%2Fkeys",
+      "web%0D%0AX-Injected:%201",
+      "web%0AX-Injected:%201",
+      "%00",
+      "web%00",
+      "%FF%FE%FD",
+      "%",
+      "%zz",
+      std::string(10 * 1024, 'm'),
+      "resp_" + std::string(10 * 1024, '9'),
+      "resp_%0D%0A%0D%0AHTTP%2F1.1%20200%20OK",
+      "%E2%80%AEresp",
+  };
+  auto expect_clear_4xx = [](const Result<http::Response>& answer, const std::string& what) {
+    ASSERT_TRUE(answer) << what << ": " << answer.error().message;
+    EXPECT_GE(answer->status, 400) << what << ": " << answer->body.substr(0, 300);
+    EXPECT_LT(answer->status, 500) << what << ": " << answer->body.substr(0, 300);
+    EXPECT_EQ(answer->header("x-injected"), "") << what;
+    auto body = parse_json(answer->body);
+    ASSERT_TRUE(body && body->is_object() && (*body)["error"].is_object())
+        << what << ": " << answer->body.substr(0, 300);
+    EXPECT_TRUE((*body)["error"]["message"].is_string()) << what;
+  };
+  for (const auto& id : hostile) {
+    SCOPED_TRACE(id.substr(0, 40));
+    expect_clear_4xx(send("GET", "/v1/models/" + id, "", {}), "model");
+    expect_clear_4xx(send("POST", "/v1/responses/" + id + "/cancel", "", {{"Content-Type", "application/json"}}),
+                     "cancel");
+    expect_clear_4xx(send("POST", "/v1/responses/" + id + "/cancel", "{\"x\":", {{"Content-Type", "application/json"}}),
+                     "cancel with a broken body");
+  }
+  // Unknown ids name themselves in the message; an absurd one is still a plain 404.
+  auto unknown = send("GET", "/v1/models/nosuch", "", {});
+  ASSERT_TRUE(unknown);
+  EXPECT_EQ(unknown->status, 404);
+  EXPECT_NE(error_message(*unknown).find("nosuch"), std::string::npos) << unknown->body;
+  auto absurd = send("POST", "/v1/responses/resp_" + std::string(10 * 1024, 'x') + "/cancel", "",
+                     {{"Content-Type", "application/json"}});
+  ASSERT_TRUE(absurd);
+  EXPECT_EQ(absurd->status, 404) << absurd->body.substr(0, 300);
+  // Still serving.
+  auto models = send("GET", "/v1/models", "", {});
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 200);
+  auto known = send("GET", "/v1/models/web", "", {});
+  ASSERT_TRUE(known);
+  EXPECT_EQ(known->status, 200) << known->body;
+}
+
 TEST_F(OpenUp, ParallelDeploysOfOneNameCreateItOnce) {
   // Three rounds: each is a race between deploys that all start at once.
   constexpr int kDeploys = 8;

@@ -229,6 +229,7 @@ json to_json(const Deployment& value) {
             {"last_request_ms", value.status.last_request_ms},
             {"idle_since_ms", value.status.idle_since_ms},
             {"wake_requested_ms", value.status.wake_requested_ms},
+            {"sleep_requested_ms", value.status.sleep_requested_ms},
             {"evicted", value.status.evicted},
             {"plan_version", value.status.plan_version},
             {"restart_requested_ms", value.status.restart_requested_ms},
@@ -318,6 +319,7 @@ Result<Deployment> deployment_from_json(const json& value) {
     read(status, "last_request_ms", deployment.status.last_request_ms);
     read(status, "idle_since_ms", deployment.status.idle_since_ms);
     read(status, "wake_requested_ms", deployment.status.wake_requested_ms);
+    read(status, "sleep_requested_ms", deployment.status.sleep_requested_ms);
     read(status, "evicted", deployment.status.evicted);
     read(status, "plan_version", deployment.status.plan_version);
     read(status, "restart_requested_ms", deployment.status.restart_requested_ms);
@@ -475,6 +477,20 @@ bool same_plan(const DeploymentSpec& a, const DeploymentSpec& b) {
                     spec.shape.head_dim, spec.shape.overhead_mb);
   };
   return key(a) == key(b);
+}
+
+bool sleep_requested(const DeploymentStatus& status) {
+  return status.sleep_requested_ms > status.wake_requested_ms;
+}
+
+std::string sleep_state(const Deployment& deployment) {
+  const auto& status = deployment.status;
+  bool asked_to_sleep = sleep_requested(status);
+  if (status.idle_since_ms > 0) {
+    if (!asked_to_sleep && status.wake_requested_ms >= status.idle_since_ms) return "wake-requested";
+    return deployment.spec.on_idle == "stop" || status.evicted ? "stopped" : "asleep";
+  }
+  return asked_to_sleep ? "sleep-requested" : "awake";
 }
 
 std::string hub_repo_key(const std::string& model) {

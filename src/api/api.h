@@ -141,8 +141,11 @@ struct DeploymentStatus {
   std::string message;
   int64_t last_request_ms = 0;    // written by the gateway, at most once a second
   int64_t idle_since_ms = 0;      // 0 = awake; else when its replicas were put to sleep or stopped
-  int64_t wake_requested_ms = 0;  // a request arrived for an idle deployment
-  bool evicted = false;           // idle, and stopped to make room for another: starts on wake
+  int64_t wake_requested_ms = 0;  // a request arrived for an idle deployment, or `nebula wake`
+  // `nebula sleep`: asleep until a later wake_requested_ms (a request or `nebula wake`), whatever
+  // idle_timeout_ms says. Asleep on demand while sleep_requested_ms > wake_requested_ms.
+  int64_t sleep_requested_ms = 0;
+  bool evicted = false;  // idle, and stopped to make room for another: starts on wake
   // Plans (the controller's): replicas converge to plan_version, which is the newest plan unless
   // a failed rollout rolled back to an older one. 0 until the controller made the first plan.
   int64_t plan_version = 0;
@@ -250,6 +253,12 @@ Status validate(const DeploymentSpec& spec);
 Result<int> rollout_count(const std::string& value, int replicas, bool round_up, const char* field);
 // True when the two specs run the same engines (the fields that define a plan are equal).
 bool same_plan(const DeploymentSpec& a, const DeploymentSpec& b);
+// True while `nebula sleep` holds the deployment asleep: asked after the last wake (a request or
+// `nebula wake`).
+bool sleep_requested(const DeploymentStatus& status);
+// Where a deployment stands for sleep and wake: "awake", "sleep-requested" (the controller has not
+// acted yet), "asleep", "stopped" (on_idle: stop, or evicted while idle) or "wake-requested".
+std::string sleep_state(const Deployment& deployment);
 
 // The engines Nebula knows how to run.
 const std::vector<std::string>& known_engines();

@@ -39,6 +39,8 @@ int run_chat(int argc, char** argv);
 int run_mode(int argc, char** argv);
 int run_rollout(int argc, char** argv);
 int run_restart(int argc, char** argv);
+int run_sleep(int argc, char** argv);
+int run_wake(int argc, char** argv);
 int run_mcp(int argc, char** argv);
 int run_top(int argc, char** argv);
 int run_service(int argc, char** argv);

@@ -13,6 +13,7 @@
 #include "api/api.h"
 #include "common/config.h"
 #include "common/run_blocking.h"
+#include "http/status.h"
 
 #include "cli/cli.h"
 
@@ -172,15 +173,6 @@ std::string error_message(const std::string& body) {
   return body;
 }
 
-ErrorCode code_of(int status) {
-  return status == 404   ? ErrorCode::NotFound
-         : status == 409 ? ErrorCode::AlreadyExists
-         : status == 400 ? ErrorCode::InvalidArgument
-         : status == 401 ? ErrorCode::Unauthenticated
-         : status == 403 ? ErrorCode::PermissionDenied
-                         : ErrorCode::Unavailable;
-}
-
 // A server on this machine started with --auth keys left its admin key in its data dir.
 std::string local_admin_key(const std::string& server) {
   bool local = server.find("://127.") != std::string::npos || server.find("://localhost") != std::string::npos ||
@@ -217,7 +209,7 @@ Result<json> ApiClient::call(const std::string& method, const std::string& path,
     auto parsed = parse_json(response->body);
     if (parsed) document = std::move(*parsed);
   }
-  if (response->status >= 300) return make_error(code_of(response->status), error_message(response->body));
+  if (response->status >= 300) return make_error(http::error_code_of(response->status), error_message(response->body));
   return document;
 }
 
@@ -235,7 +227,8 @@ Status ApiClient::stream_to_stdout(const std::string& path) {
     auto& stream = **response;
     if (stream.status != 200) {
       auto body = co_await stream.read_all(std::chrono::seconds(30));
-      co_return make_error(code_of(stream.status), body ? error_message(*body) : fmt::format("HTTP {}", stream.status));
+      co_return make_error(http::error_code_of(stream.status),
+                           body ? error_message(*body) : fmt::format("HTTP {}", stream.status));
     }
     while (true) {
       auto piece = co_await stream.read(std::chrono::hours(24));

@@ -5,7 +5,8 @@
 namespace nebula::cli {
 
 int run_top(int argc, char** argv) {
-  CLI::App app{"Full-screen terminal UI: nodes, GPUs, deployments, events; scale, restart, logs, modes", "nebula top"};
+  CLI::App app{"Full-screen terminal UI: nodes, GPUs, deployments, events; scale, restart, sleep/wake, logs, modes",
+               "nebula top"};
   ClientFlags flags;
   add_client_flags(app, flags);
   if (auto exit = parse(app, argc, argv)) return *exit;

@@ -670,6 +670,7 @@ void add_api_routes(http::Router& router, Resources& resources, asio::io_context
   add_simulate_routes(router, resources);
   add_mode_routes(router, resources, io);
   add_rollout_routes(router, resources);
+  add_sleep_routes(router, resources);
   router.add("GET", "/api/v1/gpus", [&resources](Request&, ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(ok_json(gpus_json(resources)));
   });

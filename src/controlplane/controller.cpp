@@ -163,19 +163,24 @@ void Controller::replace_lost(std::vector<api::Replica>& replicas, const std::ve
 }
 
 // Decides whether the deployment is idle: asleep (or stopped) after idle_timeout without a
-// request, awake again once the gateway asked for it. Returns the status it leaves.
+// request, or at once when `nebula sleep` asked for it; awake again once the gateway (a request)
+// or `nebula wake` asked for it. Returns the status it leaves.
 api::DeploymentStatus Controller::reconcile_idle(const api::Deployment& deployment,
                                                  const std::vector<api::Replica*>& active, int ready) {
   const auto& spec = deployment.spec;
   const auto& status = deployment.status;
   int64_t now = to_unix_ms(resources_.clock().wall_now());
   bool idle = status.idle_since_ms > 0;
-  if (!idle && spec.idle_timeout_ms <= 0) return status;
+  bool asked_to_sleep = api::sleep_requested(status);
+  if (!idle && !asked_to_sleep && spec.idle_timeout_ms <= 0) return status;
   bool go_idle = false;
   bool wake = false;
   if (idle) {
-    // A request arrived (or the timeout was switched off): wake.
-    wake = status.wake_requested_ms >= status.idle_since_ms || spec.idle_timeout_ms <= 0;
+    // A request arrived or a wake was asked for (or the timeout was switched off and nobody asked
+    // for sleep): wake.
+    wake = !asked_to_sleep && (status.wake_requested_ms >= status.idle_since_ms || spec.idle_timeout_ms <= 0);
+  } else if (asked_to_sleep) {
+    go_idle = true;  // on demand: now, Ready or not (a replica still starting sleeps once Ready)
   } else {
     int64_t last_use = std::max({status.last_request_ms, status.wake_requested_ms, deployment.metadata.created_ms});
     go_idle = ready > 0 && ready == static_cast<int>(active.size()) && now - last_use > spec.idle_timeout_ms;
@@ -194,11 +199,14 @@ api::DeploymentStatus Controller::reconcile_idle(const api::Deployment& deployme
   });
   if (!updated) return status;
   result = updated->status;
-  if (go_idle) {
-    resources_.record_event("deployment/" + deployment.metadata.name, "Idle",
+  const std::string object = "deployment/" + deployment.metadata.name;
+  if (go_idle && asked_to_sleep) {
+    resources_.record_event(object, "Idle", fmt::format("put to sleep on demand: {}", spec.on_idle));
+  } else if (go_idle) {
+    resources_.record_event(object, "Idle",
                             fmt::format("no request for {} s: {}", spec.idle_timeout_ms / 1000, spec.on_idle));
   } else {
-    resources_.record_event("deployment/" + deployment.metadata.name, "Waking", "a request arrived");
+    resources_.record_event(object, "Waking", "a request arrived or a wake was asked for");
   }
   return result;
 }

@@ -203,6 +203,154 @@ TEST_F(ControllerTest, IdleStopScalesToZeroAndBack) {
   EXPECT_EQ(replicas("cold").size(), 2u);
 }
 
+// `nebula sleep` on a deployment without scale-to-zero: asleep at its on_idle level (sleep-l1 by
+// default) and held asleep by the controller, pass after pass, until a request or a wake.
+TEST_F(ControllerTest, SleepOnDemandSurvivesReconcilesAndARequestWakesIt) {
+  add_node("n1", 80 * 1024);
+  deploy("chat", 2, 1024);
+  controller_.reconcile();
+  mark_ready("chat");
+  controller_.reconcile();
+  auto asked = request_sleep(resources_, "chat");
+  ASSERT_TRUE(asked);
+  EXPECT_TRUE(asked->changed);
+  EXPECT_EQ(api::sleep_state(asked->deployment), "sleep-requested");
+  controller_.reconcile();
+  auto deployment = resources_.get<api::Deployment>("chat");
+  EXPECT_GT(deployment->status.idle_since_ms, 0);
+  EXPECT_EQ(deployment->status.phase, "Idle");
+  EXPECT_EQ(api::sleep_state(*deployment), "asleep");
+  for (const auto& replica : replicas("chat")) EXPECT_EQ(replica.spec.sleep_level, 1);
+  EXPECT_EQ(replicas("chat").size(), 2u);  // asleep, not stopped
+  // Its idle timeout is 0, which alone would wake it at once: the ask holds it asleep.
+  for (int pass = 0; pass < 3; ++pass) {
+    clock_.advance(std::chrono::minutes(10));
+    controller_.reconcile();
+  }
+  EXPECT_EQ(api::sleep_state(*resources_.get<api::Deployment>("chat")), "asleep");
+  for (const auto& replica : replicas("chat")) EXPECT_EQ(replica.spec.sleep_level, 1);
+
+  // A second sleep changes nothing and is no error.
+  auto again = request_sleep(resources_, "chat");
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(again->changed);
+  EXPECT_EQ(again->deployment.status.sleep_requested_ms, deployment->status.sleep_requested_ms);
+
+  // A request arrives: the gateway writes wake_requested_ms, as for an idle deployment.
+  ASSERT_TRUE(resources_.modify<api::Deployment>("chat", [&](api::Deployment& d) {
+    d.status.wake_requested_ms = to_unix_ms(clock_.wall_now());
+    return true;
+  }));
+  controller_.reconcile();
+  EXPECT_EQ(api::sleep_state(*resources_.get<api::Deployment>("chat")), "awake");
+  for (const auto& replica : replicas("chat")) EXPECT_EQ(replica.spec.sleep_level, 0);
+  // And it stays awake: no idle timeout, no sleep asked for since.
+  clock_.advance(std::chrono::minutes(10));
+  controller_.reconcile();
+  EXPECT_EQ(resources_.get<api::Deployment>("chat")->status.idle_since_ms, 0);
+}
+
+TEST_F(ControllerTest, WakeOnDemandEndsASleepAndAnIdlePeriod) {
+  add_node("n1", 80 * 1024);
+  api::Deployment deployment;
+  deployment.metadata.name = "sleepy";
+  deployment.spec.model = "m";
+  deployment.spec.vram_mb = 1024;
+  deployment.spec.idle_timeout_ms = 10'000;  // short: the node's heartbeat is never renewed here
+  deployment.spec.on_idle = "sleep-l2";
+  ASSERT_TRUE(resources_.create(deployment));
+  controller_.reconcile();
+  mark_ready("sleepy");
+
+  // Awake: a wake changes nothing.
+  auto awake = request_wake(resources_, "sleepy");
+  ASSERT_TRUE(awake);
+  EXPECT_FALSE(awake->changed);
+  EXPECT_EQ(api::sleep_state(awake->deployment), "awake");
+
+  // Asleep on demand, at the spec's level, then woken within the same millisecond.
+  ASSERT_TRUE(request_sleep(resources_, "sleepy"));
+  controller_.reconcile();
+  EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 2);
+  auto woken = request_wake(resources_, "sleepy");
+  ASSERT_TRUE(woken);
+  EXPECT_TRUE(woken->changed);
+  EXPECT_EQ(api::sleep_state(woken->deployment), "wake-requested");
+  auto twice = request_wake(resources_, "sleepy");
+  ASSERT_TRUE(twice);
+  EXPECT_FALSE(twice->changed);
+  controller_.reconcile();
+  EXPECT_EQ(api::sleep_state(*resources_.get<api::Deployment>("sleepy")), "awake");
+  EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 0);
+
+  // Asleep by idleness: a wake ends that too, and a fresh idle period starts from it.
+  clock_.advance(std::chrono::seconds(11));
+  controller_.reconcile();
+  ASSERT_EQ(api::sleep_state(*resources_.get<api::Deployment>("sleepy")), "asleep");
+  ASSERT_TRUE(request_wake(resources_, "sleepy"));
+  controller_.reconcile();
+  EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 0);
+  clock_.advance(std::chrono::seconds(5));
+  controller_.reconcile();
+  EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 0);
+
+  // A sleep asked for while a wake is still pending wins: the deployment stays asleep.
+  clock_.advance(std::chrono::seconds(6));
+  controller_.reconcile();
+  ASSERT_EQ(api::sleep_state(*resources_.get<api::Deployment>("sleepy")), "asleep");
+  ASSERT_TRUE(request_wake(resources_, "sleepy"));
+  ASSERT_TRUE(request_sleep(resources_, "sleepy"));
+  controller_.reconcile();
+  EXPECT_EQ(api::sleep_state(*resources_.get<api::Deployment>("sleepy")), "asleep");
+  EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 2);
+}
+
+TEST_F(ControllerTest, SleepOfAStopOnIdleDeploymentStopsItsReplicasAndWakeStartsThem) {
+  add_node("n1", 80 * 1024);
+  api::Deployment deployment;
+  deployment.metadata.name = "cold";
+  deployment.spec.model = "m";
+  deployment.spec.vram_mb = 1024;
+  deployment.spec.replicas = 2;
+  deployment.spec.idle_timeout_ms = 3'600'000;  // the spec keeps on_idle only beside a timeout
+  deployment.spec.on_idle = "stop";
+  ASSERT_TRUE(resources_.create(deployment));
+  controller_.reconcile();
+  mark_ready("cold");
+  ASSERT_TRUE(request_sleep(resources_, "cold"));
+  controller_.reconcile();
+  EXPECT_TRUE(replicas("cold").empty());
+  EXPECT_EQ(api::sleep_state(*resources_.get<api::Deployment>("cold")), "stopped");
+  auto again = request_sleep(resources_, "cold");
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(again->changed);
+  ASSERT_TRUE(request_wake(resources_, "cold"));
+  controller_.reconcile();
+  EXPECT_EQ(replicas("cold").size(), 2u);
+}
+
+TEST_F(ControllerTest, SleepAndWakeRefuseUnknownAndZeroReplicaDeployments) {
+  auto unknown = request_sleep(resources_, "nope");
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error().code, ErrorCode::NotFound);
+  EXPECT_EQ(request_wake(resources_, "nope").error().code, ErrorCode::NotFound);
+  for (const std::string& hostile :
+       std::vector<std::string>{"", "../deployments/x", std::string(10'000, 'a'), "a\r\nb"}) {
+    EXPECT_FALSE(request_sleep(resources_, hostile)) << hostile.size();
+    EXPECT_FALSE(request_wake(resources_, hostile)) << hostile.size();
+  }
+  deploy("empty", 0);
+  controller_.reconcile();
+  auto sleep = request_sleep(resources_, "empty");
+  ASSERT_FALSE(sleep);
+  EXPECT_EQ(sleep.error().code, ErrorCode::Conflict);
+  EXPECT_NE(sleep.error().message.find("0 replicas"), std::string::npos) << sleep.error().message;
+  auto wake = request_wake(resources_, "empty");
+  ASSERT_FALSE(wake);
+  EXPECT_EQ(wake.error().code, ErrorCode::Conflict);
+  EXPECT_EQ(resources_.get<api::Deployment>("empty")->status.sleep_requested_ms, 0);
+}
+
 TEST(ApiJson, RoundTripsAndNamesBadFields) {
   api::Deployment deployment;
   deployment.metadata.name = "chat";

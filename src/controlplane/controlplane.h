@@ -123,6 +123,21 @@ void add_mode_routes(http::Router& router, Resources& resources, asio::io_contex
 // (rollout_routes.cpp).
 void add_rollout_routes(http::Router& router, Resources& resources);
 
+// Sleep and wake on demand: POST /api/v1/deployments/{name}/sleep and .../wake (sleep_routes.cpp).
+// Each records the ask in the deployment's status (sleep_requested_ms, wake_requested_ms) and
+// answers; the controller puts the replicas to sleep (the spec's on_idle) or wakes them.
+void add_sleep_routes(http::Router& router, Resources& resources);
+
+// The answer to a sleep or wake: the deployment after the ask, and whether the ask changed it (a
+// second sleep of a sleeping deployment changes nothing).
+struct SleepAnswer {
+  api::Deployment deployment;
+  bool changed = false;
+};
+// NotFound for an unknown deployment; Conflict for one with zero replicas (nothing to sleep or wake).
+Result<SleepAnswer> request_sleep(Resources& resources, const std::string& name);
+Result<SleepAnswer> request_wake(Resources& resources, const std::string& name);
+
 // Join tokens: POST/GET /api/v1/tokens, DELETE /api/v1/tokens/{id} (tokens.cpp).
 void add_token_routes(http::Router& router, Resources& resources);
 // The server's own token, or an unexpired one from `nebula token create`.

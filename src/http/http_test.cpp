@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "http/sse.h"
+#include "http/status.h"
 
 namespace nebula::http {
 
@@ -139,6 +140,18 @@ TEST(ClientBody, BrokenChunkFramingIsAnErrorNotAHang) {
     auto response = client.request("GET", upstream.url(), "", {}, std::chrono::seconds(5));
     EXPECT_FALSE(response) << "accepted " << body;
   }
+}
+
+TEST(ErrorCodeOf, MapsTheStatusesTheServerAnswers) {
+  EXPECT_EQ(error_code_of(400), ErrorCode::InvalidArgument);
+  EXPECT_EQ(error_code_of(401), ErrorCode::Unauthenticated);
+  EXPECT_EQ(error_code_of(403), ErrorCode::PermissionDenied);
+  EXPECT_EQ(error_code_of(404), ErrorCode::NotFound);
+  EXPECT_EQ(error_code_of(409), ErrorCode::AlreadyExists);
+  EXPECT_EQ(error_code_of(413), ErrorCode::TooLarge);
+  EXPECT_EQ(error_code_of(429), ErrorCode::ResourceExhausted);
+  EXPECT_EQ(error_code_of(504), ErrorCode::Timeout);
+  for (int other : {500, 502, 503, 418, 0, -1, 99999}) EXPECT_EQ(error_code_of(other), ErrorCode::Unavailable) << other;
 }
 
 TEST(Sse, FormatsMultiLineData) {

@@ -202,9 +202,10 @@ TEST(McpServer, ListsEveryToolWithSchemasAndAnnotations) {
     }
   }
   std::vector<std::string> expected = {
-      "gpu_status", "list_nodes", "list_deployments", "get_deployment", "simulate_placement", "deploy",
-      "scale",      "restart",    "remove",           "list_modes",     "switch_mode",        "logs",
-      "usage",      "chat"};
+      "gpu_status", "list_nodes", "list_deployments", "get_deployment", "simulate_placement",
+      "deploy",     "scale",      "restart",          "sleep",          "wake",
+      "remove",     "list_modes", "switch_mode",      "logs",           "usage",
+      "chat"};
   EXPECT_EQ(names, expected);
 }
 

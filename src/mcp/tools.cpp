@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "api/api.h"
+#include "http/status.h"
 
 namespace nebula::mcp {
 
@@ -20,16 +21,6 @@ std::string answer_message(const ApiAnswer& answer) {
     return (*document)["error"].value("message", answer.body);
   }
   return answer.body.size() > 500 ? answer.body.substr(0, 500) : answer.body;
-}
-
-ErrorCode code_of(int status) {
-  return status == 404   ? ErrorCode::NotFound
-         : status == 409 ? ErrorCode::AlreadyExists
-         : status == 400 ? ErrorCode::InvalidArgument
-         : status == 401 ? ErrorCode::Unauthenticated
-         : status == 403 ? ErrorCode::PermissionDenied
-         : status == 429 ? ErrorCode::ResourceExhausted
-                         : ErrorCode::Unavailable;
 }
 
 // What a model can do about an error, after the server's own message.
@@ -255,6 +246,22 @@ awaitable<ToolOutcome> restart(Api& api, json arguments) {
   co_return succeeded(std::move(*document));
 }
 
+// sleep and wake: the same POST, a different action.
+awaitable<ToolOutcome> sleep_or_wake(Api& api, json arguments, std::string action) {
+  if (auto valid = check_name_argument(arguments); !valid) co_return failed(valid.error());
+  auto document = co_await api_json(api, "POST", deployment_path(arguments["name"].get<std::string>(), action), "");
+  if (!document) co_return failed(document.error());
+  co_return succeeded(std::move(*document));
+}
+
+awaitable<ToolOutcome> sleep_tool(Api& api, json arguments) {
+  return sleep_or_wake(api, std::move(arguments), "sleep");
+}
+
+awaitable<ToolOutcome> wake_tool(Api& api, json arguments) {
+  return sleep_or_wake(api, std::move(arguments), "wake");
+}
+
 awaitable<ToolOutcome> remove(Api& api, json arguments) {
   if (auto valid = check_name_argument(arguments); !valid) co_return failed(valid.error());
   auto document = co_await api_json(api, "DELETE", deployment_path(arguments["name"].get<std::string>()));
@@ -278,7 +285,7 @@ awaitable<ToolOutcome> logs(Api& api, json arguments) {
   auto answer = co_await api.call("GET", path, "");
   if (!answer) co_return failed(tool_error(answer.error()));
   if (answer->status >= 300) {
-    co_return failed(tool_error(Error{code_of(answer->status), answer_message(*answer)}));
+    co_return failed(tool_error(Error{http::error_code_of(answer->status), answer_message(*answer)}));
   }
   std::vector<std::string> all;
   size_t start = 0;
@@ -392,6 +399,25 @@ std::vector<Tool> make_tools() {
   add("restart", "Restart a deployment",
       "Restarts a deployment's replicas as a rolling update (new ones Ready before old ones stop).", name_only,
       any_object_output("The rollout"), false, true, false, restart);
+  json sleep_output = {{"type", "object"},
+                       {"properties",
+                        {{"name", {{"type", "string"}}},
+                         {"state",
+                          {{"type", "string"},
+                           {"enum", {"awake", "sleep-requested", "asleep", "stopped", "wake-requested"}},
+                           {"description", "Where the deployment stands after the call"}}},
+                         {"changed", {{"type", "boolean"}, {"description", "False when it already was in that state"}}},
+                         {"message", {{"type", "string"}}}}},
+                       {"required", {"name", "state", "changed"}}};
+  add("sleep", "Put a deployment to sleep",
+      "Puts a deployment to sleep now, as idleness would: its replicas sleep at its on_idle level (sleep-l1 frees "
+      "the weights' GPU memory, sleep-l2 more) or stop (on_idle: stop). The next request for it, or wake, wakes it. "
+      "A deployment already asleep stays so (changed: false).",
+      name_only, sleep_output, false, true, true, sleep_tool);
+  add("wake", "Wake a deployment",
+      "Wakes a sleeping or idle deployment now (a stopped one starts again); it takes requests once its replicas "
+      "are Ready. A deployment already awake is left as it is (changed: false).",
+      name_only, sleep_output, false, false, true, wake_tool);
   add("remove", "Remove a deployment", "Removes a deployment and stops its replicas.", name_only,
       any_object_output("The deleted deployment"), false, true, true, remove);
   add("list_modes", "List modes", "The modes (named sets of deployments) and which one is active.", no_input,
@@ -516,7 +542,7 @@ std::string check_arguments(const json& schema, const json& arguments) {
 awaitable<Result<json>> api_json(Api& api, std::string method, std::string path, std::string body) {
   auto answer = co_await api.call(std::move(method), std::move(path), std::move(body));
   if (!answer) co_return tool_error(answer.error());
-  if (answer->status >= 300) co_return tool_error(Error{code_of(answer->status), answer_message(*answer)});
+  if (answer->status >= 300) co_return tool_error(Error{http::error_code_of(answer->status), answer_message(*answer)});
   if (answer->body.empty()) co_return json::object();
   auto document = parse_json(answer->body);
   if (!document) co_return Error{ErrorCode::Internal, "the server answered something that is not JSON"};

@@ -161,6 +161,8 @@ Call call_for(const Command& command) {
       call.body = json{{"replicas", command.replicas}}.dump();
       break;
     case Command::Kind::Restart: call.path = api_path({"deployments", command.target, "restart"}); break;
+    case Command::Kind::Sleep: call.path = api_path({"deployments", command.target, "sleep"}); break;
+    case Command::Kind::Wake: call.path = api_path({"deployments", command.target, "wake"}); break;
     case Command::Kind::ModeDryRun:
       call.path = api_path({"modes", command.target, "switch"}, {{"dry_run", "1"}});
       break;

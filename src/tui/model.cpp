@@ -151,6 +151,8 @@ void Model::command_finished(const CommandOutcome& outcome) {
   if (!outcome.ok) {
     std::string what = command.kind == Command::Kind::Scale        ? "scale " + target
                        : command.kind == Command::Kind::Restart    ? "restart " + target
+                       : command.kind == Command::Kind::Sleep      ? "sleep " + target
+                       : command.kind == Command::Kind::Wake       ? "wake " + target
                        : command.kind == Command::Kind::ModeSwitch ? "switch to " + target
                                                                    : target;
     say(fmt::format("{} failed: {}{}", what, outcome.error, outcome.plan.rolled_back ? " (rolled back)" : ""), true);
@@ -159,6 +161,8 @@ void Model::command_finished(const CommandOutcome& outcome) {
   switch (command.kind) {
     case Command::Kind::Scale: say(fmt::format("{} scaled to {}", target, command.replicas)); break;
     case Command::Kind::Restart: say(fmt::format("{}: rolling restart started", target)); break;
+    case Command::Kind::Sleep: say(fmt::format("{}: going to sleep (a request or z wakes it)", target)); break;
+    case Command::Kind::Wake: say(fmt::format("{}: waking", target)); break;
     case Command::Kind::ModeSwitch:
       say(fmt::format("switched to {} in {:.1f}s: started {}; stopped {}", target, outcome.plan.duration_ms / 1000.0,
                       joined(outcome.plan.started), joined(outcome.plan.stopped)));
@@ -404,6 +408,8 @@ KeyResult Model::handle_dialog_key(int key) {
         say("");
       } else if (command->kind == Command::Kind::Restart) {
         say(fmt::format("restarting {}...", command->target));
+      } else if (command->kind == Command::Kind::Sleep) {
+        say(fmt::format("putting {} to sleep...", command->target));
       } else if (command->kind == Command::Kind::Scale) {
         say(fmt::format("scaling {} to {}...", command->target, command->replicas));
       }
@@ -478,7 +484,7 @@ KeyResult Model::handle_key(int key) {
     default: break;
   }
   std::string target = selected_deployment();
-  if (key != 's' && key != 'r' && key != 'l') return {};
+  if (key != 's' && key != 'r' && key != 'z' && key != 'l') return {};
   if (target.empty()) {
     say("no deployment selected", true);
     return {};
@@ -495,6 +501,22 @@ KeyResult Model::handle_key(int key) {
         {fmt::format("Its {} replica{} are replaced one by one (a rolling restart).", deployment->spec.replicas,
                      deployment->spec.replicas == 1 ? "" : "s")},
         Command{Command::Kind::Restart, target});
+    return {};
+  }
+  // 'z': an awake deployment is put to sleep (after a confirmation: requests then wait for its
+  // wake); one asleep, stopped or going to sleep is woken at once.
+  if (key == 'z') {
+    std::string state = api::sleep_state(*deployment);
+    if (state != "awake" && state != "wake-requested") {
+      say(fmt::format("waking {}...", target));
+      return {false, Command{Command::Kind::Wake, target}};
+    }
+    const auto& spec = deployment->spec;
+    std::string what = spec.on_idle == "stop"
+                           ? "Its replicas stop and free their GPUs (on_idle: stop)."
+                           : fmt::format("Its replicas sleep ({}) and free their GPU memory.", spec.on_idle);
+    ask(fmt::format("Sleep {}?", target), {what, "The next request for it, or z again, wakes it."},
+        Command{Command::Kind::Sleep, target});
     return {};
   }
   // 'l': the logs of the selected deployment's first replica, in place of the events; again to close.

@@ -53,7 +53,7 @@ enum class Dialog {
 
 // A request for the server that a key made.
 struct Command {
-  enum class Kind { Scale, Restart, ModeDryRun, ModeSwitch, FollowLogs, StopLogs };
+  enum class Kind { Scale, Restart, Sleep, Wake, ModeDryRun, ModeSwitch, FollowLogs, StopLogs };
   Kind kind = Kind::Scale;
   std::string target;   // the deployment, or the mode
   int replicas = 0;     // Scale

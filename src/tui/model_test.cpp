@@ -224,6 +224,37 @@ TEST_F(TuiModel, RestartOnlyAfterYes) {
   EXPECT_EQ(model_.message(), "restart alpha failed: deployment 'alpha' not found");
 }
 
+TEST_F(TuiModel, SleepOnlyAfterYesAndWakeAtOnce) {
+  // Awake: z asks first; anything but y cancels.
+  EXPECT_FALSE(keys({'z'}).command);
+  EXPECT_EQ(model_.confirm_question(), "Sleep alpha?");
+  EXPECT_FALSE(keys({'n'}).command);
+  EXPECT_EQ(model_.message(), "Sleep alpha: cancelled");
+  auto result = keys({'z', 'y'});
+  ASSERT_TRUE(result.command);
+  EXPECT_EQ(result.command->kind, Command::Kind::Sleep);
+  EXPECT_EQ(result.command->target, "alpha");
+  model_.command_finished({*result.command, true, "", {}});
+  EXPECT_EQ(model_.message(), "alpha: going to sleep (a request or z wakes it)");
+  model_.command_finished({*result.command, false, "deployment alpha has 0 replicas", {}});
+  EXPECT_TRUE(model_.message_is_error());
+  EXPECT_EQ(model_.message(), "sleep alpha failed: deployment alpha has 0 replicas");
+
+  // Asleep (as the watch reports it): z wakes it, without asking.
+  auto asleep = deployment("alpha", 3, 0);
+  asleep.status.idle_since_ms = 1000;
+  asleep.status.sleep_requested_ms = 900;
+  asleep.status.phase = "Idle";
+  model_.set_deployments({deployment("beta", 2, 2), asleep});
+  ASSERT_EQ(model_.selected_deployment(), "alpha");
+  auto wake = keys({'z'});
+  ASSERT_TRUE(wake.command);
+  EXPECT_EQ(wake.command->kind, Command::Kind::Wake);
+  EXPECT_EQ(model_.dialog(), Dialog::None);
+  model_.command_finished({*wake.command, true, "", {}});
+  EXPECT_EQ(model_.message(), "alpha: waking");
+}
+
 TEST_F(TuiModel, ModeSwitchShowsTheDryRunFirst) {
   EXPECT_EQ(keys({'m'}).command, std::nullopt);
   EXPECT_EQ(model_.dialog(), Dialog::None);  // no modes

@@ -132,6 +132,8 @@ const std::vector<std::string>& help_lines() {
       "s                 scale the selected deployment (asks for a count;",
       "                  scaling down asks to confirm)",
       "r                 rolling restart of the selected deployment (confirm)",
+      "z                 sleep the selected deployment (confirm), or wake it",
+      "                  when it sleeps; a request wakes it too",
       "l                 follow its logs in place of the events (l/Esc closes)",
       "m                 switch mode: pick one, see its dry run, confirm",
       "?                 this help (any key closes it)",
@@ -382,7 +384,7 @@ void draw(const Model& model, const Palette& palette, int64_t now_ms) {
     } else if (!progress.empty()) {
       put(layout.footer.top, 0, " " + progress, palette.warn);
     } else {
-      put(layout.footer.top, 0, " Tab pane  j/k select  s scale  r restart  l logs  m modes  o/O sort  ? help  q quit",
+      put(layout.footer.top, 0, " Tab pane  j/k select  s scale  r restart  z sleep  l logs  m modes  ? help  q quit",
           palette.dim);
     }
   }

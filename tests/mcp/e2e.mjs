@@ -130,12 +130,15 @@ async function main() {
   const { tools } = await stdio.listTools();
   const names = tools.map((tool) => tool.name);
   for (const name of ["gpu_status", "list_nodes", "list_deployments", "get_deployment", "simulate_placement", "deploy",
-                      "scale", "restart", "remove", "list_modes", "switch_mode", "logs", "usage", "chat"]) {
+                      "scale", "restart", "sleep", "wake", "remove", "list_modes", "switch_mode", "logs", "usage",
+                      "chat"]) {
     assert.ok(names.includes(name), `tool ${name}`);
   }
   const byName = Object.fromEntries(tools.map((tool) => [tool.name, tool]));
   assert.equal(byName.gpu_status.annotations.readOnlyHint, true);
   assert.equal(byName.remove.annotations.destructiveHint, true);
+  assert.equal(byName.sleep.annotations.readOnlyHint, false);
+  assert.equal(byName.wake.annotations.idempotentHint, true);
   assert.equal(byName.deploy.inputSchema.properties.dry_run.type, "boolean");
 
   step("stdio: read-only tools");
@@ -178,6 +181,25 @@ async function main() {
   const usage = structured(await stdio.callTool({ name: "usage", arguments: { model: "tiny" } }));
   assert.ok(usage.items.length >= 1);
 
+  step("stdio: sleep and wake");
+  const slept = structured(await stdio.callTool({ name: "sleep", arguments: { name: "tiny" } }));
+  assert.equal(slept.changed, true);
+  assert.ok(["sleep-requested", "asleep"].includes(slept.state), slept.state);
+  const phaseOfTiny = async () => {
+    const got = structured(await stdio.callTool({ name: "get_deployment", arguments: { name: "tiny" } }));
+    return got.replicas.map((replica) => replica.status?.phase).join(",");
+  };
+  await waitFor("tiny to sleep", async () => (await phaseOfTiny()) === "Sleeping");
+  const again = structured(await stdio.callTool({ name: "sleep", arguments: { name: "tiny" } }));
+  assert.equal(again.changed, false);
+  assert.equal(again.state, "asleep");
+  const woken = structured(await stdio.callTool({ name: "wake", arguments: { name: "tiny" } }));
+  assert.equal(woken.changed, true);
+  await waitFor("tiny to wake", async () => (await phaseOfTiny()) === "Ready");
+  const ghostSleep = await stdio.callTool({ name: "sleep", arguments: { name: "ghost" } });
+  assert.equal(ghostSleep.isError, true);
+  assert.match(ghostSleep.content[0].text, /not found/);
+
   step("stdio: errors a model can act on, and protocol errors");
   const missing = await stdio.callTool({ name: "get_deployment", arguments: { name: "ghost" } });
   assert.equal(missing.isError, true);
@@ -211,7 +233,7 @@ async function main() {
   const readOnly = await stdioClient(url, admin, ["--read-only"]);
   const readOnlyTools = (await readOnly.listTools()).tools;
   assert.ok(readOnlyTools.every((tool) => tool.annotations.readOnlyHint === true));
-  assert.ok(!readOnlyTools.some((tool) => tool.name === "remove"));
+  assert.ok(!readOnlyTools.some((tool) => ["remove", "sleep", "wake"].includes(tool.name)));
   await assert.rejects(readOnly.callTool({ name: "remove", arguments: { name: "tiny" } }),
                        (error) => error.code === -32602);
 
@@ -264,6 +286,9 @@ async function main() {
   const refused = await limited.callTool({ name: "remove", arguments: { name: "tiny" } });
   assert.equal(refused.isError, true);
   assert.match(refused.content[0].text, /admin key/);
+  const refusedSleep = await limited.callTool({ name: "sleep", arguments: { name: "tiny" } });
+  assert.equal(refusedSleep.isError, true);
+  assert.match(refusedSleep.content[0].text, /admin key/);
   const chatted = structured(await limited.callTool({ name: "chat", arguments: { model: "tiny", prompt: "hi" } }));
   assert.ok(chatted.content.length > 0);
   assert.equal((await api(url, admin, "GET", "/api/v1/deployments/tiny")).status, 200, "tiny survived");

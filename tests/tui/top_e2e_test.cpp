@@ -215,6 +215,40 @@ TEST_F(TopE2e, ShowsTheClusterAndActsOnKeys) {
   tmux.keys({"Escape"});
   ASSERT_TRUE(tmux.wait_for({"EVENTS", "AGE"}));
 
+  // Sleep asks first; then the deployment's row says Idle and its engines sleep. z again wakes it.
+  auto deployment_row = [&tmux] {
+    for (const auto& line : lines_of(tmux.screen())) {
+      if (line.rfind("chat ", 0) == 0 && line.find("llama-3.1-8b-instruct") != std::string::npos) return line;
+    }
+    return std::string();
+  };
+  auto replica_phases = [&up] {
+    std::string phases;
+    for (const auto& replica : up.replicas_of("chat")) phases += replica["status"].value("phase", "?") + ",";
+    return phases;
+  };
+  tmux.keys({"z"});
+  ASSERT_TRUE(tmux.wait_for({"Sleep chat?", "sleep (sleep-l1)", "[y/N]"}));
+  tmux.keys({"n"});
+  ASSERT_TRUE(tmux.wait_for({"Sleep chat: cancelled"}));
+  EXPECT_EQ(up.get_json("/api/v1/deployments/chat")["status"].value("sleep_requested_ms", int64_t{0}), 0);
+  tmux.keys({"z"});
+  ASSERT_TRUE(tmux.wait_for({"Sleep chat?"}));
+  tmux.keys({"y"});
+  ASSERT_TRUE(tmux.wait_for({"chat: going to sleep"}));
+  ASSERT_TRUE(eventually([&] { return deployment_row().find(" Idle ") != std::string::npos; }, 20s)) << tmux.screen();
+  ASSERT_TRUE(eventually([&] { return replica_phases() == "Sleeping,Sleeping,"; }, 30s)) << replica_phases();
+  tmux.keys({"z"});
+  ASSERT_TRUE(tmux.wait_for({"chat: waking"}));
+  ASSERT_TRUE(eventually([&] { return replica_phases() == "Ready,Ready,"; }, 30s)) << replica_phases();
+  ASSERT_TRUE(eventually(
+      [&] {
+        std::string row = deployment_row();
+        return row.find(" Ready ") != std::string::npos && row.find("2/2") != std::string::npos;
+      },
+      20s))
+      << tmux.screen();
+
   // A smaller terminal: every pane is still there and nothing is wider than the window.
   tmux.resize(80, 24);
   ASSERT_TRUE(eventually(
