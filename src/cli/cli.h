@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -12,6 +13,10 @@
 #include "common/json.h"
 #include "common/result.h"
 #include "http/http.h"
+
+namespace nebula::gateway {
+class Limiter;
+}
 
 namespace nebula::cli {
 
@@ -39,6 +44,7 @@ int run_rollout(int argc, char** argv);
 int run_restart(int argc, char** argv);
 int run_mcp(int argc, char** argv);
 int run_top(int argc, char** argv);
+int run_gateway(int argc, char** argv);
 
 // Flags every client command shares: --server, --api-key, -o.
 struct ClientFlags {
@@ -47,6 +53,20 @@ struct ClientFlags {
   std::string output = "table";
 };
 void add_client_flags(CLI::App& app, ClientFlags& flags);
+
+// Where the gateway counts per-key limits (--limits and its --limits-* flags), for `nebula
+// gateway`, `nebula server` and `nebula up`.
+struct LimitsFlags {
+  std::string url;  // "" = in process memory; redis://HOST[:PORT]
+  std::string timeout = "100ms";
+  std::string lease = "15s";
+  std::string fail_rate = "open";
+  std::string fail_budget = "closed";
+};
+void add_limits_flags(CLI::App& app, LimitsFlags& flags);
+// The limiter the flags ask for, connected (an error when Redis cannot be reached at start);
+// null for limits in process memory.
+Result<std::shared_ptr<gateway::Limiter>> make_limiter(const LimitsFlags& flags);
 
 // Parses argv for a subcommand; on error or --help prints and returns the exit code to use.
 std::optional<int> parse(CLI::App& app, int argc, char** argv);
