@@ -386,6 +386,19 @@ TEST_F(HaGatewayE2E, TheStateApiRefusesWhatAGatewayMayNotDo) {
   auto conflict = parse_json(again->body);
   ASSERT_TRUE(conflict);
   EXPECT_EQ((*conflict)["current"]["key"], key);
+  // A write sent again with its id (its answer was lost) is answered, not applied, again.
+  json once{{"op", "put"}, {"key", key}, {"value", "{\"requests\":1}"}, {"id", "gw-test-1"}};
+  auto first = post(once.dump());
+  auto repeated = post(once.dump());
+  ASSERT_TRUE(first && repeated);
+  EXPECT_EQ(first->status, 200);
+  EXPECT_EQ(repeated->body, first->body);
+  auto fresh = post(json{{"op", "put"}, {"key", key}, {"value", "{}"}, {"id", "gw-test-2"}}.dump());
+  ASSERT_TRUE(fresh);
+  EXPECT_NE(fresh->body, first->body);
+  EXPECT_EQ(post(json{{"op", "put"}, {"key", key}, {"value", "{}"}, {"id", std::string(129, 'x')}}.dump())->status,
+            400);
+  EXPECT_EQ(post(json{{"op", "put"}, {"key", key}, {"value", "{}"}, {"id", 7}}.dump())->status, 400);
   EXPECT_EQ(post(json{{"op", "delete"}, {"key", key}}.dump())->status, 200);
   EXPECT_EQ(post(json{{"op", "delete"}, {"key", key}}.dump())->status, 404);
   // A watch from a bad revision.

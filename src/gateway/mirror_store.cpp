@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <thread>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -11,6 +13,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "api/api.h"
+#include "common/ids.h"
 #include "common/json.h"
 
 namespace nebula::gateway {
@@ -21,6 +24,7 @@ constexpr auto kWriteTimeout = std::chrono::seconds(10);
 // The server writes a bare newline after 15 s of quiet: a longer silence is a dead watch.
 constexpr auto kWatchSilence = std::chrono::seconds(40);
 constexpr auto kRetryDelay = std::chrono::milliseconds(500);
+constexpr int kWriteAttempts = 3;
 
 Result<store::KeyValue> kv_from_json(const json& item) {
   if (!item.is_object() || !item.contains("key") || !item["key"].is_string()) {
@@ -94,6 +98,25 @@ Result<http::Response> MirrorStore::call(const std::string& method, const std::s
   if (!body.empty()) headers.push_back({"Content-Type", "application/json"});
   std::lock_guard lock(write_mutex_);
   return writer_->request(method, server_ + target, body, headers, kWriteTimeout);
+}
+
+Result<http::Response> MirrorStore::write(json request) {
+  std::string id;
+  {
+    std::lock_guard lock(write_mutex_);
+    id = fmt::format("{}-{}", writer_id_, ++write_sequence_);
+  }
+  request["id"] = id;
+  std::string body = request.dump();
+  // An unanswered write may have been applied: it is sent again with the same id, which the
+  // server answers as it answered the first (a usage delta is added once, not twice).
+  Result<http::Response> response = make_error(ErrorCode::Unavailable, "not sent");
+  for (int attempt = 0; attempt < kWriteAttempts; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(kRetryDelay * attempt);
+    response = call("POST", "/api/v1/gateway/state", body);
+    if (response && response->status < 500) break;
+  }
+  return response;
 }
 
 Status MirrorStore::start() {
@@ -291,8 +314,8 @@ Result<int64_t> MirrorStore::put(const std::string& key, const std::string& valu
                                  int64_t lease) {
   if (lease != 0) return make_error(ErrorCode::InvalidArgument, "a gateway writes no keys with a lease");
   if (!gateway_may_write(key)) return make_error(ErrorCode::PermissionDenied, "a gateway may not write " + key);
-  json request{{"op", "put"}, {"key", key}, {"value", value}, {"mod_revision", precondition.mod_revision}};
-  auto response = call("POST", "/api/v1/gateway/state", request.dump());
+  auto response =
+      write(json{{"op", "put"}, {"key", key}, {"value", value}, {"mod_revision", precondition.mod_revision}});
   if (!response)
     return make_error(ErrorCode::Unavailable, "cannot write to " + server_ + ": " + response.error().message);
   auto body = parse_json(response->body);
@@ -326,8 +349,7 @@ Result<int64_t> MirrorStore::put(const std::string& key, const std::string& valu
 
 Result<int64_t> MirrorStore::remove(const std::string& key, store::Precondition precondition) {
   if (!gateway_may_write(key)) return make_error(ErrorCode::PermissionDenied, "a gateway may not delete " + key);
-  json request{{"op", "delete"}, {"key", key}, {"mod_revision", precondition.mod_revision}};
-  auto response = call("POST", "/api/v1/gateway/state", request.dump());
+  auto response = write(json{{"op", "delete"}, {"key", key}, {"mod_revision", precondition.mod_revision}});
   if (!response)
     return make_error(ErrorCode::Unavailable, "cannot write to " + server_ + ": " + response.error().message);
   if (response->status == 404) return make_error(ErrorCode::NotFound, key + " does not exist");

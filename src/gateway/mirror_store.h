@@ -12,7 +12,9 @@
 // {"type": "PUT"|"DELETE", "key", "value", "revision"} (410 when N was compacted: list again);
 // POST /api/v1/gateway/state {"op": "put"|"delete", "key", "value", "mod_revision"} writes one
 // key (mod_revision: -1 no condition, 0 absent, N at revision N), answered {"revision"}, or 409
-// with the current key-value. Admin keys only, as all of /api/v1.
+// with the current key-value. A write may carry an "id": the server answers a repeated id as it
+// answered the first (its latest 100,000 ids), so a write whose answer was lost is sent again
+// without being applied twice. Admin keys only, as all of /api/v1.
 //
 // Threading: the watch runs on the io_context given, and watch callbacks run there, under the
 // copy's lock (never call back into the store from one). Reads may come from any thread. Writes
@@ -25,6 +27,8 @@
 #include <vector>
 
 #include "common/asio.h"
+#include "common/ids.h"
+#include "common/json.h"
 #include "http/http.h"
 #include "store/store.h"
 
@@ -75,6 +79,8 @@ class MirrorStore final : public store::Store {
   void apply(const store::WatchEvent& event);  // under mutex_
   void unwatch(uint64_t id);
   Result<http::Response> call(const std::string& method, const std::string& target, const std::string& body);
+  // A write to the server, with an id of its own; sent again (same id) when unanswered.
+  Result<http::Response> write(json request);
   http::Headers auth_headers() const;
 
   asio::io_context& io_;
@@ -89,6 +95,8 @@ class MirrorStore final : public store::Store {
   bool following_ = false;
   uint64_t resyncs_ = 0;
   std::mutex write_mutex_;
+  std::string writer_id_ = "gw-" + random_id(16);
+  uint64_t write_sequence_ = 0;  // guarded by write_mutex_
   std::unique_ptr<http::BlockingClient> writer_;
   std::unique_ptr<http::Client> client_;  // the watch's, on io_
   std::shared_ptr<bool> stopped_ = std::make_shared<bool>(false);

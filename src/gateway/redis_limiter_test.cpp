@@ -55,7 +55,9 @@ class RedisLimits : public ::testing::Test {
   Limiter::TimePoint now() const { return Limiter::TimePoint(std::chrono::microseconds(now_us_.load())); }
 
   std::unique_ptr<RedisServer> redis_;
-  std::atomic<int64_t> now_us_{1'000 * kSecond};
+  // Microseconds since the epoch, as Redis's TIME gives them: 16 digits, so any number written
+  // with less precision on its way through the scripts would break the window's edges.
+  std::atomic<int64_t> now_us_{1'796'000'000'123'457};
 };
 
 TEST_F(RedisLimits, RequestsLeaveTheWindowExactlyAMinuteAfterTheyCame) {

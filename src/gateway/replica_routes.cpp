@@ -8,6 +8,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <charconv>
 #include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
 
 #include "api/api.h"
 #include "gateway/gateway.h"
@@ -57,9 +60,59 @@ Response listing(store::Store& store) {
   return Response::json_body(200, json{{"revision", std::max<int64_t>(revision, 0)}, {"kvs", std::move(kvs)}});
 }
 
+// The answers to the latest writes that carried an id, so that a gateway that did not hear an
+// answer and sends the same write again gets the same answer instead of a second write (a usage
+// delta added twice). Process-wide: ids are unique per gateway process. Bounded, oldest out.
+class RecentWrites {
+ public:
+  std::optional<Response> find(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    auto found = answers_.find(id);
+    if (found == answers_.end()) return std::nullopt;
+    return found->second;
+  }
+  void remember(const std::string& id, const Response& answer) {
+    std::lock_guard lock(mutex_);
+    if (!answers_.emplace(id, answer).second) return;
+    order_.push_back(id);
+    if (order_.size() > kKept) {
+      answers_.erase(order_.front());
+      order_.pop_front();
+    }
+  }
+
+ private:
+  static constexpr size_t kKept = 100'000;
+  std::mutex mutex_;
+  std::map<std::string, Response> answers_;
+  std::deque<std::string> order_;
+};
+
+RecentWrites& recent_writes() {
+  static RecentWrites writes;
+  return writes;
+}
+
+Response apply_write(store::Store& store, json body);
+
 Response write(store::Store& store, const std::string& body_text) {
   auto body = parse_json(body_text);
   if (!body || !body->is_object()) return state_error(400, "the body must be a JSON object", "invalid_request");
+  const json& id = (*body)["id"];
+  if (!id.is_null() && (!id.is_string() || id.get<std::string>().empty() || id.get<std::string>().size() > 128)) {
+    return state_error(400, "id must be a string of 1 to 128 characters", "invalid_request");
+  }
+  if (id.is_null()) return apply_write(store, *body);
+  if (auto answered = recent_writes().find(id.get<std::string>())) return *answered;
+  Response answer = apply_write(store, *body);
+  if (answer.status == 200 || answer.status == 404 || answer.status == 409) {
+    recent_writes().remember(id.get<std::string>(), answer);
+  }
+  return answer;
+}
+
+Response apply_write(store::Store& store, json request) {
+  json* body = &request;
   const json& key_json = (*body)["key"];
   const json& op = (*body)["op"];
   const json& precondition = (*body)["mod_revision"];
