@@ -239,25 +239,33 @@ int main(int argc, char** argv) {
       R"({{"spec":{{"model":"bench-1b","engine":"sim","replicas":1,"max_seqs":{},"engine_args":
       ["--step-base-ms","0.02","--decode-ms-per-seq","0","--prefill-ms-per-token","0","--step-noise","0"]}}}})",
       concurrency * 4);
-  (void)client.request("PUT", server + "/api/v1/deployments/fast", spec, admin_headers);
+  auto deployed = client.request("PUT", server + "/api/v1/deployments/fast", spec, admin_headers);
+  if (!deployed || deployed->status >= 300) {
+    std::cerr << "the bench deployment was refused: " << (deployed ? deployed->body : deployed.error().message) << "\n";
+  }
   auto created = client.request("POST", server + "/api/v1/keys",
                                 R"({"name":"bench","rpm":100000000,"tpm":1000000000000,"max_concurrency":100000,
                                     "budget_tokens":1000000000000000})",
                                 admin_headers);
   std::string key = created && created->status == 201 ? json::parse(created->body).value("secret", "") : "";
   std::string endpoint;
+  std::string last_listing;
   bench::wait_until(
       [&] {
         auto replicas = client.request("GET", server + "/api/v1/replicas", "", admin_headers);
         if (!replicas || replicas->status != 200) return false;
-        for (const auto& item : json::parse(replicas->body)["items"]) {
+        last_listing = replicas->body;
+        json listing = json::parse(replicas->body);
+        for (const auto& item : listing["items"]) {
           if (item["status"]["phase"] == "Ready") endpoint = item["status"]["endpoint"];
         }
         return !endpoint.empty();
       },
       std::chrono::seconds(60), std::chrono::milliseconds(100));
   if (endpoint.empty() || key.empty()) {
-    std::cerr << "the bench deployment never became ready\n";
+    std::cerr << (key.empty() ? "the bench key was refused: " + (created ? created->body : created.error().message)
+                              : "the bench deployment never became ready: " + last_listing.substr(0, 600))
+              << "\n";
     cleanup();
     return 1;
   }
