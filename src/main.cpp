@@ -19,6 +19,7 @@ constexpr Command kCommands[] = {
     {"up", "run everything on this machine (control plane, gateway, local agent)", nebula::cli::run_up},
     {"server", "run the control plane and gateway for a cluster", nebula::cli::run_server},
     {"agent", "run a node agent that joins a server", nebula::cli::run_agent},
+    {"gateway", "run a stateless gateway that follows a server (scale-out)", nebula::cli::run_gateway},
     {"engine-sim", "run the engine simulator", nebula::cli::run_engine_sim_command},
     {"deploy", "create or update a deployment", nebula::cli::run_deploy},
     {"ls", "list deployments", nebula::cli::run_ls},

@@ -15,6 +15,10 @@
 #include "common/result.h"
 #include "http/http.h"
 
+namespace nebula::gateway {
+class Limiter;
+}
+
 namespace nebula::cli {
 
 int run_up(int argc, char** argv);
@@ -44,6 +48,7 @@ int run_wake(int argc, char** argv);
 int run_mcp(int argc, char** argv);
 int run_top(int argc, char** argv);
 int run_service(int argc, char** argv);
+int run_gateway(int argc, char** argv);
 
 // Flags every client command shares: --server, --api-key, -o.
 struct ClientFlags {
@@ -67,6 +72,19 @@ class NodeProvisioning {
   struct State;
   std::unique_ptr<State> state_;
 };
+// Where the gateway counts per-key limits (--limits and its --limits-* flags), for `nebula
+// gateway`, `nebula server` and `nebula up`.
+struct LimitsFlags {
+  std::string url;  // "" = in process memory; redis://HOST[:PORT]
+  std::string timeout = "100ms";
+  std::string lease = "15s";
+  std::string fail_rate = "open";
+  std::string fail_budget = "closed";
+};
+void add_limits_flags(CLI::App& app, LimitsFlags& flags);
+// The limiter the flags ask for, connected (an error when Redis cannot be reached at start);
+// null for limits in process memory.
+Result<std::shared_ptr<gateway::Limiter>> make_limiter(const LimitsFlags& flags);
 
 // Parses argv for a subcommand; on error or --help prints and returns the exit code to use.
 std::optional<int> parse(CLI::App& app, int argc, char** argv);

@@ -60,6 +60,7 @@ struct ServerFlags {
   std::vector<std::string> allowed_origins;
   std::string drain_timeout = "30s";
   size_t max_connections = 0;  // 0: derived from the open-file limit
+  LimitsFlags limits;          // the gateway's: --limits redis://HOST:PORT shares them
 };
 
 bool is_loopback(const std::string& host) {
@@ -124,6 +125,7 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
                  "http://localhost:* (NEBULA_ALLOWED_ORIGINS; comma-separated or repeated)")
       ->delimiter(',')
       ->envname("NEBULA_ALLOWED_ORIGINS");
+  add_limits_flags(app, flags.limits);
 }
 
 // Creates the file readable by its owner only from the first byte (no umask window).
@@ -281,6 +283,9 @@ class ServerRuntime {
     gateway_options.max_queue = flags.max_queue;
     gateway_options.replica_capacity = flags.replica_capacity;
     gateway_options.access_log_path = flags.data_dir + "/access.log";
+    auto limiter = make_limiter(flags.limits);
+    if (!limiter) return limiter.error();
+    gateway_options.limiter = *limiter;
     gateway_ = std::make_unique<gateway::Gateway>(*store_, io_, gateway_options);
     if (auto started = gateway_->start(); !started) return started.error();
     if (auth_ == "keys") {

@@ -83,7 +83,7 @@ void Gateway::finish(Call& call, int status) {
   int64_t cached = cached_tokens(call.usage);
   if (call.usage.is_null() && call.relayed_chunks > 0) completion = call.relayed_chunks;  // a cut stream
   if (call.admitted && call.key) {
-    limiter_.finish(call.key_id, call.ticket, call.estimated_tokens, prompt + completion, now);
+    limiter_->finish(call.key_id, call.ticket, call.estimated_tokens, prompt + completion, now);
   }
   if (call.admitted) {
     usage_.record(call.key_id, call.model, {prompt, completion, cached, status >= 400},

@@ -30,6 +30,7 @@ Gateway::Gateway(store::Store& store, asio::io_context& io, Options options)
       io_(io),
       options_(options),
       auth_(store, options.require_keys),
+      limiter_(options.limiter ? options.limiter : std::make_shared<MemoryLimiter>()),
       usage_(store, options.usage_flush_interval) {
   http::ClientOptions client_options;
   client_options.connect_timeout = options.connect_timeout;
@@ -182,6 +183,7 @@ void Gateway::add_routes(http::Router& router) {
   });
   auth_.add_routes(router);
   add_usage_routes(router);
+  add_replica_routes(router);
   add_openai_routes(router);
 }
 

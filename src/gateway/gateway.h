@@ -66,6 +66,9 @@ struct Options {
   std::function<Result<std::unique_ptr<router::Policy>>(std::string_view spec, const router::PolicyOptions& options)>
       make_policy = router::make_policy;
   std::string access_log_path;  // "" = no access log
+  // Where per-key limits are counted: null = in this process (MemoryLimiter); a RedisLimiter
+  // shares them among gateways.
+  std::shared_ptr<Limiter> limiter;
 };
 
 class Gateway {
@@ -149,6 +152,8 @@ class Gateway {
   http::Response stored_response_answer(const http::Request& request, bool erase);
   awaitable<void> stored_response(http::Request& request, http::ResponseWriter& writer, bool erase);
   void add_usage_routes(http::Router& router);
+  // /api/v1/gateway/state: what stateless gateways list, watch and write (replica_routes.cpp).
+  void add_replica_routes(http::Router& router);
   // GET /v1/models/{id}, GET /v1/responses/{id}/input_items, POST /v1/responses/{id}/cancel
   // (openai_routes.cpp).
   void add_openai_routes(http::Router& router);
@@ -180,7 +185,7 @@ class Gateway {
   Options options_;
   router::EndpointTable table_;
   auth::Guard auth_;
-  Limiter limiter_;
+  std::shared_ptr<Limiter> limiter_;
   UsageRecorder usage_;
   Metrics metrics_;
   std::unique_ptr<http::Client> client_;

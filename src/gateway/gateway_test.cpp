@@ -30,7 +30,7 @@ api::ApiKey key_with(int64_t rpm, int64_t tpm, int64_t concurrency, int64_t budg
 }
 
 TEST(Limiter, RequestsPerMinuteTripAtExactlyTheLimit) {
-  Limiter limiter;
+  MemoryLimiter limiter;
   auto key = key_with(5, 0, 0, 0);
   auto now = std::chrono::steady_clock::now();
   for (int i = 0; i < 5; ++i) {
@@ -41,14 +41,14 @@ TEST(Limiter, RequestsPerMinuteTripAtExactlyTheLimit) {
   auto refused = limiter.admit(key, 10, 0, now);
   EXPECT_FALSE(refused.allowed);
   EXPECT_EQ(refused.retry_after_s, 60);
-  auto headers = limiter.headers(key, now);
+  auto headers = Limiter::headers(key, limiter.window("k1", now));
   EXPECT_EQ(http::find_header(headers, "x-ratelimit-remaining-requests"), "0");
   // The window slides: a minute later the oldest requests no longer count.
   EXPECT_TRUE(limiter.admit(key, 10, 0, now + 61s).allowed);
 }
 
 TEST(Limiter, TokensAreChargedUpFrontThenCorrected) {
-  Limiter limiter;
+  MemoryLimiter limiter;
   auto key = key_with(0, 1000, 0, 0);
   auto now = std::chrono::steady_clock::now();
   auto first = limiter.admit(key, 600, 0, now);
@@ -56,11 +56,11 @@ TEST(Limiter, TokensAreChargedUpFrontThenCorrected) {
   EXPECT_FALSE(limiter.admit(key, 600, 0, now).allowed);  // 1200 > 1000 while the estimate stands
   limiter.finish("k1", first.ticket, 600, 100, now);      // the engine reported 100
   EXPECT_TRUE(limiter.admit(key, 600, 0, now).allowed);   // 700 <= 1000
-  EXPECT_EQ(http::find_header(limiter.headers(key, now), "x-ratelimit-remaining-tokens"), "300");
+  EXPECT_EQ(http::find_header(Limiter::headers(key, limiter.window("k1", now)), "x-ratelimit-remaining-tokens"), "300");
 }
 
 TEST(Limiter, ConcurrencyAndMonthlyBudget) {
-  Limiter limiter;
+  MemoryLimiter limiter;
   auto key = key_with(0, 0, 2, 0);
   auto now = std::chrono::steady_clock::now();
   auto a = limiter.admit(key, 1, 0, now);

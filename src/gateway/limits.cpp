@@ -9,7 +9,7 @@ namespace nebula::gateway {
 namespace {
 constexpr auto kWindow = std::chrono::seconds(60);
 
-std::chrono::milliseconds until(Limiter::TimePoint when, Limiter::TimePoint now) {
+std::chrono::milliseconds until(std::chrono::steady_clock::time_point when, std::chrono::steady_clock::time_point now) {
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(when - now);
   return std::max(left, std::chrono::milliseconds(1));
 }
@@ -28,41 +28,81 @@ std::string format_reset(std::chrono::milliseconds wait) {
   return fmt::format("{}s", seconds);
 }
 
-void Limiter::expire(Window& window, TimePoint now) {
+std::string requests_message(int64_t limit, int64_t used, std::chrono::milliseconds wait) {
+  return fmt::format(
+      "Rate limit reached for requests per min (RPM): Limit {}, Used {}, Requested 1. Please try "
+      "again in {}.",
+      limit, used, format_reset(wait));
+}
+
+std::string too_large_message(int64_t limit, int64_t requested) {
+  return fmt::format(
+      "Request too large for tokens per min (TPM): Limit {}, Requested {}. Send fewer tokens (a "
+      "shorter prompt or a smaller max_tokens).",
+      limit, requested);
+}
+
+std::string tokens_message(int64_t limit, int64_t used, int64_t requested, std::chrono::milliseconds wait) {
+  return fmt::format(
+      "Rate limit reached for tokens per min (TPM): Limit {}, Used {}, Requested {}. Please try "
+      "again in {}.",
+      limit, used, requested, format_reset(wait));
+}
+
+std::string concurrency_message(int64_t limit) {
+  return fmt::format("Too many concurrent requests: limit {}. Please try again in 1s.", limit);
+}
+
+std::string budget_message(int64_t used, int64_t budget, int64_t requested) {
+  return fmt::format("You exceeded your current quota: {} of this month's token budget of {} used, {} requested.", used,
+                     budget, requested);
+}
+
+Admission refused(LimitKind limit, std::string message, std::chrono::milliseconds retry_after, WindowUse window) {
+  Admission result;
+  result.allowed = false;
+  result.limit = limit;
+  result.message = std::move(message);
+  result.retry_after = retry_after;
+  result.retry_after_s = whole_seconds(retry_after);
+  result.window = window;
+  return result;
+}
+
+void MemoryLimiter::expire(Window& window, TimePoint now) {
   while (!window.requests.empty() && window.requests.front().time + kWindow <= now) {
     window.tokens -= window.requests.front().tokens;
     window.requests.pop_front();
   }
 }
 
-Admission Limiter::admit(const api::ApiKey& key, int64_t estimated_tokens, int64_t month_used_tokens, TimePoint now) {
+WindowUse MemoryLimiter::use_of(const Window& window, TimePoint now) const {
+  WindowUse use;
+  use.requests = static_cast<int64_t>(window.requests.size());
+  use.tokens = window.tokens;
+  if (!window.requests.empty()) use.reset = until(window.requests.front().time + kWindow, now);
+  return use;
+}
+
+WindowUse MemoryLimiter::window(const std::string& key_id, TimePoint now) {
+  std::lock_guard lock(mutex_);
+  Window& window = windows_[key_id];
+  expire(window, now);
+  return use_of(window, now);
+}
+
+Admission MemoryLimiter::admit(const api::ApiKey& key, int64_t estimated_tokens, int64_t month_used_tokens,
+                               TimePoint now) {
   std::lock_guard lock(mutex_);
   Window& window = windows_[key.metadata.name];
   expire(window, now);
-  Admission result;
-  // retry_after 0: waiting does not help.
-  auto refuse = [&](LimitKind limit, std::string message, std::chrono::milliseconds retry_after) {
-    result.allowed = false;
-    result.limit = limit;
-    result.message = std::move(message);
-    result.retry_after = retry_after;
-    result.retry_after_s = whole_seconds(retry_after);
-    return result;
-  };
-  if (key.rpm > 0 && static_cast<int64_t>(window.requests.size()) >= key.rpm) {
+  WindowUse use = use_of(window, now);
+  if (key.rpm > 0 && use.requests >= key.rpm) {
     auto wait = until(window.requests.front().time + kWindow, now);
-    return refuse(LimitKind::Requests,
-                  fmt::format("Rate limit reached for requests per min (RPM): Limit {}, Used {}, Requested 1. Please "
-                              "try again in {}.",
-                              key.rpm, window.requests.size(), format_reset(wait)),
-                  wait);
+    return refused(LimitKind::Requests, requests_message(key.rpm, use.requests, wait), wait, use);
   }
   if (key.tpm > 0 && estimated_tokens > key.tpm) {
-    return refuse(LimitKind::Tokens,
-                  fmt::format("Request too large for tokens per min (TPM): Limit {}, Requested {}. Send fewer tokens "
-                              "(a shorter prompt or a smaller max_tokens).",
-                              key.tpm, estimated_tokens),
-                  std::chrono::milliseconds(0));
+    return refused(LimitKind::Tokens, too_large_message(key.tpm, estimated_tokens), std::chrono::milliseconds(0), use);
   }
   if (key.tpm > 0 && window.tokens + estimated_tokens > key.tpm) {
     // The request fits once enough of the oldest charges have left the window.
@@ -76,34 +116,28 @@ Admission Limiter::admit(const api::ApiKey& key, int64_t estimated_tokens, int64
       }
     }
     auto wait = until(fits, now);
-    return refuse(LimitKind::Tokens,
-                  fmt::format("Rate limit reached for tokens per min (TPM): Limit {}, Used {}, Requested {}. Please "
-                              "try again in {}.",
-                              key.tpm, window.tokens, estimated_tokens, format_reset(wait)),
-                  wait);
+    return refused(LimitKind::Tokens, tokens_message(key.tpm, window.tokens, estimated_tokens, wait), wait, use);
   }
   if (key.max_concurrency > 0 && window.in_flight >= key.max_concurrency) {
-    return refuse(LimitKind::Concurrency,
-                  fmt::format("Too many concurrent requests: limit {}. Please try again in 1s.", key.max_concurrency),
-                  std::chrono::seconds(1));
+    return refused(LimitKind::Concurrency, concurrency_message(key.max_concurrency), std::chrono::seconds(1), use);
   }
   if (key.budget_tokens > 0 && month_used_tokens + window.in_flight_tokens + estimated_tokens > key.budget_tokens) {
-    return refuse(
-        LimitKind::Budget,
-        fmt::format("You exceeded your current quota: {} of this month's token budget of {} used, {} requested.",
-                    month_used_tokens + window.in_flight_tokens, key.budget_tokens, estimated_tokens),
-        std::chrono::milliseconds(0));
+    return refused(LimitKind::Budget,
+                   budget_message(month_used_tokens + window.in_flight_tokens, key.budget_tokens, estimated_tokens),
+                   std::chrono::milliseconds(0), use);
   }
+  Admission result;
   result.ticket = next_ticket_++;
   window.requests.push_back({now, estimated_tokens, result.ticket});
   window.tokens += estimated_tokens;
   window.in_flight += 1;
   window.in_flight_tokens += estimated_tokens;
+  result.window = use_of(window, now);
   return result;
 }
 
-void Limiter::finish(const std::string& key_id, uint64_t ticket, int64_t estimated_tokens, int64_t actual_tokens,
-                     TimePoint now) {
+void MemoryLimiter::finish(const std::string& key_id, uint64_t ticket, int64_t estimated_tokens, int64_t actual_tokens,
+                           TimePoint now) {
   std::lock_guard lock(mutex_);
   Window& window = windows_[key_id];
   window.in_flight -= 1;
@@ -119,19 +153,14 @@ void Limiter::finish(const std::string& key_id, uint64_t ticket, int64_t estimat
   expire(window, now);
 }
 
-http::Headers Limiter::headers(const api::ApiKey& key, TimePoint now) {
-  std::lock_guard lock(mutex_);
-  Window& window = windows_[key.metadata.name];
-  expire(window, now);
+http::Headers Limiter::headers(const api::ApiKey& key, const WindowUse& window) {
   http::Headers headers;
   headers.reserve(6);
-  // When the oldest charge leaves the window (and a request, and its tokens, are freed).
-  std::string reset = format_reset(window.requests.empty() ? std::chrono::milliseconds(0)
-                                                           : until(window.requests.front().time + kWindow, now));
+  std::string reset = format_reset(window.reset);
   if (key.rpm > 0) {
     headers.push_back({"x-ratelimit-limit-requests", std::to_string(key.rpm)});
-    headers.push_back({"x-ratelimit-remaining-requests",
-                       std::to_string(std::max<int64_t>(0, key.rpm - static_cast<int64_t>(window.requests.size())))});
+    headers.push_back(
+        {"x-ratelimit-remaining-requests", std::to_string(std::max<int64_t>(0, key.rpm - window.requests))});
     headers.push_back({"x-ratelimit-reset-requests", reset});
   }
   if (key.tpm > 0) {
@@ -142,14 +171,24 @@ http::Headers Limiter::headers(const api::ApiKey& key, TimePoint now) {
   return headers;
 }
 
-http::Response Limiter::refusal(const api::ApiKey& key, const Admission& admission, TimePoint now) {
+http::Response Limiter::refusal(const api::ApiKey& key, const Admission& admission) {
+  if (admission.limit == LimitKind::Unavailable) {
+    http::Response response = http::Response::json_body(503, json{{"error",
+                                                                   {{"message", admission.message},
+                                                                    {"type", "service_unavailable"},
+                                                                    {"param", nullptr},
+                                                                    {"code", "limits_unavailable"}}}});
+    response.headers.push_back({"retry-after", "1"});
+    response.headers.push_back({"retry-after-ms", "1000"});
+    return response;
+  }
   const char* type = "requests";
   const char* code = "rate_limit_exceeded";
   if (admission.limit == LimitKind::Tokens) type = "tokens";
   if (admission.limit == LimitKind::Budget) type = code = "insufficient_quota";
   http::Response response = http::Response::json_body(
       429, json{{"error", {{"message", admission.message}, {"type", type}, {"param", nullptr}, {"code", code}}}});
-  for (auto& header : headers(key, now)) {
+  for (auto& header : headers(key, admission.window)) {
     // The reset of the limit that refused agrees with retry-after.
     bool refusing_limit = (admission.limit == LimitKind::Tokens && header.name == "x-ratelimit-reset-tokens") ||
                           (admission.limit == LimitKind::Requests && header.name == "x-ratelimit-reset-requests");

@@ -25,7 +25,7 @@ json error_of(const http::Response& response) {
 }
 
 TEST(RateLimitRefusal, RequestsSayWhenTheWindowFreesInBothHeaders) {
-  Limiter limiter;
+  MemoryLimiter limiter;
   auto key = limited_key(1, 0, 0, 0);
   auto start = std::chrono::steady_clock::now();
   auto first = limiter.admit(key, 10, 0, start);
@@ -37,7 +37,7 @@ TEST(RateLimitRefusal, RequestsSayWhenTheWindowFreesInBothHeaders) {
   EXPECT_EQ(refused.limit, LimitKind::Requests);
   EXPECT_EQ(refused.retry_after, 47'655ms);
   EXPECT_EQ(refused.retry_after_s, 48);
-  auto response = limiter.refusal(key, refused, now);
+  auto response = Limiter::refusal(key, refused);
   EXPECT_EQ(response.status, 429);
   EXPECT_EQ(error_of(response)["type"], "requests");
   EXPECT_EQ(error_of(response)["code"], "rate_limit_exceeded");
@@ -49,7 +49,7 @@ TEST(RateLimitRefusal, RequestsSayWhenTheWindowFreesInBothHeaders) {
 }
 
 TEST(RateLimitRefusal, TokensWaitForEnoughOldChargesToLeave) {
-  Limiter limiter;
+  MemoryLimiter limiter;
   auto key = limited_key(0, 1000, 0, 0);
   auto start = std::chrono::steady_clock::now();
   for (auto [offset, tokens] : {std::pair{0s, 300}, std::pair{10s, 300}, std::pair{20s, 300}}) {
@@ -63,7 +63,7 @@ TEST(RateLimitRefusal, TokensWaitForEnoughOldChargesToLeave) {
   ASSERT_FALSE(refused.allowed);
   EXPECT_EQ(refused.limit, LimitKind::Tokens);
   EXPECT_EQ(refused.retry_after, 40s);
-  auto response = limiter.refusal(key, refused, now);
+  auto response = Limiter::refusal(key, refused);
   EXPECT_EQ(error_of(response)["type"], "tokens");
   EXPECT_EQ(response.header("retry-after"), "40");
   EXPECT_EQ(response.header("retry-after-ms"), "40000");
@@ -72,13 +72,13 @@ TEST(RateLimitRefusal, TokensWaitForEnoughOldChargesToLeave) {
 }
 
 TEST(RateLimitRefusal, WhatNoWaitCanFixInvitesNoRetry) {
-  Limiter limiter;
+  MemoryLimiter limiter;
   auto now = std::chrono::steady_clock::now();
   auto small = limited_key(0, 100, 0, 0);
   auto too_large = limiter.admit(small, 101, 0, now);
   ASSERT_FALSE(too_large.allowed);
   EXPECT_EQ(too_large.retry_after, 0ms);
-  auto response = limiter.refusal(small, too_large, now);
+  auto response = Limiter::refusal(small, too_large);
   EXPECT_EQ(error_of(response)["type"], "tokens");
   EXPECT_EQ(response.header("x-should-retry"), "false");
   EXPECT_EQ(response.header("retry-after"), "");
@@ -88,7 +88,7 @@ TEST(RateLimitRefusal, WhatNoWaitCanFixInvitesNoRetry) {
   auto spent = limiter.admit(budgeted, 100, 950, now);
   ASSERT_FALSE(spent.allowed);
   EXPECT_EQ(spent.limit, LimitKind::Budget);
-  auto quota = limiter.refusal(budgeted, spent, now);
+  auto quota = Limiter::refusal(budgeted, spent);
   EXPECT_EQ(error_of(quota)["type"], "insufficient_quota");
   EXPECT_EQ(error_of(quota)["code"], "insufficient_quota");
   EXPECT_EQ(quota.header("retry-after"), "");
@@ -97,14 +97,14 @@ TEST(RateLimitRefusal, WhatNoWaitCanFixInvitesNoRetry) {
 }
 
 TEST(RateLimitRefusal, ConcurrencyAsksForASecond) {
-  Limiter limiter;
+  MemoryLimiter limiter;
   auto key = limited_key(0, 0, 1, 0);
   auto now = std::chrono::steady_clock::now();
   ASSERT_TRUE(limiter.admit(key, 1, 0, now).allowed);
   auto busy = limiter.admit(key, 1, 0, now);
   ASSERT_FALSE(busy.allowed);
   EXPECT_EQ(busy.limit, LimitKind::Concurrency);
-  auto response = limiter.refusal(key, busy, now);
+  auto response = Limiter::refusal(key, busy);
   EXPECT_EQ(error_of(response)["type"], "requests");
   EXPECT_EQ(response.header("retry-after-ms"), "1000");
 }

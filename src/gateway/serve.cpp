@@ -143,12 +143,12 @@ std::optional<http::Response> Gateway::admit(Call& call, const http::Request& re
     return std::nullopt;
   }
   auto now = SteadyClock::now();
-  auto admission = limiter_.admit(*call.key, call.estimated_tokens,
-                                  usage_.month_tokens(call.key_id, std::chrono::system_clock::now()), now);
-  if (!admission.allowed) return with_headers(limiter_.refusal(*call.key, admission, now), call.headers);
+  auto admission = limiter_->admit(*call.key, call.estimated_tokens,
+                                   usage_.month_tokens(call.key_id, std::chrono::system_clock::now()), now);
+  if (!admission.allowed) return with_headers(Limiter::refusal(*call.key, admission), call.headers);
   call.admitted = true;
   call.ticket = admission.ticket;
-  for (auto& header : limiter_.headers(*call.key, now)) call.headers.push_back(std::move(header));
+  for (auto& header : Limiter::headers(*call.key, admission.window)) call.headers.push_back(std::move(header));
   return std::nullopt;
 }
 

@@ -17,6 +17,7 @@
 #include "http/beast.h"
 #include "http/http.h"
 #include "http/request_parser.h"
+#include "http/reuse_port.h"
 
 namespace nebula::http {
 
@@ -553,6 +554,18 @@ Server::~Server() {
   stop();
 }
 
+namespace {
+std::atomic<bool> reuse_port_enabled{false};
+}  // namespace
+
+void set_reuse_port(bool enabled) {
+  reuse_port_enabled = enabled;
+}
+
+bool reuse_port() {
+  return reuse_port_enabled;
+}
+
 Result<uint16_t> Server::listen(const HostPort& address) {
   error_code ec;
   auto ip = asio::ip::make_address(address.host == "localhost" ? "127.0.0.1" : address.host, ec);
@@ -565,6 +578,12 @@ Result<uint16_t> Server::listen(const HostPort& address) {
   if (!ec) acceptor.assign(endpoint.protocol(), fd, ec);
   if (ec && fd >= 0) ::close(fd);
   if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec && reuse_port()) {
+    int one = 1;
+    if (::setsockopt(acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+      ec.assign(errno, boost::system::system_category());
+    }
+  }
   if (!ec) acceptor.bind(endpoint, ec);
   if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (!ec) acceptor.non_blocking(true, ec);

@@ -1,0 +1,341 @@
+// Scale-out: small requests through 1 and 2 `nebula gateway` processes (2 share one port with
+// SO_REUSEPORT), limits counted in memory and in Redis, against nginx with 1 and 2 workers, and
+// the CPU one Redis limit check costs. Starts its own `nebula up --auth keys`, redis-server and
+// nginx (when /usr/sbin/nginx exists) on free loopback ports.
+//
+//   build/bench/scaleout_bench [--requests N] [--concurrency C] [--checks N]
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "bench_support.h"
+#include "common/asio.h"  // must precede Asio headers
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "gateway/redis_limiter.h"
+
+namespace {
+using namespace nebula;
+using bench::Clock;
+
+double cpu_seconds(pid_t pid) {
+  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto close = text.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(text.substr(close + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; fields >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime
+    if (i == 15) break;
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// A process and its children (nginx's workers).
+double tree_cpu_seconds(pid_t pid) {
+  double total = cpu_seconds(pid);
+  std::ifstream children(fmt::format("/proc/{}/task/{}/children", pid, pid));
+  for (pid_t child; children >> child;) total += cpu_seconds(child);
+  return total;
+}
+
+double thread_cpu_us() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) * 1e6 + static_cast<double>(now.tv_nsec) / 1e3;
+}
+
+struct Result {
+  double rate = 0, p50 = 0, p99 = 0, cpu_us_per_request = 0;
+  int failed = 0;
+};
+
+awaitable<void> worker(http::Client& client, std::string url, std::string body, http::Headers headers, int& next,
+                       int total, std::vector<double>& latencies, int& failed) {
+  while (next < total) {
+    int index = next++;
+    auto start = Clock::now();
+    auto response = co_await client.request("POST", url, body, headers, std::chrono::seconds(30));
+    if (!response || response->status != 200) ++failed;
+    latencies[index] = bench::ms_since(start);
+  }
+}
+
+// Small non-streamed requests from `concurrency` connections; cpu of `measured` per request.
+Result run_load(const std::string& url, const http::Headers& headers, int requests, int concurrency,
+                const std::vector<pid_t>& measured) {
+  asio::io_context io;
+  http::ClientOptions options;
+  options.max_idle_per_host = static_cast<size_t>(concurrency);
+  http::Client client(io, options);
+  std::string body = R"({"model":"fast","max_tokens":1,"messages":[{"role":"user","content":"benchmark prompt"}]})";
+  std::vector<double> latencies(requests, 0);
+  int next = 0, failed = 0;
+  for (int i = 0; i < concurrency; ++i) {
+    asio::co_spawn(io, worker(client, url + "/v1/chat/completions", body, headers, next, requests, latencies, failed),
+                   asio::detached);
+  }
+  double cpu_before = 0;
+  for (pid_t pid : measured) cpu_before += tree_cpu_seconds(pid);
+  auto start = Clock::now();
+  io.run();
+  Result result;
+  double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  double cpu = -cpu_before;
+  for (pid_t pid : measured) cpu += tree_cpu_seconds(pid);
+  result.rate = requests / seconds;
+  result.p50 = bench::quantile(latencies, 0.5);
+  result.p99 = bench::quantile(latencies, 0.99);
+  result.cpu_us_per_request = cpu * 1e6 / requests;
+  result.failed = failed;
+  return result;
+}
+
+pid_t start_nginx(const std::string& dir, int port, const std::string& engine, int workers) {
+  if (!std::filesystem::exists("/usr/sbin/nginx")) return -1;
+  std::filesystem::create_directories(dir + "/logs");
+  std::ofstream conf(dir + "/nginx.conf");
+  conf << (workers == 1 ? "master_process off;\n" : "") << "worker_processes " << workers << ";\n"
+       << (::getuid() == 0 ? "user root;\n" : "") << "pid " << dir << "/nginx.pid;\nerror_log " << dir
+       << "/logs/error.log;\n"
+       << "events { worker_connections 4096; }\nhttp {\n  access_log off;\n"
+       << "  client_body_temp_path " << dir << "/body;\n  proxy_temp_path " << dir << "/proxy;\n"
+       << "  upstream engine { server " << engine.substr(7) << "; keepalive 512; }\n"
+       << "  server {\n    listen 127.0.0.1:" << port << ";\n    location / {\n"
+       << "      proxy_pass http://engine;\n      proxy_http_version 1.1;\n"
+       << "      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }\n  }\n}\n";
+  conf.close();
+  return bench::spawn({"/usr/sbin/nginx", "-p", dir, "-c", dir + "/nginx.conf", "-g", "daemon off;"},
+                      dir + "/nginx.out");
+}
+
+bool answers(const std::string& url) {
+  http::BlockingClient client;
+  return bench::wait_until(
+      [&] {
+        auto answer = client.request("GET", url, "", {}, std::chrono::milliseconds(500));
+        return answer && answer->status < 500;
+      },
+      std::chrono::seconds(20), std::chrono::milliseconds(50));
+}
+
+api::ApiKey limited_key(const std::string& name) {
+  api::ApiKey key;
+  key.metadata.name = name;
+  key.rpm = 100'000'000;
+  key.tpm = 1'000'000'000'000;
+  key.max_concurrency = 100'000;
+  key.budget_tokens = 1'000'000'000'000'000;
+  return key;
+}
+
+// The limit check alone, in this process: admit + finish per request, one after another.
+void price_limit_checks(int checks, const std::string& redis_url, pid_t redis) {
+  gateway::RedisLimiterOptions options;
+  (void)gateway::parse_redis_url(redis_url, options);
+  gateway::RedisLimiter shared(options);
+  if (auto started = shared.start(); !started) {
+    std::cout << "redis limiter: " << started.error().message << "\n";
+    return;
+  }
+  gateway::MemoryLimiter memory;
+  std::cout << fmt::format(
+      "limit check (admit + finish), {} requests one after another, key with RPM, TPM, "
+      "concurrency and budget:\n",
+      checks);
+  std::cout << fmt::format("{:<10} {:>14} {:>14} {:>14} {:>12} {:>12}\n", "limiter", "caller cpu us", "redis cpu us",
+                           "total cpu us", "wall p50 us", "wall p99 us");
+  for (int round = 0; round < 2; ++round) {
+    for (gateway::Limiter* limiter :
+         {static_cast<gateway::Limiter*>(&memory), static_cast<gateway::Limiter*>(&shared)}) {
+      bool is_redis = limiter == &shared;
+      auto key = limited_key(fmt::format("bench-{}-{}", is_redis ? "redis" : "memory", round));
+      std::vector<double> walls(checks);
+      double redis_before = is_redis ? cpu_seconds(redis) : 0;
+      double cpu_before = thread_cpu_us();
+      for (int i = 0; i < checks; ++i) {
+        auto start = Clock::now();
+        auto now = std::chrono::steady_clock::now();
+        auto admitted = limiter->admit(key, 20, 0, now);
+        limiter->finish(key.metadata.name, admitted.ticket, 20, 18, now);
+        walls[i] = std::chrono::duration<double, std::micro>(Clock::now() - start).count();
+      }
+      double caller = (thread_cpu_us() - cpu_before) / checks;
+      double server = is_redis ? (cpu_seconds(redis) - redis_before) * 1e6 / checks : 0;
+      std::cout << fmt::format("{:<10} {:>14.2f} {:>14.2f} {:>14.2f} {:>12.1f} {:>12.1f}\n",
+                               is_redis ? "redis" : "memory", caller, server, caller + server,
+                               bench::quantile(walls, 0.5), bench::quantile(walls, 0.99));
+    }
+  }
+  std::cout << "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int requests = 10000, concurrency = 32, checks = 20000;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    int value = std::atoi(argv[i + 1]);
+    if (flag == "--requests" && value > 0) {
+      requests = value;
+    } else if (flag == "--concurrency" && value > 0) {
+      concurrency = value;
+    } else if (flag == "--checks" && value > 0) {
+      checks = value;
+    } else {
+      std::cerr << "usage: scaleout_bench [--requests N] [--concurrency C] [--checks N]\n";
+      return 2;
+    }
+  }
+  std::string nebula = bench::nebula_binary();
+  std::string dir = fmt::format("/tmp/nebula-scaleout-{}", getpid());
+  std::filesystem::create_directories(dir);
+  std::vector<pid_t> started;
+  auto cleanup = [&] {
+    for (auto it = started.rbegin(); it != started.rend(); ++it) bench::stop(*it);
+    std::filesystem::remove_all(dir);
+  };
+
+  int redis_port = bench::free_port();
+  pid_t redis = bench::spawn({"/usr/bin/redis-server", "--port", std::to_string(redis_port), "--bind", "127.0.0.1",
+                              "--dir", dir, "--save", "", "--appendonly", "no"},
+                             dir + "/redis.log");
+  started.push_back(redis);
+  std::string redis_url = fmt::format("redis://127.0.0.1:{}", redis_port);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  price_limit_checks(checks, redis_url, redis);
+
+  int port = bench::free_port();
+  std::string server = fmt::format("http://127.0.0.1:{}", port);
+  started.push_back(
+      bench::spawn({nebula, "up", "--listen", fmt::format("127.0.0.1:{}", port), "--data-dir", dir + "/data",
+                    "--sim-gpus", "1xH100-80GB", "--auth", "keys", "--log-level", "error", "--exit-with-parent"},
+                   dir + "/up.log"));
+  if (!answers(server + "/healthz")) {
+    std::cerr << "nebula up did not start; see " << dir << "/up.log\n";
+    cleanup();
+    return 1;
+  }
+  std::string admin;
+  bench::wait_until([&] { return std::getline(std::ifstream(dir + "/data/admin.key"), admin) && !admin.empty(); },
+                    std::chrono::seconds(10));
+  http::Headers admin_headers = {{"Authorization", "Bearer " + admin}};
+  http::BlockingClient client;
+  std::string spec = fmt::format(
+      R"({{"spec":{{"model":"bench-1b","engine":"sim","replicas":1,"max_seqs":{},"engine_args":
+      ["--step-base-ms","0.02","--decode-ms-per-seq","0","--prefill-ms-per-token","0","--step-noise","0"]}}}})",
+      concurrency * 4);
+  auto deployed = client.request("PUT", server + "/api/v1/deployments/fast", spec, admin_headers);
+  if (!deployed || deployed->status >= 300) {
+    std::cerr << "the bench deployment was refused: " << (deployed ? deployed->body : deployed.error().message) << "\n";
+  }
+  auto created = client.request("POST", server + "/api/v1/keys",
+                                R"({"name":"bench","rpm":100000000,"tpm":1000000000000,"max_concurrency":100000,
+                                    "budget_tokens":1000000000000000})",
+                                admin_headers);
+  std::string key = created && created->status == 201 ? json::parse(created->body).value("secret", "") : "";
+  std::string endpoint;
+  std::string last_listing;
+  bench::wait_until(
+      [&] {
+        auto replicas = client.request("GET", server + "/api/v1/replicas", "", admin_headers);
+        if (!replicas || replicas->status != 200) return false;
+        last_listing = replicas->body;
+        json listing = json::parse(replicas->body);
+        for (const auto& item : listing["items"]) {
+          if (item["status"]["phase"] == "Ready") endpoint = item["status"]["endpoint"];
+        }
+        return !endpoint.empty();
+      },
+      std::chrono::seconds(60), std::chrono::milliseconds(100));
+  if (endpoint.empty() || key.empty()) {
+    std::cerr << (key.empty() ? "the bench key was refused: " + (created ? created->body : created.error().message)
+                              : "the bench deployment never became ready: " + last_listing.substr(0, 600))
+              << "\n";
+    cleanup();
+    return 1;
+  }
+  http::Headers key_headers = {{"Authorization", "Bearer " + key}};
+
+  // Gateways: (processes, limits) -> port and pids.
+  struct Setup {
+    std::string name;
+    std::string url;
+    std::vector<pid_t> measured;  // the proxy's processes (and redis-server when limits live there)
+    http::Headers headers;
+  };
+  std::vector<Setup> setups = {{"direct", endpoint, {}, {}}};
+  for (bool shared_limits : {false, true}) {
+    for (int count : {1, 2}) {
+      int gateway_port = bench::free_port();
+      Setup setup{fmt::format("gateway x{} {}", count, shared_limits ? "redis" : "memory"),
+                  fmt::format("http://127.0.0.1:{}", gateway_port),
+                  {},
+                  key_headers};
+      for (int i = 0; i < count; ++i) {
+        std::vector<std::string> args = {
+            nebula,        "gateway", "--server",          server,
+            "--api-key",   admin,     "--listen",          fmt::format("127.0.0.1:{}", gateway_port),
+            "--log-level", "error",   "--exit-with-parent"};
+        if (shared_limits) {
+          args.push_back("--limits");
+          args.push_back(redis_url);
+        }
+        pid_t gateway = bench::spawn(args, fmt::format("{}/gateway-{}.log", dir, started.size()));
+        started.push_back(gateway);
+        setup.measured.push_back(gateway);
+        // Each must follow the server before the next starts (and before the load).
+        answers(setup.url + "/readyz");
+        bench::wait_until(
+            [&] {
+              auto models = client.request("GET", setup.url + "/v1/models", "", key_headers);
+              return models && models->status == 200;
+            },
+            std::chrono::seconds(10));
+      }
+      if (shared_limits) setup.measured.push_back(redis);
+      setups.push_back(setup);
+    }
+  }
+  for (int workers : {1, 2}) {
+    int nginx_port = bench::free_port();
+    pid_t nginx = start_nginx(fmt::format("{}/nginx-{}", dir, workers), nginx_port, endpoint, workers);
+    if (nginx > 0 && answers(fmt::format("http://127.0.0.1:{}/health", nginx_port))) {
+      started.push_back(nginx);
+      setups.push_back(
+          {fmt::format("nginx x{}", workers), fmt::format("http://127.0.0.1:{}", nginx_port), {nginx}, {}});
+    }
+  }
+
+  std::cout << fmt::format(
+      "small requests (1 token, engine-sim stepping every 20 us), {} per row from {} connections; cpu = the "
+      "proxy processes' CPU (with Redis: redis-server's too) per request\n",
+      requests, concurrency);
+  std::cout << fmt::format("{:<22} {:>9} {:>9} {:>9} {:>12}\n", "path", "req/s", "p50 ms", "p99 ms", "cpu us/req");
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& setup : setups) {
+      auto result = run_load(setup.url, setup.headers, requests, concurrency, setup.measured);
+      std::cout << fmt::format("{:<22} {:>9.0f} {:>9.2f} {:>9.2f} {:>12}{}\n", setup.name, result.rate, result.p50,
+                               result.p99,
+                               setup.measured.empty() ? "-" : fmt::format("{:.1f}", result.cpu_us_per_request),
+                               result.failed ? fmt::format("  ({} failed)", result.failed) : "")
+                << std::flush;
+    }
+  }
+  cleanup();
+  return 0;
+}

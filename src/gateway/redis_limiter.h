@@ -1,0 +1,119 @@
+#pragma once
+// Per-key limits shared by every gateway through one Redis (`--limits redis://HOST:PORT`).
+//
+// Each admission is one Lua script, run atomically by Redis (EVALSHA; loaded once, loaded again
+// when Redis answers NOSCRIPT): it drops the charges older than a minute, checks requests per
+// minute, tokens per minute, concurrency and the monthly budget in that order, and records the
+// request. The windows are exact: a sorted set of charges per key scored by their time, each
+// member "<ticket>:<tokens>". A request in flight holds a lease (a second sorted set scored by its
+// expiry) that this gateway renews while the request runs, so the slots of a gateway that died
+// come back when its leases run out. Times are Redis's own clock (TIME), one clock for every
+// gateway, unless a test injects one.
+//
+// Redis keys per API key K: nebula:limits:{K}:window, :flight, :state (a hash: seq, tokens,
+// flight), :month (a hash: "YYYY-MM" -> tokens spent). The braces keep one key's data in one
+// Redis Cluster slot.
+//
+// Threading: admit() and finish() block on Redis for at most `timeout` and may run on any thread
+// (one connection, locked); lease renewal has a thread and a connection of its own. While Redis
+// is unreachable (a failed call marks it down for `retry_interval`, so later requests do not wait
+// on it again), the fail policies decide: open admits without the limit, closed refuses with 503.
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/result.h"
+#include "gateway/limits.h"
+
+struct redisContext;
+struct redisReply;
+
+namespace nebula::gateway {
+
+enum class FailPolicy { Open, Closed };
+Result<FailPolicy> parse_fail_policy(std::string_view text);
+
+struct RedisLimiterOptions {
+  std::string host = "127.0.0.1";
+  int port = 6379;
+  // Bounds connecting and every command: a request waits at most this long on Redis.
+  std::chrono::milliseconds timeout{100};
+  // How long a request's concurrency slot outlives a gateway that stopped renewing it.
+  std::chrono::milliseconds lease{15'000};
+  // How often the leases of requests in flight are renewed; 0 = a third of the lease.
+  std::chrono::milliseconds renew_interval{0};
+  // After a failure, Redis is not tried again for this long.
+  std::chrono::milliseconds retry_interval{1'000};
+  // While Redis is unreachable: requests per minute, tokens per minute and concurrency (open by
+  // default: better to serve unlimited for a while than to refuse everyone) ...
+  FailPolicy rate_policy = FailPolicy::Open;
+  // ... and the monthly budget (closed by default: tokens spent past a budget cannot be taken back).
+  FailPolicy budget_policy = FailPolicy::Closed;
+  // The time in microseconds the scripts use; null = Redis's TIME. A test's seam.
+  std::function<int64_t()> clock_us;
+  // The month ("2026-12") a budget is counted in; null = the current UTC month. A test's seam.
+  std::function<std::string()> month;
+  std::string prefix = "nebula:limits:";
+};
+
+// redis://HOST[:PORT] (port 6379 when absent) into options.host and options.port.
+Status parse_redis_url(std::string_view url, RedisLimiterOptions& options);
+
+class RedisLimiter final : public Limiter {
+ public:
+  explicit RedisLimiter(RedisLimiterOptions options);
+  ~RedisLimiter() override;
+  RedisLimiter(const RedisLimiter&) = delete;
+  RedisLimiter& operator=(const RedisLimiter&) = delete;
+
+  // Connects and loads the scripts; an error when Redis cannot be reached. Starts lease renewal.
+  Status start();
+  void stop();
+
+  Admission admit(const api::ApiKey& key, int64_t estimated_tokens, int64_t month_used_tokens, TimePoint now) override;
+  void finish(const std::string& key_id, uint64_t ticket, int64_t estimated_tokens, int64_t actual_tokens,
+              TimePoint now) override;
+  // Extends the lease of every request in flight here (the renewal thread does it every lease/3).
+  Status renew_leases();
+
+  // Figures for /metrics and tests.
+  uint64_t failures() const { return failures_; }
+  size_t in_flight() const;
+
+ private:
+  struct Connection;
+  struct InFlight {
+    std::string key_id;
+    std::string member;  // "<ticket>:<estimate>"
+  };
+  // Runs a script on `connection`, loading it again on NOSCRIPT; null reply on failure (the
+  // connection is then dropped).
+  std::unique_ptr<redisReply, void (*)(redisReply*)> run_script(Connection& connection, int script,
+                                                                const std::vector<std::string>& keys,
+                                                                const std::vector<std::string>& args);
+  std::vector<std::string> keys_of(const std::string& key_id) const;
+  std::string now_arg() const;
+  std::string month_now() const;
+  Admission unavailable(const api::ApiKey& key, int64_t estimated_tokens, int64_t month_used_tokens);
+  void renew_loop();
+
+  RedisLimiterOptions options_;
+  std::unique_ptr<Connection> main_;     // admit and finish; guarded by main_mutex_
+  std::unique_ptr<Connection> renewal_;  // the renewal thread's
+  std::mutex main_mutex_;
+  mutable std::mutex flight_mutex_;
+  std::map<std::pair<std::string, uint64_t>, InFlight> in_flight_;  // (key, ticket)
+  std::atomic<uint64_t> failures_{0};
+  std::mutex stop_mutex_;
+  std::condition_variable stop_wake_;
+  bool stopping_ = false;
+  std::thread renewer_;
+};
+
+}  // namespace nebula::gateway

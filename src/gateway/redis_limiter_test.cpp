@@ -1,0 +1,272 @@
+#include "gateway/redis_limiter.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+
+#include "common/json.h"
+#include "redis_server.h"
+
+namespace nebula::gateway {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::RedisServer;
+
+constexpr int64_t kSecond = 1'000'000;  // µs
+
+api::ApiKey limited_key(const std::string& name, int64_t rpm, int64_t tpm, int64_t concurrency, int64_t budget) {
+  api::ApiKey key;
+  key.metadata.name = name;
+  key.rpm = rpm;
+  key.tpm = tpm;
+  key.max_concurrency = concurrency;
+  key.budget_tokens = budget;
+  return key;
+}
+
+// Limiters on one real redis-server, on a clock the test moves (µs).
+class RedisLimits : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (auto missing = RedisServer::missing(); !missing.empty()) GTEST_SKIP() << missing;
+    redis_ = std::make_unique<RedisServer>();
+    ASSERT_TRUE(redis_->ready());
+  }
+
+  RedisLimiterOptions options() {
+    RedisLimiterOptions options;
+    EXPECT_TRUE(parse_redis_url(redis_->url(), options));
+    options.clock_us = [this] { return now_us_.load(); };
+    options.month = [] { return std::string("2026-12"); };
+    options.lease = 2s;
+    options.renew_interval = 1h;  // the test renews by hand
+    return options;
+  }
+
+  std::unique_ptr<RedisLimiter> limiter(RedisLimiterOptions with) {
+    auto made = std::make_unique<RedisLimiter>(std::move(with));
+    auto started = made->start();
+    EXPECT_TRUE(started) << (started ? "" : started.error().message);
+    return made;
+  }
+  std::unique_ptr<RedisLimiter> limiter() { return limiter(options()); }
+
+  Limiter::TimePoint now() const { return Limiter::TimePoint(std::chrono::microseconds(now_us_.load())); }
+
+  std::unique_ptr<RedisServer> redis_;
+  // Microseconds since the epoch, as Redis's TIME gives them: 16 digits, so any number written
+  // with less precision on its way through the scripts would break the window's edges.
+  std::atomic<int64_t> now_us_{1'796'000'000'123'457};
+};
+
+TEST_F(RedisLimits, RequestsLeaveTheWindowExactlyAMinuteAfterTheyCame) {
+  auto limits = limiter();
+  auto key = limited_key("k-rpm", 3, 0, 0, 0);
+  int64_t start = now_us_;
+  for (int64_t offset : {0L, 10L, 20L}) {
+    now_us_ = start + offset * kSecond;
+    auto admitted = limits->admit(key, 10, 0, now());
+    ASSERT_TRUE(admitted.allowed) << offset;
+    EXPECT_EQ(admitted.window.requests, offset / 10 + 1);
+    limits->finish(key.metadata.name, admitted.ticket, 10, 10, now());
+  }
+  // One microsecond before the first request's minute is up: still three in the window.
+  now_us_ = start + 60 * kSecond - 1;
+  auto refused = limits->admit(key, 10, 0, now());
+  ASSERT_FALSE(refused.allowed);
+  EXPECT_EQ(refused.limit, LimitKind::Requests);
+  EXPECT_EQ(refused.retry_after, 1ms);  // 1 µs, rounded up
+  EXPECT_EQ(refused.window.requests, 3);
+  auto response = Limiter::refusal(key, refused);
+  EXPECT_EQ(response.status, 429);
+  EXPECT_EQ(response.header("x-ratelimit-remaining-requests"), "0");
+  EXPECT_EQ(response.header("retry-after"), "1");
+  // At the minute exactly it has left, and only it.
+  now_us_ = start + 60 * kSecond;
+  auto admitted = limits->admit(key, 10, 0, now());
+  ASSERT_TRUE(admitted.allowed);
+  EXPECT_EQ(admitted.window.requests, 3);
+  EXPECT_EQ(admitted.window.reset, 10s);  // the request of start + 10 s is now the oldest
+  EXPECT_FALSE(limits->admit(key, 10, 0, now()).allowed);
+}
+
+TEST_F(RedisLimits, TokensAreChargedUpFrontCorrectedAndWaitForOldChargesToLeave) {
+  auto limits = limiter();
+  auto key = limited_key("k-tpm", 0, 1000, 0, 0);
+  int64_t start = now_us_;
+  auto first = limits->admit(key, 600, 0, now());
+  ASSERT_TRUE(first.allowed);
+  EXPECT_FALSE(limits->admit(key, 600, 0, now()).allowed);  // 1200 > 1000 while the estimate stands
+  limits->finish(key.metadata.name, first.ticket, 600, 300, now());
+  for (int64_t offset : {10L, 20L}) {
+    now_us_ = start + offset * kSecond;
+    auto admitted = limits->admit(key, 300, 0, now());
+    ASSERT_TRUE(admitted.allowed) << offset;
+    limits->finish(key.metadata.name, admitted.ticket, 300, 300, now());
+  }
+  // 900 used; 500 more fit once the first two charges (600) have left: at start + 70 s.
+  now_us_ = start + 30 * kSecond;
+  auto refused = limits->admit(key, 500, 0, now());
+  ASSERT_FALSE(refused.allowed);
+  EXPECT_EQ(refused.limit, LimitKind::Tokens);
+  EXPECT_EQ(refused.retry_after, 40s);
+  EXPECT_EQ(refused.window.tokens, 900);
+  auto too_large = limits->admit(key, 1001, 0, now());
+  EXPECT_FALSE(too_large.allowed);
+  EXPECT_EQ(too_large.retry_after, 0ms);  // waiting cannot help
+  now_us_ = start + 70 * kSecond - 1;
+  EXPECT_FALSE(limits->admit(key, 500, 0, now()).allowed);
+  now_us_ = start + 70 * kSecond;
+  EXPECT_TRUE(limits->admit(key, 500, 0, now()).allowed);
+}
+
+TEST_F(RedisLimits, TwoGatewaysShareOneWindow) {
+  auto a = limiter();
+  auto b = limiter();
+  auto key = limited_key("k-shared", 60, 0, 0, 0);
+  int passed = 0;
+  for (int i = 0; i < 100; ++i) {
+    auto& limits = i % 2 ? *a : *b;
+    auto admitted = limits.admit(key, 1, 0, now());
+    if (admitted.allowed) {
+      ++passed;
+      limits.finish(key.metadata.name, admitted.ticket, 1, 1, now());
+    }
+  }
+  EXPECT_EQ(passed, 60);
+}
+
+TEST_F(RedisLimits, TheSlotsOfAGatewayThatStoppedRenewingComeBackAfterTheLease) {
+  auto crashed = limiter();
+  auto survivor = limiter();
+  auto key = limited_key("k-conc", 0, 0, 2, 0);
+  int64_t start = now_us_;
+  ASSERT_TRUE(crashed->admit(key, 5, 0, now()).allowed);
+  ASSERT_TRUE(crashed->admit(key, 5, 0, now()).allowed);
+  auto busy = survivor->admit(key, 5, 0, now());
+  ASSERT_FALSE(busy.allowed);
+  EXPECT_EQ(busy.limit, LimitKind::Concurrency);
+  // Renewed at half the lease, the slots outlive the first lease ...
+  now_us_ = start + kSecond;
+  ASSERT_TRUE(crashed->renew_leases());
+  now_us_ = start + 2 * kSecond;
+  EXPECT_FALSE(survivor->admit(key, 5, 0, now()).allowed);
+  // ... and with no more renewals (the gateway died) they lapse at the end of the renewed one.
+  crashed->stop();
+  now_us_ = start + 3 * kSecond - 1;
+  EXPECT_FALSE(survivor->admit(key, 5, 0, now()).allowed);
+  now_us_ = start + 3 * kSecond;
+  auto first = survivor->admit(key, 5, 0, now());
+  auto second = survivor->admit(key, 5, 0, now());
+  EXPECT_TRUE(first.allowed && second.allowed);
+  EXPECT_FALSE(survivor->admit(key, 5, 0, now()).allowed);
+  // A finish after the lapse does not free a slot twice.
+  crashed->finish(key.metadata.name, 1, 5, 5, now());
+  EXPECT_FALSE(survivor->admit(key, 5, 0, now()).allowed);
+  survivor->finish(key.metadata.name, first.ticket, 5, 5, now());
+  EXPECT_TRUE(survivor->admit(key, 5, 0, now()).allowed);
+}
+
+TEST_F(RedisLimits, TheMonthlyBudgetCountsEveryGatewaysSpendingAndWhatIsInFlight) {
+  auto a = limiter();
+  auto b = limiter();
+  auto key = limited_key("k-budget", 0, 0, 0, 1000);
+  auto first = a->admit(key, 400, 0, now());
+  ASSERT_TRUE(first.allowed);
+  // In flight on a: b sees it.
+  auto over = b->admit(key, 700, 0, now());
+  ASSERT_FALSE(over.allowed);
+  EXPECT_EQ(over.limit, LimitKind::Budget);
+  EXPECT_EQ(Limiter::refusal(key, over).header("x-should-retry"), "false");
+  a->finish(key.metadata.name, first.ticket, 400, 350, now());
+  // 350 spent (known to Redis though neither gateway's own usage says so yet).
+  EXPECT_FALSE(b->admit(key, 651, 0, now()).allowed);
+  auto fits = b->admit(key, 650, 0, now());
+  EXPECT_TRUE(fits.allowed);
+  b->finish(key.metadata.name, fits.ticket, 650, 650, now());
+  // What a gateway knows from the store counts when it is more (Redis was emptied, say).
+  redis_->command("FLUSHALL");
+  EXPECT_FALSE(a->admit(key, 1, 1000, now()).allowed);
+  EXPECT_TRUE(a->admit(key, 1, 999, now()).allowed);
+}
+
+TEST_F(RedisLimits, AFlushedScriptCacheIsLoadedAgain) {
+  auto limits = limiter();
+  auto key = limited_key("k-noscript", 2, 0, 0, 0);
+  ASSERT_TRUE(limits->admit(key, 1, 0, now()).allowed);
+  ASSERT_EQ(redis_->command("SCRIPT FLUSH").rfind("+OK", 0), 0u);
+  ASSERT_TRUE(limits->admit(key, 1, 0, now()).allowed);
+  EXPECT_FALSE(limits->admit(key, 1, 0, now()).allowed);
+  EXPECT_EQ(limits->failures(), 0u);
+}
+
+TEST_F(RedisLimits, HostileKeyNamesStayApart) {
+  auto limits = limiter();
+  auto braces = limited_key("a}:window{b", 1, 0, 0, 0);
+  auto plain = limited_key("a", 1, 0, 0, 0);
+  auto spaced = limited_key("a b\r\nFLUSHALL", 1, 0, 0, 0);
+  for (const auto* key : {&braces, &plain, &spaced}) {
+    EXPECT_TRUE(limits->admit(*key, 1, 0, now()).allowed) << key->metadata.name;
+    EXPECT_FALSE(limits->admit(*key, 1, 0, now()).allowed) << key->metadata.name;
+  }
+  // Hostile token counts are charged as numbers, not as script text.
+  auto tokens = limited_key("k-negative", 0, 100, 0, 0);
+  EXPECT_FALSE(limits->admit(tokens, 101, 0, now()).allowed);
+  EXPECT_TRUE(limits->admit(tokens, 100, 0, now()).allowed);
+}
+
+TEST_F(RedisLimits, UnreachableRedisFollowsThePolicyOfEachLimit) {
+  auto with = options();
+  with.retry_interval = 0ms;
+  auto open = limiter(with);
+  with.rate_policy = FailPolicy::Closed;
+  with.budget_policy = FailPolicy::Open;
+  auto closed = limiter(with);
+  redis_->stop();
+  auto rated = limited_key("k-down", 1, 0, 0, 0);
+  auto budgeted = limited_key("k-down-budget", 0, 0, 0, 1000);
+  // Defaults: requests per minute fail open (unlimited), budgets fail closed (503).
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(open->admit(rated, 1, 0, now()).allowed);
+  auto refused = open->admit(budgeted, 1, 0, now());
+  ASSERT_FALSE(refused.allowed);
+  EXPECT_EQ(refused.limit, LimitKind::Unavailable);
+  auto response = Limiter::refusal(budgeted, refused);
+  EXPECT_EQ(response.status, 503);
+  EXPECT_EQ(response.header("retry-after"), "1");
+  // The other way round.
+  EXPECT_EQ(closed->admit(rated, 1, 0, now()).limit, LimitKind::Unavailable);
+  EXPECT_TRUE(closed->admit(budgeted, 1, 0, now()).allowed);
+  EXPECT_FALSE(closed->admit(budgeted, 1, 1000, now()).allowed);  // what the gateway knows still holds
+  EXPECT_GT(open->failures() + closed->failures(), 0u);
+  // Back: counted in Redis again.
+  redis_->start();
+  EXPECT_TRUE(testing::eventually([&] { return open->admit(rated, 1, 0, now()).allowed; }, 10s));
+  EXPECT_FALSE(open->admit(rated, 1, 0, now()).allowed);
+}
+
+TEST_F(RedisLimits, StartFailsWhenRedisIsAbsent) {
+  auto with = options();
+  with.port = testing::free_port();
+  RedisLimiter absent(with);
+  EXPECT_FALSE(absent.start());
+}
+
+TEST(RedisUrl, HostAndPortOrARefusal) {
+  RedisLimiterOptions options;
+  ASSERT_TRUE(parse_redis_url("redis://10.0.0.5:6380", options));
+  EXPECT_EQ(options.host, "10.0.0.5");
+  EXPECT_EQ(options.port, 6380);
+  ASSERT_TRUE(parse_redis_url("redis://cache.local", options));
+  EXPECT_EQ(options.host, "cache.local");
+  EXPECT_EQ(options.port, 6379);
+  for (const char* bad : {"", "http://h:1", "redis://", "redis://:6379", "redis://h:0", "redis://h:99999",
+                          "redis://h:12x", "redis://user@h:1", "redis://h:-1"}) {
+    EXPECT_FALSE(parse_redis_url(bad, options)) << bad;
+  }
+  EXPECT_TRUE(parse_fail_policy("open"));
+  EXPECT_FALSE(parse_fail_policy("Open "));
+}
+
+}  // namespace
+}  // namespace nebula::gateway

@@ -1,0 +1,74 @@
+#pragma once
+// A real redis-server for tests: started on a free loopback port in a temp dir, without
+// persistence, and killed by the destructor. Tests skip when redis-server is not installed.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "process_helpers.h"
+
+namespace nebula::testing {
+
+class RedisServer {
+ public:
+  // "" when redis-server is on PATH, else why the test skips.
+  static std::string missing() {
+    return find_on_path("redis-server").empty() ? "redis-server is not installed (apt-get install redis-server)" : "";
+  }
+
+  RedisServer() : port_(free_port()) { start(); }
+  ~RedisServer() { stop(); }
+
+  int port() const { return port_; }
+  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
+  bool ready() const { return ping(); }
+
+  void stop() {
+    if (child_) child_->stop(SIGKILL, std::chrono::seconds(5));
+    child_.reset();
+  }
+  // Starts it again on the same port (empty: nothing survives a stop).
+  void start() {
+    child_ = std::make_unique<Child>(
+        std::vector<std::string>{find_on_path("redis-server"), "--port", std::to_string(port_), "--bind", "127.0.0.1",
+                                 "--dir", dir_.path(), "--save", "", "--appendonly", "no"},
+        dir_.path() + "/redis.log");
+    eventually([this] { return ping(); }, std::chrono::seconds(10), std::chrono::milliseconds(20));
+  }
+
+  // One command in Redis's inline form ("FLUSHALL"), answered with its first reply line.
+  std::string command(const std::string& line) const {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return "";
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port_));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::string reply;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
+      std::string request = line + "\r\n";
+      if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+        char buffer[512];
+        ssize_t got = ::read(fd, buffer, sizeof buffer);
+        if (got > 0) reply.assign(buffer, static_cast<size_t>(got));
+      }
+    }
+    ::close(fd);
+    return reply;
+  }
+
+ private:
+  bool ping() const { return command("PING").rfind("+PONG", 0) == 0; }
+
+  int port_;
+  TempDir dir_;
+  std::unique_ptr<Child> child_;
+};
+
+}  // namespace nebula::testing
