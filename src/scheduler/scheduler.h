@@ -66,11 +66,45 @@ std::vector<GpuFree> free_vram(const api::Node& node, const std::vector<api::Rep
 // memory the removed engines still hold would count as used by something outside Nebula.
 std::vector<api::Node> without_engines(std::vector<api::Node> nodes, const std::vector<api::Replica>& removed);
 
-// Filters the nodes (Ready, not draining, has the engine, labels match node_selector, GPUs of
-// gpu_type, free VRAM after reserved_vram_mb), then scores what is left: spread takes the GPUs
-// with the most free memory and prefers the emptiest node; binpack takes the fullest GPUs that
-// still fit. A multi-GPU replica takes identical GPUs (same name and memory) on one node.
-// ResourceExhausted with one reason per node when nothing fits.
+// The free memory of every GPU of a set of nodes given the replicas placed on them, computed once
+// so that placing many replicas costs O(nodes × GPUs) each, not a scan of every replica for every
+// node. Holds pointers into `nodes`: they must outlive it, unchanged.
+class Capacity {
+ public:
+  Capacity(const std::vector<api::Node>& nodes, const std::vector<api::Replica>& placed);
+  // Filters the nodes (Ready, not draining, has the engine, labels match node_selector, GPUs of
+  // gpu_type, free VRAM after reserved_vram_mb), then scores what is left: spread prefers the
+  // emptiest node (the smallest share of its VRAM in use), then the GPUs with the most free
+  // memory on it; binpack takes the fullest GPUs that still fit. A multi-GPU replica takes
+  // identical GPUs (same name and memory) on one node. ResourceExhausted when nothing fits, with
+  // the nodes counted per cause ("0/100 nodes are available: 87 without enough free VRAM, e.g.
+  // node a has ...; node b is not ready"): one example per cause, whatever the cluster's size.
+  Result<Placement> place(const Request& request) const;
+  // Records a placement just made (its replica now claims that memory).
+  void add(const Placement& placement);
+  // The GPUs of a node; nullptr when it is not one of the nodes.
+  const std::vector<GpuFree>* gpus_of(const std::string& node) const;
+
+ private:
+  struct NodeCapacity {
+    const api::Node* node = nullptr;
+    std::vector<GpuFree> gpus;
+    std::vector<int64_t> running_mb;  // per GPU: claimed by replicas whose engine may run
+    // Identical GPUs (same name and memory), in the order they first appear.
+    struct Group {
+      std::string name;
+      int64_t total_mb = 0;
+      std::vector<size_t> members;  // positions in gpus
+    };
+    std::vector<Group> groups;
+  };
+  static void claim(NodeCapacity& entry, const std::vector<int>& gpus, int64_t vram_mb, bool running);
+
+  std::vector<NodeCapacity> nodes_;
+  std::map<std::string, size_t> by_name_;
+};
+
+// One placement against a snapshot: Capacity(nodes, placed).place(request).
 Result<Placement> place(const Request& request, const std::vector<api::Node>& nodes,
                         const std::vector<api::Replica>& placed);
 // Spread placement of `replica` needing replica.spec.vram_mb over `gpus_per_replica` GPUs.
