@@ -155,6 +155,8 @@ class Refusals {
       parts.push_back(entry.count == 1 ? entry.example
                                        : fmt::format("{} {}, e.g. {}", entry.count, cause, entry.example));
     }
+    // One node (a workstation): its own words are the whole story.
+    if (node_count == 1) return fmt::format("{}", fmt::join(parts, "; "));
     return fmt::format("0/{} nodes are available: {}", node_count, fmt::join(parts, "; "));
   }
 

@@ -78,7 +78,8 @@ class Capacity {
   // memory on it; binpack takes the fullest GPUs that still fit. A multi-GPU replica takes
   // identical GPUs (same name and memory) on one node. ResourceExhausted when nothing fits, with
   // the nodes counted per cause ("0/100 nodes are available: 87 without enough free VRAM, e.g.
-  // node a has ...; node b is not ready"): one example per cause, whatever the cluster's size.
+  // node a has ...; node b is not ready"): one example per cause, whatever the cluster's size
+  // (with a single node, just that node's reason).
   Result<Placement> place(const Request& request) const;
   // Records a placement just made (its replica now claims that memory).
   void add(const Placement& placement);
