@@ -3,6 +3,7 @@
 // functions over a snapshot of nodes and the replicas already placed, so they are tested without
 // a store or a clock.
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,8 @@
 #include "models/models.h"
 
 namespace nebula::scheduler {
+
+class Refusals;
 
 // VRAM a replica of this deployment needs, summed over its GPUs, in MiB: models::estimate()
 // (spec.vram_mb, else the catalog, else the model file, else the parameter count in the name).
@@ -99,10 +102,36 @@ class Capacity {
     };
     std::vector<Group> groups;
   };
+  // A node's best placement for a request, with what ranks it.
+  struct Scored {
+    Placement placement;
+    int64_t score = 0;
+    bool has_model = false;  // the node's model cache holds the model's files
+    bool spread = false;
+    int64_t node_used_mb = 0;    // over the node's (eligible) GPUs, before this replica
+    int64_t node_usable_mb = 1;  // their total less what is reserved
+    bool better_than(const Scored& other) const {
+      if (has_model != other.has_model) return has_model;
+      if (spread) {
+        // The emptiest node (smallest share of its memory in use) first, so one node's loss takes
+        // as few replicas as possible; ties go to the earlier node.
+        int64_t mine = node_used_mb * other.node_usable_mb;  // MiB × MiB: far from overflow
+        int64_t theirs = other.node_used_mb * node_usable_mb;
+        if (mine != theirs) return mine < theirs;
+      }
+      return score > other.score;
+    }
+  };
   static void claim(NodeCapacity& entry, const std::vector<int>& gpus, int64_t vram_mb, bool running);
+  // The node's best placement for the request; nullopt (and, given refusals, why) when none.
+  std::optional<Scored> evaluate(const NodeCapacity& entry, const Request& request, Refusals* refusals) const;
 
   std::vector<NodeCapacity> nodes_;
   std::map<std::string, size_t> by_name_;
+  // The last request shape's score of each node, and which nodes changed since (add()).
+  mutable std::string memo_shape_;
+  mutable std::vector<std::optional<Scored>> memo_;
+  mutable std::vector<char> stale_;
 };
 
 // One placement against a snapshot: Capacity(nodes, placed).place(request).
