@@ -469,9 +469,11 @@ awaitable<void> Agent::Impl::heartbeat_loop() {
 
 awaitable<void> Agent::Impl::watch_loop() {
   while (!stopping) {
-    // List, then watch from the listing's revision: level-triggered, so a broken stream just
-    // relists.
-    auto listing = co_await client_.request("GET", api("/replicas"), "", server_headers(false), milliseconds(10000));
+    // List, then watch from the listing's revision: level-triggered, so a broken stream (or one
+    // the server cut off because this agent fell behind) just relists. The server sends only this
+    // node's replicas (?node=), and each one once more as it moves away or is deleted.
+    auto listing = co_await client_.request("GET", api("/replicas?node=" + options.name), "", server_headers(false),
+                                            milliseconds(10000));
     if (!listing || listing->status != 200) {
       co_await sleep_for(io, milliseconds(1000));
       continue;
@@ -496,8 +498,9 @@ awaitable<void> Agent::Impl::watch_loop() {
     listed = true;
     for (auto& [name, replica] : replicas) supervise(name);
     int64_t revision = document->value("revision", int64_t{0});
-    auto stream = co_await client_.open("GET", api(fmt::format("/replicas?watch=1&revision={}", revision + 1)), "",
-                                        server_headers(false), milliseconds(10000));
+    auto stream = co_await client_.open(
+        "GET", api(fmt::format("/replicas?watch=1&node={}&revision={}", options.name, revision + 1)), "",
+        server_headers(false), milliseconds(10000));
     if (!stream || (*stream)->status != 200) {
       co_await sleep_for(io, milliseconds(1000));
       continue;

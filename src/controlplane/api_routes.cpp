@@ -9,6 +9,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <deque>
+#include <type_traits>
 
 #include "api/spec_check.h"
 #include "controlplane/controlplane.h"
@@ -57,26 +58,78 @@ Response result_response(const Result<T>& result, int ok_status = 200) {
   return ok_json(api::to_json(*result), ok_status);
 }
 
+// A node as readers see it: its heartbeat time includes its lease (node_admission.h).
+Result<api::Node> get_node(Resources& resources, const std::string& name) {
+  auto node = resources.get<api::Node>(name);
+  if (node) with_lease(*node, node_lease_ms(resources.store(), name));
+  return node;
+}
+
+// `?node=NAME` on the replicas routes: only the replicas placed on that node (what an agent
+// needs). "" when absent.
+std::string node_filter(const Request& request) {
+  return request.query_or("node");
+}
+
+bool on_node(const json& replica, const std::string& node) {
+  if (!replica.is_object()) return false;
+  auto spec = replica.find("spec");
+  if (spec == replica.end() || !spec->is_object()) return false;
+  auto placed = spec->find("node");
+  return placed != spec->end() && placed->is_string() && placed->get_ref<const std::string&>() == node;
+}
+
 template <typename T>
-json list_json(Resources& resources) {
+json list_json(Resources& resources, const std::string& node) {
   int64_t revision = 0;
   json items = json::array();
-  for (const auto& item : resources.list<T>(&revision)) items.push_back(api::to_json(item));
+  auto objects = resources.list<T>(&revision);
+  if constexpr (std::is_same_v<T, api::Node>) {
+    auto leases = node_leases(resources.store());
+    for (auto& object : objects) {
+      auto lease = leases.find(object.metadata.name);
+      if (lease != leases.end()) with_lease(object, lease->second);
+    }
+  }
+  for (const auto& item : objects) {
+    if constexpr (std::is_same_v<T, api::Replica>) {
+      if (!node.empty() && item.spec.node != node) continue;
+    }
+    items.push_back(api::to_json(item));
+  }
   return json{{"items", items}, {"revision", revision}};
 }
 
-// One watch stream: store events queue up here (pushed on the committing thread) and the
-// handler coroutine drains them. The server's io_context runs on one thread, so the posted
-// timer cancel cannot slip between the handler's emptiness check and its wait.
+// One watch stream. Store events are queued here by the store's callback (on the committing
+// thread, under the store's lock: it only copies) and turned into lines by the handler coroutine
+// on the I/O thread. The queue is bounded, as etcd and the Kubernetes API server bound theirs: a
+// watcher that falls kWatchQueueLimit bytes behind is cut off (its queue dropped, its stream
+// ended) and must list again. The server's io_context runs on one thread, so the posted timer
+// cancel cannot slip between the handler's emptiness check and its wait.
+constexpr size_t kWatchQueueLimit = 8 * 1024 * 1024;
+constexpr size_t kWatchBatchLimit = 256 * 1024;  // written at once; a stalled reader holds no more
+
 struct WatchQueue {
-  explicit WatchQueue(asio::io_context& io) : io(io), timer(io) {}
+  WatchQueue(asio::io_context& io, std::string node) : io(io), timer(io), node(std::move(node)) {}
   asio::io_context& io;
   asio::steady_timer timer;
+  const std::string node;  // "" or the node whose replicas alone are sent
   std::mutex mutex;
-  std::deque<std::string> lines;
+  std::deque<store::WatchEvent> events;
+  size_t bytes = 0;
+  bool overflowed = false;
 };
 
-std::string watch_line(const store::WatchEvent& event) {
+// Could the event concern the node? A cheap test on the raw documents (the name must appear in
+// one of them) that spares the exact test, which decodes them, for almost every other node's event.
+bool may_concern(const store::WatchEvent& event, const std::string& node) {
+  return event.kv.value.find(node) != std::string::npos ||
+         (event.prev && event.prev->value.find(node) != std::string::npos);
+}
+
+// "" when a filtered watch skips the event: a replica is sent to its node's watcher while it is
+// placed there, and once more (as it moves away or is deleted) when it was.
+std::string watch_line(const store::WatchEvent& event, const std::string& node) {
   json line;
   line["type"] = event.type == store::WatchEvent::Type::Put ? "PUT" : "DELETE";
   line["revision"] = event.kv.mod_revision;
@@ -84,6 +137,15 @@ std::string watch_line(const store::WatchEvent& event) {
                              : event.prev                               ? event.prev->value
                                                                         : std::string();
   auto document = parse_json(value);
+  if (!node.empty()) {
+    bool now_here = document && on_node(*document, node);
+    bool was_here = false;
+    if (event.prev && event.type == store::WatchEvent::Type::Put) {
+      auto before = parse_json(event.prev->value);
+      was_here = before && on_node(*before, node);
+    }
+    if (!now_here && !was_here) return {};
+  }
   if (document) {
     if (document->is_object() && document->contains("metadata")) {
       (*document)["metadata"]["revision"] = event.kv.mod_revision;
@@ -102,12 +164,22 @@ http::Headers text_headers() {
 }
 
 awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const std::string& prefix, int64_t from,
-                            ResponseWriter& writer) {
-  auto queue = std::make_shared<WatchQueue>(io);
+                            const std::string& node, ResponseWriter& writer) {
+  auto queue = std::make_shared<WatchQueue>(io, node);
   auto watch = resources.store().watch(prefix, from, [queue](const store::WatchEvent& event) {
+    if (!queue->node.empty() && !may_concern(event, queue->node)) return;
     {
       std::lock_guard lock(queue->mutex);
-      queue->lines.push_back(watch_line(event));
+      if (queue->overflowed) return;
+      size_t size = event.kv.key.size() + event.kv.value.size() + (event.prev ? event.prev->value.size() : 0);
+      if (queue->bytes + size > kWatchQueueLimit) {
+        queue->overflowed = true;
+        queue->events.clear();
+        queue->bytes = 0;
+      } else {
+        queue->events.push_back(event);
+        queue->bytes += size;
+      }
     }
     asio::post(queue->io, [queue] { queue->timer.cancel(); });
   });
@@ -119,18 +191,29 @@ awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const st
   // A client that leaves (or a draining server) ends the wait at once, not at the next keep-alive.
   writer.on_client_gone([queue] { queue->timer.cancel(); });
   if (!co_await writer.start_stream(200, ndjson_headers())) co_return;
+  bool cut_off = false;
   while (!writer.client_gone()) {
-    std::deque<std::string> lines;
+    std::string batch;
+    bool more = false;
     {
       std::lock_guard lock(queue->mutex);
-      lines.swap(queue->lines);
+      if (queue->overflowed) {
+        cut_off = true;
+        break;
+      }
+      while (!queue->events.empty() && batch.size() < kWatchBatchLimit) {
+        const auto& event = queue->events.front();
+        queue->bytes -= event.kv.key.size() + event.kv.value.size() + (event.prev ? event.prev->value.size() : 0);
+        batch += watch_line(event, queue->node);
+        queue->events.pop_front();
+      }
+      more = !queue->events.empty();
     }
-    std::string batch;
-    for (auto& line : lines) batch += line;
     if (!batch.empty()) {
       if (!co_await writer.write(batch)) break;
       continue;
     }
+    if (more) continue;
     queue->timer.expires_after(std::chrono::seconds(15));
     boost::system::error_code ec;
     co_await queue->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -140,6 +223,13 @@ awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const st
     }
   }
   (*watch)->cancel();
+  if (cut_off) {
+    // Ended without the final chunk: the client sees a broken stream, lists again and watches
+    // from there, as it does after any disconnection.
+    spdlog::warn("api: a watch of {} fell more than {} MiB behind and was cut off", prefix,
+                 kWatchQueueLimit / (1024 * 1024));
+    writer.abort();
+  }
 }
 
 template <typename T>
@@ -147,17 +237,22 @@ void add_read_routes(http::Router& router, Resources& resources, asio::io_contex
   std::string plural = Traits<T>::kPlural;
   router.add("GET", "/api/v1/" + plural,
              [&resources, &io, plural](Request& request, ResponseWriter& writer) -> awaitable<void> {
+               std::string node = std::is_same_v<T, api::Replica> ? node_filter(request) : std::string();
                if (request.query_or("watch") == "1" || request.query_or("watch") == "true") {
                  int64_t from = std::atoll(request.query_or("revision", "0").c_str());
-                 co_await serve_watch(resources, io, api::store_prefix(plural), from, writer);
+                 co_await serve_watch(resources, io, api::store_prefix(plural), from, node, writer);
                  co_return;
                }
-               co_await writer.send(ok_json(list_json<T>(resources)));
+               co_await writer.send(ok_json(list_json<T>(resources, node)));
              });
   router.add("GET", "/api/v1/" + plural + "/{name}",
              [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
-               auto object = resources.get<T>(request.params["name"]);
-               co_await writer.send(result_response(object));
+               if constexpr (std::is_same_v<T, api::Node>) {
+                 co_await writer.send(result_response(get_node(resources, request.params["name"])));
+               } else {
+                 auto object = resources.get<T>(request.params["name"]);
+                 co_await writer.send(result_response(object));
+               }
              });
 }
 
@@ -327,7 +422,7 @@ std::string bearer_of(const Request& request) {
 // A join may not take over the name of a live node unless it presents that node's key (its own
 // agent, restarted). Conflict with what to do otherwise.
 Status check_join(Resources& resources, const Options& options, const std::string& name, const Request& request) {
-  auto existing = resources.get<api::Node>(name);
+  auto existing = get_node(resources, name);
   if (!existing) return {};
   int64_t now_ms = to_unix_ms(resources.clock().wall_now());
   if (!node_live(*existing, now_ms, options.node_timeout)) return {};
@@ -446,6 +541,9 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
         });
         co_await writer.send(result_response(updated));
       });
+  // A heartbeat: renews the node's lease (a small write nothing wakes on) and writes the Node
+  // document only when what the node reports changed, when it comes back from NotReady, or every
+  // kNodeStatusRefresh (GPU utilization and temperature, which change all the time).
   router.add("PUT", "/api/v1/nodes/{name}/status",
              [&resources](Request& request, ResponseWriter& writer) -> awaitable<void> {
                auto status = parse_body_as<api::NodeStatus>(request, api::node_status_from_json);
@@ -457,18 +555,35 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
                  co_await writer.send(error_response(plausible.error()));
                  co_return;
                }
+               const std::string name = request.params["name"];
+               int64_t now_ms = to_unix_ms(resources.clock().wall_now());
+               auto current = resources.get<api::Node>(name);
+               if (!current) {
+                 co_await writer.send(error_response(current.error()));
+                 co_return;
+               }
                bool became_ready = false;
                std::string gpus_changed;
-               auto updated = resources.modify<api::Node>(request.params["name"], [&](api::Node& current) {
-                 became_ready = !current.status.ready;
-                 // A node's first report brings its GPUs; a later one that changes them is news.
-                 gpus_changed = current.status.gpus.empty() ? "" : gpu_change(current.status.gpus, status->gpus);
-                 current.status = *status;
-                 current.status.ready = true;
-                 current.status.heartbeat_ms = to_unix_ms(resources.clock().wall_now());
-                 current.status.message = "";
-                 return true;
-               });
+               Result<api::Node> updated = *current;
+               if (needs_status_write(current->status, *status, now_ms)) {
+                 updated = resources.modify<api::Node>(name, [&](api::Node& latest) {
+                   became_ready = !latest.status.ready;
+                   // A node's first report brings its GPUs; a later one that changes them is news.
+                   gpus_changed = latest.status.gpus.empty() ? "" : gpu_change(latest.status.gpus, status->gpus);
+                   latest.status = *status;
+                   latest.status.ready = true;
+                   latest.status.heartbeat_ms = now_ms;
+                   latest.status.message = "";
+                   return true;
+                 });
+               }
+               if (updated) {
+                 if (auto renewed = renew_node_lease(resources.store(), name, now_ms); !renewed) {
+                   updated = renewed.error();
+                 } else {
+                   with_lease(*updated, now_ms);
+                 }
+               }
                if (updated && became_ready)
                  resources.record_event("node/" + updated->metadata.name, "NodeReady", "heartbeat received");
                if (updated && !gpus_changed.empty())
@@ -517,7 +632,7 @@ void add_node_delete_route(http::Router& router, Resources& resources, const Opt
   router.add("DELETE", "/api/v1/nodes/{name}",
              [&resources, &options](Request& request, ResponseWriter& writer) -> awaitable<void> {
                const std::string name = request.params["name"];
-               auto node = resources.get<api::Node>(name);
+               auto node = get_node(resources, name);
                if (!node) {
                  co_await writer.send(error_response(node.error()));
                  co_return;
@@ -537,6 +652,7 @@ void add_node_delete_route(http::Router& router, Resources& resources, const Opt
                  co_await writer.send(error_response(removed.error()));
                  co_return;
                }
+               (void)resources.store().remove(node_lease_key(name));  // NotFound for a node never heard from
                auto revoked = revoke_node_keys(resources.store(), name);
                if (!revoked)
                  spdlog::error("nodes: cannot revoke the key of removed node {}: {}", name, revoked.error().message);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <functional>
 #include <map>
+#include <set>
 
 #include "common/ids.h"
 #include "controlplane/controlplane.h"
@@ -12,22 +13,29 @@
 
 namespace nebula::controlplane {
 
+namespace {
+constexpr std::chrono::milliseconds kFirstRetry{1'000};
+constexpr std::chrono::milliseconds kMaxRetry{60'000};
+}  // namespace
+
 Controller::Controller(Resources& resources, Options options)
-    : resources_(resources), options_(std::move(options)), started_ms_(to_unix_ms(resources.clock().wall_now())) {}
+    : resources_(resources),
+      options_(std::move(options)),
+      informer_(resources.store()),
+      started_ms_(to_unix_ms(resources.clock().wall_now())) {}
 
 Controller::~Controller() {
   stop();
 }
 
 void Controller::start() {
-  // Any change under /nebula/ (except events, which the controller writes itself) wakes the loop.
-  auto watch = resources_.store().watch(api::kKeyRoot, 0, [this](const store::WatchEvent& event) {
-    if (event.kv.key.rfind(api::store_prefix("events"), 0) == 0) return;
+  // A change to what the controller acts on wakes the loop (informer.h says which).
+  auto started = informer_.start([this] {
     std::lock_guard lock(mutex_);
     dirty_ = true;
     wake_.notify_one();
   });
-  if (watch) watch_ = std::move(*watch);
+  if (!started) spdlog::error("controller: cannot watch the store: {}", started.error().message);
   thread_ = std::thread([this] { run(); });
 }
 
@@ -38,7 +46,6 @@ void Controller::stop() {
     stopping_ = true;
     wake_.notify_one();
   }
-  if (watch_) watch_->cancel();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -61,9 +68,17 @@ void Controller::run() {
 void Controller::reconcile() {
   // Mode switches first: their deployment writes are then seen by this pass.
   advance_switches(resources_);
-  auto nodes = resources_.list<api::Node>();
-  auto deployments = resources_.list<api::Deployment>();
-  auto replicas = resources_.list<api::Replica>();
+  if (!informer_.started()) {
+    // Driven by hand (tests) without start(): the same cache, without the wake-ups.
+    if (auto started = informer_.start(); !started) {
+      spdlog::error("controller: cannot watch the store: {}", started.error().message);
+      return;
+    }
+  }
+  if (!informer_.sync()) spdlog::warn("controller: the store's watch lags; reconciling what arrived");
+  auto nodes = informer_.nodes();
+  auto deployments = informer_.deployments();
+  auto replicas = informer_.replicas();
 
   reconcile_nodes(nodes);
 
@@ -97,7 +112,7 @@ void Controller::reconcile() {
 // every node node_timeout from its own start to report, instead of calling it silent for as long
 // as the server itself was gone and rescheduling engines the agent would have re-adopted.
 int64_t Controller::heard_from(const api::Node& node) const {
-  return std::max(node.status.heartbeat_ms, started_ms_);
+  return std::max({node.status.heartbeat_ms, informer_.lease_renewed_ms(node.metadata.name), started_ms_});
 }
 
 void Controller::reconcile_nodes(std::vector<api::Node>& nodes) {
@@ -108,7 +123,7 @@ void Controller::reconcile_nodes(std::vector<api::Node>& nodes) {
       auto updated = resources_.modify<api::Node>(node.metadata.name, [&](api::Node& current) {
         if (!current.status.ready || now_ms - heard_from(current) <= options_.node_timeout.count()) return false;
         current.status.ready = false;
-        current.status.message = fmt::format("no heartbeat for {} s", (now_ms - current.status.heartbeat_ms) / 1000);
+        current.status.message = fmt::format("no heartbeat for {} s", (now_ms - heard_from(current)) / 1000);
         return true;
       });
       if (updated) {
@@ -123,7 +138,8 @@ void Controller::reconcile_nodes(std::vector<api::Node>& nodes) {
 // Nobody can vouch for the engines of a silent node: they leave the router's table (phase Unknown)
 // until the agent reports again. Rescheduling them elsewhere is the node-agent issue's work.
 void Controller::mark_replicas_unknown(const std::string& node) {
-  for (const auto& replica : resources_.list<api::Replica>()) {
+  informer_.sync();
+  for (const auto& replica : informer_.replicas()) {
     if (replica.spec.node != node || replica.status.phase == api::phase::kUnknown) continue;
     (void)resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
       current.status.phase = api::phase::kUnknown;
@@ -156,7 +172,7 @@ void Controller::replace_lost(std::vector<api::Replica>& replicas, const std::ve
     replica = *updated;
     std::string why = node == nodes.end() ? "its node " + replica.spec.node + " is gone"
                                           : fmt::format("its node {} has been silent for {} s", replica.spec.node,
-                                                        (now_ms - node->status.heartbeat_ms) / 1000);
+                                                        (now_ms - heard_from(*node)) / 1000);
     resources_.record_event("replica/" + replica.metadata.name, "Rescheduling", why + ": replacing it elsewhere",
                             "Warning");
   }
@@ -365,23 +381,49 @@ void Controller::reconcile_deployment(const api::Deployment& observed, std::vect
   }
 }
 
+bool Controller::should_try(const api::Replica& replica) const {
+  auto backoff = unschedulable_.find(replica.metadata.name);
+  if (backoff == unschedulable_.end()) return true;
+  return backoff->second.capacity_generation != informer_.capacity_generation() ||
+         resources_.clock().steady_now() >= backoff->second.retry_at;
+}
+
+void Controller::failed_to_place(const api::Replica& replica) {
+  auto& backoff = unschedulable_[replica.metadata.name];
+  backoff.delay = backoff.delay.count() == 0 ? kFirstRetry : std::min(kMaxRetry, backoff.delay * 2);
+  backoff.retry_at = resources_.clock().steady_now() + backoff.delay;
+  backoff.capacity_generation = informer_.capacity_generation();
+}
+
 void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
                           const std::vector<api::Deployment>& deployments) {
   std::map<std::string, const api::Deployment*> owners;
   for (const auto& deployment : deployments) owners[deployment.metadata.name] = &deployment;
+  // Backoffs of replicas that are gone or placed are forgotten.
+  std::set<std::string> pending;
+  for (const auto& replica : replicas) {
+    if (replica.spec.node.empty() && !replica.spec.stop) pending.insert(replica.metadata.name);
+  }
+  std::erase_if(unschedulable_, [&](const auto& entry) { return !pending.count(entry.first); });
+  if (pending.empty()) return;
+  // Every placement made in this pass is added to `capacity`, so two pending replicas never claim
+  // the same free memory.
+  scheduler::Capacity capacity(nodes, replicas);
+  std::map<std::string, std::vector<std::pair<std::string, scheduler::Placement>>> scheduled;  // by deployment
   for (auto& replica : replicas) {
     if (!replica.spec.node.empty() || replica.spec.stop) continue;
     auto owner = owners.find(replica.spec.deployment);
     if (owner == owners.end()) continue;
+    if (!should_try(replica)) continue;
     // A replica is placed as its own plan asks (after a rollback, the live spec is the failed one).
     const api::DeploymentSpec spec = spec_of_plan(*owner->second, replica.spec.plan_version);
-    // `replicas` holds every placement made so far in this pass, so two pending replicas never
-    // claim the same free memory.
-    auto placement = scheduler::place(scheduler::request_for(replica, spec), nodes, replicas);
+    ++placement_attempts_;
+    auto placement = capacity.place(scheduler::request_for(replica, spec));
     if (!placement && evict_for(replica, spec, nodes, replicas, deployments)) {
       continue;  // placed on a later pass, once the evicted engines have released their memory
     }
     if (!placement) {
+      failed_to_place(replica);
       const std::string& reason = placement.error().message;
       if (replica.status.message != reason) {
         auto updated = resources_.modify<api::Replica>(replica.metadata.name, [&](api::Replica& current) {
@@ -395,7 +437,7 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
       }
       continue;
     }
-    auto updated = resources_.modify<api::Replica>(replica.metadata.name, [&](api::Replica& current) {
+    auto assign = [&](api::Replica& current) {
       if (!current.spec.node.empty() || current.spec.stop) return false;
       current.spec.node = placement->node;
       current.spec.gpus = placement->gpus;
@@ -403,13 +445,42 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
       current.status.phase = api::phase::kScheduled;
       current.status.message = "";
       return true;
-    });
-    if (updated) {
-      replica = *updated;
-      resources_.record_event(
-          "replica/" + replica.metadata.name, "Scheduled",
-          fmt::format("placed on node {} GPU(s) [{}]", placement->node, fmt::join(placement->gpus, ",")));
+    };
+    // Written from the informer's copy with compare-and-swap; re-read only when it changed since.
+    Result<api::Replica> updated = replica;
+    if (assign(*updated)) {
+      auto revision = resources_.update(*updated);
+      if (revision) {
+        updated->metadata.revision = *revision;
+      } else if (revision.error().code == ErrorCode::Conflict) {
+        updated = resources_.modify<api::Replica>(replica.metadata.name, assign);
+      } else {
+        updated = revision.error();
+      }
     }
+    if (updated && updated->spec.node == placement->node && updated->spec.gpus == placement->gpus) {
+      replica = *updated;
+      capacity.add(*placement);
+      unschedulable_.erase(replica.metadata.name);
+      scheduled[replica.spec.deployment].push_back({replica.metadata.name, *placement});
+    }
+  }
+  // One event per replica placed, or one per deployment when a pass placed many of its replicas
+  // (the event log keeps max_events: ten thousand of them would only be written to be pruned).
+  constexpr size_t kEventsPerDeployment = 5;
+  for (const auto& [deployment, placed] : scheduled) {
+    if (placed.size() <= kEventsPerDeployment) {
+      for (const auto& [name, placement] : placed) {
+        resources_.record_event(
+            "replica/" + name, "Scheduled",
+            fmt::format("placed on node {} GPU(s) [{}]", placement.node, fmt::join(placement.gpus, ",")));
+      }
+      continue;
+    }
+    std::set<std::string> nodes_used;
+    for (const auto& entry : placed) nodes_used.insert(entry.second.node);
+    resources_.record_event("deployment/" + deployment, "Scheduled",
+                            fmt::format("placed {} replicas on {} node(s)", placed.size(), nodes_used.size()));
   }
 }
 
@@ -498,6 +569,7 @@ void Controller::collect_stopped(std::vector<api::Replica>& replicas, const std:
 }
 
 void Controller::prune_events() {
+  if (informer_.event_count() <= options_.max_events + options_.max_events / 5) return;
   auto listing = resources_.store().list(api::store_prefix("events"));
   if (!listing || listing->kvs.size() <= options_.max_events + options_.max_events / 5) return;
   size_t excess = listing->kvs.size() - options_.max_events;

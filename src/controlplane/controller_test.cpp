@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "controlplane/controlplane.h"
+#include "controlplane/node_admission.h"
 #include "store/memory_store.h"
 
 namespace nebula::controlplane {
@@ -108,6 +109,106 @@ TEST_F(ControllerTest, UnplaceableReplicasStayPendingWithTheReason) {
   auto deployment = resources_.get<api::Deployment>("big");
   EXPECT_EQ(deployment->status.phase, "Pending");
   EXPECT_NE(deployment->status.message.find("24.0 GiB free"), std::string::npos) << deployment->status.message;
+}
+
+TEST_F(ControllerTest, UnschedulableReplicasBackOffAndRetryWhenCapacityChanges) {
+  add_node("n1", 24 * 1024);
+  deploy("big", 2, 40 * 1024);
+  controller_.reconcile();
+  EXPECT_EQ(controller_.placement_attempts(), 2u);
+  // Nothing changed: no new attempt, however often the controller wakes.
+  for (int pass = 0; pass < 5; ++pass) controller_.reconcile();
+  EXPECT_EQ(controller_.placement_attempts(), 2u);
+  // The backoff runs out (1 s, then 2 s...): tried again once, still no room.
+  clock_.advance(std::chrono::milliseconds(1'000));
+  controller_.reconcile();
+  EXPECT_EQ(controller_.placement_attempts(), 4u);
+  clock_.advance(std::chrono::milliseconds(1'500));
+  controller_.reconcile();
+  EXPECT_EQ(controller_.placement_attempts(), 4u);
+  // A node joins: both are placed at once, without waiting for their backoff.
+  add_node("n2", 80 * 1024);
+  controller_.reconcile();
+  EXPECT_EQ(controller_.placement_attempts(), 6u);
+  auto placed = replicas("big");
+  ASSERT_EQ(placed.size(), 2u);
+  EXPECT_EQ(placed[0].spec.node, "n2");
+  EXPECT_EQ(placed[1].spec.node, "n2");
+}
+
+TEST_F(ControllerTest, AReplicaGoingAwayRetriesThePendingOnes) {
+  add_node("n1", 80 * 1024);
+  deploy("a", 2, 50 * 1024);  // one fits
+  controller_.reconcile();
+  auto attempts = controller_.placement_attempts();
+  controller_.reconcile();
+  EXPECT_EQ(controller_.placement_attempts(), attempts);
+  // The placed replica is removed (its engine stopped): the pending one takes its place.
+  for (const auto& replica : replicas("a")) {
+    if (!replica.spec.node.empty()) {
+      ASSERT_TRUE(resources_.remove<api::Replica>(replica.metadata.name));
+    }
+  }
+  controller_.reconcile();
+  int placed = 0;
+  for (const auto& replica : replicas("a")) placed += replica.spec.node.empty() ? 0 : 1;
+  EXPECT_EQ(placed, 1);
+}
+
+TEST_F(ControllerTest, ALeaseKeepsANodeReadyWithoutItsDocumentBeingRewritten) {
+  add_node("n1", 80 * 1024);
+  auto written = resources_.get<api::Node>("n1")->metadata.revision;
+  clock_.advance(std::chrono::seconds(31));
+  ASSERT_TRUE(renew_node_lease(store_, "n1", to_unix_ms(clock_.wall_now())));
+  controller_.reconcile();
+  auto node = resources_.get<api::Node>("n1");
+  EXPECT_TRUE(node->status.ready);
+  EXPECT_EQ(node->metadata.revision, written);
+  // Once the lease is as old as node_timeout too, the node is NotReady.
+  clock_.advance(std::chrono::seconds(31));
+  controller_.reconcile();
+  node = resources_.get<api::Node>("n1");
+  EXPECT_FALSE(node->status.ready);
+  EXPECT_NE(node->status.message.find("no heartbeat for 31 s"), std::string::npos) << node->status.message;
+  // A lease that is not one (hostile or damaged) is ignored, not trusted.
+  ASSERT_TRUE(store_.put(node_lease_key("n1"), "{\"renewed_ms\": \"soon\"}"));
+  EXPECT_EQ(node_lease_ms(store_, "n1"), 0);
+  ASSERT_TRUE(store_.put(node_lease_key("n1"), "not json"));
+  controller_.reconcile();
+  EXPECT_FALSE(resources_.get<api::Node>("n1")->status.ready);
+}
+
+TEST(NodeStatusWrite, OnlyAChangeOrTheRefreshRewritesTheNode) {
+  api::NodeStatus stored;
+  stored.ready = true;
+  stored.heartbeat_ms = 1'000'000;
+  stored.engines = {"sim"};
+  stored.gpus.push_back({0, "GPU-0", "H100-80GB", 81920, 1000, 10, 40, 100});
+  api::NodeStatus reported = stored;
+  reported.ready = false;  // what an agent sends: ready and heartbeat are the server's
+  reported.heartbeat_ms = 0;
+  int64_t now = stored.heartbeat_ms + 2'000;
+  EXPECT_FALSE(needs_status_write(stored, reported, now));
+  reported.gpus[0].utilization = 99;  // changes all the time: refreshed at kNodeStatusRefreshMs
+  reported.gpus[0].temperature_c = 70;
+  EXPECT_FALSE(needs_status_write(stored, reported, now));
+  EXPECT_TRUE(needs_status_write(stored, reported, stored.heartbeat_ms + kNodeStatusRefreshMs));
+  EXPECT_TRUE(needs_status_write(stored, reported, stored.heartbeat_ms - 1)) << "a clock that went back";
+  auto changed = reported;
+  changed.gpus[0].memory_used_mb = 30000;
+  EXPECT_TRUE(needs_status_write(stored, changed, now));
+  changed = reported;
+  changed.engines.push_back("vllm");
+  EXPECT_TRUE(needs_status_write(stored, changed, now));
+  changed = reported;
+  changed.models = {"org/m@main"};
+  EXPECT_TRUE(needs_status_write(stored, changed, now));
+  changed = reported;
+  changed.gpus.clear();
+  EXPECT_TRUE(needs_status_write(stored, changed, now));
+  auto not_ready = stored;
+  not_ready.ready = false;
+  EXPECT_TRUE(needs_status_write(not_ready, reported, now));
 }
 
 TEST_F(ControllerTest, ReplicasOfANodeThatNeverJoinedAreRemovedDirectly) {

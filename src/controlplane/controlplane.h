@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -13,6 +14,7 @@
 
 #include "common/asio.h"
 #include "common/clock.h"
+#include "controlplane/informer.h"
 #include "controlplane/resources.h"
 #include "http/http.h"
 #include "store/store.h"
@@ -48,7 +50,9 @@ struct Options {
 };
 
 // The deployment controller, scheduler loop and node-liveness check, on one thread of its own
-// (store calls block). Wakes on any store change and every resync_interval.
+// (store calls block). Reads the cluster from an Informer (decoded once per change, not listed
+// every pass). Wakes when a node, deployment, replica or mode changes, and every resync_interval
+// (heartbeat expiry needs the clock); node lease renewals and events wake nothing.
 class Controller {
  public:
   Controller(Resources& resources, Options options);
@@ -57,6 +61,8 @@ class Controller {
   void stop();
   // One full reconcile pass; public so tests can drive it step by step.
   void reconcile();
+  // How many times the scheduler tried to place a pending replica (tests, benchmarks).
+  uint64_t placement_attempts() const { return placement_attempts_; }
 
  private:
   void run();
@@ -84,10 +90,21 @@ class Controller {
                  std::vector<api::Replica>& replicas, const std::vector<api::Deployment>& deployments);
   void collect_stopped(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes);
   void prune_events();
+  // A replica that did not fit is tried again when capacity changes (a node joins or changes, a
+  // replica goes away or moves) or, failing that, after a backoff doubling from 1 s to 60 s.
+  bool should_try(const api::Replica& replica) const;
+  void failed_to_place(const api::Replica& replica);
 
   Resources& resources_;
   Options options_;
-  std::unique_ptr<store::WatchHandle> watch_;
+  Informer informer_;
+  struct Backoff {
+    uint64_t capacity_generation = 0;
+    std::chrono::steady_clock::time_point retry_at;
+    std::chrono::milliseconds delay{0};
+  };
+  std::map<std::string, Backoff> unschedulable_;  // by replica name
+  uint64_t placement_attempts_ = 0;
   std::mutex mutex_;
   std::condition_variable wake_;
   bool dirty_ = true;

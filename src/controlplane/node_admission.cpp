@@ -63,6 +63,69 @@ bool node_live(const api::Node& node, int64_t now_ms, std::chrono::milliseconds 
   return node.status.ready && now_ms - node.status.heartbeat_ms <= node_timeout.count();
 }
 
+std::string node_lease_prefix() {
+  return api::store_prefix("nodeleases");
+}
+
+std::string node_lease_key(const std::string& node) {
+  return api::store_key("nodeleases", node);
+}
+
+std::string node_lease_value(int64_t renewed_ms) {
+  return json{{"renewed_ms", renewed_ms}}.dump();
+}
+
+std::optional<int64_t> parse_node_lease(const std::string& value) {
+  auto document = parse_json(value);
+  if (!document || !document->is_object()) return std::nullopt;
+  auto renewed = document->find("renewed_ms");
+  if (renewed == document->end() || !renewed->is_number_integer()) return std::nullopt;
+  return renewed->get<int64_t>();
+}
+
+Status renew_node_lease(store::Store& store, const std::string& node, int64_t now_ms) {
+  auto written = store.put(node_lease_key(node), node_lease_value(now_ms));
+  if (!written) return written.error();
+  return {};
+}
+
+int64_t node_lease_ms(store::Store& store, const std::string& node) {
+  auto kv = store.get(node_lease_key(node));
+  if (!kv || !kv->has_value()) return 0;
+  return parse_node_lease((*kv)->value).value_or(0);
+}
+
+std::map<std::string, int64_t> node_leases(store::Store& store) {
+  std::map<std::string, int64_t> leases;
+  auto listing = store.list(node_lease_prefix());
+  if (!listing) return leases;
+  const std::string prefix = node_lease_prefix();
+  for (const auto& kv : listing->kvs) {
+    if (auto renewed = parse_node_lease(kv.value)) leases[kv.key.substr(prefix.size())] = *renewed;
+  }
+  return leases;
+}
+
+bool needs_status_write(const api::NodeStatus& stored, const api::NodeStatus& reported, int64_t now_ms) {
+  if (!stored.ready || now_ms - stored.heartbeat_ms >= kNodeStatusRefreshMs || now_ms < stored.heartbeat_ms) {
+    return true;
+  }
+  auto gpu_key = [](const api::Gpu& gpu) {
+    return std::tie(gpu.index, gpu.uuid, gpu.name, gpu.memory_total_mb, gpu.memory_used_mb);
+  };
+  if (stored.gpus.size() != reported.gpus.size()) return true;
+  for (size_t i = 0; i < stored.gpus.size(); ++i) {
+    if (gpu_key(stored.gpus[i]) != gpu_key(reported.gpus[i])) return true;
+  }
+  return stored.engines != reported.engines || stored.engine_versions != reported.engine_versions ||
+         stored.gpu_probe != reported.gpu_probe || stored.models != reported.models ||
+         stored.agent_url != reported.agent_url;
+}
+
+void with_lease(api::Node& node, int64_t lease_ms) {
+  node.status.heartbeat_ms = std::max(node.status.heartbeat_ms, lease_ms);
+}
+
 std::optional<api::ApiKey> current_node_key(store::Store& store, const std::string& node, int64_t now_ms) {
   for (auto& key : node_keys(store, node)) {
     if (!key.revoked && (key.expires_ms == 0 || key.expires_ms > now_ms)) return key;

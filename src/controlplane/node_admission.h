@@ -16,8 +16,33 @@
 namespace nebula::controlplane {
 
 // A node is live while it is Ready and was heard from within node_timeout. A live node's name is
-// held: only its own agent (presenting the node's key) may join with it.
+// held: only its own agent (presenting the node's key) may join with it. The node's heartbeat_ms
+// must include its lease (with_lease below).
 bool node_live(const api::Node& node, int64_t now_ms, std::chrono::milliseconds node_timeout);
+
+// Liveness apart from status, as Kubernetes does with node Lease objects: each heartbeat renews a
+// small key of its own, /nebula/nodeleases/NAME = {"renewed_ms": T} (wall ms), and the Node
+// document is written only when what the node reports changes (its GPUs, engines, models...),
+// so an idle cluster's heartbeats are tiny writes that wake no controller.
+std::string node_lease_prefix();
+std::string node_lease_key(const std::string& node);
+std::string node_lease_value(int64_t renewed_ms);
+// The renewal time in a lease value; nullopt when it is not one.
+std::optional<int64_t> parse_node_lease(const std::string& value);
+Status renew_node_lease(store::Store& store, const std::string& node, int64_t now_ms);
+// When the node last renewed its lease; 0 without one (or on a store error).
+int64_t node_lease_ms(store::Store& store, const std::string& node);
+// Every node's lease renewal, by node name.
+std::map<std::string, int64_t> node_leases(store::Store& store);
+// A heartbeat rewrites the Node document only when the node was NotReady, when what it reports
+// changed (its GPUs' identity, memory and use of memory; engines and their versions; the probe;
+// cached models; the agent's URL), or when the document is older than kNodeStatusRefreshMs (GPU
+// utilization, temperature and power change all the time and are refreshed at that pace).
+inline constexpr int64_t kNodeStatusRefreshMs = 60'000;
+bool needs_status_write(const api::NodeStatus& stored, const api::NodeStatus& reported, int64_t now_ms);
+// The node as readers see it: status.heartbeat_ms is its last heartbeat, the later of the Node
+// document's (written on a change) and its lease's.
+void with_lease(api::Node& node, int64_t lease_ms);
 
 // The node's current key (scope node, issued at its last join, not revoked or expired).
 std::optional<api::ApiKey> current_node_key(store::Store& store, const std::string& node, int64_t now_ms);

@@ -3,6 +3,7 @@
 // functions over a snapshot of nodes and the replicas already placed, so they are tested without
 // a store or a clock.
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,8 @@
 #include "models/models.h"
 
 namespace nebula::scheduler {
+
+class Refusals;
 
 // VRAM a replica of this deployment needs, summed over its GPUs, in MiB: models::estimate()
 // (spec.vram_mb, else the catalog, else the model file, else the parameter count in the name).
@@ -66,11 +69,72 @@ std::vector<GpuFree> free_vram(const api::Node& node, const std::vector<api::Rep
 // memory the removed engines still hold would count as used by something outside Nebula.
 std::vector<api::Node> without_engines(std::vector<api::Node> nodes, const std::vector<api::Replica>& removed);
 
-// Filters the nodes (Ready, not draining, has the engine, labels match node_selector, GPUs of
-// gpu_type, free VRAM after reserved_vram_mb), then scores what is left: spread takes the GPUs
-// with the most free memory and prefers the emptiest node; binpack takes the fullest GPUs that
-// still fit. A multi-GPU replica takes identical GPUs (same name and memory) on one node.
-// ResourceExhausted with one reason per node when nothing fits.
+// The free memory of every GPU of a set of nodes given the replicas placed on them, computed once
+// so that placing many replicas costs O(nodes × GPUs) each, not a scan of every replica for every
+// node. Holds pointers into `nodes`: they must outlive it, unchanged.
+class Capacity {
+ public:
+  Capacity(const std::vector<api::Node>& nodes, const std::vector<api::Replica>& placed);
+  // Filters the nodes (Ready, not draining, has the engine, labels match node_selector, GPUs of
+  // gpu_type, free VRAM after reserved_vram_mb), then scores what is left: spread prefers the
+  // emptiest node (the smallest share of its VRAM in use), then the GPUs with the most free
+  // memory on it; binpack takes the fullest GPUs that still fit. A multi-GPU replica takes
+  // identical GPUs (same name and memory) on one node. ResourceExhausted when nothing fits, with
+  // the nodes counted per cause ("0/100 nodes are available: 87 without enough free VRAM, e.g.
+  // node a has ...; node b is not ready"): one example per cause, whatever the cluster's size
+  // (with a single node, just that node's reason).
+  Result<Placement> place(const Request& request) const;
+  // Records a placement just made (its replica now claims that memory).
+  void add(const Placement& placement);
+  // The GPUs of a node; nullptr when it is not one of the nodes.
+  const std::vector<GpuFree>* gpus_of(const std::string& node) const;
+
+ private:
+  struct NodeCapacity {
+    const api::Node* node = nullptr;
+    std::vector<GpuFree> gpus;
+    std::vector<int64_t> running_mb;  // per GPU: claimed by replicas whose engine may run
+    // Identical GPUs (same name and memory), in the order they first appear.
+    struct Group {
+      std::string name;
+      int64_t total_mb = 0;
+      std::vector<size_t> members;  // positions in gpus
+    };
+    std::vector<Group> groups;
+  };
+  // A node's best placement for a request, with what ranks it.
+  struct Scored {
+    Placement placement;
+    int64_t score = 0;
+    bool has_model = false;  // the node's model cache holds the model's files
+    bool spread = false;
+    int64_t node_used_mb = 0;    // over the node's (eligible) GPUs, before this replica
+    int64_t node_usable_mb = 1;  // their total less what is reserved
+    bool better_than(const Scored& other) const {
+      if (has_model != other.has_model) return has_model;
+      if (spread) {
+        // The emptiest node (smallest share of its memory in use) first, so one node's loss takes
+        // as few replicas as possible; ties go to the earlier node.
+        int64_t mine = node_used_mb * other.node_usable_mb;  // MiB × MiB: far from overflow
+        int64_t theirs = other.node_used_mb * node_usable_mb;
+        if (mine != theirs) return mine < theirs;
+      }
+      return score > other.score;
+    }
+  };
+  static void claim(NodeCapacity& entry, const std::vector<int>& gpus, int64_t vram_mb, bool running);
+  // The node's best placement for the request; nullopt (and, given refusals, why) when none.
+  std::optional<Scored> evaluate(const NodeCapacity& entry, const Request& request, Refusals* refusals) const;
+
+  std::vector<NodeCapacity> nodes_;
+  std::map<std::string, size_t> by_name_;
+  // The last request shape's score of each node, and which nodes changed since (add()).
+  mutable std::string memo_shape_;
+  mutable std::vector<std::optional<Scored>> memo_;
+  mutable std::vector<char> stale_;
+};
+
+// One placement against a snapshot: Capacity(nodes, placed).place(request).
 Result<Placement> place(const Request& request, const std::vector<api::Node>& nodes,
                         const std::vector<api::Replica>& placed);
 // Spread placement of `replica` needing replica.spec.vram_mb over `gpus_per_replica` GPUs.

@@ -1,6 +1,10 @@
 #include "scheduler/scheduler.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include <map>
+#include <set>
 
 namespace nebula::scheduler {
 namespace {
@@ -310,6 +314,98 @@ TEST(RequestFor, TakesPlacementFieldsFromTheSpec) {
   EXPECT_EQ(r.node_selector.at("pool"), "gpu");
   spec.vram_mb = 1000;  // an explicit size is what the replica claims
   EXPECT_DOUBLE_EQ(request_for(replica, spec).gpu_memory_utilization, 0);
+}
+
+// Places `count` single-GPU replicas one after another, as the controller does in one pass.
+std::vector<Placement> place_all(int count, int64_t vram_mb, const std::vector<api::Node>& nodes,
+                                 const std::string& strategy = "spread") {
+  Capacity capacity(nodes, {});
+  std::vector<Placement> placements;
+  for (int i = 0; i < count; ++i) {
+    auto request = request_for(make_replica("r" + std::to_string(i), vram_mb), api::DeploymentSpec{});
+    request.strategy = strategy;
+    auto placement = capacity.place(request);
+    if (!placement) break;
+    capacity.add(*placement);
+    placements.push_back(*placement);
+  }
+  return placements;
+}
+
+std::vector<api::Node> many_nodes(int count, int gpus) {
+  std::vector<api::Node> nodes;
+  for (int i = 0; i < count; ++i) nodes.push_back(make_node(fmt::format("node-{:03}", i), gpus, 81920));
+  return nodes;
+}
+
+TEST(Place, SpreadTakesTheEmptiestNodeFirstThenTheEmptiestGpu) {
+  auto nodes = many_nodes(100, 8);
+  // Eight replicas on a hundred empty nodes: eight nodes, so one node's loss takes one replica.
+  auto eight = place_all(8, 16 * 1024, nodes);
+  ASSERT_EQ(eight.size(), 8u);
+  std::set<std::string> used;
+  for (const auto& placement : eight) used.insert(placement.node);
+  EXPECT_EQ(used.size(), 8u);
+  // A hundred: every node gets one; a second round then fills the next GPU of each.
+  auto hundred = place_all(200, 16 * 1024, nodes);
+  ASSERT_EQ(hundred.size(), 200u);
+  std::map<std::string, std::set<int>> gpus_of;
+  for (const auto& placement : hundred) gpus_of[placement.node].insert(placement.gpus.at(0));
+  EXPECT_EQ(gpus_of.size(), 100u);
+  for (const auto& [node, gpus] : gpus_of) EXPECT_EQ(gpus.size(), 2u) << node << " has two replicas on one GPU";
+  // Emptiest by share of memory: a half-full big node loses to an emptier small one.
+  auto big = make_node("big", 8, 81920);
+  auto small = make_node("small", 1, 81920);
+  std::vector<api::Replica> placed;
+  for (int gpu = 0; gpu < 8; ++gpu) placed.push_back(make_replica("b" + std::to_string(gpu), 40960, "big", {gpu}));
+  placed.push_back(make_replica("s", 20480, "small", {0}));
+  EXPECT_EQ(place(make_replica("r", 8192), 1, {big, small}, placed)->node, "small");
+  // Binpack is unchanged: the fullest GPU that fits, on the first node.
+  auto packed = place_all(8, 16 * 1024, nodes, "binpack");
+  for (const auto& placement : packed) EXPECT_EQ(placement.node, "node-000");
+}
+
+TEST(Place, ReasonsCountNodesPerCauseWhateverTheClusterSize) {
+  auto nodes = many_nodes(100, 8);
+  for (int i = 0; i < 13; ++i) nodes[static_cast<size_t>(i)].status.ready = false;
+  nodes[20].status.engines = {"vllm"};
+  auto refused = place(make_replica("huge", 100 * 1024), 1, nodes, {});
+  ASSERT_FALSE(refused.ok());
+  const std::string& message = refused.error().message;
+  EXPECT_NE(message.find("no node fits replica huge (1 GPU(s), 100.0 GiB VRAM): 0/100 nodes are available"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("86 without enough free VRAM, e.g. node node-013 has 0 of 1 GPUs with 100.0 GiB free (gpu0 "
+                         "80.0 GiB free"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("13 not ready, e.g. node node-000 is not ready"), std::string::npos) << message;
+  EXPECT_NE(message.find("node node-020 cannot run engine sim"), std::string::npos) << message;
+  // One example per cause: the same length with a hundred nodes or a thousand.
+  auto thousand = many_nodes(1000, 8);
+  auto refused_big = place(make_replica("huge", 100 * 1024), 1, thousand, {});
+  ASSERT_FALSE(refused_big.ok());
+  EXPECT_LT(message.size(), 600u) << message;
+  EXPECT_LT(refused_big.error().message.size(), 600u) << refused_big.error().message;
+}
+
+TEST(Place, CapacityCountsWhatWasPlacedInThisPass) {
+  auto nodes = many_nodes(2, 1);
+  Capacity capacity(nodes, {});
+  auto request = request_for(make_replica("r", 50 * 1024), api::DeploymentSpec{});
+  auto first = capacity.place(request);
+  ASSERT_TRUE(first);
+  capacity.add(*first);
+  auto second = capacity.place(request);
+  ASSERT_TRUE(second);
+  EXPECT_NE(second->node, first->node);
+  capacity.add(*second);
+  EXPECT_FALSE(capacity.place(request).ok());
+  EXPECT_EQ(capacity.gpus_of(first->node)->at(0).allocated_mb, 50 * 1024);
+  EXPECT_EQ(capacity.gpus_of("nowhere"), nullptr);
+  capacity.add(Placement{"nowhere", {0}, 1024});   // a node it does not know: ignored
+  capacity.add(Placement{first->node, {}, 1024});  // no GPUs: nothing to claim
+  EXPECT_EQ(capacity.gpus_of(first->node)->at(0).allocated_mb, 50 * 1024);
 }
 
 }  // namespace

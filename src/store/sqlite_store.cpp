@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <iterator>
 #include <utility>
 
@@ -68,6 +69,9 @@ enum SqliteStore::Statement : int {
   kDeleteLease,
   kKvOfLease,
   kExpiredLeases,
+  kLogBytes,
+  kLogBytesThrough,
+  kLogSizesAfter,
   kStatementCount,
 };
 
@@ -99,6 +103,11 @@ constexpr const char* kStatementSql[] = {
     "DELETE FROM leases WHERE id = ?1",
     "SELECT key, value, create_revision, mod_revision, version, lease FROM kv WHERE lease = ?1 ORDER BY key",
     "SELECT id FROM leases WHERE deadline <= ?1 ORDER BY id",
+    "SELECT COALESCE(SUM(length(key) + length(value) + COALESCE(length(prev_value), 0)), 0) FROM log",
+    "SELECT COALESCE(SUM(length(key) + length(value) + COALESCE(length(prev_value), 0)), 0) FROM log "
+    "WHERE revision <= ?1",
+    "SELECT revision, length(key) + length(value) + COALESCE(length(prev_value), 0) FROM log WHERE revision > ?1 "
+    "ORDER BY revision",
 };
 
 }  // namespace
@@ -172,6 +181,13 @@ class SqliteStore::Query {
 
 Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path, const Clock& clock,
                                                        size_t history_limit) {
+  SqliteHistory history;
+  history.max_revisions = history_limit;
+  return open(path, clock, history);
+}
+
+Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path, const Clock& clock,
+                                                       SqliteHistory history) {
   sqlite3* db = nullptr;
   int rc =
       sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
@@ -180,13 +196,13 @@ Result<std::unique_ptr<SqliteStore>> SqliteStore::open(const std::string& path, 
     sqlite3_close(db);
     return make_error(ErrorCode::Internal, "sqlite store '" + path + "': cannot open: " + message);
   }
-  std::unique_ptr<SqliteStore> store(new SqliteStore(db, path, clock, history_limit));
+  std::unique_ptr<SqliteStore> store(new SqliteStore(db, path, clock, history));
   if (auto status = store->init(); !status) return status.error();
   return store;
 }
 
-SqliteStore::SqliteStore(sqlite3* db, std::string path, const Clock& clock, size_t history_limit)
-    : db_(db), path_(std::move(path)), clock_(clock), history_limit_(history_limit) {}
+SqliteStore::SqliteStore(sqlite3* db, std::string path, const Clock& clock, SqliteHistory history)
+    : db_(db), path_(std::move(path)), clock_(clock), history_(history) {}
 
 SqliteStore::~SqliteStore() {
   for (sqlite3_stmt* stmt : statements_) sqlite3_finalize(stmt);
@@ -199,7 +215,25 @@ Error SqliteStore::sql_error(const std::string& what) const {
 
 Status SqliteStore::init() {
   sqlite3_busy_timeout(db_, kBusyTimeoutMs);
-  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", kSchema}) {
+  // Incremental auto-vacuum lets compaction give pages back to the file system. It must be set
+  // before the first table exists; a file made without it is converted once by a VACUUM.
+  int auto_vacuum = 0;
+  sqlite3_exec(
+      db_, "PRAGMA auto_vacuum",
+      [](void* out, int, char** values, char**) {
+        if (values[0] != nullptr) *static_cast<int*>(out) = std::atoi(values[0]);
+        return 0;
+      },
+      &auto_vacuum, nullptr);
+  constexpr int kIncremental = 2;
+  if (auto_vacuum != kIncremental) {
+    for (const char* sql : {"PRAGMA auto_vacuum=INCREMENTAL", "VACUUM"}) {
+      if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) return sql_error(sql);
+    }
+  }
+  // The write-ahead log is truncated back to this after a checkpoint instead of keeping its peak.
+  for (const char* sql :
+       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA journal_size_limit=16777216", kSchema}) {
     if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) return sql_error(sql);
   }
   static_assert(std::size(kStatementSql) == kStatementCount);
@@ -218,6 +252,14 @@ Status SqliteStore::init() {
     if (!*row) return make_error(ErrorCode::Internal, "sqlite store '" + path_ + "': meta " + name + " missing");
     *target = q.int64(0);
   }
+  {
+    auto q = query(kLogBytes);
+    auto row = q.step();
+    if (!row) return row.error();
+    log_bytes_ = *row ? static_cast<size_t>(q.int64(0)) : 0;
+  }
+  // What is in the log now counts as old as this process: it is kept for max_age from here.
+  checkpoints_.emplace_back(clock_.steady_now(), revision_);
   return {};
 }
 
@@ -299,16 +341,22 @@ Result<int64_t> SqliteStore::mutate_locked(const std::function<Status(Events&)>&
   int64_t revision = revision_;
   int64_t compacted = compacted_revision_;
   auto status = body(events);
+  size_t freed = 0;
   if (status && !events.empty()) {
     revision = events.back().kv.mod_revision;
     status = set_meta_locked("revision", revision);
-    int64_t limit = static_cast<int64_t>(history_limit_);
-    int64_t slack = std::max<int64_t>(1, limit / 10);
-    if (status && revision - compacted > limit + slack) {
-      compacted = revision - limit;
-      auto compact = query(kCompactLog);
-      compact.bind(1, compacted);
-      status = compact.run();
+    auto target = status ? compaction_target_locked(revision) : Result<int64_t>(compacted);
+    if (!target) status = target.error();
+    if (status && *target > compacted) {
+      auto bytes = log_bytes_through_locked(*target);
+      if (!bytes) status = bytes.error();
+      if (status) {
+        freed = static_cast<size_t>(*bytes);
+        compacted = *target;
+        auto compact = query(kCompactLog);
+        compact.bind(1, compacted);
+        status = compact.run();
+      }
       if (status) status = set_meta_locked("compact_revision", compacted);
     }
   }
@@ -319,10 +367,71 @@ Result<int64_t> SqliteStore::mutate_locked(const std::function<Status(Events&)>&
     }
     return status.error();
   }
+  for (const auto& event : events) {
+    log_bytes_ += event.kv.key.size() + event.kv.value.size() + (event.prev ? event.prev->value.size() : 0);
+  }
+  log_bytes_ -= std::min(log_bytes_, freed);
+  if (!events.empty()) {
+    // One checkpoint a second is enough to compact by age to within a second.
+    auto now = clock_.steady_now();
+    if (checkpoints_.empty() || now - checkpoints_.back().first >= std::chrono::seconds(1)) {
+      checkpoints_.emplace_back(now, revision);
+    } else {
+      checkpoints_.back().second = revision;
+    }
+  }
+  bool compacted_now = compacted > compacted_revision_;
   revision_ = revision;
   compacted_revision_ = compacted;
+  if (compacted_now) reclaim_locked();
   for (const auto& event : events) watchers_.notify(event);
   return revision_;
+}
+
+Result<int64_t> SqliteStore::compaction_target_locked(int64_t revision) {
+  int64_t target = compacted_revision_;
+  // By age: everything up to a checkpoint older than max_age.
+  auto oldest_kept = clock_.steady_now() - history_.max_age;
+  while (!checkpoints_.empty() && checkpoints_.front().first <= oldest_kept) {
+    target = std::max(target, checkpoints_.front().second);
+    checkpoints_.pop_front();
+  }
+  // By count (tests): the last max_revisions, compacted in batches of about 10%.
+  if (history_.max_revisions > 0) {
+    int64_t limit = static_cast<int64_t>(history_.max_revisions);
+    int64_t slack = std::max<int64_t>(1, limit / 10);
+    if (revision - compacted_revision_ > limit + slack) target = std::max(target, revision - limit);
+  }
+  // By size: down to 90% of max_bytes, oldest first. This mutation's rows are not counted yet:
+  // they are at most one write's worth.
+  if (log_bytes_ > history_.max_bytes) {
+    size_t excess = log_bytes_ - history_.max_bytes + history_.max_bytes / 10;
+    size_t dropped = 0;
+    auto q = query(kLogSizesAfter);
+    q.bind(1, target);
+    while (dropped < excess) {
+      auto row = q.step();
+      if (!row) return row.error();
+      if (!*row) break;
+      target = std::max(target, q.int64(0));
+      dropped += static_cast<size_t>(q.int64(1));
+    }
+  }
+  return std::min(target, revision);
+}
+
+Result<int64_t> SqliteStore::log_bytes_through_locked(int64_t revision) {
+  auto q = query(kLogBytesThrough);
+  q.bind(1, revision);
+  auto row = q.step();
+  if (!row) return row.error();
+  return *row ? q.int64(0) : 0;
+}
+
+void SqliteStore::reclaim_locked() {
+  if (sqlite3_exec(db_, "PRAGMA incremental_vacuum", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    spdlog::warn("store: incremental vacuum of {} failed: {}", path_, sqlite3_errmsg(db_));
+  }
 }
 
 Result<int64_t> SqliteStore::put(const std::string& key, const std::string& value, Precondition precondition,

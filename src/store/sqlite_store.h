@@ -4,7 +4,9 @@
 // store revision (kept explicitly so it never goes backwards, even after the log is compacted).
 // Thread-safe: one mutex serializes every call. One process owns a file at a time (the revision is
 // cached in memory).
+#include <chrono>
 #include <cstddef>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -19,15 +21,27 @@ struct sqlite3_stmt;
 
 namespace nebula::store {
 
+// How much history (the log watches replay from) a SqliteStore keeps, as etcd's periodic
+// compaction does: the revisions of the last max_age, within max_bytes of documents. The file
+// gives back what compaction frees (incremental vacuum), so it does not only grow.
+struct SqliteHistory {
+  std::chrono::milliseconds max_age{5 * 60'000};
+  size_t max_bytes = 64 * 1024 * 1024;  // keys, values and previous values in the log
+  size_t max_revisions = 0;             // > 0: no more than this many (tests that need compaction)
+};
+
 class SqliteStore final : public Store {
  public:
-  // Opens or creates the store at path. Keeps the last history_limit log entries (compacting in
-  // batches of about 10%). Lease deadlines are wall-clock (clock.wall_now()) so they survive a
-  // restart. clock must outlive the store. Fails with Internal (message names the path) when the
-  // file cannot be opened or is not a store.
+  // Opens or creates the store at path, keeping the history `history` says (compacting in batches
+  // of about 10% of a limit). Lease deadlines are wall-clock (clock.wall_now()) so they survive a
+  // restart; the history's age is measured on clock.steady_now() from this process's start. clock
+  // must outlive the store. Fails with Internal (message names the path) when the file cannot be
+  // opened or is not a store.
   static Result<std::unique_ptr<SqliteStore>> open(const std::string& path,
                                                    const Clock& clock = SystemClock::instance(),
-                                                   size_t history_limit = 10000);
+                                                   SqliteHistory history = {});
+  // The history as its last history_limit revisions (and the default age and size).
+  static Result<std::unique_ptr<SqliteStore>> open(const std::string& path, const Clock& clock, size_t history_limit);
   ~SqliteStore() override;
   SqliteStore(const SqliteStore&) = delete;
   SqliteStore& operator=(const SqliteStore&) = delete;
@@ -50,7 +64,7 @@ class SqliteStore final : public Store {
   class Query;
   using Events = std::vector<WatchEvent>;
 
-  SqliteStore(sqlite3* db, std::string path, const Clock& clock, size_t history_limit);
+  SqliteStore(sqlite3* db, std::string path, const Clock& clock, SqliteHistory history);
   Status init();
   Error sql_error(const std::string& what) const;
   Query query(Statement statement);
@@ -64,12 +78,21 @@ class SqliteStore final : public Store {
   // then notifies watchers of the recorded events. Returns the store revision after.
   Result<int64_t> mutate_locked(const std::function<Status(Events&)>& body);
   Status revoke_locked(int64_t lease);
+  // Inside the mutation's transaction: the revision history is compacted up to (by age, size or
+  // count), or compacted_revision_ when nothing is due.
+  Result<int64_t> compaction_target_locked(int64_t revision);
+  Result<int64_t> log_bytes_through_locked(int64_t revision);
+  // After a commit that compacted: gives the freed pages back to the file system.
+  void reclaim_locked();
   int64_t now_ms() const;
 
   sqlite3* db_;
   const std::string path_;
   const Clock& clock_;
-  const size_t history_limit_;
+  const SqliteHistory history_;
+  // (steady time, store revision then): every revision up to it is at least that old.
+  std::deque<std::pair<std::chrono::steady_clock::time_point, int64_t>> checkpoints_;
+  size_t log_bytes_ = 0;  // keys, values and previous values of the log's rows
   std::mutex mu_;
   std::vector<sqlite3_stmt*> statements_;
   int64_t revision_ = 0;

@@ -1,6 +1,7 @@
 #include "store/store.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 
 #include <atomic>
@@ -563,6 +564,98 @@ TEST_F(SqliteStoreTest, OpenNonDatabaseFailsClearly) {
   auto store = SqliteStore::open(path_);
   ASSERT_FALSE(store.ok());
   EXPECT_NE(store.error().message.find(path_), std::string::npos) << store.error().message;
+}
+
+TEST_F(SqliteStoreTest, HistoryIsKeptByAgeThenCompacted) {
+  SqliteHistory history;
+  history.max_age = 60s;
+  auto store = SqliteStore::open(path_, clock_, history);
+  ASSERT_OK(store);
+  for (int i = 0; i < 100; ++i) ASSERT_OK((*store)->put("k", std::to_string(i)));
+  // However many revisions, none is dropped within max_age.
+  Recorder recorder;
+  auto all = (*store)->watch("", 1, recorder.callback());
+  ASSERT_OK(all);
+  EXPECT_EQ(recorder.revisions(), range(1, 100));
+  (*all)->cancel();
+  clock_.advance(30s);
+  ASSERT_OK((*store)->put("k", "later"));
+  EXPECT_TRUE((*store)->watch("", 1, [](const WatchEvent&) {}).ok());
+  // Once older than max_age, they go (at the next write); what is younger stays.
+  clock_.advance(31s);
+  ASSERT_OK((*store)->put("k", "now"));
+  EXPECT_EQ((*store)->watch("", 100, [](const WatchEvent&) {}).error().code, ErrorCode::Compacted);
+  Recorder recent;
+  auto kept = (*store)->watch("", 101, recent.callback());
+  ASSERT_OK(kept);
+  EXPECT_EQ(recent.revisions(), range(101, 102));
+  // The current keys are never compacted.
+  EXPECT_EQ((*(*store)->get("k"))->value, "now");
+}
+
+TEST_F(SqliteStoreTest, HistoryIsBoundedBySizeAndTheFileGivesTheSpaceBack) {
+  const std::string document(16 * 1024, 'x');  // a large Node document
+  SqliteHistory history;
+  history.max_bytes = 1024 * 1024;
+  {
+    auto store = SqliteStore::open(path_, clock_, history);
+    ASSERT_OK(store);
+    // 2,000 rewrites of one key: 64 MiB of history (value and previous value) without a bound.
+    for (int i = 0; i < 2000; ++i) ASSERT_OK((*store)->put("node", document + std::to_string(i)));
+    EXPECT_EQ((*store)->watch("", 1, [](const WatchEvent&) {}).error().code, ErrorCode::Compacted);
+    // What is kept is the newest, within max_bytes (each revision holds two documents).
+    Recorder recorder;
+    auto recent = (*store)->watch("", 1995, recorder.callback());
+    ASSERT_OK(recent);
+    EXPECT_EQ(recorder.revisions(), range(1995, 2000));
+  }
+  // The file holds about max_bytes of history, not 64 MiB.
+  EXPECT_LT(fs::file_size(path_), 4u * 1024 * 1024);
+  // An existing file grows back to nothing when its history ages out, and the file shrinks.
+  history.max_bytes = 256 * 1024 * 1024;
+  history.max_age = 60s;
+  {
+    auto store = SqliteStore::open(path_, clock_, history);
+    ASSERT_OK(store);
+    for (int i = 0; i < 2000; ++i) ASSERT_OK((*store)->put("node", document + std::to_string(i)));
+  }
+  EXPECT_GT(fs::file_size(path_), 32u * 1024 * 1024);
+  {
+    auto store = SqliteStore::open(path_, clock_, history);
+    ASSERT_OK(store);
+    clock_.advance(61s);
+    ASSERT_OK((*store)->put("node", "small"));  // nothing of this process is old yet: a checkpoint
+    clock_.advance(61s);
+    ASSERT_OK((*store)->put("node", "small again"));
+    EXPECT_EQ((*store)->watch("", 4000, [](const WatchEvent&) {}).error().code, ErrorCode::Compacted);
+  }
+  EXPECT_LT(fs::file_size(path_), 1u * 1024 * 1024);
+}
+
+TEST_F(SqliteStoreTest, AFileWithoutIncrementalVacuumIsConvertedOnOpen) {
+  {
+    // A store file as an older version made it: auto_vacuum off.
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "PRAGMA auto_vacuum=NONE; CREATE TABLE t (x)", nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+  }
+  auto store = open();
+  ASSERT_TRUE(store);
+  ASSERT_OK(store->put("a", "1"));
+  store.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  int mode = -1;
+  sqlite3_exec(
+      db, "PRAGMA auto_vacuum",
+      [](void* out, int, char** values, char**) {
+        *static_cast<int*>(out) = std::atoi(values[0]);
+        return 0;
+      },
+      &mode, nullptr);
+  sqlite3_close(db);
+  EXPECT_EQ(mode, 2) << "incremental";
 }
 
 }  // namespace

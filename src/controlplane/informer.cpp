@@ -1,0 +1,172 @@
+#include "controlplane/informer.h"
+
+#include <spdlog/spdlog.h>
+
+#include "controlplane/node_admission.h"
+#include "controlplane/resources.h"
+
+namespace nebula::controlplane {
+
+namespace {
+
+const std::string kNodes = api::store_prefix("nodes");
+const std::string kDeployments = api::store_prefix("deployments");
+const std::string kReplicas = api::store_prefix("replicas");
+const std::string kModes = api::store_prefix("modes");
+const std::string kEvents = api::store_prefix("events");
+const std::string kLeases = node_lease_prefix();
+
+bool starts_with(const std::string& key, const std::string& prefix) {
+  return key.compare(0, prefix.size(), prefix) == 0;
+}
+
+// What the cache keeps (the value is needed) and what wakes the controller.
+bool kept(const std::string& key) {
+  return starts_with(key, kNodes) || starts_with(key, kDeployments) || starts_with(key, kReplicas) ||
+         starts_with(key, kLeases) || starts_with(key, kEvents);
+}
+bool wakes(const std::string& key) {
+  return starts_with(key, kNodes) || starts_with(key, kDeployments) || starts_with(key, kReplicas) ||
+         starts_with(key, kModes);
+}
+
+// The name in a key under prefix.
+std::string name_of(const std::string& key, const std::string& prefix) {
+  return key.substr(prefix.size());
+}
+
+// Applies a change to one kind's map; true when it changed the map.
+template <typename T>
+bool apply_to(std::map<std::string, T>& objects, const std::string& name, bool put, const std::string& value,
+              int64_t revision, T* before = nullptr, bool* existed = nullptr) {
+  auto it = objects.find(name);
+  if (existed) *existed = it != objects.end();
+  if (it != objects.end()) {
+    if (it->second.metadata.revision >= revision) return false;  // already seen (the listing)
+    if (before) *before = it->second;
+  }
+  if (!put) {
+    if (it == objects.end()) return false;
+    objects.erase(it);
+    return true;
+  }
+  auto object = decode<T>(store::KeyValue{"", value, 0, revision, 0, 0});
+  if (!object) {
+    spdlog::warn("controller: ignoring an undecodable {} {}: {}", Traits<T>::kKind, name, object.error().message);
+    if (it != objects.end()) objects.erase(it);
+    return true;
+  }
+  objects[name] = std::move(*object);
+  return true;
+}
+
+}  // namespace
+
+Informer::Informer(store::Store& store) : store_(store) {}
+
+Informer::~Informer() {
+  if (watch_) watch_->cancel();
+}
+
+Status Informer::start(std::function<void()> on_change) {
+  if (watch_) return {};
+  auto listing = store_.list(api::kKeyRoot);
+  if (!listing) return listing.error();
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& kv : listing->kvs) {
+      if (kept(kv.key)) queued_.push_back(Change{true, kv.key, kv.value, kv.mod_revision});
+    }
+    seen_revision_ = listing->revision;
+  }
+  auto watch = store_.watch(
+      api::kKeyRoot, listing->revision + 1, [this, on_change = std::move(on_change)](const store::WatchEvent& event) {
+        bool put = event.type == store::WatchEvent::Type::Put;
+        {
+          std::lock_guard lock(mutex_);
+          if (kept(event.kv.key)) {
+            queued_.push_back(Change{put, event.kv.key, put ? event.kv.value : std::string(), event.kv.mod_revision});
+          }
+          seen_revision_ = std::max(seen_revision_, event.kv.mod_revision);
+        }
+        arrived_.notify_all();
+        if (on_change && wakes(event.kv.key)) on_change();
+      });
+  if (!watch) return watch.error();
+  watch_ = std::move(*watch);
+  return {};
+}
+
+bool Informer::sync(std::chrono::milliseconds limit) {
+  int64_t target = store_.revision();
+  std::deque<Change> changes;
+  bool complete = true;
+  {
+    std::unique_lock lock(mutex_);
+    complete = arrived_.wait_for(lock, limit, [&] { return seen_revision_ >= target; });
+    changes.swap(queued_);
+  }
+  for (const auto& change : changes) apply(change);
+  return complete;
+}
+
+void Informer::apply(const Change& change) {
+  const std::string& key = change.key;
+  if (starts_with(key, kLeases)) {
+    std::string node = name_of(key, kLeases);
+    if (!change.put) {
+      leases_.erase(node);
+    } else if (auto renewed = parse_node_lease(change.value)) {
+      leases_[node] = *renewed;
+    }
+  } else if (starts_with(key, kEvents)) {
+    if (change.put) {
+      events_.insert(key);
+    } else {
+      events_.erase(key);
+    }
+  } else if (starts_with(key, kNodes)) {
+    if (apply_to(nodes_, name_of(key, kNodes), change.put, change.value, change.revision)) ++capacity_generation_;
+  } else if (starts_with(key, kDeployments)) {
+    apply_to(deployments_, name_of(key, kDeployments), change.put, change.value, change.revision);
+  } else if (starts_with(key, kReplicas)) {
+    api::Replica before;
+    bool existed = false;
+    std::string name = name_of(key, kReplicas);
+    if (!apply_to(replicas_, name, change.put, change.value, change.revision, &before, &existed)) return;
+    auto after = replicas_.find(name);
+    // A placement only takes capacity: a replica placed where there was none is no news to a
+    // replica that did not fit.
+    bool freed_or_moved =
+        after == replicas_.end() ||
+        (existed && !before.spec.node.empty() &&
+         (before.spec.node != after->second.spec.node || before.spec.gpus != after->second.spec.gpus ||
+          before.spec.vram_mb != after->second.spec.vram_mb || before.spec.stop != after->second.spec.stop));
+    if (freed_or_moved) ++capacity_generation_;
+  }
+}
+
+template <typename T>
+std::vector<T> values_of(const std::map<std::string, T>& objects) {
+  std::vector<T> values;
+  values.reserve(objects.size());
+  for (const auto& [name, object] : objects) values.push_back(object);
+  return values;
+}
+
+std::vector<api::Node> Informer::nodes() const {
+  return values_of(nodes_);
+}
+std::vector<api::Deployment> Informer::deployments() const {
+  return values_of(deployments_);
+}
+std::vector<api::Replica> Informer::replicas() const {
+  return values_of(replicas_);
+}
+
+int64_t Informer::lease_renewed_ms(const std::string& node) const {
+  auto it = leases_.find(node);
+  return it == leases_.end() ? 0 : it->second;
+}
+
+}  // namespace nebula::controlplane

@@ -1,0 +1,216 @@
+// The watch API under an agent's filter and a stalled reader, on a real `nebula server`: an agent's
+// watch (?node=) carries only its own replicas and their departure; a watcher that stops reading
+// is cut off once it falls behind, the server's memory stays bounded, and a fresh list + watch
+// works.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <string>
+
+#include "common/json.h"
+#include "http/http.h"
+#include "nebula_fixture.h"
+#include "process_helpers.h"
+
+namespace nebula {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::eventually;
+
+class WatchTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<testing::NebulaServer>(temp_.path() + "/server", temp_.path() + "/server.log");
+    ASSERT_TRUE(server_->start()) << server_->process().output();
+  }
+
+  http::BlockingClient& client() { return server_->client(); }
+  std::string api(const std::string& path) const { return server_->url() + "/api/v1" + path; }
+
+  // A node joined by hand: one 80 GB GPU, the sim engine.
+  void join(const std::string& name, const json& extra_status = json::object()) {
+    auto joined = client().request("POST", api("/nodes/join"), json{{"token", server_->token()}, {"name", name}}.dump(),
+                                   json_headers());
+    ASSERT_TRUE(joined && joined->status == 200) << (joined ? joined->body : joined.error().message);
+    ASSERT_EQ(report(name, extra_status), 200);
+  }
+  int report(const std::string& name, const json& extra_status = json::object()) {
+    json status = {{"engines", json::array({"sim"})},
+                   {"gpu_probe", "sim"},
+                   {"gpus", json::array({json{{"index", 0},
+                                              {"uuid", "GPU-" + name},
+                                              {"name", "H100-80GB"},
+                                              {"memory_total_mb", 81920},
+                                              {"memory_used_mb", 0}}})}};
+    status.update(extra_status);
+    auto response = client().request("PUT", api("/nodes/" + name + "/status"), status.dump(), json_headers());
+    return response ? response->status : 0;
+  }
+  static http::Headers json_headers() { return {{"Content-Type", "application/json"}}; }
+
+  testing::TempDir temp_;
+  std::unique_ptr<testing::NebulaServer> server_;
+};
+
+// The NDJSON lines of a watch from `revision`, read until `enough` says so or 10 s of quiet.
+std::vector<json> watch_lines(http::BlockingClient& client, const std::string& url,
+                              const std::function<bool(const std::vector<json>&)>& enough) {
+  std::vector<json> lines;
+  std::string pending;
+  auto status = client.stream(
+      "GET", url, "", {},
+      [&](std::string_view data) {
+        pending.append(data);
+        size_t newline;
+        while ((newline = pending.find('\n')) != std::string::npos) {
+          std::string line = pending.substr(0, newline);
+          pending.erase(0, newline + 1);
+          if (line.empty()) continue;
+          auto parsed = parse_json(line);
+          if (parsed) lines.push_back(*parsed);
+        }
+        return !enough(lines);
+      },
+      10s);
+  EXPECT_TRUE(status && *status == 200);
+  return lines;
+}
+
+TEST_F(WatchTest, AnAgentsWatchCarriesOnlyItsNodesReplicasAndTheirDeparture) {
+  join("n1");
+  join("n2");
+  // Two replicas of 50 GB: one on each node.
+  json body = {{"name", "a"}, {"spec", {{"model", "m"}, {"engine", "sim"}, {"replicas", 2}, {"vram_mb", 51200}}}};
+  auto deployed = client().request("POST", api("/deployments"), body.dump(), json_headers());
+  ASSERT_TRUE(deployed && deployed->status < 300);
+  std::string on_n1, on_n2;
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (const auto& replica : server_->replicas_of("a")) {
+          std::string node = replica["spec"].value("node", "");
+          if (node == "n1") on_n1 = replica["metadata"]["name"];
+          if (node == "n2") on_n2 = replica["metadata"]["name"];
+        }
+        return !on_n1.empty() && !on_n2.empty();
+      },
+      20s));
+  // The list: only n1's replica.
+  json listing = server_->get_json("/api/v1/replicas?node=n1");
+  ASSERT_EQ(listing["items"].size(), 1u) << listing.dump();
+  EXPECT_EQ(listing["items"][0]["metadata"]["name"], on_n1);
+  // The deployment goes, then both replicas (as their agents would remove them).
+  auto gone = client().request("DELETE", api("/deployments/a"));
+  ASSERT_TRUE(gone && gone->status == 200);
+  for (const auto& name : {on_n1, on_n2}) {
+    auto removed = client().request("DELETE", api("/replicas/" + name));
+    ASSERT_TRUE(removed && removed->status == 200);
+  }
+  // From the start of history: n1's replica from creation (unplaced, it does not name n1 yet) to
+  // its deletion, nothing of n2's.
+  auto lines = watch_lines(client(), api("/replicas?watch=1&node=n1&revision=1"), [](const std::vector<json>& seen) {
+    return !seen.empty() && seen.back().value("type", "") == "DELETE";
+  });
+  ASSERT_FALSE(lines.empty());
+  for (const auto& line : lines) {
+    EXPECT_EQ(line["object"]["metadata"]["name"], on_n1) << line.dump();
+    EXPECT_EQ(line["object"]["spec"]["node"], "n1") << line.dump();
+  }
+  EXPECT_EQ(lines.back()["type"], "DELETE");
+  // A hostile or unknown node name filters everything out; it is no error.
+  for (const std::string node : {"nobody", "%22%7D%0A", "n1%00"}) {
+    json none = server_->get_json("/api/v1/replicas?node=" + node);
+    ASSERT_TRUE(none.is_object()) << node;
+    EXPECT_TRUE(none["items"].empty()) << node << ": " << none.dump();
+  }
+}
+
+int64_t rss_kb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6);
+  }
+  return 0;
+}
+
+// A loopback connection with a small receive buffer, for a client that stops reading.
+int connect_small(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  int size = 4096;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST_F(WatchTest, AStalledWatcherIsCutOffWithBoundedMemoryAndRelistingWorks) {
+  join("n1");
+  int port = std::stoi(server_->url().substr(server_->url().rfind(':') + 1));
+  int fd = connect_small(port);
+  ASSERT_GE(fd, 0);
+  std::string request = "GET /api/v1/nodes?watch=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+  ASSERT_EQ(::send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+  // Let the watch start before the writes (its answer's headers arrive).
+  pollfd ready{fd, POLLIN, 0};
+  ASSERT_EQ(::poll(&ready, 1, 10'000), 1);
+  int64_t rss_before = rss_kb(server_->process().pid());
+
+  // 60 status changes of a node carrying 256 KiB of model names: each change is an event of
+  // about 512 KiB (new and previous document), 30 MiB in all, for a watcher that reads nothing.
+  json models = json::array();
+  for (int i = 0; models.dump().size() < 256 * 1024; ++i) models.push_back("org/model-" + std::to_string(i) + "@main");
+  for (int change = 0; change < 60; ++change) {
+    models[0] = "org/changed-" + std::to_string(change) + "@main";
+    ASSERT_EQ(report("n1", json{{"models", models}}), 200);
+  }
+  int64_t rss_after = rss_kb(server_->process().pid());
+  EXPECT_LT(rss_after - rss_before, 24 * 1024) << "the server kept the stalled watcher's backlog";
+
+  // The stalled client reads again: what was buffered, then the connection ends without the
+  // stream's final chunk (it was cut off, not finished).
+  std::string received;
+  char buffer[65536];
+  auto deadline = std::chrono::steady_clock::now() + 60s;
+  bool closed = false;
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd wait{fd, POLLIN, 0};
+    if (::poll(&wait, 1, 1000) <= 0) continue;
+    ssize_t got = ::recv(fd, buffer, sizeof buffer, 0);
+    if (got <= 0) {
+      closed = true;
+      break;
+    }
+    received.append(buffer, static_cast<size_t>(got));
+  }
+  ::close(fd);
+  EXPECT_TRUE(closed) << "the stalled watch was never cut off";
+  EXPECT_LT(received.size(), 20u * 1024 * 1024) << "every event reached a watcher that fell behind";
+  EXPECT_EQ(received.find("\r\n0\r\n\r\n"), std::string::npos) << "cut off, not finished";
+  EXPECT_NE(server_->process().output().find("was cut off"), std::string::npos) << server_->process().output();
+
+  // Relisting works: a list, then a watch from its revision sees the next change.
+  json listing = server_->get_json("/api/v1/nodes");
+  ASSERT_TRUE(listing.is_object());
+  int64_t revision = listing["revision"];
+  ASSERT_EQ(report("n1", json{{"models", json::array({"org/last@main"})}}), 200);
+  auto lines = watch_lines(client(), api("/nodes?watch=1&revision=" + std::to_string(revision + 1)),
+                           [](const std::vector<json>& seen) { return !seen.empty(); });
+  ASSERT_FALSE(lines.empty());
+  EXPECT_EQ(lines[0]["object"]["status"]["models"][0], "org/last@main") << lines[0].dump().substr(0, 300);
+}
+
+}  // namespace
+}  // namespace nebula
