@@ -178,10 +178,9 @@ json to_json(const DeploymentSpec& spec) {
   if (spec.placement != "spread") object["placement"] = spec.placement;
   if (!spec.node_selector.empty()) object["node_selector"] = spec.node_selector;
   if (!spec.gpu_type.empty()) object["gpu_type"] = spec.gpu_type;
-  if (spec.idle_timeout_ms > 0) {
-    object["idle_timeout_ms"] = spec.idle_timeout_ms;
-    object["on_idle"] = spec.on_idle;
-  }
+  if (spec.idle_timeout_ms > 0) object["idle_timeout_ms"] = spec.idle_timeout_ms;
+  // on_idle also says how an on-demand sleep (POST .../sleep) acts, timeout or not.
+  if (spec.idle_timeout_ms > 0 || spec.on_idle != "sleep-l1") object["on_idle"] = spec.on_idle;
   const auto& shape = spec.shape;
   if (shape.weights_mb || shape.layers || shape.kv_heads || shape.head_dim || shape.overhead_mb) {
     object["shape"] = {{"weights_mb", shape.weights_mb},

@@ -413,8 +413,7 @@ TEST_F(ControllerTest, SleepOfAStopOnIdleDeploymentStopsItsReplicasAndWakeStarts
   deployment.spec.model = "m";
   deployment.spec.vram_mb = 1024;
   deployment.spec.replicas = 2;
-  deployment.spec.idle_timeout_ms = 3'600'000;  // the spec keeps on_idle only beside a timeout
-  deployment.spec.on_idle = "stop";
+  deployment.spec.on_idle = "stop";  // no idle timeout: on_idle still applies to an on-demand sleep
   ASSERT_TRUE(resources_.create(deployment));
   controller_.reconcile();
   mark_ready("cold");

@@ -38,7 +38,7 @@ std::map<std::string, int64_t> node_leases(store::Store& store);
 // changed (its GPUs' identity, memory and use of memory; engines and their versions; the probe;
 // cached models; the agent's URL), or when the document is older than kNodeStatusRefreshMs (GPU
 // utilization, temperature and power change all the time and are refreshed at that pace).
-inline constexpr int64_t kNodeStatusRefreshMs = 60'000;
+inline constexpr int64_t kNodeStatusRefreshMs = 15'000;
 bool needs_status_write(const api::NodeStatus& stored, const api::NodeStatus& reported, int64_t now_ms);
 // The node as readers see it: status.heartbeat_ms is its last heartbeat, the later of the Node
 // document's (written on a change) and its lease's.
