@@ -22,6 +22,7 @@
 #include "common/json.h"
 #include "common/subprocess.h"
 #include "gateway/call.h"
+#include "xtrace/xtrace.h"
 
 namespace nebula::gateway {
 
@@ -177,7 +178,9 @@ void Gateway::add_routes(http::Router& router) {
     return stored_response(request, writer, true);
   });
   router.add("GET", "/metrics", [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
-    co_await writer.send(http::Response::text(200, metrics_.render() + router_metrics() + http::render_server_metrics(),
+    co_await writer.send(http::Response::text(200,
+                                              metrics_.render() + router_metrics() + http::render_server_metrics() +
+                                                  (options_.xtrace ? options_.xtrace->render_metrics() : std::string()),
                                               "text/plain; version=0.0.4"));
   });
   auth_.add_routes(router);
