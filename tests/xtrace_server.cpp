@@ -218,6 +218,9 @@ http::Response XtraceServer::query(const http::Request& request) {
   }
   std::string group_by = request.query_or("group_by");
   queries_.push_back(request.target);
+  if (auto scripted = answers_.find(name); scripted != answers_.end() && !scripted->second.is_null()) {
+    return http::Response::json_body(200, scripted->second);
+  }
   // agg=last over everything: the series' last point (by timestamp), grouped as asked.
   std::map<std::string, std::pair<json, std::pair<std::string, double>>> series;  // key -> labels, (time, value)
   std::string latest;
@@ -270,6 +273,11 @@ void XtraceServer::set_rate_limit(int per_second, int retry_after_s) {
   std::lock_guard lock(mutex_);
   rate_limit_ = per_second;
   rate_retry_after_s_ = retry_after_s;
+}
+
+void XtraceServer::set_answer(const std::string& name, json answer) {
+  std::lock_guard lock(mutex_);
+  answers_[name] = std::move(answer);
 }
 
 void XtraceServer::add_point(Point point) {

@@ -47,6 +47,8 @@ class XtraceServer {
   void set_rate_limit(int per_second, int retry_after_s = 1);
   // Adds a point GET /api/public/metrics/query can return, as if a node had sent it.
   void add_point(Point point);
+  // Queries for metric `name` get exactly this answer from now on (a null answer: the points').
+  void set_answer(const std::string& name, json answer);
 
   // What was accepted and refused.
   std::vector<Point> points() const;
@@ -78,6 +80,7 @@ class XtraceServer {
   std::vector<json> traces_;
   std::map<std::string, int> trace_ids_;
   std::vector<std::string> queries_;
+  std::map<std::string, json> answers_;
   std::map<int, int> refused_;
   std::vector<std::string> problems_;
   int requests_ = 0;

@@ -351,6 +351,15 @@ class ServerRuntime {
     // proves a live node's name is its own, and how the agent knows the server calls it.
     options_.issue_node_credential = [this](const std::string& node) { return gateway_->auth().issue_node_key(node); };
     options_.keys_required = auth_ == "keys";
+    if (xtrace_ && xtrace_flags_.signals == "xtrace") {
+      // The first placement after start has no answer yet (the query starts then): the nodes'
+      // own reports break its ties.
+      options_.gpu_utilization = [client = xtrace_](const std::string& node, int gpu) -> std::optional<double> {
+        xtrace::Query query{"gpu_utilization", {{"node_id", node}}, "gpu_index"};
+        client->watch("scheduler", query);
+        return client->value("scheduler", query, std::to_string(gpu), std::chrono::system_clock::now());
+      };
+    }
     http::Router router;
     controlplane::add_api_routes(router, *resources_, io_, options_);
     gateway_->add_routes(router);

@@ -369,7 +369,9 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
     const api::DeploymentSpec spec = spec_of_plan(*owner->second, replica.spec.plan_version);
     // `replicas` holds every placement made so far in this pass, so two pending replicas never
     // claim the same free memory.
-    auto placement = scheduler::place(scheduler::request_for(replica, spec), nodes, replicas);
+    auto request = scheduler::request_for(replica, spec);
+    request.gpu_utilization = options_.gpu_utilization;
+    auto placement = scheduler::place(request, nodes, replicas);
     if (!placement && evict_for(replica, spec, nodes, replicas, deployments)) {
       continue;  // placed on a later pass, once the evicted engines have released their memory
     }

@@ -63,11 +63,26 @@ struct Candidate {
   Placement placement;
   int64_t score = 0;
   bool has_model = false;  // the node's model cache holds the model's files
+  double utilization = 0;  // summed over its GPUs: the tie-breaker
   bool better_than(const Candidate& other) const {
     if (has_model != other.has_model) return has_model;
-    return score > other.score;
+    if (score != other.score) return score > other.score;
+    return utilization < other.utilization;
   }
 };
+
+// The GPU's utilisation: the request's source when it knows (and says something sane), else the
+// node's own report.
+double utilization_of(const Request& request, const api::Node& node, int index) {
+  if (request.gpu_utilization) {
+    auto value = request.gpu_utilization(node.metadata.name, index);
+    if (value && *value >= 0 && *value <= 100) return *value;
+  }
+  for (const auto& gpu : node.status.gpus) {
+    if (gpu.index == index) return gpu.utilization;
+  }
+  return 0;
+}
 
 }  // namespace
 
@@ -207,14 +222,18 @@ Result<Placement> place(const Request& request, const std::vector<api::Node>& no
       fitting_anywhere += fitting.size();
       best_group_fitting = std::max(best_group_fitting, fitting.size());
       if (static_cast<int>(fitting.size()) < request.gpus) continue;
+      std::map<int, double> utilization;
+      for (const auto& gpu : fitting) utilization[gpu.index] = utilization_of(request, node, gpu.index);
       std::stable_sort(fitting.begin(), fitting.end(), [&](const GpuFree& a, const GpuFree& b) {
-        return binpack ? a.free_mb < b.free_mb : a.free_mb > b.free_mb;
+        if (a.free_mb != b.free_mb) return binpack ? a.free_mb < b.free_mb : a.free_mb > b.free_mb;
+        return utilization[a.index] < utilization[b.index];
       });
       Candidate candidate{Placement{name, {}, claim * request.gpus}, 0};
       int64_t leftover = 0;
       for (int i = 0; i < request.gpus; ++i) {
         candidate.placement.gpus.push_back(fitting[i].index);
         leftover += fitting[i].free_mb - claim;
+        candidate.utilization += utilization[fitting[i].index];
       }
       std::sort(candidate.placement.gpus.begin(), candidate.placement.gpus.end());
       candidate.score = binpack ? -leftover : leftover;

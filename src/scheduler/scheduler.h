@@ -2,7 +2,9 @@
 // Placement: which node and GPUs a replica runs on, and the dry-run plan of a deployment. Pure
 // functions over a snapshot of nodes and the replicas already placed, so they are tested without
 // a store or a clock.
+#include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +38,10 @@ struct Request {
   // The model's hub repository key (api::hub_repo_key); a node that has it cached wins over one
   // that would have to download it, before binpack or spread decide.
   std::string model_key;
+  // GPU utilisation (0-100) of a node's GPU from a fresher source than the node's own report
+  // (xtrace's signals); nullopt, or unset, means the node's report. Breaks ties only: between
+  // GPUs with the same free memory, and between placements that score the same, the less busy wins.
+  std::function<std::optional<double>(const std::string& node, int gpu_index)> gpu_utilization;
 };
 // The request of a replica of `spec`; its need is replica.spec.vram_mb split over the GPUs.
 Request request_for(const api::Replica& replica, const api::DeploymentSpec& spec);
