@@ -160,7 +160,7 @@ TEST_F(XtraceE2E, NodesReportTheSeedsMetricsEveryHeartbeat) {
   }
   for (const auto& point : xtrace_->points()) {
     if (point.name == "gpu_memory_total_mb") {
-      EXPECT_EQ(point.value, 81559) << "an H100-80GB in MiB";
+      EXPECT_EQ(point.value, 80 * 1024) << "a simulated H100-80GB, in MiB";
     }
     if (point.name == "kv_cache_usage") {
       EXPECT_TRUE(point.value >= 0 && point.value <= 1);
