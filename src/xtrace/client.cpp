@@ -344,7 +344,9 @@ Client::Client(Options options, std::map<std::string, SignalLimits> consumers)
   impl_->work.emplace(impl_->io.get_executor());
   Impl* impl = impl_.get();
   asio::co_spawn(impl->io, impl->send_loop(true), asio::detached);
-  asio::co_spawn(impl->io, impl->send_loop(false), asio::detached);
+  for (int i = 0; i < std::max(1, options_.trace_senders); ++i) {
+    asio::co_spawn(impl->io, impl->send_loop(false), asio::detached);
+  }
   for (const auto& [name, consumer] : impl->consumers) {
     asio::co_spawn(impl->io, impl->query_loop(name), asio::detached);
   }

@@ -33,7 +33,10 @@ struct Options {
   // How often the queues are looked at when there is nothing to send.
   std::chrono::milliseconds flush_interval{250};
   // POSTs per second, over both kinds (xtrace answers 429 when its own queue is full).
-  double max_sends_per_second = 50;
+  double max_sends_per_second = 200;
+  // Traces in flight at once: /v1/l/batch takes one trace per POST, so one at a time would cap
+  // a gateway at one trace per round trip.
+  int trace_senders = 4;
   std::chrono::milliseconds connect_timeout{5'000};
   std::chrono::milliseconds timeout{10'000};
   // Tries per batch (the first included) before it is dropped and counted.

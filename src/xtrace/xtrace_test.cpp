@@ -212,12 +212,11 @@ TEST(XtraceClient, ReportingNeverWaitsForABlackHole) {
   Options options = options_for(server);
   options.max_queue = 100;
   Client client(options);
-  auto started = std::chrono::steady_clock::now();
   for (int i = 0; i < 1000; ++i) client.report(generation(TraceParent::make().trace_id));
-  // Not a timing assertion on the caller (bench/ measures that): the queue stayed bounded.
+  // Not a timing assertion on the caller (bench/xtrace_bench measures that): the queue stayed
+  // bounded, and what is neither queued nor in flight (one per sender) was dropped and counted.
   EXPECT_LE(client.stats().traces.queued, 100u);
-  EXPECT_GE(client.stats().traces.dropped_full, 899u);
-  (void)started;
+  EXPECT_GE(client.stats().traces.dropped_full, 1000u - 100u - static_cast<unsigned>(options.trace_senders));
 }
 
 TEST(XtraceClient, MetricsExportHasHelpTypeAndTotals) {
