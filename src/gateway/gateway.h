@@ -154,6 +154,8 @@ class Gateway {
   void report_trace(const Call& call, int status, int64_t prompt, int64_t completion);
   // nebula_router_* lines for /metrics: the age and figures of each replica's engine load.
   std::string router_metrics() const;
+  // Everything /metrics shows.
+  std::string metrics_text() const;
   // Background responses (background.cpp): start_background() answers with the queued response
   // and runs the call on its own; cancel_background() stops one. I/O thread only.
   awaitable<void> start_background(std::shared_ptr<Call> call, http::ResponseWriter& writer);

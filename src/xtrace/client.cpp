@@ -66,7 +66,8 @@ struct Client::Impl {
   // Shared with callers, under mutex.
   mutable std::mutex mutex;
   std::deque<Metric> metrics;
-  std::deque<std::string> traces;  // bodies, made at report() so a retry sends the same bytes
+  // Serialised on this client's thread, not the caller's; a retry sends the same bytes.
+  std::deque<Generation> traces;
   Stats stats;
   struct Point {
     double value = 0;
@@ -168,6 +169,7 @@ struct Client::Impl {
     while (!stopping) {
       std::string body;
       size_t items = 0;
+      std::optional<Generation> generation;
       {
         std::lock_guard lock(mutex);
         if (is_metrics && !metrics.empty()) {
@@ -178,10 +180,14 @@ struct Client::Impl {
           body = metrics_body(batch).dump(-1, ' ', false, json::error_handler_t::replace);
           items = count;
         } else if (!is_metrics && !traces.empty()) {
-          body = std::move(traces.front());
+          generation = std::move(traces.front());
           traces.pop_front();
           items = 1;
         }
+      }
+      if (generation) {
+        if (generation->observation_id.empty()) generation->observation_id = random_hex(32);
+        body = generation_body(*generation).dump(-1, ' ', false, json::error_handler_t::replace);
       }
       if (items == 0) {
         co_await sleep_until(SteadyClock::now() + options.flush_interval);
@@ -379,14 +385,12 @@ void Client::report_metrics(std::vector<Metric> metrics) {
 }
 
 void Client::report(Generation generation) {
-  if (generation.observation_id.empty()) generation.observation_id = random_hex(32);
-  std::string body = generation_body(generation).dump(-1, ' ', false, json::error_handler_t::replace);
   std::lock_guard lock(impl_->mutex);
   if (impl_->traces.size() >= options_.max_queue) {
     impl_->traces.pop_front();
     impl_->stats.traces.dropped_full += 1;
   }
-  impl_->traces.push_back(std::move(body));
+  impl_->traces.push_back(std::move(generation));
 }
 
 void Client::watch(const std::string& consumer, const Query& query) {
