@@ -298,5 +298,46 @@ TEST(XtraceSignals, HostileAnswersGiveNoValue) {
   EXPECT_FALSE(client.value("router", pending_query(), "m-0", std::chrono::system_clock::now()));
 }
 
+TEST(XtraceSignals, MalformedAnswersAreNotTrusted) {
+  XtraceServer server;
+  auto now = std::chrono::system_clock::now();
+  Client client(options_for(server), {{"router", fast_limits()}});
+  auto value_after_answer = [&](json answer) -> std::optional<double> {
+    server.set_answer("pending_requests", std::move(answer));
+    uint64_t asked = client.stats().queries_ok + client.stats().queries_failed;
+    client.watch("router", pending_query());
+    EXPECT_TRUE(
+        eventually([&] { return client.stats().queries_ok + client.stats().queries_failed >= asked + 2; }, kWait));
+    return client.value("router", pending_query(), "m-0", now);
+  };
+  std::string time = format_rfc3339(now);
+  json good_meta = {{"latest_ts", time}};
+  EXPECT_FALSE(value_after_answer("not an object"));
+  EXPECT_FALSE(value_after_answer(json{{"data", "nope"}, {"meta", good_meta}}));
+  // A value that is not a number, a time that is not RFC 3339, a series without its label.
+  EXPECT_FALSE(value_after_answer(
+      json{{"data", json::array({{{"labels", {{"replica_id", "m-0"}}},
+                                  {"values", json::array({{{"timestamp", time}, {"value", "7"}}})}}})},
+           {"meta", good_meta}}));
+  EXPECT_FALSE(value_after_answer(
+      json{{"data", json::array({{{"labels", {{"replica_id", "m-0"}}},
+                                  {"values", json::array({{{"timestamp", "yesterday"}, {"value", 7}}})}}})},
+           {"meta", good_meta}}));
+  EXPECT_FALSE(value_after_answer(json{
+      {"data",
+       json::array({{{"labels", json::object()}, {"values", json::array({{{"timestamp", time}, {"value", 7}}})}}})},
+      {"meta", good_meta}}));
+  // Without meta.latest_ts nothing is fresh.
+  EXPECT_FALSE(value_after_answer(
+      json{{"data", json::array({{{"labels", {{"replica_id", "m-0"}}},
+                                  {"values", json::array({{{"timestamp", time}, {"value", 7}}})}}})}}));
+  // And a well-formed one is taken.
+  EXPECT_EQ(
+      value_after_answer(json{{"data", json::array({{{"labels", {{"replica_id", "m-0"}}},
+                                                     {"values", json::array({{{"timestamp", time}, {"value", 7}}})}}})},
+                              {"meta", good_meta}}),
+      7);
+}
+
 }  // namespace
 }  // namespace nebula::xtrace
