@@ -201,6 +201,32 @@ TEST(XtraceDownE2E, ADeadOrSilentXtraceChangesNothingForClients) {
   }
 }
 
+// Bad xtrace flags are refused before anything starts, with exit 2 and a one-line reason.
+TEST(XtraceFlagsE2E, BadFlagsAreRefused) {
+  testing::TempDir scratch;
+  std::string listen = "127.0.0.1:" + std::to_string(testing::free_port());
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--signals", "xtrace"}, "--signals xtrace needs --xtrace URL"},
+      {{"--xtrace-content"}, "--xtrace-content needs --xtrace URL"},
+      {{"--xtrace", "ftp://127.0.0.1:1"}, "--xtrace: expected http://HOST:PORT"},
+      {{"--xtrace", "http://127.0.0.1:8742/some/path"}, "--xtrace: expected http://HOST:PORT"},
+      {{"--xtrace", "http://127.0.0.1:8742", "--signals", "prometheus"}, "--signals"},
+  };
+  for (const auto& [flags, reason] : cases) {
+    for (std::string command : {"up", "server"}) {
+      std::vector<std::string> argv = {NEBULA_BINARY, command, "--listen", listen, "--data-dir", scratch.path() + "/d"};
+      argv.insert(argv.end(), flags.begin(), flags.end());
+      auto result = testing::run_command(argv);
+      EXPECT_EQ(result.exit_code, 2) << command << " " << flags.front() << ": " << result.out;
+      EXPECT_NE(result.out.find(reason), std::string::npos) << result.out;
+    }
+  }
+  auto agent = testing::run_command({NEBULA_BINARY, "agent", "--server", "http://127.0.0.1:1", "--token", "nbj-x",
+                                     "--data-dir", scratch.path() + "/a", "--xtrace", "not a url"});
+  EXPECT_EQ(agent.exit_code, 2) << agent.out;
+  EXPECT_NE(agent.out.find("--xtrace: expected"), std::string::npos) << agent.out;
+}
+
 json pending_answer(const std::string& replica, double value, std::chrono::system_clock::time_point at) {
   std::string time = format_rfc3339(at);
   return json{{"data", json::array({{{"labels", {{"replica_id", replica}}},
