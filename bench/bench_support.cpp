@@ -89,14 +89,27 @@ double quantile(std::vector<double> values, double q) {
   return values[std::clamp<size_t>(rank, 1, values.size()) - 1];
 }
 
-Up::Up(const std::string& name, const std::string& sim_gpus) : binary_(nebula_binary()) {
+Up::Up(const std::string& name, const std::string& sim_gpus, const std::vector<std::string>& extra)
+    : binary_(nebula_binary()) {
   std::string pattern = "/tmp/nebula-" + name + "-XXXXXX";
   dir_ = ::mkdtemp(pattern.data());
   int port = free_port();
   url_ = fmt::format("http://127.0.0.1:{}", port);
-  pid_ = spawn({binary_, "up", "--listen", fmt::format("127.0.0.1:{}", port), "--data-dir", dir_ + "/data",
-                "--sim-gpus", sim_gpus, "--log-level", "warn", "--name", "bench", "--exit-with-parent"},
-               dir_ + "/up.log");
+  std::vector<std::string> args = {binary_,
+                                   "up",
+                                   "--listen",
+                                   fmt::format("127.0.0.1:{}", port),
+                                   "--data-dir",
+                                   dir_ + "/data",
+                                   "--sim-gpus",
+                                   sim_gpus,
+                                   "--log-level",
+                                   "warn",
+                                   "--name",
+                                   "bench",
+                                   "--exit-with-parent"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  pid_ = spawn(args, dir_ + "/up.log");
   if (!wait_until([&] { return !get("/healthz").is_null(); }, std::chrono::milliseconds(20'000))) {
     stop(pid_);
     throw std::runtime_error("nebula up did not start; see " + dir_ + "/up.log");

@@ -33,11 +33,12 @@ bool wait_until(const std::function<bool()>& condition, std::chrono::millisecond
 // The q-quantile (0..1) of values, nearest rank; 0 when empty.
 double quantile(std::vector<double> values, double q);
 
-// `nebula up --sim-gpus GPUS` on a free loopback port, its data in a temporary directory; stopped,
-// and the directory removed, when destroyed. Throws when it does not answer within 20 s.
+// `nebula up --sim-gpus GPUS [EXTRA...]` on a free loopback port, its data in a temporary
+// directory; stopped, and the directory removed, when destroyed. Throws when it does not answer
+// within 20 s.
 class Up {
  public:
-  Up(const std::string& name, const std::string& sim_gpus);
+  Up(const std::string& name, const std::string& sim_gpus, const std::vector<std::string>& extra = {});
   ~Up();
   Up(const Up&) = delete;
   Up& operator=(const Up&) = delete;
@@ -48,6 +49,7 @@ class Up {
   const std::string& url() const { return url_; }
   const std::string& dir() const { return dir_; }
   const std::string& binary() const { return binary_; }
+  pid_t pid() const { return pid_; }
   http::BlockingClient& client() { return client_; }
 
  private:

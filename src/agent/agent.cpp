@@ -14,6 +14,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <cmath>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
@@ -32,6 +33,7 @@
 #include "common/json.h"
 #include "common/prometheus.h"
 #include "http/http.h"
+#include "xtrace/xtrace.h"
 
 namespace nebula::agent {
 
@@ -196,6 +198,8 @@ struct Agent::Impl final : SupervisorHost {
   bool needs_download(const api::ReplicaSpec& spec) const;
   void detect_engines();
   json node_status() const;
+  // The heartbeat's figures in xtrace's names, labels and units (docs/xtrace.md).
+  void report_to_xtrace(const json& status);
 
   // SupervisorHost.
   const SupervisorOptions& supervision() const override { return supervision_; }
@@ -374,6 +378,52 @@ json Agent::Impl::node_status() const {
   return api::to_json(status);
 }
 
+void Agent::Impl::report_to_xtrace(const json& status) {
+  auto now = std::chrono::system_clock::now();
+  std::vector<xtrace::Metric> metrics;
+  struct GpuMetric {
+    const char* name;
+    const char* field;  // in the node status
+  };
+  // Percent, Celsius and MiB, as the node status has them and xtrace wants them.
+  const GpuMetric gpu_metrics[] = {{"gpu_utilization", "utilization"},
+                                   {"gpu_temperature", "temperature_c"},
+                                   {"gpu_memory_used_mb", "memory_used_mb"},
+                                   {"gpu_memory_total_mb", "memory_total_mb"}};
+  if (status.contains("gpus") && status["gpus"].is_array()) {
+    for (const auto& gpu : status["gpus"]) {
+      std::string index = std::to_string(gpu.value("index", 0));
+      for (const auto& metric : gpu_metrics) {
+        if (!gpu.contains(metric.field) || !gpu[metric.field].is_number()) continue;
+        metrics.push_back(
+            {metric.name, {{"node_id", options.name}, {"gpu_index", index}}, gpu[metric.field].get<double>(), now});
+      }
+    }
+  }
+  struct EngineMetric {
+    const char* name;
+    std::optional<double> engines::Load::*field;
+  };
+  const EngineMetric engine_metrics[] = {{"kv_cache_usage", &engines::Load::kv_cache_usage},
+                                         {"pending_requests", &engines::Load::waiting},
+                                         {"prefix_cache_hit_rate", &engines::Load::prefix_hit_rate}};
+  for (const auto& [name, replica] : replicas) {
+    const auto& load = replica->load();
+    if (!load || !replica->running()) continue;
+    // model_uid is the deployment (what clients ask for), replica_id the replica's name.
+    for (const auto& metric : engine_metrics) {
+      const auto& value = (*load).*metric.field;
+      if (!value || !std::isfinite(*value)) continue;
+      metrics.push_back(
+          {metric.name,
+           {{"model_uid", replica->desired().spec.deployment}, {"replica_id", name}, {"node_id", options.name}},
+           *value,
+           now});
+    }
+  }
+  if (!metrics.empty()) options.xtrace->report_metrics(std::move(metrics));
+}
+
 // Joins the server: true once joined, false when stopping or when the server refused the token
 // (then on_fatal has been called and the agent does nothing more). Unreachable servers and other
 // answers are retried with capped exponential backoff and jitter, logged once per kind of failure.
@@ -433,7 +483,9 @@ awaitable<void> Agent::Impl::join_loop() {
 awaitable<void> Agent::Impl::heartbeat_loop() {
   heartbeat_timer = std::make_unique<asio::steady_timer>(io);
   while (!stopping) {
-    auto response = co_await client_.request("PUT", api("/nodes/" + options.name + "/status"), node_status().dump(),
+    json status = node_status();
+    if (options.xtrace) report_to_xtrace(status);
+    auto response = co_await client_.request("PUT", api("/nodes/" + options.name + "/status"), status.dump(),
                                              server_headers(true), milliseconds(5000));
     if (response && response->status == 404) {
       // The Node was deleted while this agent runs: join again.

@@ -17,6 +17,10 @@
 #include "common/result.h"
 #include "engines/driver.h"
 
+namespace nebula::xtrace {
+class Client;
+}
+
 namespace nebula::agent {
 
 struct Options {
@@ -66,6 +70,10 @@ struct Options {
   // from the first to the last, each drawn at random from its upper half.
   std::chrono::milliseconds join_retry_first{500};
   std::chrono::milliseconds join_retry_max{30'000};
+  // --xtrace: every heartbeat also goes to xtrace as POST /v1/metrics/batch (the GPUs, and each
+  // engine's KV usage, pending requests and prefix-cache hit rate); null = off. Queued on the
+  // client's own thread, so a slow xtrace never delays a heartbeat.
+  std::shared_ptr<xtrace::Client> xtrace;
 };
 
 class Agent {

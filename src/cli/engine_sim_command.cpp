@@ -30,6 +30,8 @@ int run_engine_sim_command(int argc, char** argv) {
       ->check(CLI::IsMember({"lorem", "echo"}))
       ->capture_default_str();
   app.add_option("--seed", options.seed, "Seed for generated text, step noise and --fail-rate")->capture_default_str();
+  app.add_flag("--log-requests", options.log_requests,
+               "Log each generation request with its x-request-id and W3C traceparent");
   app.add_option("--profile", options.profile, "GPU x model preset: " + sim::profile_names())
       ->check(CLI::IsMember([] {
         std::vector<std::string> names;

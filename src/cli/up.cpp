@@ -33,6 +33,7 @@
 #include "mcp/mcp.h"
 #include "store/sqlite_store.h"
 #include "webui/webui.h"
+#include "xtrace/xtrace.h"
 
 namespace nebula::cli {
 
@@ -62,6 +63,51 @@ struct ServerFlags {
   size_t max_connections = 0;  // 0: derived from the open-file limit
   LimitsFlags limits;          // the gateway's: --limits redis://HOST:PORT shares them
 };
+
+// Reporting to xtrace and reading its signals (docs/xtrace.md); off unless --xtrace is given.
+struct XtraceFlags {
+  std::string url;
+  std::string token;
+  bool content = false;
+  std::string signals = "engine";
+};
+
+void add_xtrace_flags(CLI::App& app, XtraceFlags& flags, bool gateway) {
+  app.add_option("--xtrace", flags.url, "xtrace URL to report metrics and traces to, e.g. http://127.0.0.1:8742")
+      ->envname("NEBULA_XTRACE");
+  app.add_option("--xtrace-token", flags.token, "Bearer token for xtrace (NEBULA_XTRACE_TOKEN)")
+      ->envname("NEBULA_XTRACE_TOKEN");
+  if (!gateway) return;
+  app.add_flag("--xtrace-content", flags.content, "Put prompts and answers into the traces sent to xtrace");
+  app.add_option("--signals", flags.signals,
+                 "Load signals for kv-load routing and GPU ties in placement: engine (each engine's /metrics) or "
+                 "xtrace (xtrace's while fresh, the engine's otherwise)")
+      ->check(CLI::IsMember({"engine", "xtrace"}))
+      ->capture_default_str();
+}
+
+// The xtrace client the flags ask for; null when --xtrace is not given.
+Result<std::shared_ptr<xtrace::Client>> make_xtrace_client(const XtraceFlags& flags, bool gateway) {
+  if (flags.url.empty()) {
+    if (flags.signals == "xtrace") return make_error(ErrorCode::InvalidArgument, "--signals xtrace needs --xtrace URL");
+    if (flags.content) return make_error(ErrorCode::InvalidArgument, "--xtrace-content needs --xtrace URL");
+    return std::shared_ptr<xtrace::Client>();
+  }
+  auto url = http::Url::parse(flags.url);
+  if (!url || url->target != "/") {
+    return make_error(ErrorCode::InvalidArgument,
+                      "--xtrace: expected http://HOST:PORT or https://HOST:PORT, got '" + flags.url + "'");
+  }
+  xtrace::Options options;
+  options.url = url->origin();
+  options.token = flags.token;
+  std::map<std::string, xtrace::SignalLimits> consumers;
+  if (gateway && flags.signals == "xtrace") {
+    consumers["router"] = xtrace::kRouterLimits;
+    consumers["scheduler"] = xtrace::kSchedulerLimits;
+  }
+  return std::make_shared<xtrace::Client>(options, consumers);
+}
 
 bool is_loopback(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
@@ -225,6 +271,12 @@ sigset_t block_stop_signals() {
 // The control plane and gateway on one listener, running on one I/O thread.
 class ServerRuntime {
  public:
+  // Reports to (and, with signals, reads from) xtrace; null = off. Set before start().
+  void set_xtrace(std::shared_ptr<xtrace::Client> client, const XtraceFlags& flags) {
+    xtrace_ = std::move(client);
+    xtrace_flags_ = flags;
+  }
+
   Status start(const ServerFlags& flags) {
     if (auto prepared = prepare_data_dir(flags.data_dir); !prepared) return prepared;
     if (auto locked = lock_data_dir(flags.data_dir, "server.lock", "server"); !locked) return locked;
@@ -286,6 +338,9 @@ class ServerRuntime {
     auto limiter = make_limiter(flags.limits);
     if (!limiter) return limiter.error();
     gateway_options.limiter = *limiter;
+    gateway_options.xtrace = xtrace_;
+    gateway_options.xtrace_content = xtrace_ && xtrace_flags_.content;
+    gateway_options.xtrace_signals = xtrace_ && xtrace_flags_.signals == "xtrace";
     gateway_ = std::make_unique<gateway::Gateway>(*store_, io_, gateway_options);
     if (auto started = gateway_->start(); !started) return started.error();
     if (auth_ == "keys") {
@@ -301,6 +356,15 @@ class ServerRuntime {
     // proves a live node's name is its own, and how the agent knows the server calls it.
     options_.issue_node_credential = [this](const std::string& node) { return gateway_->auth().issue_node_key(node); };
     options_.keys_required = auth_ == "keys";
+    if (xtrace_ && xtrace_flags_.signals == "xtrace") {
+      // The first placement after start has no answer yet (the query starts then): the nodes'
+      // own reports break its ties.
+      options_.gpu_utilization = [client = xtrace_](const std::string& node, int gpu) -> std::optional<double> {
+        xtrace::Query query{"gpu_utilization", {{"node_id", node}}, "gpu_index"};
+        client->watch("scheduler", query);
+        return client->value("scheduler", query, std::to_string(gpu), std::chrono::system_clock::now());
+      };
+    }
     http::Router router;
     controlplane::add_api_routes(router, *resources_, io_, options_);
     gateway_->add_routes(router);
@@ -379,6 +443,8 @@ class ServerRuntime {
   std::string url_;
   std::string auth_;
   std::chrono::milliseconds drain_timeout_{30'000};
+  std::shared_ptr<xtrace::Client> xtrace_;
+  XtraceFlags xtrace_flags_;
 };
 
 // --reserved-vram: "" leaves the node's setting as it is (-1). More than the smallest GPU of the
@@ -645,12 +711,17 @@ int run_server(int argc, char** argv) {
   CLI::App app{"Run the control plane and gateway (agents join with a token)", "nebula server"};
   ServerFlags flags;
   add_server_flags(app, flags);
+  XtraceFlags xtrace_flags;
+  add_xtrace_flags(app, xtrace_flags, true);
   if (auto exit = parse(app, argc, argv)) return *exit;
+  auto xtrace_client = make_xtrace_client(xtrace_flags, true);
+  if (!xtrace_client) return usage_error(app, xtrace_client.error().message);
   init_logging(flags.log_level);
   flags.data_dir = expand_home(flags.data_dir);
   raise_descriptor_limit();
   auto signals = block_stop_signals();
   ServerRuntime runtime;
+  runtime.set_xtrace(*xtrace_client, xtrace_flags);
   if (auto started = runtime.start(flags); !started) return fail(started.error().message);
   std::cout << "Nebula server: " << runtime.url() << "\n"
             << "Join an agent: nebula agent --server " << runtime.url() << " --token " << runtime.join_token() << "\n"
@@ -680,9 +751,13 @@ int run_up(int argc, char** argv) {
   add_agent_flags(app, agent_flags, false);
   app.add_option("--demo", demo_model,
                  "Deploy a demo deployment named 'demo' serving this model on the simulator, if absent");
+  XtraceFlags xtrace_flags;
+  add_xtrace_flags(app, xtrace_flags, true);
   if (auto exit = parse(app, argc, argv)) return *exit;
   auto reserved_mb = parse_reserved_vram(reserved_vram, sim_gpus);
   if (!reserved_mb) return usage_error(app, reserved_mb.error().message);
+  auto xtrace_client = make_xtrace_client(xtrace_flags, true);
+  if (!xtrace_client) return usage_error(app, xtrace_client.error().message);
   init_logging(flags.log_level);
   flags.data_dir = expand_home(flags.data_dir);
   raise_descriptor_limit();
@@ -693,6 +768,7 @@ int run_up(int argc, char** argv) {
   }
 
   ServerRuntime runtime;
+  runtime.set_xtrace(*xtrace_client, xtrace_flags);
   if (auto started = runtime.start(flags); !started) return fail(started.error().message);
   if (auto locked = lock_data_dir(flags.data_dir, "agent.lock", "agent"); !locked) {
     runtime.stop();
@@ -707,6 +783,7 @@ int run_up(int argc, char** argv) {
   agent_options.data_dir = flags.data_dir;
   agent_options.reserved_vram_mb = *reserved_mb;
   agent_options.stop_engines_on_exit = true;
+  agent_options.xtrace = *xtrace_client;  // one client, one thread, for the gateway and the agent
   if (auto applied = apply_agent_flags(agent_flags, json::object(), agent_options); !applied) {
     runtime.stop();
     return fail(applied.error().message);
@@ -771,7 +848,12 @@ int run_agent(int argc, char** argv) {
   app.add_flag("--stop-engines-on-exit", flags.stop_engines_on_exit,
                "Stop the engines when the agent stops (default: leave them for the next agent to re-adopt)");
   app.add_flag("--exit-with-parent", exit_with_parent, "Stop when the process that started this one dies; for tests");
+  XtraceFlags xtrace_flags;
+  add_xtrace_flags(app, xtrace_flags, false);
   if (auto exit = parse(app, argc, argv)) return *exit;
+  auto xtrace_client = make_xtrace_client(xtrace_flags, false);
+  if (!xtrace_client) return usage_error(app, xtrace_client.error().message);
+  options.xtrace = *xtrace_client;
   init_logging(log_level);
   json config = json::object();
   if (!flags.config.empty()) {

@@ -418,7 +418,9 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
     // A replica is placed as its own plan asks (after a rollback, the live spec is the failed one).
     const api::DeploymentSpec spec = spec_of_plan(*owner->second, replica.spec.plan_version);
     ++placement_attempts_;
-    auto placement = capacity.place(scheduler::request_for(replica, spec));
+    auto request = scheduler::request_for(replica, spec);
+    request.gpu_utilization = options_.gpu_utilization;
+    auto placement = capacity.place(request);
     if (!placement && evict_for(replica, spec, nodes, replicas, deployments)) {
       continue;  // placed on a later pass, once the evicted engines have released their memory
     }

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -47,6 +48,9 @@ struct Options {
   // launched at all), or when no new replica was made for this long without it completing.
   int rollout_max_crashes = 2;
   std::chrono::milliseconds rollout_progress_timeout{15 * 60'000};
+  // --signals xtrace: GPU utilisation from xtrace, while fresh, to break ties between GPUs that
+  // fit (scheduler::Request::gpu_utilization); unset = the nodes' own reports.
+  std::function<std::optional<double>(const std::string& node, int gpu_index)> gpu_utilization;
 };
 
 // The deployment controller, scheduler loop and node-liveness check, on one thread of its own

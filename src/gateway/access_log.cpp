@@ -7,6 +7,7 @@
 #include "common/clock.h"
 #include "gateway/call.h"
 #include "gateway/request_json.h"
+#include "xtrace/xtrace.h"
 
 namespace nebula::gateway {
 
@@ -90,6 +91,7 @@ void Gateway::finish(Call& call, int status) {
                   std::chrono::system_clock::now());
   }
   double duration = std::chrono::duration<double>(now - call.start).count();
+  if (options_.xtrace) report_trace(call, status, prompt, completion);
   if (!call.model.empty()) {
     metrics_.request_done({call.model, call.key_id, status, call.ttft_s, duration, prompt, completion});
   }
@@ -103,7 +105,9 @@ void Gateway::finish(Call& call, int status) {
     append_log_time(out, std::chrono::system_clock::now());
     out.append("\",\"id\":");
     append_json_quoted(out, call.request_id);
-    out.append(",\"key\":");
+    out.append(",\"traceparent\":\"");
+    out.append(call.traceparent);  // made by the gateway: hex digits and dashes only
+    out.append("\",\"key\":");
     append_json_quoted(out, call.key_id);
     out.append(",\"model\":");
     append_json_quoted(out, call.model);
@@ -130,6 +134,31 @@ void Gateway::finish(Call& call, int status) {
     if (out.size() < kAccessLogBatch) return;
   }
   if (access_log_) flush_access_log();
+}
+
+void Gateway::report_trace(const Call& call, int status, int64_t prompt, int64_t completion) {
+  xtrace::Generation generation;
+  generation.trace_id = call.trace_id;
+  generation.name = call.path;
+  generation.user_id = call.key ? (call.key->display_name.empty() ? call.key_id : call.key->display_name) : call.key_id;
+  generation.request_id = call.request_id;
+  generation.model = call.model;
+  generation.deployment = call.model;  // a deployment is asked for by its name
+  generation.replica = call.replica;
+  generation.status = status;
+  if (status >= 400) generation.error = status == 499 ? "client closed the request" : fmt::format("HTTP {}", status);
+  generation.start = call.start_wall;
+  generation.end = call.start_wall +
+                   std::chrono::duration_cast<std::chrono::system_clock::duration>(SteadyClock::now() - call.start);
+  generation.ttft_s = call.ttft_s;
+  generation.prompt_tokens = prompt;
+  generation.completion_tokens = completion;
+  generation.stream = call.stream;
+  if (call.capture_content) {
+    generation.input = call.input;
+    generation.output = call.output_text;
+  }
+  options_.xtrace->report(std::move(generation));
 }
 
 void Gateway::flush_access_log() {

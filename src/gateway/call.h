@@ -39,6 +39,16 @@ struct Gateway::Waiter {
 struct Gateway::Call {
   int kind = kChat;
   std::string request_id;
+  std::string path;  // the request's, the trace's name
+  std::chrono::system_clock::time_point start_wall = std::chrono::system_clock::now();
+  // W3C trace context: the client's traceparent when valid, else a new trace; the engine gets a
+  // child span of it (traceparent), and tracestate only when the client's traceparent was valid.
+  std::string trace_id;
+  std::string traceparent;
+  std::string tracestate;
+  json input;               // the prompt (messages, prompt or input), kept only for --xtrace-content
+  std::string output_text;  // the answer's text, kept only for --xtrace-content
+  bool capture_content = false;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point deadline;
   std::shared_ptr<const api::ApiKey> key;  // null without auth

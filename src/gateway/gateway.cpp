@@ -22,6 +22,7 @@
 #include "common/json.h"
 #include "common/subprocess.h"
 #include "gateway/call.h"
+#include "xtrace/xtrace.h"
 
 namespace nebula::gateway {
 
@@ -152,6 +153,14 @@ awaitable<void> Gateway::stored_response(http::Request& request, http::ResponseW
   co_await writer.send(stored_response_answer(request, erase));
 }
 
+// Built outside the route's coroutine: g++ 12 miscompiles the conditional inside a co_await
+// expression (it called through a null client).
+std::string Gateway::metrics_text() const {
+  std::string text = metrics_.render() + router_metrics() + http::render_server_metrics();
+  if (options_.xtrace) text += options_.xtrace->render_metrics();
+  return text;
+}
+
 void Gateway::add_routes(http::Router& router) {
   router.add("GET", "/v1/models", [this](http::Request& request, http::ResponseWriter& writer) -> awaitable<void> {
     std::shared_ptr<const api::ApiKey> key;
@@ -178,8 +187,7 @@ void Gateway::add_routes(http::Router& router) {
     return stored_response(request, writer, true);
   });
   router.add("GET", "/metrics", [this](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
-    co_await writer.send(http::Response::text(200, metrics_.render() + router_metrics() + http::render_server_metrics(),
-                                              "text/plain; version=0.0.4"));
+    co_await writer.send(http::Response::text(200, metrics_text(), "text/plain; version=0.0.4"));
   });
   auth_.add_routes(router);
   add_usage_routes(router);

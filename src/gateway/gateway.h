@@ -35,6 +35,9 @@
 namespace spdlog {
 class logger;
 }
+namespace nebula::xtrace {
+class Client;
+}
 
 namespace nebula::gateway {
 
@@ -69,6 +72,14 @@ struct Options {
   // Where per-key limits are counted: null = in this process (MemoryLimiter); a RedisLimiter
   // shares them among gateways.
   std::shared_ptr<Limiter> limiter;
+  // Reporting to xtrace (--xtrace, docs/xtrace.md): one trace and GENERATION observation per
+  // request, queued on the client's own thread; null = off. The client may be shared (the agent
+  // of `nebula up` reports through it too).
+  std::shared_ptr<xtrace::Client> xtrace;
+  bool xtrace_content = false;  // --xtrace-content: prompts and answers go into the traces
+  // --signals xtrace: the kv-load scorers see xtrace's pending_requests and kv_cache_usage of a
+  // replica while they are fresh (the client's "router" limits), its own scrape otherwise.
+  bool xtrace_signals = false;
 };
 
 class Gateway {
@@ -139,8 +150,15 @@ class Gateway {
   // read (one read per replica at a time) into its Endpoint::engine.
   awaitable<void> scrape_loads();
   awaitable<void> scrape_load(std::shared_ptr<router::Endpoint> endpoint);
+  // --signals xtrace: each Ready replica's pending requests and KV usage as xtrace last said,
+  // while fresh, over its own scrape (load_scraper.cpp).
+  void apply_xtrace_signals();
+  // One trace per request to xtrace (access_log.cpp).
+  void report_trace(const Call& call, int status, int64_t prompt, int64_t completion);
   // nebula_router_* lines for /metrics: the age and figures of each replica's engine load.
   std::string router_metrics() const;
+  // Everything /metrics shows.
+  std::string metrics_text() const;
   // Background responses (background.cpp): start_background() answers with the queued response
   // and runs the call on its own; cancel_background() stops one. I/O thread only.
   awaitable<void> start_background(std::shared_ptr<Call> call, http::ResponseWriter& writer);

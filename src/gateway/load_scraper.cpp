@@ -17,6 +17,7 @@
 #include "common/prometheus.h"
 #include "gateway/call.h"
 #include "router/engine_load.h"
+#include "xtrace/xtrace.h"
 
 namespace nebula::gateway {
 
@@ -32,6 +33,7 @@ awaitable<void> Gateway::scrape_loads() {
       endpoint->scraping = true;
       asio::co_spawn(io_, scrape_load(endpoint), asio::detached);
     }
+    if (options_.xtrace && options_.xtrace_signals) apply_xtrace_signals();
     scrape_timer_->expires_after(options_.load_scrape_interval);
     boost::system::error_code ec;
     co_await scrape_timer_->async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -55,6 +57,25 @@ awaitable<void> Gateway::scrape_load(std::shared_ptr<router::Endpoint> endpoint)
   endpoint->engine = load;
 }
 
+void Gateway::apply_xtrace_signals() {
+  auto now = SteadyClock::now();
+  auto wall_now = std::chrono::system_clock::now();
+  for (auto& endpoint : table_.endpoints()) {
+    // The agent reports a replica under model_uid = its deployment, replica_id = its name.
+    xtrace::Query pending{"pending_requests", {{"model_uid", endpoint->deployment}}, "replica_id"};
+    xtrace::Query kv{"kv_cache_usage", {{"model_uid", endpoint->deployment}}, "replica_id"};
+    options_.xtrace->watch("router", pending);
+    options_.xtrace->watch("router", kv);
+    auto waiting = options_.xtrace->value("router", pending, endpoint->replica, wall_now);
+    auto kv_usage = options_.xtrace->value("router", kv, endpoint->replica, wall_now);
+    // Out-of-range figures are not trusted: the engine's own stay.
+    endpoint->signal_waiting = waiting && *waiting >= 0 ? *waiting : -1;
+    endpoint->signal_kv_usage = kv_usage && *kv_usage >= 0 && *kv_usage <= 1 ? *kv_usage : -1;
+    bool any = endpoint->signal_waiting >= 0 || endpoint->signal_kv_usage >= 0;
+    endpoint->signal_at = any ? now : SteadyClock::time_point{};
+  }
+}
+
 std::string Gateway::router_metrics() const {
   struct Family {
     const char* name;
@@ -72,7 +93,7 @@ std::string Gateway::router_metrics() const {
   };
   auto now = SteadyClock::now();
   for (const auto& endpoint : table_.endpoints()) {
-    const router::EngineLoad& load = endpoint->engine;
+    const router::EngineLoad load = endpoint->load();
     if (load.at == SteadyClock::time_point{}) continue;
     std::string labels = fmt::format("{{deployment=\"{}\",replica=\"{}\"}}", prometheus_label(endpoint->deployment),
                                      prometheus_label(endpoint->replica));

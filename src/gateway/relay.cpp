@@ -33,8 +33,26 @@ http::Headers stream_headers(const http::Headers& call_headers) {
   return headers;
 }
 
-http::Headers upstream_headers(const std::string& request_id) {
-  return {{"Content-Type", "application/json"}, {"X-Request-Id", request_id}};
+http::Headers upstream_headers(const std::string& request_id, const std::string& traceparent,
+                               const std::string& tracestate) {
+  http::Headers headers{
+      {"Content-Type", "application/json"}, {"X-Request-Id", request_id}, {"traceparent", traceparent}};
+  if (!tracestate.empty()) headers.push_back({"tracestate", tracestate});
+  return headers;
+}
+
+// The text of a whole chat or completions answer, for --xtrace-content.
+std::string answer_text(const std::string& body) {
+  auto answer = parse_json(body);
+  if (!answer || !answer->is_object()) return {};
+  auto choices = answer->find("choices");
+  if (choices == answer->end() || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) return {};
+  const json& choice = (*choices)[0];
+  if (auto message = choice.find("message"); message != choice.end() && message->is_object()) {
+    if (auto content = message->find("content"); content != message->end() && content->is_string()) return *content;
+  }
+  if (auto text = choice.find("text"); text != choice.end() && text->is_string()) return *text;
+  return {};
 }
 
 bool retryable_status(int status) {
@@ -137,9 +155,10 @@ awaitable<int> Gateway::relay(Call& call, http::ResponseWriter& writer) {
         asio::co_spawn(io_, watch_sweep(), asio::detached);
       }
     }
-    auto upstream = co_await client_->open(
-        "POST", endpoint->url + path, call.upstream_body, upstream_headers(call.request_id),
-        std::min(options_.first_byte_timeout, std::max(left, milliseconds(1))), &call.upstream_cancel);
+    auto upstream = co_await client_->open("POST", endpoint->url + path, call.upstream_body,
+                                           upstream_headers(call.request_id, call.traceparent, call.tracestate),
+                                           std::min(options_.first_byte_timeout, std::max(left, milliseconds(1))),
+                                           &call.upstream_cancel);
     if (call.client_gone) co_return 499;  // the engine's request was cancelled with the connection
     bool failed = !upstream || retryable_status((*upstream)->status);
     if (failed) {
@@ -207,11 +226,13 @@ awaitable<int> Gateway::relay_answer(Call& call, http::StreamingResponse& respon
   if (response.status == 200) {
     if (call.kind != kResponses) {
       call.usage = usage_of(relayed.body, relayed.body.capacity());  // the answer itself is relayed as it came
+      if (call.capture_content) call.output_text = answer_text(relayed.body);
     } else if (auto answer = parse_json(relayed.body); answer && answer->is_object()) {
       call.usage = answer->value("usage", json());
       std::string id = call.response_id.empty() ? "resp_" + random_id(24) : call.response_id;
       json translated =
           chat_to_response(*answer, id, call.model, to_unix_ms(std::chrono::system_clock::now()) / 1000, call.body);
+      if (call.capture_content) call.output_text = answer_text(relayed.body);
       store_response(call, translated);
       relayed.body = dump(translated);
     }
@@ -269,7 +290,7 @@ awaitable<int> Gateway::relay_stream(Call& call, http::StreamingResponse& respon
       bool has_text = false;
       std::string text;
       std::string tool_events;  // Responses events for the chunk's tool-call pieces
-      if (translation || value_present(event.data, "usage")) {
+      if (translation || call.capture_content || value_present(event.data, "usage")) {
         auto chunk = parse_json(event.data);
         if (chunk && chunk->is_object()) {
           auto usage = chunk->find("usage");
@@ -294,6 +315,7 @@ awaitable<int> Gateway::relay_stream(Call& call, http::StreamingResponse& respon
           }
         }
         has_text = !text.empty() || !tool_events.empty();
+        if (call.capture_content) call.output_text += text;
       } else {
         has_text = nonempty_string_field(event.data, "content") || nonempty_string_field(event.data, "text");
       }

@@ -9,10 +9,39 @@
 #include "gateway/request_json.h"
 #include "gateway/responses.h"
 #include "gateway/route_context.h"
+#include "xtrace/xtrace.h"
 
 namespace nebula::gateway {
 
 using SteadyClock = std::chrono::steady_clock;
+
+namespace {
+constexpr size_t kMaxTracestate = 512;  // the W3C limit
+
+// The W3C trace context of a call: the client's traceparent when it is valid (a malformed one is
+// replaced, never forwarded, and its tracestate dropped with it), else a new trace. The engine
+// gets a child span of it; the client gets that traceparent back.
+struct TraceContext {
+  std::string trace_id;
+  std::string traceparent;  // for the engine and the client
+  std::string tracestate;
+};
+TraceContext trace_context(const http::Request& request) {
+  TraceContext context;
+  auto incoming = xtrace::TraceParent::parse(request.header("traceparent"));
+  xtrace::TraceParent trace = incoming ? *incoming : xtrace::TraceParent::make();
+  if (incoming) {
+    std::string state = request.header("tracestate");
+    if (state.size() <= kMaxTracestate && state.find_first_of("\r\n") == std::string::npos) {
+      context.tracestate = state;
+    }
+  }
+  xtrace::TraceParent upstream = trace.child();
+  context.trace_id = upstream.trace_id;
+  context.traceparent = upstream.format();
+  return context;
+}
+}  // namespace
 
 awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& writer, int kind) {
   auto owned = std::make_shared<Call>();  // shared: a background call outlives this handler
@@ -21,9 +50,26 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
   call.deadline = call.start + options_.total_timeout;
   call.request_id = request.header("x-request-id");
   if (call.request_id.empty()) call.request_id = "req-" + random_id(20);
-  call.headers.reserve(9);  // the id, six rate-limit headers, Content-Type
+  call.path = request.path;
+  call.headers.reserve(10);  // the id, traceparent, six rate-limit headers, Content-Type
   call.headers.push_back({"X-Request-Id", call.request_id});
+  auto trace = trace_context(request);
+  call.trace_id = std::move(trace.trace_id);
+  call.traceparent = std::move(trace.traceparent);
+  call.tracestate = std::move(trace.tracestate);
+  call.headers.push_back({"traceparent", call.traceparent});
 
+  if (options_.xtrace && options_.xtrace_content) {
+    call.capture_content = true;
+    if (auto parsed = parse_json(request.body); parsed && parsed->is_object()) {
+      for (const char* field : {"messages", "prompt", "input"}) {
+        if (auto found = parsed->find(field); found != parsed->end()) {
+          call.input = std::move(*found);
+          break;
+        }
+      }
+    }
+  }
   int status = 0;
   if (auto refusal = admit(call, request)) {
     status = refusal->status;

@@ -157,7 +157,7 @@ Candidates EndpointTable::candidates(const std::string& deployment, const std::s
     if (outstanding >= capacity || !endpoint->breaker.allows(now)) continue;
     found.endpoints.push_back(endpoint);
     found.candidates.push_back(
-        Candidate{name, outstanding, endpoint->inflight_tokens.load(), capacity, endpoint->engine});
+        Candidate{name, outstanding, endpoint->inflight_tokens.load(), capacity, endpoint->load()});
   }
   return found;
 }

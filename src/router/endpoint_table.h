@@ -1,5 +1,6 @@
 #pragma once
 // Deployments and their replicas as routing sees them, kept current from the store's documents.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -27,6 +28,21 @@ struct Endpoint {
   Breaker breaker;
   EngineLoad engine;      // what its engine's /metrics said last (engine.at: when)
   bool scraping = false;  // a read of its /metrics is under way
+  // --signals xtrace: its pending requests and KV usage as xtrace last said, while fresh (-1:
+  // nothing fresh); at: when they were last found fresh. They win over `engine`'s figures.
+  double signal_waiting = -1;
+  double signal_kv_usage = -1;
+  SteadyClock::time_point signal_at{};
+  // What the policies see: `engine`, with the signals over it when there are any.
+  EngineLoad load() const {
+    if (signal_at == SteadyClock::time_point{} || (signal_waiting < 0 && signal_kv_usage < 0)) return engine;
+    EngineLoad merged = engine;
+    if (signal_waiting >= 0) merged.waiting = signal_waiting;
+    if (signal_kv_usage >= 0) merged.kv_usage = signal_kv_usage;
+    merged.at = std::max(engine.at, signal_at);
+    merged.from_signals = true;
+    return merged;
+  }
 };
 
 // The replicas a request may go to, as the Policy sees them (`candidates`) and as the gateway

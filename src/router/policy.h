@@ -31,6 +31,9 @@ struct EngineLoad {
   double kv_usage = -1;            // share of its KV cache in use, 0..1
   int64_t kv_capacity_tokens = 0;  // tokens its KV cache holds, 0 = unknown
   SteadyClock::time_point at{};
+  // waiting and kv_usage came from xtrace's signals (--signals xtrace), judged fresh by their
+  // own timestamps when `at` was set, not from the engine's /metrics.
+  bool from_signals = false;
 };
 
 // One replica the request may go to.

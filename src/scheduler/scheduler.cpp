@@ -59,6 +59,19 @@ bool has_model(const api::Node& node, const std::string& key) {
   return false;
 }
 
+// The GPU's utilisation: the request's source when it knows (and says something sane), else the
+// node's own report.
+double utilization_of(const Request& request, const api::Node& node, int index) {
+  if (request.gpu_utilization) {
+    auto value = request.gpu_utilization(node.metadata.name, index);
+    if (value && *value >= 0 && *value <= 100) return *value;
+  }
+  for (const auto& gpu : node.status.gpus) {
+    if (gpu.index == index) return gpu.utilization;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int64_t estimate_vram_mb(const api::DeploymentSpec& spec) {
@@ -306,14 +319,20 @@ std::optional<Capacity::Scored> Capacity::evaluate(const NodeCapacity& entry, co
     if (static_cast<int>(fitting.size()) < request.gpus) continue;
     node_fits = true;
     // The request's GPUs: the emptiest (spread) or fullest (binpack) first, ties in index order.
+    // Between GPUs with the same free memory, the less busy (xtrace's signal or the node's report).
     auto takes_first = [&](const GpuFree* a, const GpuFree* b) {
       if (a->free_mb != b->free_mb) return binpack ? a->free_mb < b->free_mb : a->free_mb > b->free_mb;
+      double busy_a = utilization_of(request, node, a->index), busy_b = utilization_of(request, node, b->index);
+      if (busy_a != busy_b) return busy_a < busy_b;
       return a->index < b->index;
     };
     std::partial_sort(fitting.begin(), fitting.begin() + request.gpus, fitting.end(), takes_first);
     Scored candidate;
     int64_t leftover = 0;
-    for (int i = 0; i < request.gpus; ++i) leftover += fitting[i]->free_mb - claim;
+    for (int i = 0; i < request.gpus; ++i) {
+      leftover += fitting[i]->free_mb - claim;
+      candidate.utilization += utilization_of(request, node, fitting[i]->index);
+    }
     candidate.score = binpack ? -leftover : leftover;
     candidate.has_model = has_model(node, request.model_key);
     candidate.spread = !binpack;

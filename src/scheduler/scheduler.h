@@ -2,6 +2,7 @@
 // Placement: which node and GPUs a replica runs on, and the dry-run plan of a deployment. Pure
 // functions over a snapshot of nodes and the replicas already placed, so they are tested without
 // a store or a clock.
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -39,6 +40,10 @@ struct Request {
   // The model's hub repository key (api::hub_repo_key); a node that has it cached wins over one
   // that would have to download it, before binpack or spread decide.
   std::string model_key;
+  // GPU utilisation (0-100) of a node's GPU from a fresher source than the node's own report
+  // (xtrace's signals); nullopt, or unset, means the node's report. Breaks ties only: between
+  // GPUs with the same free memory, and between placements that score the same, the less busy wins.
+  std::function<std::optional<double>(const std::string& node, int gpu_index)> gpu_utilization;
 };
 // The request of a replica of `spec`; its need is replica.spec.vram_mb split over the GPUs.
 Request request_for(const api::Replica& replica, const api::DeploymentSpec& spec);
@@ -110,6 +115,7 @@ class Capacity {
     bool spread = false;
     int64_t node_used_mb = 0;    // over the node's (eligible) GPUs, before this replica
     int64_t node_usable_mb = 1;  // their total less what is reserved
+    double utilization = 0;      // summed over the placement's GPUs: the last tie-breaker
     bool better_than(const Scored& other) const {
       if (has_model != other.has_model) return has_model;
       if (spread) {
@@ -119,7 +125,8 @@ class Capacity {
         int64_t theirs = other.node_used_mb * node_usable_mb;
         if (mine != theirs) return mine < theirs;
       }
-      return score > other.score;
+      if (score != other.score) return score > other.score;
+      return utilization < other.utilization;
     }
   };
   static void claim(NodeCapacity& entry, const std::vector<int>& gpus, int64_t vram_mb, bool running);

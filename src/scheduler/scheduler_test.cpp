@@ -410,3 +410,67 @@ TEST(Place, CapacityCountsWhatWasPlacedInThisPass) {
 
 }  // namespace
 }  // namespace nebula::scheduler
+
+namespace nebula::scheduler {
+namespace {
+
+Request tie_request() {
+  Request request;
+  request.replica = "r";
+  request.engine = "sim";
+  request.gpus = 1;
+  request.need_per_gpu_mb = 10 * 1024;
+  return request;
+}
+
+TEST(PlaceUtilization, BreaksTiesBetweenEqualGpusWithTheSignalWhenItHasOne) {
+  std::vector<api::Node> nodes = {make_node("n1", 3, 80 * 1024)};
+  nodes[0].status.gpus[0].utilization = 5;  // the node's own report: GPU 0 is the idlest
+  Request request = tie_request();
+  request.gpu_utilization = [](const std::string& node, int gpu) -> std::optional<double> {
+    EXPECT_EQ(node, "n1");
+    if (gpu == 2) return 1.0;  // the signal knows GPU 2 is idler still
+    if (gpu == 0) return 90.0;
+    return std::nullopt;  // GPU 1: nothing fresh, its own report (0) stands
+  };
+  auto placement = place(request, nodes, {});
+  ASSERT_TRUE(placement) << placement.error().message;
+  // GPU 1 (0, its own report) beats GPU 2 (1, the signal) beats GPU 0 (90, the signal over its own 5).
+  EXPECT_EQ(placement->gpus, std::vector<int>{1});
+}
+
+TEST(PlaceUtilization, FallsBackToTheNodesReportAndIgnoresNonsense) {
+  std::vector<api::Node> nodes = {make_node("n1", 2, 80 * 1024)};
+  nodes[0].status.gpus[0].utilization = 70;
+  nodes[0].status.gpus[1].utilization = 20;
+  Request request = tie_request();
+  request.gpu_utilization = [](const std::string&, int gpu) -> std::optional<double> {
+    return gpu == 1 ? std::optional<double>(500) : std::nullopt;  // out of range: not trusted
+  };
+  auto placement = place(request, nodes, {});
+  ASSERT_TRUE(placement);
+  EXPECT_EQ(placement->gpus, std::vector<int>{1});
+  // Without any source, the node's report decides too.
+  request.gpu_utilization = nullptr;
+  EXPECT_EQ(place(request, nodes, {})->gpus, std::vector<int>{1});
+}
+
+TEST(PlaceUtilization, NeverOverridesFreeMemory) {
+  std::vector<api::Node> nodes = {make_node("n1", 2, 80 * 1024)};
+  std::vector<api::Replica> placed = {make_replica("a", 30 * 1024, "n1", {0})};
+  Request request = tie_request();
+  request.gpu_utilization = [](const std::string&, int gpu) -> std::optional<double> { return gpu == 0 ? 0 : 99; };
+  EXPECT_EQ(place(request, nodes, placed)->gpus, std::vector<int>{1});  // spread: the emptier GPU
+}
+
+TEST(PlaceUtilization, BreaksTiesBetweenNodes) {
+  std::vector<api::Node> nodes = {make_node("a", 1, 80 * 1024), make_node("b", 1, 80 * 1024)};
+  Request request = tie_request();
+  request.gpu_utilization = [](const std::string& node, int) -> std::optional<double> {
+    return node == "a" ? 60.0 : 10.0;
+  };
+  EXPECT_EQ(place(request, nodes, {})->node, "b");
+}
+
+}  // namespace
+}  // namespace nebula::scheduler

@@ -321,6 +321,10 @@ struct EngineSim::State {
     if (std::string request_id = request.header("x-request-id"); !request_id.empty()) {
       headers.push_back({"x-request-id", request_id});
     }
+    // The trace context it was sent, echoed back as it came (W3C traceparent).
+    if (std::string traceparent = request.header("traceparent"); !traceparent.empty() && traceparent.size() <= 128) {
+      headers.push_back({"traceparent", traceparent});
+    }
     return headers;
   }
 
@@ -518,6 +522,10 @@ struct EngineSim::State {
     if (state->options.router) {
       std::optional<http::Response> refusal = co_await route_request(state, request, body_model(request));
       if (refusal) co_return co_await writer.send(std::move(*refusal));
+    }
+    if (state->options.log_requests) {
+      spdlog::info("engine-sim: {} {} x-request-id={} traceparent={}", request.method, request.path,
+                   request.header("x-request-id"), request.header("traceparent"));
     }
     Completion completion;
     completion.headers = response_headers(request);

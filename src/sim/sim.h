@@ -25,9 +25,12 @@ namespace nebula::sim {
 struct SimOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 8000;
-  std::string model = "sim-model";        // the served model name reported by /v1/models and in responses
-  std::string mode = "lorem";             // "lorem" (seeded words) | "echo" (repeat the last user message)
-  uint64_t seed = 0;                      // text (a request's "seed" overrides it), step noise and fail-rate draws
+  std::string model = "sim-model";  // the served model name reported by /v1/models and in responses
+  std::string mode = "lorem";       // "lorem" (seeded words) | "echo" (repeat the last user message)
+  uint64_t seed = 0;                // text (a request's "seed" overrides it), step noise and fail-rate draws
+  // One log line per generation request with its x-request-id and W3C traceparent (--log-requests),
+  // to follow a request from the client to the engine.
+  bool log_requests = false;
   std::string profile = "default";        // see profile.h; every field below that is unset comes from it
   std::string dialect = "vllm";           // vllm, sglang, llamacpp, tgi or ollama: health, metrics, native API
   std::optional<double> startup_seconds;  // /health answers 503 (and the API 503) until this has passed
