@@ -15,6 +15,9 @@
 #include "common/result.h"
 #include "http/http.h"
 
+namespace nebula::xtrace {
+class Client;
+}
 namespace nebula::gateway {
 class Limiter;
 }
@@ -85,6 +88,18 @@ void add_limits_flags(CLI::App& app, LimitsFlags& flags);
 // The limiter the flags ask for, connected (an error when Redis cannot be reached at start);
 // null for limits in process memory.
 Result<std::shared_ptr<gateway::Limiter>> make_limiter(const LimitsFlags& flags);
+
+// Reporting to xtrace and reading its signals (docs/xtrace.md); off unless --xtrace is given.
+struct XtraceFlags {
+  std::string url;
+  std::string token;
+  bool content = false;
+  std::string signals = "engine";
+};
+// --xtrace and --xtrace-token; with gateway, also --xtrace-content and --signals (docs/xtrace.md).
+void add_xtrace_flags(CLI::App& app, XtraceFlags& flags, bool gateway);
+// The xtrace client the flags ask for; null when --xtrace is not given.
+Result<std::shared_ptr<xtrace::Client>> make_xtrace_client(const XtraceFlags& flags, bool gateway);
 
 // Parses argv for a subcommand; on error or --help prints and returns the exit code to use.
 std::optional<int> parse(CLI::App& app, int argc, char** argv);

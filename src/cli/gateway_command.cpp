@@ -19,6 +19,7 @@
 #include "gateway/mirror_store.h"
 #include "gateway/redis_limiter.h"
 #include "http/reuse_port.h"
+#include "xtrace/xtrace.h"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -120,7 +121,11 @@ int run_gateway(int argc, char** argv) {
   app.add_flag("--exit-with-parent", flags.exit_with_parent,
                "Shut down when the process that started this one dies; for tests");
   add_limits_flags(app, flags.limits);
+  XtraceFlags xtrace_flags;
+  add_xtrace_flags(app, xtrace_flags, true);
   if (auto exit = parse(app, argc, argv)) return *exit;
+  auto xtrace_client = make_xtrace_client(xtrace_flags, true);
+  if (!xtrace_client) return usage_error(app, xtrace_client.error().message);
   auto address = parse_host_port(flags.listen);
   if (!address) return usage_error(app, "--listen: " + address.error().message);
   bool loopback = address->host == "localhost" || address->host.rfind("127.", 0) == 0 || address->host == "::1";
@@ -153,6 +158,9 @@ int run_gateway(int argc, char** argv) {
   options.require_keys = flags.auth == "keys";
   options.access_log_path = flags.access_log;
   options.limiter = *limiter;
+  options.xtrace = *xtrace_client;
+  options.xtrace_content = *xtrace_client && xtrace_flags.content;
+  options.xtrace_signals = *xtrace_client && xtrace_flags.signals == "xtrace";
   auto gateway = std::make_unique<gateway::Gateway>(mirror, io, options);
   if (auto started = gateway->start(); !started) return fail(started.error().message);
 

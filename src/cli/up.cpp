@@ -64,13 +64,7 @@ struct ServerFlags {
   LimitsFlags limits;          // the gateway's: --limits redis://HOST:PORT shares them
 };
 
-// Reporting to xtrace and reading its signals (docs/xtrace.md); off unless --xtrace is given.
-struct XtraceFlags {
-  std::string url;
-  std::string token;
-  bool content = false;
-  std::string signals = "engine";
-};
+}  // namespace
 
 void add_xtrace_flags(CLI::App& app, XtraceFlags& flags, bool gateway) {
   app.add_option("--xtrace", flags.url, "xtrace URL to report metrics and traces to, e.g. http://127.0.0.1:8742")
@@ -108,6 +102,8 @@ Result<std::shared_ptr<xtrace::Client>> make_xtrace_client(const XtraceFlags& fl
   }
   return std::make_shared<xtrace::Client>(options, consumers);
 }
+
+namespace {
 
 bool is_loopback(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
