@@ -74,6 +74,9 @@ struct WatchQueue {
   asio::steady_timer timer;
   std::mutex mutex;
   std::deque<std::string> lines;
+  // The store ended the watch (etcd compacted what it still had to send): the stream ends after
+  // the lines queued, and the client lists again, as after any broken watch.
+  bool ended = false;
 };
 
 std::string watch_line(const store::WatchEvent& event) {
@@ -104,13 +107,22 @@ http::Headers text_headers() {
 awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const std::string& prefix, int64_t from,
                             ResponseWriter& writer) {
   auto queue = std::make_shared<WatchQueue>(io);
-  auto watch = resources.store().watch(prefix, from, [queue](const store::WatchEvent& event) {
-    {
-      std::lock_guard lock(queue->mutex);
-      queue->lines.push_back(watch_line(event));
-    }
-    asio::post(queue->io, [queue] { queue->timer.cancel(); });
-  });
+  auto watch = resources.store().watch(
+      prefix, from,
+      [queue](const store::WatchEvent& event) {
+        {
+          std::lock_guard lock(queue->mutex);
+          queue->lines.push_back(watch_line(event));
+        }
+        asio::post(queue->io, [queue] { queue->timer.cancel(); });
+      },
+      [queue](const Error&) {
+        {
+          std::lock_guard lock(queue->mutex);
+          queue->ended = true;
+        }
+        asio::post(queue->io, [queue] { queue->timer.cancel(); });
+      });
   if (!watch) {
     co_await writer.send(error_response(watch.error()));
     co_return;
@@ -121,9 +133,11 @@ awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const st
   if (!co_await writer.start_stream(200, ndjson_headers())) co_return;
   while (!writer.client_gone()) {
     std::deque<std::string> lines;
+    bool ended = false;
     {
       std::lock_guard lock(queue->mutex);
       lines.swap(queue->lines);
+      ended = queue->ended;
     }
     std::string batch;
     for (auto& line : lines) batch += line;
@@ -131,6 +145,7 @@ awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const st
       if (!co_await writer.write(batch)) break;
       continue;
     }
+    if (ended) break;
     queue->timer.expires_after(std::chrono::seconds(15));
     boost::system::error_code ec;
     co_await queue->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -640,6 +655,15 @@ void add_api_routes(http::Router& router, Resources& resources, asio::io_context
   add_rollout_routes(router, resources);
   router.add("GET", "/api/v1/gpus", [&resources](Request&, ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(ok_json(gpus_json(resources)));
+  });
+  // Which server leads (holds /nebula/leader on etcd and runs the controller), and whether this
+  // one does.
+  router.add("GET", "/api/v1/leader", [&resources, &options](Request&, ResponseWriter& writer) -> awaitable<void> {
+    json answer{{"leading", options.is_leader ? options.is_leader() : true}, {"leader", ""}};
+    if (auto holder = resources.store().get(std::string(api::kKeyRoot) + "leader"); holder && holder->has_value()) {
+      answer["leader"] = (*holder)->value;
+    }
+    co_await writer.send(ok_json(answer));
   });
   router.add("GET", "/healthz", [](Request&, ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(Response::text(200, "ok\n"));

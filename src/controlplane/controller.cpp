@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <functional>
 #include <map>
+#include <utility>
 
 #include "common/ids.h"
 #include "controlplane/controlplane.h"
@@ -20,15 +21,35 @@ Controller::~Controller() {
 }
 
 void Controller::start() {
-  // Any change under /nebula/ (except events, which the controller writes itself) wakes the loop.
-  auto watch = resources_.store().watch(api::kKeyRoot, 0, [this](const store::WatchEvent& event) {
-    if (event.kv.key.rfind(api::store_prefix("events"), 0) == 0) return;
-    std::lock_guard lock(mutex_);
-    dirty_ = true;
-    wake_.notify_one();
-  });
-  if (watch) watch_ = std::move(*watch);
+  watch_changes();
   thread_ = std::thread([this] { run(); });
+}
+
+void Controller::watch_changes() {
+  // Any change under /nebula/ (except events, which the controller writes itself) wakes the loop.
+  // Every pass reads the store whole, so a lost watch misses nothing: it only wakes a pass.
+  auto watch = resources_.store().watch(
+      api::kKeyRoot, 0,
+      [this](const store::WatchEvent& event) {
+        if (event.kv.key.rfind(api::store_prefix("events"), 0) == 0) return;
+        std::lock_guard lock(mutex_);
+        dirty_ = true;
+        wake_.notify_one();
+      },
+      [this](const Error&) {
+        std::lock_guard lock(mutex_);
+        dirty_ = true;
+        watch_lost_ = true;
+        wake_.notify_one();
+      });
+  if (watch) {
+    if (watch_) watch_->cancel();
+    watch_ = std::move(*watch);
+  } else {
+    spdlog::warn("controller: cannot watch the store: {}", watch.error().message);
+    std::lock_guard lock(mutex_);
+    watch_lost_ = true;  // try again at the next pass
+  }
 }
 
 void Controller::stop() {
@@ -38,8 +59,9 @@ void Controller::stop() {
     stopping_ = true;
     wake_.notify_one();
   }
-  if (watch_) watch_->cancel();
+  // The thread first: it may be making the watch again.
   if (thread_.joinable()) thread_.join();
+  if (watch_) watch_->cancel();
 }
 
 void Controller::run() {
@@ -50,6 +72,12 @@ void Controller::run() {
       if (stopping_) return;
       dirty_ = false;
     }
+    bool rewatch = false;
+    {
+      std::lock_guard lock(mutex_);
+      rewatch = std::exchange(watch_lost_, false);
+    }
+    if (rewatch) watch_changes();
     try {
       reconcile();
     } catch (const std::exception& error) {

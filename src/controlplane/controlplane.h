@@ -41,6 +41,9 @@ struct Options {
   // no request is in flight to it (the in-process gateway's view), or after drain_timeout.
   std::chrono::milliseconds drain_timeout{60'000};
   std::function<bool(const std::string& replica)> replica_drained;
+  // Several servers on one etcd: whether this one leads (runs the controller), for
+  // GET /api/v1/leader. Unset: the only server, always the leader.
+  std::function<bool()> is_leader;
   // A rollout rolls back when a replica of the new plan crashed this many times (or cannot be
   // launched at all), or when no new replica was made for this long without it completing.
   int rollout_max_crashes = 2;
@@ -87,10 +90,13 @@ class Controller {
 
   Resources& resources_;
   Options options_;
+  // Watches every change; made again (on the controller's thread) when the store ends it.
+  void watch_changes();
   std::unique_ptr<store::WatchHandle> watch_;
   std::mutex mutex_;
   std::condition_variable wake_;
   bool dirty_ = true;
+  bool watch_lost_ = false;  // the store ended the watch (etcd): watch again
   bool stopping_ = false;
   std::thread thread_;
   // Nodes are judged on heartbeats only from node_timeout after this (wall ms): a server that was
