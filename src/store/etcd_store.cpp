@@ -726,7 +726,9 @@ Result<int64_t> EtcdStore::put(const std::string& key, const std::string& value,
   json request{{"key", base64_encode(key)}, {"value", base64_encode(value)}};
   if (lease != 0) request["lease"] = std::to_string(lease);
   if (precondition.mod_revision < 0) {
-    auto answer = impl_->call_blocking("/v3/kv/put", request, false);
+    // Sent again when the answer is lost (a member died, a leader election timed it out): the same
+    // value written twice changes nothing but the revision.
+    auto answer = impl_->call_blocking("/v3/kv/put", request, true);
     if (!answer) {
       if (answer.error().code == ErrorCode::NotFound) {
         return make_error(ErrorCode::NotFound, "store: lease " + std::to_string(lease) + " not found");

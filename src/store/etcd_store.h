@@ -11,8 +11,11 @@
 // tried. A watch whose stream breaks resumes on the next endpoint from the revision after the
 // last one it delivered; when etcd compacted that revision meanwhile the watch ends with
 // Compacted (WatchEndCallback).
-// Writes are retried on another endpoint only when the request could not be sent (connection
-// refused): a write whose answer was lost fails with Unavailable, its outcome unknown.
+// Reads and unconditional puts are retried on the next endpoint until request_timeout (a put
+// applied twice changes nothing but the revision). Compare-and-swap writes, deletes and lease
+// grants are retried only when the request could not be sent (connection refused): one whose
+// answer was lost fails with Unavailable, its outcome unknown, since a blind retry could answer
+// Conflict or NotFound for a write that took effect.
 #include <chrono>
 #include <cstdint>
 #include <memory>

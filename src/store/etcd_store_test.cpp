@@ -210,14 +210,15 @@ TEST_F(EtcdClusterTest, CompactionWhileAWatchIsAwayEndsItAndListWatchResyncs) {
   std::mutex mutex;
   std::vector<std::string> raw_keys;
   std::optional<Error> raw_end;
+  // From the writer's revision, not 0: the watcher's member may not have applied those puts yet.
   auto raw = watcher->watch(
-      "c/", 0,
+      "c/", writer->revision() + 1,
       [&](const WatchEvent& event) {
         {
           std::lock_guard lock(mutex);
           raw_keys.push_back(event.kv.key);
         }
-        gate.pass();
+        if (gated.load()) gate.pass();
       },
       [&](const Error& error) {
         std::lock_guard lock(mutex);
@@ -238,12 +239,24 @@ TEST_F(EtcdClusterTest, CompactionWhileAWatchIsAwayEndsItAndListWatchResyncs) {
     if (gated.load()) gate.pass();
   });
   ASSERT_TRUE(list_watch.start().ok());
+  // Whatever happens below, the watch thread is let go before the watches are cancelled.
+  struct OpenOnExit {
+    Gate& gate;
+    ~OpenOnExit() { gate.open(); }
+  } open_on_exit{gate};
   gated = true;
 
   ASSERT_TRUE(writer->put("c/kept", "2").ok());
   ASSERT_TRUE(gate.wait_arrival());
   cluster_->kill(0);
-  ASSERT_TRUE(writer->remove("c/gone").ok());
+  // The killed member may have been etcd's leader: a delete caught in the election fails with
+  // its outcome unknown, and is sent again (NotFound then means the first one took).
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto removed = writer->remove("c/gone");
+        return removed.ok() || removed.error().code == ErrorCode::NotFound;
+      },
+      20s, 10ms));
   ASSERT_TRUE(writer->put("c/new", "3").ok());
   ASSERT_TRUE(writer->put("c/kept", "4").ok());
   ASSERT_TRUE(writer->compact(writer->revision()).ok());
@@ -259,7 +272,8 @@ TEST_F(EtcdClusterTest, CompactionWhileAWatchIsAwayEndsItAndListWatchResyncs) {
   {
     std::lock_guard lock(mutex);
     EXPECT_EQ(raw_end->code, ErrorCode::Compacted) << raw_end->message;
-    EXPECT_EQ(raw_keys, (std::vector<std::string>{"c/kept"}));  // nothing after the end
+    // c/kept=2 if the dead member sent it before dying; nothing after it either way.
+    EXPECT_TRUE(raw_keys.empty() || raw_keys == std::vector<std::string>{"c/kept"}) << raw_keys.size();
   }
   ASSERT_TRUE(eventually([&] { return list_watch.resyncs() >= 1; }, 20s, 10ms));
   ASSERT_TRUE(eventually(
@@ -364,7 +378,8 @@ TEST(EtcdAuth, LogsInAndAgainOnAnotherMember) {
   ASSERT_TRUE(watch.ok()) << watch.error().message;
   // The member that issued the token dies: the next one takes it (or a new login).
   cluster.kill(0);
-  ASSERT_TRUE((*store)->put("b", "2").ok());
+  auto written = (*store)->put("b", "2");
+  ASSERT_TRUE(written.ok()) << written.error().message;
   EXPECT_NE((*store)->current_endpoint(), cluster.endpoint(0));
   ASSERT_TRUE(eventually([&] { return seen.load() >= 1; }, 20s, 10ms));
   EXPECT_EQ((*(*store)->get("b"))->value, "2");
