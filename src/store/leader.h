@@ -21,7 +21,7 @@ class LeaderElection {
   struct Options {
     std::string key = "/nebula/leader";
     std::string identity;  // what the key holds while this process leads (its URL, pid)
-    std::chrono::milliseconds ttl{3000};
+    std::chrono::milliseconds ttl{2000};
     // How often a follower tries to take the key, and a leader renews (ttl / 4 when 0).
     std::chrono::milliseconds retry_interval{250};
     std::chrono::milliseconds renew_interval{0};
