@@ -179,7 +179,32 @@ struct Agent::Impl final : SupervisorHost {
   bool refused = false;           // the server refused the join token: the agent has given up
   std::string heartbeat_problem;  // why the last heartbeat failed, "" when it went through
 
-  std::string api(const std::string& path) const { return options.server_url + "/api/v1" + path; }
+  // options.server_url may name several servers (sharing one etcd), comma-separated: requests go
+  // to one and move on to the next when it cannot be reached.
+  mutable std::vector<std::string> servers;
+  size_t server_index = 0;
+  const std::string& server_url() const {
+    if (servers.empty()) {
+      size_t start = 0;
+      while (start <= options.server_url.size()) {
+        size_t comma = options.server_url.find(',', start);
+        if (comma == std::string::npos) comma = options.server_url.size();
+        std::string url = options.server_url.substr(start, comma - start);
+        while (!url.empty() && url.back() == '/') url.pop_back();
+        if (!url.empty()) servers.push_back(url);
+        start = comma + 1;
+      }
+      if (servers.empty()) servers.push_back(options.server_url);
+    }
+    return servers[server_index % servers.size()];
+  }
+  void server_unreachable() {
+    if (servers.size() < 2) return;
+    std::string from = server_url();
+    ++server_index;
+    spdlog::warn("agent: {} cannot be reached; trying {}", from, server_url());
+  }
+  std::string api(const std::string& path) const { return server_url() + "/api/v1" + path; }
   // Files a driver writes for the replica's engine (llama-server's preset file); removed with it.
   std::string work_dir(const std::string& replica) const { return options.data_dir + "/work/" + replica; }
 
@@ -456,6 +481,7 @@ awaitable<bool> Agent::Impl::join() {
     // The state is the kind of failure (unreachable, or the HTTP status), not its exact words:
     // a refused connection and a reset one are the same news.
     std::string problem = response ? fmt::format("HTTP {}", response->status) : "unreachable";
+    if (!response) server_unreachable();
     milliseconds delay = backoff.next();
     if (problem != last_problem) {
       std::string detail = response ? error_message_of(response->body) : response.error().message;
@@ -499,6 +525,7 @@ awaitable<void> Agent::Impl::heartbeat_loop() {
     std::string problem;
     if (!response) {
       problem = "unreachable";
+      server_unreachable();
     } else if (response->status != 200) {
       problem = fmt::format("HTTP {}", response->status);
     }
@@ -527,6 +554,7 @@ awaitable<void> Agent::Impl::watch_loop() {
     auto listing = co_await client_.request("GET", api("/replicas?node=" + options.name), "", server_headers(false),
                                             milliseconds(10000));
     if (!listing || listing->status != 200) {
+      if (!listing) server_unreachable();
       co_await sleep_for(io, milliseconds(1000));
       continue;
     }

@@ -24,6 +24,8 @@ class Client;
 namespace nebula::agent {
 
 struct Options {
+  // One server, or several sharing one etcd store, comma-separated: the agent uses one and moves
+  // to the next when it cannot be reached.
   std::string server_url = "http://127.0.0.1:8080";
   std::string token;
   std::string name;      // node name; default: the host name

@@ -77,19 +77,37 @@ std::string bearer_token(const http::Request& request) {
 }
 
 Status KeyRing::start(store::Store& store) {
-  auto listing = store.list(kKeysPrefix);
-  if (!listing) return listing.error();
-  for (const auto& kv : listing->kvs) apply(kv.key, &kv.value);
-  auto watch = store.watch(kKeysPrefix, listing->revision + 1, [this](const store::WatchEvent& event) {
+  store_ = &store;
+  watch_ = std::make_unique<store::ListWatch>(store, kKeysPrefix, [this](const store::WatchEvent& event) {
     apply(event.kv.key, event.type == store::WatchEvent::Type::Put ? &event.kv.value : nullptr);
   });
-  if (!watch) return watch.error();
-  watch_ = std::move(*watch);
-  return {};
+  return watch_->start();
 }
 
 KeyRing::~KeyRing() {
-  if (watch_) watch_->cancel();
+  if (watch_) watch_->stop();
+}
+
+std::shared_ptr<const api::ApiKey> KeyRing::find_in_store(std::string_view secret, const std::string& hash) const {
+  // "nb-<id>_<hex>", the id made of lowercase letters and digits.
+  if (!store_ || secret.size() > 256 || secret.rfind("nb-", 0) != 0) return nullptr;
+  size_t underscore = secret.find('_', 3);
+  if (underscore == std::string_view::npos || underscore == 3) return nullptr;
+  std::string id(secret.substr(3, underscore - 3));
+  for (char c : id) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) return nullptr;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    if (hash_by_id_.count(id)) return nullptr;  // a known key with another secret (ids are never reused)
+  }
+  auto stored = store_->get(kKeysPrefix + id);
+  if (!stored || !stored->has_value()) return nullptr;
+  auto document = parse_json((*stored)->value);
+  if (!document) return nullptr;
+  auto key = api::api_key_from_json(*document);
+  if (!key || key->hash != hash) return nullptr;
+  return std::make_shared<const api::ApiKey>(std::move(*key));
 }
 
 void KeyRing::apply(const std::string& store_key, const std::string* value) {
@@ -115,20 +133,28 @@ Result<std::shared_ptr<const api::ApiKey>> KeyRing::authenticate(std::string_vie
                       "You didn't provide an API key. Send it as 'Authorization: Bearer nb-...'.");
   }
   std::string hash = sha256_hex(secret);
-  std::lock_guard lock(mutex_);
-  auto it = by_hash_.find(hash);
-  if (it == by_hash_.end()) return make_error(ErrorCode::Unauthenticated, "Incorrect API key provided.");
-  if (it->second->revoked) return make_error(ErrorCode::Unauthenticated, "This API key has been revoked.");
-  if (it->second->expires_ms > 0 && now_ms >= it->second->expires_ms) {
+  std::shared_ptr<const api::ApiKey> key;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = by_hash_.find(hash); it != by_hash_.end()) key = it->second;
+  }
+  // On a store whose watch delivers asynchronously (etcd), a key created an instant ago, here or
+  // on another server, may not be in the ring yet: an unknown secret is looked up in the store
+  // once (not cached: the watch brings it, in order with any later revocation).
+  if (!key) key = find_in_store(secret, hash);
+  if (!key) return make_error(ErrorCode::Unauthenticated, "Incorrect API key provided.");
+  if (key->revoked) return make_error(ErrorCode::Unauthenticated, "This API key has been revoked.");
+  if (key->expires_ms > 0 && now_ms >= key->expires_ms) {
     return make_error(ErrorCode::Unauthenticated, "This API key has expired.");
   }
-  const std::string& id = it->second->metadata.name;
+  std::lock_guard lock(mutex_);
+  const std::string& id = key->metadata.name;
   int64_t& last = last_use_[id];
   if (now_ms > last) {
     last = now_ms;
     unrecorded_[id] = now_ms;
   }
-  return it->second;
+  return key;
 }
 
 int64_t KeyRing::last_use(const std::string& id) const {

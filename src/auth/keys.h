@@ -8,6 +8,7 @@
 
 #include "api/keys.h"
 #include "http/http.h"
+#include "store/list_watch.h"
 #include "store/store.h"
 
 namespace nebula::auth {
@@ -44,13 +45,17 @@ class KeyRing {
 
  private:
   void apply(const std::string& key, const std::string* value);
+  // The stored key a well-formed secret names, when its hash matches: a key created elsewhere an
+  // instant ago that the watch has not brought yet. nullptr when there is none.
+  std::shared_ptr<const api::ApiKey> find_in_store(std::string_view secret, const std::string& hash) const;
+  store::Store* store_ = nullptr;
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<const api::ApiKey>> by_hash_;
   std::map<std::string, std::string> hash_by_id_;
   // Uses are noted under the lock authenticate() takes anyway: a map write per request.
   mutable std::map<std::string, int64_t> last_use_;
   mutable std::map<std::string, int64_t> unrecorded_;
-  std::unique_ptr<store::WatchHandle> watch_;
+  std::unique_ptr<store::ListWatch> watch_;
 };
 
 }  // namespace nebula::auth

@@ -31,7 +31,8 @@
 #include "gateway/gateway.h"
 #include "gateway/origin_guard.h"
 #include "mcp/mcp.h"
-#include "store/sqlite_store.h"
+#include "store/leader.h"
+#include "store/store.h"
 #include "webui/webui.h"
 #include "xtrace/xtrace.h"
 
@@ -147,7 +148,9 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
   app.add_option("--max-connections", flags.max_connections,
                  "Client connections at once; more get a fast 503 (default: half the open-file limit, less 48)");
   app.add_option("--data-dir", flags.data_dir, "Where state, logs and the join token live")->capture_default_str();
-  app.add_option("--store", flags.store, "State store: sqlite://PATH (default <data-dir>/nebula.db)");
+  app.add_option(
+      "--store", flags.store,
+      "State store: sqlite://PATH (default <data-dir>/nebula.db) or etcd://HOST:PORT[,HOST:PORT...][?options]");
   app.add_option("--log-level", flags.log_level, "trace, debug, info, warn or error")
       ->check(log_level_value())
       ->capture_default_str();
@@ -292,17 +295,12 @@ class ServerRuntime {
     if (auto valid = gateway::validate(origin_options); !valid) return valid.error();
     auto node_timeout = parse_duration(flags.node_timeout);
     if (!node_timeout) return node_timeout.error();
-    std::string store_path = flags.data_dir + "/nebula.db";
-    if (!flags.store.empty()) {
-      if (flags.store.rfind("sqlite://", 0) != 0) {
-        return make_error(ErrorCode::InvalidArgument,
-                          "unsupported --store '" + flags.store + "' (this build supports sqlite://PATH)");
-      }
-      store_path = flags.store.substr(9);
+    std::string store_url = flags.store.empty() ? "sqlite://" + flags.data_dir + "/nebula.db" : flags.store;
+    if (store_url.rfind("sqlite://", 0) == 0 && store_url.size() > 9) {
+      if (auto made = make_private(store_url.substr(9)); !made) return made;
     }
-    if (auto made = make_private(store_path); !made) return made;
-    auto store = store::SqliteStore::open(store_path);
-    if (!store) return store.error();
+    auto store = store::open(store_url);
+    if (!store) return make_error(store.error().code, "--store: " + store.error().message);
     store_ = std::move(*store);
     auto token = load_join_token(flags.data_dir);
     if (!token) return token.error();
@@ -361,6 +359,7 @@ class ServerRuntime {
         return client->value("scheduler", query, std::to_string(gpu), std::chrono::system_clock::now());
       };
     }
+    options_.is_leader = [this] { return !election_ || election_->is_leader(); };
     http::Router router;
     controlplane::add_api_routes(router, *resources_, io_, options_);
     gateway_->add_routes(router);
@@ -395,11 +394,30 @@ class ServerRuntime {
     url_ = "http://" + HostPort{host, *port}.to_string();
     // A draining replica stops as soon as this gateway has no request in flight to it.
     options_.replica_drained = [this](const std::string& replica) { return gateway_->table().drained(replica); };
-    controller_ = std::make_unique<controlplane::Controller>(*resources_, options_);
-    controller_->start();
+    if (store_url.rfind("etcd://", 0) == 0) {
+      // Several servers may share the cluster: all serve the API and the gateway, only the leader
+      // runs the controller (and with it the scheduler).
+      store::LeaderElection::Options election;
+      election.identity = url_ + " pid " + std::to_string(getpid());
+      election_ = std::make_unique<store::LeaderElection>(
+          *store_, election,
+          [this] {
+            controller_ = std::make_unique<controlplane::Controller>(*resources_, options_);
+            controller_->start();
+          },
+          [this] {
+            if (controller_) controller_->stop();
+            controller_.reset();
+          });
+      election_->start();
+    } else {
+      controller_ = std::make_unique<controlplane::Controller>(*resources_, options_);
+      controller_->start();
+    }
     thread_ = std::thread([this] { io_.run(); });
-    spdlog::info("nebula server listening on {} (store {}, at most {} connections)", url_, store_path,
-                 server_->max_connections());
+    // The options may hold a password: not logged.
+    spdlog::info("nebula server listening on {} (store {}, at most {} connections)", url_,
+                 store_url.substr(0, store_url.find('?')), server_->max_connections());
     return {};
   }
 
@@ -413,6 +431,7 @@ class ServerRuntime {
   }
 
   void stop() {
+    if (election_) election_->stop();  // steps down: the next server need not wait for the lease
     if (controller_) controller_->stop();
     if (gateway_) gateway_->stop();  // flushes pending usage
     if (server_) server_->stop();
@@ -429,12 +448,13 @@ class ServerRuntime {
  private:
   asio::io_context io_;
   asio::executor_work_guard<asio::io_context::executor_type> work_{io_.get_executor()};
-  std::unique_ptr<store::SqliteStore> store_;
+  std::unique_ptr<store::Store> store_;
   controlplane::Options options_;
   std::unique_ptr<controlplane::Resources> resources_;
   std::unique_ptr<gateway::Gateway> gateway_;
   std::unique_ptr<http::Server> server_;
   std::unique_ptr<controlplane::Controller> controller_;
+  std::unique_ptr<store::LeaderElection> election_;  // on etcd only; it starts and stops controller_
   std::thread thread_;
   std::string url_;
   std::string auth_;
@@ -829,7 +849,7 @@ int run_agent(int argc, char** argv) {
   std::string data_dir;
   AgentFlags flags;
   bool exit_with_parent = false;
-  app.add_option("--server", server, "Server URL (or `server:` in agent.yaml)");
+  app.add_option("--server", server, "Server URL, or several comma-separated (or `server:` in agent.yaml)");
   app.add_option("--token", token, "Join token from `nebula token create` or the server's start message");
   app.add_option("--name", options.name, "Node name (default: the host name)");
   app.add_option("--listen", listen, "Address for the agent's logs, health and metrics (default 127.0.0.1:9091)");

@@ -118,6 +118,9 @@ struct WatchQueue {
   std::deque<store::WatchEvent> events;
   size_t bytes = 0;
   bool overflowed = false;
+  // The store ended the watch (etcd compacted what it still had to send): the stream ends after
+  // the events queued, and the client lists again, as after any broken watch.
+  bool ended = false;
 };
 
 // Could the event concern the node? A cheap test on the raw documents (the name must appear in
@@ -166,23 +169,32 @@ http::Headers text_headers() {
 awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const std::string& prefix, int64_t from,
                             const std::string& node, ResponseWriter& writer) {
   auto queue = std::make_shared<WatchQueue>(io, node);
-  auto watch = resources.store().watch(prefix, from, [queue](const store::WatchEvent& event) {
-    if (!queue->node.empty() && !may_concern(event, queue->node)) return;
-    {
-      std::lock_guard lock(queue->mutex);
-      if (queue->overflowed) return;
-      size_t size = event.kv.key.size() + event.kv.value.size() + (event.prev ? event.prev->value.size() : 0);
-      if (queue->bytes + size > kWatchQueueLimit) {
-        queue->overflowed = true;
-        queue->events.clear();
-        queue->bytes = 0;
-      } else {
-        queue->events.push_back(event);
-        queue->bytes += size;
-      }
-    }
-    asio::post(queue->io, [queue] { queue->timer.cancel(); });
-  });
+  auto watch = resources.store().watch(
+      prefix, from,
+      [queue](const store::WatchEvent& event) {
+        if (!queue->node.empty() && !may_concern(event, queue->node)) return;
+        {
+          std::lock_guard lock(queue->mutex);
+          if (queue->overflowed) return;
+          size_t size = event.kv.key.size() + event.kv.value.size() + (event.prev ? event.prev->value.size() : 0);
+          if (queue->bytes + size > kWatchQueueLimit) {
+            queue->overflowed = true;
+            queue->events.clear();
+            queue->bytes = 0;
+          } else {
+            queue->events.push_back(event);
+            queue->bytes += size;
+          }
+        }
+        asio::post(queue->io, [queue] { queue->timer.cancel(); });
+      },
+      [queue](const Error&) {
+        {
+          std::lock_guard lock(queue->mutex);
+          queue->ended = true;
+        }
+        asio::post(queue->io, [queue] { queue->timer.cancel(); });
+      });
   if (!watch) {
     co_await writer.send(error_response(watch.error()));
     co_return;
@@ -195,6 +207,7 @@ awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const st
   while (!writer.client_gone()) {
     std::string batch;
     bool more = false;
+    bool ended = false;
     {
       std::lock_guard lock(queue->mutex);
       if (queue->overflowed) {
@@ -208,12 +221,14 @@ awaitable<void> serve_watch(Resources& resources, asio::io_context& io, const st
         queue->events.pop_front();
       }
       more = !queue->events.empty();
+      ended = queue->ended;
     }
     if (!batch.empty()) {
       if (!co_await writer.write(batch)) break;
       continue;
     }
     if (more) continue;
+    if (ended) break;
     queue->timer.expires_after(std::chrono::seconds(15));
     boost::system::error_code ec;
     co_await queue->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -789,6 +804,15 @@ void add_api_routes(http::Router& router, Resources& resources, asio::io_context
   add_sleep_routes(router, resources);
   router.add("GET", "/api/v1/gpus", [&resources](Request&, ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(ok_json(gpus_json(resources)));
+  });
+  // Which server leads (holds /nebula/leader on etcd and runs the controller), and whether this
+  // one does.
+  router.add("GET", "/api/v1/leader", [&resources, &options](Request&, ResponseWriter& writer) -> awaitable<void> {
+    json answer{{"leading", options.is_leader ? options.is_leader() : true}, {"leader", ""}};
+    if (auto holder = resources.store().get(std::string(api::kKeyRoot) + "leader"); holder && holder->has_value()) {
+      answer["leader"] = (*holder)->value;
+    }
+    co_await writer.send(ok_json(answer));
   });
   router.add("GET", "/healthz", [](Request&, ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(Response::text(200, "ok\n"));

@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <utility>
 
 #include "common/ids.h"
 #include "controlplane/controlplane.h"

@@ -44,6 +44,9 @@ struct Options {
   // no request is in flight to it (the in-process gateway's view), or after drain_timeout.
   std::chrono::milliseconds drain_timeout{60'000};
   std::function<bool(const std::string& replica)> replica_drained;
+  // Several servers on one etcd: whether this one leads (runs the controller), for
+  // GET /api/v1/leader. Unset: the only server, always the leader.
+  std::function<bool()> is_leader;
   // A rollout rolls back when a replica of the new plan crashed this many times (or cannot be
   // launched at all), or when no new replica was made for this long without it completing.
   int rollout_max_crashes = 2;

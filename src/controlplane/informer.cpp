@@ -69,7 +69,14 @@ Informer::~Informer() {
 }
 
 Status Informer::start(std::function<void()> on_change) {
-  if (watch_) return {};
+  if (started_) return {};
+  on_change_ = std::move(on_change);
+  auto listed = list_and_watch();
+  if (listed) started_ = true;
+  return listed;
+}
+
+Status Informer::list_and_watch() {
   auto listing = store_.list(api::kKeyRoot);
   if (!listing) return listing.error();
   {
@@ -78,9 +85,11 @@ Status Informer::start(std::function<void()> on_change) {
       if (kept(kv.key)) queued_.push_back(Change{true, kv.key, kv.value, kv.mod_revision});
     }
     seen_revision_ = listing->revision;
+    watch_ended_ = false;
   }
   auto watch = store_.watch(
-      api::kKeyRoot, listing->revision + 1, [this, on_change = std::move(on_change)](const store::WatchEvent& event) {
+      api::kKeyRoot, listing->revision + 1,
+      [this](const store::WatchEvent& event) {
         bool put = event.type == store::WatchEvent::Type::Put;
         {
           std::lock_guard lock(mutex_);
@@ -90,20 +99,55 @@ Status Informer::start(std::function<void()> on_change) {
           seen_revision_ = std::max(seen_revision_, event.kv.mod_revision);
         }
         arrived_.notify_all();
-        if (on_change && wakes(event.kv.key)) on_change();
+        if (on_change_ && wakes(event.kv.key)) on_change_();
+      },
+      [this](const Error& error) {
+        spdlog::warn("controller: the store ended its watch ({}); listing again", error.message);
+        {
+          std::lock_guard lock(mutex_);
+          watch_ended_ = true;
+        }
+        arrived_.notify_all();
+        if (on_change_) on_change_();
       });
   if (!watch) return watch.error();
   watch_ = std::move(*watch);
   return {};
 }
 
+void Informer::relist() {
+  if (watch_) watch_->cancel();
+  watch_.reset();
+  {
+    std::lock_guard lock(mutex_);
+    queued_.clear();
+  }
+  nodes_.clear();
+  deployments_.clear();
+  replicas_.clear();
+  leases_.clear();
+  events_.clear();
+  ++capacity_generation_;  // what was freed in the gap is unknown: retry what did not fit
+  if (auto listed = list_and_watch(); !listed) {
+    spdlog::error("controller: cannot list the store again: {}", listed.error().message);
+    std::lock_guard lock(mutex_);
+    watch_ended_ = true;  // try again at the next sync
+  }
+}
+
 bool Informer::sync(std::chrono::milliseconds limit) {
+  bool ended = false;
+  {
+    std::lock_guard lock(mutex_);
+    ended = watch_ended_;
+  }
+  if (ended) relist();
   int64_t target = store_.revision();
   std::deque<Change> changes;
   bool complete = true;
   {
     std::unique_lock lock(mutex_);
-    complete = arrived_.wait_for(lock, limit, [&] { return seen_revision_ >= target; });
+    complete = arrived_.wait_for(lock, limit, [&] { return seen_revision_ >= target || watch_ended_; });
     changes.swap(queued_);
   }
   for (const auto& change : changes) apply(change);

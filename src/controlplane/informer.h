@@ -36,7 +36,7 @@ class Informer {
   // the committing thread for each change the controller acts on (nodes' status or spec,
   // deployments, replicas, modes), not for node lease renewals, events or keys it does not read.
   Status start(std::function<void()> on_change = {});
-  bool started() const { return watch_ != nullptr; }
+  bool started() const { return started_; }
   // Applies every change up to the store's current revision, waiting up to `limit` for changes a
   // store delivers asynchronously; false if they did not all arrive in time (what did is applied).
   bool sync(std::chrono::milliseconds limit = std::chrono::milliseconds(500));
@@ -61,14 +61,21 @@ class Informer {
     int64_t revision = 0;
   };
   void apply(const Change& change);
+  // Lists the resources into queued_ and watches from the listing's revision on.
+  Status list_and_watch();
+  // The store ended the watch (EtcdStore, its history compacted): forget everything, list again.
+  void relist();
 
   store::Store& store_;
   std::unique_ptr<store::WatchHandle> watch_;
+  std::function<void()> on_change_;
+  bool started_ = false;
   // Filled by the watch callback.
   std::mutex mutex_;
   std::condition_variable arrived_;
   std::deque<Change> queued_;
   int64_t seen_revision_ = 0;  // the newest revision the watch delivered (or the listing's)
+  bool watch_ended_ = false;   // set by the store's end-of-watch callback; sync() lists again
   // The controller thread's.
   std::map<std::string, api::Node> nodes_;
   std::map<std::string, api::Deployment> deployments_;

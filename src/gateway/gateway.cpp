@@ -65,27 +65,23 @@ void Gateway::stop() {
   for (auto* timer : {activity_timer_.get(), watch_timer_.get(), scrape_timer_.get()}) {
     if (timer) asio::post(io_, [timer] { timer->cancel(); });
   }
-  if (watch_) watch_->cancel();
-  watch_.reset();
+  for (auto& watch : watches_) watch->stop();
+  watches_.clear();
   usage_.stop();
   flush_access_log();
 }
 
 Status Gateway::start() {
-  int64_t first_listing = -1;
+  // Each prefix listed, then watched from its listing's revision (relisted when the store ends
+  // the watch); the table applies whole documents, so each key ends where the store has it.
   for (const char* plural : {"deployments", "replicas"}) {
-    auto listing = store_.list(api::store_prefix(plural));
-    if (!listing) return listing.error();
-    if (first_listing < 0) first_listing = listing->revision;
-    for (const auto& kv : listing->kvs) table_.apply(kv.key, &kv.value);
+    auto watch =
+        std::make_unique<store::ListWatch>(store_, api::store_prefix(plural), [this](const store::WatchEvent& event) {
+          table_.apply(event.kv.key, event.type == store::WatchEvent::Type::Put ? &event.kv.value : nullptr);
+        });
+    if (auto started = watch->start(); !started) return started.error();
+    watches_.push_back(std::move(watch));
   }
-  // Replaying every change after the first listing closes the gap between the listings and the
-  // watch; applying whole documents in revision order makes the replay idempotent.
-  auto watch = store_.watch(api::kKeyRoot, first_listing + 1, [this](const store::WatchEvent& event) {
-    table_.apply(event.kv.key, event.type == store::WatchEvent::Type::Put ? &event.kv.value : nullptr);
-  });
-  if (!watch) return watch.error();
-  watch_ = std::move(*watch);
   // A replica that became Ready may serve queued requests: wake the queue on the I/O thread.
   // A deleted deployment's policy goes with it.
   table_.set_on_change([this](const std::string& deployment) {

@@ -30,6 +30,7 @@
 #include "http/http.h"
 #include "router/endpoint_table.h"
 #include "router/policy.h"
+#include "store/list_watch.h"
 #include "store/store.h"
 
 namespace spdlog {
@@ -208,7 +209,8 @@ class Gateway {
   Metrics metrics_;
   std::unique_ptr<http::Client> client_;
   ResponseStore responses_;  // I/O thread only
-  std::unique_ptr<store::WatchHandle> watch_;
+  // Deployments and replicas, relisted when the store ends a watch (etcd compaction).
+  std::vector<std::unique_ptr<store::ListWatch>> watches_;
   std::map<std::string, std::list<Waiter*>> queues_;  // per deployment; I/O thread only
   struct DeploymentPolicy {
     std::string spec;  // the spec.routing it was made for (a refused one included)

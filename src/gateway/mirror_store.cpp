@@ -375,7 +375,8 @@ int64_t MirrorStore::revision() {
 }
 
 Result<std::unique_ptr<store::WatchHandle>> MirrorStore::watch(const std::string& prefix, int64_t from_revision,
-                                                               store::WatchCallback callback) {
+                                                               store::WatchCallback callback,
+                                                               store::WatchEndCallback /*on_end*/) {
   std::lock_guard lock(mutex_);
   if (from_revision > 0 && from_revision <= revision_) {
     if (!history_.empty() && history_.front().kv.mod_revision > from_revision) {

@@ -59,8 +59,10 @@ class MirrorStore final : public store::Store {
   Result<int64_t> remove(const std::string& key,
                          store::Precondition precondition = store::Precondition::none()) override;
   int64_t revision() override;
+  // Its watches never end: a broken watch of the server is healed by a listing delivered as events.
   Result<std::unique_ptr<store::WatchHandle>> watch(const std::string& prefix, int64_t from_revision,
-                                                    store::WatchCallback callback) override;
+                                                    store::WatchCallback callback,
+                                                    store::WatchEndCallback on_end = {}) override;
   Result<int64_t> grant_lease(int64_t ttl_ms) override;
   Status keep_alive(int64_t lease) override;
   Status revoke_lease(int64_t lease) override;

@@ -168,6 +168,14 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
                           "cannot load the CA certificates in " + options.ca_file + ": " + ec.message());
       }
     }
+    if (!options.cert_file.empty()) {
+      context->use_certificate_chain_file(options.cert_file, ec);
+      if (!ec) context->use_private_key_file(options.key_file, ssl::context::pem, ec);
+      if (ec) {
+        return make_error(ErrorCode::InvalidArgument, "cannot load the client certificate " + options.cert_file +
+                                                          " and key " + options.key_file + ": " + ec.message());
+      }
+    }
     tls = context;
     return tls;
   }

@@ -201,6 +201,10 @@ struct ClientOptions {
   // system CA store and, when set, the CA certificates in this PEM file too (a private CA, or a
   // test's).
   std::string ca_file;
+  // A client certificate (PEM chain) and its private key, presented to servers that ask for one
+  // (etcd with --client-cert-auth). Both or neither.
+  std::string cert_file;
+  std::string key_file;
 };
 
 class StreamingResponse {

@@ -57,7 +57,8 @@ int64_t MemoryStore::revision() {
 }
 
 Result<std::unique_ptr<WatchHandle>> MemoryStore::watch(const std::string& prefix, int64_t from_revision,
-                                                        WatchCallback callback) {
+                                                        WatchCallback callback,
+                                                        WatchEndCallback /*on_end: never ends by itself*/) {
   std::lock_guard lock(mu_);
   if (auto status = check_watch_from(from_revision, compacted_revision_); !status) return status.error();
   if (from_revision != 0 && from_revision <= revision_) {

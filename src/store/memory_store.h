@@ -25,8 +25,8 @@ class MemoryStore final : public Store {
                       Precondition precondition = Precondition::none(), int64_t lease = 0) override;
   Result<int64_t> remove(const std::string& key, Precondition precondition = Precondition::none()) override;
   int64_t revision() override;
-  Result<std::unique_ptr<WatchHandle>> watch(const std::string& prefix, int64_t from_revision,
-                                             WatchCallback callback) override;
+  Result<std::unique_ptr<WatchHandle>> watch(const std::string& prefix, int64_t from_revision, WatchCallback callback,
+                                             WatchEndCallback on_end = {}) override;
   Result<int64_t> grant_lease(int64_t ttl_ms) override;
   Status keep_alive(int64_t lease) override;
   Status revoke_lease(int64_t lease) override;

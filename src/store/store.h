@@ -2,7 +2,8 @@
 // The versioned key-value store with watch (DESIGN.md §2): the shape of etcd v3.
 // Every mutation gets the next store-wide revision. Watches deliver every change after a
 // revision, in revision order, exactly once. Implementations: SqliteStore (durable, WAL),
-// MemoryStore (tests). Control-plane logic is written once against Store.
+// EtcdStore (several servers on one etcd cluster), MemoryStore (tests). Control-plane logic is
+// written once against Store.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -47,9 +48,17 @@ struct ListResult {
 };
 
 // Called for each event, on the thread that committed the change (or, for replayed history, on the
-// thread that called watch()), while the store holds its lock: keep it short and never call back
+// thread that called watch(); EtcdStore: on its own watch thread, after watch() returned), while
+// the store holds its lock: keep it short and never call back
 // into the store from it. Events arrive in strictly increasing revision order.
 using WatchCallback = std::function<void(const WatchEvent&)>;
+
+// Called at most once, from the store's own thread, when a watch ends by itself: EtcdStore ends
+// a watch with Compacted when etcd compacted the revisions it had still to deliver (it was away
+// on a lost member, or too slow). No event follows; the watcher resyncs from a fresh list and
+// watches again. MemoryStore and SqliteStore never end a watch by themselves. Same rules as the
+// WatchCallback: short, and never back into the store.
+using WatchEndCallback = std::function<void(const Error&)>;
 
 // Cancels the watch when destroyed. After cancel() returns, the callback is not running and will
 // not be called again.
@@ -76,9 +85,9 @@ class Store {
 
   // Watches keys starting with prefix. from_revision: deliver every event with revision >=
   // from_revision first (history), then live events; 0 = live events only. Fails with Compacted
-  // when from_revision is older than the history kept.
+  // when from_revision is older than the history kept. on_end: see WatchEndCallback.
   virtual Result<std::unique_ptr<WatchHandle>> watch(const std::string& prefix, int64_t from_revision,
-                                                     WatchCallback callback) = 0;
+                                                     WatchCallback callback, WatchEndCallback on_end = {}) = 0;
 
   // Leases: keys put with a lease are deleted when it expires (expire_leases) or is revoked.
   // ttl in milliseconds. Returns the lease id.
@@ -86,7 +95,8 @@ class Store {
   virtual Status keep_alive(int64_t lease) = 0;
   virtual Status revoke_lease(int64_t lease) = 0;
   // Deletes keys of leases whose deadline passed; returns how many leases expired. The owner of
-  // the store calls this periodically (it uses the Clock given at construction).
+  // the store calls this periodically (it uses the Clock given at construction). EtcdStore: etcd
+  // expires leases on its own clock; this does nothing and returns 0.
   virtual int expire_leases() = 0;
 };
 
@@ -96,5 +106,10 @@ class Store {
 // Conflict after `attempts` lost races.
 using Change = std::function<Result<std::optional<std::string>>(const std::optional<std::string>& current)>;
 Result<int64_t> update(Store& store, const std::string& key, const Change& change, int attempts = 16);
+
+// Opens the store a URL names: sqlite://PATH (the file is created when missing) or
+// etcd://HOST:PORT[,HOST:PORT...][?options] (options in etcd_store.h). InvalidArgument, saying what
+// is accepted, for any other URL; Unavailable when no etcd member answers.
+Result<std::unique_ptr<Store>> open(const std::string& url);
 
 }  // namespace nebula::store

@@ -1,0 +1,430 @@
+#include "store/etcd_store.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "common/json.h"
+#include "etcd_cluster.h"
+#include "http/http.h"
+#include "process_helpers.h"
+#include "store/list_watch.h"
+
+namespace nebula::store {
+namespace {
+
+using namespace std::chrono_literals;
+using nebula::testing::EtcdCluster;
+using nebula::testing::eventually;
+
+TEST(EtcdUrl, ParsesEndpointsAndOptions) {
+  auto plain = parse_etcd_url("etcd://127.0.0.1:2379,db2:2380");
+  ASSERT_TRUE(plain.ok()) << plain.error().message;
+  EXPECT_EQ(plain->endpoints, (std::vector<std::string>{"http://127.0.0.1:2379", "http://db2:2380"}));
+  EXPECT_TRUE(plain->user.empty());
+
+  auto secure =
+      parse_etcd_url("etcd://[::1]:2379/?ca=/ca.pem&cert=/c.pem&key=/k.pem&user=root&password=pw&timeout_ms=500");
+  ASSERT_TRUE(secure.ok()) << secure.error().message;
+  EXPECT_EQ(secure->endpoints, (std::vector<std::string>{"https://[::1]:2379"}));
+  EXPECT_EQ(secure->ca_file, "/ca.pem");
+  EXPECT_EQ(secure->cert_file, "/c.pem");
+  EXPECT_EQ(secure->key_file, "/k.pem");
+  EXPECT_EQ(secure->user, "root");
+  EXPECT_EQ(secure->password, "pw");
+  EXPECT_EQ(secure->request_timeout, 500ms);
+  EXPECT_EQ(parse_etcd_url("etcd://h:1?tls=1")->endpoints[0], "https://h:1");
+}
+
+TEST(EtcdUrl, RejectsBadUrls) {
+  for (const char* bad :
+       {"etcd://", "etcd://,", "etcd://h", "etcd://h:", "etcd://h:0", "etcd://h:65536", "etcd://h:12x", "etcd://:2379",
+        "etcd://h:1,", "etcd://us@h:1", "etcd://h/x:1", "etcd://h:1?nope=1", "etcd://h:1?tls=maybe",
+        "etcd://h:1?user=a", "etcd://h:1?cert=/c.pem", "etcd://h:1?timeout_ms=-5", "etcd://h:1?timeout_ms=99999999999",
+        "etcd://h:1?ca", "http://h:1"}) {
+    auto parsed = parse_etcd_url(bad);
+    ASSERT_FALSE(parsed.ok()) << bad;
+    EXPECT_EQ(parsed.error().code, ErrorCode::InvalidArgument) << bad;
+    EXPECT_NE(parsed.error().message.find("bad etcd URL"), std::string::npos) << parsed.error().message;
+  }
+}
+
+TEST(StoreOpen, SaysWhatItAccepts) {
+  for (const char* bad : {"", "mysql://db", "sqlite://", "sqlite:/x", "etcd://nohost", "ETCD://h:1"}) {
+    auto opened = open(bad);
+    ASSERT_FALSE(opened.ok()) << bad;
+    EXPECT_EQ(opened.error().code, ErrorCode::InvalidArgument) << bad;
+  }
+  EXPECT_NE(open("mysql://db").error().message.find("sqlite://PATH or etcd://"), std::string::npos);
+}
+
+TEST(StoreOpen, OpensSqlite) {
+  nebula::testing::TempDir dir;
+  auto opened = open("sqlite://" + dir.path() + "/s.db");
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  EXPECT_EQ(*(*opened)->put("k", "v"), 1);
+}
+
+TEST(StoreOpen, UnreachableEtcdFailsClearly) {
+  int port = nebula::testing::free_port();
+  auto opened = open("etcd://127.0.0.1:" + std::to_string(port) + "?timeout_ms=300");
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.error().code, ErrorCode::Unavailable);
+  EXPECT_NE(opened.error().message.find("127.0.0.1:" + std::to_string(port)), std::string::npos)
+      << opened.error().message;
+}
+
+// A real 3-member cluster; each test gets a fresh one.
+class EtcdClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed (not on PATH)";
+    cluster_ = std::make_unique<EtcdCluster>(3);
+  }
+  std::unique_ptr<EtcdStore> open_store(std::vector<int> members) {
+    EtcdOptions options;
+    for (int member : members) options.endpoints.push_back(cluster_->endpoint(member));
+    options.request_timeout = 10s;
+    auto store = EtcdStore::open(options);
+    if (!store) throw std::runtime_error(store.error().message);
+    return std::move(store).value();
+  }
+  std::unique_ptr<EtcdCluster> cluster_;
+};
+
+// Holds the watch's thread inside a callback until released: the watch is "away" meanwhile.
+class Gate {
+ public:
+  void close() {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+  }
+  // Called from the callback: notes the arrival and waits while the gate is closed.
+  void pass() {
+    std::unique_lock lock(mutex_);
+    ++waiting_;
+    changed_.notify_all();
+    changed_.wait(lock, [this] { return !closed_; });
+  }
+  bool wait_arrival() {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, 10s, [this] { return waiting_ > 0; });
+  }
+  void open() {
+    std::lock_guard lock(mutex_);
+    closed_ = false;
+    changed_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool closed_ = false;
+  int waiting_ = 0;
+};
+
+TEST_F(EtcdClusterTest, MemberKilledMidWatchAndMidWriteLosesAndRepeatsNothing) {
+  auto watcher = open_store({0, 1, 2});
+  auto writer = open_store({0, 1, 2});
+  std::mutex mutex;
+  std::vector<int64_t> revisions;
+  auto watch = watcher->watch("k/", 0, [&](const WatchEvent& event) {
+    std::lock_guard lock(mutex);
+    revisions.push_back(event.kv.mod_revision);
+  });
+  ASSERT_TRUE(watch.ok()) << watch.error().message;
+
+  // Each write is retried until acknowledged; a retried one may have been applied twice, which
+  // shows as one more revision, never as a gap.
+  std::atomic<bool> stop{false};
+  std::atomic<int> acknowledged{0};
+  std::map<std::string, std::string> written;
+  std::mutex written_mutex;
+  std::thread writes([&] {
+    for (int i = 0; !stop.load(); ++i) {
+      std::string key = "k/" + std::to_string(i);
+      while (!stop.load()) {
+        if (writer->put(key, "v" + std::to_string(i)).ok()) {
+          std::lock_guard lock(written_mutex);
+          written[key] = "v" + std::to_string(i);
+          acknowledged.fetch_add(1);
+          break;
+        }
+      }
+    }
+  });
+  auto count = [&] {
+    std::lock_guard lock(mutex);
+    return revisions.size();
+  };
+  ASSERT_TRUE(eventually([&] { return count() >= 20; }, 20s, 5ms));
+  cluster_->kill(0);
+  int before = acknowledged.load();
+  bool progressed = eventually([&] { return acknowledged.load() >= before + 40; }, 30s, 10ms);
+  stop = true;
+  writes.join();
+  ASSERT_TRUE(progressed) << "writes did not resume on the other members";
+  EXPECT_NE(writer->current_endpoint(), cluster_->endpoint(0));
+
+  int64_t last = writer->revision();
+  ASSERT_TRUE(eventually(
+      [&] {
+        std::lock_guard lock(mutex);
+        return !revisions.empty() && revisions.back() >= last;
+      },
+      20s, 10ms));
+  EXPECT_NE(watcher->current_endpoint(), cluster_->endpoint(0));
+  std::lock_guard lock(mutex);
+  ASSERT_FALSE(revisions.empty());
+  for (size_t i = 1; i < revisions.size(); ++i) {
+    ASSERT_EQ(revisions[i], revisions[i - 1] + 1) << "at event " << i;
+  }
+  EXPECT_EQ(revisions.back(), last);
+  // Every acknowledged write is there.
+  auto listing = writer->list("k/");
+  ASSERT_TRUE(listing.ok());
+  std::map<std::string, std::string> stored;
+  for (const auto& kv : listing->kvs) stored[kv.key] = kv.value;
+  std::lock_guard written_lock(written_mutex);
+  for (const auto& [key, value] : written) EXPECT_EQ(stored[key], value) << key;
+}
+
+TEST_F(EtcdClusterTest, CompactionWhileAWatchIsAwayEndsItAndListWatchResyncs) {
+  auto watcher = open_store({0, 1});
+  auto writer = open_store({1, 2});
+  ASSERT_TRUE(writer->put("c/gone", "x").ok());
+  ASSERT_TRUE(writer->put("c/kept", "1").ok());
+
+  // A raw watch, and a consumer on ListWatch, both held inside a callback while their member dies
+  // and the revisions they have still to see are compacted.
+  Gate gate;
+  gate.close();
+  std::atomic<bool> gated{false};
+  std::mutex mutex;
+  std::vector<std::string> raw_keys;
+  std::optional<Error> raw_end;
+  // From the writer's revision, not 0: the watcher's member may not have applied those puts yet.
+  auto raw = watcher->watch(
+      "c/", writer->revision() + 1,
+      [&](const WatchEvent& event) {
+        {
+          std::lock_guard lock(mutex);
+          raw_keys.push_back(event.kv.key);
+        }
+        if (gated.load()) gate.pass();
+      },
+      [&](const Error& error) {
+        std::lock_guard lock(mutex);
+        raw_end = error;
+      });
+  ASSERT_TRUE(raw.ok()) << raw.error().message;
+
+  std::map<std::string, std::string> mirror;
+  ListWatch list_watch(*watcher, "c/", [&](const WatchEvent& event) {
+    {
+      std::lock_guard lock(mutex);
+      if (event.type == WatchEvent::Type::Put) {
+        mirror[event.kv.key] = event.kv.value;
+      } else {
+        mirror.erase(event.kv.key);
+      }
+    }
+    if (gated.load()) gate.pass();
+  });
+  ASSERT_TRUE(list_watch.start().ok());
+  // Whatever happens below, the watch thread is let go before the watches are cancelled.
+  struct OpenOnExit {
+    Gate& gate;
+    ~OpenOnExit() { gate.open(); }
+  } open_on_exit{gate};
+  gated = true;
+
+  ASSERT_TRUE(writer->put("c/kept", "2").ok());
+  ASSERT_TRUE(gate.wait_arrival());
+  cluster_->kill(0);
+  // The killed member may have been etcd's leader: a delete caught in the election fails with
+  // its outcome unknown, and is sent again (NotFound then means the first one took).
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto removed = writer->remove("c/gone");
+        return removed.ok() || removed.error().code == ErrorCode::NotFound;
+      },
+      20s, 10ms));
+  ASSERT_TRUE(writer->put("c/new", "3").ok());
+  ASSERT_TRUE(writer->put("c/kept", "4").ok());
+  ASSERT_TRUE(writer->compact(writer->revision()).ok());
+  gated = false;
+  gate.open();
+
+  ASSERT_TRUE(eventually(
+      [&] {
+        std::lock_guard lock(mutex);
+        return raw_end.has_value();
+      },
+      20s, 10ms));
+  {
+    std::lock_guard lock(mutex);
+    EXPECT_EQ(raw_end->code, ErrorCode::Compacted) << raw_end->message;
+    // c/kept=2 if the dead member sent it before dying; nothing after it either way.
+    EXPECT_TRUE(raw_keys.empty() || raw_keys == std::vector<std::string>{"c/kept"}) << raw_keys.size();
+  }
+  ASSERT_TRUE(eventually([&] { return list_watch.resyncs() >= 1; }, 20s, 10ms));
+  ASSERT_TRUE(eventually(
+      [&] {
+        std::lock_guard lock(mutex);
+        return mirror == std::map<std::string, std::string>{{"c/kept", "4"}, {"c/new", "3"}};
+      },
+      20s, 10ms));
+  // And it keeps following.
+  ASSERT_TRUE(writer->put("c/after", "5").ok());
+  ASSERT_TRUE(eventually(
+      [&] {
+        std::lock_guard lock(mutex);
+        return mirror.count("c/after") == 1;
+      },
+      20s, 10ms));
+}
+
+TEST_F(EtcdClusterTest, LeaseExpiresUnlessKeptAlive) {
+  auto store = open_store({0, 1, 2});
+  EXPECT_EQ(store->expire_leases(), 0);  // etcd's job
+  auto lapsing = store->grant_lease(1000);
+  auto kept = store->grant_lease(1000);
+  ASSERT_TRUE(lapsing.ok() && kept.ok());
+  ASSERT_TRUE(store->put("l/lapsing", "x", Precondition::none(), *lapsing).ok());
+  ASSERT_TRUE(store->put("l/kept", "x", Precondition::none(), *kept).ok());
+  EXPECT_EQ((*store->get("l/lapsing"))->lease, *lapsing);
+
+  std::mutex mutex;
+  std::vector<WatchEvent> events;
+  auto watch = store->watch("l/", 0, [&](const WatchEvent& event) {
+    std::lock_guard lock(mutex);
+    events.push_back(event);
+  });
+  ASSERT_TRUE(watch.ok());
+  std::atomic<bool> stop{false};
+  std::thread keeper([&] {
+    while (!stop.load()) {
+      (void)store->keep_alive(*kept);
+      std::this_thread::sleep_for(200ms);  // a renewal period, not a wait for a result
+    }
+  });
+  bool expired = eventually(
+      [&] {
+        std::lock_guard lock(mutex);
+        return !events.empty();
+      },
+      20s, 20ms);
+  stop = true;
+  keeper.join();
+  ASSERT_TRUE(expired);
+  {
+    std::lock_guard lock(mutex);
+    ASSERT_EQ(events.size(), 1u);
+    EXPECT_EQ(events[0].type, WatchEvent::Type::Delete);
+    EXPECT_EQ(events[0].kv.key, "l/lapsing");
+  }
+  EXPECT_FALSE(store->get("l/lapsing")->has_value());
+  EXPECT_TRUE(store->get("l/kept")->has_value());
+  EXPECT_EQ(store->keep_alive(*lapsing).error().code, ErrorCode::NotFound);
+  ASSERT_TRUE(store->revoke_lease(*kept).ok());
+  EXPECT_FALSE(store->get("l/kept")->has_value());
+}
+
+// Calls the JSON gateway directly, as an operator's etcdctl would.
+void etcd_call(const std::string& endpoint, const std::string& path, const json& body, const std::string& token = "") {
+  http::BlockingClient client;
+  http::Headers headers{{"Content-Type", "application/json"}};
+  if (!token.empty()) headers.push_back({"Authorization", token});
+  auto response = client.request("POST", endpoint + path, body.dump(), headers, 10s);
+  ASSERT_TRUE(response.ok()) << response.error().message;
+  ASSERT_EQ(response->status, 200) << path << ": " << response->body;
+}
+
+TEST(EtcdAuth, LogsInAndAgainOnAnotherMember) {
+  if (!EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed (not on PATH)";
+  EtcdCluster cluster(3);
+  etcd_call(cluster.endpoint(0), "/v3/auth/user/add", {{"name", "root"}, {"password", "s3cret"}});
+  etcd_call(cluster.endpoint(0), "/v3/auth/user/grant", {{"user", "root"}, {"role", "root"}});
+  etcd_call(cluster.endpoint(0), "/v3/auth/enable", json::object());
+
+  EtcdOptions anonymous;
+  anonymous.endpoints = {cluster.endpoint(0)};
+  anonymous.request_timeout = 2s;
+  auto refused = EtcdStore::open(anonymous);
+  ASSERT_FALSE(refused.ok());
+
+  EtcdOptions wrong = anonymous;
+  wrong.user = "root";
+  wrong.password = "nope";
+  auto bad_password = EtcdStore::open(wrong);
+  ASSERT_FALSE(bad_password.ok());
+  EXPECT_EQ(bad_password.error().code, ErrorCode::Unauthenticated) << bad_password.error().message;
+
+  auto url = parse_etcd_url(cluster.url() + "?user=root&password=s3cret");
+  ASSERT_TRUE(url.ok());
+  auto store = EtcdStore::open(*url);
+  ASSERT_TRUE(store.ok()) << store.error().message;
+  ASSERT_TRUE((*store)->put("a", "1").ok());
+  std::atomic<int> seen{0};
+  auto watch = (*store)->watch("", 0, [&](const WatchEvent&) { seen.fetch_add(1); });
+  ASSERT_TRUE(watch.ok()) << watch.error().message;
+  // The member that issued the token dies: the next one takes it (or a new login).
+  cluster.kill(0);
+  auto written = (*store)->put("b", "2");
+  ASSERT_TRUE(written.ok()) << written.error().message;
+  EXPECT_NE((*store)->current_endpoint(), cluster.endpoint(0));
+  ASSERT_TRUE(eventually([&] { return seen.load() >= 1; }, 20s, 10ms));
+  EXPECT_EQ((*(*store)->get("b"))->value, "2");
+}
+
+TEST(EtcdTlsTest, ClientCertificateAndCaFromTheUrl) {
+  if (!EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed (not on PATH)";
+  nebula::testing::TempDir dir;
+  auto tls = nebula::testing::EtcdTls::make(dir.path());
+  EtcdCluster cluster(1, &tls);
+  std::string members = cluster.url();  // etcd://127.0.0.1:P
+  auto store = open(members + "?ca=" + tls.ca + "&cert=" + tls.client_cert + "&key=" + tls.client_key);
+  ASSERT_TRUE(store.ok()) << store.error().message;
+  ASSERT_TRUE((*store)->put("a", "1").ok());
+  std::atomic<int> seen{0};
+  auto watch = (*store)->watch("", 0, [&](const WatchEvent&) { seen.fetch_add(1); });
+  ASSERT_TRUE(watch.ok()) << watch.error().message;
+  ASSERT_TRUE((*store)->put("b", "2").ok());
+  ASSERT_TRUE(eventually([&] { return seen.load() >= 1; }, 10s, 10ms));
+
+  // Without the client certificate, without the CA, or over plain http: refused.
+  for (const std::string& refused :
+       {members + "?ca=" + tls.ca + "&timeout_ms=1000",
+        members + "?tls=1&cert=" + tls.client_cert + "&key=" + tls.client_key + "&timeout_ms=1000",
+        members + "?timeout_ms=1000"}) {
+    auto opened = open(refused);
+    EXPECT_FALSE(opened.ok()) << refused;
+  }
+  auto missing = open(members + "?ca=" + dir.path() + "/nope.pem");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.error().message.find("nope.pem"), std::string::npos) << missing.error().message;
+}
+
+TEST_F(EtcdClusterTest, CallingTheStoreFromAWatchCallbackFailsInsteadOfHanging) {
+  auto store = open_store({0});
+  std::atomic<int> code{-1};
+  auto watch = store->watch("", 0, [&](const WatchEvent&) {
+    auto inner = store->get("x");
+    code = inner.ok() ? 1000 : static_cast<int>(inner.error().code);
+  });
+  ASSERT_TRUE(watch.ok());
+  ASSERT_TRUE(store->put("x", "1").ok());
+  ASSERT_TRUE(eventually([&] { return code.load() != -1; }, 10s, 5ms));
+  EXPECT_EQ(code.load(), static_cast<int>(ErrorCode::Internal));
+}
+
+}  // namespace
+}  // namespace nebula::store

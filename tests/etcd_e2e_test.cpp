@@ -1,0 +1,285 @@
+// `nebula server --store etcd://...` against a real etcd: keys created on one server work at once
+// on it and on another server sharing the cluster (watches on etcd arrive asynchronously), and a
+// bad --store URL stops the server with a clear message.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include "common/json.h"
+#include "etcd_cluster.h"
+#include "nebula_fixture.h"
+#include "process_helpers.h"
+
+namespace nebula::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string read_first_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+class ServerOnEtcd : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed (not on PATH)";
+    cluster_ = std::make_unique<EtcdCluster>(1);
+  }
+  std::unique_ptr<NebulaServer> start_server(const std::string& name) {
+    std::string data_dir = temp_.path() + "/" + name;
+    auto server =
+        std::make_unique<NebulaServer>(data_dir, temp_.path() + "/" + name + ".log",
+                                       std::vector<std::string>{"--auth", "keys", "--store", cluster_->url()});
+    if (!server->start()) {
+      ADD_FAILURE() << "server " << name << " did not start: " << server->process().output();
+      return nullptr;
+    }
+    return server;
+  }
+  // Creates an inference key through `server`; "" on failure.
+  std::string create_key(NebulaServer& server, const std::string& admin) {
+    auto response = server.client().request("POST", server.url() + "/api/v1/keys",
+                                            json{{"name", "app"}, {"scope", "inference"}}.dump(), bearer(admin));
+    if (!response || response->status != 201) return "";
+    auto body = parse_json(response->body);
+    return body ? body->value("secret", "") : "";
+  }
+  int models_status(NebulaServer& server, const std::string& key) {
+    auto response = server.client().request("GET", server.url() + "/v1/models", "", bearer(key));
+    return response ? response->status : -1;
+  }
+
+  TempDir temp_;
+  std::unique_ptr<EtcdCluster> cluster_;
+};
+
+TEST_F(ServerOnEtcd, FreshKeysWorkAtOnceOnEveryServer) {
+  auto first = start_server("first");
+  ASSERT_TRUE(first);
+  std::string admin = read_first_line(temp_.path() + "/first/admin.key");
+  ASSERT_FALSE(admin.empty());
+  auto second = start_server("second");
+  ASSERT_TRUE(second);
+  // The admin key lives in etcd: the second server made none of its own and knows the first's.
+  EXPECT_FALSE(std::ifstream(temp_.path() + "/second/admin.key").good());
+  EXPECT_EQ(models_status(*second, admin), 200);
+
+  for (int i = 0; i < 20; ++i) {
+    std::string key = create_key(*first, admin);
+    ASSERT_FALSE(key.empty());
+    // No 401 right after creation, here or on the other server.
+    ASSERT_EQ(models_status(*first, key), 200) << "key " << i;
+    ASSERT_EQ(models_status(*second, key), 200) << "key " << i;
+  }
+  EXPECT_EQ(models_status(*first, "nb-abcdefgh_00000000000000000000000000000000"), 401);
+  EXPECT_EQ(models_status(*second, "nb-../../x_00"), 401);
+  EXPECT_EQ(models_status(*second, "nb-_"), 401);
+
+  // Revoked on one server: refused by both once their watches bring it (on etcd even the
+  // revoking server learns it from its watch, milliseconds later).
+  std::string revoked = create_key(*first, admin);
+  auto listing = first->client().request("GET", first->url() + "/api/v1/keys", "", bearer(admin));
+  ASSERT_TRUE(listing && listing->status == 200);
+  std::string id = revoked.substr(3, revoked.find('_') - 3);
+  auto removed = first->client().request("DELETE", first->url() + "/api/v1/keys/" + id, "", bearer(admin));
+  ASSERT_TRUE(removed && removed->status == 200) << (removed ? removed->body : removed.error().message);
+  EXPECT_TRUE(eventually([&] { return models_status(*second, revoked) == 401; }, 10s));
+  EXPECT_TRUE(eventually([&] { return models_status(*first, revoked) == 401; }, 10s));
+}
+
+TEST_F(ServerOnEtcd, BadStoreUrlStopsTheServerClearly) {
+  for (const std::string& url : {std::string("etcd://127.0.0.1:notaport"), std::string("redis://x:1"),
+                                 "etcd://127.0.0.1:" + std::to_string(free_port()) + "?timeout_ms=300"}) {
+    auto result = run_command({NEBULA_BINARY, "server", "--listen", "127.0.0.1:" + std::to_string(free_port()),
+                               "--data-dir", temp_.path() + "/bad", "--store", url});
+    EXPECT_NE(result.exit_code, 0) << url;
+    EXPECT_NE(result.out.find("--store"), std::string::npos) << url << ": " << result.out;
+  }
+}
+
+// Several servers on one etcd: one leader runs the controller; kill -9 it under a stream of
+// deployment writes and another takes over; every acknowledged write is there afterwards, each
+// deployment has exactly the replicas it asks for (none placed twice), and the agent, given every
+// server's URL, follows the survivors.
+class HighAvailability : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed (not on PATH)";
+    cluster_ = std::make_unique<EtcdCluster>(1);
+    for (int i = 0; i < 3; ++i) {
+      std::string name = "server" + std::to_string(i);
+      servers_.push_back(std::make_unique<NebulaServer>(
+          temp_.path() + "/" + name, temp_.path() + "/" + name + ".log",
+          std::vector<std::string>{"--store", cluster_->url(), "--node-timeout", "10s"}));
+    }
+    for (auto& server : servers_) ASSERT_TRUE(server->start()) << server->process().output();
+  }
+  void TearDown() override {
+    for (auto& server : servers_) {
+      if (server->process().running()) {
+        server->remove_deployments();
+        break;
+      }
+    }
+    if (agent_) {
+      eventually(
+          [&] {
+            for (auto& server : servers_) {
+              if (server->process().running()) return server->get_json("/api/v1/replicas")["items"].empty();
+            }
+            return true;
+          },
+          20s);
+      agent_->stop(SIGTERM, 20s);
+    }
+    for (auto& server : servers_) {
+      if (server->process().running()) server->process().stop(SIGTERM, 20s);
+    }
+    if (HasFailure()) {
+      for (size_t i = 0; i < servers_.size(); ++i) {
+        std::cerr << "---- server " << i << " ----\n" << servers_[i]->process().output() << "\n";
+      }
+      if (agent_) std::cerr << "---- agent ----\n" << agent_->output() << "\n";
+    }
+  }
+  // Indexes of the servers that answer that they lead (a dead one does not answer). Safe from
+  // another thread: it only sends requests, each with a client of its own.
+  std::vector<int> leaders() {
+    std::vector<int> out;
+    http::BlockingClient client;
+    for (size_t i = 0; i < servers_.size(); ++i) {
+      auto response = client.request("GET", servers_[i]->url() + "/api/v1/leader", "", {}, 2s);
+      if (!response || response->status != 200) continue;
+      auto parsed = parse_json(response->body);
+      json answer = parsed ? *parsed : json();
+      if (answer.is_object() && answer.value("leading", false)) out.push_back(static_cast<int>(i));
+    }
+    return out;
+  }
+  int one_leader() {
+    int leader = -1;
+    eventually(
+        [&] {
+          auto found = leaders();
+          leader = found.size() == 1 ? found[0] : -1;
+          return leader >= 0;
+        },
+        20s);
+    return leader;
+  }
+  NebulaServer* live_server() {
+    for (auto& server : servers_) {
+      if (server->process().running()) return server.get();
+    }
+    return nullptr;
+  }
+
+  TempDir temp_;
+  std::unique_ptr<EtcdCluster> cluster_;
+  std::vector<std::unique_ptr<NebulaServer>> servers_;
+  std::unique_ptr<Child> agent_;
+};
+
+TEST_F(HighAvailability, LeaderKilledAnotherTakesOverNothingLostNothingPlacedTwice) {
+  int leader = one_leader();
+  ASSERT_GE(leader, 0) << "no single leader";
+
+  // A join token from the store is valid on every server; the agent knows them all.
+  auto created = servers_[0]->cli({"token", "create", "--ttl", "1h", "-o", "json"});
+  ASSERT_EQ(created.exit_code, 0) << created.out;
+  auto token = parse_json(created.out);
+  ASSERT_TRUE(token);
+  std::string urls = servers_[0]->url() + "," + servers_[1]->url() + "," + servers_[2]->url();
+  agent_ = std::make_unique<Child>(
+      agent_argv(urls, token->value("token", ""), "n1", "4xH100-80GB", temp_.path() + "/agent", {}),
+      temp_.path() + "/agent.log");
+  ASSERT_TRUE(eventually([&] { return servers_[leader]->node_ready("n1"); }, 30s));
+
+  // Deployments written to every live server in turn, each retried until acknowledged: before
+  // the kill, in the leaderless moment right after it, and once another leads. At most one leader
+  // at any time, checked all along.
+  http::BlockingClient client;
+  std::vector<std::string> deployed;
+  int next = 0;
+  auto write_deployments = [&](int count) {
+    for (int n = 0; n < count; ++n, ++next) {
+      std::string name = "d" + std::to_string(next);
+      json body{{"name", name},
+                {"spec", {{"engine", "sim"}, {"model", "m"}, {"vram_mb", 1024}, {"replicas", 1 + next % 2}}}};
+      bool acknowledged = false;
+      for (int attempt = 0; attempt < 60 && !acknowledged; ++attempt) {
+        auto& server = *servers_[(next + attempt) % servers_.size()];
+        if (!server.process().running()) continue;
+        auto response = client.request("POST", server.url() + "/api/v1/deployments", body.dump(),
+                                       {{"Content-Type", "application/json"}}, 5s);
+        acknowledged = response && (response->status == 201 || response->status == 409);
+      }
+      if (acknowledged) deployed.push_back(name);
+    }
+  };
+  std::atomic<bool> stop{false};
+  std::atomic<int> most_leaders{0};
+  std::thread sampler([&] {
+    while (!stop.load()) {
+      int count = static_cast<int>(leaders().size());
+      if (count > most_leaders.load()) most_leaders = count;
+    }
+  });
+  write_deployments(3);
+  auto killed_at = std::chrono::steady_clock::now();
+  ::kill(servers_[leader]->process().pid(), SIGKILL);
+  std::thread leaderless([&] { write_deployments(3); });  // while no server leads
+  int successor = -1;
+  bool took_over = eventually(
+      [&] {
+        auto found = leaders();
+        successor = found.size() == 1 ? found[0] : -1;
+        return successor >= 0;
+      },
+      15s, 50ms);
+  auto takeover = std::chrono::steady_clock::now() - killed_at;
+  std::cerr << "takeover after kill -9 of the leader: "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(takeover).count() << " ms\n";
+  leaderless.join();
+  servers_[leader]->process().stop(SIGKILL, 5s);  // reaped
+  // The agent's first server goes too (when it was not the leader): the agent moves on.
+  if (leader != 0 && successor != 0) servers_[0]->process().stop(SIGKILL, 5s);
+  write_deployments(3);
+  stop = true;
+  sampler.join();
+  ASSERT_TRUE(took_over) << "no server took over";
+  EXPECT_NE(successor, leader);
+  EXPECT_LE(most_leaders.load(), 1);
+  ASSERT_EQ(deployed.size(), 9u) << "some writes were never acknowledged";
+  std::vector<std::string> names = deployed;
+
+  NebulaServer* survivor = live_server();
+  ASSERT_NE(survivor, nullptr);
+  for (const auto& name : names) {
+    json deployment = survivor->get_json("/api/v1/deployments/" + name);
+    ASSERT_TRUE(deployment.is_object()) << name << " was acknowledged but is gone";
+  }
+  // Every deployment gets exactly its replicas, Ready on the agent (which followed the survivors).
+  for (const auto& name : names) {
+    int want = survivor->get_json("/api/v1/deployments/" + name)["spec"].value("replicas", 0);
+    bool settled = eventually(
+        [&] {
+          auto replicas = survivor->replicas_of(name);
+          return static_cast<int>(replicas.size()) == want &&
+                 static_cast<int>(survivor->ready_replicas(name).size()) == want;
+        },
+        60s);
+    EXPECT_TRUE(settled) << name << ": " << json(survivor->replicas_of(name)).dump();
+  }
+}
+
+}  // namespace
+}  // namespace nebula::testing
