@@ -237,7 +237,7 @@ json pending_answer(const std::string& replica, double value, std::chrono::syste
 double router_waiting(http::BlockingClient& client, const std::string& server, const std::string& replica) {
   auto metrics = client.request("GET", server + "/metrics");
   if (!metrics) return -2;
-  std::string prefix = "nebula_router_engine_waiting{deployment=\"chat\",replica=\"" + replica + "\"} ";
+  std::string prefix = "nebula_router_engine_requests_waiting{deployment=\"chat\",replica=\"" + replica + "\"} ";
   auto at = metrics->body.find(prefix);
   if (at == std::string::npos) return -1;
   return std::stod(metrics->body.substr(at + prefix.size()));
