@@ -177,7 +177,14 @@ TEST_F(WatchTest, AStalledWatcherIsCutOffWithBoundedMemoryAndRelistingWorks) {
     ASSERT_EQ(report("n1", json{{"models", models}}), 200);
   }
   int64_t rss_after = rss_kb(server_->process().pid());
+#if defined(__SANITIZE_ADDRESS__)
+  // Under ASan freed memory waits in its quarantine (256 MiB), so the server's RSS says nothing
+  // about what it keeps; the cut-off below still shows the backlog was dropped.
+  (void)rss_before;
+  (void)rss_after;
+#else
   EXPECT_LT(rss_after - rss_before, 24 * 1024) << "the server kept the stalled watcher's backlog";
+#endif
 
   // The stalled client reads again: what was buffered, then the connection ends without the
   // stream's final chunk (it was cut off, not finished).
