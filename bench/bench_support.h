@@ -15,6 +15,9 @@
 
 namespace nebula::bench {
 
+// CPU seconds (user + system) the process has used so far; 0 when it is gone.
+double cpu_seconds(pid_t pid);
+
 using Clock = std::chrono::steady_clock;
 
 // build/nebula, beside the directory of this benchmark's binary (build/bench/).

@@ -27,6 +27,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "bench_support.h"
 #include "common/json.h"
 #include "common/subprocess.h"
 #include "http/http.h"
@@ -89,20 +90,7 @@ struct LoadResult {
   double rss_mb = 0;
 };
 
-double cpu_seconds(pid_t pid) {
-  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  auto close = text.rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream fields(text.substr(close + 2));
-  std::string field;
-  double ticks = 0;
-  for (int i = 3; fields >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime
-    if (i == 15) break;
-  }
-  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
+using nebula::bench::cpu_seconds;
 
 double rss_mb(pid_t pid) {
   std::ifstream status(fmt::format("/proc/{}/status", pid));

@@ -171,18 +171,7 @@ PlaceResult run_place(int node_count, int replica_count, const std::string& scra
 
 // ---- idle ----------------------------------------------------------------------------------
 
-double cpu_seconds(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/stat", pid));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  // Fields after the command name (which is in parentheses and may hold spaces).
-  std::istringstream fields(text.substr(text.rfind(')') + 2));
-  std::string field;
-  double ticks = 0;
-  for (int i = 3; i <= 15 && fields >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stod(field);
-  }
-  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
+using nebula::bench::cpu_seconds;
 
 int64_t rss_kb(pid_t pid) {
   std::ifstream in(fmt::format("/proc/{}/status", pid));

@@ -29,6 +29,7 @@
 #include <sstream>
 #include <thread>
 
+#include "bench_support.h"
 #include "common/json.h"
 #include "common/subprocess.h"
 #include "http/http.h"
@@ -54,20 +55,7 @@ void pin_to_cpu(pid_t pid, int cpu) {
   if (sched_setaffinity(pid, sizeof(set), &set) != 0) std::cerr << "warning: could not pin pid " << pid << "\n";
 }
 
-// utime + stime of a process, in seconds.
-double cpu_seconds(pid_t pid) {
-  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  size_t close = text.rfind(')');
-  std::istringstream fields(text.substr(close + 2));
-  std::string field;
-  double ticks = 0;
-  for (int index = 3; fields >> field; ++index) {
-    if (index == 14 || index == 15) ticks += std::stod(field);
-    if (index == 15) break;
-  }
-  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
+using nebula::bench::cpu_seconds;
 
 int free_port() {
   asio::io_context io;

@@ -34,20 +34,7 @@ struct Settings {
   bool stream = false;
 };
 
-double cpu_seconds(pid_t pid) {
-  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  auto close = text.rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream fields(text.substr(close + 2));
-  std::string field;
-  double ticks = 0;
-  for (int i = 3; fields >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime
-    if (i == 15) break;
-  }
-  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
+using nebula::bench::cpu_seconds;
 
 // Outside the coroutine: g++ 12 miscompiles braced initialisers of string literals inside one.
 http::Headers json_headers() {

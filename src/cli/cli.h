@@ -1,6 +1,8 @@
 #pragma once
 // The `nebula` command line: one entry function per subcommand (main.cpp is only the table).
 // Each returns the process exit code: 0 success, 1 failed operation, 2 bad usage.
+#include <signal.h>
+
 #include <CLI/CLI.hpp>
 
 #include <initializer_list>
@@ -96,6 +98,9 @@ struct XtraceFlags {
   bool content = false;
   std::string signals = "engine";
 };
+// Blocks SIGINT/SIGTERM in every thread (started later, they inherit the mask) so the main
+// thread can wait for them with sigwait and shut down in order; ignores SIGPIPE.
+sigset_t block_stop_signals();
 // --xtrace and --xtrace-token; with gateway, also --xtrace-content and --signals (docs/xtrace.md).
 void add_xtrace_flags(CLI::App& app, XtraceFlags& flags, bool gateway);
 // The xtrace client the flags ask for; null when --xtrace is not given.

@@ -83,16 +83,6 @@ struct GatewayFlags {
   LimitsFlags limits;
 };
 
-sigset_t block_signals() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-  return signals;
-}
-
 http::Response readiness(const gateway::MirrorStore& mirror) {
   if (mirror.following()) return http::Response::text(200, "ok\n");
   return http::Response::text(503, "not following the server\n");
@@ -138,7 +128,7 @@ int run_gateway(int argc, char** argv) {
   if (!drain_timeout) return usage_error(app, "--drain-timeout: " + drain_timeout.error().message);
   init_logging(flags.log_level);
   raise_descriptor_limit();
-  auto signals = block_signals();
+  auto signals = block_stop_signals();
   if (flags.exit_with_parent && (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() == 1)) {
     return fail("--exit-with-parent: the parent is already gone");
   }

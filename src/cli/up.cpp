@@ -67,6 +67,16 @@ struct ServerFlags {
 
 }  // namespace
 
+sigset_t block_stop_signals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  return signals;
+}
+
 void add_xtrace_flags(CLI::App& app, XtraceFlags& flags, bool gateway) {
   app.add_option("--xtrace", flags.url, "xtrace URL to report metrics and traces to, e.g. http://127.0.0.1:8742")
       ->envname("NEBULA_XTRACE");
@@ -253,18 +263,6 @@ Result<std::string> load_join_token(const std::string& data_dir) {
   token = "nbj-" + random_secret_hex(16);
   if (auto written = write_private_file(path, token + "\n"); !written) return written.error();
   return token;
-}
-
-// Blocks SIGINT/SIGTERM in every thread (started later, they inherit the mask) so the main
-// thread can wait for them with sigwait and shut down in order.
-sigset_t block_stop_signals() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-  return signals;
 }
 
 // The control plane and gateway on one listener, running on one I/O thread.
