@@ -99,7 +99,12 @@ std::shared_ptr<const api::ApiKey> KeyRing::find_in_store(std::string_view secre
   }
   {
     std::lock_guard lock(mutex_);
-    if (hash_by_id_.count(id)) return nullptr;  // a known key with another secret (ids are never reused)
+    if (hash_by_id_.count(id)) {
+      // The watch may have brought the key since authenticate() looked: then it is in by_hash_.
+      // Otherwise the ring knows this id with another secret (ids are never reused).
+      auto it = by_hash_.find(hash);
+      return it == by_hash_.end() ? nullptr : it->second;
+    }
   }
   auto stored = store_->get(kKeysPrefix + id);
   if (!stored || !stored->has_value()) return nullptr;
