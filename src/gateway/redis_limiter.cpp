@@ -20,13 +20,6 @@ constexpr int64_t kWindowUs = 60'000'000;
 // verdict 0 admitted, 1 requests, 2 tokens (retry 0: larger than the limit), 3 concurrency,
 // 4 budget (detail: tokens used and in flight).
 constexpr const char* kAdmitScript = R"lua(
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
 local rpm, tpm, conc, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local est, lease, window, ttl = tonumber(ARGV[6]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local function tokens_of(member) return tonumber(string.match(member, ':(%-?%d+)$')) end
@@ -101,20 +94,24 @@ return 1
 // KEYS: flight, window, state. ARGV: now_us ("" = TIME), lease_us, ttl_ms, members...
 // Extends the leases of members still held (a lapsed one stays lapsed: its slot went back).
 constexpr const char* kRenewScript = R"lua(
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
 local expiry = now + tonumber(ARGV[2])
 for i = 4, #ARGV do redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i]) end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[3])) end
 return 1
 )lua";
 
-constexpr const char* kScripts[] = {kAdmitScript, kFinishScript, kRenewScript};
+// Opens the scripts that take ARGV[1] = now_us: `now`, in microseconds, from ARGV[1] or, when it
+// is "", from Redis's own clock.
+constexpr const char* kNowPrologue = R"lua(
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+end)lua";
+const std::string kScripts[] = {std::string(kNowPrologue) + kAdmitScript, kFinishScript,
+                                std::string(kNowPrologue) + kRenewScript};
 enum Script { kAdmit = 0, kFinish = 1, kRenew = 2 };
 
 constexpr int64_t kMonthTtlS = 40 * 86400;
@@ -216,7 +213,8 @@ struct RedisLimiter::Connection {
   }
 
   bool load(int script) {
-    ReplyPtr reply(static_cast<redisReply*>(redisCommand(context, "SCRIPT LOAD %s", kScripts[script])), free_reply);
+    ReplyPtr reply(static_cast<redisReply*>(redisCommand(context, "SCRIPT LOAD %s", kScripts[script].c_str())),
+                   free_reply);
     if (!reply || reply->type != REDIS_REPLY_STRING) return false;
     shas[script].assign(reply->str, reply->len);
     return true;

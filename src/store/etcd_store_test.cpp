@@ -309,20 +309,30 @@ TEST_F(EtcdClusterTest, LeaseExpiresUnlessKeptAlive) {
     events.push_back(event);
   });
   ASSERT_TRUE(watch.ok());
-  std::atomic<bool> stop{false};
+  // Renews `kept` every 200 ms (well inside its 1 s TTL) until told to stop, which it hears at once.
+  std::mutex keeper_mutex;
+  std::condition_variable keeper_wake;
+  bool stop_keeper = false;
   std::thread keeper([&] {
-    while (!stop.load()) {
+    std::unique_lock lock(keeper_mutex);
+    do {
       (void)store->keep_alive(*kept);
-      std::this_thread::sleep_for(200ms);  // a renewal period, not a wait for a result
-    }
+    } while (!keeper_wake.wait_for(lock, 200ms, [&] { return stop_keeper; }));
   });
+  auto stop = [&] {
+    {
+      std::lock_guard lock(keeper_mutex);
+      stop_keeper = true;
+    }
+    keeper_wake.notify_all();
+  };
   bool expired = eventually(
       [&] {
         std::lock_guard lock(mutex);
         return !events.empty();
       },
       20s, 20ms);
-  stop = true;
+  stop();
   keeper.join();
   ASSERT_TRUE(expired);
   {
