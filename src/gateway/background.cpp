@@ -6,12 +6,14 @@
 // client's request, done when the call ends.
 #include "common/asio.h"
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 
 #include "common/clock.h"
 #include "common/ids.h"
 #include "gateway/call.h"
+#include "gateway/offload.h"
 #include "gateway/responses.h"
 
 namespace nebula::gateway {
@@ -76,12 +78,19 @@ json response_error(int status, const std::string& body) {
 }
 }  // namespace
 
+awaitable<void> Gateway::put_background(Call& call, json response) {
+  StoredTurn turn{std::move(response), call.turn_input.is_array() ? call.turn_input : json::array(), call.previous_id,
+                  call.conversation_root};
+  auto stored = co_await on_responses([&] { return responses_->put(call.key_id, call.response_id, turn); });
+  if (!stored) spdlog::warn("background response {} was not stored: {}", call.response_id, stored.error().message);
+}
+
 awaitable<void> Gateway::start_background(std::shared_ptr<Call> call, http::ResponseWriter& writer) {
   call->response_id = "resp_" + random_id(24);
-  int64_t created_s = to_unix_ms(std::chrono::system_clock::now()) / 1000;
-  json queued = pending_response(call->body, call->response_id, call->model, created_s, "queued");
+  call->created_s = to_unix_ms(std::chrono::system_clock::now()) / 1000;
+  json queued = pending_response(call->body, call->response_id, call->model, call->created_s, "queued");
   // Stored now, so that GET finds it while it runs; the answer replaces it.
-  responses_.put(call->response_id, call->key_id, queued, call->conversation, call->conversation_root);
+  co_await put_background(*call, queued);
   background_[call->response_id] = call;
   co_await writer.send(with_headers(http::Response::json_body(200, queued), call->headers));
   asio::co_spawn(io_, run_background(std::move(call)), asio::detached);
@@ -89,19 +98,17 @@ awaitable<void> Gateway::start_background(std::shared_ptr<Call> call, http::Resp
 
 awaitable<void> Gateway::run_background(std::shared_ptr<Call> call) {
   const std::string id = call->response_id;
-  json conversation = call->conversation;  // relay's store_response() takes the call's
-  int64_t created_s = to_unix_ms(std::chrono::system_clock::now()) / 1000;
-  if (const json* stored = responses_.response(id, call->key_id)) created_s = stored->value("created_at", created_s);
-  responses_.put(id, call->key_id, pending_response(call->body, id, call->model, created_s, "in_progress"),
-                 conversation, call->conversation_root);
+  co_await put_background(*call, pending_response(call->body, id, call->model, call->created_s, "in_progress"));
   KeptAnswer answer;
+  call->store_response = true;  // a background response is always stored
   int status = co_await relay(*call, answer);
   background_.erase(id);
   // A 200 stored the translated answer under `id`; anything else leaves it to say what happened.
   if (call->client_gone || status != 200) {
-    json ended = pending_response(call->body, id, call->model, created_s, call->client_gone ? "cancelled" : "failed");
+    json ended =
+        pending_response(call->body, id, call->model, call->created_s, call->client_gone ? "cancelled" : "failed");
     if (!call->client_gone) ended["error"] = response_error(answer.status, answer.body);
-    responses_.put(id, call->key_id, ended, conversation, call->conversation_root);
+    co_await put_background(*call, std::move(ended));
   }
   finish(*call, call->client_gone ? 499 : status);
 }
@@ -115,9 +122,7 @@ std::optional<json> Gateway::cancel_background(const std::string& id, const std:
   if (call.waiting) call.waiting->timer.cancel();
   call.upstream_cancel.cancel();
   if (call.upstream) call.upstream->cancel();
-  int64_t created_s = to_unix_ms(std::chrono::system_clock::now()) / 1000;
-  if (const json* stored = responses_.response(id, key_id)) created_s = stored->value("created_at", created_s);
-  return pending_response(call.body, id, call.model, created_s, "cancelled");
+  return pending_response(call.body, id, call.model, call.created_s, "cancelled");
 }
 
 }  // namespace nebula::gateway

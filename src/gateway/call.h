@@ -74,10 +74,12 @@ struct Gateway::Call {
   Waiter* waiting = nullptr;
   http::Cancellation upstream_cancel;
   http::StreamingResponse* upstream = nullptr;
-  // /v1/responses: the items up to this request's input, stored with the answer unless the
-  // client sent "store": false.
-  json conversation;
+  // /v1/responses: the input items this request adds to its conversation, stored with the answer
+  // as one turn unless the client sent "store": false, and the response it continues.
+  json turn_input;
+  std::string previous_id;
   std::string conversation_root;  // the id of the first response of the chain it continues
+  int64_t created_s = 0;          // a background response's created_at
   // /v1/responses with "background": true: answered at once with a queued response of this id,
   // then relayed with no client waiting (background.cpp).
   bool background = false;
@@ -109,6 +111,16 @@ inline http::Response with_headers(http::Response response, const http::Headers&
 inline http::Response call_error(const http::Headers& headers, int status, const std::string& message,
                                  const std::string& type, const std::string& code) {
   return with_headers(openai_error(status, message, type, code), headers);
+}
+
+// A response store's error for the client: 404 for a response it does not have, else 503 (it
+// could not be reached) or 500.
+inline http::Response response_store_error(const Error& error) {
+  if (error.code == ErrorCode::NotFound) return openai_error(404, error.message, "invalid_request_error", "not_found");
+  if (error.code == ErrorCode::Unavailable) {
+    return openai_error(503, error.message, "server_error", "response_store_unavailable");
+  }
+  return openai_error(500, error.message, "server_error", "response_store_error");
 }
 
 // JSON text as sent on: invalid UTF-8 replaced, never thrown on.

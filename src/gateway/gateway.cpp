@@ -22,6 +22,7 @@
 #include "common/json.h"
 #include "common/subprocess.h"
 #include "gateway/call.h"
+#include "gateway/offload.h"
 #include "xtrace/xtrace.h"
 
 namespace nebula::gateway {
@@ -32,7 +33,9 @@ Gateway::Gateway(store::Store& store, asio::io_context& io, Options options)
       options_(options),
       auth_(store, options.require_keys),
       limiter_(options.limiter ? options.limiter : std::make_shared<MemoryLimiter>()),
-      usage_(store, options.usage_flush_interval) {
+      usage_(store, options.usage_flush_interval),
+      responses_(options.responses ? options.responses : std::make_shared<MemoryResponseStore>()) {
+  if (responses_->blocking()) responses_pool_ = std::make_unique<asio::thread_pool>(1);
   http::ClientOptions client_options;
   client_options.connect_timeout = options.connect_timeout;
   // Keep a connection per concurrent request to a replica, up to 512 (nginx's `keepalive 512` in
@@ -68,6 +71,7 @@ void Gateway::stop() {
   for (auto& watch : watches_) watch->stop();
   watches_.clear();
   usage_.stop();
+  if (responses_pool_) responses_pool_->join();  // what the response store was asked finishes
   flush_access_log();
 }
 
@@ -132,21 +136,26 @@ json deleted_response_json(const std::string& id) {
 }  // namespace
 
 // GET and DELETE /v1/responses/{id}: a response this key stored.
-http::Response Gateway::stored_response_answer(const http::Request& request, bool erase) {
+awaitable<http::Response> Gateway::stored_response_answer(const http::Request& request, bool erase) {
   std::shared_ptr<const api::ApiKey> key;
-  if (auto refusal = auth_.inference_refusal(request, key)) return std::move(*refusal);
+  if (auto refusal = auth_.inference_refusal(request, key)) co_return std::move(*refusal);
   const std::string key_id = key ? key->metadata.name : "anonymous";
   const std::string& id = request.params.at("id");
   if (erase) {
-    if (responses_.erase(id, key_id)) return http::Response::json_body(200, deleted_response_json(id));
-  } else if (const json* stored = responses_.response(id, key_id)) {
-    return http::Response::json_body(200, *stored);
+    auto erased = co_await on_responses([&] { return responses_->erase(key_id, id); });
+    if (!erased) co_return response_store_error(erased.error());
+    if (*erased) co_return http::Response::json_body(200, deleted_response_json(id));
+  } else {
+    auto stored = co_await on_responses([&] { return responses_->response(key_id, id); });
+    if (stored) co_return http::Response::json_body(200, *stored);
+    if (stored.error().code != ErrorCode::NotFound) co_return response_store_error(stored.error());
   }
-  return openai_error(404, fmt::format("Response with id '{}' not found.", id), "invalid_request_error", "not_found");
+  co_return openai_error(404, fmt::format("Response with id '{}' not found.", id), "invalid_request_error",
+                         "not_found");
 }
 
 awaitable<void> Gateway::stored_response(http::Request& request, http::ResponseWriter& writer, bool erase) {
-  co_await writer.send(stored_response_answer(request, erase));
+  co_await writer.send(co_await stored_response_answer(request, erase));
 }
 
 // Built outside the route's coroutine: g++ 12 miscompiles the conditional inside a co_await

@@ -25,6 +25,7 @@
 #include "auth/auth.h"
 #include "gateway/limits.h"
 #include "gateway/metrics.h"
+#include "gateway/response_store.h"
 #include "gateway/responses.h"
 #include "gateway/usage.h"
 #include "http/http.h"
@@ -33,6 +34,9 @@
 #include "store/list_watch.h"
 #include "store/store.h"
 
+namespace boost::asio {
+class thread_pool;
+}
 namespace spdlog {
 class logger;
 }
@@ -73,6 +77,8 @@ struct Options {
   // Where per-key limits are counted: null = in this process (MemoryLimiter); a RedisLimiter
   // shares them among gateways.
   std::shared_ptr<Limiter> limiter;
+  // Where stored responses live (gateway/response_store.h): null = this process's memory.
+  std::shared_ptr<ResponseStore> responses;
   // Reporting to xtrace (--xtrace, docs/xtrace.md): one trace and GENERATION observation per
   // request, queued on the client's own thread; null = off. The client may be shared (the agent
   // of `nebula up` reports through it too).
@@ -106,11 +112,15 @@ class Gateway {
   // Admission (serve.cpp): the caller's key, the request's fields, its model, the conversation a
   // Responses request continues, the body for the engine and the key's rate limits. The refusal
   // to send, or nullopt with `call` ready to relay.
-  std::optional<http::Response> admit(Call& call, const http::Request& request);
+  awaitable<std::optional<http::Response>> admit(Call& call, const http::Request& request);
   // /v1/responses: the conversation a request continues (previous_response_id) joined to its
-  // input; false when that response is unknown to this key. And the storing of an answer.
-  bool attach_conversation(Call& call, int64_t& prior_bytes);
-  void store_response(Call& call, const json& response);
+  // input; the refusal when that response is unknown to this key (or an earlier turn of it is
+  // gone) or the response store cannot be reached. And the storing of an answer as one turn.
+  awaitable<std::optional<http::Response>> attach_conversation(Call& call, int64_t& prior_bytes);
+  awaitable<void> store_response(Call& call, const json& response);
+  // Runs a call on the response store: inline for one in memory, else on responses_pool_.
+  template <class Work>
+  awaitable<std::invoke_result_t<Work&>> on_responses(Work work);
   // Relay (relay.cpp): tries replicas until one answers (nothing is retried once the client got
   // a byte), relays a whole answer or an event stream, translating for /v1/responses. Returns
   // the status the call ends with.
@@ -165,10 +175,12 @@ class Gateway {
   awaitable<void> start_background(std::shared_ptr<Call> call, http::ResponseWriter& writer);
   awaitable<void> run_background(std::shared_ptr<Call> call);
   std::optional<json> cancel_background(const std::string& id, const std::string& key_id);
+  // Stores the state of a background response (queued, in progress, failed, cancelled).
+  awaitable<void> put_background(Call& call, json response);
   std::map<std::string, std::shared_ptr<Call>> background_;  // response id -> its call, while it runs
   // Accounting (access_log.cpp): limiter, usage, metrics and the access log line.
   void finish(Call& call, int status);
-  http::Response stored_response_answer(const http::Request& request, bool erase);
+  awaitable<http::Response> stored_response_answer(const http::Request& request, bool erase);
   awaitable<void> stored_response(http::Request& request, http::ResponseWriter& writer, bool erase);
   void add_usage_routes(http::Router& router);
   // /api/v1/gateway/state: what stateless gateways list, watch and write (replica_routes.cpp).
@@ -177,8 +189,8 @@ class Gateway {
   // (openai_routes.cpp).
   void add_openai_routes(http::Router& router);
   http::Response model_answer(const http::Request& request) const;
-  http::Response input_items_answer(const http::Request& request);
-  http::Response cancel_answer(const http::Request& request);
+  awaitable<http::Response> input_items_answer(const http::Request& request);
+  awaitable<http::Response> cancel_answer(const http::Request& request);
   // Scale-to-zero: remembers when each deployment was last asked for (written to its status once
   // a second), and asks the controller to wake an idle one, once per idle period.
   void note_request(const std::string& deployment);
@@ -208,7 +220,8 @@ class Gateway {
   UsageRecorder usage_;
   Metrics metrics_;
   std::unique_ptr<http::Client> client_;
-  ResponseStore responses_;  // I/O thread only
+  std::shared_ptr<ResponseStore> responses_;
+  std::unique_ptr<asio::thread_pool> responses_pool_;  // for a store that blocks
   // Deployments and replicas, relisted when the store ends a watch (etcd compaction).
   std::vector<std::unique_ptr<store::ListWatch>> watches_;
   std::map<std::string, std::list<Waiter*>> queues_;  // per deployment; I/O thread only

@@ -271,32 +271,6 @@ TEST(Responses, StreamsFunctionCallsAfterTheTextTheyFollow) {
   EXPECT_EQ(last["output"][0]["type"], "function_call");
 }
 
-TEST(ResponseStore, KeepsTheNewestPerKeyWithinItsBounds) {
-  ResponseStore store(3, 100000);
-  for (int i = 0; i < 4; ++i) {
-    store.put("resp_" + std::to_string(i), "k1", json{{"id", i}}, json::array({json{{"role", "user"}}}));
-  }
-  EXPECT_EQ(store.size(), 3u);
-  EXPECT_EQ(store.response("resp_0", "k1"), nullptr);  // the oldest went
-  ASSERT_NE(store.response("resp_3", "k1"), nullptr);
-  EXPECT_EQ((*store.response("resp_3", "k1"))["id"], 3);
-  EXPECT_EQ(store.response("resp_3", "k2"), nullptr);  // another key's
-  EXPECT_FALSE(store.erase("resp_3", "k2"));
-  EXPECT_TRUE(store.erase("resp_3", "k1"));
-  EXPECT_EQ(store.response("resp_3", "k1"), nullptr);
-  // The byte bound: a conversation larger than the store is not kept; big ones push out the oldest.
-  ResponseStore small(100, 1000);
-  small.put("a", "k", json::object(), json::array({std::string(400, 'x')}));
-  small.put("b", "k", json::object(), json::array({std::string(400, 'y')}));
-  small.put("c", "k", json::object(), json::array({std::string(400, 'z')}));
-  EXPECT_EQ(small.conversation("a", "k"), nullptr);
-  EXPECT_NE(small.conversation("c", "k"), nullptr);
-  EXPECT_LE(small.bytes(), 1000u);
-  small.put("huge", "k", json::object(), json::array({std::string(5000, 'h')}));
-  EXPECT_EQ(small.conversation("huge", "k"), nullptr);
-  EXPECT_NE(small.conversation("c", "k"), nullptr);
-}
-
 TEST(UsageOf, ReadsOnlyTheTopLevelUsageObject) {
   auto usage =
       usage_of(R"({"id":"x","choices":[{"message":{"content":"the \"usage\": {\"prompt_tokens\": 99}"}}],)"

@@ -5,7 +5,9 @@
 #include <algorithm>
 
 #include "common/clock.h"
+#include "gateway/call.h"
 #include "gateway/gateway.h"
+#include "gateway/offload.h"
 #include "gateway/responses.h"
 
 namespace nebula::gateway {
@@ -18,10 +20,6 @@ using http::ResponseWriter;
 Response model_not_found(const std::string& model) {
   return openai_error(404, fmt::format("The model `{}` does not exist or you do not have access to it.", model),
                       "invalid_request_error", "model_not_found");
-}
-
-Response response_not_found(const std::string& id) {
-  return openai_error(404, fmt::format("Response with id '{}' not found.", id), "invalid_request_error", "not_found");
 }
 }  // namespace
 
@@ -38,34 +36,34 @@ Response Gateway::model_answer(const Request& request) const {
       json{{"id", model}, {"object", "model"}, {"created", table_.created_ms(model) / 1000}, {"owned_by", "nebula"}});
 }
 
-Response Gateway::input_items_answer(const Request& request) {
+awaitable<Response> Gateway::input_items_answer(const Request& request) {
   std::shared_ptr<const api::ApiKey> key;
-  if (auto refusal = auth_.inference_refusal(request, key)) return std::move(*refusal);
+  if (auto refusal = auth_.inference_refusal(request, key)) co_return std::move(*refusal);
   const std::string key_id = key ? key->metadata.name : "anonymous";
   const std::string& id = request.params.at("id");
-  const json* response = responses_.response(id, key_id);
-  const json* conversation = responses_.conversation(id, key_id);
-  if (!response || !conversation) return response_not_found(id);
-  auto page = input_items_page(*response, *conversation, request.query);
-  if (!page) return openai_error(400, page.error().message, "invalid_request_error", "invalid_request");
-  return Response::json_body(200, *page);
+  auto conversation = co_await on_responses([&] { return responses_->conversation(key_id, id); });
+  if (!conversation) co_return response_store_error(conversation.error());
+  auto page = input_items_page(conversation->response, conversation->items, request.query);
+  if (!page) co_return openai_error(400, page.error().message, "invalid_request_error", "invalid_request");
+  co_return Response::json_body(200, *page);
 }
 
 // Only a background response that has not finished can be cancelled (background.cpp).
-Response Gateway::cancel_answer(const Request& request) {
+awaitable<Response> Gateway::cancel_answer(const Request& request) {
   std::shared_ptr<const api::ApiKey> key;
-  if (auto refusal = auth_.inference_refusal(request, key)) return std::move(*refusal);
+  if (auto refusal = auth_.inference_refusal(request, key)) co_return std::move(*refusal);
   const std::string key_id = key ? key->metadata.name : "anonymous";
   const std::string& id = request.params.at("id");
-  if (auto cancelled = cancel_background(id, key_id)) return Response::json_body(200, *cancelled);
-  const json* stored = responses_.response(id, key_id);
-  if (!stored) return response_not_found(id);
+  if (auto cancelled = cancel_background(id, key_id)) co_return Response::json_body(200, *cancelled);
+  auto stored = co_await on_responses([&] { return responses_->response(key_id, id); });
+  if (!stored) co_return response_store_error(stored.error());
   if (stored->value("background", json(false)) != true) {
-    return openai_error(400, "Only responses created with background=true can be cancelled.", "invalid_request_error",
-                        "invalid_request");
+    co_return openai_error(400, "Only responses created with background=true can be cancelled.",
+                           "invalid_request_error", "invalid_request");
   }
-  if (stored->value("status", json("")) == "cancelled") return Response::json_body(200, *stored);
-  return openai_error(400, "Cannot cancel a response that has finished.", "invalid_request_error", "invalid_request");
+  if (stored->value("status", json("")) == "cancelled") co_return Response::json_body(200, *stored);
+  co_return openai_error(400, "Cannot cancel a response that has finished.", "invalid_request_error",
+                         "invalid_request");
 }
 
 void Gateway::add_openai_routes(http::Router& router) {
@@ -74,10 +72,10 @@ void Gateway::add_openai_routes(http::Router& router) {
   });
   router.add("GET", "/v1/responses/{id}/input_items",
              [this](Request& request, ResponseWriter& writer) -> awaitable<void> {
-               co_await writer.send(input_items_answer(request));
+               co_await writer.send(co_await input_items_answer(request));
              });
   router.add("POST", "/v1/responses/{id}/cancel", [this](Request& request, ResponseWriter& writer) -> awaitable<void> {
-    co_await writer.send(cancel_answer(request));
+    co_await writer.send(co_await cancel_answer(request));
   });
 }
 

@@ -233,7 +233,7 @@ awaitable<int> Gateway::relay_answer(Call& call, http::StreamingResponse& respon
       json translated =
           chat_to_response(*answer, id, call.model, to_unix_ms(std::chrono::system_clock::now()) / 1000, call.body);
       if (call.capture_content) call.output_text = answer_text(relayed.body);
-      store_response(call, translated);
+      co_await store_response(call, translated);
       relayed.body = dump(translated);
     }
   }
@@ -261,6 +261,7 @@ awaitable<int> Gateway::relay_stream(Call& call, http::StreamingResponse& respon
   SteadyClock::time_point last_token{};
   bool client_gone = false;
   bool broken = false;
+  bool stored = false;  // the translated response, in the response store
   std::string broken_because;
   while (!client_gone && !broken) {
     auto left_now = std::chrono::duration_cast<milliseconds>(call.deadline - SteadyClock::now());
@@ -279,6 +280,10 @@ awaitable<int> Gateway::relay_stream(Call& call, http::StreamingResponse& respon
       if (event.data == "[DONE]") {
         if (translation) {
           out += translation->end(call.usage);
+          // Stored before the client reads response.completed, so that its next request, to
+          // whichever gateway, can continue from it.
+          co_await store_response(call, translation->final_response());
+          stored = true;
         } else {
           out += http::format_sse(event.data, event.event);
         }
@@ -356,7 +361,7 @@ awaitable<int> Gateway::relay_stream(Call& call, http::StreamingResponse& respon
     co_return 502;
   }
   co_await writer.finish();
-  if (translation) store_response(call, translation->final_response());
+  if (translation && !stored) co_await store_response(call, translation->final_response());
   co_return response.status;
 }
 

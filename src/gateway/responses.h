@@ -1,10 +1,8 @@
 #pragma once
 // The Responses API (POST /v1/responses) translated to and from chat completions, for engines
 // that lack it.
-#include <list>
 #include <map>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "common/json.h"
@@ -100,48 +98,6 @@ class ResponsesStream {
 
 // A Responses request's `input` as a list of items: a string is one user message item.
 json input_items(const json& input);
-
-// Stored responses, for `previous_response_id` and GET/DELETE /v1/responses/{id}: each response's
-// object and the conversation up to and including it, as Responses items (the request's input
-// items, those of the responses before it, and its output items; output items are valid input
-// items). In memory, the newest responses up to `capacity` of them and `max_bytes` of JSON text
-// (the oldest go first): a restart forgets them. Each belongs to the key that created it. Not
-// thread-safe: the gateway's I/O thread only.
-class ResponseStore {
- public:
-  explicit ResponseStore(size_t capacity = 10000, size_t max_bytes = size_t{256} << 20)
-      : capacity_(capacity), max_bytes_(max_bytes) {}
-  // `root`: the id of the first response of the chain this one continues ("" = it starts one).
-  void put(const std::string& id, const std::string& key_id, json response, json conversation, std::string root = "");
-  // The stored response and its conversation; null when unknown or another key's.
-  const json* response(const std::string& id, const std::string& key_id) const;
-  // conversation_bytes, when given, gets the length of its JSON text (measured when it was put).
-  const json* conversation(const std::string& id, const std::string& key_id,
-                           size_t* conversation_bytes = nullptr) const;
-  // The id of the first response of the chain `id` belongs to (`id` itself for a first one);
-  // "" when unknown or another key's.
-  std::string root(const std::string& id, const std::string& key_id) const;
-  bool erase(const std::string& id, const std::string& key_id);
-  size_t size() const { return entries_.size(); }
-  size_t bytes() const { return bytes_; }
-
- private:
-  struct Entry {
-    std::string key_id;
-    json response;
-    json conversation;
-    std::string root;
-    size_t conversation_bytes = 0;
-    size_t bytes = 0;  // the response's JSON text and the conversation's
-    std::list<std::string>::iterator age;
-  };
-  const Entry* find(const std::string& id, const std::string& key_id) const;
-  size_t capacity_;
-  size_t max_bytes_;
-  size_t bytes_ = 0;
-  std::unordered_map<std::string, Entry> entries_;
-  std::list<std::string> order_;  // oldest first
-};
 
 // An error event for a chat or text completion stream the engine broke off:
 // `data: {"error":{"message","type":"server_error","param":null,"code":"upstream_error"}}`, which

@@ -86,16 +86,5 @@ TEST(RouteContext, LongPromptsAreHashedUpToTheLimitAndOddShapesAreSkipped) {
   EXPECT_EQ(chat_prompt_text(json(nullptr)), "");
 }
 
-TEST(ResponseStore, KnowsTheFirstResponseOfEachChain) {
-  ResponseStore store;
-  store.put("resp_1", "k", json::object(), json::array());
-  store.put("resp_2", "k", json::object(), json::array(), store.root("resp_1", "k"));
-  store.put("resp_3", "k", json::object(), json::array(), store.root("resp_2", "k"));
-  EXPECT_EQ(store.root("resp_1", "k"), "resp_1");
-  EXPECT_EQ(store.root("resp_3", "k"), "resp_1");
-  EXPECT_EQ(store.root("resp_3", "other-key"), "");
-  EXPECT_EQ(store.root("unknown", "k"), "");
-}
-
 }  // namespace
 }  // namespace nebula::gateway

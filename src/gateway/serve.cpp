@@ -1,11 +1,13 @@
 // One inference request as a pipeline: admit() (who asks, for what, within which limits), relay()
 // (to a replica and back) and finish() (accounting). Each step's result says what comes next.
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 
 #include "common/ids.h"
 #include "gateway/call.h"
+#include "gateway/offload.h"
 #include "gateway/request_json.h"
 #include "gateway/responses.h"
 #include "gateway/route_context.h"
@@ -71,7 +73,7 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     }
   }
   int status = 0;
-  if (auto refusal = admit(call, request)) {
+  if (auto refusal = co_await admit(call, request)) {
     status = refusal->status;
     co_await writer.send(std::move(*refusal));
   } else if (call.background) {
@@ -128,16 +130,18 @@ Result<Prepared> prepare_upstream(const json& body, int kind, const RequestFacts
 
 }  // namespace
 
-std::optional<http::Response> Gateway::admit(Call& call, const http::Request& request) {
-  if (auto refusal = auth_.inference_refusal(request, call.key)) return with_headers(std::move(*refusal), call.headers);
+awaitable<std::optional<http::Response>> Gateway::admit(Call& call, const http::Request& request) {
+  if (auto refusal = auth_.inference_refusal(request, call.key))
+    co_return with_headers(std::move(*refusal), call.headers);
   if (call.key) call.key_id = call.key->metadata.name;
 
   auto facts = read_request(request.body, static_cast<Api>(call.kind));
-  if (!facts) return call_error(call.headers, 400, facts.error().message, "invalid_request_error", "invalid_request");
+  if (!facts)
+    co_return call_error(call.headers, 400, facts.error().message, "invalid_request_error", "invalid_request");
   call.model = facts->model;
   if (call.model.empty()) {
-    return call_error(call.headers, 400, "you must provide a model parameter", "invalid_request_error",
-                      "invalid_request");
+    co_return call_error(call.headers, 400, "you must provide a model parameter", "invalid_request_error",
+                         "invalid_request");
   }
   call.stream = facts->stream && call.kind != kEmbeddings;
   if (call.key && !call.key->models.empty() &&
@@ -145,15 +149,15 @@ std::optional<http::Response> Gateway::admit(Call& call, const http::Request& re
     auto refusal = call_error(call.headers, 403, fmt::format("this API key may not use the model `{}`", call.model),
                               "invalid_request_error", "model_not_allowed");
     call.model.clear();  // a name the client chose: keep it out of the per-model metrics
-    return refusal;
+    co_return refusal;
   }
   if (!table_.has_deployment(call.model)) {
     auto refusal = call_error(call.headers, 404, fmt::format("The model `{}` does not exist.", call.model),
                               "invalid_request_error", "model_not_found");
     call.model.clear();  // keep unknown names out of the per-model metrics
-    return refusal;
+    co_return refusal;
   }
-  if (facts->problem) return problem_error(call.headers, *facts->problem);
+  if (facts->problem) co_return problem_error(call.headers, *facts->problem);
   note_request(call.model);
   // The body is parsed into a json only when it must change on its way upstream.
   if (call.kind == kResponses || call.stream) {
@@ -165,15 +169,12 @@ std::optional<http::Response> Gateway::admit(Call& call, const http::Request& re
     call.background = background != call.body.end() && background->is_boolean() && background->get<bool>();
   }
   int64_t prior_bytes = 0;
-  if (call.kind == kResponses && !attach_conversation(call, prior_bytes)) {
-    return call_error(
-        call.headers, 404,
-        fmt::format("Previous response with id '{}' not found.", call.body["previous_response_id"].get<std::string>()),
-        "invalid_request_error", "previous_response_not_found");
+  if (call.kind == kResponses) {
+    if (auto refusal = co_await attach_conversation(call, prior_bytes)) co_return refusal;
   }
   auto prepared = prepare_upstream(call.body, call.kind, *facts);
   if (!prepared) {
-    return call_error(call.headers, 400, prepared.error().message, "invalid_request_error", "invalid_request");
+    co_return call_error(call.headers, 400, prepared.error().message, "invalid_request_error", "invalid_request");
   }
   call.client_wants_usage = prepared->client_wants_usage;
   call.upstream_body = prepared->body ? dump(*prepared->body) : request.body;
@@ -186,54 +187,58 @@ std::optional<http::Response> Gateway::admit(Call& call, const http::Request& re
 
   if (!call.key) {
     call.admitted = true;
-    return std::nullopt;
+    co_return std::nullopt;
   }
   auto now = SteadyClock::now();
   auto admission = limiter_->admit(*call.key, call.estimated_tokens,
                                    usage_.month_tokens(call.key_id, std::chrono::system_clock::now()), now);
-  if (!admission.allowed) return with_headers(Limiter::refusal(*call.key, admission), call.headers);
+  if (!admission.allowed) co_return with_headers(Limiter::refusal(*call.key, admission), call.headers);
   call.admitted = true;
   call.ticket = admission.ticket;
   for (auto& header : Limiter::headers(*call.key, admission.window)) call.headers.push_back(std::move(header));
-  return std::nullopt;
+  co_return std::nullopt;
 }
 
-bool Gateway::attach_conversation(Call& call, int64_t& prior_bytes) {
-  if (!call.body.is_object()) return true;  // the translation refuses it
+awaitable<std::optional<http::Response>> Gateway::attach_conversation(Call& call, int64_t& prior_bytes) {
+  if (!call.body.is_object()) co_return std::nullopt;  // the translation refuses it
   auto store = call.body.find("store");
   call.store_response = store == call.body.end() || !store->is_boolean() || store->get<bool>();
   auto input = call.body.find("input");
-  if (input == call.body.end() || !(input->is_string() || input->is_array())) return true;
-  json conversation = json::array();
+  if (input == call.body.end() || !(input->is_string() || input->is_array())) co_return std::nullopt;
+  call.turn_input = input_items(*input);
   auto previous = call.body.find("previous_response_id");
-  bool continues = previous != call.body.end() && !previous->is_null();
-  if (continues) {
-    size_t bytes = 0;
-    const json* prior =
-        previous->is_string() ? responses_.conversation(previous->get<std::string>(), call.key_id, &bytes) : nullptr;
-    if (!prior) {
-      if (!previous->is_string()) *previous = previous->dump();  // named in the error as sent
-      return false;
-    }
-    conversation = *prior;
-    prior_bytes = static_cast<int64_t>(bytes);
-    call.conversation_root = responses_.root(previous->get<std::string>(), call.key_id);
+  if (previous == call.body.end() || previous->is_null()) co_return std::nullopt;
+  if (!previous->is_string()) {
+    co_return call_error(call.headers, 404, fmt::format("Previous response with id '{}' not found.", previous->dump()),
+                         "invalid_request_error", "previous_response_not_found");
   }
-  for (const auto& item : input_items(*input)) conversation.push_back(item);
-  if (continues) *input = conversation;  // the engine sees the whole conversation
-  call.conversation = std::move(conversation);
-  return true;
+  call.previous_id = previous->get<std::string>();
+  auto prior = co_await on_responses([&] { return responses_->conversation(call.key_id, call.previous_id); });
+  if (!prior) {
+    if (prior.error().code != ErrorCode::NotFound)
+      co_return with_headers(response_store_error(prior.error()), call.headers);
+    std::string message = prior.error().message.find("continues") != std::string::npos
+                              ? "Previous " + prior.error().message
+                              : fmt::format("Previous response with id '{}' not found.", call.previous_id);
+    co_return call_error(call.headers, 404, message, "invalid_request_error", "previous_response_not_found");
+  }
+  prior_bytes = static_cast<int64_t>(prior->bytes);
+  call.conversation_root = prior->root;
+  json conversation = std::move(prior->items);
+  for (const auto& item : call.turn_input) conversation.push_back(item);
+  *input = std::move(conversation);  // the engine sees the whole conversation
+  co_return std::nullopt;
 }
 
-void Gateway::store_response(Call& call, const json& response) {
-  if (!call.store_response || !response.is_object() || !response.contains("id")) return;
-  json conversation = std::move(call.conversation);
-  if (!conversation.is_array()) conversation = json::array();
-  if (response.contains("output") && response["output"].is_array()) {
-    for (const auto& item : response["output"]) conversation.push_back(item);
+awaitable<void> Gateway::store_response(Call& call, const json& response) {
+  if (!call.store_response || !response.is_object() || !response.contains("id") || !response["id"].is_string()) {
+    co_return;
   }
-  responses_.put(response["id"].get<std::string>(), call.key_id, response, std::move(conversation),
-                 call.conversation_root);
+  StoredTurn turn{response, call.turn_input.is_array() ? call.turn_input : json::array(), call.previous_id,
+                  call.conversation_root};
+  std::string id = response["id"].get<std::string>();
+  auto stored = co_await on_responses([&] { return responses_->put(call.key_id, id, turn); });
+  if (!stored) spdlog::warn("response {} was not stored: {}", id, stored.error().message);
 }
 
 }  // namespace nebula::gateway

@@ -1,0 +1,248 @@
+#include "gateway/redis_responses.h"
+
+#include <fmt/format.h>
+#include <hiredis/hiredis.h>
+#include <spdlog/spdlog.h>
+#include <sys/time.h>
+
+#include "gateway/redis_limiter.h"
+
+namespace nebula::gateway {
+namespace {
+
+// What the scripts share: KEYS[1] is the key's prefix "…{K}:"; drop(id) forgets one turn.
+constexpr const char* kPrologue = R"lua(
+local base = KEYS[1]
+local order, sizes, total = base .. 'order', base .. 'sizes', base .. 'bytes'
+local function drop(old)
+  local size = tonumber(redis.call('HGET', sizes, old) or '0')
+  redis.call('DEL', base .. 'r:' .. old)
+  redis.call('ZREM', order, old)
+  redis.call('HDEL', sizes, old)
+  redis.call('DECRBY', total, size)
+end
+)lua";
+
+// ARGV: id, response, input, previous, root, now_ms, retention_ms, per_key, per_key_bytes.
+// Returns the key's bytes afterwards.
+constexpr const char* kPut = R"lua(
+local id = ARGV[1]
+local now, ttl, maxn, maxb = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', order, '-inf', now - ttl)) do drop(old) end
+if redis.call('HEXISTS', sizes, id) == 1 then drop(id) end
+local size = #ARGV[2] + #ARGV[3] + #ARGV[4] + #ARGV[5]
+redis.call('HSET', base .. 'r:' .. id, 'response', ARGV[2], 'input', ARGV[3], 'previous', ARGV[4], 'root', ARGV[5])
+redis.call('PEXPIRE', base .. 'r:' .. id, ttl)
+redis.call('ZADD', order, now, id)
+redis.call('HSET', sizes, id, size)
+local bytes = redis.call('INCRBY', total, size)
+while redis.call('ZCARD', order) > 1 and (redis.call('ZCARD', order) > maxn or bytes > maxb) do
+  local oldest = redis.call('ZRANGE', order, 0, 1)
+  if oldest[1] == id then drop(oldest[2]) else drop(oldest[1]) end
+  bytes = tonumber(redis.call('GET', total))
+end
+for _, k in ipairs({order, sizes, total}) do redis.call('PEXPIRE', k, ttl) end
+return bytes
+)lua";
+
+// ARGV: id, now_ms, retention_ms, most turns. Follows the chain from id: {"ok", "", then each
+// turn's response, input, previous, root, newest first}, or {"missing", the id not found, ...}.
+constexpr const char* kWalk = R"lua(
+local now, ttl, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {'ok', ''}
+local id, n = ARGV[1], 0
+while id ~= '' and n < limit do
+  local key = base .. 'r:' .. id
+  local turn = redis.call('HMGET', key, 'response', 'input', 'previous', 'root')
+  if not turn[1] then
+    out[1], out[2] = 'missing', id
+    return out
+  end
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('ZADD', order, 'XX', now, id)
+  for i = 1, 4 do out[#out + 1] = turn[i] end
+  id, n = turn[3], n + 1
+end
+return out
+)lua";
+
+// ARGV: id. Returns 1 when the turn was there.
+constexpr const char* kErase = R"lua(
+local found = redis.call('EXISTS', base .. 'r:' .. ARGV[1])
+drop(ARGV[1])
+return found
+)lua";
+
+timeval to_timeval(std::chrono::milliseconds ms) {
+  return timeval{static_cast<time_t>(ms.count() / 1000), static_cast<suseconds_t>((ms.count() % 1000) * 1000)};
+}
+
+}  // namespace
+
+struct RedisResponseStore::Reply {
+  redisReply* reply;
+  explicit Reply(redisReply* reply) : reply(reply) {}
+  ~Reply() { freeReplyObject(reply); }
+};
+
+Result<std::unique_ptr<RedisResponseStore>> RedisResponseStore::open(const std::string& url,
+                                                                     ResponseStoreOptions options,
+                                                                     std::chrono::milliseconds timeout,
+                                                                     std::string prefix) {
+  RedisLimiterOptions address;
+  if (auto parsed = parse_redis_url(url, address); !parsed) return parsed.error();
+  std::unique_ptr<RedisResponseStore> store(
+      new RedisResponseStore(address.host, address.port, std::move(options), timeout, std::move(prefix)));
+  std::lock_guard lock(store->mutex_);
+  if (!store->connected()) {
+    return make_error(ErrorCode::Unavailable, fmt::format("cannot reach redis at {}:{} for the stored responses: {}",
+                                                          store->host_, store->port_, store->last_error_));
+  }
+  return store;
+}
+
+RedisResponseStore::RedisResponseStore(std::string host, int port, ResponseStoreOptions options,
+                                       std::chrono::milliseconds timeout, std::string prefix)
+    : host_(std::move(host)),
+      port_(port),
+      options_(std::move(options)),
+      timeout_(timeout),
+      prefix_(std::move(prefix)) {}
+
+RedisResponseStore::~RedisResponseStore() {
+  if (context_) redisFree(context_);
+}
+
+int64_t RedisResponseStore::now() const {
+  if (options_.now_ms) return options_.now_ms();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Error RedisResponseStore::unavailable() const {
+  return make_error(ErrorCode::Unavailable,
+                    fmt::format("the response store (redis at {}:{}) is unreachable: {}", host_, port_, last_error_));
+}
+
+bool RedisResponseStore::connected() {
+  if (context_) return true;
+  auto steady = std::chrono::steady_clock::now();
+  if (steady < next_attempt_) return false;
+  next_attempt_ = steady + std::chrono::seconds(1);
+  timeval timeout = to_timeval(timeout_);
+  context_ = redisConnectWithTimeout(host_.c_str(), port_, timeout);
+  if (!context_ || context_->err) {
+    last_error_ = context_ ? context_->errstr : "out of memory";
+    if (context_) redisFree(context_);
+    context_ = nullptr;
+    return false;
+  }
+  redisSetTimeout(context_, timeout);
+  return true;
+}
+
+std::unique_ptr<RedisResponseStore::Reply> RedisResponseStore::eval(const char* script, const std::string& key,
+                                                                    const std::vector<std::string>& args) {
+  if (!connected()) return nullptr;
+  std::string body = std::string(kPrologue) + script;
+  std::vector<const char*> argv = {"EVAL", body.c_str(), "1", key.c_str()};
+  std::vector<size_t> lengths = {4, body.size(), 1, key.size()};
+  for (const auto& arg : args) {
+    argv.push_back(arg.data());
+    lengths.push_back(arg.size());
+  }
+  auto* raw =
+      static_cast<redisReply*>(redisCommandArgv(context_, static_cast<int>(argv.size()), argv.data(), lengths.data()));
+  if (!raw) {
+    last_error_ = context_->errstr[0] ? context_->errstr : "no reply";
+    redisFree(context_);  // its state is unknown: start afresh
+    context_ = nullptr;
+    return nullptr;
+  }
+  auto reply = std::make_unique<Reply>(raw);
+  if (raw->type == REDIS_REPLY_ERROR) {
+    last_error_ = std::string(raw->str, raw->len);
+    spdlog::warn("response store: redis: {}", last_error_);
+    return nullptr;
+  }
+  return reply;
+}
+
+Status RedisResponseStore::put(const std::string& key_id, const std::string& id, const StoredTurn& turn) {
+  std::string response = turn.response.dump();
+  std::string input = turn.input.is_array() ? turn.input.dump() : "[]";
+  std::string root = turn.root.empty() ? id : turn.root;
+  size_t bytes = response.size() + input.size() + turn.previous.size() + root.size();
+  if (bytes > options_.per_key_bytes) {
+    return make_error(ErrorCode::TooLarge,
+                      fmt::format("the response and its input ({} bytes) exceed the {} bytes one key may store", bytes,
+                                  options_.per_key_bytes));
+  }
+  std::lock_guard lock(mutex_);
+  auto reply =
+      eval(kPut, base(key_id),
+           {id, response, input, turn.previous, root, std::to_string(now()), std::to_string(options_.retention.count()),
+            std::to_string(options_.per_key), std::to_string(options_.per_key_bytes)});
+  if (!reply) return unavailable();
+  return {};
+}
+
+Result<json> RedisResponseStore::response(const std::string& key_id, const std::string& id) {
+  std::string key = base(key_id) + "r:" + id;
+  std::lock_guard lock(mutex_);
+  if (!connected()) return unavailable();
+  const char* argv[] = {"HGET", key.c_str(), "response"};
+  size_t lengths[] = {4, key.size(), 8};
+  auto* raw = static_cast<redisReply*>(redisCommandArgv(context_, 3, argv, lengths));
+  if (!raw) {
+    last_error_ = context_->errstr[0] ? context_->errstr : "no reply";
+    redisFree(context_);
+    context_ = nullptr;
+    return unavailable();
+  }
+  Reply reply(raw);
+  if (raw->type == REDIS_REPLY_NIL) {
+    return make_error(ErrorCode::NotFound, fmt::format("Response with id '{}' not found.", id));
+  }
+  if (raw->type != REDIS_REPLY_STRING) return unavailable();
+  auto parsed = parse_json(std::string_view(raw->str, raw->len));
+  if (!parsed) return make_error(ErrorCode::Internal, "a stored response is not valid JSON");
+  return std::move(*parsed);
+}
+
+Result<Conversation> RedisResponseStore::conversation(const std::string& key_id, const std::string& id) {
+  std::vector<TurnRecord> turns;
+  {
+    std::lock_guard lock(mutex_);
+    auto reply =
+        eval(kWalk, base(key_id),
+             {id, std::to_string(now()), std::to_string(options_.retention.count()), std::to_string(kMaxTurns)});
+    if (!reply) return unavailable();
+    const redisReply* raw = reply->reply;
+    auto text = [raw](size_t index) {
+      const redisReply* element = raw->element[index];
+      return element->type == REDIS_REPLY_STRING ? std::string(element->str, element->len) : std::string();
+    };
+    if (raw->type != REDIS_REPLY_ARRAY || raw->elements < 2 || (raw->elements - 2) % 4 != 0) return unavailable();
+    if (text(0) == "missing") {
+      std::string gone = text(1);
+      if (gone == id) return make_error(ErrorCode::NotFound, fmt::format("Response with id '{}' not found.", id));
+      return make_error(
+          ErrorCode::NotFound,
+          fmt::format("Response with id '{}' continues '{}', which was deleted or has expired.", id, gone));
+    }
+    for (size_t index = 2; index + 3 < raw->elements; index += 4) {
+      turns.push_back(TurnRecord{text(index), text(index + 1), text(index + 2), text(index + 3)});
+    }
+  }
+  return join_turns(turns);
+}
+
+Result<bool> RedisResponseStore::erase(const std::string& key_id, const std::string& id) {
+  std::lock_guard lock(mutex_);
+  auto reply = eval(kErase, base(key_id), {id});
+  if (!reply) return unavailable();
+  return reply->reply->type == REDIS_REPLY_INTEGER && reply->reply->integer == 1;
+}
+
+}  // namespace nebula::gateway
