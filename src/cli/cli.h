@@ -22,7 +22,8 @@ class Client;
 }
 namespace nebula::gateway {
 class Limiter;
-}
+class ResponseStore;
+}  // namespace nebula::gateway
 
 namespace nebula::cli {
 
@@ -90,6 +91,20 @@ void add_limits_flags(CLI::App& app, LimitsFlags& flags);
 // The limiter the flags ask for, connected (an error when Redis cannot be reached at start);
 // null for limits in process memory.
 Result<std::shared_ptr<gateway::Limiter>> make_limiter(const LimitsFlags& flags);
+
+// Where stored responses (previous_response_id, GET /v1/responses/{id}) live: --responses
+// memory|sqlite://PATH|redis://HOST[:PORT], with --responses-retention and --responses-per-key.
+struct ResponsesFlags {
+  std::string url;  // "" = the command's default
+  std::string retention = "720h";
+  size_t per_key = 10'000;
+};
+void add_responses_flags(CLI::App& app, ResponsesFlags& flags);
+// The store the flags ask for, opened (an error when it cannot be opened or reached); when
+// --responses is not given, fallback's ("" = this process's memory, which is said loudly:
+// several servers or gateways would each see only their own).
+Result<std::shared_ptr<gateway::ResponseStore>> make_response_store(const ResponsesFlags& flags,
+                                                                    const std::string& fallback);
 
 // Reporting to xtrace and reading its signals (docs/xtrace.md); off unless --xtrace is given.
 struct XtraceFlags {

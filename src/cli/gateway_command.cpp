@@ -81,6 +81,7 @@ struct GatewayFlags {
   std::string drain_timeout = "30s";
   bool exit_with_parent = false;
   LimitsFlags limits;
+  ResponsesFlags responses;
 };
 
 http::Response readiness(const gateway::MirrorStore& mirror) {
@@ -111,6 +112,7 @@ int run_gateway(int argc, char** argv) {
   app.add_flag("--exit-with-parent", flags.exit_with_parent,
                "Shut down when the process that started this one dies; for tests");
   add_limits_flags(app, flags.limits);
+  add_responses_flags(app, flags.responses);
   XtraceFlags xtrace_flags;
   add_xtrace_flags(app, xtrace_flags, true);
   if (auto exit = parse(app, argc, argv)) return *exit;
@@ -144,8 +146,11 @@ int run_gateway(int argc, char** argv) {
         "limits are per gateway: without --limits redis://HOST:PORT each gateway enforces every key's RPM, TPM, "
         "concurrency and budget on its own, so N gateways let a key through up to N times its limits");
   }
+  auto responses = make_response_store(flags.responses, flags.limits.url);
+  if (!responses) return fail(responses.error().message);
   gateway::Options options;
   options.require_keys = flags.auth == "keys";
+  options.responses = *responses;
   options.access_log_path = flags.access_log;
   options.limiter = *limiter;
   options.xtrace = *xtrace_client;

@@ -63,6 +63,7 @@ struct ServerFlags {
   std::string drain_timeout = "30s";
   size_t max_connections = 0;  // 0: derived from the open-file limit
   LimitsFlags limits;          // the gateway's: --limits redis://HOST:PORT shares them
+  ResponsesFlags responses;    // where the gateway's stored responses live
 };
 
 }  // namespace
@@ -181,6 +182,7 @@ void add_server_flags(CLI::App& app, ServerFlags& flags) {
       ->delimiter(',')
       ->envname("NEBULA_ALLOWED_ORIGINS");
   add_limits_flags(app, flags.limits);
+  add_responses_flags(app, flags.responses);
 }
 
 // Creates the file readable by its owner only from the first byte (no umask window).
@@ -330,6 +332,13 @@ class ServerRuntime {
     auto limiter = make_limiter(flags.limits);
     if (!limiter) return limiter.error();
     gateway_options.limiter = *limiter;
+    // One server on SQLite keeps them in a file beside its state; several on etcd share the
+    // --limits Redis, if there is one.
+    std::string responses_fallback =
+        store_url.rfind("sqlite://", 0) == 0 ? "sqlite://" + flags.data_dir + "/responses.db" : flags.limits.url;
+    auto responses = make_response_store(flags.responses, responses_fallback);
+    if (!responses) return responses.error();
+    gateway_options.responses = *responses;
     gateway_options.xtrace = xtrace_;
     gateway_options.xtrace_content = xtrace_ && xtrace_flags_.content;
     gateway_options.xtrace_signals = xtrace_ && xtrace_flags_.signals == "xtrace";
