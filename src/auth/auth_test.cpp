@@ -206,6 +206,30 @@ TEST(Guard, KeyRoutesCreateListAndRevoke) {
   server.stop();
 }
 
+// A key made an instant ago elsewhere is looked up in the store; a flood of random well-formed
+// secrets is not a flood of store reads.
+TEST(Keys, UnknownSecretsAreLookedUpWithinABudget) {
+  FakeClock clock;
+  store::MemoryStore store(clock);
+  KeyRing ring;
+  ASSERT_TRUE(ring.start(store));
+  auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < 2000; ++i) {
+    std::string secret = "nb-" + random_id(8) + "_" + random_id(32);
+    EXPECT_FALSE(ring.authenticate(secret, 2000));
+  }
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  EXPECT_GE(ring.store_lookups(), 50u);
+  EXPECT_LE(ring.store_lookups(), 51u + static_cast<uint64_t>(seconds * 50)) << seconds << " s";
+  // Malformed secrets never reach the store.
+  uint64_t before = ring.store_lookups();
+  for (const std::string& bad :
+       std::vector<std::string>{"nb-", "nb-_x", "nb-ABC_x", "sk-abc_def", std::string(300, 'n'), "nb-a/b_c"}) {
+    EXPECT_FALSE(ring.authenticate(bad, 2000));
+  }
+  EXPECT_EQ(ring.store_lookups(), before);
+}
+
 TEST(Keys, LastUseIsNotedOnSuccessOnlyAndWrittenWithoutGoingBack) {
   FakeClock clock;
   store::MemoryStore store(clock);

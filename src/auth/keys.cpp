@@ -1,5 +1,6 @@
 #include "auth/keys.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "common/ids.h"
@@ -106,13 +107,36 @@ std::shared_ptr<const api::ApiKey> KeyRing::find_in_store(std::string_view secre
       return it == by_hash_.end() ? nullptr : it->second;
     }
   }
+  if (!take_lookup()) return nullptr;
+  store_lookups_ += 1;
   auto stored = store_->get(kKeysPrefix + id);
-  if (!stored || !stored->has_value()) return nullptr;
+  if (!stored) {
+    std::lock_guard lock(lookup_mutex_);
+    lookups_paused_until_ = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    return nullptr;
+  }
+  if (!stored->has_value()) return nullptr;
   auto document = parse_json((*stored)->value);
   if (!document) return nullptr;
   auto key = api::api_key_from_json(*document);
   if (!key || key->hash != hash) return nullptr;
   return std::make_shared<const api::ApiKey>(std::move(*key));
+}
+
+bool KeyRing::take_lookup() const {
+  constexpr double kBurst = 50;
+  constexpr double kPerSecond = 50;
+  auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(lookup_mutex_);
+  if (now < lookups_paused_until_) return false;
+  if (lookup_refilled_ != std::chrono::steady_clock::time_point{}) {
+    double seconds = std::chrono::duration<double>(now - lookup_refilled_).count();
+    lookup_tokens_ = std::min(kBurst, lookup_tokens_ + seconds * kPerSecond);
+  }
+  lookup_refilled_ = now;
+  if (lookup_tokens_ < 1) return false;
+  lookup_tokens_ -= 1;
+  return true;
 }
 
 void KeyRing::apply(const std::string& store_key, const std::string* value) {

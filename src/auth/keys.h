@@ -1,6 +1,8 @@
 #pragma once
 // API keys: creation (the secret is returned once), a watch-fed cache for authentication, and the
 // bearer token of a request.
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -38,6 +40,8 @@ class KeyRing {
   // counts as the key's use at now_ms.
   Result<std::shared_ptr<const api::ApiKey>> authenticate(std::string_view secret, int64_t now_ms) const;
   size_t size() const;
+  // How many times an unknown secret was looked up in the store (find_in_store), for tests.
+  uint64_t store_lookups() const { return store_lookups_.load(); }
   // The latest use of a key this ring saw (0 when none since it started).
   int64_t last_use(const std::string& id) const;
   // The keys used since the last call, with their latest use (id → Unix ms), for the store.
@@ -56,6 +60,16 @@ class KeyRing {
   mutable std::map<std::string, int64_t> last_use_;
   mutable std::map<std::string, int64_t> unrecorded_;
   std::unique_ptr<store::ListWatch> watch_;
+  // Store lookups of unknown secrets are budgeted: a token bucket of 50 refilled at 50 a second,
+  // and none for 5 s after a lookup failed (the store away), so that a flood of random
+  // well-formed secrets cannot turn every request into a store read on the gateway's I/O thread.
+  // Past the budget an unknown secret is refused as any wrong one is.
+  bool take_lookup() const;
+  mutable std::mutex lookup_mutex_;
+  mutable double lookup_tokens_ = 50;
+  mutable std::chrono::steady_clock::time_point lookup_refilled_{};
+  mutable std::chrono::steady_clock::time_point lookups_paused_until_{};
+  mutable std::atomic<uint64_t> store_lookups_{0};
 };
 
 }  // namespace nebula::auth
