@@ -112,6 +112,7 @@ Status Gateway::start() {
   watch_timer_ = std::make_unique<asio::steady_timer>(io_);
   if (options_.load_scrape_interval.count() > 0) {
     scrape_timer_ = std::make_unique<asio::steady_timer>(io_);
+    table_.expect_engine_counts(true);
     asio::co_spawn(io_, scrape_loads(), asio::detached);
   }
   return usage_.start();

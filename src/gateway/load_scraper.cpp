@@ -28,7 +28,7 @@ awaitable<void> Gateway::scrape_loads() {
   while (!stopping_) {
     // A replica whose last read has not ended (a slow or stuck engine) is skipped this round:
     // never more than one read per replica in flight.
-    for (auto& endpoint : table_.endpoints()) {
+    for (auto& endpoint : table_.endpoints(true)) {
       if (endpoint->scraping) continue;
       endpoint->scraping = true;
       asio::co_spawn(io_, scrape_load(endpoint), asio::detached);
@@ -55,6 +55,12 @@ awaitable<void> Gateway::scrape_load(std::shared_ptr<router::Endpoint> endpoint)
   router::EngineLoad load = router::parse_engine_load(answer->body);
   load.at = SteadyClock::now();
   endpoint->engine = load;
+  if (load.running >= 0 || load.waiting >= 0) {
+    endpoint->engine_busy = std::max(0.0, load.running) + std::max(0.0, load.waiting);
+    endpoint->engine_busy_at_ns = load.at.time_since_epoch().count();
+  } else {
+    endpoint->engine_busy_at_ns = -1;  // drained() cannot wait for figures it will never get
+  }
 }
 
 void Gateway::apply_xtrace_signals() {

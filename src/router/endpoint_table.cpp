@@ -82,7 +82,9 @@ void EndpointTable::apply(const std::string& key, const std::string* value) {
           // endpoint so drained() can tell when the requests in flight to it have finished.
           bool leaving = replica->spec.stop || replica->spec.draining_since_ms > 0;
           const Endpoint* routed_before = entry.draining ? nullptr : entry.endpoint.get();
+          bool was_draining = entry.draining;
           entry.draining = replica->spec.draining_since_ms > 0 && !replica->spec.stop;
+          if (entry.draining && !was_draining) entry.draining_seen = SteadyClock::now();
           entry.starting = !leaving && is_starting(replica->status.phase);
           bool serving = replica->status.phase == api::phase::kReady && !leaving && !replica->status.endpoint.empty() &&
                          replica->status.plan_version == replica->spec.plan_version;
@@ -112,7 +114,17 @@ bool EndpointTable::drained(const std::string& replica) const {
   std::lock_guard lock(mutex_);
   auto it = replicas_.find(replica);
   if (it == replicas_.end() || !it->second.endpoint) return true;
-  return it->second.draining && it->second.endpoint->outstanding.load() == 0;
+  const auto& entry = it->second;
+  if (!entry.draining || entry.endpoint->outstanding.load() != 0) return false;
+  // Other gateways (other servers, `nebula gateway`s) may still relay to it: its engine counts
+  // their requests too, and must say 0 in a reading taken after the drain began. An engine
+  // whose /metrics has no such figures, or a gateway that reads none, leaves this gateway's own
+  // count to decide.
+  if (!engine_counts_) return true;
+  int64_t at_ns = entry.endpoint->engine_busy_at_ns.load();
+  if (at_ns < 0) return true;
+  if (at_ns <= entry.draining_seen.time_since_epoch().count()) return false;
+  return entry.endpoint->engine_busy.load() <= 0;
 }
 
 size_t EndpointTable::starting_count(const std::string& deployment) const {
@@ -162,11 +174,11 @@ Candidates EndpointTable::candidates(const std::string& deployment, const std::s
   return found;
 }
 
-std::vector<std::shared_ptr<Endpoint>> EndpointTable::endpoints() const {
+std::vector<std::shared_ptr<Endpoint>> EndpointTable::endpoints(bool include_draining) const {
   std::lock_guard lock(mutex_);
   std::vector<std::shared_ptr<Endpoint>> serving;
   for (const auto& [name, entry] : replicas_) {
-    if (entry.endpoint && !entry.draining) serving.push_back(entry.endpoint);
+    if (entry.endpoint && (include_draining || !entry.draining)) serving.push_back(entry.endpoint);
   }
   return serving;
 }

@@ -24,6 +24,11 @@ struct Endpoint {
   std::atomic<int> outstanding{0};
   // The estimated prompt + output tokens of the requests in flight to it.
   std::atomic<int64_t> inflight_tokens{0};
+  // The requests its engine holds (running + waiting) as its /metrics last said, from every
+  // gateway, and when (steady ns; 0 = not read yet, -1 = its /metrics has no such figures): what
+  // drained() reads from another thread.
+  std::atomic<double> engine_busy{-1};
+  std::atomic<int64_t> engine_busy_at_ns{0};
   // I/O thread only:
   Breaker breaker;
   EngineLoad engine;      // what its engine's /metrics said last (engine.at: when)
@@ -66,8 +71,12 @@ class EndpointTable {
   // `default_capacity`). Reads each endpoint's breaker and engine load: I/O thread only.
   Candidates candidates(const std::string& deployment, const std::set<std::string>& exclude, int default_capacity,
                         std::chrono::steady_clock::time_point now) const;
-  // Every serving endpoint, of every deployment (what the load scraper reads).
-  std::vector<std::shared_ptr<Endpoint>> endpoints() const;
+  // Every serving endpoint, of every deployment, and with include_draining those of draining
+  // replicas too (what the load scraper reads, so drained() hears from their engines).
+  // The gateway reads each engine's own request counts (its load scraper runs): drained() then
+  // waits for them too.
+  void expect_engine_counts(bool on) { engine_counts_ = on; }
+  std::vector<std::shared_ptr<Endpoint>> endpoints(bool include_draining = false) const;
   // The deployment's `spec.routing`, "" when it has none.
   std::string routing(const std::string& deployment) const;
   size_t ready_count(const std::string& deployment, const std::set<std::string>& exclude = {}) const;
@@ -98,9 +107,10 @@ class EndpointTable {
  private:
   struct ReplicaEntry {
     std::string deployment;
-    std::shared_ptr<Endpoint> endpoint;  // null unless Ready and not stopping
-    bool draining = false;               // out of routing, its endpoint kept for the in-flight count
-    bool starting = false;               // on its way to Ready
+    std::shared_ptr<Endpoint> endpoint;       // null unless Ready and not stopping
+    bool draining = false;                    // out of routing, its endpoint kept for the in-flight count
+    SteadyClock::time_point draining_seen{};  // when this table first saw it draining
+    bool starting = false;                    // on its way to Ready
   };
   struct DeploymentEntry {
     int64_t created_ms = 0;
@@ -111,6 +121,7 @@ class EndpointTable {
     std::string routing;        // spec.routing
   };
   mutable std::mutex mutex_;
+  std::atomic<bool> engine_counts_{false};
   std::map<std::string, DeploymentEntry> deployments_;
   std::map<std::string, ReplicaEntry> replicas_;
   std::function<void(const std::string&)> on_change_;

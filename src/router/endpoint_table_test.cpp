@@ -189,11 +189,46 @@ TEST_F(EndpointTableTest, DrainingReplicasTakeNothingAndReportDrainedWhenIdle) {
   put(draining);
   EXPECT_EQ(table.ready_count("m"), 1u);
   EXPECT_EQ(names(), "b");
-  EXPECT_EQ(table.endpoints().size(), 1u) << "a draining replica is not scraped";
+  EXPECT_EQ(table.endpoints().size(), 1u) << "a draining replica is not routed to";
+  EXPECT_EQ(table.endpoints(true).size(), 2u) << "but its engine's load is still read";
   EXPECT_FALSE(table.drained("a")) << "a request is still in flight to it";
   a->outstanding -= 1;
-  EXPECT_TRUE(table.drained("a"));
+  EXPECT_TRUE(table.drained("a")) << "a gateway that reads no engine counts: its own count decides";
   EXPECT_TRUE(table.drained("unknown"));
+}
+
+// Other gateways relay to the same engine: once the engine reports its load, a draining replica
+// is drained only when the engine, read after the drain began, holds no request.
+TEST_F(EndpointTableTest, ADrainWaitsForTheEnginesOwnCountReadAfterItBegan) {
+  table.expect_engine_counts(true);
+  deployment("m");
+  put(replica("a"));
+  put(replica("b"));
+  auto a = endpoint("a");
+  auto b = endpoint("b");
+  ASSERT_TRUE(a && b);
+  auto report = [&](double busy) {
+    a->engine_busy = busy;
+    a->engine_busy_at_ns = SteadyClock::now().time_since_epoch().count();
+  };
+  report(0);  // idle before the drain: says nothing of what came since
+  auto draining = replica("a");
+  draining.spec.draining_since_ms = 5;
+  put(draining);
+  EXPECT_FALSE(table.drained("a")) << "no reading since the drain began";
+  report(2);
+  EXPECT_FALSE(table.drained("a")) << "another gateway's requests are still in the engine";
+  report(0);
+  EXPECT_TRUE(table.drained("a"));
+  a->outstanding += 1;
+  EXPECT_FALSE(table.drained("a")) << "and this gateway's own count still counts";
+  // An engine whose /metrics has no request counts: this gateway's count decides.
+  auto leaving = replica("b");
+  leaving.spec.draining_since_ms = 5;
+  put(leaving);
+  EXPECT_FALSE(table.drained("b")) << "not read since the drain began";
+  b->engine_busy_at_ns = -1;
+  EXPECT_TRUE(table.drained("b"));
 }
 
 TEST_F(EndpointTableTest, AReplicaOfAnOlderPlanOrStoppingIsNotRouted) {
