@@ -61,7 +61,15 @@ awaitable<Response> Gateway::cancel_answer(const Request& request) {
     co_return openai_error(400, "Only responses created with background=true can be cancelled.",
                            "invalid_request_error", "invalid_request");
   }
-  if (stored->value("status", json("")) == "cancelled") co_return Response::json_body(200, *stored);
+  json status = stored->value("status", json(""));
+  if (status == "cancelled") co_return Response::json_body(200, *stored);
+  if (status == "queued" || status == "in_progress") {
+    // Stored in a shared store by another server or gateway, which runs it (or ran it and died).
+    co_return openai_error(409,
+                           "This response runs on another gateway: it can be cancelled only through the gateway that "
+                           "started it.",
+                           "invalid_request_error", "response_elsewhere");
+  }
   co_return openai_error(400, "Cannot cancel a response that has finished.", "invalid_request_error",
                          "invalid_request");
 }
