@@ -132,8 +132,10 @@ class ResponsesOnRedis : public ::testing::Test {
     up_ = new testing::NebulaUp({"--auth", "keys"});
     ASSERT_TRUE(up_->wait_node_ready()) << up_->process().output();
     admin_ = up_->admin_key();
-    auto deployed = up_->cli(
-        {"deploy", "chat", "--engine", "sim", "--model", "qwen2.5-0.5b", "--wait", "--timeout", "60s"}, admin_);
+    auto deployed =
+        up_->cli({"deploy", "chat", "--engine", "sim", "--model", "qwen2.5-0.5b", "--engine-arg=--step-base-ms",
+                  "--engine-arg=20", "--wait", "--timeout", "60s"},  // 20 ms a token: a long answer can be cancelled
+                 admin_);
     ASSERT_EQ(deployed.exit_code, 0) << deployed.out;
   }
   static void TearDownTestSuite() {
@@ -228,6 +230,30 @@ TEST_F(ResponsesOnRedis, AConversationGoesBackAndForthBetweenTwoGateways) {
   EXPECT_EQ(broken["_status"], 404);
   EXPECT_NE(broken["error"].value("message", "").find(first["id"].get<std::string>()), std::string::npos)
       << broken.dump();
+
+  // A background response runs on the gateway that took it: another sees its state, and only
+  // the first can cancel it.
+  json long_one = response_body("a long story");
+  long_one["background"] = true;
+  long_one["max_output_tokens"] = 1000;
+  json queued = respond(a_url, key, long_one);
+  ASSERT_TRUE(queued.contains("id")) << queued.dump();
+  std::string running = queued["id"];
+  json seen;
+  ASSERT_EQ(get_status(b_url, key, "/v1/responses/" + running, &seen), 200);
+  EXPECT_TRUE(seen["status"] == "queued" || seen["status"] == "in_progress") << seen.dump();
+  json elsewhere;
+  EXPECT_EQ(get_status(b_url, key, "/v1/responses/" + running + "/cancel", &elsewhere, "POST"), 409);
+  EXPECT_EQ(elsewhere["error"].value("code", ""), "response_elsewhere") << elsewhere.dump();
+  json cancelled;
+  EXPECT_EQ(get_status(a_url, key, "/v1/responses/" + running + "/cancel", &cancelled, "POST"), 200);
+  EXPECT_EQ(cancelled["status"], "cancelled");
+  EXPECT_TRUE(eventually(
+      [&] {
+        json state;
+        return get_status(b_url, key, "/v1/responses/" + running, &state) == 200 && state["status"] == "cancelled";
+      },
+      10s));
 
   // Redis down: continuing or reading a stored response is a 503 that says why; the gateway goes
   // on serving everything else, and the store is back with Redis.
