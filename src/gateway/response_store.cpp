@@ -196,13 +196,22 @@ size_t MemoryResponseStore::bytes() const {
 
 namespace {
 
-// A prepared statement that finalizes itself; bind by position from 1.
+// A statement prepared once per store (cached by its SQL text's address) and reset when done;
+// bind by position from 1.
 class Statement {
  public:
-  Statement(sqlite3* db, const char* sql) : db_(db) {
-    if (sqlite3_prepare_v2(db, sql, -1, &statement_, nullptr) != SQLITE_OK) statement_ = nullptr;
+  Statement(std::unordered_map<const char*, sqlite3_stmt*>& cache, sqlite3* db, const char* sql) : db_(db) {
+    auto& cached = cache[sql];
+    if (!cached && sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &cached, nullptr) != SQLITE_OK) {
+      cached = nullptr;
+    }
+    statement_ = cached;
   }
-  ~Statement() { sqlite3_finalize(statement_); }
+  ~Statement() {
+    if (!statement_) return;
+    sqlite3_reset(statement_);
+    sqlite3_clear_bindings(statement_);
+  }
   Statement(const Statement&) = delete;
   Statement& operator=(const Statement&) = delete;
   bool ok() const { return statement_ != nullptr; }
@@ -297,6 +306,7 @@ Result<std::unique_ptr<SqliteResponseStore>> SqliteResponseStore::open(const std
 }
 
 SqliteResponseStore::~SqliteResponseStore() {
+  for (auto& [sql, statement] : statements_) sqlite3_finalize(statement);
   sqlite3_close(db_);
 }
 
@@ -327,12 +337,12 @@ Status SqliteResponseStore::put(const std::string& key_id, const std::string& id
   // Expired turns go in batches, at most once a second.
   if (at - swept_ms_ >= 1'000) {
     swept_ms_ = at;
-    Statement sweep(db_,
+    Statement sweep(statements_, db_,
                     "DELETE FROM responses WHERE (key_id, id) IN "
                     "(SELECT key_id, id FROM responses WHERE used_ms <= ? LIMIT 1000)");
     if (sweep.bind(1, at - options_.retention.count()).step() != SQLITE_DONE) return sweep.error("expire");
   }
-  Statement insert(db_,
+  Statement insert(statements_, db_,
                    "INSERT INTO responses(key_id, id, previous, root, response, input, bytes, used_ms) "
                    "VALUES(?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key_id, id) DO UPDATE SET previous = excluded.previous, "
                    "root = excluded.root, response = excluded.response, input = excluded.input, "
@@ -342,13 +352,13 @@ Status SqliteResponseStore::put(const std::string& key_id, const std::string& id
   if (insert.step() != SQLITE_DONE) return insert.error("put");
   // The key's bounds: its least recently used turns go (never the one just stored).
   for (;;) {
-    Statement usage(db_, "SELECT count, bytes FROM response_keys WHERE key_id = ?");
+    Statement usage(statements_, db_, "SELECT count, bytes FROM response_keys WHERE key_id = ?");
     if (usage.bind(1, key_id).step() != SQLITE_ROW) break;
     if (static_cast<size_t>(usage.integer(0)) <= options_.per_key &&
         static_cast<size_t>(usage.integer(1)) <= options_.per_key_bytes) {
       break;
     }
-    Statement evict(db_,
+    Statement evict(statements_, db_,
                     "DELETE FROM responses WHERE key_id = ?1 AND id = "
                     "(SELECT id FROM responses WHERE key_id = ?1 AND id != ?2 ORDER BY used_ms LIMIT 1)");
     evict.bind(1, key_id).bind(2, id);
@@ -363,7 +373,7 @@ Status SqliteResponseStore::put(const std::string& key_id, const std::string& id
 Result<json> SqliteResponseStore::response(const std::string& key_id, const std::string& id) {
   int64_t at = now();
   std::lock_guard lock(mutex_);
-  Statement select(db_, "SELECT response FROM responses WHERE key_id = ? AND id = ? AND used_ms > ?");
+  Statement select(statements_, db_, "SELECT response FROM responses WHERE key_id = ? AND id = ? AND used_ms > ?");
   int step = select.bind(1, key_id).bind(2, id).bind(3, at - options_.retention.count()).step();
   if (step == SQLITE_DONE) return missing(id);
   if (step != SQLITE_ROW) return select.error("get");
@@ -380,15 +390,30 @@ Result<Conversation> SqliteResponseStore::conversation(const std::string& key_id
     Transaction transaction(db_);
     if (!transaction.began())
       return make_error(ErrorCode::Unavailable, fmt::format("response store: {}", sqlite3_errmsg(db_)));
-    for (std::string next = id; !next.empty() && turns.size() < kMaxTurns;) {
-      Statement select(db_,
-                       "UPDATE responses SET used_ms = ?3 WHERE key_id = ?1 AND id = ?2 AND used_ms > ?4 "
-                       "RETURNING response, input, previous, root");
-      int step = select.bind(1, key_id).bind(2, next).bind(3, at).bind(4, at - options_.retention.count()).step();
-      if (step == SQLITE_DONE) return next == id ? missing(id) : broken_chain(id, next);
-      if (step != SQLITE_ROW) return select.error("read");
-      turns.push_back(TurnRecord{select.text(0), select.text(1), select.text(2), select.text(3)});
-      next = turns.back().previous;
+    // The whole chain in one query, newest first; a missing link ends it early.
+    Statement chain(statements_, db_, R"sql(
+WITH RECURSIVE chain(id, previous, response, input, root, depth) AS (
+  SELECT id, previous, response, input, root, 0 FROM responses WHERE key_id = ?1 AND id = ?2 AND used_ms > ?3
+  UNION ALL
+  SELECT r.id, r.previous, r.response, r.input, r.root, c.depth + 1 FROM chain c
+    JOIN responses r ON r.key_id = ?1 AND r.id = c.previous AND r.used_ms > ?3
+    WHERE c.previous != '' AND c.depth < ?4)
+SELECT id, response, input, previous, root FROM chain ORDER BY depth)sql");
+    chain.bind(1, key_id).bind(2, id).bind(3, at - options_.retention.count());
+    chain.bind(4, static_cast<int64_t>(kMaxTurns));
+    std::vector<std::string> ids;
+    int step = SQLITE_ROW;
+    while ((step = chain.step()) == SQLITE_ROW) {
+      ids.push_back(chain.text(0));
+      turns.push_back(TurnRecord{chain.text(1), chain.text(2), chain.text(3), chain.text(4)});
+    }
+    if (step != SQLITE_DONE) return chain.error("read");
+    if (turns.empty()) return missing(id);
+    if (!turns.back().previous.empty() && turns.size() < kMaxTurns) return broken_chain(id, turns.back().previous);
+    // A conversation in use stays whole: every turn of it was used now.
+    for (const auto& used : ids) {
+      Statement touch(statements_, db_, "UPDATE responses SET used_ms = ?3 WHERE key_id = ?1 AND id = ?2");
+      if (touch.bind(1, key_id).bind(2, used).bind(3, at).step() != SQLITE_DONE) return touch.error("touch");
     }
     if (!transaction.commit())
       return make_error(ErrorCode::Unavailable, fmt::format("response store: {}", sqlite3_errmsg(db_)));
@@ -398,7 +423,7 @@ Result<Conversation> SqliteResponseStore::conversation(const std::string& key_id
 
 Result<bool> SqliteResponseStore::erase(const std::string& key_id, const std::string& id) {
   std::lock_guard lock(mutex_);
-  Statement remove(db_, "DELETE FROM responses WHERE key_id = ? AND id = ?");
+  Statement remove(statements_, db_, "DELETE FROM responses WHERE key_id = ? AND id = ?");
   if (remove.bind(1, key_id).bind(2, id).step() != SQLITE_DONE) return remove.error("delete");
   return sqlite3_changes(db_) > 0;
 }

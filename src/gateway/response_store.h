@@ -24,6 +24,7 @@
 #include "common/result.h"
 
 struct sqlite3;
+struct sqlite3_stmt;
 
 namespace nebula::gateway {
 
@@ -141,7 +142,8 @@ class SqliteResponseStore final : public ResponseStore {
   std::mutex mutex_;
   sqlite3* db_;
   ResponseStoreOptions options_;
-  int64_t swept_ms_ = 0;  // when expired turns were last deleted
+  std::unordered_map<const char*, sqlite3_stmt*> statements_;  // prepared once, by SQL text
+  int64_t swept_ms_ = 0;                                       // when expired turns were last deleted
 };
 
 }  // namespace nebula::gateway
