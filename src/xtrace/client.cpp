@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <random>
@@ -56,6 +57,12 @@ bool retryable(int status) {
 
 struct Client::Impl {
   Options options;
+  // Declared before io, so that they outlive the coroutine frames io destroys last.
+  mutable std::mutex mutex;
+  // Batches being delivered (under mutex), and a signal each time one ends: what ~Client()
+  // waits on to send what is left.
+  int delivering = 0;
+  std::condition_variable delivered;
   asio::io_context io;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::unique_ptr<http::Client> http;
@@ -64,7 +71,6 @@ struct Client::Impl {
   std::mt19937_64 random;  // the client's thread only
 
   // Shared with callers, under mutex.
-  mutable std::mutex mutex;
   std::deque<Metric> metrics;
   // Serialised on this client's thread, not the caller's; a retry sends the same bytes.
   std::deque<Generation> traces;
@@ -133,6 +139,16 @@ struct Client::Impl {
 
   // Sends one batch until xtrace takes it, refuses it, or max_attempts tries failed.
   awaitable<void> deliver(bool is_metrics, std::string body, size_t items) {
+    struct Delivering {  // counted from the batch's removal from its queue to its end
+      Impl& impl;
+      ~Delivering() {
+        {
+          std::lock_guard lock(impl.mutex);
+          impl.delivering -= 1;
+        }
+        impl.delivered.notify_all();
+      }
+    } delivering_now{*this};
     const std::string url = options.url + (is_metrics ? "/v1/metrics/batch" : "/v1/l/batch");
     for (int attempt = 1; !stopping; ++attempt) {
       co_await pace(next_send, options.max_sends_per_second);
@@ -179,10 +195,12 @@ struct Client::Impl {
           metrics.erase(metrics.begin(), metrics.begin() + static_cast<std::ptrdiff_t>(count));
           body = metrics_body(batch).dump(-1, ' ', false, json::error_handler_t::replace);
           items = count;
+          delivering += 1;
         } else if (!is_metrics && !traces.empty()) {
           generation = std::move(traces.front());
           traces.pop_front();
           items = 1;
+          delivering += 1;
         }
       }
       if (generation) {
@@ -366,6 +384,17 @@ Client::Client(Options options, std::map<std::string, SignalLimits> consumers)
 }
 
 Client::~Client() {
+  if (options_.shutdown_flush.count() > 0) {
+    // What is queued goes out first, for at most shutdown_flush: the send loops keep running.
+    std::unique_lock lock(impl_->mutex);
+    bool flushed = impl_->delivered.wait_for(lock, options_.shutdown_flush, [this] {
+      return impl_->metrics.empty() && impl_->traces.empty() && impl_->delivering == 0;
+    });
+    if (!flushed) {
+      spdlog::warn("xtrace: stopping with {} metric points and {} traces not sent", impl_->metrics.size(),
+                   impl_->traces.size() + static_cast<size_t>(impl_->delivering));
+    }
+  }
   impl_->stopping = true;
   impl_->work.reset();
   impl_->io.stop();

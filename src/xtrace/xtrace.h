@@ -44,6 +44,9 @@ struct Options {
   std::chrono::milliseconds backoff_initial{500};
   std::chrono::milliseconds backoff_max{30'000};
   uint64_t seed = 0;  // jitter; 0 = random
+  // When the client is destroyed (the process stops): how long what is still queued or in flight
+  // may take to be sent before the rest is dropped. 0 = drop at once.
+  std::chrono::milliseconds shutdown_flush{2'000};
 };
 
 // One point of POST /v1/metrics/batch.

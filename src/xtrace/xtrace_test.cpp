@@ -23,6 +23,7 @@ Options options_for(const XtraceServer& server) {
   options.backoff_initial = milliseconds(50);
   options.backoff_max = milliseconds(200);
   options.seed = 7;
+  options.shutdown_flush = milliseconds(200);
   return options;
 }
 
@@ -217,6 +218,23 @@ TEST(XtraceClient, ReportingNeverWaitsForABlackHole) {
   // bounded, and what is neither queued nor in flight (one per sender) was dropped and counted.
   EXPECT_LE(client.stats().traces.queued, 100u);
   EXPECT_GE(client.stats().traces.dropped_full, 1000u - 100u - static_cast<unsigned>(options.trace_senders));
+}
+
+// A stopping process sends what it still holds (for at most shutdown_flush), even when the send
+// loops were asleep and xtrace answered the first tries with 503.
+TEST(XtraceClient, WhatIsQueuedIsSentWhenTheClientStops) {
+  XtraceServer server;
+  server.fail_next(2, {503, 0});
+  Options options = options_for(server);
+  options.flush_interval = milliseconds(500);
+  options.shutdown_flush = std::chrono::seconds(20);
+  {
+    Client client(options);
+    for (int i = 0; i < 30; ++i) client.report(generation(TraceParent::make().trace_id));
+    client.report_metrics({gpu_point("gpu_utilization", 50), gpu_point("gpu_memory_total_mb", 81920)});
+  }
+  EXPECT_EQ(server.traces().size(), 30u);
+  EXPECT_EQ(server.points().size(), 2u);
 }
 
 TEST(XtraceClient, MetricsExportHasHelpTypeAndTotals) {
