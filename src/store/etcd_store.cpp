@@ -754,6 +754,26 @@ Result<int64_t> EtcdStore::put(const std::string& key, const std::string& value,
   return make_error(ErrorCode::Conflict, "store: key " + key + " changed concurrently");
 }
 
+Result<std::vector<int64_t>> EtcdStore::put_all(const std::vector<Put>& puts) {
+  if (auto valid = check_batch(puts); !valid) return valid.error();
+  if (puts.empty()) return std::vector<int64_t>();
+  json compares = json::array();
+  json success = json::array();
+  for (const auto& put : puts) {
+    if (auto valid = check_key(put.key); !valid) return valid.error();
+    if (put.precondition.mod_revision >= 0) compares.push_back(compare_for(put.key, put.precondition)[0]);
+    success.push_back({{"request_put", {{"key", base64_encode(put.key)}, {"value", base64_encode(put.value)}}}});
+  }
+  json txn{{"compare", std::move(compares)}, {"success", std::move(success)}};
+  auto answer = impl_->call_blocking("/v3/kv/txn", txn, false);
+  if (!answer) return answer.error();
+  if (!answer->value("succeeded", false)) {
+    return make_error(ErrorCode::Conflict, "store: a key of a batch of " + std::to_string(puts.size()) +
+                                               " changed concurrently (nothing written)");
+  }
+  return std::vector<int64_t>(puts.size(), from_etcd(header_revision(*answer)));
+}
+
 Result<int64_t> EtcdStore::remove(const std::string& key, Precondition precondition) {
   if (auto valid = check_key(key); !valid) return valid.error();
   json request{{"key", base64_encode(key)}};

@@ -58,6 +58,9 @@ class EtcdStore final : public Store {
   Result<int64_t> put(const std::string& key, const std::string& value,
                       Precondition precondition = Precondition::none(), int64_t lease = 0) override;
   Result<int64_t> remove(const std::string& key, Precondition precondition = Precondition::none()) override;
+  // One etcd transaction: a compare per precondition, a put per key, at one revision. Not retried
+  // once sent (as a compare-and-swap put).
+  Result<std::vector<int64_t>> put_all(const std::vector<Put>& puts) override;
   // The cluster's revision now (a request); the last one seen when no member answers.
   int64_t revision() override;
   Result<std::unique_ptr<WatchHandle>> watch(const std::string& prefix, int64_t from_revision, WatchCallback callback,
