@@ -26,6 +26,7 @@
 #include "gateway/mirror_store.h"
 #include "gateway/redis_limiter.h"
 #include "http/reuse_port.h"
+#include "store/etcd_store.h"
 #include "store/store.h"
 #include "xtrace/xtrace.h"
 
@@ -146,7 +147,10 @@ struct Source {
 // --store: etcd only. A SQLite file belongs to the one server that has it open; its changes
 // reach no other process.
 Status check_store_url(const std::string& url) {
-  if (url.rfind("etcd://", 0) == 0) return {};
+  if (url.rfind("etcd://", 0) == 0) {
+    if (auto parsed = store::parse_etcd_url(url); !parsed) return parsed.error();
+    return {};
+  }
   if (url.rfind("sqlite://", 0) == 0) {
     return make_error(ErrorCode::InvalidArgument,
                       "a gateway cannot share a server's SQLite file; follow that server with --server URL instead, "
