@@ -205,7 +205,8 @@ struct EtcdWatch {
   bool cancelled = false;
   WatchCallback callback;
   WatchEndCallback on_end;
-  json range;  // key and range_end
+  json range;        // key and range_end
+  bool prev = true;  // ask etcd for each event's previous key-value
   // I/O thread only. etcd revisions.
   int64_t next_revision = 0;   // where the next stream starts; 0 until the first stream says
   int64_t last_delivered = 0;  // the revision of the last event delivered
@@ -257,7 +258,7 @@ struct EtcdStore::Impl {
   static http::Headers json_headers() { return {{"Content-Type", "application/json"}}; }
   static std::string watch_body(const EtcdWatch& watch) {
     json request = watch.range;
-    request["prev_kv"] = true;
+    if (watch.prev) request["prev_kv"] = true;
     request["progress_notify"] = true;
     if (watch.next_revision > 0) request["start_revision"] = std::to_string(watch.next_revision);
     return json{{"create_request", request}}.dump();
@@ -806,10 +807,22 @@ int64_t EtcdStore::revision() {
 
 Result<std::unique_ptr<WatchHandle>> EtcdStore::watch(const std::string& prefix, int64_t from_revision,
                                                       WatchCallback callback, WatchEndCallback on_end) {
+  return open_watch(prefix, from_revision, std::move(callback), std::move(on_end), true);
+}
+
+Result<std::unique_ptr<WatchHandle>> EtcdStore::watch_values(const std::string& prefix, int64_t from_revision,
+                                                             WatchCallback callback, WatchEndCallback on_end) {
+  return open_watch(prefix, from_revision, std::move(callback), std::move(on_end), false);
+}
+
+Result<std::unique_ptr<WatchHandle>> EtcdStore::open_watch(const std::string& prefix, int64_t from_revision,
+                                                           WatchCallback callback, WatchEndCallback on_end,
+                                                           bool with_prev) {
   if (from_revision < 0) {
     return make_error(ErrorCode::InvalidArgument, "store: bad watch revision " + std::to_string(from_revision));
   }
   auto watch = std::make_shared<EtcdWatch>();
+  watch->prev = with_prev;
   watch->callback = std::move(callback);
   watch->on_end = std::move(on_end);
   watch->range = prefix_range(prefix);

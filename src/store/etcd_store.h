@@ -65,6 +65,9 @@ class EtcdStore final : public Store {
   int64_t revision() override;
   Result<std::unique_ptr<WatchHandle>> watch(const std::string& prefix, int64_t from_revision, WatchCallback callback,
                                              WatchEndCallback on_end = {}) override;
+  // Without etcd's prev_kv: each value crosses the wire and is encoded once, not twice.
+  Result<std::unique_ptr<WatchHandle>> watch_values(const std::string& prefix, int64_t from_revision,
+                                                    WatchCallback callback, WatchEndCallback on_end = {}) override;
   // ttl is rounded up to whole seconds (etcd's unit; etcd may raise it to its minimum).
   Result<int64_t> grant_lease(int64_t ttl_ms) override;
   Status keep_alive(int64_t lease) override;
@@ -81,6 +84,8 @@ class EtcdStore final : public Store {
 
  private:
   explicit EtcdStore(std::shared_ptr<Impl> impl);
+  Result<std::unique_ptr<WatchHandle>> open_watch(const std::string& prefix, int64_t from_revision,
+                                                  WatchCallback callback, WatchEndCallback on_end, bool with_prev);
   std::shared_ptr<Impl> impl_;
 };
 
