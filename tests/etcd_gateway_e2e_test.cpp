@@ -12,6 +12,7 @@
 #include "etcd_cluster.h"
 #include "nebula_fixture.h"
 #include "process_helpers.h"
+#include "redis_server.h"
 
 namespace nebula::testing {
 namespace {
@@ -80,8 +81,10 @@ class GatewaysOnEtcd : public ::testing::Test {
     return parsed ? *parsed : json();
   }
   // An inference key made on the server: {id, secret}.
-  std::pair<std::string, std::string> create_key() {
-    auto response = request("POST", "/api/v1/keys", json{{"name", "app"}, {"scope", "inference"}}.dump());
+  std::pair<std::string, std::string> create_key(int64_t rpm = 0) {
+    json wanted{{"name", "app"}, {"scope", "inference"}};
+    if (rpm > 0) wanted["rpm"] = rpm;
+    auto response = request("POST", "/api/v1/keys", wanted.dump());
     if (!response || response->status != 201) return {};
     auto body = parse_json(response->body);
     std::string secret = body ? body->value("secret", "") : "";
@@ -101,14 +104,31 @@ class GatewaysOnEtcd : public ::testing::Test {
     if (!body || !body->is_object()) return -1;
     return (*body)["usage"].value("total_tokens", int64_t{-1});
   }
-  // A `nebula gateway --store` on a port of its own; waits until it is ready.
-  std::string start_gateway() {
+  // An agent with one simulated GPU and a deployment `chat` of one engine-sim replica.
+  void deploy_chat() {
+    agent_ = std::make_unique<Child>(
+        agent_argv(server_->url(), server_->token(), "n1", "1xH100-80GB", temp_.path() + "/agent", {}),
+        temp_.path() + "/agent.log");
+    ASSERT_TRUE(eventually(
+        [&] {
+          json node = get("/api/v1/nodes/n1");
+          return node.is_object() && node["status"].is_object() && node["status"].value("ready", false);
+        },
+        30s));
+    json deployment{{"name", "chat"},
+                    {"spec", {{"engine", "sim"}, {"model", "qwen2.5-0.5b"}, {"replicas", 1}, {"max_seqs", 16}}}};
+    auto deployed = request("POST", "/api/v1/deployments", deployment.dump());
+    ASSERT_TRUE(deployed && deployed->status == 201) << (deployed ? deployed->body : deployed.error().message);
+  }
+  // A `nebula gateway --store` on a port of its own, with more flags; waits until it is ready.
+  std::string start_gateway(std::vector<std::string> extra = {}) {
     int port = free_port();
     std::string log = temp_.path() + "/gateway-" + std::to_string(gateways_.size()) + ".log";
-    gateways_.push_back(std::make_unique<Child>(
-        std::vector<std::string>{NEBULA_BINARY, "gateway", "--store", cluster_->url(), "--listen",
-                                 "127.0.0.1:" + std::to_string(port), "--log-level", "info", "--exit-with-parent"},
-        log));
+    std::vector<std::string> argv = {NEBULA_BINARY,   "gateway",  "--store",
+                                     cluster_->url(), "--listen", "127.0.0.1:" + std::to_string(port),
+                                     "--log-level",   "info",     "--exit-with-parent"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    gateways_.push_back(std::make_unique<Child>(argv, log));
     bool ready = eventually(
         [&] {
           http::BlockingClient client;
@@ -134,20 +154,8 @@ class GatewaysOnEtcd : public ::testing::Test {
 };
 
 TEST_F(GatewaysOnEtcd, KeysChatAndUsageAddUpThroughTwoGatewaysAndALostMember) {
-  agent_ = std::make_unique<Child>(
-      agent_argv(server_->url(), server_->token(), "n1", "1xH100-80GB", temp_.path() + "/agent", {}),
-      temp_.path() + "/agent.log");
-  ASSERT_TRUE(eventually(
-      [&] {
-        json node = get("/api/v1/nodes/n1");
-        return node.is_object() && node["status"].is_object() && node["status"].value("ready", false);
-      },
-      30s));
-  json deployment{{"name", "chat"},
-                  {"spec", {{"engine", "sim"}, {"model", "qwen2.5-0.5b"}, {"replicas", 1}, {"max_seqs", 16}}}};
-  auto deployed = request("POST", "/api/v1/deployments", deployment.dump());
-  ASSERT_TRUE(deployed && deployed->status == 201) << (deployed ? deployed->body : deployed.error().message);
-
+  deploy_chat();
+  ASSERT_FALSE(HasFailure());
   std::vector<std::string> gateways = {start_gateway(), start_gateway()};
   ASSERT_FALSE(HasFailure());
   auto [key_id, key] = create_key();
@@ -175,7 +183,9 @@ TEST_F(GatewaysOnEtcd, KeysChatAndUsageAddUpThroughTwoGatewaysAndALostMember) {
   for (const auto& base : gateways) {
     EXPECT_EQ(models_status(base, "nb-abcdefgh_00000000000000000000000000000000"), 401);
     EXPECT_EQ(models_status(base, "nb-../../x_00"), 401);
-    EXPECT_EQ(models_status(base, key.substr(0, key.size() - 1) + "0"), 401);
+    std::string wrong_secret = key;
+    wrong_secret.back() = wrong_secret.back() == '0' ? '1' : '0';
+    EXPECT_EQ(models_status(base, wrong_secret), 401);
   }
 
   // Usage from the server's gateway and both others, chat spread over the three.
@@ -220,6 +230,32 @@ TEST_F(GatewaysOnEtcd, KeysChatAndUsageAddUpThroughTwoGatewaysAndALostMember) {
   // The server's answer includes what its own gateway has not flushed yet, so a batch added
   // twice would show here at once.
   EXPECT_EQ(stored_usage(key_id), used);
+}
+
+TEST_F(GatewaysOnEtcd, SharedLimitsInRedisWorkUnchanged) {
+  if (auto missing = RedisServer::missing(); !missing.empty()) GTEST_SKIP() << missing;
+  RedisServer redis;
+  ASSERT_TRUE(redis.ready());
+  deploy_chat();
+  ASSERT_FALSE(HasFailure());
+  std::vector<std::string> gateways = {start_gateway({"--limits", redis.url()}),
+                                       start_gateway({"--limits", redis.url()})};
+  ASSERT_FALSE(HasFailure());
+  // The replica is Ready for both (asked with the admin key, which has no limits); then the
+  // key's 4 a minute are shared: two on each gateway, and the next one is refused by either.
+  for (const auto& base : gateways) ASSERT_TRUE(eventually([&] { return chat(base, admin_) > 0; }, 60s)) << base;
+  auto [key_id, key] = create_key(4);
+  ASSERT_FALSE(key.empty());
+  EXPECT_GT(chat(gateways[0], key), 0);
+  EXPECT_GT(chat(gateways[0], key), 0);
+  EXPECT_GT(chat(gateways[1], key), 0);
+  EXPECT_GT(chat(gateways[1], key), 0);
+  for (const auto& base : gateways) {
+    http::BlockingClient client;
+    auto refused = client.request("POST", base + "/v1/chat/completions", kChat, bearer(key), 30s);
+    ASSERT_TRUE(refused);
+    EXPECT_EQ(refused->status, 429) << base << ": " << refused->body;
+  }
 }
 
 TEST(GatewayOnEtcdFlags, BadCombinationsAndUnreachableEtcdFailClearly) {
