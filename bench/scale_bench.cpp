@@ -1,9 +1,13 @@
 // The control plane at scale, two measurements (docs/benchmarks.md, "The scheduler at scale"):
 //
-//   scale_bench place [--nodes N]... [--replicas R]...
-//     In process, on a SqliteStore in a temporary directory: N Ready nodes of 8 × 80 GiB GPUs and
-//     R pending single-GPU replicas; times the controller's passes until every replica is placed
-//     (each placement a compare-and-swap write and an event, as in production).
+//   scale_bench place [--nodes N]... [--replicas R]... [--store sqlite|etcd]... [--one-write-per-placement]
+//     In process, on a SqliteStore in a temporary directory or on a real one-member etcd the bench
+//     starts (etcd on PATH; a fresh one per row): N Ready nodes of 8 × 80 GiB GPUs and R pending
+//     single-GPU replicas; times the controller's passes until every replica is placed (each
+//     placement a compare-and-swap write, written in transactions of up to 128, and an event, as
+//     in production): this process's CPU, etcd's CPU, and the wall clock.
+//     --one-write-per-placement hides the store's transactions (Store::put_all) from the
+//     controller, as before they existed: one compare-and-swap write per placement.
 //
 //   scale_bench idle --nodes N --replicas R [--pending P] [--seconds S]
 //     A real `nebula server` and N fake agents in this process, each a loopback HTTP client doing
@@ -41,6 +45,7 @@
 #include "controlplane/controlplane.h"
 #include "controlplane/resources.h"
 #include "scheduler/scheduler.h"
+#include "store/etcd_store.h"
 #include "store/sqlite_store.h"
 
 namespace {
@@ -77,32 +82,157 @@ double cpu_ms() {
 struct PlaceResult {
   double create_ms = 0;
   double memory_ms = 0;  // the scheduler alone: the same placements in memory, no store
-  double place_ms = 0;   // CPU
-  double wall_ms = 0;
+  double place_ms = 0;   // CPU of this process (the controller, the store's client)
+  double etcd_ms = 0;    // CPU of etcd over the same passes
+  double wall_ms = 0;    // the passes, not the counting between them
   int passes = 0;
   int placed = 0;
   int nodes_used = 0;
 };
 
-PlaceResult run_place(int node_count, int replica_count, const std::string& scratch) {
+// A store that hides put_all (the default answers Unavailable): the controller falls back to one
+// compare-and-swap write per placement, as it did before batches.
+class OneWriteAtATime final : public store::Store {
+ public:
+  explicit OneWriteAtATime(store::Store& inner) : inner_(inner) {}
+  Result<std::optional<store::KeyValue>> get(const std::string& key) override { return inner_.get(key); }
+  Result<store::ListResult> list(const std::string& prefix) override { return inner_.list(prefix); }
+  Result<int64_t> put(const std::string& key, const std::string& value,
+                      store::Precondition precondition = store::Precondition::none(), int64_t lease = 0) override {
+    return inner_.put(key, value, precondition, lease);
+  }
+  Result<int64_t> remove(const std::string& key,
+                         store::Precondition precondition = store::Precondition::none()) override {
+    return inner_.remove(key, precondition);
+  }
+  int64_t revision() override { return inner_.revision(); }
+  Result<std::unique_ptr<store::WatchHandle>> watch(const std::string& prefix, int64_t from_revision,
+                                                    store::WatchCallback callback,
+                                                    store::WatchEndCallback on_end = {}) override {
+    return inner_.watch(prefix, from_revision, std::move(callback), std::move(on_end));
+  }
+  Result<int64_t> grant_lease(int64_t ttl_ms) override { return inner_.grant_lease(ttl_ms); }
+  Status keep_alive(int64_t lease) override { return inner_.keep_alive(lease); }
+  Status revoke_lease(int64_t lease) override { return inner_.revoke_lease(lease); }
+  int expire_leases() override { return inner_.expire_leases(); }
+
+ private:
+  store::Store& inner_;
+};
+
+// The etcd binary on PATH.
+std::string etcd_binary() {
+  const char* path = std::getenv("PATH");
+  std::stringstream directories(path ? path : "/usr/bin");
+  for (std::string directory; std::getline(directories, directory, ':');) {
+    std::string candidate = directory + "/etcd";
+    if (!directory.empty() && ::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  throw std::runtime_error("etcd is not on PATH (Debian: apt install etcd-server)");
+}
+
+// A one-member etcd on free loopback ports, data in `dir`; killed by the destructor.
+class Etcd {
+ public:
+  explicit Etcd(const std::string& dir) {
+    int client = bench::free_port();
+    int peer = bench::free_port();
+    url_ = fmt::format("http://127.0.0.1:{}", client);
+    std::string peer_url = fmt::format("http://127.0.0.1:{}", peer);
+    pid_ =
+        bench::spawn({etcd_binary(), "--name", "bench", "--data-dir", dir + "/etcd", "--listen-client-urls", url_,
+                      "--advertise-client-urls", url_, "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls",
+                      peer_url, "--initial-cluster", "bench=" + peer_url, "--log-level", "error"},
+                     dir + "/etcd.log");
+    http::BlockingClient client_http;
+    bool healthy = bench::wait_until(
+        [&] {
+          auto response = client_http.request("GET", url_ + "/health");
+          return response && response->status == 200 && response->body.find("true") != std::string::npos;
+        },
+        20s, 50ms);
+    if (!healthy) throw std::runtime_error("etcd did not start; see " + dir + "/etcd.log");
+  }
+  ~Etcd() { bench::stop(pid_); }
+  Etcd(const Etcd&) = delete;
+  Etcd& operator=(const Etcd&) = delete;
+  const std::string& url() const { return url_; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  std::string url_;
+  pid_t pid_ = 0;
+};
+
+struct PlaceOptions {
+  std::string store = "sqlite";  // sqlite | etcd
+  bool one_write_per_placement = false;
+};
+
+// Writes resources in transactions of up to store::kMaxBatch (setting up, not timed).
+class BatchCreator {
+ public:
+  explicit BatchCreator(store::Store& store) : store_(store) {}
+  ~BatchCreator() { flush(); }
+  template <typename T>
+  void create(const T& object) {
+    puts_.push_back({api::store_key(controlplane::Traits<T>::kPlural, object.metadata.name),
+                     api::to_json(object).dump(), store::Precondition::absent()});
+    if (puts_.size() == store::kMaxBatch) flush();
+  }
+  void flush() {
+    if (puts_.empty()) return;
+    if (auto written = store_.put_all(puts_); !written) throw std::runtime_error(written.error().message);
+    puts_.clear();
+  }
+
+ private:
+  store::Store& store_;
+  std::vector<store::Put> puts_;
+};
+
+PlaceResult run_place(int node_count, int replica_count, const std::string& scratch, const PlaceOptions& place) {
   std::filesystem::remove_all(scratch);
   std::filesystem::create_directories(scratch);
-  auto opened = store::SqliteStore::open(scratch + "/nebula.db");
-  if (!opened) throw std::runtime_error(opened.error().message);
-  auto& store = **opened;
+  std::unique_ptr<Etcd> etcd;
+  std::unique_ptr<store::Store> opened;
+  if (place.store == "etcd") {
+    etcd = std::make_unique<Etcd>(scratch);
+    store::EtcdOptions options;
+    options.endpoints = {etcd->url()};
+    auto etcd_store = store::EtcdStore::open(options);
+    if (!etcd_store) throw std::runtime_error(etcd_store.error().message);
+    opened = std::move(*etcd_store);
+  } else {
+    auto sqlite = store::SqliteStore::open(scratch + "/nebula.db");
+    if (!sqlite) throw std::runtime_error(sqlite.error().message);
+    opened = std::move(*sqlite);
+  }
+  std::unique_ptr<store::Store> unbatched;
+  if (place.one_write_per_placement) unbatched = std::make_unique<OneWriteAtATime>(*opened);
+  store::Store& store = unbatched ? *unbatched : *opened;
   controlplane::Resources resources(store);
   int64_t now_ms = to_unix_ms(SystemClock::instance().wall_now());
+  BatchCreator creator(*opened);
   for (int i = 0; i < node_count; ++i) {
     api::Node node;
     node.metadata.name = fmt::format("node-{:04}", i);
+    node.metadata.uid = fmt::format("uid-node-{}", i);
+    node.metadata.created_ms = now_ms;
     node.status.ready = true;
     node.status.heartbeat_ms = now_ms;
     node.status.engines = {"sim"};
     auto parsed =
         api::node_from_json(json{{"metadata", {{"name", node.metadata.name}}}, {"status", {{"gpus", gpus_json()}}}});
     node.status.gpus = parsed->status.gpus;
-    if (!resources.create(node)) throw std::runtime_error("cannot create a node");
+    creator.create(node);
   }
+  creator.flush();
+  // The controller runs before the replicas exist, as on a leader that has been up for a while:
+  // its informer has listed the nodes, and the replicas reach it by its watch.
+  controlplane::Options options;
+  controlplane::Controller controller(resources, options);
+  controller.reconcile();
   // Deployments of at most 1,000 replicas (the API's limit), each replica asking 4 GiB of one GPU (20 fit on a GPU).
   PlaceResult result;
   auto start = Clock::now();
@@ -115,7 +245,9 @@ PlaceResult run_place(int node_count, int replica_count, const std::string& scra
     deployment.spec.engine = "sim";
     deployment.spec.replicas = count;
     deployment.spec.vram_mb = 4096;
-    if (!resources.create(deployment)) throw std::runtime_error("cannot create a deployment");
+    deployment.metadata.uid = "uid-" + deployment.metadata.name;
+    deployment.metadata.created_ms = now_ms;
+    creator.create(deployment);
     for (int r = 0; r < count; ++r) {
       api::Replica replica;
       replica.metadata.name = fmt::format("{}-{:05}", deployment.metadata.name, r);
@@ -125,9 +257,12 @@ PlaceResult run_place(int node_count, int replica_count, const std::string& scra
       replica.spec.vram_mb = deployment.spec.vram_mb;
       replica.spec.plan_version = 1;
       replica.status.phase = api::phase::kPending;
-      if (!resources.create(replica)) throw std::runtime_error("cannot create a replica");
+      replica.metadata.uid = "uid-" + replica.metadata.name;
+      replica.metadata.created_ms = now_ms;
+      creator.create(replica);
     }
   }
+  creator.flush();
   result.create_ms = bench::ms_since(start);
 
   {
@@ -144,13 +279,13 @@ PlaceResult run_place(int node_count, int replica_count, const std::string& scra
     result.memory_ms = cpu_ms() - memory_start;
   }
 
-  controlplane::Options options;
-  controlplane::Controller controller(resources, options);
+  double etcd_start = etcd ? bench::cpu_seconds(etcd->pid()) : 0;
   double pass_start = cpu_ms();
   start = Clock::now();
   for (result.passes = 1; result.passes <= 50; ++result.passes) {
     controller.reconcile();
     result.place_ms += cpu_ms() - pass_start;
+    result.wall_ms += bench::ms_since(start);
     auto replicas = resources.list<api::Replica>();
     int placed = 0;
     std::set<std::string> nodes;
@@ -163,8 +298,10 @@ PlaceResult run_place(int node_count, int replica_count, const std::string& scra
     result.nodes_used = static_cast<int>(nodes.size());
     if (placed >= replica_count) break;
     pass_start = cpu_ms();
+    start = Clock::now();
   }
-  result.wall_ms = bench::ms_since(start);
+  if (etcd) result.etcd_ms = (bench::cpu_seconds(etcd->pid()) - etcd_start) * 1000;
+  etcd.reset();
   std::filesystem::remove_all(scratch);
   return result;
 }
@@ -378,18 +515,31 @@ int main(int argc, char** argv) {
     if (command == "place") {
       auto nodes = numbers(argv, argv + argc, "--nodes", {100, 1000});
       auto replicas = numbers(argv, argv + argc, "--replicas", {1000, 10000});
+      std::vector<std::string> stores;
+      for (char** arg = argv; arg + 1 < argv + argc; ++arg) {
+        if (std::string(*arg) == "--store") stores.push_back(*(arg + 1));
+      }
+      if (stores.empty()) stores = {"sqlite", "etcd"};
+      PlaceOptions place;
+      for (char** arg = argv; arg < argv + argc; ++arg) {
+        if (std::string(*arg) == "--one-write-per-placement") place.one_write_per_placement = true;
+      }
       std::string scratch = std::filesystem::temp_directory_path() / fmt::format("nebula-place-bench-{}", getpid());
-      std::cout
-          << "| nodes | replicas | scheduler alone (CPU ms) | controller, with store writes (CPU ms) | (wall ms) | "
-             "passes | placed | nodes used |\n"
-             "|---|---|---|---|---|---|---|---|\n";
+      std::cout << "| nodes | replicas | store | scheduler alone (CPU ms) | controller + store client (CPU ms) | etcd "
+                   "(CPU ms) | wall (ms) | passes | placed | nodes used |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|\n";
       for (int node_count : nodes) {
         for (int replica_count : replicas) {
-          auto result = run_place(node_count, replica_count, scratch);
-          std::cout << fmt::format("| {} | {} | {:.0f} | {:.0f} | {:.0f} | {} | {} | {} |\n", node_count, replica_count,
-                                   result.memory_ms, result.place_ms, result.wall_ms, result.passes, result.placed,
-                                   result.nodes_used)
-                    << std::flush;
+          for (const auto& kind : stores) {
+            if (kind != "sqlite" && kind != "etcd") throw std::runtime_error("--store is sqlite or etcd");
+            place.store = kind;
+            auto result = run_place(node_count, replica_count, scratch, place);
+            std::cout << fmt::format("| {} | {} | {} | {:.0f} | {:.0f} | {} | {:.0f} | {} | {} | {} |\n", node_count,
+                                     replica_count, kind, result.memory_ms, result.place_ms,
+                                     kind == "etcd" ? fmt::format("{:.0f}", result.etcd_ms) : "-", result.wall_ms,
+                                     result.passes, result.placed, result.nodes_used)
+                      << std::flush;
+          }
         }
       }
       return 0;
@@ -405,7 +555,8 @@ int main(int argc, char** argv) {
     std::cerr << "scale_bench: " << error.what() << "\n";
     return 1;
   }
-  std::cerr << "usage: scale_bench place [--nodes N]... [--replicas R]...\n"
+  std::cerr << "usage: scale_bench place [--nodes N]... [--replicas R]... [--store sqlite|etcd]... "
+               "[--one-write-per-placement]\n"
                "       scale_bench idle [--nodes N] [--replicas R] [--pending P] [--seconds S]\n";
   return 2;
 }

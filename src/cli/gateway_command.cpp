@@ -1,15 +1,22 @@
 // `nebula gateway --server URL`: the OpenAI gateway alone, following a server's deployments,
-// replicas, keys and usage (gateway/mirror_store.h) and reporting usage back to it. Start as many
-// as you like; on one host they share a port (SO_REUSEPORT). With --limits redis://HOST:PORT,
-// every gateway (and the server's own, given the same flag) counts each key's limits in one Redis.
+// replicas, keys and usage (gateway/mirror_store.h) and reporting usage back to it. Or
+// `nebula gateway --store etcd://...`: the same gateway on the servers' etcd itself, following
+// it by watch and writing usage, last use and activity to it (no server in the way). Start as
+// many as you like; on one host they share a port (SO_REUSEPORT). With --limits
+// redis://HOST:PORT, every gateway (and the server's own, given the same flag) counts each key's
+// limits in one Redis.
 #include <fmt/format.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <iostream>
+#include <mutex>
 #include <thread>
 
+#include "api/api.h"
 #include "cli/cli.h"
 #include "common/asio.h"
 #include "common/config.h"
@@ -19,6 +26,8 @@
 #include "gateway/mirror_store.h"
 #include "gateway/redis_limiter.h"
 #include "http/reuse_port.h"
+#include "store/etcd_store.h"
+#include "store/store.h"
 #include "xtrace/xtrace.h"
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -74,6 +83,7 @@ namespace {
 
 struct GatewayFlags {
   ClientFlags client;
+  std::string store;
   std::string listen = "127.0.0.1:8090";
   std::string auth = "keys";
   std::string log_level = "info";
@@ -84,17 +94,83 @@ struct GatewayFlags {
   ResponsesFlags responses;
 };
 
-http::Response readiness(const gateway::MirrorStore& mirror) {
-  if (mirror.following()) return http::Response::text(200, "ok\n");
-  return http::Response::text(503, "not following the server\n");
+// Whether etcd answers, asked once a second off the I/O threads (a read waits on every member
+// in turn when they are away). A gateway keeps serving from what its watches brought meanwhile.
+class StoreProbe {
+ public:
+  explicit StoreProbe(store::Store& store) : store_(store), thread_([this] { run(); }) {}
+  ~StoreProbe() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+  bool reachable() const { return reachable_.load(); }
+
+ private:
+  void run() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+      lock.unlock();
+      reachable_ = store_.get(std::string(api::kKeyRoot) + "leader").ok();
+      lock.lock();
+      wake_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_; });
+    }
+  }
+  store::Store& store_;
+  std::atomic<bool> reachable_{true};
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+// What the gateway runs on: a server's state mirrored (--server) or etcd itself (--store).
+struct Source {
+  std::unique_ptr<gateway::MirrorStore> mirror;
+  std::unique_ptr<store::Store> etcd;
+  std::unique_ptr<StoreProbe> probe;
+  std::string description;
+
+  store::Store& store() { return mirror ? static_cast<store::Store&>(*mirror) : *etcd; }
+  http::Response readiness() const {
+    if (mirror) {
+      if (mirror->following()) return http::Response::text(200, "ok\n");
+      return http::Response::text(503, "not following the server\n");
+    }
+    if (probe->reachable()) return http::Response::text(200, "ok\n");
+    return http::Response::text(503, "no etcd member answers\n");
+  }
+};
+
+// --store: etcd only. A SQLite file belongs to the one server that has it open; its changes
+// reach no other process.
+Status check_store_url(const std::string& url) {
+  if (url.rfind("etcd://", 0) == 0) {
+    if (auto parsed = store::parse_etcd_url(url); !parsed) return parsed.error();
+    return {};
+  }
+  if (url.rfind("sqlite://", 0) == 0) {
+    return make_error(ErrorCode::InvalidArgument,
+                      "a gateway cannot share a server's SQLite file; follow that server with --server URL instead, "
+                      "or give the servers' etcd://HOST:PORT[,HOST:PORT...]");
+  }
+  return make_error(ErrorCode::InvalidArgument,
+                    "expected etcd://HOST:PORT[,HOST:PORT...][?options], got '" + url + "'");
 }
 
 }  // namespace
 
 int run_gateway(int argc, char** argv) {
-  CLI::App app{"Run a stateless OpenAI gateway that follows a server (start as many as you like)", "nebula gateway"};
+  CLI::App app{"Run a stateless OpenAI gateway that follows a server or its etcd (start as many as you like)",
+               "nebula gateway"};
   GatewayFlags flags;
   add_client_flags(app, flags.client);
+  app.add_option("--store", flags.store,
+                 "Run on the servers' etcd (etcd://HOST:PORT[,HOST:PORT...][?options]) instead of following a "
+                 "--server");
   app.add_option("--listen", flags.listen,
                  "Address for the OpenAI gateway; gateways on one host may share it (SO_REUSEPORT)")
       ->capture_default_str();
@@ -124,8 +200,18 @@ int run_gateway(int argc, char** argv) {
   if (!loopback && flags.auth != "keys") {
     return usage_error(app, "refusing to listen on " + flags.listen + " without --auth keys");
   }
+  bool on_store = app.count("--store") > 0;
+  if (on_store && app.count("--server") > 0) {
+    return usage_error(app, "give --server URL (follow a server) or --store etcd://... (run on its etcd), not both");
+  }
+  if (on_store && app.count("--api-key") > 0) {
+    return usage_error(app, "--api-key is for --server; on --store the gateway reads etcd itself");
+  }
+  if (on_store) {
+    if (auto valid = check_store_url(flags.store); !valid) return usage_error(app, "--store: " + valid.error().message);
+  }
   auto server_url = http::Url::parse(flags.client.server);
-  if (!server_url) return usage_error(app, "--server: " + server_url.error().message);
+  if (!on_store && !server_url) return usage_error(app, "--server: " + server_url.error().message);
   auto drain_timeout = parse_duration(flags.drain_timeout);
   if (!drain_timeout) return usage_error(app, "--drain-timeout: " + drain_timeout.error().message);
   init_logging(flags.log_level);
@@ -137,8 +223,18 @@ int run_gateway(int argc, char** argv) {
 
   asio::io_context io;
   auto work = asio::make_work_guard(io);
-  gateway::MirrorStore mirror(io, server_url->origin(), flags.client.api_key);
-  if (auto started = mirror.start(); !started) return fail(started.error().message);
+  Source source;
+  if (on_store) {
+    auto opened = store::open(flags.store);
+    if (!opened) return fail("--store: " + opened.error().message);
+    source.etcd = std::move(*opened);
+    source.probe = std::make_unique<StoreProbe>(*source.etcd);
+    source.description = "etcd " + flags.store.substr(0, flags.store.find('?'));
+  } else {
+    source.mirror = std::make_unique<gateway::MirrorStore>(io, server_url->origin(), flags.client.api_key);
+    if (auto started = source.mirror->start(); !started) return fail(started.error().message);
+    source.description = server_url->origin();
+  }
   auto limiter = make_limiter(flags.limits);
   if (!limiter) return fail(limiter.error().message);
   if (!*limiter) {
@@ -156,7 +252,7 @@ int run_gateway(int argc, char** argv) {
   options.xtrace = *xtrace_client;
   options.xtrace_content = *xtrace_client && xtrace_flags.content;
   options.xtrace_signals = *xtrace_client && xtrace_flags.signals == "xtrace";
-  auto gateway = std::make_unique<gateway::Gateway>(mirror, io, options);
+  auto gateway = std::make_unique<gateway::Gateway>(source.store(), io, options);
   if (auto started = gateway->start(); !started) return fail(started.error().message);
 
   http::Router router;
@@ -164,8 +260,8 @@ int run_gateway(int argc, char** argv) {
   router.add("GET", "/healthz", [](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
     co_await writer.send(http::Response::text(200, "ok\n"));
   });
-  router.add("GET", "/readyz", [&mirror](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
-    co_await writer.send(readiness(mirror));
+  router.add("GET", "/readyz", [&source](http::Request&, http::ResponseWriter& writer) -> awaitable<void> {
+    co_await writer.send(source.readiness());
   });
   router.set_guard([&gateway](const http::Request& request) { return gateway->auth().management_refusal(request); });
   http::ServerOptions server_options;
@@ -178,7 +274,7 @@ int run_gateway(int argc, char** argv) {
   if (!port) return fail(port.error().message);
   std::thread runner([&io] { io.run(); });
   std::string url = "http://" + HostPort{address->host == "0.0.0.0" ? "127.0.0.1" : address->host, *port}.to_string();
-  spdlog::info("nebula gateway listening on {} (following {}, pid {})", url, server_url->origin(), ::getpid());
+  spdlog::info("nebula gateway listening on {} (following {}, pid {})", url, source.description, ::getpid());
   std::cout << "Nebula gateway: " << url << "\n" << std::flush;
 
   int received = 0;
@@ -186,13 +282,14 @@ int run_gateway(int argc, char** argv) {
   spdlog::info("received {}, shutting down", strsignal(received));
   size_t cut = server.drain(*drain_timeout);
   if (cut > 0) spdlog::warn("drain timeout: cut {} connection{} still busy", cut, cut == 1 ? "" : "s");
-  gateway->stop();  // flushes pending usage to the server
-  mirror.stop();
+  gateway->stop();  // flushes pending usage to the server or etcd
+  if (source.mirror) source.mirror->stop();
   server.stop();
   asio::post(io, [&io] { io.stop(); });
   work.reset();
   runner.join();
   gateway.reset();
+  source.probe.reset();
   if (auto* redis = dynamic_cast<gateway::RedisLimiter*>(limiter->get())) redis->stop();
   return 0;
 }

@@ -411,7 +411,18 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
   // the same free memory.
   scheduler::Capacity capacity(nodes, replicas);
   std::map<std::string, std::vector<std::pair<std::string, scheduler::Placement>>> scheduled;  // by deployment
-  for (auto& replica : replicas) {
+  // Placements made and claimed in `capacity` but not yet written: written together, up to
+  // store::kMaxBatch in one transaction, each compare-and-swap on the replica as the informer
+  // had it. A placement whose write fails keeps its claim in `capacity` until the pass ends
+  // (a replica placed later in the pass may find less room than there is, never more).
+  std::vector<std::pair<size_t, scheduler::Placement>> unwritten;  // index into replicas
+  auto write_placements = [&] {
+    if (unwritten.empty()) return;
+    write_placements_of(replicas, unwritten, scheduled);
+    unwritten.clear();
+  };
+  for (size_t index = 0; index < replicas.size(); ++index) {
+    auto& replica = replicas[index];
     if (!replica.spec.node.empty() || replica.spec.stop) continue;
     auto owner = owners.find(replica.spec.deployment);
     if (owner == owners.end()) continue;
@@ -422,6 +433,7 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
     auto request = scheduler::request_for(replica, spec);
     request.gpu_utilization = options_.gpu_utilization;
     auto placement = capacity.place(request);
+    if (!placement) write_placements();  // eviction's what-if reads `replicas`: bring it up to date
     if (!placement && evict_for(replica, spec, nodes, replicas, deployments)) {
       continue;  // placed on a later pass, once the evicted engines have released their memory
     }
@@ -440,34 +452,11 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
       }
       continue;
     }
-    auto assign = [&](api::Replica& current) {
-      if (!current.spec.node.empty() || current.spec.stop) return false;
-      current.spec.node = placement->node;
-      current.spec.gpus = placement->gpus;
-      current.spec.vram_mb = placement->vram_mb;  // vLLM claims a fraction of the card it lands on
-      current.status.phase = api::phase::kScheduled;
-      current.status.message = "";
-      return true;
-    };
-    // Written from the informer's copy with compare-and-swap; re-read only when it changed since.
-    Result<api::Replica> updated = replica;
-    if (assign(*updated)) {
-      auto revision = resources_.update(*updated);
-      if (revision) {
-        updated->metadata.revision = *revision;
-      } else if (revision.error().code == ErrorCode::Conflict) {
-        updated = resources_.modify<api::Replica>(replica.metadata.name, assign);
-      } else {
-        updated = revision.error();
-      }
-    }
-    if (updated && updated->spec.node == placement->node && updated->spec.gpus == placement->gpus) {
-      replica = *updated;
-      capacity.add(*placement);
-      unschedulable_.erase(replica.metadata.name);
-      scheduled[replica.spec.deployment].push_back({replica.metadata.name, *placement});
-    }
+    capacity.add(*placement);
+    unwritten.emplace_back(index, *placement);
+    if (unwritten.size() == store::kMaxBatch) write_placements();
   }
+  write_placements();
   // One event per replica placed, or one per deployment when a pass placed many of its replicas
   // (the event log keeps max_events: ten thousand of them would only be written to be pruned).
   constexpr size_t kEventsPerDeployment = 5;
@@ -484,6 +473,56 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
     for (const auto& entry : placed) nodes_used.insert(entry.second.node);
     resources_.record_event("deployment/" + deployment, "Scheduled",
                             fmt::format("placed {} replicas on {} node(s)", placed.size(), nodes_used.size()));
+  }
+}
+
+namespace {
+// Writes a placement into a replica; false when it was placed or stopped meanwhile.
+bool assign(api::Replica& replica, const scheduler::Placement& placement) {
+  if (!replica.spec.node.empty() || replica.spec.stop) return false;
+  replica.spec.node = placement.node;
+  replica.spec.gpus = placement.gpus;
+  replica.spec.vram_mb = placement.vram_mb;  // vLLM claims a fraction of the card it lands on
+  replica.status.phase = api::phase::kScheduled;
+  replica.status.message = "";
+  return true;
+}
+}  // namespace
+
+void Controller::write_placements_of(
+    std::vector<api::Replica>& replicas, const std::vector<std::pair<size_t, scheduler::Placement>>& placements,
+    std::map<std::string, std::vector<std::pair<std::string, scheduler::Placement>>>& scheduled) {
+  // From the informer's copy, all in one transaction; when that fails (one replica changed since,
+  // or the store cannot batch, or its answer was lost), one compare-and-swap each, re-read only
+  // when it changed: a write that took effect unheard reads back with this very placement.
+  std::vector<api::Replica> assigned;
+  assigned.reserve(placements.size());
+  for (const auto& [index, placement] : placements) {
+    assigned.push_back(replicas[index]);
+    assign(assigned.back(), placement);
+  }
+  std::vector<const api::Replica*> batch;
+  for (const auto& replica : assigned) batch.push_back(&replica);
+  auto written = resources_.update_all(batch);
+  for (size_t i = 0; i < placements.size(); ++i) {
+    const auto& [index, placement] = placements[i];
+    api::Replica& replica = replicas[index];
+    Result<api::Replica> updated = assigned[i];
+    if (written) {
+      updated->metadata.revision = (*written)[i];
+    } else if (auto revision = resources_.update(assigned[i]); revision) {
+      updated->metadata.revision = *revision;
+    } else if (revision.error().code == ErrorCode::Conflict) {
+      updated = resources_.modify<api::Replica>(replica.metadata.name,
+                                                [&](api::Replica& current) { return assign(current, placement); });
+    } else {
+      updated = revision.error();
+    }
+    if (updated && updated->spec.node == placement.node && updated->spec.gpus == placement.gpus) {
+      replica = *updated;
+      unschedulable_.erase(replica.metadata.name);
+      scheduled[replica.spec.deployment].push_back({replica.metadata.name, placement});
+    }
   }
 }
 

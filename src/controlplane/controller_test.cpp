@@ -604,3 +604,97 @@ TEST_F(ControllerTest, AReturningNodesStaleEngineKeepsItsMemoryUntilItStops) {
 
 }  // namespace
 }  // namespace nebula::controlplane
+
+namespace nebula::controlplane {
+namespace {
+
+// A store whose transactions misbehave in the ways the controller must survive: refused (a store
+// that cannot batch), applied with the answer lost, or beaten by a concurrent write to one key.
+class BatchTroubleStore final : public store::Store {
+ public:
+  enum class Trouble { None, Unsupported, AnswerLost, OneKeyChanged };
+  explicit BatchTroubleStore(const Clock& clock) : inner(clock) {}
+  Trouble trouble = Trouble::None;
+  int batches = 0;
+  store::MemoryStore inner;
+
+  Result<std::vector<int64_t>> put_all(const std::vector<store::Put>& puts) override {
+    ++batches;
+    switch (trouble) {
+      case Trouble::None: return inner.put_all(puts);
+      case Trouble::Unsupported: return store::Store::put_all(puts);
+      case Trouble::AnswerLost: {
+        auto written = inner.put_all(puts);
+        if (!written) return written;
+        return make_error(ErrorCode::Unavailable, "the answer was lost");
+      }
+      case Trouble::OneKeyChanged: {
+        auto current = inner.get(puts.front().key);
+        if (current && *current) (void)inner.put((*current)->key, (*current)->value);
+        return inner.put_all(puts);
+      }
+    }
+    return make_error(ErrorCode::Internal, "unreachable");
+  }
+  Result<std::optional<store::KeyValue>> get(const std::string& key) override { return inner.get(key); }
+  Result<store::ListResult> list(const std::string& prefix) override { return inner.list(prefix); }
+  Result<int64_t> put(const std::string& key, const std::string& value,
+                      store::Precondition precondition = store::Precondition::none(), int64_t lease = 0) override {
+    return inner.put(key, value, precondition, lease);
+  }
+  Result<int64_t> remove(const std::string& key,
+                         store::Precondition precondition = store::Precondition::none()) override {
+    return inner.remove(key, precondition);
+  }
+  int64_t revision() override { return inner.revision(); }
+  Result<std::unique_ptr<store::WatchHandle>> watch(const std::string& prefix, int64_t from, store::WatchCallback cb,
+                                                    store::WatchEndCallback on_end = {}) override {
+    return inner.watch(prefix, from, std::move(cb), std::move(on_end));
+  }
+  Result<int64_t> grant_lease(int64_t ttl_ms) override { return inner.grant_lease(ttl_ms); }
+  Status keep_alive(int64_t lease) override { return inner.keep_alive(lease); }
+  Status revoke_lease(int64_t lease) override { return inner.revoke_lease(lease); }
+  int expire_leases() override { return inner.expire_leases(); }
+};
+
+TEST(ControllerBatches, EveryReplicaIsPlacedOnceWhateverTheTransactionsDo) {
+  using Trouble = BatchTroubleStore::Trouble;
+  for (Trouble trouble : {Trouble::None, Trouble::Unsupported, Trouble::AnswerLost, Trouble::OneKeyChanged}) {
+    FakeClock clock;
+    BatchTroubleStore store(clock);
+    store.trouble = trouble;
+    Resources resources(store, clock);
+    Controller controller(resources, Options{});
+    // 10 nodes of one 80 GiB GPU, 300 replicas of 2 GiB: 40 fit on a node, 400 in all.
+    for (int n = 0; n < 10; ++n) {
+      api::Node node;
+      node.metadata.name = "n" + std::to_string(n);
+      node.status.ready = true;
+      node.status.engines = {"sim"};
+      node.status.heartbeat_ms = to_unix_ms(clock.wall_now());
+      node.status.gpus.push_back({0, "GPU-0", "H100-80GB", 80 * 1024, 0, 0, 0});
+      ASSERT_TRUE(resources.create(node));
+    }
+    api::Deployment deployment;
+    deployment.metadata.name = "chat";
+    deployment.spec.model = "m";
+    deployment.spec.replicas = 300;
+    deployment.spec.vram_mb = 2 * 1024;
+    ASSERT_TRUE(resources.create(deployment));
+    controller.reconcile();
+    controller.reconcile();
+    auto replicas = resources.list<api::Replica>();
+    ASSERT_EQ(replicas.size(), 300u) << static_cast<int>(trouble);
+    std::map<std::string, int64_t> claimed;
+    for (const auto& replica : replicas) {
+      EXPECT_FALSE(replica.spec.node.empty()) << replica.metadata.name;
+      EXPECT_EQ(replica.status.phase, api::phase::kScheduled) << replica.metadata.name;
+      claimed[replica.spec.node] += replica.spec.vram_mb;
+    }
+    for (const auto& [node, mb] : claimed) EXPECT_LE(mb, 80 * 1024) << node;
+    EXPECT_GE(store.batches, 3) << static_cast<int>(trouble);  // 300 placements: 128 + 128 + 44
+  }
+}
+
+}  // namespace
+}  // namespace nebula::controlplane

@@ -18,6 +18,7 @@
 #include "controlplane/informer.h"
 #include "controlplane/resources.h"
 #include "http/http.h"
+#include "scheduler/scheduler.h"
 #include "store/store.h"
 
 namespace nebula::controlplane {
@@ -93,6 +94,12 @@ class Controller {
   void complete_rollout(const api::Deployment& deployment);
   void schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
                 const std::vector<api::Deployment>& deployments);
+  // Writes placements made in a pass (at most store::kMaxBatch, by index into replicas): one
+  // transaction, else one compare-and-swap each. Those written are set in replicas and added to
+  // scheduled.
+  void write_placements_of(std::vector<api::Replica>& replicas,
+                           const std::vector<std::pair<size_t, scheduler::Placement>>& placements,
+                           std::map<std::string, std::vector<std::pair<std::string, scheduler::Placement>>>& scheduled);
   bool evict_for(const api::Replica& replica, const api::DeploymentSpec& spec, const std::vector<api::Node>& nodes,
                  std::vector<api::Replica>& replicas, const std::vector<api::Deployment>& deployments);
   void collect_stopped(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes);

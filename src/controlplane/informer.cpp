@@ -87,7 +87,7 @@ Status Informer::list_and_watch() {
     seen_revision_ = listing->revision;
     watch_ended_ = false;
   }
-  auto watch = store_.watch(
+  auto watch = store_.watch_values(
       api::kKeyRoot, listing->revision + 1,
       [this](const store::WatchEvent& event) {
         bool put = event.type == store::WatchEvent::Type::Put;

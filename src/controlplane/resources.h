@@ -114,6 +114,19 @@ class Resources {
                       store::Precondition::at(object.metadata.revision));
   }
 
+  // Writes every object or none, each only if unchanged since it was read (Store::put_all: one
+  // transaction). Returns each object's new revision; Conflict when any of them changed.
+  template <typename T>
+  Result<std::vector<int64_t>> update_all(const std::vector<const T*>& objects) {
+    std::vector<store::Put> puts;
+    puts.reserve(objects.size());
+    for (const T* object : objects) {
+      puts.push_back({api::store_key(Traits<T>::kPlural, object->metadata.name), api::to_json(*object).dump(),
+                      store::Precondition::at(object->metadata.revision)});
+    }
+    return store_.put_all(puts);
+  }
+
   // Read-modify-write with retries on conflict. mutate returns false to leave the object as is.
   template <typename T>
   Result<T> modify(const std::string& name, const std::function<bool(T&)>& mutate) {

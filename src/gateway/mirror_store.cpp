@@ -187,7 +187,10 @@ awaitable<void> MirrorStore::follow() {
         continue;
       }
     }
-    int64_t from = revision() + 1;
+    // From the last revision seen, not the next: on etcd one transaction writes several keys at
+    // one revision, and a watch that broke among them must see the rest (what it already has is
+    // skipped by mod_revision in apply).
+    int64_t from = std::max<int64_t>(1, revision());
     auto opened =
         co_await client_->open("GET", fmt::format("{}/api/v1/gateway/state?watch=1&revision={}", server_, from), "",
                                auth_headers(), std::chrono::seconds(10));

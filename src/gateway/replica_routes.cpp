@@ -185,7 +185,7 @@ http::Headers ndjson_headers() {
 
 awaitable<void> serve_state_watch(store::Store& store, asio::io_context& io, int64_t from, ResponseWriter& writer) {
   auto queue = std::make_shared<StateWatch>(io);
-  auto watch = store.watch(api::kKeyRoot, from, [queue](const store::WatchEvent& event) {
+  auto watch = store.watch_values(api::kKeyRoot, from, [queue](const store::WatchEvent& event) {
     if (!mirrored(event.kv.key)) return;
     {
       std::lock_guard lock(queue->mutex);

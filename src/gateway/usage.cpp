@@ -5,6 +5,9 @@
 
 #include <ctime>
 
+#include "common/ids.h"
+#include "common/json.h"
+
 namespace nebula::gateway {
 
 namespace {
@@ -36,7 +39,7 @@ std::string utc_day(std::chrono::system_clock::time_point when) {
 }
 
 UsageRecorder::UsageRecorder(store::Store& store, std::chrono::milliseconds flush_interval)
-    : store_(store), flush_interval_(flush_interval) {}
+    : store_(store), flush_interval_(flush_interval), writer_id_("u-" + random_id(16)) {}
 
 UsageRecorder::~UsageRecorder() {
   stop();
@@ -98,38 +101,72 @@ int64_t UsageRecorder::month_tokens(const std::string& key, std::chrono::system_
 }
 
 Status UsageRecorder::flush() {
-  std::map<Slot, api::UsageRecord> batch;
+  std::vector<std::pair<Slot, Unconfirmed>> batches;
   {
     std::lock_guard lock(mutex_);
-    batch.swap(pending_);
+    // New counts become a batch of their own only once the record's previous batch is settled:
+    // a batch whose outcome is unknown is retried unchanged, never merged with newer counts.
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (unconfirmed_.count(it->first)) {
+        ++it;
+        continue;
+      }
+      unconfirmed_[it->first] = Unconfirmed{next_sequence_++, std::move(it->second)};
+      it = pending_.erase(it);
+    }
+    batches.assign(unconfirmed_.begin(), unconfirmed_.end());
   }
   Status result;
-  for (auto& [slot, delta] : batch) {
-    std::string key = api::usage_key(delta);
-    auto written = store::update(store_, key,
-                                 [&](const std::optional<std::string>& current) -> Result<std::optional<std::string>> {
-                                   api::UsageRecord total = delta;
-                                   if (current) {
-                                     auto document = parse_json(*current);
-                                     if (document) {
-                                       if (auto stored = api::usage_from_json(*document)) add_counts(total, *stored);
-                                     }
-                                   }
-                                   return std::optional<std::string>(api::to_json(total).dump());
-                                 });
-    if (!written) {
-      // Keep the counts for the next flush rather than lose them.
-      std::lock_guard lock(mutex_);
-      auto& back = pending_[slot];
-      if (back.day.empty()) {
-        back = delta;
-      } else {
-        add_counts(back, delta);
-      }
-      result = make_error(ErrorCode::Unavailable, "could not write " + key);
+  for (const auto& [slot, batch] : batches) {
+    if (auto written = write(batch); !written) {
+      // Kept, to be sent again as it is at the next flush.
+      result = make_error(ErrorCode::Unavailable,
+                          "could not write " + api::usage_key(batch.counts) + ": " + written.error().message);
+      continue;
     }
+    std::lock_guard lock(mutex_);
+    unconfirmed_.erase(slot);
   }
   return result;
+}
+
+Status UsageRecorder::write(const Unconfirmed& batch) {
+  std::string key = api::usage_key(batch.counts);
+  int64_t now_s =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  int64_t oldest_s = now_s - std::chrono::duration_cast<std::chrono::seconds>(kUsageWriterMemory).count();
+  auto written =
+      store::update(store_, key, [&](const std::optional<std::string>& current) -> Result<std::optional<std::string>> {
+        api::UsageRecord total = batch.counts;
+        json writers = json::object();
+        if (current) {
+          auto document = parse_json(*current);
+          if (document && document->is_object()) {
+            if (auto stored = api::usage_from_json(*document)) add_counts(total, *stored);
+            auto found = document->find("writers");
+            if (found != document->end() && found->is_object()) writers = *found;
+          }
+        }
+        auto mine = writers.find(writer_id_);
+        if (mine != writers.end() && mine->is_array() && !mine->empty() && (*mine)[0].is_number_unsigned() &&
+            (*mine)[0].get<uint64_t>() >= batch.sequence) {
+          return std::optional<std::string>();  // took effect already: its answer was lost
+        }
+        json kept = json::object();
+        for (auto& [writer, last] : writers.items()) {
+          // [sequence, unix seconds]; anything else is dropped.
+          if (last.is_array() && last.size() == 2 && last[1].is_number_integer() &&
+              last[1].get<int64_t>() >= oldest_s) {
+            kept[writer] = last;
+          }
+        }
+        kept[writer_id_] = json::array({batch.sequence, now_s});
+        json document = api::to_json(total);
+        document["writers"] = std::move(kept);
+        return std::optional<std::string>(document.dump());
+      });
+  if (!written) return written.error();
+  return {};
 }
 
 std::vector<api::UsageRecord> UsageRecorder::query(const std::string& key, const std::string& model,
@@ -154,8 +191,11 @@ std::vector<api::UsageRecord> UsageRecorder::query(const std::string& key, const
     }
   }
   {
+    // Unconfirmed batches count as pending: one whose answer was lost may show twice until it
+    // is settled.
     std::lock_guard lock(mutex_);
     for (const auto& [slot, record] : pending_) add(record);
+    for (const auto& [slot, batch] : unconfirmed_) add(batch.counts);
   }
   std::vector<api::UsageRecord> records;
   for (auto& [slot, record] : merged) records.push_back(std::move(record));

@@ -205,7 +205,8 @@ struct EtcdWatch {
   bool cancelled = false;
   WatchCallback callback;
   WatchEndCallback on_end;
-  json range;  // key and range_end
+  json range;        // key and range_end
+  bool prev = true;  // ask etcd for each event's previous key-value
   // I/O thread only. etcd revisions.
   int64_t next_revision = 0;   // where the next stream starts; 0 until the first stream says
   int64_t last_delivered = 0;  // the revision of the last event delivered
@@ -257,7 +258,7 @@ struct EtcdStore::Impl {
   static http::Headers json_headers() { return {{"Content-Type", "application/json"}}; }
   static std::string watch_body(const EtcdWatch& watch) {
     json request = watch.range;
-    request["prev_kv"] = true;
+    if (watch.prev) request["prev_kv"] = true;
     request["progress_notify"] = true;
     if (watch.next_revision > 0) request["start_revision"] = std::to_string(watch.next_revision);
     return json{{"create_request", request}}.dump();
@@ -754,6 +755,26 @@ Result<int64_t> EtcdStore::put(const std::string& key, const std::string& value,
   return make_error(ErrorCode::Conflict, "store: key " + key + " changed concurrently");
 }
 
+Result<std::vector<int64_t>> EtcdStore::put_all(const std::vector<Put>& puts) {
+  if (auto valid = check_batch(puts); !valid) return valid.error();
+  if (puts.empty()) return std::vector<int64_t>();
+  json compares = json::array();
+  json success = json::array();
+  for (const auto& put : puts) {
+    if (auto valid = check_key(put.key); !valid) return valid.error();
+    if (put.precondition.mod_revision >= 0) compares.push_back(compare_for(put.key, put.precondition)[0]);
+    success.push_back({{"request_put", {{"key", base64_encode(put.key)}, {"value", base64_encode(put.value)}}}});
+  }
+  json txn{{"compare", std::move(compares)}, {"success", std::move(success)}};
+  auto answer = impl_->call_blocking("/v3/kv/txn", txn, false);
+  if (!answer) return answer.error();
+  if (!answer->value("succeeded", false)) {
+    return make_error(ErrorCode::Conflict, "store: a key of a batch of " + std::to_string(puts.size()) +
+                                               " changed concurrently (nothing written)");
+  }
+  return std::vector<int64_t>(puts.size(), from_etcd(header_revision(*answer)));
+}
+
 Result<int64_t> EtcdStore::remove(const std::string& key, Precondition precondition) {
   if (auto valid = check_key(key); !valid) return valid.error();
   json request{{"key", base64_encode(key)}};
@@ -786,10 +807,22 @@ int64_t EtcdStore::revision() {
 
 Result<std::unique_ptr<WatchHandle>> EtcdStore::watch(const std::string& prefix, int64_t from_revision,
                                                       WatchCallback callback, WatchEndCallback on_end) {
+  return open_watch(prefix, from_revision, std::move(callback), std::move(on_end), true);
+}
+
+Result<std::unique_ptr<WatchHandle>> EtcdStore::watch_values(const std::string& prefix, int64_t from_revision,
+                                                             WatchCallback callback, WatchEndCallback on_end) {
+  return open_watch(prefix, from_revision, std::move(callback), std::move(on_end), false);
+}
+
+Result<std::unique_ptr<WatchHandle>> EtcdStore::open_watch(const std::string& prefix, int64_t from_revision,
+                                                           WatchCallback callback, WatchEndCallback on_end,
+                                                           bool with_prev) {
   if (from_revision < 0) {
     return make_error(ErrorCode::InvalidArgument, "store: bad watch revision " + std::to_string(from_revision));
   }
   auto watch = std::make_shared<EtcdWatch>();
+  watch->prev = with_prev;
   watch->callback = std::move(callback);
   watch->on_end = std::move(on_end);
   watch->range = prefix_range(prefix);

@@ -58,10 +58,16 @@ class EtcdStore final : public Store {
   Result<int64_t> put(const std::string& key, const std::string& value,
                       Precondition precondition = Precondition::none(), int64_t lease = 0) override;
   Result<int64_t> remove(const std::string& key, Precondition precondition = Precondition::none()) override;
+  // One etcd transaction: a compare per precondition, a put per key, at one revision. Not retried
+  // once sent (as a compare-and-swap put).
+  Result<std::vector<int64_t>> put_all(const std::vector<Put>& puts) override;
   // The cluster's revision now (a request); the last one seen when no member answers.
   int64_t revision() override;
   Result<std::unique_ptr<WatchHandle>> watch(const std::string& prefix, int64_t from_revision, WatchCallback callback,
                                              WatchEndCallback on_end = {}) override;
+  // Without etcd's prev_kv: each value crosses the wire and is encoded once, not twice.
+  Result<std::unique_ptr<WatchHandle>> watch_values(const std::string& prefix, int64_t from_revision,
+                                                    WatchCallback callback, WatchEndCallback on_end = {}) override;
   // ttl is rounded up to whole seconds (etcd's unit; etcd may raise it to its minimum).
   Result<int64_t> grant_lease(int64_t ttl_ms) override;
   Status keep_alive(int64_t lease) override;
@@ -78,6 +84,8 @@ class EtcdStore final : public Store {
 
  private:
   explicit EtcdStore(std::shared_ptr<Impl> impl);
+  Result<std::unique_ptr<WatchHandle>> open_watch(const std::string& prefix, int64_t from_revision,
+                                                  WatchCallback callback, WatchEndCallback on_end, bool with_prev);
   std::shared_ptr<Impl> impl_;
 };
 

@@ -76,7 +76,7 @@ Status ListWatch::list_and_watch() {
     }
     on_event_(event);
   };
-  auto watch = store_.watch(prefix_, listing->revision + 1, on_event, on_end);
+  auto watch = store_.watch_values(prefix_, listing->revision + 1, on_event, on_end);
   if (!watch) return watch.error();
   std::unique_ptr<WatchHandle> old;
   {

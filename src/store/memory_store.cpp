@@ -43,6 +43,26 @@ Result<int64_t> MemoryStore::put(const std::string& key, const std::string& valu
   return revision_;
 }
 
+Result<std::vector<int64_t>> MemoryStore::put_all(const std::vector<Put>& puts) {
+  if (auto valid = check_batch(puts); !valid) return valid.error();
+  std::lock_guard lock(mu_);
+  for (const auto& put : puts) {
+    if (auto status = check_put(put.key, find_locked(put.key), put.precondition); !status) return status.error();
+  }
+  std::vector<int64_t> revisions;
+  for (const auto& put : puts) {
+    auto current = find_locked(put.key);
+    if (current && current->lease != 0) {
+      if (auto old = leases_.find(current->lease); old != leases_.end()) old->second.keys.erase(put.key);
+    }
+    WatchEvent event = make_put_event(put.key, put.value, 0, revision_ + 1, current);
+    kvs_[put.key] = event.kv;
+    publish_locked(std::move(event));
+    revisions.push_back(revision_);
+  }
+  return revisions;
+}
+
 Result<int64_t> MemoryStore::remove(const std::string& key, Precondition precondition) {
   std::lock_guard lock(mu_);
   auto current = find_locked(key);

@@ -452,6 +452,27 @@ Result<int64_t> SqliteStore::put(const std::string& key, const std::string& valu
   });
 }
 
+Result<std::vector<int64_t>> SqliteStore::put_all(const std::vector<Put>& puts) {
+  if (auto valid = check_batch(puts); !valid) return valid.error();
+  std::vector<int64_t> revisions;
+  std::lock_guard lock(mu_);
+  auto written = mutate_locked([&](Events& events) -> Status {
+    for (const auto& put : puts) {
+      auto current = read_kv_locked(put.key);
+      if (!current) return current.error();
+      if (auto status = check_put(put.key, *current, put.precondition); !status) return status;
+      revisions.push_back(next_revision(events));
+      if (auto status = record_locked(events, make_put_event(put.key, put.value, 0, next_revision(events), *current));
+          !status) {
+        return status;
+      }
+    }
+    return {};
+  });
+  if (!written) return written.error();
+  return revisions;
+}
+
 Result<int64_t> SqliteStore::remove(const std::string& key, Precondition precondition) {
   std::lock_guard lock(mu_);
   return mutate_locked([&](Events& events) -> Status {

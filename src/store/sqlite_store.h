@@ -51,6 +51,7 @@ class SqliteStore final : public Store {
   Result<int64_t> put(const std::string& key, const std::string& value,
                       Precondition precondition = Precondition::none(), int64_t lease = 0) override;
   Result<int64_t> remove(const std::string& key, Precondition precondition = Precondition::none()) override;
+  Result<std::vector<int64_t>> put_all(const std::vector<Put>& puts) override;
   int64_t revision() override;
   Result<std::unique_ptr<WatchHandle>> watch(const std::string& prefix, int64_t from_revision, WatchCallback callback,
                                              WatchEndCallback on_end = {}) override;

@@ -42,6 +42,17 @@ struct Precondition {
   static Precondition at(int64_t revision) { return {revision}; }
 };
 
+// One write of a batch (Store::put_all).
+struct Put {
+  std::string key;
+  std::string value;
+  Precondition precondition;
+};
+
+// The most puts one put_all takes: etcd's default limit of operations in a transaction
+// (--max-txn-ops 128).
+inline constexpr size_t kMaxBatch = 128;
+
 struct ListResult {
   std::vector<KeyValue> kvs;  // sorted by key
   int64_t revision = 0;       // the store revision the listing reflects
@@ -80,6 +91,13 @@ class Store {
                               Precondition precondition = Precondition::none(), int64_t lease = 0) = 0;
   // Returns the revision of the delete. NotFound if the key does not exist.
   virtual Result<int64_t> remove(const std::string& key, Precondition precondition = Precondition::none()) = 0;
+  // Applies every put or none: one SQLite transaction, one etcd transaction (all at one
+  // revision). Conflict, and nothing written, when any precondition does not hold. Returns each
+  // put's revision. At most kMaxBatch puts, each key once, no leases (InvalidArgument otherwise).
+  // A store that cannot (the default: a gateway's MirrorStore) answers Unavailable without
+  // writing; on etcd, Unavailable may also mean the answer was lost, the outcome unknown. Either
+  // way the caller can fall back to one compare-and-swap put per key.
+  virtual Result<std::vector<int64_t>> put_all(const std::vector<Put>& puts);
   // The current store revision (0 for an empty, never-written store).
   virtual int64_t revision() = 0;
 
@@ -88,6 +106,13 @@ class Store {
   // when from_revision is older than the history kept. on_end: see WatchEndCallback.
   virtual Result<std::unique_ptr<WatchHandle>> watch(const std::string& prefix, int64_t from_revision,
                                                      WatchCallback callback, WatchEndCallback on_end = {}) = 0;
+  // As watch(), but events may come without `prev`: for consumers that apply whole values (an
+  // informer, a cache). On etcd it halves what the watch costs (each value is sent once); the
+  // other stores give prev anyway.
+  virtual Result<std::unique_ptr<WatchHandle>> watch_values(const std::string& prefix, int64_t from_revision,
+                                                            WatchCallback callback, WatchEndCallback on_end = {}) {
+    return watch(prefix, from_revision, std::move(callback), std::move(on_end));
+  }
 
   // Leases: keys put with a lease are deleted when it expires (expire_leases) or is revoked.
   // ttl in milliseconds. Returns the lease id.

@@ -264,6 +264,67 @@ TYPED_TEST(StoreTest, CompareAndSwap) {
   EXPECT_EQ(store.revision(), 3);
 }
 
+TYPED_TEST(StoreTest, PutAllWritesEveryKeyOrNone) {
+  Store& store = this->open();
+  int64_t first = *store.put("a", "1");
+  Recorder recorder;
+  auto handle = store.watch("", 0, recorder.callback());
+  ASSERT_OK(handle);
+  auto written = store.put_all(
+      {{"a", "2", Precondition::at(first)}, {"b", "1", Precondition::absent()}, {"c", "1", Precondition::none()}});
+  ASSERT_OK(written);
+  ASSERT_EQ(written->size(), 3u);
+  // One revision on etcd (one transaction), consecutive ones elsewhere; never before the last.
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_GT((*written)[i], first);
+    if (i > 0) {
+      EXPECT_GE((*written)[i], (*written)[i - 1]);
+    }
+    EXPECT_EQ((*written)[i], (*store.get(std::string(1, char('a' + i))))->mod_revision);
+  }
+  EXPECT_EQ(store.revision(), written->back());
+  EXPECT_EQ((*store.get("a"))->value, "2");
+  ASSERT_TRUE(recorder.wait_for(3));
+  auto events = recorder.events();
+  EXPECT_EQ(events[0].kv.key, "a");
+  ASSERT_TRUE(events[0].prev.has_value());
+  EXPECT_EQ(events[0].prev->value, "1");
+
+  // One precondition fails: nothing is written.
+  int64_t before = store.revision();
+  auto conflict = store.put_all({{"a", "3", Precondition::at((*written)[0])}, {"b", "2", Precondition::absent()}});
+  ASSERT_FALSE(conflict.ok());
+  EXPECT_EQ(conflict.error().code, ErrorCode::Conflict);
+  conflict = store.put_all({{"d", "1", Precondition::absent()}, {"a", "3", Precondition::at(first)}});
+  ASSERT_FALSE(conflict.ok());
+  EXPECT_EQ(conflict.error().code, ErrorCode::Conflict);
+  EXPECT_EQ(store.revision(), before);
+  EXPECT_EQ((*store.get("a"))->value, "2");
+  EXPECT_FALSE(store.get("d")->has_value());
+
+  // Bad batches are refused whole.
+  std::vector<Put> too_many;
+  for (size_t i = 0; i <= kMaxBatch; ++i) too_many.push_back({"many/" + std::to_string(i), "x", Precondition::none()});
+  for (const auto& bad :
+       std::vector<std::vector<Put>>{too_many,
+                                     {{"e", "1", Precondition::none()}, {"e", "2", Precondition::none()}},
+                                     {{"f", "1", Precondition{-2}}},
+                                     {{"g", "1", Precondition::none()}, {"", "1", Precondition::none()}}}) {
+    auto refused = store.put_all(bad);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.error().code, ErrorCode::InvalidArgument) << refused.error().message;
+  }
+  EXPECT_EQ(store.revision(), before);
+  EXPECT_FALSE(store.get("g")->has_value());
+  auto empty = store.put_all({});
+  ASSERT_OK(empty);
+  EXPECT_TRUE(empty->empty());
+  std::vector<Put> full;
+  for (size_t i = 0; i < kMaxBatch; ++i) full.push_back({"full/" + std::to_string(i), "x", Precondition::absent()});
+  ASSERT_OK(store.put_all(full));
+  EXPECT_EQ(store.list("full/")->kvs.size(), kMaxBatch);
+}
+
 TYPED_TEST(StoreTest, WatchReplaysHistoryThenLiveEvents) {
   Store& store = this->open();
   ASSERT_OK(store.put("a", "1"));

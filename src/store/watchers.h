@@ -55,6 +55,9 @@ Status check_key(const std::string& key);
 // current: the key's present value, if any.
 Status check_put(const std::string& key, const std::optional<KeyValue>& current, Precondition precondition);
 Status check_remove(const std::string& key, const std::optional<KeyValue>& current, Precondition precondition);
+// A put_all's batch: at most kMaxBatch puts, each key once, valid preconditions (keys are checked
+// by each put).
+Status check_batch(const std::vector<Put>& puts);
 // from_revision is valid when it is 0 (live only) or newer than compacted_revision (the newest
 // revision whose event is no longer kept).
 Status check_watch_from(int64_t from_revision, int64_t compacted_revision);
