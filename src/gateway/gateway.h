@@ -107,6 +107,9 @@ class Gateway {
   // Responses request continues, the body for the engine and the key's rate limits. The refusal
   // to send, or nullopt with `call` ready to relay.
   std::optional<http::Response> admit(Call& call, const http::Request& request);
+  // The key's limits, last step of admission: the refusal to send, or nullopt with the call
+  // counted by the limiter. Waits on a shared limiter without blocking the I/O thread.
+  awaitable<std::optional<http::Response>> check_limits(Call& call);
   // /v1/responses: the conversation a request continues (previous_response_id) joined to its
   // input; false when that response is unknown to this key. And the storing of an answer.
   bool attach_conversation(Call& call, int64_t& prior_bytes);
