@@ -213,7 +213,7 @@ awaitable<Admission> admit_async(const std::shared_ptr<Limiter>& limiter, const 
               struct Delivery {
                 std::shared_ptr<Limiter> limiter;
                 std::string key_id;
-                int64_t estimated_tokens;
+                int64_t estimated_tokens = 0;
                 Admission admission;
                 bool delivered = false;
                 ~Delivery() {
@@ -222,8 +222,11 @@ awaitable<Admission> admit_async(const std::shared_ptr<Limiter>& limiter, const 
                   }
                 }
               };
-              auto delivery =
-                  std::make_shared<Delivery>(Delivery{limiter, key_id, estimated_tokens, std::move(admission)});
+              auto delivery = std::make_shared<Delivery>();  // in place: a moved-from copy would finish
+              delivery->limiter = limiter;
+              delivery->key_id = key_id;
+              delivery->estimated_tokens = estimated_tokens;
+              delivery->admission = std::move(admission);
               asio::post(executor, [waiting, delivery] {
                 delivery->delivered = true;
                 (*waiting)(std::move(delivery->admission));
