@@ -299,6 +299,10 @@ int main(int argc, char** argv) {
                                     "budget_tokens":1000000000000000})",
                                 admin_headers);
   std::string key = created && created->status == 201 ? json::parse(created->body).value("secret", "") : "";
+  auto created_rpm =
+      client.request("POST", server + "/api/v1/keys", R"({"name":"bench-rpm","rpm":100000000})", admin_headers);
+  std::string rpm_key =
+      created_rpm && created_rpm->status == 201 ? json::parse(created_rpm->body).value("secret", "") : "";
   std::string endpoint;
   std::string last_listing;
   bench::wait_until(
@@ -360,6 +364,9 @@ int main(int argc, char** argv) {
       }
       if (shared_limits) setup.measured.push_back(redis);
       setups.push_back(setup);
+      if (shared_limits && count == 1 && !rpm_key.empty()) {  // the same gateway, a key with RPM only
+        setups.push_back({"gateway x1 redis rpm", setup.url, setup.measured, {{"Authorization", "Bearer " + rpm_key}}});
+      }
     }
   }
   for (int workers : {1, 2}) {
