@@ -5,25 +5,30 @@
 // when Redis answers NOSCRIPT): it drops the charges older than a minute, checks requests per
 // minute, tokens per minute, concurrency and the monthly budget in that order, and records the
 // request. The windows are exact: a sorted set of charges per key scored by their time, each
-// member "<ticket>:<tokens>". A request in flight holds a lease (a second sorted set scored by its
-// expiry) that this gateway renews while the request runs, so the slots of a gateway that died
-// come back when its leases run out. Times are Redis's own clock (TIME), one clock for every
-// gateway, unless a test injects one.
+// member "<ticket>:<tokens>". A request of a key with a concurrency limit or a budget holds a
+// lease (a second sorted set scored by its expiry) that this gateway renews while the request
+// runs, so the slots of a gateway that died come back when its leases run out. Times are Redis's
+// own clock (TIME), one clock for every gateway, unless a test injects one.
 //
 // Redis keys per API key K: nebula:limits:{K}:window, :flight, :state (a hash: seq, tokens,
-// flight), :month (a hash: "YYYY-MM" -> tokens spent). The braces keep one key's data in one
-// Redis Cluster slot.
+// flight, refresh), :month (a hash: "YYYY-MM" -> tokens spent, kept for keys with a budget). The
+// braces keep one key's data in one Redis Cluster slot.
 //
 // Threading: admit_async() and finish() never wait on Redis: they queue a command for the
 // limiter's thread, which sends everything queued as one pipelined batch on its connection, reads
 // the answers and calls back (so the calls of many requests share one round trip, and Redis reads
-// them with one read). A command waits at most `timeout` in all, queue included. admit() is
-// admit_async() waited on, for callers that may block. finish() talks to Redis only when there is
-// something to free or correct: nothing for a key with only a requests-per-minute limit, a token
-// correction only when the real count differs from the estimate. Lease renewal has a thread and
-// a connection of its own. While Redis is unreachable (a failed command marks it down for
-// `retry_interval`, so later requests do not wait on it again), the fail policies decide: open
-// admits without the limit, closed refuses with 503.
+// them with one read). A command still queued `timeout` after it was made fails without being
+// sent; a batch fails when an answer takes longer than `timeout`. admit() is admit_async() waited
+// on, for callers that may block. finish() talks to Redis only when there is something to free
+// or correct: nothing for a key with only a requests-per-minute limit, a token correction only
+// when the real count differs from the estimate. Lease renewal has a thread and a connection of
+// its own. While Redis is unreachable (a failed command marks it down for `retry_interval`, so
+// later requests do not wait on it again), the fail policies decide: open admits without the
+// limit, closed refuses with 503.
+//
+// A thread rather than hiredis's asynchronous API on the gateway's I/O loop (hiredis has no Asio
+// adapter): the blocking API with pipelining batches the calls of concurrent requests by itself,
+// keeps reply parsing off the I/O thread, and does not tie the limiter to one io_context.
 #include <atomic>
 #include <condition_variable>
 #include <functional>
