@@ -121,6 +121,7 @@ class RedisLimiter final : public Limiter {
     std::vector<std::string> args;
     std::function<void(const redisReply*)> on_reply;
     std::chrono::steady_clock::time_point queued;
+    std::vector<Command*> riders;  // finishes sent along with this admission
   };
   void enqueue(Command command);
   void run_loop();

@@ -323,6 +323,36 @@ TEST_F(RedisLimits, FinishTalksToRedisOnlyWhenSomethingIsLeftToUndo) {
   EXPECT_EQ(limits->in_flight(), 1u);  // the last admission, not finished
 }
 
+TEST_F(RedisLimits, AFinishSentAlongWithTheNextAdmissionCountsBeforeIt) {
+  auto with = options();
+  with.timeout = 10s;
+  auto limits = limiter(with);
+  auto key = limited_key("k-ride", 0, 2000, 1, 1000);
+  auto first = limits->admit(key, 600, 0, now());
+  ASSERT_TRUE(first.allowed);
+  // Redis stalls on another key's admission while the finish and the next admission queue up
+  // behind it: they leave in one batch, the finish inside the admission's script run.
+  redis_->pause();
+  Answers stalled, next;
+  limits->admit_async(limited_key("k-ride-other", 5, 0, 0, 0), 1, 0, now(), stalled.collector());
+  ASSERT_TRUE(testing::eventually([&] { return redis_->unread_bytes() > 0; }, 10s));
+  uint64_t sent = limits->commands();
+  limits->finish(key.metadata.name, first.ticket, 600, 100, now());
+  limits->admit_async(key, 800, 0, now(), next.collector());
+  redis_->resume();
+  ASSERT_TRUE(stalled.wait_for(1) && next.wait_for(1));
+  EXPECT_EQ(limits->commands(), sent + 1);  // the admission alone: the finish rode along
+  // The slot was freed and the charge corrected before the check: 100 + 800 tokens.
+  ASSERT_EQ(next.admitted.size(), 1u);
+  EXPECT_EQ(next.admitted[0].window.tokens, 900);
+  limits->finish(key.metadata.name, next.admitted[0].ticket, 800, 800, now());
+  // The month counted 100 + 800 of the budget's 1000.
+  auto over = limits->admit(key, 101, 0, now());
+  EXPECT_EQ(over.limit, LimitKind::Budget);
+  EXPECT_TRUE(limits->admit(key, 100, 0, now()).allowed);
+  EXPECT_EQ(limits->failures(), 0u);
+}
+
 TEST_F(RedisLimits, AStalledRedisNeverBlocksTheCallerAndTimesOutIntoThePolicy) {
   auto with = options();
   with.timeout = 2s;  // far longer than admit_async() takes to return
