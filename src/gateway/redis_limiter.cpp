@@ -160,7 +160,7 @@ else
 end)lua";
 const std::string kScripts[] = {std::string(kNowPrologue) + kAdmitScript, kFinishScript,
                                 std::string(kNowPrologue) + kRenewScript};
-enum Script { kAdmit = 0, kFinish = 1, kRenew = 2 };
+enum Script { kAdmit = 0, kFinish = 1, kRenew = 2, kNothing = -1 };
 
 constexpr int64_t kMonthTtlS = 40 * 86400;
 
@@ -433,9 +433,12 @@ void RedisLimiter::run_batch(std::vector<Command>& batch) {
   // A command that already waited its whole timeout (behind a stalled batch) fails at once.
   auto now = std::chrono::steady_clock::now();
   std::vector<Command*> pending;
+  std::vector<Command*> markers;  // flush(): answered last
   pending.reserve(batch.size());
   for (auto& command : batch) {
-    if (now - command.queued >= options_.timeout) {
+    if (command.script == kNothing) {
+      markers.push_back(&command);
+    } else if (now - command.queued >= options_.timeout) {
       failures_ += 1;
       command.on_reply(nullptr);
     } else {
@@ -525,6 +528,17 @@ void RedisLimiter::run_batch(std::vector<Command>& batch) {
     failures_ += 1;
     command->on_reply(nullptr);
   }
+  for (Command* marker : markers) marker->on_reply(nullptr);
+}
+
+void RedisLimiter::flush() {
+  std::promise<void> done;
+  auto flushed = done.get_future();
+  Command marker;
+  marker.script = kNothing;
+  marker.on_reply = [&done](const redisReply*) { done.set_value(); };
+  enqueue(std::move(marker));
+  flushed.wait();
 }
 
 Admission RedisLimiter::unavailable(const api::ApiKey& key, int64_t estimated_tokens, int64_t month_used_tokens) {
@@ -642,14 +656,16 @@ void RedisLimiter::admit_async(const api::ApiKey& key, int64_t estimated_tokens,
 
 void RedisLimiter::finish(const std::string& key_id, uint64_t ticket, int64_t estimated_tokens, int64_t actual_tokens,
                           TimePoint) {
-  if (ticket == 0) return;                        // nothing to finish: admitted without Redis, or by requests alone
-  InFlight flight{key_id, {}, true, true, true};  // unknown here: undo everything it may hold
+  if (ticket == 0) return;  // nothing to finish: admitted without Redis, or by requests alone
+  actual_tokens = std::max<int64_t>(0, actual_tokens);  // an engine's count: never a refund
+  InFlight flight;
   {
     std::lock_guard lock(flight_mutex_);
-    if (auto found = in_flight_.find({key_id, ticket}); found != in_flight_.end()) {
-      flight = std::move(found->second);
-      in_flight_.erase(found);
-    }
+    auto found = in_flight_.find({key_id, ticket});
+    // Not issued here, or finished already: nothing of it is this gateway's to undo.
+    if (found == in_flight_.end()) return;
+    flight = std::move(found->second);
+    in_flight_.erase(found);
   }
   bool correct = flight.tokens && actual_tokens != estimated_tokens;
   if (!flight.leased && !correct && !flight.budget) return;

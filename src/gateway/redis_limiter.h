@@ -94,6 +94,10 @@ class RedisLimiter final : public Limiter {
               TimePoint now) override;
   // Extends the lease of every request in flight here (the renewal thread does it every lease/3).
   Status renew_leases();
+  // Returns once Redis has answered every call made here before (finish() returns before Redis
+  // has applied it: later calls on this limiter are sent after it, another gateway may see it up
+  // to a round trip later).
+  void flush();
 
   // Figures for /metrics and tests.
   uint64_t failures() const { return failures_; }
@@ -116,7 +120,7 @@ class RedisLimiter final : public Limiter {
   // A script to run on the limiter's thread; on_reply gets its answer, null on failure (Redis
   // down, timed out, or the command waited longer than `timeout`).
   struct Command {
-    int script = 0;
+    int script = 0;  // kNothing: a marker answered once everything queued before it is
     std::vector<std::string> keys;
     std::vector<std::string> args;
     std::function<void(const redisReply*)> on_reply;

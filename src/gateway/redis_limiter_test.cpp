@@ -182,6 +182,7 @@ TEST_F(RedisLimits, TheMonthlyBudgetCountsEveryGatewaysSpendingAndWhatIsInFlight
   EXPECT_EQ(over.limit, LimitKind::Budget);
   EXPECT_EQ(Limiter::refusal(key, over).header("x-should-retry"), "false");
   a->finish(key.metadata.name, first.ticket, 400, 350, now());
+  a->flush();  // sent, not waited for: b sees it once Redis has run it
   // 350 spent (known to Redis though neither gateway's own usage says so yet).
   EXPECT_FALSE(b->admit(key, 651, 0, now()).allowed);
   auto fits = b->admit(key, 650, 0, now());
@@ -191,6 +192,18 @@ TEST_F(RedisLimits, TheMonthlyBudgetCountsEveryGatewaysSpendingAndWhatIsInFlight
   redis_->command("FLUSHALL");
   EXPECT_FALSE(a->admit(key, 1, 1000, now()).allowed);
   EXPECT_TRUE(a->admit(key, 1, 999, now()).allowed);
+}
+
+TEST_F(RedisLimits, ANegativeTokenCountFromAnEngineRefundsNothing) {
+  auto limits = limiter();
+  auto key = limited_key("k-refund", 0, 1000, 0, 1000);
+  auto first = limits->admit(key, 600, 0, now());
+  ASSERT_TRUE(first.allowed);
+  limits->finish(key.metadata.name, first.ticket, 600, -5000, now());  // counted as 0
+  auto full = limits->admit(key, 1000, 0, now());
+  ASSERT_TRUE(full.allowed);
+  EXPECT_EQ(full.window.tokens, 1000);
+  EXPECT_FALSE(limits->admit(key, 1, 0, now()).allowed);
 }
 
 TEST_F(RedisLimits, AFlushedScriptCacheIsLoadedAgain) {
@@ -291,9 +304,10 @@ TEST_F(RedisLimits, ManyAdmissionsInFlightAtOnceStayExact) {
   EXPECT_EQ(a->in_flight() + b->in_flight(), 10u);
   for (const auto& admitted : slot_answers.admitted) {
     a->finish(slots.metadata.name, admitted.ticket, 1, 1, now());
-    b->finish(slots.metadata.name, admitted.ticket, 1, 1, now());  // one of them holds it
+    b->finish(slots.metadata.name, admitted.ticket, 1, 1, now());  // the one that did not issue it ignores it
   }
   EXPECT_EQ(a->in_flight() + b->in_flight(), 0u);
+  b->flush();  // b's finishes have reached Redis (a's own go before a's next admissions)
   Answers again;
   for (int i = 0; i < 20; ++i) a->admit_async(slots, 1, 0, now(), again.collector());
   ASSERT_TRUE(again.wait_for(20));
