@@ -3,16 +3,19 @@
 // the CPU one Redis limit check costs. Starts its own `nebula up --auth keys`, redis-server and
 // nginx (when /usr/sbin/nginx exists) on free loopback ports.
 //
-//   build/bench/scaleout_bench [--requests N] [--concurrency C] [--checks N]
+//   build/bench/scaleout_bench [--requests N] [--concurrency C] [--checks N] [--rows 0|1]
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -39,14 +42,9 @@ double tree_cpu_seconds(pid_t pid) {
   return total;
 }
 
-double thread_cpu_us() {
-  timespec now{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
-  return static_cast<double>(now.tv_sec) * 1e6 + static_cast<double>(now.tv_nsec) / 1e3;
-}
-
 struct Result {
   double rate = 0, p50 = 0, p99 = 0, cpu_us_per_request = 0;
+  double last_cpu_us_per_request = 0;  // the last of the measured processes' share (redis-server's)
   int failed = 0;
 };
 
@@ -77,6 +75,7 @@ Result run_load(const std::string& url, const http::Headers& headers, int reques
   }
   double cpu_before = 0;
   for (pid_t pid : measured) cpu_before += tree_cpu_seconds(pid);
+  double last_before = measured.empty() ? 0 : tree_cpu_seconds(measured.back());
   auto start = Clock::now();
   io.run();
   Result result;
@@ -87,6 +86,8 @@ Result run_load(const std::string& url, const http::Headers& headers, int reques
   result.p50 = bench::quantile(latencies, 0.5);
   result.p99 = bench::quantile(latencies, 0.99);
   result.cpu_us_per_request = cpu * 1e6 / requests;
+  if (!measured.empty())
+    result.last_cpu_us_per_request = (tree_cpu_seconds(measured.back()) - last_before) * 1e6 / requests;
   result.failed = failed;
   return result;
 }
@@ -129,8 +130,62 @@ api::ApiKey limited_key(const std::string& name) {
   return key;
 }
 
-// The limit check alone, in this process: admit + finish per request, one after another.
-void price_limit_checks(int checks, const std::string& redis_url, pid_t redis) {
+api::ApiKey rpm_only_key(const std::string& name) {
+  api::ApiKey key;
+  key.metadata.name = name;
+  key.rpm = 100'000'000;
+  return key;
+}
+
+struct CheckResult {
+  double caller_cpu_us = 0, redis_cpu_us = 0, wall_p50_us = 0, wall_p99_us = 0, rate = 0;
+};
+
+// `checks` admissions and their finishes, `in_flight` at a time (1: one after another), each
+// finish called as soon as its admission is answered. caller cpu = this whole process (the
+// limiter's own thread included) per request.
+CheckResult run_checks(gateway::Limiter& limiter, const api::ApiKey& key, int checks, int in_flight, pid_t redis) {
+  std::vector<double> walls(checks);
+  std::mutex mutex;
+  std::condition_variable all_done;
+  int issued = 0, done = 0;
+  std::function<void()> issue = [&] {
+    int index;
+    {
+      std::lock_guard lock(mutex);
+      if (issued == checks) return;
+      index = issued++;
+    }
+    auto start = Clock::now();
+    limiter.admit_async(key, 20, 0, std::chrono::steady_clock::now(), [&, index, start](gateway::Admission admitted) {
+      limiter.finish(key.metadata.name, admitted.ticket, 20, 18, std::chrono::steady_clock::now());
+      walls[index] = std::chrono::duration<double, std::micro>(Clock::now() - start).count();
+      issue();
+      // Last: once done reaches checks, everything here may be gone.
+      std::lock_guard lock(mutex);
+      if (++done == checks) all_done.notify_all();
+    });
+  };
+  double redis_before = redis > 0 ? cpu_seconds(redis) : 0;
+  double cpu_before = cpu_seconds(getpid());
+  auto start = Clock::now();
+  for (int i = 0; i < in_flight; ++i) issue();
+  {
+    std::unique_lock lock(mutex);
+    all_done.wait(lock, [&] { return done == checks; });
+  }
+  CheckResult result;
+  result.rate = checks / std::chrono::duration<double>(Clock::now() - start).count();
+  result.caller_cpu_us = (cpu_seconds(getpid()) - cpu_before) * 1e6 / checks;
+  result.redis_cpu_us = redis > 0 ? (cpu_seconds(redis) - redis_before) * 1e6 / checks : 0;
+  result.wall_p50_us = bench::quantile(walls, 0.5);
+  result.wall_p99_us = bench::quantile(walls, 0.99);
+  return result;
+}
+
+// The limit check alone, in this process: admit + finish per request, one after another and 32
+// at a time, for a key with every limit and a key with only requests per minute.
+void price_limit_checks(int checks, const std::string& redis_url, pid_t redis, const std::string& scratch) {
   gateway::RedisLimiterOptions options;
   (void)gateway::parse_redis_url(redis_url, options);
   gateway::RedisLimiter shared(options);
@@ -139,33 +194,39 @@ void price_limit_checks(int checks, const std::string& redis_url, pid_t redis) {
     return;
   }
   gateway::MemoryLimiter memory;
-  std::cout << fmt::format(
-      "limit check (admit + finish), {} requests one after another, key with RPM, TPM, "
-      "concurrency and budget:\n",
-      checks);
-  std::cout << fmt::format("{:<10} {:>14} {:>14} {:>14} {:>12} {:>12}\n", "limiter", "caller cpu us", "redis cpu us",
-                           "total cpu us", "wall p50 us", "wall p99 us");
+  std::cout << fmt::format("limit check (admit + finish), {} requests per row:\n", checks);
+  std::cout << fmt::format("{:<8} {:<9} {:>9} {:>13} {:>12} {:>12} {:>10} {:>10} {:>11}\n", "limiter", "key",
+                           "in flight", "caller cpu us", "redis cpu us", "total cpu us", "wall p50", "wall p99",
+                           "checks/s");
   for (int round = 0; round < 2; ++round) {
-    for (gateway::Limiter* limiter :
-         {static_cast<gateway::Limiter*>(&memory), static_cast<gateway::Limiter*>(&shared)}) {
-      bool is_redis = limiter == &shared;
-      auto key = limited_key(fmt::format("bench-{}-{}", is_redis ? "redis" : "memory", round));
-      std::vector<double> walls(checks);
-      double redis_before = is_redis ? cpu_seconds(redis) : 0;
-      double cpu_before = thread_cpu_us();
-      for (int i = 0; i < checks; ++i) {
-        auto start = Clock::now();
-        auto now = std::chrono::steady_clock::now();
-        auto admitted = limiter->admit(key, 20, 0, now);
-        limiter->finish(key.metadata.name, admitted.ticket, 20, 18, now);
-        walls[i] = std::chrono::duration<double, std::micro>(Clock::now() - start).count();
+    for (int in_flight : {1, 32}) {
+      for (bool every_limit : {true, false}) {
+        for (gateway::Limiter* limiter :
+             {static_cast<gateway::Limiter*>(&memory), static_cast<gateway::Limiter*>(&shared)}) {
+          bool is_redis = limiter == &shared;
+          std::string name = fmt::format("bench-{}-{}-{}-{}", is_redis ? "redis" : "memory", round, in_flight,
+                                         every_limit ? "all" : "rpm");
+          auto key = every_limit ? limited_key(name) : rpm_only_key(name);
+          auto result = run_checks(*limiter, key, checks, in_flight, is_redis ? redis : -1);
+          std::cout << fmt::format("{:<8} {:<9} {:>9} {:>13.2f} {:>12.2f} {:>12.2f} {:>10.1f} {:>10.1f} {:>11.0f}\n",
+                                   is_redis ? "redis" : "memory", every_limit ? "all four" : "rpm only", in_flight,
+                                   result.caller_cpu_us, result.redis_cpu_us,
+                                   result.caller_cpu_us + result.redis_cpu_us, result.wall_p50_us, result.wall_p99_us,
+                                   result.rate)
+                    << std::flush;
+        }
       }
-      double caller = (thread_cpu_us() - cpu_before) / checks;
-      double server = is_redis ? (cpu_seconds(redis) - redis_before) * 1e6 / checks : 0;
-      std::cout << fmt::format("{:<10} {:>14.2f} {:>14.2f} {:>14.2f} {:>12.1f} {:>12.1f}\n",
-                               is_redis ? "redis" : "memory", caller, server, caller + server,
-                               bench::quantile(walls, 0.5), bench::quantile(walls, 0.99));
     }
+  }
+  std::cout << fmt::format("redis limiter: {} commands in {} round trips\n", shared.commands(), shared.batches());
+  // Redis's own account of the scripts' time (the rest of its CPU is reading, parsing, writing).
+  try {
+    std::istringstream stats(bench::run({"/usr/bin/redis-cli", "-u", redis_url, "INFO", "commandstats"}, scratch));
+    for (std::string line; std::getline(stats, line);) {
+      if (line.rfind("cmdstat_evalsha:", 0) == 0) std::cout << line << "\n";
+    }
+  } catch (const std::exception& error) {
+    std::cout << "redis-cli: " << error.what() << "\n";
   }
   std::cout << "\n";
 }
@@ -174,6 +235,7 @@ void price_limit_checks(int checks, const std::string& redis_url, pid_t redis) {
 
 int main(int argc, char** argv) {
   int requests = 10000, concurrency = 32, checks = 20000;
+  bool rows = true;  // the gateway and nginx rows after the limit checks
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     int value = std::atoi(argv[i + 1]);
@@ -183,8 +245,10 @@ int main(int argc, char** argv) {
       concurrency = value;
     } else if (flag == "--checks" && value > 0) {
       checks = value;
+    } else if (flag == "--rows") {
+      rows = value != 0;
     } else {
-      std::cerr << "usage: scaleout_bench [--requests N] [--concurrency C] [--checks N]\n";
+      std::cerr << "usage: scaleout_bench [--requests N] [--concurrency C] [--checks N] [--rows 0|1]\n";
       return 2;
     }
   }
@@ -204,7 +268,11 @@ int main(int argc, char** argv) {
   started.push_back(redis);
   std::string redis_url = fmt::format("redis://127.0.0.1:{}", redis_port);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  price_limit_checks(checks, redis_url, redis);
+  price_limit_checks(checks, redis_url, redis, dir + "/commandstats.txt");
+  if (!rows) {
+    cleanup();
+    return 0;
+  }
 
   int port = bench::free_port();
   std::string server = fmt::format("http://127.0.0.1:{}", port);
@@ -235,6 +303,10 @@ int main(int argc, char** argv) {
                                     "budget_tokens":1000000000000000})",
                                 admin_headers);
   std::string key = created && created->status == 201 ? json::parse(created->body).value("secret", "") : "";
+  auto created_rpm =
+      client.request("POST", server + "/api/v1/keys", R"({"name":"bench-rpm","rpm":100000000})", admin_headers);
+  std::string rpm_key =
+      created_rpm && created_rpm->status == 201 ? json::parse(created_rpm->body).value("secret", "") : "";
   std::string endpoint;
   std::string last_listing;
   bench::wait_until(
@@ -296,6 +368,9 @@ int main(int argc, char** argv) {
       }
       if (shared_limits) setup.measured.push_back(redis);
       setups.push_back(setup);
+      if (shared_limits && count == 1 && !rpm_key.empty()) {  // the same gateway, a key with RPM only
+        setups.push_back({"gateway x1 redis rpm", setup.url, setup.measured, {{"Authorization", "Bearer " + rpm_key}}});
+      }
     }
   }
   for (int workers : {1, 2}) {
@@ -312,13 +387,16 @@ int main(int argc, char** argv) {
       "small requests (1 token, engine-sim stepping every 20 us), {} per row from {} connections; cpu = the "
       "proxy processes' CPU (with Redis: redis-server's too) per request\n",
       requests, concurrency);
-  std::cout << fmt::format("{:<22} {:>9} {:>9} {:>9} {:>12}\n", "path", "req/s", "p50 ms", "p99 ms", "cpu us/req");
+  std::cout << fmt::format("{:<22} {:>9} {:>9} {:>9} {:>12} {:>14}\n", "path", "req/s", "p50 ms", "p99 ms",
+                           "cpu us/req", "of which redis");
   for (int round = 0; round < 2; ++round) {
     for (const auto& setup : setups) {
       auto result = run_load(setup.url, setup.headers, requests, concurrency, setup.measured);
-      std::cout << fmt::format("{:<22} {:>9.0f} {:>9.2f} {:>9.2f} {:>12}{}\n", setup.name, result.rate, result.p50,
-                               result.p99,
+      bool with_redis = !setup.measured.empty() && setup.measured.back() == redis;
+      std::cout << fmt::format("{:<22} {:>9.0f} {:>9.2f} {:>9.2f} {:>12} {:>14}{}\n", setup.name, result.rate,
+                               result.p50, result.p99,
                                setup.measured.empty() ? "-" : fmt::format("{:.1f}", result.cpu_us_per_request),
+                               with_redis ? fmt::format("{:.1f}", result.last_cpu_us_per_request) : "-",
                                result.failed ? fmt::format("  ({} failed)", result.failed) : "")
                 << std::flush;
     }

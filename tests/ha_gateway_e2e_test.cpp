@@ -1,7 +1,11 @@
 // Stateless gateways against real processes: `nebula up --auth keys` with engine-sim replicas,
 // `nebula gateway` processes following it, and a real redis-server sharing their limits.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <fstream>
@@ -320,6 +324,78 @@ TEST_F(HaGatewayE2E, RedisDownFollowsTheChosenPolicy) {
         return answer && answer->status == 429;
       },
       10s, 300ms));
+}
+
+TEST_F(HaGatewayE2E, AStalledRedisStallsNeitherUnlimitedKeysNorHealthz) {
+  RedisServer redis;
+  int port = testing::free_port();
+  auto gateway = start_gateway(port, {"--limits", redis.url(), "--limits-timeout", "30s"});
+  std::string limited = create_key({"--rpm", "1000"});
+  std::string unlimited = create_key({});
+  ASSERT_TRUE(knows_key(url_of(port), limited) && knows_key(url_of(port), unlimited));
+
+  redis.pause();
+  std::atomic<int> limited_status{0};
+  std::thread waiting([&] {
+    auto answer = chat(url_of(port), limited);
+    limited_status = answer ? answer->status : -1;
+  });
+  // Its admission has reached the stalled Redis (the command sits unread in Redis's socket) ...
+  bool sent = eventually([&] { return redis.unread_bytes() > 0; }, 10s);
+  EXPECT_TRUE(sent);
+  // ... and while it waits, the gateway answers everything that does not need Redis.
+  // (EXPECT only until the join: the waiting thread must be joined whatever fails.)
+  http::BlockingClient client;
+  auto health = client.request("GET", url_of(port) + "/healthz", "", {}, 10s);
+  EXPECT_TRUE(health && health->status == 200) << (health ? health->body : health.error().message);
+  for (int i = 0; i < 3; ++i) {
+    auto answer = chat(url_of(port), unlimited);
+    EXPECT_TRUE(answer && answer->status == 200) << (answer ? answer->body : answer.error().message);
+  }
+  EXPECT_EQ(limited_status.load(), 0) << "the limited request did not wait for Redis";
+  redis.resume();
+  waiting.join();
+  EXPECT_EQ(limited_status.load(), 200);
+}
+
+TEST_F(HaGatewayE2E, AClientThatLeavesMidAdmissionLeaksNoSlot) {
+  RedisServer redis;
+  int port = testing::free_port();
+  // A long lease: a leaked slot would stay taken for the whole test.
+  auto gateway = start_gateway(port, {"--limits", redis.url(), "--limits-timeout", "30s", "--limits-lease", "10m"});
+  std::string key = create_key({"--max-concurrency", "1"});
+  ASSERT_TRUE(knows_key(url_of(port), key));
+
+  redis.pause();
+  // A raw client: sends its request, waits until the admission reached Redis, and hangs up.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  std::string request = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + key +
+                        "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(kChat.size()) +
+                        "\r\n\r\n" + kChat;
+  ASSERT_EQ(::write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+  EXPECT_TRUE(eventually([&] { return redis.unread_bytes() > 0; }, 10s));
+  ::close(fd);
+  redis.resume();  // Redis admits it now, for a client that is gone
+
+  // The slot comes back with the request's end, not with the lease: the key's one slot serves
+  // again, and then is free again after each request.
+  EXPECT_TRUE(eventually(
+      [&] {
+        auto answer = chat(url_of(port), key);
+        return answer && answer->status == 200;
+      },
+      10s, 100ms));
+  for (int i = 0; i < 3; ++i) {
+    auto answer = chat(url_of(port), key);
+    ASSERT_TRUE(answer);
+    EXPECT_EQ(answer->status, 200) << answer->body;
+  }
 }
 
 TEST_F(HaGatewayE2E, BadFlagsAndAnAbsentServerOrRedisAreRefused) {

@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "process_helpers.h"
@@ -40,6 +42,33 @@ class RedisServer {
                                  "--dir", dir_.path(), "--save", "", "--appendonly", "no"},
         dir_.path() + "/redis.log");
     eventually([this] { return ping(); }, std::chrono::seconds(10), std::chrono::milliseconds(20));
+  }
+
+  // SIGSTOP and SIGCONT: a Redis that stalls (its connections stay open, nothing answers).
+  void pause() const {
+    if (child_) ::kill(child_->pid(), SIGSTOP);
+  }
+  void resume() const {
+    if (child_) ::kill(child_->pid(), SIGCONT);
+  }
+  // Bytes clients sent that Redis has not read yet, over its loopback connections (from
+  // /proc/net/tcp): while paused, > 0 once a client's command has reached it.
+  size_t unread_bytes() const {
+    std::ifstream table("/proc/net/tcp");
+    std::string line;
+    std::getline(table, line);  // the column names
+    size_t unread = 0;
+    while (std::getline(table, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, queues;
+      fields >> slot >> local >> remote >> state >> queues;
+      auto colon = local.find(':');
+      auto queue_colon = queues.find(':');
+      if (colon == std::string::npos || queue_colon == std::string::npos || state != "01") continue;
+      if (std::stoi(local.substr(colon + 1), nullptr, 16) != port_) continue;
+      unread += std::stoul(queues.substr(queue_colon + 1), nullptr, 16);
+    }
+    return unread;
   }
 
   // One command in Redis's inline form ("FLUSHALL"), answered with its first reply line.

@@ -110,9 +110,12 @@ class Gateway {
   // One inference request as a pipeline (serve.cpp): admit(), relay(), finish().
   awaitable<void> serve(http::Request& request, http::ResponseWriter& writer, int kind);
   // Admission (serve.cpp): the caller's key, the request's fields, its model, the conversation a
-  // Responses request continues, the body for the engine and the key's rate limits. The refusal
-  // to send, or nullopt with `call` ready to relay.
+  // Responses request continues and the body for the engine. The refusal to send, or nullopt with
+  // `call` ready for check_limits() (or, without a key, to relay: call.admitted).
   awaitable<std::optional<http::Response>> admit(Call& call, const http::Request& request);
+  // The key's limits, last step of admission: the refusal to send, or nullopt with the call
+  // counted by the limiter. Waits on a shared limiter without blocking the I/O thread.
+  awaitable<std::optional<http::Response>> check_limits(Call& call);
   // /v1/responses: the conversation a request continues (previous_response_id) joined to its
   // input; the refusal when that response is unknown to this key (or an earlier turn of it is
   // gone) or the response store cannot be reached. And the storing of an answer as one turn.

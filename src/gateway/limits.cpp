@@ -138,6 +138,7 @@ Admission MemoryLimiter::admit(const api::ApiKey& key, int64_t estimated_tokens,
 
 void MemoryLimiter::finish(const std::string& key_id, uint64_t ticket, int64_t estimated_tokens, int64_t actual_tokens,
                            TimePoint now) {
+  actual_tokens = std::max<int64_t>(0, actual_tokens);  // an engine's count: never a refund
   std::lock_guard lock(mutex_);
   Window& window = windows_[key_id];
   window.in_flight -= 1;

@@ -4,6 +4,7 @@
 // at exactly its threshold. Thread-safe.
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -56,6 +57,13 @@ class Limiter {
   // flight; month_used_tokens is what the key already spent this month as this gateway knows it.
   virtual Admission admit(const api::ApiKey& key, int64_t estimated_tokens, int64_t month_used_tokens,
                           TimePoint now) = 0;
+  // admit() without waiting: `done` gets the answer, at once from a limiter that counts in memory,
+  // later and on the limiter's own thread from one that asks a store (so `done` must not block,
+  // and must finish() an admission it can no longer use). Every call is answered exactly once.
+  virtual void admit_async(const api::ApiKey& key, int64_t estimated_tokens, int64_t month_used_tokens, TimePoint now,
+                           std::function<void(Admission)> done) {
+    done(admit(key, estimated_tokens, month_used_tokens, now));
+  }
   // The request finished: replaces its estimate with the real token count and frees its slot.
   virtual void finish(const std::string& key_id, uint64_t ticket, int64_t estimated_tokens, int64_t actual_tokens,
                       TimePoint now) = 0;

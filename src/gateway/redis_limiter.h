@@ -5,19 +5,30 @@
 // when Redis answers NOSCRIPT): it drops the charges older than a minute, checks requests per
 // minute, tokens per minute, concurrency and the monthly budget in that order, and records the
 // request. The windows are exact: a sorted set of charges per key scored by their time, each
-// member "<ticket>:<tokens>". A request in flight holds a lease (a second sorted set scored by its
-// expiry) that this gateway renews while the request runs, so the slots of a gateway that died
-// come back when its leases run out. Times are Redis's own clock (TIME), one clock for every
-// gateway, unless a test injects one.
+// member "<ticket>:<tokens>". A request of a key with a concurrency limit or a budget holds a
+// lease (a second sorted set scored by its expiry) that this gateway renews while the request
+// runs, so the slots of a gateway that died come back when its leases run out. Times are Redis's
+// own clock (TIME), one clock for every gateway, unless a test injects one.
 //
 // Redis keys per API key K: nebula:limits:{K}:window, :flight, :state (a hash: seq, tokens,
-// flight), :month (a hash: "YYYY-MM" -> tokens spent). The braces keep one key's data in one
-// Redis Cluster slot.
+// flight, refresh), :month (a hash: "YYYY-MM" -> tokens spent, kept for keys with a budget). The
+// braces keep one key's data in one Redis Cluster slot.
 //
-// Threading: admit() and finish() block on Redis for at most `timeout` and may run on any thread
-// (one connection, locked); lease renewal has a thread and a connection of its own. While Redis
-// is unreachable (a failed call marks it down for `retry_interval`, so later requests do not wait
-// on it again), the fail policies decide: open admits without the limit, closed refuses with 503.
+// Threading: admit_async() and finish() never wait on Redis: they queue a command for the
+// limiter's thread, which sends everything queued as one pipelined batch on its connection, reads
+// the answers and calls back (so the calls of many requests share one round trip, and Redis reads
+// them with one read). A command still queued `timeout` after it was made fails without being
+// sent; a batch fails when an answer takes longer than `timeout`. admit() is admit_async() waited
+// on, for callers that may block. finish() talks to Redis only when there is something to free
+// or correct: nothing for a key with only a requests-per-minute limit, a token correction only
+// when the real count differs from the estimate. Lease renewal has a thread and a connection of
+// its own. While Redis is unreachable (a failed command marks it down for `retry_interval`, so
+// later requests do not wait on it again), the fail policies decide: open admits without the
+// limit, closed refuses with 503.
+//
+// A thread rather than hiredis's asynchronous API on the gateway's I/O loop (hiredis has no Asio
+// adapter): the blocking API with pipelining batches the calls of concurrent requests by itself,
+// keeps reply parsing off the I/O thread, and does not tie the limiter to one io_context.
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -77,23 +88,50 @@ class RedisLimiter final : public Limiter {
   void stop();
 
   Admission admit(const api::ApiKey& key, int64_t estimated_tokens, int64_t month_used_tokens, TimePoint now) override;
+  void admit_async(const api::ApiKey& key, int64_t estimated_tokens, int64_t month_used_tokens, TimePoint now,
+                   std::function<void(Admission)> done) override;
   void finish(const std::string& key_id, uint64_t ticket, int64_t estimated_tokens, int64_t actual_tokens,
               TimePoint now) override;
   // Extends the lease of every request in flight here (the renewal thread does it every lease/3).
   Status renew_leases();
+  // Returns once Redis has answered every call made here before (finish() returns before Redis
+  // has applied it: later calls on this limiter are sent after it, another gateway may see it up
+  // to a round trip later).
+  void flush();
 
   // Figures for /metrics and tests.
   uint64_t failures() const { return failures_; }
+  // Admitted requests not finished yet.
   size_t in_flight() const;
+  // Round trips to Redis and the commands they carried (admissions and finishes).
+  uint64_t batches() const { return batches_; }
+  uint64_t commands() const { return commands_; }
 
  private:
   struct Connection;
+  // What finish() must undo for an admitted request, decided by the key's limits at admission.
   struct InFlight {
     std::string key_id;
-    std::string member;  // "<ticket>:<estimate>"
+    std::string member;   // "<ticket>:<estimate>"
+    bool leased = false;  // holds a concurrency slot (and its estimate in flight, for the budget)
+    bool tokens = false;  // charged to a tokens-per-minute window
+    bool budget = false;  // counted in the month
   };
-  // Runs a script on `connection`, loading it again on NOSCRIPT; null reply on failure (the
-  // connection is then dropped).
+  // A script to run on the limiter's thread; on_reply gets its answer, null on failure (Redis
+  // down, timed out, or the command waited longer than `timeout`).
+  struct Command {
+    int script = 0;  // kNothing: a marker answered once everything queued before it is
+    std::vector<std::string> keys;
+    std::vector<std::string> args;
+    std::function<void(const redisReply*)> on_reply;
+    std::chrono::steady_clock::time_point queued;
+    std::vector<Command*> riders;  // finishes sent along with this admission
+  };
+  void enqueue(Command command);
+  void run_loop();
+  // Sends `batch` pipelined and hands each command its reply.
+  void run_batch(std::vector<Command>& batch);
+  // Runs one script on `connection` and waits, loading it again on NOSCRIPT; null on failure.
   std::unique_ptr<redisReply, void (*)(redisReply*)> run_script(Connection& connection, int script,
                                                                 const std::vector<std::string>& keys,
                                                                 const std::vector<std::string>& args);
@@ -104,12 +142,18 @@ class RedisLimiter final : public Limiter {
   void renew_loop();
 
   RedisLimiterOptions options_;
-  std::unique_ptr<Connection> main_;     // admit and finish; guarded by main_mutex_
+  std::unique_ptr<Connection> main_;     // admissions and finishes: the limiter thread's only
   std::unique_ptr<Connection> renewal_;  // the renewal thread's
-  std::mutex main_mutex_;
   mutable std::mutex flight_mutex_;
   std::map<std::pair<std::string, uint64_t>, InFlight> in_flight_;  // (key, ticket)
   std::atomic<uint64_t> failures_{0};
+  std::atomic<uint64_t> batches_{0};
+  std::atomic<uint64_t> commands_{0};
+  std::mutex queue_mutex_;
+  std::condition_variable queue_wake_;
+  std::vector<Command> queue_;  // guarded by queue_mutex_
+  bool queue_closed_ = false;   // guarded by queue_mutex_: stop() answered what was left
+  std::thread runner_;
   std::mutex stop_mutex_;
   std::condition_variable stop_wake_;
   bool stopping_ = false;

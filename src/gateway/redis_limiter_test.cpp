@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 
 #include "common/json.h"
 #include "redis_server.h"
@@ -180,6 +182,7 @@ TEST_F(RedisLimits, TheMonthlyBudgetCountsEveryGatewaysSpendingAndWhatIsInFlight
   EXPECT_EQ(over.limit, LimitKind::Budget);
   EXPECT_EQ(Limiter::refusal(key, over).header("x-should-retry"), "false");
   a->finish(key.metadata.name, first.ticket, 400, 350, now());
+  a->flush();  // sent, not waited for: b sees it once Redis has run it
   // 350 spent (known to Redis though neither gateway's own usage says so yet).
   EXPECT_FALSE(b->admit(key, 651, 0, now()).allowed);
   auto fits = b->admit(key, 650, 0, now());
@@ -189,6 +192,18 @@ TEST_F(RedisLimits, TheMonthlyBudgetCountsEveryGatewaysSpendingAndWhatIsInFlight
   redis_->command("FLUSHALL");
   EXPECT_FALSE(a->admit(key, 1, 1000, now()).allowed);
   EXPECT_TRUE(a->admit(key, 1, 999, now()).allowed);
+}
+
+TEST_F(RedisLimits, ANegativeTokenCountFromAnEngineRefundsNothing) {
+  auto limits = limiter();
+  auto key = limited_key("k-refund", 0, 1000, 0, 1000);
+  auto first = limits->admit(key, 600, 0, now());
+  ASSERT_TRUE(first.allowed);
+  limits->finish(key.metadata.name, first.ticket, 600, -5000, now());  // counted as 0
+  auto full = limits->admit(key, 1000, 0, now());
+  ASSERT_TRUE(full.allowed);
+  EXPECT_EQ(full.window.tokens, 1000);
+  EXPECT_FALSE(limits->admit(key, 1, 0, now()).allowed);
 }
 
 TEST_F(RedisLimits, AFlushedScriptCacheIsLoadedAgain) {
@@ -243,6 +258,138 @@ TEST_F(RedisLimits, UnreachableRedisFollowsThePolicyOfEachLimit) {
   redis_->start();
   EXPECT_TRUE(testing::eventually([&] { return open->admit(rated, 1, 0, now()).allowed; }, 10s));
   EXPECT_FALSE(open->admit(rated, 1, 0, now()).allowed);
+}
+
+// admit_async() calls answered in any order: counts them, and what passed.
+struct Answers {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<Admission> admitted;
+  int answered = 0;
+  std::function<void(Admission)> collector() {
+    return [this](Admission admission) {
+      std::lock_guard lock(mutex);
+      if (admission.allowed) admitted.push_back(std::move(admission));
+      ++answered;
+      changed.notify_all();
+    };
+  }
+  bool wait_for(int count, std::chrono::seconds limit = 10s) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, limit, [&] { return answered >= count; });
+  }
+};
+
+TEST_F(RedisLimits, ManyAdmissionsInFlightAtOnceStayExact) {
+  auto a = limiter();
+  auto b = limiter();
+  auto rated = limited_key("k-many-rpm", 60, 0, 0, 0);
+  auto slots = limited_key("k-many-conc", 0, 0, 10, 0);
+  Answers rated_answers, slot_answers;
+  // 200 admissions of each key queued at once on two limiters, none waited for: they leave in
+  // pipelined batches, and Redis still counts each exactly once.
+  for (int i = 0; i < 200; ++i) {
+    auto& limits = i % 2 ? *a : *b;
+    limits.admit_async(rated, 1, 0, now(), rated_answers.collector());
+    limits.admit_async(slots, 1, 0, now(), slot_answers.collector());
+  }
+  ASSERT_TRUE(rated_answers.wait_for(200));
+  ASSERT_TRUE(slot_answers.wait_for(200));
+  EXPECT_EQ(rated_answers.admitted.size(), 60u);
+  EXPECT_EQ(slot_answers.admitted.size(), 10u);
+  EXPECT_LT(a->batches() + b->batches(), a->commands() + b->commands());  // some shared a round trip
+  EXPECT_EQ(a->failures() + b->failures(), 0u);
+  // Requests-per-minute alone leaves nothing to finish; slots are freed by their finish.
+  for (const auto& admitted : rated_answers.admitted) EXPECT_EQ(admitted.ticket, 0u);
+  EXPECT_EQ(a->in_flight() + b->in_flight(), 10u);
+  for (const auto& admitted : slot_answers.admitted) {
+    a->finish(slots.metadata.name, admitted.ticket, 1, 1, now());
+    b->finish(slots.metadata.name, admitted.ticket, 1, 1, now());  // the one that did not issue it ignores it
+  }
+  EXPECT_EQ(a->in_flight() + b->in_flight(), 0u);
+  b->flush();  // b's finishes have reached Redis (a's own go before a's next admissions)
+  Answers again;
+  for (int i = 0; i < 20; ++i) a->admit_async(slots, 1, 0, now(), again.collector());
+  ASSERT_TRUE(again.wait_for(20));
+  EXPECT_EQ(again.admitted.size(), 10u);
+}
+
+TEST_F(RedisLimits, FinishTalksToRedisOnlyWhenSomethingIsLeftToUndo) {
+  auto limits = limiter();
+  auto rated = limited_key("k-finish-rpm", 100, 0, 0, 0);
+  auto tokens = limited_key("k-finish-tpm", 0, 1000, 0, 0);
+  auto admitted = limits->admit(rated, 10, 0, now());
+  ASSERT_TRUE(admitted.allowed);
+  EXPECT_EQ(admitted.ticket, 0u);
+  admitted = limits->admit(tokens, 600, 0, now());
+  ASSERT_TRUE(admitted.allowed);
+  ASSERT_NE(admitted.ticket, 0u);
+  uint64_t sent = limits->commands();
+  limits->finish(tokens.metadata.name, admitted.ticket, 600, 600, now());  // the estimate was right
+  // The next admission is the next command: the finish sent none, and its charge stands.
+  EXPECT_FALSE(limits->admit(tokens, 401, 0, now()).allowed);
+  EXPECT_EQ(limits->commands(), sent + 1);
+  auto second = limits->admit(tokens, 400, 0, now());
+  ASSERT_TRUE(second.allowed);
+  limits->finish(tokens.metadata.name, second.ticket, 400, 100, now());  // corrected: 700 charged
+  EXPECT_TRUE(limits->admit(tokens, 300, 0, now()).allowed);
+  EXPECT_FALSE(limits->admit(tokens, 1, 0, now()).allowed);
+  EXPECT_EQ(limits->in_flight(), 1u);  // the last admission, not finished
+}
+
+TEST_F(RedisLimits, AFinishSentAlongWithTheNextAdmissionCountsBeforeIt) {
+  auto with = options();
+  with.timeout = 10s;
+  auto limits = limiter(with);
+  auto key = limited_key("k-ride", 0, 2000, 1, 1000);
+  auto first = limits->admit(key, 600, 0, now());
+  ASSERT_TRUE(first.allowed);
+  // Redis stalls on another key's admission while the finish and the next admission queue up
+  // behind it: they leave in one batch, the finish inside the admission's script run.
+  redis_->pause();
+  Answers stalled, next;
+  limits->admit_async(limited_key("k-ride-other", 5, 0, 0, 0), 1, 0, now(), stalled.collector());
+  ASSERT_TRUE(testing::eventually([&] { return redis_->unread_bytes() > 0; }, 10s));
+  uint64_t sent = limits->commands();
+  limits->finish(key.metadata.name, first.ticket, 600, 100, now());
+  limits->admit_async(key, 800, 0, now(), next.collector());
+  redis_->resume();
+  ASSERT_TRUE(stalled.wait_for(1) && next.wait_for(1));
+  EXPECT_EQ(limits->commands(), sent + 1);  // the admission alone: the finish rode along
+  // The slot was freed and the charge corrected before the check: 100 + 800 tokens.
+  ASSERT_EQ(next.admitted.size(), 1u);
+  EXPECT_EQ(next.admitted[0].window.tokens, 900);
+  limits->finish(key.metadata.name, next.admitted[0].ticket, 800, 800, now());
+  // The month counted 100 + 800 of the budget's 1000.
+  auto over = limits->admit(key, 101, 0, now());
+  EXPECT_EQ(over.limit, LimitKind::Budget);
+  EXPECT_TRUE(limits->admit(key, 100, 0, now()).allowed);
+  EXPECT_EQ(limits->failures(), 0u);
+}
+
+TEST_F(RedisLimits, AStalledRedisNeverBlocksTheCallerAndTimesOutIntoThePolicy) {
+  auto with = options();
+  with.timeout = 2s;  // far longer than admit_async() takes to return
+  auto limits = limiter(with);
+  auto rated = limited_key("k-stall", 1, 0, 0, 0);
+  redis_->pause();
+  Answers answers;
+  limits->admit_async(rated, 1, 0, now(), answers.collector());
+  // Returned at once; the answer waits on Redis, whose socket holds the command unread.
+  {
+    std::lock_guard lock(answers.mutex);
+    EXPECT_EQ(answers.answered, 0);
+  }
+  EXPECT_TRUE(testing::eventually([&] { return redis_->unread_bytes() > 0; }, 10s));
+  // Queued behind the stalled batch: answered when it times out (Redis is then down for
+  // retry_interval, so nothing waits on it again).
+  limits->admit_async(rated, 1, 0, now(), answers.collector());
+  ASSERT_TRUE(answers.wait_for(2));
+  EXPECT_EQ(answers.admitted.size(), 2u);  // rate limits fail open
+  EXPECT_GE(limits->failures(), 2u);
+  redis_->resume();
+  // Back: counted again (the stalled command may have run when Redis woke).
+  EXPECT_TRUE(testing::eventually([&] { return !limits->admit(rated, 1, 0, now()).allowed; }, 10s));
 }
 
 TEST_F(RedisLimits, StartFailsWhenRedisIsAbsent) {

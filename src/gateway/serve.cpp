@@ -5,7 +5,14 @@
 
 #include <algorithm>
 
+#include "common/asio.h"  // must precede Asio headers
 #include "common/ids.h"
+
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
 #include "gateway/call.h"
 #include "gateway/offload.h"
 #include "gateway/request_json.h"
@@ -73,7 +80,9 @@ awaitable<void> Gateway::serve(http::Request& request, http::ResponseWriter& wri
     }
   }
   int status = 0;
-  if (auto refusal = co_await admit(call, request)) {
+  auto refusal = co_await admit(call, request);
+  if (!refusal && !call.admitted) refusal = co_await check_limits(call);
+  if (refusal) {
     status = refusal->status;
     co_await writer.send(std::move(*refusal));
   } else if (call.background) {
@@ -185,13 +194,54 @@ awaitable<std::optional<http::Response>> Gateway::admit(Call& call, const http::
   call.route.priority = call.key ? call.key->priority : 0;
   call.estimated_tokens = call.route.prompt_tokens + call.route.output_tokens;
 
-  if (!call.key) {
-    call.admitted = true;
-    co_return std::nullopt;
-  }
-  auto now = SteadyClock::now();
-  auto admission = limiter_->admit(*call.key, call.estimated_tokens,
-                                   usage_.month_tokens(call.key_id, std::chrono::system_clock::now()), now);
+  if (!call.key) call.admitted = true;  // no limits to check
+  co_return std::nullopt;               // else check_limits() is next
+}
+
+namespace {
+// Limiter::admit_async() as an awaitable: the limiter may answer on its own thread, so the answer
+// is posted back to the coroutine's executor. An admission that can no longer be delivered (the
+// I/O context went away with the coroutine waiting) is finished at once: its slot does not leak.
+awaitable<Admission> admit_async(const std::shared_ptr<Limiter>& limiter, const api::ApiKey& key,
+                                 int64_t estimated_tokens, int64_t month_used_tokens, Limiter::TimePoint now) {
+  auto executor = co_await asio::this_coro::executor;
+  co_return co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(Admission)>(
+      [&](auto handler) {
+        auto waiting = std::make_shared<decltype(handler)>(std::move(handler));
+        limiter->admit_async(
+            key, estimated_tokens, month_used_tokens, now,
+            [waiting, executor, limiter, key_id = key.metadata.name, estimated_tokens](Admission admission) {
+              struct Delivery {
+                std::shared_ptr<Limiter> limiter;
+                std::string key_id;
+                int64_t estimated_tokens = 0;
+                Admission admission;
+                bool delivered = false;
+                ~Delivery() {
+                  if (!delivered && admission.ticket != 0) {
+                    limiter->finish(key_id, admission.ticket, estimated_tokens, estimated_tokens, SteadyClock::now());
+                  }
+                }
+              };
+              auto delivery = std::make_shared<Delivery>();  // in place: a moved-from copy would finish
+              delivery->limiter = limiter;
+              delivery->key_id = key_id;
+              delivery->estimated_tokens = estimated_tokens;
+              delivery->admission = std::move(admission);
+              asio::post(executor, [waiting, delivery] {
+                delivery->delivered = true;
+                (*waiting)(std::move(delivery->admission));
+              });
+            });
+      },
+      asio::use_awaitable);
+}
+}  // namespace
+
+awaitable<std::optional<http::Response>> Gateway::check_limits(Call& call) {
+  auto admission =
+      co_await admit_async(limiter_, *call.key, call.estimated_tokens,
+                           usage_.month_tokens(call.key_id, std::chrono::system_clock::now()), SteadyClock::now());
   if (!admission.allowed) co_return with_headers(Limiter::refusal(*call.key, admission), call.headers);
   call.admitted = true;
   call.ticket = admission.ticket;
