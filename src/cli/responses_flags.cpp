@@ -38,7 +38,11 @@ Result<std::shared_ptr<gateway::ResponseStore>> make_response_store(const Respon
   }
   auto store = gateway::open_response_store(url, options);
   if (!store) return make_error(store.error().code, "--responses: " + store.error().message);
-  if (url != "memory") spdlog::info("stored responses: {} (kept {} after last use)", url, flags.retention);
+  if (url != "memory") {
+    // Said at info level only when chosen: the default (beside the server's state) is the usual.
+    spdlog::log(flags.url.empty() ? spdlog::level::debug : spdlog::level::info,
+                "stored responses: {} (kept {} after last use)", url, flags.retention);
+  }
   return store;
 }
 
