@@ -37,10 +37,8 @@ TEST(DrainE2E, AnOldReplicaOutlivesAStreamRelayedByAnotherGateway) {
 
   testing::TempDir temp;
   int port = testing::free_port();
-  std::string url = "http://127.0.0.1:" + std::to_string(port);
-  Child gateway({NEBULA_BINARY, "gateway", "--server", up.server(), "--api-key", admin, "--listen",
-                 "127.0.0.1:" + std::to_string(port), "--exit-with-parent"},
-                temp.path() + "/gateway.log");
+  std::string url = testing::local_url(port);
+  auto gateway = testing::start_gateway(up.server(), admin, port, {}, temp.path() + "/gateway.log");
   ASSERT_TRUE(eventually(
       [&] {
         http::BlockingClient client;
@@ -48,7 +46,7 @@ TEST(DrainE2E, AnOldReplicaOutlivesAStreamRelayedByAnotherGateway) {
         return models && models->status == 200 && models->body.find("\"chat\"") != std::string::npos;
       },
       20s))
-      << gateway.output();
+      << gateway->output();
 
   std::atomic<bool> streaming{false};
   std::string text;
@@ -71,7 +69,8 @@ TEST(DrainE2E, AnOldReplicaOutlivesAStreamRelayedByAnotherGateway) {
   EXPECT_EQ(status, 200);
   EXPECT_NE(text.find("[DONE]"), std::string::npos)
       << "the stream through the other gateway was cut: " << text.substr(text.size() > 400 ? text.size() - 400 : 0)
-      << "\n" << up.cli({"events"}, admin).out;
+      << "\n"
+      << up.cli({"events"}, admin).out;
   EXPECT_EQ(text.find("error"), std::string::npos) << text;
   // And the old replica does go, once its engine is idle.
   EXPECT_TRUE(eventually(

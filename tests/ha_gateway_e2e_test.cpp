@@ -69,40 +69,17 @@ class HaGatewayE2E : public ::testing::Test {
   // A `nebula gateway` following the server on `port`, with more flags; waits until it follows.
   std::unique_ptr<Child> start_gateway(int port, std::vector<std::string> extra = {}) {
     std::string log = temp_.path() + "/gateway-" + std::to_string(gateways_started_++) + ".log";
-    std::vector<std::string> argv = {NEBULA_BINARY, "gateway", "--server",          up_->server(),
-                                     "--api-key",   admin_,    "--listen",          "127.0.0.1:" + std::to_string(port),
-                                     "--log-level", "info",    "--exit-with-parent"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    auto child = std::make_unique<Child>(argv, log);
-    std::string url = "http://127.0.0.1:" + std::to_string(port);
-    bool ready = eventually(
-        [&] {
-          http::BlockingClient client;
-          auto answer = client.request("GET", url + "/readyz", "", {}, 2s);
-          return answer && answer->status == 200;
-        },
-        20s);
-    EXPECT_TRUE(ready) << child->output();
-    return child;
+    return testing::start_gateway(up_->server(), admin_, port, extra, log);
   }
 
-  // Waits until a gateway knows the key (it lists models for it).
-  bool knows_key(const std::string& url, const std::string& key) {
-    return eventually(
-        [&] {
-          http::BlockingClient client;
-          auto answer = client.request("GET", url + "/v1/models", "", bearer(key), 2s);
-          return answer && answer->status == 200;
-        },
-        10s);
-  }
+  bool knows_key(const std::string& url, const std::string& key) { return testing::gateway_knows_key(url, key); }
 
   Result<http::Response> chat(const std::string& url, const std::string& key, const std::string& body = kChat) {
     http::BlockingClient client;
     return client.request("POST", url + "/v1/chat/completions", body, bearer(key), 30s);
   }
 
-  static std::string url_of(int port) { return "http://127.0.0.1:" + std::to_string(port); }
+  static std::string url_of(int port) { return testing::local_url(port); }
 
   testing::TempDir temp_;
   int gateways_started_ = 0;

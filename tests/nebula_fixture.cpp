@@ -207,4 +207,36 @@ std::vector<std::string> agent_argv(const std::string& server, const std::string
   return argv;
 }
 
+std::string local_url(int port) {
+  return "http://127.0.0.1:" + std::to_string(port);
+}
+
+std::unique_ptr<Child> start_gateway(const std::string& server, const std::string& admin, int port,
+                                     const std::vector<std::string>& extra, const std::string& log) {
+  std::vector<std::string> argv = {NEBULA_BINARY, "gateway", "--server",          server,
+                                   "--api-key",   admin,     "--listen",          "127.0.0.1:" + std::to_string(port),
+                                   "--log-level", "info",    "--exit-with-parent"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto child = std::make_unique<Child>(argv, log);
+  bool ready = eventually(
+      [&] {
+        http::BlockingClient client;
+        auto answer = client.request("GET", local_url(port) + "/readyz", "", {}, 2s);
+        return answer && answer->status == 200;
+      },
+      20s);
+  EXPECT_TRUE(ready) << child->output();
+  return child;
+}
+
+bool gateway_knows_key(const std::string& url, const std::string& key) {
+  return eventually(
+      [&] {
+        http::BlockingClient client;
+        auto answer = client.request("GET", url + "/v1/models", "", bearer(key), 2s);
+        return answer && answer->status == 200;
+      },
+      10s);
+}
+
 }  // namespace nebula::testing

@@ -90,4 +90,14 @@ std::vector<std::string> agent_argv(const std::string& server, const std::string
                                     const std::string& gpus, const std::string& data_dir,
                                     std::vector<std::string> extra = {});
 
+// http://127.0.0.1:PORT
+std::string local_url(int port);
+// `nebula gateway --server SERVER --api-key ADMIN --listen 127.0.0.1:PORT` with more flags, its
+// output in `log`, stopped with the test runner; waits (and fails the test) until its /readyz
+// answers 200.
+std::unique_ptr<Child> start_gateway(const std::string& server, const std::string& admin, int port,
+                                     const std::vector<std::string>& extra, const std::string& log);
+// Waits until the gateway at `url` lists models for `key` (it has seen the key).
+bool gateway_knows_key(const std::string& url, const std::string& key);
+
 }  // namespace nebula::testing

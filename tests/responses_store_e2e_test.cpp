@@ -154,27 +154,13 @@ class ResponsesOnRedis : public ::testing::Test {
   }
 
   std::unique_ptr<Child> start_gateway(int port, std::vector<std::string> extra) {
-    std::vector<std::string> argv = {NEBULA_BINARY, "gateway", "--server",          up_->server(),
-                                     "--api-key",   admin_,    "--listen",          "127.0.0.1:" + std::to_string(port),
-                                     "--log-level", "info",    "--exit-with-parent"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    auto child = std::make_unique<Child>(argv, temp_.path() + "/gateway-" + std::to_string(port) + ".log");
-    EXPECT_TRUE(eventually(
-        [&] {
-          http::BlockingClient client;
-          auto answer = client.request("GET", url_of(port) + "/readyz", "", {}, 2s);
-          return answer && answer->status == 200;
-        },
-        20s))
-        << child->output();
-    return child;
+    return testing::start_gateway(up_->server(), admin_, port, extra,
+                                  temp_.path() + "/gateway-" + std::to_string(port) + ".log");
   }
 
-  bool knows_key(const std::string& url, const std::string& key) {
-    return eventually([&] { return get_status(url, key, "/v1/models") == 200; }, 10s);
-  }
+  bool knows_key(const std::string& url, const std::string& key) { return testing::gateway_knows_key(url, key); }
 
-  static std::string url_of(int port) { return "http://127.0.0.1:" + std::to_string(port); }
+  static std::string url_of(int port) { return testing::local_url(port); }
 
   testing::TempDir temp_;
   static testing::NebulaUp* up_;
