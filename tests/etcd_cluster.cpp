@@ -108,6 +108,14 @@ void EtcdCluster::kill(int member) {
   members_.at(member).process->stop(SIGKILL, 5s);
 }
 
+void EtcdCluster::pause(int member) {
+  ::kill(members_.at(member).process->pid(), SIGSTOP);
+}
+
+void EtcdCluster::resume(int member) {
+  ::kill(members_.at(member).process->pid(), SIGCONT);
+}
+
 bool EtcdCluster::healthy(int member) const {
   http::ClientOptions options;
   if (tls_) {

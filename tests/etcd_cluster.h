@@ -40,6 +40,9 @@ class EtcdCluster {
   int size() const { return static_cast<int>(members_.size()); }
   // SIGKILL, as a crash would.
   void kill(int member);
+  // SIGSTOP and SIGCONT: a member that hangs with its connections open, as a partition looks.
+  void pause(int member);
+  void resume(int member);
   // True when the member answers /health with a leader.
   bool healthy(int member) const;
   std::string log(int member) const;

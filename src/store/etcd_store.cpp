@@ -217,6 +217,8 @@ struct EtcdWatch {
   http::StreamingResponse* stream = nullptr;
   http::Cancellation* opening = nullptr;
   asio::steady_timer* waiting = nullptr;
+  std::string at;                                     // the member the open stream reads from
+  std::chrono::steady_clock::time_point last_data{};  // when that stream last said something
 
   bool is_cancelled() {
     std::lock_guard lock(mutex);
@@ -446,6 +448,39 @@ struct EtcdStore::Impl {
     if (watch.on_end) watch.on_end(error);
   }
 
+  // While the watch lives: when its stream has been silent for watch_probe, asks the stream's
+  // member for its status; two failures in a row close the stream, which run_watch() then opens
+  // on the next member. (A member that hangs without closing the connection otherwise keeps a
+  // watch deaf until kWatchIdleTimeout.)
+  awaitable<void> probe_watch(std::shared_ptr<EtcdWatch> watch) {
+    int failures = 0;
+    asio::steady_timer timer(io);
+    while (!watch->is_cancelled()) {
+      timer.expires_after(options.watch_probe);
+      boost::system::error_code ignored;
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+      if (watch->is_cancelled()) break;
+      auto silent = std::chrono::steady_clock::now() - watch->last_data;
+      if (!watch->stream || silent < options.watch_probe) {
+        failures = 0;
+        continue;
+      }
+      std::string at = watch->at;
+      auto answer = co_await client->request("POST", at + "/v3/maintenance/status", "{}", headers(),
+                                             std::min(options.watch_probe, options.request_timeout));
+      if (watch->is_cancelled()) break;
+      if (answer && answer->status == 200) {
+        failures = 0;
+        continue;
+      }
+      if (++failures >= 2 && watch->stream && watch->at == at) {
+        spdlog::warn("etcd store: {} does not answer; the watch moves on", at);
+        watch->stream->cancel();
+        failures = 0;
+      }
+    }
+  }
+
   // Keeps one watch open: on the current endpoint, then, whenever its stream breaks, on the next
   // one from the revision after the last delivered. `created` is set once the first stream is
   // open (or failed for good).
@@ -487,11 +522,14 @@ struct EtcdStore::Impl {
       }
       auto stream = std::move(*opened);
       watch->stream = stream.get();
+      watch->at = at;
+      watch->last_data = std::chrono::steady_clock::now();
       std::string pending;
       bool open = true;
       while (open && !watch->is_cancelled()) {
         auto piece = co_await stream->read(kWatchIdleTimeout);
         if (!piece || piece->empty()) break;
+        watch->last_data = std::chrono::steady_clock::now();
         pending += *piece;
         size_t newline;
         while (open && (newline = pending.find('\n')) != std::string::npos) {
@@ -847,6 +885,7 @@ Result<std::unique_ptr<WatchHandle>> EtcdStore::open_watch(const std::string& pr
     return make_error(ErrorCode::Internal, "etcd store: called from a watch callback (not allowed)");
   }
   asio::co_spawn(impl_->io, impl_->run_watch(watch, created), asio::detached);
+  asio::co_spawn(impl_->io, impl_->probe_watch(watch), asio::detached);
   auto handle = std::make_unique<EtcdWatchHandle>(watch, impl_);
   if (ready.wait_for(impl_->options.request_timeout + milliseconds(1000)) != std::future_status::ready) {
     return make_error(ErrorCode::Unavailable, "etcd: no member accepted the watch in time");

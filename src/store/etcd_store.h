@@ -39,6 +39,10 @@ struct EtcdOptions {
   std::string password;
   // One request, all endpoints tried included.
   std::chrono::milliseconds request_timeout{10'000};
+  // A watch stream silent this long has its member asked for its status (a cheap request); a
+  // member that fails to answer twice in a row, watch_probe apart, is left for the next one.
+  // This finds a member that hangs (paused, partitioned) without closing the connection.
+  std::chrono::milliseconds watch_probe{5'000};
 };
 
 // Parses "etcd://h1:2379,h2:2379[?options]" (options: tls=1, ca=PATH, cert=PATH, key=PATH,

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -194,6 +196,39 @@ TEST_F(EtcdClusterTest, MemberKilledMidWatchAndMidWriteLosesAndRepeatsNothing) {
   for (const auto& kv : listing->kvs) stored[kv.key] = kv.value;
   std::lock_guard written_lock(written_mutex);
   for (const auto& [key, value] : written) EXPECT_EQ(stored[key], value) << key;
+}
+
+// A member that hangs with its connections open (paused, or cut off by a partition) says
+// nothing, not even an error: the watch notices by asking it for its status, and moves on.
+TEST_F(EtcdClusterTest, AWatchLeavesAMemberThatHangsWithoutClosingItsConnection) {
+  EtcdOptions options;
+  for (int member : {0, 1, 2}) options.endpoints.push_back(cluster_->endpoint(member));
+  options.request_timeout = 10s;
+  options.watch_probe = 300ms;
+  auto opened = EtcdStore::open(options);
+  ASSERT_TRUE(opened) << opened.error().message;
+  auto watcher = std::move(opened).value();
+  auto writer = open_store({1, 2});
+  std::mutex mutex;
+  std::set<std::string> seen;
+  auto watch = watcher->watch("h/", 0, [&](const WatchEvent& event) {
+    std::lock_guard lock(mutex);
+    seen.insert(event.kv.key);
+  });
+  ASSERT_TRUE(watch.ok()) << watch.error().message;
+  ASSERT_TRUE(writer->put("h/before", "1").ok());
+  auto saw = [&](const std::string& key) {
+    std::lock_guard lock(mutex);
+    return seen.count(key) > 0;
+  };
+  ASSERT_TRUE(eventually([&] { return saw("h/before"); }, 10s, 5ms));
+  ASSERT_EQ(watcher->current_endpoint(), cluster_->endpoint(0));
+  cluster_->pause(0);
+  ASSERT_TRUE(writer->put("h/during", "2").ok());
+  bool moved = eventually([&] { return saw("h/during"); }, 30s, 10ms);
+  cluster_->resume(0);
+  EXPECT_TRUE(moved) << "the watch stayed on the hung member";
+  EXPECT_NE(watcher->current_endpoint(), cluster_->endpoint(0));
 }
 
 TEST_F(EtcdClusterTest, CompactionWhileAWatchIsAwayEndsItAndListWatchResyncs) {
