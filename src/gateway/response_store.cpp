@@ -132,8 +132,8 @@ Status MemoryResponseStore::put(const std::string& key_id, const std::string& id
                                     [](const auto& a, const auto& b) { return a.second.bytes < b.second.bytes; });
     if (biggest == keys_.end() || biggest->second.order.empty()) break;
     remove(biggest->second, biggest->second.entries.find(biggest->second.order.front()));
+    if (biggest->second.order.empty()) keys_.erase(biggest);
   }
-  for (auto it = keys_.begin(); it != keys_.end();) it = it->second.order.empty() ? keys_.erase(it) : std::next(it);
   return {};
 }
 
