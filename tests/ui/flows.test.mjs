@@ -63,6 +63,14 @@ test('deploys from the form only after its dry run, and the deployment becomes R
   await eventually(async () => (await page.getByTestId('plan').textContent()).startsWith('v2'), 30000, 'plan 2');
   await page.getByRole('list', { name: 'Events' }).getByText('plan 2 replaced plan 1 on every replica').waitFor({ timeout: 60000 });
   await eventually(async () => (await page.getByTestId('ready-count').textContent()) === '1/1', 60000, 'chat Ready again');
+  // Sleep, confirmed first, and Wake, which needs no confirmation.
+  await page.getByRole('button', { name: 'Sleep' }).click();
+  await page.getByRole('dialog', { name: 'Put chat to sleep?' }).getByRole('button', { name: 'Sleep' }).click();
+  await page.getByRole('list', { name: 'Events' }).getByText('SleepRequested').waitFor();
+  await page.getByRole('button', { name: 'Wake' }).click();
+  await page.getByRole('list', { name: 'Events' }).getByText('WakeRequested').waitFor();
+  await page.getByRole('button', { name: 'Sleep' }).waitFor();
+  await eventually(async () => (await page.getByTestId('ready-count').textContent()) === '1/1', 60000, 'chat awake');
   await go('Deployments');
   await page.locator('tr[data-deployment="chat"]').getByText('Ready').waitFor();
   await screenshot(page, 'deployments');

@@ -54,6 +54,9 @@ export interface Deployment extends Doc {
     message?: string;
     plan_version?: number;
     rollout?: { state?: string; message?: string };
+    idle_since_ms?: number;
+    sleep_requested_ms?: number;
+    wake_requested_ms?: number;
   };
 }
 export interface Replica extends Doc {

@@ -11,7 +11,17 @@ import { formatNumber, formatSeconds } from '../format';
 export function DeploymentActions({ deployment, afterDelete }: { deployment: Deployment; afterDelete?: () => void }) {
   const name = deployment.metadata.name;
   const [replicas, setReplicas] = useState(String(deployment.spec.replicas ?? 1));
-  const [confirm, setConfirm] = useState<'delete' | 'restart' | null>(null);
+  const [confirm, setConfirm] = useState<'delete' | 'restart' | 'sleep' | null>(null);
+  // Asleep (or on its way): put to sleep after the last wake, or idle. Waking needs no
+  // confirmation; putting to sleep stops serving until a request or a wake.
+  const status = deployment.status ?? {};
+  const asleep =
+    (status.sleep_requested_ms ?? 0) > (status.wake_requested_ms ?? 0) || (status.idle_since_ms ?? 0) > 0;
+  const sleepOrWake = useMutation({
+    mutationFn: (action: 'sleep' | 'wake') =>
+      api(`/api/v1/deployments/${name}/${action}`, { method: 'POST', body: {} }),
+    onSuccess: () => setConfirm(null),
+  });
   const scale = useMutation({
     mutationFn: () => api(`/api/v1/deployments/${name}/scale`, { method: 'PUT', body: { replicas: Number(replicas) } }),
   });
@@ -54,10 +64,19 @@ export function DeploymentActions({ deployment, afterDelete }: { deployment: Dep
       <button type="button" onClick={() => setConfirm('restart')}>
         Restart
       </button>
+      {asleep ? (
+        <button type="button" disabled={sleepOrWake.isPending} onClick={() => sleepOrWake.mutate('wake')}>
+          Wake
+        </button>
+      ) : (
+        <button type="button" onClick={() => setConfirm('sleep')}>
+          Sleep
+        </button>
+      )}
       <button type="button" className="danger" onClick={() => setConfirm('delete')}>
         Delete
       </button>
-      <ErrorBox error={scale.error ?? restart.error ?? remove.error} />
+      <ErrorBox error={scale.error ?? restart.error ?? sleepOrWake.error ?? remove.error} />
       <ConfirmDialog
         open={confirm === 'delete'}
         title={`Delete ${name}?`}
@@ -78,6 +97,17 @@ export function DeploymentActions({ deployment, afterDelete }: { deployment: Dep
         onCancel={() => setConfirm(null)}
       >
         A rolling restart: new replicas start before the old ones stop (max surge of the spec).
+      </ConfirmDialog>
+      <ConfirmDialog
+        open={confirm === 'sleep'}
+        title={`Put ${name} to sleep?`}
+        confirmLabel="Sleep"
+        busy={sleepOrWake.isPending}
+        onConfirm={() => sleepOrWake.mutate('sleep')}
+        onCancel={() => setConfirm(null)}
+      >
+        Its engines release their GPU memory (or stop, with <code>on_idle: stop</code>) until a request for{' '}
+        <code>{name}</code> or Wake brings them back.
       </ConfirmDialog>
     </div>
   );
