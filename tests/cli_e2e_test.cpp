@@ -3,10 +3,12 @@
 // it must not). Usage errors exit 2, failed operations 1. Then the attacks that need more than a
 // row: a spec file smuggling a second request, and `deploy --wait` on an engine that cannot start.
 #include <gtest/gtest.h>
+
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <filesystem>
 
 #include <atomic>
 #include <fstream>
@@ -255,6 +257,20 @@ TEST(CliE2e, BadInputGetsAClearErrorAndTheRightExitCode) {
 
 // `--routing` reaches the deployment and `nebula get`, canonical; changing it restarts no engine;
 // the server refuses a bad spec with a 400 naming it, whoever sends it.
+// An agent's list of servers is checked before anything is written: a bad entry is named, the
+// exit code is 2, and no data dir is made.
+TEST(CliE2e, AnAgentsServerListIsCheckedEntryByEntry) {
+  testing::TempDir scratch;
+  for (std::string servers : {"http://a,,http://b", ",", "http://a,ftp://b", "http://a/api/v1", "http://a,http://a",
+                              "http://a:0", "-oProxyCommand=x"}) {
+    std::string dir = scratch.path() + "/agent";
+    auto result = run_command({NEBULA_BINARY, "agent", "--server", servers, "--token", "nbj-x", "--data-dir", dir});
+    EXPECT_EQ(result.exit_code, 2) << servers << ": " << result.out;
+    EXPECT_NE(result.out.find("--server: "), std::string::npos) << servers << ": " << result.out;
+    EXPECT_FALSE(std::filesystem::exists(dir)) << servers;
+  }
+}
+
 TEST(CliE2e, RoutingIsSetShownAndChangedWithoutARollout) {
   NebulaUp up;
   ASSERT_TRUE(up.wait_node_ready());

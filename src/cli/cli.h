@@ -184,6 +184,10 @@ std::string age(int64_t since_ms);
 int print_plan(const json& plan, const std::string& output);
 // "a,b,,c" -> {"a","b","c"}.
 std::vector<std::string> split_commas(const std::string& text);
+// An agent's --server: one URL or several comma-separated (servers sharing one etcd), each
+// http(s)://HOST[:PORT] with no path, at most 16 and none twice. The URLs as given (without a
+// trailing slash), or an error naming the entry that is wrong.
+Result<std::vector<std::string>> parse_server_list(const std::string& text);
 // A JSON array of strings joined with commas; `empty` when there are none.
 std::string join_strings(const json& values, const std::string& empty);
 // One-line error on stderr, exit code 1.

@@ -70,4 +70,38 @@ TEST(FlagValues, DurationsSizesAndLogLevels) {
 }
 
 }  // namespace
+TEST(ServerList, OneOrSeveralUrlsAndClearErrorsForTheRest) {
+  auto one = parse_server_list("http://10.0.0.1:8080/");
+  ASSERT_TRUE(one) << one.error().message;
+  EXPECT_EQ(*one, (std::vector<std::string>{"http://10.0.0.1:8080"}));
+  auto three = parse_server_list("http://a:8080,https://b,http://c:1");
+  ASSERT_TRUE(three) << three.error().message;
+  EXPECT_EQ(three->size(), 3u);
+  std::string many;
+  for (int i = 0; i < 17; ++i) many += (i ? ",http://h" : "http://h") + std::to_string(i);
+  struct Bad {
+    std::string text;
+    std::string says;
+  };
+  for (const Bad& bad : std::vector<Bad>{{"", "empty entry"},
+                                         {",", "empty entry"},
+                                         {"http://a,,http://b", "empty entry"},
+                                         {"http://a,", "empty entry"},
+                                         {"ftp://a", "'ftp://a'"},
+                                         {"a:8080", "'a:8080'"},
+                                         {"http://a/api/v1", "without a path"},
+                                         {"http://a?x=1", "'http://a?x=1'"},
+                                         {"http://user@a", "'http://user@a'"},
+                                         {"http://a b", "'http://a b'"},
+                                         {"http://a:99999", "'http://a:99999'"},
+                                         {"http://a:0", "'http://a:0'"},
+                                         {"http://a,http://a", "twice"},
+                                         {many, "more than 16"}}) {
+    auto parsed = parse_server_list(bad.text);
+    ASSERT_FALSE(parsed) << bad.text;
+    EXPECT_NE(parsed.error().message.find(bad.says), std::string::npos) << bad.text << ": " << parsed.error().message;
+    EXPECT_EQ(parsed.error().message.rfind("--server: ", 0), 0u) << parsed.error().message;
+  }
+}
+
 }  // namespace nebula::cli

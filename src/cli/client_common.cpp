@@ -294,6 +294,36 @@ std::vector<std::string> split_commas(const std::string& text) {
   return items;
 }
 
+Result<std::vector<std::string>> parse_server_list(const std::string& text) {
+  constexpr size_t kMostServers = 16;
+  std::vector<std::string> servers;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    std::string entry = text.substr(start, end - start);
+    start = end + 1;
+    if (entry.empty()) {
+      return make_error(ErrorCode::InvalidArgument,
+                        "--server: an empty entry in '" + text + "' (URLs separated by single commas)");
+    }
+    while (entry.size() > 1 && entry.back() == '/') entry.pop_back();
+    auto url = http::Url::parse(entry);
+    if (!url || url->port == 0 || url->target != "/" || entry.find_first_of(" \t\r\n?#@") != std::string::npos) {
+      return make_error(ErrorCode::InvalidArgument,
+                        "--server: '" + entry + "' is not an http(s)://HOST[:PORT] URL without a path");
+    }
+    if (std::find(servers.begin(), servers.end(), entry) != servers.end()) {
+      return make_error(ErrorCode::InvalidArgument, "--server: '" + entry + "' is given twice");
+    }
+    servers.push_back(entry);
+    if (servers.size() > kMostServers) {
+      return make_error(ErrorCode::InvalidArgument, "--server: more than 16 servers");
+    }
+  }
+  return servers;
+}
+
 std::string join_strings(const json& values, const std::string& empty) {
   std::string text;
   for (const auto& value : values) {

@@ -904,6 +904,7 @@ int run_agent(int argc, char** argv) {
   options.listen = *address;
   options.data_dir = expand_home(data_dir);
   if (auto applied = apply_agent_flags(flags, config, options); !applied) return fail(applied.error().message);
+  if (auto servers = parse_server_list(options.server_url); !servers) return usage_error(app, servers.error().message);
   if (auto prepared = prepare_data_dir(options.data_dir); !prepared) return fail(prepared.error().message);
   if (auto locked = lock_data_dir(options.data_dir, "agent.lock", "agent"); !locked)
     return fail(locked.error().message);
