@@ -114,9 +114,7 @@ RedisResponseStore::~RedisResponseStore() {
 }
 
 int64_t RedisResponseStore::now() const {
-  if (options_.now_ms) return options_.now_ms();
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return response_store_now_ms(options_);
 }
 
 Error RedisResponseStore::unavailable() const {
@@ -169,20 +167,15 @@ std::unique_ptr<RedisResponseStore::Reply> RedisResponseStore::eval(const char* 
 }
 
 Status RedisResponseStore::put(const std::string& key_id, const std::string& id, const StoredTurn& turn) {
-  std::string response = turn.response.dump();
-  std::string input = turn.input.is_array() ? turn.input.dump() : "[]";
-  std::string root = turn.root.empty() ? id : turn.root;
-  size_t bytes = response.size() + input.size() + turn.previous.size() + root.size();
-  if (bytes > options_.per_key_bytes) {
-    return make_error(ErrorCode::TooLarge,
-                      fmt::format("the response and its input ({} bytes) exceed the {} bytes one key may store", bytes,
-                                  options_.per_key_bytes));
+  TurnRecord record = record_of(id, turn);
+  if (size_t bytes = turn_bytes(record); bytes > options_.per_key_bytes) {
+    return turn_too_large(bytes, options_.per_key_bytes);
   }
   std::lock_guard lock(mutex_);
-  auto reply =
-      eval(kPut, base(key_id),
-           {id, response, input, turn.previous, root, std::to_string(now()), std::to_string(options_.retention.count()),
-            std::to_string(options_.per_key), std::to_string(options_.per_key_bytes)});
+  auto reply = eval(kPut, base(key_id),
+                    {id, record.response, record.input, record.previous, record.root, std::to_string(now()),
+                     std::to_string(options_.retention.count()), std::to_string(options_.per_key),
+                     std::to_string(options_.per_key_bytes)});
   if (!reply) return unavailable();
   return {};
 }
@@ -202,7 +195,7 @@ Result<json> RedisResponseStore::response(const std::string& key_id, const std::
   }
   Reply reply(raw);
   if (raw->type == REDIS_REPLY_NIL) {
-    return make_error(ErrorCode::NotFound, fmt::format("Response with id '{}' not found.", id));
+    return response_not_found(id);
   }
   if (raw->type != REDIS_REPLY_STRING) return unavailable();
   auto parsed = parse_json(std::string_view(raw->str, raw->len));
@@ -226,10 +219,8 @@ Result<Conversation> RedisResponseStore::conversation(const std::string& key_id,
     if (raw->type != REDIS_REPLY_ARRAY || raw->elements < 2 || (raw->elements - 2) % 4 != 0) return unavailable();
     if (text(0) == "missing") {
       std::string gone = text(1);
-      if (gone == id) return make_error(ErrorCode::NotFound, fmt::format("Response with id '{}' not found.", id));
-      return make_error(
-          ErrorCode::NotFound,
-          fmt::format("Response with id '{}' continues '{}', which was deleted or has expired.", id, gone));
+      if (gone == id) return response_not_found(id);
+      return broken_chain(id, gone);
     }
     for (size_t index = 2; index + 3 < raw->elements; index += 4) {
       turns.push_back(TurnRecord{text(index), text(index + 1), text(index + 2), text(index + 3)});

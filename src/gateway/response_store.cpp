@@ -9,14 +9,14 @@
 #include "gateway/redis_responses.h"
 
 namespace nebula::gateway {
-namespace {
 
-int64_t system_now_ms() {
+int64_t response_store_now_ms(const ResponseStoreOptions& options) {
+  if (options.now_ms) return options.now_ms();
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
-Error missing(const std::string& id) {
+Error response_not_found(const std::string& id) {
   return make_error(ErrorCode::NotFound, fmt::format("Response with id '{}' not found.", id));
 }
 
@@ -35,13 +35,11 @@ TurnRecord record_of(const std::string& id, const StoredTurn& turn) {
                     turn.root.empty() ? id : turn.root};
 }
 
-Error too_large(size_t bytes, size_t bound) {
+Error turn_too_large(size_t bytes, size_t bound) {
   return make_error(
       ErrorCode::TooLarge,
       fmt::format("the response and its input ({} bytes) exceed the {} bytes one key may store", bytes, bound));
 }
-
-}  // namespace
 
 Result<Conversation> join_turns(const std::vector<TurnRecord>& newest_first) {
   Conversation conversation;
@@ -88,7 +86,7 @@ MemoryResponseStore::MemoryResponseStore(ResponseStoreOptions options, size_t ca
     : options_(std::move(options)), capacity_(capacity), max_bytes_(max_bytes) {}
 
 int64_t MemoryResponseStore::now() const {
-  return options_.now_ms ? options_.now_ms() : system_now_ms();
+  return response_store_now_ms(options_);
 }
 
 void MemoryResponseStore::remove(Key& key, std::unordered_map<std::string, Entry>::iterator entry) {
@@ -111,7 +109,7 @@ Status MemoryResponseStore::put(const std::string& key_id, const std::string& id
   TurnRecord record = record_of(id, turn);
   size_t bytes = turn_bytes(record);
   size_t bound = std::min(options_.per_key_bytes, max_bytes_);
-  if (bytes > bound) return too_large(bytes, bound);
+  if (bytes > bound) return turn_too_large(bytes, bound);
   int64_t at = now();
   std::lock_guard lock(mutex_);
   Key& key = keys_[key_id];
@@ -141,10 +139,10 @@ Result<json> MemoryResponseStore::response(const std::string& key_id, const std:
   int64_t at = now();
   std::lock_guard lock(mutex_);
   auto key = keys_.find(key_id);
-  if (key == keys_.end()) return missing(id);
+  if (key == keys_.end()) return response_not_found(id);
   expire(key->second, at);
   auto entry = key->second.entries.find(id);
-  if (entry == key->second.entries.end()) return missing(id);
+  if (entry == key->second.entries.end()) return response_not_found(id);
   auto parsed = parse_json(entry->second.record.response);
   if (!parsed) return make_error(ErrorCode::Internal, "a stored response is not valid JSON");
   return std::move(*parsed);
@@ -156,12 +154,12 @@ Result<Conversation> MemoryResponseStore::conversation(const std::string& key_id
   {
     std::lock_guard lock(mutex_);
     auto key = keys_.find(key_id);
-    if (key == keys_.end()) return missing(id);
+    if (key == keys_.end()) return response_not_found(id);
     Key& owned = key->second;
     expire(owned, at);
     for (std::string next = id; !next.empty() && turns.size() < kMaxTurns;) {
       auto entry = owned.entries.find(next);
-      if (entry == owned.entries.end()) return next == id ? missing(id) : broken_chain(id, next);
+      if (entry == owned.entries.end()) return next == id ? response_not_found(id) : broken_chain(id, next);
       entry->second.used_ms = at;  // a chain in use stays whole
       owned.order.splice(owned.order.end(), owned.order, entry->second.age);
       turns.push_back(entry->second.record);
@@ -311,7 +309,7 @@ SqliteResponseStore::~SqliteResponseStore() {
 }
 
 int64_t SqliteResponseStore::now() const {
-  return options_.now_ms ? options_.now_ms() : system_now_ms();
+  return response_store_now_ms(options_);
 }
 
 Status SqliteResponseStore::exec(const char* sql) {
@@ -328,7 +326,7 @@ Status SqliteResponseStore::put(const std::string& key_id, const std::string& id
   TurnRecord record = record_of(id, turn);
   auto bytes = static_cast<int64_t>(turn_bytes(record));
   if (static_cast<size_t>(bytes) > options_.per_key_bytes)
-    return too_large(static_cast<size_t>(bytes), options_.per_key_bytes);
+    return turn_too_large(static_cast<size_t>(bytes), options_.per_key_bytes);
   int64_t at = now();
   std::lock_guard lock(mutex_);
   Transaction transaction(db_);
@@ -375,7 +373,7 @@ Result<json> SqliteResponseStore::response(const std::string& key_id, const std:
   std::lock_guard lock(mutex_);
   Statement select(statements_, db_, "SELECT response FROM responses WHERE key_id = ? AND id = ? AND used_ms > ?");
   int step = select.bind(1, key_id).bind(2, id).bind(3, at - options_.retention.count()).step();
-  if (step == SQLITE_DONE) return missing(id);
+  if (step == SQLITE_DONE) return response_not_found(id);
   if (step != SQLITE_ROW) return select.error("get");
   auto parsed = parse_json(select.text(0));
   if (!parsed) return make_error(ErrorCode::Internal, "a stored response is not valid JSON");
@@ -408,7 +406,7 @@ SELECT id, response, input, previous, root FROM chain ORDER BY depth)sql");
       turns.push_back(TurnRecord{chain.text(1), chain.text(2), chain.text(3), chain.text(4)});
     }
     if (step != SQLITE_DONE) return chain.error("read");
-    if (turns.empty()) return missing(id);
+    if (turns.empty()) return response_not_found(id);
     if (!turns.back().previous.empty() && turns.size() < kMaxTurns) return broken_chain(id, turns.back().previous);
     // A conversation in use stays whole: every turn of it was used now.
     for (const auto& used : ids) {

@@ -80,6 +80,14 @@ struct TurnRecord {
   std::string previous;
   std::string root;
 };
+// What the stores share: a turn's record (its root defaulting to its own id) and size, the
+// clock, and their errors.
+TurnRecord record_of(const std::string& id, const StoredTurn& turn);
+size_t turn_bytes(const TurnRecord& record);
+int64_t response_store_now_ms(const ResponseStoreOptions& options);
+Error response_not_found(const std::string& id);
+Error broken_chain(const std::string& asked, const std::string& gone);
+Error turn_too_large(size_t bytes, size_t bound);
 // The conversation of turns read newest first (the one asked for first, the chain's first last).
 Result<Conversation> join_turns(const std::vector<TurnRecord>& newest_first);
 // The most turns a conversation may have (a guard against a corrupted chain).
