@@ -272,7 +272,15 @@ TEST_F(ResponsesOnRedis, BadResponseStoreFlagsAreRefused) {
   auto no_redis = run({"--responses", "redis://127.0.0.1:" + std::to_string(testing::free_port())});
   EXPECT_EQ(no_redis.exit_code, 1) << no_redis.out;
   EXPECT_NE(no_redis.out.find("cannot reach redis"), std::string::npos) << no_redis.out;
+  for (const std::string& bad :
+       std::vector<std::string>{"sqlite://", "sqlite:///nonexistent-dir/x/responses.db", "redis://a/b:1", "redis://:1",
+                                "memory\r\nX-Injected: 1", std::string(10000, 'r')}) {
+    auto refused = run({"--responses", bad});
+    EXPECT_EQ(refused.exit_code, 1) << bad << ": " << refused.out;
+    EXPECT_NE(refused.out.find("--responses"), std::string::npos) << bad << ": " << refused.out;
+  }
   EXPECT_EQ(run({"--responses-retention", "soon"}).exit_code, 2);
+  EXPECT_EQ(run({"--responses-retention", ""}).exit_code, 2);
   EXPECT_EQ(run({"--responses-per-key", "0"}).exit_code, 2);
   EXPECT_EQ(run({"--responses-per-key", "-5"}).exit_code, 2);
 }
