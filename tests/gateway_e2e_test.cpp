@@ -429,6 +429,20 @@ TEST_F(GatewayE2E, ResponsesContinueAStoredConversation) {
   EXPECT_EQ(json::parse(deleted->body)["deleted"], true);
   expect_openai_error(client.request("GET", up_->server() + "/v1/responses/" + id, "", bearer(key)), 404, "not_found");
   expect_openai_error(client.request("GET", up_->server() + "/v1/responses/" + id, ""), 401, "invalid_api_key");
+  // The second turn is still there, but the conversation it continues is broken: continuing it,
+  // or listing its input items, is a 404 that names the turn that is gone.
+  std::string second_id = json::parse(second->body)["id"];
+  ASSERT_EQ(client.request("GET", up_->server() + "/v1/responses/" + second_id, "", bearer(key))->status, 200);
+  json after_delete = follow;
+  after_delete["previous_response_id"] = second_id;
+  auto broken = post("/v1/responses", after_delete.dump(), key);
+  expect_openai_error(broken, 404, "previous_response_not_found");
+  EXPECT_NE(broken->body.find("Previous response with id '" + second_id + "' continues '" + id + "'"),
+            std::string::npos)
+      << broken->body;
+  auto items = client.request("GET", up_->server() + "/v1/responses/" + second_id + "/input_items", "", bearer(key));
+  expect_openai_error(items, 404, "not_found");
+  EXPECT_NE(items->body.find("continues '" + id + "'"), std::string::npos) << items->body;
 }
 
 TEST_F(GatewayE2E, DisconnectMidStreamFreesTheEngineSlot) {
@@ -520,8 +534,8 @@ TEST_F(GatewayE2E, AnIdleDeploymentSleepsAndTheNextRequestWakesIt) {
   EXPECT_EQ(up_->get_json("/api/v1/deployments/sleepy", admin_)["status"]["phase"], "Idle");
   // The next request waits for the wake and is served by the same engine process.
   std::string key = create_key({});
-  auto response =
-      post("/v1/chat/completions", R"({"model":"sleepy","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})", key);
+  auto response = post("/v1/chat/completions",
+                       R"({"model":"sleepy","max_tokens":4,"messages":[{"role":"user","content":"hi"}]})", key);
   ASSERT_TRUE(response);
   EXPECT_EQ(response->status, 200) << response->body;
   EXPECT_EQ(up_->engine_pids("sleepy"), pids);

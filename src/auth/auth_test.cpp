@@ -41,6 +41,31 @@ TEST(Keys, AuthenticateKnowsRevokedAndExpired) {
   EXPECT_EQ((*stored)->value.find(created->secret), std::string::npos);
 }
 
+// A key revoked by this process is refused at once, before the watch brings the revocation, and
+// an event the watch delivers afterwards with the key not yet revoked (an older write, or one
+// racing the revocation) does not undo it.
+TEST(KeyRing, AKeyRevokedHereIsRefusedAtOnceAndStaysRefused) {
+  store::MemoryStore store;
+  KeyRing ring;
+  ASSERT_TRUE(ring.start(store));
+  api::ApiKey key;
+  key.display_name = "carol";
+  auto created = create_key(store, key, 1000);
+  ASSERT_TRUE(created);
+  const std::string id = created->key.metadata.name;
+  ASSERT_TRUE(ring.authenticate(created->secret, 2000));
+
+  ring.revoked_here(id);  // the store still holds it unrevoked
+  auto refused = ring.authenticate(created->secret, 2000);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("revoked"), std::string::npos);
+
+  ASSERT_TRUE(record_last_use(store, {{id, 3000}}));  // rewrites the document, revoked: false
+  EXPECT_FALSE(ring.authenticate(created->secret, 4000));
+  ring.revoked_here("nosuchkey");  // unknown ids are harmless
+  EXPECT_EQ(ring.size(), 1u);
+}
+
 http::Request request_with(const std::string& method, const std::string& path, const std::string& secret) {
   http::Request request;
   request.method = method;

@@ -62,7 +62,7 @@ Result<std::string> Guard::issue_node_key(const std::string& node) {
       if (!document) continue;
       auto old = api::api_key_from_json(*document);
       if (old && old->scope == api::scope::kNode && old->display_name == "node/" + node && !old->revoked) {
-        (void)revoke_key(store_, old->metadata.name);
+        if (revoke_key(store_, old->metadata.name)) keys_.revoked_here(old->metadata.name);
       }
     }
   }

@@ -101,6 +101,7 @@ void Guard::add_routes(http::Router& router) {
       co_await writer.send(openai_error(status, revoked.error().message, "invalid_request_error", "not_found"));
       co_return;
     }
+    keys_.revoked_here(revoked->metadata.name);
     co_await writer.send(Response::json_body(200, api::to_json(*revoked)));
   });
 }

@@ -151,6 +151,7 @@ void KeyRing::apply(const std::string& store_key, const std::string* value) {
   if (!document) return;
   auto key = api::api_key_from_json(*document);
   if (!key || key->hash.empty()) return;
+  if (revoked_here_.count(id)) key->revoked = true;
   std::string hash = key->hash;  // copied first: the assignment below moves the key
   hash_by_id_[id] = hash;
   by_hash_[hash] = std::make_shared<const api::ApiKey>(std::move(*key));
@@ -195,6 +196,18 @@ int64_t KeyRing::last_use(const std::string& id) const {
 std::map<std::string, int64_t> KeyRing::take_unrecorded_uses() {
   std::lock_guard lock(mutex_);
   return std::exchange(unrecorded_, {});
+}
+
+void KeyRing::revoked_here(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  revoked_here_.insert(id);
+  auto hash = hash_by_id_.find(id);
+  if (hash == hash_by_id_.end()) return;
+  auto cached = by_hash_.find(hash->second);
+  if (cached == by_hash_.end() || cached->second->revoked) return;
+  auto revoked = std::make_shared<api::ApiKey>(*cached->second);
+  revoked->revoked = true;
+  cached->second = std::move(revoked);
 }
 
 size_t KeyRing::size() const {

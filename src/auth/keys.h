@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 
 #include "api/keys.h"
@@ -46,6 +47,10 @@ class KeyRing {
   int64_t last_use(const std::string& id) const;
   // The keys used since the last call, with their latest use (id → Unix ms), for the store.
   std::map<std::string, int64_t> take_unrecorded_uses();
+  // A key this process has just revoked in the store: refused from now on, without waiting for
+  // the watch to bring the revocation (read-your-writes for the server that answered the
+  // DELETE). Revocation is final, so an older event the watch delivers later cannot undo it.
+  void revoked_here(const std::string& id);
 
  private:
   void apply(const std::string& key, const std::string* value);
@@ -56,6 +61,7 @@ class KeyRing {
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<const api::ApiKey>> by_hash_;
   std::map<std::string, std::string> hash_by_id_;
+  std::set<std::string> revoked_here_;  // ids revoke_key() was called for by this process
   // Uses are noted under the lock authenticate() takes anyway: a map write per request.
   mutable std::map<std::string, int64_t> last_use_;
   mutable std::map<std::string, int64_t> unrecorded_;

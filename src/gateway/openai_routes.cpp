@@ -43,6 +43,10 @@ awaitable<Response> Gateway::input_items_answer(const Request& request) {
   const std::string& id = request.params.at("id");
   auto conversation = co_await on_responses([&] { return responses_->conversation(key_id, id); });
   if (!conversation) co_return response_store_error(conversation.error());
+  if (!conversation->missing.empty()) {
+    co_return openai_error(404, broken_chain_message("Response", id, conversation->missing), "invalid_request_error",
+                           "not_found");
+  }
   auto page = input_items_page(conversation->response, conversation->items, request.query);
   if (!page) co_return openai_error(400, page.error().message, "invalid_request_error", "invalid_request");
   co_return Response::json_body(200, *page);

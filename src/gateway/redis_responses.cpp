@@ -220,7 +220,7 @@ Result<Conversation> RedisResponseStore::conversation(const std::string& key_id,
     if (text(0) == "missing") {
       std::string gone = text(1);
       if (gone == id) return response_not_found(id);
-      return broken_chain(id, gone);
+      return broken_chain(gone);
     }
     for (size_t index = 2; index + 3 < raw->elements; index += 4) {
       turns.push_back(TurnRecord{text(index), text(index + 1), text(index + 2), text(index + 3)});

@@ -20,10 +20,14 @@ Error response_not_found(const std::string& id) {
   return make_error(ErrorCode::NotFound, fmt::format("Response with id '{}' not found.", id));
 }
 
-Error broken_chain(const std::string& asked, const std::string& gone) {
-  return make_error(
-      ErrorCode::NotFound,
-      fmt::format("Response with id '{}' continues '{}', which was deleted or has expired.", asked, gone));
+Conversation broken_chain(const std::string& gone) {
+  Conversation broken;
+  broken.missing = gone;
+  return broken;
+}
+
+std::string broken_chain_message(const std::string& what, const std::string& asked, const std::string& gone) {
+  return fmt::format("{} with id '{}' continues '{}', which was deleted or has expired.", what, asked, gone);
 }
 
 size_t turn_bytes(const TurnRecord& record) {
@@ -159,7 +163,10 @@ Result<Conversation> MemoryResponseStore::conversation(const std::string& key_id
     expire(owned, at);
     for (std::string next = id; !next.empty() && turns.size() < kMaxTurns;) {
       auto entry = owned.entries.find(next);
-      if (entry == owned.entries.end()) return next == id ? response_not_found(id) : broken_chain(id, next);
+      if (entry == owned.entries.end()) {
+        if (next == id) return response_not_found(id);
+        return broken_chain(next);
+      }
       entry->second.used_ms = at;  // a chain in use stays whole
       owned.order.splice(owned.order.end(), owned.order, entry->second.age);
       turns.push_back(entry->second.record);
@@ -407,7 +414,7 @@ SELECT id, response, input, previous, root FROM chain ORDER BY depth)sql");
     }
     if (step != SQLITE_DONE) return chain.error("read");
     if (turns.empty()) return response_not_found(id);
-    if (!turns.back().previous.empty() && turns.size() < kMaxTurns) return broken_chain(id, turns.back().previous);
+    if (!turns.back().previous.empty() && turns.size() < kMaxTurns) return broken_chain(turns.back().previous);
     // A conversation in use stays whole: every turn of it was used now.
     for (const auto& used : ids) {
       Statement touch(statements_, db_, "UPDATE responses SET used_ms = ?3 WHERE key_id = ?1 AND id = ?2");

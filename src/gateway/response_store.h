@@ -50,6 +50,9 @@ struct Conversation {
   json items = json::array();  // every turn's input items then output items, oldest first
   std::string root;            // the chain's first response
   size_t bytes = 0;            // the length of the items' JSON text
+  // Set when the chain is broken: the id of the earlier turn that was deleted or has expired
+  // (then nothing else is set). The caller words the answer: its request named the last turn.
+  std::string missing;
 };
 
 class ResponseStore {
@@ -63,7 +66,7 @@ class ResponseStore {
   // The Response object; NotFound when unknown, expired, deleted or another key's.
   virtual Result<json> response(const std::string& key_id, const std::string& id) = 0;
   // The conversation up to and including `id`, marking each of its turns used. NotFound as
-  // response(), also when an earlier turn of the chain is gone (the message names it).
+  // response(); when an earlier turn of the chain is gone, a Conversation naming it (`missing`).
   virtual Result<Conversation> conversation(const std::string& key_id, const std::string& id) = 0;
   // False when there was nothing of key_id's to erase.
   virtual Result<bool> erase(const std::string& key_id, const std::string& id) = 0;
@@ -86,7 +89,10 @@ TurnRecord record_of(const std::string& id, const StoredTurn& turn);
 size_t turn_bytes(const TurnRecord& record);
 int64_t response_store_now_ms(const ResponseStoreOptions& options);
 Error response_not_found(const std::string& id);
-Error broken_chain(const std::string& asked, const std::string& gone);
+// The answer of conversation() when the turn `gone` of a chain is missing.
+Conversation broken_chain(const std::string& gone);
+// "... continues 'gone', which was deleted or has expired."
+std::string broken_chain_message(const std::string& what, const std::string& asked, const std::string& gone);
 Error turn_too_large(size_t bytes, size_t bound);
 // The conversation of turns read newest first (the one asked for first, the chain's first last).
 Result<Conversation> join_turns(const std::vector<TurnRecord>& newest_first);

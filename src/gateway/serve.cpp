@@ -267,10 +267,12 @@ awaitable<std::optional<http::Response>> Gateway::attach_conversation(Call& call
   if (!prior) {
     if (prior.error().code != ErrorCode::NotFound)
       co_return with_headers(response_store_error(prior.error()), call.headers);
-    std::string message = prior.error().message.find("continues") != std::string::npos
-                              ? "Previous " + prior.error().message
-                              : fmt::format("Previous response with id '{}' not found.", call.previous_id);
-    co_return call_error(call.headers, 404, message, "invalid_request_error", "previous_response_not_found");
+    co_return call_error(call.headers, 404, fmt::format("Previous response with id '{}' not found.", call.previous_id),
+                         "invalid_request_error", "previous_response_not_found");
+  }
+  if (!prior->missing.empty()) {
+    co_return call_error(call.headers, 404, broken_chain_message("Previous response", call.previous_id, prior->missing),
+                         "invalid_request_error", "previous_response_not_found");
   }
   prior_bytes = static_cast<int64_t>(prior->bytes);
   call.conversation_root = prior->root;
