@@ -264,7 +264,9 @@ TEST(CliE2e, AnAgentsServerListIsCheckedEntryByEntry) {
   for (std::string servers : {"http://a,,http://b", ",", "http://a,ftp://b", "http://a/api/v1", "http://a,http://a",
                               "http://a:0", "-oProxyCommand=x"}) {
     std::string dir = scratch.path() + "/agent";
-    auto result = run_command({NEBULA_BINARY, "agent", "--server", servers, "--token", "nbj-x", "--data-dir", dir});
+    // Under `timeout`: a list wrongly accepted would leave an agent running, not a hung test.
+    auto result = run_command(
+        {"timeout", "20", NEBULA_BINARY, "agent", "--server", servers, "--token", "nbj-x", "--data-dir", dir});
     EXPECT_EQ(result.exit_code, 2) << servers << ": " << result.out;
     EXPECT_NE(result.out.find("--server: "), std::string::npos) << servers << ": " << result.out;
     EXPECT_FALSE(std::filesystem::exists(dir)) << servers;

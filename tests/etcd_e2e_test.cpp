@@ -96,6 +96,48 @@ TEST_F(ServerOnEtcd, FreshKeysWorkAtOnceOnEveryServer) {
   EXPECT_EQ(models_status(*first, revoked), 401) << "the watch's event does not undo it";
 }
 
+// `nebula gateway --server A,B`: the gateway follows A; when A is killed it lists B and follows it
+// (a key made on B afterwards works on the gateway); a gateway started while A is down starts
+// from B; a malformed list is refused before anything starts.
+TEST_F(ServerOnEtcd, AGatewayFollowingSeveralServersMovesOnWhenOneDies) {
+  auto first = start_server("first");
+  ASSERT_TRUE(first);
+  std::string admin = read_first_line(temp_.path() + "/first/admin.key");
+  auto second = start_server("second");
+  ASSERT_TRUE(second);
+  const std::string servers = first->url() + "," + second->url();
+  int port = free_port();
+  auto gateway = start_gateway(servers, admin, port, {}, temp_.path() + "/gateway.log");
+  std::string before = create_key(*first, admin);
+  ASSERT_FALSE(before.empty());
+  ASSERT_TRUE(gateway_knows_key(local_url(port), before)) << gateway->output();
+
+  ASSERT_EQ(first->process().stop(SIGKILL, 5s), 128 + SIGKILL);
+  std::string after = create_key(*second, admin);
+  ASSERT_FALSE(after.empty());
+  EXPECT_TRUE(gateway_knows_key(local_url(port), after)) << gateway->output();
+  EXPECT_TRUE(gateway_knows_key(local_url(port), before));
+  EXPECT_NE(gateway->output().find("following " + second->url() + " instead"), std::string::npos) << gateway->output();
+  EXPECT_TRUE(eventually(
+      [&] {
+        http::BlockingClient client;
+        auto ready = client.request("GET", local_url(port) + "/readyz", "", {}, 2s);
+        return ready && ready->status == 200;
+      },
+      10s));
+
+  // Started with the first server already gone: it lists the second.
+  int late_port = free_port();
+  auto late = start_gateway(servers, admin, late_port, {}, temp_.path() + "/late.log");
+  EXPECT_TRUE(gateway_knows_key(local_url(late_port), after)) << late->output();
+
+  // Under `timeout`: a list wrongly accepted would leave a gateway running, not a hung test.
+  auto bad = run_command({"timeout", "20", NEBULA_BINARY, "gateway", "--server", second->url() + ",," + second->url(),
+                          "--api-key", admin, "--listen", "127.0.0.1:" + std::to_string(free_port())});
+  EXPECT_EQ(bad.exit_code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("empty entry"), std::string::npos) << bad.out;
+}
+
 TEST_F(ServerOnEtcd, BadStoreUrlStopsTheServerClearly) {
   for (const std::string& url : {std::string("etcd://127.0.0.1:notaport"), std::string("redis://x:1"),
                                  "etcd://127.0.0.1:" + std::to_string(free_port()) + "?timeout_ms=300"}) {

@@ -168,6 +168,10 @@ int run_gateway(int argc, char** argv) {
                "nebula gateway"};
   GatewayFlags flags;
   add_client_flags(app, flags.client);
+  app.get_option("--server")
+      ->description(
+          "The server to follow, or several of one cluster, comma-separated: the gateway moves to the "
+          "next when one stops answering (NEBULA_SERVER)");
   app.add_option("--store", flags.store,
                  "Run on the servers' etcd (etcd://HOST:PORT[,HOST:PORT...][?options]) instead of following a "
                  "--server");
@@ -210,8 +214,12 @@ int run_gateway(int argc, char** argv) {
   if (on_store) {
     if (auto valid = check_store_url(flags.store); !valid) return usage_error(app, "--store: " + valid.error().message);
   }
-  auto server_url = http::Url::parse(flags.client.server);
-  if (!on_store && !server_url) return usage_error(app, "--server: " + server_url.error().message);
+  std::vector<std::string> servers;
+  if (!on_store) {
+    auto listed = parse_server_list(flags.client.server);
+    if (!listed) return usage_error(app, listed.error().message);
+    servers = std::move(*listed);
+  }
   auto drain_timeout = parse_duration(flags.drain_timeout);
   if (!drain_timeout) return usage_error(app, "--drain-timeout: " + drain_timeout.error().message);
   init_logging(flags.log_level);
@@ -231,9 +239,9 @@ int run_gateway(int argc, char** argv) {
     source.probe = std::make_unique<StoreProbe>(*source.etcd);
     source.description = "etcd " + flags.store.substr(0, flags.store.find('?'));
   } else {
-    source.mirror = std::make_unique<gateway::MirrorStore>(io, server_url->origin(), flags.client.api_key);
+    source.mirror = std::make_unique<gateway::MirrorStore>(io, servers, flags.client.api_key);
     if (auto started = source.mirror->start(); !started) return fail(started.error().message);
-    source.description = server_url->origin();
+    source.description = source.mirror->server();
   }
   auto limiter = make_limiter(flags.limits);
   if (!limiter) return fail(limiter.error().message);

@@ -73,9 +73,12 @@ class MirrorStore::Handle final : public store::WatchHandle {
   uint64_t id_;
 };
 
-MirrorStore::MirrorStore(asio::io_context& io, std::string server, std::string api_key)
-    : io_(io), server_(std::move(server)), api_key_(std::move(api_key)) {
-  while (!server_.empty() && server_.back() == '/') server_.pop_back();
+MirrorStore::MirrorStore(asio::io_context& io, std::vector<std::string> servers, std::string api_key)
+    : io_(io), servers_(std::move(servers)), api_key_(std::move(api_key)) {
+  if (servers_.empty()) servers_.emplace_back();
+  for (auto& server : servers_) {
+    while (!server.empty() && server.back() == '/') server.pop_back();
+  }
   http::ClientOptions options;
   options.connect_timeout = std::chrono::seconds(3);
   writer_ = std::make_unique<http::BlockingClient>(options);
@@ -92,12 +95,32 @@ http::Headers MirrorStore::auth_headers() const {
   return headers;
 }
 
+std::string MirrorStore::server() const {
+  return servers_[current_.load() % servers_.size()];
+}
+
+void MirrorStore::next_server(size_t failed) {
+  if (servers_.size() < 2) return;
+  size_t next = (failed + 1) % servers_.size();
+  if (current_.compare_exchange_strong(failed, next)) {
+    failovers_ += 1;
+    spdlog::warn("gateway: {} does not answer; following {} instead", servers_[failed], servers_[next]);
+  }
+}
+
 Result<http::Response> MirrorStore::call(const std::string& method, const std::string& target,
                                          const std::string& body) {
   http::Headers headers = auth_headers();
   if (!body.empty()) headers.push_back({"Content-Type", "application/json"});
   std::lock_guard lock(write_mutex_);
-  return writer_->request(method, server_ + target, body, headers, kWriteTimeout);
+  Result<http::Response> response = make_error(ErrorCode::Unavailable, "no server");
+  for (size_t tried = 0; tried < servers_.size(); ++tried) {
+    size_t index = current_.load() % servers_.size();
+    response = writer_->request(method, servers_[index] + target, body, headers, kWriteTimeout);
+    if (response && response->status < 500) break;
+    next_server(index);
+  }
+  return response;
 }
 
 Result<http::Response> MirrorStore::write(json request) {
@@ -122,15 +145,16 @@ Result<http::Response> MirrorStore::write(json request) {
 Status MirrorStore::start() {
   std::map<std::string, store::KeyValue> listed;
   int64_t revision = 0;
-  auto response = call("GET", "/api/v1/gateway/state", "");
-  if (!response) return make_error(ErrorCode::Unavailable, "cannot reach " + server_ + ": " + response.error().message);
+  auto response = call("GET", "/api/v1/gateway/state", "");  // each server in turn
+  if (!response)
+    return make_error(ErrorCode::Unavailable, "cannot reach " + server() + ": " + response.error().message);
   if (response->status != 200) {
-    return make_error(ErrorCode::Unavailable, fmt::format("{} answered {} to the gateway's listing: {}", server_,
+    return make_error(ErrorCode::Unavailable, fmt::format("{} answered {} to the gateway's listing: {}", server(),
                                                           response->status, response->body.substr(0, 200)));
   }
   auto body = parse_json(response->body);
   if (!body || !body->is_object() || !(*body)["kvs"].is_array()) {
-    return make_error(ErrorCode::Unavailable, server_ + " sent a listing that is not one");
+    return make_error(ErrorCode::Unavailable, server() + " sent a listing that is not one");
   }
   revision = body->value("revision", int64_t{0});
   for (const auto& item : (*body)["kvs"]) {
@@ -166,8 +190,10 @@ awaitable<void> MirrorStore::follow() {
   asio::steady_timer delay(io_);
   bool relist = false;
   while (!*stopped) {
+    const size_t index = current_.load() % servers_.size();
+    const std::string& server = servers_[index];
     if (relist) {
-      auto listing = co_await client_->request("GET", server_ + "/api/v1/gateway/state", "", auth_headers(),
+      auto listing = co_await client_->request("GET", server + "/api/v1/gateway/state", "", auth_headers(),
                                                std::chrono::seconds(30));
       if (*stopped) co_return;
       auto body = listing && listing->status == 200 ? parse_json(listing->body) : Result<json>(json());
@@ -179,8 +205,9 @@ awaitable<void> MirrorStore::follow() {
         resync(std::move(listed), body->value("revision", int64_t{0}));
         relist = false;
       } else {
-        spdlog::warn("gateway: cannot list {}: {}", server_,
+        spdlog::warn("gateway: cannot list {}: {}", server,
                      listing ? fmt::format("status {}", listing->status) : listing.error().message);
+        next_server(index);
         delay.expires_after(kRetryDelay);
         boost::system::error_code ec;
         co_await delay.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -192,7 +219,7 @@ awaitable<void> MirrorStore::follow() {
     // skipped by mod_revision in apply).
     int64_t from = std::max<int64_t>(1, revision());
     auto opened =
-        co_await client_->open("GET", fmt::format("{}/api/v1/gateway/state?watch=1&revision={}", server_, from), "",
+        co_await client_->open("GET", fmt::format("{}/api/v1/gateway/state?watch=1&revision={}", server, from), "",
                                auth_headers(), std::chrono::seconds(10));
     if (*stopped) co_return;
     if (opened && (*opened)->status == 200) {
@@ -232,12 +259,15 @@ awaitable<void> MirrorStore::follow() {
         following_ = false;
       }
       if (*stopped) co_return;
-      spdlog::warn("gateway: the watch of {} broke; listing again", server_);
+      spdlog::warn("gateway: the watch of {} broke; listing again", server);
+      // Listed again from the next server: a server whose watch broke is likely going away.
+      next_server(index);
       relist = true;
     } else {
       // 410: the revision was compacted away. Anything else: the server is away. Either way the
       // copy is listed afresh once the server answers.
-      if (opened) spdlog::warn("gateway: watching {} answered {}", server_, (*opened)->status);
+      if (opened) spdlog::warn("gateway: watching {} answered {}", server, (*opened)->status);
+      if (!opened || (*opened)->status >= 500) next_server(index);
       relist = true;
       delay.expires_after(kRetryDelay);
       boost::system::error_code ec;
@@ -320,7 +350,7 @@ Result<int64_t> MirrorStore::put(const std::string& key, const std::string& valu
   auto response =
       write(json{{"op", "put"}, {"key", key}, {"value", value}, {"mod_revision", precondition.mod_revision}});
   if (!response)
-    return make_error(ErrorCode::Unavailable, "cannot write to " + server_ + ": " + response.error().message);
+    return make_error(ErrorCode::Unavailable, "cannot write to " + server() + ": " + response.error().message);
   auto body = parse_json(response->body);
   if (response->status == 409) {
     // The copy was behind: bring the key up to what the server has, so a retry reads it.
@@ -335,7 +365,7 @@ Result<int64_t> MirrorStore::put(const std::string& key, const std::string& valu
     return make_error(ErrorCode::Conflict, "the key changed: " + key);
   }
   if (response->status != 200 || !body || !body->is_object()) {
-    return make_error(ErrorCode::Unavailable, fmt::format("{} answered {} to a write", server_, response->status));
+    return make_error(ErrorCode::Unavailable, fmt::format("{} answered {} to a write", server(), response->status));
   }
   store::WatchEvent event;
   event.kv.key = key;
@@ -354,12 +384,12 @@ Result<int64_t> MirrorStore::remove(const std::string& key, store::Precondition 
   if (!gateway_may_write(key)) return make_error(ErrorCode::PermissionDenied, "a gateway may not delete " + key);
   auto response = write(json{{"op", "delete"}, {"key", key}, {"mod_revision", precondition.mod_revision}});
   if (!response)
-    return make_error(ErrorCode::Unavailable, "cannot write to " + server_ + ": " + response.error().message);
+    return make_error(ErrorCode::Unavailable, "cannot write to " + server() + ": " + response.error().message);
   if (response->status == 404) return make_error(ErrorCode::NotFound, key + " does not exist");
   if (response->status == 409) return make_error(ErrorCode::Conflict, "the key changed: " + key);
   auto body = parse_json(response->body);
   if (response->status != 200 || !body || !body->is_object()) {
-    return make_error(ErrorCode::Unavailable, fmt::format("{} answered {} to a delete", server_, response->status));
+    return make_error(ErrorCode::Unavailable, fmt::format("{} answered {} to a delete", server(), response->status));
   }
   store::WatchEvent event;
   event.type = store::WatchEvent::Type::Delete;

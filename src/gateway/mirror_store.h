@@ -16,9 +16,16 @@
 // answered the first (its latest 100,000 ids), so a write whose answer was lost is sent again
 // without being applied twice. Admin keys only, as all of /api/v1.
 //
+// Several servers of one cluster (on one etcd, so one revision history) may be named: the copy
+// follows one of them and moves to the next when it stops answering (a refused connection, a
+// timeout, a 5xx), listing afresh from it. A write unanswered by one is sent to the next with the
+// same id; the ids a server remembers are its own, so what keeps such a write from counting twice
+// there is its compare-and-swap (every write a gateway makes has one: usage, last use, activity).
+//
 // Threading: the watch runs on the io_context given, and watch callbacks run there, under the
 // copy's lock (never call back into the store from one). Reads may come from any thread. Writes
 // block on the server (a client of their own, locked), as a SQLite write blocks on the disk.
+#include <atomic>
 #include <deque>
 #include <map>
 #include <memory>
@@ -41,8 +48,11 @@ bool gateway_may_write(std::string_view key);
 
 class MirrorStore final : public store::Store {
  public:
-  // server: "http://host:port"; api_key: an admin key ("" when the server needs none).
-  MirrorStore(asio::io_context& io, std::string server, std::string api_key);
+  // servers: "http://host:port", one or more of one cluster; api_key: an admin key ("" when the
+  // servers need none).
+  MirrorStore(asio::io_context& io, std::vector<std::string> servers, std::string api_key);
+  MirrorStore(asio::io_context& io, std::string server, std::string api_key)
+      : MirrorStore(io, std::vector<std::string>{std::move(server)}, std::move(api_key)) {}
   ~MirrorStore() override;
   // Lists the server's state (blocking; an error when the server cannot be read), then follows
   // it on the io_context.
@@ -51,6 +61,9 @@ class MirrorStore final : public store::Store {
   // True while the watch is live (false between a broken watch and the next listing).
   bool following() const;
   uint64_t resyncs() const;
+  // The server followed now, and how many times the copy moved to another server.
+  std::string server() const;
+  uint64_t failovers() const { return failovers_.load(); }
 
   Result<std::optional<store::KeyValue>> get(const std::string& key) override;
   Result<store::ListResult> list(const std::string& prefix) override;
@@ -80,13 +93,19 @@ class MirrorStore final : public store::Store {
   void resync(std::map<std::string, store::KeyValue> listed, int64_t revision);
   void apply(const store::WatchEvent& event);  // under mutex_
   void unwatch(uint64_t id);
+  // One request to the servers: the current one, then each of the others while the answer is a
+  // failure to connect or a 5xx (the last answer is returned).
   Result<http::Response> call(const std::string& method, const std::string& target, const std::string& body);
+  // Moves on from `failed` (unless another caller already did).
+  void next_server(size_t failed);
   // A write to the server, with an id of its own; sent again (same id) when unanswered.
   Result<http::Response> write(json request);
   http::Headers auth_headers() const;
 
   asio::io_context& io_;
-  std::string server_;
+  std::vector<std::string> servers_;
+  std::atomic<size_t> current_{0};  // index into servers_
+  std::atomic<uint64_t> failovers_{0};
   std::string api_key_;
   mutable std::mutex mutex_;
   std::map<std::string, store::KeyValue> kvs_;
