@@ -8,6 +8,8 @@
 //     in production): this process's CPU, etcd's CPU, and the wall clock.
 //     --one-write-per-placement hides the store's transactions (Store::put_all) from the
 //     controller, as before they existed: one compare-and-swap write per placement.
+//     --txns-in-flight N: on etcd, how many of a pass's transactions are in flight at once
+//     (Store::put_batches; 4 by default, 1 = one after another).
 //
 //   scale_bench idle --nodes N --replicas R [--pending P] [--seconds S]
 //     A real `nebula server` and N fake agents in this process, each a loopback HTTP client doing
@@ -167,6 +169,7 @@ class Etcd {
 struct PlaceOptions {
   std::string store = "sqlite";  // sqlite | etcd
   bool one_write_per_placement = false;
+  size_t txns_in_flight = store::kBatchesInFlight;  // etcd: EtcdOptions::batches_in_flight
 };
 
 // Writes resources in transactions of up to store::kMaxBatch (setting up, not timed).
@@ -200,6 +203,7 @@ PlaceResult run_place(int node_count, int replica_count, const std::string& scra
     etcd = std::make_unique<Etcd>(scratch);
     store::EtcdOptions options;
     options.endpoints = {etcd->url()};
+    options.batches_in_flight = place.txns_in_flight;
     auto etcd_store = store::EtcdStore::open(options);
     if (!etcd_store) throw std::runtime_error(etcd_store.error().message);
     opened = std::move(*etcd_store);
@@ -524,6 +528,9 @@ int main(int argc, char** argv) {
       for (char** arg = argv; arg < argv + argc; ++arg) {
         if (std::string(*arg) == "--one-write-per-placement") place.one_write_per_placement = true;
       }
+      int in_flight = numbers(argv, argv + argc, "--txns-in-flight", {int(store::kBatchesInFlight)})[0];
+      if (in_flight < 1 || in_flight > 64) throw std::runtime_error("--txns-in-flight is 1 to 64");
+      place.txns_in_flight = static_cast<size_t>(in_flight);
       std::string scratch = std::filesystem::temp_directory_path() / fmt::format("nebula-place-bench-{}", getpid());
       std::cout << "| nodes | replicas | store | scheduler alone (CPU ms) | controller + store client (CPU ms) | etcd "
                    "(CPU ms) | wall (ms) | passes | placed | nodes used |\n"
@@ -556,7 +563,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::cerr << "usage: scale_bench place [--nodes N]... [--replicas R]... [--store sqlite|etcd]... "
-               "[--one-write-per-placement]\n"
+               "[--one-write-per-placement] [--txns-in-flight N]\n"
                "       scale_bench idle [--nodes N] [--replicas R] [--pending P] [--seconds S]\n";
   return 2;
 }

@@ -131,6 +131,67 @@ TEST_F(WatchTest, AnAgentsWatchCarriesOnlyItsNodesReplicasAndTheirDeparture) {
   }
 }
 
+// Every field of a replica, as the API's to_json writes them.
+void expect_every_replica_field(const json& replica) {
+  ASSERT_TRUE(replica.is_object()) << replica.dump();
+  EXPECT_EQ(replica.value("kind", ""), "Replica") << replica.dump();
+  for (const char* field : {"name", "uid", "created_ms", "revision"}) {
+    EXPECT_TRUE(replica["metadata"].contains(field)) << field << " in " << replica.dump();
+  }
+  for (const char* field : {"deployment", "model", "engine", "node", "gpus", "vram_mb", "plan_version", "stop",
+                            "draining_since_ms", "sleep_level", "max_context", "max_seqs", "engine_args", "env"}) {
+    EXPECT_TRUE(replica["spec"].contains(field)) << field << " in " << replica.dump();
+  }
+  for (const char* field : {"phase", "endpoint", "port", "pid", "restarts", "last_error", "message", "plan_version",
+                            "updated_ms", "next_restart_ms"}) {
+    EXPECT_TRUE(replica["status"].contains(field)) << field << " in " << replica.dump();
+  }
+}
+
+TEST_F(WatchTest, APlacedReplicaIsStoredWithoutItsDefaultsAndTheApiStillGivesEveryField) {
+  join("n1");
+  json body = {{"name", "a"}, {"spec", {{"model", "m"}, {"engine", "sim"}, {"replicas", 1}, {"vram_mb", 1024}}}};
+  auto deployed = client().request("POST", api("/deployments"), body.dump(), json_headers());
+  ASSERT_TRUE(deployed && deployed->status < 300);
+  std::string name;
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (const auto& replica : server_->replicas_of("a")) {
+          if (replica["spec"].value("node", "") == "n1") name = replica["metadata"]["name"];
+        }
+        return !name.empty();
+      },
+      20s));
+  // As the store holds it (the gateways' mirror reads it so): the placement without its defaults.
+  json state = server_->get_json("/api/v1/gateway/state");
+  std::string stored;
+  for (const auto& kv : state["kvs"]) {
+    if (kv.value("key", "") == "/nebula/replicas/" + name) stored = kv.value("value", "");
+  }
+  auto document = parse_json(stored);
+  ASSERT_TRUE(document) << state.dump();
+  EXPECT_EQ((*document)["spec"].value("node", ""), "n1") << stored;
+  EXPECT_FALSE((*document)["spec"].contains("stop")) << stored;
+  EXPECT_FALSE((*document)["status"].contains("pid")) << stored;
+  // Get, list, the watch from the start and an agent's filtered watch: every field.
+  expect_every_replica_field(server_->get_json("/api/v1/replicas/" + name));
+  json listing = server_->get_json("/api/v1/replicas");
+  ASSERT_EQ(listing["items"].size(), 1u) << listing.dump();
+  expect_every_replica_field(listing["items"][0]);
+  for (const std::string filter : {"", "&node=n1"}) {
+    auto lines = watch_lines(client(), api("/replicas?watch=1&revision=1" + filter), [](const std::vector<json>& seen) {
+      return !seen.empty() && seen.back()["object"]["spec"].value("node", "") == "n1";
+    });
+    ASSERT_FALSE(lines.empty()) << filter;
+    const json& placed = lines.back()["object"];
+    expect_every_replica_field(placed);
+    EXPECT_EQ(placed["spec"]["gpus"], json::array({0})) << placed.dump();
+    EXPECT_EQ(placed["status"]["phase"], "Scheduled") << placed.dump();
+    EXPECT_EQ(placed["spec"]["stop"], false) << placed.dump();
+    EXPECT_EQ(placed["metadata"]["revision"], lines.back()["revision"]) << lines.back().dump();
+  }
+}
+
 int64_t rss_kb(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;

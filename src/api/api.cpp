@@ -271,6 +271,53 @@ json to_json(const Replica& value) {
           {"status", to_json(value.status)}};
 }
 
+json to_stored_json(const Replica& value) {
+  // Each field once, and only when it differs from what replica_from_json leaves in a field
+  // that is missing (the defaults of the structs).
+  const Replica defaults;
+  json metadata = json::object();
+  if (!value.metadata.name.empty()) metadata["name"] = value.metadata.name;
+  if (!value.metadata.uid.empty()) metadata["uid"] = value.metadata.uid;
+  if (value.metadata.created_ms != 0) metadata["created_ms"] = value.metadata.created_ms;
+  if (!value.metadata.labels.empty()) metadata["labels"] = value.metadata.labels;
+
+  const auto& spec = value.spec;
+  json spec_json = json::object();
+  if (!spec.deployment.empty()) spec_json["deployment"] = spec.deployment;
+  if (!spec.model.empty()) spec_json["model"] = spec.model;
+  if (!spec.engine.empty()) spec_json["engine"] = spec.engine;
+  if (!spec.node.empty()) spec_json["node"] = spec.node;
+  if (!spec.gpus.empty()) spec_json["gpus"] = spec.gpus;
+  if (spec.vram_mb != 0) spec_json["vram_mb"] = spec.vram_mb;
+  if (spec.plan_version != 0) spec_json["plan_version"] = spec.plan_version;
+  if (spec.stop) spec_json["stop"] = true;
+  if (spec.draining_since_ms != 0) spec_json["draining_since_ms"] = spec.draining_since_ms;
+  if (spec.sleep_level != 0) spec_json["sleep_level"] = spec.sleep_level;
+  if (spec.max_context != 0) spec_json["max_context"] = spec.max_context;
+  if (spec.max_seqs != 0) spec_json["max_seqs"] = spec.max_seqs;
+  if (!spec.engine_args.empty()) spec_json["engine_args"] = spec.engine_args;
+  if (!spec.env.empty()) spec_json["env"] = spec.env;
+
+  const auto& status = value.status;
+  json status_json = json::object();
+  if (status.phase != defaults.status.phase) status_json["phase"] = status.phase;
+  if (!status.endpoint.empty()) status_json["endpoint"] = status.endpoint;
+  if (status.port != 0) status_json["port"] = status.port;
+  if (status.pid != 0) status_json["pid"] = status.pid;
+  if (status.restarts != 0) status_json["restarts"] = status.restarts;
+  if (!status.last_error.empty()) status_json["last_error"] = status.last_error;
+  if (!status.message.empty()) status_json["message"] = status.message;
+  if (status.plan_version != 0) status_json["plan_version"] = status.plan_version;
+  if (status.updated_ms != 0) status_json["updated_ms"] = status.updated_ms;
+  if (status.next_restart_ms != 0) status_json["next_restart_ms"] = status.next_restart_ms;
+
+  json object = json::object();
+  object["metadata"] = std::move(metadata);
+  if (!spec_json.empty()) object["spec"] = std::move(spec_json);
+  if (!status_json.empty()) object["status"] = std::move(status_json);
+  return object;
+}
+
 json to_json(const Event& value) {
   return {{"kind", "Event"},          {"metadata", to_json(value.metadata)},
           {"time_ms", value.time_ms}, {"object", value.object},

@@ -236,6 +236,14 @@ json to_json(const Event& value);
 json to_json(const PlanRevision& value);
 json to_json(const RolloutStatus& value);
 
+// A replica as the store keeps it: every field that holds its default (0, "", false, an empty
+// list or map, phase Pending) is left out, and so are `kind` (the key says it) and
+// metadata.revision (the store's own). replica_from_json reads it back to the same Replica; the
+// HTTP API never hands it out as it is (its routes answer to_json). About half the bytes of
+// to_json for a placed replica: every byte of a placement crosses etcd's JSON gateway as base64
+// several times (the write, the watch, a listing).
+json to_stored_json(const Replica& value);
+
 Result<Node> node_from_json(const json& value);
 Result<NodeStatus> node_status_from_json(const json& value);
 Result<Deployment> deployment_from_json(const json& value);

@@ -130,6 +130,11 @@ bool may_concern(const store::WatchEvent& event, const std::string& node) {
          (event.prev && event.prev->value.find(node) != std::string::npos);
 }
 
+const std::string& replicas_prefix() {
+  static const std::string prefix = api::store_prefix(Traits<api::Replica>::kPlural);
+  return prefix;
+}
+
 // "" when a filtered watch skips the event: a replica is sent to its node's watcher while it is
 // placed there, and once more (as it moves away or is deleted) when it was.
 std::string watch_line(const store::WatchEvent& event, const std::string& node) {
@@ -150,6 +155,11 @@ std::string watch_line(const store::WatchEvent& event, const std::string& node) 
     if (!now_here && !was_here) return {};
   }
   if (document) {
+    // Replicas may be stored without their default fields (api::to_stored_json): clients get
+    // every field, as from list and get.
+    if (event.kv.key.rfind(replicas_prefix(), 0) == 0) {
+      if (auto replica = api::replica_from_json(*document)) *document = api::to_json(*replica);
+    }
     if (document->is_object() && document->contains("metadata")) {
       (*document)["metadata"]["revision"] = event.kv.mod_revision;
     }

@@ -411,10 +411,11 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
   // the same free memory.
   scheduler::Capacity capacity(nodes, replicas);
   std::map<std::string, std::vector<std::pair<std::string, scheduler::Placement>>> scheduled;  // by deployment
-  // Placements made and claimed in `capacity` but not yet written: written together, up to
-  // store::kMaxBatch in one transaction, each compare-and-swap on the replica as the informer
-  // had it. A placement whose write fails keeps its claim in `capacity` until the pass ends
-  // (a replica placed later in the pass may find less room than there is, never more).
+  // Placements made and claimed in `capacity` but not yet written: written together at the end
+  // of the pass (or before an eviction's what-if), in transactions of up to store::kMaxBatch,
+  // each compare-and-swap on the replica as the informer had it. A placement whose write fails
+  // keeps its claim in `capacity` until the pass ends (a replica placed later in the pass may
+  // find less room than there is, never more).
   std::vector<std::pair<size_t, scheduler::Placement>> unwritten;  // index into replicas
   auto write_placements = [&] {
     if (unwritten.empty()) return;
@@ -454,7 +455,6 @@ void Controller::schedule(std::vector<api::Replica>& replicas, const std::vector
     }
     capacity.add(*placement);
     unwritten.emplace_back(index, *placement);
-    if (unwritten.size() == store::kMaxBatch) write_placements();
   }
   write_placements();
   // One event per replica placed, or one per deployment when a pass placed many of its replicas
@@ -492,25 +492,34 @@ bool assign(api::Replica& replica, const scheduler::Placement& placement) {
 void Controller::write_placements_of(
     std::vector<api::Replica>& replicas, const std::vector<std::pair<size_t, scheduler::Placement>>& placements,
     std::map<std::string, std::vector<std::pair<std::string, scheduler::Placement>>>& scheduled) {
-  // From the informer's copy, all in one transaction; when that fails (one replica changed since,
-  // or the store cannot batch, or its answer was lost), one compare-and-swap each, re-read only
-  // when it changed: a write that took effect unheard reads back with this very placement.
+  // From the informer's copy, in transactions of store::kMaxBatch, several in flight at once
+  // (Store::put_batches); the replicas of a transaction that fails (one of them changed since,
+  // or the store cannot batch, or its answer was lost) are written one compare-and-swap each,
+  // re-read only when it changed: a write that took effect unheard reads back with this very
+  // placement, so none is placed twice.
+  // Each is written in the stored form (defaults left out: about half the bytes of the API's
+  // form, and every byte crosses etcd's JSON gateway several times); it reads back the same.
   std::vector<api::Replica> assigned;
   assigned.reserve(placements.size());
+  std::vector<std::vector<store::Put>> batches;
   for (const auto& [index, placement] : placements) {
     assigned.push_back(replicas[index]);
-    assign(assigned.back(), placement);
+    api::Replica& replica = assigned.back();
+    assign(replica, placement);
+    if (batches.empty() || batches.back().size() == store::kMaxBatch) batches.emplace_back();
+    batches.back().push_back({api::store_key(Traits<api::Replica>::kPlural, replica.metadata.name),
+                              api::to_stored_json(replica).dump(), store::Precondition::at(replica.metadata.revision)});
   }
-  std::vector<const api::Replica*> batch;
-  for (const auto& replica : assigned) batch.push_back(&replica);
-  auto written = resources_.update_all(batch);
+  auto outcomes = resources_.store().put_batches(batches);
   for (size_t i = 0; i < placements.size(); ++i) {
     const auto& [index, placement] = placements[i];
+    const auto& written = outcomes[i / store::kMaxBatch];
+    const store::Put& put = batches[i / store::kMaxBatch][i % store::kMaxBatch];
     api::Replica& replica = replicas[index];
     Result<api::Replica> updated = assigned[i];
     if (written) {
-      updated->metadata.revision = (*written)[i];
-    } else if (auto revision = resources_.update(assigned[i]); revision) {
+      updated->metadata.revision = (*written)[i % store::kMaxBatch];
+    } else if (auto revision = resources_.store().put(put.key, put.value, put.precondition); revision) {
       updated->metadata.revision = *revision;
     } else if (revision.error().code == ErrorCode::Conflict) {
       updated = resources_.modify<api::Replica>(replica.metadata.name,

@@ -1,7 +1,12 @@
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include "controlplane/controlplane.h"
 #include "controlplane/node_admission.h"
+#include "etcd_cluster.h"
+#include "store/etcd_store.h"
 #include "store/memory_store.h"
 
 namespace nebula::controlplane {
@@ -694,6 +699,127 @@ TEST(ControllerBatches, EveryReplicaIsPlacedOnceWhateverTheTransactionsDo) {
     for (const auto& [node, mb] : claimed) EXPECT_LE(mb, 80 * 1024) << node;
     EXPECT_GE(store.batches, 3) << static_cast<int>(trouble);  // 300 placements: 128 + 128 + 44
   }
+}
+
+// On a real etcd, a pass's transactions several at once (Store::put_batches), one refused by a
+// real concurrent write and one applied with its answer lost: every replica is placed once.
+class TroubleOnEtcd final : public store::Store {
+ public:
+  explicit TroubleOnEtcd(store::Store& etcd) : etcd_(etcd) {}
+  int calls = 0;
+  std::string changed_key;  // written behind the controller's back, before its transaction
+  std::string lost_key;     // in the batch whose answer is lost
+
+  std::vector<Result<std::vector<int64_t>>> put_batches(const std::vector<std::vector<store::Put>>& batches) override {
+    ++calls;
+    if (batches.size() < 4 || !changed_key.empty()) return etcd_.put_batches(batches);
+    changed_key = batches[1][5].key;
+    lost_key = batches[2][0].key;
+    auto current = etcd_.get(changed_key);
+    if (current && *current) (void)etcd_.put(changed_key, (*current)->value);
+    auto outcomes = etcd_.put_batches(batches);
+    if (outcomes[2]) outcomes[2] = make_error(ErrorCode::Unavailable, "etcd: the answer was lost");
+    return outcomes;
+  }
+  Result<std::vector<int64_t>> put_all(const std::vector<store::Put>& puts) override { return etcd_.put_all(puts); }
+  Result<std::optional<store::KeyValue>> get(const std::string& key) override { return etcd_.get(key); }
+  Result<store::ListResult> list(const std::string& prefix) override { return etcd_.list(prefix); }
+  Result<int64_t> put(const std::string& key, const std::string& value,
+                      store::Precondition precondition = store::Precondition::none(), int64_t lease = 0) override {
+    return etcd_.put(key, value, precondition, lease);
+  }
+  Result<int64_t> remove(const std::string& key,
+                         store::Precondition precondition = store::Precondition::none()) override {
+    return etcd_.remove(key, precondition);
+  }
+  int64_t revision() override { return etcd_.revision(); }
+  Result<std::unique_ptr<store::WatchHandle>> watch(const std::string& prefix, int64_t from, store::WatchCallback cb,
+                                                    store::WatchEndCallback on_end = {}) override {
+    return etcd_.watch(prefix, from, std::move(cb), std::move(on_end));
+  }
+  Result<std::unique_ptr<store::WatchHandle>> watch_values(const std::string& prefix, int64_t from,
+                                                           store::WatchCallback cb,
+                                                           store::WatchEndCallback on_end = {}) override {
+    return etcd_.watch_values(prefix, from, std::move(cb), std::move(on_end));
+  }
+  Result<int64_t> grant_lease(int64_t ttl_ms) override { return etcd_.grant_lease(ttl_ms); }
+  Status keep_alive(int64_t lease) override { return etcd_.keep_alive(lease); }
+  Status revoke_lease(int64_t lease) override { return etcd_.revoke_lease(lease); }
+  int expire_leases() override { return etcd_.expire_leases(); }
+
+ private:
+  store::Store& etcd_;
+};
+
+TEST(ControllerBatches, ConcurrentTransactionsOnEtcdOneRefusedOneUnheardEachReplicaPlacedOnce) {
+  using namespace std::chrono_literals;
+  if (!testing::EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed (not on PATH)";
+  testing::EtcdCluster cluster(1);
+  store::EtcdOptions options;
+  options.endpoints = cluster.endpoints();
+  auto etcd = store::EtcdStore::open(options);
+  ASSERT_TRUE(etcd) << etcd.error().message;
+  TroubleOnEtcd store(**etcd);
+  Resources resources(store);
+  int64_t now_ms = to_unix_ms(SystemClock::instance().wall_now());
+  // 10 nodes of 8 × 80 GiB, 600 pending replicas of 2 GiB (5 transactions), made before the
+  // controller starts so that its first pass places them all.
+  for (int n = 0; n < 10; ++n) {
+    api::Node node;
+    node.metadata.name = "n" + std::to_string(n);
+    node.status.ready = true;
+    node.status.engines = {"sim"};
+    node.status.heartbeat_ms = now_ms;
+    for (int gpu = 0; gpu < 8; ++gpu) node.status.gpus.push_back({gpu, "GPU-" + std::to_string(gpu), "H100", 81920});
+    ASSERT_TRUE(resources.create(node));
+  }
+  api::Deployment deployment;
+  deployment.metadata.name = "chat";
+  deployment.spec.model = "m";
+  deployment.spec.replicas = 600;
+  deployment.spec.vram_mb = 2048;
+  ASSERT_TRUE(resources.create(deployment));
+  std::vector<store::Put> puts;
+  for (int r = 0; r < 600; ++r) {
+    api::Replica replica;
+    replica.metadata.name = fmt::format("chat-{:05}", r);
+    replica.metadata.uid = "uid-" + replica.metadata.name;
+    replica.spec.deployment = "chat";
+    replica.spec.model = "m";
+    replica.spec.engine = "sim";
+    replica.spec.vram_mb = 2048;
+    replica.spec.plan_version = 1;
+    puts.push_back({api::store_key("replicas", replica.metadata.name), api::to_json(replica).dump(),
+                    store::Precondition::absent()});
+    if (puts.size() == store::kMaxBatch || r == 599) {
+      ASSERT_TRUE(store.put_all(puts));
+      puts.clear();
+    }
+  }
+  Controller controller(resources, Options{});
+  ASSERT_TRUE(testing::eventually(
+      [&] {
+        controller.reconcile();
+        auto replicas = resources.list<api::Replica>();
+        return std::all_of(replicas.begin(), replicas.end(),
+                           [](const api::Replica& replica) { return !replica.spec.node.empty(); });
+      },
+      30s, 10ms));
+  ASSERT_FALSE(store.changed_key.empty()) << "no pass wrote 4 transactions or more";
+  auto listing = store.list(api::store_prefix("replicas"));
+  ASSERT_TRUE(listing);
+  ASSERT_EQ(listing->kvs.size(), 600u);
+  std::map<std::pair<std::string, int>, int64_t> claimed;  // by node and GPU
+  for (const auto& kv : listing->kvs) {
+    auto replica = decode<api::Replica>(kv);
+    ASSERT_TRUE(replica) << kv.value;
+    EXPECT_EQ(replica->status.phase, api::phase::kScheduled) << kv.key;
+    ASSERT_EQ(replica->spec.gpus.size(), 1u) << kv.key;
+    claimed[{replica->spec.node, replica->spec.gpus[0]}] += replica->spec.vram_mb;
+    // Created, then placed once; the key changed behind the controller's back has that put too.
+    EXPECT_EQ(kv.version, kv.key == store.changed_key ? 3 : 2) << kv.key;
+  }
+  for (const auto& [gpu, mb] : claimed) EXPECT_LE(mb, 81920) << gpu.first << " GPU " << gpu.second;
 }
 
 }  // namespace

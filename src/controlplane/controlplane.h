@@ -94,9 +94,9 @@ class Controller {
   void complete_rollout(const api::Deployment& deployment);
   void schedule(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes,
                 const std::vector<api::Deployment>& deployments);
-  // Writes placements made in a pass (at most store::kMaxBatch, by index into replicas): one
-  // transaction, else one compare-and-swap each. Those written are set in replicas and added to
-  // scheduled.
+  // Writes placements made in a pass (by index into replicas): transactions of store::kMaxBatch
+  // (Store::put_batches), a failed one's replicas one compare-and-swap each. Those written are
+  // set in replicas and added to scheduled.
   void write_placements_of(std::vector<api::Replica>& replicas,
                            const std::vector<std::pair<size_t, scheduler::Placement>>& placements,
                            std::map<std::string, std::vector<std::pair<std::string, scheduler::Placement>>>& scheduled);

@@ -372,6 +372,45 @@ struct EtcdStore::Impl {
     return run(call(path, body.dump(), idempotent));
   }
 
+  // Non-idempotent calls, up to `width` in flight (each on its own pooled connection), and
+  // waits for all of them; each answer at its body's index.
+  struct Calls {
+    std::string path;
+    std::vector<std::string> bodies;
+    std::vector<Result<json>> answers;
+    size_t next = 0;     // I/O thread only
+    size_t running = 0;  // I/O thread only
+    std::promise<void> done;
+  };
+  std::vector<Result<json>> call_all(std::string path, std::vector<std::string> bodies, size_t width) {
+    if (bodies.empty()) return {};
+    if (std::this_thread::get_id() == thread.get_id()) {
+      return std::vector<Result<json>>(
+          bodies.size(), make_error(ErrorCode::Internal, "etcd store: called from a watch callback (not allowed)"));
+    }
+    auto calls = std::make_shared<Calls>();
+    calls->path = std::move(path);
+    calls->answers.assign(bodies.size(), make_error(ErrorCode::Internal, "etcd store: request failed"));
+    calls->bodies = std::move(bodies);
+    auto finished = calls->done.get_future();
+    calls->running = std::min(std::max<size_t>(width, 1), calls->bodies.size());
+    for (size_t worker = 0, workers = calls->running; worker < workers; ++worker) {
+      asio::co_spawn(io, call_next(calls), [calls](std::exception_ptr) {
+        // A worker that threw leaves its call's answer as Internal (the outcome unknown, as for a
+        // lost answer); the others go on.
+        if (--calls->running == 0) calls->done.set_value();
+      });
+    }
+    finished.wait();
+    return std::move(calls->answers);
+  }
+  awaitable<void> call_next(std::shared_ptr<Calls> calls) {
+    while (calls->next < calls->bodies.size()) {
+      size_t index = calls->next++;
+      calls->answers[index] = co_await call(calls->path, std::move(calls->bodies[index]), false);
+    }
+  }
+
   // --- watches (everything below runs on the I/O thread) ---
 
   // Delivers one decoded answer line; returns false when the watch ends here.
@@ -793,9 +832,10 @@ Result<int64_t> EtcdStore::put(const std::string& key, const std::string& value,
   return make_error(ErrorCode::Conflict, "store: key " + key + " changed concurrently");
 }
 
-Result<std::vector<int64_t>> EtcdStore::put_all(const std::vector<Put>& puts) {
+namespace {
+// The etcd txn of a put_all batch (checked first): a compare per precondition, a put per key.
+Result<std::string> batch_txn(const std::vector<Put>& puts) {
   if (auto valid = check_batch(puts); !valid) return valid.error();
-  if (puts.empty()) return std::vector<int64_t>();
   json compares = json::array();
   json success = json::array();
   for (const auto& put : puts) {
@@ -803,14 +843,48 @@ Result<std::vector<int64_t>> EtcdStore::put_all(const std::vector<Put>& puts) {
     if (put.precondition.mod_revision >= 0) compares.push_back(compare_for(put.key, put.precondition)[0]);
     success.push_back({{"request_put", {{"key", base64_encode(put.key)}, {"value", base64_encode(put.value)}}}});
   }
-  json txn{{"compare", std::move(compares)}, {"success", std::move(success)}};
-  auto answer = impl_->call_blocking("/v3/kv/txn", txn, false);
+  return json{{"compare", std::move(compares)}, {"success", std::move(success)}}.dump();
+}
+
+// What etcd's answer to a batch's txn means for the batch.
+Result<std::vector<int64_t>> batch_outcome(const Result<json>& answer, size_t size) {
   if (!answer) return answer.error();
   if (!answer->value("succeeded", false)) {
-    return make_error(ErrorCode::Conflict, "store: a key of a batch of " + std::to_string(puts.size()) +
-                                               " changed concurrently (nothing written)");
+    return make_error(ErrorCode::Conflict,
+                      "store: a key of a batch of " + std::to_string(size) + " changed concurrently (nothing written)");
   }
-  return std::vector<int64_t>(puts.size(), from_etcd(header_revision(*answer)));
+  return std::vector<int64_t>(size, from_etcd(header_revision(*answer)));
+}
+}  // namespace
+
+Result<std::vector<int64_t>> EtcdStore::put_all(const std::vector<Put>& puts) {
+  auto txn = batch_txn(puts);
+  if (!txn) return txn.error();
+  if (puts.empty()) return std::vector<int64_t>();
+  return batch_outcome(impl_->run(impl_->call("/v3/kv/txn", std::move(*txn), false)), puts.size());
+}
+
+std::vector<Result<std::vector<int64_t>>> EtcdStore::put_batches(const std::vector<std::vector<Put>>& batches) {
+  std::vector<Result<std::vector<int64_t>>> outcomes(batches.size(), std::vector<int64_t>());
+  auto shared = keys_in_several(batches);
+  std::vector<std::string> bodies;
+  std::vector<size_t> sent;  // the batch of each body
+  for (size_t index = 0; index < batches.size(); ++index) {
+    if (shared[index]) {
+      outcomes[index] = shared_key_error();
+      continue;
+    }
+    auto txn = batch_txn(batches[index]);
+    if (!txn) {
+      outcomes[index] = txn.error();
+    } else if (!batches[index].empty()) {
+      bodies.push_back(std::move(*txn));
+      sent.push_back(index);
+    }
+  }
+  auto answers = impl_->call_all("/v3/kv/txn", std::move(bodies), impl_->options.batches_in_flight);
+  for (size_t i = 0; i < sent.size(); ++i) outcomes[sent[i]] = batch_outcome(answers[i], batches[sent[i]].size());
+  return outcomes;
 }
 
 Result<int64_t> EtcdStore::remove(const std::string& key, Precondition precondition) {

@@ -43,6 +43,8 @@ struct EtcdOptions {
   // member that fails to answer twice in a row, watch_probe apart, is left for the next one.
   // This finds a member that hangs (paused, partitioned) without closing the connection.
   std::chrono::milliseconds watch_probe{5'000};
+  // put_batches: the most transactions in flight at once (1: one after another).
+  size_t batches_in_flight = kBatchesInFlight;
 };
 
 // Parses "etcd://h1:2379,h2:2379[?options]" (options: tls=1, ca=PATH, cert=PATH, key=PATH,
@@ -65,6 +67,8 @@ class EtcdStore final : public Store {
   // One etcd transaction: a compare per precondition, a put per key, at one revision. Not retried
   // once sent (as a compare-and-swap put).
   Result<std::vector<int64_t>> put_all(const std::vector<Put>& puts) override;
+  // Up to options.batches_in_flight transactions at once, each as put_all sends it, on its own connection.
+  std::vector<Result<std::vector<int64_t>>> put_batches(const std::vector<std::vector<Put>>& batches) override;
   // The cluster's revision now (a request); the last one seen when no member answers.
   int64_t revision() override;
   Result<std::unique_ptr<WatchHandle>> watch(const std::string& prefix, int64_t from_revision, WatchCallback callback,

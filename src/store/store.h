@@ -52,6 +52,8 @@ struct Put {
 // The most puts one put_all takes: etcd's default limit of operations in a transaction
 // (--max-txn-ops 128).
 inline constexpr size_t kMaxBatch = 128;
+// The most batches of one put_batches in flight at once (EtcdStore).
+inline constexpr size_t kBatchesInFlight = 4;
 
 struct ListResult {
   std::vector<KeyValue> kvs;  // sorted by key
@@ -98,6 +100,13 @@ class Store {
   // writing; on etcd, Unavailable may also mean the answer was lost, the outcome unknown. Either
   // way the caller can fall back to one compare-and-swap put per key.
   virtual Result<std::vector<int64_t>> put_all(const std::vector<Put>& puts);
+  // Many put_all batches at once: each batch is applied (or refused) as put_all would, on its
+  // own and at its own revision; batches may be applied in any order, and one failing leaves the
+  // others as they went. The answer holds each batch's outcome at its index. A key in two
+  // batches is InvalidArgument for both of them, and neither is written (their order would be
+  // undefined). EtcdStore keeps up to kBatchesInFlight transactions in flight, each on its own
+  // connection, so etcd works on several at once; the default calls put_all on each in turn.
+  virtual std::vector<Result<std::vector<int64_t>>> put_batches(const std::vector<std::vector<Put>>& batches);
   // The current store revision (0 for an empty, never-written store).
   virtual int64_t revision() = 0;
 

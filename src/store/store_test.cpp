@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -323,6 +324,88 @@ TYPED_TEST(StoreTest, PutAllWritesEveryKeyOrNone) {
   for (size_t i = 0; i < kMaxBatch; ++i) full.push_back({"full/" + std::to_string(i), "x", Precondition::absent()});
   ASSERT_OK(store.put_all(full));
   EXPECT_EQ(store.list("full/")->kvs.size(), kMaxBatch);
+}
+
+// put_batches: batches applied independently (several at once on etcd), one failing leaves the
+// others written, every key of a written batch written once, bad batches refused alone.
+TYPED_TEST(StoreTest, PutBatchesAppliesEachBatchOnItsOwn) {
+  Store& store = this->open();
+  int64_t first = *store.put("taken/0", "old");
+  Recorder recorder;
+  auto handle = store.watch_values("k/", 0, recorder.callback());
+  ASSERT_OK(handle);
+  std::vector<std::vector<Put>> batches(9);
+  for (size_t batch = 0; batch < batches.size(); ++batch) {
+    for (size_t i = 0; i < (batch == 8 ? 5 : kMaxBatch); ++i) {
+      batches[batch].push_back({"k/" + std::to_string(batch) + "/" + std::to_string(i), "v", Precondition::absent()});
+    }
+  }
+  // Batch 3 has one stale compare-and-swap: refused whole; batch 5 is malformed (a bad key).
+  batches[3][77] = {"taken/0", "new", Precondition::at(first + 1000)};
+  batches[5].back().key = "";
+  auto outcomes = store.put_batches(batches);
+  ASSERT_EQ(outcomes.size(), batches.size());
+  size_t written_keys = 0;
+  for (size_t batch = 0; batch < batches.size(); ++batch) {
+    if (batch == 3) {
+      ASSERT_FALSE(outcomes[batch].ok());
+      EXPECT_EQ(outcomes[batch].error().code, ErrorCode::Conflict) << outcomes[batch].error().message;
+      continue;
+    }
+    if (batch == 5) {
+      ASSERT_FALSE(outcomes[batch].ok());
+      EXPECT_EQ(outcomes[batch].error().code, ErrorCode::InvalidArgument) << outcomes[batch].error().message;
+      continue;
+    }
+    ASSERT_OK(outcomes[batch]);
+    ASSERT_EQ(outcomes[batch]->size(), batches[batch].size());
+    for (size_t i = 0; i < batches[batch].size(); ++i) {
+      auto kv = store.get(batches[batch][i].key);
+      ASSERT_OK(kv);
+      ASSERT_TRUE(kv->has_value()) << batches[batch][i].key;
+      EXPECT_EQ((*kv)->mod_revision, (*outcomes[batch])[i]);
+      EXPECT_EQ((*kv)->version, 1);
+      ++written_keys;
+    }
+  }
+  EXPECT_EQ((*store.get("taken/0"))->value, "old");
+  EXPECT_TRUE(store.list("k/3/")->kvs.empty());
+  EXPECT_TRUE(store.list("k/5/")->kvs.empty());
+  EXPECT_EQ(store.list("k/")->kvs.size(), written_keys);
+  // Each written key once in the watch: nothing written twice.
+  ASSERT_TRUE(recorder.wait_for(written_keys));
+  std::set<std::string> seen;
+  for (const auto& event : recorder.events()) EXPECT_TRUE(seen.insert(event.kv.key).second) << event.kv.key;
+  EXPECT_EQ(seen.size(), written_keys);
+
+  // Written again at the revisions they were written at: every batch goes through.
+  std::vector<std::vector<Put>> again(2);
+  for (size_t i = 0; i < 3; ++i) {
+    again[0].push_back({batches[0][i].key, "w", Precondition::at((*outcomes[0])[i])});
+    again[1].push_back({batches[1][i].key, "w", Precondition::at((*outcomes[1])[i])});
+  }
+  for (const auto& outcome : store.put_batches(again)) ASSERT_OK(outcome);
+  EXPECT_EQ((*store.get(batches[1][2].key))->value, "w");
+
+  // A key in two batches: neither batch is written, the others are.
+  int64_t before = store.revision();
+  std::vector<std::vector<Put>> overlapping = {{{"o/a", "1", Precondition::none()}, {"o/b", "1", Precondition::none()}},
+                                               {{"o/c", "1", Precondition::none()}},
+                                               {{"o/b", "2", Precondition::none()}}};
+  auto refused = store.put_batches(overlapping);
+  ASSERT_EQ(refused.size(), 3u);
+  ASSERT_FALSE(refused[0].ok());
+  EXPECT_EQ(refused[0].error().code, ErrorCode::InvalidArgument);
+  ASSERT_OK(refused[1]);
+  ASSERT_FALSE(refused[2].ok());
+  EXPECT_EQ(refused[2].error().code, ErrorCode::InvalidArgument);
+  EXPECT_EQ(store.list("o/")->kvs.size(), 1u);
+  EXPECT_EQ(store.revision(), before + 1);
+  EXPECT_TRUE(store.put_batches({}).empty());
+  auto nothing = store.put_batches({{}});
+  ASSERT_EQ(nothing.size(), 1u);
+  ASSERT_OK(nothing[0]);
+  EXPECT_TRUE(nothing[0]->empty());
 }
 
 TYPED_TEST(StoreTest, WatchReplaysHistoryThenLiveEvents) {

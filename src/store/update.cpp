@@ -1,5 +1,6 @@
 #include <set>
 #include <string_view>
+#include <unordered_map>
 
 #include "store/store.h"
 #include "store/watchers.h"
@@ -8,6 +9,37 @@ namespace nebula::store {
 
 Result<std::vector<int64_t>> Store::put_all(const std::vector<Put>&) {
   return make_error(ErrorCode::Unavailable, "store: this store writes one key at a time");
+}
+
+std::vector<Result<std::vector<int64_t>>> Store::put_batches(const std::vector<std::vector<Put>>& batches) {
+  auto shared = keys_in_several(batches);
+  std::vector<Result<std::vector<int64_t>>> outcomes;
+  outcomes.reserve(batches.size());
+  for (size_t index = 0; index < batches.size(); ++index) {
+    if (shared[index]) {
+      outcomes.push_back(shared_key_error());
+    } else {
+      outcomes.push_back(put_all(batches[index]));
+    }
+  }
+  return outcomes;
+}
+
+std::vector<bool> keys_in_several(const std::vector<std::vector<Put>>& batches) {
+  std::vector<bool> shared(batches.size(), false);
+  if (batches.size() < 2) return shared;
+  std::unordered_map<std::string_view, size_t> batch_of;
+  for (size_t index = 0; index < batches.size(); ++index) {
+    for (const auto& put : batches[index]) {
+      auto [it, inserted] = batch_of.emplace(put.key, index);
+      if (!inserted && it->second != index) shared[index] = shared[it->second] = true;
+    }
+  }
+  return shared;
+}
+
+Error shared_key_error() {
+  return Error{ErrorCode::InvalidArgument, "store: a key is in two batches of one put_batches (neither is written)"};
 }
 
 Status check_batch(const std::vector<Put>& puts) {

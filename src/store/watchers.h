@@ -58,6 +58,9 @@ Status check_remove(const std::string& key, const std::optional<KeyValue>& curre
 // A put_all's batch: at most kMaxBatch puts, each key once, valid preconditions (keys are checked
 // by each put).
 Status check_batch(const std::vector<Put>& puts);
+// For put_batches: which batches hold a key that another batch holds too (refused, all of them).
+std::vector<bool> keys_in_several(const std::vector<std::vector<Put>>& batches);
+Error shared_key_error();
 // from_revision is valid when it is 0 (live only) or newer than compacted_revision (the newest
 // revision whose event is no longer kept).
 Status check_watch_from(int64_t from_revision, int64_t compacted_revision);
