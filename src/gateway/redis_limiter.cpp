@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <ctime>
 #include <future>
+#include <optional>
 #include <unordered_map>
 
 namespace nebula::gateway {
@@ -277,6 +278,7 @@ void RedisLimiter::stop() {
   std::vector<Command> left;
   {
     std::lock_guard lock(queue_mutex_);
+    release_held(std::nullopt);
     left.swap(queue_);
   }
   for (auto& command : left) command.on_answer(nullptr);
@@ -309,12 +311,49 @@ void RedisLimiter::enqueue(Command command) {
   {
     std::lock_guard lock(queue_mutex_);
     if (!queue_closed_) {
+      bool was_empty = queue_.empty();
+      bool hold = command.kind == Command::Kind::Finish && options_.finish_hold.count() > 0;
+      if (hold) {
+        // Waits for the key's next admission (or finish_hold): no wake-up, no script run of its own.
+        bool none_held = held_count_ == 0;
+        held_[command.key_id].push_back(std::move(command));
+        held_count_ += 1;
+        // A limiter thread asleep with nothing held must learn the deadline.
+        if (none_held && was_empty) queue_wake_.notify_one();
+        return;
+      }
+      if (command.kind == Command::Kind::Marker) {
+        release_held(std::nullopt);
+      } else if (auto found = held_.find(command.key_id); found != held_.end()) {
+        // The key's finishes go first, in the same script run: queue order is kept.
+        for (auto& finish : found->second) queue_.push_back(std::move(finish));
+        held_count_ -= found->second.size();
+        held_.erase(found);
+      }
       queue_.push_back(std::move(command));
-      if (queue_.size() == 1) queue_wake_.notify_one();
+      if (was_empty) queue_wake_.notify_one();
       return;
     }
   }
   command.on_answer(nullptr);  // stopped
+}
+
+void RedisLimiter::release_held(std::optional<std::chrono::steady_clock::time_point> queued_before) {
+  for (auto it = held_.begin(); it != held_.end();) {
+    auto& finishes = it->second;
+    // Held in queue order: a key's oldest is first.
+    if (queued_before && finishes.front().queued > *queued_before) {
+      ++it;
+      continue;
+    }
+    auto now = std::chrono::steady_clock::now();
+    for (auto& finish : finishes) {
+      finish.queued = now;  // its timeout counts from now: it was held on purpose
+      queue_.push_back(std::move(finish));
+    }
+    held_count_ -= finishes.size();
+    it = held_.erase(it);
+  }
 }
 
 void RedisLimiter::run_loop() {
@@ -322,7 +361,23 @@ void RedisLimiter::run_loop() {
   for (;;) {
     {
       std::unique_lock lock(queue_mutex_);
-      queue_wake_.wait(lock, [this] { return !queue_.empty() || queue_closed_; });
+      for (;;) {
+        if (queue_closed_) release_held(std::nullopt);
+        if (!queue_.empty() || queue_closed_) break;
+        if (held_count_ == 0) {
+          queue_wake_.wait(lock);
+          continue;
+        }
+        // The oldest held finish decides when to wake.
+        auto oldest = std::chrono::steady_clock::time_point::max();
+        for (const auto& [key, finishes] : held_) oldest = std::min(oldest, finishes.front().queued);
+        auto now = std::chrono::steady_clock::now();
+        if (now - oldest >= options_.finish_hold) {
+          release_held(now - options_.finish_hold);
+          continue;
+        }
+        queue_wake_.wait_until(lock, oldest + options_.finish_hold);
+      }
       if (queue_.empty()) return;  // closed
       batch.swap(queue_);
     }

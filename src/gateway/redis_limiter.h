@@ -38,8 +38,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "common/result.h"
@@ -67,6 +69,11 @@ struct RedisLimiterOptions {
   FailPolicy rate_policy = FailPolicy::Open;
   // ... and the monthly budget (closed by default: tokens spent past a budget cannot be taken back).
   FailPolicy budget_policy = FailPolicy::Closed;
+  // How long a finish may wait for the key's next admission, to go to Redis in its script run
+  // (no run of its own, no wake-up of the limiter's thread); 0 = sent with the next batch. Other
+  // gateways see a freed slot or a corrected charge up to this much later; this one's own next
+  // admission of the key always sees it.
+  std::chrono::milliseconds finish_hold{5};
   // The time in microseconds the scripts use; null = Redis's TIME. A test's seam.
   std::function<int64_t()> clock_us;
   // The month ("2026-12") a budget is counted in; null = the current UTC month. A test's seam.
@@ -129,6 +136,9 @@ class RedisLimiter final : public Limiter {
     std::chrono::steady_clock::time_point queued;
   };
   void enqueue(Command command);
+  // Moves the held finishes queued before `queued_before` (all of them: nullopt) to the queue.
+  // Under queue_mutex_.
+  void release_held(std::optional<std::chrono::steady_clock::time_point> queued_before);
   void run_loop();
   // Sends `batch` pipelined, one script run per key, and hands each command its answer.
   void run_batch(std::vector<Command>& batch);
@@ -151,7 +161,10 @@ class RedisLimiter final : public Limiter {
   std::mutex queue_mutex_;
   std::condition_variable queue_wake_;
   std::vector<Command> queue_;  // guarded by queue_mutex_
-  bool queue_closed_ = false;   // guarded by queue_mutex_: stop() answered what was left
+  // Finishes waiting for their key's next admission, in queue order per key; guarded by queue_mutex_.
+  std::unordered_map<std::string, std::vector<Command>> held_;
+  size_t held_count_ = 0;      // guarded by queue_mutex_
+  bool queue_closed_ = false;  // guarded by queue_mutex_: stop() answered what was left
   std::thread runner_;
   std::mutex stop_mutex_;
   std::condition_variable stop_wake_;
