@@ -60,7 +60,8 @@ Result<RedisAddress> parse_redis_address(std::string_view url) {
       return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' has no valid port", url));
     }
   }
-  if (host.empty() || host.find_first_of("/@?# ") != std::string_view::npos) {
+  constexpr std::string_view kNotInHost("/@?# \t\r\n\0", 9);
+  if (host.empty() || host.find_first_of(kNotInHost) != std::string_view::npos) {
     return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' has no valid host", url));
   }
   return RedisAddress{std::string(host), port};
