@@ -218,7 +218,8 @@ void price_limit_checks(int checks, const std::string& redis_url, pid_t redis, c
       }
     }
   }
-  std::cout << fmt::format("redis limiter: {} commands in {} round trips\n", shared.commands(), shared.batches());
+  std::cout << fmt::format("redis limiter: {} script runs (one per key per batch) in {} round trips\n",
+                           shared.commands(), shared.batches());
   // Redis's own account of the scripts' time (the rest of its CPU is reading, parsing, writing).
   try {
     std::istringstream stats(bench::run({"/usr/bin/redis-cli", "-u", redis_url, "INFO", "commandstats"}, scratch));
