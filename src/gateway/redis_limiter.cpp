@@ -37,7 +37,10 @@ constexpr int64_t kWindowUs = 60'000'000;
 // ticket, tokens: the window's sum, flight: estimates of the leased requests, refresh: when the
 // TTLs were last set) with one HMGET and written with one HSET at the end; the window's size and
 // oldest charge and the leases' count, read again only when an admission comes with another
-// `now`; the month's spending. An admission then costs one ZADD (two when leased). Only a key
+// `now`; the month's spending. Writes wait for the end of the run, or for the next read of the
+// sorted set they change: the charges and leases of the run's admissions go in one ZADD each,
+// the finishes' corrected charges in one ZADD and one ZREM, the month's tokens in one HINCRBY.
+// A finish then costs a ZREM and a ZSCORE, an admission nothing of its own. Only a key
 // with a concurrency limit or a budget leases its requests. TTLs are set again once half of
 // `ttl` has passed (and on a key just created), not on every request: each key then outlives
 // its last write by at least ttl/2 = max(window, lease).
@@ -48,7 +51,26 @@ local state = redis.call('HMGET', KEYS[3], 'seq', 'tokens', 'flight', 'refresh')
 local seq, tokens = tonumber(state[1] or '0'), tonumber(state[2] or '0')
 local flight, refresh = tonumber(state[3] or '0'), tonumber(state[4] or '0')
 local clock, window_at, flight_at, count, oldest, running
-local spent = {}
+local spent, month_add = {}, {}
+-- Writes not sent yet: ZADD arguments (score, member, ...) of the window and of the leases, and
+-- the window's members to remove (after the adds: the key never empties on the way).
+local window_add, window_remove, flight_add = {}, {}, {}
+local function write_window()
+  if #window_add > 0 then
+    redis.call('ZADD', KEYS[1], unpack(window_add))
+    window_add = {}
+  end
+  if #window_remove > 0 then
+    redis.call('ZREM', KEYS[1], unpack(window_remove))
+    window_remove = {}
+  end
+end
+local function write_flight()
+  if #flight_add > 0 then
+    redis.call('ZADD', KEYS[2], unpack(flight_add))
+    flight_add = {}
+  end
+end
 local dirty, admitted, touch_window, touch_flight, touch_all = false, false, false, false, false
 local out = {}
 local i = 5
@@ -64,16 +86,17 @@ while i <= #ARGV do
     if factual ~= fest then
       local score = redis.call('ZSCORE', KEYS[1], member)
       if score then
-        redis.call('ZADD', KEYS[1], score, ticket .. ':' .. factual)
-        redis.call('ZREM', KEYS[1], member)
+        window_add[#window_add + 1] = score
+        window_add[#window_add + 1] = ticket .. ':' .. ARGV[i + 3]
+        window_remove[#window_remove + 1] = member
         tokens = tokens + factual - fest
         dirty = true
       end
     end
     if ARGV[i + 5] == '1' then
-      local total = redis.call('HINCRBY', KEYS[4], ARGV[i + 6], factual)
-      if total == factual then redis.call('EXPIRE', KEYS[4], month_ttl) end
-      spent[ARGV[i + 6]] = total
+      local month = ARGV[i + 6]
+      month_add[month] = (month_add[month] or 0) + factual
+      if spent[month] then spent[month] = spent[month] + factual end
     end
     i = i + 7
   else
@@ -92,6 +115,7 @@ while i <= #ARGV do
     local est, month_used, month = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), ARGV[i + 8]
     local leased = conc > 0 or budget > 0
     if now ~= window_at then
+      write_window()
       local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
       if #old > 0 then
         for _, m in ipairs(old) do tokens = tokens - tokens_of(m) end
@@ -104,6 +128,7 @@ while i <= #ARGV do
       window_at = now
     end
     if leased and now ~= flight_at then
+      write_flight()
       local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
       if #lapsed > 0 then
         for _, m in ipairs(lapsed) do flight = flight - tokens_of(m) end
@@ -124,6 +149,7 @@ while i <= #ARGV do
       verdict = 2
     elseif tpm > 0 and tokens + est > tpm then
       verdict, wait = 2, window
+      write_window()
       local excess = tokens + est - tpm
       local charges = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
       for j = 1, #charges, 2 do
@@ -138,7 +164,7 @@ while i <= #ARGV do
     elseif budget > 0 then
       local used = spent[month]
       if used == nil then
-        used = tonumber(redis.call('HGET', KEYS[4], month) or '0')
+        used = tonumber(redis.call('HGET', KEYS[4], month) or '0') + (month_add[month] or 0)
         spent[month] = used
       end
       used = math.max(used, month_used)
@@ -149,7 +175,8 @@ while i <= #ARGV do
     else
       seq = seq + 1
       local member = seq .. ':' .. ARGV[i + 6]
-      redis.call('ZADD', KEYS[1], now, member)
+      window_add[#window_add + 1] = now
+      window_add[#window_add + 1] = member
       if count == 0 then
         oldest = now
         touch_window = true
@@ -160,7 +187,8 @@ while i <= #ARGV do
         touch_all = true
       end
       if leased then
-        redis.call('ZADD', KEYS[2], now + lease, member)
+        flight_add[#flight_add + 1] = now + lease
+        flight_add[#flight_add + 1] = member
         flight = flight + est
         if expire or running == 0 then touch_flight = true end
         running = running + 1
@@ -173,6 +201,11 @@ while i <= #ARGV do
     end
     i = i + 9
   end
+end
+write_window()
+write_flight()
+for month, added in pairs(month_add) do
+  if redis.call('HINCRBY', KEYS[4], month, added) == added then redis.call('EXPIRE', KEYS[4], month_ttl) end
 end
 if admitted then
   redis.call('HSET', KEYS[3], 'seq', seq, 'tokens', tokens, 'flight', flight, 'refresh', refresh)
