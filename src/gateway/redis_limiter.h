@@ -24,9 +24,10 @@
 // `timeout`. admit() is admit_async() waited on, for callers that may block. finish() talks to
 // Redis only when there is something to free or correct: nothing for a key with only a
 // requests-per-minute limit, a token correction only when the real count differs from the
-// estimate. Lease renewal has a thread and a connection of its own. While Redis is unreachable (a
-// failed command marks it down for `retry_interval`, so later requests do not wait on it again),
-// the fail policies decide: open admits without the limit, closed refuses with 503.
+// estimate; it is held (up to `finish_hold`) until the key's next admission, which takes it to
+// Redis first, in its own script run. Lease renewal has a thread and a connection of its own. While Redis is
+// unreachable (a failed command marks it down for `retry_interval`, so later requests do not wait on it again), the
+// fail policies decide: open admits without the limit, closed refuses with 503.
 //
 // A thread rather than hiredis's asynchronous API on the gateway's I/O loop: the gateway hands
 // the limiter no io_context (Limiter::admit_async() takes a callback), and the blocking API with
