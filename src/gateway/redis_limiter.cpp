@@ -391,8 +391,6 @@ void RedisLimiter::release_held(std::optional<std::chrono::steady_clock::time_po
 
 void RedisLimiter::run_loop() {
   std::vector<Command> batch;
-  size_t last_admissions = 0;  // in the last batch sent
-  auto gather = std::min<std::chrono::microseconds>(options_.gather, options_.timeout / 4);
   for (;;) {
     {
       std::unique_lock lock(queue_mutex_);
@@ -414,14 +412,8 @@ void RedisLimiter::run_loop() {
         queue_wake_.wait_until(lock, oldest + options_.finish_hold);
       }
       if (queue_.empty()) return;  // closed
-      if (gather.count() > 0 && last_admissions > 1) {
-        // Busy: more requests are on their way; let them share this round trip.
-        queue_wake_.wait_for(lock, gather, [this] { return queue_closed_; });
-      }
       batch.swap(queue_);
     }
-    last_admissions = 0;
-    for (const auto& command : batch) last_admissions += command.kind == Command::Kind::Admit ? 1 : 0;
     run_batch(batch);
     batch.clear();
   }

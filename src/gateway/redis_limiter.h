@@ -17,8 +17,8 @@
 // Threading: admit_async() and finish() never wait on Redis: they queue a command for the
 // limiter's thread, which sends everything queued as one pipelined batch on its connection, reads
 // the answers and calls back (so the calls of many requests share one round trip, and Redis reads
-// them with one read; under load it waits `gather` for more before sending). Within a batch, every admission and finish
-// of one API key goes as one script run, in queue order, with the answers of running them one after another: the more
+// them with one read). Within a batch, every admission and finish of one API key goes as one
+// script run, in queue order, with the answers of running them one after another: the more
 // requests a key has at once, the less Redis spends on each. A command still queued `timeout`
 // after it was made fails without being sent; a batch fails when an answer takes longer than
 // `timeout`. admit() is admit_async() waited on, for callers that may block. finish() talks to
@@ -75,11 +75,6 @@ struct RedisLimiterOptions {
   // gateways see a freed slot or a corrected charge up to this much later; this one's own next
   // admission of the key always sees it.
   std::chrono::milliseconds finish_hold{5};
-  // When the last round trip carried more than one admission, the limiter's thread waits this
-  // long for more before sending the next batch (at most a quarter of `timeout`): under load,
-  // fewer round trips and thread wake-ups per request, for at most this much more wait per check;
-  // one request at a time never waits. 0 = send at once.
-  std::chrono::microseconds gather{200};
   // The time in microseconds the scripts use; null = Redis's TIME. A test's seam.
   std::function<int64_t()> clock_us;
   // The month ("2026-12") a budget is counted in; null = the current UTC month. A test's seam.

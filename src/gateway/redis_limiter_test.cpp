@@ -6,7 +6,6 @@
 #include <condition_variable>
 #include <mutex>
 #include <set>
-#include <thread>
 
 #include "common/json.h"
 #include "redis_server.h"
@@ -505,45 +504,6 @@ TEST_F(RedisLimits, HundredsOfAdmissionsOfOneKeyInOneBatchStayExact) {
   EXPECT_GE(a->commands() - runs_before, 6u);
   EXPECT_LE(a->commands() - runs_before, 2 * 5u);
   EXPECT_EQ(a->failures() + b->failures(), 0u);
-}
-
-TEST_F(RedisLimits, UnderLoadTheNextBatchGathersOneRequestAtATimeNeverWaits) {
-  auto with = options();
-  with.timeout = 10s;
-  with.gather = 2s;  // far longer than any round trip here
-  auto limits = limiter(with);
-  auto key = limited_key("k-gather", 1000, 0, 0, 0);
-  // One at a time: each batch holds one admission, so none waits to gather (20 gathers would
-  // take 40 s).
-  std::atomic<bool> sequential_done{false};
-  std::thread sequential([&] {
-    for (int i = 0; i < 20; ++i) EXPECT_TRUE(limits->admit(key, 1, 0, now()).allowed);
-    sequential_done = true;
-  });
-  EXPECT_TRUE(testing::eventually([&] { return sequential_done.load(); }, 10s));
-  sequential.join();
-
-  // Busy: a batch of two admissions went, so the next one waits for company before leaving.
-  redis_->pause();
-  Answers first;
-  limits->admit_async(key, 1, 0, now(), first.collector());
-  ASSERT_TRUE(testing::eventually([&] { return redis_->unread_bytes() > 0; }, 10s));
-  limits->admit_async(key, 1, 0, now(), first.collector());
-  limits->admit_async(key, 1, 0, now(), first.collector());
-  redis_->resume();
-  ASSERT_TRUE(first.wait_for(3));
-  redis_->pause();
-  uint64_t trips = limits->batches();
-  Answers gathered;
-  limits->admit_async(key, 1, 0, now(), gathered.collector());
-  // Not sent alone: nothing reaches the stalled Redis while the batch gathers.
-  EXPECT_FALSE(testing::eventually([&] { return redis_->unread_bytes() > 0; }, 500ms));
-  limits->admit_async(key, 1, 0, now(), gathered.collector());
-  redis_->resume();
-  ASSERT_TRUE(gathered.wait_for(2));
-  EXPECT_EQ(gathered.admitted.size(), 2u);
-  EXPECT_EQ(limits->batches() - trips, 1u);  // both in one round trip
-  EXPECT_EQ(limits->failures(), 0u);
 }
 
 TEST_F(RedisLimits, AStalledRedisNeverBlocksTheCallerAndTimesOutIntoThePolicy) {
