@@ -137,6 +137,24 @@ api::ApiKey rpm_only_key(const std::string& name) {
   return key;
 }
 
+// Redis's own counts: script runs (EVALSHA calls) and reads of client commands (one per round
+// trip of a pipelining client), from INFO; {0, 0} when redis-cli fails.
+struct RedisCounts {
+  double script_runs = 0, reads = 0;
+};
+RedisCounts redis_counts(const std::string& redis_url, const std::string& scratch) {
+  RedisCounts counts;
+  try {
+    std::istringstream info(bench::run({"/usr/bin/redis-cli", "-u", redis_url, "INFO", "all"}, scratch));
+    for (std::string line; std::getline(info, line);) {
+      if (line.rfind("cmdstat_evalsha:calls=", 0) == 0) counts.script_runs = std::atof(line.c_str() + 22);
+      if (line.rfind("total_reads_processed:", 0) == 0) counts.reads = std::atof(line.c_str() + 22);
+    }
+  } catch (const std::exception&) {
+  }
+  return counts;
+}
+
 struct CheckResult {
   double caller_cpu_us = 0, redis_cpu_us = 0, wall_p50_us = 0, wall_p99_us = 0, rate = 0;
 };
@@ -218,7 +236,8 @@ void price_limit_checks(int checks, const std::string& redis_url, pid_t redis, c
       }
     }
   }
-  std::cout << fmt::format("redis limiter: {} commands in {} round trips\n", shared.commands(), shared.batches());
+  std::cout << fmt::format("redis limiter: {} script runs (one per key per batch) in {} round trips\n",
+                           shared.commands(), shared.batches());
   // Redis's own account of the scripts' time (the rest of its CPU is reading, parsing, writing).
   try {
     std::istringstream stats(bench::run({"/usr/bin/redis-cli", "-u", redis_url, "INFO", "commandstats"}, scratch));
@@ -387,16 +406,21 @@ int main(int argc, char** argv) {
       "small requests (1 token, engine-sim stepping every 20 us), {} per row from {} connections; cpu = the "
       "proxy processes' CPU (with Redis: redis-server's too) per request\n",
       requests, concurrency);
-  std::cout << fmt::format("{:<22} {:>9} {:>9} {:>9} {:>12} {:>14}\n", "path", "req/s", "p50 ms", "p99 ms",
-                           "cpu us/req", "of which redis");
+  std::cout << fmt::format("{:<22} {:>9} {:>9} {:>9} {:>12} {:>14} {:>10} {:>10}\n", "path", "req/s", "p50 ms",
+                           "p99 ms", "cpu us/req", "of which redis", "runs/req", "trips/req");
   for (int round = 0; round < 2; ++round) {
     for (const auto& setup : setups) {
-      auto result = run_load(setup.url, setup.headers, requests, concurrency, setup.measured);
       bool with_redis = !setup.measured.empty() && setup.measured.back() == redis;
-      std::cout << fmt::format("{:<22} {:>9.0f} {:>9.2f} {:>9.2f} {:>12} {:>14}{}\n", setup.name, result.rate,
-                               result.p50, result.p99,
+      RedisCounts before = with_redis ? redis_counts(redis_url, dir + "/info.txt") : RedisCounts{};
+      auto result = run_load(setup.url, setup.headers, requests, concurrency, setup.measured);
+      RedisCounts after = with_redis ? redis_counts(redis_url, dir + "/info.txt") : RedisCounts{};
+      auto per_request = [&](double count) { return with_redis ? fmt::format("{:.2f}", count / requests) : "-"; };
+      std::cout << fmt::format("{:<22} {:>9.0f} {:>9.2f} {:>9.2f} {:>12} {:>14} {:>10} {:>10}{}\n", setup.name,
+                               result.rate, result.p50, result.p99,
                                setup.measured.empty() ? "-" : fmt::format("{:.1f}", result.cpu_us_per_request),
                                with_redis ? fmt::format("{:.1f}", result.last_cpu_us_per_request) : "-",
+                               per_request(after.script_runs - before.script_runs),
+                               per_request(after.reads - before.reads),
                                result.failed ? fmt::format("  ({} failed)", result.failed) : "")
                 << std::flush;
     }

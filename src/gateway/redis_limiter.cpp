@@ -3,11 +3,10 @@
 #include <fmt/format.h>
 #include <hiredis/hiredis.h>
 #include <spdlog/spdlog.h>
-#include <sys/time.h>
-
-#include <charconv>
 #include <ctime>
 #include <future>
+#include <optional>
+#include <unordered_map>
 
 namespace nebula::gateway {
 
@@ -15,128 +14,208 @@ namespace {
 
 constexpr int64_t kWindowUs = 60'000'000;
 
-// KEYS: window, flight, state, month. ARGV: now_us ("" = Redis TIME), rpm, tpm, max_concurrency,
-// budget, estimate, month_used (as the gateway knows it), month ("2026-12"), lease_us, window_us,
-// ttl_ms, month_ttl_s, then the finishes of the key's earlier requests sent along (five each:
-// ticket, estimate, actual, leased "1", budget "1"), applied first as kFinishScript would: one
-// script run instead of two, and their counts folded into the one HSET. Returns {verdict, ticket, window requests,
-// window tokens, reset_us, retry_us, detail}: verdict 0 admitted, 1 requests, 2 tokens (retry 0: larger than the
-// limit), 3 concurrency, 4 budget (detail: tokens used and in flight).
+// One run per API key per batch: every admission and finish of the key queued in the batch, in
+// queue order, with exactly the answers of running them one after another.
 //
-// The state hash holds seq (the last ticket), tokens (the window's sum), flight (estimates of the
-// leased requests) and refresh (when the keys' TTLs were last set): read with one HMGET, written
-// with one HSET. Only a key with a concurrency limit or a budget leases its requests. TTLs are set
-// again once half of `ttl` has passed (and on a key just created), not on every request: each key
-// then outlives its last write by at least ttl/2 = max(window, lease).
-constexpr const char* kAdmitScript = R"lua(
-local rpm, tpm, conc, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local est, lease, window, ttl = tonumber(ARGV[6]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local leased = conc > 0 or budget > 0
+// KEYS: window, flight, state, month. ARGV: lease_us, window_us, ttl_ms, month_ttl_s, then the
+// operations from ARGV[5] on:
+//   admission (9): "a", now_us ("" = Redis's TIME, read once per run), rpm, tpm, max_concurrency,
+//                  budget, estimate, month_used (as the gateway knows it), month ("2026-12");
+//   finish (7):    "f", ticket, estimate, actual, leased ("1"), budget ("1"), month.
+// Returns seven numbers per admission, in order: {verdict, ticket, window requests, window
+// tokens, reset_us, retry_us, detail}: verdict 0 admitted, 1 requests, 2 tokens (retry 0: larger
+// than the limit), 3 concurrency, 4 budget (detail: tokens used and in flight).
+//
+// A finish frees the request's slot and in-flight tokens (unless its lease already lapsed),
+// makes its charge in the window what the engine reported (the corrected member is added before
+// the estimate's is removed, so the window's key never empties on the way), and counts it in the
+// month when the key has a budget. An admission drops the charges older than a minute (and
+// lapsed leases), checks requests per minute, tokens per minute, concurrency and the monthly
+// budget in that order, and records the request.
+//
+// What the operations share is read once per run and kept in Lua: the state hash (seq: the last
+// ticket, tokens: the window's sum, flight: estimates of the leased requests, refresh: when the
+// TTLs were last set) with one HMGET and written with one HSET at the end; the window's size and
+// oldest charge and the leases' count, read again only when an admission comes with another
+// `now`; the month's spending. Writes wait for the end of the run, or for the next read of the
+// sorted set they change: the charges and leases of the run's admissions go in one ZADD each,
+// the finishes' corrected charges in one ZADD and one ZREM, the month's tokens in one HINCRBY.
+// A finish then costs a ZREM and a ZSCORE, an admission nothing of its own. Only a key
+// with a concurrency limit or a budget leases its requests. TTLs are set again once half of
+// `ttl` has passed (and on a key just created), not on every request: each key then outlives
+// its last write by at least ttl/2 = max(window, lease).
+constexpr const char* kBatchScript = R"lua(
+local lease, window, ttl, month_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local function tokens_of(member) return tonumber(string.match(member, ':(%-?%d+)$')) end
 local state = redis.call('HMGET', KEYS[3], 'seq', 'tokens', 'flight', 'refresh')
 local seq, tokens = tonumber(state[1] or '0'), tonumber(state[2] or '0')
 local flight, refresh = tonumber(state[3] or '0'), tonumber(state[4] or '0')
-local dirty = false
-for i = 13, #ARGV, 5 do
-  local fest, factual = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local member = ARGV[i] .. ':' .. ARGV[i + 1]
-  if ARGV[i + 3] == '1' and redis.call('ZREM', KEYS[2], member) == 1 then flight = flight - fest end
-  if factual ~= fest then
-    local score = redis.call('ZSCORE', KEYS[1], member)
-    if score then
-      redis.call('ZADD', KEYS[1], score, ARGV[i] .. ':' .. factual)
-      redis.call('ZREM', KEYS[1], member)
-      tokens = tokens + factual - fest
+local clock, window_at, flight_at, count, oldest, running
+local spent, month_add = {}, {}
+-- Writes not sent yet: ZADD arguments (score, member, ...) of the window and of the leases, and
+-- the window's members to remove (after the adds: the key never empties on the way).
+local window_add, window_remove, flight_add = {}, {}, {}
+local function write_window()
+  if #window_add > 0 then
+    redis.call('ZADD', KEYS[1], unpack(window_add))
+    window_add = {}
+  end
+  if #window_remove > 0 then
+    redis.call('ZREM', KEYS[1], unpack(window_remove))
+    window_remove = {}
+  end
+end
+local function write_flight()
+  if #flight_add > 0 then
+    redis.call('ZADD', KEYS[2], unpack(flight_add))
+    flight_add = {}
+  end
+end
+local dirty, admitted, touch_window, touch_flight, touch_all = false, false, false, false, false
+local out = {}
+local i = 5
+while i <= #ARGV do
+  if ARGV[i] == 'f' then
+    local ticket, fest, factual = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    local member = ticket .. ':' .. ARGV[i + 2]
+    if ARGV[i + 4] == '1' and redis.call('ZREM', KEYS[2], member) == 1 then
+      flight = flight - fest
+      if running then running = running - 1 end
+      dirty = true
     end
-  end
-  if ARGV[i + 4] == '1' and redis.call('HINCRBY', KEYS[4], ARGV[8], factual) == factual then
-    redis.call('EXPIRE', KEYS[4], tonumber(ARGV[12]))
-  end
-  dirty = true
-end
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if #old > 0 then
-  for _, m in ipairs(old) do tokens = tokens - tokens_of(m) end
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  dirty = true
-end
-if leased then
-  local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-  if #lapsed > 0 then
-    for _, m in ipairs(lapsed) do flight = flight - tokens_of(m) end
-    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-    dirty = true
-  end
-end
-local function refused(...)
-  if dirty then redis.call('HSET', KEYS[3], 'tokens', tokens, 'flight', flight) end
-  return {...}
-end
-local count = redis.call('ZCARD', KEYS[1])
-local reset = 0
-if count > 0 then reset = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) + window - now end
-if rpm > 0 and count >= rpm then return refused(1, 0, count, tokens, reset, reset, 0) end
-if tpm > 0 and est > tpm then return refused(2, 0, count, tokens, reset, 0, 0) end
-if tpm > 0 and tokens + est > tpm then
-  local excess = tokens + est - tpm
-  local wait = window
-  local charges = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-  for i = 1, #charges, 2 do
-    excess = excess - tokens_of(charges[i])
-    if excess <= 0 then
-      wait = tonumber(charges[i + 1]) + window - now
-      break
+    if factual ~= fest then
+      local score = redis.call('ZSCORE', KEYS[1], member)
+      if score then
+        window_add[#window_add + 1] = score
+        window_add[#window_add + 1] = ticket .. ':' .. ARGV[i + 3]
+        window_remove[#window_remove + 1] = member
+        tokens = tokens + factual - fest
+        dirty = true
+      end
     end
+    if ARGV[i + 5] == '1' then
+      local month = ARGV[i + 6]
+      month_add[month] = (month_add[month] or 0) + factual
+      if spent[month] then spent[month] = spent[month] + factual end
+    end
+    i = i + 7
+  else
+    local now
+    if ARGV[i + 1] ~= '' then
+      now = tonumber(ARGV[i + 1])
+    else
+      if not clock then
+        local t = redis.call('TIME')
+        clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+      end
+      now = clock
+    end
+    local rpm, tpm = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    local conc, budget = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+    local est, month_used, month = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), ARGV[i + 8]
+    local leased = conc > 0 or budget > 0
+    if now ~= window_at then
+      write_window()
+      local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
+      if #old > 0 then
+        for _, m in ipairs(old) do tokens = tokens - tokens_of(m) end
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+        dirty = true
+      end
+      count = redis.call('ZCARD', KEYS[1])
+      oldest = nil
+      if count > 0 then oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) end
+      window_at = now
+    end
+    if leased and now ~= flight_at then
+      write_flight()
+      local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+      if #lapsed > 0 then
+        for _, m in ipairs(lapsed) do flight = flight - tokens_of(m) end
+        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+        dirty = true
+      end
+      running = redis.call('ZCARD', KEYS[2])
+      flight_at = now
+    end
+    local reset = 0
+    if count > 0 then reset = oldest + window - now end
+    local taken = 0
+    if leased then taken = running end
+    local verdict, wait, detail = 0, 0, 0
+    if rpm > 0 and count >= rpm then
+      verdict, wait = 1, reset
+    elseif tpm > 0 and est > tpm then
+      verdict = 2
+    elseif tpm > 0 and tokens + est > tpm then
+      verdict, wait = 2, window
+      write_window()
+      local excess = tokens + est - tpm
+      local charges = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+      for j = 1, #charges, 2 do
+        excess = excess - tokens_of(charges[j])
+        if excess <= 0 then
+          wait = tonumber(charges[j + 1]) + window - now
+          break
+        end
+      end
+    elseif conc > 0 and taken >= conc then
+      verdict, wait, detail = 3, 1000000, taken
+    elseif budget > 0 then
+      local used = spent[month]
+      if used == nil then
+        used = tonumber(redis.call('HGET', KEYS[4], month) or '0') + (month_add[month] or 0)
+        spent[month] = used
+      end
+      used = math.max(used, month_used)
+      if used + flight + est > budget then verdict, detail = 4, used + flight end
+    end
+    if verdict ~= 0 then
+      for _, v in ipairs({verdict, 0, count, tokens, reset, wait, detail}) do out[#out + 1] = v end
+    else
+      seq = seq + 1
+      local member = seq .. ':' .. ARGV[i + 6]
+      window_add[#window_add + 1] = now
+      window_add[#window_add + 1] = member
+      if count == 0 then
+        oldest = now
+        touch_window = true
+      end
+      local expire = refresh == 0 or now - refresh >= ttl * 500
+      if expire then
+        refresh = now
+        touch_all = true
+      end
+      if leased then
+        flight_add[#flight_add + 1] = now + lease
+        flight_add[#flight_add + 1] = member
+        flight = flight + est
+        if expire or running == 0 then touch_flight = true end
+        running = running + 1
+      end
+      count = count + 1
+      tokens = tokens + est
+      if reset == 0 then reset = window end
+      admitted = true
+      for _, v in ipairs({0, seq, count, tokens, reset, 0, 0}) do out[#out + 1] = v end
+    end
+    i = i + 9
   end
-  return refused(2, 0, count, tokens, reset, wait, 0)
 end
-local running = 0
-if leased then running = redis.call('ZCARD', KEYS[2]) end
-if conc > 0 and running >= conc then return refused(3, 0, count, tokens, reset, 1000000, running) end
-if budget > 0 then
-  local spent = math.max(tonumber(redis.call('HGET', KEYS[4], ARGV[8]) or '0'), tonumber(ARGV[7]))
-  if spent + flight + est > budget then return refused(4, 0, count, tokens, reset, 0, spent + flight) end
+write_window()
+write_flight()
+for month, added in pairs(month_add) do
+  if redis.call('HINCRBY', KEYS[4], month, added) == added then redis.call('EXPIRE', KEYS[4], month_ttl) end
 end
-seq = seq + 1
-local member = seq .. ':' .. ARGV[6]
-redis.call('ZADD', KEYS[1], now, member)
-if leased then
-  redis.call('ZADD', KEYS[2], now + lease, member)
-  flight = flight + est
+if admitted then
+  redis.call('HSET', KEYS[3], 'seq', seq, 'tokens', tokens, 'flight', flight, 'refresh', refresh)
+elseif dirty then
+  redis.call('HSET', KEYS[3], 'tokens', tokens, 'flight', flight)
 end
-local expire = refresh == 0 or now - refresh >= ttl * 500
-if expire then refresh = now end
-redis.call('HSET', KEYS[3], 'seq', seq, 'tokens', tokens + est, 'flight', flight, 'refresh', refresh)
-if expire or count == 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-if leased and (expire or running == 0) then redis.call('PEXPIRE', KEYS[2], ttl) end
-if expire then redis.call('PEXPIRE', KEYS[3], ttl) end
-if reset == 0 then reset = window end
-return {0, seq, count + 1, tokens + est, reset, 0, 0}
-)lua";
-
-// KEYS: window, flight, state, month. ARGV: ticket, estimate, actual, month, month_ttl_s,
-// leased ("1"), budget ("1"). The request's slot and in-flight tokens are freed (unless its lease
-// already lapsed), its charge in the window becomes what the engine reported, and the month
-// counts it when the key has a budget. The corrected charge is added before the estimate is
-// removed, so the window's key never empties (and never loses its TTL) on the way.
-constexpr const char* kFinishScript = R"lua(
-local est, actual = tonumber(ARGV[2]), tonumber(ARGV[3])
-local member = ARGV[1] .. ':' .. ARGV[2]
-if ARGV[6] == '1' and redis.call('ZREM', KEYS[2], member) == 1 then
-  redis.call('HINCRBY', KEYS[3], 'flight', -est)
-end
-if actual ~= est then
-  local score = redis.call('ZSCORE', KEYS[1], member)
-  if score then
-    redis.call('ZADD', KEYS[1], score, ARGV[1] .. ':' .. actual)
-    redis.call('ZREM', KEYS[1], member)
-    redis.call('HINCRBY', KEYS[3], 'tokens', actual - est)
-  end
-end
-if ARGV[7] == '1' and redis.call('HINCRBY', KEYS[4], ARGV[4], actual) == actual then
-  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
-end
-return 1
+if touch_window or touch_all then redis.call('PEXPIRE', KEYS[1], ttl) end
+if touch_flight then redis.call('PEXPIRE', KEYS[2], ttl) end
+if touch_all then redis.call('PEXPIRE', KEYS[3], ttl) end
+return out
 )lua";
 
 // KEYS: flight, window, state. ARGV: now_us ("" = TIME), lease_us, ttl_ms, members...
@@ -158,30 +237,16 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end)lua";
-const std::string kScripts[] = {std::string(kNowPrologue) + kAdmitScript, kFinishScript,
-                                std::string(kNowPrologue) + kRenewScript};
-enum Script { kAdmit = 0, kFinish = 1, kRenew = 2, kNothing = -1 };
+// Loaded on every connection, in this order.
+enum Script : size_t { kBatch = 0, kRenew = 1 };
+std::vector<std::string> scripts() {
+  return {kBatchScript, std::string(kNowPrologue) + kRenewScript};
+}
 
 constexpr int64_t kMonthTtlS = 40 * 86400;
-
-timeval to_timeval(std::chrono::milliseconds duration) {
-  timeval value{};
-  value.tv_sec = static_cast<time_t>(duration.count() / 1000);
-  value.tv_usec = static_cast<suseconds_t>((duration.count() % 1000) * 1000);
-  return value;
-}
-
-void free_reply(redisReply* reply) {
-  if (reply) freeReplyObject(reply);
-}
-
-using ReplyPtr = std::unique_ptr<redisReply, void (*)(redisReply*)>;
-
-int64_t integer_at(const redisReply* reply, size_t index) {
-  if (!reply || reply->type != REDIS_REPLY_ARRAY || index >= reply->elements) return 0;
-  const redisReply* element = reply->element[index];
-  return element->type == REDIS_REPLY_INTEGER ? element->integer : 0;
-}
+// Operations in one script run at most: Redis runs nothing else meanwhile.
+constexpr size_t kMaxOperationsPerRun = 128;
+constexpr size_t kVerdictSize = 7;  // numbers per admission in the batch script's answer
 
 std::chrono::milliseconds ms_of_us(int64_t us) {
   // Rounded up: a wait of 0.4 ms is a wait, not none.
@@ -197,97 +262,32 @@ Result<FailPolicy> parse_fail_policy(std::string_view text) {
 }
 
 Status parse_redis_url(std::string_view url, RedisLimiterOptions& options) {
-  constexpr std::string_view kScheme = "redis://";
-  if (url.substr(0, kScheme.size()) != kScheme) {
-    return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' is not a redis://HOST[:PORT] URL", url));
-  }
-  std::string_view rest = url.substr(kScheme.size());
-  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
-  std::string_view host = rest;
-  int port = 6379;
-  if (auto colon = rest.rfind(':'); colon != std::string_view::npos) {
-    host = rest.substr(0, colon);
-    std::string_view digits = rest.substr(colon + 1);
-    auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
-    if (error != std::errc() || end != digits.data() + digits.size() || port < 1 || port > 65535) {
-      return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' has no valid port", url));
-    }
-  }
-  if (host.empty() || host.find_first_of("/@?# ") != std::string_view::npos) {
-    return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' has no valid host", url));
-  }
-  options.host = std::string(host);
-  options.port = port;
+  auto address = parse_redis_address(url);
+  if (!address) return address.error();
+  options.host = std::move(address->host);
+  options.port = address->port;
   return {};
 }
 
-// One Redis connection and the hashes of the scripts loaded on its server. Reconnects on demand,
-// at most once per retry_interval.
-struct RedisLimiter::Connection {
-  const RedisLimiterOptions& options;
-  redisContext* context = nullptr;
-  std::string shas[3];
-  std::chrono::steady_clock::time_point next_attempt{};
-
-  explicit Connection(const RedisLimiterOptions& options) : options(options) {}
-  ~Connection() { drop(); }
-
-  void drop() {
-    if (context) redisFree(context);
-    context = nullptr;
-  }
-  // The connection failed mid-command: its state is unknown, and Redis is not tried again for
-  // retry_interval (a stalled Redis still accepts connections, and each try would cost a timeout).
-  void fail() {
-    drop();
-    next_attempt = std::chrono::steady_clock::now() + options.retry_interval;
-  }
-
-  // A live connection, or false while Redis is considered down.
-  bool ready() {
-    if (context) return true;
-    auto now = std::chrono::steady_clock::now();
-    if (now < next_attempt) return false;
-    next_attempt = now + options.retry_interval;
-    timeval timeout = to_timeval(options.timeout);
-    context = redisConnectWithTimeout(options.host.c_str(), options.port, timeout);
-    if (!context || context->err) {
-      if (context) spdlog::debug("limits: redis {}:{}: {}", options.host, options.port, context->errstr);
-      drop();
-      return false;
-    }
-    redisSetTimeout(context, timeout);
-    for (int script = 0; script < 3; ++script) {
-      if (!load(script)) {
-        drop();
-        return false;
-      }
-    }
-    return true;
-  }
-
-  bool load(int script) {
-    ReplyPtr reply(static_cast<redisReply*>(redisCommand(context, "SCRIPT LOAD %s", kScripts[script].c_str())),
-                   free_reply);
-    if (!reply || reply->type != REDIS_REPLY_STRING) return false;
-    shas[script].assign(reply->str, reply->len);
-    return true;
-  }
-};
-
 RedisLimiter::RedisLimiter(RedisLimiterOptions options)
     : options_(std::move(options)),
-      main_(std::make_unique<Connection>(options_)),
-      renewal_(std::make_unique<Connection>(options_)) {}
+      main_(std::make_unique<RedisConnection>(RedisAddress{options_.host, options_.port}, options_.timeout,
+                                              options_.retry_interval, scripts())),
+      renewal_(std::make_unique<RedisConnection>(RedisAddress{options_.host, options_.port}, options_.timeout,
+                                                 options_.retry_interval, scripts())),
+      run_header_{std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(options_.lease).count()),
+                  std::to_string(kWindowUs),
+                  std::to_string(std::max<int64_t>(kWindowUs / 1000, options_.lease.count()) * 2),
+                  std::to_string(kMonthTtlS)} {}
 
 RedisLimiter::~RedisLimiter() {
   stop();
 }
 
 Status RedisLimiter::start() {
-  if (!main_->ready()) {
-    return make_error(ErrorCode::Unavailable,
-                      fmt::format("cannot reach redis at {}:{} for the limits", options_.host, options_.port));
+  if (!main_->get()) {
+    return make_error(ErrorCode::Unavailable, fmt::format("cannot reach redis at {}:{} for the limits: {}",
+                                                          options_.host, options_.port, main_->last_error()));
   }
   runner_ = std::thread([this] { run_loop(); });
   renewer_ = std::thread([this] { renew_loop(); });
@@ -311,9 +311,10 @@ void RedisLimiter::stop() {
   std::vector<Command> left;
   {
     std::lock_guard lock(queue_mutex_);
+    release_held(std::nullopt);
     left.swap(queue_);
   }
-  for (auto& command : left) command.on_reply(nullptr);
+  for (auto& command : left) command.on_answer(nullptr);
 }
 
 size_t RedisLimiter::in_flight() const {
@@ -338,80 +339,54 @@ std::string RedisLimiter::month_now() const {
   return fmt::format("{:04d}-{:02d}", utc.tm_year + 1900, utc.tm_mon + 1);
 }
 
-namespace {
-// EVALSHA's argv for hiredis, pointing into sha, keys and args (which must outlive it).
-struct EvalArgv {
-  std::string key_count;
-  std::vector<const char*> argv;
-  std::vector<size_t> lengths;
-
-  EvalArgv(const std::string& sha, const std::vector<std::string>& keys, const std::vector<std::string>& args)
-      : key_count(std::to_string(keys.size())) {
-    static const std::string kEvalsha = "EVALSHA";
-    argv.reserve(3 + keys.size() + args.size());
-    lengths.reserve(argv.capacity());
-    push(kEvalsha);
-    push(sha);
-    push(key_count);
-    for (const auto& key : keys) push(key);
-    for (const auto& arg : args) push(arg);
-  }
-  void push(const std::string& text) {
-    argv.push_back(text.data());
-    lengths.push_back(text.size());
-  }
-  int size() const { return static_cast<int>(argv.size()); }
-};
-
-bool is_noscript(const redisReply* reply) {
-  return reply->type == REDIS_REPLY_ERROR && std::string_view(reply->str, reply->len).substr(0, 8) == "NOSCRIPT";
-}
-}  // namespace
-
-ReplyPtr RedisLimiter::run_script(Connection& connection, int script, const std::vector<std::string>& keys,
-                                  const std::vector<std::string>& args) {
-  ReplyPtr none(nullptr, free_reply);
-  if (!connection.ready()) return none;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    EvalArgv eval(connection.shas[script], keys, args);
-    ReplyPtr reply(static_cast<redisReply*>(
-                       redisCommandArgv(connection.context, eval.size(), eval.argv.data(), eval.lengths.data())),
-                   free_reply);
-    if (!reply) {
-      spdlog::warn("limits: redis {}:{}: {}", options_.host, options_.port,
-                   connection.context->errstr[0] ? connection.context->errstr : "no reply");
-      connection.fail();
-      failures_ += 1;
-      return none;
-    }
-    if (is_noscript(reply.get())) {
-      // Redis restarted or SCRIPT FLUSH: load it again and retry once.
-      if (!connection.load(script)) break;
-      continue;
-    }
-    if (reply->type == REDIS_REPLY_ERROR) {
-      spdlog::warn("limits: redis script failed: {}", std::string_view(reply->str, reply->len));
-      failures_ += 1;
-      return none;
-    }
-    return reply;
-  }
-  connection.fail();
-  failures_ += 1;
-  return none;
-}
-
 void RedisLimiter::enqueue(Command command) {
   command.queued = std::chrono::steady_clock::now();
   {
     std::lock_guard lock(queue_mutex_);
     if (!queue_closed_) {
+      bool was_empty = queue_.empty();
+      bool hold = command.kind == Command::Kind::Finish && options_.finish_hold.count() > 0;
+      if (hold) {
+        // Waits for the key's next admission (or finish_hold): no wake-up, no script run of its own.
+        bool none_held = held_count_ == 0;
+        held_[command.key_id].push_back(std::move(command));
+        held_count_ += 1;
+        // A limiter thread asleep with nothing held must learn the deadline.
+        if (none_held && was_empty) queue_wake_.notify_one();
+        return;
+      }
+      if (command.kind == Command::Kind::Marker) {
+        release_held(std::nullopt);
+      } else if (auto found = held_.find(command.key_id); found != held_.end()) {
+        // The key's finishes go first, in the same script run: queue order is kept.
+        for (auto& finish : found->second) queue_.push_back(std::move(finish));
+        held_count_ -= found->second.size();
+        held_.erase(found);
+      }
       queue_.push_back(std::move(command));
-      if (queue_.size() == 1) queue_wake_.notify_one();
+      if (was_empty) queue_wake_.notify_one();
       return;
     }
   }
-  command.on_reply(nullptr);  // stopped
+  command.on_answer(nullptr);  // stopped
+}
+
+void RedisLimiter::release_held(std::optional<std::chrono::steady_clock::time_point> queued_before) {
+  for (auto it = held_.begin(); it != held_.end();) {
+    auto& finishes = it->second;
+    // Held in queue order: a key's oldest is first.
+    if (queued_before && finishes.front().queued > *queued_before) {
+      ++it;
+      continue;
+    }
+    auto now = std::chrono::steady_clock::now();
+    for (auto& finish : finishes) {
+      finish.queued = now;  // its timeout counts from now: it was held on purpose
+      queue_.push_back(std::move(finish));
+    }
+    held_count_ -= finishes.size();
+    it = held_.erase(it);
+  }
 }
 
 void RedisLimiter::run_loop() {
@@ -419,7 +394,23 @@ void RedisLimiter::run_loop() {
   for (;;) {
     {
       std::unique_lock lock(queue_mutex_);
-      queue_wake_.wait(lock, [this] { return !queue_.empty() || queue_closed_; });
+      for (;;) {
+        if (queue_closed_) release_held(std::nullopt);
+        if (!queue_.empty() || queue_closed_) break;
+        if (held_count_ == 0) {
+          queue_wake_.wait(lock);
+          continue;
+        }
+        // The oldest held finish decides when to wake.
+        auto oldest = std::chrono::steady_clock::time_point::max();
+        for (const auto& [key, finishes] : held_) oldest = std::min(oldest, finishes.front().queued);
+        auto now = std::chrono::steady_clock::now();
+        if (now - oldest >= options_.finish_hold) {
+          release_held(now - options_.finish_hold);
+          continue;
+        }
+        queue_wake_.wait_until(lock, oldest + options_.finish_hold);
+      }
       if (queue_.empty()) return;  // closed
       batch.swap(queue_);
     }
@@ -428,115 +419,114 @@ void RedisLimiter::run_loop() {
   }
 }
 
+namespace {
+// The operations of one API key that go to Redis as one script run, in queue order.
+template <class Command>
+struct Run {
+  std::string_view key_id;
+  std::vector<Command*> operations;
+  size_t admissions = 0;
+};
+}  // namespace
+
 void RedisLimiter::run_batch(std::vector<Command>& batch) {
-  Connection& connection = *main_;
+  RedisConnection& connection = *main_;
   // A command that already waited its whole timeout (behind a stalled batch) fails at once.
   auto now = std::chrono::steady_clock::now();
-  std::vector<Command*> pending;
   std::vector<Command*> markers;  // flush(): answered last
-  pending.reserve(batch.size());
+  std::vector<Run<Command>> runs;
+  std::unordered_map<std::string_view, size_t> open_runs;  // key -> its run that still takes operations
   for (auto& command : batch) {
-    if (command.script == kNothing) {
+    if (command.kind == Command::Kind::Marker) {
       markers.push_back(&command);
-    } else if (now - command.queued >= options_.timeout) {
-      failures_ += 1;
-      command.on_reply(nullptr);
-    } else {
-      pending.push_back(&command);
-    }
-  }
-  // A finish queued before an admission of the same key rides along with it (arguments 13 on of
-  // the admit script): same order, one script run fewer.
-  std::map<std::string_view, std::vector<Command*>> finishes;  // window key -> finishes not sent
-  std::vector<Command*> sent;
-  sent.reserve(pending.size());
-  for (Command* command : pending) {
-    if (command->script == kFinish) {
-      finishes[command->keys[0]].push_back(command);
       continue;
     }
-    if (command->script == kAdmit) {
-      if (auto found = finishes.find(command->keys[0]); found != finishes.end()) {
-        for (Command* finish : found->second) {
-          const auto& args = finish->args;  // ticket, estimate, actual, month, month_ttl, leased, budget
-          command->args.insert(command->args.end(), {args[0], args[1], args[2], args[5], args[6]});
-          command->riders.push_back(finish);
-        }
-        finishes.erase(found);
-        command->on_reply = [answer = std::move(command->on_reply), riders = command->riders](const redisReply* reply) {
-          answer(reply);
-          for (Command* rider : riders) rider->on_reply(reply);
-        };
-      }
+    if (now - command.queued >= options_.timeout) {
+      failures_ += 1;
+      command.on_answer(nullptr);
+      continue;
     }
-    sent.push_back(command);
+    auto [found, added] = open_runs.try_emplace(command.key_id, runs.size());
+    if (added) runs.push_back({command.key_id, {}, 0});
+    auto& run = runs[found->second];
+    run.operations.push_back(&command);
+    if (command.kind == Command::Kind::Admit) run.admissions += 1;
+    if (run.operations.size() == kMaxOperationsPerRun) open_runs.erase(found);
   }
-  for (auto& [key, left] : finishes) sent.insert(sent.end(), left.begin(), left.end());
-  pending = std::move(sent);
-  // Twice at most: the second time for the commands Redis answered NOSCRIPT (it restarted or its
+  auto fail_run = [this](const Run<Command>& run) {
+    for (Command* command : run.operations) {
+      failures_ += 1;
+      command->on_answer(nullptr);
+    }
+  };
+  // Twice at most: the second time for the runs Redis answered NOSCRIPT (it restarted or its
   // script cache was flushed), once the scripts are loaded again.
+  std::vector<Run<Command>*> pending;
+  pending.reserve(runs.size());
+  for (auto& run : runs) pending.push_back(&run);
+  std::vector<std::string> args;
   for (int attempt = 0; attempt < 2 && !pending.empty(); ++attempt) {
-    if (!connection.ready()) break;
-    for (Command* command : pending) {  // formatted into the connection's output buffer
-      EvalArgv eval(connection.shas[command->script], command->keys, command->args);
-      redisAppendCommandArgv(connection.context, eval.size(), eval.argv.data(), eval.lengths.data());
+    if (!connection.get()) break;
+    for (auto* run : pending) {  // formatted into the connection's output buffer
+      args = run_header_;
+      for (Command* command : run->operations) args.insert(args.end(), command->args.begin(), command->args.end());
+      connection.append_eval(kBatch, keys_of(std::string(run->key_id)), args);
     }
     batches_ += 1;
     commands_ += pending.size();
-    std::vector<Command*> noscript;
+    std::vector<Run<Command>*> noscript;
     size_t answered = 0;
     for (; answered < pending.size(); ++answered) {
-      void* raw = nullptr;
-      if (redisGetReply(connection.context, &raw) != REDIS_OK || !raw) break;
-      ReplyPtr reply(static_cast<redisReply*>(raw), free_reply);
-      Command& command = *pending[answered];
-      if (is_noscript(reply.get())) {
-        noscript.push_back(&command);
-      } else if (reply->type == REDIS_REPLY_ERROR) {
-        spdlog::warn("limits: redis script failed: {}", std::string_view(reply->str, reply->len));
-        failures_ += 1;
-        command.on_reply(nullptr);
-      } else {
-        command.on_reply(reply.get());
+      auto reply = connection.next_reply();
+      if (!reply) break;
+      auto& run = *pending[answered];
+      if (is_noscript(*reply)) {
+        noscript.push_back(&run);
+        continue;
+      }
+      if (reply->type != REDIS_REPLY_ARRAY || reply->elements != run.admissions * kVerdictSize) {
+        spdlog::warn("limits: redis script failed: {}", reply->type == REDIS_REPLY_ERROR
+                                                            ? std::string_view(reply->str, reply->len)
+                                                            : std::string_view("an answer of the wrong shape"));
+        fail_run(run);
+        continue;
+      }
+      size_t next = 0;
+      int64_t verdict[kVerdictSize];
+      for (Command* command : run.operations) {
+        if (command->kind != Command::Kind::Admit) {
+          command->on_answer(nullptr);
+          continue;
+        }
+        for (size_t index = 0; index < kVerdictSize; ++index) {
+          const redisReply* element = reply->element[next++];
+          verdict[index] = element->type == REDIS_REPLY_INTEGER ? element->integer : 0;
+        }
+        command->on_answer(verdict);
       }
     }
     if (answered < pending.size()) {
       // Timed out or the connection broke: the rest have no answer, and the connection's state
-      // is unknown.
-      spdlog::warn("limits: redis {}:{}: {}", options_.host, options_.port,
-                   connection.context->errstr[0] ? connection.context->errstr : "no reply");
-      connection.fail();
-      for (size_t rest = answered; rest < pending.size(); ++rest) {
-        failures_ += 1;
-        pending[rest]->on_reply(nullptr);
-      }
+      // is unknown (it was dropped).
+      spdlog::warn("limits: redis {}:{}: {}", options_.host, options_.port, connection.last_error());
+      for (size_t rest = answered; rest < pending.size(); ++rest) fail_run(*pending[rest]);
       noscript.clear();
       pending.clear();
       break;
     }
-    if (!noscript.empty()) {
-      bool loaded = true;
-      for (int script = 0; script < 3 && loaded; ++script) loaded = connection.load(script);
-      if (!loaded) {
-        connection.fail();
-        break;
-      }
-    }
+    if (!noscript.empty() && !connection.reload_scripts()) break;
     pending = std::move(noscript);
   }
-  for (Command* command : pending) {  // Redis unreachable, or NOSCRIPT twice
-    failures_ += 1;
-    command->on_reply(nullptr);
-  }
-  for (Command* marker : markers) marker->on_reply(nullptr);
+  for (auto* run : pending) fail_run(*run);  // Redis unreachable, or NOSCRIPT twice
+  for (Command* marker : markers) marker->on_answer(nullptr);
 }
 
 void RedisLimiter::flush() {
   std::promise<void> done;
   auto flushed = done.get_future();
   Command marker;
-  marker.script = kNothing;
-  marker.on_reply = [&done](const redisReply*) { done.set_value(); };
+  marker.kind = Command::Kind::Marker;
+  marker.on_answer = [&done](const int64_t*) { done.set_value(); };
   enqueue(std::move(marker));
   flushed.wait();
 }
@@ -581,44 +571,40 @@ void RedisLimiter::admit_async(const api::ApiKey& key, int64_t estimated_tokens,
     return;
   }
   Command command;
-  command.script = kAdmit;
-  command.keys = keys_of(key.metadata.name);
-  command.args = {now_arg(),
+  command.kind = Command::Kind::Admit;
+  command.key_id = key.metadata.name;
+  command.args = {"a",
+                  now_arg(),
                   std::to_string(std::max<int64_t>(0, key.rpm)),
                   std::to_string(std::max<int64_t>(0, key.tpm)),
                   std::to_string(std::max<int64_t>(0, key.max_concurrency)),
                   std::to_string(std::max<int64_t>(0, key.budget_tokens)),
                   std::to_string(estimated_tokens),
                   std::to_string(month_used_tokens),
-                  month_now(),
-                  std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(options_.lease).count()),
-                  std::to_string(kWindowUs),
-                  std::to_string(std::max<int64_t>(kWindowUs / 1000, options_.lease.count()) * 2),
-                  std::to_string(kMonthTtlS)};
+                  month_now()};
   // The limits as they were asked about: the key may change before the answer comes.
   struct Asked {
     std::string key_id;
     int64_t rpm, tpm, max_concurrency, budget_tokens, estimated_tokens, month_used_tokens;
   };
-  command.on_reply = [this,
-                      asked = Asked{key.metadata.name, key.rpm, key.tpm, key.max_concurrency, key.budget_tokens,
-                                    estimated_tokens, month_used_tokens},
-                      done = std::move(done)](const redisReply* reply) {
+  command.on_answer = [this,
+                       asked = Asked{key.metadata.name, key.rpm, key.tpm, key.max_concurrency, key.budget_tokens,
+                                     estimated_tokens, month_used_tokens},
+                       done = std::move(done)](const int64_t* verdict) {
     api::ApiKey key;
     key.metadata.name = asked.key_id;
     key.rpm = asked.rpm;
     key.tpm = asked.tpm;
     key.max_concurrency = asked.max_concurrency;
     key.budget_tokens = asked.budget_tokens;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 7) {
+    if (!verdict) {
       done(unavailable(key, asked.estimated_tokens, asked.month_used_tokens));
       return;
     }
-    int64_t verdict = integer_at(reply, 0);
-    WindowUse use{integer_at(reply, 2), integer_at(reply, 3), ms_of_us(integer_at(reply, 4))};
-    auto retry = ms_of_us(integer_at(reply, 5));
-    int64_t detail = integer_at(reply, 6);
-    switch (verdict) {
+    WindowUse use{verdict[2], verdict[3], ms_of_us(verdict[4])};
+    auto retry = ms_of_us(verdict[5]);
+    int64_t detail = verdict[6];
+    switch (verdict[0]) {
       case 0: {
         Admission admitted;
         admitted.window = use;
@@ -628,7 +614,7 @@ void RedisLimiter::admit_async(const api::ApiKey& key, int64_t estimated_tokens,
                         key.tpm > 0,
                         key.budget_tokens > 0};
         if (flight.leased || flight.tokens) {  // else there is nothing to finish
-          admitted.ticket = static_cast<uint64_t>(integer_at(reply, 1));
+          admitted.ticket = static_cast<uint64_t>(verdict[1]);
           flight.member = fmt::format("{}:{}", admitted.ticket, asked.estimated_tokens);
           std::lock_guard lock(flight_mutex_);
           in_flight_[{key.metadata.name, admitted.ticket}] = std::move(flight);
@@ -670,13 +656,17 @@ void RedisLimiter::finish(const std::string& key_id, uint64_t ticket, int64_t es
   bool correct = flight.tokens && actual_tokens != estimated_tokens;
   if (!flight.leased && !correct && !flight.budget) return;
   Command command;
-  command.script = kFinish;
-  command.keys = keys_of(key_id);
-  command.args = {
-      std::to_string(ticket),     std::to_string(estimated_tokens), std::to_string(actual_tokens), month_now(),
-      std::to_string(kMonthTtlS), flight.leased ? "1" : "0",        flight.budget ? "1" : "0"};
+  command.kind = Command::Kind::Finish;
+  command.key_id = key_id;
+  command.args = {"f",
+                  std::to_string(ticket),
+                  std::to_string(estimated_tokens),
+                  std::to_string(actual_tokens),
+                  flight.leased ? "1" : "0",
+                  flight.budget ? "1" : "0",
+                  month_now()};
   // A failure leaves the slot to its lease and the window to its estimate.
-  command.on_reply = [](const redisReply*) {};
+  command.on_answer = [](const int64_t*) {};
   enqueue(std::move(command));
 }
 
@@ -688,15 +678,17 @@ Status RedisLimiter::renew_leases() {
       if (flight.leased) members[flight.key_id].push_back(flight.member);
     }
   }
-  std::string lease_us = std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(options_.lease).count());
-  std::string ttl_ms = std::to_string(std::max<int64_t>(kWindowUs / 1000, options_.lease.count()) * 2);
+  const std::string& lease_us = run_header_[0];
+  const std::string& ttl_ms = run_header_[2];
   Status result;
   for (auto& [key_id, held] : members) {
     auto keys = keys_of(key_id);
     std::vector<std::string> args = {now_arg(), lease_us, ttl_ms};
     args.insert(args.end(), held.begin(), held.end());
-    if (!run_script(*renewal_, kRenew, {keys[1], keys[0], keys[2]}, args)) {
-      result = make_error(ErrorCode::Unavailable, "could not renew the leases of " + key_id);
+    if (!renewal_->eval(kRenew, {keys[1], keys[0], keys[2]}, args)) {
+      failures_ += 1;
+      result = make_error(ErrorCode::Unavailable,
+                          fmt::format("could not renew the leases of {}: {}", key_id, renewal_->last_error()));
     }
   }
   return result;

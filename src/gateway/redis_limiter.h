@@ -1,14 +1,14 @@
 #pragma once
 // Per-key limits shared by every gateway through one Redis (`--limits redis://HOST:PORT`).
 //
-// Each admission is one Lua script, run atomically by Redis (EVALSHA; loaded once, loaded again
-// when Redis answers NOSCRIPT): it drops the charges older than a minute, checks requests per
-// minute, tokens per minute, concurrency and the monthly budget in that order, and records the
-// request. The windows are exact: a sorted set of charges per key scored by their time, each
-// member "<ticket>:<tokens>". A request of a key with a concurrency limit or a budget holds a
-// lease (a second sorted set scored by its expiry) that this gateway renews while the request
-// runs, so the slots of a gateway that died come back when its leases run out. Times are Redis's
-// own clock (TIME), one clock for every gateway, unless a test injects one.
+// Admissions and finishes are Lua scripts run atomically by Redis (EVALSHA; loaded once, loaded
+// again when Redis answers NOSCRIPT): an admission drops the charges older than a minute, checks
+// requests per minute, tokens per minute, concurrency and the monthly budget in that order, and
+// records the request. The windows are exact: a sorted set of charges per key scored by their
+// time, each member "<ticket>:<tokens>". A request of a key with a concurrency limit or a budget
+// holds a lease (a second sorted set scored by its expiry) that this gateway renews while the
+// request runs, so the slots of a gateway that died come back when its leases run out. Times are
+// Redis's own clock (TIME), one clock for every gateway, unless a test injects one.
 //
 // Redis keys per API key K: nebula:limits:{K}:window, :flight, :state (a hash: seq, tokens,
 // flight, refresh), :month (a hash: "YYYY-MM" -> tokens spent, kept for keys with a budget). The
@@ -17,33 +17,37 @@
 // Threading: admit_async() and finish() never wait on Redis: they queue a command for the
 // limiter's thread, which sends everything queued as one pipelined batch on its connection, reads
 // the answers and calls back (so the calls of many requests share one round trip, and Redis reads
-// them with one read). A command still queued `timeout` after it was made fails without being
-// sent; a batch fails when an answer takes longer than `timeout`. admit() is admit_async() waited
-// on, for callers that may block. finish() talks to Redis only when there is something to free
-// or correct: nothing for a key with only a requests-per-minute limit, a token correction only
-// when the real count differs from the estimate. Lease renewal has a thread and a connection of
-// its own. While Redis is unreachable (a failed command marks it down for `retry_interval`, so
-// later requests do not wait on it again), the fail policies decide: open admits without the
-// limit, closed refuses with 503.
+// them with one read). Within a batch, every admission and finish of one API key goes as one
+// script run, in queue order, with the answers of running them one after another: the more
+// requests a key has at once, the less Redis spends on each. A command still queued `timeout`
+// after it was made fails without being sent; a batch fails when an answer takes longer than
+// `timeout`. admit() is admit_async() waited on, for callers that may block. finish() talks to
+// Redis only when there is something to free or correct: nothing for a key with only a
+// requests-per-minute limit, a token correction only when the real count differs from the
+// estimate; it is held (up to `finish_hold`) until the key's next admission, which takes it to
+// Redis first, in its own script run. Lease renewal has a thread and a connection of its own. While Redis is
+// unreachable (a failed command marks it down for `retry_interval`, so later requests do not wait on it again), the
+// fail policies decide: open admits without the limit, closed refuses with 503.
 //
-// A thread rather than hiredis's asynchronous API on the gateway's I/O loop (hiredis has no Asio
-// adapter): the blocking API with pipelining batches the calls of concurrent requests by itself,
-// keeps reply parsing off the I/O thread, and does not tie the limiter to one io_context.
+// A thread rather than hiredis's asynchronous API on the gateway's I/O loop: the gateway hands
+// the limiter no io_context (Limiter::admit_async() takes a callback), and the blocking API with
+// pipelining batches the calls of concurrent requests by itself and keeps reply parsing off the
+// I/O thread.
 #include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "common/result.h"
 #include "gateway/limits.h"
-
-struct redisContext;
-struct redisReply;
+#include "gateway/redis_connection.h"
 
 namespace nebula::gateway {
 
@@ -66,6 +70,11 @@ struct RedisLimiterOptions {
   FailPolicy rate_policy = FailPolicy::Open;
   // ... and the monthly budget (closed by default: tokens spent past a budget cannot be taken back).
   FailPolicy budget_policy = FailPolicy::Closed;
+  // How long a finish may wait for the key's next admission, to go to Redis in its script run
+  // (no run of its own, no wake-up of the limiter's thread); 0 = sent with the next batch. Other
+  // gateways see a freed slot or a corrected charge up to this much later; this one's own next
+  // admission of the key always sees it.
+  std::chrono::milliseconds finish_hold{5};
   // The time in microseconds the scripts use; null = Redis's TIME. A test's seam.
   std::function<int64_t()> clock_us;
   // The month ("2026-12") a budget is counted in; null = the current UTC month. A test's seam.
@@ -103,12 +112,12 @@ class RedisLimiter final : public Limiter {
   uint64_t failures() const { return failures_; }
   // Admitted requests not finished yet.
   size_t in_flight() const;
-  // Round trips to Redis and the commands they carried (admissions and finishes).
+  // Round trips to Redis and the script runs they carried (one per API key per batch, holding
+  // that key's admissions and finishes).
   uint64_t batches() const { return batches_; }
   uint64_t commands() const { return commands_; }
 
  private:
-  struct Connection;
   // What finish() must undo for an admitted request, decided by the key's limits at admission.
   struct InFlight {
     std::string key_id;
@@ -117,24 +126,23 @@ class RedisLimiter final : public Limiter {
     bool tokens = false;  // charged to a tokens-per-minute window
     bool budget = false;  // counted in the month
   };
-  // A script to run on the limiter's thread; on_reply gets its answer, null on failure (Redis
-  // down, timed out, or the command waited longer than `timeout`).
+  // An admission or finish for the limiter's thread. on_answer gets an admission's seven numbers
+  // from the batch script, null on failure (Redis down, timed out, or the command waited longer
+  // than `timeout`); a finish's and a marker's get null.
   struct Command {
-    int script = 0;  // kNothing: a marker answered once everything queued before it is
-    std::vector<std::string> keys;
-    std::vector<std::string> args;
-    std::function<void(const redisReply*)> on_reply;
+    enum class Kind { Admit, Finish, Marker } kind = Kind::Marker;  // Marker: answered once everything before it is
+    std::string key_id;
+    std::vector<std::string> args;  // the operation's arguments in the batch script
+    std::function<void(const int64_t*)> on_answer;
     std::chrono::steady_clock::time_point queued;
-    std::vector<Command*> riders;  // finishes sent along with this admission
   };
   void enqueue(Command command);
+  // Moves the held finishes queued before `queued_before` (all of them: nullopt) to the queue.
+  // Under queue_mutex_.
+  void release_held(std::optional<std::chrono::steady_clock::time_point> queued_before);
   void run_loop();
-  // Sends `batch` pipelined and hands each command its reply.
+  // Sends `batch` pipelined, one script run per key, and hands each command its answer.
   void run_batch(std::vector<Command>& batch);
-  // Runs one script on `connection` and waits, loading it again on NOSCRIPT; null on failure.
-  std::unique_ptr<redisReply, void (*)(redisReply*)> run_script(Connection& connection, int script,
-                                                                const std::vector<std::string>& keys,
-                                                                const std::vector<std::string>& args);
   std::vector<std::string> keys_of(const std::string& key_id) const;
   std::string now_arg() const;
   std::string month_now() const;
@@ -142,8 +150,10 @@ class RedisLimiter final : public Limiter {
   void renew_loop();
 
   RedisLimiterOptions options_;
-  std::unique_ptr<Connection> main_;     // admissions and finishes: the limiter thread's only
-  std::unique_ptr<Connection> renewal_;  // the renewal thread's
+  std::unique_ptr<RedisConnection> main_;     // admissions and finishes: the limiter thread's only
+  std::unique_ptr<RedisConnection> renewal_;  // the renewal thread's
+  // The batch script's first arguments: lease_us, window_us, ttl_ms, month_ttl_s.
+  const std::vector<std::string> run_header_;
   mutable std::mutex flight_mutex_;
   std::map<std::pair<std::string, uint64_t>, InFlight> in_flight_;  // (key, ticket)
   std::atomic<uint64_t> failures_{0};
@@ -152,7 +162,10 @@ class RedisLimiter final : public Limiter {
   std::mutex queue_mutex_;
   std::condition_variable queue_wake_;
   std::vector<Command> queue_;  // guarded by queue_mutex_
-  bool queue_closed_ = false;   // guarded by queue_mutex_: stop() answered what was left
+  // Finishes waiting for their key's next admission, in queue order per key; guarded by queue_mutex_.
+  std::unordered_map<std::string, std::vector<Command>> held_;
+  size_t held_count_ = 0;      // guarded by queue_mutex_
+  bool queue_closed_ = false;  // guarded by queue_mutex_: stop() answered what was left
   std::thread runner_;
   std::mutex stop_mutex_;
   std::condition_variable stop_wake_;

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <set>
 
 #include "common/json.h"
 #include "redis_server.h"
@@ -365,6 +366,144 @@ TEST_F(RedisLimits, AFinishSentAlongWithTheNextAdmissionCountsBeforeIt) {
   EXPECT_EQ(over.limit, LimitKind::Budget);
   EXPECT_TRUE(limits->admit(key, 100, 0, now()).allowed);
   EXPECT_EQ(limits->failures(), 0u);
+}
+
+// The answers of one script run per key over a whole batch, against the same operations run
+// one after another: every field of every admission is the same.
+TEST_F(RedisLimits, OneScriptRunPerKeyAnswersAsOneAfterAnother) {
+  auto batched_options = options();
+  batched_options.timeout = 10s;
+  batched_options.prefix = "batched:";
+  auto batched = limiter(batched_options);
+  auto serial_options = options();
+  serial_options.prefix = "serial:";
+  auto serial = limiter(serial_options);
+  std::vector<api::ApiKey> keys = {limited_key("k-rpm", 5, 0, 0, 0), limited_key("k-tpm", 0, 100, 0, 0),
+                                   limited_key("k-conc", 0, 0, 3, 0), limited_key("k-budget", 0, 0, 0, 300),
+                                   limited_key("k-all", 8, 200, 2, 500)};
+  // Two admissions of each key first, answered: the tickets the batch's finishes free.
+  std::vector<std::pair<size_t, uint64_t>> batched_tickets, serial_tickets;  // (key, ticket)
+  for (size_t key = 0; key < keys.size(); ++key) {
+    for (int i = 0; i < 2; ++i) {
+      auto a = batched->admit(keys[key], 20, 0, now());
+      auto b = serial->admit(keys[key], 20, 0, now());
+      ASSERT_TRUE(a.allowed && b.allowed) << keys[key].metadata.name;
+      ASSERT_EQ(a.ticket, b.ticket);
+      batched_tickets.emplace_back(key, a.ticket);
+      serial_tickets.emplace_back(key, b.ticket);
+    }
+  }
+  now_us_ += kSecond;
+  // The operations: admissions of every key interleaved, the finishes of the first admissions
+  // among them (engines reporting more and fewer tokens than estimated), admissions last.
+  struct Step {
+    bool admit = true;
+    size_t key = 0;
+    int64_t tokens = 0;  // estimate, or what the engine reported
+    size_t earlier = 0;  // finish: which of the first admissions
+  };
+  std::vector<Step> steps;
+  for (size_t i = 0; i < 60; ++i) {
+    steps.push_back({true, i % keys.size(), 10 + static_cast<int64_t>((i * 7) % 40), 0});
+    if (i % 6 == 5 && i / 6 < batched_tickets.size()) {
+      size_t earlier = i / 6;
+      steps.push_back({false, batched_tickets[earlier].first, earlier % 2 ? 5 : 45, earlier});
+    }
+  }
+  for (size_t key = 0; key < keys.size(); ++key) steps.push_back({true, key, 1, 0});
+
+  // Batched: Redis stalls on another key's admission while every step queues behind it, so they
+  // all leave in one batch.
+  redis_->pause();
+  Answers plug;
+  batched->admit_async(limited_key("k-plug", 5, 0, 0, 0), 1, 0, now(), plug.collector());
+  ASSERT_TRUE(testing::eventually([&] { return redis_->unread_bytes() > 0; }, 10s));
+  uint64_t runs_before = batched->commands();
+  std::vector<Admission> batched_answers(steps.size());
+  std::atomic<int> answered{0};
+  int admissions = 0;
+  for (size_t index = 0; index < steps.size(); ++index) {
+    const auto& step = steps[index];
+    if (step.admit) {
+      ++admissions;
+      batched->admit_async(keys[step.key], step.tokens, 0, now(), [&, index](Admission admission) {
+        batched_answers[index] = std::move(admission);
+        answered += 1;
+      });
+    } else {
+      batched->finish(keys[step.key].metadata.name, batched_tickets[step.earlier].second, 20, step.tokens, now());
+    }
+  }
+  redis_->resume();
+  ASSERT_TRUE(plug.wait_for(1));
+  ASSERT_TRUE(testing::eventually([&] { return answered.load() == admissions; }, 10s));
+  EXPECT_EQ(batched->commands() - runs_before, keys.size());  // one run per key (the plug's had left)
+  EXPECT_EQ(batched->failures(), 0u);
+
+  for (size_t index = 0; index < steps.size(); ++index) {
+    const auto& step = steps[index];
+    if (!step.admit) {
+      serial->finish(keys[step.key].metadata.name, serial_tickets[step.earlier].second, 20, step.tokens, now());
+      serial->flush();
+      continue;
+    }
+    auto expected = serial->admit(keys[step.key], step.tokens, 0, now());
+    const auto& got = batched_answers[index];
+    SCOPED_TRACE(::testing::Message() << "step " << index << ", key " << keys[step.key].metadata.name);
+    EXPECT_EQ(got.allowed, expected.allowed);
+    EXPECT_EQ(got.limit, expected.limit);
+    EXPECT_EQ(got.ticket, expected.ticket);
+    EXPECT_EQ(got.message, expected.message);
+    EXPECT_EQ(got.retry_after, expected.retry_after);
+    EXPECT_EQ(got.window.requests, expected.window.requests);
+    EXPECT_EQ(got.window.tokens, expected.window.tokens);
+    EXPECT_EQ(got.window.reset, expected.window.reset);
+  }
+  // Some of each kind, or the comparison proved little.
+  std::set<LimitKind> seen;
+  for (size_t index = 0; index < steps.size(); ++index) {
+    if (steps[index].admit) seen.insert(batched_answers[index].limit);
+  }
+  for (auto kind :
+       {LimitKind::None, LimitKind::Requests, LimitKind::Tokens, LimitKind::Concurrency, LimitKind::Budget}) {
+    EXPECT_TRUE(seen.count(kind)) << static_cast<int>(kind);
+  }
+  EXPECT_EQ(batched->in_flight(), serial->in_flight());
+}
+
+TEST_F(RedisLimits, HundredsOfAdmissionsOfOneKeyInOneBatchStayExact) {
+  auto with = options();
+  with.timeout = 10s;
+  auto a = limiter(with);
+  auto b = limiter(with);
+  auto rated = limited_key("k-burst-rpm", 100, 0, 0, 0);
+  auto slots = limited_key("k-burst-conc", 0, 0, 7, 0);
+  redis_->pause();
+  Answers plug, rated_answers, slot_answers;
+  a->admit_async(limited_key("k-burst-plug", 5, 0, 0, 0), 1, 0, now(), plug.collector());
+  b->admit_async(limited_key("k-burst-plug", 5, 0, 0, 0), 1, 0, now(), plug.collector());
+  ASSERT_TRUE(testing::eventually([&] { return redis_->unread_bytes() > 0; }, 10s));
+  uint64_t runs_before = a->commands();
+  // 300 of each key on each limiter, interleaved: more than one script run holds (128 at most).
+  for (int i = 0; i < 300; ++i) {
+    for (auto* limits : {a.get(), b.get()}) {
+      limits->admit_async(rated, 1, 0, now(), rated_answers.collector());
+      limits->admit_async(slots, 1, 0, now(), slot_answers.collector());
+    }
+  }
+  redis_->resume();
+  ASSERT_TRUE(plug.wait_for(2));
+  ASSERT_TRUE(rated_answers.wait_for(600));
+  ASSERT_TRUE(slot_answers.wait_for(600));
+  EXPECT_EQ(rated_answers.admitted.size(), 100u);
+  EXPECT_EQ(slot_answers.admitted.size(), 7u);
+  std::set<uint64_t> tickets;
+  for (const auto& admitted : slot_answers.admitted) tickets.insert(admitted.ticket);
+  EXPECT_EQ(tickets.size(), 7u);  // each slot its own ticket
+  // a: 600 operations of two keys, in runs of at most 128 (the plug's run had left).
+  EXPECT_GE(a->commands() - runs_before, 6u);
+  EXPECT_LE(a->commands() - runs_before, 2 * 5u);
+  EXPECT_EQ(a->failures() + b->failures(), 0u);
 }
 
 TEST_F(RedisLimits, AStalledRedisNeverBlocksTheCallerAndTimesOutIntoThePolicy) {

@@ -3,9 +3,6 @@
 #include <fmt/format.h>
 #include <hiredis/hiredis.h>
 #include <spdlog/spdlog.h>
-#include <sys/time.h>
-
-#include "gateway/redis_limiter.h"
 
 namespace nebula::gateway {
 namespace {
@@ -73,96 +70,52 @@ drop(ARGV[1])
 return found
 )lua";
 
-timeval to_timeval(std::chrono::milliseconds ms) {
-  return timeval{static_cast<time_t>(ms.count() / 1000), static_cast<suseconds_t>((ms.count() % 1000) * 1000)};
+// The scripts by their index in the connection's list.
+enum Script : size_t { kPutScript = 0, kWalkScript = 1, kEraseScript = 2 };
+std::vector<std::string> scripts() {
+  return {std::string(kPrologue) + kPut, std::string(kPrologue) + kWalk, std::string(kPrologue) + kErase};
 }
 
 }  // namespace
-
-struct RedisResponseStore::Reply {
-  redisReply* reply;
-  explicit Reply(redisReply* reply) : reply(reply) {}
-  ~Reply() { freeReplyObject(reply); }
-};
 
 Result<std::unique_ptr<RedisResponseStore>> RedisResponseStore::open(const std::string& url,
                                                                      ResponseStoreOptions options,
                                                                      std::chrono::milliseconds timeout,
                                                                      std::string prefix) {
-  RedisLimiterOptions address;
-  if (auto parsed = parse_redis_url(url, address); !parsed) return parsed.error();
+  auto address = parse_redis_address(url);
+  if (!address) return address.error();
   std::unique_ptr<RedisResponseStore> store(
-      new RedisResponseStore(address.host, address.port, std::move(options), timeout, std::move(prefix)));
+      new RedisResponseStore(std::move(*address), std::move(options), timeout, std::move(prefix)));
   std::lock_guard lock(store->mutex_);
-  if (!store->connected()) {
+  if (!store->connection_.get()) {
+    const auto& where = store->connection_.address();
     return make_error(ErrorCode::Unavailable, fmt::format("cannot reach redis at {}:{} for the stored responses: {}",
-                                                          store->host_, store->port_, store->last_error_));
+                                                          where.host, where.port, store->connection_.last_error()));
   }
   return store;
 }
 
-RedisResponseStore::RedisResponseStore(std::string host, int port, ResponseStoreOptions options,
+RedisResponseStore::RedisResponseStore(RedisAddress address, ResponseStoreOptions options,
                                        std::chrono::milliseconds timeout, std::string prefix)
-    : host_(std::move(host)),
-      port_(port),
-      options_(std::move(options)),
-      timeout_(timeout),
-      prefix_(std::move(prefix)) {}
+    : options_(std::move(options)),
+      prefix_(std::move(prefix)),
+      connection_(std::move(address), timeout, std::chrono::seconds(1), scripts()) {}
 
-RedisResponseStore::~RedisResponseStore() {
-  if (context_) redisFree(context_);
-}
+RedisResponseStore::~RedisResponseStore() = default;
 
 int64_t RedisResponseStore::now() const {
   return response_store_now_ms(options_);
 }
 
 Error RedisResponseStore::unavailable() const {
-  return make_error(ErrorCode::Unavailable,
-                    fmt::format("the response store (redis at {}:{}) is unreachable: {}", host_, port_, last_error_));
+  const auto& where = connection_.address();
+  return make_error(ErrorCode::Unavailable, fmt::format("the response store (redis at {}:{}) is unreachable: {}",
+                                                        where.host, where.port, connection_.last_error()));
 }
 
-bool RedisResponseStore::connected() {
-  if (context_) return true;
-  auto steady = std::chrono::steady_clock::now();
-  if (steady < next_attempt_) return false;
-  next_attempt_ = steady + std::chrono::seconds(1);
-  timeval timeout = to_timeval(timeout_);
-  context_ = redisConnectWithTimeout(host_.c_str(), port_, timeout);
-  if (!context_ || context_->err) {
-    last_error_ = context_ ? context_->errstr : "out of memory";
-    if (context_) redisFree(context_);
-    context_ = nullptr;
-    return false;
-  }
-  redisSetTimeout(context_, timeout);
-  return true;
-}
-
-std::unique_ptr<RedisResponseStore::Reply> RedisResponseStore::eval(const char* script, const std::string& key,
-                                                                    const std::vector<std::string>& args) {
-  if (!connected()) return nullptr;
-  std::string body = std::string(kPrologue) + script;
-  std::vector<const char*> argv = {"EVAL", body.c_str(), "1", key.c_str()};
-  std::vector<size_t> lengths = {4, body.size(), 1, key.size()};
-  for (const auto& arg : args) {
-    argv.push_back(arg.data());
-    lengths.push_back(arg.size());
-  }
-  auto* raw =
-      static_cast<redisReply*>(redisCommandArgv(context_, static_cast<int>(argv.size()), argv.data(), lengths.data()));
-  if (!raw) {
-    last_error_ = context_->errstr[0] ? context_->errstr : "no reply";
-    redisFree(context_);  // its state is unknown: start afresh
-    context_ = nullptr;
-    return nullptr;
-  }
-  auto reply = std::make_unique<Reply>(raw);
-  if (raw->type == REDIS_REPLY_ERROR) {
-    last_error_ = std::string(raw->str, raw->len);
-    spdlog::warn("response store: redis: {}", last_error_);
-    return nullptr;
-  }
+RedisReplyPtr RedisResponseStore::eval(size_t script, const std::string& key, const std::vector<std::string>& args) {
+  auto reply = connection_.eval(script, {key}, args);
+  if (!reply && connection_.get()) spdlog::warn("response store: redis: {}", connection_.last_error());
   return reply;
 }
 
@@ -172,7 +125,7 @@ Status RedisResponseStore::put(const std::string& key_id, const std::string& id,
     return turn_too_large(bytes, options_.per_key_bytes);
   }
   std::lock_guard lock(mutex_);
-  auto reply = eval(kPut, base(key_id),
+  auto reply = eval(kPutScript, base(key_id),
                     {id, record.response, record.input, record.previous, record.root, std::to_string(now()),
                      std::to_string(options_.retention.count()), std::to_string(options_.per_key),
                      std::to_string(options_.per_key_bytes)});
@@ -183,17 +136,10 @@ Status RedisResponseStore::put(const std::string& key_id, const std::string& id,
 Result<json> RedisResponseStore::response(const std::string& key_id, const std::string& id) {
   std::string key = base(key_id) + "r:" + id;
   std::lock_guard lock(mutex_);
-  if (!connected()) return unavailable();
-  const char* argv[] = {"HGET", key.c_str(), "response"};
-  size_t lengths[] = {4, key.size(), 8};
-  auto* raw = static_cast<redisReply*>(redisCommandArgv(context_, 3, argv, lengths));
-  if (!raw) {
-    last_error_ = context_->errstr[0] ? context_->errstr : "no reply";
-    redisFree(context_);
-    context_ = nullptr;
-    return unavailable();
-  }
-  Reply reply(raw);
+  if (!connection_.get()) return unavailable();
+  auto reply = connection_.command({"HGET", key, "response"});
+  if (!reply) return unavailable();
+  const redisReply* raw = reply.get();
   if (raw->type == REDIS_REPLY_NIL) {
     return response_not_found(id);
   }
@@ -208,10 +154,10 @@ Result<Conversation> RedisResponseStore::conversation(const std::string& key_id,
   {
     std::lock_guard lock(mutex_);
     auto reply =
-        eval(kWalk, base(key_id),
+        eval(kWalkScript, base(key_id),
              {id, std::to_string(now()), std::to_string(options_.retention.count()), std::to_string(kMaxTurns)});
     if (!reply) return unavailable();
-    const redisReply* raw = reply->reply;
+    const redisReply* raw = reply.get();
     auto text = [raw](size_t index) {
       const redisReply* element = raw->element[index];
       return element->type == REDIS_REPLY_STRING ? std::string(element->str, element->len) : std::string();
@@ -231,9 +177,9 @@ Result<Conversation> RedisResponseStore::conversation(const std::string& key_id,
 
 Result<bool> RedisResponseStore::erase(const std::string& key_id, const std::string& id) {
   std::lock_guard lock(mutex_);
-  auto reply = eval(kErase, base(key_id), {id});
+  auto reply = eval(kEraseScript, base(key_id), {id});
   if (!reply) return unavailable();
-  return reply->reply->type == REDIS_REPLY_INTEGER && reply->reply->integer == 1;
+  return reply->type == REDIS_REPLY_INTEGER && reply->integer == 1;
 }
 
 }  // namespace nebula::gateway

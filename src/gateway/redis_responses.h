@@ -10,16 +10,15 @@
 // links inside Redis (one round trip however long the chain) and marks each turn used. The
 // braces keep one key's turns in one Redis Cluster slot.
 //
-// Threading: calls block for at most `timeout` on one connection (locked), so the gateway makes
-// them off its I/O thread. After a failure Redis is not tried again for a second.
+// Threading: calls block for at most `timeout` on one connection (locked; gateway/redis_connection.h),
+// so the gateway makes them off its I/O thread. After a failure Redis is not tried again for a second.
 #include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
 
+#include "gateway/redis_connection.h"
 #include "gateway/response_store.h"
-
-struct redisContext;
 
 namespace nebula::gateway {
 
@@ -37,25 +36,18 @@ class RedisResponseStore final : public ResponseStore {
   Result<bool> erase(const std::string& key_id, const std::string& id) override;
 
  private:
-  struct Reply;
-  RedisResponseStore(std::string host, int port, ResponseStoreOptions options, std::chrono::milliseconds timeout,
+  RedisResponseStore(RedisAddress address, ResponseStoreOptions options, std::chrono::milliseconds timeout,
                      std::string prefix);
-  bool connected();  // under mutex_
-  // EVAL of one of the scripts; null (and the connection dropped) when Redis did not answer.
-  std::unique_ptr<Reply> eval(const char* script, const std::string& key, const std::vector<std::string>& args);
+  // One of the scripts; null when Redis did not answer or the script failed (under mutex_).
+  RedisReplyPtr eval(size_t script, const std::string& key, const std::vector<std::string>& args);
   int64_t now() const;
   std::string base(const std::string& key_id) const { return prefix_ + "{" + key_id + "}:"; }
   Error unavailable() const;
 
-  std::string host_;
-  int port_;
   ResponseStoreOptions options_;
-  std::chrono::milliseconds timeout_;
   std::string prefix_;
   std::mutex mutex_;
-  redisContext* context_ = nullptr;
-  std::chrono::steady_clock::time_point next_attempt_{};
-  std::string last_error_;
+  RedisConnection connection_;  // guarded by mutex_
 };
 
 }  // namespace nebula::gateway
