@@ -89,12 +89,23 @@ class Resources {
     return items;
   }
 
+  // The form kept in the store: without the fields at their defaults where the type has such a
+  // form (replicas: api::to_stored_json), else the API's.
+  template <typename T>
+  static json stored_json(const T& object) {
+    if constexpr (requires { api::to_stored_json(object); }) {
+      return api::to_stored_json(object);
+    } else {
+      return api::to_json(object);
+    }
+  }
+
   // Creates the resource: AlreadyExists if the name is taken. Fills uid and created time.
   template <typename T>
   Result<T> create(T object) {
     if (object.metadata.uid.empty()) object.metadata.uid = new_uid();
     if (object.metadata.created_ms == 0) object.metadata.created_ms = to_unix_ms(clock_.wall_now());
-    auto revision = store_.put(api::store_key(Traits<T>::kPlural, object.metadata.name), api::to_json(object).dump(),
+    auto revision = store_.put(api::store_key(Traits<T>::kPlural, object.metadata.name), stored_json(object).dump(),
                                store::Precondition::absent());
     if (!revision) {
       if (revision.error().code == ErrorCode::Conflict) {
@@ -110,21 +121,8 @@ class Resources {
   // Writes the object only if it is unchanged since it was read (metadata.revision).
   template <typename T>
   Result<int64_t> update(const T& object) {
-    return store_.put(api::store_key(Traits<T>::kPlural, object.metadata.name), api::to_json(object).dump(),
+    return store_.put(api::store_key(Traits<T>::kPlural, object.metadata.name), stored_json(object).dump(),
                       store::Precondition::at(object.metadata.revision));
-  }
-
-  // Writes every object or none, each only if unchanged since it was read (Store::put_all: one
-  // transaction). Returns each object's new revision; Conflict when any of them changed.
-  template <typename T>
-  Result<std::vector<int64_t>> update_all(const std::vector<const T*>& objects) {
-    std::vector<store::Put> puts;
-    puts.reserve(objects.size());
-    for (const T* object : objects) {
-      puts.push_back({api::store_key(Traits<T>::kPlural, object->metadata.name), api::to_json(*object).dump(),
-                      store::Precondition::at(object->metadata.revision)});
-    }
-    return store_.put_all(puts);
   }
 
   // Read-modify-write with retries on conflict. mutate returns false to leave the object as is.

@@ -170,7 +170,14 @@ class SentSinceScrape {
     int64_t tokens = 0;
   };
   static constexpr size_t kMaxRemembered = 4096;  // per replica
-  std::unordered_map<std::string, std::deque<Sent>> sent_;
+  // The requests remembered and their tokens added up, kept as they come and go: after() is asked
+  // for every candidate of every request, and summing up to 4,096 entries each time cost a busy
+  // gateway 8 % of its CPU.
+  struct Window {
+    std::deque<Sent> sent;
+    int64_t tokens = 0;
+  };
+  std::unordered_map<std::string, Window> sent_;
 };
 
 // Drops candidates whose engine says their KV cache is at least `kv_max` full (fresh figures

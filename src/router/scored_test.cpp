@@ -123,6 +123,31 @@ TEST(RouterScorers, KvAddsTokensSentSinceTheScrape) {
   EXPECT_DOUBLE_EQ(scores_of(scorer, at_now(), from)[0], 0.3);
 }
 
+// The count and the token sum of what was sent since a scrape stay right as entries come (past
+// the 4,096 remembered, the oldest go) and go (older than the scrape).
+TEST(RouterScorers, SentSinceTheScrapeKeepsItsSumAsEntriesComeAndGo) {
+  SentSinceScrape sent;
+  for (int i = 0; i < 5000; ++i) {
+    RouteContext context;
+    context.now = kNow + std::chrono::milliseconds(i);
+    context.prompt_tokens = i % 7;
+    context.output_tokens = i % 2 == 0 ? -1 : 3;  // negative figures count as 0
+    sent.routed(context, "a");
+  }
+  auto expected = [](int from) {
+    int64_t tokens = 0;
+    for (int i = from; i < 5000; ++i) tokens += i % 7 + (i % 2 == 0 ? 0 : 3);
+    return tokens;
+  };
+  EXPECT_EQ(sent.after("a", kNow), std::make_pair(4096, expected(5000 - 4096)));
+  EXPECT_EQ(sent.after("a", kNow + 4499ms), std::make_pair(500, expected(4500)));
+  EXPECT_EQ(sent.after("a", kNow + 4499ms), std::make_pair(500, expected(4500)));  // asking again changes nothing
+  EXPECT_EQ(sent.after("a", kNow + 1h), std::make_pair(0, int64_t{0}));
+  EXPECT_EQ(sent.after("b", kNow), std::make_pair(0, int64_t{0}));
+  sent.removed("a");
+  EXPECT_EQ(sent.after("a", SteadyClock::time_point{}), std::make_pair(0, int64_t{0}));
+}
+
 TEST(RouterScorers, HostileEngineFiguresNeverPickNonsense) {
   auto policy = policy_of("kv-load");
   auto from = candidates({{"a", 0}, {"b", 0}});

@@ -20,21 +20,26 @@ void min_max_scores(std::span<const double> values, std::span<double> scores) {
 }
 
 void SentSinceScrape::routed(const RouteContext& context, const std::string& replica) {
-  auto& sent = sent_[replica];
-  sent.push_back(
-      {context.now, std::max<int64_t>(context.prompt_tokens, 0) + std::max<int64_t>(context.output_tokens, 0)});
-  if (sent.size() > kMaxRemembered) sent.pop_front();
+  auto& window = sent_[replica];
+  int64_t tokens = std::max<int64_t>(context.prompt_tokens, 0) + std::max<int64_t>(context.output_tokens, 0);
+  window.sent.push_back({context.now, tokens});
+  window.tokens += tokens;
+  if (window.sent.size() > kMaxRemembered) {
+    window.tokens -= window.sent.front().tokens;
+    window.sent.pop_front();
+  }
 }
 
 std::pair<int, int64_t> SentSinceScrape::after(const std::string& replica, SteadyClock::time_point since) {
   auto it = sent_.find(replica);
   if (it == sent_.end()) return {0, 0};
-  auto& sent = it->second;
+  auto& window = it->second;
   // What the engine had seen when it was read is in its figures already.
-  while (!sent.empty() && sent.front().at <= since) sent.pop_front();
-  int64_t tokens = 0;
-  for (const auto& one : sent) tokens += one.tokens;
-  return {static_cast<int>(sent.size()), tokens};
+  while (!window.sent.empty() && window.sent.front().at <= since) {
+    window.tokens -= window.sent.front().tokens;
+    window.sent.pop_front();
+  }
+  return {static_cast<int>(window.sent.size()), window.tokens};
 }
 
 bool KvFullFilter::keep(const RouteContext& context, const Candidate& candidate) const {
