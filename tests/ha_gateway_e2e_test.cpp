@@ -375,6 +375,55 @@ TEST_F(HaGatewayE2E, AClientThatLeavesMidAdmissionLeaksNoSlot) {
   }
 }
 
+// A Redis with a password: the gateway logs in with the password in the URL or in
+// NEBULA_REDIS_PASSWORD (out of the process list), counts the key's RPM there, keeps its stored
+// responses there; a wrong password stops the start with a message that does not repeat it.
+TEST_F(HaGatewayE2E, AGatewayLogsInToARedisWithAPassword) {
+  testing::RedisServer redis("gw-s3cret");
+  ASSERT_TRUE(redis.ready());
+  const std::string where = "127.0.0.1:" + std::to_string(redis.port());
+  int port = testing::free_port();
+  auto gateway = start_gateway(port, {"--limits", "redis://:gw-s3cret@" + where + "/1"});
+  std::string key = create_key({"--rpm", "2"});
+  ASSERT_TRUE(knows_key(url_of(port), key));
+  EXPECT_EQ(chat(url_of(port), key)->status, 200);
+  EXPECT_EQ(chat(url_of(port), key)->status, 200);
+  EXPECT_EQ(chat(url_of(port), key)->status, 429) << "the RPM window is in the Redis it logged in to";
+  EXPECT_EQ(gateway->output().find("gw-s3cret"), std::string::npos) << gateway->output();
+
+  auto run = [&](std::vector<std::string> args, std::vector<std::string> env = {}) {
+    args.insert(args.begin(), {"timeout", "20", NEBULA_BINARY, "gateway", "--server", up_->server(), "--api-key",
+                               admin_, "--listen", "127.0.0.1:" + std::to_string(testing::free_port())});
+    return testing::run_command(args, env);
+  };
+  auto wrong = run({"--limits", "redis://:not-it@" + where});
+  EXPECT_EQ(wrong.exit_code, 1) << wrong.out;
+  EXPECT_NE(wrong.out.find("refused the login"), std::string::npos) << wrong.out;
+  EXPECT_EQ(wrong.out.find("not-it"), std::string::npos) << wrong.out;
+  auto none = run({"--responses", "redis://" + where});
+  EXPECT_EQ(none.exit_code, 1) << none.out;
+  EXPECT_NE(none.out.find("NOAUTH"), std::string::npos) << none.out;
+
+  // The password from the environment: a second gateway shares the first one's window.
+  int env_port = testing::free_port();
+  std::vector<std::string> argv = {"env",
+                                   "NEBULA_REDIS_PASSWORD=gw-s3cret",
+                                   NEBULA_BINARY,
+                                   "gateway",
+                                   "--server",
+                                   up_->server(),
+                                   "--api-key",
+                                   admin_,
+                                   "--listen",
+                                   "127.0.0.1:" + std::to_string(env_port),
+                                   "--exit-with-parent",
+                                   "--limits",
+                                   "redis://" + where + "/1"};
+  auto from_env = std::make_unique<testing::Child>(argv, temp_.path() + "/env-gateway.log");
+  ASSERT_TRUE(knows_key(url_of(env_port), key)) << from_env->output();
+  EXPECT_EQ(chat(url_of(env_port), key)->status, 429) << from_env->output();
+}
+
 TEST_F(HaGatewayE2E, BadFlagsAndAnAbsentServerOrRedisAreRefused) {
   auto run = [](std::vector<std::string> args) {
     args.insert(args.begin(), {NEBULA_BINARY, "gateway"});

@@ -24,7 +24,8 @@ class RedisServer {
     return find_on_path("redis-server").empty() ? "redis-server is not installed (apt-get install redis-server)" : "";
   }
 
-  RedisServer() : port_(free_port()) { start(); }
+  // With a password, Redis asks every client to AUTH first (--requirepass).
+  explicit RedisServer(std::string password = "") : port_(free_port()), password_(std::move(password)) { start(); }
   ~RedisServer() { stop(); }
 
   int port() const { return port_; }
@@ -37,10 +38,19 @@ class RedisServer {
   }
   // Starts it again on the same port (empty: nothing survives a stop).
   void start() {
-    child_ = std::make_unique<Child>(
-        std::vector<std::string>{find_on_path("redis-server"), "--port", std::to_string(port_), "--bind", "127.0.0.1",
-                                 "--dir", dir_.path(), "--save", "", "--appendonly", "no"},
-        dir_.path() + "/redis.log");
+    std::vector<std::string> argv = {find_on_path("redis-server"),
+                                     "--port",
+                                     std::to_string(port_),
+                                     "--bind",
+                                     "127.0.0.1",
+                                     "--dir",
+                                     dir_.path(),
+                                     "--save",
+                                     "",
+                                     "--appendonly",
+                                     "no"};
+    if (!password_.empty()) argv.insert(argv.end(), {"--requirepass", password_});
+    child_ = std::make_unique<Child>(argv, dir_.path() + "/redis.log");
     eventually([this] { return ping(); }, std::chrono::seconds(10), std::chrono::milliseconds(20));
   }
 
@@ -71,7 +81,8 @@ class RedisServer {
     return unread;
   }
 
-  // One command in Redis's inline form ("FLUSHALL"), answered with its first reply line.
+  // One command in Redis's inline form ("FLUSHALL"), answered with its first reply line (after
+  // logging in when Redis has a password).
   std::string command(const std::string& line) const {
     int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) return "";
@@ -82,10 +93,16 @@ class RedisServer {
     std::string reply;
     if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
       std::string request = line + "\r\n";
+      if (!password_.empty()) request = "AUTH " + password_ + "\r\n" + request;
       if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
         char buffer[512];
-        ssize_t got = ::read(fd, buffer, sizeof buffer);
-        if (got > 0) reply.assign(buffer, static_cast<size_t>(got));
+        while (reply.size() < sizeof buffer) {
+          ssize_t got = ::read(fd, buffer, sizeof buffer);
+          if (got <= 0) break;
+          reply.append(buffer, static_cast<size_t>(got));
+          if (password_.empty() || reply.find("\r\n") + 2 < reply.size()) break;  // the AUTH's "+OK" and more
+        }
+        if (!password_.empty() && reply.rfind("+OK\r\n", 0) == 0) reply.erase(0, 5);
       }
     }
     ::close(fd);
@@ -96,6 +113,7 @@ class RedisServer {
   bool ping() const { return command("PING").rfind("+PONG", 0) == 0; }
 
   int port_;
+  std::string password_;
   TempDir dir_;
   std::unique_ptr<Child> child_;
 };

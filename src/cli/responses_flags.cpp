@@ -3,6 +3,7 @@
 
 #include "cli/cli.h"
 #include "common/config.h"
+#include "gateway/redis_connection.h"
 #include "gateway/response_store.h"
 
 namespace nebula::cli {
@@ -41,7 +42,7 @@ Result<std::shared_ptr<gateway::ResponseStore>> make_response_store(const Respon
   if (url != "memory") {
     // Said at info level only when chosen: the default (beside the server's state) is the usual.
     spdlog::log(flags.url.empty() ? spdlog::level::debug : spdlog::level::info,
-                "stored responses: {} (kept {} after last use)", url, flags.retention);
+                "stored responses: {} (kept {} after last use)", gateway::redacted_redis_url(url), flags.retention);
   }
   return store;
 }

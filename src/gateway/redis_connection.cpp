@@ -5,6 +5,8 @@
 #include <sys/time.h>
 
 #include <charconv>
+#include <cstdlib>
+#include <optional>
 
 namespace nebula::gateway {
 
@@ -43,13 +45,79 @@ struct EvalArgv {
 
 }  // namespace
 
+std::string redacted_redis_url(std::string_view url) {
+  // Whatever the scheme: a mistyped one (rediss://) may carry a password too.
+  auto scheme = url.find("://");
+  auto at = url.rfind('@');
+  if (scheme == std::string_view::npos || at == std::string_view::npos || at < scheme) {
+    return std::string(url.substr(0, 300));
+  }
+  return std::string(url.substr(0, std::min<size_t>(scheme, 20))) + "://***@" + std::string(url.substr(at + 1, 300));
+}
+
+namespace {
+
+// %XX escapes decoded (a password may hold ':', '@' or '/'); nullopt for a malformed escape.
+std::optional<std::string> percent_decoded(std::string_view text) {
+  std::string decoded;
+  for (size_t index = 0; index < text.size(); ++index) {
+    if (text[index] != '%') {
+      decoded += text[index];
+      continue;
+    }
+    int value = 0;
+    if (index + 2 >= text.size()) return std::nullopt;
+    auto [end, error] = std::from_chars(text.data() + index + 1, text.data() + index + 3, value, 16);
+    if (error != std::errc() || end != text.data() + index + 3) return std::nullopt;
+    decoded += static_cast<char>(value);
+    index += 2;
+  }
+  return decoded;
+}
+
+}  // namespace
+
 Result<RedisAddress> parse_redis_address(std::string_view url) {
   constexpr std::string_view kScheme = "redis://";
+  const std::string shown = redacted_redis_url(url);
   if (url.substr(0, kScheme.size()) != kScheme) {
-    return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' is not a redis://HOST[:PORT] URL", url));
+    return make_error(ErrorCode::InvalidArgument,
+                      fmt::format("'{}' is not a redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] URL", shown));
   }
   std::string_view rest = url.substr(kScheme.size());
-  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  RedisAddress address;
+  // The login, up to the last '@' (a password's own '@' is written %40, but be lenient).
+  if (auto at = rest.rfind('@'); at != std::string_view::npos) {
+    std::string_view login = rest.substr(0, at);
+    rest = rest.substr(at + 1);
+    auto colon = login.find(':');
+    if (colon == std::string_view::npos) {
+      return make_error(ErrorCode::InvalidArgument,
+                        fmt::format("'{}': write the login as USER:PASSWORD@ or :PASSWORD@", shown));
+    }
+    auto user = percent_decoded(login.substr(0, colon));
+    auto password = percent_decoded(login.substr(colon + 1));
+    if (!user || !password || password->empty()) {
+      return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' has no valid password", shown));
+    }
+    address.user = std::move(*user);
+    address.password = std::move(*password);
+  }
+  if (auto slash = rest.find('/'); slash != std::string_view::npos) {
+    std::string_view digits = rest.substr(slash + 1);
+    rest = rest.substr(0, slash);
+    if (!digits.empty()) {
+      auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), address.db);
+      if (error != std::errc() || end != digits.data() + digits.size() || address.db < 0 || address.db > 15) {
+        return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' has no valid database (0 to 15)", shown));
+      }
+    }
+  }
+  if (address.password.empty()) {
+    if (const char* from_env = std::getenv("NEBULA_REDIS_PASSWORD"); from_env && *from_env) {
+      address.password = from_env;
+    }
+  }
   std::string_view host = rest;
   int port = 6379;
   if (auto colon = rest.rfind(':'); colon != std::string_view::npos) {
@@ -57,14 +125,16 @@ Result<RedisAddress> parse_redis_address(std::string_view url) {
     std::string_view digits = rest.substr(colon + 1);
     auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
     if (error != std::errc() || end != digits.data() + digits.size() || port < 1 || port > 65535) {
-      return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' has no valid port", url));
+      return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' has no valid port", shown));
     }
   }
   constexpr std::string_view kNotInHost("/@?# \t\r\n\0", 9);
   if (host.empty() || host.find_first_of(kNotInHost) != std::string_view::npos) {
-    return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' has no valid host", url));
+    return make_error(ErrorCode::InvalidArgument, fmt::format("'{}' has no valid host", shown));
   }
-  return RedisAddress{std::string(host), port};
+  address.host = std::string(host);
+  address.port = port;
+  return address;
 }
 
 void RedisReplyDeleter::operator()(redisReply* reply) const {
@@ -111,6 +181,10 @@ redisContext* RedisConnection::get() {
     return nullptr;
   }
   redisSetTimeout(context_, timeout);
+  if (!log_in()) {
+    drop();
+    return nullptr;
+  }
   for (size_t script = 0; script < scripts_.size(); ++script) {
     if (!load(script)) {
       drop();
@@ -118,6 +192,26 @@ redisContext* RedisConnection::get() {
     }
   }
   return context_;
+}
+
+bool RedisConnection::log_in() {
+  auto refused = [this](const std::string& what, const RedisReplyPtr& reply) {
+    if (!reply) return true;  // command() said why
+    if (reply->type != REDIS_REPLY_ERROR) return false;
+    last_error_ = fmt::format("{}: {}", what, std::string_view(reply->str, reply->len));
+    return true;
+  };
+  if (!address_.password.empty()) {
+    std::vector<std::string_view> argv = {"AUTH"};
+    if (!address_.user.empty()) argv.push_back(address_.user);
+    argv.push_back(address_.password);
+    if (refused("Redis refused the login", command(argv))) return false;
+  }
+  if (address_.db != 0) {
+    std::string db = std::to_string(address_.db);
+    if (refused("SELECT " + db, command({"SELECT", db}))) return false;
+  }
+  return true;
 }
 
 bool RedisConnection::load(size_t script) {

@@ -1,6 +1,7 @@
 #pragma once
 // One blocking hiredis connection, shared by the limits (redis_limiter.cpp) and the stored
-// responses (redis_responses.cpp): the redis://HOST[:PORT] URL, connecting with a timeout,
+// responses (redis_responses.cpp): the redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] URL,
+// connecting with a timeout and logging in (AUTH, SELECT),
 // waiting `retry_interval` after a failure before trying again (a stalled Redis still accepts
 // connections, and each try would cost a timeout), and Lua scripts run by their hash (EVALSHA),
 // loaded again when Redis answers NOSCRIPT (it restarted, or its script cache was flushed).
@@ -23,10 +24,17 @@ namespace nebula::gateway {
 struct RedisAddress {
   std::string host = "127.0.0.1";
   int port = 6379;
+  std::string user;      // "" = Redis's default user (AUTH with the password alone)
+  std::string password;  // "" = no AUTH
+  int db = 0;            // SELECTed when not 0
 };
 
-// redis://HOST[:PORT] (port 6379 when absent). No user, password, database or query: refused.
+// redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]: port 6379 and database 0 when absent; USER and
+// PASSWORD percent-decoded. Without a password in the URL, NEBULA_REDIS_PASSWORD gives it (so that
+// it stays out of the process list). A query, a fragment or a user without a password: refused.
 Result<RedisAddress> parse_redis_address(std::string_view url);
+// The URL with its user and password hidden, for messages: redis://***@HOST:PORT (any scheme).
+std::string redacted_redis_url(std::string_view url);
 
 struct RedisReplyDeleter {
   void operator()(redisReply* reply) const;
@@ -70,6 +78,8 @@ class RedisConnection {
 
  private:
   void drop();
+  // AUTH and SELECT as the address asks; false (last_error() says why) when Redis refused.
+  bool log_in();
   bool load(size_t script);
 
   RedisAddress address_;

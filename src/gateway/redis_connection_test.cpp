@@ -25,7 +25,11 @@ class RedisConnectionTest : public ::testing::Test {
     redis_ = std::make_unique<RedisServer>();
     ASSERT_TRUE(redis_->ready());
   }
-  RedisAddress address() const { return {"127.0.0.1", redis_->port()}; }
+  RedisAddress address() const {
+    RedisAddress address;
+    address.port = redis_->port();
+    return address;
+  }
   std::unique_ptr<RedisServer> redis_;
 };
 
@@ -37,9 +41,10 @@ TEST(RedisAddressTest, HostAndPortOrARefusal) {
   auto bare = parse_redis_address("redis://cache.local");
   ASSERT_TRUE(bare);
   EXPECT_EQ(bare->port, 6379);
-  for (const char* bad : {"", "redis:/h", "REDIS://h", "redis://", "redis://:1", "redis://h:", "redis://h:0",
-                          "redis://h:65536", "redis://h:1:2x", "redis://u:p@h:1", "redis://h:1/0", "redis://h?x=1",
-                          "redis://h#x", "redis://h h:1", "redis://h:+1"}) {
+  for (const char* bad :
+       {"", "redis:/h", "REDIS://h", "redis://", "redis://:1", "redis://h:", "redis://h:0", "redis://h:65536",
+        "redis://h:1:2x", "redis://u@h:1", "redis://:@h", "redis://u:p%4@h", "redis://h:1/16", "redis://h:1/x",
+        "redis://h:1/-1", "redis://h?x=1", "redis://h#x", "redis://h h:1", "redis://h:+1"}) {
     EXPECT_FALSE(parse_redis_address(bad)) << bad;
   }
   for (std::string bad :
@@ -47,6 +52,71 @@ TEST(RedisAddressTest, HostAndPortOrARefusal) {
         std::string("redis://h\t:1"), std::string("redis://h\0x:1", 13)}) {
     EXPECT_FALSE(parse_redis_address(bad)) << bad.size();
   }
+}
+
+TEST(RedisAddressTest, ALoginAndADatabaseAndThePasswordNeverInAMessage) {
+  auto full = parse_redis_address("redis://app:s%40cr%3At@10.0.0.5:6380/3");
+  ASSERT_TRUE(full) << full.error().message;
+  EXPECT_EQ(full->user, "app");
+  EXPECT_EQ(full->password, "s@cr:t");
+  EXPECT_EQ(full->host, "10.0.0.5");
+  EXPECT_EQ(full->port, 6380);
+  EXPECT_EQ(full->db, 3);
+  auto password_only = parse_redis_address("redis://:hunter2@cache/");
+  ASSERT_TRUE(password_only);
+  EXPECT_EQ(password_only->user, "");
+  EXPECT_EQ(password_only->password, "hunter2");
+  EXPECT_EQ(password_only->db, 0);
+  // Hostile or mistyped URLs are refused without echoing the password.
+  for (const char* bad : {"redis://app:hunter2@", "redis://app:hunter2@h:0", "redis://app:hunter2@h/99",
+                          "rediss://app:hunter2@h", "redis://app:hunter2@h h"}) {
+    auto refused = parse_redis_address(bad);
+    ASSERT_FALSE(refused) << bad;
+    EXPECT_EQ(refused.error().message.find("hunter2"), std::string::npos) << refused.error().message;
+  }
+  EXPECT_EQ(redacted_redis_url("redis://app:hunter2@h:1/2"), "redis://***@h:1/2");
+  EXPECT_EQ(redacted_redis_url("redis://h:1"), "redis://h:1");
+  // Without a password in the URL, NEBULA_REDIS_PASSWORD gives it; one in the URL wins.
+  ::setenv("NEBULA_REDIS_PASSWORD", "from-env", 1);
+  auto from_env = parse_redis_address("redis://h");
+  auto from_url = parse_redis_address("redis://:from-url@h");
+  ::unsetenv("NEBULA_REDIS_PASSWORD");
+  EXPECT_EQ(from_env->password, "from-env");
+  EXPECT_EQ(from_url->password, "from-url");
+}
+
+// A Redis with a password: the right one logs in and runs scripts in the database asked for; a
+// wrong or missing one is a clear error, not a hang or a crash.
+TEST(RedisLogin, AuthAndSelectOrAClearRefusal) {
+  if (auto missing = RedisServer::missing(); !missing.empty()) GTEST_SKIP() << missing;
+  RedisServer redis("s3cret");
+  ASSERT_TRUE(redis.ready());
+  auto address = [&](const std::string& login, int db) {
+    auto parsed = parse_redis_address("redis://" + login + "127.0.0.1:" + std::to_string(redis.port()) + "/" +
+                                      std::to_string(db));
+    EXPECT_TRUE(parsed);
+    return *parsed;
+  };
+  RedisConnection right(address(":s3cret@", 2), 1s, 0ms, kEcho);
+  ASSERT_NE(right.get(), nullptr) << right.last_error();
+  EXPECT_EQ(text_of(right.eval(0, {}, {"in"})), "in");
+  ASSERT_TRUE(right.command({"SET", "where", "db2"}));
+  EXPECT_EQ(redis.command("GET where").rfind("$-1", 0), 0u) << "written to database 2, not 0";
+  RedisConnection again(address(":s3cret@", 2), 1s, 0ms, kEcho);
+  ASSERT_NE(again.get(), nullptr);
+  auto read = again.command({"GET", "where"});
+  ASSERT_TRUE(read);
+  EXPECT_EQ(std::string(read->str, read->len), "db2");
+  RedisConnection user(address("default:s3cret@", 0), 1s, 0ms, kEcho);  // Redis 6's ACL form
+  EXPECT_NE(user.get(), nullptr) << user.last_error();
+
+  RedisConnection wrong(address(":nope@", 0), 1s, 0ms, kEcho);
+  EXPECT_EQ(wrong.get(), nullptr);
+  EXPECT_NE(wrong.last_error().find("refused the login"), std::string::npos) << wrong.last_error();
+  EXPECT_EQ(wrong.last_error().find("nope"), std::string::npos) << wrong.last_error();
+  RedisConnection none(address("", 0), 1s, 0ms, kEcho);
+  EXPECT_EQ(none.get(), nullptr);
+  EXPECT_NE(none.last_error().find("NOAUTH"), std::string::npos) << none.last_error();
 }
 
 TEST_F(RedisConnectionTest, RunsScriptsByHashAndLoadsThemAgainAfterAFlush) {

@@ -264,17 +264,22 @@ Result<FailPolicy> parse_fail_policy(std::string_view text) {
 Status parse_redis_url(std::string_view url, RedisLimiterOptions& options) {
   auto address = parse_redis_address(url);
   if (!address) return address.error();
-  options.host = std::move(address->host);
+  options.host = address->host;
   options.port = address->port;
+  options.user = std::move(address->user);
+  options.password = std::move(address->password);
+  options.db = address->db;
   return {};
 }
 
 RedisLimiter::RedisLimiter(RedisLimiterOptions options)
     : options_(std::move(options)),
-      main_(std::make_unique<RedisConnection>(RedisAddress{options_.host, options_.port}, options_.timeout,
-                                              options_.retry_interval, scripts())),
-      renewal_(std::make_unique<RedisConnection>(RedisAddress{options_.host, options_.port}, options_.timeout,
-                                                 options_.retry_interval, scripts())),
+      main_(std::make_unique<RedisConnection>(
+          RedisAddress{options_.host, options_.port, options_.user, options_.password, options_.db}, options_.timeout,
+          options_.retry_interval, scripts())),
+      renewal_(std::make_unique<RedisConnection>(
+          RedisAddress{options_.host, options_.port, options_.user, options_.password, options_.db}, options_.timeout,
+          options_.retry_interval, scripts())),
       run_header_{std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(options_.lease).count()),
                   std::to_string(kWindowUs),
                   std::to_string(std::max<int64_t>(kWindowUs / 1000, options_.lease.count()) * 2),

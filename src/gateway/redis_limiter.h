@@ -57,6 +57,9 @@ Result<FailPolicy> parse_fail_policy(std::string_view text);
 struct RedisLimiterOptions {
   std::string host = "127.0.0.1";
   int port = 6379;
+  std::string user;      // AUTH (redis_connection.h)
+  std::string password;  // "" = no AUTH
+  int db = 0;
   // Bounds connecting and every command: a request waits at most this long on Redis.
   std::chrono::milliseconds timeout{100};
   // How long a request's concurrency slot outlives a gateway that stopped renewing it.

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 #include <algorithm>
 
+#include "gateway/redis_connection.h"
 #include "gateway/redis_responses.h"
 
 namespace nebula::gateway {
@@ -81,7 +82,8 @@ Result<std::shared_ptr<ResponseStore>> open_response_store(const std::string& ur
     return std::shared_ptr<ResponseStore>(std::move(*store));
   }
   return make_error(ErrorCode::InvalidArgument,
-                    fmt::format("'{}' names no response store: use memory, sqlite://PATH or redis://HOST[:PORT]", url));
+                    fmt::format("'{}' names no response store: use memory, sqlite://PATH or redis://HOST[:PORT]",
+                                redacted_redis_url(url)));
 }
 
 // ---- memory
