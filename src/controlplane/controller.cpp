@@ -651,6 +651,7 @@ int64_t Controller::reconcile_deployment(const api::Deployment& observed, std::v
     auto created = resources_.create(replica);
     if (!created) {
       spdlog::warn("controller: cannot create a replica of {}: {}", name, created.error().message);
+      due = std::min(due, now_ms() + options_.poll_interval.count());  // tried again
       continue;
     }
     replicas.push_back(*created);
