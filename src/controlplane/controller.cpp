@@ -103,6 +103,7 @@ int64_t Controller::not_before_poll(int64_t due, int64_t now) const {
 void Controller::reconcile() {
   const ControllerStats before = stats_;
   const int64_t now = now_ms();
+  pass_started_ = resources_.clock().steady_now();
   full_resync_due_ms_ = now + options_.poll_interval.count();  // tried again soon if this pass cannot run
   // Mode switches first: their deployment writes are then seen by this pass.
   switching_ = advance_switches(resources_);
@@ -155,7 +156,7 @@ void Controller::reconcile() {
   prune_events();
 
   informer_.sync();  // this pass's placements, so they are not taken for pending ones
-  plan_scheduling(now);
+  plan_scheduling();
   switch_due_ms_ = switching_ ? now + options_.poll_interval.count() : kNever;
   full_pass_done_ = true;
   full_resync_due_ms_ = now + options_.full_resync_interval.count();
@@ -171,6 +172,7 @@ void Controller::reconcile_changes() {
   }
   const ControllerStats before = stats_;
   const int64_t now = now_ms();
+  pass_started_ = resources_.clock().steady_now();
   if (!informer_.sync()) spdlog::warn("controller: the store's watch lags; reconciling what arrived");
   auto changes = informer_.take_changes();
   if (changes.modes || switching_) {
@@ -213,8 +215,10 @@ void Controller::reconcile_changes() {
       reconcile_queued(name, replicas, nodes, draining);
     }
   }
-  informer_.sync();  // the replicas this pass created are the scheduler's to place
-  if (scheduling_due()) {
+  // (A sync costs a round trip on etcd: only after a pass that may have written something.)
+  if (!queue.empty()) informer_.sync();  // the replicas this pass created are the scheduler's to place
+  bool scheduled = scheduling_due();
+  if (scheduled) {
     ++stats_.scheduling_passes;
     nodes = informer_.nodes();
     auto replicas = informer_.replicas();
@@ -223,8 +227,8 @@ void Controller::reconcile_changes() {
   for (auto& [name, replicas] : reconciled) collect_stopped(replicas, nodes);
   prune_events();
 
-  informer_.sync();
-  plan_scheduling(now);
+  if (!queue.empty() || scheduled) informer_.sync();  // this pass's placements are not pending ones
+  plan_scheduling();
   ++stats_.passes;
   log_pass("incremental", before);
 }
@@ -309,8 +313,10 @@ bool Controller::scheduling_due() const {
   return false;
 }
 
-void Controller::plan_scheduling(int64_t now) {
+void Controller::plan_scheduling() {
   scheduling_due_ms_ = kNever;
+  // Both clocks read now, together: a backoff's steady deadline in wall time.
+  const int64_t now = now_ms();
   const auto steady_now = resources_.clock().steady_now();
   for (const auto& name : informer_.unplaced()) {
     const api::Replica* replica = informer_.replica(name);
@@ -671,7 +677,9 @@ bool Controller::should_try(const api::Replica& replica) const {
 void Controller::failed_to_place(const api::Replica& replica) {
   auto& backoff = unschedulable_[replica.metadata.name];
   backoff.delay = backoff.delay.count() == 0 ? kFirstRetry : std::min(kMaxRetry, backoff.delay * 2);
-  backoff.retry_at = resources_.clock().steady_now() + backoff.delay;
+  // From the pass's start, not this moment: the replicas that failed together are retried
+  // together, by one run of the scheduler.
+  backoff.retry_at = pass_started_ + backoff.delay;
   backoff.capacity_generation = informer_.capacity_generation();
 }
 

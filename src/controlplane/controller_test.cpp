@@ -859,12 +859,23 @@ TEST_F(ControllerTest, AnUnschedulableReplicaIsTriedAgainWhenANodeJoins) {
   Passes passes;
   Controller controller(resources_, counting(passes));
   add_node("n1", 24 * 1024);
-  deploy("big", 1, 40 * 1024);
+  deploy("big", 2, 40 * 1024);
   controller.reconcile();
   settle(controller);
-  EXPECT_EQ(controller.placement_attempts(), 1u);
+  EXPECT_EQ(controller.placement_attempts(), 2u);
   const int64_t now = to_unix_ms(clock_.wall_now());
   EXPECT_EQ(controller.next_due_ms(), now + 1'000) << "the first backoff";
+
+  // The backoff runs out with nothing changing: both are tried again, by one run of the scheduler.
+  clock_.advance(std::chrono::milliseconds(999));
+  controller.reconcile_changes();
+  EXPECT_EQ(controller.placement_attempts(), 2u);
+  uint64_t runs = controller.stats().scheduling_passes;
+  clock_.advance(std::chrono::milliseconds(1));
+  controller.reconcile_changes();
+  EXPECT_EQ(controller.placement_attempts(), 4u);
+  EXPECT_EQ(controller.stats().scheduling_passes, runs + 1);
+  EXPECT_EQ(controller.next_due_ms(), now + 1'000 + 2'000) << "the second backoff, twice the first";
 
   // n1's periodic status refresh (heartbeat, GPU utilization) frees nothing: no new attempt.
   ASSERT_TRUE(resources_.modify<api::Node>("n1", [&](api::Node& node) {
@@ -873,14 +884,16 @@ TEST_F(ControllerTest, AnUnschedulableReplicaIsTriedAgainWhenANodeJoins) {
     return true;
   }));
   controller.reconcile_changes();
-  EXPECT_EQ(controller.placement_attempts(), 1u);
+  EXPECT_EQ(controller.placement_attempts(), 4u);
 
   // A node joins: tried at once, before the backoff runs out.
   add_node("n2", 80 * 1024);
   controller.reconcile_changes();
-  EXPECT_EQ(controller.placement_attempts(), 2u);
-  ASSERT_EQ(replicas("big").size(), 1u);
-  EXPECT_EQ(replicas("big")[0].spec.node, "n2");
+  EXPECT_EQ(controller.placement_attempts(), 6u);
+  auto placed = replicas("big");
+  ASSERT_EQ(placed.size(), 2u);
+  EXPECT_EQ(placed[0].spec.node, "n2");
+  EXPECT_EQ(placed[1].spec.node, "n2");
   settle(controller);
   EXPECT_EQ(resources_.get<api::Deployment>("big")->status.message, "");
 }

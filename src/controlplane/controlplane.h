@@ -135,7 +135,7 @@ class Controller {
                         const std::vector<api::Node>& nodes, const std::set<std::string>& draining_nodes);
   // Whether a replica waiting for a placement may be tried now; when the scheduler must run next.
   bool scheduling_due() const;
-  void plan_scheduling(int64_t now);
+  void plan_scheduling();
   // A due time in the past means what waits is blocked on something a change will report, or a
   // write failed: looked at again after poll_interval, never in a busy loop.
   int64_t not_before_poll(int64_t due, int64_t now) const;
@@ -189,7 +189,8 @@ class Controller {
     std::chrono::steady_clock::time_point retry_at;
     std::chrono::milliseconds delay{0};
   };
-  std::map<std::string, Backoff> unschedulable_;  // by replica name
+  std::map<std::string, Backoff> unschedulable_;        // by replica name
+  std::chrono::steady_clock::time_point pass_started_;  // backoffs count from it
   uint64_t placement_attempts_ = 0;
   ControllerStats stats_;
   // The controller thread's schedule (wall ms).
