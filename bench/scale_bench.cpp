@@ -16,7 +16,9 @@
 //     what `nebula agent` does when nothing changes: a heartbeat every 2 s, a replica watch, a
 //     status report when one of its replicas is placed. R replicas are deployed and reported
 //     Ready, P more cannot be placed anywhere; once the cluster is quiet, the server's CPU time
-//     (utime + stime from /proc) is sampled over S seconds and reported as CPU-s per minute.
+//     (utime + stime from /proc) is sampled over S seconds and reported as CPU-s per minute, with
+//     the controller's work over the same window (its passes, deployments reconciled, nodes
+//     checked, scheduler runs, per minute) from the pass lines it logs at debug level.
 #include <fmt/format.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -420,13 +422,49 @@ class FakeAgent {
   std::set<std::string> reporting_;
 };
 
+// What the controller did, from the lines it logs at debug level after each pass ("controller: full
+// pass: 11 deployment(s) reconciled, 100 node(s) checked, scheduler idle") appended to the
+// server's log from `offset` on.
+struct ControllerWork {
+  int passes = 0;
+  int full_passes = 0;
+  int deployments = 0;
+  int nodes = 0;
+  int scheduler_runs = 0;
+};
+
+ControllerWork controller_work(const std::string& log, uintmax_t offset) {
+  ControllerWork work;
+  std::ifstream in(log);
+  in.seekg(static_cast<std::streamoff>(offset));
+  std::string line;
+  while (std::getline(in, line)) {
+    auto at = line.find("controller: ");
+    if (at == std::string::npos || line.find(" pass: ", at) == std::string::npos) continue;
+    int deployments = 0;
+    int nodes = 0;
+    char scheduler[8] = {};
+    auto pass = line.find(" pass: ", at);
+    if (std::sscanf(line.c_str() + pass, " pass: %d deployment(s) reconciled, %d node(s) checked, scheduler %7s",
+                    &deployments, &nodes, scheduler) != 3) {
+      continue;
+    }
+    ++work.passes;
+    if (line.compare(at, 17, "controller: full ") == 0) ++work.full_passes;
+    work.deployments += deployments;
+    work.nodes += nodes;
+    if (std::string(scheduler) == "ran") ++work.scheduler_runs;
+  }
+  return work;
+}
+
 int run_idle(int node_count, int replica_count, int pending, int seconds) {
   std::string dir = std::filesystem::temp_directory_path() / fmt::format("nebula-scale-bench-{}", getpid());
   std::filesystem::create_directories(dir);
   int port = bench::free_port();
   std::string url = fmt::format("http://127.0.0.1:{}", port);
   pid_t server = bench::spawn({bench::nebula_binary(), "server", "--listen", fmt::format("127.0.0.1:{}", port),
-                               "--data-dir", dir, "--load-scrape-interval", "0", "--log-level", "warn"},
+                               "--data-dir", dir, "--load-scrape-interval", "0", "--log-level", "debug"},
                               dir + "/server.log");
   http::BlockingClient client;
   auto healthy = [&] {
@@ -481,15 +519,27 @@ int run_idle(int node_count, int replica_count, int pending, int seconds) {
   // Let the controller write the deployments' status and the events settle.
   std::this_thread::sleep_for(5s);
 
+  const std::string log = dir + "/server.log";
+  auto log_before = std::filesystem::file_size(log);
   double cpu_before = cpu_seconds(server);
   auto window_start = Clock::now();
   std::this_thread::sleep_for(std::chrono::seconds(seconds));
   double cpu = cpu_seconds(server) - cpu_before;
   double window_s = bench::ms_since(window_start) / 1000;
+  ControllerWork work = controller_work(log, log_before);
   double per_minute = cpu * 60 / window_s;
   std::cout << fmt::format(
       "| {} nodes | {} replicas | {} pending | {:.2f} CPU-s/min | {:.1f} % of a core | RSS {} MiB |\n", node_count,
       replica_count, pending, per_minute, per_minute / 60 * 100, rss_kb(server) / 1024);
+  auto rate = [&](int count) { return count * 60 / window_s; };
+  if (work.passes == 0) {
+    std::cout << "controller work: no pass logged (a server that does not log its passes)\n";
+  } else {
+    std::cout << fmt::format(
+        "controller work per minute: {:.0f} passes ({:.0f} full), {:.0f} deployments reconciled, {:.0f} node "
+        "checks, {:.0f} scheduler runs\n",
+        rate(work.passes), rate(work.full_passes), rate(work.deployments), rate(work.nodes), rate(work.scheduler_runs));
+  }
   auto db_size = std::filesystem::file_size(dir + "/nebula.db");
   std::cout << fmt::format("store file {:.1f} MiB\n", static_cast<double>(db_size) / (1024 * 1024));
 

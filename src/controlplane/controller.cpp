@@ -30,13 +30,7 @@ Controller::~Controller() {
 }
 
 void Controller::start() {
-  // A change to what the controller acts on wakes the loop (informer.h says which).
-  auto started = informer_.start([this] {
-    std::lock_guard lock(mutex_);
-    dirty_ = true;
-    wake_.notify_one();
-  });
-  if (!started) spdlog::error("controller: cannot watch the store: {}", started.error().message);
+  ensure_informer();  // else the first pass tries again
   thread_ = std::thread([this] { run(); });
 }
 
@@ -50,38 +44,85 @@ void Controller::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+void Controller::wake() {
+  std::lock_guard lock(mutex_);
+  dirty_ = true;
+  wake_.notify_one();
+}
+
+bool Controller::ensure_informer() {
+  if (informer_.started()) return true;
+  // A change to what the controller acts on wakes the loop (informer.h says which).
+  auto started = informer_.start([this] { wake(); });
+  if (!started) spdlog::error("controller: cannot watch the store: {}", started.error().message);
+  return started.ok();
+}
+
+int64_t Controller::now_ms() const {
+  return to_unix_ms(resources_.clock().wall_now());
+}
+
 void Controller::run() {
+  bool first = true;
   while (true) {
     {
       std::unique_lock lock(mutex_);
-      wake_.wait_for(lock, options_.resync_interval, [this] { return dirty_ || stopping_; });
+      if (!first) {
+        // Until the earliest due time, unless a change comes first; never longer than a full resync.
+        int64_t wait_ms = std::clamp<int64_t>(next_due_ms() - now_ms(), 0, options_.full_resync_interval.count());
+        wake_.wait_for(lock, std::chrono::milliseconds(wait_ms), [this] { return dirty_ || stopping_; });
+      }
+      first = false;
       if (stopping_) return;
       dirty_ = false;
     }
     try {
-      reconcile();
+      if (!full_pass_done_ || now_ms() >= full_resync_due_ms_) {
+        reconcile();
+      } else {
+        reconcile_changes();
+      }
     } catch (const std::exception& error) {
       spdlog::error("controller: reconcile failed: {}", error.what());
+      // What the failed pass had taken from its queue is looked at again by a full pass soon.
+      full_resync_due_ms_ = std::min(full_resync_due_ms_, now_ms() + options_.poll_interval.count());
     }
   }
 }
 
+int64_t Controller::next_due_ms() const {
+  return std::min(
+      {full_resync_due_ms_, node_due_.earliest(), deployment_due_.earliest(), scheduling_due_ms_, switch_due_ms_});
+}
+
+int64_t Controller::not_before_poll(int64_t due, int64_t now) const {
+  if (due == kNever) return kNever;
+  return due <= now ? now + options_.poll_interval.count() : due;
+}
+
 void Controller::reconcile() {
+  const ControllerStats before = stats_;
+  const int64_t now = now_ms();
+  pass_started_ = resources_.clock().steady_now();
+  full_resync_due_ms_ = now + options_.poll_interval.count();  // tried again soon if this pass cannot run
   // Mode switches first: their deployment writes are then seen by this pass.
-  advance_switches(resources_);
-  if (!informer_.started()) {
-    // Driven by hand (tests) without start(): the same cache, without the wake-ups.
-    if (auto started = informer_.start(); !started) {
-      spdlog::error("controller: cannot watch the store: {}", started.error().message);
-      return;
-    }
-  }
+  switching_ = advance_switches(resources_);
+  if (!ensure_informer()) return;
   if (!informer_.sync()) spdlog::warn("controller: the store's watch lags; reconciling what arrived");
+  (void)informer_.take_changes();  // everything is looked at
+  capacity_seen_ = informer_.capacity_generation();
   auto nodes = informer_.nodes();
   auto deployments = informer_.deployments();
   auto replicas = informer_.replicas();
 
-  reconcile_nodes(nodes);
+  node_due_.clear();
+  nodes_seen_.clear();
+  for (auto& node : nodes) {
+    judge_node(node);
+    plan_node(node, now);
+    nodes_seen_[node.metadata.name] = {node.status.ready, node.spec.drain};
+  }
+  stats_.nodes_checked += nodes.size();
 
   // Replicas whose deployment is gone are stopped.
   for (auto& replica : replicas) {
@@ -102,10 +143,240 @@ void Controller::reconcile() {
   for (const auto& node : nodes) {
     if (node.spec.drain) draining.insert(node.metadata.name);
   }
-  for (const auto& deployment : deployments) reconcile_deployment(deployment, replicas, nodes, draining);
+  deployment_due_.clear();
+  for (const auto& deployment : deployments) {
+    const std::string& name = deployment.metadata.name;
+    ++stats_.deployments_reconciled;
+    if (options_.on_reconcile) options_.on_reconcile(name);
+    deployment_due_.set(name, not_before_poll(reconcile_deployment(deployment, replicas, nodes, draining), now));
+  }
+  if (scheduling_due()) ++stats_.scheduling_passes;
   schedule(replicas, nodes, deployments);
   collect_stopped(replicas, nodes);
   prune_events();
+
+  informer_.sync();  // this pass's placements, so they are not taken for pending ones
+  plan_scheduling();
+  switch_due_ms_ = switching_ ? now + options_.poll_interval.count() : kNever;
+  full_pass_done_ = true;
+  full_resync_due_ms_ = now + options_.full_resync_interval.count();
+  ++stats_.passes;
+  ++stats_.full_passes;
+  log_pass("full", before);
+}
+
+void Controller::reconcile_changes() {
+  if (!full_pass_done_) {
+    reconcile();
+    return;
+  }
+  const ControllerStats before = stats_;
+  const int64_t now = now_ms();
+  pass_started_ = resources_.clock().steady_now();
+  if (!informer_.sync()) spdlog::warn("controller: the store's watch lags; reconciling what arrived");
+  auto changes = informer_.take_changes();
+  if (changes.modes || switching_) {
+    // Mode switches first: their deployment writes are then seen by this pass.
+    switching_ = advance_switches(resources_);
+    informer_.sync();
+    auto more = informer_.take_changes();
+    changes.nodes.merge(more.nodes);
+    changes.deployments.merge(more.deployments);
+    changes.relisted = changes.relisted || more.relisted;
+  }
+  switch_due_ms_ = switching_ ? now + options_.poll_interval.count() : kNever;
+  if (changes.relisted) {
+    reconcile();  // the store was listed again: anything may have changed
+    return;
+  }
+
+  std::set<std::string> queue = std::move(changes.deployments);
+  for (auto& name : deployment_due_.take_until(now)) queue.insert(std::move(name));
+  check_nodes(changes.nodes, queue);
+  if (informer_.capacity_generation() != capacity_seen_) {
+    // Room may have been made or taken: a deployment waiting for some (a replica not placed, a
+    // rollout replacing one old replica at a time) is looked at again.
+    capacity_seen_ = informer_.capacity_generation();
+    for (const auto& name : informer_.unplaced()) {
+      if (const api::Replica* replica = informer_.replica(name)) queue.insert(replica->spec.deployment);
+    }
+  }
+
+  std::vector<api::Node> nodes;
+  std::map<std::string, std::vector<api::Replica>> reconciled;
+  if (!queue.empty()) {
+    nodes = informer_.nodes();
+    std::set<std::string> draining;
+    for (const auto& node : nodes) {
+      if (node.spec.drain) draining.insert(node.metadata.name);
+    }
+    for (const auto& name : queue) {
+      auto& replicas = reconciled[name] = informer_.replicas_of(name);
+      reconcile_queued(name, replicas, nodes, draining);
+    }
+  }
+  // (A sync costs a round trip on etcd: only after a pass that may have written something.)
+  if (!queue.empty()) informer_.sync();  // the replicas this pass created are the scheduler's to place
+  bool scheduled = scheduling_due();
+  if (scheduled) {
+    ++stats_.scheduling_passes;
+    nodes = informer_.nodes();
+    auto replicas = informer_.replicas();
+    schedule(replicas, nodes, informer_.deployments());
+  }
+  for (auto& [name, replicas] : reconciled) collect_stopped(replicas, nodes);
+  prune_events();
+
+  if (!queue.empty() || scheduled) informer_.sync();  // this pass's placements are not pending ones
+  plan_scheduling();
+  ++stats_.passes;
+  log_pass("incremental", before);
+}
+
+void Controller::reconcile_queued(const std::string& name, std::vector<api::Replica>& replicas,
+                                  const std::vector<api::Node>& nodes, const std::set<std::string>& draining_nodes) {
+  ++stats_.deployments_reconciled;
+  if (options_.on_reconcile) options_.on_reconcile(name);
+  // A copy: the cache changes under a pointer at the next sync.
+  std::optional<api::Deployment> deployment;
+  if (const api::Deployment* cached = informer_.deployment(name)) deployment = *cached;
+  if (!deployment) {
+    // Gone: its replicas are stopped.
+    deployment_due_.erase(name);
+    for (auto& replica : replicas) {
+      if (replica.spec.stop) continue;
+      auto updated = resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
+        if (current.spec.stop) return false;
+        current.spec.stop = true;
+        return true;
+      });
+      if (updated) replica = *updated;
+    }
+  }
+  replace_lost(replicas, nodes);
+  if (deployment) {
+    int64_t due = reconcile_deployment(*deployment, replicas, nodes, draining_nodes);
+    deployment_due_.set(name, not_before_poll(due, now_ms()));
+  }
+}
+
+void Controller::check_nodes(const std::set<std::string>& changed, std::set<std::string>& queue) {
+  const int64_t now = now_ms();
+  std::set<std::string> names = changed;
+  if (node_due_.earliest() <= now) {
+    // Every node whose deadline falls within half a node_timeout is looked at with the one due:
+    // agents renewing their leases then cost one wake per node_timeout or so, not one per node.
+    for (auto& name : node_due_.take_until(now + options_.node_timeout.count() / 2)) names.insert(std::move(name));
+  }
+  const int64_t lost_after = options_.node_timeout.count() + options_.reschedule_grace.count();
+  for (const auto& name : names) {
+    ++stats_.nodes_checked;
+    const api::Node* cached = informer_.node(name);
+    if (!cached) {
+      // Gone: its replicas are replaced elsewhere.
+      node_due_.erase(name);
+      nodes_seen_.erase(name);
+      queue.merge(informer_.deployments_on(name));
+      continue;
+    }
+    api::Node node = *cached;  // a copy: judging it syncs the cache
+    judge_node(node);
+    NodeSeen seen{node.status.ready, node.spec.drain};
+    auto previous = nodes_seen_.find(name);
+    bool concerns_replicas = previous == nodes_seen_.end() || !(previous->second == seen) ||
+                             (!node.status.ready && now - heard_from(node) > lost_after);
+    nodes_seen_[name] = seen;
+    if (concerns_replicas) queue.merge(informer_.deployments_on(name));
+    plan_node(node, now);
+  }
+}
+
+void Controller::plan_node(const api::Node& node, int64_t now) {
+  int64_t heard = heard_from(node);
+  int64_t due = kNever;
+  if (node.status.ready) {
+    due = not_before_poll(heard + options_.node_timeout.count() + 1, now);
+  } else {
+    // Its replicas are replaced once the grace runs out (replace_lost); after that only a change
+    // (a heartbeat, the node deleted) concerns it.
+    int64_t lost_at = heard + options_.node_timeout.count() + options_.reschedule_grace.count() + 1;
+    if (lost_at > now) due = lost_at;
+  }
+  node_due_.set(node.metadata.name, due);
+}
+
+bool Controller::scheduling_due() const {
+  for (const auto& name : informer_.unplaced()) {
+    const api::Replica* replica = informer_.replica(name);
+    if (replica && informer_.deployment(replica->spec.deployment) && should_try(*replica)) return true;
+  }
+  return false;
+}
+
+void Controller::plan_scheduling() {
+  scheduling_due_ms_ = kNever;
+  // Both clocks read now, together: a backoff's steady deadline in wall time.
+  const int64_t now = now_ms();
+  const auto steady_now = resources_.clock().steady_now();
+  for (const auto& name : informer_.unplaced()) {
+    const api::Replica* replica = informer_.replica(name);
+    if (!replica || !informer_.deployment(replica->spec.deployment)) continue;
+    auto backoff = unschedulable_.find(name);
+    int64_t due = 0;
+    if (backoff == unschedulable_.end()) {
+      // Not placed and not backing off: waiting for an eviction to free memory, or its placement
+      // could not be written.
+      due = now + options_.poll_interval.count();
+    } else if (backoff->second.capacity_generation != informer_.capacity_generation()) {
+      due = now;  // capacity changed since it was tried
+    } else {
+      auto wait = std::chrono::ceil<std::chrono::milliseconds>(backoff->second.retry_at - steady_now);
+      due = now + std::max<int64_t>(0, wait.count());
+    }
+    scheduling_due_ms_ = std::min(scheduling_due_ms_, due);
+  }
+}
+
+void Controller::log_pass(const char* kind, const ControllerStats& before) const {
+  spdlog::debug("controller: {} pass: {} deployment(s) reconciled, {} node(s) checked, scheduler {}", kind,
+                stats_.deployments_reconciled - before.deployments_reconciled,
+                stats_.nodes_checked - before.nodes_checked,
+                stats_.scheduling_passes > before.scheduling_passes ? "ran" : "idle");
+}
+
+// ---- DueTimes ----------------------------------------------------------------------------------
+
+void Controller::DueTimes::set(const std::string& name, int64_t due_ms) {
+  erase(name);
+  if (due_ms == kNever) return;
+  by_name_[name] = due_ms;
+  by_time_.insert({due_ms, name});
+}
+
+void Controller::DueTimes::erase(const std::string& name) {
+  auto found = by_name_.find(name);
+  if (found == by_name_.end()) return;
+  by_time_.erase({found->second, name});
+  by_name_.erase(found);
+}
+
+void Controller::DueTimes::clear() {
+  by_name_.clear();
+  by_time_.clear();
+}
+
+int64_t Controller::DueTimes::earliest() const {
+  return by_time_.empty() ? kNever : by_time_.begin()->first;
+}
+
+std::vector<std::string> Controller::DueTimes::take_until(int64_t until_ms) {
+  std::vector<std::string> due;
+  while (!by_time_.empty() && by_time_.begin()->first <= until_ms) {
+    due.push_back(by_time_.begin()->second);
+    by_name_.erase(by_time_.begin()->second);
+    by_time_.erase(by_time_.begin());
+  }
+  return due;
 }
 
 // The last time a node could have been heard from: its heartbeat, or this controller's start when
@@ -116,32 +387,29 @@ int64_t Controller::heard_from(const api::Node& node) const {
   return std::max({node.status.heartbeat_ms, informer_.lease_renewed_ms(node.metadata.name), started_ms_});
 }
 
-void Controller::reconcile_nodes(std::vector<api::Node>& nodes) {
-  int64_t now_ms = to_unix_ms(resources_.clock().wall_now());
-  for (auto& node : nodes) {
-    bool alive = now_ms - heard_from(node) <= options_.node_timeout.count();
-    if (node.status.ready && !alive) {
-      auto updated = resources_.modify<api::Node>(node.metadata.name, [&](api::Node& current) {
-        if (!current.status.ready || now_ms - heard_from(current) <= options_.node_timeout.count()) return false;
-        current.status.ready = false;
-        current.status.message = fmt::format("no heartbeat for {} s", (now_ms - heard_from(current)) / 1000);
-        return true;
-      });
-      if (updated) {
-        node = *updated;
-        resources_.record_event("node/" + node.metadata.name, "NodeNotReady", node.status.message, "Warning");
-        mark_replicas_unknown(node.metadata.name);
-      }
-    }
-  }
+bool Controller::judge_node(api::Node& node) {
+  int64_t now_ms = this->now_ms();
+  bool alive = now_ms - heard_from(node) <= options_.node_timeout.count();
+  if (!node.status.ready || alive) return false;
+  auto updated = resources_.modify<api::Node>(node.metadata.name, [&](api::Node& current) {
+    if (!current.status.ready || now_ms - heard_from(current) <= options_.node_timeout.count()) return false;
+    current.status.ready = false;
+    current.status.message = fmt::format("no heartbeat for {} s", (now_ms - heard_from(current)) / 1000);
+    return true;
+  });
+  if (!updated || updated->status.ready) return false;
+  node = *updated;
+  resources_.record_event("node/" + node.metadata.name, "NodeNotReady", node.status.message, "Warning");
+  mark_replicas_unknown(node.metadata.name);
+  return true;
 }
 
 // Nobody can vouch for the engines of a silent node: they leave the router's table (phase Unknown)
 // until the agent reports again. Rescheduling them elsewhere is the node-agent issue's work.
 void Controller::mark_replicas_unknown(const std::string& node) {
   informer_.sync();
-  for (const auto& replica : informer_.replicas()) {
-    if (replica.spec.node != node || replica.status.phase == api::phase::kUnknown) continue;
+  for (const auto& replica : informer_.replicas_on(node)) {
+    if (replica.status.phase == api::phase::kUnknown) continue;
     (void)resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
       current.status.phase = api::phase::kUnknown;
       current.status.message = "node is not ready";
@@ -183,7 +451,8 @@ void Controller::replace_lost(std::vector<api::Replica>& replicas, const std::ve
 // request, or at once when `nebula sleep` asked for it; awake again once the gateway (a request)
 // or `nebula wake` asked for it. Returns the status it leaves.
 api::DeploymentStatus Controller::reconcile_idle(const api::Deployment& deployment,
-                                                 const std::vector<api::Replica*>& active, int ready) {
+                                                 const std::vector<api::Replica*>& active, int ready, int64_t* due) {
+  *due = kNever;
   const auto& spec = deployment.spec;
   const auto& status = deployment.status;
   int64_t now = to_unix_ms(resources_.clock().wall_now());
@@ -200,7 +469,10 @@ api::DeploymentStatus Controller::reconcile_idle(const api::Deployment& deployme
     go_idle = true;  // on demand: now, Ready or not (a replica still starting sleeps once Ready)
   } else {
     int64_t last_use = std::max({status.last_request_ms, status.wake_requested_ms, deployment.metadata.created_ms});
-    go_idle = ready > 0 && ready == static_cast<int>(active.size()) && now - last_use > spec.idle_timeout_ms;
+    bool all_ready = ready > 0 && ready == static_cast<int>(active.size());
+    go_idle = all_ready && now - last_use > spec.idle_timeout_ms;
+    // Until every replica is Ready, a replica's change brings the deployment back here.
+    if (all_ready && !go_idle) *due = last_use + spec.idle_timeout_ms + 1;
   }
   if (!go_idle && !wake) return status;
   api::DeploymentStatus result = status;
@@ -228,9 +500,9 @@ api::DeploymentStatus Controller::reconcile_idle(const api::Deployment& deployme
   return result;
 }
 
-void Controller::reconcile_deployment(const api::Deployment& observed, std::vector<api::Replica>& replicas,
-                                      const std::vector<api::Node>& nodes,
-                                      const std::set<std::string>& draining_nodes) {
+int64_t Controller::reconcile_deployment(const api::Deployment& observed, std::vector<api::Replica>& replicas,
+                                         const std::vector<api::Node>& nodes,
+                                         const std::set<std::string>& draining_nodes) {
   api::Deployment deployment = ensure_plan(observed);
   const std::string& name = deployment.metadata.name;
   const int64_t target = deployment.status.plan_version;
@@ -263,9 +535,19 @@ void Controller::reconcile_deployment(const api::Deployment& observed, std::vect
     return true;
   };
   finish_drains(rolling_out, stop_replica);
+  // When to look again without a change: a replica still draining stops at its drain timeout, or
+  // as soon as the gateway has nothing in flight to it (which no store change reports: polled).
+  int64_t due = kNever;
+  for (const api::Replica* replica : rolling_out) {
+    if (replica->spec.stop) continue;
+    due = std::min(due, replica->spec.draining_since_ms + options_.drain_timeout.count());
+    if (options_.replica_drained) due = std::min(due, now_ms() + options_.poll_interval.count());
+  }
 
   // Scale-to-zero: an idle deployment's replicas sleep or stop; a request for it wakes them.
-  api::DeploymentStatus idle_state = reconcile_idle(deployment, active, ready);
+  int64_t idle_due = kNever;
+  api::DeploymentStatus idle_state = reconcile_idle(deployment, active, ready, &idle_due);
+  due = std::min(due, idle_due);
   bool idle = idle_state.idle_since_ms > 0;
   int desired = idle && (deployment.spec.on_idle == "stop" || idle_state.evicted) ? 0 : deployment.spec.replicas;
   int sleep_level = !idle                                   ? 0
@@ -304,7 +586,8 @@ void Controller::reconcile_deployment(const api::Deployment& observed, std::vect
   std::vector<api::Replica*> current;
   std::vector<api::Replica*> old;
   for (api::Replica* replica : active) (replica->spec.plan_version == target ? current : old).push_back(replica);
-  if (rollback_if_failing(deployment, current)) return;  // the next pass rolls over to the old plan
+  // The next pass (the rollback's write brings it) rolls over to the old plan.
+  if (rollback_if_failing(deployment, current, &due)) return kNever;
   bool superseded_gone = old.empty() && rolling_out.empty();
 
   // Scale the current plan down: the replicas that serve least first (not Ready, then the newest).
@@ -374,12 +657,14 @@ void Controller::reconcile_deployment(const api::Deployment& observed, std::vect
     auto created = resources_.create(replica);
     if (!created) {
       spdlog::warn("controller: cannot create a replica of {}: {}", name, created.error().message);
+      due = std::min(due, now_ms() + options_.poll_interval.count());  // tried again
       continue;
     }
     replicas.push_back(*created);
     resources_.record_event("deployment/" + name, "ReplicaCreated",
                             fmt::format("created replica {} (plan {})", created->metadata.name, target));
   }
+  return due;
 }
 
 bool Controller::should_try(const api::Replica& replica) const {
@@ -392,7 +677,9 @@ bool Controller::should_try(const api::Replica& replica) const {
 void Controller::failed_to_place(const api::Replica& replica) {
   auto& backoff = unschedulable_[replica.metadata.name];
   backoff.delay = backoff.delay.count() == 0 ? kFirstRetry : std::min(kMaxRetry, backoff.delay * 2);
-  backoff.retry_at = resources_.clock().steady_now() + backoff.delay;
+  // From the pass's start, not this moment: the replicas that failed together are retried
+  // together, by one run of the scheduler.
+  backoff.retry_at = pass_started_ + backoff.delay;
   backoff.capacity_generation = informer_.capacity_generation();
 }
 

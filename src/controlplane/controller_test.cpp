@@ -2,6 +2,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <optional>
+#include <thread>
 
 #include "controlplane/controlplane.h"
 #include "controlplane/node_admission.h"
@@ -820,6 +826,400 @@ TEST(ControllerBatches, ConcurrentTransactionsOnEtcdOneRefusedOneUnheardEachRepl
     EXPECT_EQ(kv.version, kv.key == store.changed_key ? 3 : 2) << kv.key;
   }
   for (const auto& [gpu, mb] : claimed) EXPECT_LE(mb, 81920) << gpu.first << " GPU " << gpu.second;
+}
+
+// ---- reconciling only what changed -------------------------------------------------------------
+
+// Incremental passes until one reconciles nothing: the controller's own writes come back to it as
+// changes, as they do to a running controller.
+void settle(Controller& controller) {
+  for (int pass = 0; pass < 10; ++pass) {
+    uint64_t before = controller.stats().deployments_reconciled;
+    controller.reconcile_changes();
+    if (controller.stats().deployments_reconciled == before) return;
+  }
+  ADD_FAILURE() << "the controller never settled";
+}
+
+using Passes = std::map<std::string, int>;
+
+// Options that count the passes per deployment, with no full resync in the tests' time.
+Options counting(Passes& passes) {
+  Options options;
+  options.full_resync_interval = std::chrono::hours(1);
+  options.on_reconcile = [&passes](const std::string& deployment) { ++passes[deployment]; };
+  return options;
+}
+
+TEST_F(ControllerTest, AChangeToOneReplicaReconcilesOnlyItsDeployment) {
+  Passes passes;
+  Controller controller(resources_, counting(passes));
+  add_node("n1", 80 * 1024);
+  deploy("a", 1);
+  deploy("b", 2);
+  deploy("c", 1);
+  controller.reconcile();
+  EXPECT_EQ(passes, (Passes{{"a", 1}, {"b", 1}, {"c", 1}})) << "a full pass reconciles every deployment";
+  settle(controller);
+  mark_ready("a");
+  mark_ready("b");
+  mark_ready("c");
+  settle(controller);
+  ASSERT_EQ(resources_.get<api::Deployment>("b")->status.phase, "Ready");
+
+  passes.clear();
+  uint64_t scheduler_runs = controller.stats().scheduling_passes;
+  controller.reconcile_changes();
+  EXPECT_TRUE(passes.empty()) << "nothing changed, nothing is due";
+
+  // One replica of b changes (its engine restarted): b alone is reconciled, and its status follows.
+  std::string changed = replicas("b")[0].metadata.name;
+  ASSERT_TRUE(resources_.modify<api::Replica>(changed, [](api::Replica& replica) {
+    replica.status.phase = api::phase::kStarting;
+    return true;
+  }));
+  controller.reconcile_changes();
+  EXPECT_EQ(passes, (Passes{{"b", 1}}));
+  EXPECT_EQ(resources_.get<api::Deployment>("b")->status.ready_replicas, 1);
+  EXPECT_EQ(controller.stats().scheduling_passes, scheduler_runs) << "nothing was waiting for a placement";
+
+  // A deployment deleted: its replicas stop; nobody else is looked at.
+  settle(controller);
+  passes.clear();
+  ASSERT_TRUE(resources_.remove<api::Deployment>("c"));
+  controller.reconcile_changes();
+  EXPECT_EQ(passes, (Passes{{"c", 1}}));
+  EXPECT_TRUE(replicas("c").empty());
+  EXPECT_EQ(replicas("c", true).size(), 1u) << "stop-marked; its node's agent removes it";
+  EXPECT_EQ(controller.stats().full_passes, 1u);
+}
+
+TEST_F(ControllerTest, HostileObjectsReachingTheQueueAreHandledLikeTheFullPassHandlesThem) {
+  Passes passes;
+  Controller controller(resources_, counting(passes));
+  add_node("n1", 80 * 1024);
+  add_node("n2", 80 * 1024);
+  deploy("chat", 2);
+  controller.reconcile();
+  settle(controller);
+  mark_ready("chat");
+  settle(controller);
+
+  // A replica naming a deployment that does not exist (and one naming none): stopped, never placed.
+  for (const std::string owner : {"ghost", ""}) {
+    api::Replica stray;
+    stray.metadata.name = "stray-" + (owner.empty() ? std::string("none") : owner);
+    stray.spec.deployment = owner;
+    stray.spec.model = "m";
+    stray.spec.vram_mb = 1024;
+    ASSERT_TRUE(resources_.create(stray));
+  }
+  passes.clear();
+  controller.reconcile_changes();
+  EXPECT_EQ(passes, (Passes{{"", 1}, {"ghost", 1}}));
+  EXPECT_FALSE(resources_.get<api::Replica>("stray-ghost")) << "never placed: removed at once";
+  EXPECT_FALSE(resources_.get<api::Replica>("stray-none"));
+
+  // A node document that is not one: the node is as good as gone, its replicas are replaced.
+  std::string broken = replicas("chat")[0].spec.node;
+  ASSERT_TRUE(store_.put(api::store_key("nodes", broken), "{\"metadata\": 7"));
+  settle(controller);
+  for (const auto& replica : replicas("chat")) EXPECT_NE(replica.spec.node, broken) << replica.metadata.name;
+  EXPECT_EQ(replicas("chat").size(), 2u);
+}
+
+TEST_F(ControllerTest, ASilentNodeIsNoticedAtItsDeadlineWithNothingElseChanging) {
+  Passes passes;
+  Controller controller(resources_, counting(passes));  // node_timeout 30 s, reschedule_grace 60 s
+  const int64_t start = to_unix_ms(clock_.wall_now());
+  add_node("n1", 80 * 1024);
+  deploy("chat", 1);
+  controller.reconcile();
+  add_node("n2", 80 * 1024);
+  settle(controller);
+  mark_ready("chat");
+  settle(controller);
+  ASSERT_EQ(replicas("chat")[0].spec.node, "n1");
+  EXPECT_EQ(controller.next_due_ms(), start + 30'001) << "both nodes' heartbeat deadline";
+
+  // n2's agent renews its lease (a write that wakes nothing); n1 says nothing.
+  auto renew_n2 = [&] { ASSERT_TRUE(renew_node_lease(store_, "n2", to_unix_ms(clock_.wall_now()))); };
+  passes.clear();
+  const uint64_t checked = controller.stats().nodes_checked;
+  clock_.advance(std::chrono::seconds(20));
+  renew_n2();
+  controller.reconcile_changes();
+  clock_.advance(std::chrono::seconds(10));
+  controller.reconcile_changes();
+  EXPECT_TRUE(resources_.get<api::Node>("n1")->status.ready) << "silent for exactly node_timeout: still Ready";
+  EXPECT_EQ(controller.stats().nodes_checked, checked) << "no node looked at before the deadline";
+  EXPECT_TRUE(passes.empty());
+
+  clock_.advance(std::chrono::milliseconds(1));
+  controller.reconcile_changes();
+  EXPECT_FALSE(resources_.get<api::Node>("n1")->status.ready);
+  EXPECT_TRUE(resources_.get<api::Node>("n2")->status.ready);
+  settle(controller);
+  EXPECT_EQ(replicas("chat")[0].status.phase, api::phase::kUnknown);
+  EXPECT_EQ(controller.next_due_ms(), start + 50'001) << "n2's deadline, from its lease";
+
+  // The grace runs out with nothing else changing: the replica is replaced on n2.
+  for (int seconds : {45, 65, 85}) {
+    clock_.advance(std::chrono::milliseconds(start + seconds * 1000 - to_unix_ms(clock_.wall_now())));
+    renew_n2();
+    controller.reconcile_changes();
+  }
+  EXPECT_EQ(replicas("chat")[0].spec.node, "n1") << "still within the grace";
+  EXPECT_EQ(controller.next_due_ms(), start + 90'001) << "n1's grace ends";
+  clock_.advance(std::chrono::milliseconds(start + 90'001 - to_unix_ms(clock_.wall_now())));
+  controller.reconcile_changes();
+  settle(controller);
+  auto now = replicas("chat", true);
+  ASSERT_EQ(now.size(), 1u);
+  EXPECT_EQ(now[0].spec.node, "n2");
+  EXPECT_TRUE(resources_.get<api::Node>("n2")->status.ready);
+}
+
+TEST_F(ControllerTest, AnUnschedulableReplicaIsTriedAgainWhenANodeJoins) {
+  Passes passes;
+  Controller controller(resources_, counting(passes));
+  add_node("n1", 24 * 1024);
+  deploy("big", 2, 40 * 1024);
+  controller.reconcile();
+  settle(controller);
+  EXPECT_EQ(controller.placement_attempts(), 2u);
+  const int64_t now = to_unix_ms(clock_.wall_now());
+  EXPECT_EQ(controller.next_due_ms(), now + 1'000) << "the first backoff";
+
+  // The backoff runs out with nothing changing: both are tried again, by one run of the scheduler.
+  clock_.advance(std::chrono::milliseconds(999));
+  controller.reconcile_changes();
+  EXPECT_EQ(controller.placement_attempts(), 2u);
+  uint64_t runs = controller.stats().scheduling_passes;
+  clock_.advance(std::chrono::milliseconds(1));
+  controller.reconcile_changes();
+  EXPECT_EQ(controller.placement_attempts(), 4u);
+  EXPECT_EQ(controller.stats().scheduling_passes, runs + 1);
+  EXPECT_EQ(controller.next_due_ms(), now + 1'000 + 2'000) << "the second backoff, twice the first";
+
+  // n1's periodic status refresh (heartbeat, GPU utilization) frees nothing: no new attempt.
+  ASSERT_TRUE(resources_.modify<api::Node>("n1", [&](api::Node& node) {
+    node.status.heartbeat_ms = now;
+    node.status.gpus[0].utilization = 97;
+    return true;
+  }));
+  controller.reconcile_changes();
+  EXPECT_EQ(controller.placement_attempts(), 4u);
+
+  // A node joins: tried at once, before the backoff runs out.
+  add_node("n2", 80 * 1024);
+  controller.reconcile_changes();
+  EXPECT_EQ(controller.placement_attempts(), 6u);
+  auto placed = replicas("big");
+  ASSERT_EQ(placed.size(), 2u);
+  EXPECT_EQ(placed[0].spec.node, "n2");
+  EXPECT_EQ(placed[1].spec.node, "n2");
+  settle(controller);
+  EXPECT_EQ(resources_.get<api::Deployment>("big")->status.message, "");
+}
+
+TEST_F(ControllerTest, ADrainTimeoutFiresWithNothingElseChanging) {
+  Passes passes;
+  Options options = counting(passes);
+  options.node_timeout = std::chrono::hours(1);
+  options.drain_timeout = std::chrono::seconds(60);
+  Controller controller(resources_, options);
+  add_node("n1", 80 * 1024);
+  deploy("chat", 1);
+  controller.reconcile();
+  settle(controller);
+  mark_ready("chat");
+  settle(controller);
+  // The replica starts draining (as a rollout drains a replica of an older plan).
+  std::string draining = replicas("chat")[0].metadata.name;
+  const int64_t since = to_unix_ms(clock_.wall_now());
+  ASSERT_TRUE(resources_.modify<api::Replica>(draining, [&](api::Replica& replica) {
+    replica.spec.draining_since_ms = since;
+    return true;
+  }));
+  settle(controller);
+  mark_ready("chat");  // its replacement serves
+  settle(controller);
+  ASSERT_EQ(replicas("chat").size(), 2u);
+  EXPECT_EQ(controller.next_due_ms(), since + 60'000);
+
+  passes.clear();
+  clock_.advance(std::chrono::milliseconds(59'999));
+  controller.reconcile_changes();
+  EXPECT_TRUE(passes.empty());
+  EXPECT_FALSE(resources_.get<api::Replica>(draining)->spec.stop);
+  clock_.advance(std::chrono::milliseconds(1));
+  controller.reconcile_changes();
+  EXPECT_EQ(passes, (Passes{{"chat", 1}}));
+  EXPECT_TRUE(resources_.get<api::Replica>(draining)->spec.stop) << "stopped at the drain timeout";
+}
+
+TEST_F(ControllerTest, AnIdleTimeoutFallsDueWithoutAnyChange) {
+  Passes passes;
+  Options options = counting(passes);
+  options.node_timeout = std::chrono::hours(1);
+  Controller controller(resources_, options);
+  add_node("n1", 80 * 1024);
+  api::Deployment deployment;
+  deployment.metadata.name = "sleepy";
+  deployment.spec.model = "m";
+  deployment.spec.vram_mb = 1024;
+  deployment.spec.idle_timeout_ms = 60'000;
+  deployment.spec.on_idle = "sleep-l1";
+  ASSERT_TRUE(resources_.create(deployment));
+  const int64_t created = to_unix_ms(clock_.wall_now());
+  controller.reconcile();
+  settle(controller);
+  mark_ready("sleepy");
+  settle(controller);
+  EXPECT_EQ(controller.next_due_ms(), created + 60'001);
+  clock_.advance(std::chrono::milliseconds(60'001));
+  controller.reconcile_changes();
+  EXPECT_GT(resources_.get<api::Deployment>("sleepy")->status.idle_since_ms, 0);
+  settle(controller);
+  EXPECT_EQ(replicas("sleepy")[0].spec.sleep_level, 1);
+}
+
+// A store that refuses writes of deployments while told to, as a store that fails for a moment.
+class RefusingStore final : public store::Store {
+ public:
+  explicit RefusingStore(store::Store& inner) : inner_(inner) {}
+  Result<std::optional<store::KeyValue>> get(const std::string& key) override { return inner_.get(key); }
+  Result<store::ListResult> list(const std::string& prefix) override { return inner_.list(prefix); }
+  Result<int64_t> put(const std::string& key, const std::string& value, store::Precondition precondition,
+                      int64_t lease) override {
+    if (refuse_deployments && key.rfind(api::store_prefix("deployments"), 0) == 0) {
+      ++refused;
+      return make_error(ErrorCode::Unavailable, "the store is away");
+    }
+    return inner_.put(key, value, precondition, lease);
+  }
+  Result<int64_t> remove(const std::string& key, store::Precondition precondition) override {
+    return inner_.remove(key, precondition);
+  }
+  Result<std::vector<int64_t>> put_all(const std::vector<store::Put>& puts) override { return inner_.put_all(puts); }
+  int64_t revision() override { return inner_.revision(); }
+  Result<std::unique_ptr<store::WatchHandle>> watch(const std::string& prefix, int64_t from,
+                                                    store::WatchCallback callback,
+                                                    store::WatchEndCallback on_end) override {
+    return inner_.watch(prefix, from, std::move(callback), std::move(on_end));
+  }
+  Result<int64_t> grant_lease(int64_t ttl_ms) override { return inner_.grant_lease(ttl_ms); }
+  Status keep_alive(int64_t lease) override { return inner_.keep_alive(lease); }
+  Status revoke_lease(int64_t lease) override { return inner_.revoke_lease(lease); }
+  int expire_leases() override { return inner_.expire_leases(); }
+
+  std::atomic<bool> refuse_deployments{false};
+  std::atomic<int> refused{0};
+
+ private:
+  store::Store& inner_;
+};
+
+TEST_F(ControllerTest, TheFullResyncRepairsWhatTheQueueMissed) {
+  Passes passes;
+  Options options = counting(passes);
+  options.full_resync_interval = std::chrono::seconds(30);
+  options.node_timeout = std::chrono::hours(1);
+  RefusingStore refusing(store_);
+  Resources resources(refusing, clock_);
+  Controller controller(resources, options);
+  add_node("n1", 80 * 1024);
+  deploy("chat", 1);
+  controller.reconcile();
+  settle(controller);
+  const int64_t resync_at = to_unix_ms(clock_.wall_now()) + 30'000;
+
+  // The replica turns Ready while the deployment's status cannot be written: the change is taken
+  // from the queue, its write fails, and no later change brings the deployment back.
+  refusing.refuse_deployments = true;
+  mark_ready("chat");
+  controller.reconcile_changes();
+  EXPECT_GT(refusing.refused, 0);
+  refusing.refuse_deployments = false;
+  controller.reconcile_changes();
+  EXPECT_EQ(resources_.get<api::Deployment>("chat")->status.ready_replicas, 0);
+  EXPECT_EQ(controller.next_due_ms(), resync_at) << "only the full resync is due";
+
+  // What the loop runs at that time.
+  clock_.advance(std::chrono::seconds(30));
+  controller.reconcile();
+  auto repaired = resources_.get<api::Deployment>("chat");
+  EXPECT_EQ(repaired->status.ready_replicas, 1);
+  EXPECT_EQ(repaired->status.phase, "Ready");
+}
+
+// The loop itself, on the real clock.
+bool wait_for(const std::function<bool()>& condition) {
+  auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > limit) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+api::Node live_node(const std::string& name) {
+  api::Node node;
+  node.metadata.name = name;
+  node.status.ready = true;
+  node.status.engines = {"sim"};
+  node.status.heartbeat_ms = to_unix_ms(SystemClock::instance().wall_now());
+  node.status.gpus.push_back({0, "GPU-0", "H100-80GB", 80 * 1024, 0, 0, 0});
+  return node;
+}
+
+TEST(ControllerLoop, RunsTheFullResyncOnItsOwn) {
+  store::MemoryStore inner;
+  RefusingStore store(inner);
+  Resources writer(inner);
+  Resources resources(store);
+  Options options;
+  options.full_resync_interval = std::chrono::milliseconds(300);
+  Controller controller(resources, options);
+  ASSERT_TRUE(writer.create(live_node("n1")));
+  api::Deployment deployment;
+  deployment.metadata.name = "chat";
+  deployment.spec.model = "m";
+  deployment.spec.vram_mb = 1024;
+  ASSERT_TRUE(writer.create(deployment));
+  controller.start();
+  auto replica = [&] {
+    auto all = writer.list<api::Replica>();
+    return all.empty() ? api::Replica{} : all[0];
+  };
+  ASSERT_TRUE(wait_for([&] { return !replica().spec.node.empty(); }));
+
+  // The deployment's status write fails once the replica is Ready; only the resync repairs it.
+  store.refuse_deployments = true;
+  ASSERT_TRUE(writer.modify<api::Replica>(replica().metadata.name, [](api::Replica& current) {
+    current.status.phase = api::phase::kReady;
+    return true;
+  }));
+  ASSERT_TRUE(wait_for([&] { return store.refused > 0; }));
+  store.refuse_deployments = false;
+  EXPECT_TRUE(wait_for([&] { return writer.get<api::Deployment>("chat")->status.ready_replicas == 1; }));
+  controller.stop();
+}
+
+TEST(ControllerLoop, WakesAtAHeartbeatDeadlineWithNothingChanging) {
+  store::MemoryStore store;
+  Resources resources(store);
+  Options options;
+  options.node_timeout = std::chrono::milliseconds(300);
+  options.full_resync_interval = std::chrono::hours(1);
+  ASSERT_TRUE(resources.create(live_node("n1")));
+  Controller controller(resources, options);
+  controller.start();
+  // No heartbeat comes and nothing else is written: only the deadline can wake the loop.
+  EXPECT_TRUE(wait_for([&] { return !resources.get<api::Node>("n1")->status.ready; }));
+  controller.stop();
+  EXPECT_EQ(controller.stats().full_passes, 1u);
 }
 
 }  // namespace

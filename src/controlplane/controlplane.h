@@ -4,6 +4,7 @@
 // idempotent: a restart at any time converges again.
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -31,8 +32,13 @@ struct Options {
   std::chrono::milliseconds reschedule_grace{60'000};
   // Agents present this token to join (`nebula agent --token`).
   std::string join_token;
-  // Periodic reconcile even without changes (heartbeat expiry needs the clock, not an event).
-  std::chrono::milliseconds resync_interval{1'000};
+  // The controller reconciles what changed and what falls due (a heartbeat deadline, an idle or
+  // drain timeout...); every full_resync_interval it reconciles everything anyway, the safety net
+  // against a change it missed.
+  std::chrono::milliseconds full_resync_interval{30'000};
+  // How often it looks again at what no store change reports: a draining replica's requests in
+  // flight (replica_drained), a mode switch in progress, a write that failed.
+  std::chrono::milliseconds poll_interval{1'000};
   // A joining agent gets this credential back (a node-scoped API key): it proves the agent's
   // identity when it rejoins, and (hashed) the server's identity when the server calls the agent.
   std::function<Result<std::string>(const std::string& node)> issue_node_credential;
@@ -55,38 +61,104 @@ struct Options {
   // --signals xtrace: GPU utilisation from xtrace, while fresh, to break ties between GPUs that
   // fit (scheduler::Request::gpu_utilization); unset = the nodes' own reports.
   std::function<std::optional<double>(const std::string& node, int gpu_index)> gpu_utilization;
+  // Called on the controller's thread with each deployment a pass reconciles (tests count them).
+  std::function<void(const std::string& deployment)> on_reconcile;
+};
+
+// What the controller has done since it started (its own thread's counters: read them there, or
+// from a test between passes it drives).
+struct ControllerStats {
+  uint64_t passes = 0;       // full and incremental
+  uint64_t full_passes = 0;  // every deployment and node, the first one and each full resync
+  uint64_t deployments_reconciled = 0;
+  uint64_t nodes_checked = 0;
+  uint64_t scheduling_passes = 0;  // passes that ran the scheduler (something pending could be tried)
 };
 
 // The deployment controller, scheduler loop and node-liveness check, on one thread of its own
 // (store calls block). Reads the cluster from an Informer (decoded once per change, not listed
-// every pass). Wakes when a node, deployment, replica or mode changes, and every resync_interval
-// (heartbeat expiry needs the clock); node lease renewals and events wake nothing.
+// every pass) and reconciles only what changed, as Kubernetes' controllers do with work queues: a
+// deployment is queued when it or one of its replicas changes, or a node it has replicas on; each
+// wake reconciles the queued deployments, runs the scheduler only when a pending replica can be
+// tried again, and looks at nodes only when one changed or a heartbeat deadline falls due. What
+// needs the clock (heartbeat deadlines, idle, drain and rollout timeouts, scheduling backoffs) is a
+// due time the loop sleeps until; a full pass runs at start (so a new leader starts from one) and
+// every full_resync_interval. Node lease renewals and events wake nothing.
 class Controller {
  public:
   Controller(Resources& resources, Options options);
   ~Controller();
   void start();
   void stop();
-  // One full reconcile pass; public so tests can drive it step by step.
+  // One full reconcile pass: every node and deployment, then the scheduler. Public so tests can
+  // drive it step by step.
   void reconcile();
+  // One pass over what changed since the last pass and what has fallen due: what the loop runs
+  // between full passes. Public so tests can drive it (a full pass when none ran yet).
+  void reconcile_changes();
+  // When something falls due next (wall ms): the loop sleeps until then unless a change wakes it.
+  int64_t next_due_ms() const;
   // How many times the scheduler tried to place a pending replica (tests, benchmarks).
   uint64_t placement_attempts() const { return placement_attempts_; }
+  const ControllerStats& stats() const { return stats_; }
 
  private:
+  // Wall-clock times (ms) at which something must be looked at again, by name, earliest first.
+  class DueTimes {
+   public:
+    void set(const std::string& name, int64_t due_ms);
+    void erase(const std::string& name);
+    void clear();
+    int64_t earliest() const;  // kNever when empty
+    // Removes and returns the names due at or before `until_ms`.
+    std::vector<std::string> take_until(int64_t until_ms);
+
+   private:
+    std::map<std::string, int64_t> by_name_;
+    std::set<std::pair<int64_t, std::string>> by_time_;
+  };
+  static constexpr int64_t kNever = INT64_MAX;
+
   void run();
-  void reconcile_nodes(std::vector<api::Node>& nodes);
+  void wake();
+  bool ensure_informer();
+  int64_t now_ms() const;
+  // Marks the node NotReady when its heartbeat is older than node_timeout; true when it did.
+  bool judge_node(api::Node& node);
+  // When the node must be looked at again: its heartbeat deadline while Ready, the end of the
+  // reschedule grace while NotReady.
+  void plan_node(const api::Node& node, int64_t now);
+  // Looks at the nodes that changed or fell due; queues the deployments their changes concern.
+  void check_nodes(const std::set<std::string>& changed, std::set<std::string>& queue);
+  // Reconciles one queued deployment (or stops the replicas of one that is gone).
+  void reconcile_queued(const std::string& name, std::vector<api::Replica>& replicas,
+                        const std::vector<api::Node>& nodes, const std::set<std::string>& draining_nodes);
+  // Whether a replica waiting for a placement may be tried now; when the scheduler must run next.
+  bool scheduling_due() const;
+  void plan_scheduling();
+  // A due time in the past means what waits is blocked on something a change will report, or a
+  // write failed: looked at again after poll_interval, never in a busy loop.
+  int64_t not_before_poll(int64_t due, int64_t now) const;
+  void log_pass(const char* kind, const ControllerStats& before) const;
   int64_t heard_from(const api::Node& node) const;
   void mark_replicas_unknown(const std::string& node);
   void replace_lost(std::vector<api::Replica>& replicas, const std::vector<api::Node>& nodes);
+  // *due: when the idle timeout runs out (kNever when it cannot).
   api::DeploymentStatus reconcile_idle(const api::Deployment& deployment, const std::vector<api::Replica*>& active,
-                                       int ready);
-  void reconcile_deployment(const api::Deployment& observed, std::vector<api::Replica>& replicas,
-                            const std::vector<api::Node>& nodes, const std::set<std::string>& draining_nodes);
+                                       int ready, int64_t* due);
+  // `replicas` holds at least the deployment's own (the pass's whole list, or only those);
+  // replicas it creates are appended. Returns when the deployment must be looked at again without
+  // a change (a timeout), kNever when only a change can move it.
+  int64_t reconcile_deployment(const api::Deployment& observed, std::vector<api::Replica>& replicas,
+                               const std::vector<api::Node>& nodes, const std::set<std::string>& draining_nodes);
   // Rollouts (rollout.cpp).
   using StopReplica = std::function<bool(api::Replica&, const char* reason, const std::string& message)>;
   api::Deployment ensure_plan(const api::Deployment& deployment);
   void finish_drains(const std::vector<api::Replica*>& draining, const StopReplica& stop_replica);
-  bool rollback_if_failing(const api::Deployment& deployment, const std::vector<api::Replica*>& current);
+  // *due: when the rollout's progress deadline runs out (left as is when it has none).
+  bool rollback_if_failing(const api::Deployment& deployment, const std::vector<api::Replica*>& current, int64_t* due);
+  // `replicas` holds at least the deployment's own; what-ifs on capacity read every replica from
+  // the informer.
   int replace_old_plan(const api::Deployment& deployment, const api::DeploymentSpec& plan_spec, int desired,
                        const std::vector<api::Replica*>& current, std::vector<api::Replica*>& old, size_t draining,
                        const std::vector<api::Node>& nodes, const std::vector<api::Replica>& replicas,
@@ -117,8 +189,27 @@ class Controller {
     std::chrono::steady_clock::time_point retry_at;
     std::chrono::milliseconds delay{0};
   };
-  std::map<std::string, Backoff> unschedulable_;  // by replica name
+  std::map<std::string, Backoff> unschedulable_;        // by replica name
+  std::chrono::steady_clock::time_point pass_started_;  // backoffs count from it
   uint64_t placement_attempts_ = 0;
+  ControllerStats stats_;
+  // The controller thread's schedule (wall ms).
+  bool full_pass_done_ = false;
+  int64_t full_resync_due_ms_ = 0;
+  DueTimes node_due_;        // heartbeat deadlines, reschedule graces
+  DueTimes deployment_due_;  // idle, drain and rollout timeouts; drains polled
+  int64_t scheduling_due_ms_ = kNever;
+  bool switching_ = false;  // a mode switch is in progress: advanced every poll_interval
+  int64_t switch_due_ms_ = kNever;
+  uint64_t capacity_seen_ = 0;  // the informer's capacity_generation at the last pass
+  // Each node's readiness and drain mark as last looked at: a change of either concerns the
+  // deployments with replicas there (a refreshed heartbeat or GPU reading does not).
+  struct NodeSeen {
+    bool ready = false;
+    bool drain = false;
+    bool operator==(const NodeSeen&) const = default;
+  };
+  std::map<std::string, NodeSeen> nodes_seen_;
   std::mutex mutex_;
   std::condition_variable wake_;
   bool dirty_ = true;

@@ -35,6 +35,27 @@ std::string name_of(const std::string& key, const std::string& prefix) {
   return key.substr(prefix.size());
 }
 
+// Whether what the scheduler could place on the node may differ: anything but the heartbeat, the
+// message and the GPUs' passing readings (utilization, temperature, power), which a node's periodic
+// status refresh rewrites and which only break ties between placements that fit.
+bool may_fit_differently(const api::Node& before, const api::Node& after) {
+  if (before.metadata.labels != after.metadata.labels || before.spec.drain != after.spec.drain ||
+      before.spec.reserved_vram_mb != after.spec.reserved_vram_mb || before.status.ready != after.status.ready ||
+      before.status.engines != after.status.engines || before.status.models != after.status.models ||
+      before.status.gpus.size() != after.status.gpus.size()) {
+    return true;
+  }
+  for (size_t i = 0; i < before.status.gpus.size(); ++i) {
+    const auto& was = before.status.gpus[i];
+    const auto& now = after.status.gpus[i];
+    if (was.index != now.index || was.uuid != now.uuid || was.memory_total_mb != now.memory_total_mb ||
+        was.memory_used_mb != now.memory_used_mb) {
+      return true;
+    }
+  }
+  return false;
+}
+
 // Applies a change to one kind's map; true when it changed the map.
 template <typename T>
 bool apply_to(std::map<std::string, T>& objects, const std::string& name, bool put, const std::string& value,
@@ -96,6 +117,7 @@ Status Informer::list_and_watch() {
           if (kept(event.kv.key)) {
             queued_.push_back(Change{put, event.kv.key, put ? event.kv.value : std::string(), event.kv.mod_revision});
           }
+          if (starts_with(event.kv.key, kModes)) modes_changed_ = true;
           seen_revision_ = std::max(seen_revision_, event.kv.mod_revision);
         }
         arrived_.notify_all();
@@ -125,8 +147,12 @@ void Informer::relist() {
   nodes_.clear();
   deployments_.clear();
   replicas_.clear();
+  replicas_by_deployment_.clear();
+  replicas_by_node_.clear();
+  unplaced_.clear();
   leases_.clear();
   events_.clear();
+  changes_.relisted = true;
   ++capacity_generation_;  // what was freed in the gap is unknown: retry what did not fit
   if (auto listed = list_and_watch(); !listed) {
     spdlog::error("controller: cannot list the store again: {}", listed.error().message);
@@ -149,6 +175,8 @@ bool Informer::sync(std::chrono::milliseconds limit) {
     std::unique_lock lock(mutex_);
     complete = arrived_.wait_for(lock, limit, [&] { return seen_revision_ >= target || watch_ended_; });
     changes.swap(queued_);
+    changes_.modes = changes_.modes || modes_changed_;
+    modes_changed_ = false;
   }
   for (const auto& change : changes) apply(change);
   return complete;
@@ -170,24 +198,64 @@ void Informer::apply(const Change& change) {
       events_.erase(key);
     }
   } else if (starts_with(key, kNodes)) {
-    if (apply_to(nodes_, name_of(key, kNodes), change.put, change.value, change.revision)) ++capacity_generation_;
-  } else if (starts_with(key, kDeployments)) {
-    apply_to(deployments_, name_of(key, kDeployments), change.put, change.value, change.revision);
-  } else if (starts_with(key, kReplicas)) {
-    api::Replica before;
+    std::string name = name_of(key, kNodes);
+    api::Node before;
     bool existed = false;
-    std::string name = name_of(key, kReplicas);
-    if (!apply_to(replicas_, name, change.put, change.value, change.revision, &before, &existed)) return;
-    auto after = replicas_.find(name);
-    // A placement only takes capacity: a replica placed where there was none is no news to a
-    // replica that did not fit.
-    bool freed_or_moved =
-        after == replicas_.end() ||
-        (existed && !before.spec.node.empty() &&
-         (before.spec.node != after->second.spec.node || before.spec.gpus != after->second.spec.gpus ||
-          before.spec.vram_mb != after->second.spec.vram_mb || before.spec.stop != after->second.spec.stop));
-    if (freed_or_moved) ++capacity_generation_;
+    if (apply_to(nodes_, name, change.put, change.value, change.revision, &before, &existed)) {
+      auto after = nodes_.find(name);
+      if (!existed || after == nodes_.end() || may_fit_differently(before, after->second)) ++capacity_generation_;
+      changes_.nodes.insert(name);
+    }
+  } else if (starts_with(key, kDeployments)) {
+    std::string name = name_of(key, kDeployments);
+    if (apply_to(deployments_, name, change.put, change.value, change.revision)) changes_.deployments.insert(name);
+  } else if (starts_with(key, kReplicas)) {
+    apply_replica(change);
   }
+}
+
+void Informer::apply_replica(const Change& change) {
+  api::Replica before;
+  bool existed = false;
+  std::string name = name_of(change.key, kReplicas);
+  if (!apply_to(replicas_, name, change.put, change.value, change.revision, &before, &existed)) return;
+  auto after = replicas_.find(name);
+  if (existed) {
+    unindex(before);
+    changes_.deployments.insert(before.spec.deployment);
+  }
+  if (after != replicas_.end()) {
+    index(after->second);
+    changes_.deployments.insert(after->second.spec.deployment);
+  }
+  // A placement only takes capacity: a replica placed where there was none is no news to a
+  // replica that did not fit.
+  bool freed_or_moved =
+      after == replicas_.end() ||
+      (existed && !before.spec.node.empty() &&
+       (before.spec.node != after->second.spec.node || before.spec.gpus != after->second.spec.gpus ||
+        before.spec.vram_mb != after->second.spec.vram_mb || before.spec.stop != after->second.spec.stop));
+  if (freed_or_moved) ++capacity_generation_;
+}
+
+void Informer::index(const api::Replica& replica) {
+  const std::string& name = replica.metadata.name;
+  replicas_by_deployment_[replica.spec.deployment].insert(name);
+  if (!replica.spec.node.empty()) replicas_by_node_[replica.spec.node].insert(name);
+  if (replica.spec.node.empty() && !replica.spec.stop) unplaced_.insert(name);
+}
+
+void Informer::unindex(const api::Replica& replica) {
+  const std::string& name = replica.metadata.name;
+  auto forget = [&](std::map<std::string, std::set<std::string>>& index, const std::string& key) {
+    auto entry = index.find(key);
+    if (entry == index.end()) return;
+    entry->second.erase(name);
+    if (entry->second.empty()) index.erase(entry);
+  };
+  forget(replicas_by_deployment_, replica.spec.deployment);
+  if (!replica.spec.node.empty()) forget(replicas_by_node_, replica.spec.node);
+  unplaced_.erase(name);
 }
 
 template <typename T>
@@ -206,6 +274,55 @@ std::vector<api::Deployment> Informer::deployments() const {
 }
 std::vector<api::Replica> Informer::replicas() const {
   return values_of(replicas_);
+}
+
+namespace {
+template <typename T>
+const T* find_in(const std::map<std::string, T>& objects, const std::string& name) {
+  auto it = objects.find(name);
+  return it == objects.end() ? nullptr : &it->second;
+}
+}  // namespace
+
+const api::Node* Informer::node(const std::string& name) const {
+  return find_in(nodes_, name);
+}
+const api::Deployment* Informer::deployment(const std::string& name) const {
+  return find_in(deployments_, name);
+}
+const api::Replica* Informer::replica(const std::string& name) const {
+  return find_in(replicas_, name);
+}
+
+std::vector<api::Replica> Informer::replicas_of(const std::string& deployment) const {
+  std::vector<api::Replica> found;
+  auto names = replicas_by_deployment_.find(deployment);
+  if (names == replicas_by_deployment_.end()) return found;
+  found.reserve(names->second.size());
+  for (const auto& name : names->second) found.push_back(replicas_.at(name));
+  return found;
+}
+
+std::vector<api::Replica> Informer::replicas_on(const std::string& node) const {
+  std::vector<api::Replica> found;
+  auto names = replicas_by_node_.find(node);
+  if (names == replicas_by_node_.end()) return found;
+  for (const auto& name : names->second) found.push_back(replicas_.at(name));
+  return found;
+}
+
+std::set<std::string> Informer::deployments_on(const std::string& node) const {
+  std::set<std::string> found;
+  auto names = replicas_by_node_.find(node);
+  if (names == replicas_by_node_.end()) return found;
+  for (const auto& name : names->second) found.insert(replicas_.at(name).spec.deployment);
+  return found;
+}
+
+Informer::Changes Informer::take_changes() {
+  Changes taken;
+  std::swap(taken, changes_);
+  return taken;
 }
 
 int64_t Informer::lease_renewed_ms(const std::string& node) const {

@@ -4,6 +4,9 @@
 // listing and decoding everything on every pass. Also each node's liveness lease (node_admission.h)
 // and how many events are stored.
 //
+// It also says what changed (take_changes), so the controller reconciles only that, as Kubernetes'
+// controllers do with their work queues, and keeps indexes of replicas by deployment and by node.
+//
 // Threading: the store calls the watch callback (on the committing thread, under the store's
 // lock): it only queues the raw change. The controller's own thread calls everything else;
 // sync() decodes what was queued.
@@ -27,6 +30,16 @@ namespace nebula::controlplane {
 
 class Informer {
  public:
+  // What the changes sync() applied since the last take_changes() touched.
+  struct Changes {
+    std::set<std::string> nodes;  // joined, changed or removed (a lease renewal is not a change)
+    // Deployments created, changed or deleted, and the deployment of every replica created,
+    // changed or removed (before and after the change).
+    std::set<std::string> deployments;
+    bool modes = false;     // a mode was created, changed or deleted (modes are not cached)
+    bool relisted = false;  // the store ended the watch and was listed again: anything may have changed
+  };
+
   explicit Informer(store::Store& store);
   ~Informer();
   Informer(const Informer&) = delete;
@@ -45,11 +58,25 @@ class Informer {
   std::vector<api::Node> nodes() const;
   std::vector<api::Deployment> deployments() const;
   std::vector<api::Replica> replicas() const;
+  // One object by name; nullptr when the cache has none. Valid until the next sync().
+  const api::Node* node(const std::string& name) const;
+  const api::Deployment* deployment(const std::string& name) const;
+  const api::Replica* replica(const std::string& name) const;
+  // The replicas of a deployment, or those placed on a node (spec.node), sorted by name.
+  std::vector<api::Replica> replicas_of(const std::string& deployment) const;
+  std::vector<api::Replica> replicas_on(const std::string& node) const;
+  // The deployments with a replica placed on the node.
+  std::set<std::string> deployments_on(const std::string& node) const;
+  // Replicas neither placed nor marked stop: what the scheduler has still to place.
+  const std::set<std::string>& unplaced() const { return unplaced_; }
+  // What changed since the last call; resets it.
+  Changes take_changes();
   // When the node's agent last renewed its liveness lease (wall ms); 0 without one.
   int64_t lease_renewed_ms(const std::string& node) const;
   size_t event_count() const { return events_.size(); }
-  // Changes each time capacity may have been freed or added: a node joined, changed or left; a
-  // placed replica was removed, moved, resized or marked stop. The scheduler retries a replica
+  // Changes each time capacity may have been freed or added: a node joined, left or changed in
+  // what placement reads (not a refreshed heartbeat or GPU utilization); a placed replica was
+  // removed, moved, resized or marked stop. The scheduler retries a replica
   // that did not fit when this moves.
   uint64_t capacity_generation() const { return capacity_generation_; }
 
@@ -61,6 +88,9 @@ class Informer {
     int64_t revision = 0;
   };
   void apply(const Change& change);
+  void apply_replica(const Change& change);
+  void index(const api::Replica& replica);
+  void unindex(const api::Replica& replica);
   // Lists the resources into queued_ and watches from the listing's revision on.
   Status list_and_watch();
   // The store ended the watch (EtcdStore, its history compacted): forget everything, list again.
@@ -76,10 +106,15 @@ class Informer {
   std::deque<Change> queued_;
   int64_t seen_revision_ = 0;  // the newest revision the watch delivered (or the listing's)
   bool watch_ended_ = false;   // set by the store's end-of-watch callback; sync() lists again
+  bool modes_changed_ = false;
   // The controller thread's.
   std::map<std::string, api::Node> nodes_;
   std::map<std::string, api::Deployment> deployments_;
   std::map<std::string, api::Replica> replicas_;
+  std::map<std::string, std::set<std::string>> replicas_by_deployment_;  // replica names
+  std::map<std::string, std::set<std::string>> replicas_by_node_;
+  std::set<std::string> unplaced_;
+  Changes changes_;
   std::map<std::string, int64_t> leases_;
   std::set<std::string> events_;
   uint64_t capacity_generation_ = 0;

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <mutex>
+#include <set>
+#include <string>
 #include <vector>
 
 #include "common/clock.h"
@@ -134,6 +136,97 @@ TEST(InformerTest, ListsAgainWhenTheStoreEndsItsWatch) {
   ASSERT_TRUE(resources.create(node("d")));
   ASSERT_TRUE(informer.sync());
   EXPECT_EQ(names(informer.nodes()), (std::vector<std::string>{"b", "c", "d"}));
+}
+
+api::Replica replica(const std::string& name, const std::string& deployment, const std::string& node_name) {
+  api::Replica replica;
+  replica.metadata.name = name;
+  replica.spec.deployment = deployment;
+  replica.spec.model = "m";
+  replica.spec.node = node_name;
+  replica.spec.vram_mb = 1024;
+  return replica;
+}
+
+std::vector<std::string> names(const std::vector<api::Replica>& replicas) {
+  std::vector<std::string> out;
+  for (const auto& each : replicas) out.push_back(each.metadata.name);
+  return out;
+}
+
+// What the controller's work queue is fed from: which objects each sync changed (a replica's
+// deployment before and after), the indexes by deployment and node kept in step, and a node's
+// periodic status refresh told apart from a change that could let something fit.
+TEST(InformerTest, SaysWhatChangedAndKeepsItsIndexesInStep) {
+  FakeClock clock;
+  store::MemoryStore store(clock);
+  Resources resources(store, clock);
+  ASSERT_TRUE(resources.create(node("a")));
+  api::Deployment deployment;
+  deployment.metadata.name = "d1";
+  deployment.spec.model = "m";
+  ASSERT_TRUE(resources.create(deployment));
+  ASSERT_TRUE(resources.create(replica("r1", "d1", "a")));
+  ASSERT_TRUE(resources.create(replica("r2", "d1", "")));
+
+  Informer informer(store);
+  ASSERT_TRUE(informer.start().ok());
+  ASSERT_TRUE(informer.sync());
+  auto listed = informer.take_changes();
+  EXPECT_EQ(listed.nodes, (std::set<std::string>{"a"}));
+  EXPECT_EQ(listed.deployments, (std::set<std::string>{"d1"}));
+  EXPECT_TRUE(informer.take_changes().deployments.empty()) << "taking the changes resets them";
+  EXPECT_EQ(names(informer.replicas_of("d1")), (std::vector<std::string>{"r1", "r2"}));
+  EXPECT_EQ(names(informer.replicas_on("a")), (std::vector<std::string>{"r1"}));
+  EXPECT_EQ(informer.deployments_on("a"), (std::set<std::string>{"d1"}));
+  EXPECT_EQ(informer.unplaced(), (std::set<std::string>{"r2"}));
+
+  // r2 is placed: its deployment changed, no node did; nothing is left to place.
+  ASSERT_TRUE(resources.modify<api::Replica>("r2", [](api::Replica& current) {
+    current.spec.node = "a";
+    return true;
+  }));
+  ASSERT_TRUE(informer.sync());
+  auto placed = informer.take_changes();
+  EXPECT_EQ(placed.deployments, (std::set<std::string>{"d1"}));
+  EXPECT_TRUE(placed.nodes.empty());
+  EXPECT_TRUE(informer.unplaced().empty());
+  EXPECT_EQ(names(informer.replicas_on("a")), (std::vector<std::string>{"r1", "r2"}));
+
+  // The node's refresh (heartbeat, utilization) is a change, not one of capacity; its GPU memory is.
+  uint64_t generation = informer.capacity_generation();
+  ASSERT_TRUE(resources.modify<api::Node>("a", [](api::Node& current) {
+    current.status.heartbeat_ms += 15'000;
+    current.status.gpus[0].utilization = 88;
+    current.status.gpus[0].temperature_c = 71;
+    return true;
+  }));
+  ASSERT_TRUE(informer.sync());
+  EXPECT_EQ(informer.take_changes().nodes, (std::set<std::string>{"a"}));
+  EXPECT_EQ(informer.capacity_generation(), generation);
+  ASSERT_TRUE(resources.modify<api::Node>("a", [](api::Node& current) {
+    current.status.gpus[0].memory_used_mb = 4096;
+    return true;
+  }));
+  ASSERT_TRUE(informer.sync());
+  EXPECT_GT(informer.capacity_generation(), generation);
+
+  // A replica removed, another overwritten with something that is not a replica: both are gone
+  // from every index, and their deployment is told.
+  (void)informer.take_changes();
+  ASSERT_TRUE(resources.remove<api::Replica>("r1"));
+  ASSERT_TRUE(store.put(api::store_key("replicas", "r2"), "[\"not a replica\"]"));
+  ASSERT_TRUE(store.put(api::store_key("modes", "day"), "{}"));
+  ASSERT_TRUE(informer.sync());
+  auto gone = informer.take_changes();
+  EXPECT_EQ(gone.deployments, (std::set<std::string>{"d1"}));
+  EXPECT_TRUE(gone.modes);
+  EXPECT_TRUE(informer.replicas_of("d1").empty());
+  EXPECT_TRUE(informer.replicas_on("a").empty());
+  EXPECT_TRUE(informer.deployments_on("a").empty());
+  EXPECT_EQ(informer.replica("r2"), nullptr);
+  EXPECT_NE(informer.deployment("d1"), nullptr);
+  EXPECT_EQ(informer.node("zzz"), nullptr);
 }
 
 }  // namespace

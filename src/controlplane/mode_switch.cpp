@@ -352,16 +352,27 @@ SwitchPlan plan_of(const api::Mode& mode) {
   return plan;
 }
 
-void advance_switches(Resources& resources) {
+bool advance_switches(Resources& resources) {
+  bool in_progress = false;
   for (const auto& mode : resources.list<api::Mode>()) {
     if (!switch_in_progress(mode.switching)) continue;
     // Take every step that is possible now (a few at most), rereading the mode after each.
+    bool still = true;
     for (int steps = 0; steps < 8; ++steps) {
       auto current = resources.get<api::Mode>(mode.metadata.name);
-      if (!current || !switch_in_progress(current->switching)) break;
+      if (!current) {
+        still = current.error().code != ErrorCode::NotFound;  // a store error: tried again
+        break;
+      }
+      if (!switch_in_progress(current->switching)) {
+        still = false;
+        break;
+      }
       if (!step(resources, *current)) break;
     }
+    in_progress = in_progress || still;
   }
+  return in_progress;
 }
 
 }  // namespace nebula::controlplane

@@ -85,6 +85,7 @@ SwitchPlan plan_of(const api::Mode& mode);
 // Takes every step the state of each mode's switch allows now (the controller calls it on every
 // pass). Each step is a write of the mode's switch state after the deployment writes it implies,
 // all idempotent, so a controller that stops between two steps redoes at most the last one.
-void advance_switches(Resources& resources);
+// Returns whether a switch is still in progress (its timeouts need the controller to look again).
+bool advance_switches(Resources& resources);
 
 }  // namespace nebula::controlplane

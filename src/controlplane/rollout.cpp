@@ -113,7 +113,8 @@ void Controller::finish_drains(const std::vector<api::Replica*>& draining, const
 // A rollout whose new replicas crash-loop, cannot launch, or make no progress rolls back: the
 // deployment's plan_version returns to the plan it came from, so the next pass replaces the new
 // replicas with the old plan's (which kept serving meanwhile). Returns true when it rolled back.
-bool Controller::rollback_if_failing(const api::Deployment& deployment, const std::vector<api::Replica*>& current) {
+bool Controller::rollback_if_failing(const api::Deployment& deployment, const std::vector<api::Replica*>& current,
+                                     int64_t* due) {
   const auto& rollout = deployment.status.rollout;
   int64_t target = deployment.status.plan_version;
   if (rollout.state != rollout_state::kProgressing || rollout.to_version != target || rollout.from_version <= 0) {
@@ -139,10 +140,14 @@ bool Controller::rollback_if_failing(const api::Deployment& deployment, const st
       break;
     }
   }
-  if (why.empty() && now - last_progress > options_.rollout_progress_timeout.count()) {
+  int64_t deadline = last_progress + options_.rollout_progress_timeout.count() + 1;
+  if (why.empty() && now >= deadline) {
     why = fmt::format("plan {} made no progress for {} s", target, (now - last_progress) / 1000);
   }
-  if (why.empty()) return false;
+  if (why.empty()) {
+    *due = std::min(*due, deadline);
+    return false;
+  }
   std::string message = fmt::format("{}; rolled back to plan {}", why, rollout.from_version);
   auto updated = resources_.modify<api::Deployment>(deployment.metadata.name, [&](api::Deployment& stored) {
     auto& status = stored.status;
@@ -247,10 +252,12 @@ int Controller::replace_old_plan(const api::Deployment& deployment, const api::D
     });
     if (unplaced != current.end()) {
       api::Replica* candidate = serving.front();
-      std::vector<api::Replica> others;
-      for (const auto& replica : replicas) {
-        if (replica.metadata.name != candidate->metadata.name) others.push_back(replica);
-      }
+      // Every replica as the store has it now (this pass's own writes included), not only this
+      // deployment's: the what-if is about the cluster's free memory.
+      informer_.sync();
+      std::vector<api::Replica> others = informer_.replicas();
+      std::erase_if(others,
+                    [&](const api::Replica& replica) { return replica.metadata.name == candidate->metadata.name; });
       auto request = scheduler::request_for(**unplaced, plan_spec);
       if (scheduler::place(request, scheduler::without_engines(nodes, {*candidate}), others)) {
         resources_.record_event("deployment/" + name, "RolloutOneAtATime",
