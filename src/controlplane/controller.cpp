@@ -17,6 +17,16 @@ namespace nebula::controlplane {
 namespace {
 constexpr std::chrono::milliseconds kFirstRetry{1'000};
 constexpr std::chrono::milliseconds kMaxRetry{60'000};
+// Marks a replica stopped in the store (a no-op when it already is) and keeps what was stored.
+void mark_stopped(Resources& resources, api::Replica& replica) {
+  auto updated = resources.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
+    if (current.spec.stop) return false;
+    current.spec.stop = true;
+    return true;
+  });
+  if (updated) replica = *updated;
+}
+
 }  // namespace
 
 Controller::Controller(Resources& resources, Options options)
@@ -129,14 +139,7 @@ void Controller::reconcile() {
     bool owned = std::any_of(deployments.begin(), deployments.end(), [&](const api::Deployment& deployment) {
       return deployment.metadata.name == replica.spec.deployment;
     });
-    if (!owned && !replica.spec.stop) {
-      auto updated = resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
-        if (current.spec.stop) return false;
-        current.spec.stop = true;
-        return true;
-      });
-      if (updated) replica = *updated;
-    }
+    if (!owned && !replica.spec.stop) mark_stopped(resources_, replica);
   }
   replace_lost(replicas, nodes);
   std::set<std::string> draining;
@@ -244,13 +247,7 @@ void Controller::reconcile_queued(const std::string& name, std::vector<api::Repl
     // Gone: its replicas are stopped.
     deployment_due_.erase(name);
     for (auto& replica : replicas) {
-      if (replica.spec.stop) continue;
-      auto updated = resources_.modify<api::Replica>(replica.metadata.name, [](api::Replica& current) {
-        if (current.spec.stop) return false;
-        current.spec.stop = true;
-        return true;
-      });
-      if (updated) replica = *updated;
+      if (!replica.spec.stop) mark_stopped(resources_, replica);
     }
   }
   replace_lost(replicas, nodes);
