@@ -50,6 +50,7 @@
 #include "controlplane/resources.h"
 #include "scheduler/scheduler.h"
 #include "store/etcd_store.h"
+#include "store/forwarding_store.h"
 #include "store/sqlite_store.h"
 
 namespace {
@@ -96,32 +97,12 @@ struct PlaceResult {
 
 // A store that hides put_all (the default answers Unavailable): the controller falls back to one
 // compare-and-swap write per placement, as it did before batches.
-class OneWriteAtATime final : public store::Store {
+class OneWriteAtATime final : public store::ForwardingStore {
  public:
-  explicit OneWriteAtATime(store::Store& inner) : inner_(inner) {}
-  Result<std::optional<store::KeyValue>> get(const std::string& key) override { return inner_.get(key); }
-  Result<store::ListResult> list(const std::string& prefix) override { return inner_.list(prefix); }
-  Result<int64_t> put(const std::string& key, const std::string& value,
-                      store::Precondition precondition = store::Precondition::none(), int64_t lease = 0) override {
-    return inner_.put(key, value, precondition, lease);
+  using ForwardingStore::ForwardingStore;
+  Result<std::vector<int64_t>> put_all(const std::vector<store::Put>& puts) override {
+    return store::Store::put_all(puts);
   }
-  Result<int64_t> remove(const std::string& key,
-                         store::Precondition precondition = store::Precondition::none()) override {
-    return inner_.remove(key, precondition);
-  }
-  int64_t revision() override { return inner_.revision(); }
-  Result<std::unique_ptr<store::WatchHandle>> watch(const std::string& prefix, int64_t from_revision,
-                                                    store::WatchCallback callback,
-                                                    store::WatchEndCallback on_end = {}) override {
-    return inner_.watch(prefix, from_revision, std::move(callback), std::move(on_end));
-  }
-  Result<int64_t> grant_lease(int64_t ttl_ms) override { return inner_.grant_lease(ttl_ms); }
-  Status keep_alive(int64_t lease) override { return inner_.keep_alive(lease); }
-  Status revoke_lease(int64_t lease) override { return inner_.revoke_lease(lease); }
-  int expire_leases() override { return inner_.expire_leases(); }
-
- private:
-  store::Store& inner_;
 };
 
 // The etcd binary on PATH.

@@ -7,12 +7,12 @@
 #include <functional>
 #include <map>
 #include <optional>
-#include <thread>
 
 #include "controlplane/controlplane.h"
 #include "controlplane/node_admission.h"
 #include "etcd_cluster.h"
 #include "store/etcd_store.h"
+#include "store/forwarding_store.h"
 #include "store/memory_store.h"
 
 namespace nebula::controlplane {
@@ -621,10 +621,10 @@ namespace {
 
 // A store whose transactions misbehave in the ways the controller must survive: refused (a store
 // that cannot batch), applied with the answer lost, or beaten by a concurrent write to one key.
-class BatchTroubleStore final : public store::Store {
+class BatchTroubleStore final : public store::ForwardingStore {
  public:
   enum class Trouble { None, Unsupported, AnswerLost, OneKeyChanged };
-  explicit BatchTroubleStore(const Clock& clock) : inner(clock) {}
+  explicit BatchTroubleStore(const Clock& clock) : ForwardingStore(inner), inner(clock) {}
   Trouble trouble = Trouble::None;
   int batches = 0;
   store::MemoryStore inner;
@@ -647,25 +647,6 @@ class BatchTroubleStore final : public store::Store {
     }
     return make_error(ErrorCode::Internal, "unreachable");
   }
-  Result<std::optional<store::KeyValue>> get(const std::string& key) override { return inner.get(key); }
-  Result<store::ListResult> list(const std::string& prefix) override { return inner.list(prefix); }
-  Result<int64_t> put(const std::string& key, const std::string& value,
-                      store::Precondition precondition = store::Precondition::none(), int64_t lease = 0) override {
-    return inner.put(key, value, precondition, lease);
-  }
-  Result<int64_t> remove(const std::string& key,
-                         store::Precondition precondition = store::Precondition::none()) override {
-    return inner.remove(key, precondition);
-  }
-  int64_t revision() override { return inner.revision(); }
-  Result<std::unique_ptr<store::WatchHandle>> watch(const std::string& prefix, int64_t from, store::WatchCallback cb,
-                                                    store::WatchEndCallback on_end = {}) override {
-    return inner.watch(prefix, from, std::move(cb), std::move(on_end));
-  }
-  Result<int64_t> grant_lease(int64_t ttl_ms) override { return inner.grant_lease(ttl_ms); }
-  Status keep_alive(int64_t lease) override { return inner.keep_alive(lease); }
-  Status revoke_lease(int64_t lease) override { return inner.revoke_lease(lease); }
-  int expire_leases() override { return inner.expire_leases(); }
 };
 
 TEST(ControllerBatches, EveryReplicaIsPlacedOnceWhateverTheTransactionsDo) {
@@ -709,9 +690,9 @@ TEST(ControllerBatches, EveryReplicaIsPlacedOnceWhateverTheTransactionsDo) {
 
 // On a real etcd, a pass's transactions several at once (Store::put_batches), one refused by a
 // real concurrent write and one applied with its answer lost: every replica is placed once.
-class TroubleOnEtcd final : public store::Store {
+class TroubleOnEtcd final : public store::ForwardingStore {
  public:
-  explicit TroubleOnEtcd(store::Store& etcd) : etcd_(etcd) {}
+  explicit TroubleOnEtcd(store::Store& etcd) : ForwardingStore(etcd), etcd_(etcd) {}
   int calls = 0;
   std::string changed_key;  // written behind the controller's back, before its transaction
   std::string lost_key;     // in the batch whose answer is lost
@@ -727,31 +708,11 @@ class TroubleOnEtcd final : public store::Store {
     if (outcomes[2]) outcomes[2] = make_error(ErrorCode::Unavailable, "etcd: the answer was lost");
     return outcomes;
   }
-  Result<std::vector<int64_t>> put_all(const std::vector<store::Put>& puts) override { return etcd_.put_all(puts); }
-  Result<std::optional<store::KeyValue>> get(const std::string& key) override { return etcd_.get(key); }
-  Result<store::ListResult> list(const std::string& prefix) override { return etcd_.list(prefix); }
-  Result<int64_t> put(const std::string& key, const std::string& value,
-                      store::Precondition precondition = store::Precondition::none(), int64_t lease = 0) override {
-    return etcd_.put(key, value, precondition, lease);
-  }
-  Result<int64_t> remove(const std::string& key,
-                         store::Precondition precondition = store::Precondition::none()) override {
-    return etcd_.remove(key, precondition);
-  }
-  int64_t revision() override { return etcd_.revision(); }
-  Result<std::unique_ptr<store::WatchHandle>> watch(const std::string& prefix, int64_t from, store::WatchCallback cb,
-                                                    store::WatchEndCallback on_end = {}) override {
-    return etcd_.watch(prefix, from, std::move(cb), std::move(on_end));
-  }
   Result<std::unique_ptr<store::WatchHandle>> watch_values(const std::string& prefix, int64_t from,
                                                            store::WatchCallback cb,
                                                            store::WatchEndCallback on_end = {}) override {
     return etcd_.watch_values(prefix, from, std::move(cb), std::move(on_end));
   }
-  Result<int64_t> grant_lease(int64_t ttl_ms) override { return etcd_.grant_lease(ttl_ms); }
-  Status keep_alive(int64_t lease) override { return etcd_.keep_alive(lease); }
-  Status revoke_lease(int64_t lease) override { return etcd_.revoke_lease(lease); }
-  int expire_leases() override { return etcd_.expire_leases(); }
 
  private:
   store::Store& etcd_;
@@ -1086,39 +1047,20 @@ TEST_F(ControllerTest, AnIdleTimeoutFallsDueWithoutAnyChange) {
 }
 
 // A store that refuses writes of deployments while told to, as a store that fails for a moment.
-class RefusingStore final : public store::Store {
+class RefusingStore final : public store::ForwardingStore {
  public:
-  explicit RefusingStore(store::Store& inner) : inner_(inner) {}
-  Result<std::optional<store::KeyValue>> get(const std::string& key) override { return inner_.get(key); }
-  Result<store::ListResult> list(const std::string& prefix) override { return inner_.list(prefix); }
-  Result<int64_t> put(const std::string& key, const std::string& value, store::Precondition precondition,
-                      int64_t lease) override {
+  using ForwardingStore::ForwardingStore;
+  Result<int64_t> put(const std::string& key, const std::string& value,
+                      store::Precondition precondition = store::Precondition::none(), int64_t lease = 0) override {
     if (refuse_deployments && key.rfind(api::store_prefix("deployments"), 0) == 0) {
       ++refused;
       return make_error(ErrorCode::Unavailable, "the store is away");
     }
-    return inner_.put(key, value, precondition, lease);
+    return ForwardingStore::put(key, value, precondition, lease);
   }
-  Result<int64_t> remove(const std::string& key, store::Precondition precondition) override {
-    return inner_.remove(key, precondition);
-  }
-  Result<std::vector<int64_t>> put_all(const std::vector<store::Put>& puts) override { return inner_.put_all(puts); }
-  int64_t revision() override { return inner_.revision(); }
-  Result<std::unique_ptr<store::WatchHandle>> watch(const std::string& prefix, int64_t from,
-                                                    store::WatchCallback callback,
-                                                    store::WatchEndCallback on_end) override {
-    return inner_.watch(prefix, from, std::move(callback), std::move(on_end));
-  }
-  Result<int64_t> grant_lease(int64_t ttl_ms) override { return inner_.grant_lease(ttl_ms); }
-  Status keep_alive(int64_t lease) override { return inner_.keep_alive(lease); }
-  Status revoke_lease(int64_t lease) override { return inner_.revoke_lease(lease); }
-  int expire_leases() override { return inner_.expire_leases(); }
 
   std::atomic<bool> refuse_deployments{false};
   std::atomic<int> refused{0};
-
- private:
-  store::Store& inner_;
 };
 
 TEST_F(ControllerTest, TheFullResyncRepairsWhatTheQueueMissed) {
@@ -1154,14 +1096,9 @@ TEST_F(ControllerTest, TheFullResyncRepairsWhatTheQueueMissed) {
   EXPECT_EQ(repaired->status.phase, "Ready");
 }
 
-// The loop itself, on the real clock.
+// The loop itself, on the real clock: polls until the condition holds, for up to 20 s.
 bool wait_for(const std::function<bool()>& condition) {
-  auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > limit) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return true;
+  return testing::eventually(condition, std::chrono::seconds(20), std::chrono::milliseconds(10));
 }
 
 api::Node live_node(const std::string& name) {

@@ -9,6 +9,7 @@
 
 #include "common/clock.h"
 #include "controlplane/resources.h"
+#include "store/forwarding_store.h"
 #include "store/memory_store.h"
 
 namespace nebula::controlplane {
@@ -16,20 +17,10 @@ namespace {
 
 // A MemoryStore whose watches the test can end, as EtcdStore ends one whose history was compacted.
 // Everything else goes straight to the real store.
-class EndingStore final : public store::Store {
+class EndingStore final : public store::ForwardingStore {
  public:
-  explicit EndingStore(const Clock& clock) : inner_(clock) {}
+  explicit EndingStore(const Clock& clock) : ForwardingStore(inner_), inner_(clock) {}
 
-  Result<std::optional<store::KeyValue>> get(const std::string& key) override { return inner_.get(key); }
-  Result<store::ListResult> list(const std::string& prefix) override { return inner_.list(prefix); }
-  Result<int64_t> put(const std::string& key, const std::string& value, store::Precondition precondition,
-                      int64_t lease) override {
-    return inner_.put(key, value, precondition, lease);
-  }
-  Result<int64_t> remove(const std::string& key, store::Precondition precondition) override {
-    return inner_.remove(key, precondition);
-  }
-  int64_t revision() override { return inner_.revision(); }
   Result<std::unique_ptr<store::WatchHandle>> watch(const std::string& prefix, int64_t from_revision,
                                                     store::WatchCallback callback,
                                                     store::WatchEndCallback on_end) override {
@@ -40,10 +31,6 @@ class EndingStore final : public store::Store {
     ++watches_made_;
     return std::unique_ptr<store::WatchHandle>(std::make_unique<NoopHandle>());
   }
-  Result<int64_t> grant_lease(int64_t ttl_ms) override { return inner_.grant_lease(ttl_ms); }
-  Status keep_alive(int64_t lease) override { return inner_.keep_alive(lease); }
-  Status revoke_lease(int64_t lease) override { return inner_.revoke_lease(lease); }
-  int expire_leases() override { return inner_.expire_leases(); }
 
   // Stops every live watch: the writes after this reach no watcher until it watches again.
   void pause_watches() {
