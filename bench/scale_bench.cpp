@@ -155,7 +155,8 @@ struct PlaceOptions {
   size_t txns_in_flight = store::kBatchesInFlight;  // etcd: EtcdOptions::batches_in_flight
 };
 
-// Writes resources in transactions of up to store::kMaxBatch (setting up, not timed).
+// Writes resources in transactions of up to store::kMaxBatch (setting up, not timed), in the
+// form Resources keeps them.
 class BatchCreator {
  public:
   explicit BatchCreator(store::Store& store) : store_(store) {}
@@ -163,7 +164,7 @@ class BatchCreator {
   template <typename T>
   void create(const T& object) {
     puts_.push_back({api::store_key(controlplane::Traits<T>::kPlural, object.metadata.name),
-                     api::to_json(object).dump(), store::Precondition::absent()});
+                     controlplane::Resources::stored_json(object).dump(), store::Precondition::absent()});
     if (puts_.size() == store::kMaxBatch) flush();
   }
   void flush() {

@@ -792,7 +792,8 @@ void Controller::write_placements_of(
     assign(replica, placement);
     if (batches.empty() || batches.back().size() == store::kMaxBatch) batches.emplace_back();
     batches.back().push_back({api::store_key(Traits<api::Replica>::kPlural, replica.metadata.name),
-                              api::to_stored_json(replica).dump(), store::Precondition::at(replica.metadata.revision)});
+                              Resources::stored_json(replica).dump(),
+                              store::Precondition::at(replica.metadata.revision)});
   }
   auto outcomes = resources_.store().put_batches(batches);
   for (size_t i = 0; i < placements.size(); ++i) {
