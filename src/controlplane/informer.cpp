@@ -294,21 +294,25 @@ const api::Replica* Informer::replica(const std::string& name) const {
   return find_in(replicas_, name);
 }
 
-std::vector<api::Replica> Informer::replicas_of(const std::string& deployment) const {
+namespace {
+// Copies of the replicas an index lists under `key` (a deployment or a node).
+std::vector<api::Replica> indexed(const std::map<std::string, std::set<std::string>>& index, const std::string& key,
+                                  const std::map<std::string, api::Replica>& replicas) {
   std::vector<api::Replica> found;
-  auto names = replicas_by_deployment_.find(deployment);
-  if (names == replicas_by_deployment_.end()) return found;
+  auto names = index.find(key);
+  if (names == index.end()) return found;
   found.reserve(names->second.size());
-  for (const auto& name : names->second) found.push_back(replicas_.at(name));
+  for (const auto& name : names->second) found.push_back(replicas.at(name));
   return found;
+}
+}  // namespace
+
+std::vector<api::Replica> Informer::replicas_of(const std::string& deployment) const {
+  return indexed(replicas_by_deployment_, deployment, replicas_);
 }
 
 std::vector<api::Replica> Informer::replicas_on(const std::string& node) const {
-  std::vector<api::Replica> found;
-  auto names = replicas_by_node_.find(node);
-  if (names == replicas_by_node_.end()) return found;
-  for (const auto& name : names->second) found.push_back(replicas_.at(name));
-  return found;
+  return indexed(replicas_by_node_, node, replicas_);
 }
 
 std::set<std::string> Informer::deployments_on(const std::string& node) const {
