@@ -95,8 +95,12 @@ http::Headers MirrorStore::auth_headers() const {
   return headers;
 }
 
+size_t MirrorStore::current() const {
+  return current_.load() % servers_.size();
+}
+
 std::string MirrorStore::server() const {
-  return servers_[current_.load() % servers_.size()];
+  return servers_[current()];
 }
 
 void MirrorStore::next_server(size_t failed) {
@@ -115,7 +119,7 @@ Result<http::Response> MirrorStore::call(const std::string& method, const std::s
   std::lock_guard lock(write_mutex_);
   Result<http::Response> response = make_error(ErrorCode::Unavailable, "no server");
   for (size_t tried = 0; tried < servers_.size(); ++tried) {
-    size_t index = current_.load() % servers_.size();
+    size_t index = current();
     response = writer_->request(method, servers_[index] + target, body, headers, kWriteTimeout);
     if (response && response->status < 500) break;
     next_server(index);
@@ -190,7 +194,7 @@ awaitable<void> MirrorStore::follow() {
   asio::steady_timer delay(io_);
   bool relist = false;
   while (!*stopped) {
-    const size_t index = current_.load() % servers_.size();
+    const size_t index = current();
     const std::string& server = servers_[index];
     if (relist) {
       auto listing = co_await client_->request("GET", server + "/api/v1/gateway/state", "", auth_headers(),

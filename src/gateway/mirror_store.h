@@ -96,7 +96,9 @@ class MirrorStore final : public store::Store {
   // One request to the servers: the current one, then each of the others while the answer is a
   // failure to connect or a 5xx (the last answer is returned).
   Result<http::Response> call(const std::string& method, const std::string& target, const std::string& body);
-  // Moves on from `failed` (unless another caller already did).
+  // The index of the server followed now, and moving on from `failed` (unless another caller
+  // already did).
+  size_t current() const;
   void next_server(size_t failed);
   // A write to the server, with an id of its own; sent again (same id) when unanswered.
   Result<http::Response> write(json request);
