@@ -4,6 +4,7 @@
 #include <hiredis/hiredis.h>
 #include <sys/time.h>
 
+#include <cctype>
 #include <charconv>
 #include <cstdlib>
 #include <optional>
@@ -57,7 +58,10 @@ std::string redacted_redis_url(std::string_view url) {
 
 namespace {
 
-// %XX escapes decoded (a password may hold ':', '@' or '/'); nullopt for a malformed escape.
+// %XX escapes decoded (a password may hold ':', '@' or '/'); nullopt for a malformed escape. Not
+// http::url_decode: that one reads query strings, where '+' is a space and a malformed escape is
+// kept as it is; in a URL's login '+' is itself, and a mistyped escape must not log in as
+// something else.
 std::optional<std::string> percent_decoded(std::string_view text) {
   std::string decoded;
   for (size_t index = 0; index < text.size(); ++index) {
@@ -65,10 +69,13 @@ std::optional<std::string> percent_decoded(std::string_view text) {
       decoded += text[index];
       continue;
     }
+    // Two hex digits (from_chars alone would take "%-1" as -1).
+    if (index + 2 >= text.size() || !std::isxdigit(static_cast<unsigned char>(text[index + 1])) ||
+        !std::isxdigit(static_cast<unsigned char>(text[index + 2]))) {
+      return std::nullopt;
+    }
     int value = 0;
-    if (index + 2 >= text.size()) return std::nullopt;
-    auto [end, error] = std::from_chars(text.data() + index + 1, text.data() + index + 3, value, 16);
-    if (error != std::errc() || end != text.data() + index + 3) return std::nullopt;
+    std::from_chars(text.data() + index + 1, text.data() + index + 3, value, 16);
     decoded += static_cast<char>(value);
     index += 2;
   }
@@ -168,6 +175,10 @@ void RedisConnection::fail(std::string why) {
   next_attempt_ = std::chrono::steady_clock::now() + retry_interval_;
 }
 
+void RedisConnection::lost() {
+  fail(context_->errstr[0] ? context_->errstr : "no reply");
+}
+
 redisContext* RedisConnection::get() {
   if (context_) return context_;
   auto now = std::chrono::steady_clock::now();
@@ -249,7 +260,7 @@ RedisReplyPtr RedisConnection::command(const std::vector<std::string_view>& argv
   }
   RedisReplyPtr reply(static_cast<redisReply*>(
       redisCommandArgv(context_, static_cast<int>(argv.size()), pointers.data(), lengths.data())));
-  if (!reply) fail(context_->errstr[0] ? context_->errstr : "no reply");
+  if (!reply) lost();
   return reply;
 }
 
@@ -261,7 +272,7 @@ RedisReplyPtr RedisConnection::eval(size_t script, const std::vector<std::string
     RedisReplyPtr reply(
         static_cast<redisReply*>(redisCommandArgv(context_, eval.size(), eval.argv.data(), eval.lengths.data())));
     if (!reply) {
-      fail(context_->errstr[0] ? context_->errstr : "no reply");
+      lost();
       return nullptr;
     }
     if (is_noscript(*reply)) {
@@ -289,7 +300,7 @@ RedisReplyPtr RedisConnection::next_reply() {
   void* raw = nullptr;
   if (redisGetReply(context_, &raw) != REDIS_OK || !raw) {
     if (raw) freeReplyObject(raw);
-    fail(context_->errstr[0] ? context_->errstr : "no reply");
+    lost();
     return nullptr;
   }
   return RedisReplyPtr(static_cast<redisReply*>(raw));

@@ -78,6 +78,8 @@ class RedisConnection {
 
  private:
   void drop();
+  // A command got no reply: the connection failed, with hiredis's reason.
+  void lost();
   // AUTH and SELECT as the address asks; false (last_error() says why) when Redis refused.
   bool log_in();
   bool load(size_t script);

@@ -41,10 +41,27 @@ TEST(RedisAddressTest, HostAndPortOrARefusal) {
   auto bare = parse_redis_address("redis://cache.local");
   ASSERT_TRUE(bare);
   EXPECT_EQ(bare->port, 6379);
-  for (const char* bad :
-       {"", "redis:/h", "REDIS://h", "redis://", "redis://:1", "redis://h:", "redis://h:0", "redis://h:65536",
-        "redis://h:1:2x", "redis://u@h:1", "redis://:@h", "redis://u:p%4@h", "redis://h:1/16", "redis://h:1/x",
-        "redis://h:1/-1", "redis://h?x=1", "redis://h#x", "redis://h h:1", "redis://h:+1"}) {
+  for (const char* bad : {"",
+                          "redis:/h",
+                          "REDIS://h",
+                          "redis://",
+                          "redis://:1",
+                          "redis://h:",
+                          "redis://h:0",
+                          "redis://h:65536",
+                          "redis://h:1:2x",
+                          "redis://u@h:1",
+                          "redis://:@h",
+                          "redis://u:p%4@h",
+                          "redis://u:%-1@h",
+                          "redis://u:%+f@h",
+                          "redis://h:1/16",
+                          "redis://h:1/x",
+                          "redis://h:1/-1",
+                          "redis://h?x=1",
+                          "redis://h#x",
+                          "redis://h h:1",
+                          "redis://h:+1"}) {
     EXPECT_FALSE(parse_redis_address(bad)) << bad;
   }
   for (std::string bad :
