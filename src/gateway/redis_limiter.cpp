@@ -3,10 +3,13 @@
 #include <fmt/format.h>
 #include <hiredis/hiredis.h>
 #include <spdlog/spdlog.h>
+#include <algorithm>
 #include <ctime>
 #include <future>
 #include <optional>
 #include <unordered_map>
+
+#include "common/ids.h"
 
 namespace nebula::gateway {
 
@@ -17,78 +20,114 @@ constexpr int64_t kWindowUs = 60'000'000;
 // One run per API key per batch: every admission and finish of the key queued in the batch, in
 // queue order, with exactly the answers of running them one after another.
 //
-// KEYS: window, flight, state, month. ARGV: lease_us, window_us, ttl_ms, month_ttl_s, then the
-// operations from ARGV[5] on:
+// KEYS: window, flight, state, month. ARGV: lease_us, window_us, ttl_ms, month_ttl_s, holder (this
+// gateway's id), gen (its lease on the key as it last heard: "0" = none), then the operations from
+// ARGV[7] on:
 //   admission (9): "a", now_us ("" = Redis's TIME, read once per run), rpm, tpm, max_concurrency,
 //                  budget, estimate, month_used (as the gateway knows it), month ("2026-12");
-//   finish (7):    "f", ticket, estimate, actual, leased ("1"), budget ("1"), month.
-// Returns seven numbers per admission, in order: {verdict, ticket, window requests, window
-// tokens, reset_us, retry_us, detail}: verdict 0 admitted, 1 requests, 2 tokens (retry 0: larger
-// than the limit), 3 concurrency, 4 budget (detail: tokens used and in flight).
+//   finish (8):    "f", ticket, estimate, actual, lease gen ("" = not leased), budget ("1"),
+//                  month, admitted_us (the admission's time).
+// Returns nine numbers per admission, in order: {verdict, ticket, window requests, window tokens,
+// reset_us, retry_us, detail, admitted_us, lease gen}: verdict 0 admitted, 1 requests, 2 tokens
+// (retry 0: larger than the limit), 3 concurrency, 4 budget (detail: tokens used and in flight).
 //
-// A finish frees the request's slot and in-flight tokens (unless its lease already lapsed),
-// makes its charge in the window what the engine reported (the corrected member is added before
-// the estimate's is removed, so the window's key never empties on the way), and counts it in the
-// month when the key has a budget. An admission drops the charges older than a minute (and
-// lapsed leases), checks requests per minute, tokens per minute, concurrency and the monthly
-// budget in that order, and records the request.
+// The window is a sorted set of entries "<seq>:<requests>:<tokens>" scored by their time: the
+// admissions of one run share Redis's TIME, so they make one entry, however many they are, and
+// leave the window together, exactly a minute later. A finish whose engine counted differently
+// adds a correction "<ticket>:0:<difference>" at its admission's time (which the admission
+// returned), so the charge and its correction leave together; none when the charge already left.
+// The state hash keeps the window's sums (count, tokens), so nothing is counted on the way.
 //
-// What the operations share is read once per run and kept in Lua: the state hash (seq: the last
-// ticket, tokens: the window's sum, flight: estimates of the leased requests, refresh: when the
-// TTLs were last set) with one HMGET and written with one HSET at the end; the window's size and
-// oldest charge and the leases' count, read again only when an admission comes with another
-// `now`; the month's spending. Writes wait for the end of the run, or for the next read of the
-// sorted set they change: the charges and leases of the run's admissions go in one ZADD each,
-// the finishes' corrected charges in one ZADD and one ZREM, the month's tokens in one HINCRBY.
-// A finish then costs a ZREM and a ZSCORE, an admission nothing of its own. Only a key
-// with a concurrency limit or a budget leases its requests. TTLs are set again once half of
-// `ttl` has passed (and on a key just created), not on every request: each key then outlives
-// its last write by at least ttl/2 = max(window, lease).
+// Concurrency and budget hold a lease per gateway and key, not per request: a sorted set of
+// "<holder>:<gen>" scored by expiry, and in the state hash "l:<holder>:<gen>" = "<requests>:
+// <tokens>" it holds, summed in running and flight. An admission extends its gateway's lease,
+// the renewal thread too while requests run; a finish takes its request off the lease it was
+// admitted under. A lease that ran out (its gateway died, or stalled past it) is collected by
+// the next admission: its requests and tokens come back, its later finishes find nothing, and
+// its gateway's next admission opens a new generation.
+//
+// An admission drops the entries older than a minute and the lapsed leases, checks requests per
+// minute, tokens per minute, concurrency and the monthly budget in that order, and records the
+// request. What the operations share is read once per run (one HMGET of the state, the window's
+// oldest entry, the month) and written once at its end (one ZADD of the window, one of the
+// lease, one HSET of the state, one HINCRBY of the month): a request costs Redis the Lua of its
+// own operations and no sorted-set work of its own. Only a key with a concurrency limit or a
+// budget leases its requests. TTLs are set again once half of `ttl` has passed (and on a key
+// just created), not on every request: each key then outlives its last write by at least
+// ttl/2 = max(window, lease).
 constexpr const char* kBatchScript = R"lua(
 local lease, window, ttl, month_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local function tokens_of(member) return tonumber(string.match(member, ':(%-?%d+)$')) end
-local state = redis.call('HMGET', KEYS[3], 'seq', 'tokens', 'flight', 'refresh')
-local seq, tokens = tonumber(state[1] or '0'), tonumber(state[2] or '0')
-local flight, refresh = tonumber(state[3] or '0'), tonumber(state[4] or '0')
-local clock, window_at, flight_at, count, oldest, running
+local holder = ARGV[5]
+-- "<seq>:<requests>:<tokens>": a window entry. "<requests>:<tokens>": a lease's share.
+local function entry(member)
+  local n, t = string.match(member, ':(%d+):(%-?%d+)$')
+  return tonumber(n), tonumber(t)
+end
+local function share(value)
+  local n, t = string.match(value, '^(%-?%d+):(%-?%d+)$')
+  return tonumber(n), tonumber(t)
+end
+local mine, mine_gen = holder .. ':' .. ARGV[6], tonumber(ARGV[6])
+local state = redis.call('HMGET', KEYS[3], 'seq', 'count', 'tokens', 'running', 'flight', 'refresh', 'l:' .. mine)
+local seq, count, tokens = tonumber(state[1] or '0'), tonumber(state[2] or '0'), tonumber(state[3] or '0')
+local running, flight, refresh = tonumber(state[4] or '0'), tonumber(state[5] or '0'), tonumber(state[6] or '0')
+-- This gateway's lease on the key: the requests and estimates it holds; nil = none (or collected).
+local mine_n, mine_t
+if state[7] then mine_n, mine_t = share(state[7]) else mine = nil end
+local clock, window_at, flight_at, oldest
 local spent, month_add = {}, {}
--- Writes not sent yet: ZADD arguments (score, member, ...) of the window and of the leases, and
--- the window's members to remove (after the adds: the key never empties on the way).
-local window_add, window_remove, flight_add = {}, {}, {}
+-- Writes not sent yet: the admissions at `group_at` (one entry), corrections (ZADD arguments),
+-- the lease's new expiry.
+local group_at, group_n, group_t = nil, 0, 0
+local window_add, mine_expiry = {}, nil
 local function write_window()
+  if group_n > 0 then
+    window_add[#window_add + 1] = group_at
+    window_add[#window_add + 1] = seq .. ':' .. group_n .. ':' .. group_t
+    group_n, group_t = 0, 0
+  end
   if #window_add > 0 then
     redis.call('ZADD', KEYS[1], unpack(window_add))
     window_add = {}
   end
-  if #window_remove > 0 then
-    redis.call('ZREM', KEYS[1], unpack(window_remove))
-    window_remove = {}
-  end
 end
+local touch_window, touch_flight, touch_all = false, false, false
 local function write_flight()
-  if #flight_add > 0 then
-    redis.call('ZADD', KEYS[2], unpack(flight_add))
-    flight_add = {}
+  if mine_expiry then
+    if redis.call('ZADD', KEYS[2], mine_expiry, mine) == 1 then touch_flight = true end
+    mine_expiry = nil
   end
 end
-local dirty, admitted, touch_window, touch_flight, touch_all = false, false, false, false, false
+local dirty, mine_dirty = false, false
 local out = {}
-local i = 5
+local i = 7
 while i <= #ARGV do
   if ARGV[i] == 'f' then
-    local ticket, fest, factual = ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-    local member = ticket .. ':' .. ARGV[i + 2]
-    if ARGV[i + 4] == '1' and redis.call('ZREM', KEYS[2], member) == 1 then
-      flight = flight - fest
-      if running then running = running - 1 end
-      dirty = true
+    local ticket, fest, factual = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+    if ARGV[i + 4] ~= '' then
+      local member = holder .. ':' .. ARGV[i + 4]
+      if member == mine then
+        mine_n, mine_t = mine_n - 1, mine_t - fest
+        running, flight = running - 1, flight - fest
+        mine_dirty, dirty = true, true
+      else
+        -- An older lease of this gateway's: freed unless it lapsed and was collected.
+        local held = redis.call('HGET', KEYS[3], 'l:' .. member)
+        if held then
+          local n, t = share(held)
+          redis.call('HSET', KEYS[3], 'l:' .. member, (n - 1) .. ':' .. (t - fest))
+          running, flight = running - 1, flight - fest
+          dirty = true
+        end
+      end
     end
-    if factual ~= fest then
-      local score = redis.call('ZSCORE', KEYS[1], member)
-      if score then
-        window_add[#window_add + 1] = score
-        window_add[#window_add + 1] = ticket .. ':' .. ARGV[i + 3]
-        window_remove[#window_remove + 1] = member
+    -- The engine's count replaces the estimate: a correction entry at the charge's own time,
+    -- unless the charge already left the window (or Redis lost it: the ticket is newer than seq).
+    if factual ~= fest and ticket <= seq then
+      local at = ARGV[i + 7]
+      if not window_at or tonumber(at) > window_at - window then
+        window_add[#window_add + 1] = at
+        window_add[#window_add + 1] = ticket .. ':0:' .. (factual - fest)
         tokens = tokens + factual - fest
         dirty = true
       end
@@ -98,17 +137,19 @@ while i <= #ARGV do
       month_add[month] = (month_add[month] or 0) + factual
       if spent[month] then spent[month] = spent[month] + factual end
     end
-    i = i + 7
+    i = i + 8
   else
-    local now
+    local now, now_text
     if ARGV[i + 1] ~= '' then
-      now = tonumber(ARGV[i + 1])
+      now_text = ARGV[i + 1]
+      now = tonumber(now_text)
     else
       if not clock then
         local t = redis.call('TIME')
-        clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        clock = t[1] .. string.format('%06d', tonumber(t[2]))
       end
-      now = clock
+      now_text = clock
+      now = tonumber(clock)
     end
     local rpm, tpm = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
     local conc, budget = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
@@ -118,24 +159,38 @@ while i <= #ARGV do
       write_window()
       local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
       if #old > 0 then
-        for _, m in ipairs(old) do tokens = tokens - tokens_of(m) end
+        for _, m in ipairs(old) do
+          local n, t = entry(m)
+          count, tokens = count - n, tokens - t
+        end
         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
         dirty = true
       end
-      count = redis.call('ZCARD', KEYS[1])
       oldest = nil
       if count > 0 then oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) end
       window_at = now
     end
     if leased and now ~= flight_at then
+      -- Leases that ran out (their gateway stopped renewing them) give back what they held.
       write_flight()
       local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
       if #lapsed > 0 then
-        for _, m in ipairs(lapsed) do flight = flight - tokens_of(m) end
+        local fields = {}
+        for k, m in ipairs(lapsed) do fields[k] = 'l:' .. m end
+        local held = redis.call('HMGET', KEYS[3], unpack(fields))
+        for k, m in ipairs(lapsed) do
+          if m == mine then
+            running, flight = running - mine_n, flight - mine_t
+            mine, mine_n, mine_t, mine_dirty = nil, nil, nil, false
+          elseif held[k] then
+            local n, t = share(held[k])
+            running, flight = running - n, flight - t
+          end
+        end
+        redis.call('HDEL', KEYS[3], unpack(fields))
         redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
         dirty = true
       end
-      running = redis.call('ZCARD', KEYS[2])
       flight_at = now
     end
     local reset = 0
@@ -153,7 +208,8 @@ while i <= #ARGV do
       local excess = tokens + est - tpm
       local charges = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
       for j = 1, #charges, 2 do
-        excess = excess - tokens_of(charges[j])
+        local _, t = entry(charges[j])
+        excess = excess - t
         if excess <= 0 then
           wait = tonumber(charges[j + 1]) + window - now
           break
@@ -171,33 +227,51 @@ while i <= #ARGV do
       if used + flight + est > budget then verdict, detail = 4, used + flight end
     end
     if verdict ~= 0 then
-      for _, v in ipairs({verdict, 0, count, tokens, reset, wait, detail}) do out[#out + 1] = v end
+      out[#out + 1] = verdict
+      out[#out + 1] = 0
+      out[#out + 1] = count
+      out[#out + 1] = tokens
+      out[#out + 1] = reset
+      out[#out + 1] = wait
+      out[#out + 1] = detail
+      out[#out + 1] = 0
+      out[#out + 1] = 0
     else
       seq = seq + 1
-      local member = seq .. ':' .. ARGV[i + 6]
-      window_add[#window_add + 1] = now
-      window_add[#window_add + 1] = member
+      if group_n > 0 and group_at ~= now_text then write_window() end
+      group_at, group_n, group_t = now_text, group_n + 1, group_t + est
       if count == 0 then
         oldest = now
         touch_window = true
       end
-      local expire = refresh == 0 or now - refresh >= ttl * 500
-      if expire then
+      if refresh == 0 or now - refresh >= ttl * 500 then
         refresh = now
         touch_all = true
       end
+      local gen = 0
       if leased then
-        flight_add[#flight_add + 1] = now + lease
-        flight_add[#flight_add + 1] = member
-        flight = flight + est
-        if expire or running == 0 then touch_flight = true end
-        running = running + 1
+        if not mine then
+          mine, mine_gen, mine_n, mine_t = holder .. ':' .. seq, seq, 0, 0
+        end
+        mine_n, mine_t = mine_n + 1, mine_t + est
+        mine_expiry = now + lease
+        mine_dirty = true
+        running, flight = running + 1, flight + est
+        gen = mine_gen
       end
       count = count + 1
       tokens = tokens + est
       if reset == 0 then reset = window end
-      admitted = true
-      for _, v in ipairs({0, seq, count, tokens, reset, 0, 0}) do out[#out + 1] = v end
+      dirty = true
+      out[#out + 1] = 0
+      out[#out + 1] = seq
+      out[#out + 1] = count
+      out[#out + 1] = tokens
+      out[#out + 1] = reset
+      out[#out + 1] = 0
+      out[#out + 1] = 0
+      out[#out + 1] = now
+      out[#out + 1] = gen
     end
     i = i + 9
   end
@@ -207,19 +281,21 @@ write_flight()
 for month, added in pairs(month_add) do
   if redis.call('HINCRBY', KEYS[4], month, added) == added then redis.call('EXPIRE', KEYS[4], month_ttl) end
 end
-if admitted then
-  redis.call('HSET', KEYS[3], 'seq', seq, 'tokens', tokens, 'flight', flight, 'refresh', refresh)
+if mine_dirty then
+  redis.call('HSET', KEYS[3], 'seq', seq, 'count', count, 'tokens', tokens, 'running', running, 'flight', flight,
+             'refresh', refresh, 'l:' .. mine, mine_n .. ':' .. mine_t)
 elseif dirty then
-  redis.call('HSET', KEYS[3], 'tokens', tokens, 'flight', flight)
+  redis.call('HSET', KEYS[3], 'seq', seq, 'count', count, 'tokens', tokens, 'running', running, 'flight', flight,
+             'refresh', refresh)
 end
 if touch_window or touch_all then redis.call('PEXPIRE', KEYS[1], ttl) end
-if touch_flight then redis.call('PEXPIRE', KEYS[2], ttl) end
+if touch_flight or touch_all then redis.call('PEXPIRE', KEYS[2], ttl) end
 if touch_all then redis.call('PEXPIRE', KEYS[3], ttl) end
 return out
 )lua";
 
-// KEYS: flight, window, state. ARGV: now_us ("" = TIME), lease_us, ttl_ms, members...
-// Extends the leases of members still held (a lapsed one stays lapsed: its slot went back).
+// KEYS: flight, window, state. ARGV: now_us ("" = TIME), lease_us, ttl_ms, leases ("<holder>:<gen>")...
+// Extends the leases still held (a lapsed one stays lapsed: its slots went back).
 constexpr const char* kRenewScript = R"lua(
 local expiry = now + tonumber(ARGV[2])
 for i = 4, #ARGV do redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i]) end
@@ -246,7 +322,7 @@ std::vector<std::string> scripts() {
 constexpr int64_t kMonthTtlS = 40 * 86400;
 // Operations in one script run at most: Redis runs nothing else meanwhile.
 constexpr size_t kMaxOperationsPerRun = 128;
-constexpr size_t kVerdictSize = 7;  // numbers per admission in the batch script's answer
+constexpr size_t kVerdictSize = 9;  // numbers per admission in the batch script's answer
 
 std::chrono::milliseconds ms_of_us(int64_t us) {
   // Rounded up: a wait of 0.4 ms is a wait, not none.
@@ -283,7 +359,8 @@ RedisLimiter::RedisLimiter(RedisLimiterOptions options)
       run_header_{std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(options_.lease).count()),
                   std::to_string(kWindowUs),
                   std::to_string(std::max<int64_t>(kWindowUs / 1000, options_.lease.count()) * 2),
-                  std::to_string(kMonthTtlS)} {}
+                  std::to_string(kMonthTtlS)},
+      holder_(random_id(16)) {}
 
 RedisLimiter::~RedisLimiter() {
   stop();
@@ -474,6 +551,9 @@ void RedisLimiter::run_batch(std::vector<Command>& batch) {
     if (!connection.get()) break;
     for (auto* run : pending) {  // formatted into the connection's output buffer
       args = run_header_;
+      args.push_back(holder_);
+      auto gen = lease_gen_.find(std::string(run->key_id));
+      args.push_back(gen == lease_gen_.end() ? "0" : std::to_string(gen->second));
       for (Command* command : run->operations) args.insert(args.end(), command->args.begin(), command->args.end());
       connection.append_eval(kBatch, keys_of(std::string(run->key_id)), args);
     }
@@ -507,6 +587,7 @@ void RedisLimiter::run_batch(std::vector<Command>& batch) {
           const redisReply* element = reply->element[next++];
           verdict[index] = element->type == REDIS_REPLY_INTEGER ? element->integer : 0;
         }
+        if (verdict[0] == 0 && verdict[8] != 0) lease_gen_[command->key_id] = verdict[8];
         command->on_answer(verdict);
       }
     }
@@ -613,14 +694,18 @@ void RedisLimiter::admit_async(const api::ApiKey& key, int64_t estimated_tokens,
       case 0: {
         Admission admitted;
         admitted.window = use;
-        InFlight flight{key.metadata.name,
-                        {},
-                        key.max_concurrency > 0 || key.budget_tokens > 0,
-                        key.tpm > 0,
-                        key.budget_tokens > 0};
+        InFlight flight;
+        flight.key_id = key.metadata.name;
+        flight.leased = key.max_concurrency > 0 || key.budget_tokens > 0;
+        flight.tokens = key.tpm > 0;
+        flight.budget = key.budget_tokens > 0;
         if (flight.leased || flight.tokens) {  // else there is nothing to finish
           admitted.ticket = static_cast<uint64_t>(verdict[1]);
-          flight.member = fmt::format("{}:{}", admitted.ticket, asked.estimated_tokens);
+          flight.admitted_us = std::to_string(verdict[7]);
+          if (flight.leased) {
+            flight.gen = std::to_string(verdict[8]);
+            flight.lease = holder_ + ":" + flight.gen;
+          }
           std::lock_guard lock(flight_mutex_);
           in_flight_[{key.metadata.name, admitted.ticket}] = std::move(flight);
         }
@@ -667,20 +752,24 @@ void RedisLimiter::finish(const std::string& key_id, uint64_t ticket, int64_t es
                   std::to_string(ticket),
                   std::to_string(estimated_tokens),
                   std::to_string(actual_tokens),
-                  flight.leased ? "1" : "0",
+                  flight.gen,
                   flight.budget ? "1" : "0",
-                  month_now()};
+                  month_now(),
+                  flight.admitted_us};
   // A failure leaves the slot to its lease and the window to its estimate.
   command.on_answer = [](const int64_t*) {};
   enqueue(std::move(command));
 }
 
 Status RedisLimiter::renew_leases() {
-  std::map<std::string, std::vector<std::string>> members;  // key -> members held here
+  std::map<std::string, std::vector<std::string>> members;  // key -> the leases held here
   {
     std::lock_guard lock(flight_mutex_);
     for (const auto& [id, flight] : in_flight_) {
-      if (flight.leased) members[flight.key_id].push_back(flight.member);
+      if (flight.leased) {
+        auto& held = members[flight.key_id];
+        if (std::find(held.begin(), held.end(), flight.lease) == held.end()) held.push_back(flight.lease);
+      }
     }
   }
   const std::string& lease_us = run_header_[0];

@@ -5,14 +5,15 @@
 // again when Redis answers NOSCRIPT): an admission drops the charges older than a minute, checks
 // requests per minute, tokens per minute, concurrency and the monthly budget in that order, and
 // records the request. The windows are exact: a sorted set of charges per key scored by their
-// time, each member "<ticket>:<tokens>". A request of a key with a concurrency limit or a budget
-// holds a lease (a second sorted set scored by its expiry) that this gateway renews while the
-// request runs, so the slots of a gateway that died come back when its leases run out. Times are
-// Redis's own clock (TIME), one clock for every gateway, unless a test injects one.
+// time (the admissions of one script run, which share its time, as one entry). The requests of a
+// key with a concurrency limit or a budget are held under this gateway's lease on the key (a
+// second sorted set scored by expiry) that it renews while they run, so the slots of a gateway
+// that died come back when its lease runs out. Times are Redis's own clock (TIME), one clock for
+// every gateway, unless a test injects one. The script in redis_limiter.cpp says how.
 //
-// Redis keys per API key K: nebula:limits:{K}:window, :flight, :state (a hash: seq, tokens,
-// flight, refresh), :month (a hash: "YYYY-MM" -> tokens spent, kept for keys with a budget). The
-// braces keep one key's data in one Redis Cluster slot.
+// Redis keys per API key K: nebula:limits:{K}:window, :flight, :state (a hash: seq, count, tokens,
+// running, flight, refresh and each lease's share), :month (a hash: "YYYY-MM" -> tokens spent, kept for keys with a
+// budget). The braces keep one key's data in one Redis Cluster slot.
 //
 // Threading: admit_async() and finish() never wait on Redis: they queue a command for the
 // limiter's thread, which sends everything queued as one pipelined batch on its connection, reads
@@ -124,10 +125,12 @@ class RedisLimiter final : public Limiter {
   // What finish() must undo for an admitted request, decided by the key's limits at admission.
   struct InFlight {
     std::string key_id;
-    std::string member;   // "<ticket>:<estimate>"
-    bool leased = false;  // holds a concurrency slot (and its estimate in flight, for the budget)
-    bool tokens = false;  // charged to a tokens-per-minute window
-    bool budget = false;  // counted in the month
+    std::string lease;        // "<holder>:<gen>": the lease it holds a slot of, when leased
+    std::string gen;          // its generation, for the finish
+    std::string admitted_us;  // the admission's time: where a token correction goes
+    bool leased = false;      // holds a concurrency slot (and its estimate in flight, for the budget)
+    bool tokens = false;      // charged to a tokens-per-minute window
+    bool budget = false;      // counted in the month
   };
   // An admission or finish for the limiter's thread. on_answer gets an admission's seven numbers
   // from the batch script, null on failure (Redis down, timed out, or the command waited longer
@@ -155,8 +158,12 @@ class RedisLimiter final : public Limiter {
   RedisLimiterOptions options_;
   std::unique_ptr<RedisConnection> main_;     // admissions and finishes: the limiter thread's only
   std::unique_ptr<RedisConnection> renewal_;  // the renewal thread's
-  // The batch script's first arguments: lease_us, window_us, ttl_ms, month_ttl_s.
+  // The batch script's first arguments: lease_us, window_us, ttl_ms, month_ttl_s, holder.
   const std::vector<std::string> run_header_;
+  const std::string holder_;  // this limiter's id in Redis: its leases are "<holder>:<gen>"
+  // Per key, the generation of this limiter's lease as the last admission answered; the limiter
+  // thread's only.
+  std::unordered_map<std::string, int64_t> lease_gen_;
   mutable std::mutex flight_mutex_;
   std::map<std::pair<std::string, uint64_t>, InFlight> in_flight_;  // (key, ticket)
   std::atomic<uint64_t> failures_{0};

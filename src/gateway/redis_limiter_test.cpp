@@ -506,6 +506,115 @@ TEST_F(RedisLimits, HundredsOfAdmissionsOfOneKeyInOneBatchStayExact) {
   EXPECT_EQ(a->failures() + b->failures(), 0u);
 }
 
+// The admissions of one script run share its time: they are one entry of the window, however
+// many they are, and leave it together exactly a minute later.
+TEST_F(RedisLimits, TheAdmissionsOfOneRunAreOneEntryAndLeaveTogether) {
+  auto with = options();
+  with.timeout = 10s;
+  auto limits = limiter(with);
+  auto key = limited_key("k-group", 50, 1000, 0, 0);
+  int64_t start = now_us_;
+  redis_->pause();
+  Answers plug, burst;
+  limits->admit_async(limited_key("k-group-plug", 5, 0, 0, 0), 1, 0, now(), plug.collector());
+  ASSERT_TRUE(testing::eventually([&] { return redis_->unread_bytes() > 0; }, 10s));
+  for (int i = 0; i < 40; ++i) limits->admit_async(key, 10, 0, now(), burst.collector());
+  redis_->resume();
+  ASSERT_TRUE(plug.wait_for(1) && burst.wait_for(40));
+  ASSERT_EQ(burst.admitted.size(), 40u);
+  EXPECT_EQ(redis_->command("ZCARD nebula:limits:{k-group}:window"), ":1\r\n");
+  // A correction is an entry of its own, at its charge's time.
+  limits->finish(key.metadata.name, burst.admitted[0].ticket, 10, 4, now());
+  now_us_ = start + 30 * kSecond;
+  auto later = limits->admit(key, 10, 0, now());
+  ASSERT_TRUE(later.allowed);
+  EXPECT_EQ(later.window.requests, 41);
+  EXPECT_EQ(later.window.tokens, 40 * 10 - 6 + 10);
+  EXPECT_EQ(later.window.reset, 30s);
+  EXPECT_EQ(redis_->command("ZCARD nebula:limits:{k-group}:window"), ":3\r\n");
+  now_us_ = start + 60 * kSecond - 1;
+  EXPECT_EQ(limits->admit(key, 10, 0, now()).window.requests, 42);
+  now_us_ = start + 60 * kSecond;  // the forty and the correction leave at once
+  auto after = limits->admit(key, 10, 0, now());
+  ASSERT_TRUE(after.allowed);
+  EXPECT_EQ(after.window.requests, 3);
+  EXPECT_EQ(after.window.tokens, 30);
+}
+
+// A request that outlives its charge (it ran longer than the window) corrects nothing: the
+// charge already left, with or without an admission in the same run.
+TEST_F(RedisLimits, AFinishAfterItsChargeLeftTheWindowCorrectsNothing) {
+  auto limits = limiter();
+  auto key = limited_key("k-long", 0, 1000, 0, 0);
+  int64_t start = now_us_;
+  auto first = limits->admit(key, 600, 0, now());
+  auto second = limits->admit(key, 300, 0, now());
+  ASSERT_TRUE(first.allowed && second.allowed);
+  now_us_ = start + 61 * kSecond;
+  limits->finish(key.metadata.name, first.ticket, 600, 50, now());
+  limits->flush();  // a run of its own: it cannot know the window's time
+  auto fresh = limits->admit(key, 100, 0, now());
+  ASSERT_TRUE(fresh.allowed);
+  EXPECT_EQ(fresh.window.tokens, 100);
+  EXPECT_EQ(fresh.window.requests, 1);
+  // In the run of an admission that already swept the window.
+  limits->finish(key.metadata.name, second.ticket, 300, 1000, now());
+  auto next = limits->admit(key, 100, 0, now());
+  EXPECT_EQ(next.window.tokens, 200);
+  EXPECT_EQ(limits->admit(key, 800, 0, now()).window.tokens, 1000);
+}
+
+// A gateway that stalled past its lease (alive, not renewing) loses the lease: its slots went to
+// others, its late finishes free nothing, and its next admission opens a new lease.
+TEST_F(RedisLimits, AGatewayWhoseLeaseLapsedStartsANewOneAndItsOldFinishesFreeNothing) {
+  auto stalled = limiter();
+  auto other = limiter();
+  auto key = limited_key("k-stall", 0, 0, 2, 10'000);
+  int64_t start = now_us_;
+  auto a1 = stalled->admit(key, 100, 0, now());
+  auto a2 = stalled->admit(key, 200, 0, now());
+  ASSERT_TRUE(a1.allowed && a2.allowed);
+  EXPECT_FALSE(other->admit(key, 1, 0, now()).allowed);
+  now_us_ = start + 2 * kSecond;  // the lease (2 s) ran out unrenewed
+  auto b1 = other->admit(key, 10, 0, now());
+  auto b2 = other->admit(key, 20, 0, now());
+  ASSERT_TRUE(b1.allowed && b2.allowed);
+  stalled->finish(key.metadata.name, a1.ticket, 100, 100, now());
+  stalled->finish(key.metadata.name, a2.ticket, 200, 200, now());
+  stalled->flush();
+  auto busy = stalled->admit(key, 1, 0, now());
+  ASSERT_FALSE(busy.allowed);
+  EXPECT_EQ(busy.limit, LimitKind::Concurrency);
+  other->finish(key.metadata.name, b1.ticket, 10, 10, now());
+  other->flush();
+  auto again = stalled->admit(key, 5, 0, now());
+  ASSERT_TRUE(again.allowed);
+  EXPECT_FALSE(other->admit(key, 1, 0, now()).allowed);
+  stalled->finish(key.metadata.name, again.ticket, 5, 5, now());
+  stalled->flush();
+  // The month counted every finish, the lapsed lease's too (300 + 10 + 5), and b2's 20 is in
+  // flight: 9,665 are left.
+  auto budget = other->admit(key, 9'666, 0, now());
+  ASSERT_FALSE(budget.allowed);
+  EXPECT_EQ(budget.limit, LimitKind::Budget);
+  auto last = other->admit(key, 9'665, 0, now());
+  ASSERT_TRUE(last.allowed);
+  other->finish(key.metadata.name, last.ticket, 9'665, 0, now());
+  other->flush();
+  // Renewing keeps the new lease alive past the end of the one it was opened with.
+  auto held = stalled->admit(key, 1, 0, now());
+  ASSERT_TRUE(held.allowed);
+  now_us_ = start + 3 * kSecond;
+  ASSERT_TRUE(stalled->renew_leases());
+  now_us_ = start + 4 * kSecond;
+  ASSERT_TRUE(other->renew_leases());
+  now_us_ = start + 4 * kSecond + kSecond / 2;
+  EXPECT_FALSE(other->admit(key, 1, 0, now()).allowed);  // b2 and held
+  now_us_ = start + 5 * kSecond;
+  EXPECT_TRUE(other->admit(key, 1, 0, now()).allowed);  // held's lease ran out
+  EXPECT_EQ(stalled->failures() + other->failures(), 0u);
+}
+
 TEST_F(RedisLimits, AStalledRedisNeverBlocksTheCallerAndTimesOutIntoThePolicy) {
   auto with = options();
   with.timeout = 2s;  // far longer than admit_async() takes to return
