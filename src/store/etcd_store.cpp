@@ -11,6 +11,7 @@
 #include "common/asio.h"
 #include "common/json.h"
 #include "http/http.h"
+#include "store/etcd_txn_client.h"
 #include "store/watchers.h"
 
 #include <boost/asio/co_spawn.hpp>
@@ -250,6 +251,18 @@ struct EtcdStore::Impl {
   std::atomic<size_t> current{0};
   std::atomic<int64_t> last_revision{0};  // etcd's, as last seen
   std::string token;                      // I/O thread only
+  std::unique_ptr<EtcdTxnClient> txns;    // put_batches over gRPC; null: the JSON gateway only
+  std::atomic<uint64_t> txns_over_grpc{0};
+
+  // The auth token as the I/O thread holds it: "" without auth, or before the first login.
+  // Not from the I/O thread.
+  std::string current_token() {
+    if (options.user.empty()) return {};
+    std::promise<std::string> got;
+    auto future = got.get_future();
+    asio::post(io, [&] { got.set_value(token); });
+    return future.get();
+  }
 
   std::string endpoint(size_t index) const { return options.endpoints[index % options.endpoints.size()]; }
   // Moves on from a failed endpoint, unless another request already did.
@@ -645,7 +658,7 @@ Result<EtcdOptions> parse_etcd_url(const std::string& url) {
     return make_error(ErrorCode::InvalidArgument,
                       "bad etcd URL '" + url + "': " + why +
                           " (expected etcd://HOST:PORT[,HOST:PORT...][?tls=1&ca=PATH&cert=PATH&key=PATH&user=NAME&"
-                          "password=SECRET&timeout_ms=N])");
+                          "password=SECRET&timeout_ms=N&grpc=0])");
   };
   const std::string scheme = "etcd://";
   if (url.rfind(scheme, 0) != 0) return fail("it does not start with etcd://");
@@ -685,6 +698,9 @@ Result<EtcdOptions> parse_etcd_url(const std::string& url) {
       options.user = value;
     } else if (name == "password") {
       options.password = value;
+    } else if (name == "grpc") {
+      if (value != "1" && value != "0" && value != "true" && value != "false") return fail("grpc is 1 or 0");
+      options.grpc_batches = value == "1" || value == "true";
     } else if (name == "timeout_ms") {
       if (value.empty() || value.size() > 7 || value.find_first_not_of("0123456789") != std::string::npos ||
           std::stoll(value) < 100) {
@@ -735,7 +751,22 @@ Result<std::unique_ptr<EtcdStore>> EtcdStore::open(EtcdOptions options) {
     return make_error(probe.error().code == ErrorCode::Unavailable ? ErrorCode::Unavailable : probe.error().code,
                       "cannot use the etcd cluster at " + names + ": " + probe.error().message);
   }
+  if (impl->options.grpc_batches) {
+    EtcdTxnOptions txn_options;
+    txn_options.ca_file = impl->options.ca_file;
+    txn_options.cert_file = impl->options.cert_file;
+    txn_options.key_file = impl->options.key_file;
+    txn_options.timeout = impl->options.request_timeout;
+    txn_options.connect_timeout = std::min(impl->options.request_timeout, milliseconds(2000));
+    auto txns = EtcdTxnClient::make(std::move(txn_options));
+    if (!txns) return txns.error();
+    impl->txns = std::move(*txns);
+  }
   return std::unique_ptr<EtcdStore>(new EtcdStore(std::move(impl)));
+}
+
+uint64_t EtcdStore::txns_over_grpc() const {
+  return impl_->txns_over_grpc.load();
 }
 
 std::string EtcdStore::current_endpoint() const {
@@ -846,14 +877,17 @@ Result<std::string> batch_txn(const std::vector<Put>& puts) {
   return json{{"compare", std::move(compares)}, {"success", std::move(success)}}.dump();
 }
 
-// What etcd's answer to a batch's txn means for the batch.
-Result<std::vector<int64_t>> batch_outcome(const Result<json>& answer, size_t size) {
-  if (!answer) return answer.error();
-  if (!answer->value("succeeded", false)) {
+// What a batch's txn did, from whether its compares held and etcd's revision after it.
+Result<std::vector<int64_t>> batch_outcome(bool succeeded, int64_t revision, size_t size) {
+  if (!succeeded) {
     return make_error(ErrorCode::Conflict,
                       "store: a key of a batch of " + std::to_string(size) + " changed concurrently (nothing written)");
   }
-  return std::vector<int64_t>(size, from_etcd(header_revision(*answer)));
+  return std::vector<int64_t>(size, from_etcd(revision));
+}
+Result<std::vector<int64_t>> batch_outcome(const Result<json>& answer, size_t size) {
+  if (!answer) return answer.error();
+  return batch_outcome(answer->value("succeeded", false), header_revision(*answer), size);
 }
 }  // namespace
 
@@ -880,6 +914,37 @@ std::vector<Result<std::vector<int64_t>>> EtcdStore::put_batches(const std::vect
     } else if (!batches[index].empty()) {
       bodies.push_back(std::move(*txn));
       sent.push_back(index);
+    }
+  }
+  if (impl_->txns && !sent.empty() && std::this_thread::get_id() != impl_->thread.get_id()) {
+    std::string token = impl_->current_token();
+    std::vector<const std::vector<Put>*> txns;
+    for (size_t index : sent) txns.push_back(&batches[index]);
+    // Without a token yet (auth, before the first login), everything goes through the gateway.
+    auto answers = impl_->options.user.empty() || !token.empty()
+                       ? impl_->txns->run(current_endpoint(), token, txns, impl_->options.batches_in_flight)
+                       : make_error(ErrorCode::Unauthenticated, "no token yet");
+    if (answers) {
+      // Refused the token (expired, or a member that never issued it): nothing was applied, so
+      // through the gateway, which logs in again.
+      std::vector<std::string> again_bodies;
+      std::vector<size_t> again;
+      for (size_t i = 0; i < sent.size(); ++i) {
+        const auto& answer = (*answers)[i];
+        if (!answer && answer.error().code == ErrorCode::Unauthenticated) {
+          again_bodies.push_back(std::move(bodies[i]));
+          again.push_back(sent[i]);
+        } else if (!answer) {
+          outcomes[sent[i]] = answer.error();
+        } else {
+          impl_->txns_over_grpc += 1;
+          outcomes[sent[i]] = batch_outcome(answer->succeeded, answer->revision, batches[sent[i]].size());
+        }
+      }
+      bodies = std::move(again_bodies);
+      sent = std::move(again);
+    } else {
+      spdlog::debug("etcd: {}; the batch goes through the JSON gateway", answers.error().message);
     }
   }
   auto answers = impl_->call_all("/v3/kv/txn", std::move(bodies), impl_->options.batches_in_flight);

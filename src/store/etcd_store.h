@@ -1,6 +1,7 @@
 #pragma once
 // EtcdStore: the Store on an etcd v3 cluster, through etcd's JSON gateway (POST /v3/kv/...,
-// /v3/watch, /v3/lease/...). Several `nebula server` processes share one cluster this way.
+// /v3/watch, /v3/lease/...), but for put_batches, which speaks etcd's gRPC API (see there).
+// Several `nebula server` processes share one cluster this way.
 //
 // Revisions: etcd's first revision is 1 for an empty cluster; the store's revision is etcd's
 // minus one, so an empty cluster is at revision 0 as the Store contract says.
@@ -45,10 +46,14 @@ struct EtcdOptions {
   std::chrono::milliseconds watch_probe{5'000};
   // put_batches: the most transactions in flight at once (1: one after another).
   size_t batches_in_flight = kBatchesInFlight;
+  // put_batches over etcd's own gRPC API (etcd_txn_client.h), which costs etcd about half the
+  // CPU of the JSON gateway per transaction; false: through the JSON gateway like every other
+  // call. Either way a batch that gRPC could not send goes through the JSON gateway.
+  bool grpc_batches = true;
 };
 
 // Parses "etcd://h1:2379,h2:2379[?options]" (options: tls=1, ca=PATH, cert=PATH, key=PATH,
-// user=NAME, password=SECRET, timeout_ms=N). InvalidArgument with a clear message otherwise.
+// user=NAME, password=SECRET, timeout_ms=N, grpc=0). InvalidArgument with a clear message otherwise.
 Result<EtcdOptions> parse_etcd_url(const std::string& url);
 
 class EtcdStore final : public Store {
@@ -67,7 +72,9 @@ class EtcdStore final : public Store {
   // One etcd transaction: a compare per precondition, a put per key, at one revision. Not retried
   // once sent (as a compare-and-swap put).
   Result<std::vector<int64_t>> put_all(const std::vector<Put>& puts) override;
-  // Up to options.batches_in_flight transactions at once, each as put_all sends it, on its own connection.
+  // Up to options.batches_in_flight transactions at once, each as put_all sends it: over gRPC
+  // (options.grpc_batches) to the current endpoint, else (or when gRPC cannot connect to it, or
+  // etcd refused the token there) through the JSON gateway, each on its own connection.
   std::vector<Result<std::vector<int64_t>>> put_batches(const std::vector<std::vector<Put>>& batches) override;
   // The cluster's revision now (a request); the last one seen when no member answers.
   int64_t revision() override;
@@ -87,6 +94,8 @@ class EtcdStore final : public Store {
   Status compact(int64_t revision);
   // The endpoint requests go to now.
   std::string current_endpoint() const;
+  // put_batches' transactions that etcd answered over gRPC (the others went through the gateway).
+  uint64_t txns_over_grpc() const;
 
   struct Impl;
 

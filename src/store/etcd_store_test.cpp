@@ -43,14 +43,31 @@ TEST(EtcdUrl, ParsesEndpointsAndOptions) {
   EXPECT_EQ(secure->password, "pw");
   EXPECT_EQ(secure->request_timeout, 500ms);
   EXPECT_EQ(parse_etcd_url("etcd://h:1?tls=1")->endpoints[0], "https://h:1");
+  EXPECT_TRUE(plain->grpc_batches);
+  EXPECT_FALSE(parse_etcd_url("etcd://h:1?grpc=0")->grpc_batches);
 }
 
 TEST(EtcdUrl, RejectsBadUrls) {
-  for (const char* bad :
-       {"etcd://", "etcd://,", "etcd://h", "etcd://h:", "etcd://h:0", "etcd://h:65536", "etcd://h:12x", "etcd://:2379",
-        "etcd://h:1,", "etcd://us@h:1", "etcd://h/x:1", "etcd://h:1?nope=1", "etcd://h:1?tls=maybe",
-        "etcd://h:1?user=a", "etcd://h:1?cert=/c.pem", "etcd://h:1?timeout_ms=-5", "etcd://h:1?timeout_ms=99999999999",
-        "etcd://h:1?ca", "http://h:1"}) {
+  for (const char* bad : {"etcd://",
+                          "etcd://,",
+                          "etcd://h",
+                          "etcd://h:",
+                          "etcd://h:0",
+                          "etcd://h:65536",
+                          "etcd://h:12x",
+                          "etcd://:2379",
+                          "etcd://h:1,",
+                          "etcd://us@h:1",
+                          "etcd://h/x:1",
+                          "etcd://h:1?nope=1",
+                          "etcd://h:1?tls=maybe",
+                          "etcd://h:1?grpc=",
+                          "etcd://h:1?user=a",
+                          "etcd://h:1?cert=/c.pem",
+                          "etcd://h:1?timeout_ms=-5",
+                          "etcd://h:1?timeout_ms=99999999999",
+                          "etcd://h:1?ca",
+                          "http://h:1"}) {
     auto parsed = parse_etcd_url(bad);
     ASSERT_FALSE(parsed.ok()) << bad;
     EXPECT_EQ(parsed.error().code, ErrorCode::InvalidArgument) << bad;
@@ -100,6 +117,18 @@ class EtcdClusterTest : public ::testing::Test {
   }
   std::unique_ptr<EtcdCluster> cluster_;
 };
+
+// Two batches of placements as a controller pass writes them: compare-and-swap puts.
+std::vector<std::vector<Put>> two_batches(EtcdStore& store, const std::string& tag) {
+  std::vector<std::vector<Put>> batches(2);
+  for (int i = 0; i < 200; ++i) {
+    std::string key = "/r/" + tag + "-" + std::to_string(i);
+    auto created = store.put(key, "pending");
+    if (!created) throw std::runtime_error(created.error().message);
+    batches[i / 100].push_back({key, tag + "-placed-" + std::to_string(i), Precondition::at(*created)});
+  }
+  return batches;
+}
 
 // Holds the watch's thread inside a callback until released: the watch is "away" meanwhile.
 class Gate {
@@ -422,12 +451,23 @@ TEST(EtcdAuth, LogsInAndAgainOnAnotherMember) {
   auto watch = (*store)->watch("", 0, [&](const WatchEvent&) { seen.fetch_add(1); });
   ASSERT_TRUE(watch.ok()) << watch.error().message;
   // The member that issued the token dies: the next one takes it (or a new login).
+  // Batches over gRPC carry the token.
+  auto* etcd = dynamic_cast<EtcdStore*>(store->get());
+  ASSERT_NE(etcd, nullptr);
+  ASSERT_TRUE(etcd->put_batches(two_batches(*etcd, "before"))[1].ok());
+  EXPECT_EQ(etcd->txns_over_grpc(), 2u);
   cluster.kill(0);
   auto written = (*store)->put("b", "2");
   ASSERT_TRUE(written.ok()) << written.error().message;
   EXPECT_NE((*store)->current_endpoint(), cluster.endpoint(0));
   ASSERT_TRUE(eventually([&] { return seen.load() >= 1; }, 20s, 10ms));
   EXPECT_EQ((*(*store)->get("b"))->value, "2");
+  // On the new member, with the token it issued (or, when it refuses one, through the gateway,
+  // which logs in again): written either way.
+  for (const auto& outcome : etcd->put_batches(two_batches(*etcd, "after"))) {
+    ASSERT_TRUE(outcome.ok()) << outcome.error().message;
+  }
+  EXPECT_EQ((*etcd->get("/r/after-150"))->value, "after-placed-150");
 }
 
 TEST(EtcdTlsTest, ClientCertificateAndCaFromTheUrl) {
@@ -444,6 +484,13 @@ TEST(EtcdTlsTest, ClientCertificateAndCaFromTheUrl) {
   ASSERT_TRUE(watch.ok()) << watch.error().message;
   ASSERT_TRUE((*store)->put("b", "2").ok());
   ASSERT_TRUE(eventually([&] { return seen.load() >= 1; }, 10s, 10ms));
+  // Batches over gRPC, on TLS with the same certificates.
+  auto* etcd = dynamic_cast<EtcdStore*>(store->get());
+  ASSERT_NE(etcd, nullptr);
+  for (const auto& outcome : etcd->put_batches(two_batches(*etcd, "tls"))) {
+    ASSERT_TRUE(outcome.ok()) << outcome.error().message;
+  }
+  EXPECT_EQ(etcd->txns_over_grpc(), 2u);
 
   // Without the client certificate, without the CA, or over plain http: refused.
   for (const std::string& refused :
@@ -456,6 +503,72 @@ TEST(EtcdTlsTest, ClientCertificateAndCaFromTheUrl) {
   auto missing = open(members + "?ca=" + dir.path() + "/nope.pem");
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.error().message.find("nope.pem"), std::string::npos) << missing.error().message;
+}
+
+// put_batches over gRPC and through the JSON gateway: the same outcomes (revisions in the
+// store's numbering, conflicts), the same values, and the same refusal of a stale precondition.
+TEST_F(EtcdClusterTest, BatchesOverGrpcAndThroughTheGatewayWriteTheSame) {
+  auto over_grpc = open_store({0, 1, 2});
+  EtcdOptions json_only;
+  json_only.endpoints = {cluster_->endpoint(1)};
+  json_only.grpc_batches = false;
+  auto gateway = std::move(EtcdStore::open(json_only)).value();
+  for (auto* store : {over_grpc.get(), gateway.get()}) {
+    std::string tag = store == over_grpc.get() ? "grpc" : "json";
+    auto batches = two_batches(*store, tag);
+    auto before = store->revision();
+    auto outcomes = store->put_batches(batches);
+    ASSERT_EQ(outcomes.size(), 2u);
+    for (const auto& outcome : outcomes) {
+      ASSERT_TRUE(outcome.ok()) << tag << ": " << outcome.error().message;
+      ASSERT_EQ(outcome->size(), 100u);
+      EXPECT_GT(outcome->front(), before);
+      EXPECT_LE(outcome->front(), store->revision());
+    }
+    auto placed = store->get("/r/" + tag + "-150");
+    ASSERT_TRUE(placed.ok() && placed->has_value());
+    EXPECT_EQ((*placed)->value, tag + "-placed-150");
+    EXPECT_EQ((*placed)->mod_revision, (*outcomes[1])[0]);
+    // The same batches again: their preconditions are stale now, nothing is written.
+    auto stale = store->put_batches(batches);
+    for (const auto& outcome : stale) {
+      ASSERT_FALSE(outcome.ok());
+      EXPECT_EQ(outcome.error().code, ErrorCode::Conflict) << tag;
+    }
+    // A key that must not exist yet: created once, refused the second time.
+    std::vector<std::vector<Put>> fresh = {{{"/r/" + tag + "-new", "x", Precondition::absent()}}};
+    EXPECT_TRUE(store->put_batches(fresh)[0].ok());
+    EXPECT_EQ(store->put_batches(fresh)[0].error().code, ErrorCode::Conflict);
+  }
+  EXPECT_EQ(over_grpc->txns_over_grpc(), 6u);  // conflicts are answers too
+  EXPECT_EQ(gateway->txns_over_grpc(), 0u);
+}
+
+// The member followed dies: batches sent to it as it died have an unknown outcome, each all or
+// nothing; once gRPC cannot reach it, they go through the gateway, which moves to the next
+// member; later batches are over gRPC again, there.
+TEST_F(EtcdClusterTest, BatchesFollowTheStoreToTheNextMemberWhenOneDies) {
+  auto store = open_store({0, 1, 2});
+  ASSERT_TRUE(store->put_batches(two_batches(*store, "a"))[0].ok());
+  EXPECT_EQ(store->txns_over_grpc(), 2u);
+  auto batches = two_batches(*store, "b");
+  cluster_->kill(0);
+  auto outcomes = store->put_batches(batches);
+  for (size_t batch = 0; batch < outcomes.size(); ++batch) {
+    if (outcomes[batch].ok()) continue;
+    ASSERT_EQ(outcomes[batch].error().code, ErrorCode::Unavailable) << outcomes[batch].error().message;
+    std::set<std::string> values;
+    for (const auto& put : batches[batch]) values.insert((*store->get(put.key))->value);
+    EXPECT_EQ(values.size(), 1u) << "a transaction applied in part";
+  }
+  for (const auto& outcome : store->put_batches(two_batches(*store, "c"))) {
+    ASSERT_TRUE(outcome.ok()) << outcome.error().message;
+  }
+  EXPECT_NE(store->current_endpoint(), cluster_->endpoint(0));
+  uint64_t over_grpc = store->txns_over_grpc();
+  for (const auto& outcome : store->put_batches(two_batches(*store, "d"))) ASSERT_TRUE(outcome.ok());
+  EXPECT_EQ(store->txns_over_grpc(), over_grpc + 2);
+  EXPECT_EQ((*store->get("/r/d-199"))->value, "d-placed-199");
 }
 
 TEST_F(EtcdClusterTest, CallingTheStoreFromAWatchCallbackFailsInsteadOfHanging) {
