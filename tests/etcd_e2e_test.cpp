@@ -322,7 +322,8 @@ TEST_F(ServerOnEtcd, ARemovedNodesKeyIsRefusedAtOnceByTheServerThatRemovedIt) {
     const std::string name = "gone-" + std::to_string(round);
     std::string key = join(name);
     ASSERT_FALSE(key.empty()) << name;
-    // The server's key ring has the key from its watch, not only from a store lookup.
+    // The key ring's watch has been sent the key, so the ring holds it unrevoked (without a
+    // watch, a lookup in the store would find the revocation and the test would prove nothing).
     const std::string stored = store_key(key);
     ASSERT_TRUE(eventually([&] { return proxy.delivered(stored, keys_prefix) >= 1; }, 10s)) << name;
     ASSERT_EQ(call("GET", "/api/v1/replicas", key), 200) << name;
@@ -338,7 +339,7 @@ TEST_F(ServerOnEtcd, ARemovedNodesKeyIsRefusedAtOnceByTheServerThatRemovedIt) {
     EXPECT_EQ(proxy.delivered(stored, keys_prefix), 1) << "the revocation was not held back: the test proves nothing";
     proxy.release();
 
-    // Once the watch brings the revocation (an older state could come too), the refusal holds.
+    // Once the held events reach the server, the refusal holds: the watch's event does not undo it.
     EXPECT_TRUE(eventually([&] { return proxy.delivered(stored, keys_prefix) >= 2; }, 10s)) << name;
     EXPECT_EQ(call("GET", "/api/v1/replicas", key), 401) << name;
     removed_keys.push_back(key);
