@@ -1,15 +1,22 @@
 // `nebula server --store etcd://...` against a real etcd: keys created on one server work at once
-// on it and on another server sharing the cluster (watches on etcd arrive asynchronously), and a
-// bad --store URL stops the server with a clear message.
+// on it and on another server sharing the cluster (watches on etcd arrive asynchronously), keys
+// revoked there (an API key, a removed node's key) are refused by it at once, and a bad --store
+// URL stops the server with a clear message.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <fstream>
 #include <mutex>
 #include <thread>
+#include <vector>
 
+#include "api/api.h"
 #include "common/json.h"
 #include "etcd_cluster.h"
 #include "nebula_fixture.h"
@@ -27,17 +34,203 @@ std::string read_first_line(const std::string& path) {
   return line;
 }
 
+std::string base64(std::string_view data) {
+  static const char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (size_t i = 0; i < data.size(); i += 3) {
+    uint32_t n = uint32_t(uint8_t(data[i])) << 16;
+    if (i + 1 < data.size()) n |= uint32_t(uint8_t(data[i + 1])) << 8;
+    if (i + 2 < data.size()) n |= uint8_t(data[i + 2]);
+    out += kAlphabet[(n >> 18) & 63];
+    out += kAlphabet[(n >> 12) & 63];
+    out += i + 1 < data.size() ? kAlphabet[(n >> 6) & 63] : '=';
+    out += i + 2 < data.size() ? kAlphabet[n & 63] : '=';
+  }
+  return out;
+}
+
+// A TCP proxy on a free loopback port in front of one etcd member, which can hold back what etcd
+// sends on watch streams (connections that asked for POST /v3/watch) as a slow watch would: the
+// window between a write and a server's watch bringing it, opened for as long as a test needs.
+// It counts the watch events it passed on for each store key, on the streams watching a given
+// prefix (etcd's JSON names a key or a watched prefix in base64, encoded from its start).
+class WatchHoldingProxy {
+ public:
+  explicit WatchHoldingProxy(int upstream_port) : upstream_port_(upstream_port) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in address = loopback(0);
+    socklen_t length = sizeof address;
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(listener_, 64) != 0 ||
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      throw std::runtime_error("proxy: cannot listen on loopback");
+    }
+    port_ = ntohs(address.sin_port);
+    threads_.emplace_back([this] { accept_loop(); });
+  }
+  ~WatchHoldingProxy() {
+    ::shutdown(listener_, SHUT_RDWR);
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+      for (auto& connection : connections_) {
+        ::shutdown(connection->client, SHUT_RDWR);
+        ::shutdown(connection->upstream, SHUT_RDWR);
+      }
+    }
+    // Threads are added only by the accept loop, which ends first.
+    threads_[0].join();
+    for (size_t i = 1; i < threads_.size(); ++i) threads_[i].join();
+    for (auto& connection : connections_) {
+      ::close(connection->client);
+      ::close(connection->upstream);
+    }
+    ::close(listener_);
+  }
+  WatchHoldingProxy(const WatchHoldingProxy&) = delete;
+  WatchHoldingProxy& operator=(const WatchHoldingProxy&) = delete;
+
+  // "etcd://127.0.0.1:PORT" for --store.
+  std::string url() const { return "etcd://127.0.0.1:" + std::to_string(port_); }
+  void hold() {
+    std::lock_guard lock(mutex_);
+    holding_ = true;
+  }
+  // Passes on what was held, in order, and stops holding.
+  void release() {
+    std::lock_guard lock(mutex_);
+    holding_ = false;
+    for (auto& connection : connections_) pass_on(*connection, std::exchange(connection->held, {}));
+  }
+  // How many times the streams watching `prefix` passed on `key` (in an event, or as an event's
+  // previous value).
+  int delivered(const std::string& key, const std::string& prefix) const {
+    const std::string needle = json_key(key);
+    const std::string watching = json_key(prefix);
+    std::lock_guard lock(mutex_);
+    int count = 0;
+    for (const auto& connection : connections_) {
+      if (connection->request.find(watching) == std::string::npos) continue;
+      for (size_t at = connection->passed.find(needle); at != std::string::npos;
+           at = connection->passed.find(needle, at + 1)) {
+        ++count;
+      }
+    }
+    return count;
+  }
+
+ private:
+  struct Connection {
+    int client = -1;
+    int upstream = -1;
+    bool watch = false;
+    std::string request;  // what the client sent on a watch stream (names the watched range)
+    std::string held;     // from etcd, not passed on yet
+    std::string passed;   // what a watch stream passed on, for delivered()
+  };
+
+  static std::string json_key(const std::string& key) { return "\"key\":\"" + base64(key) + "\""; }
+  static sockaddr_in loopback(int port) {
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return address;
+  }
+  static bool send_all(int fd, std::string_view data) {
+    while (!data.empty()) {
+      ssize_t sent = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+      if (sent <= 0) return false;
+      data.remove_prefix(static_cast<size_t>(sent));
+    }
+    return true;
+  }
+  // Under mutex_.
+  void pass_on(Connection& connection, const std::string& data) {
+    if (data.empty()) return;
+    if (connection.watch) connection.passed += data;
+    if (!send_all(connection.client, data)) ::shutdown(connection.upstream, SHUT_RDWR);
+  }
+
+  void accept_loop() {
+    while (true) {
+      int client = ::accept(listener_, nullptr, nullptr);
+      if (client < 0) return;
+      int upstream = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in address = loopback(upstream_port_);
+      if (::connect(upstream, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+        ::close(upstream);
+        ::close(client);
+        continue;
+      }
+      auto connection = std::make_shared<Connection>();
+      connection->client = client;
+      connection->upstream = upstream;
+      std::lock_guard lock(mutex_);
+      if (stopping_) {
+        ::close(client);
+        ::close(upstream);
+        return;
+      }
+      connections_.push_back(connection);
+      threads_.emplace_back([this, connection] { pump_to_etcd(*connection); });
+      threads_.emplace_back([this, connection] { pump_from_etcd(*connection); });
+    }
+  }
+  void pump_to_etcd(Connection& connection) {
+    char buffer[16384];
+    while (true) {
+      ssize_t got = ::recv(connection.client, buffer, sizeof buffer, 0);
+      if (got <= 0) break;
+      std::string_view data(buffer, static_cast<size_t>(got));
+      {
+        // Marked before the request goes on, so before etcd can answer it.
+        std::lock_guard lock(mutex_);
+        if (data.find("/v3/watch ") != std::string_view::npos) connection.watch = true;
+        if (connection.watch && connection.request.size() < 65536) connection.request += data;
+      }
+      if (!send_all(connection.upstream, data)) break;
+    }
+    ::shutdown(connection.upstream, SHUT_RDWR);
+  }
+  void pump_from_etcd(Connection& connection) {
+    char buffer[16384];
+    while (true) {
+      ssize_t got = ::recv(connection.upstream, buffer, sizeof buffer, 0);
+      if (got <= 0) break;
+      std::lock_guard lock(mutex_);
+      if (holding_ && connection.watch) {
+        connection.held.append(buffer, static_cast<size_t>(got));
+      } else {
+        pass_on(connection, std::string(buffer, static_cast<size_t>(got)));
+      }
+    }
+    ::shutdown(connection.client, SHUT_RDWR);
+  }
+
+  int upstream_port_;
+  int listener_ = -1;
+  int port_ = 0;
+  mutable std::mutex mutex_;
+  bool holding_ = false;
+  bool stopping_ = false;
+  std::vector<std::shared_ptr<Connection>> connections_;
+  std::vector<std::thread> threads_;
+};
+
 class ServerOnEtcd : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!EtcdCluster::available()) GTEST_SKIP() << "etcd is not installed (not on PATH)";
     cluster_ = std::make_unique<EtcdCluster>(1);
   }
-  std::unique_ptr<NebulaServer> start_server(const std::string& name) {
+  // A server on the cluster, or on the etcd at store_url when given.
+  std::unique_ptr<NebulaServer> start_server(const std::string& name, const std::string& store_url = "") {
     std::string data_dir = temp_.path() + "/" + name;
-    auto server =
-        std::make_unique<NebulaServer>(data_dir, temp_.path() + "/" + name + ".log",
-                                       std::vector<std::string>{"--auth", "keys", "--store", cluster_->url()});
+    auto server = std::make_unique<NebulaServer>(
+        data_dir, temp_.path() + "/" + name + ".log",
+        std::vector<std::string>{"--auth", "keys", "--store", store_url.empty() ? cluster_->url() : store_url});
     if (!server->start()) {
       ADD_FAILURE() << "server " << name << " did not start: " << server->process().output();
       return nullptr;
@@ -94,6 +287,73 @@ TEST_F(ServerOnEtcd, FreshKeysWorkAtOnceOnEveryServer) {
   EXPECT_EQ(models_status(*first, revoked), 401);
   EXPECT_TRUE(eventually([&] { return models_status(*second, revoked) == 401; }, 10s));
   EXPECT_EQ(models_status(*first, revoked), 401) << "the watch's event does not undo it";
+}
+
+// `nebula nodes rm` on etcd: the server that answered the DELETE refuses the removed node's key
+// from then on, not from when its watch brings the revocation. The watch is held back (a proxy in
+// front of etcd) while the key is used again, so the window is open for as long as the test looks;
+// a rejoin under the same name gets a new key that works at once while the old one stays refused.
+TEST_F(ServerOnEtcd, ARemovedNodesKeyIsRefusedAtOnceByTheServerThatRemovedIt) {
+  const std::string endpoint = cluster_->endpoint(0);
+  WatchHoldingProxy proxy(std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
+  auto server = start_server("first", proxy.url());
+  ASSERT_TRUE(server);
+  std::string admin = read_first_line(temp_.path() + "/first/admin.key");
+  ASSERT_FALSE(admin.empty());
+  auto call = [&](const std::string& method, const std::string& path, const std::string& key,
+                  const std::string& body = "") {
+    auto response = server->client().request(method, server->url() + path, body, bearer(key));
+    return response ? response->status : -1;
+  };
+  // The node key of a fresh join as `name`; "" on failure.
+  auto join = [&](const std::string& name) -> std::string {
+    auto response = server->client().request("POST", server->url() + "/api/v1/nodes/join",
+                                             json{{"token", server->token()}, {"name", name}}.dump(), {});
+    if (!response || response->status != 200) return "";
+    auto body = parse_json(response->body);
+    return body ? body->value("credential", "") : "";
+  };
+  // The key ring's watch: the one on the keys' prefix.
+  const std::string keys_prefix = std::string(api::kKeyRoot) + "apikeys/";
+  auto store_key = [&](const std::string& secret) { return keys_prefix + secret.substr(3, secret.find('_') - 3); };
+
+  std::vector<std::string> removed_keys;
+  for (int round = 0; round < 3; ++round) {
+    const std::string name = "gone-" + std::to_string(round);
+    std::string key = join(name);
+    ASSERT_FALSE(key.empty()) << name;
+    // The key ring's watch has been sent the key, so the ring holds it unrevoked (without a
+    // watch, a lookup in the store would find the revocation and the test would prove nothing).
+    const std::string stored = store_key(key);
+    ASSERT_TRUE(eventually([&] { return proxy.delivered(stored, keys_prefix) >= 1; }, 10s)) << name;
+    ASSERT_EQ(call("GET", "/api/v1/replicas", key), 200) << name;
+
+    proxy.hold();
+    // A node's key cannot remove its node: only an admin can.
+    EXPECT_EQ(call("DELETE", "/api/v1/nodes/" + name, key), 403) << name;
+    ASSERT_EQ(call("DELETE", "/api/v1/nodes/" + name, admin), 200) << name;
+    // The very next requests with the node's key are refused, while the watch has not brought
+    // the revocation.
+    EXPECT_EQ(call("GET", "/api/v1/replicas", key), 401) << name;
+    EXPECT_EQ(call("PUT", "/api/v1/nodes/" + name + "/status", key, "{}"), 401) << name;
+    EXPECT_EQ(proxy.delivered(stored, keys_prefix), 1) << "the revocation was not held back: the test proves nothing";
+    proxy.release();
+
+    // Once the held events reach the server, the refusal holds: the watch's event does not undo it.
+    EXPECT_TRUE(eventually([&] { return proxy.delivered(stored, keys_prefix) >= 2; }, 10s)) << name;
+    EXPECT_EQ(call("GET", "/api/v1/replicas", key), 401) << name;
+    removed_keys.push_back(key);
+  }
+  EXPECT_EQ(call("DELETE", "/api/v1/nodes/gone-0", admin), 404) << "removed already";
+  EXPECT_EQ(call("DELETE", "/api/v1/nodes/never-joined", admin), 404);
+  EXPECT_EQ(call("DELETE", "/api/v1/nodes/" + std::string(300, 'x'), admin), 404);
+
+  // The name is free again: the new key works at once, the old one stays refused.
+  std::string rejoined = join("gone-0");
+  ASSERT_FALSE(rejoined.empty());
+  EXPECT_NE(rejoined, removed_keys[0]);
+  EXPECT_EQ(call("GET", "/api/v1/replicas", rejoined), 200);
+  for (const auto& key : removed_keys) EXPECT_EQ(call("GET", "/api/v1/replicas", key), 401);
 }
 
 // `nebula gateway --server A,B`: the gateway follows A; when A is killed it lists B and follows it

@@ -56,6 +56,9 @@ class Guard {
   void add_routes(http::Router& router);
 
   const KeyRing& keys() const { return keys_; }
+  // A key revoked in the store by another part of this process (a removed node's): refused from
+  // now on (KeyRing::revoked_here).
+  void revoked_here(const std::string& id) { keys_.revoked_here(id); }
 
  private:
   store::Store& store_;

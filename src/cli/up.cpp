@@ -356,6 +356,8 @@ class ServerRuntime {
     // Every agent gets a node key, with or without --auth keys: it is how a restarted agent
     // proves a live node's name is its own, and how the agent knows the server calls it.
     options_.issue_node_credential = [this](const std::string& node) { return gateway_->auth().issue_node_key(node); };
+    // A removed node's key is refused by this server from the moment it answers `nodes rm`.
+    options_.on_node_key_revoked = [this](const std::string& id) { gateway_->auth().revoked_here(id); };
     options_.keys_required = auth_ == "keys";
     if (xtrace_ && xtrace_flags_.signals == "xtrace") {
       // The first placement after start has no answer yet (the query starts then): the nodes'

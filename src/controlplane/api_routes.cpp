@@ -651,8 +651,9 @@ void add_agent_routes(http::Router& router, Resources& resources, const Options&
 }
 
 // `nebula nodes rm`: a live node is removed only with ?force=1. Its key is revoked (so the name is
-// free for a new join and its agent can no longer report), and the controller replaces its
-// replicas elsewhere since their node is gone.
+// free for a new join and its agent can no longer report; this server refuses it at once, through
+// options.on_node_key_revoked), and the controller replaces its replicas elsewhere since their
+// node is gone.
 void add_node_delete_route(http::Router& router, Resources& resources, const Options& options) {
   router.add("DELETE", "/api/v1/nodes/{name}",
              [&resources, &options](Request& request, ResponseWriter& writer) -> awaitable<void> {
@@ -678,7 +679,7 @@ void add_node_delete_route(http::Router& router, Resources& resources, const Opt
                  co_return;
                }
                (void)resources.store().remove(node_lease_key(name));  // NotFound for a node never heard from
-               auto revoked = revoke_node_keys(resources.store(), name);
+               auto revoked = revoke_node_keys(resources.store(), name, options.on_node_key_revoked);
                if (!revoked)
                  spdlog::error("nodes: cannot revoke the key of removed node {}: {}", name, revoked.error().message);
                size_t moved = 0;

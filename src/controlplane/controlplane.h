@@ -42,6 +42,10 @@ struct Options {
   // A joining agent gets this credential back (a node-scoped API key): it proves the agent's
   // identity when it rejoins, and (hashed) the server's identity when the server calls the agent.
   std::function<Result<std::string>(const std::string& node)> issue_node_credential;
+  // Called with the id of each node key the API revokes (`nebula nodes rm`), once the store holds
+  // the revocation: the server's key ring refuses the key from then on, instead of from when its
+  // store watch brings the change (milliseconds later on etcd).
+  std::function<void(const std::string& key_id)> on_node_key_revoked;
   // The server requires API keys (--auth keys). Without them, deployment env keys that change how
   // an engine loads (LD_PRELOAD, PYTHONPATH...) are refused: nobody could be an admin.
   bool keys_required = false;

@@ -139,8 +139,9 @@ bool is_node_key(store::Store& store, const std::string& node, const std::string
   return key && key->hash == sha256_hex(secret);
 }
 
-Result<int> revoke_node_keys(store::Store& store, const std::string& node) {
-  int revoked = 0;
+Result<std::vector<std::string>> revoke_node_keys(store::Store& store, const std::string& node,
+                                                  const std::function<void(const std::string& key_id)>& on_revoked) {
+  std::vector<std::string> revoked;
   for (const auto& key : node_keys(store, node)) {
     if (key.revoked) continue;
     auto written = store::update(store, kKeysPrefix + key.metadata.name,
@@ -154,7 +155,8 @@ Result<int> revoke_node_keys(store::Store& store, const std::string& node) {
                                    return std::optional<std::string>(api::to_stored_json(*parsed).dump());
                                  });
     if (!written) return written.error();
-    ++revoked;
+    revoked.push_back(key.metadata.name);
+    if (on_revoked) on_revoked(key.metadata.name);
   }
   return revoked;
 }

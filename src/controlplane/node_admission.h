@@ -3,6 +3,7 @@
 // node status, replica status and node removal routes (docs/security.md). Plain functions over
 // the store and api types, so they are unit-tested without a server.
 #include <chrono>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -48,8 +49,12 @@ void with_lease(api::Node& node, int64_t lease_ms);
 std::optional<api::ApiKey> current_node_key(store::Store& store, const std::string& node, int64_t now_ms);
 // True when secret is the node's current key.
 bool is_node_key(store::Store& store, const std::string& node, const std::string& secret, int64_t now_ms);
-// Revokes every key issued to the node; returns how many were live.
-Result<int> revoke_node_keys(store::Store& store, const std::string& node);
+// Revokes every live key issued to the node; returns their ids. on_revoked, when set, is called
+// with each id as soon as the store holds its revocation (before the next key is revoked, so a
+// write failing midway still reports the keys it did revoke).
+Result<std::vector<std::string>> revoke_node_keys(
+    store::Store& store, const std::string& node,
+    const std::function<void(const std::string& key_id)>& on_revoked = {});
 // What the server presents to the node's agent when it calls it (engine logs): the hex SHA-256
 // of the node's current key, which the agent computes from the key it holds. "" when the node
 // has no key.

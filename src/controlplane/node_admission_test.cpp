@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "common/ids.h"
+#include "store/forwarding_store.h"
 #include "store/memory_store.h"
 
 namespace nebula::controlplane {
@@ -97,12 +98,73 @@ TEST(NodeAdmission, NodeKeysAreFoundCheckedAndRevoked) {
   EXPECT_FALSE(is_node_key(store, "n1", "nb-other_secret", 0));
   EXPECT_FALSE(is_node_key(store, "n1", "", 0));
   EXPECT_EQ(agent_credential(store, "n1", 0), sha256_hex("nb-cur_secret"));
-  auto revoked = revoke_node_keys(store, "n1");
+  // The callback hears of the live key revoked, neither the one already revoked nor another node's.
+  std::vector<std::string> told;
+  auto revoked = revoke_node_keys(store, "n1", [&told](const std::string& id) { told.push_back(id); });
   ASSERT_TRUE(revoked.ok());
-  EXPECT_EQ(*revoked, 1);
+  EXPECT_EQ(*revoked, std::vector<std::string>{"cur"});
+  EXPECT_EQ(told, std::vector<std::string>{"cur"});
   EXPECT_FALSE(is_node_key(store, "n1", "nb-cur_secret", 0));
   EXPECT_EQ(agent_credential(store, "n1", 0), "");
   EXPECT_TRUE(is_node_key(store, "n2", "nb-other_secret", 0));
+  // Nothing left to revoke: no call; without a callback the ids are still returned.
+  told.clear();
+  revoked = revoke_node_keys(store, "n1", [&told](const std::string& id) { told.push_back(id); });
+  ASSERT_TRUE(revoked.ok());
+  EXPECT_TRUE(revoked->empty());
+  EXPECT_TRUE(told.empty());
+  revoked = revoke_node_keys(store, "n2");
+  ASSERT_TRUE(revoked.ok());
+  EXPECT_EQ(*revoked, std::vector<std::string>{"other"});
+  revoked = revoke_node_keys(store, "nosuchnode");
+  ASSERT_TRUE(revoked.ok());
+  EXPECT_TRUE(revoked->empty());
+}
+
+// A store that accepts the first `allowed` writes and refuses the rest.
+class RefusingStore : public store::ForwardingStore {
+ public:
+  RefusingStore(store::Store& inner, int allowed) : ForwardingStore(inner), allowed_(allowed) {}
+  Result<int64_t> put(const std::string& key, const std::string& value,
+                      store::Precondition precondition = store::Precondition::none(), int64_t lease = 0) override {
+    if (allowed_-- <= 0) return make_error(ErrorCode::Unavailable, "store away");
+    return ForwardingStore::put(key, value, precondition, lease);
+  }
+
+ private:
+  int allowed_;
+};
+
+TEST(NodeAdmission, AFailedRevocationStillReportsTheKeysItRevoked) {
+  store::MemoryStore memory;
+  for (const std::string id : {"k1", "k2", "k3"}) {
+    api::ApiKey key;
+    key.metadata.name = id;
+    key.display_name = "node/n1";
+    key.scope = api::scope::kNode;
+    key.hash = sha256_hex("nb-" + id + "_secret");
+    ASSERT_TRUE(memory
+                    .put(std::string(api::kKeyRoot) + "apikeys/" + id, api::to_stored_json(key).dump(),
+                         store::Precondition::none())
+                    .ok());
+  }
+  RefusingStore store(memory, 1);
+  std::vector<std::string> told;
+  auto revoked = revoke_node_keys(store, "n1", [&told](const std::string& id) { told.push_back(id); });
+  ASSERT_FALSE(revoked.ok());
+  EXPECT_EQ(revoked.error().code, ErrorCode::Unavailable);
+  // The one key whose revocation was stored is reported; the others, still live, are not.
+  ASSERT_EQ(told.size(), 1u);
+  auto stored = memory.get(std::string(api::kKeyRoot) + "apikeys/" + told[0]);
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+  EXPECT_TRUE(api::api_key_from_json(*parse_json((*stored)->value))->revoked);
+  int live = 0;
+  for (const std::string id : {"k1", "k2", "k3"}) {
+    auto kv = memory.get(std::string(api::kKeyRoot) + "apikeys/" + id);
+    ASSERT_TRUE(kv.ok() && kv->has_value());
+    if (!api::api_key_from_json(*parse_json((*kv)->value))->revoked) ++live;
+  }
+  EXPECT_EQ(live, 2);
 }
 
 }  // namespace
