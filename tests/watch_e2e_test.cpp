@@ -217,7 +217,10 @@ int connect_small(int port) {
   return fd;
 }
 
-// How much the server's RSS may grow while a watcher stalls under 30 MiB of events. Under TSan
+// How much the server's RSS may grow while a watcher stalls under 30 MiB of events. A run that
+// drops the backlog grows by 21-24.4 MiB (the documents handled, the allocator's caches;
+// measured on 2026-12-06, so a bound of 24 MiB failed now and then), one that kept it would add
+// its 30 MiB to that: 40 MiB lies between with room on both sides. Under TSan
 // every page the server touches also maps shadow memory (two to four times the page), so a run
 // that drops the backlog still grows by about 42 MiB there; a kept backlog would grow it by more
 // than 90 MiB, which the larger bound still catches. ASan skips the check (see below).
@@ -231,7 +234,7 @@ int connect_small(int port) {
 #if defined(NEBULA_TSAN)
 constexpr int64_t kStalledWatchRssBoundKb = 64 * 1024;
 #else
-constexpr int64_t kStalledWatchRssBoundKb = 24 * 1024;
+constexpr int64_t kStalledWatchRssBoundKb = 40 * 1024;
 #endif
 
 TEST_F(WatchTest, AStalledWatcherIsCutOffWithBoundedMemoryAndRelistingWorks) {
