@@ -100,6 +100,12 @@ local function write_flight()
 end
 local dirty, mine_dirty = false, false
 local out = {}
+-- An admission's nine numbers (see above), appended without a table of their own.
+local function answer(verdict, ticket, requests, sum, reset, retry, detail, admitted, gen)
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = verdict, ticket, requests, sum, reset
+  out[n + 6], out[n + 7], out[n + 8], out[n + 9] = retry, detail, admitted, gen
+end
 local i = 7
 while i <= #ARGV do
   if ARGV[i] == 'f' then
@@ -227,15 +233,7 @@ while i <= #ARGV do
       if used + flight + est > budget then verdict, detail = 4, used + flight end
     end
     if verdict ~= 0 then
-      out[#out + 1] = verdict
-      out[#out + 1] = 0
-      out[#out + 1] = count
-      out[#out + 1] = tokens
-      out[#out + 1] = reset
-      out[#out + 1] = wait
-      out[#out + 1] = detail
-      out[#out + 1] = 0
-      out[#out + 1] = 0
+      answer(verdict, 0, count, tokens, reset, wait, detail, 0, 0)
     else
       seq = seq + 1
       if group_n > 0 and group_at ~= now_text then write_window() end
@@ -263,15 +261,7 @@ while i <= #ARGV do
       tokens = tokens + est
       if reset == 0 then reset = window end
       dirty = true
-      out[#out + 1] = 0
-      out[#out + 1] = seq
-      out[#out + 1] = count
-      out[#out + 1] = tokens
-      out[#out + 1] = reset
-      out[#out + 1] = 0
-      out[#out + 1] = 0
-      out[#out + 1] = now
-      out[#out + 1] = gen
+      answer(0, seq, count, tokens, reset, 0, 0, now, gen)
     end
     i = i + 9
   end
