@@ -1,6 +1,10 @@
 #include "store/etcd_store.h"
 
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <set>
 
@@ -129,6 +133,99 @@ std::vector<std::vector<Put>> two_batches(EtcdStore& store, const std::string& t
   }
   return batches;
 }
+
+// A TCP proxy on a free loopback port in front of one etcd member that passes HTTP/1.1 only, as
+// an HTTP proxy in front of etcd would: a connection that opens with HTTP/2's preface (gRPC) is
+// closed at once.
+class Http1OnlyProxy {
+ public:
+  explicit Http1OnlyProxy(int upstream_port) : upstream_port_(upstream_port) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address = loopback(0);
+    socklen_t length = sizeof address;
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(listener_, 64) != 0 ||
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      throw std::runtime_error("proxy: cannot listen on loopback");
+    }
+    port_ = ntohs(address.sin_port);
+    accepter_ = std::thread([this] { accept_loop(); });
+  }
+  ~Http1OnlyProxy() {
+    stopping_ = true;
+    ::shutdown(listener_, SHUT_RDWR);
+    accepter_.join();
+    for (auto& thread : pipes_) thread.join();
+    ::close(listener_);
+  }
+  std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  int refused() const { return refused_.load(); }
+
+ private:
+  static sockaddr_in loopback(int port) {
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return address;
+  }
+  void accept_loop() {
+    for (;;) {
+      int client = ::accept(listener_, nullptr, nullptr);
+      if (client < 0) return;
+      pipes_.emplace_back([this, client] { pipe(client); });
+    }
+  }
+  // Copies both ways until either side closes or the proxy stops.
+  void pipe(int client) {
+    int upstream = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address = loopback(upstream_port_);
+    if (::connect(upstream, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+      ::close(upstream);
+      ::close(client);
+      return;
+    }
+    bool first = true;
+    char buffer[65536];
+    while (!stopping_) {
+      pollfd fds[2] = {{client, POLLIN, 0}, {upstream, POLLIN, 0}};
+      if (::poll(fds, 2, 100) < 0) break;
+      bool open = true;
+      for (int side = 0; side < 2 && open; ++side) {
+        if (!(fds[side].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        ssize_t got = ::recv(fds[side].fd, buffer, sizeof buffer, 0);
+        if (got <= 0) {
+          open = false;
+          break;
+        }
+        if (side == 0 && first) {
+          first = false;
+          if (std::string_view(buffer, static_cast<size_t>(got)).rfind("PRI * HTTP/2.0", 0) == 0) {
+            refused_ += 1;
+            open = false;
+            break;
+          }
+        }
+        int to = side == 0 ? upstream : client;
+        for (ssize_t sent = 0; sent < got && open;) {
+          ssize_t wrote = ::send(to, buffer + sent, static_cast<size_t>(got - sent), MSG_NOSIGNAL);
+          if (wrote <= 0) open = false;
+          sent += wrote;
+        }
+      }
+      if (!open) break;
+    }
+    ::close(upstream);
+    ::close(client);
+  }
+
+  int upstream_port_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> refused_{0};
+  std::thread accepter_;
+  std::vector<std::thread> pipes_;  // the accept loop's only, until it ends
+};
 
 // Holds the watch's thread inside a callback until released: the watch is "away" meanwhile.
 class Gate {
@@ -569,6 +666,33 @@ TEST_F(EtcdClusterTest, BatchesFollowTheStoreToTheNextMemberWhenOneDies) {
   for (const auto& outcome : store->put_batches(two_batches(*store, "d"))) ASSERT_TRUE(outcome.ok());
   EXPECT_EQ(store->txns_over_grpc(), over_grpc + 2);
   EXPECT_EQ((*store->get("/r/d-199"))->value, "d-placed-199");
+}
+
+// Behind a proxy that passes only HTTP/1.1, the batches cannot go over gRPC: they go through the
+// JSON gateway, and gRPC is not tried again on every call (one refused connect, then a minute's
+// rest).
+TEST_F(EtcdClusterTest, BatchesGoThroughTheGatewayWhenOnlyHttp1ReachesEtcd) {
+  auto port = std::stoi(cluster_->endpoint(0).substr(cluster_->endpoint(0).rfind(':') + 1));
+  Http1OnlyProxy proxy(port);
+  EtcdOptions options;
+  options.endpoints = {proxy.endpoint()};
+  options.request_timeout = 10s;
+  auto store = std::move(EtcdStore::open(options)).value();
+  for (const auto& outcome : store->put_batches(two_batches(*store, "h1"))) {
+    ASSERT_TRUE(outcome.ok()) << outcome.error().message;
+  }
+  EXPECT_EQ((*store->get("/r/h1-199"))->value, "h1-placed-199");
+  EXPECT_EQ(store->txns_over_grpc(), 0u);
+  EXPECT_GE(proxy.refused(), 1);
+  // Passes for 3 s, past gRPC's own reconnect backoff (at most 1 s): no new attempt.
+  int refused = proxy.refused();
+  auto until = std::chrono::steady_clock::now() + 3s;
+  for (int pass = 0; std::chrono::steady_clock::now() < until; ++pass) {
+    std::vector<std::vector<Put>> batch = {{{"/r/h2-" + std::to_string(pass), "placed", Precondition::none()}}};
+    ASSERT_TRUE(store->put_batches(batch)[0].ok());
+  }
+  EXPECT_EQ(store->txns_over_grpc(), 0u);
+  EXPECT_EQ(proxy.refused(), refused) << "gRPC was tried again within the minute";
 }
 
 TEST_F(EtcdClusterTest, CallingTheStoreFromAWatchCallbackFailsInsteadOfHanging) {

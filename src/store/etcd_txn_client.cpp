@@ -77,6 +77,22 @@ struct EtcdTxnClient::Channels {
   std::shared_ptr<grpc::ChannelCredentials> tls;
   std::mutex mutex;
   std::map<std::string, std::shared_ptr<grpc::Channel>> open;
+  // Members gRPC could not connect to, and until when they are not tried again: one that
+  // answers the JSON gateway but not gRPC (a proxy that passes only HTTP/1.1) then costs one
+  // failed connect a minute, not one per controller pass.
+  std::map<std::string, std::chrono::steady_clock::time_point> resting;
+
+  bool rests(const std::string& endpoint) {
+    std::lock_guard lock(mutex);
+    auto found = resting.find(endpoint);
+    return found != resting.end() && std::chrono::steady_clock::now() < found->second;
+  }
+  // The channel is dropped too: gRPC would otherwise keep reconnecting it in the background.
+  void rest(const std::string& endpoint) {
+    std::lock_guard lock(mutex);
+    resting[endpoint] = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+    open.erase(endpoint);
+  }
 
   std::shared_ptr<grpc::Channel> get(const std::string& endpoint) {
     std::lock_guard lock(mutex);
@@ -125,11 +141,15 @@ Result<std::vector<Result<EtcdTxnAnswer>>> EtcdTxnClient::run(const std::string&
   std::vector<Result<EtcdTxnAnswer>> answers(
       batches.size(), make_error(ErrorCode::Internal, "etcd (gRPC): the transaction was not sent"));
   if (batches.empty()) return answers;
+  if (channels_->rests(endpoint)) {
+    return make_error(ErrorCode::Unavailable, "etcd (gRPC): " + endpoint + " could not be reached a moment ago");
+  }
   auto channel = channels_->get(endpoint);
   // A member whose last connection attempt failed is not waited for: the caller's fallback
   // finds the next one.
   if (channel->GetState(true) == GRPC_CHANNEL_TRANSIENT_FAILURE ||
       !channel->WaitForConnected(std::chrono::system_clock::now() + options_.connect_timeout)) {
+    channels_->rest(endpoint);
     return make_error(ErrorCode::Unavailable, "etcd (gRPC): cannot connect to " + endpoint);
   }
   auto stub = etcdserverpb::KV::NewStub(channel);

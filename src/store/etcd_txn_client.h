@@ -48,7 +48,8 @@ class EtcdTxnClient {
   // Sends each batch as one transaction (a compare per precondition, a put per key; nothing on
   // failure) to the member at `endpoint` ("http://HOST:PORT" or "https://..."), up to
   // `in_flight` at once, with etcd's auth token when not empty. Unavailable, with nothing sent,
-  // when no connection to the member can be made within connect_timeout. Otherwise one answer
+  // when no connection to the member can be made within connect_timeout, and then for a minute
+  // without trying. Otherwise one answer
   // per batch: Unauthenticated when etcd refused the token (not applied), InvalidArgument or
   // PermissionDenied when etcd refused the request (not applied), Unavailable when the answer
   // was lost (the outcome unknown, as for the JSON gateway).
