@@ -864,13 +864,21 @@ Result<int64_t> EtcdStore::put(const std::string& key, const std::string& value,
 }
 
 namespace {
+// What etcd would refuse in a put_all batch, refused before anything is sent.
+Status check_txn(const std::vector<Put>& puts) {
+  if (auto valid = check_batch(puts); !valid) return valid.error();
+  for (const auto& put : puts) {
+    if (auto valid = check_key(put.key); !valid) return valid.error();
+  }
+  return {};
+}
+
 // The etcd txn of a put_all batch (checked first): a compare per precondition, a put per key.
 Result<std::string> batch_txn(const std::vector<Put>& puts) {
-  if (auto valid = check_batch(puts); !valid) return valid.error();
+  if (auto valid = check_txn(puts); !valid) return valid.error();
   json compares = json::array();
   json success = json::array();
   for (const auto& put : puts) {
-    if (auto valid = check_key(put.key); !valid) return valid.error();
     if (put.precondition.mod_revision >= 0) compares.push_back(compare_for(put.key, put.precondition)[0]);
     success.push_back({{"request_put", {{"key", base64_encode(put.key)}, {"value", base64_encode(put.value)}}}});
   }
@@ -901,18 +909,13 @@ Result<std::vector<int64_t>> EtcdStore::put_all(const std::vector<Put>& puts) {
 std::vector<Result<std::vector<int64_t>>> EtcdStore::put_batches(const std::vector<std::vector<Put>>& batches) {
   std::vector<Result<std::vector<int64_t>>> outcomes(batches.size(), std::vector<int64_t>());
   auto shared = keys_in_several(batches);
-  std::vector<std::string> bodies;
-  std::vector<size_t> sent;  // the batch of each body
+  std::vector<size_t> sent;  // the batches to send
   for (size_t index = 0; index < batches.size(); ++index) {
     if (shared[index]) {
       outcomes[index] = shared_key_error();
-      continue;
-    }
-    auto txn = batch_txn(batches[index]);
-    if (!txn) {
-      outcomes[index] = txn.error();
+    } else if (auto valid = check_txn(batches[index]); !valid) {
+      outcomes[index] = valid.error();
     } else if (!batches[index].empty()) {
-      bodies.push_back(std::move(*txn));
       sent.push_back(index);
     }
   }
@@ -927,12 +930,10 @@ std::vector<Result<std::vector<int64_t>>> EtcdStore::put_batches(const std::vect
     if (answers) {
       // Refused the token (expired, or a member that never issued it): nothing was applied, so
       // through the gateway, which logs in again.
-      std::vector<std::string> again_bodies;
       std::vector<size_t> again;
       for (size_t i = 0; i < sent.size(); ++i) {
         const auto& answer = (*answers)[i];
         if (!answer && answer.error().code == ErrorCode::Unauthenticated) {
-          again_bodies.push_back(std::move(bodies[i]));
           again.push_back(sent[i]);
         } else if (!answer) {
           outcomes[sent[i]] = answer.error();
@@ -941,12 +942,13 @@ std::vector<Result<std::vector<int64_t>>> EtcdStore::put_batches(const std::vect
           outcomes[sent[i]] = batch_outcome(answer->succeeded, answer->revision, batches[sent[i]].size());
         }
       }
-      bodies = std::move(again_bodies);
       sent = std::move(again);
     } else {
       spdlog::debug("etcd: {}; the batch goes through the JSON gateway", answers.error().message);
     }
   }
+  std::vector<std::string> bodies;  // through the gateway: each batch's JSON, built only now
+  for (size_t index : sent) bodies.push_back(std::move(batch_txn(batches[index])).value());
   auto answers = impl_->call_all("/v3/kv/txn", std::move(bodies), impl_->options.batches_in_flight);
   for (size_t i = 0; i < sent.size(); ++i) outcomes[sent[i]] = batch_outcome(answers[i], batches[sent[i]].size());
   return outcomes;
