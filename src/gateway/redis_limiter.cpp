@@ -59,12 +59,16 @@ constexpr const char* kBatchScript = R"lua(
 local lease, window, ttl, month_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local holder = ARGV[5]
 -- "<seq>:<requests>:<tokens>": a window entry. "<requests>:<tokens>": a lease's share.
+-- What is not in these forms (written by something else) counts as nothing: it leaves with time
+-- instead of failing every run of the key.
 local function entry(member)
   local n, t = string.match(member, ':(%d+):(%-?%d+)$')
+  if not n then return 0, 0 end
   return tonumber(n), tonumber(t)
 end
 local function share(value)
   local n, t = string.match(value, '^(%-?%d+):(%-?%d+)$')
+  if not n then return 0, 0 end
   return tonumber(n), tonumber(t)
 end
 local mine, mine_gen = holder .. ':' .. ARGV[6], tonumber(ARGV[6])
@@ -396,7 +400,11 @@ size_t RedisLimiter::in_flight() const {
 
 std::vector<std::string> RedisLimiter::keys_of(const std::string& key_id) const {
   std::string base = options_.prefix + "{" + key_id + "}:";
-  return {base + "window", base + "flight", base + "state", base + "month"};
+  // "v2:": the layout of one entry per run and one lease per gateway. Gateways of the earlier
+  // layout (one member per request, under ":window", ":flight", ":state") count apart from these
+  // while a rolling upgrade runs, instead of failing on each other's members; the month's
+  // spending keeps its key and carries over.
+  return {base + "v2:window", base + "v2:flight", base + "v2:state", base + "month"};
 }
 
 std::string RedisLimiter::now_arg() const {

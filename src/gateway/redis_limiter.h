@@ -11,9 +11,9 @@
 // that died come back when its lease runs out. Times are Redis's own clock (TIME), one clock for
 // every gateway, unless a test injects one. The script in redis_limiter.cpp says how.
 //
-// Redis keys per API key K: nebula:limits:{K}:window, :flight, :state (a hash: seq, count, tokens,
-// running, flight, refresh and each lease's share), :month (a hash: "YYYY-MM" -> tokens spent, kept for keys with a
-// budget). The braces keep one key's data in one Redis Cluster slot.
+// Redis keys per API key K: nebula:limits:{K}:v2:window, :v2:flight, :v2:state (a hash: seq,
+// count, tokens, running, flight, refresh and each lease's share), :month (a hash: "YYYY-MM" -> tokens spent, kept for
+// keys with a budget). The braces keep one key's data in one Redis Cluster slot.
 //
 // Threading: admit_async() and finish() never wait on Redis: they queue a command for the
 // limiter's thread, which sends everything queued as one pipelined batch on its connection, reads

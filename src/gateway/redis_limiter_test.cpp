@@ -522,7 +522,7 @@ TEST_F(RedisLimits, TheAdmissionsOfOneRunAreOneEntryAndLeaveTogether) {
   redis_->resume();
   ASSERT_TRUE(plug.wait_for(1) && burst.wait_for(40));
   ASSERT_EQ(burst.admitted.size(), 40u);
-  EXPECT_EQ(redis_->command("ZCARD nebula:limits:{k-group}:window"), ":1\r\n");
+  EXPECT_EQ(redis_->command("ZCARD nebula:limits:{k-group}:v2:window"), ":1\r\n");
   // A correction is an entry of its own, at its charge's time.
   limits->finish(key.metadata.name, burst.admitted[0].ticket, 10, 4, now());
   now_us_ = start + 30 * kSecond;
@@ -531,7 +531,7 @@ TEST_F(RedisLimits, TheAdmissionsOfOneRunAreOneEntryAndLeaveTogether) {
   EXPECT_EQ(later.window.requests, 41);
   EXPECT_EQ(later.window.tokens, 40 * 10 - 6 + 10);
   EXPECT_EQ(later.window.reset, 30s);
-  EXPECT_EQ(redis_->command("ZCARD nebula:limits:{k-group}:window"), ":3\r\n");
+  EXPECT_EQ(redis_->command("ZCARD nebula:limits:{k-group}:v2:window"), ":3\r\n");
   now_us_ = start + 60 * kSecond - 1;
   EXPECT_EQ(limits->admit(key, 10, 0, now()).window.requests, 42);
   now_us_ = start + 60 * kSecond;  // the forty and the correction leave at once
@@ -613,6 +613,33 @@ TEST_F(RedisLimits, AGatewayWhoseLeaseLapsedStartsANewOneAndItsOldFinishesFreeNo
   now_us_ = start + 5 * kSecond;
   EXPECT_TRUE(other->admit(key, 1, 0, now()).allowed);  // held's lease ran out
   EXPECT_EQ(stalled->failures() + other->failures(), 0u);
+}
+
+// What an earlier build left in Redis (one member per request, under the old key names), or
+// anything else found there, neither stops the checks nor resets them; the month carries over.
+TEST_F(RedisLimits, EarlierOrForeignDataInRedisNeitherStopsNorResetsTheLimits) {
+  int64_t now_s = now_us_ / kSecond;
+  for (const std::string& line :
+       {"ZADD nebula:limits:{k-old}:window " + std::to_string(now_s * kSecond) + " 7:600",
+        std::string("HSET nebula:limits:{k-old}:state seq 7 tokens 600 flight 600 refresh 1"),
+        "ZADD nebula:limits:{k-old}:flight " + std::to_string((now_s + 60) * kSecond) + " 7:600",
+        std::string("HSET nebula:limits:{k-old}:month 2026-12 900"),
+        "ZADD nebula:limits:{k-old}:v2:window " + std::to_string(now_s * kSecond) + " junk",
+        std::string("HSET nebula:limits:{k-old}:v2:state l:nobody:1 junk")}) {
+    ASSERT_EQ(redis_->command(line).find("-ERR"), std::string::npos) << line;
+  }
+  auto limits = limiter();
+  auto key = limited_key("k-old", 2, 1000, 1, 1000);
+  // The month's 900 still count: 101 more do not fit the budget, 100 do.
+  auto over = limits->admit(key, 101, 0, now());
+  EXPECT_EQ(over.limit, LimitKind::Budget) << over.message;
+  auto fits = limits->admit(key, 100, 0, now());
+  ASSERT_TRUE(fits.allowed) << fits.message;
+  EXPECT_EQ(fits.window.requests, 1);
+  EXPECT_EQ(limits->admit(key, 1, 0, now()).limit, LimitKind::Concurrency);
+  limits->finish(key.metadata.name, fits.ticket, 100, 100, now());
+  EXPECT_EQ(limits->admit(key, 1, 0, now()).limit, LimitKind::Budget);  // 1,000 spent
+  EXPECT_EQ(limits->failures(), 0u);
 }
 
 TEST_F(RedisLimits, AStalledRedisNeverBlocksTheCallerAndTimesOutIntoThePolicy) {
