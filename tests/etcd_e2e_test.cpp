@@ -56,17 +56,8 @@ std::string base64(std::string_view data) {
 // prefix (etcd's JSON names a key or a watched prefix in base64, encoded from its start).
 class WatchHoldingProxy {
  public:
-  explicit WatchHoldingProxy(int upstream_port) : upstream_port_(upstream_port) {
-    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in address = loopback(0);
-    socklen_t length = sizeof address;
-    if (::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(listener_, 64) != 0 ||
-        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
-      throw std::runtime_error("proxy: cannot listen on loopback");
-    }
-    port_ = ntohs(address.sin_port);
+  explicit WatchHoldingProxy(int upstream_port)
+      : upstream_port_(upstream_port), listener_(nebula::testing::listen_on_loopback(&port_)) {
     threads_.emplace_back([this] { accept_loop(); });
   }
   ~WatchHoldingProxy() {
@@ -131,13 +122,6 @@ class WatchHoldingProxy {
   };
 
   static std::string json_key(const std::string& key) { return "\"key\":\"" + base64(key) + "\""; }
-  static sockaddr_in loopback(int port) {
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<uint16_t>(port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    return address;
-  }
   static bool send_all(int fd, std::string_view data) {
     while (!data.empty()) {
       ssize_t sent = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
@@ -157,10 +141,8 @@ class WatchHoldingProxy {
     while (true) {
       int client = ::accept(listener_, nullptr, nullptr);
       if (client < 0) return;
-      int upstream = ::socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in address = loopback(upstream_port_);
-      if (::connect(upstream, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
-        ::close(upstream);
+      int upstream = nebula::testing::connect_to_loopback(upstream_port_);
+      if (upstream < 0) {
         ::close(client);
         continue;
       }
@@ -210,8 +192,8 @@ class WatchHoldingProxy {
   }
 
   int upstream_port_;
+  int port_ = 0;  // before listener_, which sets it
   int listener_ = -1;
-  int port_ = 0;
   mutable std::mutex mutex_;
   bool holding_ = false;
   bool stopping_ = false;

@@ -10,6 +10,11 @@
 namespace nebula::testing {
 
 int free_port();
+// A listening TCP socket on a free loopback port (for the tests' proxies): its descriptor, and
+// the port in *port; throws when none can be opened.
+int listen_on_loopback(int* port);
+// A TCP connection to 127.0.0.1:port: its descriptor, -1 when refused.
+int connect_to_loopback(int port);
 // Starts argv[0] (a path) with stdin from /dev/null and stdout+stderr to output_path, in this
 // process's environment plus extra_env ("NAME=value"); throws when it cannot be started.
 pid_t spawn_logged(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,

@@ -1,7 +1,6 @@
 #include "store/etcd_store.h"
 
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -139,15 +138,8 @@ std::vector<std::vector<Put>> two_batches(EtcdStore& store, const std::string& t
 // closed at once.
 class Http1OnlyProxy {
  public:
-  explicit Http1OnlyProxy(int upstream_port) : upstream_port_(upstream_port) {
-    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address = loopback(0);
-    socklen_t length = sizeof address;
-    if (::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(listener_, 64) != 0 ||
-        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
-      throw std::runtime_error("proxy: cannot listen on loopback");
-    }
-    port_ = ntohs(address.sin_port);
+  explicit Http1OnlyProxy(int upstream_port)
+      : upstream_port_(upstream_port), listener_(nebula::testing::listen_on_loopback(&port_)) {
     accepter_ = std::thread([this] { accept_loop(); });
   }
   ~Http1OnlyProxy() {
@@ -161,13 +153,6 @@ class Http1OnlyProxy {
   int refused() const { return refused_.load(); }
 
  private:
-  static sockaddr_in loopback(int port) {
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<uint16_t>(port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    return address;
-  }
   void accept_loop() {
     for (;;) {
       int client = ::accept(listener_, nullptr, nullptr);
@@ -177,10 +162,8 @@ class Http1OnlyProxy {
   }
   // Copies both ways until either side closes or the proxy stops.
   void pipe(int client) {
-    int upstream = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address = loopback(upstream_port_);
-    if (::connect(upstream, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
-      ::close(upstream);
+    int upstream = nebula::testing::connect_to_loopback(upstream_port_);
+    if (upstream < 0) {
       ::close(client);
       return;
     }
@@ -219,8 +202,8 @@ class Http1OnlyProxy {
   }
 
   int upstream_port_;
+  int port_ = 0;  // before listener_, which sets it
   int listener_ = -1;
-  int port_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<int> refused_{0};
   std::thread accepter_;
