@@ -275,12 +275,13 @@ write_flight()
 for month, added in pairs(month_add) do
   if redis.call('HINCRBY', KEYS[4], month, added) == added then redis.call('EXPIRE', KEYS[4], month_ttl) end
 end
-if mine_dirty then
-  redis.call('HSET', KEYS[3], 'seq', seq, 'count', count, 'tokens', tokens, 'running', running, 'flight', flight,
-             'refresh', refresh, 'l:' .. mine, mine_n .. ':' .. mine_t)
-elseif dirty then
-  redis.call('HSET', KEYS[3], 'seq', seq, 'count', count, 'tokens', tokens, 'running', running, 'flight', flight,
-             'refresh', refresh)
+if dirty then  -- (dirty is set wherever mine_dirty is)
+  local fields = {'seq', seq, 'count', count, 'tokens', tokens, 'running', running, 'flight', flight, 'refresh', refresh}
+  if mine_dirty then
+    fields[#fields + 1] = 'l:' .. mine
+    fields[#fields + 1] = mine_n .. ':' .. mine_t
+  end
+  redis.call('HSET', KEYS[3], unpack(fields))
 end
 if touch_window or touch_all then redis.call('PEXPIRE', KEYS[1], ttl) end
 if touch_flight or touch_all then redis.call('PEXPIRE', KEYS[2], ttl) end
@@ -350,11 +351,11 @@ RedisLimiter::RedisLimiter(RedisLimiterOptions options)
       renewal_(std::make_unique<RedisConnection>(
           RedisAddress{options_.host, options_.port, options_.user, options_.password, options_.db}, options_.timeout,
           options_.retry_interval, scripts())),
+      holder_(random_id(16)),
       run_header_{std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(options_.lease).count()),
                   std::to_string(kWindowUs),
                   std::to_string(std::max<int64_t>(kWindowUs / 1000, options_.lease.count()) * 2),
-                  std::to_string(kMonthTtlS)},
-      holder_(random_id(16)) {}
+                  std::to_string(kMonthTtlS), holder_} {}
 
 RedisLimiter::~RedisLimiter() {
   stop();
@@ -548,12 +549,12 @@ void RedisLimiter::run_batch(std::vector<Command>& batch) {
   for (int attempt = 0; attempt < 2 && !pending.empty(); ++attempt) {
     if (!connection.get()) break;
     for (auto* run : pending) {  // formatted into the connection's output buffer
+      std::string key_id(run->key_id);
       args = run_header_;
-      args.push_back(holder_);
-      auto gen = lease_gen_.find(std::string(run->key_id));
+      auto gen = lease_gen_.find(key_id);
       args.push_back(gen == lease_gen_.end() ? "0" : std::to_string(gen->second));
       for (Command* command : run->operations) args.insert(args.end(), command->args.begin(), command->args.end());
-      connection.append_eval(kBatch, keys_of(std::string(run->key_id)), args);
+      connection.append_eval(kBatch, keys_of(key_id), args);
     }
     batches_ += 1;
     commands_ += pending.size();

@@ -158,9 +158,10 @@ class RedisLimiter final : public Limiter {
   RedisLimiterOptions options_;
   std::unique_ptr<RedisConnection> main_;     // admissions and finishes: the limiter thread's only
   std::unique_ptr<RedisConnection> renewal_;  // the renewal thread's
-  // The batch script's first arguments: lease_us, window_us, ttl_ms, month_ttl_s, holder.
+  const std::string holder_;                  // this limiter's id in Redis: its leases are "<holder>:<gen>"
+  // The batch script's first arguments: lease_us, window_us, ttl_ms, month_ttl_s, holder (each
+  // run then adds its key's lease gen).
   const std::vector<std::string> run_header_;
-  const std::string holder_;  // this limiter's id in Redis: its leases are "<holder>:<gen>"
   // Per key, the generation of this limiter's lease as the last admission answered; the limiter
   // thread's only.
   std::unordered_map<std::string, int64_t> lease_gen_;

@@ -152,7 +152,7 @@ Result<std::vector<Result<EtcdTxnAnswer>>> EtcdTxnClient::run(const std::string&
     channels_->rest(endpoint);
     return make_error(ErrorCode::Unavailable, "etcd (gRPC): cannot connect to " + endpoint);
   }
-  auto stub = etcdserverpb::KV::NewStub(channel);
+  auto kv = etcdserverpb::KV::NewStub(channel);  // gRPC's client of etcd's KV service
   std::atomic<size_t> next{0};
   auto work = [&] {
     for (size_t index; (index = next++) < batches.size();) {
@@ -160,7 +160,7 @@ Result<std::vector<Result<EtcdTxnAnswer>>> EtcdTxnClient::run(const std::string&
       context.set_deadline(std::chrono::system_clock::now() + options_.timeout);
       if (!token.empty()) context.AddMetadata("token", token);
       etcdserverpb::TxnResponse response;
-      auto status = stub->Txn(&context, txn_of(*batches[index]), &response);
+      auto status = kv->Txn(&context, txn_of(*batches[index]), &response);
       if (status.ok()) {
         answers[index] = EtcdTxnAnswer{response.succeeded(), response.header().revision()};
       } else {
