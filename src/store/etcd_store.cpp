@@ -117,7 +117,7 @@ int64_t from_etcd(int64_t revision) {
   return revision > 0 ? revision - 1 : 0;
 }
 std::string to_etcd(int64_t revision) {
-  return std::to_string(revision + 1);
+  return std::to_string(etcd_revision(revision));
 }
 
 Result<KeyValue> key_value_from(const json& kv) {

@@ -48,7 +48,7 @@ etcdserverpb::TxnRequest txn_of(const std::vector<Put>& puts) {
       compare->set_key(put.key);
       compare->set_target(etcdserverpb::Compare::MOD);
       compare->set_result(etcdserverpb::Compare::EQUAL);
-      compare->set_mod_revision(put.precondition.mod_revision + 1);  // the store's revision is etcd's minus one
+      compare->set_mod_revision(etcd_revision(put.precondition.mod_revision));
     }
     auto* request = txn.add_success()->mutable_request_put();
     request->set_key(put.key);

@@ -31,6 +31,12 @@ struct EtcdTxnOptions {
   std::chrono::milliseconds connect_timeout{2'000};
 };
 
+// The store's revision N as etcd numbers it: etcd's first revision is 1 for an empty cluster,
+// the store's 0 (etcd_store.h), so etcd's is the store's plus one.
+inline int64_t etcd_revision(int64_t store_revision) {
+  return store_revision + 1;
+}
+
 // A transaction's answer: whether its compares held, and etcd's revision after it.
 struct EtcdTxnAnswer {
   bool succeeded = false;
